@@ -1,0 +1,60 @@
+# pg_migrate. Quick start: `make demo`, then `make test`. Both set up what is missing first.
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+export USER ?= $(shell id -un)
+
+PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
+PG        ?= pg15
+VENV      := pg_test/.venv
+PGRX_DATA ?= /tmp/pg_migrate_pgrx
+DEMO_DIR  ?= /tmp/pg_migrate_demo
+DEMO_PORT ?= 55432
+
+.PHONY: all setup build install install-debug test lint unit pgtest e2e demo stop bench clean
+
+all: build
+
+setup:
+	@pg_test/setup.sh
+
+build: setup
+	cargo build
+
+# Release build into the system PostgreSQL (for the demo, benchmarks and your own server).
+install: setup
+	cargo pgrx install --release --pg-config $(PG_CONFIG)
+
+install-debug: setup
+	cargo pgrx install --pg-config $(PG_CONFIG)
+
+test: setup lint unit pgtest e2e
+	@echo "make test: all passed"
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets --no-default-features --features "$(PG) pg_test" -- -D warnings
+
+# Plain Rust tests: no server.
+unit:
+	cargo test --lib --no-default-features --features $(PG) -- unit::
+
+# #[pg_test]s, each in a rolled-back transaction of a server pgrx starts as postgres.
+pgtest:
+	cargo pgrx test $(PG) --runas postgres --pgdata $(PGRX_DATA)
+
+# End-to-end tests against clusters started with shared_preload_libraries = 'pg_migrate'.
+e2e: install-debug
+	$(VENV)/bin/pytest pg_test $(PYTEST_ARGS)
+
+demo: install
+	DEMO_DIR=$(DEMO_DIR) DEMO_PORT=$(DEMO_PORT) pg_test/demo.sh
+
+stop:
+	pg_test/cluster.sh stop $(DEMO_DIR)
+
+bench: install
+	$(VENV)/bin/python pg_test/bench.py $(BENCH_ARGS)
+
+clean:
+	cargo clean
+	rm -rf $(VENV)

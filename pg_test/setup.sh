@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs what building, testing and the demo need, skipping whatever is already there, so a
+# second run takes about a second. Runs as root on Debian 12.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PGRX_VERSION=0.18.0
+PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+export PATH="$HOME/.cargo/bin:$PATH"
+
+if [ "$(id -u)" != 0 ]; then
+    echo "setup: run as root (it installs Debian packages and the extension)" >&2
+    exit 1
+fi
+
+missing=()
+for pkg in postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo \
+           pkg-config make gcc python3 python3-venv; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null; then
+    echo "setup: cargo is missing; install Rust 1.95 with rustup first" >&2
+    exit 1
+fi
+
+if ! cargo pgrx --version 2>/dev/null | grep -q " $PGRX_VERSION\$"; then
+    echo "setup: installing cargo-pgrx $PGRX_VERSION (about 12 minutes on 2 cores)"
+    cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
+fi
+
+if ! grep -qs "^pg15 = \"$PG_CONFIG\"" "$HOME/.pgrx/config.toml"; then
+    cargo pgrx init --pg15 "$PG_CONFIG"
+fi
+
+venv=pg_test/.venv
+stamp="$venv/.requirements.sha256"
+want=$(sha256sum pg_test/requirements.txt | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "setup: creating the Python environment for the end-to-end tests"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r pg_test/requirements.txt
+    echo "$want" >"$stamp"
+fi

@@ -1,0 +1,44 @@
+-- pg_migrate: views, privileges and event triggers, once every function exists.
+
+CREATE VIEW migrate.status AS
+SELECT version,
+       description,
+       status,
+       finished_at AS applied_at,
+       applied_by,
+       duration,
+       statements,
+       retries,
+       lock_wait,
+       left(checksum, 12) AS checksum
+FROM migrate.history
+ORDER BY version_key;
+
+COMMENT ON VIEW migrate.status IS 'pg_migrate: the history in version order, for psql';
+
+-- Tables: read by everyone (history) or by admins (DDL log); written only by their owner,
+-- which pg_migrate's functions switch to for the write.
+REVOKE ALL ON ALL TABLES IN SCHEMA migrate FROM PUBLIC;
+GRANT USAGE ON SCHEMA migrate TO PUBLIC;
+GRANT SELECT ON migrate.history, migrate.status TO PUBLIC;
+GRANT SELECT ON migrate.ddl_log TO migrate_admin;
+
+-- Functions: nothing is executable by PUBLIC unless listed here.
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA migrate FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    migrate.version_key(text),
+    migrate.current_version(),
+    migrate.validate(text, text)
+TO PUBLIC;
+-- apply and baseline are callable by everyone on purpose: they refuse non-members of
+-- migrate_admin themselves, with an error that says how to get the right, where PostgreSQL's
+-- own "permission denied" would not.
+GRANT EXECUTE ON FUNCTION
+    migrate.apply(text, text, text, text),
+    migrate.baseline(text, text)
+TO PUBLIC;
+
+CREATE EVENT TRIGGER migrate_ddl_log ON ddl_command_end
+    EXECUTE FUNCTION migrate.log_ddl_command();
+CREATE EVENT TRIGGER migrate_ddl_log_drop ON sql_drop
+    EXECUTE FUNCTION migrate.log_sql_drop();

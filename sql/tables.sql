@@ -1,0 +1,65 @@
+-- pg_migrate: the history of applied versions and the log of DDL commands.
+
+CREATE TABLE migrate.history (
+    version            text PRIMARY KEY,
+    -- Natural order (1 < 1.2 < 2 < 10); also makes '1' and '1.0' one version.
+    version_key        numeric[] NOT NULL UNIQUE
+                       GENERATED ALWAYS AS (migrate.version_key(version)) STORED,
+    description        text,
+    status             text NOT NULL CHECK (status IN ('applied', 'baseline')),
+    script             text,
+    -- sha256 of the normalised script (see checksum_algorithm), and of its raw bytes.
+    checksum           text,
+    checksum_raw       text,
+    checksum_algorithm smallint,
+    rollback_script    text,
+    rollback_checksum  text,
+    statements         integer NOT NULL DEFAULT 0,
+    applied_by         name NOT NULL,          -- session_user
+    applied_role       name NOT NULL,          -- current_user when applying
+    application_name   text,
+    client_addr        inet,
+    xid                xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
+    started_at         timestamptz NOT NULL,
+    finished_at        timestamptz NOT NULL,
+    duration           interval GENERATED ALWAYS AS (finished_at - started_at) STORED,
+    -- Time lost to lock timeouts: failed attempts and the backoffs between them.
+    lock_wait          interval NOT NULL DEFAULT '0',
+    retries            integer NOT NULL DEFAULT 0,
+    extension_version  text NOT NULL,
+    CHECK (status = 'baseline'
+           OR (script IS NOT NULL AND checksum IS NOT NULL AND checksum_algorithm IS NOT NULL)),
+    CHECK ((rollback_script IS NULL) = (rollback_checksum IS NULL))
+);
+
+COMMENT ON TABLE migrate.history IS
+    'pg_migrate: one row per applied or baselined version; written only by migrate.apply and migrate.baseline';
+
+CREATE TABLE migrate.ddl_log (
+    id                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    logged_at          timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    event              text NOT NULL CHECK (event IN ('ddl_command_end', 'sql_drop')),
+    command_tag        text NOT NULL,
+    object_type        text,
+    schema_name        text,
+    object_identity    text,
+    session_user_name  name NOT NULL,
+    current_user_name  name NOT NULL,
+    application_name   text,
+    client_addr        inet,
+    backend_pid        integer NOT NULL,
+    xid                xid8,
+    -- Set when the command ran inside migrate.apply.
+    migration_version  text
+);
+
+CREATE INDEX ddl_log_logged_at ON migrate.ddl_log (logged_at);
+CREATE INDEX ddl_log_object ON migrate.ddl_log (object_identity);
+
+COMMENT ON TABLE migrate.ddl_log IS
+    'pg_migrate: every DDL command in this database, from any session; written by event triggers';
+
+-- pg_dump keeps the contents of these tables.
+SELECT pg_catalog.pg_extension_config_dump('migrate.history', '');
+SELECT pg_catalog.pg_extension_config_dump('migrate.ddl_log', '');
+SELECT pg_catalog.pg_extension_config_dump('migrate.ddl_log_id_seq', '');

@@ -1,0 +1,363 @@
+//! `migrate.apply`: a versioned migration applied entirely, with its history row, in the
+//! caller's transaction, or not at all.
+
+use crate::checksum::Checksums;
+use crate::errors::{self, OrRaise, Problem};
+use crate::history::{self, interval, NewEntry, Recorded};
+use crate::runner::{self, Policy};
+use crate::script::{self, Statement};
+use crate::version::Version;
+use crate::{parser, security};
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+use std::cell::RefCell;
+use std::time::Duration;
+
+/// `pg_advisory_xact_lock(MIGRATE_LOCK_CLASS, 1)` serialises appliers of one database; the
+/// class reads "mgrt" in ASCII, which makes the lock easy to spot in `pg_locks`.
+pub const MIGRATE_LOCK_CLASS: i32 = 0x6d67_7274;
+
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile, parallel_unsafe)]
+fn apply(
+    version: Option<&str>,
+    script: Option<&str>,
+    description: default!(Option<&str>, "NULL"),
+    rollback: default!(Option<&str>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(status, String),
+        name!(version, String),
+        name!(checksum, Option<String>),
+        name!(statements, i32),
+        name!(duration, Interval),
+        name!(retries, i32),
+        name!(lock_wait, Interval),
+    ),
+> {
+    security::require_admin("apply migrations").or_raise();
+    let version = Version::parse(version).or_raise();
+    let script = require_script(script).or_raise();
+    refuse_unsafe_context().or_raise();
+    let what = format!("migration {version}");
+    let statements = parse_for_apply(&what, script).or_raise();
+    if let Some(rollback) = rollback {
+        parse_for_apply(&format!("the rollback script of {what}"), rollback).or_raise();
+    }
+    let checksums = Checksums::of(script);
+
+    lock_history();
+    let decision = decide(
+        &version,
+        script,
+        history::find(&version),
+        history::highest_baseline(),
+    )
+    .and_then(|d| match d {
+        Decision::Apply => check_order(
+            &version,
+            history::highest(),
+            crate::gucs::OUT_OF_ORDER.get(),
+        )
+        .map(|()| d),
+        other => Ok(other),
+    })
+    .or_raise();
+    let row = match decision {
+        Decision::AlreadyApplied(recorded) => {
+            errors::notice(format!(
+                "version {version} is already applied (at {}); nothing to do",
+                recorded.finished_at
+            ));
+            (
+                "already_applied".to_string(),
+                recorded.version,
+                recorded.checksum,
+                recorded.statements,
+                interval(recorded.duration),
+                recorded.retries,
+                interval(recorded.lock_wait),
+            )
+        }
+        Decision::BelowBaseline(baseline) => {
+            errors::notice(format!(
+                "version {version} is covered by baseline {}; nothing to do",
+                baseline.version
+            ));
+            (
+                "below_baseline".to_string(),
+                version.to_string(),
+                Some(checksums.normalized),
+                statements.len() as i32,
+                interval(Duration::ZERO),
+                0,
+                interval(Duration::ZERO),
+            )
+        }
+        Decision::Apply => {
+            let started_at = history::clock_now();
+            let outcome = {
+                let _applying = Applying::enter(&version);
+                runner::run(&what, script, &statements, Policy::from_settings())
+            };
+            let duration = history::insert(&NewEntry {
+                version: &version,
+                description,
+                status: "applied",
+                script: Some(script),
+                checksums: Some(&checksums),
+                rollback,
+                statements: statements.len() as i32,
+                started_at,
+                lock_wait: outcome.lock_wait,
+                retries: outcome.retries as i32,
+            });
+            (
+                "applied".to_string(),
+                version.to_string(),
+                Some(checksums.normalized),
+                statements.len() as i32,
+                interval(duration),
+                outcome.retries as i32,
+                interval(outcome.lock_wait),
+            )
+        }
+    };
+    TableIterator::once(row)
+}
+
+#[derive(Debug)]
+enum Decision {
+    Apply,
+    AlreadyApplied(Recorded),
+    BelowBaseline(Recorded),
+}
+
+/// What to do with `version`, given its recorded row (or another spelling's) and the highest
+/// baseline.
+fn decide(
+    version: &Version,
+    script: &str,
+    recorded: Option<Recorded>,
+    baseline: Option<Recorded>,
+) -> Result<Decision, Problem> {
+    if let Some(recorded) = recorded {
+        if recorded.status == "baseline" {
+            return Ok(Decision::BelowBaseline(recorded));
+        }
+        history::compare_checksum(version, script, &recorded)?;
+        return Ok(Decision::AlreadyApplied(recorded));
+    }
+    if let Some(baseline) = baseline {
+        if Version::parse(Some(&baseline.version)).is_ok_and(|b| *version <= b) {
+            return Ok(Decision::BelowBaseline(baseline));
+        }
+    }
+    Ok(Decision::Apply)
+}
+
+/// Refuses a version below the highest recorded one unless `migrate.out_of_order` is on.
+fn check_order(
+    version: &Version,
+    highest: Option<Recorded>,
+    out_of_order: bool,
+) -> Result<(), Problem> {
+    let Some(highest) = highest else {
+        return Ok(());
+    };
+    let Ok(highest_version) = Version::parse(Some(&highest.version)) else {
+        return Ok(());
+    };
+    if *version > highest_version || out_of_order {
+        return Ok(());
+    }
+    Err(Problem::new(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!("version {version} is lower than the highest applied version {highest_version}"),
+        format!(
+            "Versions apply in order; {highest_version} was applied at {}. An older version \
+             arriving late usually means two branches were merged.",
+            highest.finished_at
+        ),
+        "Renumber the migration above the highest version, or, if it is independent of the \
+         later ones, SET migrate.out_of_order = on for this session.",
+    ))
+}
+
+pub fn require_script(script: Option<&str>) -> Result<&str, Problem> {
+    script.ok_or_else(|| {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "script must not be NULL",
+            "A migration needs the SQL it runs.",
+            "Pass the script as a dollar-quoted string: migrate.apply('42', $$ ... $$).",
+        )
+    })
+}
+
+/// Parses `script` and refuses what cannot run as one transactional migration.
+fn parse_for_apply(what: &str, script: &str) -> Result<Vec<Statement>, Problem> {
+    let statements = parser::parse(script).map_err(|e| e.problem(what, script))?;
+    if statements.is_empty() {
+        return Err(Problem::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("{what} contains no statements"),
+            "The script is empty or holds only comments.",
+            "Pass the SQL to run; to record a version without running anything, use \
+             migrate.baseline.",
+        ));
+    }
+    script::check_transactional(what, &statements)?;
+    Ok(statements)
+}
+
+fn refuse_unsafe_context() -> Result<(), Problem> {
+    if APPLYING.with_borrow(|v| v.is_some()) {
+        return Err(Problem::new(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "migrate.apply cannot be called from inside a migration",
+            "A migration's script called migrate.apply; versions would nest.",
+            "Apply the versions one after the other.",
+        ));
+    }
+    // SAFETY: reads backend-global flags.
+    let read_only = unsafe { pg_sys::XactReadOnly || pg_sys::RecoveryInProgress() };
+    if read_only {
+        return Err(Problem::new(
+            PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            "cannot apply migrations in a read-only transaction",
+            "The transaction is read-only, or this server is a standby.",
+            "Connect to the primary, outside a READ ONLY transaction.",
+        ));
+    }
+    Ok(())
+}
+
+/// Takes the transaction-scoped lock that serialises appliers; it ends with the transaction,
+/// so a killed session never leaves it behind.
+pub fn lock_history() {
+    Spi::run_with_args(
+        "SELECT pg_catalog.pg_advisory_xact_lock($1, 1)",
+        &[MIGRATE_LOCK_CLASS.into()],
+    )
+    .expect("taking the pg_migrate advisory lock");
+}
+
+thread_local! {
+    static APPLYING: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// The version whose statements are running right now, for the DDL log.
+pub fn applying_version() -> Option<String> {
+    APPLYING.with_borrow(|v| v.clone())
+}
+
+/// Marks a migration's statements as running; cleared on drop, also when an ERROR unwinds.
+struct Applying;
+
+impl Applying {
+    fn enter(version: &Version) -> Applying {
+        APPLYING.set(Some(version.to_string()));
+        Applying
+    }
+}
+
+impl Drop for Applying {
+    fn drop(&mut self) {
+        APPLYING.set(None);
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    fn recorded(version: &str, status: &str, script: &str) -> Recorded {
+        Recorded {
+            version: version.into(),
+            status: status.into(),
+            checksum: Some(Checksums::of(script).normalized),
+            algorithm: Some(1),
+            finished_at: "2026-11-24 10:00:00+00".into(),
+            statements: 1,
+            duration: Duration::ZERO,
+            retries: 0,
+            lock_wait: Duration::ZERO,
+        }
+    }
+
+    fn v(s: &str) -> Version {
+        Version::parse(Some(s)).unwrap()
+    }
+
+    #[test]
+    fn same_script_is_already_applied_whatever_the_line_endings() {
+        let r = recorded("3", "applied", "CREATE TABLE t (id int);\n");
+        let d = decide(&v("3"), "CREATE TABLE t (id int);\r\n", Some(r), None).unwrap();
+        assert!(matches!(d, Decision::AlreadyApplied(_)));
+    }
+
+    #[test]
+    fn changed_script_is_refused_with_both_checksums() {
+        let r = recorded("3", "applied", "CREATE TABLE t (id int);");
+        let p = decide(
+            &v("3"),
+            "CREATE TABLE t (id bigint);",
+            Some(r.clone()),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(
+            p.code,
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+        );
+        assert!(p.detail.contains(r.checksum.as_deref().unwrap()));
+        assert!(p
+            .detail
+            .contains(&Checksums::of("CREATE TABLE t (id bigint);").normalized));
+        assert!(p.detail.contains("2026-11-24 10:00:00+00"));
+    }
+
+    #[test]
+    fn another_spelling_of_a_recorded_version_is_refused() {
+        let r = recorded("1", "applied", "SELECT 1;");
+        let p = decide(&v("1.0"), "SELECT 1;", Some(r), None).unwrap_err();
+        assert!(
+            p.message
+                .contains("1.0 is the same version as the recorded 1"),
+            "{}",
+            p.message
+        );
+    }
+
+    #[test]
+    fn versions_up_to_the_baseline_are_covered() {
+        let b = recorded("5", "baseline", "");
+        assert!(matches!(
+            decide(&v("4"), "x", None, Some(b.clone())),
+            Ok(Decision::BelowBaseline(_))
+        ));
+        assert!(matches!(
+            decide(&v("5.0"), "x", None, Some(b.clone())),
+            Ok(Decision::BelowBaseline(_))
+        ));
+        assert!(matches!(
+            decide(&v("5.1"), "x", None, Some(b)),
+            Ok(Decision::Apply)
+        ));
+    }
+
+    #[test]
+    fn lower_versions_need_out_of_order() {
+        let top = recorded("10", "applied", "SELECT 1;");
+        let p = check_order(&v("9"), Some(top.clone()), false).unwrap_err();
+        assert!(p
+            .message
+            .contains("9 is lower than the highest applied version 10"));
+        assert!(p.hint.contains("migrate.out_of_order"));
+        assert!(check_order(&v("9"), Some(top.clone()), true).is_ok());
+        assert!(check_order(&v("10.1"), Some(top), false).is_ok());
+        assert!(check_order(&v("1"), None, false).is_ok());
+    }
+}

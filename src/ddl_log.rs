@@ -1,0 +1,61 @@
+//! `migrate.ddl_log`: every DDL command in the database, from any session, recorded by a
+//! `ddl_command_end` trigger (what was created or altered) and a `sql_drop` trigger (what was
+//! dropped). `pg_event_trigger_ddl_commands()` does not report drops, so nothing is counted
+//! twice; of the dropped objects only the ones the command named and those its CASCADE reached
+//! are logged, not the row types, TOAST tables and indexes that go with a table, nor the
+//! members of an extension. Temporary objects and the members of extensions being installed
+//! are not schema drift and are skipped.
+
+use crate::event_trigger;
+use crate::security;
+use pgrx::prelude::*;
+
+/// Columns every log row gets from the session; `$1` is the role, `$2` the migration.
+const WHO: &str = "session_user, $1, current_setting('application_name'), inet_client_addr(), \
+     pg_backend_pid(), pg_current_xact_id(), $2";
+
+const INSERT: &str = "INSERT INTO migrate.ddl_log (event, command_tag, object_type, \
+     schema_name, object_identity, session_user_name, current_user_name, application_name, \
+     client_addr, backend_pid, xid, migration_version) ";
+
+#[pg_extern(sql = "
+    CREATE FUNCTION migrate.log_ddl_command() RETURNS event_trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+")]
+fn log_ddl_command(fcinfo: pg_sys::FunctionCallInfo) {
+    event_trigger::event(fcinfo);
+    write(&format!(
+        "{INSERT} SELECT 'ddl_command_end', c.command_tag, c.object_type, c.schema_name, \
+           c.object_identity, {WHO} \
+         FROM pg_catalog.pg_event_trigger_ddl_commands() c \
+         WHERE NOT c.in_extension AND c.schema_name IS DISTINCT FROM 'pg_temp'"
+    ));
+}
+
+#[pg_extern(sql = "
+    CREATE FUNCTION migrate.log_sql_drop() RETURNS event_trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+")]
+fn log_sql_drop(fcinfo: pg_sys::FunctionCallInfo) {
+    let event = event_trigger::event(fcinfo);
+    // Everything an extension owns comes back flagged `normal`; the extension alone says it.
+    let cascaded = if event.tag == "DROP EXTENSION" {
+        "false"
+    } else {
+        // A view's "_RETURN" rule is the view itself, which is logged already.
+        "d.normal AND NOT (d.object_type = 'rule' AND d.address_names[3] = '_RETURN')"
+    };
+    write(&format!(
+        "{INSERT} SELECT 'sql_drop', {tag}, d.object_type, d.schema_name, d.object_identity, {WHO} \
+         FROM pg_catalog.pg_event_trigger_dropped_objects() d \
+         WHERE (d.original OR {cascaded}) AND NOT d.is_temporary",
+        tag = pgrx::spi::quote_literal(&event.tag)
+    ));
+}
+
+fn write(insert: &str) {
+    let role = security::current_user_name();
+    let migration = crate::apply::applying_version();
+    security::as_owner(|| Spi::run_with_args(insert, &[role.into(), migration.into()]))
+        .expect("writing migrate.ddl_log");
+}

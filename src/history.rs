@@ -1,0 +1,259 @@
+//! `migrate.history`: reading and writing the record of applied versions, and the SQL
+//! functions that only read or annotate it (`baseline`, `validate`, `current_version`).
+
+use crate::checksum::{self, Checksums};
+use crate::errors::{OrRaise, Problem};
+use crate::security;
+use crate::version::Version;
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+use std::time::Duration;
+
+/// One recorded version, as far as decisions about a new apply need it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub version: String,
+    pub status: String,
+    pub checksum: Option<String>,
+    pub algorithm: Option<i16>,
+    pub finished_at: String,
+    pub statements: i32,
+    pub duration: Duration,
+    pub retries: i32,
+    pub lock_wait: Duration,
+}
+
+const RECORDED_COLUMNS: &str = "version, status, checksum, checksum_algorithm, \
+     finished_at::text, statements, (extract(epoch FROM duration) * 1e6)::int8, retries, \
+     (extract(epoch FROM lock_wait) * 1e6)::int8";
+
+fn select_recorded(filter: &str, args: &[DatumWithOid]) -> Option<Recorded> {
+    let query = format!("SELECT {RECORDED_COLUMNS} FROM migrate.history {filter} LIMIT 1");
+    Spi::connect(|client| {
+        let rows = client.select(&query, None, args)?;
+        let Some(row) = rows.into_iter().next() else {
+            return Ok(None);
+        };
+        Ok::<_, pgrx::spi::Error>(Some(Recorded {
+            version: row.get(1)?.unwrap_or_default(),
+            status: row.get(2)?.unwrap_or_default(),
+            checksum: row.get(3)?,
+            algorithm: row.get(4)?,
+            finished_at: row.get(5)?.unwrap_or_default(),
+            statements: row.get(6)?.unwrap_or_default(),
+            duration: micros(row.get(7)?),
+            retries: row.get(8)?.unwrap_or_default(),
+            lock_wait: micros(row.get(9)?),
+        }))
+    })
+    .expect("reading migrate.history")
+}
+
+fn micros(value: Option<i64>) -> Duration {
+    Duration::from_micros(value.unwrap_or(0).max(0) as u64)
+}
+
+/// The recorded version with the same sort key: the version itself or another spelling of it.
+pub fn find(version: &Version) -> Option<Recorded> {
+    select_recorded(
+        "WHERE version_key = migrate.version_key($1)",
+        &[version.as_str().into()],
+    )
+}
+
+/// The highest recorded version, applied or baseline.
+pub fn highest() -> Option<Recorded> {
+    select_recorded("ORDER BY version_key DESC", &[])
+}
+
+/// The highest baseline, below or at which versions are covered without running.
+pub fn highest_baseline() -> Option<Recorded> {
+    select_recorded("WHERE status = 'baseline' ORDER BY version_key DESC", &[])
+}
+
+/// A row to insert.
+pub struct NewEntry<'a> {
+    pub version: &'a Version,
+    pub description: Option<&'a str>,
+    pub status: &'a str,
+    pub script: Option<&'a str>,
+    pub checksums: Option<&'a Checksums>,
+    pub rollback: Option<&'a str>,
+    pub statements: i32,
+    pub started_at: TimestampWithTimeZone,
+    pub lock_wait: Duration,
+    pub retries: i32,
+}
+
+/// Inserts a history row in the current transaction, as the table's owner, and returns the
+/// duration it recorded. The caller's identity is read before the switch.
+pub fn insert(entry: &NewEntry) -> Duration {
+    let applied_role = security::current_user_name();
+    let rollback_checksum = entry.rollback.map(|r| Checksums::of(r).normalized);
+    let args: Vec<DatumWithOid> = vec![
+        entry.version.as_str().into(),
+        entry.description.into(),
+        entry.status.into(),
+        entry.script.into(),
+        entry.checksums.map(|c| c.normalized.clone()).into(),
+        entry.checksums.map(|c| c.raw.clone()).into(),
+        entry.checksums.map(|c| c.algorithm).into(),
+        entry.rollback.into(),
+        rollback_checksum.into(),
+        entry.statements.into(),
+        applied_role.into(),
+        entry.started_at.into(),
+        interval(entry.lock_wait).into(),
+        entry.retries.into(),
+        env!("CARGO_PKG_VERSION").into(),
+    ];
+    let recorded = security::as_owner(|| {
+        Spi::get_one_with_args::<i64>(
+            "INSERT INTO migrate.history (version, description, status, script, checksum, \
+               checksum_raw, checksum_algorithm, rollback_script, rollback_checksum, statements, \
+               applied_by, applied_role, application_name, client_addr, started_at, finished_at, \
+               lock_wait, retries, extension_version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, session_user, $11, \
+               current_setting('application_name'), inet_client_addr(), $12, clock_timestamp(), \
+               $13, $14, $15) \
+             RETURNING (extract(epoch FROM duration) * 1e6)::int8",
+            &args,
+        )
+    })
+    .expect("writing migrate.history");
+    micros(recorded)
+}
+
+/// `migrate.baseline(version, description)`: records that this database already is at
+/// `version`, without running anything. Versions up to it are then skipped by `apply`.
+#[pg_extern(volatile, parallel_unsafe)]
+fn baseline(
+    version: Option<&str>,
+    description: default!(Option<&str>, "NULL"),
+) -> TableIterator<'static, (name!(status, String), name!(version, String))> {
+    security::require_admin("baseline the schema history").or_raise();
+    let version = Version::parse(version).or_raise();
+    crate::apply::lock_history();
+    if let Some(existing) = highest() {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("cannot baseline at version {version}: the history is not empty"),
+            format!(
+                "Version {} is already recorded ({}, {}). A baseline describes a database \
+                 that pg_migrate has not managed before.",
+                existing.version, existing.status, existing.finished_at
+            ),
+            "Inspect SELECT * FROM migrate.status; to adopt an existing database, baseline it \
+             before its first migrate.apply.",
+        )
+        .raise();
+    }
+    insert(&NewEntry {
+        version: &version,
+        description,
+        status: "baseline",
+        script: None,
+        checksums: None,
+        rollback: None,
+        statements: 0,
+        started_at: clock_now(),
+        lock_wait: Duration::ZERO,
+        retries: 0,
+    });
+    TableIterator::once(("baseline".to_string(), version.to_string()))
+}
+
+/// `migrate.validate(version, script)`: checks a script against what was applied under
+/// `version`, for CI drift checks. Returns `valid`, `pending` (not applied yet) or
+/// `baseline`; a different script is an ERROR so that `psql -v ON_ERROR_STOP=1` fails the job.
+#[pg_extern(stable, parallel_safe)]
+fn validate(version: Option<&str>, script: Option<&str>) -> String {
+    let version = Version::parse(version).or_raise();
+    let script = crate::apply::require_script(script).or_raise();
+    match find(&version) {
+        None => match highest_baseline() {
+            Some(b) if Version::parse(Some(&b.version)).is_ok_and(|b| version <= b) => {
+                "baseline".into()
+            }
+            _ => "pending".into(),
+        },
+        Some(recorded) if recorded.status == "baseline" => "baseline".into(),
+        Some(recorded) => {
+            compare_checksum(&version, script, &recorded).or_raise();
+            "valid".into()
+        }
+    }
+}
+
+/// Whether `script` is what was recorded for `version`, judged with the algorithm the row
+/// was recorded with.
+pub fn compare_checksum(
+    version: &Version,
+    script: &str,
+    recorded: &Recorded,
+) -> Result<(), Problem> {
+    let algorithm = recorded.algorithm.unwrap_or(checksum::CURRENT_ALGORITHM);
+    let Some(given) = checksum::normalized_checksum(script, algorithm) else {
+        return Err(Problem::new(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!(
+                "version {} was recorded with checksum algorithm {algorithm}",
+                recorded.version
+            ),
+            format!(
+                "This pg_migrate ({}) knows checksum algorithms up to {}.",
+                env!("CARGO_PKG_VERSION"),
+                checksum::CURRENT_ALGORITHM
+            ),
+            "Update the pg_migrate extension to the version that wrote the history.",
+        ));
+    };
+    let recorded_sum = recorded.checksum.clone().unwrap_or_default();
+    if given == recorded_sum && recorded.version == version.as_str() {
+        return Ok(());
+    }
+    if recorded.version != version.as_str() {
+        return Err(Problem::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "version {version} is the same version as the recorded {}",
+                recorded.version
+            ),
+            format!(
+                "Versions compare as numbers, so {version} and {} are one version; {} was \
+                 recorded at {}.",
+                recorded.version, recorded.version, recorded.finished_at
+            ),
+            "Give the new migration a version that is not yet recorded.",
+        ));
+    }
+    Err(Problem::new(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!("version {version} was already applied with a different checksum"),
+        format!(
+            "Recorded checksum {recorded_sum} (applied {}); this script has checksum {given}. \
+             A released migration must not change.",
+            recorded.finished_at
+        ),
+        "Put the change into a new version; restore the original script for this one.",
+    ))
+}
+
+/// `migrate.current_version()`: the highest recorded version, applied or baseline.
+#[pg_extern(stable, parallel_safe)]
+fn current_version() -> Option<String> {
+    highest().map(|r| r.version)
+}
+
+/// The wall clock (`clock_timestamp()`), for the start of an apply.
+pub fn clock_now() -> TimestampWithTimeZone {
+    // SAFETY: reads the clock; no error paths.
+    let micros = unsafe { pg_sys::GetCurrentTimestamp() };
+    TimestampWithTimeZone::try_from(micros).expect("the clock is in range")
+}
+
+/// A duration as an SQL interval.
+pub fn interval(d: Duration) -> Interval {
+    Interval::from_micros(d.as_micros().min(i64::MAX as u128) as i64)
+}

@@ -1,0 +1,48 @@
+//! pg_migrate: safe, versioned schema changes for live PostgreSQL databases.
+//!
+//! This file only wires the modules together; each has one concern.
+
+mod apply;
+mod checksum;
+mod ddl_log;
+mod errors;
+mod event_trigger;
+mod gucs;
+mod history;
+mod parser;
+mod retry;
+mod runner;
+mod script;
+mod security;
+mod subxact;
+mod timeouts;
+mod version;
+
+#[cfg(any(test, feature = "pg_test"))]
+mod tests;
+
+::pgrx::pg_module_magic!(name, version);
+
+pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+pgrx::extension_sql_file!(
+    "../sql/tables.sql",
+    name = "tables",
+    requires = [version::version_key]
+);
+pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+
+#[pgrx::pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["shared_preload_libraries = 'pg_migrate'"]
+    }
+}

@@ -1,0 +1,289 @@
+//! Splitting scripts with PostgreSQL's own parser.
+//!
+//! `raw_parser` gives each statement's byte range, so dollar quotes, nested comments and
+//! `BEGIN ATOMIC` bodies are right by construction. This module is the only place that walks
+//! raw parse trees for `apply`; it hands back plain [`Statement`]s.
+
+use crate::script::{Kind, Statement, SyntaxError};
+use crate::subxact;
+use pgrx::pg_sys;
+use pgrx::{is_a, PgList};
+use std::cell::Cell;
+use std::ffi::{c_int, c_void, CStr, CString};
+
+/// Splits `script` into statements, or says where it fails to parse.
+pub fn parse(script: &str) -> Result<Vec<Statement>, SyntaxError> {
+    let c_script = CString::new(script).expect("text values never contain NUL");
+    let parsed = subxact::run(|| {
+        // SAFETY: raw_parser only reads the string and allocates in the current context.
+        let list = with_error_position(|| unsafe {
+            pg_sys::raw_parser(c_script.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT)
+        });
+        // SAFETY: raw_parser returns a List of RawStmt.
+        unsafe { describe(script, list) }
+    });
+    match parsed {
+        Ok(statements) => Ok(statements),
+        Err(caught) => Err(locate_error(script, caught)),
+    }
+}
+
+/// Reads each RawStmt of a successful parse.
+///
+/// # Safety
+/// `list` must be the result of `raw_parser(script)`.
+unsafe fn describe(script: &str, list: *mut pg_sys::List) -> Vec<Statement> {
+    let first_tokens = token_offsets(script);
+    let raw = PgList::<pg_sys::RawStmt>::from_pg(list);
+    let mut statements = Vec::with_capacity(raw.len());
+    for (i, stmt) in raw.iter_ptr().enumerate() {
+        let location = (*stmt).stmt_location.max(0) as usize;
+        let end = match (*stmt).stmt_len {
+            0 => script.len(),
+            len => location + len as usize,
+        };
+        // stmt_location is right after the previous ';': skip the whitespace and comments.
+        let start = first_tokens
+            .iter()
+            .map(|t| t.offset)
+            .find(|&offset| offset >= location)
+            .unwrap_or(location)
+            .min(end);
+        let (tag, form, kind) = classify((*stmt).stmt);
+        statements.push(Statement {
+            number: i + 1,
+            start,
+            end,
+            line: crate::script::line_at(script, start),
+            tag,
+            form,
+            kind,
+        });
+    }
+    statements
+}
+
+/// Command tag, the form that matters and its execution kind.
+///
+/// # Safety
+/// `node` must be a raw (unanalysed) statement parse tree.
+unsafe fn classify(node: *mut pg_sys::Node) -> (String, String, Kind) {
+    let tag = CStr::from_ptr(pg_sys::GetCommandTagName(pg_sys::CreateCommandTag(node)))
+        .to_string_lossy()
+        .into_owned();
+    let non_transactional = |form: &str| (tag.clone(), form.to_string(), Kind::NonTransactional);
+
+    if is_a(node, pg_sys::NodeTag::T_TransactionStmt) {
+        return (tag.clone(), tag, Kind::TransactionControl);
+    }
+    if is_a(node, pg_sys::NodeTag::T_IndexStmt) && (*node.cast::<pg_sys::IndexStmt>()).concurrent {
+        return non_transactional("CREATE INDEX CONCURRENTLY");
+    }
+    if is_a(node, pg_sys::NodeTag::T_DropStmt) && (*node.cast::<pg_sys::DropStmt>()).concurrent {
+        return non_transactional("DROP INDEX CONCURRENTLY");
+    }
+    if is_a(node, pg_sys::NodeTag::T_ReindexStmt) {
+        let stmt = node.cast::<pg_sys::ReindexStmt>();
+        if reindex_is_concurrent(stmt) {
+            return non_transactional("REINDEX CONCURRENTLY");
+        }
+        if matches!(
+            (*stmt).kind,
+            pg_sys::ReindexObjectType::REINDEX_OBJECT_SYSTEM
+                | pg_sys::ReindexObjectType::REINDEX_OBJECT_DATABASE
+        ) {
+            return non_transactional("REINDEX SYSTEM/DATABASE");
+        }
+    }
+    if is_a(node, pg_sys::NodeTag::T_VacuumStmt)
+        && (*node.cast::<pg_sys::VacuumStmt>()).is_vacuumcmd
+    {
+        return non_transactional("VACUUM");
+    }
+    if is_a(node, pg_sys::NodeTag::T_ClusterStmt)
+        && (*node.cast::<pg_sys::ClusterStmt>()).relation.is_null()
+    {
+        return non_transactional("CLUSTER without a table");
+    }
+    if is_a(node, pg_sys::NodeTag::T_AlterTableStmt) && detaches_concurrently(node.cast()) {
+        return non_transactional("ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY");
+    }
+    for (node_tag, form) in [
+        (pg_sys::NodeTag::T_CreatedbStmt, "CREATE DATABASE"),
+        (pg_sys::NodeTag::T_DropdbStmt, "DROP DATABASE"),
+        (pg_sys::NodeTag::T_CreateTableSpaceStmt, "CREATE TABLESPACE"),
+        (pg_sys::NodeTag::T_DropTableSpaceStmt, "DROP TABLESPACE"),
+        (pg_sys::NodeTag::T_AlterSystemStmt, "ALTER SYSTEM"),
+        (
+            pg_sys::NodeTag::T_CreateSubscriptionStmt,
+            "CREATE SUBSCRIPTION",
+        ),
+        (pg_sys::NodeTag::T_DropSubscriptionStmt, "DROP SUBSCRIPTION"),
+    ] {
+        if is_a(node, node_tag) {
+            return non_transactional(form);
+        }
+    }
+    (tag.clone(), tag, Kind::Transactional)
+}
+
+#[cfg(not(feature = "pg13"))]
+unsafe fn reindex_is_concurrent(stmt: *mut pg_sys::ReindexStmt) -> bool {
+    PgList::<pg_sys::DefElem>::from_pg((*stmt).params)
+        .iter_ptr()
+        .any(|opt| {
+            CStr::from_ptr((*opt).defname).to_bytes() == b"concurrently"
+                && pg_sys::defGetBoolean(opt)
+        })
+}
+
+#[cfg(feature = "pg13")]
+unsafe fn reindex_is_concurrent(stmt: *mut pg_sys::ReindexStmt) -> bool {
+    (*stmt).concurrent
+}
+
+#[cfg(not(feature = "pg13"))]
+unsafe fn detaches_concurrently(stmt: *mut pg_sys::AlterTableStmt) -> bool {
+    PgList::<pg_sys::AlterTableCmd>::from_pg((*stmt).cmds)
+        .iter_ptr()
+        .any(|cmd| {
+            (*cmd).subtype == pg_sys::AlterTableType::AT_DetachPartition
+                && !(*cmd).def.is_null()
+                && (*(*cmd).def.cast::<pg_sys::PartitionCmd>()).concurrent
+        })
+}
+
+#[cfg(feature = "pg13")]
+unsafe fn detaches_concurrently(_stmt: *mut pg_sys::AlterTableStmt) -> bool {
+    false
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Token {
+    kind: c_int,
+    offset: usize,
+}
+
+/// Every token of `text` with its byte offset, from PostgreSQL's own scanner. Raises an ERROR
+/// where the scanner does (an unterminated quote), so call it inside a subtransaction unless
+/// the text is known to parse.
+fn token_offsets(text: &str) -> Vec<Token> {
+    let c_text = CString::new(text).expect("text values never contain NUL");
+    let mut tokens = Vec::new();
+    // SAFETY: the scanner state lives on this stack frame and is finished before returning;
+    // the keyword tables are the parser's own.
+    unsafe {
+        let mut extra: pg_sys::core_yy_extra_type = std::mem::zeroed();
+        let scanner = pg_sys::scanner_init(
+            c_text.as_ptr(),
+            &mut extra,
+            &raw const pg_sys::ScanKeywords,
+            (&raw const pg_sys::ScanKeywordTokens).cast(),
+        );
+        loop {
+            let mut value: pg_sys::core_YYSTYPE = std::mem::zeroed();
+            let mut location: c_int = 0;
+            let kind = pg_sys::core_yylex(&mut value, &mut location, scanner);
+            if kind == 0 {
+                break;
+            }
+            tokens.push(Token {
+                kind,
+                offset: location.max(0) as usize,
+            });
+        }
+        pg_sys::scanner_finish(scanner);
+    }
+    tokens
+}
+
+/// Turns a caught parser error into a located [`SyntaxError`]. The statement it is in is the
+/// one after the longest prefix, cut at a `;` token, that parses on its own; a `;` inside a
+/// `BEGIN ATOMIC` body does not end a statement, and such a prefix simply fails to parse.
+fn locate_error(script: &str, caught: subxact::Caught) -> SyntaxError {
+    let offset = LAST_ERROR_POSITION
+        .take()
+        .and_then(|chars| char_to_byte(script, chars));
+    let upto = offset.unwrap_or(script.len());
+    let tokens = subxact::run(|| token_offsets(&script[..upto])).unwrap_or_default();
+
+    let mut statement = 1;
+    let mut statement_start = tokens.first().map_or(upto, |t| t.offset);
+    for (i, token) in tokens.iter().enumerate().rev() {
+        if token.kind != c_int::from(b';') {
+            continue;
+        }
+        let prefix = CString::new(&script[..=token.offset]).expect("no NUL");
+        // SAFETY: as in `parse`.
+        let count = subxact::run(|| unsafe {
+            PgList::<pg_sys::RawStmt>::from_pg(pg_sys::raw_parser(
+                prefix.as_ptr(),
+                pg_sys::RawParseMode::RAW_PARSE_DEFAULT,
+            ))
+            .len()
+        });
+        if let Ok(count) = count {
+            statement = count + 1;
+            statement_start = tokens.get(i + 1).map_or(upto, |t| t.offset);
+            break;
+        }
+    }
+    SyntaxError {
+        code: caught.code,
+        message: caught.message,
+        offset,
+        statement,
+        statement_line: crate::script::line_at(script, statement_start),
+    }
+}
+
+/// PostgreSQL reports error positions as 1-based character counts.
+fn char_to_byte(script: &str, position: usize) -> Option<usize> {
+    if position == 0 {
+        return None;
+    }
+    Some(
+        script
+            .char_indices()
+            .nth(position - 1)
+            .map_or(script.len(), |(byte, _)| byte),
+    )
+}
+
+thread_local! {
+    /// The cursor position of the last error raised inside [`with_error_position`].
+    static LAST_ERROR_POSITION: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with an error context callback that records the error's cursor position. pgrx
+/// copies only message, detail and hint out of an error, so the position has to be read while
+/// the error is being raised, the way PostgreSQL's own SQL-function validator does.
+fn with_error_position<T>(f: impl FnOnce() -> T) -> T {
+    struct Pop(*mut pg_sys::ErrorContextCallback);
+    impl Drop for Pop {
+        fn drop(&mut self) {
+            // SAFETY: restores the stack to what it was before the push below.
+            unsafe { pg_sys::error_context_stack = self.0 };
+        }
+    }
+    LAST_ERROR_POSITION.set(None);
+    // SAFETY: the callback record outlives its presence on the stack, which `Pop` ends.
+    unsafe {
+        let mut callback = pg_sys::ErrorContextCallback {
+            previous: pg_sys::error_context_stack,
+            callback: Some(record_error_position),
+            arg: std::ptr::null_mut(),
+        };
+        let _pop = Pop(callback.previous);
+        pg_sys::error_context_stack = &mut callback;
+        f()
+    }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn record_error_position(_arg: *mut c_void) {
+    let position = pg_sys::geterrposition();
+    if position > 0 {
+        LAST_ERROR_POSITION.set(Some(position as usize));
+    }
+}

@@ -1,0 +1,101 @@
+//! Who may do what.
+//!
+//! Applying and baselining need membership in `migrate_admin` (superusers always qualify).
+//! A migration's script runs with the caller's own rights. pg_migrate's tables are writable by
+//! their owner only; pg_migrate writes them after switching to that owner, with `search_path`
+//! pinned, so nobody can forge history or DDL-log rows and no caller-controlled object can run
+//! with the owner's rights.
+
+use crate::errors::Problem;
+use crate::timeouts::SettingScope;
+use pgrx::{pg_sys, PgSqlErrorCode};
+use std::ffi::CStr;
+
+pub const ADMIN_ROLE: &str = "migrate_admin";
+
+/// Refuses callers that are not members of `migrate_admin`; `action` completes
+/// "... may not <action>".
+pub fn require_admin(action: &str) -> Result<(), Problem> {
+    if is_admin() {
+        return Ok(());
+    }
+    let user = current_user_name();
+    Err(Problem::new(
+        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        format!("role \"{user}\" may not {action}"),
+        format!("Only members of {ADMIN_ROLE} (and superusers) may change the schema history."),
+        format!("Ask an administrator to run: GRANT {ADMIN_ROLE} TO \"{user}\";"),
+    ))
+}
+
+pub fn is_admin() -> bool {
+    // SAFETY: catalog lookups by name; a missing role yields InvalidOid.
+    unsafe {
+        let admin = pg_sys::get_role_oid(c"migrate_admin".as_ptr(), true);
+        let user = pg_sys::GetUserId();
+        pg_sys::superuser_arg(user)
+            || (admin != pg_sys::InvalidOid && pg_sys::has_privs_of_role(user, admin))
+    }
+}
+
+pub fn current_user_name() -> String {
+    // SAFETY: GetUserNameFromId returns a palloc'd copy of the role's name.
+    unsafe {
+        CStr::from_ptr(pg_sys::GetUserNameFromId(pg_sys::GetUserId(), false))
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// Runs `f` as the owner of pg_migrate's schema, with `search_path` pinned to `pg_catalog`.
+pub fn as_owner<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore {
+        user: pg_sys::Oid,
+        context: i32,
+    }
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: puts back the identity saved below; transaction abort would also do it.
+            unsafe { pg_sys::SetUserIdAndSecContext(self.user, self.context) };
+        }
+    }
+    // SAFETY: the same switch PostgreSQL makes for RI checks and maintenance commands; the
+    // local-userid flag stops SET ROLE / SET SESSION AUTHORIZATION inside `f`.
+    unsafe {
+        let owner = schema_owner();
+        let mut user = pg_sys::InvalidOid;
+        let mut context = 0;
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
+        let _restore = Restore { user, context };
+        pg_sys::SetUserIdAndSecContext(
+            owner,
+            context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+        );
+        let _path = SettingScope::set(&[("search_path", "pg_catalog, pg_temp")]);
+        f()
+    }
+}
+
+fn schema_owner() -> pg_sys::Oid {
+    // SAFETY: syscache lookup of the schema row by OID; released before returning.
+    unsafe {
+        let namespace = pg_sys::get_namespace_oid(c"migrate".as_ptr(), false);
+        let tuple = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::NAMESPACEOID as _,
+            pg_sys::Datum::from(namespace),
+        );
+        if tuple.is_null() {
+            Problem::new(
+                PgSqlErrorCode::ERRCODE_INVALID_SCHEMA_NAME,
+                "schema \"migrate\" was dropped while in use",
+                "The schema disappeared between its lookup and the read of its owner.",
+                "Retry; if it persists, reinstall the extension: CREATE EXTENSION pg_migrate;",
+            )
+            .raise();
+        }
+        let form = pg_sys::GETSTRUCT(tuple).cast::<pg_sys::FormData_pg_namespace>();
+        let owner = (*form).nspowner;
+        pg_sys::ReleaseSysCache(tuple);
+        owner
+    }
+}

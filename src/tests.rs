@@ -1,0 +1,318 @@
+//! `#[pg_test]`s: behaviour inside one transaction of a real server, rolled back afterwards.
+//! What needs commits, several sessions or a restart is in `pg_test/` (end-to-end).
+
+use pgrx::prelude::*;
+
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn one<T: IntoDatum + FromDatum>(sql: &str) -> Option<T> {
+        Spi::get_one::<T>(sql).expect(sql)
+    }
+
+    fn count(sql: &str) -> i64 {
+        one::<i64>(sql).unwrap_or(0)
+    }
+
+    /// Runs `sql` in a subtransaction and returns the SQLSTATE and message it failed with.
+    fn failure(sql: &str) -> (String, String) {
+        let quoted = pgrx::spi::quote_literal(sql);
+        Spi::run(&format!(
+            "CREATE TEMP TABLE IF NOT EXISTS caught (state text, message text);
+             TRUNCATE caught;
+             DO $try$ BEGIN EXECUTE {quoted};
+             EXCEPTION WHEN OTHERS THEN
+                 INSERT INTO caught SELECT sqlstate, sqlerrm;
+             END $try$;"
+        ))
+        .unwrap();
+        let state = one::<String>("SELECT state FROM caught").expect("the statement failed");
+        let message = one::<String>("SELECT message FROM caught").unwrap();
+        (state, message)
+    }
+
+    #[pg_test]
+    fn apply_records_the_version_with_its_checksums_and_who_applied_it() {
+        let row = Spi::get_two::<String, i32>(
+            "SELECT status, statements FROM migrate.apply('1', $$
+                CREATE TABLE t1 (id int);
+                CREATE INDEX ON t1 (id);$$, 'first')",
+        )
+        .unwrap();
+        assert_eq!(row, (Some("applied".into()), Some(2)));
+        assert_eq!(
+            one::<bool>(
+                "SELECT description = 'first' AND status = 'applied' AND statements = 2
+                    AND checksum ~ '^[0-9a-f]{64}$' AND checksum_raw ~ '^[0-9a-f]{64}$'
+                    AND checksum_algorithm = 1 AND applied_by = session_user
+                    AND applied_role = current_user AND xid = pg_current_xact_id()
+                    AND finished_at >= started_at AND retries = 0
+                    AND extension_version = (SELECT extversion FROM pg_extension
+                                             WHERE extname = 'pg_migrate')
+                 FROM migrate.history WHERE version = '1'"
+            ),
+            Some(true)
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM pg_class WHERE relname = 't1'"),
+            1
+        );
+    }
+
+    #[pg_test]
+    fn reapplying_the_same_script_is_a_no_op() {
+        Spi::run("SELECT migrate.apply('1', 'CREATE TABLE t1 (id int);')").unwrap();
+        let status = one::<String>(
+            "SELECT status FROM migrate.apply('1', E'CREATE TABLE t1 (id int);  \\r\\n\\r\\n')",
+        );
+        assert_eq!(status.as_deref(), Some("already_applied"));
+        assert_eq!(count("SELECT count(*) FROM migrate.history"), 1);
+    }
+
+    #[pg_test(error = "pg_migrate: version 1 was already applied with a different checksum")]
+    fn a_changed_script_under_an_applied_version_is_refused() {
+        Spi::run("SELECT migrate.apply('1', 'CREATE TABLE t1 (id int);')").unwrap();
+        Spi::run("SELECT migrate.apply('1', 'CREATE TABLE t1 (id bigint);')").unwrap();
+    }
+
+    #[pg_test]
+    fn versions_sort_naturally_in_status() {
+        Spi::run("SET LOCAL migrate.out_of_order = on").unwrap();
+        for v in ["10", "2", "1.10", "1.2", "1"] {
+            Spi::run(&format!("SELECT migrate.apply('{v}', 'SELECT 1')")).unwrap();
+        }
+        assert_eq!(
+            one::<String>("SELECT string_agg(version, ' ') FROM migrate.status").as_deref(),
+            Some("1 1.2 1.10 2 10")
+        );
+        assert_eq!(
+            one::<String>("SELECT migrate.current_version()").as_deref(),
+            Some("10")
+        );
+    }
+
+    #[pg_test]
+    fn out_of_order_versions_are_refused_unless_allowed() {
+        Spi::run("SELECT migrate.apply('5', 'SELECT 1')").unwrap();
+        let (state, message) = failure("SELECT migrate.apply('4', 'SELECT 1')");
+        assert_eq!(state, "55000");
+        assert!(message.contains("version 4 is lower than the highest applied version 5"));
+        Spi::run("SET LOCAL migrate.out_of_order = on").unwrap();
+        assert_eq!(
+            one::<String>("SELECT status FROM migrate.apply('4', 'SELECT 1')").as_deref(),
+            Some("applied")
+        );
+    }
+
+    #[pg_test]
+    fn a_failing_statement_leaves_nothing_behind() {
+        let (state, message) = failure(
+            "SELECT migrate.apply('1', $$CREATE TABLE kept (id int);\nCREATE TABLE kept (id int);$$)",
+        );
+        assert_eq!(state, "42P07");
+        assert!(
+            message.starts_with("pg_migrate: migration 1: statement 2 (line 2): relation"),
+            "{message}"
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM pg_class WHERE relname = 'kept'"),
+            0
+        );
+        assert_eq!(count("SELECT count(*) FROM migrate.history"), 0);
+        assert_eq!(count("SELECT count(*) FROM migrate.ddl_log"), 0);
+    }
+
+    #[pg_test]
+    fn syntax_errors_name_the_statement_and_line() {
+        let (state, message) = failure(
+            "SELECT migrate.apply('1', $$CREATE TABLE a (id int);
+CREATE FUNCTION f(x int) RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT x; SELECT x + 1; END;
+CREATE TABLE b (
+  id int,
+  x intt,,
+);$$)",
+        );
+        assert_eq!(state, "42601");
+        assert_eq!(
+            message,
+            "pg_migrate: migration 1: statement 3 (line 5): syntax error at or near \",\""
+        );
+    }
+
+    #[pg_test]
+    fn scripts_may_not_control_transactions_or_run_concurrently() {
+        for (sql, state, needle) in [
+            (
+                "SELECT 1; COMMIT;",
+                "2D000",
+                "statement 2 (line 1) is transaction control (COMMIT)",
+            ),
+            ("SAVEPOINT a;", "2D000", "transaction control (SAVEPOINT)"),
+            (
+                "CREATE TABLE c (id int);\nCREATE INDEX CONCURRENTLY ON c (id);",
+                "25001",
+                "CREATE INDEX CONCURRENTLY",
+            ),
+            ("VACUUM pg_class;", "25001", "VACUUM"),
+            (
+                "REINDEX TABLE CONCURRENTLY pg_class;",
+                "25001",
+                "REINDEX CONCURRENTLY",
+            ),
+            (
+                "DROP INDEX CONCURRENTLY x;",
+                "25001",
+                "DROP INDEX CONCURRENTLY",
+            ),
+        ] {
+            let (got, message) = failure(&format!(
+                "SELECT migrate.apply('1', {})",
+                pgrx::spi::quote_literal(sql)
+            ));
+            assert_eq!(got, state, "{sql}");
+            assert!(message.contains(needle), "{sql}: {message}");
+        }
+        assert_eq!(count("SELECT count(*) FROM migrate.history"), 0);
+    }
+
+    #[pg_test]
+    fn bad_arguments_are_refused_before_anything_runs() {
+        for (sql, state) in [
+            ("SELECT migrate.apply(NULL, 'SELECT 1')", "22004"),
+            ("SELECT migrate.apply('', 'SELECT 1')", "22023"),
+            ("SELECT migrate.apply('1.x', 'SELECT 1')", "22023"),
+            ("SELECT migrate.apply('1', NULL)", "22004"),
+            ("SELECT migrate.apply('1', '-- only a comment')", "22023"),
+            (
+                "SELECT migrate.apply('1', 'SELECT 1', rollback => 'DROP TABL x')",
+                "42601",
+            ),
+        ] {
+            assert_eq!(failure(sql).0, state, "{sql}");
+        }
+        assert_eq!(count("SELECT count(*) FROM migrate.history"), 0);
+    }
+
+    #[pg_test]
+    fn one_and_one_point_zero_are_one_version() {
+        Spi::run("SELECT migrate.apply('1', 'SELECT 1')").unwrap();
+        let (state, message) = failure("SELECT migrate.apply('1.0', 'SELECT 1')");
+        assert_eq!(state, "55000");
+        assert!(message.contains("1.0 is the same version as the recorded 1"));
+    }
+
+    #[pg_test]
+    fn baseline_covers_lower_versions() {
+        Spi::run("SELECT migrate.baseline('5', 'adopted')").unwrap();
+        assert_eq!(
+            one::<String>("SELECT status FROM migrate.apply('3', 'CREATE TABLE never (id int)')")
+                .as_deref(),
+            Some("below_baseline")
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM pg_class WHERE relname = 'never'"),
+            0
+        );
+        assert_eq!(
+            one::<String>("SELECT status FROM migrate.apply('6', 'SELECT 1')").as_deref(),
+            Some("applied")
+        );
+        let (state, _) = failure("SELECT migrate.baseline('7')");
+        assert_eq!(state, "55000");
+    }
+
+    #[pg_test]
+    fn validate_reports_valid_pending_baseline_and_refuses_drift() {
+        Spi::run("SELECT migrate.apply('2', 'CREATE TABLE v (id int);')").unwrap();
+        assert_eq!(
+            one::<String>("SELECT migrate.validate('2', E'\\uFEFFCREATE TABLE v (id int);\\n')")
+                .as_deref(),
+            Some("valid")
+        );
+        assert_eq!(
+            one::<String>("SELECT migrate.validate('3', 'x')").as_deref(),
+            Some("pending")
+        );
+        let (state, message) =
+            failure("SELECT migrate.validate('2', 'CREATE TABLE v (id bigint);')");
+        assert_eq!(state, "55000");
+        assert!(message.contains("different checksum"));
+    }
+
+    #[pg_test]
+    fn the_ddl_log_records_creates_and_drops_once_with_the_migration() {
+        Spi::run("SELECT migrate.apply('1', 'CREATE TABLE logged (id int, gone int)')").unwrap();
+        Spi::run("ALTER TABLE logged DROP COLUMN gone").unwrap();
+        Spi::run("DROP TABLE logged").unwrap();
+        Spi::run("CREATE TEMP TABLE not_logged (id int)").unwrap();
+        assert_eq!(
+            one::<String>(
+                "SELECT string_agg(concat_ws(' ', event, command_tag, object_identity,
+                                             coalesce(migration_version, '-')), ', ' ORDER BY id)
+                 FROM migrate.ddl_log"
+            )
+            .as_deref(),
+            Some(
+                "ddl_command_end CREATE TABLE public.logged 1, \
+                 sql_drop ALTER TABLE public.logged.gone -, \
+                 ddl_command_end ALTER TABLE public.logged -, \
+                 sql_drop DROP TABLE public.logged -"
+            )
+        );
+    }
+
+    #[pg_test]
+    fn non_admins_may_not_apply_or_baseline() {
+        Spi::run("CREATE ROLE pgm_test_app").unwrap();
+        Spi::run("SET LOCAL ROLE pgm_test_app").unwrap();
+        for sql in [
+            "SELECT migrate.apply('1', 'SELECT 1')",
+            "SELECT migrate.baseline('1')",
+        ] {
+            let (state, message) = failure(sql);
+            assert_eq!(state, "42501", "{sql}");
+            assert!(
+                message.contains("role \"pgm_test_app\" may not"),
+                "{message}"
+            );
+        }
+        Spi::run("RESET ROLE").unwrap();
+        assert_eq!(count("SELECT count(*) FROM migrate.history"), 0);
+    }
+
+    #[pg_test]
+    fn only_the_intended_functions_are_executable_by_public() {
+        assert_eq!(
+            one::<String>(
+                "SELECT string_agg(p.proname, ' ' ORDER BY p.proname) FROM pg_proc p
+                 WHERE p.pronamespace = 'migrate'::regnamespace
+                   AND has_function_privilege('public', p.oid, 'EXECUTE')"
+            )
+            .as_deref(),
+            Some("apply baseline current_version validate version_key")
+        );
+        assert_eq!(
+            one::<bool>(
+                "SELECT has_table_privilege('public', 'migrate.history', 'SELECT')
+                    AND NOT has_table_privilege('public', 'migrate.history', 'INSERT,UPDATE,DELETE,TRUNCATE')
+                    AND NOT has_table_privilege('public', 'migrate.ddl_log', 'SELECT,INSERT,UPDATE,DELETE')
+                    AND has_table_privilege('migrate_admin', 'migrate.ddl_log', 'SELECT')
+                    AND NOT has_table_privilege('migrate_admin', 'migrate.history', 'INSERT')"
+            ),
+            Some(true)
+        );
+    }
+
+    #[pg_test]
+    fn the_event_triggers_are_installed_and_enabled() {
+        assert_eq!(
+            one::<String>(
+                "SELECT string_agg(evtname || ':' || evtenabled::text, ' ' ORDER BY evtname)
+                 FROM pg_event_trigger"
+            )
+            .as_deref(),
+            Some("migrate_ddl_log:O migrate_ddl_log_drop:O")
+        );
+    }
+}
