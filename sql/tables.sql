@@ -35,8 +35,11 @@ CREATE TABLE migrate.history (
 COMMENT ON TABLE migrate.history IS
     'pg_migrate: one row per applied or baselined version; written only by migrate.apply and migrate.baseline';
 
+-- No primary key on purpose: restoring a dump replays the DDL, which these triggers log
+-- (with fresh ids) before the dumped rows are copied back with their original ids.
+-- Both are true records; order by (logged_at, id).
 CREATE TABLE migrate.ddl_log (
-    id                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id                 bigint GENERATED ALWAYS AS IDENTITY,
     logged_at          timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     event              text NOT NULL CHECK (event IN ('ddl_command_end', 'sql_drop')),
     command_tag        text NOT NULL,
@@ -53,6 +56,7 @@ CREATE TABLE migrate.ddl_log (
     migration_version  text
 );
 
+CREATE INDEX ddl_log_id ON migrate.ddl_log (id);
 CREATE INDEX ddl_log_logged_at ON migrate.ddl_log (logged_at);
 CREATE INDEX ddl_log_object ON migrate.ddl_log (object_identity);
 

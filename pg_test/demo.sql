@@ -1,0 +1,69 @@
+-- The pg_migrate demo, run by `make demo` with psql. Each step says what it shows.
+\set ECHO none
+\pset footer off
+\echo '==> An existing shop database, built before pg_migrate arrived'
+CREATE TABLE customers (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, email text NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, customer_id bigint NOT NULL REFERENCES customers, total numeric(10,2) NOT NULL);
+INSERT INTO customers (email) SELECT 'customer' || g || '@example.com' FROM generate_series(1, 10000) g;
+INSERT INTO orders (customer_id, total) SELECT 1 + g % 10000, (g % 500) + 0.99 FROM generate_series(1, 50000) g;
+SELECT (SELECT count(*) FROM customers) AS customers, (SELECT count(*) FROM orders) AS orders;
+
+\echo '==> Install pg_migrate and record that the database is already at version 1'
+CREATE EXTENSION pg_migrate;
+SELECT * FROM migrate.baseline('1', 'schema as it was before pg_migrate');
+
+\echo '==> Apply version 2: two statements, one transaction, one history row'
+\echo '    SELECT * FROM migrate.apply(''2'', $$ ... $$, ''loyalty tiers'', rollback => $$ ... $$);'
+SELECT * FROM migrate.apply('2', $$
+    CREATE TABLE loyalty_tiers (name text PRIMARY KEY, min_orders int NOT NULL);
+    ALTER TABLE customers ADD COLUMN tier text REFERENCES loyalty_tiers;
+$$, 'loyalty tiers', rollback => $$
+    ALTER TABLE customers DROP COLUMN tier;
+    DROP TABLE loyalty_tiers;
+$$);
+
+\echo '==> Re-applying the same version is a no-op (a deploy pipeline can replay every file)'
+SELECT status, version FROM migrate.apply('2', $$
+    CREATE TABLE loyalty_tiers (name text PRIMARY KEY, min_orders int NOT NULL);
+    ALTER TABLE customers ADD COLUMN tier text REFERENCES loyalty_tiers;
+$$);
+
+\echo '==> Changing a released migration is refused, with both checksums'
+\set ON_ERROR_STOP off
+SELECT * FROM migrate.apply('2', $$
+    CREATE TABLE loyalty_tiers (name text PRIMARY KEY, min_orders int NOT NULL, discount int);
+    ALTER TABLE customers ADD COLUMN tier text REFERENCES loyalty_tiers;
+$$);
+\echo '==> A broken script is refused before anything runs, naming the statement and line'
+SELECT * FROM migrate.apply('3', $$
+    CREATE TABLE coupons (code text PRIMARY KEY);
+    ALTER TABLE orders ADD COLUMN coupon text REFERENCES coupons
+        ON DELETE SET NUL;
+$$);
+\set ON_ERROR_STOP on
+
+\echo '==> Version 3 while a long transaction holds a lock on orders.'
+\echo '    Each attempt waits at most migrate.lock_timeout, then rolls back so that the'
+\echo '    application''s queries do not queue behind it, and retries after a backoff.'
+\! psql -X -q -d demo -c "BEGIN; SELECT count(*) FROM orders; SELECT pg_sleep(2.5); COMMIT;" > /dev/null &
+SELECT pg_sleep(0.3) \g /dev/null
+SET migrate.lock_timeout = '500ms';
+SET migrate.lock_retry_delay = '250ms';
+SELECT * FROM migrate.apply('3', $$
+    CREATE TABLE coupons (code text PRIMARY KEY);
+    ALTER TABLE orders ADD COLUMN coupon text REFERENCES coupons ON DELETE SET NULL;
+$$, 'coupons');
+RESET migrate.lock_timeout;
+RESET migrate.lock_retry_delay;
+
+\echo '==> Someone changes the schema by hand, outside any migration'
+SET application_name = 'psql-hotfix';
+CREATE INDEX orders_total_idx ON orders (total);
+RESET application_name;
+
+\echo '==> The history (migrate.status)'
+SELECT * FROM migrate.status;
+
+\echo '==> The DDL log: every DDL command from any session, with the migration it belonged to'
+SELECT id, command_tag, object_type, object_identity, application_name, coalesce(migration_version, '(none)') AS migration
+FROM migrate.ddl_log ORDER BY logged_at, id;

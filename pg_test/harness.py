@@ -1,0 +1,154 @@
+"""Real PostgreSQL clusters for end-to-end tests and benchmarks.
+
+A Cluster is started by cluster.sh (as the postgres user, with pg_migrate preloaded) in its own
+directory under /tmp, on a free port, listening on its socket and 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+HERE = Path(__file__).resolve().parent
+CLUSTER_SH = HERE / "cluster.sh"
+PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    def __init__(self, directory: str | Path, port: int | None = None):
+        self.dir = Path(directory)
+        self.port = port or free_port()
+        self.sock = self.dir / "sock"
+
+    def start(self, *settings: str, fresh: bool = True) -> "Cluster":
+        if fresh:
+            self.stop()
+            shutil.rmtree(self.dir, ignore_errors=True)
+        args = [str(CLUSTER_SH), "start", str(self.dir), str(self.port)]
+        for s in settings:
+            args += ["-c", s]
+        subprocess.run(args, check=True)
+        return self
+
+    def stop(self) -> None:
+        if self.dir.exists():
+            subprocess.run([str(CLUSTER_SH), "stop", str(self.dir)], check=False)
+
+    def restart(self) -> None:
+        subprocess.run([str(CLUSTER_SH), "restart", str(self.dir)], check=True)
+
+    def conninfo(self, dbname: str = "postgres", user: str = "postgres", tcp: bool = False, **extra) -> str:
+        host = "127.0.0.1" if tcp else str(self.sock)
+        parts = {"host": host, "port": self.port, "dbname": dbname, "user": user, **extra}
+        return " ".join(f"{k}={v}" for k, v in parts.items())
+
+    def connect(self, dbname: str = "postgres", autocommit: bool = True, **kw) -> psycopg.Connection:
+        return psycopg.connect(self.conninfo(dbname, **kw), autocommit=autocommit)
+
+    def psql(self, dbname: str, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        cmd = [str(PG_BIN / "psql"), "-X", "-h", str(self.sock), "-p", str(self.port), "-U", "postgres", "-d", dbname, *args]
+        return subprocess.run(cmd, input=input, text=True, capture_output=True, check=check)
+
+    def create_database(self, name: str, extension: bool = True) -> str:
+        with self.connect() as c:
+            c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        if extension:
+            with self.connect(name) as c:
+                c.execute("CREATE EXTENSION pg_migrate")
+        return name
+
+    def drop_database(self, name: str) -> None:
+        with self.connect() as c:
+            c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@dataclass
+class Failure:
+    sqlstate: str
+    message: str
+    detail: str | None
+    hint: str | None
+
+
+def failure(conn: psycopg.Connection, query: str, params=None) -> Failure:
+    """Runs a statement that must fail and returns what PostgreSQL reported."""
+    try:
+        conn.execute(query, params)
+    except psycopg.Error as e:
+        d = e.diag
+        if not conn.autocommit:
+            conn.rollback()
+        return Failure(d.sqlstate, d.message_primary, d.message_detail, d.message_hint)
+    raise AssertionError(f"expected an error from: {query}")
+
+
+class Stopwatch:
+    """Runs a query repeatedly in its own session and records each latency (seconds)."""
+
+    def __init__(self, cluster: Cluster, dbname: str, query: str, pause: float = 0.01):
+        self.cluster, self.dbname, self.query, self.pause = cluster, dbname, query, pause
+        self.latencies: list[float] = []
+        self.errors: list[Exception] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with self.cluster.connect(self.dbname) as c:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    c.execute(self.query)
+                except psycopg.Error as e:  # recorded, the test decides
+                    self.errors.append(e)
+                self.latencies.append(time.monotonic() - started)
+                time.sleep(self.pause)
+
+    def __enter__(self) -> "Stopwatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    @property
+    def worst(self) -> float:
+        return max(self.latencies, default=0.0)
+
+
+@contextlib.contextmanager
+def holding_lock(cluster: Cluster, dbname: str, statement: str):
+    """Keeps a transaction open after `statement` (e.g. a SELECT that takes ACCESS SHARE)."""
+    conn = cluster.connect(dbname, autocommit=False)
+    try:
+        conn.execute(statement)
+        yield conn
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
