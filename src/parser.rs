@@ -15,16 +15,26 @@ use std::ffi::{c_int, c_void, CStr, CString};
 pub fn parse(script: &str) -> Result<Vec<Statement>, SyntaxError> {
     let c_script = CString::new(script).expect("text values never contain NUL");
     let parsed = subxact::run(|| {
-        // SAFETY: raw_parser only reads the string and allocates in the current context.
-        let list = with_error_position(|| unsafe {
-            pg_sys::raw_parser(c_script.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT)
-        });
+        let list = with_error_position(|| raw_parse(&c_script));
         // SAFETY: raw_parser returns a List of RawStmt.
         unsafe { describe(script, list) }
     });
     match parsed {
         Ok(statements) => Ok(statements),
         Err(caught) => Err(locate_error(script, caught)),
+    }
+}
+
+/// PostgreSQL's grammar over `text`: a List of RawStmt, or an ERROR.
+fn raw_parse(text: &CStr) -> *mut pg_sys::List {
+    // SAFETY: raw_parser only reads the string and allocates in the current memory context.
+    #[cfg(not(feature = "pg13"))]
+    unsafe {
+        pg_sys::raw_parser(text.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT)
+    }
+    #[cfg(feature = "pg13")]
+    unsafe {
+        pg_sys::raw_parser(text.as_ptr())
     }
 }
 
@@ -214,13 +224,9 @@ fn locate_error(script: &str, caught: subxact::Caught) -> SyntaxError {
             continue;
         }
         let prefix = CString::new(&script[..=token.offset]).expect("no NUL");
-        // SAFETY: as in `parse`.
+        // SAFETY: raw_parse returns a List of RawStmt.
         let count = subxact::run(|| unsafe {
-            PgList::<pg_sys::RawStmt>::from_pg(pg_sys::raw_parser(
-                prefix.as_ptr(),
-                pg_sys::RawParseMode::RAW_PARSE_DEFAULT,
-            ))
-            .len()
+            PgList::<pg_sys::RawStmt>::from_pg(raw_parse(&prefix)).len()
         });
         if let Ok(count) = count {
             statement = count + 1;
