@@ -1,6 +1,7 @@
 """migrate.apply against a real server: commits, rollbacks, bad input, the DDL log."""
 
-import psycopg
+import time
+
 import pytest
 
 from harness import failure
@@ -91,9 +92,20 @@ def test_statement_timeout_applies_to_each_statement(conn):
     assert f.sqlstate == "57014"
     assert "statement 2 (line 1) ran longer than migrate.statement_timeout (300 ms)" in f.message
     assert counts(conn) == (0, 0)
-    # The caller's own setting is untouched and its statements are not limited by ours.
+    # Our timer is disarmed after apply: the rest of the same statement runs unlimited.
+    conn.execute("SELECT migrate.apply('2', 'SELECT 1'), pg_sleep(0.6)")
     assert conn.execute("SHOW statement_timeout").fetchone()[0] == "0"
-    conn.execute("SELECT pg_sleep(0.5)")
+
+
+def test_the_callers_own_statement_deadline_survives_apply(conn):
+    conn.execute("SET statement_timeout = '1s'")
+    conn.execute("SET migrate.statement_timeout = '5s'")
+    started = time.monotonic()
+    f = failure(conn, "SELECT migrate.apply('1', 'SELECT 1'), pg_sleep(3)")
+    elapsed = time.monotonic() - started
+    assert f.sqlstate == "57014" and f.message == "canceling statement due to statement timeout"
+    # Cancelled by the caller's 1 s deadline, not after pg_sleep's 3 s nor our 5 s.
+    assert elapsed < 2.5
 
 
 def test_ddl_log_records_any_session_with_its_identity(cluster, db):

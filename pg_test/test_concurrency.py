@@ -4,7 +4,7 @@ import threading
 
 import psycopg
 
-from harness import wait_until
+from harness import failure, wait_until
 
 VERSIONS = 15
 SESSIONS = 8
@@ -44,6 +44,28 @@ def test_n_sessions_apply_the_same_versions_exactly_once(cluster, db, conn):
         assert statuses == ["already_applied"] * (SESSIONS - 1) + ["applied"], v
     assert conn.execute("SELECT count(*), count(DISTINCT v) FROM applied_marks").fetchone() == (VERSIONS, VERSIONS)
     assert conn.execute("SELECT count(*) FROM migrate.history").fetchone()[0] == VERSIONS
+
+
+def test_the_applier_lock_ends_with_the_transaction(cluster, db, conn):
+    advisory = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+    with cluster.connect(db, autocommit=False) as c:
+        c.execute("SELECT migrate.apply('1', 'SELECT 1')")
+        assert c.execute(advisory).fetchone()[0] == 1
+        c.commit()
+        # Still connected, the session holds nothing: the lock was transaction-scoped.
+        assert c.execute(advisory).fetchone()[0] == 0
+        c.rollback()
+
+
+def test_snapshot_isolated_callers_are_refused(cluster, db):
+    with cluster.connect(db, autocommit=False) as c:
+        c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        f = failure(c, "SELECT migrate.apply('1', 'CREATE TABLE t (id int)')")
+        assert f.sqlstate == "25000" and "REPEATABLE READ or SERIALIZABLE" in f.message
+        assert "READ COMMITTED" in f.hint
+        c.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+        assert failure(c, "SELECT migrate.baseline('1')").sqlstate == "25000"
+        assert c.execute("SELECT count(*) FROM migrate.history").fetchone()[0] == 0
 
 
 def test_a_killed_applier_leaves_no_lock_behind(cluster, db, conn):

@@ -2,9 +2,6 @@
 
 import subprocess
 
-import psycopg
-import pytest
-
 from harness import PG_BIN, failure
 
 
@@ -54,14 +51,21 @@ def test_pg_dump_keeps_history_and_ddl_log(cluster, db, conn):
         cluster.drop_database(restored)
 
 
-def test_extension_needs_superuser_to_install(cluster, db, conn):
+def test_a_schema_squatted_by_an_ordinary_role_is_refused(cluster, db, conn):
     conn.execute("DROP EXTENSION pg_migrate")
-    conn.execute("CREATE ROLE installer LOGIN")
-    conn.execute(f'GRANT CREATE ON DATABASE "{db}" TO installer')
+    conn.execute("DROP SCHEMA migrate")
+    conn.execute("CREATE ROLE squatter LOGIN")
+    conn.execute(f'GRANT CREATE ON DATABASE "{db}" TO squatter')
     try:
-        with cluster.connect(db, user="installer") as c:
-            c.execute("CREATE SCHEMA other")
-            with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                c.execute("CREATE EXTENSION pg_migrate")
+        with cluster.connect(db, user="squatter") as c:
+            c.execute("CREATE SCHEMA migrate")
+        f = failure(conn, "CREATE EXTENSION pg_migrate")
+        assert f.sqlstate == "42501"
+        assert f.message == 'pg_migrate: schema "migrate" is owned by role "squatter", which is not a superuser'
+        assert f.detail and f.hint
+        conn.execute("ALTER SCHEMA migrate OWNER TO postgres")
+        conn.execute("CREATE EXTENSION pg_migrate")
+        assert conn.execute("SELECT status FROM migrate.apply('1', 'SELECT 1')").fetchone()[0] == "applied"
     finally:
-        conn.execute(f'DROP SCHEMA IF EXISTS other; REVOKE ALL ON DATABASE "{db}" FROM installer; DROP ROLE installer')
+        conn.execute(f'REVOKE ALL ON DATABASE "{db}" FROM squatter')
+        conn.execute("DROP ROLE squatter")

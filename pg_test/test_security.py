@@ -56,7 +56,6 @@ BEGIN
     EXECUTE 'ALTER ROLE app SUPERUSER';
     RETURN 'pwned';
 END $$;
-CREATE FUNCTION evil.session_user() RETURNS name LANGUAGE sql AS $$ SELECT 'pwned'::name $$;
 """
 
 
@@ -74,3 +73,36 @@ def test_callers_search_path_cannot_hijack_the_owner_side_writes(cluster, db, co
     assert conn.execute(
         "SELECT DISTINCT application_name FROM migrate.ddl_log WHERE object_identity LIKE 'public.t%'").fetchall() == [("honest",)]
     conn.execute("REVOKE CREATE ON DATABASE " + db + " FROM app")
+
+
+HOSTILE_OPERATOR = """
+CREATE FUNCTION public.escalate(numeric[], numeric[]) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE 'ALTER ROLE app SUPERUSER';
+    RETURN $1 OPERATOR(pg_catalog.=) $2;
+END $$;
+CREATE OPERATOR public.= (LEFTARG = numeric[], RIGHTARG = numeric[], FUNCTION = public.escalate);
+"""
+
+
+def test_a_hostile_operator_on_the_callers_path_is_never_used(cluster, db, conn, app_role):
+    # An exact-type operator in public would beat pg_catalog's polymorphic = for numeric[]
+    # if pg_migrate's own queries resolved names through the caller's search_path.
+    with cluster.connect(db, user=app_role) as app:
+        app.execute(HOSTILE_OPERATOR)
+    conn.execute("SELECT migrate.apply('1', 'SELECT 1')")
+    conn.execute("SELECT migrate.apply('2', 'SELECT 2')")
+    conn.execute("SELECT migrate.validate('2', 'SELECT 2')")
+    conn.execute("SELECT migrate.apply('2', 'SELECT 2')")
+    assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = 'app'").fetchone()[0] is False
+
+
+def test_scripts_are_readable_by_admins_only(cluster, db, conn, app_role):
+    conn.execute("SELECT migrate.apply('1', 'SELECT 1', rollback => 'SELECT 0')")
+    with cluster.connect(db, user=app_role) as app:
+        assert app.execute("SELECT version, checksum, applied_by FROM migrate.history").fetchone()[0] == "1"
+        assert failure(app, "SELECT script FROM migrate.history").sqlstate == "42501"
+        assert failure(app, "SELECT rollback_script FROM migrate.history").sqlstate == "42501"
+    conn.execute("GRANT migrate_admin TO app")
+    with cluster.connect(db, user=app_role) as app:
+        assert app.execute("SELECT script FROM migrate.history").fetchone()[0] == "SELECT 1"

@@ -10,3 +10,21 @@ BEGIN
     END IF;
 END
 $$;
+
+-- pg_migrate writes its tables as their owner and trusts the schema they live in. A schema
+-- "migrate" created beforehand by an ordinary role would let that role drop or replace them.
+DO $$
+DECLARE
+    owner name;
+BEGIN
+    SELECT r.rolname INTO owner
+    FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_roles r ON r.oid = n.nspowner
+    WHERE n.nspname = 'migrate' AND NOT r.rolsuper;
+    IF owner IS NOT NULL THEN
+        RAISE EXCEPTION 'pg_migrate: schema "migrate" is owned by role "%", which is not a superuser', owner
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'pg_migrate keeps its history and DDL log in that schema; its owner could drop or replace them.',
+                  HINT = 'Drop or rename that schema, or make a superuser its owner (ALTER SCHEMA migrate OWNER TO postgres), then install again.';
+    END IF;
+END
+$$;

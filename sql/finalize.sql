@@ -20,7 +20,15 @@ COMMENT ON VIEW migrate.status IS 'pg_migrate: the history in version order, for
 -- which pg_migrate's functions switch to for the write.
 REVOKE ALL ON ALL TABLES IN SCHEMA migrate FROM PUBLIC;
 GRANT USAGE ON SCHEMA migrate TO PUBLIC;
-GRANT SELECT ON migrate.history, migrate.status TO PUBLIC;
+-- Scripts may carry secrets (a CREATE ROLE ... PASSWORD, a user mapping): everyone reads the
+-- history except the script columns, which only admins read.
+GRANT SELECT (version, version_key, description, status, checksum, checksum_raw,
+              checksum_algorithm, rollback_checksum, statements, applied_by, applied_role,
+              application_name, client_addr, xid, started_at, finished_at, duration, lock_wait,
+              retries, extension_version)
+    ON migrate.history TO PUBLIC;
+GRANT SELECT ON migrate.history TO migrate_admin;
+GRANT SELECT ON migrate.status TO PUBLIC;
 GRANT SELECT ON migrate.ddl_log TO migrate_admin;
 
 -- Functions: nothing is executable by PUBLIC unless listed here.

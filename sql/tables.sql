@@ -23,7 +23,7 @@ CREATE TABLE migrate.history (
     started_at         timestamptz NOT NULL,
     finished_at        timestamptz NOT NULL,
     duration           interval GENERATED ALWAYS AS (finished_at - started_at) STORED,
-    -- Time lost to lock timeouts: failed attempts and the backoffs between them.
+    -- Time spent by statements that gave up waiting for a lock (the waits behind `retries`).
     lock_wait          interval NOT NULL DEFAULT '0',
     retries            integer NOT NULL DEFAULT 0,
     extension_version  text NOT NULL,

@@ -212,7 +212,9 @@ fn parse_for_apply(what: &str, script: &str) -> Result<Vec<Statement>, Problem> 
     Ok(statements)
 }
 
-fn refuse_unsafe_context() -> Result<(), Problem> {
+/// Refuses contexts in which the history cannot be changed correctly: inside a migration,
+/// read-only, or with a transaction snapshot older than the applier lock.
+pub fn refuse_unsafe_context() -> Result<(), Problem> {
     if APPLYING.with_borrow(|v| v.is_some()) {
         return Err(Problem::new(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
@@ -222,7 +224,24 @@ fn refuse_unsafe_context() -> Result<(), Problem> {
         ));
     }
     // SAFETY: reads backend-global flags.
-    let read_only = unsafe { pg_sys::XactReadOnly || pg_sys::RecoveryInProgress() };
+    let (read_only, snapshot_isolation) = unsafe {
+        (
+            pg_sys::XactReadOnly || pg_sys::RecoveryInProgress(),
+            pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32,
+        )
+    };
+    if snapshot_isolation {
+        // Its snapshot was taken before the applier lock was granted, so it cannot see what
+        // a concurrent applier committed meanwhile and would apply a version twice.
+        return Err(Problem::new(
+            PgSqlErrorCode::ERRCODE_INVALID_TRANSACTION_STATE,
+            "cannot change the schema history in a REPEATABLE READ or SERIALIZABLE transaction",
+            "Such a transaction keeps the snapshot it took before waiting for other appliers, \
+             so it would not see versions they applied meanwhile.",
+            "Run it in a READ COMMITTED transaction: BEGIN ISOLATION LEVEL READ COMMITTED; \
+             (or SET default_transaction_isolation = 'read committed').",
+        ));
+    }
     if read_only {
         return Err(Problem::new(
             PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
@@ -237,10 +256,12 @@ fn refuse_unsafe_context() -> Result<(), Problem> {
 /// Takes the transaction-scoped lock that serialises appliers; it ends with the transaction,
 /// so a killed session never leaves it behind.
 pub fn lock_history() {
-    Spi::run_with_args(
-        "SELECT pg_catalog.pg_advisory_xact_lock($1, 1)",
-        &[MIGRATE_LOCK_CLASS.into()],
-    )
+    security::pinned(|| {
+        Spi::run_with_args(
+            "SELECT pg_catalog.pg_advisory_xact_lock($1, 1)",
+            &[MIGRATE_LOCK_CLASS.into()],
+        )
+    })
     .expect("taking the pg_migrate advisory lock");
 }
 

@@ -53,11 +53,10 @@ unsafe fn describe(script: &str, list: *mut pg_sys::List) -> Vec<Statement> {
             len => location + len as usize,
         };
         // stmt_location is right after the previous ';': skip the whitespace and comments.
+        let first = first_tokens.partition_point(|t| t.offset < location);
         let start = first_tokens
-            .iter()
-            .map(|t| t.offset)
-            .find(|&offset| offset >= location)
-            .unwrap_or(location)
+            .get(first)
+            .map_or(location, |t| t.offset)
             .min(end);
         let (tag, form, kind) = classify((*stmt).stmt);
         statements.push(Statement {

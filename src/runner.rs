@@ -34,18 +34,18 @@ impl Policy {
 pub struct Outcome {
     /// Attempts that were rolled back and retried.
     pub retries: u32,
-    /// Time from the first attempt to the start of the successful one: the lock waits of the
-    /// failed attempts plus the backoffs between them.
+    /// Time spent by the statements that gave up waiting for a lock (or lost a deadlock):
+    /// the waits that made the migration retry. Backoffs between attempts are not included,
+    /// nor waits that ended with the lock granted.
     pub lock_wait: Duration,
 }
 
 /// Runs `statements` of `script`, retrying on lock timeouts; any other error is raised with
 /// the statement it happened in. `what` names the script in messages ("migration 42").
 pub fn run(what: &str, script: &str, statements: &[Statement], policy: Policy) -> Outcome {
-    let started = Instant::now();
     let attempts = policy.retries + 1;
+    let mut lock_wait = Duration::ZERO;
     for attempt in 1..=attempts {
-        let attempt_started = Instant::now();
         let current = Cell::new(0usize);
         let statement_started = Cell::new(Instant::now());
         let result = subxact::run(|| {
@@ -58,7 +58,7 @@ pub fn run(what: &str, script: &str, statements: &[Statement], policy: Policy) -
         let Err(caught) = result else {
             return Outcome {
                 retries: attempt - 1,
-                lock_wait: attempt_started.duration_since(started),
+                lock_wait,
             };
         };
         let st = &statements[current.get()];
@@ -73,6 +73,7 @@ pub fn run(what: &str, script: &str, statements: &[Statement], policy: Policy) -
         if !failure.is_lock_contention() {
             failure.problem(attempt).raise();
         }
+        lock_wait += failure.ran_for;
         if attempt == attempts {
             failure.problem(attempt).raise();
         }

@@ -47,7 +47,16 @@ pub fn current_user_name() -> String {
     }
 }
 
-/// Runs `f` as the owner of pg_migrate's schema, with `search_path` pinned to `pg_catalog`.
+/// Runs `f` — pg_migrate's own queries — with `search_path` pinned to `pg_catalog`, so that
+/// no caller-created function or operator (an `=` on `numeric[]`, say) can stand in for a
+/// built-in. `pg_temp` is listed last; PostgreSQL never looks there for functions or
+/// operators.
+pub fn pinned<T>(f: impl FnOnce() -> T) -> T {
+    let _path = SettingScope::set(&[("search_path", "pg_catalog, pg_temp")]);
+    f()
+}
+
+/// Runs `f` as the owner of pg_migrate's tables, with `search_path` pinned.
 pub fn as_owner<T>(f: impl FnOnce() -> T) -> T {
     struct Restore {
         user: pg_sys::Oid,
@@ -59,10 +68,10 @@ pub fn as_owner<T>(f: impl FnOnce() -> T) -> T {
             unsafe { pg_sys::SetUserIdAndSecContext(self.user, self.context) };
         }
     }
+    let owner = table_owner();
     // SAFETY: the same switch PostgreSQL makes for RI checks and maintenance commands; the
     // local-userid flag stops SET ROLE / SET SESSION AUTHORIZATION inside `f`.
     unsafe {
-        let owner = schema_owner();
         let mut user = pg_sys::InvalidOid;
         let mut context = 0;
         pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
@@ -71,30 +80,31 @@ pub fn as_owner<T>(f: impl FnOnce() -> T) -> T {
             owner,
             context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
         );
-        let _path = SettingScope::set(&[("search_path", "pg_catalog, pg_temp")]);
-        f()
+        pinned(f)
     }
 }
 
-fn schema_owner() -> pg_sys::Oid {
-    // SAFETY: syscache lookup of the schema row by OID; released before returning.
+/// The owner of `migrate.history`: the superuser who installed the extension. Not the
+/// schema's owner, which (if the schema existed before) could be anyone.
+fn table_owner() -> pg_sys::Oid {
+    // SAFETY: catalog lookups by name and a syscache read, released before returning.
     unsafe {
         let namespace = pg_sys::get_namespace_oid(c"migrate".as_ptr(), false);
+        let relid = pg_sys::get_relname_relid(c"history".as_ptr(), namespace);
         let tuple = pg_sys::SearchSysCache1(
-            pg_sys::SysCacheIdentifier::NAMESPACEOID as _,
-            pg_sys::Datum::from(namespace),
+            pg_sys::SysCacheIdentifier::RELOID as _,
+            pg_sys::Datum::from(relid),
         );
         if tuple.is_null() {
             Problem::new(
-                PgSqlErrorCode::ERRCODE_INVALID_SCHEMA_NAME,
-                "schema \"migrate\" was dropped while in use",
-                "The schema disappeared between its lookup and the read of its owner.",
-                "Retry; if it persists, reinstall the extension: CREATE EXTENSION pg_migrate;",
+                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                "table migrate.history is missing",
+                "pg_migrate's history table was dropped or renamed.",
+                "Reinstall the extension: DROP EXTENSION pg_migrate; CREATE EXTENSION pg_migrate;",
             )
             .raise();
         }
-        let form = pg_sys::GETSTRUCT(tuple).cast::<pg_sys::FormData_pg_namespace>();
-        let owner = (*form).nspowner;
+        let owner = (*pg_sys::GETSTRUCT(tuple).cast::<pg_sys::FormData_pg_class>()).relowner;
         pg_sys::ReleaseSysCache(tuple);
         owner
     }

@@ -294,7 +294,9 @@ CREATE TABLE b (
         );
         assert_eq!(
             one::<bool>(
-                "SELECT has_table_privilege('public', 'migrate.history', 'SELECT')
+                "SELECT has_column_privilege('public', 'migrate.history', 'checksum', 'SELECT')
+                    AND NOT has_column_privilege('public', 'migrate.history', 'script', 'SELECT')
+                    AND has_table_privilege('public', 'migrate.status', 'SELECT')
                     AND NOT has_table_privilege('public', 'migrate.history', 'INSERT,UPDATE,DELETE,TRUNCATE')
                     AND NOT has_table_privilege('public', 'migrate.ddl_log', 'SELECT,INSERT,UPDATE,DELETE')
                     AND has_table_privilege('migrate_admin', 'migrate.ddl_log', 'SELECT')
