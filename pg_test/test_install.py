@@ -18,14 +18,15 @@ def test_library_is_preloaded_and_settings_exist_without_the_extension(cluster):
 
 def test_event_triggers_are_enabled_and_survive_drop_and_recreate(cluster, conn):
     enabled = "SELECT string_agg(evtname || ':' || evtenabled::text, ' ' ORDER BY evtname) FROM pg_event_trigger"
-    assert conn.execute(enabled).fetchone()[0] == "migrate_ddl_log:O migrate_ddl_log_drop:O"
+    triggers = "migrate_ddl_log:O migrate_ddl_log_drop:O migrate_guard:O migrate_guard_rewrite:O"
+    assert conn.execute(enabled).fetchone()[0] == triggers
     conn.execute("SELECT migrate.apply('1', 'CREATE TABLE kept (id int)')")
     conn.execute("DROP EXTENSION pg_migrate")
     assert conn.execute("SELECT count(*) FROM pg_event_trigger").fetchone()[0] == 0
     # The schema is not an extension member and stays; the role is cluster-wide and stays.
     assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'migrate'").fetchone()[0] == 1
     conn.execute("CREATE EXTENSION pg_migrate")
-    assert conn.execute(enabled).fetchone()[0] == "migrate_ddl_log:O migrate_ddl_log_drop:O"
+    assert conn.execute(enabled).fetchone()[0] == triggers
     assert conn.execute("SELECT count(*) FROM migrate.history").fetchone()[0] == 0
 
 

@@ -54,7 +54,7 @@ def test_exhausted_retries_fail_cleanly_and_release_everything(cluster, db, conn
     with holding_lock(cluster, db, "SELECT count(*) FROM busy"):
         f = failure(conn, "SELECT migrate.apply('1', 'CREATE TABLE other (id int); ALTER TABLE busy ADD COLUMN c int;')")
     assert f.sqlstate == "55P03"
-    assert "statement 2 (line 1) waited longer than migrate.lock_timeout (100 ms) for a lock in each of 3 attempts" in f.message
+    assert "statement 2 (line 1) waited longer than migrate.lock_timeout (100ms) for a lock in each of 3 attempts" in f.message
     assert "pg_stat_activity" in f.hint
     assert [n for n in notices if "retrying" in n] and len([n for n in notices if "retrying" in n]) == 2
 

@@ -16,6 +16,12 @@ ORDER BY version_key;
 
 COMMENT ON VIEW migrate.status IS 'pg_migrate: the history in version order, for psql';
 
+CREATE VIEW migrate.rules AS
+SELECT * FROM migrate.rule_catalog();
+
+COMMENT ON VIEW migrate.rules IS
+    'pg_migrate: every guard rule, what it catches, why, and the safe alternative';
+
 -- Tables: read by everyone (history) or by admins (DDL log); written only by their owner,
 -- which pg_migrate's functions switch to for the write.
 REVOKE ALL ON ALL TABLES IN SCHEMA migrate FROM PUBLIC;
@@ -28,7 +34,7 @@ GRANT SELECT (version, version_key, description, status, checksum, checksum_raw,
               retries, extension_version)
     ON migrate.history TO PUBLIC;
 GRANT SELECT ON migrate.history TO migrate_admin;
-GRANT SELECT ON migrate.status TO PUBLIC;
+GRANT SELECT ON migrate.status, migrate.rules TO PUBLIC;
 GRANT SELECT ON migrate.ddl_log TO migrate_admin;
 
 -- Functions: nothing is executable by PUBLIC unless listed here.
@@ -36,15 +42,24 @@ REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA migrate FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
     migrate.version_key(text),
     migrate.current_version(),
-    migrate.validate(text, text)
+    migrate.validate(text, text),
+    migrate.rule_catalog(),
+    migrate.lint(text, text[])
 TO PUBLIC;
 -- apply and baseline are callable by everyone on purpose: they refuse non-members of
 -- migrate_admin themselves, with an error that says how to get the right, where PostgreSQL's
 -- own "permission denied" would not.
 GRANT EXECUTE ON FUNCTION
-    migrate.apply(text, text, text, text),
+    migrate.apply(text, text, text, text, text[]),
     migrate.baseline(text, text)
 TO PUBLIC;
+
+-- The guard judges every DDL statement before it takes its locks; the rewrite trigger is a
+-- backstop for rewrites no rule foresaw.
+CREATE EVENT TRIGGER migrate_guard ON ddl_command_start
+    EXECUTE FUNCTION migrate.guard_ddl();
+CREATE EVENT TRIGGER migrate_guard_rewrite ON table_rewrite
+    EXECUTE FUNCTION migrate.guard_rewrite();
 
 CREATE EVENT TRIGGER migrate_ddl_log ON ddl_command_end
     EXECUTE FUNCTION migrate.log_ddl_command();

@@ -27,6 +27,8 @@ CREATE TABLE migrate.history (
     lock_wait          interval NOT NULL DEFAULT '0',
     retries            integer NOT NULL DEFAULT 0,
     extension_version  text NOT NULL,
+    -- Guard rules the migration overrode (allow => ARRAY[...]).
+    allowed_rules      text[] NOT NULL DEFAULT '{}',
     CHECK (status = 'baseline'
            OR (script IS NOT NULL AND checksum IS NOT NULL AND checksum_algorithm IS NOT NULL)),
     CHECK ((rollback_script IS NULL) = (rollback_checksum IS NULL))
@@ -41,7 +43,10 @@ COMMENT ON TABLE migrate.history IS
 CREATE TABLE migrate.ddl_log (
     id                 bigint GENERATED ALWAYS AS IDENTITY,
     logged_at          timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
-    event              text NOT NULL CHECK (event IN ('ddl_command_end', 'sql_drop')),
+    -- ddl_command_end, sql_drop: DDL commands; guard_override, guard_warning: unsafe DDL that
+    -- the guard let through (an override used, or migrate.guard = warn), one row per rule.
+    event              text NOT NULL
+                       CHECK (event IN ('ddl_command_end', 'sql_drop', 'guard_override', 'guard_warning')),
     command_tag        text NOT NULL,
     object_type        text,
     schema_name        text,
@@ -53,7 +58,8 @@ CREATE TABLE migrate.ddl_log (
     backend_pid        integer NOT NULL,
     xid                xid8,
     -- Set when the command ran inside migrate.apply.
-    migration_version  text
+    migration_version  text,
+    guard_rule         text
 );
 
 CREATE INDEX ddl_log_id ON migrate.ddl_log (id);

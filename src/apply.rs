@@ -24,6 +24,7 @@ fn apply(
     script: Option<&str>,
     description: default!(Option<&str>, "NULL"),
     rollback: default!(Option<&str>, "NULL"),
+    allow: default!(Option<Vec<Option<String>>>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -39,9 +40,11 @@ fn apply(
     security::require_admin("apply migrations").or_raise();
     let version = Version::parse(version).or_raise();
     let script = require_script(script).or_raise();
+    let allow = crate::lint::rule_ids(allow).or_raise();
     refuse_unsafe_context().or_raise();
     let what = format!("migration {version}");
-    let statements = parse_for_apply(&what, script).or_raise();
+    let trees = parse_for_apply(&what, script).or_raise();
+    let statements: Vec<Statement> = trees.iter().map(|(s, _)| s.clone()).collect();
     if let Some(rollback) = rollback {
         parse_for_apply(&format!("the rollback script of {what}"), rollback).or_raise();
     }
@@ -96,9 +99,15 @@ fn apply(
             )
         }
         Decision::Apply => {
+            let running = Running {
+                version: version.to_string(),
+                has_rollback: rollback.is_some(),
+                allow: allow.clone(),
+            };
+            refuse_unsafe_statements(&what, &trees, &running).or_raise();
             let started_at = history::clock_now();
             let outcome = {
-                let _applying = Applying::enter(&version);
+                let _applying = Applying::enter(running);
                 runner::run(&what, script, &statements, Policy::from_settings())
             };
             let duration = history::insert(&NewEntry {
@@ -112,6 +121,7 @@ fn apply(
                 started_at,
                 lock_wait: outcome.lock_wait,
                 retries: outcome.retries as i32,
+                allowed_rules: &allow,
             });
             (
                 "applied".to_string(),
@@ -196,9 +206,32 @@ pub fn require_script(script: Option<&str>) -> Result<&str, Problem> {
     })
 }
 
+/// The guard's verdict on every statement before the first one runs, so that a refused
+/// statement late in a script does not leave earlier ones holding locks meanwhile. The event
+/// trigger judges each statement again as it runs, with the catalogs as they are by then.
+fn refuse_unsafe_statements(
+    what: &str,
+    trees: &[(Statement, *mut pg_sys::Node)],
+    running: &Running,
+) -> Result<(), Problem> {
+    let Some(mut ctx) = crate::guard::trigger::context() else {
+        return Ok(());
+    };
+    ctx.allow.extend(running.allow.iter().cloned());
+    ctx.apply_with_rollback = running.has_rollback;
+    match crate::lint::refusal_before_apply(what, trees, &ctx) {
+        Some(p) => Err(p),
+        None => Ok(()),
+    }
+}
+
 /// Parses `script` and refuses what cannot run as one transactional migration.
-fn parse_for_apply(what: &str, script: &str) -> Result<Vec<Statement>, Problem> {
-    let statements = parser::parse(script).map_err(|e| e.problem(what, script))?;
+fn parse_for_apply(
+    what: &str,
+    script: &str,
+) -> Result<Vec<(Statement, *mut pg_sys::Node)>, Problem> {
+    let trees = parser::parse(script).map_err(|e| e.problem(what, script))?;
+    let statements: Vec<Statement> = trees.iter().map(|(s, _)| s.clone()).collect();
     if statements.is_empty() {
         return Err(Problem::new(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -209,7 +242,7 @@ fn parse_for_apply(what: &str, script: &str) -> Result<Vec<Statement>, Problem> 
         ));
     }
     script::check_transactional(what, &statements)?;
-    Ok(statements)
+    Ok(trees)
 }
 
 /// Refuses contexts in which the history cannot be changed correctly: inside a migration,
@@ -265,12 +298,20 @@ pub fn lock_history() {
     .expect("taking the pg_migrate advisory lock");
 }
 
-thread_local! {
-    static APPLYING: RefCell<Option<String>> = const { RefCell::new(None) };
+/// The migration whose statements are running, as the DDL log and the guard need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Running {
+    pub version: String,
+    pub has_rollback: bool,
+    /// Guard rules the migration overrides (`allow => ARRAY[...]`).
+    pub allow: Vec<String>,
 }
 
-/// The version whose statements are running right now, for the DDL log.
-pub fn applying_version() -> Option<String> {
+thread_local! {
+    static APPLYING: RefCell<Option<Running>> = const { RefCell::new(None) };
+}
+
+pub fn running() -> Option<Running> {
     APPLYING.with_borrow(|v| v.clone())
 }
 
@@ -278,8 +319,8 @@ pub fn applying_version() -> Option<String> {
 struct Applying;
 
 impl Applying {
-    fn enter(version: &Version) -> Applying {
-        APPLYING.set(Some(version.to_string()));
+    fn enter(running: Running) -> Applying {
+        APPLYING.set(Some(running));
         Applying
     }
 }

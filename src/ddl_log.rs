@@ -14,9 +14,9 @@ use pgrx::prelude::*;
 const WHO: &str = "session_user, $1, current_setting('application_name'), inet_client_addr(), \
      pg_backend_pid(), pg_current_xact_id(), $2";
 
-const INSERT: &str = "INSERT INTO migrate.ddl_log (event, command_tag, object_type, \
-     schema_name, object_identity, session_user_name, current_user_name, application_name, \
-     client_addr, backend_pid, xid, migration_version) ";
+const COLUMNS: &str = "event, command_tag, object_type, schema_name, object_identity, \
+     session_user_name, current_user_name, application_name, client_addr, backend_pid, xid, \
+     migration_version";
 
 #[pg_extern(sql = "
     CREATE FUNCTION migrate.log_ddl_command() RETURNS event_trigger
@@ -25,7 +25,7 @@ const INSERT: &str = "INSERT INTO migrate.ddl_log (event, command_tag, object_ty
 fn log_ddl_command(fcinfo: pg_sys::FunctionCallInfo) {
     event_trigger::event(fcinfo);
     write(&format!(
-        "{INSERT} SELECT 'ddl_command_end', c.command_tag, c.object_type, c.schema_name, \
+        "INSERT INTO migrate.ddl_log ({COLUMNS}) SELECT 'ddl_command_end', c.command_tag, c.object_type, c.schema_name, \
            c.object_identity, {WHO} \
          FROM pg_catalog.pg_event_trigger_ddl_commands() c \
          WHERE NOT c.in_extension AND c.schema_name IS DISTINCT FROM 'pg_temp'"
@@ -46,7 +46,7 @@ fn log_sql_drop(fcinfo: pg_sys::FunctionCallInfo) {
         "d.normal AND NOT (d.object_type = 'rule' AND d.address_names[3] = '_RETURN')"
     };
     write(&format!(
-        "{INSERT} SELECT 'sql_drop', {tag}, d.object_type, d.schema_name, d.object_identity, {WHO} \
+        "INSERT INTO migrate.ddl_log ({COLUMNS}) SELECT 'sql_drop', {tag}, d.object_type, d.schema_name, d.object_identity, {WHO} \
          FROM pg_catalog.pg_event_trigger_dropped_objects() d \
          WHERE (d.original OR {cascaded}) AND NOT d.is_temporary",
         tag = pgrx::spi::quote_literal(&event.tag)
@@ -55,7 +55,41 @@ fn log_sql_drop(fcinfo: pg_sys::FunctionCallInfo) {
 
 fn write(insert: &str) {
     let role = security::current_user_name();
-    let migration = crate::apply::applying_version();
+    let migration = crate::apply::running().map(|r| r.version);
     security::as_owner(|| Spi::run_with_args(insert, &[role.into(), migration.into()]))
         .expect("writing migrate.ddl_log");
+}
+
+/// Records guard findings let through (by an override, or because the guard only warns) in
+/// the DDL log, with who let them through: an override used is an audit event.
+pub fn record_guard(event: &str, tag: &str, findings: &[crate::guard::Finding]) {
+    if findings.is_empty() {
+        return;
+    }
+    let role = security::current_user_name();
+    let migration = crate::apply::running().map(|r| r.version);
+    let rules: Vec<String> = findings.iter().map(|f| f.rule.id.to_string()).collect();
+    let subjects: Vec<Option<String>> = findings
+        .iter()
+        .map(|f| f.subject.as_ref().map(|s| s.name.clone()))
+        .collect();
+    let insert = format!(
+        "INSERT INTO migrate.ddl_log ({COLUMNS}, guard_rule) \
+         SELECT $3, $4, 'table', NULL, s.subject, {WHO}, s.rule \
+         FROM pg_catalog.unnest($5::text[], $6::text[]) AS s(rule, subject)"
+    );
+    security::as_owner(|| {
+        Spi::run_with_args(
+            &insert,
+            &[
+                role.into(),
+                migration.into(),
+                event.into(),
+                tag.into(),
+                rules.into(),
+                subjects.into(),
+            ],
+        )
+    })
+    .expect("writing migrate.ddl_log");
 }

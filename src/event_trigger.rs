@@ -8,6 +8,8 @@ use std::ffi::CStr;
 pub struct Event {
     /// The command tag, e.g. `ALTER TABLE`.
     pub tag: String,
+    /// The statement's raw parse tree (ddl_command_start), valid during the call.
+    pub parsetree: *mut pg_sys::Node,
 }
 
 /// Reads the trigger data, refusing direct calls.
@@ -30,6 +32,7 @@ pub fn event(fcinfo: pg_sys::FunctionCallInfo) -> Event {
             tag: CStr::from_ptr(pg_sys::GetCommandTagName((*data).tag))
                 .to_string_lossy()
                 .into_owned(),
+            parsetree: (*data).parsetree,
         }
     }
 }

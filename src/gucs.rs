@@ -1,6 +1,8 @@
 //! The `migrate.*` settings. Defaults and their reasons are in the README.
 
-use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
+use std::cell::Cell;
+use std::ffi::{c_char, c_void, CString};
 
 /// How long any one statement of a migration may wait for a lock before the whole attempt
 /// is rolled back (and every lock it took released).
@@ -15,6 +17,61 @@ pub static LOCK_RETRY_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(500);
 pub static LOCK_RETRY_MAX_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 /// Whether a version lower than the highest applied one may still be applied.
 pub static OUT_OF_ORDER: GucSetting<bool> = GucSetting::<bool>::new(false);
+
+#[derive(PostgresGucEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuardMode {
+    #[name = c"enforce"]
+    Enforce,
+    #[name = c"warn"]
+    Warn,
+    #[name = c"off"]
+    Off,
+}
+
+/// Whether unsafe DDL is refused, only warned about, or not judged at all.
+pub static GUARD: GucSetting<GuardMode> = GucSetting::<GuardMode>::new(GuardMode::Enforce);
+/// Rule ids overridden for the current transaction (`SET LOCAL migrate.allow = '...'`).
+pub static ALLOW: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// Tables with at most this many estimated rows (and at most SMALL_TABLE_MAX_SIZE_KB) are
+/// exempt from the lock and scan rules.
+pub static SMALL_TABLE_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+pub static SMALL_TABLE_MAX_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(10 * 1024);
+
+thread_local! {
+    /// Start of the transaction in which migrate.allow was last assigned.
+    static ALLOW_SET_IN: Cell<Option<pg_sys::TimestampTz>> = const { Cell::new(None) };
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn remember_allow_transaction(
+    _newval: *const c_char,
+    _extra: *mut c_void,
+) {
+    ALLOW_SET_IN.set(Some(pg_sys::GetCurrentTransactionStartTimestamp()));
+}
+
+/// The rule ids in migrate.allow, if it was set in the current transaction; `Err` with the
+/// ids when it was set in an earlier one (a session-wide SET, which does not count).
+pub fn allowed_rules() -> Result<Vec<String>, Vec<String>> {
+    let ids: Vec<String> = ALLOW
+        .get()
+        .map(|v| v.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .split(',')
+        .map(|id| id.trim().to_string())
+        .filter(|id| !id.is_empty())
+        .collect();
+    if ids.is_empty() {
+        return Ok(ids);
+    }
+    // SAFETY: reads the transaction start time.
+    let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    if ALLOW_SET_IN.get() == Some(now) {
+        Ok(ids)
+    } else {
+        Err(ids)
+    }
+}
 
 pub fn init() {
     GucRegistry::define_int_guc(
@@ -76,6 +133,51 @@ pub fn init() {
         &OUT_OF_ORDER,
         GucContext::Userset,
         GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"migrate.guard",
+        c"What the guard does with unsafe DDL: enforce (refuse), warn, or off.",
+        c"Only superusers may change it.",
+        &GUARD,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    // SAFETY: the assign hook only records a timestamp and cannot raise.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"migrate.allow",
+            c"Guard rules overridden for this transaction (comma-separated rule ids).",
+            c"Honoured for members of migrate_admin, and only in the transaction that set it: \
+              use SET LOCAL. Data-loss rules are honoured only inside migrate.apply for a \
+              migration that declares a rollback script.",
+            &ALLOW,
+            GucContext::Userset,
+            GucFlags::default(),
+            None,
+            Some(remember_allow_transaction),
+            None,
+        );
+    }
+    GucRegistry::define_int_guc(
+        c"migrate.small_table_threshold",
+        c"Tables with at most this many estimated rows are exempt from the lock and scan rules.",
+        c"They must also be at most migrate.small_table_max_size. Data-loss and rename rules \
+          apply to every table. The estimate is PostgreSQL's planner estimate.",
+        &SMALL_TABLE_THRESHOLD,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"migrate.small_table_max_size",
+        c"Tables of at most this size (heap and TOAST) are exempt from the lock and scan rules.",
+        c"They must also have at most migrate.small_table_threshold estimated rows.",
+        &SMALL_TABLE_MAX_SIZE_KB,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_KB,
     );
     reserve_prefix();
 }

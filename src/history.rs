@@ -86,6 +86,8 @@ pub struct NewEntry<'a> {
     pub started_at: TimestampWithTimeZone,
     pub lock_wait: Duration,
     pub retries: i32,
+    /// Guard rules the migration overrode.
+    pub allowed_rules: &'a [String],
 }
 
 /// Inserts a history row in the current transaction, as the table's owner, and returns the
@@ -109,16 +111,17 @@ pub fn insert(entry: &NewEntry) -> Duration {
         interval(entry.lock_wait).into(),
         entry.retries.into(),
         env!("CARGO_PKG_VERSION").into(),
+        entry.allowed_rules.to_vec().into(),
     ];
     let recorded = security::as_owner(|| {
         Spi::get_one_with_args::<i64>(
             "INSERT INTO migrate.history (version, description, status, script, checksum, \
                checksum_raw, checksum_algorithm, rollback_script, rollback_checksum, statements, \
                applied_by, applied_role, application_name, client_addr, started_at, finished_at, \
-               lock_wait, retries, extension_version) \
+               lock_wait, retries, extension_version, allowed_rules) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, session_user, $11, \
                current_setting('application_name'), inet_client_addr(), $12, clock_timestamp(), \
-               $13, $14, $15) \
+               $13, $14, $15, $16) \
              RETURNING (extract(epoch FROM duration) * 1e6)::int8",
             &args,
         )
@@ -163,6 +166,7 @@ fn baseline(
         started_at: clock_now(),
         lock_wait: Duration::ZERO,
         retries: 0,
+        allowed_rules: &[],
     });
     TableIterator::once(("baseline".to_string(), version.to_string()))
 }

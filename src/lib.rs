@@ -3,13 +3,18 @@
 //! This file only wires the modules together; each has one concern.
 
 mod apply;
+mod catalog;
 mod checksum;
+mod command;
 mod ddl_log;
 mod errors;
 mod event_trigger;
+mod guard;
 mod gucs;
 mod history;
+mod lint;
 mod parser;
+mod parsetree;
 mod retry;
 mod runner;
 mod script;
@@ -34,6 +39,10 @@ pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
+    // SAFETY: reads a flag set by the postmaster while it loads shared_preload_libraries.
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        guard::utility_hook::install();
+    }
 }
 
 /// Required by `cargo pgrx test`.

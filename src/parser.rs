@@ -11,8 +11,10 @@ use pgrx::{is_a, PgList};
 use std::cell::Cell;
 use std::ffi::{c_int, c_void, CStr, CString};
 
-/// Splits `script` into statements, or says where it fails to parse.
-pub fn parse(script: &str) -> Result<Vec<Statement>, SyntaxError> {
+/// Splits `script` into statements, each with its raw parse tree, or says where it fails to
+/// parse. The trees live in the current memory context: use them before the calling function
+/// returns.
+pub fn parse(script: &str) -> Result<Vec<(Statement, *mut pg_sys::Node)>, SyntaxError> {
     let c_script = CString::new(script).expect("text values never contain NUL");
     let parsed = subxact::run(|| {
         let list = with_error_position(|| raw_parse(&c_script));
@@ -42,7 +44,7 @@ fn raw_parse(text: &CStr) -> *mut pg_sys::List {
 ///
 /// # Safety
 /// `list` must be the result of `raw_parser(script)`.
-unsafe fn describe(script: &str, list: *mut pg_sys::List) -> Vec<Statement> {
+unsafe fn describe(script: &str, list: *mut pg_sys::List) -> Vec<(Statement, *mut pg_sys::Node)> {
     let first_tokens = token_offsets(script);
     let raw = PgList::<pg_sys::RawStmt>::from_pg(list);
     let mut statements = Vec::with_capacity(raw.len());
@@ -59,15 +61,18 @@ unsafe fn describe(script: &str, list: *mut pg_sys::List) -> Vec<Statement> {
             .map_or(location, |t| t.offset)
             .min(end);
         let (tag, form, kind) = classify((*stmt).stmt);
-        statements.push(Statement {
-            number: i + 1,
-            start,
-            end,
-            line: crate::script::line_at(script, start),
-            tag,
-            form,
-            kind,
-        });
+        statements.push((
+            Statement {
+                number: i + 1,
+                start,
+                end,
+                line: crate::script::line_at(script, start),
+                tag,
+                form,
+                kind,
+            },
+            (*stmt).stmt,
+        ));
     }
     statements
 }

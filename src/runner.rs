@@ -126,8 +126,8 @@ impl Failure<'_> {
             "was chosen as a deadlock victim".into()
         } else {
             format!(
-                "waited longer than migrate.lock_timeout ({} ms) for a lock",
-                self.policy.limits.lock_timeout_ms
+                "waited longer than migrate.lock_timeout ({}) for a lock",
+                crate::command::millis(i64::from(self.policy.limits.lock_timeout_ms))
             )
         }
     }
@@ -170,8 +170,8 @@ impl Failure<'_> {
             return Problem::new(
                 self.caught.code,
                 format!(
-                    "{what}: {locator} ran longer than migrate.statement_timeout ({} ms)",
-                    self.policy.limits.statement_timeout_ms
+                    "{what}: {locator} ran longer than migrate.statement_timeout ({})",
+                    crate::command::millis(i64::from(self.policy.limits.statement_timeout_ms))
                 ),
                 format!("The statement was cancelled and nothing was applied. The statement: {first_line}"),
                 "Move long data changes into batched backfills; if this statement must run \
@@ -187,6 +187,11 @@ impl Failure<'_> {
                  stopped it; apply again when that is resolved.",
             );
         }
+        let message = self
+            .caught
+            .message
+            .strip_prefix("pg_migrate: ")
+            .unwrap_or(&self.caught.message);
         let mut detail = self
             .caught
             .detail
@@ -199,7 +204,7 @@ impl Failure<'_> {
         ));
         Problem::new(
             self.caught.code,
-            format!("{what}: {locator}: {}", self.caught.message),
+            format!("{what}: {locator}: {message}"),
             detail,
             self.caught
                 .hint
@@ -300,8 +305,8 @@ mod unit {
         assert_eq!(p.code, PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE);
         assert_eq!(
             p.message,
-            "migration 9: statement 2 (line 2) waited longer than migrate.lock_timeout (2000 ms) \
-             for a lock in each of 6 attempts"
+            "migration 9: statement 2 (line 2) waited longer than migrate.lock_timeout (2s) for \
+             a lock in each of 6 attempts"
         );
         assert!(p.detail.contains("nothing was applied"));
         assert!(p.detail.ends_with("The statement: ALTER TABLE b"));
@@ -317,7 +322,7 @@ mod unit {
         let ours = problem(&timeout, Duration::from_secs(60));
         assert!(ours
             .message
-            .contains("ran longer than migrate.statement_timeout (60000 ms)"));
+            .contains("ran longer than migrate.statement_timeout (1min)"));
         let theirs = problem(&timeout, Duration::from_secs(3));
         assert!(theirs
             .message

@@ -290,7 +290,7 @@ CREATE TABLE b (
                    AND has_function_privilege('public', p.oid, 'EXECUTE')"
             )
             .as_deref(),
-            Some("apply baseline current_version validate version_key")
+            Some("apply baseline current_version lint rule_catalog validate version_key")
         );
         assert_eq!(
             one::<bool>(
@@ -314,7 +314,7 @@ CREATE TABLE b (
                  FROM pg_event_trigger"
             )
             .as_deref(),
-            Some("migrate_ddl_log:O migrate_ddl_log_drop:O")
+            Some("migrate_ddl_log:O migrate_ddl_log_drop:O migrate_guard:O migrate_guard_rewrite:O")
         );
     }
 }

@@ -55,6 +55,37 @@ pub fn with_limits<T>(limits: Limits, f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// `SET LOCAL name = value`: for the rest of the transaction.
+pub fn set_local(name: &str, value: &str) {
+    let name = CString::new(name).expect("setting names have no NUL");
+    let value = CString::new(value).expect("setting values have no NUL");
+    // SAFETY: what SET LOCAL does.
+    unsafe {
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_LOCAL,
+            true,
+            0,
+            false,
+        );
+    }
+}
+
+/// Arms the statement timer for the statement already running, unless a deadline is already
+/// set. PostgreSQL disarms it when the statement ends; later statements of the transaction
+/// arm it themselves from the `statement_timeout` setting.
+pub fn arm_statement_timeout(limit_ms: i32) {
+    // SAFETY: plain calls into the backend's timeout module.
+    guarded(|| unsafe {
+        if !get_timeout_active(STATEMENT_TIMEOUT) {
+            enable_timeout_after(STATEMENT_TIMEOUT, limit_ms);
+        }
+    })
+}
+
 /// GUC values set for a scope and restored when it ends, as `SET` clauses of functions are.
 pub struct SettingScope {
     nest_level: c_int,

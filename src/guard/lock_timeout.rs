@@ -1,0 +1,54 @@
+//! Timeouts for DDL that takes a strong lock in a session that has none: a plain psql
+//! `ALTER TABLE` stuck behind a long transaction then fails after migrate.lock_timeout instead
+//! of stalling every query queued behind it.
+
+use crate::command::LockMode;
+use crate::errors;
+use crate::timeouts;
+use std::ffi::CStr;
+
+/// Sets `lock_timeout` (and `statement_timeout` when unset) for the rest of the transaction
+/// if a statement taking `lock` would otherwise wait without a limit, or longer than
+/// migrate.lock_timeout. `what` names the statement in the NOTICE.
+pub fn enforce(lock: Option<LockMode>, what: &str) {
+    let Some(lock) = lock.filter(|l| *l > LockMode::ShareUpdateExclusive) else {
+        return;
+    };
+    let limit = crate::gucs::LOCK_TIMEOUT_MS.get();
+    if limit <= 0 {
+        return;
+    }
+    let current = setting_ms(c"lock_timeout");
+    if current != 0 && current <= i64::from(limit) {
+        return;
+    }
+    timeouts::set_local("lock_timeout", &format!("{limit}ms"));
+    let limit_text = crate::command::millis(i64::from(limit));
+    let mut also = String::new();
+    let statement_limit = crate::gucs::STATEMENT_TIMEOUT_MS.get();
+    if setting_ms(c"statement_timeout") == 0 && statement_limit > 0 {
+        timeouts::set_local("statement_timeout", &format!("{statement_limit}ms"));
+        timeouts::arm_statement_timeout(statement_limit);
+        also = format!(
+            " and statement_timeout to {}",
+            crate::command::millis(i64::from(statement_limit))
+        );
+    }
+    errors::notice(format!(
+        "{what} needs {}: lock_timeout set to {limit_text}{also} for the rest of this transaction",
+        lock.with_article()
+    ));
+}
+
+/// An integer setting in its base unit (ms for timeouts).
+fn setting_ms(name: &CStr) -> i64 {
+    // SAFETY: GetConfigOption returns the value as text in the setting's base unit.
+    unsafe {
+        let value = pgrx::pg_sys::GetConfigOption(name.as_ptr(), false, false);
+        CStr::from_ptr(value)
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}

@@ -1,0 +1,166 @@
+//! Where the guard meets PostgreSQL: the `ddl_command_start` and `table_rewrite` event
+//! triggers, and the decision shared with the ProcessUtility hook and migrate.apply.
+
+use super::policy::{self, Context, Decision};
+use super::{findings, lock_timeout, unforeseen_rewrite, Finding, SmallTable};
+use crate::command::Command;
+use crate::errors::OrRaise;
+use crate::gucs::{self, GuardMode};
+use crate::{apply, ddl_log, event_trigger, parsetree, security, subxact};
+use pgrx::prelude::*;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
+use std::cell::Cell;
+
+thread_local! {
+    /// The statement being judged already had a rewrite finding warned about or overridden,
+    /// so the table_rewrite backstop stays quiet for it.
+    static REWRITE_JUDGED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The session's guard context, or `None` when the guard does not judge at all: turned off,
+/// or running an extension's install or update script.
+pub fn context() -> Option<Context> {
+    let mode = gucs::GUARD.get();
+    // SAFETY: reads a backend-global flag.
+    if mode == GuardMode::Off || unsafe { pg_sys::creating_extension } {
+        return None;
+    }
+    let (mut allow, stale_allow) = match gucs::allowed_rules() {
+        Ok(ids) => (ids, vec![]),
+        Err(stale) => (vec![], stale),
+    };
+    let running = apply::running();
+    if let Some(r) = &running {
+        allow.extend(r.allow.iter().cloned());
+    }
+    Some(Context {
+        mode,
+        allow,
+        stale_allow,
+        is_admin: security::is_admin(),
+        role: security::current_user_name(),
+        apply_with_rollback: running.is_some_and(|r| r.has_rollback),
+    })
+}
+
+/// Judges one statement: its timeouts, then its findings. `tag` names it in messages.
+///
+/// # Safety
+/// `node` must be the raw parse tree of the statement about to run.
+pub unsafe fn judge_statement(node: *mut pg_sys::Node, tag: &str, ctx: &Context) {
+    REWRITE_JUDGED.set(false);
+    if apply::running().is_none() {
+        // migrate.apply sets both timeouts for each statement itself.
+        lock_timeout::enforce(parsetree::lock_needed(node), tag);
+    }
+    let command = match subxact::run(|| parsetree::command(node)) {
+        Ok(command) => command,
+        Err(caught) => {
+            // A guard that cannot read a statement must not stop it: PostgreSQL will.
+            crate::errors::Problem::new(
+                PgSqlErrorCode::ERRCODE_WARNING,
+                format!("the guard could not judge this {tag}: {}", caught.message),
+                "Its catalog lookups failed; the statement runs unjudged.",
+                "Check the statement with migrate.lint; report it if the lint fails too.",
+            )
+            .report(PgLogLevel::WARNING);
+            return;
+        }
+    };
+    let found = findings(&command, SmallTable::from_settings());
+    carry_out(policy::decide(found, ctx), tag, &command);
+}
+
+/// Raises the refusal, or reports warnings and records what was let through.
+pub fn carry_out(decision: Decision, tag: &str, _command: &Command) {
+    let Decision {
+        refusal,
+        warnings,
+        overridden,
+        warned,
+    } = decision;
+    for w in warnings {
+        w.report(PgLogLevel::WARNING);
+    }
+    if let Some(p) = refusal {
+        p.raise();
+    }
+    let rewrite = |f: &Finding| f.rule.family == super::rules::Family::Rewrite;
+    if overridden.iter().chain(&warned).any(rewrite) {
+        REWRITE_JUDGED.set(true);
+    }
+    ddl_log::record_guard("guard_override", tag, &overridden);
+    ddl_log::record_guard("guard_warning", tag, &warned);
+}
+
+#[pg_extern(sql = "
+    CREATE FUNCTION migrate.guard_ddl() RETURNS event_trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+")]
+fn guard_ddl(fcinfo: pg_sys::FunctionCallInfo) {
+    let event = event_trigger::event(fcinfo);
+    if let Some(ctx) = context() {
+        // SAFETY: at ddl_command_start the parse tree is the statement about to run.
+        unsafe { judge_statement(event.parsetree, &event.tag, &ctx) };
+    }
+}
+
+#[pg_extern(sql = "
+    CREATE FUNCTION migrate.guard_rewrite() RETURNS event_trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+")]
+fn guard_rewrite(fcinfo: pg_sys::FunctionCallInfo) {
+    let event = event_trigger::event(fcinfo);
+    let Some(ctx) = context() else { return };
+    if REWRITE_JUDGED.get() {
+        return;
+    }
+    let (oid, reason) = security::pinned(|| {
+        Spi::get_two::<pg_sys::Oid, i32>(
+            "SELECT pg_catalog.pg_event_trigger_table_rewrite_oid(), \
+                    pg_catalog.pg_event_trigger_table_rewrite_reason()",
+        )
+    })
+    .map_err(|e| e.to_string())
+    .and_then(|(oid, reason)| {
+        oid.zip(reason)
+            .ok_or_else(|| "no rewrite in progress".into())
+    })
+    .map_err(|e| {
+        crate::errors::Problem::new(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("the table_rewrite trigger could not read its table: {e}"),
+            "pg_event_trigger_table_rewrite_oid() failed.",
+            "Report this as a pg_migrate bug.",
+        )
+    })
+    .or_raise();
+    let Some(table) = crate::catalog::relation(oid) else {
+        return;
+    };
+    let what = format!("{} ({})", event.tag, rewrite_reason(reason));
+    let found: Vec<Finding> = unforeseen_rewrite(table, &what, SmallTable::from_settings())
+        .into_iter()
+        .collect();
+    carry_out(policy::decide(found, &ctx), &event.tag, &Command::Other);
+}
+
+/// The AT_REWRITE_* bits of tablecmds.h.
+fn rewrite_reason(bits: i32) -> String {
+    let mut reasons = Vec::new();
+    for (bit, why) in [
+        (1, "persistence change"),
+        (2, "column default"),
+        (4, "column type change"),
+        (8, "access method change"),
+    ] {
+        if bits & bit != 0 {
+            reasons.push(why);
+        }
+    }
+    if reasons.is_empty() {
+        "rewrite".into()
+    } else {
+        reasons.join(", ")
+    }
+}

@@ -1,0 +1,546 @@
+//! Raw parse trees turned into [`Command`]s, with catalog facts filled in by `catalog`.
+//!
+//! The same translation serves the `ddl_command_start` trigger, the ProcessUtility hook and
+//! `migrate.lint`, so a statement is judged alike wherever it comes from.
+
+use crate::catalog;
+use crate::command::{Action, Command, ConstraintKind, LockMode, NewColumn, Rel};
+use pgrx::{is_a, pg_sys, PgList};
+use std::ffi::CStr;
+
+use pg_sys::NodeTag as T;
+
+/// What `node` (a raw statement) will do.
+///
+/// # Safety
+/// `node` must be a raw parse tree of one statement.
+pub unsafe fn command(node: *mut pg_sys::Node) -> Command {
+    if node.is_null() {
+        Command::Other
+    } else if is_a(node, T::T_IndexStmt) {
+        create_index(node.cast())
+    } else if is_a(node, T::T_AlterTableStmt) {
+        alter_table(node.cast())
+    } else if is_a(node, T::T_DropStmt) {
+        drop(node.cast())
+    } else if is_a(node, T::T_RenameStmt) {
+        rename(node.cast())
+    } else if is_a(node, T::T_AlterObjectSchemaStmt) {
+        set_schema(node.cast())
+    } else if is_a(node, T::T_RefreshMatViewStmt) {
+        let stmt = node.cast::<pg_sys::RefreshMatViewStmt>();
+        match catalog::relation_named((*stmt).relation) {
+            Some(view) => Command::RefreshMatView {
+                view,
+                concurrent: (*stmt).concurrent,
+            },
+            None => Command::Other,
+        }
+    } else if is_a(node, T::T_TruncateStmt) {
+        let stmt = node.cast::<pg_sys::TruncateStmt>();
+        Command::Truncate {
+            tables: relations((*stmt).relations),
+            cascade: (*stmt).behavior == pg_sys::DropBehavior::DROP_CASCADE,
+        }
+    } else if is_a(node, T::T_VacuumStmt) {
+        vacuum(node.cast())
+    } else if is_a(node, T::T_ClusterStmt) {
+        let stmt = node.cast::<pg_sys::ClusterStmt>();
+        Command::Cluster {
+            table: catalog::relation_named((*stmt).relation),
+        }
+    } else if is_a(node, T::T_ReindexStmt) {
+        reindex(node.cast())
+    } else {
+        Command::Other
+    }
+}
+
+/// The strongest lock `node` takes on an existing table, where that is known.
+///
+/// # Safety
+/// As for [`command`].
+pub unsafe fn lock_needed(node: *mut pg_sys::Node) -> Option<LockMode> {
+    use LockMode::*;
+    if node.is_null() {
+        return None;
+    }
+    if is_a(node, T::T_AlterTableStmt) {
+        return LockMode::from_pg(pg_sys::AlterTableGetLockLevel(
+            (*node.cast::<pg_sys::AlterTableStmt>()).cmds,
+        ));
+    }
+    if is_a(node, T::T_IndexStmt) {
+        return Some(if (*node.cast::<pg_sys::IndexStmt>()).concurrent {
+            ShareUpdateExclusive
+        } else {
+            Share
+        });
+    }
+    if is_a(node, T::T_DropStmt) {
+        let stmt = node.cast::<pg_sys::DropStmt>();
+        use pg_sys::ObjectType::*;
+        return match (*stmt).removeType {
+            OBJECT_INDEX if (*stmt).concurrent => Some(ShareUpdateExclusive),
+            OBJECT_TABLE | OBJECT_INDEX | OBJECT_VIEW | OBJECT_MATVIEW | OBJECT_SEQUENCE
+            | OBJECT_FOREIGN_TABLE | OBJECT_TRIGGER | OBJECT_POLICY | OBJECT_RULE => {
+                Some(AccessExclusive)
+            }
+            _ => None,
+        };
+    }
+    if is_a(node, T::T_RefreshMatViewStmt) {
+        return Some(if (*node.cast::<pg_sys::RefreshMatViewStmt>()).concurrent {
+            Exclusive
+        } else {
+            AccessExclusive
+        });
+    }
+    if is_a(node, T::T_CreateTrigStmt) {
+        return Some(ShareRowExclusive);
+    }
+    if is_a(node, T::T_CreateStmt) && creates_foreign_key(node.cast()) {
+        return Some(ShareRowExclusive);
+    }
+    for (tag, mode) in [
+        (T::T_RenameStmt, AccessExclusive),
+        (T::T_AlterObjectSchemaStmt, AccessExclusive),
+        (T::T_RuleStmt, AccessExclusive),
+        (T::T_CreatePolicyStmt, AccessExclusive),
+        (T::T_AlterPolicyStmt, AccessExclusive),
+        (T::T_TruncateStmt, AccessExclusive),
+        (T::T_ClusterStmt, AccessExclusive),
+        (T::T_ReindexStmt, Share),
+    ] {
+        if is_a(node, tag) {
+            return Some(mode);
+        }
+    }
+    if is_a(node, T::T_VacuumStmt) && vacuum_full(node.cast()) {
+        return Some(AccessExclusive);
+    }
+    None
+}
+
+unsafe fn create_index(stmt: *mut pg_sys::IndexStmt) -> Command {
+    let Some(table) = catalog::relation_named((*stmt).relation) else {
+        return Command::Other;
+    };
+    let params = PgList::<pg_sys::IndexElem>::from_pg((*stmt).indexParams);
+    let names: Option<Vec<String>> = params
+        .iter_ptr()
+        .map(|e| (!(*e).name.is_null() && (*e).expr.is_null()).then(|| quote((*e).name)))
+        .collect();
+    Command::CreateIndex {
+        table,
+        name: opt_quote((*stmt).idxname),
+        concurrent: (*stmt).concurrent,
+        only: !(*(*stmt).relation).inh,
+        columns: names
+            .filter(|n| !n.is_empty())
+            .map(|n| format!("({})", n.join(", "))),
+        unique: (*stmt).unique,
+    }
+}
+
+unsafe fn alter_table(stmt: *mut pg_sys::AlterTableStmt) -> Command {
+    let oid = catalog::oid_of((*stmt).relation);
+    let Some(table) = catalog::relation(oid) else {
+        return Command::Other;
+    };
+    let actions = PgList::<pg_sys::AlterTableCmd>::from_pg((*stmt).cmds)
+        .iter_ptr()
+        .map(|cmd| action(oid, &table, stmt, cmd))
+        .collect();
+    Command::AlterTable { table, actions }
+}
+
+unsafe fn action(
+    relid: pg_sys::Oid,
+    table: &Rel,
+    stmt: *mut pg_sys::AlterTableStmt,
+    cmd: *mut pg_sys::AlterTableCmd,
+) -> Action {
+    use pg_sys::AlterTableType as AT;
+    let name = || text((*cmd).name);
+    match (*cmd).subtype {
+        AT::AT_AddColumn if !table.new => Action::AddColumn(new_column((*cmd).def.cast())),
+        AT::AT_AlterColumnType if !table.new => {
+            let def = (*cmd).def.cast::<pg_sys::ColumnDef>();
+            Action::AlterType {
+                column: name(),
+                type_name: catalog::type_display((*def).typeName),
+                rewrites: catalog::type_change_rewrites(
+                    relid,
+                    &name(),
+                    (*def).typeName,
+                    (*def).raw_default,
+                ),
+            }
+        }
+        AT::AT_SetNotNull if !table.new => Action::SetNotNull {
+            column: name(),
+            proven: catalog::not_null_proven(relid, &name()).unwrap_or(true),
+        },
+        AT::AT_AddConstraint => {
+            let c = (*cmd).def.cast::<pg_sys::Constraint>();
+            match constraint_kind((*c).contype) {
+                Some(kind) => Action::AddConstraint {
+                    name: opt_quote((*c).conname),
+                    kind,
+                    not_valid: (*c).skip_validation,
+                    using_index: !(*c).indexname.is_null(),
+                    references: catalog::relation_named((*c).pktable),
+                },
+                None => Action::Other,
+            }
+        }
+        AT::AT_ValidateConstraint => Action::ValidateConstraint {
+            name: quote((*cmd).name),
+        },
+        AT::AT_DropColumn => Action::DropColumn {
+            column: quote((*cmd).name),
+        },
+        AT::AT_SetLogged => Action::SetLogged(true),
+        AT::AT_SetUnLogged => Action::SetLogged(false),
+        AT::AT_SetTableSpace
+            if catalog::tablespace_changes(relid, CStr::from_ptr((*cmd).name)) == Some(true) =>
+        {
+            Action::SetTablespace(quote((*cmd).name))
+        }
+        AT::AT_SetAccessMethod
+            if !(*cmd).name.is_null()
+                && catalog::access_method_changes(relid, CStr::from_ptr((*cmd).name))
+                    == Some(true) =>
+        {
+            Action::SetAccessMethod(quote((*cmd).name))
+        }
+        AT::AT_AttachPartition if table.kind == crate::command::RelKind::PartitionedTable => {
+            let partcmd = (*cmd).def.cast::<pg_sys::PartitionCmd>();
+            match catalog::relation_named((*partcmd).name) {
+                Some(partition) if !partition.new => {
+                    let (proven, default_partition) = catalog::attach_proofs(relid, stmt, cmd);
+                    Action::AttachPartition {
+                        partition,
+                        proven,
+                        default_partition,
+                    }
+                }
+                _ => Action::Other,
+            }
+        }
+        AT::AT_DetachPartition => {
+            let partcmd = (*cmd).def.cast::<pg_sys::PartitionCmd>();
+            Action::DetachPartition {
+                partition: range_var_name((*partcmd).name),
+                concurrent: detach_concurrently(partcmd),
+            }
+        }
+        _ => Action::Other,
+    }
+}
+
+#[cfg(not(feature = "pg13"))]
+unsafe fn detach_concurrently(cmd: *mut pg_sys::PartitionCmd) -> bool {
+    (*cmd).concurrent
+}
+
+#[cfg(feature = "pg13")]
+unsafe fn detach_concurrently(_cmd: *mut pg_sys::PartitionCmd) -> bool {
+    false
+}
+
+unsafe fn new_column(def: *mut pg_sys::ColumnDef) -> NewColumn {
+    let mut column = NewColumn {
+        name: quote((*def).colname),
+        type_name: catalog::type_display((*def).typeName),
+        serial: is_serial((*def).typeName),
+        ..Default::default()
+    };
+    let mut default = std::ptr::null_mut();
+    for c in PgList::<pg_sys::Constraint>::from_pg((*def).constraints).iter_ptr() {
+        use pg_sys::ConstrType::*;
+        match (*c).contype {
+            CONSTR_DEFAULT => default = (*c).raw_expr,
+            CONSTR_IDENTITY => column.identity = true,
+            CONSTR_GENERATED => column.generated_stored = true,
+            other => column
+                .inline_constraints
+                .extend(constraint_kind(other).filter(|k| *k != ConstraintKind::NotNull)),
+        }
+    }
+    if !column.serial {
+        column.constrained_domain = catalog::is_constrained_domain((*def).typeName);
+    }
+    if !default.is_null() {
+        column.default_sql = Some(expression_text(default));
+        column.volatile_default = catalog::default_is_volatile((*def).typeName, default);
+    }
+    column
+}
+
+/// serial, bigserial, ... are not types: transformColumnDefinition expands an unqualified
+/// type name spelt so into an integer column with a nextval() default.
+unsafe fn is_serial(type_name: *mut pg_sys::TypeName) -> bool {
+    if type_name.is_null() {
+        return false;
+    }
+    let names = PgList::<pg_sys::Node>::from_pg((*type_name).names);
+    names.len() == 1
+        && (*type_name).arrayBounds.is_null()
+        && matches!(
+            names.get_ptr(0).map(|n| str_val(n)).as_deref(),
+            Some("serial" | "serial4" | "bigserial" | "serial8" | "smallserial" | "serial2")
+        )
+}
+
+fn constraint_kind(contype: pg_sys::ConstrType::Type) -> Option<ConstraintKind> {
+    use pg_sys::ConstrType::*;
+    Some(match contype {
+        CONSTR_CHECK => ConstraintKind::Check,
+        CONSTR_FOREIGN => ConstraintKind::ForeignKey,
+        CONSTR_UNIQUE => ConstraintKind::Unique,
+        CONSTR_PRIMARY => ConstraintKind::PrimaryKey,
+        CONSTR_EXCLUSION => ConstraintKind::Exclusion,
+        CONSTR_NOTNULL => ConstraintKind::NotNull,
+        _ => return None,
+    })
+}
+
+unsafe fn drop(stmt: *mut pg_sys::DropStmt) -> Command {
+    use pg_sys::ObjectType::*;
+    let objects = PgList::<pg_sys::Node>::from_pg((*stmt).objects);
+    match (*stmt).removeType {
+        OBJECT_TABLE => Command::DropTable {
+            tables: objects
+                .iter_ptr()
+                .filter_map(|names| {
+                    catalog::relation_named(pg_sys::makeRangeVarFromNameList(names.cast()))
+                })
+                .filter(|r| !r.new)
+                .collect(),
+        },
+        OBJECT_INDEX => {
+            // One command per index; a DROP INDEX of several is judged by its first blocker.
+            for names in objects.iter_ptr() {
+                let index = catalog::oid_of(pg_sys::makeRangeVarFromNameList(names.cast()));
+                if let (Some(idx), Some(table)) = (
+                    catalog::relation(index),
+                    catalog::relation(catalog::table_of_index(index)),
+                ) {
+                    return Command::DropIndex {
+                        index: idx.name,
+                        table,
+                        concurrent: (*stmt).concurrent,
+                    };
+                }
+            }
+            Command::Other
+        }
+        OBJECT_SCHEMA => {
+            let cascade = (*stmt).behavior == pg_sys::DropBehavior::DROP_CASCADE;
+            for name in objects.iter_ptr() {
+                let schema = str_val(name);
+                let c_schema = std::ffi::CString::new(schema.as_str()).unwrap_or_default();
+                if cascade && catalog::schema_holds_tables(&c_schema) {
+                    return Command::DropSchema {
+                        schema: quote_str(&schema),
+                        cascade,
+                        holds_tables: true,
+                    };
+                }
+            }
+            Command::Other
+        }
+        _ => Command::Other,
+    }
+}
+
+unsafe fn rename(stmt: *mut pg_sys::RenameStmt) -> Command {
+    use pg_sys::ObjectType::*;
+    let relation_like = |t| {
+        matches!(
+            t,
+            OBJECT_TABLE | OBJECT_VIEW | OBJECT_MATVIEW | OBJECT_FOREIGN_TABLE
+        )
+    };
+    let Some(rel) = catalog::relation_named((*stmt).relation) else {
+        return Command::Other;
+    };
+    match (*stmt).renameType {
+        OBJECT_COLUMN if relation_like((*stmt).relationType) => Command::RenameColumn {
+            rel,
+            column: quote((*stmt).subname),
+            new_name: text((*stmt).newname),
+        },
+        t if relation_like(t) => Command::RenameRelation {
+            rel,
+            new_name: text((*stmt).newname),
+        },
+        _ => Command::Other,
+    }
+}
+
+unsafe fn set_schema(stmt: *mut pg_sys::AlterObjectSchemaStmt) -> Command {
+    use pg_sys::ObjectType::*;
+    if !matches!(
+        (*stmt).objectType,
+        OBJECT_TABLE | OBJECT_VIEW | OBJECT_MATVIEW | OBJECT_FOREIGN_TABLE
+    ) {
+        return Command::Other;
+    }
+    match catalog::relation_named((*stmt).relation) {
+        Some(rel) => Command::SetSchema {
+            rel,
+            schema: quote((*stmt).newschema),
+        },
+        None => Command::Other,
+    }
+}
+
+unsafe fn vacuum(stmt: *mut pg_sys::VacuumStmt) -> Command {
+    if !vacuum_full(stmt) {
+        return Command::Other;
+    }
+    let rels = PgList::<pg_sys::VacuumRelation>::from_pg((*stmt).rels);
+    Command::VacuumFull {
+        tables: rels
+            .iter_ptr()
+            .filter_map(|v| catalog::relation_named((*v).relation))
+            .collect(),
+    }
+}
+
+unsafe fn vacuum_full(stmt: *mut pg_sys::VacuumStmt) -> bool {
+    (*stmt).is_vacuumcmd
+        && PgList::<pg_sys::DefElem>::from_pg((*stmt).options)
+            .iter_ptr()
+            .any(|opt| {
+                CStr::from_ptr((*opt).defname).to_bytes() == b"full" && pg_sys::defGetBoolean(opt)
+            })
+}
+
+unsafe fn reindex(stmt: *mut pg_sys::ReindexStmt) -> Command {
+    use pg_sys::ReindexObjectType::*;
+    let concurrent = reindex_concurrently(stmt);
+    match (*stmt).kind {
+        REINDEX_OBJECT_INDEX => {
+            let index = catalog::oid_of((*stmt).relation);
+            Command::Reindex {
+                target: format!("INDEX {}", range_var_name((*stmt).relation)),
+                table: catalog::relation(catalog::table_of_index(index)),
+                concurrent,
+            }
+        }
+        REINDEX_OBJECT_TABLE => Command::Reindex {
+            target: format!("TABLE {}", range_var_name((*stmt).relation)),
+            table: catalog::relation_named((*stmt).relation),
+            concurrent,
+        },
+        REINDEX_OBJECT_SCHEMA => Command::Reindex {
+            target: format!("SCHEMA {}", quote((*stmt).name)),
+            table: None,
+            concurrent,
+        },
+        // SYSTEM and DATABASE refuse to run in a transaction block and rebuild catalogs.
+        _ => Command::Other,
+    }
+}
+
+#[cfg(not(feature = "pg13"))]
+unsafe fn reindex_concurrently(stmt: *mut pg_sys::ReindexStmt) -> bool {
+    PgList::<pg_sys::DefElem>::from_pg((*stmt).params)
+        .iter_ptr()
+        .any(|opt| {
+            CStr::from_ptr((*opt).defname).to_bytes() == b"concurrently"
+                && pg_sys::defGetBoolean(opt)
+        })
+}
+
+#[cfg(feature = "pg13")]
+unsafe fn reindex_concurrently(stmt: *mut pg_sys::ReindexStmt) -> bool {
+    (*stmt).concurrent
+}
+
+unsafe fn creates_foreign_key(stmt: *mut pg_sys::CreateStmt) -> bool {
+    let is_fk = |c: *mut pg_sys::Constraint| (*c).contype == pg_sys::ConstrType::CONSTR_FOREIGN;
+    PgList::<pg_sys::Constraint>::from_pg((*stmt).constraints)
+        .iter_ptr()
+        .any(is_fk)
+        || PgList::<pg_sys::Node>::from_pg((*stmt).tableElts)
+            .iter_ptr()
+            .any(|e| {
+                is_a(e, T::T_ColumnDef)
+                    && PgList::<pg_sys::Constraint>::from_pg(
+                        (*e.cast::<pg_sys::ColumnDef>()).constraints,
+                    )
+                    .iter_ptr()
+                    .any(is_fk)
+            })
+}
+
+unsafe fn relations(list: *mut pg_sys::List) -> Vec<Rel> {
+    PgList::<pg_sys::RangeVar>::from_pg(list)
+        .iter_ptr()
+        .filter_map(catalog::relation_named)
+        .collect()
+}
+
+/// `schema.name` as written in a RangeVar, quoted where needed.
+unsafe fn range_var_name(rv: *mut pg_sys::RangeVar) -> String {
+    if rv.is_null() {
+        return String::new();
+    }
+    match opt_quote((*rv).schemaname) {
+        Some(schema) => format!("{schema}.{}", quote((*rv).relname)),
+        None => quote((*rv).relname),
+    }
+}
+
+/// The source text of an expression is not kept in raw parse trees; `nodeToString` would be
+/// unreadable in a hint, so a default is shown by its function name where it has one.
+unsafe fn expression_text(expr: *mut pg_sys::Node) -> String {
+    if is_a(expr, T::T_FuncCall) {
+        let names = PgList::<pg_sys::Node>::from_pg((*expr.cast::<pg_sys::FuncCall>()).funcname);
+        let name: Vec<String> = names.iter_ptr().map(|n| quote_str(&str_val(n))).collect();
+        return format!("{}(...)", name.join("."));
+    }
+    "<default>".into()
+}
+
+/// The text of a String (PostgreSQL 15+) or Value (13, 14) node.
+unsafe fn str_val(node: *mut pg_sys::Node) -> String {
+    #[cfg(any(feature = "pg13", feature = "pg14"))]
+    let ptr = (*node.cast::<pg_sys::Value>()).val.str_;
+    #[cfg(not(any(feature = "pg13", feature = "pg14")))]
+    let ptr = (*node.cast::<pg_sys::String>()).sval;
+    text(ptr)
+}
+
+unsafe fn text(ptr: *const std::ffi::c_char) -> String {
+    if ptr.is_null() {
+        String::new()
+    } else {
+        CStr::from_ptr(ptr).to_string_lossy().into_owned()
+    }
+}
+
+/// An identifier quoted as PostgreSQL's quote_identifier does.
+unsafe fn quote(ptr: *const std::ffi::c_char) -> String {
+    if ptr.is_null() {
+        return String::new();
+    }
+    CStr::from_ptr(pg_sys::quote_identifier(ptr))
+        .to_string_lossy()
+        .into_owned()
+}
+
+unsafe fn opt_quote(ptr: *const std::ffi::c_char) -> Option<String> {
+    (!ptr.is_null()).then(|| quote(ptr))
+}
+
+fn quote_str(s: &str) -> String {
+    let c = std::ffi::CString::new(s).unwrap_or_default();
+    // SAFETY: quote_identifier reads the string and returns it or a palloc'd quoted copy.
+    unsafe { quote(c.as_ptr()) }
+}
