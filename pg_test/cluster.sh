@@ -10,6 +10,8 @@
 set -euo pipefail
 
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+# A Rust backtrace has no place in a DBA's error messages.
+unset RUST_BACKTRACE RUST_LIB_BACKTRACE
 as_postgres() { runuser -u postgres -- "$@"; }
 
 cmd=${1:?usage: cluster.sh start|stop|status DIR [PORT]}

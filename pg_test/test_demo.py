@@ -17,7 +17,10 @@ def test_demo_runs_end_to_end():
             "version 2 was already applied with a different checksum",
             "statement 2 (line 4): syntax error at or near \"NUL\"",
             "rolled back, retrying in",
+            "pg_migrate: index-create-blocking: CREATE INDEX on public.orders blocks writes",
             "psql-hotfix",
+            "add-column-inline-constraint",
+            "guard_override",
             "make stop",
         ]:
             assert expected in text, expected

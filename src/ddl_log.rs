@@ -76,7 +76,8 @@ pub fn record_guard(event: &str, tag: &str, findings: &[crate::guard::Finding]) 
     let insert = format!(
         "INSERT INTO migrate.ddl_log ({COLUMNS}, guard_rule) \
          SELECT $3, $4, 'table', NULL, s.subject, {WHO}, s.rule \
-         FROM pg_catalog.unnest($5::text[], $6::text[]) AS s(rule, subject)"
+         FROM ROWS FROM (pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::text[])) \
+           AS s(rule, subject)"
     );
     security::as_owner(|| {
         Spi::run_with_args(

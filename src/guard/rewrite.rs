@@ -133,7 +133,7 @@ pub const TABLE_REWRITE: Rule = Rule {
            drop the old later.",
 };
 
-pub const RULES: [&Rule; 12] = [
+pub const RULES: [&Rule; 13] = [
     &VOLATILE_DEFAULT,
     &SERIAL,
     &IDENTITY,
@@ -146,6 +146,7 @@ pub const RULES: [&Rule; 12] = [
     &VACUUM_FULL,
     &CLUSTER,
     &REFRESH_MATVIEW,
+    &TABLE_REWRITE,
 ];
 
 pub fn judge(command: &Command, out: &mut Vec<Finding>) {
