@@ -25,7 +25,7 @@ cat <<TXT
     and try, for instance:
         SELECT * FROM migrate.status;
         SELECT * FROM migrate.ddl_log ORDER BY id;
-        SELECT * FROM migrate.apply('4', \$\$ CREATE TABLE wishlists (customer_id bigint) \$\$);
+        SELECT * FROM migrate.apply('5', \$\$ CREATE TABLE wishlists (customer_id bigint) \$\$);
     Stop it with:
         make stop
 TXT
