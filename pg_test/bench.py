@@ -8,6 +8,9 @@ asserts a timing; the tests assert correctness bounds, this measures.
   lock-queue       a session holds a conflicting lock; the longest wait seen by concurrent
                    readers while a migration waits and retries, vs migrate.lock_timeout, and vs
                    the same ALTER TABLE run plainly (no lock timeout).
+  guard            the same 2,000 DDL statements on small existing tables with the guard
+                   enforcing and with it off, alternating one by one; and migrate.lint's time
+                   per statement over the same statements.
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ def lock_queue(cluster: Cluster, hold: float, lock_timeout_ms: int) -> None:
             worst = max(r.worst for r in readers)
             count = sum(len(r.latencies) for r in readers)
             p99 = statistics.quantiles([x for r in readers for x in r.latencies], n=100)[98]
+            m.execute("SET migrate.guard = off")  # resetting the benchmark table, not a migration
             m.execute("ALTER TABLE busy DROP COLUMN IF EXISTS added")
             return worst, count, p99
 
@@ -94,12 +98,70 @@ def lock_queue(cluster: Cluster, hold: float, lock_timeout_ms: int) -> None:
     cluster.drop_database(db)
 
 
+def guard_statements(groups: int) -> list[str]:
+    out = []
+    for i in range(1, groups + 1):
+        out += [
+            f"CREATE TABLE g_{i} (id int PRIMARY KEY, v text)",
+            f"ALTER TABLE g_{i} ADD COLUMN x int",
+            f"CREATE INDEX g_{i}_x ON g_{i} (x)",
+            f"DROP INDEX g_{i}_x",
+        ]
+    return out
+
+
+def guard(cluster: Cluster, groups: int) -> None:
+    dbs = {}
+    for mode in ("enforce", "off"):
+        db = cluster.create_database(f"bench_guard_{mode}")
+        with cluster.connect(db) as c:
+            c.execute(f"ALTER DATABASE {db} SET migrate.guard = {mode}")
+        dbs[mode] = db
+    statements = guard_statements(groups)
+    timings = {"enforce": [], "off": []}
+    conns = {mode: cluster.connect(db) for mode, db in dbs.items()}
+    try:
+        for c in conns.values():
+            c.add_notice_handler(lambda d: None)
+        for n, sql in enumerate(statements):
+            # Alternate which database goes first, so neither always pays for the other's flush.
+            for mode in ("enforce", "off") if n % 2 == 0 else ("off", "enforce"):
+                t = time.perf_counter()
+                conns[mode].execute(sql)
+                timings[mode].append(time.perf_counter() - t)
+        assert conns["enforce"].execute("SHOW migrate.guard").fetchone()[0] == "enforce"
+        script = ";\n".join(statements) + ";"
+        lint_runs = []
+        for _ in range(3):
+            t = time.perf_counter()
+            conns["off"].execute("SELECT count(*) FROM migrate.lint(%s)", (script,))
+            lint_runs.append(time.perf_counter() - t)
+    finally:
+        for c in conns.values():
+            c.close()
+    n = len(statements)
+    on, off = sum(timings["enforce"]), sum(timings["off"])
+    med_on, med_off = statistics.median(timings["enforce"]), statistics.median(timings["off"])
+    print(f"guard: {n} DDL statements, one transaction each (CREATE TABLE, ALTER TABLE ADD COLUMN, "
+          f"CREATE INDEX, DROP INDEX on {groups} small tables), alternating between two databases")
+    print(f"  guard = enforce: total {on:.3f} s, median {med_on * 1e6:.0f} us per statement")
+    print(f"  guard = off:     total {off:.3f} s, median {med_off * 1e6:.0f} us per statement")
+    print(f"  ratio enforce/off: {on / off:.2f}x by total, {med_on / med_off:.2f}x by median "
+          f"({(med_on - med_off) * 1e6:+.0f} us per statement)")
+    best = min(lint_runs)
+    print(f"  migrate.lint over the same {n} statements: {best * 1000:.0f} ms, "
+          f"{best / n * 1e6:.0f} us per statement (best of 3)")
+    for db in dbs.values():
+        cluster.drop_database(db)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--migrations", type=int, default=500)
     p.add_argument("--hold", type=float, default=5.0, help="seconds the blocking transaction holds its lock")
     p.add_argument("--lock-timeout-ms", type=int, default=500)
-    p.add_argument("--only", choices=["apply-overhead", "lock-queue"])
+    p.add_argument("--guard-groups", type=int, default=500, help="groups of 4 statements for the guard benchmark")
+    p.add_argument("--only", choices=["apply-overhead", "lock-queue", "guard"])
     args = p.parse_args()
     cluster = Cluster("/tmp/pg_migrate_bench").start()
     try:
@@ -111,6 +173,8 @@ def main() -> None:
             apply_overhead(cluster, args.migrations)
         if args.only in (None, "lock-queue"):
             lock_queue(cluster, args.hold, args.lock_timeout_ms)
+        if args.only in (None, "guard"):
+            guard(cluster, args.guard_groups)
     finally:
         cluster.stop()
 
