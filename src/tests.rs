@@ -314,7 +314,9 @@ CREATE TABLE b (
                  FROM pg_event_trigger"
             )
             .as_deref(),
-            Some("migrate_ddl_log:O migrate_ddl_log_drop:O migrate_guard:O migrate_guard_rewrite:O")
+            Some(
+                "migrate_ddl_log:O migrate_ddl_log_drop:O migrate_guard:O migrate_guard_rewrite:O"
+            )
         );
     }
 }
