@@ -60,6 +60,9 @@ CREATE EVENT TRIGGER migrate_guard ON ddl_command_start
     EXECUTE FUNCTION migrate.guard_ddl();
 CREATE EVENT TRIGGER migrate_guard_rewrite ON table_rewrite
     EXECUTE FUNCTION migrate.guard_rewrite();
+-- The data-loss backstop: what CASCADE, DROP OWNED or DROP DOMAIN reach.
+CREATE EVENT TRIGGER migrate_guard_drop ON sql_drop
+    EXECUTE FUNCTION migrate.guard_drop();
 
 CREATE EVENT TRIGGER migrate_ddl_log ON ddl_command_end
     EXECUTE FUNCTION migrate.log_ddl_command();

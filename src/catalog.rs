@@ -40,25 +40,103 @@ unsafe extern "C-unwind" {
     ) -> *mut pg_sys::List;
 }
 
-/// A relcache reference, released on drop (also when an ERROR unwinds, before the enclosing
-/// subtransaction is rolled back).
-struct Opened(pg_sys::Relation);
+/// A relation looked at through the relcache, under an ACCESS SHARE lock taken without
+/// waiting and released when done (the command judged takes its own lock right after). The
+/// lock keeps DDL in other sessions from changing what is read meanwhile; if it cannot be had
+/// at once, someone holds ACCESS EXCLUSIVE, and nothing is read: the facts that need the
+/// relcache are then unknown rather than read from a relation that may be changing under us.
+/// Pointers into the entry (`rd_rel`, ...) are never kept across calls that may process
+/// invalidations and rebuild it.
+struct Locked {
+    oid: pg_sys::Oid,
+    rel: pg_sys::Relation,
+}
 
-impl Opened {
-    fn by_oid(oid: pg_sys::Oid) -> Option<Opened> {
+impl Locked {
+    fn open(oid: pg_sys::Oid) -> Option<Locked> {
         if oid == pg_sys::InvalidOid {
             return None;
         }
-        // SAFETY: returns a counted relcache entry or NULL; takes no lock.
-        let rel = unsafe { pg_sys::RelationIdGetRelation(oid) };
-        (!rel.is_null()).then_some(Opened(rel))
+        // SAFETY: a lock request that never waits, then a counted relcache reference.
+        unsafe {
+            if !pg_sys::ConditionalLockRelationOid(oid, pg_sys::AccessShareLock as _) {
+                return None;
+            }
+            let rel = pg_sys::RelationIdGetRelation(oid);
+            if rel.is_null() {
+                pg_sys::UnlockRelationOid(oid, pg_sys::AccessShareLock as _);
+                return None;
+            }
+            Some(Locked { oid, rel })
+        }
     }
 }
 
-impl Drop for Opened {
+impl Drop for Locked {
     fn drop(&mut self) {
-        // SAFETY: releases the reference taken in `by_oid`.
-        unsafe { pg_sys::RelationClose(self.0) };
+        // SAFETY: releases the reference and the lock taken in `open` (a lock this transaction
+        // held before keeps being held: locks are counted).
+        unsafe {
+            pg_sys::RelationClose(self.rel);
+            pg_sys::UnlockRelationOid(self.oid, pg_sys::AccessShareLock as _);
+        }
+    }
+}
+
+/// The scalars of a pg_class row, copied out of the syscache: safe to keep, whatever happens
+/// to the relcache meanwhile.
+#[derive(Clone, Copy)]
+struct ClassRow {
+    kind: RelKind,
+    namespace: pg_sys::Oid,
+    name: pg_sys::NameData,
+    temporary: bool,
+    tablespace: pg_sys::Oid,
+    access_method: pg_sys::Oid,
+    tuples: f32,
+    pages: i32,
+    has_subclass: bool,
+}
+
+fn class_row(oid: pg_sys::Oid) -> Option<ClassRow> {
+    if oid == pg_sys::InvalidOid {
+        return None;
+    }
+    // SAFETY: a syscache copy of the row, read and freed here.
+    unsafe {
+        let tuple = pg_sys::SearchSysCacheCopy(
+            pg_sys::SysCacheIdentifier::RELOID as _,
+            pg_sys::Datum::from(oid),
+            pg_sys::Datum::from(0),
+            pg_sys::Datum::from(0),
+            pg_sys::Datum::from(0),
+        );
+        if tuple.is_null() {
+            return None;
+        }
+        let form = &*pg_sys::GETSTRUCT(tuple).cast::<pg_sys::FormData_pg_class>();
+        let row = ClassRow {
+            kind: match form.relkind as u8 {
+                b'r' => RelKind::Table,
+                b'p' => RelKind::PartitionedTable,
+                b'm' => RelKind::MatView,
+                b'i' => RelKind::Index,
+                b'I' => RelKind::PartitionedIndex,
+                b'v' => RelKind::View,
+                b'f' => RelKind::Foreign,
+                _ => RelKind::Other,
+            },
+            namespace: form.relnamespace,
+            name: form.relname,
+            temporary: form.relpersistence as u8 == b't',
+            tablespace: form.reltablespace,
+            access_method: form.relam,
+            tuples: form.reltuples,
+            pages: form.relpages,
+            has_subclass: form.relhassubclass,
+        };
+        pg_sys::heap_freetuple(tuple);
+        Some(row)
     }
 }
 
@@ -86,83 +164,96 @@ pub fn oid_of(rv: *mut pg_sys::RangeVar) -> pg_sys::Oid {
 
 /// What the catalogs say about relation `oid`.
 pub fn relation(oid: pg_sys::Oid) -> Option<Rel> {
-    let opened = Opened::by_oid(oid)?;
-    // SAFETY: reads fields of a relcache entry we hold a reference to.
-    unsafe {
-        let rel = opened.0;
-        let form = (*rel).rd_rel;
-        let kind = match (*form).relkind as u8 {
-            b'r' => RelKind::Table,
-            b'p' => RelKind::PartitionedTable,
-            b'm' => RelKind::MatView,
-            b'i' => RelKind::Index,
-            b'I' => RelKind::PartitionedIndex,
-            b'v' => RelKind::View,
-            b'f' => RelKind::Foreign,
-            _ => RelKind::Other,
-        };
-        let (rows, bytes) = match kind {
-            RelKind::Table | RelKind::MatView | RelKind::Index => size_of(rel),
-            RelKind::PartitionedTable | RelKind::PartitionedIndex => size_of_partitions(oid),
-            _ => (0.0, 0),
-        };
-        Some(Rel {
-            name: qualified_name((*form).relnamespace, (*form).relname.data.as_ptr()),
-            kind,
-            new: (*rel).rd_createSubid != 0, // InvalidSubTransactionId
-            rows,
-            bytes,
-            write_locked_by_us: pg_sys::CheckRelationLockedByMe(rel, pg_sys::ShareLock as _, true),
-        })
-    }
-}
-
-/// The planner's row estimate, and heap plus TOAST size.
-unsafe fn size_of(rel: pg_sys::Relation) -> (f64, u64) {
-    let mut pages: pg_sys::BlockNumber = 0;
-    let mut tuples: f64 = 0.0;
-    let mut allvisfrac: f64 = 0.0;
-    let actual = pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM);
-    if actual > 0 {
-        // The planner assumes at least 10 pages for a table never vacuumed; an empty one
-        // holds nothing, whatever the planner would guess.
-        pg_sys::estimate_rel_size(
-            rel,
-            std::ptr::null_mut(),
-            &mut pages,
-            &mut tuples,
-            &mut allvisfrac,
-        );
-    }
-    let mut blocks = u64::from(actual);
-    if let Some(toast) = Opened::by_oid((*(*rel).rd_rel).reltoastrelid) {
-        blocks += u64::from(pg_sys::RelationGetNumberOfBlocksInFork(
-            toast.0,
-            pg_sys::ForkNumber::MAIN_FORKNUM,
-        ));
-    }
-    (tuples.max(0.0), blocks * u64::from(pg_sys::BLCKSZ))
-}
-
-/// A partitioned table has no storage of its own: its size is its partitions'.
-unsafe fn size_of_partitions(oid: pg_sys::Oid) -> (f64, u64) {
-    let members = PgList::<pg_sys::Oid>::from_pg(find_all_inheritors(
-        oid,
-        pg_sys::NoLock as _,
-        std::ptr::null_mut(),
-    ));
-    let mut total = (0.0, 0);
-    for member in members.iter_oid() {
-        if let Some(opened) = Opened::by_oid(member) {
-            let relkind = (*(*opened.0).rd_rel).relkind as u8;
-            if matches!(relkind, b'r' | b'm' | b'i') {
-                let (rows, bytes) = size_of(opened.0);
-                total.0 += rows;
-                total.1 += bytes;
+    let row = class_row(oid)?;
+    // SAFETY: the name comes from the copied row.
+    let name = unsafe { qualified_name(row.namespace, row.name.data.as_ptr()) };
+    let (mut rows, mut bytes) = size_of(oid, &row);
+    if row.has_subclass {
+        // Inheritance children and partitions: what the command reaches through the parent.
+        for child in members(oid) {
+            if let Some(child_row) = class_row(child) {
+                let (r, b) = size_of(child, &child_row);
+                rows += r;
+                bytes += b;
             }
         }
     }
-    total
+    let (new, write_locked_by_us) = match Locked::open(oid) {
+        // SAFETY: relcache fields of an entry held under lock.
+        Some(locked) => unsafe {
+            (
+                (*locked.rel).rd_createSubid != 0, // != InvalidSubTransactionId
+                pg_sys::CheckRelationLockedByMe(locked.rel, pg_sys::ShareLock as _, true),
+            )
+        },
+        // Someone else holds ACCESS EXCLUSIVE: not ours, and we hold no lock on it.
+        None => (false, false),
+    };
+    Some(Rel {
+        name,
+        kind: row.kind,
+        // A temporary table is invisible to every other session, like a new one.
+        new: new || row.temporary,
+        rows,
+        bytes,
+        write_locked_by_us,
+    })
+}
+
+/// Rows and bytes of one relation with storage: the planner's estimate over its current
+/// size when the relcache can be read, the last VACUUM/ANALYZE statistics otherwise.
+fn size_of(oid: pg_sys::Oid, row: &ClassRow) -> (f64, u64) {
+    if !matches!(row.kind, RelKind::Table | RelKind::MatView | RelKind::Index) {
+        return (0.0, 0);
+    }
+    let block = u64::from(pg_sys::BLCKSZ);
+    let Some(locked) = Locked::open(oid) else {
+        return (
+            f64::from(row.tuples.max(0.0)),
+            u64::try_from(row.pages.max(0)).unwrap_or(0) * block,
+        );
+    };
+    // SAFETY: planner and smgr calls on an entry held under lock.
+    unsafe {
+        let actual =
+            pg_sys::RelationGetNumberOfBlocksInFork(locked.rel, pg_sys::ForkNumber::MAIN_FORKNUM);
+        let mut tuples: f64 = 0.0;
+        if actual > 0 {
+            // The planner assumes at least 10 pages for a table never vacuumed; an empty one
+            // holds nothing, whatever the planner would guess.
+            let (mut pages, mut allvisfrac) = (0, 0.0);
+            pg_sys::estimate_rel_size(
+                locked.rel,
+                std::ptr::null_mut(),
+                &mut pages,
+                &mut tuples,
+                &mut allvisfrac,
+            );
+        }
+        let toast_oid = (*(*locked.rel).rd_rel).reltoastrelid;
+        let toast_blocks = Locked::open(toast_oid).map_or(0, |toast| {
+            pg_sys::RelationGetNumberOfBlocksInFork(toast.rel, pg_sys::ForkNumber::MAIN_FORKNUM)
+        });
+        (
+            tuples.max(0.0),
+            (u64::from(actual) + u64::from(toast_blocks)) * block,
+        )
+    }
+}
+
+/// Every inheritance child and partition below `oid`, at any depth.
+fn members(oid: pg_sys::Oid) -> Vec<pg_sys::Oid> {
+    // SAFETY: a pg_inherits scan; no locks taken.
+    unsafe {
+        PgList::<pg_sys::Oid>::from_pg(find_all_inheritors(
+            oid,
+            pg_sys::NoLock as _,
+            std::ptr::null_mut(),
+        ))
+        .iter_oid()
+        .filter(|m| *m != oid)
+        .collect()
+    }
 }
 
 /// `schema.name`, each part quoted only where needed, as PostgreSQL prints names.
@@ -223,10 +314,10 @@ pub fn type_change_rewrites(
         let source: *mut pg_sys::Node = if using.is_null() {
             pg_sys::makeVar(1, attnum, typ, typmod, coll, 0).cast()
         } else {
-            let opened = Opened::by_oid(relid)?;
+            let opened = Locked::open(relid)?;
             let item = pg_sys::addRangeTableEntryForRelation(
                 pstate,
-                opened.0,
+                opened.rel,
                 pg_sys::AccessShareLock as _,
                 std::ptr::null_mut(),
                 false,
@@ -234,9 +325,11 @@ pub fn type_change_rewrites(
             );
             pg_sys::addNSItemToQuery(pstate, item, false, true, true);
             _rel = opened;
+            // transformExpr rewrites some raw nodes in place (named arguments): give it a
+            // copy, or the statement itself would run with a mangled tree.
             pg_sys::transformExpr(
                 pstate,
-                using,
+                pg_sys::copyObjectImpl(using.cast()).cast(),
                 pg_sys::ParseExprKind::EXPR_KIND_ALTER_COL_TRANSFORM,
             )
         };
@@ -307,8 +400,12 @@ pub fn default_is_volatile(
         let (mut typ, mut typmod) = (pg_sys::InvalidOid, 0);
         pg_sys::typenameTypeIdAndMod(std::ptr::null_mut(), type_name, &mut typ, &mut typmod);
         let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
-        let expr =
-            pg_sys::transformExpr(pstate, raw, pg_sys::ParseExprKind::EXPR_KIND_COLUMN_DEFAULT);
+        // A copy, as above: the raw default belongs to the statement about to run.
+        let expr = pg_sys::transformExpr(
+            pstate,
+            pg_sys::copyObjectImpl(raw.cast()).cast(),
+            pg_sys::ParseExprKind::EXPR_KIND_COLUMN_DEFAULT,
+        );
         let coerced = pg_sys::coerce_to_target_type(
             pstate,
             expr,
@@ -337,14 +434,29 @@ pub fn is_constrained_domain(type_name: *mut pg_sys::TypeName) -> Option<bool> {
 
 /// Whether the table's validated constraints (or the column's own NOT NULL) prove `column IS
 /// NOT NULL`, so SET NOT NULL needs no scan. The proof is PostgreSQL's own predicate prover.
+/// A partitioned table has nothing to scan itself: every leaf partition must have the proof.
 pub fn not_null_proven(relid: pg_sys::Oid, column: &str) -> Option<bool> {
+    let row = class_row(relid)?;
+    if row.kind != RelKind::PartitionedTable {
+        return proven_on(relid, column);
+    }
+    let mut all = true;
+    for leaf in members(relid) {
+        if class_row(leaf).is_some_and(|r| r.kind == RelKind::Table) {
+            all &= proven_on(leaf, column)?;
+        }
+    }
+    Some(all)
+}
+
+fn proven_on(relid: pg_sys::Oid, column: &str) -> Option<bool> {
     let column = std::ffi::CString::new(column).ok()?;
     subxact::run(|| unsafe {
         let attnum = pg_sys::get_attnum(relid, column.as_ptr());
         if attnum == pg_sys::InvalidAttrNumber as i16 {
             return None;
         }
-        let opened = Opened::by_oid(relid)?;
+        let locked = Locked::open(relid)?;
         let (mut typ, mut typmod, mut coll) = (pg_sys::InvalidOid, 0, pg_sys::InvalidOid);
         pg_sys::get_atttypetypmodcoll(relid, attnum, &mut typ, &mut typmod, &mut coll);
         let test =
@@ -356,7 +468,7 @@ pub fn not_null_proven(relid: pg_sys::Oid, column: &str) -> Option<bool> {
         let mut list = PgList::<pg_sys::NullTest>::new();
         list.push(test);
         Some(pg_sys::PartConstraintImpliedByRelConstraint(
-            opened.0,
+            locked.rel,
             list.into_pg(),
         ))
     })
@@ -374,6 +486,9 @@ pub fn attach_proofs(
     cmd: *mut pg_sys::AlterTableCmd,
 ) -> (Option<bool>, Option<(Rel, Option<bool>)>) {
     let proofs = subxact::run(|| unsafe {
+        // transformAlterTableStmt reads the parent's relcache entry and expects it locked.
+        let parent_rel = Locked::open(parent)?;
+        let attach_rel = Locked::open(oid_of((*(*cmd).def.cast::<pg_sys::PartitionCmd>()).name))?;
         let only_attach = pg_sys::copyObjectImpl(stmt.cast()).cast::<pg_sys::AlterTableStmt>();
         let mut cmds = PgList::<pg_sys::AlterTableCmd>::new();
         cmds.push(pg_sys::copyObjectImpl(cmd.cast()).cast());
@@ -385,11 +500,8 @@ pub fn attach_proofs(
             .iter_ptr()
             .find(|c| (**c).subtype == pg_sys::AlterTableType::AT_AttachPartition)?;
         let partcmd = (*attach).def.cast::<pg_sys::PartitionCmd>();
-        let parent_rel = Opened::by_oid(parent)?;
-        let attach_rel = Opened::by_oid(oid_of((*partcmd).name))?;
-
-        let bound = pg_sys::get_qual_from_partbound(parent_rel.0, (*partcmd).bound);
-        let constraint = pg_sys::list_concat(bound, RelationGetPartitionQual(parent_rel.0));
+        let bound = pg_sys::get_qual_from_partbound(parent_rel.rel, (*partcmd).bound);
+        let constraint = pg_sys::list_concat(bound, RelationGetPartitionQual(parent_rel.rel));
         let proven = if constraint.is_null() {
             true
         } else {
@@ -398,17 +510,22 @@ pub fn attach_proofs(
             let canonical = pg_sys::canonicalize_qual(simplified.cast(), true);
             let mut single = PgList::<pg_sys::Expr>::new();
             single.push(pg_sys::make_ands_explicit(canonical.cast()));
-            let mapped = map_partition_varattnos(single.into_pg(), 1, attach_rel.0, parent_rel.0);
-            pg_sys::PartConstraintImpliedByRelConstraint(attach_rel.0, mapped)
+            let mapped =
+                map_partition_varattnos(single.into_pg(), 1, attach_rel.rel, parent_rel.rel);
+            pg_sys::PartConstraintImpliedByRelConstraint(attach_rel.rel, mapped)
         };
 
-        let default_oid = default_partition(parent_rel.0);
-        let default = Opened::by_oid(default_oid).map(|default_rel| {
+        let default_oid = default_partition(parent_rel.rel);
+        if default_oid == pg_sys::InvalidOid {
+            return Some((proven, None));
+        }
+        // A default partition locked by someone else: whether it gets scanned is unknown.
+        let default = Locked::open(default_oid).map(|default_rel| {
             let excluded = get_proposed_default_constraint(constraint);
-            let mapped = map_partition_varattnos(excluded, 1, default_rel.0, parent_rel.0);
-            pg_sys::PartConstraintImpliedByRelConstraint(default_rel.0, mapped)
+            let mapped = map_partition_varattnos(excluded, 1, default_rel.rel, parent_rel.rel);
+            pg_sys::PartConstraintImpliedByRelConstraint(default_rel.rel, mapped)
         });
-        Some((proven, default.map(|p| (default_oid, p))))
+        Some((proven, Some((default_oid, default))))
     })
     .ok()
     .flatten();
@@ -416,7 +533,7 @@ pub fn attach_proofs(
         None => (None, None),
         Some((proven, default)) => (
             Some(proven),
-            default.and_then(|(oid, p)| relation(oid).map(|rel| (rel, Some(p)))),
+            default.and_then(|(oid, p)| relation(oid).map(|rel| (rel, p))),
         ),
     }
 }
@@ -470,8 +587,8 @@ pub fn creation_name(rv: *mut pg_sys::RangeVar) -> Option<String> {
 /// Whether SET TABLESPACE `name` moves relation `relid` at all: PostgreSQL does nothing when
 /// it is already there (the database's default tablespace counts as its own).
 pub fn tablespace_changes(relid: pg_sys::Oid, name: &CStr) -> Option<bool> {
-    let opened = Opened::by_oid(relid)?;
-    // SAFETY: a catalog lookup by name and relcache fields.
+    let row = class_row(relid)?;
+    // SAFETY: catalog lookups by name; a backend-global read.
     unsafe {
         let mut target = pg_sys::get_tablespace_oid(name.as_ptr(), true);
         if target == pg_sys::InvalidOid {
@@ -480,16 +597,120 @@ pub fn tablespace_changes(relid: pg_sys::Oid, name: &CStr) -> Option<bool> {
         if target == pg_sys::MyDatabaseTableSpace {
             target = pg_sys::InvalidOid;
         }
-        Some(target != (*(*opened.0).rd_rel).reltablespace)
+        Some(target != row.tablespace)
     }
 }
 
 /// Whether SET ACCESS METHOD `name` changes relation `relid`'s access method.
 pub fn access_method_changes(relid: pg_sys::Oid, name: &CStr) -> Option<bool> {
-    let opened = Opened::by_oid(relid)?;
-    // SAFETY: as above.
-    unsafe {
-        let target = pg_sys::get_table_am_oid(name.as_ptr(), true);
-        (target != pg_sys::InvalidOid).then(|| target != (*(*opened.0).rd_rel).relam)
+    let row = class_row(relid)?;
+    // SAFETY: a catalog lookup by name.
+    let target = unsafe { pg_sys::get_table_am_oid(name.as_ptr(), true) };
+    (target != pg_sys::InvalidOid).then(|| target != row.access_method)
+}
+
+/// Whether relation `relid` has a column `name`.
+pub fn column_exists(relid: pg_sys::Oid, name: &CStr) -> bool {
+    // SAFETY: a syscache lookup.
+    unsafe { pg_sys::get_attnum(relid, name.as_ptr()) != pg_sys::InvalidAttrNumber as i16 }
+}
+
+/// The relation called `name` in the schema of relation `relid` (where a new index of that
+/// table would go), if there is one.
+pub fn sibling_named(relid: pg_sys::Oid, name: &CStr) -> pg_sys::Oid {
+    let Some(row) = class_row(relid) else {
+        return pg_sys::InvalidOid;
+    };
+    // SAFETY: a syscache lookup by name.
+    unsafe { pg_sys::get_relname_relid(name.as_ptr(), row.namespace) }
+}
+
+/// The key columns of index `index` that are not declared NOT NULL: making it a primary key
+/// (ADD PRIMARY KEY USING INDEX) marks them NOT NULL, which checks every row.
+pub fn nullable_key_columns(index: pg_sys::Oid) -> Vec<String> {
+    if index == pg_sys::InvalidOid {
+        return vec![];
     }
+    crate::security::pinned(|| {
+        pgrx::Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT a.attname::text FROM pg_catalog.pg_index i \
+                     JOIN pg_catalog.pg_attribute a \
+                       ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey::int2[]) \
+                     WHERE i.indexrelid = $1 AND NOT a.attnotnull ORDER BY a.attnum",
+                    None,
+                    &[index.into()],
+                )?
+                .map(|row| row.get::<String>(1))
+                .collect::<Result<Vec<Option<String>>, _>>()
+        })
+    })
+    .map(|names| names.into_iter().flatten().collect())
+    .unwrap_or_default()
+}
+
+/// `tables` plus every table that TRUNCATE ... CASCADE also empties: those referencing them
+/// by foreign key, transitively (PostgreSQL's heap_truncate_find_FKs, to a fixpoint).
+pub fn truncate_cascade(tables: &[pg_sys::Oid]) -> Vec<pg_sys::Oid> {
+    let mut all: Vec<pg_sys::Oid> = tables.to_vec();
+    loop {
+        // SAFETY: builds an OID list, then scans pg_constraint for foreign keys referencing it.
+        let referencing = unsafe {
+            let mut list = std::ptr::null_mut();
+            for oid in &all {
+                list = pg_sys::lappend_oid(list, *oid);
+            }
+            PgList::<pg_sys::Oid>::from_pg(pg_sys::heap_truncate_find_FKs(list))
+        };
+        let before = all.len();
+        for oid in referencing.iter_oid() {
+            if !all.contains(&oid) {
+                all.push(oid);
+            }
+        }
+        if all.len() == before {
+            return all;
+        }
+    }
+}
+
+/// The tables (and materialized views) with a column of domain `names`.
+pub fn tables_using_domain(names: *mut pg_sys::List) -> Vec<pg_sys::Oid> {
+    let domain = subxact::run(|| unsafe {
+        pg_sys::typenameTypeId(
+            std::ptr::null_mut(),
+            pg_sys::makeTypeNameFromNameList(names),
+        )
+    });
+    let Ok(domain) = domain else { return vec![] };
+    crate::security::pinned(|| {
+        pgrx::Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT DISTINCT a.attrelid FROM pg_catalog.pg_attribute a \
+                     JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+                     WHERE a.atttypid = $1 AND NOT a.attisdropped AND a.attnum > 0 \
+                       AND c.relkind IN ('r', 'm')",
+                    None,
+                    &[domain.into()],
+                )?
+                .map(|row| row.get::<pg_sys::Oid>(1))
+                .collect::<Result<Vec<Option<pg_sys::Oid>>, _>>()
+        })
+    })
+    .map(|oids| oids.into_iter().flatten().collect())
+    .unwrap_or_default()
+}
+
+/// Whether any table in the database has a clustered index (what a bare CLUSTER rewrites).
+pub fn any_clustered_table() -> bool {
+    crate::security::pinned(|| {
+        pgrx::Spi::get_one::<bool>(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_index WHERE indisclustered)",
+        )
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(true)
 }

@@ -149,6 +149,12 @@ pub struct NewColumn {
     pub inline_constraints: Vec<ConstraintKind>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomainChange {
+    AddCheck,
+    SetNotNull,
+}
+
 /// One subcommand of ALTER TABLE.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -210,8 +216,8 @@ pub enum Command {
         unique: bool,
     },
     DropIndex {
-        index: String,
-        table: Rel,
+        /// Each index with the table it belongs to.
+        indexes: Vec<(String, Rel)>,
         concurrent: bool,
     },
     Reindex {
@@ -259,6 +265,18 @@ pub enum Command {
         rel: Rel,
         schema: String,
     },
+    /// ALTER DOMAIN ... ADD CONSTRAINT ... CHECK / SET NOT NULL: every table with a column of
+    /// the domain is checked.
+    AlterDomain {
+        domain: String,
+        change: DomainChange,
+        tables: Vec<Rel>,
+    },
+    /// ALTER TABLE / INDEX / MATERIALIZED VIEW ALL IN TABLESPACE ... SET TABLESPACE.
+    MoveAllTablespace {
+        from: String,
+        to: String,
+    },
     /// A command no rule concerns.
     Other,
 }
@@ -268,7 +286,8 @@ impl Command {
     /// created by an earlier statement of it is new, whatever the catalogs say now).
     pub fn rels_mut(&mut self) -> Vec<&mut Rel> {
         match self {
-            Command::CreateIndex { table, .. } | Command::DropIndex { table, .. } => vec![table],
+            Command::CreateIndex { table, .. } => vec![table],
+            Command::DropIndex { indexes, .. } => indexes.iter_mut().map(|(_, t)| t).collect(),
             Command::Reindex { table, .. } | Command::Cluster { table } => {
                 table.iter_mut().collect()
             }
@@ -295,12 +314,15 @@ impl Command {
             }
             Command::DropTable { tables }
             | Command::Truncate { tables, .. }
-            | Command::VacuumFull { tables } => tables.iter_mut().collect(),
+            | Command::VacuumFull { tables }
+            | Command::AlterDomain { tables, .. } => tables.iter_mut().collect(),
             Command::RefreshMatView { view: rel, .. }
             | Command::RenameRelation { rel, .. }
             | Command::RenameColumn { rel, .. }
             | Command::SetSchema { rel, .. } => vec![rel],
-            Command::DropSchema { .. } | Command::Other => vec![],
+            Command::DropSchema { .. } | Command::MoveAllTablespace { .. } | Command::Other => {
+                vec![]
+            }
         }
     }
 }

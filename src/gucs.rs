@@ -78,11 +78,13 @@ pub fn init() {
         c"migrate.lock_timeout",
         c"Longest wait for a lock by any statement of a migration.",
         c"On timeout the migration's attempt is rolled back, releasing its locks so that other \
-          sessions stop queueing behind it, and retried after a backoff. 0 disables the limit.",
+          sessions stop queueing behind it, and retried after a backoff. The guard sets it as \
+          lock_timeout for DDL in sessions without one. 0 disables the limit. Superuser-only, \
+          so that nobody can switch the guard's timeout off for themselves.",
         &LOCK_TIMEOUT_MS,
         0,
         i32::MAX,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::UNIT_MS,
     );
     GucRegistry::define_int_guc(
@@ -92,7 +94,7 @@ pub fn init() {
         &STATEMENT_TIMEOUT_MS,
         0,
         i32::MAX,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::UNIT_MS,
     );
     GucRegistry::define_int_guc(

@@ -96,6 +96,7 @@ fn lint(
         is_admin: true,
         role: String::new(),
         apply_with_rollback: false,
+        looks_like_restore: false,
     });
     let rows: Vec<_> = findings_in(&trees)
         .into_iter()

@@ -4,7 +4,7 @@
 //! `migrate.lint`, so a statement is judged alike wherever it comes from.
 
 use crate::catalog;
-use crate::command::{Action, Command, ConstraintKind, LockMode, NewColumn, Rel};
+use crate::command::{Action, Command, ConstraintKind, DomainChange, LockMode, NewColumn, Rel};
 use pgrx::{is_a, pg_sys, PgList};
 use std::ffi::CStr;
 
@@ -37,20 +37,31 @@ pub unsafe fn command(node: *mut pg_sys::Node) -> Command {
             None => Command::Other,
         }
     } else if is_a(node, T::T_TruncateStmt) {
-        let stmt = node.cast::<pg_sys::TruncateStmt>();
-        Command::Truncate {
-            tables: relations((*stmt).relations),
-            cascade: (*stmt).behavior == pg_sys::DropBehavior::DROP_CASCADE,
-        }
+        truncate(node.cast())
     } else if is_a(node, T::T_VacuumStmt) {
         vacuum(node.cast())
     } else if is_a(node, T::T_ClusterStmt) {
         let stmt = node.cast::<pg_sys::ClusterStmt>();
+        if (*stmt).relation.is_null() && !catalog::any_clustered_table() {
+            return Command::Other; // a bare CLUSTER with nothing clustered does nothing
+        }
         Command::Cluster {
             table: catalog::relation_named((*stmt).relation),
         }
     } else if is_a(node, T::T_ReindexStmt) {
         reindex(node.cast())
+    } else if is_a(node, T::T_AlterDomainStmt) {
+        alter_domain(node.cast())
+    } else if is_a(node, T::T_AlterTableMoveAllStmt) {
+        let stmt = node.cast::<pg_sys::AlterTableMoveAllStmt>();
+        if CStr::from_ptr((*stmt).orig_tablespacename) == CStr::from_ptr((*stmt).new_tablespacename)
+        {
+            return Command::Other; // moving to where everything already is: nothing moves
+        }
+        Command::MoveAllTablespace {
+            from: quote((*stmt).orig_tablespacename),
+            to: quote((*stmt).new_tablespacename),
+        }
     } else {
         Command::Other
     }
@@ -99,8 +110,14 @@ pub unsafe fn lock_needed(node: *mut pg_sys::Node) -> Option<LockMode> {
     if is_a(node, T::T_CreateTrigStmt) {
         return Some(ShareRowExclusive);
     }
-    if is_a(node, T::T_CreateStmt) && creates_foreign_key(node.cast()) {
-        return Some(ShareRowExclusive);
+    if is_a(node, T::T_CreateStmt) {
+        let stmt = node.cast::<pg_sys::CreateStmt>();
+        if !(*stmt).partbound.is_null() {
+            return Some(AccessExclusive); // CREATE TABLE ... PARTITION OF locks the parent
+        }
+        if creates_foreign_key(stmt) {
+            return Some(ShareRowExclusive);
+        }
     }
     for (tag, mode) in [
         (T::T_RenameStmt, AccessExclusive),
@@ -123,7 +140,14 @@ pub unsafe fn lock_needed(node: *mut pg_sys::Node) -> Option<LockMode> {
 }
 
 unsafe fn create_index(stmt: *mut pg_sys::IndexStmt) -> Command {
-    let Some(table) = catalog::relation_named((*stmt).relation) else {
+    let oid = catalog::oid_of((*stmt).relation);
+    if (*stmt).if_not_exists
+        && !(*stmt).idxname.is_null()
+        && catalog::sibling_named(oid, CStr::from_ptr((*stmt).idxname)) != pg_sys::InvalidOid
+    {
+        return Command::Other; // CREATE INDEX IF NOT EXISTS of an index that exists
+    }
+    let Some(table) = catalog::relation(oid) else {
         return Command::Other;
     };
     let params = PgList::<pg_sys::IndexElem>::from_pg((*stmt).indexParams);
@@ -148,10 +172,29 @@ unsafe fn alter_table(stmt: *mut pg_sys::AlterTableStmt) -> Command {
     let Some(table) = catalog::relation(oid) else {
         return Command::Other;
     };
-    let actions = PgList::<pg_sys::AlterTableCmd>::from_pg((*stmt).cmds)
-        .iter_ptr()
-        .map(|cmd| action(oid, &table, stmt, cmd))
-        .collect();
+    let mut actions = Vec::new();
+    for cmd in PgList::<pg_sys::AlterTableCmd>::from_pg((*stmt).cmds).iter_ptr() {
+        let action = action(oid, &table, stmt, cmd);
+        if let Action::AddConstraint {
+            kind: ConstraintKind::PrimaryKey,
+            using_index: true,
+            ..
+        } = action
+        {
+            // Making an index the primary key marks its columns NOT NULL, checking every row
+            // unless a validated constraint already proves it.
+            let index_name = (*(*cmd).def.cast::<pg_sys::Constraint>()).indexname;
+            let index = catalog::sibling_named(oid, CStr::from_ptr(index_name));
+            for column in catalog::nullable_key_columns(index) {
+                let proven = catalog::not_null_proven(oid, &column).unwrap_or(true);
+                actions.push(Action::SetNotNull {
+                    column: quote_str(&column),
+                    proven,
+                });
+            }
+        }
+        actions.push(action);
+    }
     Command::AlterTable { table, actions }
 }
 
@@ -164,7 +207,17 @@ unsafe fn action(
     use pg_sys::AlterTableType as AT;
     let name = || text((*cmd).name);
     match (*cmd).subtype {
-        AT::AT_AddColumn if !table.new => Action::AddColumn(new_column((*cmd).def.cast())),
+        AT::AT_AddColumn if table.new => Action::Other,
+        AT::AT_AddColumn
+            if (*cmd).missing_ok
+                && catalog::column_exists(
+                    relid,
+                    CStr::from_ptr((*(*cmd).def.cast::<pg_sys::ColumnDef>()).colname),
+                ) =>
+        {
+            Action::Other // ADD COLUMN IF NOT EXISTS of a column that exists: nothing happens
+        }
+        AT::AT_AddColumn => Action::AddColumn(new_column((*cmd).def.cast())),
         AT::AT_AlterColumnType if !table.new => {
             let def = (*cmd).def.cast::<pg_sys::ColumnDef>();
             Action::AlterType {
@@ -198,6 +251,11 @@ unsafe fn action(
         AT::AT_ValidateConstraint => Action::ValidateConstraint {
             name: quote((*cmd).name),
         },
+        AT::AT_DropColumn
+            if (*cmd).missing_ok && !catalog::column_exists(relid, CStr::from_ptr((*cmd).name)) =>
+        {
+            Action::Other // DROP COLUMN IF EXISTS of a column that does not exist
+        }
         AT::AT_DropColumn => Action::DropColumn {
             column: quote((*cmd).name),
         },
@@ -317,26 +375,19 @@ unsafe fn drop(stmt: *mut pg_sys::DropStmt) -> Command {
                 .filter_map(|names| {
                     catalog::relation_named(pg_sys::makeRangeVarFromNameList(names.cast()))
                 })
-                .filter(|r| !r.new)
                 .collect(),
         },
-        OBJECT_INDEX => {
-            // One command per index; a DROP INDEX of several is judged by its first blocker.
-            for names in objects.iter_ptr() {
-                let index = catalog::oid_of(pg_sys::makeRangeVarFromNameList(names.cast()));
-                if let (Some(idx), Some(table)) = (
-                    catalog::relation(index),
-                    catalog::relation(catalog::table_of_index(index)),
-                ) {
-                    return Command::DropIndex {
-                        index: idx.name,
-                        table,
-                        concurrent: (*stmt).concurrent,
-                    };
-                }
-            }
-            Command::Other
-        }
+        OBJECT_INDEX => Command::DropIndex {
+            indexes: objects
+                .iter_ptr()
+                .filter_map(|names| {
+                    let index = catalog::oid_of(pg_sys::makeRangeVarFromNameList(names.cast()));
+                    let table = catalog::relation(catalog::table_of_index(index))?;
+                    Some((catalog::relation(index)?.name, table))
+                })
+                .collect(),
+            concurrent: (*stmt).concurrent,
+        },
         OBJECT_SCHEMA => {
             let cascade = (*stmt).behavior == pg_sys::DropBehavior::DROP_CASCADE;
             for name in objects.iter_ptr() {
@@ -356,24 +407,32 @@ unsafe fn drop(stmt: *mut pg_sys::DropStmt) -> Command {
     }
 }
 
+/// Whether a relation of this kind is something applications query by name. Decided by what
+/// the relation is, not by the statement: ALTER INDEX and ALTER SEQUENCE accept a table too.
+fn queried_by_name(rel: &Rel) -> bool {
+    use crate::command::RelKind::*;
+    matches!(
+        rel.kind,
+        Table | PartitionedTable | View | MatView | Foreign
+    )
+}
+
 unsafe fn rename(stmt: *mut pg_sys::RenameStmt) -> Command {
     use pg_sys::ObjectType::*;
-    let relation_like = |t| {
-        matches!(
-            t,
-            OBJECT_TABLE | OBJECT_VIEW | OBJECT_MATVIEW | OBJECT_FOREIGN_TABLE
-        )
-    };
     let Some(rel) = catalog::relation_named((*stmt).relation) else {
         return Command::Other;
     };
+    if !queried_by_name(&rel) {
+        return Command::Other;
+    }
     match (*stmt).renameType {
-        OBJECT_COLUMN if relation_like((*stmt).relationType) => Command::RenameColumn {
+        OBJECT_COLUMN => Command::RenameColumn {
             rel,
             column: quote((*stmt).subname),
             new_name: text((*stmt).newname),
         },
-        t if relation_like(t) => Command::RenameRelation {
+        OBJECT_TABLE | OBJECT_VIEW | OBJECT_MATVIEW | OBJECT_FOREIGN_TABLE | OBJECT_INDEX
+        | OBJECT_SEQUENCE => Command::RenameRelation {
             rel,
             new_name: text((*stmt).newname),
         },
@@ -382,19 +441,57 @@ unsafe fn rename(stmt: *mut pg_sys::RenameStmt) -> Command {
 }
 
 unsafe fn set_schema(stmt: *mut pg_sys::AlterObjectSchemaStmt) -> Command {
-    use pg_sys::ObjectType::*;
-    if !matches!(
-        (*stmt).objectType,
-        OBJECT_TABLE | OBJECT_VIEW | OBJECT_MATVIEW | OBJECT_FOREIGN_TABLE
-    ) {
-        return Command::Other;
-    }
     match catalog::relation_named((*stmt).relation) {
-        Some(rel) => Command::SetSchema {
+        Some(rel) if queried_by_name(&rel) => Command::SetSchema {
             rel,
             schema: quote((*stmt).newschema),
         },
-        None => Command::Other,
+        _ => Command::Other,
+    }
+}
+
+unsafe fn truncate(stmt: *mut pg_sys::TruncateStmt) -> Command {
+    let cascade = (*stmt).behavior == pg_sys::DropBehavior::DROP_CASCADE;
+    let named: Vec<pg_sys::Oid> = PgList::<pg_sys::RangeVar>::from_pg((*stmt).relations)
+        .iter_ptr()
+        .map(|rv| catalog::oid_of(rv))
+        .filter(|oid| *oid != pg_sys::InvalidOid)
+        .collect();
+    let oids = if cascade {
+        catalog::truncate_cascade(&named)
+    } else {
+        named
+    };
+    Command::Truncate {
+        tables: oids.into_iter().filter_map(catalog::relation).collect(),
+        cascade,
+    }
+}
+
+unsafe fn alter_domain(stmt: *mut pg_sys::AlterDomainStmt) -> Command {
+    let change = match (*stmt).subtype as u8 {
+        b'C' => {
+            let c = (*stmt).def.cast::<pg_sys::Constraint>();
+            if c.is_null()
+                || (*c).contype != pg_sys::ConstrType::CONSTR_CHECK
+                || (*c).skip_validation
+            {
+                return Command::Other;
+            }
+            DomainChange::AddCheck
+        }
+        b'O' => DomainChange::SetNotNull,
+        _ => return Command::Other,
+    };
+    let names = PgList::<pg_sys::Node>::from_pg((*stmt).typeName);
+    let domain: Vec<String> = names.iter_ptr().map(|n| quote_str(&str_val(n))).collect();
+    Command::AlterDomain {
+        domain: domain.join("."),
+        change,
+        tables: catalog::tables_using_domain((*stmt).typeName)
+            .into_iter()
+            .filter_map(catalog::relation)
+            .collect(),
     }
 }
 
@@ -442,7 +539,16 @@ unsafe fn reindex(stmt: *mut pg_sys::ReindexStmt) -> Command {
             table: None,
             concurrent,
         },
-        // SYSTEM and DATABASE refuse to run in a transaction block and rebuild catalogs.
+        REINDEX_OBJECT_DATABASE | REINDEX_OBJECT_SYSTEM => Command::Reindex {
+            target: if (*stmt).kind == REINDEX_OBJECT_SYSTEM {
+                "SYSTEM"
+            } else {
+                "DATABASE"
+            }
+            .to_string(),
+            table: None,
+            concurrent,
+        },
         _ => Command::Other,
     }
 }
@@ -477,13 +583,6 @@ unsafe fn creates_foreign_key(stmt: *mut pg_sys::CreateStmt) -> bool {
                     .iter_ptr()
                     .any(is_fk)
             })
-}
-
-unsafe fn relations(list: *mut pg_sys::List) -> Vec<Rel> {
-    PgList::<pg_sys::RangeVar>::from_pg(list)
-        .iter_ptr()
-        .filter_map(catalog::relation_named)
-        .collect()
 }
 
 /// `schema.name` as written in a RangeVar, quoted where needed.

@@ -4,7 +4,7 @@
 
 use super::rules::{Family, Rule};
 use super::Finding;
-use crate::command::{Action, Command, LockMode};
+use crate::command::{Action, Command, LockMode, RelKind};
 
 pub const DROP_TABLE: Rule = Rule {
     id: "drop-table",
@@ -68,7 +68,10 @@ pub fn judge(command: &Command, out: &mut Vec<Finding>) {
         }
         Command::AlterTable { table, actions } => {
             for action in actions {
-                if let Action::DropColumn { column } = action {
+                // A foreign table's columns hold no data here.
+                if let (Action::DropColumn { column }, false) =
+                    (action, table.kind == RelKind::Foreign)
+                {
                     out.push(Finding {
                         rule: &DROP_COLUMN,
                         lock: Some(LockMode::AccessExclusive),
@@ -127,6 +130,29 @@ pub fn judge(command: &Command, out: &mut Vec<Finding>) {
             }
         }
         _ => {}
+    }
+}
+
+/// A table or column found dropped by the sql_drop backstop: reached through CASCADE, DROP
+/// OWNED, DROP DOMAIN ... CASCADE and the like, which name no table themselves.
+pub fn dropped(tag: &str, kind: &str, identity: &str) -> Finding {
+    let (rule, what) = if kind == "table" {
+        (&DROP_TABLE, "table")
+    } else {
+        (&DROP_COLUMN, "column")
+    };
+    Finding {
+        rule,
+        subject: None,
+        lock: Some(LockMode::AccessExclusive),
+        message: format!("{tag} drops {what} {identity} with its data"),
+        detail: format!(
+            "The statement names no such {what}, but it reaches {identity} through dependencies \
+             (CASCADE, ownership, inheritance, a type): its data would be gone at commit."
+        ),
+        hint: "Drop the dependent objects deliberately, one by one, or run the statement \
+               through a migration with a rollback script."
+            .into(),
     }
 }
 

@@ -64,20 +64,23 @@ pub fn judge(command: &Command, out: &mut Vec<Finding>) {
             });
         }
         Command::DropIndex {
-            index,
-            table,
+            indexes,
             concurrent: false,
-        } => out.push(Finding {
-            rule: &DROP_INDEX,
-            lock: Some(LockMode::AccessExclusive),
-            message: format!(
-                "DROP INDEX {index} locks {} against all queries",
-                table.name
-            ),
-            detail: hazard(table, LockMode::AccessExclusive, "It drops an index of"),
-            hint: format!("Outside a transaction block: DROP INDEX CONCURRENTLY {index};"),
-            subject: Some(table.clone()),
-        }),
+        } => {
+            for (index, table) in indexes {
+                out.push(Finding {
+                    rule: &DROP_INDEX,
+                    lock: Some(LockMode::AccessExclusive),
+                    message: format!(
+                        "DROP INDEX {index} locks {} against all queries",
+                        table.name
+                    ),
+                    detail: hazard(table, LockMode::AccessExclusive, "It drops an index of"),
+                    hint: format!("Outside a transaction block: DROP INDEX CONCURRENTLY {index};"),
+                    subject: Some(table.clone()),
+                });
+            }
+        }
         Command::Reindex {
             target,
             table,
@@ -137,8 +140,7 @@ mod unit {
         let t = table("public.orders", BIG);
         judge(
             &Command::DropIndex {
-                index: "i".into(),
-                table: t.clone(),
+                indexes: vec![("i".into(), t.clone())],
                 concurrent: true,
             },
             &mut out,
@@ -160,8 +162,10 @@ mod unit {
         let t = table("public.orders", BIG);
         judge(
             &Command::DropIndex {
-                index: "public.i".into(),
-                table: t.clone(),
+                indexes: vec![
+                    ("public.small_i".into(), table("public.s", 1.0)),
+                    ("public.i".into(), t.clone()),
+                ],
                 concurrent: false,
             },
             &mut out,
@@ -175,7 +179,16 @@ mod unit {
             &mut out,
         );
         let ids: Vec<_> = out.iter().map(|f| f.rule.id).collect();
-        assert_eq!(ids, ["index-drop-blocking", "reindex-blocking"]);
+        // Every index of a multi-index DROP is judged (exemptions are applied later).
+        assert_eq!(
+            ids,
+            [
+                "index-drop-blocking",
+                "index-drop-blocking",
+                "reindex-blocking"
+            ]
+        );
+        out.remove(0);
         assert_eq!(
             out[0].hint,
             "Outside a transaction block: DROP INDEX CONCURRENTLY public.i;"

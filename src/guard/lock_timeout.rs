@@ -26,7 +26,7 @@ pub fn enforce(lock: Option<LockMode>, what: &str) {
     let limit_text = crate::command::millis(i64::from(limit));
     let mut also = String::new();
     let statement_limit = crate::gucs::STATEMENT_TIMEOUT_MS.get();
-    if setting_ms(c"statement_timeout") == 0 && statement_limit > 0 {
+    if statement_limit > 0 && statement_timeout_unset() {
         timeouts::set_local("statement_timeout", &format!("{statement_limit}ms"));
         timeouts::arm_statement_timeout(statement_limit);
         also = format!(
@@ -51,4 +51,18 @@ fn setting_ms(name: &CStr) -> i64 {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     }
+}
+
+/// Whether statement_timeout is 0 because nobody set it. A session (a restore, a maintenance
+/// job) that set it to 0 on purpose keeps it.
+fn statement_timeout_unset() -> bool {
+    setting_ms(c"statement_timeout") == 0
+        && crate::security::pinned(|| {
+            pgrx::Spi::get_one::<bool>(
+                "SELECT source = 'default' FROM pg_catalog.pg_settings WHERE name = 'statement_timeout'",
+            )
+        })
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }

@@ -21,6 +21,8 @@ pub struct Context {
     /// Running inside `migrate.apply` for a migration that declares a rollback script: the
     /// only place data-loss rules may be overridden.
     pub apply_with_rollback: bool,
+    /// A superuser session with check_function_bodies off, as pg_dump's output sets it.
+    pub looks_like_restore: bool,
 }
 
 #[derive(Debug, Default)]
@@ -71,7 +73,13 @@ pub fn decide(findings: Vec<Finding>, ctx: &Context) -> Decision {
     }
     match ctx.mode {
         GuardMode::Enforce if !blocking.is_empty() => {
-            decision.refusal = Some(refusal(&blocking));
+            let mut p = refusal(&blocking);
+            if ctx.looks_like_restore {
+                p.hint.push_str(
+                    "\nRestoring a dump? Run the restore with PGOPTIONS='-c migrate.guard=off'.",
+                );
+            }
+            decision.refusal = Some(p);
         }
         GuardMode::Warn => {
             for finding in blocking {
@@ -181,6 +189,7 @@ mod unit {
             is_admin: true,
             role: "deployer".into(),
             apply_with_rollback: false,
+            looks_like_restore: false,
         }
     }
 
@@ -270,6 +279,16 @@ mod unit {
         let d = decide(only_drop(), &c);
         assert!(d.refusal.is_none());
         assert_eq!(d.overridden.len(), 1);
+    }
+
+    #[test]
+    fn refusals_in_what_looks_like_a_restore_say_how_to_restore() {
+        let mut c = ctx(GuardMode::Enforce);
+        let hint = |c: &Context| decide(drop_and_reindex(), c).refusal.unwrap().hint;
+        assert!(!hint(&c).contains("Restoring a dump?"));
+        c.looks_like_restore = true;
+        assert!(hint(&c)
+            .ends_with("Restoring a dump? Run the restore with PGOPTIONS='-c migrate.guard=off'."));
     }
 
     #[test]

@@ -151,6 +151,17 @@ pub const RULES: [&Rule; 13] = [
 
 pub fn judge(command: &Command, out: &mut Vec<Finding>) {
     match command {
+        Command::MoveAllTablespace { from, to } => out.push(Finding {
+            rule: &SET_TABLESPACE,
+            subject: None,
+            lock: Some(AEL),
+            message: format!("moving everything in tablespace {from} to {to} copies every file"),
+            detail: format!(
+                "Each relation in {from} is copied to {to} in turn under an ACCESS EXCLUSIVE \
+                 lock: every query on it waits until its copy is done."
+            ),
+            hint: format!("Move tables one by one with pg_repack --tablespace={to}."),
+        }),
         Command::AlterTable { table, actions } => {
             for action in actions {
                 if let Some(f) = judge_action(table, action) {

@@ -2,7 +2,7 @@
 
 use super::rules::{Family, Rule};
 use super::{hazard, Finding};
-use crate::command::{Action, Command, ConstraintKind, LockMode, Rel};
+use crate::command::{Action, Command, ConstraintKind, DomainChange, LockMode, Rel};
 
 pub const SET_NOT_NULL: Rule = Rule {
     id: "set-not-null-scan",
@@ -82,11 +82,56 @@ pub const RULES: [&Rule; 6] = [
 const AEL: LockMode = LockMode::AccessExclusive;
 
 pub fn judge(command: &Command, out: &mut Vec<Finding>) {
-    let Command::AlterTable { table, actions } = command else {
-        return;
+    match command {
+        Command::AlterTable { table, actions } => {
+            for action in actions {
+                judge_action(table, action, out);
+            }
+        }
+        Command::AlterDomain {
+            domain,
+            change,
+            tables,
+        } => {
+            for table in tables {
+                out.push(domain_check(domain, *change, table));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// ALTER DOMAIN checks every column of the domain, table by table, under a SHARE lock.
+fn domain_check(domain: &str, change: DomainChange, table: &Rel) -> Finding {
+    let (rule, what, hint) = match change {
+        DomainChange::AddCheck => (
+            &VALIDATING_CONSTRAINT,
+            "adding a CHECK constraint to",
+            format!(
+                "ALTER DOMAIN {domain} ADD CONSTRAINT ... CHECK (...) NOT VALID; then, in its own \
+                 transaction: ALTER DOMAIN {domain} VALIDATE CONSTRAINT ...;"
+            ),
+        ),
+        DomainChange::SetNotNull => (
+            &SET_NOT_NULL,
+            "SET NOT NULL on",
+            format!(
+                "ALTER DOMAIN {domain} ADD CONSTRAINT {domain}_not_null CHECK (VALUE IS NOT NULL) \
+                 NOT VALID; then VALIDATE CONSTRAINT in its own transaction."
+            ),
+        ),
     };
-    for action in actions {
-        judge_action(table, action, out);
+    Finding {
+        rule,
+        subject: Some(table.clone()),
+        lock: Some(LockMode::Share),
+        message: format!("{what} domain {domain} scans {}", table.name),
+        detail: hazard(
+            table,
+            LockMode::Share,
+            &format!("It checks the {domain} columns of"),
+        ),
+        hint,
     }
 }
 

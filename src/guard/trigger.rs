@@ -2,7 +2,8 @@
 //! triggers, and the decision shared with the ProcessUtility hook and migrate.apply.
 
 use super::policy::{self, Context, Decision};
-use super::{findings, lock_timeout, unforeseen_rewrite, Finding, SmallTable};
+use super::rules::Family;
+use super::{data_loss, findings, lock_timeout, unforeseen_rewrite, Finding, SmallTable};
 use crate::command::Command;
 use crate::errors::OrRaise;
 use crate::gucs::{self, GuardMode};
@@ -15,6 +16,8 @@ thread_local! {
     /// The statement being judged already had a rewrite finding warned about or overridden,
     /// so the table_rewrite backstop stays quiet for it.
     static REWRITE_JUDGED: Cell<bool> = const { Cell::new(false) };
+    /// Likewise for data loss and the sql_drop backstop.
+    static DATA_LOSS_JUDGED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// The session's guard context, or `None` when the guard does not judge at all: turned off,
@@ -40,6 +43,10 @@ pub fn context() -> Option<Context> {
         is_admin: security::is_admin(),
         role: security::current_user_name(),
         apply_with_rollback: running.is_some_and(|r| r.has_rollback),
+        // SAFETY: reads a backend-global setting and the current role.
+        looks_like_restore: unsafe {
+            !pg_sys::check_function_bodies && pg_sys::superuser_arg(pg_sys::GetUserId())
+        },
     })
 }
 
@@ -49,6 +56,7 @@ pub fn context() -> Option<Context> {
 /// `node` must be the raw parse tree of the statement about to run.
 pub unsafe fn judge_statement(node: *mut pg_sys::Node, tag: &str, ctx: &Context) {
     REWRITE_JUDGED.set(false);
+    DATA_LOSS_JUDGED.set(false);
     if apply::running().is_none() {
         // migrate.apply sets both timeouts for each statement itself.
         lock_timeout::enforce(parsetree::lock_needed(node), tag);
@@ -85,9 +93,17 @@ pub fn carry_out(decision: Decision, tag: &str, _command: &Command) {
     if let Some(p) = refusal {
         p.raise();
     }
-    let rewrite = |f: &Finding| f.rule.family == super::rules::Family::Rewrite;
-    if overridden.iter().chain(&warned).any(rewrite) {
+    let let_through = |family| {
+        overridden
+            .iter()
+            .chain(&warned)
+            .any(|f| f.rule.family == family)
+    };
+    if let_through(Family::Rewrite) {
         REWRITE_JUDGED.set(true);
+    }
+    if let_through(Family::DataLoss) {
+        DATA_LOSS_JUDGED.set(true);
     }
     ddl_log::record_guard("guard_override", tag, &overridden);
     ddl_log::record_guard("guard_warning", tag, &warned);
@@ -163,4 +179,44 @@ fn rewrite_reason(bits: i32) -> String {
     } else {
         reasons.join(", ")
     }
+}
+
+/// The data-loss backstop: what a command really dropped, CASCADE, DROP OWNED and DROP
+/// DOMAIN included. Tables and columns that held committed data are refused unless the
+/// statement's own data-loss findings were already weighed (overridden or warned about).
+#[pg_extern(sql = "
+    CREATE FUNCTION migrate.guard_drop() RETURNS event_trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+")]
+fn guard_drop(fcinfo: pg_sys::FunctionCallInfo) {
+    let event = event_trigger::event(fcinfo);
+    let Some(ctx) = context() else { return };
+    // An extension's own tables go with it; that is the extension's decision.
+    if DATA_LOSS_JUDGED.get() || event.tag == "DROP EXTENSION" {
+        return;
+    }
+    let dropped = security::as_owner(|| {
+        Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT d.object_type, d.object_identity FROM pg_catalog.pg_event_trigger_dropped_objects() d \
+                     WHERE NOT d.is_temporary AND d.object_type IN ('table', 'table column') \
+                       AND NOT EXISTS ( \
+                         SELECT FROM migrate.ddl_log l \
+                         WHERE l.xid = pg_catalog.pg_current_xact_id() AND l.event = 'ddl_command_end' \
+                           AND l.command_tag IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO') \
+                           AND l.object_identity = pg_catalog.format('%I.%I', d.address_names[1], d.address_names[2]))",
+                    None,
+                    &[],
+                )?
+                .map(|row| Ok((row.get::<String>(1)?.unwrap_or_default(), row.get::<String>(2)?.unwrap_or_default())))
+                .collect::<Result<Vec<(String, String)>, pgrx::spi::Error>>()
+        })
+    })
+    .unwrap_or_default();
+    let found: Vec<Finding> = dropped
+        .into_iter()
+        .map(|(kind, identity)| data_loss::dropped(&event.tag, &kind, &identity))
+        .collect();
+    carry_out(policy::decide(found, &ctx), &event.tag, &Command::Other);
 }
