@@ -56,13 +56,42 @@ fn setting_ms(name: &CStr) -> i64 {
 /// Whether statement_timeout is 0 because nobody set it. A session (a restore, a maintenance
 /// job) that set it to 0 on purpose keeps it.
 fn statement_timeout_unset() -> bool {
-    setting_ms(c"statement_timeout") == 0
-        && crate::security::pinned(|| {
-            pgrx::Spi::get_one::<bool>(
-                "SELECT source = 'default' FROM pg_catalog.pg_settings WHERE name = 'statement_timeout'",
-            )
-        })
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+    if setting_ms(c"statement_timeout") != 0 {
+        return false;
+    }
+    // SAFETY: the setting's record lives as long as the backend; only its source is read.
+    unsafe {
+        let record = statement_timeout_record();
+        !record.is_null() && (*record).source == pgrx::pg_sys::GucSource::PGC_S_DEFAULT
+    }
+}
+
+thread_local! {
+    static STATEMENT_TIMEOUT_RECORD: std::cell::Cell<*mut pgrx::pg_sys::config_generic> =
+        const { std::cell::Cell::new(std::ptr::null_mut()) };
+}
+
+/// statement_timeout's GUC record, found once per backend (records never move).
+unsafe fn statement_timeout_record() -> *mut pgrx::pg_sys::config_generic {
+    use pgrx::pg_sys;
+    if let Some(found) = Some(STATEMENT_TIMEOUT_RECORD.get()).filter(|p| !p.is_null()) {
+        return found;
+    }
+    #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+    let found = {
+        let all = pg_sys::get_guc_variables();
+        (0..pg_sys::GetNumConfigOptions() as usize)
+            .map(|i| *all.add(i))
+            .find(|g| CStr::from_ptr((**g).name) == c"statement_timeout")
+            .unwrap_or(std::ptr::null_mut())
+    };
+    #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
+    let found = pg_sys::find_option(
+        c"statement_timeout".as_ptr(),
+        false,
+        true,
+        pg_sys::ERROR as i32,
+    );
+    STATEMENT_TIMEOUT_RECORD.set(found);
+    found
 }
