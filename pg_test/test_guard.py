@@ -520,8 +520,10 @@ def test_readers_are_not_stalled_by_a_plain_alter_behind_a_long_transaction(clus
         c.execute("SET migrate.lock_timeout = '300ms'")
         with Stopwatch(cluster, own_shop, "SELECT count(*) FROM tiny") as readers:
             with holding_lock(cluster, own_shop, "SELECT count(*) FROM tiny"):
-                threading.Thread(target=lambda: failure(c, "ALTER TABLE tiny ADD COLUMN x int")).start()
+                alter = threading.Thread(target=lambda: failure(c, "ALTER TABLE tiny ADD COLUMN x int"))
+                alter.start()
                 time.sleep(2)
+            alter.join()
         assert readers.worst < 1.0, readers.worst
 
 
@@ -531,7 +533,8 @@ def test_a_rewrite_the_rules_could_not_judge_is_stopped_by_the_backstop(cluster,
     # rewrite starts, and the table_rewrite trigger stops it.
     holder = cluster.connect(shop, autocommit=False)
     holder.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
-    threading.Timer(0.5, holder.rollback).start()
+    release = threading.Timer(0.5, holder.rollback)
+    release.start()
     try:
         with cluster.connect(shop) as c:
             c.execute("SET migrate.lock_timeout = '10s'")
@@ -539,6 +542,7 @@ def test_a_rewrite_the_rules_could_not_judge_is_stopped_by_the_backstop(cluster,
         assert rule_of(f.message) == "table-rewrite", f.message
         assert "column type change" in f.message
     finally:
+        release.join()  # a connection is not shared between threads at once
         holder.close()
 
 

@@ -8,6 +8,7 @@ SELECT version,
        applied_by,
        duration,
        statements,
+       phases,
        retries,
        lock_wait,
        left(checksum, 12) AS checksum
@@ -34,6 +35,11 @@ GRANT SELECT (version, version_key, description, status, checksum, checksum_raw,
               retries, extension_version)
     ON migrate.history TO PUBLIC;
 GRANT SELECT ON migrate.history TO migrate_admin;
+GRANT SELECT (version, phase, kind, first_statement, last_statement, first_line, state,
+              attempts, started_at, finished_at, duration, worker_pid, target_table,
+              indexes_before, built_index, error_sqlstate, error_message, error_detail)
+    ON migrate.steps TO PUBLIC;
+GRANT SELECT ON migrate.steps TO migrate_admin;
 GRANT SELECT ON migrate.status, migrate.rules TO PUBLIC;
 GRANT SELECT ON migrate.ddl_log TO migrate_admin;
 
@@ -46,12 +52,15 @@ GRANT EXECUTE ON FUNCTION
     migrate.rule_catalog(),
     migrate.lint(text, text[])
 TO PUBLIC;
+GRANT EXECUTE ON PROCEDURE migrate.wait(text, interval) TO PUBLIC;
 -- apply and baseline are callable by everyone on purpose: they refuse non-members of
 -- migrate_admin themselves, with an error that says how to get the right, where PostgreSQL's
 -- own "permission denied" would not.
 GRANT EXECUTE ON FUNCTION
     migrate.apply(text, text, text, text, text[]),
-    migrate.baseline(text, text)
+    migrate.baseline(text, text),
+    migrate.retry(text),
+    migrate.cancel(text)
 TO PUBLIC;
 
 -- The guard judges every DDL statement before it takes its locks; the rewrite trigger is a

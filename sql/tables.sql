@@ -6,7 +6,10 @@ CREATE TABLE migrate.history (
     version_key        numeric[] NOT NULL UNIQUE
                        GENERATED ALWAYS AS (migrate.version_key(version)) STORED,
     description        text,
-    status             text NOT NULL CHECK (status IN ('applied', 'baseline')),
+    -- applied, baseline; and for migrations run by the background worker: pending, running,
+    -- failed, cancelled (applied once every phase is done).
+    status             text NOT NULL
+                       CHECK (status IN ('applied', 'baseline', 'pending', 'running', 'failed', 'cancelled')),
     script             text,
     -- sha256 of the normalised script (see checksum_algorithm), and of its raw bytes.
     checksum           text,
@@ -21,7 +24,7 @@ CREATE TABLE migrate.history (
     client_addr        inet,
     xid                xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
     started_at         timestamptz NOT NULL,
-    finished_at        timestamptz NOT NULL,
+    finished_at        timestamptz,
     duration           interval GENERATED ALWAYS AS (finished_at - started_at) STORED,
     -- Time spent by statements that gave up waiting for a lock (the waits behind `retries`).
     lock_wait          interval NOT NULL DEFAULT '0',
@@ -29,10 +32,46 @@ CREATE TABLE migrate.history (
     extension_version  text NOT NULL,
     -- Guard rules the migration overrode (allow => ARRAY[...]).
     allowed_rules      text[] NOT NULL DEFAULT '{}',
+    -- Phases run by the background worker (1 for a migration applied in the caller's
+    -- transaction), with the caller's search_path they run under; cancel_requested stops
+    -- one at its next phase boundary.
+    phases             integer NOT NULL DEFAULT 1,
+    search_path        text,
+    cancel_requested   boolean NOT NULL DEFAULT false,
+    CHECK ((status IN ('applied', 'baseline')) = (finished_at IS NOT NULL)),
     CHECK (status = 'baseline'
            OR (script IS NOT NULL AND checksum IS NOT NULL AND checksum_algorithm IS NOT NULL)),
     CHECK ((rollback_script IS NULL) = (rollback_checksum IS NULL))
 );
+
+CREATE TABLE migrate.steps (
+    version            text NOT NULL REFERENCES migrate.history (version) ON DELETE CASCADE,
+    phase              integer NOT NULL,
+    kind               text NOT NULL CHECK (kind IN ('transaction', 'top-level')),
+    first_statement    integer NOT NULL,
+    last_statement     integer NOT NULL,
+    first_line         integer NOT NULL,
+    sql                text NOT NULL,
+    state              text NOT NULL DEFAULT 'pending'
+                       CHECK (state IN ('pending', 'running', 'done', 'failed', 'cancelled')),
+    attempts           integer NOT NULL DEFAULT 0,
+    started_at         timestamptz,
+    finished_at        timestamptz,
+    duration           interval GENERATED ALWAYS AS (finished_at - started_at) STORED,
+    worker_pid         integer,
+    -- For a top-level statement that builds or drops indexes: the table, and its indexes
+    -- when the attempt began; what it built. They tell an interrupted build from a finished one.
+    target_table       oid,
+    indexes_before     oid[],
+    built_index        text,
+    error_sqlstate     text,
+    error_message      text,
+    error_detail       text,
+    PRIMARY KEY (version, phase)
+);
+
+COMMENT ON TABLE migrate.steps IS
+    'pg_migrate: the phases of migrations run by the background worker, with their state';
 
 COMMENT ON TABLE migrate.history IS
     'pg_migrate: one row per applied or baselined version; written only by migrate.apply and migrate.baseline';
@@ -72,4 +111,5 @@ COMMENT ON TABLE migrate.ddl_log IS
 -- pg_dump keeps the contents of these tables.
 SELECT pg_catalog.pg_extension_config_dump('migrate.history', '');
 SELECT pg_catalog.pg_extension_config_dump('migrate.ddl_log', '');
+SELECT pg_catalog.pg_extension_config_dump('migrate.steps', '');
 SELECT pg_catalog.pg_extension_config_dump('migrate.ddl_log_id_seq', '');

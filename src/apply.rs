@@ -7,7 +7,7 @@ use crate::history::{self, interval, NewEntry, Recorded};
 use crate::runner::{self, Policy};
 use crate::script::{self, Statement};
 use crate::version::Version;
-use crate::{parser, security};
+use crate::{parser, phases, security, shared, steps};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use std::cell::RefCell;
@@ -68,6 +68,22 @@ fn apply(
     })
     .or_raise();
     let row = match decision {
+        Decision::Submitted(recorded) => {
+            errors::notice(format!(
+                "version {version} was submitted to the background worker (at {}) and is {}; \
+                 nothing to do (see migrate.steps)",
+                recorded.finished_at, recorded.status
+            ));
+            (
+                recorded.status.clone(),
+                recorded.version,
+                recorded.checksum,
+                recorded.statements,
+                interval(recorded.duration),
+                recorded.retries,
+                interval(recorded.lock_wait),
+            )
+        }
         Decision::AlreadyApplied(recorded) => {
             errors::notice(format!(
                 "version {version} is already applied (at {}); nothing to do",
@@ -105,6 +121,17 @@ fn apply(
                 allow: allow.clone(),
             };
             refuse_unsafe_statements(&what, &trees, &running).or_raise();
+            if phases::needed(&statements) {
+                return TableIterator::once(submit(
+                    &version,
+                    description,
+                    script,
+                    &checksums,
+                    rollback,
+                    &statements,
+                    &allow,
+                ));
+            }
             let started_at = history::clock_now();
             let outcome = {
                 let _applying = Applying::enter(running);
@@ -122,6 +149,7 @@ fn apply(
                 lock_wait: outcome.lock_wait,
                 retries: outcome.retries as i32,
                 allowed_rules: &allow,
+                phases: 1,
             });
             (
                 "applied".to_string(),
@@ -137,9 +165,70 @@ fn apply(
     TableIterator::once(row)
 }
 
+/// A migration with statements that cannot run in a transaction: recorded as pending, with
+/// its phases, for the background worker to run once the caller commits.
+#[allow(clippy::too_many_arguments)]
+fn submit(
+    version: &Version,
+    description: Option<&str>,
+    script: &str,
+    checksums: &Checksums,
+    rollback: Option<&str>,
+    statements: &[Statement],
+    allow: &[String],
+) -> ApplyRow {
+    if !shared::available() {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("migration {version} needs the background worker, which is not running"),
+            "Statements such as CREATE INDEX CONCURRENTLY cannot run inside a transaction; \
+             pg_migrate's background worker runs them, and it exists only when pg_migrate is \
+             in shared_preload_libraries.",
+            "Add pg_migrate to shared_preload_libraries in postgresql.conf and restart the \
+             server; or run those statements yourself outside migrate.apply.",
+        )
+        .raise();
+    }
+    let plan = phases::plan(statements);
+    history::insert(&NewEntry {
+        version,
+        description,
+        status: "pending",
+        script: Some(script),
+        checksums: Some(checksums),
+        rollback,
+        statements: statements.len() as i32,
+        started_at: history::clock_now(),
+        lock_wait: Duration::ZERO,
+        retries: 0,
+        allowed_rules: allow,
+        phases: plan.len() as i32,
+    });
+    steps::insert(version.as_str(), script, &plan);
+    shared::wake_at_commit();
+    errors::notice(format!(
+        "migration {version} has {} phases and runs in the background worker once this \
+         transaction commits; follow it in migrate.steps, or CALL migrate.wait('{version}')",
+        plan.len()
+    ));
+    (
+        "pending".to_string(),
+        version.to_string(),
+        Some(checksums.normalized.clone()),
+        statements.len() as i32,
+        interval(Duration::ZERO),
+        0,
+        interval(Duration::ZERO),
+    )
+}
+
+type ApplyRow = (String, String, Option<String>, i32, Interval, i32, Interval);
+
 #[derive(Debug)]
 enum Decision {
     Apply,
+    /// Recorded, and pending, running, failed or cancelled in the background worker.
+    Submitted(Recorded),
     AlreadyApplied(Recorded),
     BelowBaseline(Recorded),
 }
@@ -157,6 +246,9 @@ fn decide(
             return Ok(Decision::BelowBaseline(recorded));
         }
         history::compare_checksum(version, script, &recorded)?;
+        if recorded.status != "applied" {
+            return Ok(Decision::Submitted(recorded));
+        }
         return Ok(Decision::AlreadyApplied(recorded));
     }
     if let Some(baseline) = baseline {
@@ -241,7 +333,7 @@ fn parse_for_apply(
              migrate.baseline.",
         ));
     }
-    script::check_transactional(what, &statements)?;
+    script::refuse_transaction_control(what, &statements)?;
     Ok(trees)
 }
 
@@ -286,6 +378,20 @@ pub fn refuse_unsafe_context() -> Result<(), Problem> {
     Ok(())
 }
 
+/// The worker's side of the applier lock: taken only if free, so that it never queues behind
+/// a submitting transaction (whose commit wakes it again).
+pub fn try_lock_history() -> bool {
+    security::pinned(|| {
+        Spi::get_one_with_args::<bool>(
+            "SELECT pg_catalog.pg_try_advisory_xact_lock($1, 1)",
+            &[MIGRATE_LOCK_CLASS.into()],
+        )
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+}
+
 /// Takes the transaction-scoped lock that serialises appliers; it ends with the transaction,
 /// so a killed session never leaves it behind.
 pub fn lock_history() {
@@ -313,6 +419,12 @@ thread_local! {
 
 pub fn running() -> Option<Running> {
     APPLYING.with_borrow(|v| v.clone())
+}
+
+/// Runs `f` with `running` marked as the migration whose statements run (the worker's phases).
+pub fn with_running<T>(running: Running, f: impl FnOnce() -> T) -> T {
+    let _applying = Applying::enter(running);
+    f()
 }
 
 /// Marks a migration's statements as running; cleared on drop, also when an ERROR unwinds.

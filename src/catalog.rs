@@ -714,3 +714,101 @@ pub fn any_clustered_table() -> bool {
     .flatten()
     .unwrap_or(true)
 }
+
+/// The OIDs of table `table`'s indexes.
+pub fn index_oids(table: pg_sys::Oid) -> Vec<pg_sys::Oid> {
+    oid_column(
+        "SELECT indexrelid FROM pg_catalog.pg_index WHERE indrelid = $1 ORDER BY indexrelid",
+        table,
+    )
+}
+
+/// The indexes of `table` left behind by an interrupted or failed CONCURRENTLY command: the
+/// invalid ones it did not have before, and the `_ccnew`/`_ccold` ones REINDEX CONCURRENTLY
+/// leaves. Each is a schema-qualified, quoted name.
+pub fn leftover_indexes(table: pg_sys::Oid, before: &[pg_sys::Oid]) -> Vec<String> {
+    name_column(
+        "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) \
+         FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE i.indrelid = $1 AND NOT i.indisvalid \
+           AND (i.indexrelid <> ALL ($2) OR c.relname ~ '_cc(new|old)[0-9]*$')",
+        table,
+        before,
+    )
+}
+
+/// A valid, ready index of `table` that it did not have before: what a CREATE INDEX
+/// CONCURRENTLY built.
+pub fn new_valid_index(table: pg_sys::Oid, before: &[pg_sys::Oid]) -> Option<String> {
+    name_column(
+        "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) \
+         FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE i.indrelid = $1 AND i.indisvalid AND i.indisready AND i.indexrelid <> ALL ($2) \
+         ORDER BY i.indexrelid DESC",
+        table,
+        before,
+    )
+    .into_iter()
+    .next()
+}
+
+/// Whether index `name` (schema-qualified) exists and is valid and ready.
+pub fn index_is_valid(name: &str) -> bool {
+    crate::security::pinned(|| {
+        pgrx::Spi::get_one_with_args::<bool>(
+            "SELECT i.indisvalid AND i.indisready FROM pg_catalog.pg_index i \
+             WHERE i.indexrelid = pg_catalog.to_regclass($1)",
+            &[name.into()],
+        )
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+}
+
+/// Partitions of `parent` left half-detached by an interrupted DETACH ... CONCURRENTLY.
+pub fn detach_pending(parent: pg_sys::Oid) -> Vec<String> {
+    name_column(
+        "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) \
+         FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE i.inhparent = $1 AND i.inhdetachpending",
+        parent,
+        &[],
+    )
+}
+
+/// `schema.name` of relation `oid`, quoted.
+pub fn relation_name(oid: pg_sys::Oid) -> Option<String> {
+    let row = class_row(oid)?;
+    // SAFETY: the name comes from the copied row.
+    Some(unsafe { qualified_name(row.namespace, row.name.data.as_ptr()) })
+}
+
+fn oid_column(sql: &str, arg: pg_sys::Oid) -> Vec<pg_sys::Oid> {
+    crate::security::pinned(|| {
+        pgrx::Spi::connect(|client| {
+            client
+                .select(sql, None, &[arg.into()])?
+                .map(|r| r.get::<pg_sys::Oid>(1))
+                .collect::<Result<Vec<Option<pg_sys::Oid>>, _>>()
+        })
+    })
+    .map(|v| v.into_iter().flatten().collect())
+    .unwrap_or_default()
+}
+
+fn name_column(sql: &str, arg: pg_sys::Oid, oids: &[pg_sys::Oid]) -> Vec<String> {
+    crate::security::pinned(|| {
+        pgrx::Spi::connect(|client| {
+            client
+                .select(sql, None, &[arg.into(), oids.to_vec().into()])?
+                .map(|r| r.get::<String>(1))
+                .collect::<Result<Vec<Option<String>>, _>>()
+        })
+    })
+    .map(|v| v.into_iter().flatten().collect())
+    .unwrap_or_default()
+}

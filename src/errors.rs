@@ -78,3 +78,13 @@ pub fn notice(message: impl Into<String>) {
     )
     .report(PgLogLevel::NOTICE);
 }
+
+/// The five-character SQLSTATE of an error code, e.g. `23505`.
+pub fn sqlstate(code: PgSqlErrorCode) -> String {
+    // SAFETY: unpack_sql_state formats into a static buffer, copied out at once.
+    unsafe {
+        std::ffi::CStr::from_ptr(pgrx::pg_sys::unpack_sql_state(code as i32))
+            .to_string_lossy()
+            .into_owned()
+    }
+}

@@ -18,6 +18,13 @@ pub static LOCK_RETRY_MAX_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(30_
 /// Whether a version lower than the highest applied one may still be applied.
 pub static OUT_OF_ORDER: GucSetting<bool> = GucSetting::<bool>::new(false);
 
+/// Database workers running at once (each serves one database).
+pub static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(4);
+/// Attempts after the first for a CONCURRENTLY command that failed on a lock or deadlock.
+pub static INDEX_BUILD_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(3);
+/// A database worker with nothing to do exits after this long.
+pub static WORKER_IDLE_TIMEOUT_S: GucSetting<i32> = GucSetting::<i32>::new(2);
+
 #[derive(PostgresGucEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GuardMode {
     #[name = c"enforce"]
@@ -180,6 +187,37 @@ pub fn init() {
         i32::MAX,
         GucContext::Suset,
         GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_int_guc(
+        c"migrate.max_workers",
+        c"Database workers running at once.",
+        c"Each serves one database; they come out of max_worker_processes, beside the launcher.",
+        &MAX_WORKERS,
+        0,
+        crate::shared::MAX_SLOTS as i32,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"migrate.index_build_retries",
+        c"Retries of a CONCURRENTLY command that failed on a lock timeout, deadlock or serialization failure.",
+        c"The INVALID index a failed build leaves is dropped concurrently before each retry.",
+        &INDEX_BUILD_RETRIES,
+        0,
+        100,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"migrate.worker_idle_timeout",
+        c"A database worker with nothing to do exits after this long.",
+        c"New work starts one again at once. Short, because a connected worker makes DROP \
+          DATABASE wait (it waits 5 s for other sessions to leave).",
+        &WORKER_IDLE_TIMEOUT_S,
+        1,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
     );
     reserve_prefix();
 }

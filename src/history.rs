@@ -25,7 +25,7 @@ pub struct Recorded {
 }
 
 const RECORDED_COLUMNS: &str = "version, status, checksum, checksum_algorithm, \
-     finished_at::text, statements, (extract(epoch FROM duration) * 1e6)::int8, retries, \
+     coalesce(finished_at, started_at)::text, statements, (extract(epoch FROM duration) * 1e6)::int8, retries, \
      (extract(epoch FROM lock_wait) * 1e6)::int8";
 
 fn select_recorded(filter: &str, args: &[DatumWithOid]) -> Option<Recorded> {
@@ -88,12 +88,26 @@ pub struct NewEntry<'a> {
     pub retries: i32,
     /// Guard rules the migration overrode.
     pub allowed_rules: &'a [String],
+    /// Phases the background worker runs (1 when applied in the caller's transaction).
+    pub phases: i32,
 }
 
 /// Inserts a history row in the current transaction, as the table's owner, and returns the
 /// duration it recorded. The caller's identity is read before the switch.
 pub fn insert(entry: &NewEntry) -> Duration {
     let applied_role = security::current_user_name();
+    // The caller's search_path (the background worker runs phases under it), read before the
+    // switch to the owner pins it.
+    // SAFETY: reads the current value of a setting.
+    let search_path = unsafe {
+        std::ffi::CStr::from_ptr(pg_sys::GetConfigOption(
+            c"search_path".as_ptr(),
+            false,
+            false,
+        ))
+        .to_string_lossy()
+        .into_owned()
+    };
     let rollback_checksum = entry.rollback.map(|r| Checksums::of(r).normalized);
     let args: Vec<DatumWithOid> = vec![
         entry.version.as_str().into(),
@@ -112,17 +126,20 @@ pub fn insert(entry: &NewEntry) -> Duration {
         entry.retries.into(),
         env!("CARGO_PKG_VERSION").into(),
         entry.allowed_rules.to_vec().into(),
+        entry.phases.into(),
+        search_path.into(),
     ];
     let recorded = security::as_owner(|| {
         Spi::get_one_with_args::<i64>(
             "INSERT INTO migrate.history (version, description, status, script, checksum, \
                checksum_raw, checksum_algorithm, rollback_script, rollback_checksum, statements, \
                applied_by, applied_role, application_name, client_addr, started_at, finished_at, \
-               lock_wait, retries, extension_version, allowed_rules) \
+               lock_wait, retries, extension_version, allowed_rules, phases, search_path) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, session_user, $11, \
-               current_setting('application_name'), inet_client_addr(), $12, clock_timestamp(), \
-               $13, $14, $15, $16) \
-             RETURNING (extract(epoch FROM duration) * 1e6)::int8",
+               current_setting('application_name'), inet_client_addr(), $12, \
+               CASE WHEN $3 IN ('applied', 'baseline') THEN clock_timestamp() END, \
+               $13, $14, $15, $16, $17, $18) \
+             RETURNING (extract(epoch FROM coalesce(duration, '0')) * 1e6)::int8",
             &args,
         )
     })
@@ -167,6 +184,7 @@ fn baseline(
         lock_wait: Duration::ZERO,
         retries: 0,
         allowed_rules: &[],
+        phases: 1,
     });
     TableIterator::once(("baseline".to_string(), version.to_string()))
 }

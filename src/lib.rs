@@ -6,22 +6,29 @@ mod apply;
 mod catalog;
 mod checksum;
 mod command;
+mod control;
 mod ddl_log;
 mod errors;
 mod event_trigger;
 mod guard;
 mod gucs;
 mod history;
+mod launcher;
 mod lint;
 mod parser;
 mod parsetree;
+mod phases;
 mod retry;
 mod runner;
 mod script;
 mod security;
+mod shared;
+mod steps;
 mod subxact;
 mod timeouts;
+mod toplevel;
 mod version;
+mod worker;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
@@ -34,6 +41,7 @@ pgrx::extension_sql_file!(
     name = "tables",
     requires = [version::version_key]
 );
+pgrx::extension_sql_file!("../sql/worker.sql", name = "worker", requires = ["tables"]);
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pgrx::pg_guard]
@@ -42,6 +50,8 @@ pub extern "C-unwind" fn _PG_init() {
     // SAFETY: reads a flag set by the postmaster while it loads shared_preload_libraries.
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
         guard::utility_hook::install();
+        shared::init();
+        launcher::register();
     }
 }
 

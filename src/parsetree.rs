@@ -454,7 +454,7 @@ unsafe fn truncate(stmt: *mut pg_sys::TruncateStmt) -> Command {
     let cascade = (*stmt).behavior == pg_sys::DropBehavior::DROP_CASCADE;
     let named: Vec<pg_sys::Oid> = PgList::<pg_sys::RangeVar>::from_pg((*stmt).relations)
         .iter_ptr()
-        .map(|rv| catalog::oid_of(rv))
+        .map(catalog::oid_of)
         .filter(|oid| *oid != pg_sys::InvalidOid)
         .collect();
     let oids = if cascade {
@@ -642,4 +642,83 @@ fn quote_str(s: &str) -> String {
     let c = std::ffi::CString::new(s).unwrap_or_default();
     // SAFETY: quote_identifier reads the string and returns it or a palloc'd quoted copy.
     unsafe { quote(c.as_ptr()) }
+}
+
+/// What a statement run top-level by the worker does, as far as recovering from its
+/// interruption needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopLevelForm {
+    /// CREATE INDEX CONCURRENTLY on this table.
+    CreateIndex(pg_sys::Oid),
+    /// DROP INDEX CONCURRENTLY of these indexes (qualified names, those that still exist), on
+    /// this table (none once they are all gone).
+    DropIndex(Option<pg_sys::Oid>, Vec<String>),
+    /// REINDEX ... CONCURRENTLY of this table's indexes.
+    Reindex(pg_sys::Oid),
+    /// ALTER TABLE parent DETACH PARTITION ... CONCURRENTLY.
+    Detach(pg_sys::Oid),
+    Other,
+}
+
+impl TopLevelForm {
+    pub fn table(&self) -> Option<pg_sys::Oid> {
+        match self {
+            TopLevelForm::CreateIndex(t) | TopLevelForm::Reindex(t) | TopLevelForm::Detach(t) => {
+                Some(*t)
+            }
+            TopLevelForm::DropIndex(t, _) => *t,
+            TopLevelForm::Other => None,
+        }
+    }
+}
+
+/// The form of `node`, with its table resolved now.
+///
+/// # Safety
+/// As for [`command`].
+pub unsafe fn top_level_form(node: *mut pg_sys::Node) -> TopLevelForm {
+    let valid = |oid: pg_sys::Oid| oid != pg_sys::InvalidOid;
+    if is_a(node, T::T_IndexStmt) {
+        let oid = catalog::oid_of((*node.cast::<pg_sys::IndexStmt>()).relation);
+        if valid(oid) {
+            return TopLevelForm::CreateIndex(oid);
+        }
+    } else if is_a(node, T::T_DropStmt) {
+        let stmt = node.cast::<pg_sys::DropStmt>();
+        if (*stmt).removeType == pg_sys::ObjectType::OBJECT_INDEX {
+            let mut table = pg_sys::InvalidOid;
+            let mut names = Vec::new();
+            for parts in PgList::<pg_sys::Node>::from_pg((*stmt).objects).iter_ptr() {
+                let index = catalog::oid_of(pg_sys::makeRangeVarFromNameList(parts.cast()));
+                if valid(index) {
+                    table = catalog::table_of_index(index);
+                    names.extend(catalog::relation_name(index));
+                }
+            }
+            return TopLevelForm::DropIndex(valid(table).then_some(table), names);
+        }
+    } else if is_a(node, T::T_ReindexStmt) {
+        let stmt = node.cast::<pg_sys::ReindexStmt>();
+        let oid = catalog::oid_of((*stmt).relation);
+        let table = if (*stmt).kind == pg_sys::ReindexObjectType::REINDEX_OBJECT_INDEX {
+            catalog::table_of_index(oid)
+        } else {
+            oid
+        };
+        if valid(table) {
+            return TopLevelForm::Reindex(table);
+        }
+    } else if is_a(node, T::T_AlterTableStmt) && detaches(node.cast()) {
+        let oid = catalog::oid_of((*node.cast::<pg_sys::AlterTableStmt>()).relation);
+        if valid(oid) {
+            return TopLevelForm::Detach(oid);
+        }
+    }
+    TopLevelForm::Other
+}
+
+unsafe fn detaches(stmt: *mut pg_sys::AlterTableStmt) -> bool {
+    PgList::<pg_sys::AlterTableCmd>::from_pg((*stmt).cmds)
+        .iter_ptr()
+        .any(|cmd| (*cmd).subtype == pg_sys::AlterTableType::AT_DetachPartition)
 }

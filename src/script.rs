@@ -124,42 +124,29 @@ pub fn excerpt(script: &str, offset: usize) -> String {
     format!("{line}\n{pad}^")
 }
 
-/// Refuses what cannot run inside the transaction `migrate.apply` runs a migration in.
-pub fn check_transactional(what: &str, statements: &[Statement]) -> Result<(), Problem> {
-    for st in statements {
-        match st.kind {
-            Kind::Transactional => {}
-            Kind::TransactionControl => {
-                return Err(Problem::new(
-                    PgSqlErrorCode::ERRCODE_INVALID_TRANSACTION_TERMINATION,
-                    format!(
-                        "{what}: {} is transaction control ({})",
-                        st.locator(),
-                        st.tag
-                    ),
-                    "A migration runs in the caller's transaction, entirely or not at all, \
-                     so its script must not begin, end or split transactions.",
-                    "Remove BEGIN/COMMIT/ROLLBACK/SAVEPOINT from the script; to apply parts \
-                     separately, make them separate versions.",
-                ))
-            }
-            Kind::NonTransactional => {
-                return Err(Problem::new(
-                    PgSqlErrorCode::ERRCODE_ACTIVE_SQL_TRANSACTION,
-                    format!(
-                        "{what}: {}, {}, cannot run inside a transaction block",
-                        st.locator(),
-                        st.form
-                    ),
-                    "migrate.apply runs a migration inside one transaction, and PostgreSQL \
-                     refuses this statement there.",
-                    "Run this statement outside migrate.apply, as its own top-level statement \
-                     in psql, and keep the rest of the migration in migrate.apply.",
-                ))
-            }
-        }
+/// Refuses transaction control: pg_migrate owns the transactions a migration runs in.
+/// (Statements that cannot run inside a transaction are fine: the background worker runs
+/// them top-level.)
+pub fn refuse_transaction_control(what: &str, statements: &[Statement]) -> Result<(), Problem> {
+    match statements
+        .iter()
+        .find(|st| st.kind == Kind::TransactionControl)
+    {
+        None => Ok(()),
+        Some(st) => Err(Problem::new(
+            PgSqlErrorCode::ERRCODE_INVALID_TRANSACTION_TERMINATION,
+            format!(
+                "{what}: {} is transaction control ({})",
+                st.locator(),
+                st.tag
+            ),
+            "pg_migrate runs a migration in transactions it controls (the caller's, or the \
+             background worker's for each phase), so its script must not begin, end or split \
+             transactions.",
+            "Remove BEGIN/COMMIT/ROLLBACK/SAVEPOINT from the script; to apply parts \
+             separately, make them separate versions.",
+        )),
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -219,30 +206,24 @@ mod unit {
     }
 
     #[test]
-    fn transaction_control_and_non_transactional_statements_are_refused() {
+    fn transaction_control_is_refused_and_top_level_statements_are_not() {
         let ok = stmt(1, Kind::Transactional, "CREATE TABLE", "CREATE TABLE");
-        assert!(check_transactional("migration 1", std::slice::from_ref(&ok)).is_ok());
+        let cic = stmt(
+            2,
+            Kind::NonTransactional,
+            "CREATE INDEX",
+            "CREATE INDEX CONCURRENTLY",
+        );
+        assert!(refuse_transaction_control("migration 1", &[ok.clone(), cic]).is_ok());
 
-        let commit = stmt(2, Kind::TransactionControl, "COMMIT", "COMMIT");
-        let p = check_transactional("migration 1", &[ok.clone(), commit]).unwrap_err();
+        let commit = stmt(3, Kind::TransactionControl, "COMMIT", "COMMIT");
+        let p = refuse_transaction_control("migration 1", &[ok, commit]).unwrap_err();
         assert_eq!(
             p.code,
             PgSqlErrorCode::ERRCODE_INVALID_TRANSACTION_TERMINATION
         );
         assert!(p
             .message
-            .contains("statement 2 (line 4) is transaction control (COMMIT)"));
-
-        let cic = stmt(
-            3,
-            Kind::NonTransactional,
-            "CREATE INDEX",
-            "CREATE INDEX CONCURRENTLY",
-        );
-        let p = check_transactional("migration 1", &[ok, cic]).unwrap_err();
-        assert_eq!(p.code, PgSqlErrorCode::ERRCODE_ACTIVE_SQL_TRANSACTION);
-        assert!(p
-            .message
-            .contains("(line 6), CREATE INDEX CONCURRENTLY, cannot run inside"));
+            .contains("statement 3 (line 6) is transaction control (COMMIT)"));
     }
 }

@@ -38,15 +38,7 @@ pub fn run<T>(body: impl FnOnce() -> T) -> Result<T, Caught> {
             pg_sys::RollbackAndReleaseCurrentSubTransaction();
             pg_sys::MemoryContextSwitchTo(caller_context);
             pg_sys::CurrentResourceOwner = caller_owner;
-            match error {
-                CaughtError::PostgresError(e) | CaughtError::ErrorReport(e) => Err(Caught {
-                    code: e.sql_error_code(),
-                    message: e.message().to_string(),
-                    detail: e.detail().map(str::to_string),
-                    hint: e.hint().map(str::to_string),
-                }),
-                panic @ CaughtError::RustPanic { .. } => panic.rethrow(),
-            }
+            Err(Caught::from_error(error))
         })
         .execute()
     }
@@ -58,4 +50,19 @@ pub struct Caught {
     pub message: String,
     pub detail: Option<String>,
     pub hint: Option<String>,
+}
+
+impl Caught {
+    /// An ERROR's texts; a Rust panic (a bug) is rethrown, not turned into data.
+    pub fn from_error(error: CaughtError) -> Caught {
+        match error {
+            CaughtError::PostgresError(e) | CaughtError::ErrorReport(e) => Caught {
+                code: e.sql_error_code(),
+                message: e.message().to_string(),
+                detail: e.detail().map(str::to_string),
+                hint: e.hint().map(str::to_string),
+            },
+            panic @ CaughtError::RustPanic { .. } => panic.rethrow(),
+        }
+    }
 }

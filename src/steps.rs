@@ -1,0 +1,277 @@
+//! `migrate.steps`: the phases of migrations run by the background worker, and the state
+//! transitions the worker and the control functions make on them. Every write runs as the
+//! tables' owner with `search_path` pinned.
+
+use crate::phases::{Phase, PhaseKind};
+use crate::security;
+use crate::subxact::Caught;
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+
+/// Records the phases of a migration just submitted.
+pub fn insert(version: &str, script: &str, phases: &[Phase]) {
+    for phase in phases {
+        write(
+            "INSERT INTO migrate.steps (version, phase, kind, first_statement, last_statement, \
+               first_line, sql) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                version.into(),
+                (phase.number as i32).into(),
+                phase.kind.name().into(),
+                (phase.first_statement as i32).into(),
+                (phase.last_statement as i32).into(),
+                (phase.first_line as i32).into(),
+                phase.text(script).into(),
+            ],
+        );
+    }
+}
+
+/// What the worker should do next in this database.
+#[derive(Debug, Clone)]
+pub enum Next {
+    /// Nothing pending (or the oldest unfinished migration failed: later ones wait for it).
+    Idle,
+    /// Run (or resume) this step.
+    Step(Step),
+    /// Every phase of this migration is done: verify and complete it.
+    Complete(String),
+    /// This migration was asked to stop.
+    Cancel(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub version: String,
+    pub phase: i32,
+    pub kind: PhaseKind,
+    pub first_statement: i32,
+    pub first_line: i32,
+    pub sql: String,
+    /// It was running when the worker stopped: a crash, a restart, a kill.
+    pub interrupted: bool,
+    pub attempts: i32,
+    pub indexes_before: Vec<pg_sys::Oid>,
+    /// Who submitted the migration, and how: the phase runs with their role and search_path,
+    /// and the guard's overrides and rollback of the migration.
+    pub role: String,
+    pub search_path: Option<String>,
+    pub allow: Vec<String>,
+    pub has_rollback: bool,
+}
+
+/// The next thing to do, oldest version first.
+pub fn next() -> Next {
+    let head = read_row::<(Option<String>, Option<String>, Option<bool>)>(
+        "SELECT version, status, cancel_requested FROM migrate.history \
+         WHERE status IN ('pending', 'running', 'failed') ORDER BY version_key LIMIT 1",
+        &[],
+        |r| Ok((r.get(1)?, r.get(2)?, r.get(3)?)),
+    );
+    let Some((Some(version), Some(status), cancel)) = head else {
+        return Next::Idle;
+    };
+    if status == "failed" {
+        return Next::Idle;
+    }
+    if cancel == Some(true) {
+        return Next::Cancel(version);
+    }
+    let step = read_row(
+        "SELECT s.phase, s.kind, s.first_statement, s.first_line, s.sql, s.state = 'running', \
+                s.attempts, s.indexes_before, h.applied_role::text, h.search_path, \
+                h.allowed_rules, h.rollback_script IS NOT NULL \
+         FROM migrate.steps s JOIN migrate.history h USING (version) \
+         WHERE s.version = $1 AND s.state <> 'done' ORDER BY s.phase LIMIT 1",
+        &[version.as_str().into()],
+        |r| {
+            Ok(Step {
+                version: version.clone(),
+                phase: r.get(1)?.unwrap_or(1),
+                kind: if r.get::<String>(2)?.as_deref() == Some("top-level") {
+                    PhaseKind::TopLevel
+                } else {
+                    PhaseKind::Transaction
+                },
+                first_statement: r.get(3)?.unwrap_or(1),
+                first_line: r.get(4)?.unwrap_or(1),
+                sql: r.get(5)?.unwrap_or_default(),
+                interrupted: r.get(6)?.unwrap_or(false),
+                attempts: r.get(7)?.unwrap_or(0),
+                indexes_before: r.get::<Vec<pg_sys::Oid>>(8)?.unwrap_or_default(),
+                role: r.get(9)?.unwrap_or_default(),
+                search_path: r.get(10)?,
+                allow: r
+                    .get::<Vec<Option<String>>>(11)?
+                    .unwrap_or_default()
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+                has_rollback: r.get(12)?.unwrap_or(false),
+            })
+        },
+    );
+    match step {
+        Some(step) => Next::Step(step),
+        None => Next::Complete(version),
+    }
+}
+
+/// The step starts an attempt: committed before the work, so that `migrate.steps` shows it
+/// running and a crash leaves it marked as interrupted.
+pub fn start(step: &Step, target_table: Option<pg_sys::Oid>, indexes_before: &[pg_sys::Oid]) {
+    write(
+        "UPDATE migrate.steps SET state = 'running', attempts = attempts + 1, \
+           started_at = pg_catalog.clock_timestamp(), finished_at = NULL, \
+           worker_pid = pg_catalog.pg_backend_pid(), target_table = $3, indexes_before = $4, \
+           error_sqlstate = NULL, error_message = NULL, error_detail = NULL \
+         WHERE version = $1 AND phase = $2",
+        &[
+            step.version.as_str().into(),
+            step.phase.into(),
+            target_table.into(),
+            indexes_before.to_vec().into(),
+        ],
+    );
+    write(
+        "UPDATE migrate.history SET status = 'running' WHERE version = $1 AND status = 'pending'",
+        &[step.version.as_str().into()],
+    );
+}
+
+pub fn done(step: &Step, built_index: Option<&str>) {
+    write(
+        "UPDATE migrate.steps SET state = 'done', finished_at = pg_catalog.clock_timestamp(), \
+           built_index = coalesce($3, built_index) \
+         WHERE version = $1 AND phase = $2",
+        &[
+            step.version.as_str().into(),
+            step.phase.into(),
+            built_index.into(),
+        ],
+    );
+}
+
+/// The attempt failed and will be retried: the error stays visible until the next attempt.
+pub fn failed_attempt(step: &Step, error: &Caught) {
+    record_error(step, error, "pending");
+}
+
+/// The step failed for good: the migration fails with it and nothing later runs.
+pub fn failed(step: &Step, error: &Caught) {
+    record_error(step, error, "failed");
+    write(
+        "UPDATE migrate.history SET status = 'failed' WHERE version = $1",
+        &[step.version.as_str().into()],
+    );
+}
+
+fn record_error(step: &Step, error: &Caught, state: &str) {
+    write(
+        "UPDATE migrate.steps SET state = $3, finished_at = pg_catalog.clock_timestamp(), \
+           error_sqlstate = $4, error_message = $5, error_detail = $6 \
+         WHERE version = $1 AND phase = $2",
+        &[
+            step.version.as_str().into(),
+            step.phase.into(),
+            state.into(),
+            crate::errors::sqlstate(error.code).into(),
+            error.message.as_str().into(),
+            error.detail.clone().into(),
+        ],
+    );
+}
+
+/// Every phase done and verified: the migration is applied.
+pub fn complete(version: &str) {
+    write(
+        "UPDATE migrate.history SET status = 'applied', finished_at = pg_catalog.clock_timestamp() \
+         WHERE version = $1",
+        &[version.into()],
+    );
+}
+
+/// Stops a migration at a phase boundary: what did not run is cancelled.
+pub fn cancel(version: &str) {
+    write(
+        "UPDATE migrate.steps SET state = 'cancelled' WHERE version = $1 AND state IN ('pending', 'failed')",
+        &[version.into()],
+    );
+    write(
+        "UPDATE migrate.history SET status = 'cancelled', cancel_requested = false WHERE version = $1",
+        &[version.into()],
+    );
+}
+
+/// The step that built `index` builds it again (it was found invalid).
+pub fn rebuild(version: &str, index: &str) {
+    write(
+        "UPDATE migrate.steps SET state = 'pending', built_index = NULL \
+         WHERE version = $1 AND built_index = $2",
+        &[version.into(), index.into()],
+    );
+}
+
+/// The indexes a migration's top-level steps built, for the final verification.
+pub fn built_indexes(version: &str) -> Vec<String> {
+    security::pinned(|| {
+        Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT built_index FROM migrate.steps WHERE version = $1 AND built_index IS NOT NULL",
+                    None,
+                    &[version.into()],
+                )?
+                .map(|r| r.get::<String>(1))
+                .collect::<Result<Vec<Option<String>>, _>>()
+        })
+    })
+    .map(|v| v.into_iter().flatten().collect())
+    .unwrap_or_default()
+}
+
+fn write(sql: &str, args: &[DatumWithOid]) {
+    security::as_owner(|| Spi::run_with_args(sql, args)).expect("writing migrate.steps");
+}
+
+fn read_row<T>(
+    sql: &str,
+    args: &[DatumWithOid],
+    map: impl FnOnce(pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
+) -> Option<T> {
+    security::pinned(|| {
+        Spi::connect(|client| match client.select(sql, Some(1), args)?.next() {
+            Some(row) => map(row).map(Some),
+            None => Ok(None),
+        })
+    })
+    .expect("reading migrate.steps")
+}
+
+/// A failed or cancelled migration resumes from its failed (or first unfinished) phase.
+pub fn retry(version: &str) {
+    write(
+        "UPDATE migrate.steps SET state = 'pending' WHERE version = $1 AND state IN ('failed', 'cancelled')",
+        &[version.into()],
+    );
+    write(
+        "UPDATE migrate.history SET status = 'pending', cancel_requested = false WHERE version = $1",
+        &[version.into()],
+    );
+}
+
+/// Asks the worker to stop a running migration at its next phase boundary.
+pub fn request_cancel(version: &str) {
+    write(
+        "UPDATE migrate.history SET cancel_requested = true WHERE version = $1",
+        &[version.into()],
+    );
+}
+
+/// An interrupted step found not to have completed: it runs again from the start.
+pub fn restart(step: &Step) {
+    write(
+        "UPDATE migrate.steps SET state = 'pending' WHERE version = $1 AND phase = $2",
+        &[step.version.as_str().into(), step.phase.into()],
+    );
+}

@@ -1,0 +1,384 @@
+//! The database worker: one per database with pending migrations, started by the launcher.
+//! It runs migrations' phases in version order. Transactional phases run in a transaction of
+//! their own, with the same lock timeouts and retries as `migrate.apply`; the others run
+//! top-level, as a client's statement would. Every phase runs with the submitter's role and
+//! search_path, under the guard.
+//!
+//! Crash safety: a transactional phase commits together with the record that it is done, so
+//! it either happened and is recorded, or neither. A top-level statement cannot be made
+//! atomic with its record; instead the step is marked running first, and a step found
+//! running at startup was interrupted: its leftovers (the INVALID index of an interrupted
+//! build, a half-detached partition) are cleaned up or completed, and a statement that in
+//! fact finished (its index is valid) is recorded as done instead of run again.
+
+use crate::apply::{self, Running};
+use crate::parsetree::{self, TopLevelForm};
+use crate::phases::PhaseKind;
+use crate::runner::{self, Policy};
+use crate::script::Statement;
+use crate::steps::{self, Next, Step};
+use crate::subxact::Caught;
+use crate::{catalog, gucs, parser, shared, toplevel};
+use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+use std::ffi::CString;
+use std::time::{Duration, Instant};
+
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn pg_migrate_worker_main(arg: pg_sys::Datum) {
+    let database = pg_sys::Oid::from(arg.value() as u32);
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
+    // SIGTERM cancels whatever runs and exits, like a backend's: a long index build must not
+    // hold up a fast shutdown. The interrupted step is recovered on the next start.
+    // SAFETY: installs PostgreSQL's own handler, the raw C function (pgrx wraps pg_sys::die).
+    unsafe { pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(die)) };
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
+    if !shared::register_worker(database) {
+        return; // another worker serves this database
+    }
+    // SAFETY: registers an exit callback that frees the slot, whatever ends the process.
+    unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(database)) };
+    set_session_setting("application_name", "pg_migrate worker");
+
+    let mut idle_since = Instant::now();
+    loop {
+        // SAFETY: reads a flag set by the SIGHUP handler.
+        if unsafe { pg_sys::ConfigReloadPending != 0 } {
+            // SAFETY: what a backend does on SIGHUP.
+            unsafe {
+                pg_sys::ConfigReloadPending = 0;
+                pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
+            }
+        }
+        if !toplevel::transaction(installed).unwrap_or(false) {
+            break;
+        }
+        if work_once() {
+            idle_since = Instant::now();
+            continue;
+        }
+        let idle_limit = Duration::from_secs(gucs::WORKER_IDLE_TIMEOUT_S.get().max(1) as u64);
+        if idle_since.elapsed() >= idle_limit {
+            break;
+        }
+        // A latch set by a committing submitter wakes us at once; the timeout is a fallback.
+        BackgroundWorker::wait_latch(Some(Duration::from_secs(10).min(idle_limit)));
+    }
+    shared::unregister_worker(database, false);
+}
+
+unsafe extern "C-unwind" {
+    /// postgres.c's SIGTERM handler: sets ProcDiePending, so the next CHECK_FOR_INTERRUPTS ends
+    /// the process (cancelling a statement under way).
+    #[link_name = "die"]
+    fn die(signal: std::ffi::c_int);
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_exit(code: i32, arg: pg_sys::Datum) {
+    // A worker that dies with work left is restarted by the launcher; a clean exit frees the slot.
+    shared::unregister_worker(pg_sys::Oid::from(arg.value() as u32), code != 0);
+}
+
+fn installed() -> bool {
+    // SAFETY: a catalog lookup by name.
+    unsafe { pg_sys::get_extension_oid(c"pg_migrate".as_ptr(), true) != pg_sys::InvalidOid }
+}
+
+/// What one claim decided.
+enum Claim {
+    Idle,
+    /// Bookkeeping done inside the claim (a cancel, a completion).
+    Done,
+    /// Invalid indexes of a migration otherwise complete: drop them, build them again.
+    Rebuild(String, Vec<String>),
+    /// A top-level step that was running when the worker stopped.
+    Recover(Step, TopLevelForm),
+    /// A step marked running, ready to run.
+    Run(Step, TopLevelForm, Vec<pg_sys::Oid>),
+}
+
+/// Does the next thing there is to do; false when there is nothing.
+fn work_once() -> bool {
+    let claim = match toplevel::transaction(claim) {
+        Ok(claim) => claim,
+        Err(e) => {
+            log(&format!("could not read the queue: {}", e.message));
+            return false;
+        }
+    };
+    match claim {
+        Claim::Idle => return false,
+        Claim::Done => {}
+        Claim::Rebuild(version, invalid) => {
+            for index in invalid {
+                drop_index_concurrently(&index);
+                let _ = toplevel::transaction(|| steps::rebuild(&version, &index));
+            }
+        }
+        Claim::Recover(step, form) => {
+            let outcome = recover(&step, &form);
+            let _ = toplevel::transaction(|| match outcome {
+                Some(built) => steps::done(&step, built.as_deref()),
+                None => steps::restart(&step),
+            });
+        }
+        Claim::Run(step, form, before) => match step.kind {
+            PhaseKind::Transaction => run_transaction_phase(&step),
+            PhaseKind::TopLevel => run_top_level_phase(&step, &form, &before),
+        },
+    }
+    true
+}
+
+/// Decides, in one transaction under the applier lock, what to do next, and marks a step
+/// running before it runs. The lock is only tried: a submitter holding it wakes the worker
+/// again when it commits.
+fn claim() -> Claim {
+    if !apply::try_lock_history() {
+        return Claim::Idle;
+    }
+    match steps::next() {
+        Next::Idle => Claim::Idle,
+        Next::Cancel(version) => {
+            steps::cancel(&version);
+            Claim::Done
+        }
+        Next::Complete(version) => {
+            // Applied only once every index it built is valid.
+            let invalid: Vec<String> = steps::built_indexes(&version)
+                .into_iter()
+                .filter(|i| !catalog::index_is_valid(i))
+                .collect();
+            if invalid.is_empty() {
+                steps::complete(&version);
+                Claim::Done
+            } else {
+                Claim::Rebuild(version, invalid)
+            }
+        }
+        Next::Step(step) => {
+            let form = match step.kind {
+                PhaseKind::TopLevel => statement_form(&step.sql),
+                PhaseKind::Transaction => TopLevelForm::Other,
+            };
+            if step.interrupted && step.kind == PhaseKind::TopLevel {
+                return Claim::Recover(step, form);
+            }
+            let table = form.table();
+            let before = table.map(catalog::index_oids).unwrap_or_default();
+            steps::start(&step, table, &before);
+            Claim::Run(step, form, before)
+        }
+    }
+}
+
+fn run_transaction_phase(step: &Step) {
+    let what = format!("migration {} phase {}", step.version, step.phase);
+    let result = as_submitter(step, || {
+        toplevel::transaction(|| {
+            let statements = phase_statements(step);
+            runner::run(&what, &step.sql, &statements, Policy::from_settings());
+            steps::done(step, None);
+        })
+    });
+    if let Err(error) = result {
+        let _ = toplevel::transaction(|| steps::failed(step, &error));
+    }
+}
+
+fn run_top_level_phase(step: &Step, form: &TopLevelForm, before: &[pg_sys::Oid]) {
+    match as_submitter(step, || toplevel::run(&step.sql)) {
+        Ok(()) => {
+            let built = match form {
+                TopLevelForm::CreateIndex(t) => {
+                    toplevel::transaction(|| catalog::new_valid_index(*t, before))
+                        .ok()
+                        .flatten()
+                }
+                _ => None,
+            };
+            let _ = toplevel::transaction(|| steps::done(step, built.as_deref()));
+        }
+        Err(error) => {
+            // A failed CONCURRENTLY command leaves an INVALID index behind; it must not stay,
+            // nor make a retry's IF NOT EXISTS skip the build.
+            if let Some(table) = form.table() {
+                drop_leftovers(table, before);
+            }
+            let attempts_allowed = gucs::INDEX_BUILD_RETRIES.get().max(0) + 1;
+            if retryable(&error) && step.attempts + 1 < attempts_allowed {
+                let _ = toplevel::transaction(|| steps::failed_attempt(step, &error));
+            } else {
+                let _ = toplevel::transaction(|| steps::failed(step, &error));
+            }
+        }
+    }
+}
+
+/// After an interruption: cleans up what the statement left half done, and says whether it
+/// in fact completed (`Some`, with the index it built, if any).
+fn recover(step: &Step, form: &TopLevelForm) -> Option<Option<String>> {
+    let before = &step.indexes_before;
+    match form {
+        TopLevelForm::CreateIndex(table) => {
+            drop_leftovers(*table, before);
+            let built = toplevel::transaction(|| catalog::new_valid_index(*table, before))
+                .ok()
+                .flatten();
+            built.map(Some)
+        }
+        TopLevelForm::Reindex(table) => {
+            drop_leftovers(*table, before);
+            None
+        }
+        TopLevelForm::DropIndex(table, names) => {
+            if let Some(table) = table {
+                drop_leftovers(*table, before);
+            }
+            // Gone already: the drop finished before the interruption.
+            names.is_empty().then_some(None)
+        }
+        TopLevelForm::Detach(parent) => {
+            let pending =
+                toplevel::transaction(|| catalog::detach_pending(*parent)).unwrap_or_default();
+            let parent_name = toplevel::transaction(|| catalog::relation_name(*parent))
+                .ok()
+                .flatten()?;
+            for partition in &pending {
+                let finalize =
+                    format!("ALTER TABLE {parent_name} DETACH PARTITION {partition} FINALIZE");
+                if let Err(e) = as_submitter(step, || toplevel::run(&finalize)) {
+                    log(&format!(
+                        "could not finish detaching {partition}: {}",
+                        e.message
+                    ));
+                    return None;
+                }
+            }
+            (!pending.is_empty()).then_some(None)
+        }
+        TopLevelForm::Other => None,
+    }
+}
+
+fn drop_leftovers(table: pg_sys::Oid, before: &[pg_sys::Oid]) {
+    for index in
+        toplevel::transaction(|| catalog::leftover_indexes(table, before)).unwrap_or_default()
+    {
+        drop_index_concurrently(&index);
+    }
+}
+
+fn drop_index_concurrently(index: &str) {
+    if let Err(e) = toplevel::run(&format!("DROP INDEX CONCURRENTLY IF EXISTS {index}")) {
+        log(&format!(
+            "could not drop the invalid index {index}: {}",
+            e.message
+        ));
+    }
+}
+
+/// Lock timeouts, deadlocks and serialization failures: worth another attempt.
+fn retryable(error: &Caught) -> bool {
+    matches!(
+        error.code,
+        PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE
+            | PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED
+            | PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE
+    )
+}
+
+fn statement_form(sql: &str) -> TopLevelForm {
+    match parser::parse(sql) {
+        // SAFETY: a tree just parsed, used within this call.
+        Ok(trees) => trees
+            .first()
+            .map_or(TopLevelForm::Other, |(_, tree)| unsafe {
+                parsetree::top_level_form(*tree)
+            }),
+        Err(_) => TopLevelForm::Other,
+    }
+}
+
+/// The phase's statements, numbered and located as in the whole migration.
+fn phase_statements(step: &Step) -> Vec<Statement> {
+    let parsed = parser::parse(&step.sql).unwrap_or_default();
+    parsed
+        .into_iter()
+        .map(|(mut st, _)| {
+            st.number += step.first_statement as usize - 1;
+            st.line += step.first_line as usize - 1;
+            st
+        })
+        .collect()
+}
+
+/// Runs `f` as the migration's submitter would: their role, their search_path, and the
+/// migration marked as running for the guard and the DDL log.
+fn as_submitter<T>(step: &Step, f: impl FnOnce() -> Result<T, Caught>) -> Result<T, Caught> {
+    let role = CString::new(step.role.as_str()).unwrap_or_default();
+    // SAFETY: a catalog lookup by name in a transaction of its own.
+    let role = toplevel::transaction(|| unsafe { pg_sys::get_role_oid(role.as_ptr(), false) })?;
+    // SAFETY: reads the current value of a setting.
+    let worker_path = unsafe {
+        std::ffi::CStr::from_ptr(pg_sys::GetConfigOption(
+            c"search_path".as_ptr(),
+            false,
+            false,
+        ))
+        .to_string_lossy()
+        .into_owned()
+    };
+    if let Some(path) = &step.search_path {
+        set_session_setting("search_path", path);
+    }
+    let running = Running {
+        version: step.version.clone(),
+        has_rollback: step.has_rollback,
+        allow: step.allow.clone(),
+    };
+    let result = apply::with_running(running, || {
+        // SAFETY: the switch a SECURITY DEFINER function makes; restored below, and by every
+        // transaction abort in between.
+        unsafe {
+            let (mut user, mut context) = (pg_sys::InvalidOid, 0);
+            pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
+            pg_sys::SetUserIdAndSecContext(
+                role,
+                context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+            );
+            let result = f();
+            pg_sys::SetUserIdAndSecContext(user, context);
+            result
+        }
+    });
+    set_session_setting("search_path", &worker_path);
+    result
+}
+
+/// SET name = value for the worker's session, between transactions.
+fn set_session_setting(name: &str, value: &str) {
+    let (name, value) = (
+        CString::new(name).unwrap_or_default(),
+        CString::new(value).unwrap_or_default(),
+    );
+    let _ = toplevel::transaction(|| unsafe {
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SET,
+            true,
+            0,
+            false,
+        )
+    });
+}
+
+fn log(message: &str) {
+    pgrx::log!("pg_migrate worker: {message}");
+}
