@@ -89,6 +89,18 @@ SELECT status, version FROM migrate.apply('4', 'DROP TABLE legacy_audit', 'retir
     rollback => 'CREATE TABLE legacy_audit AS SELECT * FROM orders LIMIT 100',
     allow => ARRAY['drop-table']);
 
+\echo '==> Version 5 mixes ordinary DDL with CREATE INDEX CONCURRENTLY, which cannot run in a'
+\echo '    transaction. migrate.apply checks it, records its phases as pending and returns; once'
+\echo '    this commits, the background worker runs them in order, each as its own step.'
+SELECT status, version FROM migrate.apply('5', $$
+    ALTER TABLE orders ADD COLUMN shipped_at timestamptz;
+    CREATE INDEX CONCURRENTLY orders_shipped_at ON orders (shipped_at);
+    COMMENT ON INDEX orders_shipped_at IS 'for the shipping dashboard';
+$$, 'shipping dates');
+\echo '    CALL migrate.wait(''5'') waits for it without holding a snapshot the build would wait for:'
+CALL migrate.wait('5', '1 minute');
+SELECT phase, kind, state, attempts, duration, built_index FROM migrate.steps WHERE version = '5' ORDER BY phase;
+
 \echo '==> The rules (SELECT * FROM migrate.rules for the reasons and safe alternatives)'
 SELECT family, string_agg(id, ', ' ORDER BY id) AS rules FROM migrate.rules GROUP BY family ORDER BY family;
 

@@ -53,6 +53,19 @@ class Cluster:
     def restart(self) -> None:
         subprocess.run([str(CLUSTER_SH), "restart", str(self.dir)], check=True)
 
+    @property
+    def log(self) -> Path:
+        return self.dir / "server.log"
+
+    def log_mark(self) -> int:
+        """Where the server log ends now; pass it to log_since."""
+        return self.log.stat().st_size
+
+    def log_since(self, mark: int) -> str:
+        with open(self.log, "rb") as f:
+            f.seek(mark)
+            return f.read().decode(errors="replace")
+
     def conninfo(self, dbname: str = "postgres", user: str = "postgres", tcp: bool = False, **extra) -> str:
         host = "127.0.0.1" if tcp else str(self.sock)
         parts = {"host": host, "port": self.port, "dbname": dbname, "user": user, **extra}

@@ -21,6 +21,7 @@ def test_demo_runs_end_to_end():
             "psql-hotfix",
             "add-column-inline-constraint",
             "guard_override",
+            "public.orders_shipped_at",
             "make stop",
         ]:
             assert expected in text, expected

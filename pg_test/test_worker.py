@@ -174,12 +174,38 @@ def test_bad_control_calls(conn):
     conn.execute("CREATE ROLE outsider")
     try:
         conn.execute("SET ROLE outsider")
-        for call in ("SELECT migrate.retry('1')", "SELECT migrate.cancel('1')"):
+        for call in ("SELECT migrate.retry('1')", "SELECT migrate.cancel('1')",
+                     "SELECT error_message FROM migrate.steps", "SELECT error_detail FROM migrate.steps"):
             f = failure(conn, call)
-            assert f.sqlstate == "42501" and 'role "outsider" may not' in f.message, call
+            assert f.sqlstate == "42501", call
     finally:
         conn.execute("RESET ROLE")
         conn.execute("DROP ROLE outsider")
+
+
+def test_only_the_submitter_or_its_members_may_retry(cluster, db, conn):
+    conn.execute("CREATE ROLE deployer_a IN ROLE migrate_admin")
+    conn.execute("CREATE ROLE deployer_b IN ROLE migrate_admin")
+    try:
+        conn.execute("CREATE TABLE t (n int)")
+        conn.execute("ALTER TABLE t OWNER TO deployer_a")
+        conn.execute("SET ROLE deployer_a")
+        conn.execute("SELECT migrate.apply('1', 'VACUUM t; SELECT 1 / 0')")
+        conn.execute("RESET ROLE")
+        assert failure(conn, "CALL migrate.wait('1', '60s')").sqlstate == "55000"
+        conn.execute("SET ROLE deployer_b")
+        f = failure(conn, "SELECT migrate.retry('1')")
+        assert f.sqlstate == "42501" and 'submitted by role "deployer_a"' in f.detail, f.detail
+        conn.execute("RESET ROLE")
+        conn.execute("GRANT deployer_a TO deployer_b")
+        conn.execute("SET ROLE deployer_b")
+        assert conn.execute("SELECT migrate.retry('1')").fetchone()[0] == "pending"
+    finally:
+        conn.execute("RESET ROLE")
+        conn.execute("SET migrate.guard = off")
+        conn.execute("DROP OWNED BY deployer_a, deployer_b CASCADE")
+        conn.execute("DROP ROLE deployer_b")
+        conn.execute("DROP ROLE deployer_a")
 
 
 def test_resubmitting_a_submitted_version_reports_its_state(cluster, db, conn):
@@ -190,6 +216,15 @@ def test_resubmitting_a_submitted_version_reports_its_state(cluster, db, conn):
     conn.execute("CALL migrate.wait('1', '60s')")
     assert conn.execute("SELECT status FROM migrate.apply('1', %s)", (MIGRATION,)).fetchone()[0] == "already_applied"
     assert conn.execute("SELECT count(*) FROM marks").fetchone()[0] == 2
+
+
+def test_top_level_statements_are_resolved_with_the_submitters_search_path(cluster, db, conn):
+    conn.execute("CREATE SCHEMA app")
+    conn.execute("CREATE TABLE app.items (id int PRIMARY KEY, v int)")
+    conn.execute("SET search_path = app")
+    conn.execute("SELECT migrate.apply('1', 'CREATE INDEX CONCURRENTLY IF NOT EXISTS items_v ON items (v)')")
+    conn.execute("CALL migrate.wait('1', '60s')")
+    assert conn.execute("SELECT target_table, built_index FROM migrate.steps").fetchone() == ("app.items", "app.items_v")
 
 
 def test_phases_run_as_the_submitter_with_their_search_path(cluster, db, conn):
@@ -211,6 +246,120 @@ def test_phases_run_as_the_submitter_with_their_search_path(cluster, db, conn):
         conn.execute("SET migrate.guard = off")
         conn.execute("DROP OWNED BY deployer CASCADE")
         conn.execute("DROP ROLE deployer")
+
+
+def test_phases_run_under_the_submitters_limits_and_count_their_retries(cluster, db, conn):
+    populate(conn, rows=1000)
+    script = "CREATE INDEX CONCURRENTLY ON items (v);\nALTER TABLE items ADD COLUMN c int;"
+    holder = cluster.connect(db, autocommit=False)
+    holder.execute("SELECT count(*) FROM items")  # ACCESS SHARE: the ALTER must wait for it
+    try:
+        for s in ("migrate.lock_timeout = '100ms'", "migrate.lock_retries = 3", "migrate.lock_retry_delay = '50ms'"):
+            conn.execute(f"SET {s}")
+        conn.execute("SELECT migrate.apply('1', %s)", (script,))
+        f = failure(conn, "CALL migrate.wait('1', '30s')")
+        assert f.sqlstate == "55000" and "Phase 2 (statements 2 to 2, from line 2) failed" in f.detail, f.detail
+        assert "SQLSTATE 55P03" in f.detail
+        assert conn.execute(
+            "SELECT settings->>'migrate.lock_timeout', settings->>'migrate.lock_retries' FROM migrate.history"
+        ).fetchone() == ("100ms", "3")
+        # Retried, the worker waits under the same limits; the lock is freed during the third
+        # attempt (each attempt gives up after 100 ms, the backoffs are 25-50 then 50-100 ms).
+        conn.execute("RESET ALL")
+        conn.execute("SELECT migrate.retry('1')")
+        wait_until(lambda: conn.execute(
+            "SELECT clock_timestamp() - s.started_at > '350ms' AND a.wait_event_type = 'Lock' "
+            "FROM migrate.steps s JOIN pg_stat_activity a ON a.pid = s.worker_pid WHERE s.phase = 2 "
+            "AND s.state = 'running'").fetchone() == (True,), timeout=10, interval=0.01)
+    finally:
+        holder.rollback()
+        holder.close()
+    conn.execute("CALL migrate.wait('1', '30s')")
+    retries, waited = conn.execute(
+        "SELECT retries, extract(epoch FROM lock_wait) FROM migrate.history").fetchone()
+    assert retries >= 2 and float(waited) >= 0.2, (retries, waited)
+
+
+def test_the_worker_waits_out_a_held_applier_lock_instead_of_leaving(cluster, db, conn):
+    populate(conn, rows=1000)
+    conn.execute("SELECT migrate.apply('1', 'SELECT pg_sleep(0.5); CREATE INDEX CONCURRENTLY items_v ON items (v)')")
+    wait_until(lambda: conn.execute("SELECT state FROM migrate.steps WHERE phase = 1").fetchone()[0] == "running")
+    # Another applier holds the lock across the phase boundary, for longer than the
+    # worker's idle timeout, and its commit will not wake the worker.
+    with cluster.connect(db, autocommit=False) as holder:
+        holder.execute("SELECT pg_advisory_xact_lock(1835496052, 1)")
+        time.sleep(3)
+        assert worker_pid(conn) is not None
+        holder.rollback()
+    wait_for(cluster, db, "1", timeout=10)
+
+
+def test_later_versions_wait_behind_an_unfinished_one_even_without_phases(cluster, db, conn):
+    populate(conn, rows=1000)
+    conn.execute("SET migrate.guard = off")
+    conn.execute("INSERT INTO items VALUES (1001, 1)")  # v is not unique: the unique build fails
+    conn.execute("RESET migrate.guard")
+    conn.execute("SELECT migrate.apply('1', 'CREATE UNIQUE INDEX CONCURRENTLY items_v ON items (v)')")
+    assert failure(conn, "CALL migrate.wait('1', '60s')").sqlstate == "55000"
+    notices = []
+    conn.add_notice_handler(lambda d: notices.append(d.message_primary))
+    row = conn.execute("SELECT status, statements FROM migrate.apply('2', 'ALTER TABLE items ADD COLUMN w int')").fetchone()
+    assert row == ("pending", 1)
+    assert any("waits for version 1 (failed)" in n and "migrate.retry('1')" in n for n in notices), notices
+    time.sleep(0.5)
+    assert conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = 'items'::regclass AND attname = 'w'").fetchone()[0] == 0
+    conn.execute("SET migrate.guard = off")
+    conn.execute("DELETE FROM items WHERE id > 1000")
+    conn.execute("UPDATE items SET v = id")
+    conn.execute("SELECT migrate.retry('1')")
+    conn.execute("CALL migrate.wait('2', '60s')")
+    assert conn.execute("SELECT version, status FROM migrate.history ORDER BY version_key").fetchall() == [
+        ("1", "applied"), ("2", "applied")]
+
+
+def test_session_state_carries_between_phases_but_not_between_migrations(cluster, db, conn):
+    populate(conn, rows=1000)
+    conn.execute("SELECT migrate.apply('1', 'CREATE TEMP TABLE scratch (n int); VACUUM items; "
+                 "INSERT INTO scratch VALUES (1)')")
+    conn.execute("CALL migrate.wait('1', '60s')")
+    conn.execute("SELECT migrate.apply('2', 'VACUUM items; INSERT INTO scratch VALUES (2)')")
+    f = failure(conn, "CALL migrate.wait('2', '60s')")
+    assert 'relation "scratch" does not exist' in f.detail and "SQLSTATE 42P01" in f.detail
+
+
+def test_a_built_index_renamed_by_a_later_phase_is_not_built_again(cluster, db, conn):
+    populate(conn, rows=1000)
+    conn.execute("SELECT migrate.apply('1', 'CREATE INDEX CONCURRENTLY items_v_new ON items (v); "
+                 "ALTER INDEX items_v_new RENAME TO items_v')")
+    conn.execute("CALL migrate.wait('1', '60s')")
+    assert conn.execute("SELECT phase, state, attempts FROM migrate.steps ORDER BY phase").fetchall() == [
+        (1, "done", 1), (2, "done", 1)]
+    assert conn.execute("SELECT count(*) FROM pg_index WHERE indrelid = 'items'::regclass").fetchone()[0] == 2
+
+
+def test_a_phased_submission_cannot_be_prepared(cluster, db, conn):
+    populate(conn, rows=1000)
+    with cluster.connect(db, autocommit=False) as c:
+        c.execute("SELECT migrate.apply('1', 'CREATE INDEX CONCURRENTLY ON items (v)')")
+        f = failure(c, "PREPARE TRANSACTION 'deploy'")
+    assert f.sqlstate == "0A000" and "cannot PREPARE a transaction that submitted work" in f.message
+    assert conn.execute("SELECT count(*) FROM migrate.history").fetchone()[0] == 0
+
+
+def test_the_guard_judges_phased_migrations(cluster, db, conn):
+    populate(conn)
+    conn.execute("ANALYZE items")
+    script = "CREATE INDEX CONCURRENTLY items_v ON items (v);\nCREATE INDEX items_id_v ON items (id, v);"
+    f = failure(conn, "SELECT migrate.apply('1', %s)", (script,))
+    assert f.message.startswith("pg_migrate: migration 1: statement 2 (line 2): index-create-blocking: "), f.message
+    assert conn.execute(
+        "SELECT (SELECT count(*) FROM migrate.history) + (SELECT count(*) FROM migrate.steps)").fetchone()[0] == 0
+    # Allowed for this migration, the worker runs its phases under the same allowance, logged.
+    conn.execute("SELECT migrate.apply('1', %s, allow => ARRAY['index-create-blocking'])", (script,))
+    conn.execute("CALL migrate.wait('1', '60s')")
+    assert conn.execute(
+        "SELECT migration_version, guard_rule, object_identity FROM migrate.ddl_log WHERE event = 'guard_override'"
+    ).fetchall() == [("1", "index-create-blocking", "public.items")]
 
 
 def test_the_worker_starts_within_a_second_of_commit_and_exits_when_idle(cluster, db, conn):
@@ -238,6 +387,38 @@ def test_workers_survive_reload_and_come_back_after_termination(cluster, db, con
         (launcher,)).fetchone()[0] == 1, timeout=20)
     conn.execute("SELECT migrate.apply('2', 'CREATE INDEX CONCURRENTLY ON items (id, v)')")
     conn.execute("CALL migrate.wait('2', '60s')")
+
+
+def test_an_interrupted_detach_is_finalized_not_run_again(cluster, db, conn):
+    conn.execute("SET migrate.guard = off")
+    conn.execute("CREATE TABLE events (at date NOT NULL, n int) PARTITION BY RANGE (at)")
+    for year in (2025, 2026):
+        conn.execute(f"CREATE TABLE events_{year} PARTITION OF events "
+                     f"FOR VALUES FROM ('{year}-01-01') TO ('{year + 1}-01-01')")
+    conn.execute("INSERT INTO events SELECT date '2025-01-01' + g % 700, g FROM generate_series(1, 20000) g")
+    conn.execute("RESET migrate.guard")
+    holder = cluster.connect(db, autocommit=False)
+    holder.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    holder.execute("SELECT count(*) FROM events")  # the detach's second transaction waits for this snapshot
+    try:
+        conn.execute("SELECT migrate.apply('1', 'ALTER TABLE events DETACH PARTITION events_2025 CONCURRENTLY; "
+                     "CREATE TABLE after_detach (n int)')")
+        # The first half has committed (the partition is marked pending) and the worker waits.
+        wait_until(lambda: conn.execute(
+            "SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = 'events_2025'::regclass").fetchone() == (True,),
+            timeout=10)
+        pid = worker_pid(conn)
+        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        wait_until(lambda: worker_pid(conn) != pid, timeout=10)
+    finally:
+        holder.rollback()
+        holder.close()
+    wait_for(cluster, db, "1", timeout=60)
+    assert conn.execute("SELECT count(*) FROM pg_inherits WHERE inhrelid = 'events_2025'::regclass").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM events_2025").fetchone()[0] > 0  # detached, not lost
+    assert conn.execute("SELECT phase, state, attempts FROM migrate.steps ORDER BY phase").fetchall() == [
+        (1, "done", 1), (2, "done", 1)]
+    assert conn.execute("SELECT to_regclass('after_detach') IS NOT NULL").fetchone()[0]
 
 
 # --- crash safety, on a table of more than a million rows, with a writer running ---
@@ -326,13 +507,44 @@ def test_killing_the_worker_mid_build_loses_nothing_and_runs_nothing_twice(clust
     assert inserted > 0 and writer.latencies
 
 
+def test_terminating_the_worker_mid_build_is_a_clean_exit_and_the_build_resumes(cluster, big_db, conn):
+    mark = cluster.log_mark()
+    conn.execute("SELECT migrate.apply('1', %s)", (CRASH_MIGRATION,))
+    wait_until(lambda: building(conn), timeout=60, interval=0.01)
+    pid = worker_pid(conn)
+    conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    wait_for(cluster, big_db, "1", timeout=180)
+    assert_completed_once(cluster, big_db)
+    log = cluster.log_since(mark)
+    assert "terminating background worker \"pg_migrate worker\" due to administrator command" in log
+    # An orderly exit: the postmaster did not have to reset the other backends.
+    assert "terminating any other active server processes" not in log
+
+
+def test_cancelling_an_interrupted_build_cleans_it_up_first(cluster, big_db, conn):
+    conn.execute("SELECT migrate.apply('1', %s)", (CRASH_MIGRATION,))
+    wait_until(lambda: building(conn), timeout=60, interval=0.01)
+    conn.execute("SELECT pg_terminate_backend(%s)", (worker_pid(conn),))
+    assert conn.execute("SELECT migrate.cancel('1')").fetchone()[0] == "cancelling"
+    wait_for(cluster, big_db, "1", want=("cancelled",), timeout=60)
+    # The interrupted build's INVALID index was dropped before the cancel took effect.
+    assert conn.execute(
+        "SELECT count(*) FROM pg_index WHERE indrelid = 'items'::regclass AND NOT indisvalid").fetchone()[0] == 0
+    assert conn.execute("SELECT phase, state FROM migrate.steps ORDER BY phase").fetchall() == [
+        (1, "done"), (2, "cancelled"), (3, "cancelled")]
+
+
 def test_restarting_the_server_mid_build_loses_nothing_and_runs_nothing_twice(cluster, big_db, conn):
     conn.execute("SELECT migrate.apply('1', %s)", (CRASH_MIGRATION,))
     wait_until(lambda: building(conn), timeout=60, interval=0.01)
     conn.close()
-    cluster.restart()
+    mark = cluster.log_mark()
+    cluster.restart()  # a fast shutdown: SIGTERM to every backend, the worker and launcher too
     wait_for(cluster, big_db, "1", timeout=180)
     assert_completed_once(cluster, big_db)
+    log = cluster.log_since(mark)
+    assert "database system is shut down" in log
+    assert "terminating any other active server processes" not in log
 
 
 def test_writers_never_wait_on_a_concurrent_build(cluster, big_db, conn):

@@ -32,12 +32,14 @@ GRANT USAGE ON SCHEMA migrate TO PUBLIC;
 GRANT SELECT (version, version_key, description, status, checksum, checksum_raw,
               checksum_algorithm, rollback_checksum, statements, applied_by, applied_role,
               application_name, client_addr, xid, started_at, finished_at, duration, lock_wait,
-              retries, extension_version)
+              retries, extension_version, allowed_rules, phases, search_path, settings,
+              cancel_requested)
     ON migrate.history TO PUBLIC;
 GRANT SELECT ON migrate.history TO migrate_admin;
+-- Error texts too may quote data (a duplicate key's value): admins only.
 GRANT SELECT (version, phase, kind, first_statement, last_statement, first_line, state,
               attempts, started_at, finished_at, duration, worker_pid, target_table,
-              indexes_before, built_index, error_sqlstate, error_message, error_detail)
+              indexes_before, built_index, error_sqlstate)
     ON migrate.steps TO PUBLIC;
 GRANT SELECT ON migrate.steps TO migrate_admin;
 GRANT SELECT ON migrate.status, migrate.rules TO PUBLIC;

@@ -37,6 +37,9 @@ CREATE TABLE migrate.history (
     -- one at its next phase boundary.
     phases             integer NOT NULL DEFAULT 1,
     search_path        text,
+    -- The caller's migrate.* limits when applying (lock_timeout, statement_timeout, retries
+    -- and backoff): the background worker runs the phases under the same ones.
+    settings           jsonb NOT NULL DEFAULT '{}',
     cancel_requested   boolean NOT NULL DEFAULT false,
     CHECK ((status IN ('applied', 'baseline')) = (finished_at IS NOT NULL)),
     CHECK (status = 'baseline'
@@ -60,9 +63,10 @@ CREATE TABLE migrate.steps (
     duration           interval GENERATED ALWAYS AS (finished_at - started_at) STORED,
     worker_pid         integer,
     -- For a top-level statement that builds or drops indexes: the table, and its indexes
-    -- when the attempt began; what it built. They tell an interrupted build from a finished one.
-    target_table       oid,
-    indexes_before     oid[],
+    -- when the attempt began; what it built (schema-qualified names, which a dump and
+    -- restore keeps). They tell an interrupted build from a finished one.
+    target_table       text,
+    indexes_before     text[],
     built_index        text,
     error_sqlstate     text,
     error_message      text,
@@ -96,7 +100,7 @@ CREATE TABLE migrate.ddl_log (
     client_addr        inet,
     backend_pid        integer NOT NULL,
     xid                xid8,
-    -- Set when the command ran inside migrate.apply.
+    -- Set when the command ran inside migrate.apply, or in a phase the worker ran.
     migration_version  text,
     guard_rule         text
 );

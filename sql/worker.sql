@@ -31,12 +31,22 @@ BEGIN
             RETURN;
         END IF;
         IF state IN ('failed', 'cancelled') THEN
-            SELECT s.phase, s.first_statement, s.last_statement, s.first_line,
-                   s.error_sqlstate, s.error_message
-              INTO step
-              FROM migrate.steps s
-             WHERE s.version OPERATOR(pg_catalog.=) wait.version AND s.state IN ('failed', 'cancelled')
-             ORDER BY s.phase LIMIT 1;
+            -- Error texts may quote data, so only those who may read them see them here.
+            IF pg_catalog.has_column_privilege('migrate.steps', 'error_message', 'SELECT') THEN
+                SELECT s.phase, s.first_statement, s.last_statement, s.first_line,
+                       s.error_sqlstate, s.error_message
+                  INTO step
+                  FROM migrate.steps s
+                 WHERE s.version OPERATOR(pg_catalog.=) wait.version AND s.state IN ('failed', 'cancelled')
+                 ORDER BY s.phase LIMIT 1;
+            ELSE
+                SELECT s.phase, s.first_statement, s.last_statement, s.first_line,
+                       s.error_sqlstate, '(message visible to migrate_admin)' AS error_message
+                  INTO step
+                  FROM migrate.steps s
+                 WHERE s.version OPERATOR(pg_catalog.=) wait.version AND s.state IN ('failed', 'cancelled')
+                 ORDER BY s.phase LIMIT 1;
+            END IF;
             RAISE EXCEPTION 'pg_migrate: migration % %', wait.version, state
                 USING ERRCODE = CASE state WHEN 'failed' THEN 'object_not_in_prerequisite_state'
                                            ELSE 'query_canceled' END,

@@ -121,7 +121,10 @@ fn apply(
                 allow: allow.clone(),
             };
             refuse_unsafe_statements(&what, &trees, &running).or_raise();
-            if phases::needed(&statements) {
+            // Versions run in order: behind one the worker has not finished, even a wholly
+            // transactional migration waits its turn there.
+            let behind = history::lowest_unfinished();
+            if phases::needed(&statements) || behind.is_some() {
                 return TableIterator::once(submit(
                     &version,
                     description,
@@ -130,6 +133,7 @@ fn apply(
                     rollback,
                     &statements,
                     &allow,
+                    behind.as_ref(),
                 ));
             }
             let started_at = history::clock_now();
@@ -165,8 +169,9 @@ fn apply(
     TableIterator::once(row)
 }
 
-/// A migration with statements that cannot run in a transaction: recorded as pending, with
-/// its phases, for the background worker to run once the caller commits.
+/// A migration with statements that cannot run in a transaction, or one behind a migration
+/// the worker has not finished: recorded as pending, with its phases, for the background
+/// worker to run once the caller commits.
 #[allow(clippy::too_many_arguments)]
 fn submit(
     version: &Version,
@@ -176,6 +181,7 @@ fn submit(
     rollback: Option<&str>,
     statements: &[Statement],
     allow: &[String],
+    behind: Option<&Recorded>,
 ) -> ApplyRow {
     if !shared::available() {
         Problem::new(
@@ -206,11 +212,35 @@ fn submit(
     });
     steps::insert(version.as_str(), script, &plan);
     shared::wake_at_commit();
-    errors::notice(format!(
-        "migration {version} has {} phases and runs in the background worker once this \
-         transaction commits; follow it in migrate.steps, or CALL migrate.wait('{version}')",
-        plan.len()
+    let phases = match plan.len() {
+        1 => "1 phase".to_string(),
+        n => format!("{n} phases"),
+    };
+    let mut notice = match behind {
+        Some(b) => format!(
+            "migration {version} ({phases}) waits for version {} ({}), which the background \
+             worker has not finished, and then runs there",
+            b.version, b.status
+        ),
+        None => format!(
+            "migration {version} has {phases} and runs in the background worker once this \
+             transaction commits"
+        ),
+    };
+    notice.push_str(&format!(
+        "; follow it in migrate.steps, or CALL migrate.wait('{version}')"
     ));
+    if let Some(b) = behind.filter(|b| b.status == "failed") {
+        notice.push_str(&format!(
+            ". Version {0} failed: SELECT migrate.retry('{0}') once its cause is fixed, or \
+             migrate.cancel('{0}')",
+            b.version
+        ));
+    }
+    if crate::gucs::MAX_WORKERS.get() == 0 {
+        notice.push_str(". migrate.max_workers is 0: nothing runs until it is raised");
+    }
+    errors::notice(notice);
     (
         "pending".to_string(),
         version.to_string(),
@@ -458,6 +488,7 @@ mod unit {
             duration: Duration::ZERO,
             retries: 0,
             lock_wait: Duration::ZERO,
+            applied_role: "deployer".into(),
         }
     }
 

@@ -715,47 +715,52 @@ pub fn any_clustered_table() -> bool {
     .unwrap_or(true)
 }
 
-/// The OIDs of table `table`'s indexes.
-pub fn index_oids(table: pg_sys::Oid) -> Vec<pg_sys::Oid> {
-    oid_column(
-        "SELECT indexrelid FROM pg_catalog.pg_index WHERE indrelid = $1 ORDER BY indexrelid",
-        table,
+// Indexes are tracked by schema-qualified name, not OID: names survive a dump and restore
+// of migrate.steps, and REINDEX CONCURRENTLY swaps names, not OIDs, so its leftovers
+// (`_ccnew`, `_ccold`) are exactly the names that were not there before.
+
+/// The indexes of `table`, schema-qualified and quoted.
+pub fn index_names(table: pg_sys::Oid) -> Vec<String> {
+    name_column(
+        "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) \
+         FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE i.indrelid = $1 ORDER BY 1",
+        &[table.into()],
     )
 }
 
-/// The indexes of `table` left behind by an interrupted or failed CONCURRENTLY command: the
-/// invalid ones it did not have before, and the `_ccnew`/`_ccold` ones REINDEX CONCURRENTLY
-/// leaves. Each is a schema-qualified, quoted name.
-pub fn leftover_indexes(table: pg_sys::Oid, before: &[pg_sys::Oid]) -> Vec<String> {
+/// The indexes of `table` left behind by an interrupted or failed CONCURRENTLY command:
+/// invalid, and not there (by name) before it began.
+pub fn leftover_indexes(table: pg_sys::Oid, before: &[String]) -> Vec<String> {
     name_column(
         "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) \
          FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid \
          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
          WHERE i.indrelid = $1 AND NOT i.indisvalid \
-           AND (i.indexrelid <> ALL ($2) OR c.relname ~ '_cc(new|old)[0-9]*$')",
-        table,
-        before,
+           AND pg_catalog.format('%I.%I', n.nspname, c.relname) <> ALL ($2)",
+        &[table.into(), before.to_vec().into()],
     )
 }
 
-/// A valid, ready index of `table` that it did not have before: what a CREATE INDEX
+/// A valid, ready index of `table` that was not there before: what an unnamed CREATE INDEX
 /// CONCURRENTLY built.
-pub fn new_valid_index(table: pg_sys::Oid, before: &[pg_sys::Oid]) -> Option<String> {
+pub fn new_valid_index(table: pg_sys::Oid, before: &[String]) -> Option<String> {
     name_column(
         "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) \
          FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid \
          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-         WHERE i.indrelid = $1 AND i.indisvalid AND i.indisready AND i.indexrelid <> ALL ($2) \
+         WHERE i.indrelid = $1 AND i.indisvalid AND i.indisready \
+           AND pg_catalog.format('%I.%I', n.nspname, c.relname) <> ALL ($2) \
          ORDER BY i.indexrelid DESC",
-        table,
-        before,
+        &[table.into(), before.to_vec().into()],
     )
     .into_iter()
     .next()
 }
 
-/// Whether index `name` (schema-qualified) exists and is valid and ready.
-pub fn index_is_valid(name: &str) -> bool {
+/// Whether index `name` (schema-qualified) is valid and ready; None if there is none.
+pub fn index_is_valid(name: &str) -> Option<bool> {
     crate::security::pinned(|| {
         pgrx::Spi::get_one_with_args::<bool>(
             "SELECT i.indisvalid AND i.indisready FROM pg_catalog.pg_index i \
@@ -765,7 +770,14 @@ pub fn index_is_valid(name: &str) -> bool {
     })
     .ok()
     .flatten()
-    .unwrap_or(false)
+}
+
+/// `schema.index` for an index named `index` on `table`: indexes live in their table's
+/// schema.
+pub fn index_name_beside(table: pg_sys::Oid, index: &std::ffi::CStr) -> Option<String> {
+    let row = class_row(table)?;
+    // SAFETY: a NUL-terminated name.
+    Some(unsafe { qualified_name(row.namespace, index.as_ptr()) })
 }
 
 /// Partitions of `parent` left half-detached by an interrupted DETACH ... CONCURRENTLY.
@@ -775,8 +787,7 @@ pub fn detach_pending(parent: pg_sys::Oid) -> Vec<String> {
          FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid \
          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
          WHERE i.inhparent = $1 AND i.inhdetachpending",
-        parent,
-        &[],
+        &[parent.into()],
     )
 }
 
@@ -787,24 +798,11 @@ pub fn relation_name(oid: pg_sys::Oid) -> Option<String> {
     Some(unsafe { qualified_name(row.namespace, row.name.data.as_ptr()) })
 }
 
-fn oid_column(sql: &str, arg: pg_sys::Oid) -> Vec<pg_sys::Oid> {
+fn name_column(sql: &str, args: &[pgrx::datum::DatumWithOid]) -> Vec<String> {
     crate::security::pinned(|| {
         pgrx::Spi::connect(|client| {
             client
-                .select(sql, None, &[arg.into()])?
-                .map(|r| r.get::<pg_sys::Oid>(1))
-                .collect::<Result<Vec<Option<pg_sys::Oid>>, _>>()
-        })
-    })
-    .map(|v| v.into_iter().flatten().collect())
-    .unwrap_or_default()
-}
-
-fn name_column(sql: &str, arg: pg_sys::Oid, oids: &[pg_sys::Oid]) -> Vec<String> {
-    crate::security::pinned(|| {
-        pgrx::Spi::connect(|client| {
-            client
-                .select(sql, None, &[arg.into(), oids.to_vec().into()])?
+                .select(sql, None, args)?
                 .map(|r| r.get::<String>(1))
                 .collect::<Result<Vec<Option<String>>, _>>()
         })

@@ -14,6 +14,11 @@ fn retry(version: Option<&str>) -> String {
     let recorded = recorded_for("retry migrations", version);
     match recorded.status.as_str() {
         "failed" | "cancelled" => {
+            security::require_privileges_of(
+                &recorded.applied_role,
+                &format!("retry migration {}", recorded.version),
+            )
+            .or_raise();
             steps::retry(&recorded.version);
             shared::wake_at_commit();
             "pending".into()
@@ -77,7 +82,10 @@ fn wrong_state(recorded: &Recorded, status: &str, verb: &str, why: &str) -> ! {
             recorded.version
         ),
         why,
-        "SELECT * FROM migrate.steps WHERE version = '...'; shows its phases.",
+        format!(
+            "SELECT * FROM migrate.steps WHERE version = {}; shows its phases.",
+            pgrx::spi::quote_literal(&recorded.version)
+        ),
     )
     .raise()
 }

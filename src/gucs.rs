@@ -16,6 +16,16 @@ pub static LOCK_RETRY_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(500);
 /// The longest backoff between two retries.
 pub static LOCK_RETRY_MAX_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 /// Whether a version lower than the highest applied one may still be applied.
+/// The settings that bound how a migration runs. Recorded with each migration, so that the
+/// background worker runs its phases under the limits its submitter had.
+pub const RUN_LIMITS: [&str; 5] = [
+    "migrate.lock_timeout",
+    "migrate.statement_timeout",
+    "migrate.lock_retries",
+    "migrate.lock_retry_delay",
+    "migrate.lock_retry_max_delay",
+];
+
 pub static OUT_OF_ORDER: GucSetting<bool> = GucSetting::<bool>::new(false);
 
 /// Database workers running at once (each serves one database).

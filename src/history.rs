@@ -22,11 +22,13 @@ pub struct Recorded {
     pub duration: Duration,
     pub retries: i32,
     pub lock_wait: Duration,
+    /// The role that applied it (current_user), whose rights its phases run with.
+    pub applied_role: String,
 }
 
 const RECORDED_COLUMNS: &str = "version, status, checksum, checksum_algorithm, \
      coalesce(finished_at, started_at)::text, statements, (extract(epoch FROM duration) * 1e6)::int8, retries, \
-     (extract(epoch FROM lock_wait) * 1e6)::int8";
+     (extract(epoch FROM lock_wait) * 1e6)::int8, applied_role::text";
 
 fn select_recorded(filter: &str, args: &[DatumWithOid]) -> Option<Recorded> {
     let query = format!("SELECT {RECORDED_COLUMNS} FROM migrate.history {filter} LIMIT 1");
@@ -46,6 +48,7 @@ fn select_recorded(filter: &str, args: &[DatumWithOid]) -> Option<Recorded> {
                 duration: micros(row.get(7)?),
                 retries: row.get(8)?.unwrap_or_default(),
                 lock_wait: micros(row.get(9)?),
+                applied_role: row.get(10)?.unwrap_or_default(),
             }))
         })
     })
@@ -67,6 +70,15 @@ pub fn find(version: &Version) -> Option<Recorded> {
 /// The highest recorded version, applied or baseline.
 pub fn highest() -> Option<Recorded> {
     select_recorded("ORDER BY version_key DESC", &[])
+}
+
+/// The lowest version the background worker has not finished: pending, running or failed.
+/// Versions applied after it wait their turn behind it.
+pub fn lowest_unfinished() -> Option<Recorded> {
+    select_recorded(
+        "WHERE status IN ('pending', 'running', 'failed') ORDER BY version_key",
+        &[],
+    )
 }
 
 /// The highest baseline, below or at which versions are covered without running.
@@ -128,17 +140,25 @@ pub fn insert(entry: &NewEntry) -> Duration {
         entry.allowed_rules.to_vec().into(),
         entry.phases.into(),
         search_path.into(),
+        crate::gucs::RUN_LIMITS
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .into(),
     ];
     let recorded = security::as_owner(|| {
         Spi::get_one_with_args::<i64>(
             "INSERT INTO migrate.history (version, description, status, script, checksum, \
                checksum_raw, checksum_algorithm, rollback_script, rollback_checksum, statements, \
                applied_by, applied_role, application_name, client_addr, started_at, finished_at, \
-               lock_wait, retries, extension_version, allowed_rules, phases, search_path) \
+               lock_wait, retries, extension_version, allowed_rules, phases, search_path, \
+               settings) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, session_user, $11, \
                current_setting('application_name'), inet_client_addr(), $12, \
                CASE WHEN $3 IN ('applied', 'baseline') THEN clock_timestamp() END, \
-               $13, $14, $15, $16, $17, $18) \
+               $13, $14, $15, $16, $17, $18, \
+               (SELECT jsonb_object_agg(name, current_setting(name)) \
+                  FROM unnest($19::text[]) AS name)) \
              RETURNING (extract(epoch FROM coalesce(duration, '0')) * 1e6)::int8",
             &args,
         )

@@ -39,7 +39,9 @@ pub extern "C-unwind" fn pg_migrate_launcher_main(_arg: pg_sys::Datum) {
     // Shared catalogs only: enough to list databases.
     BackgroundWorker::connect_worker_to_spi(None, None);
     shared::register_launcher();
-    shared::want(&databases());
+    // Every database is asked once (as slots allow), so interrupted migrations resume.
+    let mut backlog = databases();
+    shared::want(&mut backlog);
 
     // A database whose worker was just started, and has not registered yet, is not started
     // twice.
@@ -49,7 +51,25 @@ pub extern "C-unwind" fn pg_migrate_launcher_main(_arg: pg_sys::Datum) {
             // SAFETY: what a backend does on SIGHUP.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        let (wanted, mut running) = shared::wanted();
+        if shared::take_overflow() {
+            backlog = databases();
+        }
+        if !backlog.is_empty() {
+            shared::want(&mut backlog);
+        }
+        let (mut wanted, mut running) = shared::wanted();
+        if !wanted.is_empty() {
+            // A database dropped, or closed to connections, since it asked: its worker would
+            // only fail to connect, again and again.
+            let live = databases();
+            wanted.retain(|database| {
+                let alive = live.contains(database);
+                if !alive {
+                    shared::forget(*database);
+                }
+                alive
+            });
+        }
         for database in wanted {
             if running >= gucs::MAX_WORKERS.get().max(0) as usize {
                 break;

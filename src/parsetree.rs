@@ -648,8 +648,8 @@ fn quote_str(s: &str) -> String {
 /// interruption needs to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TopLevelForm {
-    /// CREATE INDEX CONCURRENTLY on this table.
-    CreateIndex(pg_sys::Oid),
+    /// CREATE INDEX CONCURRENTLY on this table, of this name (schema-qualified) if it has one.
+    CreateIndex(pg_sys::Oid, Option<String>),
     /// DROP INDEX CONCURRENTLY of these indexes (qualified names, those that still exist), on
     /// this table (none once they are all gone).
     DropIndex(Option<pg_sys::Oid>, Vec<String>),
@@ -663,25 +663,29 @@ pub enum TopLevelForm {
 impl TopLevelForm {
     pub fn table(&self) -> Option<pg_sys::Oid> {
         match self {
-            TopLevelForm::CreateIndex(t) | TopLevelForm::Reindex(t) | TopLevelForm::Detach(t) => {
-                Some(*t)
-            }
+            TopLevelForm::CreateIndex(t, _)
+            | TopLevelForm::Reindex(t)
+            | TopLevelForm::Detach(t) => Some(*t),
             TopLevelForm::DropIndex(t, _) => *t,
             TopLevelForm::Other => None,
         }
     }
 }
 
-/// The form of `node`, with its table resolved now.
+/// The form of `node`, with its table resolved now (under the current search_path).
 ///
 /// # Safety
 /// As for [`command`].
 pub unsafe fn top_level_form(node: *mut pg_sys::Node) -> TopLevelForm {
     let valid = |oid: pg_sys::Oid| oid != pg_sys::InvalidOid;
     if is_a(node, T::T_IndexStmt) {
-        let oid = catalog::oid_of((*node.cast::<pg_sys::IndexStmt>()).relation);
+        let stmt = node.cast::<pg_sys::IndexStmt>();
+        let oid = catalog::oid_of((*stmt).relation);
         if valid(oid) {
-            return TopLevelForm::CreateIndex(oid);
+            let name = (!(*stmt).idxname.is_null())
+                .then(|| catalog::index_name_beside(oid, CStr::from_ptr((*stmt).idxname)))
+                .flatten();
+            return TopLevelForm::CreateIndex(oid, name);
         }
     } else if is_a(node, T::T_DropStmt) {
         let stmt = node.cast::<pg_sys::DropStmt>();

@@ -28,6 +28,32 @@ pub fn require_admin(action: &str) -> Result<(), Problem> {
     ))
 }
 
+/// Refuses callers who do not have the privileges of `role`: the role the background worker
+/// runs a migration's phases as. Resuming someone else's migration would run it, at a time
+/// of the caller's choosing, with rights the caller lacks (pg_cron lets only a job's owner
+/// change it, for the same reason).
+pub fn require_privileges_of(role: &str, action: &str) -> Result<(), Problem> {
+    let name = std::ffi::CString::new(role).unwrap_or_default();
+    // SAFETY: catalog lookups by name; a missing role yields InvalidOid.
+    let allowed = unsafe {
+        let target = pg_sys::get_role_oid(name.as_ptr(), true);
+        target != pg_sys::InvalidOid && pg_sys::has_privs_of_role(pg_sys::GetUserId(), target)
+    };
+    if allowed {
+        return Ok(());
+    }
+    let user = current_user_name();
+    Err(Problem::new(
+        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        format!("role \"{user}\" may not {action}"),
+        format!(
+            "The migration was submitted by role \"{role}\", and its phases run with that \
+             role's rights."
+        ),
+        format!("Run it as \"{role}\" (SET ROLE), or as a member of that role."),
+    ))
+}
+
 pub fn is_admin() -> bool {
     // SAFETY: catalog lookups by name; a missing role yields InvalidOid.
     unsafe {

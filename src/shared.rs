@@ -20,7 +20,8 @@ pub struct Slot {
     pub pid: i32,
     /// The worker's process latch (an address in shared memory, the same in every process).
     pub latch: usize,
-    /// Work is waiting and no worker runs: the launcher should start one.
+    /// Work was committed since the worker last looked: the launcher starts a worker if none
+    /// runs, and a worker leaving while it is set is replaced.
     pub wanted: bool,
     /// A worker that exited on an error is not started again before this time
     /// (TimestampTz), so a failing database does not spin.
@@ -30,6 +31,9 @@ pub struct Slot {
 #[derive(Clone, Copy)]
 pub struct Shared {
     pub launcher_latch: usize,
+    /// A submission found every slot taken: the launcher then asks every database again, as
+    /// slots free up.
+    pub overflow: bool,
     pub slots: [Slot; MAX_SLOTS],
 }
 
@@ -37,8 +41,22 @@ impl Default for Shared {
     fn default() -> Self {
         Shared {
             launcher_latch: 0,
+            overflow: false,
             slots: [Slot::default(); MAX_SLOTS],
         }
+    }
+}
+
+impl Shared {
+    fn slot_for(&mut self, database: u32) -> Option<&mut Slot> {
+        let index = self
+            .slots
+            .iter()
+            .position(|s| s.database == database)
+            .or_else(|| self.slots.iter().position(|s| s.database == 0));
+        let slot = &mut self.slots[index?];
+        slot.database = database;
+        Some(slot)
     }
 }
 
@@ -66,24 +84,56 @@ pub fn request_work(database: pg_sys::Oid) {
     if !available() {
         return;
     }
-    let database = u32::from(database);
     let mut shared = STATE.exclusive();
     let launcher = shared.launcher_latch;
-    let index = shared
+    match shared.slot_for(u32::from(database)) {
+        Some(slot) => {
+            slot.wanted = true;
+            if slot.pid != 0 {
+                set_latch(slot.latch);
+            } else {
+                set_latch(launcher);
+            }
+        }
+        // Every slot taken: the launcher asks every database again as slots free up.
+        None => {
+            shared.overflow = true;
+            set_latch(launcher);
+        }
+    }
+}
+
+/// A worker about to look for work takes the request that woke it. A request arriving
+/// after this finds the flag clear and sets it again, so none is lost.
+pub fn take_request(database: pg_sys::Oid) {
+    // SAFETY: reads this process's pid.
+    let pid = unsafe { pg_sys::MyProcPid };
+    let database = u32::from(database);
+    if let Some(slot) = STATE
+        .exclusive()
         .slots
-        .iter()
-        .position(|s| s.database == database)
-        .or_else(|| shared.slots.iter().position(|s| s.database == 0));
-    let Some(index) = index else {
-        return; // every slot taken: the launcher keeps serving databases as slots free up
-    };
-    let slot = &mut shared.slots[index];
-    slot.database = database;
-    if slot.pid != 0 {
-        set_latch(slot.latch);
-    } else {
-        slot.wanted = true;
-        set_latch(launcher);
+        .iter_mut()
+        .find(|s| s.database == database && s.pid == pid)
+    {
+        slot.wanted = false;
+    }
+}
+
+/// Whether a database wanted a slot when none was free; clears the flag.
+pub fn take_overflow() -> bool {
+    let mut shared = STATE.exclusive();
+    std::mem::replace(&mut shared.overflow, false)
+}
+
+/// The database no longer exists or accepts connections: its slot is freed.
+pub fn forget(database: u32) {
+    if let Some(slot) = STATE
+        .exclusive()
+        .slots
+        .iter_mut()
+        .find(|s| s.database == database && s.pid == 0)
+    {
+        *slot = Slot::default();
     }
 }
 
@@ -103,20 +153,17 @@ pub fn wanted() -> (Vec<u32>, usize) {
     (wanted, running)
 }
 
-/// Marks `databases` as wanting a worker (the launcher's own start, after a restart).
-pub fn want(databases: &[u32]) {
+/// Marks databases as wanting a worker (the launcher's own start, after a restart), as many
+/// as there are slots for; the others stay in `databases`, for when slots free up.
+pub fn want(databases: &mut Vec<u32>) {
     let mut shared = STATE.exclusive();
-    for &database in databases {
-        let index = shared
-            .slots
-            .iter()
-            .position(|s| s.database == database)
-            .or_else(|| shared.slots.iter().position(|s| s.database == 0));
-        if let Some(index) = index {
-            shared.slots[index].database = database;
-            shared.slots[index].wanted = true;
+    databases.retain(|&database| match shared.slot_for(database) {
+        Some(slot) => {
+            slot.wanted = true;
+            false
         }
-    }
+        None => true,
+    });
 }
 
 /// The launcher registers its latch.
@@ -143,13 +190,9 @@ pub fn register_worker(database: pg_sys::Oid) -> bool {
         )
     };
     let mut shared = STATE.exclusive();
-    let index = shared
-        .slots
-        .iter()
-        .position(|s| s.database == database)
-        .or_else(|| shared.slots.iter().position(|s| s.database == 0));
-    let Some(index) = index else { return false };
-    let slot = &mut shared.slots[index];
+    let Some(slot) = shared.slot_for(database) else {
+        return false;
+    };
     if slot.pid != 0 && slot.pid != pid && process_alive(slot.pid) {
         return false;
     }
@@ -166,7 +209,8 @@ pub fn register_worker(database: pg_sys::Oid) -> bool {
 /// How long a worker that exited on an error waits before it is started again.
 const RESTART_DELAY_US: i64 = 5_000_000;
 
-/// A worker leaving: its slot stays wanted, after a pause, if it exited on an error.
+/// A worker leaving. Its slot stays wanted if it exited on an error (restarted after a pause)
+/// or if work was requested since it last looked (restarted at once).
 pub fn unregister_worker(database: pg_sys::Oid, failed: bool) {
     let database = u32::from(database);
     // SAFETY: reads this process's pid and the clock.
@@ -177,13 +221,13 @@ pub fn unregister_worker(database: pg_sys::Oid, failed: bool) {
         .iter_mut()
         .find(|s| s.database == database && s.pid == pid)
     {
-        *slot = if failed {
+        *slot = if failed || slot.wanted {
             Slot {
                 database,
                 pid: 0,
                 latch: 0,
                 wanted: true,
-                not_before: now + RESTART_DELAY_US,
+                not_before: if failed { now + RESTART_DELAY_US } else { 0 },
             }
         } else {
             Slot::default()
@@ -230,6 +274,19 @@ unsafe extern "C-unwind" fn at_transaction_end(
             request_work(pg_sys::MyDatabaseId);
         }
         pg_sys::XactEvent::XACT_EVENT_ABORT => WAKE_AT_COMMIT.set(false),
+        // COMMIT PREPARED happens in another session, which would not wake the worker; as
+        // PostgreSQL does for temporary objects, such a transaction cannot be prepared.
+        pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE if WAKE_AT_COMMIT.get() => {
+            crate::errors::Problem::new(
+                pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                "cannot PREPARE a transaction that submitted work to the background worker",
+                "The worker is woken when the submitting transaction commits; a prepared \
+                 transaction is committed later, by COMMIT PREPARED in another session.",
+                "Submit the migration in a transaction that commits normally.",
+            )
+            .raise();
+        }
+        pg_sys::XactEvent::XACT_EVENT_PREPARE => WAKE_AT_COMMIT.set(false),
         _ => {}
     }
 }

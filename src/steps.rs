@@ -51,20 +51,42 @@ pub struct Step {
     /// It was running when the worker stopped: a crash, a restart, a kill.
     pub interrupted: bool,
     pub attempts: i32,
-    pub indexes_before: Vec<pg_sys::Oid>,
+    pub indexes_before: Vec<String>,
     /// Who submitted the migration, and how: the phase runs with their role and search_path,
     /// and the guard's overrides and rollback of the migration.
     pub role: String,
     pub search_path: Option<String>,
     pub allow: Vec<String>,
     pub has_rollback: bool,
+    /// The submitter's limits (migrate.lock_timeout and the like), as (name, value).
+    pub settings: Vec<(String, String)>,
+}
+
+/// A flattened two-dimensional text array of [name, value] rows, as pairs.
+fn pairs(flat: Vec<Option<String>>) -> Vec<(String, String)> {
+    flat.chunks_exact(2)
+        .filter_map(|kv| Some((kv[0].clone()?, kv[1].clone()?)))
+        .collect()
+}
+
+/// Whether any migration waits for the worker (read without the applier lock).
+pub fn has_work() -> bool {
+    read_row::<bool>(
+        "SELECT EXISTS (SELECT FROM migrate.history WHERE status IN ('pending', 'running'))",
+        &[],
+        |r| Ok(r.get(1)?.unwrap_or(false)),
+    )
+    .unwrap_or(false)
 }
 
 /// The next thing to do, oldest version first.
 pub fn next() -> Next {
     let head = read_row::<(Option<String>, Option<String>, Option<bool>)>(
+        // A migration under way finishes before any other starts, even a lower version
+        // submitted meanwhile (with migrate.out_of_order).
         "SELECT version, status, cancel_requested FROM migrate.history \
-         WHERE status IN ('pending', 'running', 'failed') ORDER BY version_key LIMIT 1",
+         WHERE status IN ('pending', 'running', 'failed') \
+         ORDER BY status = 'running' DESC, version_key LIMIT 1",
         &[],
         |r| Ok((r.get(1)?, r.get(2)?, r.get(3)?)),
     );
@@ -74,13 +96,11 @@ pub fn next() -> Next {
     if status == "failed" {
         return Next::Idle;
     }
-    if cancel == Some(true) {
-        return Next::Cancel(version);
-    }
     let step = read_row(
         "SELECT s.phase, s.kind, s.first_statement, s.first_line, s.sql, s.state = 'running', \
                 s.attempts, s.indexes_before, h.applied_role::text, h.search_path, \
-                h.allowed_rules, h.rollback_script IS NOT NULL \
+                h.allowed_rules, h.rollback_script IS NOT NULL, \
+                ARRAY(SELECT ARRAY[key, value] FROM jsonb_each_text(h.settings)) \
          FROM migrate.steps s JOIN migrate.history h USING (version) \
          WHERE s.version = $1 AND s.state <> 'done' ORDER BY s.phase LIMIT 1",
         &[version.as_str().into()],
@@ -98,7 +118,12 @@ pub fn next() -> Next {
                 sql: r.get(5)?.unwrap_or_default(),
                 interrupted: r.get(6)?.unwrap_or(false),
                 attempts: r.get(7)?.unwrap_or(0),
-                indexes_before: r.get::<Vec<pg_sys::Oid>>(8)?.unwrap_or_default(),
+                indexes_before: r
+                    .get::<Vec<Option<String>>>(8)?
+                    .unwrap_or_default()
+                    .into_iter()
+                    .flatten()
+                    .collect(),
                 role: r.get(9)?.unwrap_or_default(),
                 search_path: r.get(10)?,
                 allow: r
@@ -108,10 +133,14 @@ pub fn next() -> Next {
                     .flatten()
                     .collect(),
                 has_rollback: r.get(12)?.unwrap_or(false),
+                settings: pairs(r.get::<Vec<Option<String>>>(13)?.unwrap_or_default()),
             })
         },
     );
+    // A cancel waits for an interrupted step's recovery (its INVALID index must not stay),
+    // and comes too late for a migration with nothing left to run.
     match step {
+        Some(step) if cancel == Some(true) && !step.interrupted => Next::Cancel(version),
         Some(step) => Next::Step(step),
         None => Next::Complete(version),
     }
@@ -119,7 +148,7 @@ pub fn next() -> Next {
 
 /// The step starts an attempt: committed before the work, so that `migrate.steps` shows it
 /// running and a crash leaves it marked as interrupted.
-pub fn start(step: &Step, target_table: Option<pg_sys::Oid>, indexes_before: &[pg_sys::Oid]) {
+pub fn start(step: &Step, target_table: Option<&str>, indexes_before: &[String]) {
     write(
         "UPDATE migrate.steps SET state = 'running', attempts = attempts + 1, \
            started_at = pg_catalog.clock_timestamp(), finished_at = NULL, \
@@ -148,6 +177,19 @@ pub fn done(step: &Step, built_index: Option<&str>) {
             step.version.as_str().into(),
             step.phase.into(),
             built_index.into(),
+        ],
+    );
+}
+
+/// Adds a transactional phase's lock retries and lock wait to its migration's totals.
+pub fn add_waits(step: &Step, retries: u32, lock_wait: std::time::Duration) {
+    write(
+        "UPDATE migrate.history SET retries = retries + $2, \
+           lock_wait = lock_wait + make_interval(secs => $3) WHERE version = $1",
+        &[
+            step.version.as_str().into(),
+            (retries as i32).into(),
+            lock_wait.as_secs_f64().into(),
         ],
     );
 }
@@ -185,7 +227,8 @@ fn record_error(step: &Step, error: &Caught, state: &str) {
 /// Every phase done and verified: the migration is applied.
 pub fn complete(version: &str) {
     write(
-        "UPDATE migrate.history SET status = 'applied', finished_at = pg_catalog.clock_timestamp() \
+        "UPDATE migrate.history SET status = 'applied', finished_at = pg_catalog.clock_timestamp(), \
+           cancel_requested = false \
          WHERE version = $1",
         &[version.into()],
     );

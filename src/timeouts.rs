@@ -86,6 +86,17 @@ pub fn arm_statement_timeout(limit_ms: i32) {
     })
 }
 
+/// Disarms the statement timer, as the server does when a client's statement ends. The
+/// background worker runs statements without the server's main loop, which would do it.
+pub fn disarm_statement_timeout() {
+    // SAFETY: plain calls into the backend's timeout module.
+    guarded(|| unsafe {
+        if get_timeout_active(STATEMENT_TIMEOUT) {
+            disable_timeout(STATEMENT_TIMEOUT, false);
+        }
+    })
+}
+
 /// GUC values set for a scope and restored when it ends, as `SET` clauses of functions are.
 pub struct SettingScope {
     nest_level: c_int,

@@ -32,6 +32,9 @@ pub fn run(sql: &str) -> Result<(), Caught> {
         }))
         .catch_others(|error| Err(abort(error)))
         .execute();
+        // A timer the statement armed (the guard does, for DDL taking strong locks) must not
+        // fire during a later one.
+        crate::timeouts::disarm_statement_timeout();
         pg_sys::debug_query_string = std::ptr::null();
         pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_IDLE, std::ptr::null());
         pg_sys::MemoryContextDelete(context);
@@ -187,8 +190,11 @@ pub fn transaction<T>(f: impl FnOnce() -> T) -> Result<T, Caught> {
     }
 }
 
-/// What PostgresMain does after an ERROR: abort whatever transaction state there is.
+/// What PostgresMain does after an ERROR: abort whatever transaction state there is, and
+/// forget a cancel request that arrived meanwhile.
 unsafe fn abort(error: CaughtError) -> Caught {
+    crate::timeouts::disarm_statement_timeout();
+    pg_sys::QueryCancelPending = 0;
     pg_sys::AbortCurrentTransaction();
     pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
     Caught::from_error(error)

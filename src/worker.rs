@@ -14,6 +14,7 @@
 use crate::apply::{self, Running};
 use crate::parsetree::{self, TopLevelForm};
 use crate::phases::PhaseKind;
+use crate::retry::{self, Backoff};
 use crate::runner::{self, Policy};
 use crate::script::Statement;
 use crate::steps::{self, Next, Step};
@@ -40,9 +41,13 @@ pub extern "C-unwind" fn pg_migrate_worker_main(arg: pg_sys::Datum) {
     }
     // SAFETY: registers an exit callback that frees the slot, whatever ends the process.
     unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(database)) };
-    set_session_setting("application_name", "pg_migrate worker");
+    set_session_setting("application_name", Some("pg_migrate worker"));
 
     let mut idle_since = Instant::now();
+    // The migration whose phase ran last in this session: session state (SET, temporary
+    // tables, prepared statements, advisory locks) carries from phase to phase of one
+    // migration, as it would in one psql session, but never into another submitter's.
+    let mut session_of: Option<String> = None;
     loop {
         // SAFETY: reads a flag set by the SIGHUP handler.
         if unsafe { pg_sys::ConfigReloadPending != 0 } {
@@ -55,16 +60,31 @@ pub extern "C-unwind" fn pg_migrate_worker_main(arg: pg_sys::Datum) {
         if !toplevel::transaction(installed).unwrap_or(false) {
             break;
         }
-        if work_once() {
-            idle_since = Instant::now();
-            continue;
-        }
-        let idle_limit = Duration::from_secs(gucs::WORKER_IDLE_TIMEOUT_S.get().max(1) as u64);
-        if idle_since.elapsed() >= idle_limit {
-            break;
-        }
+        shared::take_request(database);
+        let pause = match work_once(&mut session_of) {
+            Turn::Worked => {
+                idle_since = Instant::now();
+                continue;
+            }
+            // Work is waiting but an applier holds the lock: look again shortly (a
+            // transactional apply does not wake us when it commits).
+            Turn::Busy => {
+                idle_since = Instant::now();
+                Duration::from_millis(200)
+            }
+            Turn::Idle => {
+                let idle_limit =
+                    Duration::from_secs(gucs::WORKER_IDLE_TIMEOUT_S.get().max(1) as u64);
+                if idle_since.elapsed() >= idle_limit {
+                    break;
+                }
+                Duration::from_secs(10).min(idle_limit)
+            }
+        };
         // A latch set by a committing submitter wakes us at once; the timeout is a fallback.
-        BackgroundWorker::wait_latch(Some(Duration::from_secs(10).min(idle_limit)));
+        if !BackgroundWorker::wait_latch(Some(pause)) {
+            break; // the postmaster died
+        }
     }
     shared::unregister_worker(database, false);
 }
@@ -90,6 +110,8 @@ fn installed() -> bool {
 /// What one claim decided.
 enum Claim {
     Idle,
+    /// There is work, but another transaction holds the applier lock.
+    Busy,
     /// Bookkeeping done inside the claim (a cancel, a completion).
     Done,
     /// Invalid indexes of a migration otherwise complete: drop them, build them again.
@@ -97,48 +119,80 @@ enum Claim {
     /// A top-level step that was running when the worker stopped.
     Recover(Step, TopLevelForm),
     /// A step marked running, ready to run.
-    Run(Step, TopLevelForm, Vec<pg_sys::Oid>),
+    Run(Step, TopLevelForm),
 }
 
-/// Does the next thing there is to do; false when there is nothing.
-fn work_once() -> bool {
+enum Turn {
+    Worked,
+    Busy,
+    Idle,
+}
+
+/// Does the next thing there is to do.
+fn work_once(session_of: &mut Option<String>) -> Turn {
     let claim = match toplevel::transaction(claim) {
         Ok(claim) => claim,
         Err(e) => {
             log(&format!("could not read the queue: {}", e.message));
-            return false;
+            return Turn::Idle;
         }
     };
     match claim {
-        Claim::Idle => return false,
+        Claim::Idle => return Turn::Idle,
+        Claim::Busy => return Turn::Busy,
         Claim::Done => {}
         Claim::Rebuild(version, invalid) => {
             for index in invalid {
-                drop_index_concurrently(&index);
-                let _ = toplevel::transaction(|| steps::rebuild(&version, &index));
+                if drop_index_concurrently(&index).is_ok() {
+                    let _ = toplevel::transaction(|| steps::rebuild(&version, &index));
+                }
             }
         }
         Claim::Recover(step, form) => {
+            fresh_session(session_of, &step.version);
             let outcome = recover(&step, &form);
             let _ = toplevel::transaction(|| match outcome {
-                Some(built) => steps::done(&step, built.as_deref()),
-                None => steps::restart(&step),
+                Ok(Some(built)) => steps::done(&step, built.as_deref()),
+                Ok(None) => steps::restart(&step),
+                Err(error) => steps::failed(&step, &error),
             });
         }
-        Claim::Run(step, form, before) => match step.kind {
-            PhaseKind::Transaction => run_transaction_phase(&step),
-            PhaseKind::TopLevel => run_top_level_phase(&step, &form, &before),
-        },
+        Claim::Run(step, form) => {
+            fresh_session(session_of, &step.version);
+            match step.kind {
+                PhaseKind::Transaction => run_transaction_phase(&step),
+                PhaseKind::TopLevel => run_top_level_phase(&step, &form),
+            }
+        }
     }
-    true
+    Turn::Worked
+}
+
+/// Before a phase of another migration than the last one: DISCARD ALL, as a connection
+/// pooler does between clients.
+fn fresh_session(session_of: &mut Option<String>, version: &str) {
+    if session_of.as_deref() == Some(version) {
+        return;
+    }
+    if session_of.is_some() {
+        if let Err(e) = toplevel::run("DISCARD ALL") {
+            log(&format!("could not reset the session: {}", e.message));
+        }
+        set_session_setting("application_name", Some("pg_migrate worker"));
+    }
+    *session_of = Some(version.to_string());
 }
 
 /// Decides, in one transaction under the applier lock, what to do next, and marks a step
 /// running before it runs. The lock is only tried: a submitter holding it wakes the worker
-/// again when it commits.
+/// again when it commits, and the worker polls while anyone else holds it.
 fn claim() -> Claim {
     if !apply::try_lock_history() {
-        return Claim::Idle;
+        return if steps::has_work() {
+            Claim::Busy
+        } else {
+            Claim::Idle
+        };
     }
     match steps::next() {
         Next::Idle => Claim::Idle,
@@ -147,10 +201,11 @@ fn claim() -> Claim {
             Claim::Done
         }
         Next::Complete(version) => {
-            // Applied only once every index it built is valid.
+            // Applied only once every index it built is valid. One dropped or renamed by a
+            // later phase is no longer this migration's concern.
             let invalid: Vec<String> = steps::built_indexes(&version)
                 .into_iter()
-                .filter(|i| !catalog::index_is_valid(i))
+                .filter(|i| catalog::index_is_valid(i) == Some(false))
                 .collect();
             if invalid.is_empty() {
                 steps::complete(&version);
@@ -160,6 +215,10 @@ fn claim() -> Claim {
             }
         }
         Next::Step(step) => {
+            // Names in the statement are resolved as the submitter's session would.
+            if let Some(path) = &step.search_path {
+                set_local_setting("search_path", path);
+            }
             let form = match step.kind {
                 PhaseKind::TopLevel => statement_form(&step.sql),
                 PhaseKind::Transaction => TopLevelForm::Other,
@@ -168,9 +227,14 @@ fn claim() -> Claim {
                 return Claim::Recover(step, form);
             }
             let table = form.table();
-            let before = table.map(catalog::index_oids).unwrap_or_default();
-            steps::start(&step, table, &before);
-            Claim::Run(step, form, before)
+            let before = table.map(catalog::index_names).unwrap_or_default();
+            let table_name = table.and_then(catalog::relation_name);
+            steps::start(&step, table_name.as_deref(), &before);
+            let step = Step {
+                indexes_before: before,
+                ..step
+            };
+            Claim::Run(step, form)
         }
     }
 }
@@ -180,7 +244,8 @@ fn run_transaction_phase(step: &Step) {
     let result = as_submitter(step, || {
         toplevel::transaction(|| {
             let statements = phase_statements(step);
-            runner::run(&what, &step.sql, &statements, Policy::from_settings());
+            let outcome = runner::run(&what, &step.sql, &statements, Policy::from_settings());
+            steps::add_waits(step, outcome.retries, outcome.lock_wait);
             steps::done(step, None);
         })
     });
@@ -189,28 +254,33 @@ fn run_transaction_phase(step: &Step) {
     }
 }
 
-fn run_top_level_phase(step: &Step, form: &TopLevelForm, before: &[pg_sys::Oid]) {
-    match as_submitter(step, || toplevel::run(&step.sql)) {
-        Ok(()) => {
-            let built = match form {
-                TopLevelForm::CreateIndex(t) => {
-                    toplevel::transaction(|| catalog::new_valid_index(*t, before))
-                        .ok()
-                        .flatten()
-                }
-                _ => None,
-            };
+fn run_top_level_phase(step: &Step, form: &TopLevelForm) {
+    let before = &step.indexes_before;
+    let result = as_submitter(step, || toplevel::run(&step.sql)).and_then(|()| match form {
+        TopLevelForm::CreateIndex(table, name) => built_index(*table, name.as_deref(), before),
+        _ => Ok(None),
+    });
+    match result {
+        Ok(built) => {
             let _ = toplevel::transaction(|| steps::done(step, built.as_deref()));
         }
         Err(error) => {
             // A failed CONCURRENTLY command leaves an INVALID index behind; it must not stay,
-            // nor make a retry's IF NOT EXISTS skip the build.
+            // nor make a retry's IF NOT EXISTS skip the build. If it cannot be dropped, the
+            // step fails: a retry would not build the index.
             if let Some(table) = form.table() {
-                drop_leftovers(table, before);
+                if let Err(cleanup) = drop_leftovers(table, before) {
+                    let _ = toplevel::transaction(|| steps::failed(step, &cleanup));
+                    return;
+                }
             }
             let attempts_allowed = gucs::INDEX_BUILD_RETRIES.get().max(0) + 1;
             if retryable(&error) && step.attempts + 1 < attempts_allowed {
                 let _ = toplevel::transaction(|| steps::failed_attempt(step, &error));
+                // The backoff of migrate.apply's lock retries, under the submitter's limits.
+                let backoff = as_submitter(step, || Ok(Backoff::from_settings()))
+                    .unwrap_or_else(|_| Backoff::from_settings());
+                retry::sleep(backoff.delay(step.attempts as u32 + 1, retry::random_unit()));
             } else {
                 let _ = toplevel::transaction(|| steps::failed(step, &error));
             }
@@ -218,67 +288,98 @@ fn run_top_level_phase(step: &Step, form: &TopLevelForm, before: &[pg_sys::Oid])
     }
 }
 
+/// The index a CREATE INDEX CONCURRENTLY that succeeded built. A named one must be valid:
+/// with IF NOT EXISTS, PostgreSQL skips the build when an index of that name exists, even
+/// an INVALID one.
+fn built_index(
+    table: pg_sys::Oid,
+    name: Option<&str>,
+    before: &[String],
+) -> Result<Option<String>, Caught> {
+    let Some(name) = name else {
+        return toplevel::transaction(|| catalog::new_valid_index(table, before));
+    };
+    match toplevel::transaction(|| catalog::index_is_valid(name))? {
+        Some(true) => Ok(Some(name.to_string())),
+        found => Err(Caught {
+            code: PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            message: format!(
+                "pg_migrate: index {name} is {} after the statement",
+                if found.is_some() {
+                    "INVALID"
+                } else {
+                    "missing"
+                }
+            ),
+            detail: Some(
+                "An index of that name already existed and was not valid, so CREATE INDEX \
+                 IF NOT EXISTS skipped the build, or the index was dropped meanwhile."
+                    .into(),
+            ),
+            hint: Some(format!(
+                "DROP INDEX CONCURRENTLY {name}; then SELECT migrate.retry(...) for this migration."
+            )),
+        }),
+    }
+}
+
 /// After an interruption: cleans up what the statement left half done, and says whether it
-/// in fact completed (`Some`, with the index it built, if any).
-fn recover(step: &Step, form: &TopLevelForm) -> Option<Option<String>> {
+/// in fact completed (`Some`, with the index it built, if any) or must run again (`None`).
+fn recover(step: &Step, form: &TopLevelForm) -> Result<Option<Option<String>>, Caught> {
     let before = &step.indexes_before;
     match form {
-        TopLevelForm::CreateIndex(table) => {
-            drop_leftovers(*table, before);
-            let built = toplevel::transaction(|| catalog::new_valid_index(*table, before))
-                .ok()
-                .flatten();
-            built.map(Some)
+        TopLevelForm::CreateIndex(table, name) => {
+            drop_leftovers(*table, before)?;
+            let built = match name {
+                Some(name) => toplevel::transaction(|| catalog::index_is_valid(name))?
+                    .filter(|valid| *valid)
+                    .map(|_| name.clone()),
+                None => toplevel::transaction(|| catalog::new_valid_index(*table, before))?,
+            };
+            Ok(built.map(Some))
         }
         TopLevelForm::Reindex(table) => {
-            drop_leftovers(*table, before);
-            None
+            drop_leftovers(*table, before)?;
+            Ok(None)
         }
         TopLevelForm::DropIndex(table, names) => {
             if let Some(table) = table {
-                drop_leftovers(*table, before);
+                drop_leftovers(*table, before)?;
             }
             // Gone already: the drop finished before the interruption.
-            names.is_empty().then_some(None)
+            Ok(names.is_empty().then_some(None))
         }
         TopLevelForm::Detach(parent) => {
-            let pending =
-                toplevel::transaction(|| catalog::detach_pending(*parent)).unwrap_or_default();
-            let parent_name = toplevel::transaction(|| catalog::relation_name(*parent))
-                .ok()
-                .flatten()?;
+            let pending = toplevel::transaction(|| catalog::detach_pending(*parent))?;
+            let Some(parent_name) = toplevel::transaction(|| catalog::relation_name(*parent))?
+            else {
+                return Ok(None);
+            };
             for partition in &pending {
                 let finalize =
                     format!("ALTER TABLE {parent_name} DETACH PARTITION {partition} FINALIZE");
-                if let Err(e) = as_submitter(step, || toplevel::run(&finalize)) {
-                    log(&format!(
-                        "could not finish detaching {partition}: {}",
-                        e.message
-                    ));
-                    return None;
-                }
+                as_submitter(step, || toplevel::run(&finalize))?;
             }
-            (!pending.is_empty()).then_some(None)
+            Ok((!pending.is_empty()).then_some(None))
         }
-        TopLevelForm::Other => None,
+        TopLevelForm::Other => Ok(None),
     }
 }
 
-fn drop_leftovers(table: pg_sys::Oid, before: &[pg_sys::Oid]) {
-    for index in
-        toplevel::transaction(|| catalog::leftover_indexes(table, before)).unwrap_or_default()
-    {
-        drop_index_concurrently(&index);
+fn drop_leftovers(table: pg_sys::Oid, before: &[String]) -> Result<(), Caught> {
+    for index in toplevel::transaction(|| catalog::leftover_indexes(table, before))? {
+        drop_index_concurrently(&index)?;
     }
+    Ok(())
 }
 
-fn drop_index_concurrently(index: &str) {
-    if let Err(e) = toplevel::run(&format!("DROP INDEX CONCURRENTLY IF EXISTS {index}")) {
+fn drop_index_concurrently(index: &str) -> Result<(), Caught> {
+    toplevel::run(&format!("DROP INDEX CONCURRENTLY IF EXISTS {index}")).inspect_err(|e| {
         log(&format!(
             "could not drop the invalid index {index}: {}",
             e.message
-        ));
-    }
+        ))
+    })
 }
 
 /// Lock timeouts, deadlocks and serialization failures: worth another attempt.
@@ -322,18 +423,11 @@ fn as_submitter<T>(step: &Step, f: impl FnOnce() -> Result<T, Caught>) -> Result
     let role = CString::new(step.role.as_str()).unwrap_or_default();
     // SAFETY: a catalog lookup by name in a transaction of its own.
     let role = toplevel::transaction(|| unsafe { pg_sys::get_role_oid(role.as_ptr(), false) })?;
-    // SAFETY: reads the current value of a setting.
-    let worker_path = unsafe {
-        std::ffi::CStr::from_ptr(pg_sys::GetConfigOption(
-            c"search_path".as_ptr(),
-            false,
-            false,
-        ))
-        .to_string_lossy()
-        .into_owned()
-    };
     if let Some(path) = &step.search_path {
-        set_session_setting("search_path", path);
+        set_session_setting("search_path", Some(path));
+    }
+    for (name, value) in &step.settings {
+        set_session_setting(name, Some(value));
     }
     let running = Running {
         version: step.version.clone(),
@@ -355,28 +449,42 @@ fn as_submitter<T>(step: &Step, f: impl FnOnce() -> Result<T, Caught>) -> Result
             result
         }
     });
-    set_session_setting("search_path", &worker_path);
+    // RESET, not the values read before: the worker's own then follow postgresql.conf.
+    set_session_setting("search_path", None);
+    for (name, _) in &step.settings {
+        set_session_setting(name, None);
+    }
     result
 }
 
-/// SET name = value for the worker's session, between transactions.
-fn set_session_setting(name: &str, value: &str) {
-    let (name, value) = (
-        CString::new(name).unwrap_or_default(),
-        CString::new(value).unwrap_or_default(),
-    );
-    let _ = toplevel::transaction(|| unsafe {
+/// SET name = value (RESET name, for None) for the worker's session, between transactions.
+/// The worker runs as the bootstrap superuser, so superuser-only settings
+/// (migrate.lock_timeout) can be set too. A bad value is ignored: the setting keeps its own.
+fn set_session_setting(name: &str, value: Option<&str>) {
+    let _ = toplevel::transaction(|| set_config(name, value, pg_sys::GucAction::GUC_ACTION_SET));
+}
+
+/// SET LOCAL name = value, inside the current transaction.
+fn set_local_setting(name: &str, value: &str) {
+    set_config(name, Some(value), pg_sys::GucAction::GUC_ACTION_LOCAL);
+}
+
+fn set_config(name: &str, value: Option<&str>, action: pg_sys::GucAction::Type) {
+    let name = CString::new(name).unwrap_or_default();
+    let value = value.map(|v| CString::new(v).unwrap_or_default());
+    // SAFETY: both strings outlive the call; set_config_option copies what it keeps.
+    unsafe {
         pg_sys::set_config_option(
             name.as_ptr(),
-            value.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
+            value.as_ref().map_or(std::ptr::null(), |v| v.as_ptr()),
+            pg_sys::GucContext::PGC_SUSET,
             pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SET,
+            action,
             true,
             0,
             false,
-        )
-    });
+        );
+    }
 }
 
 fn log(message: &str) {
