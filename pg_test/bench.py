@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import PG_BIN, Cluster, Stopwatch, holding_lock, wait_until  # noqa: E402
+from harness import PG_BIN, Cluster, Stopwatch, holding_lock, wait_until, worker_pid  # noqa: E402
 
 
 def small_migration(i: int) -> str:
@@ -168,12 +168,6 @@ def guard(cluster: Cluster, groups: int) -> None:
         cluster.drop_database(db)
 
 
-def worker_of(c) -> int | None:
-    row = c.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_migrate worker' "
-                    "AND datname = current_database()").fetchone()
-    return row[0] if row else None
-
-
 def worker_latency(cluster: Cluster, n: int) -> None:
     db = cluster.create_database("bench_worker")
     latencies: dict[str, list[float]] = {"running": [], "started": []}
@@ -183,9 +177,9 @@ def worker_latency(cluster: Cluster, n: int) -> None:
         for _ in range(n):
             for mode in ("started", "running"):
                 if mode == "started":  # wait for the worker to go idle and leave
-                    wait_until(lambda: worker_of(c) is None, timeout=30, interval=0.05)
+                    wait_until(lambda: worker_pid(c) is None, timeout=30, interval=0.05)
                 else:
-                    assert worker_of(c) is not None, "the previous submission's worker is still there"
+                    assert worker_pid(c) is not None, "the previous submission's worker is still there"
                 version += 1
                 submitter.execute("SELECT migrate.apply(%s, %s)",
                                   (str(version), f"CREATE INDEX CONCURRENTLY t_{version} ON t (v)"))

@@ -158,6 +158,14 @@ def holding_lock(cluster: Cluster, dbname: str, statement: str):
         conn.close()
 
 
+def worker_pid(conn: psycopg.Connection) -> int | None:
+    """The pid of the pg_migrate worker serving the connection's database, if one runs."""
+    row = conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_migrate worker' AND datname = current_database()"
+    ).fetchone()
+    return row[0] if row else None
+
+
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -9,7 +9,7 @@ import time
 import psycopg
 import pytest
 
-from harness import failure, wait_until
+from harness import failure, wait_until, worker_pid
 
 MIGRATION = """
 CREATE TABLE marks (phase int);
@@ -50,13 +50,6 @@ def wait_for(cluster, db, version, want=("applied",), timeout=60):
 def index_state(conn, name):
     return conn.execute(
         "SELECT indisvalid AND indisready FROM pg_index WHERE indexrelid = to_regclass(%s)", (name,)).fetchone()
-
-
-def worker_pid(conn):
-    row = conn.execute(
-        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_migrate worker' AND datname = current_database()"
-    ).fetchone()
-    return row[0] if row else None
 
 
 def test_a_phased_migration_runs_after_commit(cluster, db, conn):

@@ -32,7 +32,7 @@ GRANT USAGE ON SCHEMA migrate TO PUBLIC;
 GRANT SELECT (version, version_key, description, status, checksum, checksum_raw,
               checksum_algorithm, rollback_checksum, statements, applied_by, applied_role,
               application_name, client_addr, xid, started_at, finished_at, duration, lock_wait,
-              retries, extension_version, allowed_rules, phases, search_path, settings,
+              retries, extension_version, allowed_rules, phases, settings,
               cancel_requested)
     ON migrate.history TO PUBLIC;
 GRANT SELECT ON migrate.history TO migrate_admin;

@@ -33,12 +33,10 @@ CREATE TABLE migrate.history (
     -- Guard rules the migration overrode (allow => ARRAY[...]).
     allowed_rules      text[] NOT NULL DEFAULT '{}',
     -- Phases run by the background worker (1 for a migration applied in the caller's
-    -- transaction), with the caller's search_path they run under; cancel_requested stops
-    -- one at its next phase boundary.
+    -- transaction); cancel_requested stops one at its next phase boundary.
     phases             integer NOT NULL DEFAULT 1,
-    search_path        text,
-    -- The caller's migrate.* limits when applying (lock_timeout, statement_timeout, retries
-    -- and backoff): the background worker runs the phases under the same ones.
+    -- The caller's search_path and migrate.* limits (lock_timeout, statement_timeout,
+    -- retries and backoff) when applying: the background worker runs the phases under them.
     settings           jsonb NOT NULL DEFAULT '{}',
     cancel_requested   boolean NOT NULL DEFAULT false,
     CHECK ((status IN ('applied', 'baseline')) = (finished_at IS NOT NULL)),

@@ -50,13 +50,24 @@ BEGIN
             RAISE EXCEPTION 'pg_migrate: migration % %', wait.version, state
                 USING ERRCODE = CASE state WHEN 'failed' THEN 'object_not_in_prerequisite_state'
                                            ELSE 'query_canceled' END,
-                      DETAIL = pg_catalog.format('Phase %s (statements %s to %s, from line %s)%s.',
+                      DETAIL = CASE WHEN step.phase IS NULL
+                               THEN pg_catalog.format('Its phases are in migrate.steps (version %L).', wait.version)
+                               ELSE pg_catalog.format('Phase %s (statements %s to %s, from line %s)%s.',
                                       step.phase, step.first_statement, step.last_statement,
                                       step.first_line,
-                                      coalesce(pg_catalog.format(' failed: %s (SQLSTATE %s)',
-                                                      step.error_message, step.error_sqlstate), '')),
-                      HINT = pg_catalog.format('Fix the cause, then SELECT migrate.retry(%L); or give it up with migrate.cancel.',
-                                    wait.version);
+                                      CASE state WHEN 'failed'
+                                           THEN pg_catalog.format(' failed: %s (SQLSTATE %s)',
+                                                    step.error_message, step.error_sqlstate)
+                                           ELSE ' was cancelled' END)
+                               END,
+                      HINT = CASE state
+                             WHEN 'failed' THEN pg_catalog.format(
+                                 'Fix the cause, then SELECT migrate.retry(%L); or give it up with SELECT migrate.cancel(%L).',
+                                 wait.version, wait.version)
+                             ELSE pg_catalog.format(
+                                 'Phases already done stay done; SELECT migrate.retry(%L) resumes it.',
+                                 wait.version)
+                             END;
         END IF;
         IF pg_catalog.clock_timestamp() OPERATOR(pg_catalog.>) deadline THEN
             RAISE EXCEPTION 'pg_migrate: migration % is still % after %', wait.version, state, timeout

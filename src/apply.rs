@@ -74,30 +74,14 @@ fn apply(
                  nothing to do (see migrate.steps)",
                 recorded.finished_at, recorded.status
             ));
-            (
-                recorded.status.clone(),
-                recorded.version,
-                recorded.checksum,
-                recorded.statements,
-                interval(recorded.duration),
-                recorded.retries,
-                interval(recorded.lock_wait),
-            )
+            recorded_row(recorded.status.clone(), recorded)
         }
         Decision::AlreadyApplied(recorded) => {
             errors::notice(format!(
                 "version {version} is already applied (at {}); nothing to do",
                 recorded.finished_at
             ));
-            (
-                "already_applied".to_string(),
-                recorded.version,
-                recorded.checksum,
-                recorded.statements,
-                interval(recorded.duration),
-                recorded.retries,
-                interval(recorded.lock_wait),
-            )
+            recorded_row("already_applied".into(), recorded)
         }
         Decision::BelowBaseline(baseline) => {
             errors::notice(format!(
@@ -253,6 +237,19 @@ fn submit(
 }
 
 type ApplyRow = (String, String, Option<String>, i32, Interval, i32, Interval);
+
+/// The row `apply` returns for a version recorded earlier.
+fn recorded_row(status: String, recorded: Recorded) -> ApplyRow {
+    (
+        status,
+        recorded.version,
+        recorded.checksum,
+        recorded.statements,
+        interval(recorded.duration),
+        recorded.retries,
+        interval(recorded.lock_wait),
+    )
+}
 
 #[derive(Debug)]
 enum Decision {

@@ -631,22 +631,13 @@ pub fn nullable_key_columns(index: pg_sys::Oid) -> Vec<String> {
     if index == pg_sys::InvalidOid {
         return vec![];
     }
-    crate::security::pinned(|| {
-        pgrx::Spi::connect(|client| {
-            client
-                .select(
-                    "SELECT a.attname::text FROM pg_catalog.pg_index i \
-                     JOIN pg_catalog.pg_attribute a \
-                       ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey::int2[]) \
-                     WHERE i.indexrelid = $1 AND NOT a.attnotnull ORDER BY a.attnum",
-                    None,
-                    &[index.into()],
-                )?
-                .map(|row| row.get::<String>(1))
-                .collect::<Result<Vec<Option<String>>, _>>()
-        })
-    })
-    .map(|names| names.into_iter().flatten().collect())
+    crate::security::pinned_column(
+        "SELECT a.attname::text FROM pg_catalog.pg_index i \
+         JOIN pg_catalog.pg_attribute a \
+           ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey::int2[]) \
+         WHERE i.indexrelid = $1 AND NOT a.attnotnull ORDER BY a.attnum",
+        &[index.into()],
+    )
     .unwrap_or_default()
 }
 
@@ -684,22 +675,13 @@ pub fn tables_using_domain(names: *mut pg_sys::List) -> Vec<pg_sys::Oid> {
         )
     });
     let Ok(domain) = domain else { return vec![] };
-    crate::security::pinned(|| {
-        pgrx::Spi::connect(|client| {
-            client
-                .select(
-                    "SELECT DISTINCT a.attrelid FROM pg_catalog.pg_attribute a \
-                     JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
-                     WHERE a.atttypid = $1 AND NOT a.attisdropped AND a.attnum > 0 \
-                       AND c.relkind IN ('r', 'm')",
-                    None,
-                    &[domain.into()],
-                )?
-                .map(|row| row.get::<pg_sys::Oid>(1))
-                .collect::<Result<Vec<Option<pg_sys::Oid>>, _>>()
-        })
-    })
-    .map(|oids| oids.into_iter().flatten().collect())
+    crate::security::pinned_column(
+        "SELECT DISTINCT a.attrelid FROM pg_catalog.pg_attribute a \
+         JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+         WHERE a.atttypid = $1 AND NOT a.attisdropped AND a.attnum > 0 \
+           AND c.relkind IN ('r', 'm')",
+        &[domain.into()],
+    )
     .unwrap_or_default()
 }
 
@@ -791,6 +773,12 @@ pub fn detach_pending(parent: pg_sys::Oid) -> Vec<String> {
     )
 }
 
+/// Whether pg_migrate is installed in the current database.
+pub fn extension_installed() -> bool {
+    // SAFETY: a catalog lookup by name.
+    unsafe { pg_sys::get_extension_oid(c"pg_migrate".as_ptr(), true) != pg_sys::InvalidOid }
+}
+
 /// `schema.name` of relation `oid`, quoted.
 pub fn relation_name(oid: pg_sys::Oid) -> Option<String> {
     let row = class_row(oid)?;
@@ -799,14 +787,5 @@ pub fn relation_name(oid: pg_sys::Oid) -> Option<String> {
 }
 
 fn name_column(sql: &str, args: &[pgrx::datum::DatumWithOid]) -> Vec<String> {
-    crate::security::pinned(|| {
-        pgrx::Spi::connect(|client| {
-            client
-                .select(sql, None, args)?
-                .map(|r| r.get::<String>(1))
-                .collect::<Result<Vec<Option<String>>, _>>()
-        })
-    })
-    .map(|v| v.into_iter().flatten().collect())
-    .unwrap_or_default()
+    crate::security::pinned_column(sql, args).unwrap_or_default()
 }

@@ -15,10 +15,11 @@ pub static LOCK_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(5);
 pub static LOCK_RETRY_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(500);
 /// The longest backoff between two retries.
 pub static LOCK_RETRY_MAX_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
-/// Whether a version lower than the highest applied one may still be applied.
-/// The settings that bound how a migration runs. Recorded with each migration, so that the
-/// background worker runs its phases under the limits its submitter had.
-pub const RUN_LIMITS: [&str; 5] = [
+/// The submitter's settings a migration runs under: where names resolve, and the limits on
+/// its locks, statements and retries. Recorded with each migration, so that the background
+/// worker runs its phases as the submitter's own session would have.
+pub const CARRIED: [&str; 6] = [
+    "search_path",
     "migrate.lock_timeout",
     "migrate.statement_timeout",
     "migrate.lock_retries",
@@ -26,6 +27,7 @@ pub const RUN_LIMITS: [&str; 5] = [
     "migrate.lock_retry_max_delay",
 ];
 
+/// Whether a version lower than the highest applied one may still be applied.
 pub static OUT_OF_ORDER: GucSetting<bool> = GucSetting::<bool>::new(false);
 
 /// Database workers running at once (each serves one database).
@@ -242,5 +244,45 @@ fn reserve_prefix() {
     #[cfg(any(feature = "pg13", feature = "pg14"))]
     unsafe {
         pgrx::pg_sys::EmitWarningsOnPlaceholders(c"migrate".as_ptr());
+    }
+}
+
+/// A setting's current value, as SHOW prints it (with its unit); None for an unknown one.
+pub fn current(name: &str) -> Option<String> {
+    let name = CString::new(name).ok()?;
+    // SAFETY: returns a palloc'd copy of the value, or NULL when missing_ok and unknown.
+    unsafe {
+        let value = pg_sys::GetConfigOptionByName(name.as_ptr(), std::ptr::null_mut(), true);
+        (!value.is_null()).then(|| {
+            std::ffi::CStr::from_ptr(value)
+                .to_string_lossy()
+                .into_owned()
+        })
+    }
+}
+
+/// Sets (or, for None, resets) a setting the way SET does, with the given context and action:
+/// GUC_ACTION_SET for the session, _LOCAL for the transaction, _SAVE for a nest level. An
+/// invalid value raises PostgreSQL's own error.
+pub fn set(
+    name: &str,
+    value: Option<&str>,
+    context: pg_sys::GucContext::Type,
+    action: pg_sys::GucAction::Type,
+) {
+    let name = CString::new(name).expect("setting names have no NUL");
+    let value = value.map(|v| CString::new(v).expect("setting values have no NUL"));
+    // SAFETY: both strings outlive the call; set_config_option copies what it keeps.
+    unsafe {
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ref().map_or(std::ptr::null(), |v| v.as_ptr()),
+            context,
+            pg_sys::GucSource::PGC_S_SESSION,
+            action,
+            true,
+            0,
+            false,
+        );
     }
 }

@@ -108,18 +108,12 @@ pub struct NewEntry<'a> {
 /// duration it recorded. The caller's identity is read before the switch.
 pub fn insert(entry: &NewEntry) -> Duration {
     let applied_role = security::current_user_name();
-    // The caller's search_path (the background worker runs phases under it), read before the
-    // switch to the owner pins it.
-    // SAFETY: reads the current value of a setting.
-    let search_path = unsafe {
-        std::ffi::CStr::from_ptr(pg_sys::GetConfigOption(
-            c"search_path".as_ptr(),
-            false,
-            false,
-        ))
-        .to_string_lossy()
-        .into_owned()
-    };
+    // The caller's settings (the background worker runs phases under them), read before the
+    // switch to the owner pins search_path.
+    let (names, values): (Vec<String>, Vec<String>) = crate::gucs::CARRIED
+        .iter()
+        .filter_map(|name| Some((name.to_string(), crate::gucs::current(name)?)))
+        .unzip();
     let rollback_checksum = entry.rollback.map(|r| Checksums::of(r).normalized);
     let args: Vec<DatumWithOid> = vec![
         entry.version.as_str().into(),
@@ -139,26 +133,19 @@ pub fn insert(entry: &NewEntry) -> Duration {
         env!("CARGO_PKG_VERSION").into(),
         entry.allowed_rules.to_vec().into(),
         entry.phases.into(),
-        search_path.into(),
-        crate::gucs::RUN_LIMITS
-            .iter()
-            .map(|s| s.to_string())
-            .collect::<Vec<_>>()
-            .into(),
+        names.into(),
+        values.into(),
     ];
     let recorded = security::as_owner(|| {
         Spi::get_one_with_args::<i64>(
             "INSERT INTO migrate.history (version, description, status, script, checksum, \
                checksum_raw, checksum_algorithm, rollback_script, rollback_checksum, statements, \
                applied_by, applied_role, application_name, client_addr, started_at, finished_at, \
-               lock_wait, retries, extension_version, allowed_rules, phases, search_path, \
-               settings) \
+               lock_wait, retries, extension_version, allowed_rules, phases, settings) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, session_user, $11, \
                current_setting('application_name'), inet_client_addr(), $12, \
                CASE WHEN $3 IN ('applied', 'baseline') THEN clock_timestamp() END, \
-               $13, $14, $15, $16, $17, $18, \
-               (SELECT jsonb_object_agg(name, current_setting(name)) \
-                  FROM unnest($19::text[]) AS name)) \
+               $13, $14, $15, $16, $17, jsonb_object($18::text[], $19::text[])) \
              RETURNING (extract(epoch FROM coalesce(duration, '0')) * 1e6)::int8",
             &args,
         )

@@ -57,19 +57,9 @@ pub extern "C-unwind" fn pg_migrate_launcher_main(_arg: pg_sys::Datum) {
         if !backlog.is_empty() {
             shared::want(&mut backlog);
         }
-        let (mut wanted, mut running) = shared::wanted();
-        if !wanted.is_empty() {
-            // A database dropped, or closed to connections, since it asked: its worker would
-            // only fail to connect, again and again.
-            let live = databases();
-            wanted.retain(|database| {
-                let alive = live.contains(database);
-                if !alive {
-                    shared::forget(*database);
-                }
-                alive
-            });
-        }
+        let (wanted, mut running) = shared::wanted();
+        // Read only when a worker is about to start.
+        let mut live: Option<Vec<u32>> = None;
         for database in wanted {
             if running >= gucs::MAX_WORKERS.get().max(0) as usize {
                 break;
@@ -78,6 +68,12 @@ pub extern "C-unwind" fn pg_migrate_launcher_main(_arg: pg_sys::Datum) {
                 .get(&database)
                 .is_some_and(|t| t.elapsed() < STARTING)
             {
+                continue;
+            }
+            // A database dropped, or closed to connections, since it asked: its worker would
+            // only fail to connect, again and again.
+            if !live.get_or_insert_with(databases).contains(&database) {
+                shared::forget(database);
                 continue;
             }
             if start_worker(database) {

@@ -20,6 +20,15 @@ impl PhaseKind {
             PhaseKind::TopLevel => "top-level",
         }
     }
+
+    /// The inverse of `name`, for a kind read back from migrate.steps.
+    pub fn from_name(name: &str) -> PhaseKind {
+        if name == PhaseKind::TopLevel.name() {
+            PhaseKind::TopLevel
+        } else {
+            PhaseKind::Transaction
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -82,6 +82,23 @@ pub fn pinned<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// The first column of every row `sql` returns (NULLs left out), read with `search_path`
+/// pinned: pg_migrate's list-valued queries of its tables and the catalogs.
+pub fn pinned_column<T: pgrx::FromDatum + pgrx::IntoDatum>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+) -> Result<Vec<T>, pgrx::spi::Error> {
+    pinned(|| {
+        pgrx::Spi::connect(|client| {
+            client
+                .select(sql, None, args)?
+                .map(|row| row.get::<T>(1))
+                .collect::<Result<Vec<Option<T>>, _>>()
+        })
+    })
+    .map(|values| values.into_iter().flatten().collect())
+}
+
 /// Runs `f` as the owner of pg_migrate's tables, with `search_path` pinned.
 pub fn as_owner<T>(f: impl FnOnce() -> T) -> T {
     struct Restore {

@@ -2,6 +2,7 @@
 //! transitions the worker and the control functions make on them. Every write runs as the
 //! tables' owner with `search_path` pinned.
 
+use crate::apply::Running;
 use crate::phases::{Phase, PhaseKind};
 use crate::security;
 use crate::subxact::Caught;
@@ -52,14 +53,24 @@ pub struct Step {
     pub interrupted: bool,
     pub attempts: i32,
     pub indexes_before: Vec<String>,
-    /// Who submitted the migration, and how: the phase runs with their role and search_path,
-    /// and the guard's overrides and rollback of the migration.
+    /// Who submitted the migration, and how: the phase runs with their role and settings
+    /// (search_path, migrate.lock_timeout and the like, as (name, value)), and the guard's
+    /// overrides and rollback of the migration.
     pub role: String,
-    pub search_path: Option<String>,
+    pub settings: Vec<(String, String)>,
     pub allow: Vec<String>,
     pub has_rollback: bool,
-    /// The submitter's limits (migrate.lock_timeout and the like), as (name, value).
-    pub settings: Vec<(String, String)>,
+}
+
+impl Step {
+    /// The migration, as the guard and the DDL log see one running.
+    pub fn running(&self) -> Running {
+        Running {
+            version: self.version.clone(),
+            has_rollback: self.has_rollback,
+            allow: self.allow.clone(),
+        }
+    }
 }
 
 /// A flattened two-dimensional text array of [name, value] rows, as pairs.
@@ -98,9 +109,9 @@ pub fn next() -> Next {
     }
     let step = read_row(
         "SELECT s.phase, s.kind, s.first_statement, s.first_line, s.sql, s.state = 'running', \
-                s.attempts, s.indexes_before, h.applied_role::text, h.search_path, \
-                h.allowed_rules, h.rollback_script IS NOT NULL, \
-                ARRAY(SELECT ARRAY[key, value] FROM jsonb_each_text(h.settings)) \
+                s.attempts, s.indexes_before, h.applied_role::text, \
+                ARRAY(SELECT ARRAY[key, value] FROM jsonb_each_text(h.settings)), \
+                h.allowed_rules, h.rollback_script IS NOT NULL \
          FROM migrate.steps s JOIN migrate.history h USING (version) \
          WHERE s.version = $1 AND s.state <> 'done' ORDER BY s.phase LIMIT 1",
         &[version.as_str().into()],
@@ -108,11 +119,7 @@ pub fn next() -> Next {
             Ok(Step {
                 version: version.clone(),
                 phase: r.get(1)?.unwrap_or(1),
-                kind: if r.get::<String>(2)?.as_deref() == Some("top-level") {
-                    PhaseKind::TopLevel
-                } else {
-                    PhaseKind::Transaction
-                },
+                kind: PhaseKind::from_name(&r.get::<String>(2)?.unwrap_or_default()),
                 first_statement: r.get(3)?.unwrap_or(1),
                 first_line: r.get(4)?.unwrap_or(1),
                 sql: r.get(5)?.unwrap_or_default(),
@@ -125,7 +132,7 @@ pub fn next() -> Next {
                     .flatten()
                     .collect(),
                 role: r.get(9)?.unwrap_or_default(),
-                search_path: r.get(10)?,
+                settings: pairs(r.get::<Vec<Option<String>>>(10)?.unwrap_or_default()),
                 allow: r
                     .get::<Vec<Option<String>>>(11)?
                     .unwrap_or_default()
@@ -133,7 +140,6 @@ pub fn next() -> Next {
                     .flatten()
                     .collect(),
                 has_rollback: r.get(12)?.unwrap_or(false),
-                settings: pairs(r.get::<Vec<Option<String>>>(13)?.unwrap_or_default()),
             })
         },
     );
@@ -257,19 +263,10 @@ pub fn rebuild(version: &str, index: &str) {
 
 /// The indexes a migration's top-level steps built, for the final verification.
 pub fn built_indexes(version: &str) -> Vec<String> {
-    security::pinned(|| {
-        Spi::connect(|client| {
-            client
-                .select(
-                    "SELECT built_index FROM migrate.steps WHERE version = $1 AND built_index IS NOT NULL",
-                    None,
-                    &[version.into()],
-                )?
-                .map(|r| r.get::<String>(1))
-                .collect::<Result<Vec<Option<String>>, _>>()
-        })
-    })
-    .map(|v| v.into_iter().flatten().collect())
+    security::pinned_column(
+        "SELECT built_index FROM migrate.steps WHERE version = $1 AND built_index IS NOT NULL",
+        &[version.into()],
+    )
     .unwrap_or_default()
 }
 

@@ -52,6 +52,17 @@ pub struct Caught {
     pub hint: Option<String>,
 }
 
+impl From<crate::errors::Problem> for Caught {
+    fn from(problem: crate::errors::Problem) -> Caught {
+        Caught {
+            code: problem.code,
+            message: problem.full_message(),
+            detail: Some(problem.detail),
+            hint: Some(problem.hint),
+        }
+    }
+}
+
 impl Caught {
     /// An ERROR's texts; a Rust panic (a bug) is rethrown, not turned into data.
     pub fn from_error(error: CaughtError) -> Caught {

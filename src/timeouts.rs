@@ -10,7 +10,7 @@
 //! limit and the caller's own deadline, and the caller's deadline is restored afterwards.
 
 use pgrx::pg_sys;
-use std::ffi::{c_int, CString};
+use std::ffi::c_int;
 
 /// `TimeoutId::STATEMENT_TIMEOUT` from utils/timeout.h (the same on PostgreSQL 13 to 18);
 /// pgrx does not bind that header.
@@ -57,21 +57,12 @@ pub fn with_limits<T>(limits: Limits, f: impl FnOnce() -> T) -> T {
 
 /// `SET LOCAL name = value`: for the rest of the transaction.
 pub fn set_local(name: &str, value: &str) {
-    let name = CString::new(name).expect("setting names have no NUL");
-    let value = CString::new(value).expect("setting values have no NUL");
-    // SAFETY: what SET LOCAL does.
-    unsafe {
-        pg_sys::set_config_option(
-            name.as_ptr(),
-            value.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_LOCAL,
-            true,
-            0,
-            false,
-        );
-    }
+    crate::gucs::set(
+        name,
+        Some(value),
+        pg_sys::GucContext::PGC_USERSET,
+        pg_sys::GucAction::GUC_ACTION_LOCAL,
+    );
 }
 
 /// Arms the statement timer for the statement already running, unless a deadline is already
@@ -109,17 +100,11 @@ impl SettingScope {
         unsafe {
             let nest_level = pg_sys::NewGUCNestLevel();
             for (name, value) in settings {
-                let name = CString::new(*name).expect("setting names have no NUL");
-                let value = CString::new(*value).expect("setting values have no NUL");
-                pg_sys::set_config_option(
-                    name.as_ptr(),
-                    value.as_ptr(),
+                crate::gucs::set(
+                    name,
+                    Some(value),
                     pg_sys::GucContext::PGC_USERSET,
-                    pg_sys::GucSource::PGC_S_SESSION,
                     pg_sys::GucAction::GUC_ACTION_SAVE,
-                    true,
-                    0,
-                    false,
                 );
             }
             SettingScope { nest_level }

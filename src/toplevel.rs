@@ -51,9 +51,16 @@ unsafe fn execute(sql: &CString, context: pg_sys::MemoryContext) {
     let outer = pg_sys::MemoryContextSwitchTo(context);
     let raw_list = PgList::<pg_sys::RawStmt>::from_pg(pg_sys::pg_parse_query(sql.as_ptr()));
     pg_sys::MemoryContextSwitchTo(outer);
-    let raw = raw_list
-        .get_ptr(0)
-        .expect("a phase holds exactly one statement");
+    let Some(raw) = raw_list.get_ptr(0) else {
+        crate::errors::Problem::new(
+            pgrx::PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
+            "a top-level phase holds no statement",
+            "Each top-level phase is one statement of the migration, which parsed when it was \
+             submitted.",
+            "Cancel the migration with migrate.cancel and submit it again.",
+        )
+        .raise();
+    };
     let tag = pg_sys::CreateCommandTag((*raw).stmt);
 
     let snapshot = pg_sys::analyze_requires_snapshot(raw);

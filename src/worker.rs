@@ -11,7 +11,8 @@
 //! build, a half-detached partition) are cleaned up or completed, and a statement that in
 //! fact finished (its index is valid) is recorded as done instead of run again.
 
-use crate::apply::{self, Running};
+use crate::apply;
+use crate::errors::Problem;
 use crate::parsetree::{self, TopLevelForm};
 use crate::phases::PhaseKind;
 use crate::retry::{self, Backoff};
@@ -41,7 +42,7 @@ pub extern "C-unwind" fn pg_migrate_worker_main(arg: pg_sys::Datum) {
     }
     // SAFETY: registers an exit callback that frees the slot, whatever ends the process.
     unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(database)) };
-    set_session_setting("application_name", Some("pg_migrate worker"));
+    set_application_name();
 
     let mut idle_since = Instant::now();
     // The migration whose phase ran last in this session: session state (SET, temporary
@@ -57,9 +58,6 @@ pub extern "C-unwind" fn pg_migrate_worker_main(arg: pg_sys::Datum) {
                 pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
             }
         }
-        if !toplevel::transaction(installed).unwrap_or(false) {
-            break;
-        }
         shared::take_request(database);
         let pause = match work_once(&mut session_of) {
             Turn::Worked => {
@@ -72,6 +70,7 @@ pub extern "C-unwind" fn pg_migrate_worker_main(arg: pg_sys::Datum) {
                 idle_since = Instant::now();
                 Duration::from_millis(200)
             }
+            Turn::Gone => break,
             Turn::Idle => {
                 let idle_limit =
                     Duration::from_secs(gucs::WORKER_IDLE_TIMEOUT_S.get().max(1) as u64);
@@ -102,11 +101,6 @@ unsafe extern "C-unwind" fn on_exit(code: i32, arg: pg_sys::Datum) {
     shared::unregister_worker(pg_sys::Oid::from(arg.value() as u32), code != 0);
 }
 
-fn installed() -> bool {
-    // SAFETY: a catalog lookup by name.
-    unsafe { pg_sys::get_extension_oid(c"pg_migrate".as_ptr(), true) != pg_sys::InvalidOid }
-}
-
 /// What one claim decided.
 enum Claim {
     Idle,
@@ -114,18 +108,22 @@ enum Claim {
     Busy,
     /// Bookkeeping done inside the claim (a cancel, a completion).
     Done,
-    /// Invalid indexes of a migration otherwise complete: drop them, build them again.
-    Rebuild(String, Vec<String>),
+    /// Invalid indexes of a migration otherwise complete, whose steps are pending again:
+    /// drop them.
+    Rebuild(Vec<String>),
     /// A top-level step that was running when the worker stopped.
     Recover(Step, TopLevelForm),
     /// A step marked running, ready to run.
     Run(Step, TopLevelForm),
+    /// pg_migrate is not installed in this database (any more).
+    Gone,
 }
 
 enum Turn {
     Worked,
     Busy,
     Idle,
+    Gone,
 }
 
 /// Does the next thing there is to do.
@@ -137,25 +135,27 @@ fn work_once(session_of: &mut Option<String>) -> Turn {
             return Turn::Idle;
         }
     };
-    match claim {
+    let recorded = match claim {
         Claim::Idle => return Turn::Idle,
         Claim::Busy => return Turn::Busy,
-        Claim::Done => {}
-        Claim::Rebuild(version, invalid) => {
+        Claim::Gone => return Turn::Gone,
+        Claim::Done => true,
+        Claim::Rebuild(invalid) => {
+            // Their steps are pending again already; a drop that fails makes the rebuild
+            // fail visibly (the name is taken).
             for index in invalid {
-                if drop_index_concurrently(&index).is_ok() {
-                    let _ = toplevel::transaction(|| steps::rebuild(&version, &index));
-                }
+                let _ = drop_index_concurrently(&index);
             }
+            true
         }
         Claim::Recover(step, form) => {
             fresh_session(session_of, &step.version);
             let outcome = recover(&step, &form);
-            let _ = toplevel::transaction(|| match outcome {
+            record(|| match outcome {
                 Ok(Some(built)) => steps::done(&step, built.as_deref()),
                 Ok(None) => steps::restart(&step),
                 Err(error) => steps::failed(&step, &error),
-            });
+            })
         }
         Claim::Run(step, form) => {
             fresh_session(session_of, &step.version);
@@ -164,8 +164,29 @@ fn work_once(session_of: &mut Option<String>) -> Turn {
                 PhaseKind::TopLevel => run_top_level_phase(&step, &form),
             }
         }
+    };
+    // When the outcome could not be recorded, pause: the step, still marked running, is
+    // recovered on the next look.
+    if recorded {
+        Turn::Worked
+    } else {
+        Turn::Idle
     }
-    Turn::Worked
+}
+
+/// Records an outcome in migrate.steps, in a transaction of its own; false (logged) if that
+/// failed.
+fn record(f: impl FnOnce()) -> bool {
+    match toplevel::transaction(f) {
+        Ok(()) => true,
+        Err(e) => {
+            log(&format!(
+                "could not record a phase's outcome: {}",
+                e.message
+            ));
+            false
+        }
+    }
 }
 
 /// Before a phase of another migration than the last one: DISCARD ALL, as a connection
@@ -178,7 +199,7 @@ fn fresh_session(session_of: &mut Option<String>, version: &str) {
         if let Err(e) = toplevel::run("DISCARD ALL") {
             log(&format!("could not reset the session: {}", e.message));
         }
-        set_session_setting("application_name", Some("pg_migrate worker"));
+        set_application_name();
     }
     *session_of = Some(version.to_string());
 }
@@ -187,6 +208,9 @@ fn fresh_session(session_of: &mut Option<String>, version: &str) {
 /// running before it runs. The lock is only tried: a submitter holding it wakes the worker
 /// again when it commits, and the worker polls while anyone else holds it.
 fn claim() -> Claim {
+    if !catalog::extension_installed() {
+        return Claim::Gone;
+    }
     if !apply::try_lock_history() {
         return if steps::has_work() {
             Claim::Busy
@@ -209,15 +233,22 @@ fn claim() -> Claim {
                 .collect();
             if invalid.is_empty() {
                 steps::complete(&version);
-                Claim::Done
-            } else {
-                Claim::Rebuild(version, invalid)
+                return Claim::Done;
             }
+            for index in &invalid {
+                steps::rebuild(&version, index);
+            }
+            Claim::Rebuild(invalid)
         }
         Next::Step(step) => {
             // Names in the statement are resolved as the submitter's session would.
-            if let Some(path) = &step.search_path {
-                set_local_setting("search_path", path);
+            for (name, value) in &step.settings {
+                gucs::set(
+                    name,
+                    Some(value),
+                    SUPERUSER,
+                    pg_sys::GucAction::GUC_ACTION_LOCAL,
+                );
             }
             let form = match step.kind {
                 PhaseKind::TopLevel => statement_form(&step.sql),
@@ -239,52 +270,57 @@ fn claim() -> Claim {
     }
 }
 
-fn run_transaction_phase(step: &Step) {
+/// Runs a transactional phase; false if its outcome could not be recorded.
+fn run_transaction_phase(step: &Step) -> bool {
     let what = format!("migration {} phase {}", step.version, step.phase);
     let result = as_submitter(step, || {
         toplevel::transaction(|| {
-            let statements = phase_statements(step);
+            let statements = phase_statements(&what, step);
             let outcome = runner::run(&what, &step.sql, &statements, Policy::from_settings());
             steps::add_waits(step, outcome.retries, outcome.lock_wait);
             steps::done(step, None);
         })
     });
-    if let Err(error) = result {
-        let _ = toplevel::transaction(|| steps::failed(step, &error));
+    match result {
+        Ok(()) => true,
+        Err(error) => record(|| steps::failed(step, &error)),
     }
 }
 
-fn run_top_level_phase(step: &Step, form: &TopLevelForm) {
+/// Runs a top-level phase; false if its outcome could not be recorded.
+fn run_top_level_phase(step: &Step, form: &TopLevelForm) -> bool {
     let before = &step.indexes_before;
-    let result = as_submitter(step, || toplevel::run(&step.sql)).and_then(|()| match form {
-        TopLevelForm::CreateIndex(table, name) => built_index(*table, name.as_deref(), before),
+    // The backoff is read under the submitter's limits, for a retry.
+    let (backoff, ran) = as_submitter(step, || {
+        Ok((Backoff::from_settings(), toplevel::run(&step.sql)))
+    })
+    .unwrap_or_else(|e| (Backoff::from_settings(), Err(e)));
+    let result = ran.and_then(|()| match form {
+        TopLevelForm::CreateIndex(table, name) => {
+            built_index(*table, name.as_deref(), before, &step.version)
+        }
         _ => Ok(None),
     });
-    match result {
-        Ok(built) => {
-            let _ = toplevel::transaction(|| steps::done(step, built.as_deref()));
+    let error = match result {
+        Ok(built) => return record(|| steps::done(step, built.as_deref())),
+        Err(error) => error,
+    };
+    // A failed CONCURRENTLY command leaves an INVALID index behind; it must not stay, nor
+    // make a retry's IF NOT EXISTS skip the build. If it cannot be dropped, the step fails:
+    // a retry would not build the index.
+    if let Some(table) = form.table() {
+        if let Err(cleanup) = drop_leftovers(table, before) {
+            return record(|| steps::failed(step, &cleanup));
         }
-        Err(error) => {
-            // A failed CONCURRENTLY command leaves an INVALID index behind; it must not stay,
-            // nor make a retry's IF NOT EXISTS skip the build. If it cannot be dropped, the
-            // step fails: a retry would not build the index.
-            if let Some(table) = form.table() {
-                if let Err(cleanup) = drop_leftovers(table, before) {
-                    let _ = toplevel::transaction(|| steps::failed(step, &cleanup));
-                    return;
-                }
-            }
-            let attempts_allowed = gucs::INDEX_BUILD_RETRIES.get().max(0) + 1;
-            if retryable(&error) && step.attempts + 1 < attempts_allowed {
-                let _ = toplevel::transaction(|| steps::failed_attempt(step, &error));
-                // The backoff of migrate.apply's lock retries, under the submitter's limits.
-                let backoff = as_submitter(step, || Ok(Backoff::from_settings()))
-                    .unwrap_or_else(|_| Backoff::from_settings());
-                retry::sleep(backoff.delay(step.attempts as u32 + 1, retry::random_unit()));
-            } else {
-                let _ = toplevel::transaction(|| steps::failed(step, &error));
-            }
-        }
+    }
+    let attempts_allowed = gucs::INDEX_BUILD_RETRIES.get().max(0) + 1;
+    if retryable(&error) && step.attempts + 1 < attempts_allowed {
+        let recorded = record(|| steps::failed_attempt(step, &error));
+        // The backoff of migrate.apply's lock retries.
+        retry::sleep(backoff.delay(step.attempts as u32 + 1, retry::random_unit()));
+        recorded
+    } else {
+        record(|| steps::failed(step, &error))
     }
 }
 
@@ -295,31 +331,31 @@ fn built_index(
     table: pg_sys::Oid,
     name: Option<&str>,
     before: &[String],
+    version: &str,
 ) -> Result<Option<String>, Caught> {
     let Some(name) = name else {
         return toplevel::transaction(|| catalog::new_valid_index(table, before));
     };
     match toplevel::transaction(|| catalog::index_is_valid(name))? {
         Some(true) => Ok(Some(name.to_string())),
-        found => Err(Caught {
-            code: PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            message: format!(
-                "pg_migrate: index {name} is {} after the statement",
+        found => Err(Problem::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "index {name} is {} after the statement",
                 if found.is_some() {
                     "INVALID"
                 } else {
                     "missing"
                 }
             ),
-            detail: Some(
-                "An index of that name already existed and was not valid, so CREATE INDEX \
-                 IF NOT EXISTS skipped the build, or the index was dropped meanwhile."
-                    .into(),
+            "An index of that name already existed and was not valid, so CREATE INDEX \
+             IF NOT EXISTS skipped the build, or the index was dropped meanwhile.",
+            format!(
+                "DROP INDEX CONCURRENTLY {name}; then SELECT migrate.retry({});",
+                pgrx::spi::quote_literal(version)
             ),
-            hint: Some(format!(
-                "DROP INDEX CONCURRENTLY {name}; then SELECT migrate.retry(...) for this migration."
-            )),
-        }),
+        )
+        .into()),
     }
 }
 
@@ -404,9 +440,10 @@ fn statement_form(sql: &str) -> TopLevelForm {
     }
 }
 
-/// The phase's statements, numbered and located as in the whole migration.
-fn phase_statements(step: &Step) -> Vec<Statement> {
-    let parsed = parser::parse(&step.sql).unwrap_or_default();
+/// The phase's statements, numbered and located as in the whole migration. They parsed when
+/// submitted; an error here (a server upgrade changed the grammar) fails the phase.
+fn phase_statements(what: &str, step: &Step) -> Vec<Statement> {
+    let parsed = parser::parse(&step.sql).unwrap_or_else(|e| e.problem(what, &step.sql).raise());
     parsed
         .into_iter()
         .map(|(mut st, _)| {
@@ -417,74 +454,68 @@ fn phase_statements(step: &Step) -> Vec<Statement> {
         .collect()
 }
 
-/// Runs `f` as the migration's submitter would: their role, their search_path, and the
-/// migration marked as running for the guard and the DDL log.
+/// Runs `f` as the migration's submitter would: their role, their settings (search_path,
+/// migrate.* limits), and the migration marked as running for the guard and the DDL log.
 fn as_submitter<T>(step: &Step, f: impl FnOnce() -> Result<T, Caught>) -> Result<T, Caught> {
     let role = CString::new(step.role.as_str()).unwrap_or_default();
-    // SAFETY: a catalog lookup by name in a transaction of its own.
-    let role = toplevel::transaction(|| unsafe { pg_sys::get_role_oid(role.as_ptr(), false) })?;
-    if let Some(path) = &step.search_path {
-        set_session_setting("search_path", Some(path));
-    }
-    for (name, value) in &step.settings {
-        set_session_setting(name, Some(value));
-    }
-    let running = Running {
-        version: step.version.clone(),
-        has_rollback: step.has_rollback,
-        allow: step.allow.clone(),
-    };
-    let result = apply::with_running(running, || {
-        // SAFETY: the switch a SECURITY DEFINER function makes; restored below, and by every
-        // transaction abort in between.
-        unsafe {
-            let (mut user, mut context) = (pg_sys::InvalidOid, 0);
-            pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
-            pg_sys::SetUserIdAndSecContext(
-                role,
-                context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+    // One transaction sets them all for the session, or (aborted) none.
+    let result = toplevel::transaction(|| {
+        for (name, value) in &step.settings {
+            gucs::set(
+                name,
+                Some(value),
+                SUPERUSER,
+                pg_sys::GucAction::GUC_ACTION_SET,
             );
-            let result = f();
-            pg_sys::SetUserIdAndSecContext(user, context);
-            result
         }
+        // SAFETY: a catalog lookup by name.
+        unsafe { pg_sys::get_role_oid(role.as_ptr(), false) }
+    })
+    .and_then(|role| {
+        apply::with_running(step.running(), || {
+            // SAFETY: the switch a SECURITY DEFINER function makes; restored below, and by
+            // every transaction abort in between.
+            unsafe {
+                let (mut user, mut context) = (pg_sys::InvalidOid, 0);
+                pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
+                pg_sys::SetUserIdAndSecContext(
+                    role,
+                    context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+                );
+                let result = f();
+                pg_sys::SetUserIdAndSecContext(user, context);
+                result
+            }
+        })
     });
     // RESET, not the values read before: the worker's own then follow postgresql.conf.
-    set_session_setting("search_path", None);
-    for (name, _) in &step.settings {
-        set_session_setting(name, None);
+    let reset = toplevel::transaction(|| {
+        for (name, _) in &step.settings {
+            gucs::set(name, None, SUPERUSER, pg_sys::GucAction::GUC_ACTION_SET);
+        }
+    });
+    if let Err(e) = reset {
+        log(&format!(
+            "could not reset the submitter's settings: {}",
+            e.message
+        ));
     }
     result
 }
 
-/// SET name = value (RESET name, for None) for the worker's session, between transactions.
-/// The worker runs as the bootstrap superuser, so superuser-only settings
-/// (migrate.lock_timeout) can be set too. A bad value is ignored: the setting keeps its own.
-fn set_session_setting(name: &str, value: Option<&str>) {
-    let _ = toplevel::transaction(|| set_config(name, value, pg_sys::GucAction::GUC_ACTION_SET));
-}
+/// The worker runs as the bootstrap superuser, so it sets superuser-only settings
+/// (migrate.lock_timeout) on the submitter's behalf.
+const SUPERUSER: pg_sys::GucContext::Type = pg_sys::GucContext::PGC_SUSET;
 
-/// SET LOCAL name = value, inside the current transaction.
-fn set_local_setting(name: &str, value: &str) {
-    set_config(name, Some(value), pg_sys::GucAction::GUC_ACTION_LOCAL);
-}
-
-fn set_config(name: &str, value: Option<&str>, action: pg_sys::GucAction::Type) {
-    let name = CString::new(name).unwrap_or_default();
-    let value = value.map(|v| CString::new(v).unwrap_or_default());
-    // SAFETY: both strings outlive the call; set_config_option copies what it keeps.
-    unsafe {
-        pg_sys::set_config_option(
-            name.as_ptr(),
-            value.as_ref().map_or(std::ptr::null(), |v| v.as_ptr()),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            action,
-            true,
-            0,
-            false,
-        );
-    }
+fn set_application_name() {
+    let _ = toplevel::transaction(|| {
+        gucs::set(
+            "application_name",
+            Some("pg_migrate worker"),
+            SUPERUSER,
+            pg_sys::GucAction::GUC_ACTION_SET,
+        )
+    });
 }
 
 fn log(message: &str) {

@@ -18,8 +18,9 @@ pub fn enforce(lock: Option<LockMode>, what: &str) {
     if limit <= 0 {
         return;
     }
-    let current = setting_ms(c"lock_timeout");
-    if current != 0 && current <= i64::from(limit) {
+    // SAFETY: reads the backend's lock_timeout setting (ms).
+    let current = unsafe { pgrx::pg_sys::LockTimeout };
+    if current != 0 && current <= limit {
         return;
     }
     timeouts::set_local("lock_timeout", &format!("{limit}ms"));
@@ -40,23 +41,11 @@ pub fn enforce(lock: Option<LockMode>, what: &str) {
     ));
 }
 
-/// An integer setting in its base unit (ms for timeouts).
-fn setting_ms(name: &CStr) -> i64 {
-    // SAFETY: GetConfigOption returns the value as text in the setting's base unit.
-    unsafe {
-        let value = pgrx::pg_sys::GetConfigOption(name.as_ptr(), false, false);
-        CStr::from_ptr(value)
-            .to_str()
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    }
-}
-
 /// Whether statement_timeout is 0 because nobody set it. A session (a restore, a maintenance
 /// job) that set it to 0 on purpose keeps it.
 fn statement_timeout_unset() -> bool {
-    if setting_ms(c"statement_timeout") != 0 {
+    // SAFETY: reads the backend's statement_timeout setting (ms).
+    if unsafe { pgrx::pg_sys::StatementTimeout } != 0 {
         return false;
     }
     // SAFETY: the setting's record lives as long as the backend; only its source is read.

@@ -40,12 +40,6 @@ unsafe fn unseen_by_event_triggers(node: *mut pg_sys::Node) -> Option<&'static s
     }
 }
 
-/// Whether pg_migrate is installed in the current database (the hook is process-wide).
-fn installed_here() -> bool {
-    // SAFETY: a catalog lookup by name.
-    unsafe { pg_sys::get_extension_oid(c"pg_migrate".as_ptr(), true) != pg_sys::InvalidOid }
-}
-
 // The hook is a plain frame with nothing to drop, calling the next hook through raw
 // bindings: an ERROR raised by the command itself then longjmps through it exactly as through
 // C, keeping its cursor position and CONTEXT. (Calling through pgrx's guarded bindings would
@@ -120,7 +114,8 @@ unsafe extern "C-unwind" fn judge(node: *mut pg_sys::Node) {
     if pg_sys::SessionReplicationRole == pg_sys::SESSION_REPLICATION_ROLE_REPLICA as i32 {
         return;
     }
-    if !installed_here() {
+    // The hook is process-wide; the guard belongs to databases with pg_migrate.
+    if !crate::catalog::extension_installed() {
         return;
     }
     if let Some(ctx) = trigger::context() {
