@@ -2,7 +2,7 @@
 //! caller's transaction, or not at all.
 
 use crate::checksum::Checksums;
-use crate::errors::{self, OrRaise, Problem};
+use crate::errors::{self, OrBookkeeping, OrRaise, Problem};
 use crate::history::{self, interval, NewEntry, Recorded};
 use crate::runner::{self, Policy};
 use crate::script::{self, Statement};
@@ -428,7 +428,7 @@ pub fn lock_history() {
             &[MIGRATE_LOCK_CLASS.into()],
         )
     })
-    .expect("taking the pg_migrate advisory lock");
+    .or_bookkeeping("take the pg_migrate advisory lock");
 }
 
 /// The migration whose statements are running, as the DDL log and the guard need it.

@@ -167,18 +167,19 @@ pub fn relation(oid: pg_sys::Oid) -> Option<Rel> {
     let row = class_row(oid)?;
     // SAFETY: the name comes from the copied row.
     let name = unsafe { qualified_name(row.namespace, row.name.data.as_ptr()) };
-    let (mut rows, mut bytes) = size_of(oid, &row);
+    let locked = Locked::open(oid);
+    let (mut rows, mut bytes) = size_of(locked.as_ref(), &row);
     if row.has_subclass {
         // Inheritance children and partitions: what the command reaches through the parent.
         for child in members(oid) {
             if let Some(child_row) = class_row(child) {
-                let (r, b) = size_of(child, &child_row);
+                let (r, b) = size_of(Locked::open(child).as_ref(), &child_row);
                 rows += r;
                 bytes += b;
             }
         }
     }
-    let (new, write_locked_by_us) = match Locked::open(oid) {
+    let (new, write_locked_by_us) = match locked {
         // SAFETY: relcache fields of an entry held under lock.
         Some(locked) => unsafe {
             (
@@ -201,13 +202,14 @@ pub fn relation(oid: pg_sys::Oid) -> Option<Rel> {
 }
 
 /// Rows and bytes of one relation with storage: the planner's estimate over its current
-/// size when the relcache can be read, the last VACUUM/ANALYZE statistics otherwise.
-fn size_of(oid: pg_sys::Oid, row: &ClassRow) -> (f64, u64) {
+/// size when its relcache entry could be opened (`locked`), the last VACUUM/ANALYZE
+/// statistics otherwise.
+fn size_of(locked: Option<&Locked>, row: &ClassRow) -> (f64, u64) {
     if !matches!(row.kind, RelKind::Table | RelKind::MatView | RelKind::Index) {
         return (0.0, 0);
     }
     let block = u64::from(pg_sys::BLCKSZ);
-    let Some(locked) = Locked::open(oid) else {
+    let Some(locked) = locked else {
         return (
             f64::from(row.tuples.max(0.0)),
             u64::try_from(row.pages.max(0)).unwrap_or(0) * block,
@@ -263,24 +265,88 @@ unsafe fn qualified_name(namespace: pg_sys::Oid, name: *const c_char) -> String 
     CStr::from_ptr(quoted).to_string_lossy().into_owned()
 }
 
-/// A type as PostgreSQL prints it (`character varying(20)`, `bigint`), for messages.
-pub fn type_display(type_name: *mut pg_sys::TypeName) -> String {
+/// A type a statement names, resolved once (in a subtransaction: `serial`, or a type that
+/// does not exist, resolves to nothing).
+pub struct ColumnType {
+    /// As PostgreSQL prints it (`character varying(20)`, `bigint`), for messages; as written
+    /// when it did not resolve.
+    pub display: String,
+    resolved: Option<(pg_sys::Oid, i32)>,
+}
+
+pub fn column_type(type_name: *mut pg_sys::TypeName) -> ColumnType {
     if type_name.is_null() {
-        return String::new();
+        return ColumnType {
+            display: String::new(),
+            resolved: None,
+        };
     }
-    let resolved = subxact::run(|| unsafe {
-        let (mut typ, mut typmod) = (pg_sys::InvalidOid, 0);
-        pg_sys::typenameTypeIdAndMod(std::ptr::null_mut(), type_name, &mut typ, &mut typmod);
-        CStr::from_ptr(pg_sys::format_type_with_typemod(typ, typmod))
-            .to_string_lossy()
-            .into_owned()
-    });
-    // SAFETY: formats the parse node as written when the type cannot be resolved.
-    resolved.unwrap_or_else(|_| unsafe {
-        CStr::from_ptr(pg_sys::TypeNameToString(type_name))
-            .to_string_lossy()
-            .into_owned()
-    })
+    // SAFETY: a catalog lookup of a parse node; an ERROR is caught by the subtransaction.
+    let resolved = subxact::run(|| unsafe { type_and_mod(type_name) }).ok();
+    // SAFETY: formats a resolved type, or the parse node as written.
+    let display = unsafe {
+        let text = match resolved {
+            Some((typ, typmod)) => pg_sys::format_type_with_typemod(typ, typmod),
+            None => pg_sys::TypeNameToString(type_name),
+        };
+        CStr::from_ptr(text).to_string_lossy().into_owned()
+    };
+    ColumnType { display, resolved }
+}
+
+impl ColumnType {
+    /// Whether it is a domain with constraints (whose check forces a rewrite on ADD COLUMN).
+    pub fn constrained_domain(&self) -> Option<bool> {
+        // SAFETY: a type cache lookup of a type that exists.
+        self.resolved
+            .map(|(typ, _)| unsafe { pg_sys::DomainHasConstraints(typ) })
+    }
+
+    /// Whether a column default, coerced to this type, calls anything volatile
+    /// (`contain_volatile_functions`, which reads each function's volatility from pg_proc).
+    pub fn default_is_volatile(&self, raw: *mut pg_sys::Node) -> Option<bool> {
+        let (typ, typmod) = self.resolved?;
+        subxact::run(|| unsafe {
+            let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
+            // A copy, as below: the raw default belongs to the statement about to run.
+            let expr = pg_sys::transformExpr(
+                pstate,
+                pg_sys::copyObjectImpl(raw.cast()).cast(),
+                pg_sys::ParseExprKind::EXPR_KIND_COLUMN_DEFAULT,
+            );
+            let coerced = coerce_as_assignment(pstate, expr, typ, typmod);
+            (!coerced.is_null()).then(|| pg_sys::contain_volatile_functions(coerced))
+        })
+        .ok()
+        .flatten()
+    }
+}
+
+/// typenameTypeIdAndMod: the type and typmod a TypeName names; raises if there is none.
+unsafe fn type_and_mod(type_name: *mut pg_sys::TypeName) -> (pg_sys::Oid, i32) {
+    let (mut typ, mut typmod) = (pg_sys::InvalidOid, 0);
+    pg_sys::typenameTypeIdAndMod(std::ptr::null_mut(), type_name, &mut typ, &mut typmod);
+    (typ, typmod)
+}
+
+/// `expr` coerced to a type as an assignment is (ALTER COLUMN TYPE, column defaults); NULL
+/// when no cast exists.
+unsafe fn coerce_as_assignment(
+    pstate: *mut pg_sys::ParseState,
+    expr: *mut pg_sys::Node,
+    typ: pg_sys::Oid,
+    typmod: i32,
+) -> *mut pg_sys::Node {
+    pg_sys::coerce_to_target_type(
+        pstate,
+        expr,
+        pg_sys::exprType(expr),
+        typ,
+        typmod,
+        pg_sys::CoercionContext::COERCION_ASSIGNMENT,
+        pg_sys::CoercionForm::COERCE_IMPLICIT_CAST,
+        -1,
+    )
 }
 
 /// Whether ALTER COLUMN `column` TYPE `type_name` [USING `using`] rewrites the table, decided
@@ -301,13 +367,7 @@ pub fn type_change_rewrites(
         }
         let (mut typ, mut typmod, mut coll) = (pg_sys::InvalidOid, 0, pg_sys::InvalidOid);
         pg_sys::get_atttypetypmodcoll(relid, attnum, &mut typ, &mut typmod, &mut coll);
-        let (mut target, mut target_mod) = (pg_sys::InvalidOid, 0);
-        pg_sys::typenameTypeIdAndMod(
-            std::ptr::null_mut(),
-            type_name,
-            &mut target,
-            &mut target_mod,
-        );
+        let (target, target_mod) = type_and_mod(type_name);
 
         let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
         let _rel; // the relcache reference the USING expression's range table entry needs
@@ -333,16 +393,7 @@ pub fn type_change_rewrites(
                 pg_sys::ParseExprKind::EXPR_KIND_ALTER_COL_TRANSFORM,
             )
         };
-        let coerced = pg_sys::coerce_to_target_type(
-            pstate,
-            source,
-            pg_sys::exprType(source),
-            target,
-            target_mod,
-            pg_sys::CoercionContext::COERCION_ASSIGNMENT,
-            pg_sys::CoercionForm::COERCE_IMPLICIT_CAST,
-            -1,
-        );
+        let coerced = coerce_as_assignment(pstate, source, target, target_mod);
         if coerced.is_null() {
             return None; // no cast: ALTER TABLE itself refuses it
         }
@@ -388,48 +439,6 @@ unsafe fn requires_rewrite(mut expr: *mut pg_sys::Node, attnum: i16) -> bool {
             return true;
         }
     }
-}
-
-/// Whether a column default, coerced to the column's type, calls anything volatile
-/// (`contain_volatile_functions`, which reads each function's volatility from pg_proc).
-pub fn default_is_volatile(
-    type_name: *mut pg_sys::TypeName,
-    raw: *mut pg_sys::Node,
-) -> Option<bool> {
-    subxact::run(|| unsafe {
-        let (mut typ, mut typmod) = (pg_sys::InvalidOid, 0);
-        pg_sys::typenameTypeIdAndMod(std::ptr::null_mut(), type_name, &mut typ, &mut typmod);
-        let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
-        // A copy, as above: the raw default belongs to the statement about to run.
-        let expr = pg_sys::transformExpr(
-            pstate,
-            pg_sys::copyObjectImpl(raw.cast()).cast(),
-            pg_sys::ParseExprKind::EXPR_KIND_COLUMN_DEFAULT,
-        );
-        let coerced = pg_sys::coerce_to_target_type(
-            pstate,
-            expr,
-            pg_sys::exprType(expr),
-            typ,
-            typmod,
-            pg_sys::CoercionContext::COERCION_ASSIGNMENT,
-            pg_sys::CoercionForm::COERCE_IMPLICIT_CAST,
-            -1,
-        );
-        (!coerced.is_null()).then(|| pg_sys::contain_volatile_functions(coerced))
-    })
-    .ok()
-    .flatten()
-}
-
-/// Whether a type is a domain with constraints (whose check forces a rewrite on ADD COLUMN).
-pub fn is_constrained_domain(type_name: *mut pg_sys::TypeName) -> Option<bool> {
-    subxact::run(|| unsafe {
-        let (mut typ, mut typmod) = (pg_sys::InvalidOid, 0);
-        pg_sys::typenameTypeIdAndMod(std::ptr::null_mut(), type_name, &mut typ, &mut typmod);
-        pg_sys::DomainHasConstraints(typ)
-    })
-    .ok()
 }
 
 /// Whether the table's validated constraints (or the column's own NOT NULL) prove `column IS

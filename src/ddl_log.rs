@@ -6,6 +6,7 @@
 //! members of an extension. Temporary objects and the members of extensions being installed
 //! are not schema drift and are skipped.
 
+use crate::errors::OrBookkeeping;
 use crate::event_trigger;
 use crate::security;
 use pgrx::prelude::*;
@@ -57,7 +58,7 @@ fn write(insert: &str) {
     let role = security::current_user_name();
     let migration = crate::apply::running().map(|r| r.version);
     security::as_owner(|| Spi::run_with_args(insert, &[role.into(), migration.into()]))
-        .expect("writing migrate.ddl_log");
+        .or_bookkeeping("write migrate.ddl_log");
 }
 
 /// Records guard findings let through (by an override, or because the guard only warns) in
@@ -92,5 +93,5 @@ pub fn record_guard(event: &str, tag: &str, findings: &[crate::guard::Finding]) 
             ],
         )
     })
-    .expect("writing migrate.ddl_log");
+    .or_bookkeeping("write migrate.ddl_log");
 }

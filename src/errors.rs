@@ -67,6 +67,28 @@ impl<T> OrRaise<T> for Result<T, Problem> {
     }
 }
 
+/// A failure of pg_migrate's own bookkeeping (its tables, its lock) that SPI reported as an
+/// error value rather than an ERROR: raised with context, not as a Rust panic.
+pub trait OrBookkeeping<T> {
+    fn or_bookkeeping(self, what: &str) -> T;
+}
+
+impl<T, E: std::fmt::Display> OrBookkeeping<T> for Result<T, E> {
+    #[track_caller]
+    fn or_bookkeeping(self, what: &str) -> T {
+        self.unwrap_or_else(|e| {
+            Problem::new(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                format!("could not {what}: {e}"),
+                "pg_migrate's own tables in schema migrate could not be read or written.",
+                "Check that the extension is intact (\\dx pg_migrate, \\dt migrate.*); if it \
+                 is, report this as a pg_migrate bug.",
+            )
+            .raise()
+        })
+    }
+}
+
 /// A NOTICE with the `pg_migrate:` prefix.
 #[track_caller]
 pub fn notice(message: impl Into<String>) {

@@ -2,7 +2,7 @@
 //! functions that only read or annotate it (`baseline`, `validate`, `current_version`).
 
 use crate::checksum::{self, Checksums};
-use crate::errors::{OrRaise, Problem};
+use crate::errors::{OrBookkeeping, OrRaise, Problem};
 use crate::security;
 use crate::version::Version;
 use pgrx::datum::DatumWithOid;
@@ -52,7 +52,7 @@ fn select_recorded(filter: &str, args: &[DatumWithOid]) -> Option<Recorded> {
             }))
         })
     })
-    .expect("reading migrate.history")
+    .or_bookkeeping("read migrate.history")
 }
 
 fn micros(value: Option<i64>) -> Duration {
@@ -150,7 +150,7 @@ pub fn insert(entry: &NewEntry) -> Duration {
             &args,
         )
     })
-    .expect("writing migrate.history");
+    .or_bookkeeping("write migrate.history");
     micros(recorded)
 }
 

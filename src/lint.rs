@@ -7,7 +7,7 @@ use crate::guard::policy::{self, Context};
 use crate::guard::{findings, trigger, Finding, SmallTable};
 use crate::gucs::GuardMode;
 use crate::script::Statement;
-use crate::{catalog, parser, parsetree};
+use crate::{catalog, parser};
 use pgrx::prelude::*;
 use pgrx::{is_a, PgSqlErrorCode};
 use std::collections::HashSet;
@@ -19,15 +19,16 @@ pub fn findings_in(trees: &[(Statement, *mut pg_sys::Node)]) -> Vec<(Statement, 
     let mut out = Vec::new();
     for (statement, tree) in trees {
         // SAFETY: the trees come from parser::parse in this call.
-        let mut command = unsafe { parsetree::command(*tree) };
-        for rel in command.rels_mut() {
-            rel.new |= created.contains(&rel.name);
+        if let Some(mut command) = unsafe { trigger::read_command(*tree, &statement.tag) } {
+            for rel in command.rels_mut() {
+                rel.new |= created.contains(&rel.name);
+            }
+            out.extend(
+                findings(&command, small)
+                    .into_iter()
+                    .map(|f| (statement.clone(), f)),
+            );
         }
-        out.extend(
-            findings(&command, small)
-                .into_iter()
-                .map(|f| (statement.clone(), f)),
-        );
         // SAFETY: as above.
         created.extend(unsafe { creates(*tree) });
     }

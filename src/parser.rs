@@ -82,9 +82,7 @@ unsafe fn describe(script: &str, list: *mut pg_sys::List) -> Vec<(Statement, *mu
 /// # Safety
 /// `node` must be a raw (unanalysed) statement parse tree.
 unsafe fn classify(node: *mut pg_sys::Node) -> (String, String, Kind) {
-    let tag = CStr::from_ptr(pg_sys::GetCommandTagName(pg_sys::CreateCommandTag(node)))
-        .to_string_lossy()
-        .into_owned();
+    let tag = command_tag(node);
     let non_transactional = |form: &str| (tag.clone(), form.to_string(), Kind::NonTransactional);
 
     if is_a(node, pg_sys::NodeTag::T_TransactionStmt) {
@@ -141,35 +139,64 @@ unsafe fn classify(node: *mut pg_sys::Node) -> (String, String, Kind) {
     (tag.clone(), tag, Kind::Transactional)
 }
 
-#[cfg(not(feature = "pg13"))]
-unsafe fn reindex_is_concurrent(stmt: *mut pg_sys::ReindexStmt) -> bool {
-    PgList::<pg_sys::DefElem>::from_pg((*stmt).params)
-        .iter_ptr()
-        .any(|opt| {
-            CStr::from_ptr((*opt).defname).to_bytes() == b"concurrently"
-                && pg_sys::defGetBoolean(opt)
-        })
+/// The command tag of a raw statement ("CREATE INDEX").
+///
+/// # Safety
+/// `node` must be a raw statement parse tree.
+pub(crate) unsafe fn command_tag(node: *mut pg_sys::Node) -> String {
+    CStr::from_ptr(pg_sys::GetCommandTagName(pg_sys::CreateCommandTag(node)))
+        .to_string_lossy()
+        .into_owned()
 }
 
+/// Whether a statement's option list (VACUUM (FULL), REINDEX (CONCURRENTLY)) sets `name`.
+///
+/// # Safety
+/// `options` must be a List of DefElem, or NIL.
+pub(crate) unsafe fn option_set(options: *mut pg_sys::List, name: &[u8]) -> bool {
+    PgList::<pg_sys::DefElem>::from_pg(options)
+        .iter_ptr()
+        .any(|opt| CStr::from_ptr((*opt).defname).to_bytes() == name && pg_sys::defGetBoolean(opt))
+}
+
+/// # Safety
+/// `stmt` must be a raw REINDEX statement.
+#[cfg(not(feature = "pg13"))]
+pub(crate) unsafe fn reindex_is_concurrent(stmt: *mut pg_sys::ReindexStmt) -> bool {
+    option_set((*stmt).params, b"concurrently")
+}
+
+/// # Safety
+/// `stmt` must be a raw REINDEX statement.
 #[cfg(feature = "pg13")]
-unsafe fn reindex_is_concurrent(stmt: *mut pg_sys::ReindexStmt) -> bool {
+pub(crate) unsafe fn reindex_is_concurrent(stmt: *mut pg_sys::ReindexStmt) -> bool {
     (*stmt).concurrent
 }
 
+/// Whether an ATTACH/DETACH PARTITION is CONCURRENTLY (PostgreSQL 14 and later).
+///
+/// # Safety
+/// `cmd` must be the PartitionCmd of an ALTER TABLE command.
 #[cfg(not(feature = "pg13"))]
+pub(crate) unsafe fn partition_cmd_concurrent(cmd: *mut pg_sys::PartitionCmd) -> bool {
+    (*cmd).concurrent
+}
+
+/// # Safety
+/// As above.
+#[cfg(feature = "pg13")]
+pub(crate) unsafe fn partition_cmd_concurrent(_cmd: *mut pg_sys::PartitionCmd) -> bool {
+    false
+}
+
 unsafe fn detaches_concurrently(stmt: *mut pg_sys::AlterTableStmt) -> bool {
     PgList::<pg_sys::AlterTableCmd>::from_pg((*stmt).cmds)
         .iter_ptr()
         .any(|cmd| {
             (*cmd).subtype == pg_sys::AlterTableType::AT_DetachPartition
                 && !(*cmd).def.is_null()
-                && (*(*cmd).def.cast::<pg_sys::PartitionCmd>()).concurrent
+                && partition_cmd_concurrent((*cmd).def.cast())
         })
-}
-
-#[cfg(feature = "pg13")]
-unsafe fn detaches_concurrently(_stmt: *mut pg_sys::AlterTableStmt) -> bool {
-    false
 }
 
 #[derive(Debug, Clone, Copy)]

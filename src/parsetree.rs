@@ -3,8 +3,8 @@
 //! The same translation serves the `ddl_command_start` trigger, the ProcessUtility hook and
 //! `migrate.lint`, so a statement is judged alike wherever it comes from.
 
-use crate::catalog;
 use crate::command::{Action, Command, ConstraintKind, DomainChange, LockMode, NewColumn, Rel};
+use crate::{catalog, parser};
 use pgrx::{is_a, pg_sys, PgList};
 use std::ffi::CStr;
 
@@ -222,7 +222,7 @@ unsafe fn action(
             let def = (*cmd).def.cast::<pg_sys::ColumnDef>();
             Action::AlterType {
                 column: name(),
-                type_name: catalog::type_display((*def).typeName),
+                type_name: catalog::column_type((*def).typeName).display,
                 rewrites: catalog::type_change_rewrites(
                     relid,
                     &name(),
@@ -291,27 +291,18 @@ unsafe fn action(
             let partcmd = (*cmd).def.cast::<pg_sys::PartitionCmd>();
             Action::DetachPartition {
                 partition: range_var_name((*partcmd).name),
-                concurrent: detach_concurrently(partcmd),
+                concurrent: parser::partition_cmd_concurrent(partcmd),
             }
         }
         _ => Action::Other,
     }
 }
 
-#[cfg(not(feature = "pg13"))]
-unsafe fn detach_concurrently(cmd: *mut pg_sys::PartitionCmd) -> bool {
-    (*cmd).concurrent
-}
-
-#[cfg(feature = "pg13")]
-unsafe fn detach_concurrently(_cmd: *mut pg_sys::PartitionCmd) -> bool {
-    false
-}
-
 unsafe fn new_column(def: *mut pg_sys::ColumnDef) -> NewColumn {
+    let column_type = catalog::column_type((*def).typeName);
     let mut column = NewColumn {
         name: quote((*def).colname),
-        type_name: catalog::type_display((*def).typeName),
+        type_name: column_type.display.clone(),
         serial: is_serial((*def).typeName),
         ..Default::default()
     };
@@ -328,11 +319,11 @@ unsafe fn new_column(def: *mut pg_sys::ColumnDef) -> NewColumn {
         }
     }
     if !column.serial {
-        column.constrained_domain = catalog::is_constrained_domain((*def).typeName);
+        column.constrained_domain = column_type.constrained_domain();
     }
     if !default.is_null() {
         column.default_sql = Some(expression_text(default));
-        column.volatile_default = catalog::default_is_volatile((*def).typeName, default);
+        column.volatile_default = column_type.default_is_volatile(default);
     }
     column
 }
@@ -383,7 +374,7 @@ unsafe fn drop(stmt: *mut pg_sys::DropStmt) -> Command {
                 .filter_map(|names| {
                     let index = catalog::oid_of(pg_sys::makeRangeVarFromNameList(names.cast()));
                     let table = catalog::relation(catalog::table_of_index(index))?;
-                    Some((catalog::relation(index)?.name, table))
+                    Some((catalog::relation_name(index)?, table))
                 })
                 .collect(),
             concurrent: (*stmt).concurrent,
@@ -483,10 +474,8 @@ unsafe fn alter_domain(stmt: *mut pg_sys::AlterDomainStmt) -> Command {
         b'O' => DomainChange::SetNotNull,
         _ => return Command::Other,
     };
-    let names = PgList::<pg_sys::Node>::from_pg((*stmt).typeName);
-    let domain: Vec<String> = names.iter_ptr().map(|n| quote_str(&str_val(n))).collect();
     Command::AlterDomain {
-        domain: domain.join("."),
+        domain: text(pg_sys::NameListToQuotedString((*stmt).typeName)),
         change,
         tables: catalog::tables_using_domain((*stmt).typeName)
             .into_iter()
@@ -509,17 +498,12 @@ unsafe fn vacuum(stmt: *mut pg_sys::VacuumStmt) -> Command {
 }
 
 unsafe fn vacuum_full(stmt: *mut pg_sys::VacuumStmt) -> bool {
-    (*stmt).is_vacuumcmd
-        && PgList::<pg_sys::DefElem>::from_pg((*stmt).options)
-            .iter_ptr()
-            .any(|opt| {
-                CStr::from_ptr((*opt).defname).to_bytes() == b"full" && pg_sys::defGetBoolean(opt)
-            })
+    (*stmt).is_vacuumcmd && parser::option_set((*stmt).options, b"full")
 }
 
 unsafe fn reindex(stmt: *mut pg_sys::ReindexStmt) -> Command {
     use pg_sys::ReindexObjectType::*;
-    let concurrent = reindex_concurrently(stmt);
+    let concurrent = parser::reindex_is_concurrent(stmt);
     match (*stmt).kind {
         REINDEX_OBJECT_INDEX => {
             let index = catalog::oid_of((*stmt).relation);
@@ -553,21 +537,6 @@ unsafe fn reindex(stmt: *mut pg_sys::ReindexStmt) -> Command {
     }
 }
 
-#[cfg(not(feature = "pg13"))]
-unsafe fn reindex_concurrently(stmt: *mut pg_sys::ReindexStmt) -> bool {
-    PgList::<pg_sys::DefElem>::from_pg((*stmt).params)
-        .iter_ptr()
-        .any(|opt| {
-            CStr::from_ptr((*opt).defname).to_bytes() == b"concurrently"
-                && pg_sys::defGetBoolean(opt)
-        })
-}
-
-#[cfg(feature = "pg13")]
-unsafe fn reindex_concurrently(stmt: *mut pg_sys::ReindexStmt) -> bool {
-    (*stmt).concurrent
-}
-
 unsafe fn creates_foreign_key(stmt: *mut pg_sys::CreateStmt) -> bool {
     let is_fk = |c: *mut pg_sys::Constraint| (*c).contype == pg_sys::ConstrType::CONSTR_FOREIGN;
     PgList::<pg_sys::Constraint>::from_pg((*stmt).constraints)
@@ -590,19 +559,18 @@ unsafe fn range_var_name(rv: *mut pg_sys::RangeVar) -> String {
     if rv.is_null() {
         return String::new();
     }
-    match opt_quote((*rv).schemaname) {
-        Some(schema) => format!("{schema}.{}", quote((*rv).relname)),
-        None => quote((*rv).relname),
-    }
+    text(pg_sys::quote_qualified_identifier(
+        (*rv).schemaname,
+        (*rv).relname,
+    ))
 }
 
 /// The source text of an expression is not kept in raw parse trees; `nodeToString` would be
 /// unreadable in a hint, so a default is shown by its function name where it has one.
 unsafe fn expression_text(expr: *mut pg_sys::Node) -> String {
     if is_a(expr, T::T_FuncCall) {
-        let names = PgList::<pg_sys::Node>::from_pg((*expr.cast::<pg_sys::FuncCall>()).funcname);
-        let name: Vec<String> = names.iter_ptr().map(|n| quote_str(&str_val(n))).collect();
-        return format!("{}(...)", name.join("."));
+        let names = (*expr.cast::<pg_sys::FuncCall>()).funcname;
+        return format!("{}(...)", text(pg_sys::NameListToQuotedString(names)));
     }
     "<default>".into()
 }

@@ -3,6 +3,7 @@
 //! tables' owner with `search_path` pinned.
 
 use crate::apply::Running;
+use crate::errors::OrBookkeeping;
 use crate::phases::{Phase, PhaseKind};
 use crate::security;
 use crate::subxact::Caught;
@@ -271,7 +272,7 @@ pub fn built_indexes(version: &str) -> Vec<String> {
 }
 
 fn write(sql: &str, args: &[DatumWithOid]) {
-    security::as_owner(|| Spi::run_with_args(sql, args)).expect("writing migrate.steps");
+    security::as_owner(|| Spi::run_with_args(sql, args)).or_bookkeeping("write migrate.steps");
 }
 
 fn read_row<T>(
@@ -285,7 +286,7 @@ fn read_row<T>(
             None => Ok(None),
         })
     })
-    .expect("reading migrate.steps")
+    .or_bookkeeping("read migrate.steps")
 }
 
 /// A failed or cancelled migration resumes from its failed (or first unfinished) phase.

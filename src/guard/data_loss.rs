@@ -4,7 +4,7 @@
 
 use super::rules::{Family, Rule};
 use super::Finding;
-use crate::command::{Action, Command, LockMode, RelKind};
+use crate::command::{Action, Command, RelKind};
 
 pub const DROP_TABLE: Rule = Rule {
     id: "drop-table",
@@ -52,13 +52,11 @@ pub fn judge(command: &Command, out: &mut Vec<Finding>) {
             for t in tables {
                 out.push(Finding {
                     rule: &DROP_TABLE,
-                    lock: Some(LockMode::AccessExclusive),
                     message: format!("DROP TABLE {} destroys its data", t.name),
                     detail: format!("{} and its rows would be gone at commit.", t.describe()),
                     hint: format!(
                         "Rename it instead: ALTER TABLE {} RENAME TO _deprecated_{}; and drop it \
-                         later from migrate.apply(..., rollback => ..., allow => \
-                         ARRAY['drop-table']).",
+                         later, once nothing uses it.",
                         t.name,
                         bare_name(&t.name)
                     ),
@@ -74,7 +72,6 @@ pub fn judge(command: &Command, out: &mut Vec<Finding>) {
                 {
                     out.push(Finding {
                         rule: &DROP_COLUMN,
-                        lock: Some(LockMode::AccessExclusive),
                         message: format!("dropping {}.{column} destroys its data", table.name),
                         detail: format!(
                             "Column {column} of {} and its values would be gone at commit.",
@@ -82,8 +79,7 @@ pub fn judge(command: &Command, out: &mut Vec<Finding>) {
                         ),
                         hint: format!(
                             "Rename it instead: ALTER TABLE {} RENAME COLUMN {column} TO \
-                             _deprecated_{column}; and drop it later from migrate.apply(..., \
-                             rollback => ..., allow => ARRAY['drop-column']).",
+                             _deprecated_{column}; and drop it later, once nothing uses it.",
                             table.name
                         ),
                         subject: Some(table.clone()),
@@ -98,7 +94,6 @@ pub fn judge(command: &Command, out: &mut Vec<Finding>) {
         } => out.push(Finding {
             rule: &DROP_SCHEMA,
             subject: None,
-            lock: Some(LockMode::AccessExclusive),
             message: format!("DROP SCHEMA {schema} CASCADE destroys the tables in it"),
             detail: format!("Schema {schema} holds tables; CASCADE drops them with their rows."),
             hint: "Drop or move its tables one by one through migrations with rollback \
@@ -109,7 +104,6 @@ pub fn judge(command: &Command, out: &mut Vec<Finding>) {
             for t in tables {
                 out.push(Finding {
                     rule: &TRUNCATE,
-                    lock: Some(LockMode::AccessExclusive),
                     message: format!("TRUNCATE {} deletes every row", t.name),
                     detail: format!(
                         "Every row of {} would be gone at commit{}.",
@@ -121,8 +115,7 @@ pub fn judge(command: &Command, out: &mut Vec<Finding>) {
                         }
                     ),
                     hint: format!(
-                        "Delete in batches (DELETE FROM {} WHERE ctid = ANY (...)), or truncate \
-                         from migrate.apply(..., rollback => ..., allow => ARRAY['truncate']).",
+                        "Delete in batches (DELETE FROM {} WHERE ctid = ANY (...)).",
                         t.name
                     ),
                     subject: Some(t.clone()),
@@ -144,7 +137,6 @@ pub fn dropped(tag: &str, kind: &str, identity: &str) -> Finding {
     Finding {
         rule,
         subject: None,
-        lock: Some(LockMode::AccessExclusive),
         message: format!("{tag} drops {what} {identity} with its data"),
         detail: format!(
             "The statement names no such {what}, but it reaches {identity} through dependencies \

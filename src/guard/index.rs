@@ -46,7 +46,6 @@ pub fn judge(command: &Command, out: &mut Vec<Finding>) {
         } if table.kind != RelKind::PartitionedTable => {
             out.push(Finding {
                 rule: &CREATE_INDEX,
-                lock: Some(LockMode::Share),
                 message: format!(
                     "CREATE INDEX on {} blocks writes while it builds",
                     table.name
@@ -70,7 +69,6 @@ pub fn judge(command: &Command, out: &mut Vec<Finding>) {
             for (index, table) in indexes {
                 out.push(Finding {
                     rule: &DROP_INDEX,
-                    lock: Some(LockMode::AccessExclusive),
                     message: format!(
                         "DROP INDEX {index} locks {} against all queries",
                         table.name
@@ -87,7 +85,6 @@ pub fn judge(command: &Command, out: &mut Vec<Finding>) {
             concurrent: false,
         } => out.push(Finding {
             rule: &REINDEX,
-            lock: Some(LockMode::Share),
             message: format!("REINDEX {target} blocks writes while it rebuilds"),
             detail: match table {
                 Some(t) => hazard(t, LockMode::Share, "It rebuilds the indexes of"),

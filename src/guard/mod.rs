@@ -27,8 +27,6 @@ pub struct Finding {
     /// The relation whose size and age decide exemptions; `None` for whole-database forms,
     /// which are never exempt.
     pub subject: Option<Rel>,
-    /// The lock the hazard holds, for the DETAIL.
-    pub lock: Option<LockMode>,
     /// "CREATE INDEX on public.orders blocks writes while it builds"
     pub message: String,
     /// What would happen: lock, rewrite or scan, table, rows.
@@ -85,7 +83,6 @@ fn exempt(finding: &Finding, small: SmallTable) -> bool {
 pub fn unforeseen_rewrite(table: Rel, reason: &str, small: SmallTable) -> Option<Finding> {
     let finding = Finding {
         rule: &rewrite::TABLE_REWRITE,
-        lock: Some(LockMode::AccessExclusive),
         message: format!("{reason} rewrites {}", table.name),
         detail: format!(
             "PostgreSQL is about to rewrite {} under an ACCESS EXCLUSIVE lock: {} until \
@@ -93,9 +90,7 @@ pub fn unforeseen_rewrite(table: Rel, reason: &str, small: SmallTable) -> Option
             table.describe(),
             LockMode::AccessExclusive.blocks()
         ),
-        hint: "Reach the same schema by expand/contract: add what is new beside the old, \
-               fill it in batches, switch over, and drop the old later."
-            .into(),
+        hint: rewrite::TABLE_REWRITE.safe.into(),
         subject: Some(table),
     };
     (!exempt(&finding, small)).then_some(finding)
@@ -113,7 +108,14 @@ pub(crate) fn hazard(rel: &Rel, lock: LockMode, doing: &str) -> String {
 
 #[cfg(test)]
 pub(crate) mod test_support {
+    use super::SmallTable;
     use crate::command::{Rel, RelKind};
+
+    /// The default small-table limits.
+    pub const SMALL: SmallTable = SmallTable {
+        max_rows: 10_000.0,
+        max_bytes: 10 << 20,
+    };
 
     pub fn table(name: &str, rows: f64) -> Rel {
         Rel {
@@ -134,11 +136,6 @@ mod unit {
     use super::test_support::*;
     use super::*;
     use crate::command::{Action, NewColumn};
-
-    const SMALL: SmallTable = SmallTable {
-        max_rows: 10_000.0,
-        max_bytes: 10 << 20,
-    };
 
     fn add_serial(table: Rel) -> Command {
         Command::AlterTable {

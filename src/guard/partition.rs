@@ -38,7 +38,6 @@ pub fn judge(command: &Command, out: &mut Vec<Finding>) {
             out.push(Finding {
                 rule: &INDEX_ON_PARENT,
                 subject: Some(table.clone()),
-                lock: Some(LockMode::Share),
                 message: format!(
                     "CREATE INDEX on partitioned {} blocks writes to every partition",
                     table.name
@@ -67,7 +66,6 @@ pub fn judge(command: &Command, out: &mut Vec<Finding>) {
                     out.push(Finding {
                         rule: &DETACH,
                         subject: Some(table.clone()),
-                        lock: Some(LockMode::AccessExclusive),
                         message: format!("detaching {partition} locks all of {}", table.name),
                         detail: hazard(
                             table,

@@ -173,13 +173,8 @@ fn data_loss_needs_rollback(finding: &Finding) -> Problem {
 mod unit {
     use super::*;
     use crate::command::Command;
+    use crate::guard::findings;
     use crate::guard::test_support::*;
-    use crate::guard::{findings, SmallTable};
-
-    const SMALL: SmallTable = SmallTable {
-        max_rows: 10_000.0,
-        max_bytes: 10 << 20,
-    };
 
     fn ctx(mode: GuardMode) -> Context {
         Context {

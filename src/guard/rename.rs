@@ -3,7 +3,7 @@
 
 use super::rules::{Family, Rule};
 use super::Finding;
-use crate::command::{Command, LockMode};
+use crate::command::Command;
 
 pub const DEPRECATED_PREFIX: &str = "_deprecated_";
 
@@ -39,7 +39,6 @@ pub const SET_SCHEMA: Rule = Rule {
 pub const RULES: [&Rule; 3] = [&RENAME_COLUMN, &RENAME_TABLE, &SET_SCHEMA];
 
 pub fn judge(command: &Command, out: &mut Vec<Finding>) {
-    let lock = Some(LockMode::AccessExclusive);
     match command {
         Command::RenameColumn {
             rel,
@@ -48,7 +47,6 @@ pub fn judge(command: &Command, out: &mut Vec<Finding>) {
         } if !deprecating(new_name) => out.push(Finding {
             rule: &RENAME_COLUMN,
             subject: Some(rel.clone()),
-            lock,
             message: format!(
                 "renaming {}.{column} to {new_name} breaks running queries",
                 rel.name
@@ -68,7 +66,6 @@ pub fn judge(command: &Command, out: &mut Vec<Finding>) {
         Command::RenameRelation { rel, new_name } if !deprecating(new_name) => out.push(Finding {
             rule: &RENAME_TABLE,
             subject: Some(rel.clone()),
-            lock,
             message: format!("renaming {} to {new_name} breaks running queries", rel.name),
             detail: format!(
                 "Queries of the application version still running name {} and fail once it is \
@@ -84,7 +81,6 @@ pub fn judge(command: &Command, out: &mut Vec<Finding>) {
         Command::SetSchema { rel, schema } => out.push(Finding {
             rule: &SET_SCHEMA,
             subject: Some(rel.clone()),
-            lock,
             message: format!(
                 "moving {} to schema {schema} breaks running queries",
                 rel.name

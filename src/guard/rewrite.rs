@@ -154,7 +154,6 @@ pub fn judge(command: &Command, out: &mut Vec<Finding>) {
         Command::MoveAllTablespace { from, to } => out.push(Finding {
             rule: &SET_TABLESPACE,
             subject: None,
-            lock: Some(AEL),
             message: format!("moving everything in tablespace {from} to {to} copies every file"),
             detail: format!(
                 "Each relation in {from} is copied to {to} in turn under an ACCESS EXCLUSIVE \
@@ -172,7 +171,6 @@ pub fn judge(command: &Command, out: &mut Vec<Finding>) {
         Command::VacuumFull { tables } if tables.is_empty() => out.push(Finding {
             rule: &VACUUM_FULL,
             subject: None,
-            lock: Some(AEL),
             message: "VACUUM FULL rewrites every table in the database".into(),
             detail: "Each table is rewritten in turn under an ACCESS EXCLUSIVE lock: every \
                      query on it waits until its copy is done."
@@ -202,7 +200,6 @@ pub fn judge(command: &Command, out: &mut Vec<Finding>) {
         Command::Cluster { table: None } => out.push(Finding {
             rule: &CLUSTER,
             subject: None,
-            lock: Some(AEL),
             message: "CLUSTER rewrites every previously clustered table".into(),
             detail: "Each table is rewritten in index order under an ACCESS EXCLUSIVE lock.".into(),
             hint: "Reorder tables with pg_repack --order-by instead.".into(),
@@ -229,7 +226,6 @@ fn judge_action(table: &Rel, action: &Action) -> Option<Finding> {
             rewrites: Some(true),
         } => Some(Finding {
             rule: &TYPE_CHANGE,
-            lock: Some(AEL),
             message: format!(
                 "changing {}.{column} to {type_name} rewrites the table",
                 table.name
@@ -334,7 +330,6 @@ fn add_column(table: &Rel, c: &NewColumn) -> Option<Finding> {
         };
     Some(Finding {
         rule,
-        lock: Some(AEL),
         message: format!("adding column {} with {why} rewrites {t}", c.name),
         detail: hazard(
             table,
@@ -349,7 +344,6 @@ fn add_column(table: &Rel, c: &NewColumn) -> Option<Finding> {
 fn rewrites(rule: &'static Rule, rel: &Rel, what: &str, hint: String) -> Finding {
     Finding {
         rule,
-        lock: Some(AEL),
         message: format!("{what} rewrites {}", rel.name),
         detail: hazard(rel, AEL, &format!("{what} rewrites")),
         hint,

@@ -124,7 +124,6 @@ fn domain_check(domain: &str, change: DomainChange, table: &Rel) -> Finding {
     Finding {
         rule,
         subject: Some(table.clone()),
-        lock: Some(LockMode::Share),
         message: format!("{what} domain {domain} scans {}", table.name),
         detail: hazard(
             table,
@@ -137,10 +136,9 @@ fn domain_check(domain: &str, change: DomainChange, table: &Rel) -> Finding {
 
 fn judge_action(table: &Rel, action: &Action, out: &mut Vec<Finding>) {
     let t = &table.name;
-    let finding = |rule, lock, message: String, detail: String, hint: String| Finding {
+    let finding = |rule, message: String, detail: String, hint: String| Finding {
         rule,
         subject: Some(table.clone()),
-        lock: Some(lock),
         message,
         detail,
         hint,
@@ -151,7 +149,6 @@ fn judge_action(table: &Rel, action: &Action, out: &mut Vec<Finding>) {
             proven: false,
         } => out.push(finding(
             &SET_NOT_NULL,
-            AEL,
             format!("SET NOT NULL on {t}.{column} scans the table"),
             hazard(
                 table,
@@ -187,7 +184,6 @@ fn judge_action(table: &Rel, action: &Action, out: &mut Vec<Finding>) {
             let c = name.clone().unwrap_or_else(|| "the_constraint".into());
             out.push(finding(
                 &VALIDATING_CONSTRAINT,
-                lock,
                 format!(
                     "adding a {} constraint to {t} validates every row under lock",
                     kind.sql()
@@ -213,7 +209,6 @@ fn judge_action(table: &Rel, action: &Action, out: &mut Vec<Finding>) {
             let c = name.clone().unwrap_or_else(|| "the_index".into());
             out.push(finding(
                 &UNIQUE_WITHOUT_INDEX,
-                AEL,
                 format!(
                     "adding a {} constraint to {t} builds its index under lock",
                     kind.sql()
@@ -236,7 +231,6 @@ fn judge_action(table: &Rel, action: &Action, out: &mut Vec<Finding>) {
             let kinds: Vec<&str> = column.inline_constraints.iter().map(|k| k.sql()).collect();
             out.push(finding(
                 &INLINE_CONSTRAINT,
-                AEL,
                 format!(
                     "adding column {} with an inline {} validates {t} under lock",
                     column.name,
@@ -257,7 +251,6 @@ fn judge_action(table: &Rel, action: &Action, out: &mut Vec<Finding>) {
         }
         Action::ValidateConstraint { name } if table.write_locked_by_us => out.push(finding(
             &VALIDATE_LOCKED,
-            AEL,
             format!("validating {name} on {t} in a transaction that already locks it"),
             format!(
                 "This transaction already holds a lock on {} that blocks writes; the \
@@ -278,7 +271,6 @@ fn judge_action(table: &Rel, action: &Action, out: &mut Vec<Finding>) {
                 out.push(Finding {
                     rule: &ATTACH_SCAN,
                     subject: Some(partition.clone()),
-                    lock: Some(AEL),
                     message: format!("attaching {} to {t} scans it", partition.name),
                     detail: hazard(
                         partition,
@@ -299,7 +291,6 @@ fn judge_action(table: &Rel, action: &Action, out: &mut Vec<Finding>) {
                 out.push(Finding {
                     rule: &ATTACH_SCAN,
                     subject: Some(default.clone()),
-                    lock: Some(AEL),
                     message: format!(
                         "attaching {} to {t} scans the default partition {}",
                         partition.name, default.name

@@ -20,14 +20,20 @@ thread_local! {
     static DATA_LOSS_JUDGED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// The session's guard context, or `None` when the guard does not judge at all: turned off,
-/// or running an extension's install or update script.
-pub fn context() -> Option<Context> {
-    let mode = gucs::GUARD.get();
+/// Whether the guard judges at all: not turned off, and not inside an extension's install or
+/// update script. Cheap, checked before any statement is looked at.
+pub fn active() -> bool {
     // SAFETY: reads a backend-global flag.
-    if mode == GuardMode::Off || unsafe { pg_sys::creating_extension } {
+    gucs::GUARD.get() != GuardMode::Off && !unsafe { pg_sys::creating_extension }
+}
+
+/// The session's guard context (who may override what), or `None` when the guard is not
+/// active. Built only once a statement has findings to decide on.
+pub fn context() -> Option<Context> {
+    if !active() {
         return None;
     }
+    let mode = gucs::GUARD.get();
     let (mut allow, stale_allow) = match gucs::allowed_rules() {
         Ok(ids) => (ids, vec![]),
         Err(stale) => (vec![], stale),
@@ -50,37 +56,53 @@ pub fn context() -> Option<Context> {
     })
 }
 
-/// Judges one statement: its timeouts, then its findings. `tag` names it in messages.
+/// Judges one statement, when the guard is active: its timeouts, then its findings. `tag`
+/// names it in messages.
 ///
 /// # Safety
 /// `node` must be the raw parse tree of the statement about to run.
-pub unsafe fn judge_statement(node: *mut pg_sys::Node, tag: &str, ctx: &Context) {
+pub unsafe fn judge_statement(node: *mut pg_sys::Node, tag: &str) {
     REWRITE_JUDGED.set(false);
     DATA_LOSS_JUDGED.set(false);
     if apply::running().is_none() {
         // migrate.apply sets both timeouts for each statement itself.
         lock_timeout::enforce(parsetree::lock_needed(node), tag);
     }
-    let command = match subxact::run(|| parsetree::command(node)) {
-        Ok(command) => command,
+    let Some(command) = read_command(node, tag) else {
+        return;
+    };
+    let found = findings(&command, SmallTable::from_settings());
+    if found.is_empty() {
+        return;
+    }
+    if let Some(ctx) = context() {
+        carry_out(policy::decide(found, &ctx), tag);
+    }
+}
+
+/// What a statement does, for the rules: read in a subtransaction, because a guard that
+/// cannot read a statement must not stop it (PostgreSQL will). It says so in a WARNING.
+///
+/// # Safety
+/// `node` must be a raw statement parse tree.
+pub unsafe fn read_command(node: *mut pg_sys::Node, tag: &str) -> Option<Command> {
+    match subxact::run(|| parsetree::command(node)) {
+        Ok(command) => Some(command),
         Err(caught) => {
-            // A guard that cannot read a statement must not stop it: PostgreSQL will.
             crate::errors::Problem::new(
                 PgSqlErrorCode::ERRCODE_WARNING,
                 format!("the guard could not judge this {tag}: {}", caught.message),
-                "Its catalog lookups failed; the statement runs unjudged.",
-                "Check the statement with migrate.lint; report it if the lint fails too.",
+                "Its catalog lookups failed; the statement is not judged.",
+                "Check the names it uses; PostgreSQL reports what is wrong when it runs.",
             )
             .report(PgLogLevel::WARNING);
-            return;
+            None
         }
-    };
-    let found = findings(&command, SmallTable::from_settings());
-    carry_out(policy::decide(found, ctx), tag, &command);
+    }
 }
 
 /// Raises the refusal, or reports warnings and records what was let through.
-pub fn carry_out(decision: Decision, tag: &str, _command: &Command) {
+pub fn carry_out(decision: Decision, tag: &str) {
     let Decision {
         refusal,
         warnings,
@@ -115,9 +137,9 @@ pub fn carry_out(decision: Decision, tag: &str, _command: &Command) {
 ")]
 fn guard_ddl(fcinfo: pg_sys::FunctionCallInfo) {
     let event = event_trigger::event(fcinfo);
-    if let Some(ctx) = context() {
+    if active() {
         // SAFETY: at ddl_command_start the parse tree is the statement about to run.
-        unsafe { judge_statement(event.parsetree, &event.tag, &ctx) };
+        unsafe { judge_statement(event.parsetree, &event.tag) };
     }
 }
 
@@ -127,10 +149,10 @@ fn guard_ddl(fcinfo: pg_sys::FunctionCallInfo) {
 ")]
 fn guard_rewrite(fcinfo: pg_sys::FunctionCallInfo) {
     let event = event_trigger::event(fcinfo);
-    let Some(ctx) = context() else { return };
     if REWRITE_JUDGED.get() {
         return;
     }
+    let Some(ctx) = context() else { return };
     let (oid, reason) = security::pinned(|| {
         Spi::get_two::<pg_sys::Oid, i32>(
             "SELECT pg_catalog.pg_event_trigger_table_rewrite_oid(), \
@@ -158,7 +180,7 @@ fn guard_rewrite(fcinfo: pg_sys::FunctionCallInfo) {
     let found: Vec<Finding> = unforeseen_rewrite(table, &what, SmallTable::from_settings())
         .into_iter()
         .collect();
-    carry_out(policy::decide(found, &ctx), &event.tag, &Command::Other);
+    carry_out(policy::decide(found, &ctx), &event.tag);
 }
 
 /// The AT_REWRITE_* bits of tablecmds.h.
@@ -190,11 +212,11 @@ fn rewrite_reason(bits: i32) -> String {
 ")]
 fn guard_drop(fcinfo: pg_sys::FunctionCallInfo) {
     let event = event_trigger::event(fcinfo);
-    let Some(ctx) = context() else { return };
     // An extension's own tables go with it; that is the extension's decision.
     if DATA_LOSS_JUDGED.get() || event.tag == "DROP EXTENSION" {
         return;
     }
+    let Some(ctx) = context() else { return };
     let dropped = security::as_owner(|| {
         Spi::connect(|client| {
             client
@@ -218,5 +240,5 @@ fn guard_drop(fcinfo: pg_sys::FunctionCallInfo) {
         .into_iter()
         .map(|(kind, identity)| data_loss::dropped(&event.tag, &kind, &identity))
         .collect();
-    carry_out(policy::decide(found, &ctx), &event.tag, &Command::Other);
+    carry_out(policy::decide(found, &ctx), &event.tag);
 }

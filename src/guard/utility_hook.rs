@@ -4,7 +4,7 @@
 
 use super::trigger;
 use pgrx::{is_a, pg_sys};
-use std::ffi::{c_char, CStr};
+use std::ffi::c_char;
 
 static mut PREVIOUS: pg_sys::ProcessUtility_hook_type = None;
 
@@ -18,26 +18,18 @@ pub fn install() {
 }
 
 /// The statements this hook judges; everything else is the event triggers' business.
-unsafe fn unseen_by_event_triggers(node: *mut pg_sys::Node) -> Option<&'static str> {
+unsafe fn unseen_by_event_triggers(node: *mut pg_sys::Node) -> bool {
     use pg_sys::NodeTag as T;
-    if is_a(node, T::T_TruncateStmt) {
-        Some("TRUNCATE")
-    } else if is_a(node, T::T_VacuumStmt) {
-        Some("VACUUM")
-    } else if is_a(node, T::T_ClusterStmt) {
-        Some("CLUSTER")
-    } else if cfg!(any(
-        feature = "pg13",
-        feature = "pg14",
-        feature = "pg15",
-        feature = "pg16"
-    )) && is_a(node, T::T_ReindexStmt)
-    {
+    is_a(node, T::T_TruncateStmt)
+        || is_a(node, T::T_VacuumStmt)
+        || is_a(node, T::T_ClusterStmt)
         // PostgreSQL 17 fires ddl_command_start for REINDEX itself.
-        Some("REINDEX")
-    } else {
-        None
-    }
+        || (cfg!(any(
+            feature = "pg13",
+            feature = "pg14",
+            feature = "pg15",
+            feature = "pg16"
+        )) && is_a(node, T::T_ReindexStmt))
 }
 
 // The hook is a plain frame with nothing to drop, calling the next hook through raw
@@ -106,23 +98,16 @@ unsafe extern "C-unwind" fn judge(node: *mut pg_sys::Node) {
     if node.is_null() || !pg_sys::IsTransactionState() {
         return;
     }
-    let Some(tag) = unseen_by_event_triggers(node) else {
+    if !unseen_by_event_triggers(node) {
         return;
-    };
+    }
     // Event triggers are skipped the same way: in replica mode (superuser-only) and while an
     // extension script runs.
     if pg_sys::SessionReplicationRole == pg_sys::SESSION_REPLICATION_ROLE_REPLICA as i32 {
         return;
     }
     // The hook is process-wide; the guard belongs to databases with pg_migrate.
-    if !crate::catalog::extension_installed() {
-        return;
-    }
-    if let Some(ctx) = trigger::context() {
-        let tag = CStr::from_ptr(pg_sys::GetCommandTagName(pg_sys::CreateCommandTag(node)))
-            .to_str()
-            .unwrap_or(tag)
-            .to_string();
-        trigger::judge_statement(node, &tag, &ctx);
+    if trigger::active() && crate::catalog::extension_installed() {
+        trigger::judge_statement(node, &crate::parser::command_tag(node));
     }
 }
