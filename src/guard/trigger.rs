@@ -235,7 +235,17 @@ fn guard_drop(fcinfo: pg_sys::FunctionCallInfo) {
                 .collect::<Result<Vec<(String, String)>, pgrx::spi::Error>>()
         })
     })
-    .unwrap_or_default();
+    .unwrap_or_else(|e| {
+        // The backstop cannot see what was dropped: say so, rather than pass in silence.
+        crate::errors::Problem::new(
+            PgSqlErrorCode::ERRCODE_WARNING,
+            format!("the data-loss backstop could not read what {} dropped: {e}", event.tag),
+            "pg_event_trigger_dropped_objects() could not be read; the drop is not judged.",
+            "Check the drop in migrate.ddl_log; report this as a pg_migrate bug.",
+        )
+        .report(PgLogLevel::WARNING);
+        vec![]
+    });
     let found: Vec<Finding> = dropped
         .into_iter()
         .map(|(kind, identity)| data_loss::dropped(&event.tag, &kind, &identity))
