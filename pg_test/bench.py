@@ -18,6 +18,11 @@ asserts a timing; the tests assert correctness bounds, this measures.
   writer-wait      pgbench writers insert and update a table of 1.2M rows while an index is
                    built on it: their longest transaction during CREATE INDEX CONCURRENTLY run
                    by the worker, vs during a plain CREATE INDEX of the same index.
+  dry-run          a 20-statement migration on populated tables: migrate.dry_run vs the real
+                   migrate.apply (in a transaction rolled back afterwards), alternating, in two
+                   identical databases.
+  fingerprint      migrate.fingerprint() and migrate.describe() on a schema of 500 tables
+                   (with their keys, indexes, constraints and defaults).
 """
 
 from __future__ import annotations
@@ -276,6 +281,91 @@ def writer_wait(cluster: Cluster, rows: int, clients: int) -> None:
     cluster.drop_database(db)
 
 
+DRY_RUN_SETUP = """
+    CREATE TABLE customers (id bigint PRIMARY KEY, name text NOT NULL, email text);
+    INSERT INTO customers SELECT g, 'c' || g, NULL FROM generate_series(1, 100000) g;
+    CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint REFERENCES customers, total int);
+    INSERT INTO orders SELECT g, g % 100000 + 1, g FROM generate_series(1, 200000) g;
+    CREATE INDEX orders_customer ON orders (customer_id);
+    ANALYZE;
+"""
+
+# Twenty statements of an expand step: catalog-only changes on the populated tables, new
+# tables with their indexes and keys, a view, and a small data fix.
+DRY_RUN_MIGRATION = """
+    ALTER TABLE customers ADD COLUMN tier text;
+    ALTER TABLE customers ADD COLUMN created_at timestamptz DEFAULT '2026-01-01';
+    ALTER TABLE orders ADD COLUMN coupon text;
+    ALTER TABLE orders ADD COLUMN shipped boolean DEFAULT false;
+    CREATE TABLE coupons (code text PRIMARY KEY, percent int NOT NULL);
+    ALTER TABLE coupons ADD CONSTRAINT percent_range CHECK (percent BETWEEN 1 AND 100);
+    CREATE TABLE addresses (id bigint PRIMARY KEY, customer_id bigint NOT NULL, line text);
+    CREATE INDEX addresses_customer ON addresses (customer_id);
+    ALTER TABLE addresses ADD CONSTRAINT addresses_customer_fk FOREIGN KEY (customer_id) REFERENCES customers NOT VALID;
+    ALTER TABLE orders ADD CONSTRAINT orders_coupon_fk FOREIGN KEY (coupon) REFERENCES coupons NOT VALID;
+    ALTER TABLE orders ADD CONSTRAINT orders_total_positive CHECK (total >= 0) NOT VALID;
+    CREATE TABLE order_events (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, order_id bigint, kind text);
+    CREATE INDEX order_events_order ON order_events (order_id);
+    CREATE VIEW big_orders AS SELECT id, total FROM orders WHERE total > 1000;
+    CREATE FUNCTION order_total(o orders) RETURNS int LANGUAGE sql STABLE AS 'SELECT o.total';
+    COMMENT ON COLUMN customers.tier IS 'loyalty tier';
+    INSERT INTO coupons VALUES ('WELCOME', 10), ('VIP', 25);
+    UPDATE customers SET tier = 'gold' WHERE id <= 100;
+    ALTER TABLE customers ALTER COLUMN tier SET DEFAULT 'basic';
+    CREATE TYPE order_state AS ENUM ('new', 'paid', 'shipped');
+"""
+
+
+def dry_run(cluster: Cluster, runs: int) -> None:
+    a = cluster.create_database("bench_dry")
+    b = cluster.create_database("bench_real")
+    dry, real = [], []
+    with cluster.connect(a) as ca, cluster.connect(b, autocommit=False) as cb:
+        ca.execute(DRY_RUN_SETUP)
+        cb.execute(DRY_RUN_SETUP)
+        cb.commit()
+        for _ in range(runs):
+            t = time.perf_counter()
+            rows = ca.execute("SELECT executed FROM migrate.dry_run(%s)", (DRY_RUN_MIGRATION,)).fetchall()
+            dry.append(time.perf_counter() - t)
+            assert len(rows) == 20 and all(r[0] for r in rows)
+            t = time.perf_counter()
+            cb.execute("SELECT migrate.apply('1', %s)", (DRY_RUN_MIGRATION,))
+            real.append(time.perf_counter() - t)
+            cb.rollback()
+        safe = ca.execute("SELECT migrate.assert_safe(%s)", (DRY_RUN_MIGRATION,)).fetchone()[0]
+    print(f"dry-run: a 20-statement migration on 100k + 200k-row tables, median of {runs}")
+    print(f"  migrate.dry_run:          median {statistics.median(dry) * 1000:.1f} ms (min {min(dry) * 1000:.1f})")
+    print(f"  migrate.apply (real run): median {statistics.median(real) * 1000:.1f} ms (min {min(real) * 1000:.1f}),"
+          " with its history row and schema fingerprint")
+    print(f"  ratio dry/real:           {statistics.median(dry) / statistics.median(real):.2f}x;  assert_safe: {safe}")
+    cluster.drop_database(a)
+    cluster.drop_database(b)
+
+
+def fingerprint(cluster: Cluster, tables: int, runs: int) -> None:
+    db = cluster.create_database("bench_fingerprint")
+    with cluster.connect(db) as c:
+        c.execute("SET migrate.guard = off")
+        for i in range(1, tables + 1):
+            c.execute(f"""CREATE TABLE fp_{i} (id bigint PRIMARY KEY, parent bigint REFERENCES fp_{max(i - 1, 1)},
+                          name text NOT NULL DEFAULT '', amount numeric(12,2) CHECK (amount >= 0),
+                          created timestamptz DEFAULT now());
+                          CREATE INDEX ON fp_{i} (created)""")
+        objects = c.execute("""SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace),
+                                      (SELECT count(*) FROM pg_constraint WHERE connamespace = 'public'::regnamespace)""").fetchone()
+        size = c.execute("SELECT length(migrate.describe()::text)").fetchone()[0]
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            c.execute("SELECT migrate.fingerprint()").fetchone()
+            times.append(time.perf_counter() - t)
+    print(f"fingerprint: {tables} tables ({objects[0]} relations, {objects[1]} constraints), description {size / 1024:.0f} kB")
+    print(f"  migrate.fingerprint(): median {statistics.median(times) * 1000:.1f} ms (min {min(times) * 1000:.1f}) over {runs} runs,"
+          f" {statistics.median(times) * 1e6 / tables:.0f} us per table")
+    cluster.drop_database(db)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--migrations", type=int, default=500)
@@ -285,7 +375,10 @@ def main() -> None:
     p.add_argument("--submissions", type=int, default=20, help="phased migrations per worker-latency case")
     p.add_argument("--rows", type=int, default=1_200_000, help="rows in the writer-wait table")
     p.add_argument("--writers", type=int, default=4, help="pgbench clients in writer-wait")
-    p.add_argument("--only", choices=["apply-overhead", "lock-queue", "guard", "worker-latency", "writer-wait"])
+    p.add_argument("--dry-runs", type=int, default=10, help="repetitions in dry-run")
+    p.add_argument("--tables", type=int, default=500, help="tables in fingerprint")
+    p.add_argument("--only", choices=["apply-overhead", "lock-queue", "guard", "worker-latency", "writer-wait",
+                                      "dry-run", "fingerprint"])
     args = p.parse_args()
     # Commit timestamps: the worker-latency figure starts at the submitting commit.
     cluster = Cluster("/tmp/pg_migrate_bench").start("track_commit_timestamp=on")
@@ -304,6 +397,10 @@ def main() -> None:
             worker_latency(cluster, args.submissions)
         if args.only in (None, "writer-wait"):
             writer_wait(cluster, args.rows, args.writers)
+        if args.only in (None, "dry-run"):
+            dry_run(cluster, args.dry_runs)
+        if args.only in (None, "fingerprint"):
+            fingerprint(cluster, args.tables, 10)
     finally:
         cluster.stop()
 

@@ -4,6 +4,11 @@ CREATE VIEW migrate.status AS
 SELECT version,
        description,
        status,
+       -- A migration is complete only once migrate.verify has passed.
+       CASE WHEN status <> 'applied' THEN status
+            WHEN verification = 'passed' THEN 'complete'
+            WHEN verification = 'failed' THEN 'applied, verification failed'
+            ELSE 'applied, unverified' END AS state,
        finished_at AS applied_at,
        applied_by,
        duration,
@@ -11,7 +16,9 @@ SELECT version,
        phases,
        retries,
        lock_wait,
-       left(checksum, 12) AS checksum
+       left(checksum, 12) AS checksum,
+       left(fingerprint, 12) AS fingerprint,
+       verified_at
 FROM migrate.history
 ORDER BY version_key;
 
@@ -33,9 +40,11 @@ GRANT SELECT (version, version_key, description, status, checksum, checksum_raw,
               checksum_algorithm, rollback_checksum, statements, applied_by, applied_role,
               application_name, client_addr, xid, started_at, finished_at, duration, lock_wait,
               retries, extension_version, allowed_rules, phases, settings,
-              cancel_requested)
+              cancel_requested, fingerprint, schema, changes, schema_before, verification,
+              verified_at)
     ON migrate.history TO PUBLIC;
 GRANT SELECT ON migrate.history TO migrate_admin;
+-- So may error texts, and the report of migrate.verify (a failing query's first row).
 -- Error texts too may quote data (a duplicate key's value): admins only.
 GRANT SELECT (version, phase, kind, first_statement, last_statement, first_line, state,
               attempts, started_at, finished_at, duration, worker_pid, target_table,
@@ -52,14 +61,24 @@ GRANT EXECUTE ON FUNCTION
     migrate.current_version(),
     migrate.validate(text, text),
     migrate.rule_catalog(),
-    migrate.lint(text, text[])
+    migrate.lint(text, text[]),
+    migrate.describe(text[]),
+    migrate.fingerprint(text[]),
+    migrate.fingerprint_of(jsonb),
+    migrate.diff(jsonb, jsonb),
+    migrate.changes(jsonb, jsonb),
+    migrate.dry_run(text, text[], text),
+    migrate.assert_safe(text, text[], text)
 TO PUBLIC;
+-- Drift reads the DDL log, which only admins read.
+GRANT EXECUTE ON FUNCTION migrate.drift() TO migrate_admin;
 GRANT EXECUTE ON PROCEDURE migrate.wait(text, interval) TO PUBLIC;
 -- apply and baseline are callable by everyone on purpose: they refuse non-members of
 -- migrate_admin themselves, with an error that says how to get the right, where PostgreSQL's
 -- own "permission denied" would not.
 GRANT EXECUTE ON FUNCTION
-    migrate.apply(text, text, text, text, text[]),
+    migrate.apply(text, text, text, text, text[], text),
+    migrate.verify(text),
     migrate.baseline(text, text),
     migrate.retry(text),
     migrate.cancel(text)

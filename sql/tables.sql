@@ -39,6 +39,20 @@ CREATE TABLE migrate.history (
     -- retries and backoff) when applying: the background worker runs the phases under them.
     settings           jsonb NOT NULL DEFAULT '{}',
     cancel_requested   boolean NOT NULL DEFAULT false,
+    -- The schema after the migration (migrate.describe()), its fingerprint, and what the
+    -- migration changed in it (migrate.diff of the schema before and after). For a migration
+    -- the worker has not finished, schema_before holds the schema it started from.
+    fingerprint        text,
+    schema             jsonb,
+    changes            jsonb,
+    schema_before      jsonb,
+    -- Queries that must return no rows for the migration to count as complete
+    -- (apply(..., verify => ...)), and the last migrate.verify's verdict and report.
+    verify_script      text,
+    verification       text CHECK (verification IN ('passed', 'failed')),
+    verified_at        timestamptz,
+    verification_report jsonb,
+    CHECK ((verification IS NULL) = (verified_at IS NULL)),
     CHECK ((status IN ('applied', 'baseline')) = (finished_at IS NOT NULL)),
     CHECK (status = 'baseline'
            OR (script IS NOT NULL AND checksum IS NOT NULL AND checksum_algorithm IS NOT NULL)),

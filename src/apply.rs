@@ -25,6 +25,7 @@ fn apply(
     description: default!(Option<&str>, "NULL"),
     rollback: default!(Option<&str>, "NULL"),
     allow: default!(Option<Vec<Option<String>>>, "NULL"),
+    verify: default!(Option<&str>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -47,6 +48,9 @@ fn apply(
     let statements: Vec<Statement> = trees.iter().map(|(s, _)| s.clone()).collect();
     if let Some(rollback) = rollback {
         parse_for_apply(&format!("the rollback script of {what}"), rollback).or_raise();
+    }
+    if let Some(verify) = verify {
+        crate::verify::parse_queries(&format!("the verify queries of {what}"), verify).or_raise();
     }
     let checksums = Checksums::of(script);
 
@@ -117,10 +121,12 @@ fn apply(
                     rollback,
                     &statements,
                     &allow,
+                    verify,
                     behind.as_ref(),
                 ));
             }
             let started_at = history::clock_now();
+            let schema_before = history::schema_before_migration();
             let outcome = {
                 let _applying = Applying::enter(running);
                 runner::run(&what, script, &statements, Policy::from_settings())
@@ -138,6 +144,8 @@ fn apply(
                 retries: outcome.retries as i32,
                 allowed_rules: &allow,
                 phases: 1,
+                verify,
+                schema_before,
             });
             (
                 "applied".to_string(),
@@ -165,6 +173,7 @@ fn submit(
     rollback: Option<&str>,
     statements: &[Statement],
     allow: &[String],
+    verify: Option<&str>,
     behind: Option<&Recorded>,
 ) -> ApplyRow {
     if !shared::available() {
@@ -193,6 +202,8 @@ fn submit(
         retries: 0,
         allowed_rules: allow,
         phases: plan.len() as i32,
+        verify,
+        schema_before: history::schema_before_migration(),
     });
     steps::insert(version.as_str(), script, &plan);
     shared::wake_at_commit();
@@ -345,7 +356,7 @@ fn refuse_unsafe_statements(
 }
 
 /// Parses `script` and refuses what cannot run as one transactional migration.
-fn parse_for_apply(
+pub(crate) fn parse_for_apply(
     what: &str,
     script: &str,
 ) -> Result<Vec<(Statement, *mut pg_sys::Node)>, Problem> {

@@ -8,6 +8,7 @@ mod checksum;
 mod command;
 mod control;
 mod ddl_log;
+mod dry_run;
 mod errors;
 mod event_trigger;
 mod guard;
@@ -20,6 +21,7 @@ mod parsetree;
 mod phases;
 mod retry;
 mod runner;
+mod schema_diff;
 mod script;
 mod security;
 mod shared;
@@ -27,6 +29,7 @@ mod steps;
 mod subxact;
 mod timeouts;
 mod toplevel;
+mod verify;
 mod version;
 mod worker;
 
@@ -42,6 +45,13 @@ pgrx::extension_sql_file!(
     requires = [version::version_key]
 );
 pgrx::extension_sql_file!("../sql/worker.sql", name = "worker", requires = ["tables"]);
+pgrx::extension_sql_file!("../sql/describe.sql", name = "describe");
+pgrx::extension_sql_file!("../sql/verify.sql", name = "verify");
+pgrx::extension_sql_file!(
+    "../sql/drift.sql",
+    name = "drift",
+    requires = ["tables", "describe", schema_diff::diff]
+);
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pgrx::pg_guard]

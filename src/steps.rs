@@ -234,9 +234,11 @@ fn record_error(step: &Step, error: &Caught, state: &str) {
 /// Every phase done and verified: the migration is applied.
 pub fn complete(version: &str) {
     write(
-        "UPDATE migrate.history SET status = 'applied', finished_at = pg_catalog.clock_timestamp(), \
-           cancel_requested = false \
-         WHERE version = $1",
+        "WITH after AS (SELECT migrate.describe() AS d) \
+         UPDATE migrate.history SET status = 'applied', finished_at = pg_catalog.clock_timestamp(), \
+           cancel_requested = false, schema = after.d, fingerprint = migrate.fingerprint_of(after.d), \
+           changes = migrate.changes(schema_before, after.d), schema_before = NULL \
+         FROM after WHERE version = $1",
         &[version.into()],
     );
 }

@@ -16,6 +16,16 @@ use std::panic::AssertUnwindSafe;
 /// the error is returned for the caller to inspect, report or rethrow. A Rust panic (a bug) is
 /// rethrown after the rollback.
 pub fn run<T>(body: impl FnOnce() -> T) -> Result<T, Caught> {
+    within(true, body)
+}
+
+/// Runs `body` in a subtransaction that is rolled back whatever happens, taking with it every
+/// change, lock and `SET` the body made: what a dry run and a verification query need.
+pub fn rolled_back<T>(body: impl FnOnce() -> T) -> Result<T, Caught> {
+    within(false, body)
+}
+
+fn within<T>(keep: bool, body: impl FnOnce() -> T) -> Result<T, Caught> {
     // SAFETY: these are the steps of PL/pgSQL's exec_stmt_block, on the backend's main thread;
     // the memory context and resource owner saved here outlive the subtransaction.
     unsafe {
@@ -28,7 +38,11 @@ pub fn run<T>(body: impl FnOnce() -> T) -> Result<T, Caught> {
         let mut body = Some(body);
         PgTryBuilder::new(AssertUnwindSafe(|| {
             let value = (body.take().expect("the body runs once"))();
-            pg_sys::ReleaseCurrentSubTransaction();
+            if keep {
+                pg_sys::ReleaseCurrentSubTransaction();
+            } else {
+                pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            }
             pg_sys::MemoryContextSwitchTo(caller_context);
             pg_sys::CurrentResourceOwner = caller_owner;
             Ok(value)

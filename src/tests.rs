@@ -304,10 +304,12 @@ CREATE TABLE b (
                    AND has_function_privilege('public', p.oid, 'EXECUTE')"
             )
             .as_deref(),
-            // apply, baseline, cancel and retry check migrate_admin membership themselves,
-            // so that a non-member gets an error that says what to do.
+            // apply, baseline, cancel, retry and verify check migrate_admin membership
+            // themselves, so that a non-member gets an error that says what to do; dry_run
+            // and assert_safe run the script with the caller's own rights.
             Some(
-                "apply baseline cancel current_version lint retry rule_catalog validate \
+                "apply assert_safe baseline cancel changes current_version describe diff \
+                 dry_run fingerprint fingerprint_of lint retry rule_catalog validate verify \
                  version_key wait"
             )
         );
@@ -319,6 +321,12 @@ CREATE TABLE b (
                     AND NOT has_table_privilege('public', 'migrate.history', 'INSERT,UPDATE,DELETE,TRUNCATE')
                     AND NOT has_table_privilege('public', 'migrate.ddl_log', 'SELECT,INSERT,UPDATE,DELETE')
                     AND has_table_privilege('migrate_admin', 'migrate.ddl_log', 'SELECT')
+                    AND has_column_privilege('public', 'migrate.history', 'fingerprint', 'SELECT')
+                    AND NOT has_column_privilege('public', 'migrate.history', 'verification_report', 'SELECT')
+                    AND NOT has_column_privilege('public', 'migrate.history', 'verify_script', 'SELECT')
+                    AND NOT has_function_privilege('public', 'migrate.drift()', 'EXECUTE')
+                    AND has_function_privilege('migrate_admin', 'migrate.drift()', 'EXECUTE')
+                    AND NOT has_function_privilege('public', 'migrate.constraint_violations(oid)', 'EXECUTE')
                     AND NOT has_table_privilege('migrate_admin', 'migrate.history', 'INSERT')"
             ),
             Some(true)

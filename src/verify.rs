@@ -1,0 +1,392 @@
+//! `migrate.verify(version)`: proof that a migration did what it should. The objects it
+//! created (from the changes recorded with it) are checked against the live catalogs, its
+//! declared queries are run read-only, and the verdict is recorded: a migration is complete
+//! only once verification has passed.
+
+use crate::errors::{OrBookkeeping, OrRaise, Problem};
+use crate::script::Statement;
+use crate::timeouts::{self, Limits};
+use crate::version::Version;
+use crate::{parser, security, subxact};
+use pgrx::prelude::*;
+use pgrx::{JsonB, PgSqlErrorCode};
+use serde_json::{json, Value};
+
+/// One verdict, as `migrate.verify` returns it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    pub check: &'static str,
+    pub object: Option<String>,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// The verify queries of a migration: each must be a query (SELECT, VALUES, TABLE, WITH ...
+/// SELECT), since verification reads and never writes.
+pub fn parse_queries(what: &str, sql: &str) -> Result<Vec<Statement>, Problem> {
+    let trees = parser::parse(sql).map_err(|e| e.problem(what, sql))?;
+    let statements: Vec<Statement> = trees.into_iter().map(|(s, _)| s).collect();
+    if statements.is_empty() {
+        return Err(Problem::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("{what} contain no statements"),
+            "verify => takes queries that must return no rows for the migration to count as \
+             complete.",
+            "Pass at least one query, e.g. SELECT id FROM orders WHERE total IS NULL; or leave \
+             verify out.",
+        ));
+    }
+    if let Some(st) = statements.iter().find(|s| s.tag != "SELECT") {
+        return Err(Problem::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("{what}: {} is {}, not a query", st.locator(), st.tag),
+            "Verification only reads: each verify statement is a query that passes when it \
+             returns no rows.",
+            "Write the check as a query that returns the offending rows, e.g. \
+             SELECT id FROM orders WHERE total IS NULL, or a count that must match: \
+             SELECT count(*) FROM orders HAVING count(*) <> 1000.",
+        ));
+    }
+    Ok(statements)
+}
+
+/// What verification needs of the history row.
+struct Migration {
+    version: String,
+    status: String,
+    changes: Value,
+    verify_script: Option<String>,
+}
+
+fn read(version: &Version) -> Option<Migration> {
+    security::pinned(|| {
+        Spi::connect(|client| {
+            let mut rows = client.select(
+                "SELECT version, status, changes, verify_script FROM migrate.history \
+                 WHERE version_key = migrate.version_key($1)",
+                Some(1),
+                &[version.as_str().into()],
+            )?;
+            let Some(row) = rows.next() else {
+                return Ok(None);
+            };
+            Ok::<_, pgrx::spi::Error>(Some(Migration {
+                version: row.get(1)?.unwrap_or_default(),
+                status: row.get(2)?.unwrap_or_default(),
+                changes: row.get::<JsonB>(3)?.map_or(Value::Null, |j| j.0),
+                verify_script: row.get(4)?,
+            }))
+        })
+    })
+    .or_bookkeeping("read migrate.history")
+}
+
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile, parallel_unsafe)]
+fn verify(
+    version: Option<&str>,
+) -> TableIterator<
+    'static,
+    (
+        name!(kind, String),
+        name!(object, Option<String>),
+        name!(ok, bool),
+        name!(detail, String),
+    ),
+> {
+    security::require_admin("verify migrations").or_raise();
+    let version = Version::parse(version).or_raise();
+    let Some(migration) = read(&version) else {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("version {version} is not recorded"),
+            "Only an applied migration can be verified.",
+            "See SELECT * FROM migrate.status for the recorded versions.",
+        )
+        .raise();
+    };
+    if migration.status == "baseline" {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "version {} is a baseline: there is nothing to verify",
+                migration.version
+            ),
+            "A baseline records a schema pg_migrate did not build; nothing of it ran here.",
+            "Verify the migrations applied after the baseline.",
+        )
+        .raise();
+    }
+    let checks = run_checks(&migration);
+    record(&migration.version, &checks);
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    if failed > 0 {
+        crate::errors::notice(format!(
+            "version {} failed {failed} of {} checks; it stays \"applied, verification failed\" \
+             until migrate.verify passes",
+            migration.version,
+            checks.len()
+        ));
+    }
+    TableIterator::new(
+        checks
+            .into_iter()
+            .map(|c| (c.check.to_string(), c.object, c.ok, c.detail)),
+    )
+}
+
+fn run_checks(migration: &Migration) -> Vec<Check> {
+    let mut checks = vec![status_check(migration)];
+    // The catalogs and the tables' rows are read as the extension's owner, so that an admin
+    // without SELECT on a table still gets the verdict; only counts come out of it.
+    security::as_owner(|| {
+        for change in migration.changes.as_array().into_iter().flatten() {
+            checks.extend(object_check(migration, change));
+        }
+    });
+    if let Some(script) = &migration.verify_script {
+        checks.extend(query_checks(&migration.version, script));
+    }
+    checks
+}
+
+fn status_check(migration: &Migration) -> Check {
+    let ok = migration.status == "applied";
+    Check {
+        check: "status",
+        object: None,
+        ok,
+        detail: if ok {
+            "every statement ran".into()
+        } else {
+            format!(
+                "the migration is {}: its phases have not all run (see migrate.steps)",
+                migration.status
+            )
+        },
+    }
+}
+
+fn field<'v>(change: &'v Value, key: &str) -> Option<&'v str> {
+    change.get(key).and_then(Value::as_str)
+}
+
+/// The check an object the migration created or validated needs, if any.
+fn object_check(migration: &Migration, change: &Value) -> Option<Check> {
+    let kind = field(change, "kind")?;
+    let object = field(change, "object")?;
+    let what = (field(change, "change")?, field(change, "attribute"));
+    match (kind, what) {
+        ("indexes", ("added", None)) => Some(index_check(migration, object)),
+        ("constraints", ("added", None)) => {
+            let validated = change.pointer("/new/validated").and_then(Value::as_bool)?;
+            Some(constraint_check(migration, change, object, validated))
+        }
+        ("constraints", ("changed", Some("validated"))) => {
+            let validated = change.get("new").and_then(Value::as_bool)?;
+            Some(constraint_check(migration, change, object, validated))
+        }
+        _ => None,
+    }
+}
+
+fn index_check(migration: &Migration, index: &str) -> Check {
+    let state = read_one::<(bool, bool)>(
+        "SELECT i.indisvalid, i.indisready AND i.indislive FROM pg_catalog.pg_index i \
+         WHERE i.indexrelid = pg_catalog.to_regclass($1)",
+        &[index.into()],
+        |row| Ok((row.get(1)?.unwrap_or(false), row.get(2)?.unwrap_or(false))),
+    );
+    let (ok, detail) = match state {
+        Some((true, true)) => (true, "valid and ready".to_string()),
+        Some((false, _)) => (
+            false,
+            "INVALID: queries do not use it, and it still costs every write; an interrupted \
+             CREATE INDEX CONCURRENTLY leaves it so. DROP INDEX CONCURRENTLY it and build it \
+             again"
+                .to_string(),
+        ),
+        Some((true, _)) => (
+            false,
+            "valid but not ready: a concurrent build or drop of it is under way or was \
+             interrupted"
+                .to_string(),
+        ),
+        None => gone(migration, "indexes", index),
+    };
+    Check {
+        check: "index",
+        object: Some(index.to_string()),
+        ok,
+        detail,
+    }
+}
+
+fn constraint_check(migration: &Migration, change: &Value, object: &str, validated: bool) -> Check {
+    let table = field(change, "relation").unwrap_or_default();
+    let name = object
+        .strip_suffix(&format!(" on {table}"))
+        .unwrap_or(object);
+    let live = read_one::<(pg_sys::Oid, bool, String)>(
+        "SELECT c.oid, c.convalidated, c.contype::text FROM pg_catalog.pg_constraint c \
+         WHERE c.conrelid = pg_catalog.to_regclass($1) AND pg_catalog.quote_ident(c.conname) = $2",
+        &[table.into(), name.into()],
+        |row| {
+            Ok((
+                row.get(1)?.unwrap_or(pg_sys::InvalidOid),
+                row.get(2)?.unwrap_or(false),
+                row.get(3)?.unwrap_or_default(),
+            ))
+        },
+    );
+    let (ok, detail) = match live {
+        None => gone(migration, "constraints", object),
+        Some((_, false, _)) if validated => (
+            false,
+            "NOT VALID, but the migration left it validated: it was dropped and added again \
+             without validation; run ALTER TABLE ... VALIDATE CONSTRAINT"
+                .to_string(),
+        ),
+        Some((oid, live_valid, contype)) => {
+            let violations = (contype == "f" || !live_valid)
+                .then(|| {
+                    read_one::<i64>(
+                        "SELECT migrate.constraint_violations($1)",
+                        &[oid.into()],
+                        |row| Ok(row.get(1)?.unwrap_or(0)),
+                    )
+                })
+                .flatten();
+            match (live_valid, violations) {
+                (true, Some(n)) if n > 0 => (
+                    false,
+                    format!(
+                        "validated, but {n} rows violate it: they were written while its \
+                         triggers did not fire (session_replication_role = replica, or \
+                         DISABLE TRIGGER ALL)"
+                    ),
+                ),
+                (true, Some(_)) => (true, "validated; every row satisfies it".into()),
+                (true, None) => (true, "validated".into()),
+                (false, Some(0)) => (
+                    true,
+                    "NOT VALID by design; every row satisfies it, so VALIDATE CONSTRAINT will \
+                     succeed"
+                        .into(),
+                ),
+                (false, Some(n)) => (
+                    true,
+                    format!(
+                        "NOT VALID by design; {n} rows do not satisfy it yet, so VALIDATE \
+                         CONSTRAINT would fail until they are fixed"
+                    ),
+                ),
+                (false, None) => (true, "NOT VALID by design".into()),
+            }
+        }
+    };
+    Check {
+        check: "constraint",
+        object: Some(object.to_string()),
+        ok,
+        detail,
+    }
+}
+
+/// An object the migration created that no longer exists: fine if a later migration
+/// removed it, a failure if something else did.
+fn gone(migration: &Migration, kind: &str, object: &str) -> (bool, String) {
+    let removal = json!([{"kind": kind, "object": object, "change": "removed"}]);
+    let later = read_one::<String>(
+        "SELECT version FROM migrate.history \
+         WHERE version_key > migrate.version_key($1) AND changes @> $2 \
+         ORDER BY version_key LIMIT 1",
+        &[migration.version.as_str().into(), JsonB(removal).into()],
+        |row| Ok(row.get(1)?.unwrap_or_default()),
+    );
+    match later {
+        Some(v) => (true, format!("removed since by version {v}")),
+        None => (
+            false,
+            "no longer exists, and no later migration removed it (see migrate.drift())".into(),
+        ),
+    }
+}
+
+/// The migration's declared queries, each read-only, in a subtransaction that is rolled
+/// back, under the migration's statement timeout; each passes when it returns no rows.
+fn query_checks(version: &str, script: &str) -> Vec<Check> {
+    let what = format!("the verify queries of migration {version}");
+    let statements = match parse_queries(&what, script) {
+        Ok(s) => s,
+        Err(p) => {
+            return vec![Check {
+                check: "query",
+                object: None,
+                ok: false,
+                detail: p.full_message(),
+            }]
+        }
+    };
+    statements
+        .iter()
+        .map(|st| {
+            // A newline before the closing parenthesis, so a trailing comment cannot hide it.
+            let sql = format!(
+                "SELECT pg_catalog.to_jsonb(q)::text FROM ({}\n) q LIMIT 1",
+                st.text(script)
+            );
+            let result = subxact::rolled_back(|| {
+                timeouts::set_local("transaction_read_only", "on");
+                timeouts::with_limits(Limits::from_settings(), || Spi::get_one::<String>(&sql))
+            });
+            let (ok, detail) = match result {
+                Ok(Ok(None)) | Ok(Err(pgrx::spi::Error::InvalidPosition)) => {
+                    (true, "returned no rows".to_string())
+                }
+                Ok(Ok(Some(row))) => (false, format!("returned rows, the first: {row}")),
+                Ok(Err(e)) => (false, format!("could not run: {e}")),
+                Err(caught) => (false, format!("failed: {}", caught.message)),
+            };
+            Check {
+                check: "query",
+                object: Some(format!("statement {} (line {})", st.number, st.line)),
+                ok,
+                detail,
+            }
+        })
+        .collect()
+}
+
+fn record(version: &str, checks: &[Check]) {
+    let passed = checks.iter().all(|c| c.ok);
+    let report: Vec<Value> = checks
+        .iter()
+        .map(|c| json!({"check": c.check, "object": c.object, "ok": c.ok, "detail": c.detail}))
+        .collect();
+    security::as_owner(|| {
+        Spi::run_with_args(
+            "UPDATE migrate.history SET verification = $2, \
+               verified_at = pg_catalog.clock_timestamp(), verification_report = $3 \
+             WHERE version = $1",
+            &[
+                version.into(),
+                (if passed { "passed" } else { "failed" }).into(),
+                JsonB(Value::Array(report)).into(),
+            ],
+        )
+    })
+    .or_bookkeeping("record the verification in migrate.history");
+}
+
+fn read_one<T>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+    map: impl FnOnce(pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
+) -> Option<T> {
+    Spi::connect(|client| match client.select(sql, Some(1), args)?.next() {
+        Some(row) => map(row).map(Some),
+        None => Ok(None),
+    })
+    .or_bookkeeping("read the catalogs for migrate.verify")
+}
