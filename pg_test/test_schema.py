@@ -157,3 +157,6 @@ def test_drift_needs_a_recorded_schema_and_an_admin(cluster, conn, db):
 def test_diff_refuses_null(conn):
     f = failure(conn, "SELECT * FROM migrate.diff(NULL, migrate.describe())")
     assert f.sqlstate == "22004" and f.message.startswith("pg_migrate:")
+    f = failure(conn, "SELECT * FROM migrate.diff('{}', migrate.describe())")
+    assert f.sqlstate == "22023" and f.message == "pg_migrate: migrate.diff: a is not a schema description"
+    assert f.detail and f.hint

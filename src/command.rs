@@ -32,6 +32,44 @@ impl LockMode {
         })
     }
 
+    /// A mode as `pg_locks.mode` spells it ("AccessExclusiveLock").
+    pub fn from_pg_locks(name: &str) -> Option<LockMode> {
+        use LockMode::*;
+        [
+            AccessShare,
+            RowShare,
+            RowExclusive,
+            ShareUpdateExclusive,
+            Share,
+            ShareRowExclusive,
+            Exclusive,
+            AccessExclusive,
+        ]
+        .into_iter()
+        .find(|m| m.pg_locks_name() == name)
+    }
+
+    fn pg_locks_name(self) -> String {
+        let words: String = self
+            .name()
+            .split(' ')
+            .map(|w| w[..1].to_string() + &w[1..].to_lowercase())
+            .collect();
+        format!("{words}Lock")
+    }
+
+    /// What other sessions cannot do while it is held, in a word or two; `None` when their
+    /// reads and writes go on.
+    pub fn blocked_work(self) -> Option<&'static str> {
+        if self == LockMode::AccessExclusive {
+            Some("reads and writes")
+        } else if self >= LockMode::Share {
+            Some("writes")
+        } else {
+            None
+        }
+    }
+
     pub fn name(self) -> &'static str {
         use LockMode::*;
         match self {
@@ -369,6 +407,25 @@ pub fn bytes(n: u64) -> String {
 #[cfg(test)]
 mod unit {
     use super::*;
+
+    #[test]
+    fn pg_locks_mode_names_are_read() {
+        assert_eq!(
+            LockMode::from_pg_locks("AccessExclusiveLock"),
+            Some(LockMode::AccessExclusive)
+        );
+        assert_eq!(
+            LockMode::from_pg_locks("ShareUpdateExclusiveLock"),
+            Some(LockMode::ShareUpdateExclusive)
+        );
+        assert_eq!(
+            LockMode::from_pg_locks("RowShareLock"),
+            Some(LockMode::RowShare)
+        );
+        assert_eq!(LockMode::from_pg_locks("SIReadLock"), None);
+        assert_eq!(LockMode::Share.blocked_work(), Some("writes"));
+        assert_eq!(LockMode::RowExclusive.blocked_work(), None);
+    }
 
     #[test]
     fn timeouts_read_like_show() {

@@ -111,39 +111,12 @@ fn held_locks() -> HashMap<u32, LockMode> {
     .or_bookkeeping("read pg_locks for the dry run");
     let mut held: HashMap<u32, LockMode> = HashMap::new();
     for (oid, mode) in rows {
-        if let Some(mode) = lock_mode(&mode) {
+        if let Some(mode) = LockMode::from_pg_locks(&mode) {
             let entry = held.entry(oid.to_u32()).or_insert(mode);
             *entry = (*entry).max(mode);
         }
     }
     held
-}
-
-/// `pg_locks.mode` ("AccessExclusiveLock") as a lock mode.
-fn lock_mode(name: &str) -> Option<LockMode> {
-    use LockMode::*;
-    Some(match name {
-        "AccessShareLock" => AccessShare,
-        "RowShareLock" => RowShare,
-        "RowExclusiveLock" => RowExclusive,
-        "ShareUpdateExclusiveLock" => ShareUpdateExclusive,
-        "ShareLock" => Share,
-        "ShareRowExclusiveLock" => ShareRowExclusive,
-        "ExclusiveLock" => Exclusive,
-        "AccessExclusiveLock" => AccessExclusive,
-        _ => return None,
-    })
-}
-
-/// What other sessions cannot do while `mode` is held, in a word or two.
-fn blocked_by(mode: LockMode) -> Option<&'static str> {
-    if mode == LockMode::AccessExclusive {
-        Some("reads and writes")
-    } else if mode >= LockMode::Share {
-        Some("writes")
-    } else {
-        None
-    }
 }
 
 /// The DDL log's rows since `after`: the objects a statement created, altered or dropped.
@@ -214,7 +187,13 @@ fn dry_run_script(
                     .iter()
                     .map(|f| format!("{}: {}", f.rule.id, f.message))
                     .collect();
-                let decision = trigger::context().map(|ctx| policy::decide(found.clone(), &ctx));
+                // The guard's context is built only for a statement with findings, as the
+                // event trigger does.
+                let decision = if found.is_empty() {
+                    None
+                } else {
+                    trigger::context().map(|ctx| policy::decide(found.clone(), &ctx))
+                };
                 let refusal = decision.as_ref().and_then(|d| d.refusal.as_ref());
                 let overridden = decision.as_ref().is_some_and(|d| !d.overridden.is_empty());
                 if let Some(refusal) = refusal {
@@ -339,7 +318,7 @@ fn measure(
     locks.sort();
     report.locks = locks;
     report.blocks =
-        strongest.and_then(|(mode, name)| blocked_by(mode).map(|b| format!("{b} on {name}")));
+        strongest.and_then(|(mode, name)| mode.blocked_work().map(|b| format!("{b} on {name}")));
     if report.objects.is_empty() {
         report.objects = report.locks.iter().map(|(n, _)| n.clone()).collect();
     }

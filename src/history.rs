@@ -32,24 +32,18 @@ const RECORDED_COLUMNS: &str = "version, status, checksum, checksum_algorithm, \
 
 fn select_recorded(filter: &str, args: &[DatumWithOid]) -> Option<Recorded> {
     let query = format!("SELECT {RECORDED_COLUMNS} FROM migrate.history {filter} LIMIT 1");
-    crate::security::pinned(|| {
-        Spi::connect(|client| {
-            let rows = client.select(&query, None, args)?;
-            let Some(row) = rows.into_iter().next() else {
-                return Ok(None);
-            };
-            Ok::<_, pgrx::spi::Error>(Some(Recorded {
-                version: row.get(1)?.unwrap_or_default(),
-                status: row.get(2)?.unwrap_or_default(),
-                checksum: row.get(3)?,
-                algorithm: row.get(4)?,
-                finished_at: row.get(5)?.unwrap_or_default(),
-                statements: row.get(6)?.unwrap_or_default(),
-                duration: micros(row.get(7)?),
-                retries: row.get(8)?.unwrap_or_default(),
-                lock_wait: micros(row.get(9)?),
-                applied_role: row.get(10)?.unwrap_or_default(),
-            }))
+    security::pinned_row(&query, args, |row| {
+        Ok(Recorded {
+            version: row.get(1)?.unwrap_or_default(),
+            status: row.get(2)?.unwrap_or_default(),
+            checksum: row.get(3)?,
+            algorithm: row.get(4)?,
+            finished_at: row.get(5)?.unwrap_or_default(),
+            statements: row.get(6)?.unwrap_or_default(),
+            duration: micros(row.get(7)?),
+            retries: row.get(8)?.unwrap_or_default(),
+            lock_wait: micros(row.get(9)?),
+            applied_role: row.get(10)?.unwrap_or_default(),
         })
     })
     .or_bookkeeping("read migrate.history")

@@ -168,6 +168,19 @@ fn diff(
         )
         .raise();
     };
+    for (side, value) in [("a", &a.0), ("b", &b.0)] {
+        if value.get("format").is_none() {
+            Problem::new(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("migrate.diff: {side} is not a schema description"),
+                "A description is the jsonb object migrate.describe() returns, with a \
+                 \"format\" key; any other jsonb would compare as an empty schema.",
+                "Pass the output of migrate.describe(), or a schema recorded in \
+                 migrate.history.",
+            )
+            .raise();
+        }
+    }
     let rows: Vec<_> = differences(&a.0, &b.0)
         .into_iter()
         .map(|d| {

@@ -99,6 +99,21 @@ pub fn pinned_column<T: pgrx::FromDatum + pgrx::IntoDatum>(
     .map(|values| values.into_iter().flatten().collect())
 }
 
+/// The first row `sql` returns, mapped, read with `search_path` pinned: pg_migrate's
+/// single-row queries of its tables and the catalogs.
+pub fn pinned_row<T>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+    map: impl FnOnce(pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
+) -> Result<Option<T>, pgrx::spi::Error> {
+    pinned(|| {
+        pgrx::Spi::connect(|client| match client.select(sql, Some(1), args)?.next() {
+            Some(row) => map(row).map(Some),
+            None => Ok(None),
+        })
+    })
+}
+
 /// Runs `f` as the owner of pg_migrate's tables, with `search_path` pinned.
 pub fn as_owner<T>(f: impl FnOnce() -> T) -> T {
     struct Restore {

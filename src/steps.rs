@@ -282,13 +282,7 @@ fn read_row<T>(
     args: &[DatumWithOid],
     map: impl FnOnce(pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
 ) -> Option<T> {
-    security::pinned(|| {
-        Spi::connect(|client| match client.select(sql, Some(1), args)?.next() {
-            Some(row) => map(row).map(Some),
-            None => Ok(None),
-        })
-    })
-    .or_bookkeeping("read migrate.steps")
+    security::pinned_row(sql, args, map).or_bookkeeping("read migrate.steps")
 }
 
 /// A failed or cancelled migration resumes from its failed (or first unfinished) phase.

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 /// One verdict, as `migrate.verify` returns it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Check {
-    pub check: &'static str,
+    pub kind: &'static str,
     pub object: Option<String>,
     pub ok: bool,
     pub detail: String,
@@ -59,25 +59,19 @@ struct Migration {
 }
 
 fn read(version: &Version) -> Option<Migration> {
-    security::pinned(|| {
-        Spi::connect(|client| {
-            let mut rows = client.select(
-                "SELECT version, status, changes, verify_script FROM migrate.history \
-                 WHERE version_key = migrate.version_key($1)",
-                Some(1),
-                &[version.as_str().into()],
-            )?;
-            let Some(row) = rows.next() else {
-                return Ok(None);
-            };
-            Ok::<_, pgrx::spi::Error>(Some(Migration {
+    security::pinned_row(
+        "SELECT version, status, changes, verify_script FROM migrate.history \
+         WHERE version_key = migrate.version_key($1)",
+        &[version.as_str().into()],
+        |row| {
+            Ok(Migration {
                 version: row.get(1)?.unwrap_or_default(),
                 status: row.get(2)?.unwrap_or_default(),
                 changes: row.get::<JsonB>(3)?.map_or(Value::Null, |j| j.0),
                 verify_script: row.get(4)?,
-            }))
-        })
-    })
+            })
+        },
+    )
     .or_bookkeeping("read migrate.history")
 }
 
@@ -131,7 +125,7 @@ fn verify(
     TableIterator::new(
         checks
             .into_iter()
-            .map(|c| (c.check.to_string(), c.object, c.ok, c.detail)),
+            .map(|c| (c.kind.to_string(), c.object, c.ok, c.detail)),
     )
 }
 
@@ -153,7 +147,7 @@ fn run_checks(migration: &Migration) -> Vec<Check> {
 fn status_check(migration: &Migration) -> Check {
     let ok = migration.status == "applied";
     Check {
-        check: "status",
+        kind: "status",
         object: None,
         ok,
         detail: if ok {
@@ -215,7 +209,7 @@ fn index_check(migration: &Migration, index: &str) -> Check {
         None => gone(migration, "indexes", index),
     };
     Check {
-        check: "index",
+        kind: "index",
         object: Some(index.to_string()),
         ok,
         detail,
@@ -248,15 +242,32 @@ fn constraint_check(migration: &Migration, change: &Value, object: &str, validat
                 .to_string(),
         ),
         Some((oid, live_valid, contype)) => {
-            let violations = (contype == "f" || !live_valid)
-                .then(|| {
+            // In a subtransaction: a count that fails (cancelled, a broken expression)
+            // fails this check, not the whole verification and its record.
+            let counted = (contype == "f" || !live_valid).then(|| {
+                subxact::run(|| {
                     read_one::<i64>(
                         "SELECT migrate.constraint_violations($1)",
                         &[oid.into()],
                         |row| Ok(row.get(1)?.unwrap_or(0)),
                     )
                 })
-                .flatten();
+            });
+            let violations = match counted {
+                Some(Err(caught)) => {
+                    return Check {
+                        kind: "constraint",
+                        object: Some(object.to_string()),
+                        ok: false,
+                        detail: format!(
+                            "could not count the rows that break it: {}",
+                            caught.message
+                        ),
+                    }
+                }
+                Some(Ok(n)) => n,
+                None => None,
+            };
             match (live_valid, violations) {
                 (true, Some(n)) if n > 0 => (
                     false,
@@ -286,7 +297,7 @@ fn constraint_check(migration: &Migration, change: &Value, object: &str, validat
         }
     };
     Check {
-        check: "constraint",
+        kind: "constraint",
         object: Some(object.to_string()),
         ok,
         detail,
@@ -321,7 +332,7 @@ fn query_checks(version: &str, script: &str) -> Vec<Check> {
         Ok(s) => s,
         Err(p) => {
             return vec![Check {
-                check: "query",
+                kind: "query",
                 object: None,
                 ok: false,
                 detail: p.full_message(),
@@ -349,7 +360,7 @@ fn query_checks(version: &str, script: &str) -> Vec<Check> {
                 Err(caught) => (false, format!("failed: {}", caught.message)),
             };
             Check {
-                check: "query",
+                kind: "query",
                 object: Some(format!("statement {} (line {})", st.number, st.line)),
                 ok,
                 detail,
@@ -362,7 +373,7 @@ fn record(version: &str, checks: &[Check]) {
     let passed = checks.iter().all(|c| c.ok);
     let report: Vec<Value> = checks
         .iter()
-        .map(|c| json!({"check": c.check, "object": c.object, "ok": c.ok, "detail": c.detail}))
+        .map(|c| json!({"check": c.kind, "object": c.object, "ok": c.ok, "detail": c.detail}))
         .collect();
     security::as_owner(|| {
         Spi::run_with_args(
@@ -384,9 +395,5 @@ fn read_one<T>(
     args: &[pgrx::datum::DatumWithOid],
     map: impl FnOnce(pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
 ) -> Option<T> {
-    Spi::connect(|client| match client.select(sql, Some(1), args)?.next() {
-        Some(row) => map(row).map(Some),
-        None => Ok(None),
-    })
-    .or_bookkeeping("read the catalogs for migrate.verify")
+    security::pinned_row(sql, args, map).or_bookkeeping("read the catalogs for migrate.verify")
 }
