@@ -53,6 +53,8 @@ GRANT SELECT (version, phase, kind, first_statement, last_statement, first_line,
 GRANT SELECT ON migrate.steps TO migrate_admin;
 GRANT SELECT ON migrate.status, migrate.rules TO PUBLIC;
 GRANT SELECT ON migrate.ddl_log TO migrate_admin;
+-- Backfill jobs quote their clauses and errors (which may quote data): admins only.
+GRANT SELECT ON migrate.backfills, migrate.backfill_progress TO migrate_admin;
 
 -- Functions: nothing is executable by PUBLIC unless listed here.
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA migrate FROM PUBLIC;
@@ -81,7 +83,11 @@ GRANT EXECUTE ON FUNCTION
     migrate.verify(text),
     migrate.baseline(text, text),
     migrate.retry(text),
-    migrate.cancel(text)
+    migrate.cancel(text),
+    migrate.backfill(regclass, text, text, integer, integer, integer, interval, interval, text),
+    migrate.pause(bigint),
+    migrate.resume(bigint),
+    migrate.cancel(bigint)
 TO PUBLIC;
 
 -- The guard judges every DDL statement before it takes its locks; the rewrite trigger is a

@@ -62,7 +62,7 @@ CREATE TABLE migrate.history (
 CREATE TABLE migrate.steps (
     version            text NOT NULL REFERENCES migrate.history (version) ON DELETE CASCADE,
     phase              integer NOT NULL,
-    kind               text NOT NULL CHECK (kind IN ('transaction', 'top-level')),
+    kind               text NOT NULL CHECK (kind IN ('transaction', 'top-level', 'backfill')),
     first_statement    integer NOT NULL,
     last_statement     integer NOT NULL,
     first_line         integer NOT NULL,
@@ -80,6 +80,8 @@ CREATE TABLE migrate.steps (
     target_table       text,
     indexes_before     text[],
     built_index        text,
+    -- For a backfill phase: its job in migrate.backfills, once the phase has submitted it.
+    backfill_id        bigint,
     error_sqlstate     text,
     error_message      text,
     error_detail       text,

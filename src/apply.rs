@@ -362,6 +362,13 @@ pub(crate) fn parse_for_apply(
 ) -> Result<Vec<(Statement, *mut pg_sys::Node)>, Problem> {
     let trees = parser::parse(script).map_err(|e| e.problem(what, script))?;
     let statements: Vec<Statement> = trees.iter().map(|(s, _)| s.clone()).collect();
+    for (statement, tree) in trees
+        .iter()
+        .filter(|(s, _)| s.kind == script::Kind::Backfill)
+    {
+        // SAFETY: a raw parse tree of this script, used within this call.
+        unsafe { crate::backfill::check_phase(what, statement.line, *tree) }?;
+    }
     if statements.is_empty() {
         return Err(Problem::new(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,

@@ -37,6 +37,15 @@ pub static INDEX_BUILD_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(3);
 /// A database worker with nothing to do exits after this long.
 pub static WORKER_IDLE_TIMEOUT_S: GucSetting<i32> = GucSetting::<i32>::new(2);
 
+/// Backfills: the first batch's size, the bounds it adapts within, the duration it aims
+/// for, the sleep between batches, and how far behind a streaming replica may fall.
+pub static BACKFILL_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1_000);
+pub static BACKFILL_MIN_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(100);
+pub static BACKFILL_MAX_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(50_000);
+pub static BACKFILL_BATCH_TIME_MS: GucSetting<i32> = GucSetting::<i32>::new(200);
+pub static BACKFILL_PAUSE_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static BACKFILL_MAX_REPLICATION_LAG_KB: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
+
 #[derive(PostgresGucEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GuardMode {
     #[name = c"enforce"]
@@ -231,7 +240,72 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::UNIT_S,
     );
+    backfill_settings();
     reserve_prefix();
+}
+
+fn backfill_settings() {
+    let sizes: [(&std::ffi::CStr, &std::ffi::CStr, &'static GucSetting<i32>); 3] = [
+        (
+            c"migrate.backfill_batch_size",
+            c"Rows in a backfill's first batch.",
+            &BACKFILL_BATCH_SIZE,
+        ),
+        (
+            c"migrate.backfill_min_batch_size",
+            c"Fewest rows in a backfill batch, however slow batches are.",
+            &BACKFILL_MIN_BATCH_SIZE,
+        ),
+        (
+            c"migrate.backfill_max_batch_size",
+            c"Most rows in a backfill batch, however fast batches are.",
+            &BACKFILL_MAX_BATCH_SIZE,
+        ),
+    ];
+    for (name, short, setting) in sizes {
+        GucRegistry::define_int_guc(
+            name,
+            short,
+            c"The batch size adapts to hold migrate.backfill_batch_time. Read when a backfill is submitted.",
+            setting,
+            1,
+            i32::MAX,
+            GucContext::Userset,
+            GucFlags::default(),
+        );
+    }
+    GucRegistry::define_int_guc(
+        c"migrate.backfill_batch_time",
+        c"How long each backfill batch aims to take.",
+        c"A batch holds the locks of the rows it updated until it commits, so this is the \
+          longest a writer touching one of them waits. Read when a backfill is submitted.",
+        &BACKFILL_BATCH_TIME_MS,
+        1,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"migrate.backfill_pause",
+        c"Sleep between two backfill batches.",
+        c"Leaves I/O and CPU to the application. Read when a backfill is submitted.",
+        &BACKFILL_PAUSE_MS,
+        0,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"migrate.backfill_max_replication_lag",
+        c"How far a streaming replica may fall behind in replay before backfills pause.",
+        c"Measured in WAL bytes from pg_stat_replication; the backfill resumes once every \
+          replica is within it again. 0 disables the check. Read when a backfill is submitted.",
+        &BACKFILL_MAX_REPLICATION_LAG_KB,
+        0,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_KB,
+    );
 }
 
 /// Makes a misspelt `migrate.*` setting an error instead of a silently ignored placeholder.

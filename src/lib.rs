@@ -3,6 +3,7 @@
 //! This file only wires the modules together; each has one concern.
 
 mod apply;
+mod backfill;
 mod catalog;
 mod checksum;
 mod command;
@@ -26,6 +27,7 @@ mod script;
 mod security;
 mod shared;
 mod steps;
+mod submitter;
 mod subxact;
 mod timeouts;
 mod toplevel;
@@ -45,6 +47,11 @@ pgrx::extension_sql_file!(
     requires = [version::version_key]
 );
 pgrx::extension_sql_file!("../sql/worker.sql", name = "worker", requires = ["tables"]);
+pgrx::extension_sql_file!(
+    "../sql/backfill.sql",
+    name = "backfill",
+    requires = ["tables"]
+);
 pgrx::extension_sql_file!("../sql/describe.sql", name = "describe");
 pgrx::extension_sql_file!("../sql/verify.sql", name = "verify");
 pgrx::extension_sql_file!(

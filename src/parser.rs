@@ -88,6 +88,9 @@ unsafe fn classify(node: *mut pg_sys::Node) -> (String, String, Kind) {
     if is_a(node, pg_sys::NodeTag::T_TransactionStmt) {
         return (tag.clone(), tag, Kind::TransactionControl);
     }
+    if crate::backfill::clauses::backfill_call(node).is_some() {
+        return (tag, "SELECT migrate.backfill".into(), Kind::Backfill);
+    }
     if is_a(node, pg_sys::NodeTag::T_IndexStmt) && (*node.cast::<pg_sys::IndexStmt>()).concurrent {
         return non_transactional("CREATE INDEX CONCURRENTLY");
     }

@@ -576,7 +576,7 @@ unsafe fn expression_text(expr: *mut pg_sys::Node) -> String {
 }
 
 /// The text of a String (PostgreSQL 15+) or Value (13, 14) node.
-unsafe fn str_val(node: *mut pg_sys::Node) -> String {
+pub(crate) unsafe fn str_val(node: *mut pg_sys::Node) -> String {
     #[cfg(any(feature = "pg13", feature = "pg14"))]
     let ptr = (*node.cast::<pg_sys::Value>()).val.str_;
     #[cfg(not(any(feature = "pg13", feature = "pg14")))]
@@ -584,7 +584,7 @@ unsafe fn str_val(node: *mut pg_sys::Node) -> String {
     text(ptr)
 }
 
-unsafe fn text(ptr: *const std::ffi::c_char) -> String {
+pub(crate) unsafe fn text(ptr: *const std::ffi::c_char) -> String {
     if ptr.is_null() {
         String::new()
     } else {

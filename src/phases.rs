@@ -11,6 +11,8 @@ pub enum PhaseKind {
     Transaction,
     /// One statement run top-level, outside any transaction block (CONCURRENTLY, VACUUM).
     TopLevel,
+    /// A backfill (`SELECT migrate.backfill(...)`): the phase is done when its job is.
+    Backfill,
 }
 
 impl PhaseKind {
@@ -18,16 +20,16 @@ impl PhaseKind {
         match self {
             PhaseKind::Transaction => "transaction",
             PhaseKind::TopLevel => "top-level",
+            PhaseKind::Backfill => "backfill",
         }
     }
 
     /// The inverse of `name`, for a kind read back from migrate.steps.
     pub fn from_name(name: &str) -> PhaseKind {
-        if name == PhaseKind::TopLevel.name() {
-            PhaseKind::TopLevel
-        } else {
-            PhaseKind::Transaction
-        }
+        [PhaseKind::TopLevel, PhaseKind::Backfill]
+            .into_iter()
+            .find(|k| k.name() == name)
+            .unwrap_or(PhaseKind::Transaction)
     }
 }
 
@@ -54,17 +56,19 @@ impl Phase {
 
 /// Whether `statements` need phases at all.
 pub fn needed(statements: &[Statement]) -> bool {
-    statements.iter().any(|s| s.kind == Kind::NonTransactional)
+    statements
+        .iter()
+        .any(|s| matches!(s.kind, Kind::NonTransactional | Kind::Backfill))
 }
 
 /// Groups `statements` into phases, in order.
 pub fn plan(statements: &[Statement]) -> Vec<Phase> {
     let mut phases: Vec<Phase> = Vec::new();
     for st in statements {
-        let kind = if st.kind == Kind::NonTransactional {
-            PhaseKind::TopLevel
-        } else {
-            PhaseKind::Transaction
+        let kind = match st.kind {
+            Kind::NonTransactional => PhaseKind::TopLevel,
+            Kind::Backfill => PhaseKind::Backfill,
+            _ => PhaseKind::Transaction,
         };
         match phases.last_mut() {
             Some(last) if kind == PhaseKind::Transaction && last.kind == PhaseKind::Transaction => {
@@ -102,7 +106,7 @@ mod unit {
     }
 
     #[test]
-    fn transactional_runs_group_and_top_level_statements_stand_alone() {
+    fn transactional_runs_group_and_top_level_statements_and_backfills_stand_alone() {
         use Kind::*;
         let statements = [
             st(1, Transactional, 0, 5),
@@ -110,6 +114,8 @@ mod unit {
             st(3, NonTransactional, 14, 20),
             st(4, NonTransactional, 22, 30),
             st(5, Transactional, 32, 40),
+            st(6, Backfill, 42, 50),
+            st(7, Transactional, 52, 60),
         ];
         assert!(needed(&statements));
         let phases = plan(&statements);
@@ -134,6 +140,8 @@ mod unit {
                 (2, PhaseKind::TopLevel, 3, 3, 30, 14, 20),
                 (3, PhaseKind::TopLevel, 4, 4, 40, 22, 30),
                 (4, PhaseKind::Transaction, 5, 5, 50, 32, 40),
+                (5, PhaseKind::Backfill, 6, 6, 60, 42, 50),
+                (6, PhaseKind::Transaction, 7, 7, 70, 52, 60),
             ]
         );
         assert_eq!(phases[0].text("abcde;\nfghij;\n"), "abcde;\nfghij");

@@ -13,6 +13,8 @@ pub enum Kind {
     TransactionControl,
     /// Refuses to run inside a transaction block: CONCURRENTLY forms, VACUUM, ...
     NonTransactional,
+    /// `SELECT migrate.backfill(...)`: a phase of its own, run in batches by the worker.
+    Backfill,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

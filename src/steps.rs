@@ -61,6 +61,8 @@ pub struct Step {
     pub settings: Vec<(String, String)>,
     pub allow: Vec<String>,
     pub has_rollback: bool,
+    /// For a backfill phase: the job it submitted, once it has.
+    pub backfill_id: Option<i64>,
 }
 
 impl Step {
@@ -75,7 +77,7 @@ impl Step {
 }
 
 /// A flattened two-dimensional text array of [name, value] rows, as pairs.
-fn pairs(flat: Vec<Option<String>>) -> Vec<(String, String)> {
+pub(crate) fn pairs(flat: Vec<Option<String>>) -> Vec<(String, String)> {
     flat.chunks_exact(2)
         .filter_map(|kv| Some((kv[0].clone()?, kv[1].clone()?)))
         .collect()
@@ -112,7 +114,7 @@ pub fn next() -> Next {
         "SELECT s.phase, s.kind, s.first_statement, s.first_line, s.sql, s.state = 'running', \
                 s.attempts, s.indexes_before, h.applied_role::text, \
                 ARRAY(SELECT ARRAY[key, value] FROM jsonb_each_text(h.settings)), \
-                h.allowed_rules, h.rollback_script IS NOT NULL \
+                h.allowed_rules, h.rollback_script IS NOT NULL, s.backfill_id \
          FROM migrate.steps s JOIN migrate.history h USING (version) \
          WHERE s.version = $1 AND s.state <> 'done' ORDER BY s.phase LIMIT 1",
         &[version.as_str().into()],
@@ -141,13 +143,17 @@ pub fn next() -> Next {
                     .flatten()
                     .collect(),
                 has_rollback: r.get(12)?.unwrap_or(false),
+                backfill_id: r.get(13)?,
             })
         },
     );
     // A cancel waits for an interrupted step's recovery (its INVALID index must not stay),
-    // and comes too late for a migration with nothing left to run.
+    // and comes too late for a migration with nothing left to run. A backfill under way
+    // stops after its current batch.
     match step {
-        Some(step) if cancel == Some(true) && !step.interrupted => Next::Cancel(version),
+        Some(step) if cancel == Some(true) && (!step.interrupted || step.backfill_id.is_some()) => {
+            Next::Cancel(version)
+        }
         Some(step) => Next::Step(step),
         None => Next::Complete(version),
     }
@@ -243,10 +249,18 @@ pub fn complete(version: &str) {
     );
 }
 
-/// Stops a migration at a phase boundary: what did not run is cancelled.
+/// Stops a migration at a phase boundary: what did not run is cancelled, and so is a
+/// backfill under way (its progress kept for a retry).
 pub fn cancel(version: &str) {
     write(
-        "UPDATE migrate.steps SET state = 'cancelled' WHERE version = $1 AND state IN ('pending', 'failed')",
+        "UPDATE migrate.steps SET state = 'cancelled' WHERE version = $1 \
+           AND (state IN ('pending', 'failed') OR (state = 'running' AND backfill_id IS NOT NULL))",
+        &[version.into()],
+    );
+    write(
+        "UPDATE migrate.backfills SET state = 'cancelled', auto_paused = false, \
+           state_reason = 'its migration was cancelled', finished_at = clock_timestamp() \
+         WHERE version = $1 AND state IN ('running', 'paused', 'failed')",
         &[version.into()],
     );
     write(

@@ -304,13 +304,14 @@ CREATE TABLE b (
                    AND has_function_privilege('public', p.oid, 'EXECUTE')"
             )
             .as_deref(),
-            // apply, baseline, cancel, retry and verify check migrate_admin membership
-            // themselves, so that a non-member gets an error that says what to do; dry_run
-            // and assert_safe run the script with the caller's own rights.
+            // apply, baseline, cancel, retry, verify and the backfill functions check
+            // migrate_admin membership themselves, so that a non-member gets an error that
+            // says what to do; dry_run and assert_safe run the script with the caller's own
+            // rights. cancel is there twice: a migration's, a backfill's.
             Some(
-                "apply assert_safe baseline cancel changes current_version describe diff \
-                 dry_run fingerprint fingerprint_of lint retry rule_catalog validate verify \
-                 version_key wait"
+                "apply assert_safe backfill baseline cancel cancel changes current_version \
+                 describe diff dry_run fingerprint fingerprint_of lint pause resume retry \
+                 rule_catalog validate verify version_key wait"
             )
         );
         assert_eq!(
@@ -327,7 +328,11 @@ CREATE TABLE b (
                     AND NOT has_function_privilege('public', 'migrate.drift()', 'EXECUTE')
                     AND has_function_privilege('migrate_admin', 'migrate.drift()', 'EXECUTE')
                     AND NOT has_function_privilege('public', 'migrate.constraint_violations(oid)', 'EXECUTE')
-                    AND NOT has_table_privilege('migrate_admin', 'migrate.history', 'INSERT')"
+                    AND NOT has_table_privilege('migrate_admin', 'migrate.history', 'INSERT')
+                    AND NOT has_table_privilege('public', 'migrate.backfills', 'SELECT')
+                    AND NOT has_table_privilege('public', 'migrate.backfill_progress', 'SELECT')
+                    AND has_table_privilege('migrate_admin', 'migrate.backfill_progress', 'SELECT')
+                    AND NOT has_table_privilege('migrate_admin', 'migrate.backfills', 'UPDATE')"
             ),
             Some(true)
         );

@@ -137,6 +137,7 @@ fn run_checks(migration: &Migration) -> Vec<Check> {
         for change in migration.changes.as_array().into_iter().flatten() {
             checks.extend(object_check(migration, change));
         }
+        checks.extend(backfill_checks(&migration.version));
     });
     if let Some(script) = &migration.verify_script {
         checks.extend(query_checks(&migration.version, script));
@@ -159,6 +160,50 @@ fn status_check(migration: &Migration) -> Check {
             )
         },
     }
+}
+
+/// Each backfill the migration started finished, and no row matches its where clause now.
+fn backfill_checks(version: &str) -> Vec<Check> {
+    crate::backfill::of_migration(version)
+        .into_iter()
+        .map(|(id, table, state, where_clause)| {
+            let left = match (&table, &where_clause) {
+                (Some(table), Some(w)) => subxact::rolled_back(|| {
+                    Spi::get_one::<i64>(&crate::backfill::remaining_sql(table, w))
+                })
+                .ok()
+                .and_then(|n| n.ok().flatten()),
+                _ => Some(0),
+            };
+            let (ok, detail) = match (state.as_str(), left, &where_clause) {
+                ("done", Some(0), Some(w)) => {
+                    (true, format!("backfill {id} is done; no row matches {w}"))
+                }
+                ("done", Some(0), None) => (
+                    true,
+                    format!("backfill {id} is done (no where clause to check)"),
+                ),
+                ("done", Some(n), Some(w)) => (
+                    false,
+                    format!("backfill {id} is done, but {n} rows match {w} again"),
+                ),
+                ("done", _, _) => (
+                    false,
+                    format!("backfill {id} is done, but its table could not be read"),
+                ),
+                (other, _, _) => (
+                    false,
+                    format!("backfill {id} is {other} (see migrate.backfill_progress)"),
+                ),
+            };
+            Check {
+                kind: "backfill",
+                object: table,
+                ok,
+                detail,
+            }
+        })
+        .collect()
 }
 
 fn field<'v>(change: &'v Value, key: &str) -> Option<&'v str> {

@@ -19,12 +19,12 @@ use crate::retry::{self, Backoff};
 use crate::runner::{self, Policy};
 use crate::script::Statement;
 use crate::steps::{self, Next, Step};
+use crate::submitter::{self, SUPERUSER};
 use crate::subxact::Caught;
-use crate::{catalog, gucs, parser, shared, toplevel};
+use crate::{backfill, catalog, gucs, parser, shared, toplevel};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
-use std::ffi::CString;
 use std::time::{Duration, Instant};
 
 #[pg_guard]
@@ -69,6 +69,10 @@ pub extern "C-unwind" fn pg_migrate_worker_main(arg: pg_sys::Datum) {
             Turn::Busy => {
                 idle_since = Instant::now();
                 Duration::from_millis(200)
+            }
+            Turn::Wait(pause) => {
+                idle_since = Instant::now();
+                pause
             }
             Turn::Gone => break,
             Turn::Idle => {
@@ -123,6 +127,8 @@ enum Turn {
     Worked,
     Busy,
     Idle,
+    /// Backfills are under way, and the next batch is due after this long.
+    Wait(Duration),
     Gone,
 }
 
@@ -136,8 +142,16 @@ fn work_once(session_of: &mut Option<String>) -> Turn {
         }
     };
     let recorded = match claim {
-        Claim::Idle => return Turn::Idle,
-        Claim::Busy => return Turn::Busy,
+        // Backfill batches run whenever no migration phase is ready: between migrations,
+        // while one waits for its backfill, and while an applier holds the lock.
+        Claim::Idle | Claim::Busy => {
+            return match backfill::turn() {
+                backfill::Turn::Ran => Turn::Worked,
+                backfill::Turn::Wait(pause) => Turn::Wait(pause),
+                backfill::Turn::Idle if matches!(claim, Claim::Busy) => Turn::Busy,
+                backfill::Turn::Idle => Turn::Idle,
+            }
+        }
         Claim::Gone => return Turn::Gone,
         Claim::Done => true,
         Claim::Rebuild(invalid) => {
@@ -162,6 +176,7 @@ fn work_once(session_of: &mut Option<String>) -> Turn {
             match step.kind {
                 PhaseKind::Transaction => run_transaction_phase(&step),
                 PhaseKind::TopLevel => run_top_level_phase(&step, &form),
+                PhaseKind::Backfill => run_backfill_phase(&step),
             }
         }
     };
@@ -240,6 +255,17 @@ fn claim() -> Claim {
             }
             Claim::Rebuild(invalid)
         }
+        Next::Step(step) if step.kind == PhaseKind::Backfill && step.backfill_id.is_some() => {
+            // The phase's job is under way: its batches run in backfill turns. A retried
+            // migration resumes it where it stopped.
+            match step.backfill_id {
+                Some(job) if !step.interrupted => {
+                    backfill::resume_for_retry(job);
+                    Claim::Done
+                }
+                _ => Claim::Idle,
+            }
+        }
         Next::Step(step) => {
             // Names in the statement are resolved as the submitter's session would.
             for (name, value) in &step.settings {
@@ -252,7 +278,7 @@ fn claim() -> Claim {
             }
             let form = match step.kind {
                 PhaseKind::TopLevel => statement_form(&step.sql),
-                PhaseKind::Transaction => TopLevelForm::Other,
+                PhaseKind::Transaction | PhaseKind::Backfill => TopLevelForm::Other,
             };
             if step.interrupted && step.kind == PhaseKind::TopLevel {
                 return Claim::Recover(step, form);
@@ -280,6 +306,18 @@ fn run_transaction_phase(step: &Step) -> bool {
             steps::add_waits(step, outcome.retries, outcome.lock_wait);
             steps::done(step, None);
         })
+    });
+    match result {
+        Ok(()) => true,
+        Err(error) => record(|| steps::failed(step, &error)),
+    }
+}
+
+/// Runs a backfill phase: submits its job, which the phase then waits for. False if its
+/// outcome could not be recorded.
+fn run_backfill_phase(step: &Step) -> bool {
+    let result = as_submitter(step, || {
+        toplevel::transaction(|| backfill::submit_phase(&step.version, step.phase, &step.sql))
     });
     match result {
         Ok(()) => true,
@@ -457,55 +495,10 @@ fn phase_statements(what: &str, step: &Step) -> Vec<Statement> {
 /// Runs `f` as the migration's submitter would: their role, their settings (search_path,
 /// migrate.* limits), and the migration marked as running for the guard and the DDL log.
 fn as_submitter<T>(step: &Step, f: impl FnOnce() -> Result<T, Caught>) -> Result<T, Caught> {
-    let role = CString::new(step.role.as_str()).unwrap_or_default();
-    // One transaction sets them all for the session, or (aborted) none.
-    let result = toplevel::transaction(|| {
-        for (name, value) in &step.settings {
-            gucs::set(
-                name,
-                Some(value),
-                SUPERUSER,
-                pg_sys::GucAction::GUC_ACTION_SET,
-            );
-        }
-        // SAFETY: a catalog lookup by name.
-        unsafe { pg_sys::get_role_oid(role.as_ptr(), false) }
+    submitter::as_role(&step.role, &step.settings, || {
+        apply::with_running(step.running(), f)
     })
-    .and_then(|role| {
-        apply::with_running(step.running(), || {
-            // SAFETY: the switch a SECURITY DEFINER function makes; restored below, and by
-            // every transaction abort in between.
-            unsafe {
-                let (mut user, mut context) = (pg_sys::InvalidOid, 0);
-                pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
-                pg_sys::SetUserIdAndSecContext(
-                    role,
-                    context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
-                );
-                let result = f();
-                pg_sys::SetUserIdAndSecContext(user, context);
-                result
-            }
-        })
-    });
-    // RESET, not the values read before: the worker's own then follow postgresql.conf.
-    let reset = toplevel::transaction(|| {
-        for (name, _) in &step.settings {
-            gucs::set(name, None, SUPERUSER, pg_sys::GucAction::GUC_ACTION_SET);
-        }
-    });
-    if let Err(e) = reset {
-        log(&format!(
-            "could not reset the submitter's settings: {}",
-            e.message
-        ));
-    }
-    result
 }
-
-/// The worker runs as the bootstrap superuser, so it sets superuser-only settings
-/// (migrate.lock_timeout) on the submitter's behalf.
-const SUPERUSER: pg_sys::GucContext::Type = pg_sys::GucContext::PGC_SUSET;
 
 fn set_application_name() {
     let _ = toplevel::transaction(|| {

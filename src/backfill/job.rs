@@ -1,0 +1,348 @@
+//! `migrate.backfills`: reading a job and recording what happened to it. Every write runs as
+//! the tables' owner with `search_path` pinned. A job that is a phase of a migration carries
+//! its state to that phase (`migrate.steps.backfill_id`) and to the migration, in the same
+//! transaction: a failed or cancelled backfill fails or cancels the migration, a resumed one
+//! resumes it, and a finished one lets the next phase run.
+
+use super::throttle::Bounds;
+use super::walk::{Key, Walk};
+use crate::errors::OrBookkeeping;
+use crate::security;
+use crate::subxact::Caught;
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: i64,
+    pub table_oid: pg_sys::Oid,
+    /// Its schema-qualified, quoted name now; None once the table is gone.
+    pub table: Option<String>,
+    pub set_clause: String,
+    pub where_clause: Option<String>,
+    pub walk: Walk,
+    pub pass: i32,
+    pub upper: Option<Key>,
+    pub last: Option<Key>,
+    pub rows_scanned: i64,
+    pub rows_estimated: i64,
+    pub batch_size: i32,
+    pub bounds: Bounds,
+    pub batch_time: Duration,
+    pub pause: Duration,
+    pub max_lag: i64,
+    pub failed_attempts: i32,
+    pub rows_per_second: Option<f64>,
+    pub role: String,
+    pub settings: Vec<(String, String)>,
+}
+
+impl Job {
+    /// The pass has walked its whole range (or the table was empty when it began).
+    pub fn pass_walked(&self) -> bool {
+        match (&self.upper, &self.last) {
+            (Some(upper), _) if upper.is_empty() => true,
+            (Some(upper), Some(last)) => upper == last,
+            _ => false,
+        }
+    }
+}
+
+/// The job the worker should run next, and how long until it is due: running jobs, and those
+/// it paused itself for replication lag, least recently served first.
+pub fn next_due() -> Option<(i64, Duration)> {
+    read_row(
+        "SELECT id, GREATEST(0, extract(epoch FROM next_batch_at - clock_timestamp()) * 1000)::bigint \
+         FROM migrate.backfills WHERE state = 'running' OR (state = 'paused' AND auto_paused) \
+         ORDER BY next_batch_at NULLS FIRST, last_batch_at NULLS FIRST, id LIMIT 1",
+        &[],
+        |r| {
+            Ok((
+                r.get::<i64>(1)?.unwrap_or_default(),
+                Duration::from_millis(r.get::<i64>(2)?.unwrap_or(0).max(0) as u64),
+            ))
+        },
+    )
+}
+
+pub fn load(id: i64) -> Option<Job> {
+    read_row(
+        "SELECT b.id, b.table_oid, \
+                (SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) \
+                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                  WHERE c.oid = b.table_oid), \
+                b.set_clause, b.where_clause, b.key_columns, b.key_types, b.pass, \
+                b.upper_key, b.last_key, b.rows_scanned, coalesce(b.rows_estimated, 0), \
+                b.batch_size, b.min_batch_size, b.max_batch_size, \
+                (extract(epoch FROM b.batch_time) * 1000)::bigint, \
+                (extract(epoch FROM b.pause) * 1000)::bigint, b.max_replication_lag, \
+                b.failed_attempts, b.rows_per_second, b.role::text, \
+                ARRAY(SELECT ARRAY[key, value] FROM jsonb_each_text(b.settings)) \
+         FROM migrate.backfills b WHERE b.id = $1",
+        &[id.into()],
+        |r| {
+            let strings = |v: Option<Vec<Option<String>>>| {
+                v.map(|v| v.into_iter().flatten().collect::<Vec<String>>())
+            };
+            let walk = match (strings(r.get(6)?), strings(r.get(7)?)) {
+                (Some(columns), Some(types)) => Walk::Keyset { columns, types },
+                _ => Walk::Pages,
+            };
+            let ms = |v: Option<i64>| Duration::from_millis(v.unwrap_or(0).max(0) as u64);
+            Ok(Job {
+                id: r.get(1)?.unwrap_or_default(),
+                table_oid: r.get(2)?.unwrap_or(pg_sys::InvalidOid),
+                table: r.get(3)?,
+                set_clause: r.get(4)?.unwrap_or_default(),
+                where_clause: r.get(5)?,
+                walk,
+                pass: r.get(8)?.unwrap_or(1),
+                upper: strings(r.get(9)?),
+                last: strings(r.get(10)?),
+                rows_scanned: r.get(11)?.unwrap_or(0),
+                rows_estimated: r.get(12)?.unwrap_or(0),
+                batch_size: r.get(13)?.unwrap_or(1),
+                bounds: Bounds {
+                    min: r.get(14)?.unwrap_or(1),
+                    max: r.get(15)?.unwrap_or(1),
+                },
+                batch_time: ms(r.get(16)?),
+                pause: ms(r.get(17)?),
+                max_lag: r.get(18)?.unwrap_or(0),
+                failed_attempts: r.get(19)?.unwrap_or(0),
+                rows_per_second: r.get(20)?,
+                role: r.get(21)?.unwrap_or_default(),
+                settings: crate::steps::pairs(
+                    r.get::<Vec<Option<String>>>(22)?.unwrap_or_default(),
+                ),
+            })
+        },
+    )
+}
+
+/// A pass begins: its bound, and how many keys it is expected to walk.
+pub fn start_pass(id: i64, upper: &[String], estimated: i64) {
+    write(
+        "UPDATE migrate.backfills SET upper_key = $2, rows_estimated = $3, \
+           started_at = coalesce(started_at, clock_timestamp()) WHERE id = $1",
+        &[id.into(), upper.to_vec().into(), estimated.into()],
+    );
+}
+
+/// What one batch did, recorded in the batch's own transaction.
+pub struct Batch<'a> {
+    pub end: &'a [String],
+    pub scanned: i64,
+    pub updated: i64,
+    pub next_size: i32,
+    pub rate: Option<f64>,
+    pub pause: Duration,
+}
+
+pub fn record_batch(id: i64, batch: &Batch) {
+    write(
+        "UPDATE migrate.backfills SET last_key = $2, rows_scanned = rows_scanned + $3, \
+           rows_updated = rows_updated + $4, batches = batches + 1, batch_size = $5, \
+           rows_per_second = $6, failed_attempts = 0, last_batch_at = clock_timestamp(), \
+           next_batch_at = clock_timestamp() + make_interval(secs => $7), \
+           state = 'running', auto_paused = false, state_reason = NULL \
+         WHERE id = $1",
+        &[
+            id.into(),
+            batch.end.to_vec().into(),
+            batch.scanned.into(),
+            batch.updated.into(),
+            batch.next_size.into(),
+            batch.rate.into(),
+            batch.pause.as_secs_f64().into(),
+        ],
+    );
+}
+
+/// A batch gave up waiting for a lock: try again (possibly smaller) after `delay`.
+pub fn lock_timeout(id: i64, size: i32, delay: Duration, error: &Caught) {
+    write(
+        "UPDATE migrate.backfills SET batch_size = $2, failed_attempts = failed_attempts + 1, \
+           lock_timeouts = lock_timeouts + 1, next_batch_at = clock_timestamp() + make_interval(secs => $3), \
+           error_sqlstate = $4, error_message = $5, error_detail = $6 \
+         WHERE id = $1",
+        &[
+            id.into(),
+            size.into(),
+            delay.as_secs_f64().into(),
+            crate::errors::sqlstate(error.code).into(),
+            error.message.as_str().into(),
+            error.detail.clone().into(),
+        ],
+    );
+}
+
+/// Paused by the worker while a replica is too far behind; it resumes by itself.
+pub fn pause_for_lag(id: i64, reason: &str) {
+    write(
+        "UPDATE migrate.backfills SET state = 'paused', auto_paused = true, state_reason = $2, \
+           next_batch_at = clock_timestamp() + interval '1 second' WHERE id = $1",
+        &[id.into(), reason.into()],
+    );
+}
+
+/// The final check found rows the where clause still matches: another pass over them.
+pub fn next_pass(id: i64, remaining: i64) {
+    write(
+        "UPDATE migrate.backfills SET pass = pass + 1, upper_key = NULL, last_key = NULL, \
+           rows_scanned = 0, rows_estimated = $2, remaining = $2 WHERE id = $1",
+        &[id.into(), remaining.into()],
+    );
+}
+
+/// The final check found nothing left: the job, and its migration phase, are done.
+pub fn finish(id: i64, remaining: Option<i64>) {
+    write(
+        "UPDATE migrate.backfills SET state = 'done', finished_at = clock_timestamp(), \
+           remaining = $2, rows_scanned = GREATEST(rows_scanned, rows_estimated), \
+           state_reason = NULL, auto_paused = false WHERE id = $1",
+        &[id.into(), remaining.into()],
+    );
+    write(
+        "UPDATE migrate.steps SET state = 'done', finished_at = clock_timestamp() \
+         WHERE backfill_id = $1",
+        &[id.into()],
+    );
+}
+
+/// The job failed; progress is kept, and `migrate.resume` carries on from it.
+pub fn fail(id: i64, error: &Caught, remaining: Option<i64>) {
+    write(
+        "UPDATE migrate.backfills SET state = 'failed', auto_paused = false, \
+           state_reason = 'failed', remaining = coalesce($5, remaining), \
+           error_sqlstate = $2, error_message = $3, error_detail = $4 WHERE id = $1",
+        &[
+            id.into(),
+            crate::errors::sqlstate(error.code).into(),
+            error.message.as_str().into(),
+            error.detail.clone().into(),
+            remaining.into(),
+        ],
+    );
+    carry_to_migration(id, "failed", Some(error));
+}
+
+/// Sets the state of a job asked to pause, resume or stop; says whether it changed.
+pub fn set_state(id: i64, state: &str, reason: Option<&str>) {
+    write(
+        "UPDATE migrate.backfills SET state = $2, state_reason = $3, auto_paused = false, \
+           next_batch_at = NULL, failed_attempts = 0, \
+           finished_at = CASE WHEN $2 = 'cancelled' THEN clock_timestamp() END \
+         WHERE id = $1",
+        &[id.into(), state.into(), reason.into()],
+    );
+    match state {
+        "cancelled" => carry_to_migration(id, "cancelled", None),
+        "running" => carry_to_migration(id, "running", None),
+        _ => {}
+    }
+}
+
+/// Carries a job's failure, cancellation or resumption to the migration phase it is.
+fn carry_to_migration(id: i64, state: &str, error: Option<&Caught>) {
+    write(
+        "UPDATE migrate.steps SET state = $2, \
+           finished_at = CASE WHEN $2 = 'running' THEN NULL ELSE clock_timestamp() END, \
+           error_sqlstate = $3, error_message = $4, error_detail = $5 \
+         WHERE backfill_id = $1",
+        &[
+            id.into(),
+            state.into(),
+            error.map(|e| crate::errors::sqlstate(e.code)).into(),
+            error.map(|e| e.message.clone()).into(),
+            error.and_then(|e| e.detail.clone()).into(),
+        ],
+    );
+    write(
+        "UPDATE migrate.history SET status = $2, cancel_requested = false \
+         WHERE version = (SELECT version FROM migrate.steps WHERE backfill_id = $1)",
+        &[id.into(), state.into()],
+    );
+}
+
+/// What `migrate.pause`, `resume` and `cancel` need to know of a job.
+pub struct Summary {
+    pub state: String,
+    pub role: String,
+    pub version: Option<String>,
+}
+
+/// Reads a job, locking its row: a batch under way finishes first.
+pub fn summary_for_update(id: i64) -> Option<Summary> {
+    security::as_owner(|| {
+        Spi::connect_mut(|c| {
+            let mut rows = c.update(
+                "SELECT state, role::text, version FROM migrate.backfills WHERE id = $1 FOR UPDATE",
+                Some(1),
+                &[id.into()],
+            )?;
+            match rows.next() {
+                Some(r) => Ok::<_, pgrx::spi::Error>(Some(Summary {
+                    state: r.get(1)?.unwrap_or_default(),
+                    role: r.get(2)?.unwrap_or_default(),
+                    version: r.get(3)?,
+                })),
+                None => Ok(None),
+            }
+        })
+    })
+    .or_bookkeeping("read migrate.backfills")
+}
+
+/// The job a migration's phase submitted.
+pub fn link_to_phase(id: i64, version: &str, phase: i32) {
+    write(
+        "UPDATE migrate.backfills SET version = $2, phase = $3 WHERE id = $1",
+        &[id.into(), version.into(), phase.into()],
+    );
+    write(
+        "UPDATE migrate.steps SET backfill_id = $1 WHERE version = $2 AND phase = $3",
+        &[id.into(), version.into(), phase.into()],
+    );
+}
+
+/// The jobs a migration started and what their final checks found, for migrate.verify:
+/// (id, table, state, where clause).
+pub fn of_migration(version: &str) -> Vec<(i64, Option<String>, String, Option<String>)> {
+    security::pinned(|| {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT b.id, (SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) \
+                                 FROM pg_catalog.pg_class c \
+                                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                                WHERE c.oid = b.table_oid), b.state, b.where_clause \
+                 FROM migrate.backfills b WHERE b.version = $1 ORDER BY b.id",
+                None,
+                &[version.into()],
+            )?
+            .map(|r| {
+                Ok((
+                    r.get(1)?.unwrap_or_default(),
+                    r.get(2)?,
+                    r.get(3)?.unwrap_or_default(),
+                    r.get(4)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+        })
+    })
+    .or_bookkeeping("read migrate.backfills")
+}
+
+fn write(sql: &str, args: &[DatumWithOid]) {
+    security::as_owner(|| Spi::run_with_args(sql, args)).or_bookkeeping("write migrate.backfills");
+}
+
+fn read_row<T>(
+    sql: &str,
+    args: &[DatumWithOid],
+    map: impl FnOnce(pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
+) -> Option<T> {
+    security::pinned_row(sql, args, map).or_bookkeeping("read migrate.backfills")
+}
