@@ -23,6 +23,10 @@ asserts a timing; the tests assert correctness bounds, this measures.
                    identical databases.
   fingerprint      migrate.fingerprint() and migrate.describe() on a schema of 500 tables
                    (with their keys, indexes, constraints and defaults).
+  backfill         fill a new column of a 2M-row table three ways, on three identical tables:
+                   one UPDATE, a psycopg client loop (next 1,000 ids by keyset, update them,
+                   commit), and migrate.backfill; each under a rate-limited pgbench workload
+                   updating random rows of the same table, vs that workload with no fill.
 """
 
 from __future__ import annotations
@@ -366,6 +370,127 @@ def fingerprint(cluster: Cluster, tables: int, runs: int) -> None:
     cluster.drop_database(db)
 
 
+PGBENCH_BACKFILL_WRITER = """
+\\set id random(1, {rows})
+UPDATE {table} SET hits = hits + 1 WHERE id = :id;
+"""
+
+
+class PgbenchChunks:
+    """pgbench in back-to-back 5 s runs (logging each transaction) for as long as a fill runs:
+    the fills take different times, and pgbench cannot be stopped early without losing its log."""
+
+    def __init__(self, cluster: Cluster, db: str, table: str, rows: int, clients: int, rate: int, prefix: Path):
+        self.cluster, self.db, self.clients, self.rate, self.prefix = cluster, db, clients, rate, prefix
+        self.script = prefix.with_suffix(".sql")
+        self.script.write_text(PGBENCH_BACKFILL_WRITER.format(rows=rows, table=table))
+        self.running = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+        self.chunk = 0
+
+    def _run(self) -> None:
+        while self.running.is_set():
+            self.chunk += 1
+            out = subprocess.run(
+                [str(PG_BIN / "pgbench"), "-n", "-c", str(self.clients), "-j", str(self.clients), "-T", "5",
+                 "-R", str(self.rate), "-f", str(self.script), "-l", "--log-prefix", f"{self.prefix}_{self.chunk}",
+                 "-h", str(self.cluster.sock), "-p", str(self.cluster.port), "-U", "postgres", self.db],
+                capture_output=True, text=True)
+            assert out.returncode == 0, out.stdout + out.stderr
+
+    def __enter__(self) -> "PgbenchChunks":
+        self.running.set()
+        self.thread.start()
+        time.sleep(1)  # warm up
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.running.clear()
+        self.thread.join()
+
+    def during(self, began: float, ended: float) -> list[float]:
+        latencies = []
+        for log in glob.glob(f"{self.prefix}_*.*"):
+            for line in Path(log).read_text().splitlines():
+                f = line.split()
+                latency, finished = int(f[2]) / 1e6, int(f[4]) + int(f[5]) / 1e6
+                if began <= finished and finished - latency <= ended:
+                    latencies.append(latency)
+        return latencies
+
+
+def backfill(cluster: Cluster, rows: int, clients: int, rate: int) -> None:
+    db = cluster.create_database("bench_backfill")
+    with cluster.connect(db) as c:
+        for t in ("t_update", "t_loop", "t_backfill"):
+            c.execute(f"CREATE TABLE {t} (id bigint PRIMARY KEY, v int NOT NULL, hits int NOT NULL DEFAULT 0)")
+            c.execute(f"INSERT INTO {t} SELECT g, g % 1000 FROM generate_series(1, {rows}) g")
+            c.execute(f"VACUUM ANALYZE {t}")
+            c.execute(f"ALTER TABLE {t} ADD COLUMN filled int")  # the expand step
+        lock_timeout = c.execute("SELECT setting::int / 1000.0 FROM pg_settings WHERE name = 'migrate.lock_timeout'").fetchone()[0]
+    work = Path(tempfile.mkdtemp(prefix="pg_migrate_bench_backfill_"))
+
+    def one_update(c, table: str) -> None:
+        c.execute(f"UPDATE {table} SET filled = v * 2")
+
+    def client_loop(c, table: str) -> None:
+        with cluster.connect(db, autocommit=False) as loop:
+            last = 0
+            while True:
+                ids = [r[0] for r in loop.execute(
+                    f"SELECT id FROM {table} WHERE id > %s ORDER BY id LIMIT 1000", (last,)).fetchall()]
+                if not ids:
+                    loop.commit()
+                    break
+                loop.execute(f"UPDATE {table} SET filled = v * 2 WHERE id = ANY(%s)", (ids,))
+                loop.commit()
+                last = ids[-1]
+
+    def migrate_backfill(c, table: str) -> None:
+        job = c.execute(f"SELECT migrate.backfill('{table}', 'filled = v * 2', 'filled IS NULL')").fetchone()[0]
+        wait_until(lambda: c.execute("SELECT state FROM migrate.backfills WHERE id = %s", (job,)).fetchone()[0]
+                   in ("done", "failed"), timeout=3600, interval=0.05)
+        state, batches, size = c.execute("SELECT state, batches, batch_size FROM migrate.backfills WHERE id = %s",
+                                         (job,)).fetchone()
+        assert state == "done", state
+        print(f"  (migrate.backfill: {batches} batches, last batch size {size:,})")
+
+    results = {}
+    for name, table, fill in (("none", "t_update", None), ("update", "t_update", one_update),
+                              ("loop", "t_loop", client_loop), ("backfill", "t_backfill", migrate_backfill)):
+        with cluster.connect(db) as c, PgbenchChunks(cluster, db, table, rows, clients, rate, work / name) as load:
+            began = time.time()
+            if fill is None:
+                time.sleep(10)
+            else:
+                fill(c, table)
+            ended = time.time()
+        if fill is not None:
+            with cluster.connect(db) as c:
+                left = c.execute(f"SELECT count(*) FROM {table} WHERE filled IS DISTINCT FROM v * 2").fetchone()[0]
+            assert left == 0, f"{name}: {left} rows not filled"
+        during = load.during(began, ended)
+        results[name] = (ended - began, during)
+
+    print(f"backfill: fill a new column of {rows:,} rows while {clients} pgbench clients update random rows "
+          f"of the same table at {rate} tps (rate-limited), side by side on identical tables")
+    base_took, base = results["none"]
+    base_p99 = statistics.quantiles(base, n=100)[98]
+    print(f"  {'no fill (baseline)':<34} {'':>9}  writer p99 {base_p99 * 1000:7.2f} ms, "
+          f"{len(base) / base_took:6.0f} tps, worst {max(base) * 1000:7.1f} ms")
+    for name, label in (("update", "(a) one UPDATE"), ("loop", "(b) client loop, 1,000-id batches"),
+                        ("backfill", "(c) migrate.backfill")):
+        took, during = results[name]
+        p99 = statistics.quantiles(during, n=100)[98]
+        print(f"  {label:<34} {took:7.2f} s  writer p99 {p99 * 1000:7.2f} ms ({p99 / base_p99:5.2f}x), "
+              f"{len(during) / took:6.0f} tps ({len(during) / took / (len(base) / base_took):4.2f}x), "
+              f"worst {max(during) * 1000:7.1f} ms")
+    a, b, c_ = results["update"][0], results["loop"][0], results["backfill"][0]
+    print(f"  wall time: (c)/(a) {c_ / a:.2f}x, (b)/(c) {b / c_:.2f}x; worst writer wait during (c) / "
+          f"migrate.lock_timeout ({float(lock_timeout):g} s): {max(results['backfill'][1]) / float(lock_timeout):.2f}")
+    cluster.drop_database(db)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--migrations", type=int, default=500)
@@ -377,8 +502,10 @@ def main() -> None:
     p.add_argument("--writers", type=int, default=4, help="pgbench clients in writer-wait")
     p.add_argument("--dry-runs", type=int, default=10, help="repetitions in dry-run")
     p.add_argument("--tables", type=int, default=500, help="tables in fingerprint")
+    p.add_argument("--backfill-rows", type=int, default=2_000_000, help="rows in each backfill table")
+    p.add_argument("--backfill-rate", type=int, default=400, help="pgbench transactions per second in backfill")
     p.add_argument("--only", choices=["apply-overhead", "lock-queue", "guard", "worker-latency", "writer-wait",
-                                      "dry-run", "fingerprint"])
+                                      "dry-run", "fingerprint", "backfill"])
     args = p.parse_args()
     # Commit timestamps: the worker-latency figure starts at the submitting commit.
     cluster = Cluster("/tmp/pg_migrate_bench").start("track_commit_timestamp=on")
@@ -401,6 +528,8 @@ def main() -> None:
             dry_run(cluster, args.dry_runs)
         if args.only in (None, "fingerprint"):
             fingerprint(cluster, args.tables, 10)
+        if args.only in (None, "backfill"):
+            backfill(cluster, args.backfill_rows, 2, args.backfill_rate)
     finally:
         cluster.stop()
 

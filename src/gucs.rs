@@ -42,7 +42,7 @@ pub static WORKER_IDLE_TIMEOUT_S: GucSetting<i32> = GucSetting::<i32>::new(2);
 pub static BACKFILL_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1_000);
 pub static BACKFILL_MIN_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(100);
 pub static BACKFILL_MAX_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(50_000);
-pub static BACKFILL_BATCH_TIME_MS: GucSetting<i32> = GucSetting::<i32>::new(200);
+pub static BACKFILL_BATCH_TIME_MS: GucSetting<i32> = GucSetting::<i32>::new(50);
 pub static BACKFILL_PAUSE_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static BACKFILL_MAX_REPLICATION_LAG_KB: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
 

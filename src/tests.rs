@@ -352,4 +352,56 @@ CREATE TABLE b (
             )
         );
     }
+
+    #[pg_test]
+    fn backfill_clauses_are_judged_by_the_grammar() {
+        use crate::backfill::clauses::{check_set, check_where};
+        assert_eq!(
+            check_set("a = 1, \"B c\" = d * 2, (e, f) = (1, 2) -- note").unwrap(),
+            ["a", "B c", "e", "f"]
+        );
+        for bad in [
+            "a = ",
+            "a = 1 WHERE true",
+            "a = 1 FROM t",
+            "a = 1 RETURNING *",
+            "a = 1; b",
+        ] {
+            assert_eq!(
+                check_set(bad).unwrap_err().code,
+                pgrx::PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
+                "{bad}"
+            );
+        }
+        assert!(check_where("a IS NULL AND (b > 1 OR c) -- why").is_ok());
+        for bad in [
+            "true) OR (true",
+            "a, b",
+            "a AS x",
+            "a FROM t",
+            "a ORDER BY 1",
+            "/* a",
+            "a; b",
+            "",
+        ] {
+            assert!(check_where(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[pg_test]
+    fn only_a_plain_call_is_a_backfill_phase() {
+        use crate::script::Kind;
+        let kinds = |sql: &str| -> Vec<Kind> {
+            crate::parser::parse(sql)
+                .unwrap()
+                .into_iter()
+                .map(|(s, _)| s.kind)
+                .collect()
+        };
+        assert_eq!(
+            kinds("SELECT migrate.backfill('t', 'a = 1'); SELECT backfill('t', 'a = 1'); \
+                   SELECT 1, migrate.backfill('t', 'a = 1'); SELECT migrate.backfill('t', 'a = 1') FROM x"),
+            [Kind::Backfill, Kind::Transactional, Kind::Transactional, Kind::Transactional]
+        );
+    }
 }

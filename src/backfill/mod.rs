@@ -39,9 +39,17 @@ thread_local! {
 /// Runs a migration's backfill phase (`sql`: its `SELECT migrate.backfill(...)`), linking the
 /// job it submits to the phase. In the caller's transaction.
 pub fn submit_phase(version: &str, phase: i32, sql: &str) {
+    struct InPhase;
+    impl Drop for InPhase {
+        // Also when the statement raises: nothing after it may pass for the phase.
+        fn drop(&mut self) {
+            PHASE.set(None);
+        }
+    }
     PHASE.set(Some((version.to_string(), phase)));
+    let in_phase = InPhase;
     let id = Spi::get_one::<i64>(sql);
-    PHASE.set(None);
+    drop(in_phase);
     let id = id
         .or_bookkeeping("submit a backfill phase")
         .unwrap_or_else(|| {
