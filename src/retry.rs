@@ -68,6 +68,16 @@ pub fn sleep(duration: Duration) {
     }
 }
 
+/// Lock timeouts, deadlocks and serialization failures: another attempt may well succeed.
+pub fn transient(error: &crate::subxact::Caught) -> bool {
+    matches!(
+        error.code,
+        pgrx::PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE
+            | pgrx::PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED
+            | pgrx::PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE
+    )
+}
+
 #[cfg(test)]
 mod unit {
     use super::*;

@@ -114,6 +114,24 @@ pub fn pinned_row<T>(
     })
 }
 
+/// Writes one of pg_migrate's tables (`sql`, an INSERT or UPDATE) as their owner; a failure
+/// is a bookkeeping error naming `table`.
+pub fn write_as_owner(table: &str, sql: &str, args: &[pgrx::datum::DatumWithOid]) {
+    use crate::errors::OrBookkeeping;
+    as_owner(|| pgrx::Spi::run_with_args(sql, args)).or_bookkeeping(&format!("write {table}"));
+}
+
+/// `pinned_row` for pg_migrate's own tables, where a failure is a bookkeeping error.
+pub fn read_own_row<T>(
+    table: &str,
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+    map: impl FnOnce(pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
+) -> Option<T> {
+    use crate::errors::OrBookkeeping;
+    pinned_row(sql, args, map).or_bookkeeping(&format!("read {table}"))
+}
+
 /// Runs `f` as the owner of pg_migrate's tables, with `search_path` pinned.
 pub fn as_owner<T>(f: impl FnOnce() -> T) -> T {
     struct Restore {

@@ -3,12 +3,10 @@
 //! tables' owner with `search_path` pinned.
 
 use crate::apply::Running;
-use crate::errors::OrBookkeeping;
 use crate::phases::{Phase, PhaseKind};
 use crate::security;
 use crate::subxact::Caught;
 use pgrx::datum::DatumWithOid;
-use pgrx::prelude::*;
 
 /// Records the phases of a migration just submitted.
 pub fn insert(version: &str, script: &str, phases: &[Phase]) {
@@ -288,7 +286,7 @@ pub fn built_indexes(version: &str) -> Vec<String> {
 }
 
 fn write(sql: &str, args: &[DatumWithOid]) {
-    security::as_owner(|| Spi::run_with_args(sql, args)).or_bookkeeping("write migrate.steps");
+    security::write_as_owner("migrate.steps", sql, args);
 }
 
 fn read_row<T>(
@@ -296,7 +294,7 @@ fn read_row<T>(
     args: &[DatumWithOid],
     map: impl FnOnce(pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
 ) -> Option<T> {
-    security::pinned_row(sql, args, map).or_bookkeeping("read migrate.steps")
+    security::read_own_row("migrate.steps", sql, args, map)
 }
 
 /// A failed or cancelled migration resumes from its failed (or first unfinished) phase.

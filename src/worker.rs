@@ -352,7 +352,7 @@ fn run_top_level_phase(step: &Step, form: &TopLevelForm) -> bool {
         }
     }
     let attempts_allowed = gucs::INDEX_BUILD_RETRIES.get().max(0) + 1;
-    if retryable(&error) && step.attempts + 1 < attempts_allowed {
+    if retry::transient(&error) && step.attempts + 1 < attempts_allowed {
         let recorded = record(|| steps::failed_attempt(step, &error));
         // The backoff of migrate.apply's lock retries.
         retry::sleep(backoff.delay(step.attempts as u32 + 1, retry::random_unit()));
@@ -454,16 +454,6 @@ fn drop_index_concurrently(index: &str) -> Result<(), Caught> {
             e.message
         ))
     })
-}
-
-/// Lock timeouts, deadlocks and serialization failures: worth another attempt.
-fn retryable(error: &Caught) -> bool {
-    matches!(
-        error.code,
-        PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE
-            | PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED
-            | PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE
-    )
 }
 
 fn statement_form(sql: &str) -> TopLevelForm {

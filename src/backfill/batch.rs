@@ -347,13 +347,7 @@ fn pretty(bytes: i64) -> String {
 /// Lock timeouts, deadlocks, serialization failures and statement timeouts: worth another
 /// (smaller) try.
 fn retryable(error: &Caught) -> bool {
-    matches!(
-        error.code,
-        PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE
-            | PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED
-            | PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE
-            | PgSqlErrorCode::ERRCODE_QUERY_CANCELED
-    )
+    retry::transient(error) || error.code == PgSqlErrorCode::ERRCODE_QUERY_CANCELED
 }
 
 fn record(f: impl FnOnce()) {

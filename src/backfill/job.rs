@@ -336,7 +336,7 @@ pub fn of_migration(version: &str) -> Vec<(i64, Option<String>, String, Option<S
 }
 
 fn write(sql: &str, args: &[DatumWithOid]) {
-    security::as_owner(|| Spi::run_with_args(sql, args)).or_bookkeeping("write migrate.backfills");
+    security::write_as_owner("migrate.backfills", sql, args);
 }
 
 fn read_row<T>(
@@ -344,5 +344,5 @@ fn read_row<T>(
     args: &[DatumWithOid],
     map: impl FnOnce(pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
 ) -> Option<T> {
-    security::pinned_row(sql, args, map).or_bookkeeping("read migrate.backfills")
+    security::read_own_row("migrate.backfills", sql, args, map)
 }
