@@ -285,6 +285,7 @@ BAD_INPUT = [
     ("SELECT migrate.backfill('t', 'b = 1', max_replication_lag => 'lots')", "22023", "not a size"),
     ("SELECT migrate.backfill('v', 'b = 1')", "42809", "is not a table"),
     ("SELECT migrate.backfill('missing_table', 'b = 1')", "42P01", "does not exist"),
+    ("SELECT migrate.backfill(4294967000::oid::regclass, 'b = 1')", "42P01", "relation 4294967000 does not exist"),
     ("SELECT migrate.pause(NULL)", "22004", "job must not be NULL"),
     ("SELECT migrate.resume(424242)", "42704", "does not exist"),
 ]

@@ -5,7 +5,8 @@
 -- restart resumes after the last committed batch, and no row is updated twice or skipped.
 CREATE TABLE migrate.backfills (
     id                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    -- The table, and its name when submitted (schema-qualified, quoted).
+    -- The table, and its name when submitted (schema-qualified, quoted), kept for the record
+    -- of a job whose table was dropped.
     table_oid          oid NOT NULL,
     table_name         text NOT NULL,
     set_clause         text NOT NULL,
@@ -72,7 +73,9 @@ SELECT pg_catalog.pg_extension_config_dump('migrate.backfills_id_seq', '');
 -- What pg_stat_progress_* views are to a DBA: one row per job.
 CREATE VIEW migrate.backfill_progress AS
 SELECT b.id AS job,
-       b.table_name AS "table",
+       -- Its name now (renames follow); the name it had, once it is dropped.
+       CASE WHEN c.oid IS NULL THEN b.table_name
+            ELSE pg_catalog.format('%I.%I', n.nspname, c.relname) END AS "table",
        b.state,
        b.state_reason AS reason,
        b.pass,
@@ -100,6 +103,8 @@ SELECT b.id AS job,
        b.last_batch_at,
        b.finished_at
 FROM migrate.backfills b
+LEFT JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) b.table_oid
+LEFT JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
 ORDER BY b.id;
 
 COMMENT ON VIEW migrate.backfill_progress IS

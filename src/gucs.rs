@@ -27,6 +27,15 @@ pub const CARRIED: [&str; 6] = [
     "migrate.lock_retry_max_delay",
 ];
 
+/// The CARRIED settings as the caller's session has them now, as (names, values): read
+/// before switching to the tables' owner, which pins search_path.
+pub fn carried() -> (Vec<String>, Vec<String>) {
+    CARRIED
+        .iter()
+        .filter_map(|name| Some((name.to_string(), current(name)?)))
+        .unzip()
+}
+
 /// Whether a version lower than the highest applied one may still be applied.
 pub static OUT_OF_ORDER: GucSetting<bool> = GucSetting::<bool>::new(false);
 

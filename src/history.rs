@@ -108,10 +108,7 @@ pub fn insert(entry: &NewEntry) -> Duration {
     let applied_role = security::current_user_name();
     // The caller's settings (the background worker runs phases under them), read before the
     // switch to the owner pins search_path.
-    let (names, values): (Vec<String>, Vec<String>) = crate::gucs::CARRIED
-        .iter()
-        .filter_map(|name| Some((name.to_string(), crate::gucs::current(name)?)))
-        .unzip();
+    let (names, values) = crate::gucs::carried();
     let rollback_checksum = entry.rollback.map(|r| Checksums::of(r).normalized);
     let args: Vec<DatumWithOid> = vec![
         entry.version.as_str().into(),

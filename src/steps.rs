@@ -255,15 +255,36 @@ pub fn cancel(version: &str) {
            AND (state IN ('pending', 'failed') OR (state = 'running' AND backfill_id IS NOT NULL))",
         &[version.into()],
     );
-    write(
-        "UPDATE migrate.backfills SET state = 'cancelled', auto_paused = false, \
-           state_reason = 'its migration was cancelled', finished_at = clock_timestamp() \
-         WHERE version = $1 AND state IN ('running', 'paused', 'failed')",
-        &[version.into()],
-    );
+    crate::backfill::cancel_with_migration(version);
     write(
         "UPDATE migrate.history SET status = 'cancelled', cancel_requested = false WHERE version = $1",
         &[version.into()],
+    );
+}
+
+/// A backfill job's end, failure, cancellation or resumption, carried to the migration phase
+/// it is and (but for its end, which lets the next phase run) to the migration.
+pub fn follow_backfill(id: i64, state: &str, error: Option<&Caught>) {
+    write(
+        "UPDATE migrate.steps SET state = $2, \
+           finished_at = CASE WHEN $2 = 'running' THEN NULL ELSE clock_timestamp() END, \
+           error_sqlstate = $3, error_message = $4, error_detail = $5 \
+         WHERE backfill_id = $1",
+        &[
+            id.into(),
+            state.into(),
+            error.map(|e| crate::errors::sqlstate(e.code)).into(),
+            error.map(|e| e.message.clone()).into(),
+            error.and_then(|e| e.detail.clone()).into(),
+        ],
+    );
+    if state == "done" {
+        return;
+    }
+    write(
+        "UPDATE migrate.history SET status = $2, cancel_requested = false \
+         WHERE version = (SELECT version FROM migrate.steps WHERE backfill_id = $1)",
+        &[id.into(), state.into()],
     );
 }
 

@@ -56,10 +56,10 @@ pub fn as_role<T>(
         }
     });
     if let Err(e) = reset {
-        pgrx::log!(
-            "pg_migrate worker: could not reset the submitter's settings: {}",
+        toplevel::log(&format!(
+            "could not reset the submitter's settings: {}",
             e.message
-        );
+        ));
     }
     result
 }

@@ -197,6 +197,23 @@ pub fn transaction<T>(f: impl FnOnce() -> T) -> Result<T, Caught> {
     }
 }
 
+/// Records `what` (an outcome, progress) in a transaction of its own; false, and logged, if
+/// that failed.
+pub fn record(what: &str, f: impl FnOnce()) -> bool {
+    match transaction(f) {
+        Ok(()) => true,
+        Err(e) => {
+            log(&format!("could not record {what}: {}", e.message));
+            false
+        }
+    }
+}
+
+/// A line in the server log from the worker, which has no client to tell.
+pub fn log(message: &str) {
+    pgrx::log!("pg_migrate worker: {message}");
+}
+
 /// What PostgresMain does after an ERROR: abort whatever transaction state there is, and
 /// forget a cancel request that arrived meanwhile.
 unsafe fn abort(error: CaughtError) -> Caught {

@@ -137,7 +137,7 @@ fn work_once(session_of: &mut Option<String>) -> Turn {
     let claim = match toplevel::transaction(claim) {
         Ok(claim) => claim,
         Err(e) => {
-            log(&format!("could not read the queue: {}", e.message));
+            toplevel::log(&format!("could not read the queue: {}", e.message));
             return Turn::Idle;
         }
     };
@@ -189,19 +189,8 @@ fn work_once(session_of: &mut Option<String>) -> Turn {
     }
 }
 
-/// Records an outcome in migrate.steps, in a transaction of its own; false (logged) if that
-/// failed.
 fn record(f: impl FnOnce()) -> bool {
-    match toplevel::transaction(f) {
-        Ok(()) => true,
-        Err(e) => {
-            log(&format!(
-                "could not record a phase's outcome: {}",
-                e.message
-            ));
-            false
-        }
-    }
+    toplevel::record("a phase's outcome", f)
 }
 
 /// Before a phase of another migration than the last one: DISCARD ALL, as a connection
@@ -212,7 +201,7 @@ fn fresh_session(session_of: &mut Option<String>, version: &str) {
     }
     if session_of.is_some() {
         if let Err(e) = toplevel::run("DISCARD ALL") {
-            log(&format!("could not reset the session: {}", e.message));
+            toplevel::log(&format!("could not reset the session: {}", e.message));
         }
         set_application_name();
     }
@@ -449,7 +438,7 @@ fn drop_leftovers(table: pg_sys::Oid, before: &[String]) -> Result<(), Caught> {
 
 fn drop_index_concurrently(index: &str) -> Result<(), Caught> {
     toplevel::run(&format!("DROP INDEX CONCURRENTLY IF EXISTS {index}")).inspect_err(|e| {
-        log(&format!(
+        toplevel::log(&format!(
             "could not drop the invalid index {index}: {}",
             e.message
         ))
@@ -499,8 +488,4 @@ fn set_application_name() {
             pg_sys::GucAction::GUC_ACTION_SET,
         )
     });
-}
-
-fn log(message: &str) {
-    pgrx::log!("pg_migrate worker: {message}");
 }

@@ -35,33 +35,31 @@ pub enum Turn {
 }
 
 pub fn turn() -> Turn {
-    let due = match toplevel::transaction(job::next_due) {
-        Ok(due) => due,
-        Err(e) => {
-            log(&format!("could not read the backfill jobs: {}", e.message));
-            return Turn::Idle;
+    // One transaction reads which job is due, the job, and the replicas' lag.
+    let due = toplevel::transaction(|| {
+        let (id, wait) = job::next_due()?;
+        if !wait.is_zero() {
+            return Some(Err(wait));
         }
-    };
-    let Some((id, wait)) = due else {
-        return Turn::Idle;
-    };
-    if !wait.is_zero() {
-        return Turn::Wait(wait);
-    }
-    match toplevel::transaction(|| job::load(id)) {
-        Ok(Some(job)) => {
-            step(&job);
+        let job = job::load(id)?;
+        let lag = (job.max_lag > 0).then(worst_lag).flatten();
+        Some(Ok((job, lag)))
+    });
+    match due {
+        Ok(None) => Turn::Idle,
+        Ok(Some(Err(wait))) => Turn::Wait(wait),
+        Ok(Some(Ok((job, lag)))) => {
+            step(&job, lag);
             Turn::Ran
         }
-        Ok(None) => Turn::Ran,
         Err(e) => {
-            log(&format!("could not read backfill job {id}: {}", e.message));
+            toplevel::log(&format!("could not read the backfill jobs: {}", e.message));
             Turn::Wait(LAG_POLL)
         }
     }
 }
 
-fn step(job: &Job) {
+fn step(job: &Job, lag: Option<(String, i64, String)>) {
     let Some(table) = job.table.as_deref() else {
         let gone = Problem::new(
             PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
@@ -72,19 +70,13 @@ fn step(job: &Job) {
         record(|| job::fail(job.id, &gone.into(), None));
         return;
     };
-    if job.max_lag > 0 {
-        match toplevel::transaction(worst_lag) {
-            Ok(Some((replica, lag, shown))) if lag > job.max_lag => {
-                let reason = format!(
-                    "replication lag: {replica} is {shown} behind (limit {})",
-                    pretty(job.max_lag)
-                );
-                record(|| job::pause_for_lag(job.id, &reason));
-                return;
-            }
-            Err(e) => log(&format!("could not read replication lag: {}", e.message)),
-            _ => {}
-        }
+    if let Some((replica, _, shown)) = lag.filter(|(_, bytes, _)| *bytes > job.max_lag) {
+        let reason = format!(
+            "replication lag: {replica} is {shown} behind (limit {})",
+            pretty(job.max_lag)
+        );
+        record(|| job::pause_for_lag(job.id, &reason));
+        return;
     }
     if job.upper.is_none() {
         start_pass(job, table);
@@ -351,14 +343,5 @@ fn retryable(error: &Caught) -> bool {
 }
 
 fn record(f: impl FnOnce()) {
-    if let Err(e) = toplevel::transaction(f) {
-        log(&format!(
-            "could not record a backfill's progress: {}",
-            e.message
-        ));
-    }
-}
-
-fn log(message: &str) {
-    pgrx::log!("pg_migrate worker: {message}");
+    toplevel::record("a backfill's progress", f);
 }

@@ -1,6 +1,6 @@
 //! `migrate.backfills`: reading a job and recording what happened to it. Every write runs as
 //! the tables' owner with `search_path` pinned. A job that is a phase of a migration carries
-//! its state to that phase (`migrate.steps.backfill_id`) and to the migration, in the same
+//! its state to that phase and to the migration (`steps::follow_backfill`), in the same
 //! transaction: a failed or cancelled backfill fails or cancels the migration, a resumed one
 //! resumes it, and a finished one lets the next phase run.
 
@@ -67,12 +67,8 @@ pub fn next_due() -> Option<(i64, Duration)> {
 }
 
 pub fn load(id: i64) -> Option<Job> {
-    read_row(
-        "SELECT b.id, b.table_oid, \
-                (SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) \
-                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                  WHERE c.oid = b.table_oid), \
-                b.set_clause, b.where_clause, b.key_columns, b.key_types, b.pass, \
+    let job = read_row(
+        "SELECT b.id, b.table_oid, b.set_clause, b.where_clause, b.key_columns, b.key_types, b.pass, \
                 b.upper_key, b.last_key, b.rows_scanned, coalesce(b.rows_estimated, 0), \
                 b.batch_size, b.min_batch_size, b.max_batch_size, \
                 (extract(epoch FROM b.batch_time) * 1000)::bigint, \
@@ -82,10 +78,7 @@ pub fn load(id: i64) -> Option<Job> {
          FROM migrate.backfills b WHERE b.id = $1",
         &[id.into()],
         |r| {
-            let strings = |v: Option<Vec<Option<String>>>| {
-                v.map(|v| v.into_iter().flatten().collect::<Vec<String>>())
-            };
-            let walk = match (strings(r.get(6)?), strings(r.get(7)?)) {
+            let walk = match (texts(r.get(5)?), texts(r.get(6)?)) {
                 (Some(columns), Some(types)) => Walk::Keyset { columns, types },
                 _ => Walk::Pages,
             };
@@ -93,32 +86,37 @@ pub fn load(id: i64) -> Option<Job> {
             Ok(Job {
                 id: r.get(1)?.unwrap_or_default(),
                 table_oid: r.get(2)?.unwrap_or(pg_sys::InvalidOid),
-                table: r.get(3)?,
-                set_clause: r.get(4)?.unwrap_or_default(),
-                where_clause: r.get(5)?,
+                table: None,
+                set_clause: r.get(3)?.unwrap_or_default(),
+                where_clause: r.get(4)?,
                 walk,
-                pass: r.get(8)?.unwrap_or(1),
-                upper: strings(r.get(9)?),
-                last: strings(r.get(10)?),
-                rows_scanned: r.get(11)?.unwrap_or(0),
-                rows_estimated: r.get(12)?.unwrap_or(0),
-                batch_size: r.get(13)?.unwrap_or(1),
+                pass: r.get(7)?.unwrap_or(1),
+                upper: texts(r.get(8)?),
+                last: texts(r.get(9)?),
+                rows_scanned: r.get(10)?.unwrap_or(0),
+                rows_estimated: r.get(11)?.unwrap_or(0),
+                batch_size: r.get(12)?.unwrap_or(1),
                 bounds: Bounds {
-                    min: r.get(14)?.unwrap_or(1),
-                    max: r.get(15)?.unwrap_or(1),
+                    min: r.get(13)?.unwrap_or(1),
+                    max: r.get(14)?.unwrap_or(1),
                 },
-                batch_time: ms(r.get(16)?),
-                pause: ms(r.get(17)?),
-                max_lag: r.get(18)?.unwrap_or(0),
-                failed_attempts: r.get(19)?.unwrap_or(0),
-                rows_per_second: r.get(20)?,
-                role: r.get(21)?.unwrap_or_default(),
+                batch_time: ms(r.get(15)?),
+                pause: ms(r.get(16)?),
+                max_lag: r.get(17)?.unwrap_or(0),
+                failed_attempts: r.get(18)?.unwrap_or(0),
+                rows_per_second: r.get(19)?,
+                role: r.get(20)?.unwrap_or_default(),
                 settings: crate::steps::pairs(
-                    r.get::<Vec<Option<String>>>(22)?.unwrap_or_default(),
+                    r.get::<Vec<Option<String>>>(21)?.unwrap_or_default(),
                 ),
             })
         },
-    )
+    )?;
+    // Its name now, which a rename changes; None once it is dropped.
+    Some(Job {
+        table: crate::catalog::relation_name(job.table_oid),
+        ..job
+    })
 }
 
 /// A pass begins: its bound, and how many keys it is expected to walk.
@@ -204,11 +202,7 @@ pub fn finish(id: i64, remaining: Option<i64>) {
            state_reason = NULL, auto_paused = false WHERE id = $1",
         &[id.into(), remaining.into()],
     );
-    write(
-        "UPDATE migrate.steps SET state = 'done', finished_at = clock_timestamp() \
-         WHERE backfill_id = $1",
-        &[id.into()],
-    );
+    crate::steps::follow_backfill(id, "done", None);
 }
 
 /// The job failed; progress is kept, and `migrate.resume` carries on from it.
@@ -225,10 +219,10 @@ pub fn fail(id: i64, error: &Caught, remaining: Option<i64>) {
             remaining.into(),
         ],
     );
-    carry_to_migration(id, "failed", Some(error));
+    crate::steps::follow_backfill(id, "failed", Some(error));
 }
 
-/// Sets the state of a job asked to pause, resume or stop; says whether it changed.
+/// Sets the state of a job asked to pause, resume or stop.
 pub fn set_state(id: i64, state: &str, reason: Option<&str>) {
     write(
         "UPDATE migrate.backfills SET state = $2, state_reason = $3, auto_paused = false, \
@@ -238,32 +232,10 @@ pub fn set_state(id: i64, state: &str, reason: Option<&str>) {
         &[id.into(), state.into(), reason.into()],
     );
     match state {
-        "cancelled" => carry_to_migration(id, "cancelled", None),
-        "running" => carry_to_migration(id, "running", None),
+        "cancelled" => crate::steps::follow_backfill(id, "cancelled", None),
+        "running" => crate::steps::follow_backfill(id, "running", None),
         _ => {}
     }
-}
-
-/// Carries a job's failure, cancellation or resumption to the migration phase it is.
-fn carry_to_migration(id: i64, state: &str, error: Option<&Caught>) {
-    write(
-        "UPDATE migrate.steps SET state = $2, \
-           finished_at = CASE WHEN $2 = 'running' THEN NULL ELSE clock_timestamp() END, \
-           error_sqlstate = $3, error_message = $4, error_detail = $5 \
-         WHERE backfill_id = $1",
-        &[
-            id.into(),
-            state.into(),
-            error.map(|e| crate::errors::sqlstate(e.code)).into(),
-            error.map(|e| e.message.clone()).into(),
-            error.and_then(|e| e.detail.clone()).into(),
-        ],
-    );
-    write(
-        "UPDATE migrate.history SET status = $2, cancel_requested = false \
-         WHERE version = (SELECT version FROM migrate.steps WHERE backfill_id = $1)",
-        &[id.into(), state.into()],
-    );
 }
 
 /// What `migrate.pause`, `resume` and `cancel` need to know of a job.
@@ -313,18 +285,16 @@ pub fn of_migration(version: &str) -> Vec<(i64, Option<String>, String, Option<S
     security::pinned(|| {
         Spi::connect(|c| {
             c.select(
-                "SELECT b.id, (SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) \
-                                 FROM pg_catalog.pg_class c \
-                                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                                WHERE c.oid = b.table_oid), b.state, b.where_clause \
-                 FROM migrate.backfills b WHERE b.version = $1 ORDER BY b.id",
+                "SELECT id, table_oid, state, where_clause FROM migrate.backfills \
+                 WHERE version = $1 ORDER BY id",
                 None,
                 &[version.into()],
             )?
             .map(|r| {
                 Ok((
                     r.get(1)?.unwrap_or_default(),
-                    r.get(2)?,
+                    r.get::<pg_sys::Oid>(2)?
+                        .and_then(crate::catalog::relation_name),
                     r.get(3)?.unwrap_or_default(),
                     r.get(4)?,
                 ))
@@ -345,4 +315,19 @@ fn read_row<T>(
     map: impl FnOnce(pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
 ) -> Option<T> {
     security::read_own_row("migrate.backfills", sql, args, map)
+}
+
+/// A text[] column, its NULL elements left out.
+pub fn texts(column: Option<Vec<Option<String>>>) -> Option<Vec<String>> {
+    column.map(|v| v.into_iter().flatten().collect())
+}
+
+/// Its migration was cancelled: the job stops after its current batch, progress kept.
+pub fn cancel_with_migration(version: &str) {
+    write(
+        "UPDATE migrate.backfills SET state = 'cancelled', auto_paused = false, \
+           state_reason = 'its migration was cancelled', finished_at = clock_timestamp() \
+         WHERE version = $1 AND state IN ('running', 'paused', 'failed')",
+        &[version.into()],
+    );
 }

@@ -15,7 +15,7 @@ mod throttle;
 mod walk;
 
 pub use batch::{turn, Turn};
-pub use job::of_migration;
+pub use job::{cancel_with_migration, of_migration};
 
 /// The final check's query: rows the where clause still matches.
 pub fn remaining_sql(table: &str, where_clause: &str) -> String {
@@ -27,7 +27,7 @@ use crate::subxact::{self, Caught};
 use crate::{apply, gucs, security, shared};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::{PgRelation, PgSqlErrorCode};
+use pgrx::PgSqlErrorCode;
 use std::cell::RefCell;
 use walk::Walk;
 
@@ -105,18 +105,33 @@ struct Options {
     max_lag: i64,
 }
 
+// The table is a regclass taken as its oid: pgrx's PgRelation would open the relation
+// before this function runs, and an oid naming none would fail without a word from us.
 #[allow(clippy::too_many_arguments)]
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(sql = r#"
+CREATE FUNCTION migrate.backfill(
+    "table" regclass,
+    set_clause text,
+    where_clause text DEFAULT NULL,
+    batch_size integer DEFAULT NULL,
+    min_batch_size integer DEFAULT NULL,
+    max_batch_size integer DEFAULT NULL,
+    batch_time interval DEFAULT NULL,
+    pause interval DEFAULT NULL,
+    max_replication_lag text DEFAULT NULL
+) RETURNS bigint VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+"#)]
 fn backfill(
-    table: Option<PgRelation>,
+    table: Option<pg_sys::Oid>,
     set_clause: Option<&str>,
-    where_clause: default!(Option<&str>, "NULL"),
-    batch_size: default!(Option<i32>, "NULL"),
-    min_batch_size: default!(Option<i32>, "NULL"),
-    max_batch_size: default!(Option<i32>, "NULL"),
-    batch_time: default!(Option<Interval>, "NULL"),
-    pause: default!(Option<Interval>, "NULL"),
-    max_replication_lag: default!(Option<&str>, "NULL"),
+    where_clause: Option<&str>,
+    batch_size: Option<i32>,
+    min_batch_size: Option<i32>,
+    max_batch_size: Option<i32>,
+    batch_time: Option<Interval>,
+    pause: Option<Interval>,
+    max_replication_lag: Option<&str>,
 ) -> i64 {
     security::require_admin("submit backfills").or_raise();
     let phase = PHASE.with_borrow(|p| p.clone());
@@ -160,7 +175,7 @@ fn backfill(
         max_replication_lag,
     )
     .or_raise();
-    let target = target_table(&table).or_raise();
+    let target = target_table(table).or_raise();
     let walk = key_of(&target, where_clause.is_some(), &assigned).or_raise();
     prepare_batches(&walk, &target.name, set_clause, where_clause).or_raise();
 
@@ -299,8 +314,7 @@ struct Target {
     persistence: String,
 }
 
-fn target_table(table: &PgRelation) -> Result<Target, Problem> {
-    let oid = table.oid();
+fn target_table(oid: pg_sys::Oid) -> Result<Target, Problem> {
     let target = security::pinned_row(
         "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), c.relkind::text, \
                 c.relpersistence::text \
@@ -317,10 +331,11 @@ fn target_table(table: &PgRelation) -> Result<Target, Problem> {
     )
     .or_bookkeeping("read pg_class")
     .ok_or_else(|| {
-        invalid(
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
             format!("relation {} does not exist", u32::from(oid)),
-            "The oid names no relation.",
-            "Pass the table by name.",
+            "The oid names no relation; it may have been dropped.",
+            "Pass the table by name, e.g. 'public.orders'.",
         )
     })?;
     if !matches!(target.kind.as_str(), "r" | "p") {
@@ -380,10 +395,11 @@ fn key_of(target: &Target, has_where: bool, assigned: &[String]) -> Result<Walk,
          WHERE k.n <= i.indnkeyatts",
         &[target.oid.into()],
         |r| {
-            let strings = |v: Option<Vec<Option<String>>>| {
-                v.map(|v| v.into_iter().flatten().collect::<Vec<String>>())
-            };
-            Ok((strings(r.get(1)?), strings(r.get(2)?), strings(r.get(3)?)))
+            Ok((
+                job::texts(r.get(1)?),
+                job::texts(r.get(2)?),
+                job::texts(r.get(3)?),
+            ))
         },
     )
     .or_bookkeeping("read the table's keys")
@@ -473,11 +489,7 @@ fn insert(
         Walk::Keyset { columns, types } => (Some(columns.clone()), Some(types.clone())),
         Walk::Pages => (None, None),
     };
-    // The caller's settings, read before the switch to the owner pins search_path.
-    let (names, values): (Vec<String>, Vec<String>) = gucs::CARRIED
-        .iter()
-        .filter_map(|name| Some((name.to_string(), gucs::current(name)?)))
-        .unzip();
+    let (names, values) = gucs::carried();
     let args: Vec<DatumWithOid> = vec![
         target.oid.into(),
         target.name.as_str().into(),
