@@ -27,6 +27,10 @@ asserts a timing; the tests assert correctness bounds, this measures.
                    one UPDATE, a psycopg client loop (next 1,000 ids by keyset, update them,
                    commit), and migrate.backfill; each under a rate-limited pgbench workload
                    updating random rows of the same table, vs that workload with no fill.
+  script-size      migrate.lint, migrate.dry_run and migrate.apply of 1,000, 10,000 and 50,000
+                   statements (on one line and one per line): time per statement must not grow
+                   with the script. And the time from pg_cancel_backend to the error during a
+                   lint of 50,000 statements.
 """
 
 from __future__ import annotations
@@ -347,6 +351,62 @@ def dry_run(cluster: Cluster, runs: int) -> None:
     cluster.drop_database(b)
 
 
+def script_size(cluster: Cluster, sizes: list[int]) -> None:
+    db = cluster.create_database("bench_script_size")
+    print("script-size: time per statement by script size (linear work keeps it flat)")
+
+    def timed(c, sql: str, script: str) -> float:
+        t = time.perf_counter()
+        c.execute(sql, (script,))
+        return time.perf_counter() - t
+
+    with cluster.connect(db, autocommit=False) as c:
+        c.execute("CREATE TABLE t (id int)")
+        c.commit()
+        rows = []
+        for n in sizes:
+            one_line = "".join(f"ALTER TABLE t ADD COLUMN c{i} int; " for i in range(n))
+            per_line = one_line.replace("; ", ";\n")
+            comments = "".join(f"COMMENT ON TABLE t IS 'n{i}';\n" for i in range(n))
+            lint_line = timed(c, "SELECT count(*) FROM migrate.lint(%s)", one_line)
+            lint_lines = timed(c, "SELECT count(*) FROM migrate.lint(%s)", per_line)
+            dry = timed(c, "SELECT count(*) FROM migrate.dry_run(%s)", comments) if n <= 10_000 else None
+            c.rollback()
+            applied = timed(c, "SELECT migrate.apply('1', %s)", comments)
+            c.rollback()
+            rows.append((n, lint_line, lint_lines, dry, applied))
+        base = rows[0]
+        print("  statements   lint, one line   lint, per line   dry_run (COMMENT)   apply (COMMENT)   per statement vs first")
+        for n, a, b, d, e in rows:
+            per = lambda x, x0: f"{x / n * 1e6:7.1f} us ({x / n / (x0 / base[0]):.2f}x)"
+            dry_text = per(d, base[3]) if d is not None else "      (not run)      "
+            print(f"  {n:>10,}   {per(a, base[1])}   {per(b, base[2])}   {dry_text}   {per(e, base[4])}")
+        script = "".join(f"ALTER TABLE t ADD COLUMN c{i} int; " for i in range(50_000))
+        pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+        c.commit()
+        latencies = []
+        with cluster.connect(db) as other:
+            for _ in range(5):
+                def cancel() -> None:
+                    time.sleep(0.3)
+                    latencies.append(time.perf_counter())
+                    other.execute("SELECT pg_cancel_backend(%s)", (pid,))
+                t = threading.Thread(target=cancel)
+                t.start()
+                try:
+                    c.execute("SELECT count(*) FROM migrate.lint(%s)", (script,))
+                    latencies[-1] = None
+                except Exception:
+                    latencies[-1] = time.perf_counter() - latencies[-1]
+                    c.rollback()
+                t.join()
+        measured = [x for x in latencies if x is not None]
+        if measured:
+            print(f"  pg_cancel_backend during a 50,000-statement lint: the error after median "
+                  f"{statistics.median(measured) * 1000:.1f} ms (max {max(measured) * 1000:.1f} ms, {len(measured)} of 5 cancelled)")
+    cluster.drop_database(db)
+
+
 def fingerprint(cluster: Cluster, tables: int, runs: int) -> None:
     db = cluster.create_database("bench_fingerprint")
     with cluster.connect(db) as c:
@@ -514,7 +574,7 @@ def main() -> None:
     p.add_argument("--backfill-rate", type=int, default=400, help="pgbench transactions per second in backfill")
     p.add_argument("--backfill-batch-time", help="migrate.backfill_batch_time for (c), e.g. 20ms (default: the setting's)")
     p.add_argument("--only", choices=["apply-overhead", "lock-queue", "guard", "worker-latency", "writer-wait",
-                                      "dry-run", "fingerprint", "backfill"])
+                                      "dry-run", "fingerprint", "backfill", "script-size"])
     args = p.parse_args()
     # Commit timestamps: the worker-latency figure starts at the submitting commit.
     cluster = Cluster("/tmp/pg_migrate_bench").start("track_commit_timestamp=on")
@@ -537,6 +597,8 @@ def main() -> None:
             dry_run(cluster, args.dry_runs)
         if args.only in (None, "fingerprint"):
             fingerprint(cluster, args.tables, 10)
+        if args.only in (None, "script-size"):
+            script_size(cluster, [1_000, 10_000, 50_000])
         if args.only in (None, "backfill"):
             backfill(cluster, args.backfill_rows, 2, args.backfill_rate, args.backfill_batch_time)
     finally:

@@ -158,6 +158,12 @@ def holding_lock(cluster: Cluster, dbname: str, statement: str):
         conn.close()
 
 
+# Locks on the pg_migrate extension object: the applier lock (see migrate.apply's Concurrency).
+APPLIER_LOCK = """SELECT count(*) FROM pg_locks WHERE locktype = 'object'
+    AND classid = 'pg_extension'::regclass
+    AND objid = (SELECT oid FROM pg_extension WHERE extname = 'pg_migrate')"""
+
+
 def worker_pid(conn: psycopg.Connection) -> int | None:
     """The pid of the pg_migrate worker serving the connection's database, if one runs."""
     row = conn.execute(

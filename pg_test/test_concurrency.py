@@ -4,7 +4,7 @@ import threading
 
 import psycopg
 
-from harness import failure, wait_until
+from harness import APPLIER_LOCK, failure, wait_until
 
 VERSIONS = 15
 SESSIONS = 8
@@ -47,13 +47,13 @@ def test_n_sessions_apply_the_same_versions_exactly_once(cluster, db, conn):
 
 
 def test_the_applier_lock_ends_with_the_transaction(cluster, db, conn):
-    advisory = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+    mine = APPLIER_LOCK + " AND pid = pg_backend_pid()"
     with cluster.connect(db, autocommit=False) as c:
         c.execute("SELECT migrate.apply('1', 'SELECT 1')")
-        assert c.execute(advisory).fetchone()[0] == 1
+        assert c.execute(mine).fetchone()[0] == 1
         c.commit()
         # Still connected, the session holds nothing: the lock was transaction-scoped.
-        assert c.execute(advisory).fetchone()[0] == 0
+        assert c.execute(mine).fetchone()[0] == 0
         c.rollback()
 
 
@@ -81,11 +81,11 @@ def test_a_killed_applier_leaves_no_lock_behind(cluster, db, conn):
 
     t = threading.Thread(target=stuck_apply)
     t.start()
-    held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s AND pid = %s"
-    wait_until(lambda: conn.execute(held, (0x6D677274, pid)).fetchone()[0] == 1)
+    held = APPLIER_LOCK + " AND pid = %s"
+    wait_until(lambda: conn.execute(held, (pid,)).fetchone()[0] == 1)
     conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
     t.join(timeout=10)
     assert outcome and isinstance(outcome[0], psycopg.OperationalError)
     conn.execute("SET lock_timeout = '2s'")  # a stale lock would make this fail instead of hang
     assert conn.execute("SELECT status FROM migrate.apply('1', 'CREATE TABLE after_kill (id int)')").fetchone()[0] == "applied"
-    assert conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone()[0] == 0
+    assert conn.execute(APPLIER_LOCK).fetchone()[0] == 0

@@ -74,6 +74,8 @@ GRANT EXECUTE ON FUNCTION
 TO PUBLIC;
 -- Drift reads the DDL log, which only admins read.
 GRANT EXECUTE ON FUNCTION migrate.drift() TO migrate_admin;
+-- Builds the text migrate.verify runs as a constraint's table owner.
+GRANT EXECUTE ON FUNCTION migrate.constraint_violations_query(oid) TO migrate_admin;
 GRANT EXECUTE ON PROCEDURE migrate.wait(text, interval) TO PUBLIC;
 -- apply and baseline are callable by everyone on purpose: they refuse non-members of
 -- migrate_admin themselves, with an error that says how to get the right, where PostgreSQL's

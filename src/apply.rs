@@ -2,7 +2,7 @@
 //! caller's transaction, or not at all.
 
 use crate::checksum::Checksums;
-use crate::errors::{self, OrBookkeeping, OrRaise, Problem};
+use crate::errors::{self, OrRaise, Problem};
 use crate::history::{self, interval, NewEntry, Recorded};
 use crate::runner::{self, Policy};
 use crate::script::{self, Statement};
@@ -12,10 +12,6 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use std::cell::RefCell;
 use std::time::Duration;
-
-/// `pg_advisory_xact_lock(MIGRATE_LOCK_CLASS, 1)` serialises appliers of one database; the
-/// class reads "mgrt" in ASCII, which makes the lock easy to spot in `pg_locks`.
-pub const MIGRATE_LOCK_CLASS: i32 = 0x6d67_7274;
 
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_unsafe)]
@@ -41,15 +37,25 @@ fn apply(
     security::require_admin("apply migrations").or_raise();
     let version = Version::parse(version).or_raise();
     let script = require_script(script).or_raise();
-    let allow = crate::lint::rule_ids(allow).or_raise();
+    let mut allow = crate::lint::rule_ids(allow).or_raise();
+    // Overrides the caller set for this transaction (SET LOCAL migrate.allow) let the
+    // migration through as much as allow => does: both are recorded with it, and both
+    // hold for the phases the worker runs.
+    for id in crate::guard::trigger::session_overrides() {
+        if crate::guard::rules::find(&id).is_some() && !allow.contains(&id) {
+            allow.push(id);
+        }
+    }
     refuse_unsafe_context().or_raise();
     let what = format!("migration {version}");
     let trees = parse_for_apply(&what, script).or_raise();
     let statements: Vec<Statement> = trees.iter().map(|(s, _)| s.clone()).collect();
     if let Some(rollback) = rollback {
+        within_size("rollback", rollback).or_raise();
         parse_for_apply(&format!("the rollback script of {what}"), rollback).or_raise();
     }
     if let Some(verify) = verify {
+        within_size("verify", verify).or_raise();
         crate::verify::parse_queries(&format!("the verify queries of {what}"), verify).or_raise();
     }
     let checksums = Checksums::of(script);
@@ -325,15 +331,40 @@ fn check_order(
     ))
 }
 
+/// The script argument of apply, validate, lint and dry_run: present, and within
+/// migrate.max_script_size.
 pub fn require_script(script: Option<&str>) -> Result<&str, Problem> {
-    script.ok_or_else(|| {
+    let script = script.ok_or_else(|| {
         Problem::new(
             PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
             "script must not be NULL",
             "A migration needs the SQL it runs.",
             "Pass the script as a dollar-quoted string: migrate.apply('42', $$ ... $$).",
         )
-    })
+    })?;
+    within_size("script", script)
+}
+
+/// Refuses a text (a script, a rollback script, verify queries) larger than
+/// migrate.max_script_size: parsing, judging and storing it takes time and memory in
+/// proportion, and lint and dry_run are open to every role.
+pub fn within_size<'a>(name: &str, text: &'a str) -> Result<&'a str, Problem> {
+    let limit_kb = i64::from(crate::gucs::MAX_SCRIPT_SIZE_KB.get());
+    let size = text.len() as i64;
+    if size <= limit_kb * 1024 {
+        return Ok(text);
+    }
+    Err(Problem::new(
+        PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+        format!(
+            "{name} is {} bytes, more than migrate.max_script_size ({limit_kb} kB)",
+            size
+        ),
+        "pg_migrate parses, judges and records every script whole, in one backend; the limit \
+         bounds the time and memory that takes.",
+        "Split the migration into several versions, or have a superuser raise \
+         migrate.max_script_size (ALTER ROLE ... SET migrate.max_script_size = '32MB').",
+    ))
 }
 
 /// The guard's verdict on every statement before the first one runs, so that a refused
@@ -423,30 +454,91 @@ pub fn refuse_unsafe_context() -> Result<(), Problem> {
     Ok(())
 }
 
+/// The applier lock serialises appliers of one database: an EXCLUSIVE lock on the pg_migrate
+/// extension object itself (`pg_locks`: locktype `object`, classid `pg_extension`). An
+/// advisory lock would not do: any role can take any advisory key first and hold it. Nobody
+/// but the extension's owner can take this one from SQL (ALTER, COMMENT ON or DROP
+/// EXTENSION), and those end their transaction quickly or run as a superuser anyway.
+fn applier_lock() -> (pg_sys::Oid, pg_sys::Oid) {
+    // SAFETY: a catalog lookup by name; raises if the extension is gone.
+    let extension = unsafe { pg_sys::get_extension_oid(c"pg_migrate".as_ptr(), false) };
+    (pg_sys::ExtensionRelationId, extension)
+}
+
 /// The worker's side of the applier lock: taken only if free, so that it never queues behind
 /// a submitting transaction (whose commit wakes it again).
 pub fn try_lock_history() -> bool {
-    security::pinned(|| {
-        Spi::get_one_with_args::<bool>(
-            "SELECT pg_catalog.pg_try_advisory_xact_lock($1, 1)",
-            &[MIGRATE_LOCK_CLASS.into()],
-        )
-    })
-    .ok()
-    .flatten()
-    .unwrap_or(false)
+    let (class, object) = applier_lock();
+    // SAFETY: a heavyweight lock request that does not wait, released at transaction end.
+    unsafe { pg_sys::ConditionalLockDatabaseObject(class, object, 0, pg_sys::ExclusiveLock as _) }
 }
 
 /// Takes the transaction-scoped lock that serialises appliers; it ends with the transaction,
-/// so a killed session never leaves it behind.
+/// so a killed session never leaves it behind. The wait is bounded like any lock a migration
+/// takes: migrate.lock_timeout per attempt, migrate.lock_retries retries with the backoff
+/// between them; then the error names the sessions holding it.
 pub fn lock_history() {
-    security::pinned(|| {
-        Spi::run_with_args(
-            "SELECT pg_catalog.pg_advisory_xact_lock($1, 1)",
-            &[MIGRATE_LOCK_CLASS.into()],
-        )
-    })
-    .or_bookkeeping("take the pg_migrate advisory lock");
+    let (class, object) = applier_lock();
+    let policy = Policy::from_settings();
+    let timeout = format!("{}ms", policy.limits.lock_timeout_ms.max(0));
+    let attempts = policy.retries + 1;
+    for attempt in 1..=attempts {
+        let taken = crate::subxact::run(|| {
+            let _limit = crate::timeouts::SettingScope::set(&[("lock_timeout", &timeout)]);
+            // SAFETY: a heavyweight lock request; it waits under lock_timeout, answers
+            // cancellation and the deadlock detector, and is released at transaction end.
+            unsafe { pg_sys::LockDatabaseObject(class, object, 0, pg_sys::ExclusiveLock as _) }
+        });
+        let caught = match taken {
+            Ok(()) => return,
+            Err(caught) => caught,
+        };
+        if caught.code != PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE {
+            Problem::new(
+                caught.code,
+                format!("while waiting for the applier lock: {}", caught.message),
+                caught.detail.unwrap_or_default(),
+                caught.hint.unwrap_or_default(),
+            )
+            .raise();
+        }
+        if attempt < attempts {
+            crate::retry::sleep(policy.backoff.delay(attempt, crate::retry::random_unit()));
+        }
+    }
+    applier_lock_busy(object, attempts, &timeout).raise()
+}
+
+/// The error for an applier lock still held after every attempt, naming who holds it.
+fn applier_lock_busy(extension: pg_sys::Oid, attempts: u32, timeout: &str) -> Problem {
+    let holders = security::pinned_column::<String>(
+        "SELECT pg_catalog.format('pid %s (role %s, application %L, %s, transaction open for %s)', \
+                l.pid, coalesce(a.usename::text, '?'), coalesce(a.application_name, ''), \
+                coalesce(a.state, 'unknown state'), \
+                coalesce(date_trunc('second', clock_timestamp() - a.xact_start)::text, '?')) \
+         FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'object' AND l.classid = 'pg_catalog.pg_extension'::regclass \
+           AND l.objid = $1 AND l.granted AND l.pid <> pg_backend_pid() \
+           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        &[extension.into()],
+    )
+    .unwrap_or_default();
+    let who = if holders.is_empty() {
+        "a session that has ended since".to_string()
+    } else {
+        holders.join("; ")
+    };
+    Problem::new(
+        PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
+        "another session holds the applier lock",
+        format!(
+            "Waited {attempts} times for {timeout} (migrate.lock_timeout, migrate.lock_retries). \
+             Held by {who}. Appliers of one database run one at a time: another migrate.apply, \
+             baseline, retry or cancel is under way in a transaction that has not ended."
+        ),
+        "Let that transaction finish (or end it: SELECT pg_cancel_backend(pid)), then run \
+         this again.",
+    )
 }
 
 /// The migration whose statements are running, as the DDL log and the guard need it.

@@ -119,13 +119,17 @@ fn held_locks() -> HashMap<u32, LockMode> {
     held
 }
 
-/// The DDL log's rows since `after`: the objects a statement created, altered or dropped.
+/// The DDL log's rows since `after` that this transaction wrote: the objects a statement
+/// created, altered or dropped. Never another session's rows, which may have committed
+/// meanwhile: the DDL log is for admins, and the dry run is open to every role.
 fn logged_objects(after: i64) -> Vec<String> {
     security::as_owner(|| {
         security::pinned_column::<String>(
             "SELECT concat_ws(' ', object_type, object_identity) FROM migrate.ddl_log \
              WHERE id > $1 AND object_identity IS NOT NULL \
-               AND event IN ('ddl_command_end', 'sql_drop') ORDER BY id",
+               AND event IN ('ddl_command_end', 'sql_drop') \
+               AND backend_pid = pg_backend_pid() \
+               AND xid = pg_current_xact_id_if_assigned() ORDER BY id",
             &[after.into()],
         )
     })
@@ -156,11 +160,17 @@ fn dry_run_script(
     let what = "the dry-run script";
     let trees = apply::parse_for_apply(what, script).or_raise();
     let statements: Vec<Statement> = trees.iter().map(|(s, _)| s.clone()).collect();
-    let plan = phases::plan(&statements);
+    // Statement number -> (phase, kind), built once: a lookup per statement in the plan
+    // would cost statements x phases.
+    let by_statement: Vec<(usize, PhaseKind)> = phases::plan(&statements)
+        .iter()
+        .flat_map(|p| (p.first_statement..=p.last_statement).map(move |_| (p.number, p.kind)))
+        .collect();
     let phase_of = |n: usize| {
-        plan.iter()
-            .find(|p| (p.first_statement..=p.last_statement).contains(&n))
-            .map_or((1, PhaseKind::Transaction), |p| (p.number, p.kind))
+        by_statement
+            .get(n.wrapping_sub(1))
+            .copied()
+            .unwrap_or((1, PhaseKind::Transaction))
     };
     let small = SmallTable::from_settings();
     let limits = Limits::from_settings();
@@ -175,6 +185,7 @@ fn dry_run_script(
             let mut before = snapshot();
             let mut held = held_locks();
             for (statement, tree) in &trees {
+                pgrx::check_for_interrupts!();
                 let (phase, kind) = phase_of(statement.number);
                 let mut report = Report::default();
                 // SAFETY: the trees come from parser::parse in this call.
@@ -374,6 +385,7 @@ fn rule_list(allow: Option<Vec<Option<String>>>) -> Vec<String> {
 
 fn check_rollback(rollback: Option<&str>) {
     if let Some(rollback) = rollback {
+        apply::within_size("rollback", rollback).or_raise();
         apply::parse_for_apply("the rollback script", rollback).or_raise();
     }
 }

@@ -17,9 +17,11 @@ pub static LOCK_RETRY_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(500);
 pub static LOCK_RETRY_MAX_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 /// The submitter's settings a migration runs under: where names resolve, and the limits on
 /// its locks, statements and retries. Recorded with each migration, so that the background
-/// worker runs its phases as the submitter's own session would have.
-pub const CARRIED: [&str; 6] = [
+/// worker runs its phases as the submitter's own session would have. standard_conforming_strings
+/// decides how a script splits into statements: the worker must split it as the guard did.
+pub const CARRIED: [&str; 7] = [
     "search_path",
+    "standard_conforming_strings",
     "migrate.lock_timeout",
     "migrate.statement_timeout",
     "migrate.lock_retries",
@@ -35,6 +37,10 @@ pub fn carried() -> (Vec<String>, Vec<String>) {
         .filter_map(|name| Some((name.to_string(), current(name)?)))
         .unzip()
 }
+
+/// The largest script (and rollback script, verify queries) apply, lint, dry_run and
+/// validate accept.
+pub static MAX_SCRIPT_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(8 * 1024);
 
 /// Whether a version lower than the highest applied one may still be applied.
 pub static OUT_OF_ORDER: GucSetting<bool> = GucSetting::<bool>::new(false);
@@ -87,9 +93,22 @@ unsafe extern "C-unwind" fn remember_allow_transaction(
     ALLOW_SET_IN.set(Some(pg_sys::GetCurrentTransactionStartTimestamp()));
 }
 
-/// The rule ids in migrate.allow, if it was set in the current transaction; `Err` with the
-/// ids when it was set in an earlier one (a session-wide SET, which does not count).
-pub fn allowed_rules() -> Result<Vec<String>, Vec<String>> {
+/// What `migrate.allow` says for the statement about to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Allowed {
+    /// Rule ids set in this transaction by a role that may override for the current one
+    /// (empty when unset).
+    Honoured(Vec<String>),
+    /// Set in an earlier transaction (a session-wide SET), which does not count.
+    Stale(Vec<String>),
+    /// Set by `setter`, which may not override for the current role: an override belongs to
+    /// the role that set it, so a plain role's SET LOCAL does not reach the DDL of a
+    /// SECURITY DEFINER function it calls.
+    NotTheSetters(Vec<String>, String),
+}
+
+/// The rule ids in migrate.allow and whether they count here and now.
+pub fn allowed_rules() -> Allowed {
     let ids: Vec<String> = ALLOW
         .get()
         .map(|v| v.to_string_lossy().into_owned())
@@ -99,14 +118,58 @@ pub fn allowed_rules() -> Result<Vec<String>, Vec<String>> {
         .filter(|id| !id.is_empty())
         .collect();
     if ids.is_empty() {
-        return Ok(ids);
+        return Allowed::Honoured(ids);
     }
     // SAFETY: reads the transaction start time.
     let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
-    if ALLOW_SET_IN.get() == Some(now) {
-        Ok(ids)
+    if ALLOW_SET_IN.get() != Some(now) {
+        return Allowed::Stale(ids);
+    }
+    let setter = allow_setter();
+    let current = crate::security::current_user();
+    if crate::security::role_is_admin(setter) && crate::security::has_privs_of(setter, current) {
+        Allowed::Honoured(ids)
     } else {
-        Err(ids)
+        Allowed::NotTheSetters(ids, crate::security::role_name(setter))
+    }
+}
+
+/// The role that set migrate.allow's current value (PostgreSQL 15 records it with every
+/// setting; before 15, the role outside any SECURITY DEFINER function).
+fn allow_setter() -> pg_sys::Oid {
+    #[cfg(not(any(feature = "pg13", feature = "pg14")))]
+    {
+        let record = record(c"migrate.allow");
+        if !record.is_null() {
+            // SAFETY: setting records live as long as the backend; only srole is read.
+            return unsafe { (*record).srole };
+        }
+        pg_sys::InvalidOid
+    }
+    #[cfg(any(feature = "pg13", feature = "pg14"))]
+    // SAFETY: reads the backend's outer user id.
+    unsafe {
+        pg_sys::GetOuterUserId()
+    }
+}
+
+/// A setting's record in the GUC tables, or null for an unknown name. Records never move
+/// or go away once defined.
+pub fn record(name: &std::ffi::CStr) -> *mut pg_sys::config_generic {
+    // SAFETY: reads the GUC tables; find_option does not create placeholders here.
+    unsafe {
+        #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+        {
+            let all = pg_sys::get_guc_variables();
+            (0..pg_sys::GetNumConfigOptions() as usize)
+                .map(|i| *all.add(i))
+                .find(|g| std::ffi::CStr::from_ptr((**g).name) == name)
+                .unwrap_or(std::ptr::null_mut())
+        }
+        #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
+        {
+            pg_sys::find_option(name.as_ptr(), false, true, pg_sys::ERROR as i32)
+        }
     }
 }
 
@@ -164,6 +227,17 @@ pub fn init() {
         i32::MAX,
         GucContext::Userset,
         GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"migrate.max_script_size",
+        c"Largest script migrate.apply, lint, dry_run and validate accept.",
+        c"Parsing, judging and recording a script takes time and memory in proportion to it, \
+          and lint and dry_run are open to every role. Superuser-only.",
+        &MAX_SCRIPT_SIZE_KB,
+        1,
+        1024 * 1024,
+        GucContext::Suset,
+        GucFlags::UNIT_KB,
     );
     GucRegistry::define_bool_guc(
         c"migrate.out_of_order",

@@ -18,6 +18,7 @@ pub fn findings_in(trees: &[(Statement, *mut pg_sys::Node)]) -> Vec<(Statement, 
     let mut created: HashSet<String> = HashSet::new();
     let mut out = Vec::new();
     for (statement, tree) in trees {
+        pgrx::check_for_interrupts!();
         // SAFETY: the trees come from parser::parse in this call.
         if let Some(mut command) = unsafe { trigger::read_command(*tree, &statement.tag) } {
             for rel in command.rels_mut() {
@@ -61,6 +62,7 @@ pub fn refusal_before_apply(
         return None;
     }
     for (statement, finding) in findings_in(trees) {
+        pgrx::check_for_interrupts!();
         if let Some(mut p) = policy::decide(vec![finding], ctx).refusal {
             p.message = format!("{what}: {}: {}", statement.locator(), p.message);
             return Some(p);
@@ -72,7 +74,7 @@ pub fn refusal_before_apply(
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_unsafe)]
 fn lint(
-    script: &str,
+    script: Option<&str>,
     allow: default!(Option<Vec<Option<String>>>, "NULL"),
 ) -> TableIterator<
     'static,
@@ -86,6 +88,7 @@ fn lint(
         name!(allowed, bool),
     ),
 > {
+    let script = crate::apply::require_script(script).or_raise();
     let allow = rule_ids(allow).or_raise();
     let trees = parser::parse(script)
         .map_err(|e| e.problem("the script", script))
@@ -94,6 +97,7 @@ fn lint(
         mode: GuardMode::Enforce,
         allow: vec![],
         stale_allow: vec![],
+        foreign_allow: None,
         is_admin: true,
         role: String::new(),
         apply_with_rollback: false,

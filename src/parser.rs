@@ -46,9 +46,11 @@ fn raw_parse(text: &CStr) -> *mut pg_sys::List {
 /// `list` must be the result of `raw_parser(script)`.
 unsafe fn describe(script: &str, list: *mut pg_sys::List) -> Vec<(Statement, *mut pg_sys::Node)> {
     let first_tokens = token_offsets(script);
+    let lines = crate::script::Lines::of(script);
     let raw = PgList::<pg_sys::RawStmt>::from_pg(list);
     let mut statements = Vec::with_capacity(raw.len());
     for (i, stmt) in raw.iter_ptr().enumerate() {
+        pgrx::check_for_interrupts!();
         let location = (*stmt).stmt_location.max(0) as usize;
         let end = match (*stmt).stmt_len {
             0 => script.len(),
@@ -66,7 +68,7 @@ unsafe fn describe(script: &str, list: *mut pg_sys::List) -> Vec<(Statement, *mu
                 number: i + 1,
                 start,
                 end,
-                line: crate::script::line_at(script, start),
+                line: lines.line_at(start),
                 tag,
                 form,
                 kind,
@@ -225,6 +227,9 @@ fn token_offsets(text: &str) -> Vec<Token> {
             (&raw const pg_sys::ScanKeywordTokens).cast(),
         );
         loop {
+            if tokens.len() % 4096 == 0 {
+                pgrx::check_for_interrupts!();
+            }
             let mut value: pg_sys::core_YYSTYPE = std::mem::zeroed();
             let mut location: c_int = 0;
             let kind = pg_sys::core_yylex(&mut value, &mut location, scanner);

@@ -55,21 +55,22 @@ pub fn require_privileges_of(role: &str, action: &str) -> Result<(), Problem> {
 }
 
 pub fn is_admin() -> bool {
-    // SAFETY: catalog lookups by name; a missing role yields InvalidOid.
-    unsafe {
-        let admin = pg_sys::get_role_oid(c"migrate_admin".as_ptr(), true);
-        let user = pg_sys::GetUserId();
-        pg_sys::superuser_arg(user)
-            || (admin != pg_sys::InvalidOid && pg_sys::has_privs_of_role(user, admin))
-    }
+    role_is_admin(current_user())
 }
 
 pub fn current_user_name() -> String {
-    // SAFETY: GetUserNameFromId returns a palloc'd copy of the role's name.
+    role_name(current_user())
+}
+
+/// A role's name by oid (its oid as text when it no longer exists).
+pub fn role_name(role: pg_sys::Oid) -> String {
+    // SAFETY: GetUserNameFromId returns a palloc'd copy of the role's name, or NULL.
     unsafe {
-        CStr::from_ptr(pg_sys::GetUserNameFromId(pg_sys::GetUserId(), false))
-            .to_string_lossy()
-            .into_owned()
+        let name = pg_sys::GetUserNameFromId(role, true);
+        if name.is_null() {
+            return role.to_u32().to_string();
+        }
+        CStr::from_ptr(name).to_string_lossy().into_owned()
     }
 }
 
@@ -133,7 +134,43 @@ pub fn read_own_row<T>(
 }
 
 /// Runs `f` as the owner of pg_migrate's tables, with `search_path` pinned.
+///
+/// Owner rights are for bookkeeping only: reading and writing `migrate.*` and the catalogs,
+/// never an expression or statement a caller wrote. Every section that uses them, and what
+/// it evaluates:
+/// - `write_as_owner`: one INSERT or UPDATE of `migrate.history`, `migrate.steps` or
+///   `migrate.backfills` with values passed as parameters (history, steps, backfill jobs).
+/// - `history::insert`: the history row, values as parameters.
+/// - `ddl_log::write` and `ddl_log::record_guard`: INSERT ... SELECT from
+///   `pg_event_trigger_ddl_commands()` / `pg_event_trigger_dropped_objects()` or from
+///   parameters; only built-in functions of `pg_catalog`.
+/// - `verify::record`: the verdict, as parameters.
+/// - `dry_run::logged_objects` / `last_log_id`: reads of `migrate.ddl_log`, limited to this
+///   transaction's own rows.
+/// - `backfill::insert` and `job::summary_for_update`: the job row, as parameters; a row lock.
+/// - `guard::trigger` (sql_drop): reads `pg_event_trigger_dropped_objects()`.
+///
+/// Expressions a caller wrote (constraint and index expressions reached through the catalogs,
+/// verify queries, backfill clauses) run through [`as_author`] instead.
 pub fn as_owner<T>(f: impl FnOnce() -> T) -> T {
+    switch_user(table_owner(), 0, || pinned(f))
+}
+
+/// Runs `f` — SQL or an expression that `role` wrote — with `role`'s rights only, as
+/// PostgreSQL runs an index expression during ANALYZE: a security-restricted operation (no
+/// SET ROLE, no temporary tables), with `search_path` set to the author's path and `pg_temp`
+/// searched last. Whoever calls pg_migrate (a superuser verifying, the worker) lends nothing.
+pub fn as_author<T>(role: pg_sys::Oid, search_path: &str, f: impl FnOnce() -> T) -> T {
+    let path = trusted_search_path(search_path);
+    switch_user(role, pg_sys::SECURITY_RESTRICTED_OPERATION as i32, || {
+        let _path = SettingScope::set(&[("search_path", &path)]);
+        f()
+    })
+}
+
+/// Runs `f` as `role`, with `flags` added to the security context; the identity comes back
+/// when `f` returns or raises.
+pub fn switch_user<T>(role: pg_sys::Oid, flags: i32, f: impl FnOnce() -> T) -> T {
     struct Restore {
         user: pg_sys::Oid,
         context: i32,
@@ -144,20 +181,91 @@ pub fn as_owner<T>(f: impl FnOnce() -> T) -> T {
             unsafe { pg_sys::SetUserIdAndSecContext(self.user, self.context) };
         }
     }
-    let owner = table_owner();
-    // SAFETY: the same switch PostgreSQL makes for RI checks and maintenance commands; the
-    // local-userid flag stops SET ROLE / SET SESSION AUTHORIZATION inside `f`.
+    // SAFETY: the switch PostgreSQL makes for SECURITY DEFINER functions and maintenance
+    // commands; the local-userid flag stops SET ROLE / SET SESSION AUTHORIZATION inside `f`.
     unsafe {
         let mut user = pg_sys::InvalidOid;
         let mut context = 0;
         pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
         let _restore = Restore { user, context };
         pg_sys::SetUserIdAndSecContext(
-            owner,
-            context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+            role,
+            context | flags | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
         );
-        pinned(f)
+        f()
     }
+}
+
+/// `path` (a search_path setting) with every temporary schema taken out and `pg_temp` put
+/// last, where PostgreSQL never looks for functions or operators and finds relations and
+/// types only when no other schema has them. A name can then not be captured by an object
+/// somebody created in this session's temporary schema.
+pub fn trusted_search_path(path: &str) -> String {
+    let mut kept: Vec<&str> = split_search_path(path)
+        .into_iter()
+        .filter(|entry| !names_temporary_schema(entry))
+        .collect();
+    kept.push("pg_temp");
+    kept.join(", ")
+}
+
+/// Whether a search_path entry names a temporary schema: `pg_temp` (PostgreSQL folds an
+/// unquoted name to lower case; a quoted one is taken as written) or another session's
+/// `pg_temp_N`.
+fn names_temporary_schema(entry: &str) -> bool {
+    let name = match entry.strip_prefix('"').and_then(|e| e.strip_suffix('"')) {
+        Some(quoted) => quoted.to_string(),
+        None => entry.to_ascii_lowercase(),
+    };
+    name == "pg_temp" || name.starts_with("pg_temp_")
+}
+
+/// The entries of a search_path setting, split at commas outside double quotes.
+fn split_search_path(path: &str) -> Vec<&str> {
+    let mut entries = Vec::new();
+    let (mut start, mut quoted) = (0, false);
+    for (i, c) in path.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                entries.push(path[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    entries.push(path[start..].trim());
+    entries.retain(|e| !e.is_empty());
+    entries
+}
+
+/// A role's oid by name; None when it no longer exists.
+pub fn role_oid(name: &str) -> Option<pg_sys::Oid> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a catalog lookup by name; a missing role yields InvalidOid.
+    let oid = unsafe { pg_sys::get_role_oid(name.as_ptr(), true) };
+    (oid != pg_sys::InvalidOid).then_some(oid)
+}
+
+/// Whether `role` is a member of migrate_admin or a superuser.
+pub fn role_is_admin(role: pg_sys::Oid) -> bool {
+    // SAFETY: catalog lookups by name and oid.
+    unsafe {
+        let admin = pg_sys::get_role_oid(c"migrate_admin".as_ptr(), true);
+        pg_sys::superuser_arg(role)
+            || (admin != pg_sys::InvalidOid && pg_sys::has_privs_of_role(role, admin))
+    }
+}
+
+/// Whether `role` has the privileges of `other` (is it, a member of it, or a superuser).
+pub fn has_privs_of(role: pg_sys::Oid, other: pg_sys::Oid) -> bool {
+    // SAFETY: a catalog lookup by oids.
+    unsafe { pg_sys::has_privs_of_role(role, other) }
+}
+
+pub fn current_user() -> pg_sys::Oid {
+    // SAFETY: reads the backend's current user id.
+    unsafe { pg_sys::GetUserId() }
 }
 
 /// The owner of `migrate.history`: the superuser who installed the extension. Not the
@@ -183,5 +291,28 @@ fn table_owner() -> pg_sys::Oid {
         let owner = (*pg_sys::GETSTRUCT(tuple).cast::<pg_sys::FormData_pg_class>()).relowner;
         pg_sys::ReleaseSysCache(tuple);
         owner
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::trusted_search_path;
+
+    #[test]
+    fn temporary_schemas_go_last() {
+        assert_eq!(trusted_search_path("public"), "public, pg_temp");
+        assert_eq!(
+            trusted_search_path("\"$user\", public"),
+            "\"$user\", public, pg_temp"
+        );
+        assert_eq!(
+            trusted_search_path("pg_temp, app, public"),
+            "app, public, pg_temp"
+        );
+        assert_eq!(trusted_search_path("PG_TEMP,app,pg_temp_3"), "app, pg_temp");
+        assert_eq!(trusted_search_path(""), "pg_temp");
+        assert_eq!(trusted_search_path("\"a,b\", c"), "\"a,b\", c, pg_temp");
+        // A quoted name in another case is an ordinary schema.
+        assert_eq!(trusted_search_path("\"PG_TEMP\""), "\"PG_TEMP\", pg_temp");
     }
 }

@@ -46,6 +46,7 @@ pub struct Step {
     pub phase: i32,
     pub kind: PhaseKind,
     pub first_statement: i32,
+    pub last_statement: i32,
     pub first_line: i32,
     pub sql: String,
     /// It was running when the worker stopped: a crash, a restart, a kill.
@@ -112,7 +113,8 @@ pub fn next() -> Next {
         "SELECT s.phase, s.kind, s.first_statement, s.first_line, s.sql, s.state = 'running', \
                 s.attempts, s.indexes_before, h.applied_role::text, \
                 ARRAY(SELECT ARRAY[key, value] FROM jsonb_each_text(h.settings)), \
-                h.allowed_rules, h.rollback_script IS NOT NULL, s.backfill_id \
+                h.allowed_rules, h.rollback_script IS NOT NULL, s.backfill_id, \
+                s.last_statement \
          FROM migrate.steps s JOIN migrate.history h USING (version) \
          WHERE s.version = $1 AND s.state <> 'done' ORDER BY s.phase LIMIT 1",
         &[version.as_str().into()],
@@ -122,6 +124,7 @@ pub fn next() -> Next {
                 phase: r.get(1)?.unwrap_or(1),
                 kind: PhaseKind::from_name(&r.get::<String>(2)?.unwrap_or_default()),
                 first_statement: r.get(3)?.unwrap_or(1),
+                last_statement: r.get(14)?.unwrap_or(1),
                 first_line: r.get(4)?.unwrap_or(1),
                 sql: r.get(5)?.unwrap_or_default(),
                 interrupted: r.get(6)?.unwrap_or(false),

@@ -2,28 +2,85 @@
 //! the submitter's role and settings (search_path, the migrate.* limits). Migration phases
 //! and backfill batches both run this way, so the worker never lends its superuser rights to
 //! a caller's SQL.
+//!
+//! The worker is one session serving every submitter. Whatever one submitter's SQL leaves in
+//! it (temporary objects that could capture a name, settings, prepared statements, advisory
+//! locks) must never meet another's, so the session is reset (DISCARD ALL, as a connection
+//! pooler does between clients) whenever the work changes hands: from one migration or
+//! backfill job to another. And `pg_temp` is searched last, so that not even the same
+//! submitter's temporary objects capture names the worker's own statements resolve.
 
 use crate::gucs;
+use crate::security;
 use crate::subxact::Caught;
 use crate::toplevel;
 use pgrx::pg_sys;
-use std::ffi::CString;
+use std::cell::RefCell;
 
 /// The worker runs as the bootstrap superuser, so it sets superuser-only settings
 /// (migrate.lock_timeout) on the submitter's behalf.
 pub const SUPERUSER: pg_sys::GucContext::Type = pg_sys::GucContext::PGC_SUSET;
 
-/// Runs `f` (which opens its own transactions) with `role`'s rights and `settings` in force.
+thread_local! {
+    /// Whose work the session last ran: "migration <version>" or "backfill <id>".
+    static SESSION_OF: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// The settings as the worker applies them: the submitter's, with a search_path that
+/// searches `pg_temp` last.
+pub fn session_settings(settings: &[(String, String)]) -> Vec<(String, String)> {
+    settings
+        .iter()
+        .map(|(name, value)| match name.as_str() {
+            "search_path" => (name.clone(), security::trusted_search_path(value)),
+            _ => (name.clone(), value.clone()),
+        })
+        .collect()
+}
+
+/// Resets the session when `session` (the migration or job about to run) is not the one
+/// that ran last. Called between transactions.
+pub fn fresh_session(session: &str) {
+    let same = SESSION_OF.with_borrow(|last| last.as_deref() == Some(session));
+    if same {
+        return;
+    }
+    let had_owner = SESSION_OF.with_borrow(Option::is_some);
+    if had_owner {
+        if let Err(e) = toplevel::run("DISCARD ALL") {
+            toplevel::log(&format!("could not reset the session: {}", e.message));
+        }
+        set_application_name();
+    }
+    SESSION_OF.set(Some(session.to_string()));
+}
+
+pub fn set_application_name() {
+    let _ = toplevel::transaction(|| {
+        gucs::set(
+            "application_name",
+            Some("pg_migrate worker"),
+            SUPERUSER,
+            pg_sys::GucAction::GUC_ACTION_SET,
+        )
+    });
+}
+
+/// Runs `f` (which opens its own transactions) for `session` with `role`'s rights and
+/// `settings` in force, in a session no other submitter's work has touched since its reset.
 /// Called between transactions.
 pub fn as_role<T>(
+    session: &str,
     role: &str,
     settings: &[(String, String)],
     f: impl FnOnce() -> Result<T, Caught>,
 ) -> Result<T, Caught> {
-    let role = CString::new(role).unwrap_or_default();
+    fresh_session(session);
+    let settings = session_settings(settings);
+    let role = std::ffi::CString::new(role).unwrap_or_default();
     // One transaction sets them all for the session, or (aborted) none.
     let result = toplevel::transaction(|| {
-        for (name, value) in settings {
+        for (name, value) in &settings {
             gucs::set(
                 name,
                 Some(value),
@@ -34,24 +91,10 @@ pub fn as_role<T>(
         // SAFETY: a catalog lookup by name.
         unsafe { pg_sys::get_role_oid(role.as_ptr(), false) }
     })
-    .and_then(|role| {
-        // SAFETY: the switch a SECURITY DEFINER function makes; restored below, and by every
-        // transaction abort in between.
-        unsafe {
-            let (mut user, mut context) = (pg_sys::InvalidOid, 0);
-            pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
-            pg_sys::SetUserIdAndSecContext(
-                role,
-                context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
-            );
-            let result = f();
-            pg_sys::SetUserIdAndSecContext(user, context);
-            result
-        }
-    });
+    .and_then(|role| security::switch_user(role, 0, f));
     // RESET, not the values read before: the worker's own then follow postgresql.conf.
     let reset = toplevel::transaction(|| {
-        for (name, _) in settings {
+        for (name, _) in &settings {
             gucs::set(name, None, SUPERUSER, pg_sys::GucAction::GUC_ACTION_SET);
         }
     });

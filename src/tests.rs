@@ -327,7 +327,7 @@ CREATE TABLE b (
                     AND NOT has_column_privilege('public', 'migrate.history', 'verify_script', 'SELECT')
                     AND NOT has_function_privilege('public', 'migrate.drift()', 'EXECUTE')
                     AND has_function_privilege('migrate_admin', 'migrate.drift()', 'EXECUTE')
-                    AND NOT has_function_privilege('public', 'migrate.constraint_violations(oid)', 'EXECUTE')
+                    AND NOT has_function_privilege('public', 'migrate.constraint_violations_query(oid)', 'EXECUTE')
                     AND NOT has_table_privilege('migrate_admin', 'migrate.history', 'INSERT')
                     AND NOT has_table_privilege('public', 'migrate.backfills', 'SELECT')
                     AND NOT has_table_privilege('public', 'migrate.backfill_progress', 'SELECT')

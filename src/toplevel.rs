@@ -51,13 +51,18 @@ unsafe fn execute(sql: &CString, context: pg_sys::MemoryContext) {
     let outer = pg_sys::MemoryContextSwitchTo(context);
     let raw_list = PgList::<pg_sys::RawStmt>::from_pg(pg_sys::pg_parse_query(sql.as_ptr()));
     pg_sys::MemoryContextSwitchTo(outer);
-    let Some(raw) = raw_list.get_ptr(0) else {
+    // Exactly one statement: what was judged and recorded as this step, never more.
+    let (Some(raw), 1) = (raw_list.get_ptr(0), raw_list.len()) else {
         crate::errors::Problem::new(
             pgrx::PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
-            "a top-level phase holds no statement",
-            "Each top-level phase is one statement of the migration, which parsed when it was \
-             submitted.",
-            "Cancel the migration with migrate.cancel and submit it again.",
+            format!(
+                "a top-level statement split into {} statements, not one",
+                raw_list.len()
+            ),
+            "Each top-level phase is one statement of the migration, which parsed as one \
+             when it was submitted; a text that splits otherwise now is not run.",
+            "Cancel the migration with migrate.cancel and submit it again under the settings \
+             it was written for (standard_conforming_strings).",
         )
         .raise();
     };

@@ -5,9 +5,10 @@
 
 use crate::errors::{OrBookkeeping, OrRaise, Problem};
 use crate::script::Statement;
+use crate::subxact::{self, Caught};
 use crate::timeouts::{self, Limits};
 use crate::version::Version;
-use crate::{parser, security, subxact};
+use crate::{parser, security};
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
 use serde_json::{json, Value};
@@ -56,12 +57,17 @@ struct Migration {
     status: String,
     changes: Value,
     verify_script: Option<String>,
+    /// Who applied it, and the search_path they applied it under: its verify queries run
+    /// with that role's rights and that path, whoever calls migrate.verify later.
+    applied_role: String,
+    search_path: String,
 }
 
 fn read(version: &Version) -> Option<Migration> {
     security::pinned_row(
-        "SELECT version, status, changes, verify_script FROM migrate.history \
-         WHERE version_key = migrate.version_key($1)",
+        "SELECT version, status, changes, verify_script, applied_role::text, \
+                coalesce(settings ->> 'search_path', '') \
+         FROM migrate.history WHERE version_key = migrate.version_key($1)",
         &[version.as_str().into()],
         |row| {
             Ok(Migration {
@@ -69,6 +75,8 @@ fn read(version: &Version) -> Option<Migration> {
                 status: row.get(2)?.unwrap_or_default(),
                 changes: row.get::<JsonB>(3)?.map_or(Value::Null, |j| j.0),
                 verify_script: row.get(4)?,
+                applied_role: row.get(5)?.unwrap_or_default(),
+                search_path: row.get(6)?.unwrap_or_default(),
             })
         },
     )
@@ -131,16 +139,14 @@ fn verify(
 
 fn run_checks(migration: &Migration) -> Vec<Check> {
     let mut checks = vec![status_check(migration)];
-    // The catalogs and the tables' rows are read as the extension's owner, so that an admin
-    // without SELECT on a table still gets the verdict; only counts come out of it.
-    security::as_owner(|| {
-        for change in migration.changes.as_array().into_iter().flatten() {
-            checks.extend(object_check(migration, change));
-        }
-        checks.extend(backfill_checks(&migration.version));
-    });
+    // Nothing here runs with the caller's rights, nor the owner's: the catalogs are read by
+    // anyone, and every expression is evaluated as the role that wrote it (see as_author).
+    for change in migration.changes.as_array().into_iter().flatten() {
+        checks.extend(object_check(migration, change));
+    }
+    checks.extend(backfill_checks(&migration.version));
     if let Some(script) = &migration.verify_script {
-        checks.extend(query_checks(&migration.version, script));
+        checks.extend(query_checks(migration, script));
     }
     checks
 }
@@ -163,16 +169,21 @@ fn status_check(migration: &Migration) -> Check {
 }
 
 /// Each backfill the migration started finished, and no row matches its where clause now.
+/// The where clause is counted as the job's submitter, under the search_path it was
+/// submitted with.
 fn backfill_checks(version: &str) -> Vec<Check> {
     crate::backfill::of_migration(version)
         .into_iter()
-        .map(|(id, table, state, where_clause)| {
-            let left = match (&table, &where_clause) {
-                (Some(table), Some(w)) => subxact::rolled_back(|| {
-                    Spi::get_one::<i64>(&crate::backfill::remaining_sql(table, w))
-                })
-                .ok()
-                .and_then(|n| n.ok().flatten()),
+        .map(|job| {
+            let (id, table, state, where_clause) = (job.id, job.table, job.state, job.where_clause);
+            let left = match (&table, &where_clause, security::role_oid(&job.role)) {
+                (Some(table), Some(w), Some(role)) => {
+                    let sql = crate::backfill::remaining_sql(table, w);
+                    as_author(role, &job.search_path, || Spi::get_one::<i64>(&sql))
+                        .ok()
+                        .and_then(|n| n.ok().flatten())
+                }
+                (Some(_), Some(_), None) => None,
                 _ => Some(0),
             };
             let (ok, detail) = match (state.as_str(), left, &where_clause) {
@@ -289,15 +300,7 @@ fn constraint_check(migration: &Migration, change: &Value, object: &str, validat
         Some((oid, live_valid, contype)) => {
             // In a subtransaction: a count that fails (cancelled, a broken expression)
             // fails this check, not the whole verification and its record.
-            let counted = (contype == "f" || !live_valid).then(|| {
-                subxact::run(|| {
-                    read_one::<i64>(
-                        "SELECT migrate.constraint_violations($1)",
-                        &[oid.into()],
-                        |row| Ok(row.get(1)?.unwrap_or(0)),
-                    )
-                })
-            });
+            let counted = (contype == "f" || !live_valid).then(|| count_violations(oid));
             let violations = match counted {
                 Some(Err(caught)) => {
                     return Check {
@@ -310,7 +313,7 @@ fn constraint_check(migration: &Migration, change: &Value, object: &str, validat
                         ),
                     }
                 }
-                Some(Ok(n)) => n,
+                Some(Ok(n)) => Some(n),
                 None => None,
             };
             match (live_valid, violations) {
@@ -349,6 +352,35 @@ fn constraint_check(migration: &Migration, change: &Value, object: &str, validat
     }
 }
 
+/// How many rows break constraint `oid`. The constraint's expression (a CHECK may call any
+/// function; a foreign key compares with its type's equality operator) is evaluated as the
+/// table's owner, who wrote it, as PostgreSQL evaluates index expressions in ANALYZE; the
+/// count query is built from the catalogs with names qualified under a pinned path.
+fn count_violations(oid: pg_sys::Oid) -> Result<i64, Caught> {
+    subxact::rolled_back(|| {
+        let query = read_one::<(Option<String>, pg_sys::Oid)>(
+            "SELECT migrate.constraint_violations_query(c.oid), t.relowner \
+             FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_class t ON t.oid = c.conrelid \
+             WHERE c.oid = $1",
+            &[oid.into()],
+            |row| Ok((row.get(1)?, row.get(2)?.unwrap_or(pg_sys::InvalidOid))),
+        );
+        let Some((Some(sql), owner)) = query else {
+            return 0;
+        };
+        security::as_author(owner, "pg_catalog", || Spi::get_one::<i64>(&sql))
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    })
+}
+
+/// Runs `f` as `role` (see security::as_author) in a subtransaction that is rolled back, so
+/// that nothing it changes in the caller's session (settings, temporary objects) survives.
+fn as_author<T>(role: pg_sys::Oid, search_path: &str, f: impl FnOnce() -> T) -> Result<T, Caught> {
+    subxact::rolled_back(|| security::as_author(role, search_path, f))
+}
+
 /// An object the migration created that no longer exists: fine if a later migration
 /// removed it, a failure if something else did.
 fn gone(migration: &Migration, kind: &str, object: &str) -> (bool, String) {
@@ -370,9 +402,23 @@ fn gone(migration: &Migration, kind: &str, object: &str) -> (bool, String) {
 }
 
 /// The migration's declared queries, each read-only, in a subtransaction that is rolled
-/// back, under the migration's statement timeout; each passes when it returns no rows.
-fn query_checks(version: &str, script: &str) -> Vec<Check> {
-    let what = format!("the verify queries of migration {version}");
+/// back, under the migration's statement timeout; each passes when it returns no rows. They
+/// run as the role that applied the migration (which declared them) with its search_path,
+/// never with the rights of whoever calls migrate.verify.
+fn query_checks(migration: &Migration, script: &str) -> Vec<Check> {
+    let what = format!("the verify queries of migration {}", migration.version);
+    let Some(author) = security::role_oid(&migration.applied_role) else {
+        return vec![Check {
+            kind: "query",
+            object: None,
+            ok: false,
+            detail: format!(
+                "not run: role \"{}\", which applied the migration and declared them, no \
+                 longer exists",
+                migration.applied_role
+            ),
+        }];
+    };
     let statements = match parse_queries(&what, script) {
         Ok(s) => s,
         Err(p) => {
@@ -392,7 +438,7 @@ fn query_checks(version: &str, script: &str) -> Vec<Check> {
                 "SELECT pg_catalog.to_jsonb(q)::text FROM ({}\n) q LIMIT 1",
                 st.text(script)
             );
-            let result = subxact::rolled_back(|| {
+            let result = as_author(author, &migration.search_path, || {
                 timeouts::set_local("transaction_read_only", "on");
                 timeouts::with_limits(Limits::from_settings(), || Spi::get_one::<String>(&sql))
             });

@@ -42,13 +42,9 @@ pub extern "C-unwind" fn pg_migrate_worker_main(arg: pg_sys::Datum) {
     }
     // SAFETY: registers an exit callback that frees the slot, whatever ends the process.
     unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(database)) };
-    set_application_name();
+    submitter::set_application_name();
 
     let mut idle_since = Instant::now();
-    // The migration whose phase ran last in this session: session state (SET, temporary
-    // tables, prepared statements, advisory locks) carries from phase to phase of one
-    // migration, as it would in one psql session, but never into another submitter's.
-    let mut session_of: Option<String> = None;
     loop {
         // SAFETY: reads a flag set by the SIGHUP handler.
         if unsafe { pg_sys::ConfigReloadPending != 0 } {
@@ -59,7 +55,7 @@ pub extern "C-unwind" fn pg_migrate_worker_main(arg: pg_sys::Datum) {
             }
         }
         shared::take_request(database);
-        let pause = match work_once(&mut session_of) {
+        let pause = match work_once() {
             Turn::Worked => {
                 idle_since = Instant::now();
                 continue;
@@ -133,7 +129,7 @@ enum Turn {
 }
 
 /// Does the next thing there is to do.
-fn work_once(session_of: &mut Option<String>) -> Turn {
+fn work_once() -> Turn {
     let claim = match toplevel::transaction(claim) {
         Ok(claim) => claim,
         Err(e) => {
@@ -163,7 +159,6 @@ fn work_once(session_of: &mut Option<String>) -> Turn {
             true
         }
         Claim::Recover(step, form) => {
-            fresh_session(session_of, &step.version);
             let outcome = recover(&step, &form);
             record(|| match outcome {
                 Ok(Some(built)) => steps::done(&step, built.as_deref()),
@@ -171,14 +166,11 @@ fn work_once(session_of: &mut Option<String>) -> Turn {
                 Err(error) => steps::failed(&step, &error),
             })
         }
-        Claim::Run(step, form) => {
-            fresh_session(session_of, &step.version);
-            match step.kind {
-                PhaseKind::Transaction => run_transaction_phase(&step),
-                PhaseKind::TopLevel => run_top_level_phase(&step, &form),
-                PhaseKind::Backfill => run_backfill_phase(&step),
-            }
-        }
+        Claim::Run(step, form) => match step.kind {
+            PhaseKind::Transaction => run_transaction_phase(&step),
+            PhaseKind::TopLevel => run_top_level_phase(&step, &form),
+            PhaseKind::Backfill => run_backfill_phase(&step),
+        },
     };
     // When the outcome could not be recorded, pause: the step, still marked running, is
     // recovered on the next look.
@@ -191,21 +183,6 @@ fn work_once(session_of: &mut Option<String>) -> Turn {
 
 fn record(f: impl FnOnce()) -> bool {
     toplevel::record("a phase's outcome", f)
-}
-
-/// Before a phase of another migration than the last one: DISCARD ALL, as a connection
-/// pooler does between clients.
-fn fresh_session(session_of: &mut Option<String>, version: &str) {
-    if session_of.as_deref() == Some(version) {
-        return;
-    }
-    if session_of.is_some() {
-        if let Err(e) = toplevel::run("DISCARD ALL") {
-            toplevel::log(&format!("could not reset the session: {}", e.message));
-        }
-        set_application_name();
-    }
-    *session_of = Some(version.to_string());
 }
 
 /// Decides, in one transaction under the applier lock, what to do next, and marks a step
@@ -257,7 +234,7 @@ fn claim() -> Claim {
         }
         Next::Step(step) => {
             // Names in the statement are resolved as the submitter's session would.
-            for (name, value) in &step.settings {
+            for (name, value) in &submitter::session_settings(&step.settings) {
                 gucs::set(
                     name,
                     Some(value),
@@ -305,8 +282,12 @@ fn run_transaction_phase(step: &Step) -> bool {
 /// Runs a backfill phase: submits its job, which the phase then waits for. False if its
 /// outcome could not be recorded.
 fn run_backfill_phase(step: &Step) -> bool {
+    let what = format!("migration {} phase {}", step.version, step.phase);
     let result = as_submitter(step, || {
-        toplevel::transaction(|| backfill::submit_phase(&step.version, step.phase, &step.sql))
+        toplevel::transaction(|| {
+            phase_statements(&what, step);
+            backfill::submit_phase(&step.version, step.phase, &step.sql)
+        })
     });
     match result {
         Ok(()) => true,
@@ -459,8 +440,16 @@ fn statement_form(sql: &str) -> TopLevelForm {
 
 /// The phase's statements, numbered and located as in the whole migration. They parsed when
 /// submitted; an error here (a server upgrade changed the grammar) fails the phase.
+///
+/// The text is split again under the submitter's standard_conforming_strings (carried with
+/// the migration), so it splits as it did when the guard judged it and the history recorded
+/// it. A text that splits into other statements anyway is never run.
 fn phase_statements(what: &str, step: &Step) -> Vec<Statement> {
     let parsed = parser::parse(&step.sql).unwrap_or_else(|e| e.problem(what, &step.sql).raise());
+    let recorded = (step.last_statement - step.first_statement + 1).max(0) as usize;
+    if let Some(p) = split_differs(what, parsed.len(), recorded) {
+        p.raise();
+    }
     parsed
         .into_iter()
         .map(|(mut st, _)| {
@@ -471,21 +460,29 @@ fn phase_statements(what: &str, step: &Step) -> Vec<Statement> {
         .collect()
 }
 
-/// Runs `f` as the migration's submitter would: their role, their settings (search_path,
-/// migrate.* limits), and the migration marked as running for the guard and the DDL log.
-fn as_submitter<T>(step: &Step, f: impl FnOnce() -> Result<T, Caught>) -> Result<T, Caught> {
-    submitter::as_role(&step.role, &step.settings, || {
-        apply::with_running(step.running(), f)
+/// The refusal for a phase whose text no longer splits into the statements recorded for it.
+fn split_differs(what: &str, parsed: usize, recorded: usize) -> Option<Problem> {
+    (parsed != recorded).then(|| {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!(
+                "{what} splits into {parsed} statements, not the {recorded} that were judged \
+                 and recorded"
+            ),
+            "The phase's text is parsed again before it runs; under the settings it was \
+             submitted with (standard_conforming_strings) it must give exactly the statements \
+             the guard judged. Nothing of the phase ran.",
+            "Cancel the migration with migrate.cancel and apply it again under the settings \
+             it is meant for.",
+        )
     })
 }
 
-fn set_application_name() {
-    let _ = toplevel::transaction(|| {
-        gucs::set(
-            "application_name",
-            Some("pg_migrate worker"),
-            SUPERUSER,
-            pg_sys::GucAction::GUC_ACTION_SET,
-        )
-    });
+/// Runs `f` as the migration's submitter would: their role, their settings (search_path,
+/// migrate.* limits), and the migration marked as running for the guard and the DDL log.
+fn as_submitter<T>(step: &Step, f: impl FnOnce() -> Result<T, Caught>) -> Result<T, Caught> {
+    let session = format!("migration {}", step.version);
+    submitter::as_role(&session, &step.role, &step.settings, || {
+        apply::with_running(step.running(), f)
+    })
 }

@@ -261,7 +261,8 @@ fn as_submitter<T>(
     f: impl FnOnce() -> Result<T, pgrx::spi::Error>,
 ) -> Result<T, (Option<(i32, Backoff)>, Caught)> {
     let mut policy = None;
-    let outcome = submitter::as_role(&job.role, &job.settings, || {
+    let session = format!("backfill {}", job.id);
+    let outcome = submitter::as_role(&session, &job.role, &job.settings, || {
         policy = Some((gucs::LOCK_RETRIES.get(), Backoff::from_settings()));
         toplevel::transaction(|| f().unwrap_or_else(|e| spi_error(e)))
     });

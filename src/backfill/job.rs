@@ -279,25 +279,40 @@ pub fn link_to_phase(id: i64, version: &str, phase: i32) {
     );
 }
 
-/// The jobs a migration started and what their final checks found, for migrate.verify:
-/// (id, table, state, where clause).
-pub fn of_migration(version: &str) -> Vec<(i64, Option<String>, String, Option<String>)> {
+/// A job a migration started, as migrate.verify checks it.
+pub struct OfMigration {
+    pub id: i64,
+    pub table: Option<String>,
+    pub state: String,
+    pub where_clause: Option<String>,
+    /// Who submitted it and the search_path it was submitted with: its where clause is
+    /// evaluated as that role, under that path.
+    pub role: String,
+    pub search_path: String,
+}
+
+/// The jobs a migration started, for migrate.verify.
+pub fn of_migration(version: &str) -> Vec<OfMigration> {
     security::pinned(|| {
         Spi::connect(|c| {
             c.select(
-                "SELECT id, table_oid, state, where_clause FROM migrate.backfills \
-                 WHERE version = $1 ORDER BY id",
+                "SELECT id, table_oid, state, where_clause, role::text, \
+                        coalesce(settings ->> 'search_path', '') \
+                 FROM migrate.backfills WHERE version = $1 ORDER BY id",
                 None,
                 &[version.into()],
             )?
             .map(|r| {
-                Ok((
-                    r.get(1)?.unwrap_or_default(),
-                    r.get::<pg_sys::Oid>(2)?
+                Ok(OfMigration {
+                    id: r.get(1)?.unwrap_or_default(),
+                    table: r
+                        .get::<pg_sys::Oid>(2)?
                         .and_then(crate::catalog::relation_name),
-                    r.get(3)?.unwrap_or_default(),
-                    r.get(4)?,
-                ))
+                    state: r.get(3)?.unwrap_or_default(),
+                    where_clause: r.get(4)?,
+                    role: r.get(5)?.unwrap_or_default(),
+                    search_path: r.get(6)?.unwrap_or_default(),
+                })
             })
             .collect::<Result<Vec<_>, pgrx::spi::Error>>()
         })

@@ -5,7 +5,6 @@
 use crate::command::LockMode;
 use crate::errors;
 use crate::timeouts;
-use std::ffi::CStr;
 
 /// Sets `lock_timeout` (and `statement_timeout` when unset) for the rest of the transaction
 /// if a statement taking `lock` would otherwise wait without a limit, or longer than
@@ -61,26 +60,11 @@ thread_local! {
 }
 
 /// statement_timeout's GUC record, found once per backend (records never move).
-unsafe fn statement_timeout_record() -> *mut pgrx::pg_sys::config_generic {
-    use pgrx::pg_sys;
+fn statement_timeout_record() -> *mut pgrx::pg_sys::config_generic {
     if let Some(found) = Some(STATEMENT_TIMEOUT_RECORD.get()).filter(|p| !p.is_null()) {
         return found;
     }
-    #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
-    let found = {
-        let all = pg_sys::get_guc_variables();
-        (0..pg_sys::GetNumConfigOptions() as usize)
-            .map(|i| *all.add(i))
-            .find(|g| CStr::from_ptr((**g).name) == c"statement_timeout")
-            .unwrap_or(std::ptr::null_mut())
-    };
-    #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
-    let found = pg_sys::find_option(
-        c"statement_timeout".as_ptr(),
-        false,
-        true,
-        pg_sys::ERROR as i32,
-    );
+    let found = crate::gucs::record(c"statement_timeout");
     STATEMENT_TIMEOUT_RECORD.set(found);
     found
 }

@@ -15,6 +15,9 @@ pub struct Context {
     pub allow: Vec<String>,
     /// Ids from a migrate.allow set in an earlier transaction, which do not count.
     pub stale_allow: Vec<String>,
+    /// Ids from a migrate.allow set by another role (the second field), which may not
+    /// override for the current one.
+    pub foreign_allow: Option<(Vec<String>, String)>,
     /// The current role may override (member of migrate_admin, or superuser).
     pub is_admin: bool,
     pub role: String,
@@ -50,6 +53,21 @@ pub fn decide(findings: Vec<Finding>, ctx: &Context) -> Decision {
             "An override lasts for one transaction, so that it cannot outlive the change it \
              was meant for.",
             "Use SET LOCAL migrate.allow = '...' inside the transaction that runs the command.",
+        ));
+    }
+    if let Some((ids, setter)) = ctx.foreign_allow.as_ref().filter(|_| !findings.is_empty()) {
+        decision.warnings.push(Problem::new(
+            PgSqlErrorCode::ERRCODE_WARNING,
+            format!(
+                "migrate.allow = '{}' was set by role \"{setter}\" and is ignored for role \"{}\"",
+                ids.join(","),
+                ctx.role
+            ),
+            "An override belongs to the role that set it: it counts only for a member of \
+             migrate_admin running its own statements (or those of a role it has the \
+             privileges of), not inside a function that runs as another role.",
+            "Let the role that runs the statement set migrate.allow itself (SET LOCAL inside \
+             the function, or in its own transaction).",
         ));
     }
     let mut blocking = Vec::new();
@@ -181,6 +199,7 @@ mod unit {
             mode,
             allow: vec![],
             stale_allow: vec![],
+            foreign_allow: None,
             is_admin: true,
             role: "deployer".into(),
             apply_with_rollback: false,
@@ -295,5 +314,21 @@ mod unit {
         assert!(d.warnings[0]
             .message
             .contains("set in an earlier transaction and is ignored"));
+    }
+
+    #[test]
+    fn another_roles_overrides_are_ignored_with_a_warning() {
+        let mut c = ctx(GuardMode::Enforce);
+        c.foreign_allow = Some((vec!["reindex-blocking".into()], "intruder".into()));
+        let d = decide(drop_and_reindex().split_off(1), &c);
+        assert!(d.refusal.is_some());
+        assert!(d.overridden.is_empty());
+        assert!(
+            d.warnings[0]
+                .message
+                .contains("was set by role \"intruder\" and is ignored"),
+            "{}",
+            d.warnings[0].message
+        );
     }
 }

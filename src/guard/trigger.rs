@@ -34,9 +34,10 @@ pub fn context() -> Option<Context> {
         return None;
     }
     let mode = gucs::GUARD.get();
-    let (mut allow, stale_allow) = match gucs::allowed_rules() {
-        Ok(ids) => (ids, vec![]),
-        Err(stale) => (vec![], stale),
+    let (mut allow, stale_allow, foreign_allow) = match gucs::allowed_rules() {
+        gucs::Allowed::Honoured(ids) => (ids, vec![], None),
+        gucs::Allowed::Stale(ids) => (vec![], ids, None),
+        gucs::Allowed::NotTheSetters(ids, setter) => (vec![], vec![], Some((ids, setter))),
     };
     let running = apply::running();
     if let Some(r) = &running {
@@ -46,6 +47,7 @@ pub fn context() -> Option<Context> {
         mode,
         allow,
         stale_allow,
+        foreign_allow,
         is_admin: security::is_admin(),
         role: security::current_user_name(),
         apply_with_rollback: running.is_some_and(|r| r.has_rollback),
@@ -54,6 +56,15 @@ pub fn context() -> Option<Context> {
             !pg_sys::check_function_bodies && pg_sys::superuser_arg(pg_sys::GetUserId())
         },
     })
+}
+
+/// The rule ids the session's `SET LOCAL migrate.allow` overrides for the current role, as
+/// `migrate.apply` records them with a migration.
+pub fn session_overrides() -> Vec<String> {
+    match gucs::allowed_rules() {
+        gucs::Allowed::Honoured(ids) => ids,
+        _ => vec![],
+    }
 }
 
 /// Judges one statement, when the guard is active: its timeouts, then its findings. `tag`

@@ -1,0 +1,317 @@
+"""pg_migrate under attack: a member of migrate_admin who is not a superuser (the role a
+deploy pipeline connects as) tries to get a superuser's rights, to run what was never judged,
+or to read or stall what is not theirs.
+
+The detector: `canary.fired`, a sequence only a superuser may advance. Mallory's functions try
+to advance it (and to make mallory a superuser); `nextval` is not undone by a rollback, so a
+call that ran with a superuser's rights leaves it advanced even inside a subtransaction that
+was rolled back."""
+
+import threading
+import time
+
+import psycopg
+import pytest
+
+from harness import failure, wait_until
+
+MALLORY = "mallory"  # migrate_admin, not a superuser
+PLAIN = "plain"  # no pg_migrate rights at all
+
+DETECTOR = """
+CREATE FUNCTION m.detector(x anyelement) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    BEGIN
+        PERFORM pg_catalog.nextval('canary.fired');
+    EXCEPTION WHEN OTHERS THEN NULL;  -- no right, or a read-only transaction
+    END;
+    BEGIN
+        EXECUTE 'ALTER ROLE mallory SUPERUSER';
+    EXCEPTION WHEN OTHERS THEN NULL;  -- no right, or a read-only transaction
+    END;
+    RETURN true;
+END $$;
+"""
+
+
+@pytest.fixture
+def roles(cluster, db, conn):
+    conn.execute("CREATE ROLE mallory LOGIN IN ROLE migrate_admin")
+    conn.execute("CREATE ROLE plain LOGIN")
+    conn.execute("CREATE SCHEMA canary")
+    conn.execute("CREATE SEQUENCE canary.fired")
+    conn.execute("CREATE SCHEMA m AUTHORIZATION mallory")
+    conn.execute("GRANT USAGE ON SCHEMA m TO plain")
+    with cluster.connect(db, user=MALLORY) as mallory:
+        mallory.execute(DETECTOR)
+    yield
+    conn.execute("SET migrate.guard = off")  # test cleanup, not a migration
+    for role in (MALLORY, PLAIN):
+        conn.execute(f"DROP OWNED BY {role} CASCADE")
+        conn.execute(f"DROP ROLE {role}")
+
+
+def assert_no_escalation(conn):
+    fired = conn.execute("SELECT is_called FROM canary.fired").fetchone()[0]
+    superuser = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = 'mallory'").fetchone()[0]
+    assert (fired, superuser) == (False, False), "mallory's code ran with a superuser's rights"
+
+
+def as_mallory(cluster, db, **kw):
+    return cluster.connect(db, user=MALLORY, **kw)
+
+
+def checks(conn, version):
+    return conn.execute("SELECT kind, ok, detail FROM migrate.verify(%s)", (version,)).fetchall()
+
+
+def test_verify_counts_a_constraint_as_its_tables_owner(cluster, db, conn, roles):
+    with as_mallory(cluster, db) as mallory:
+        mallory.execute("""SELECT migrate.apply('1', $$
+            CREATE TABLE m.t (id int);
+            INSERT INTO m.t SELECT generate_series(1, 5);
+            ALTER TABLE m.t ADD CONSTRAINT t_ok CHECK (m.detector(id)) NOT VALID;
+        $$)""")
+        # Mallory's own verify: the count runs as the table's owner, mallory, not as the
+        # extension's owner.
+        constraint = [c for c in checks(mallory, "1") if c[0] == "constraint"]
+    assert constraint and constraint[0][1] and "every row satisfies it" in constraint[0][2], constraint
+    assert_no_escalation(conn)
+    # A superuser verifying lends nothing either.
+    constraint = [c for c in checks(conn, "1") if c[0] == "constraint"]
+    assert constraint and "every row satisfies it" in constraint[0][2], constraint
+    assert_no_escalation(conn)
+
+
+def test_verify_counts_a_backfills_where_clause_as_its_submitter(cluster, db, conn, roles):
+    with as_mallory(cluster, db) as mallory:
+        mallory.execute("""SELECT migrate.apply('1', $$
+            CREATE TABLE m.b (id int PRIMARY KEY, v int);
+            INSERT INTO m.b SELECT g FROM generate_series(1, 200) g;
+        $$)""")
+        mallory.execute("""SELECT migrate.apply('2', $$
+            SELECT migrate.backfill('m.b', 'v = id', 'v IS NULL AND m.detector(id)')
+        $$)""")
+        mallory.execute("CALL migrate.wait('2', '60s')")
+    assert conn.execute("SELECT count(*) FROM m.b WHERE v = id").fetchone()[0] == 200
+    assert [c[1] for c in checks(conn, "2") if c[0] == "backfill"] == [True]
+    assert_no_escalation(conn)
+    # A row that matches again: verify's count now evaluates mallory's function (the
+    # planner tests v IS NULL first, so only for rows with no v).
+    conn.execute("INSERT INTO m.b VALUES (201, NULL)")
+    backfill = [c for c in checks(conn, "2") if c[0] == "backfill"]
+    assert backfill and not backfill[0][1] and "1 rows match" in backfill[0][2], backfill
+    assert_no_escalation(conn)
+
+
+def test_verify_queries_run_as_the_role_that_declared_them(cluster, db, conn, roles):
+    with as_mallory(cluster, db) as mallory:
+        mallory.execute("""SELECT migrate.apply('1', 'SELECT 1', verify => $$
+            SELECT pg_catalog.pg_read_file('PG_VERSION') AS leak;
+            SELECT 1 WHERE NOT m.detector(1);
+        $$)""")
+    # The superuser verifies; the first query fails for lack of mallory's rights.
+    queries = [c for c in checks(conn, "1") if c[0] == "query"]
+    assert len(queries) == 2
+    assert not queries[0][1] and "permission denied for function pg_read_file" in queries[0][2], queries
+    assert queries[1][1], queries
+    report = conn.execute("SELECT verification_report::text FROM migrate.history WHERE version = '1'").fetchone()[0]
+    version_file = conn.execute("SELECT pg_read_file('PG_VERSION')").fetchone()[0].strip()
+    assert f'"leak": "{version_file}' not in report
+    assert_no_escalation(conn)
+
+
+PLANT = """
+CREATE FUNCTION m.plant(x int) RETURNS int LANGUAGE plpgsql AS $$
+BEGIN
+    BEGIN
+        -- A domain named text in the worker session's pg_temp, checked by mallory's code.
+        CREATE DOMAIN pg_temp.text AS pg_catalog.text CHECK (m.detector(VALUE));
+    EXCEPTION WHEN duplicate_object THEN NULL;
+    END;
+    RETURN x;
+END $$;
+"""
+
+
+def test_the_worker_session_is_reset_between_submitters(cluster, db, conn, roles):
+    with as_mallory(cluster, db) as mallory:
+        mallory.execute(PLANT)
+        mallory.execute("CREATE TABLE m.b (id int PRIMARY KEY, v int)")
+        mallory.execute("INSERT INTO m.b SELECT g FROM generate_series(1, 3000) g")
+        job = mallory.execute(
+            "SELECT migrate.backfill('m.b', 'v = m.plant(id)', batch_size => 100, "
+            "min_batch_size => 100, max_batch_size => 100, pause => '20ms')").fetchone()[0]
+        wait_until(lambda: conn.execute(
+            "SELECT rows_updated > 0 FROM migrate.backfills WHERE id = %s", (job,)).fetchone()[0], timeout=30)
+    # The superuser's job runs in the same worker session, between mallory's batches.
+    conn.execute("CREATE TABLE vt (id int PRIMARY KEY, note text)")
+    conn.execute("INSERT INTO vt SELECT g FROM generate_series(1, 500) g")
+    mine = conn.execute("SELECT migrate.backfill('vt', 'note = id::text')").fetchone()[0]
+    for j in (job, mine):
+        wait_until(lambda: conn.execute(
+            "SELECT state FROM migrate.backfills WHERE id = %s", (j,)).fetchone()[0] in ("done", "failed"), timeout=60)
+    assert conn.execute("SELECT state FROM migrate.backfills WHERE id = %s", (mine,)).fetchone()[0] == "done"
+    assert conn.execute("SELECT count(*) FROM vt WHERE note = id::text").fetchone()[0] == 500
+    assert_no_escalation(conn)
+
+
+def test_the_worker_runs_exactly_the_statements_that_were_judged(cluster, db, conn, roles):
+    with as_mallory(cluster, db) as mallory:
+        mallory.execute("CREATE TABLE m.notes (n text)")
+        mallory.execute("SET standard_conforming_strings = off")
+        # With standard_conforming_strings off, \\' escapes the quote: the second statement
+        # is one INSERT of a string. Split with it on, a CREATE TABLE would follow.
+        script = (
+            "CREATE INDEX CONCURRENTLY notes_n ON m.notes (n);\n"
+            "INSERT INTO m.notes VALUES ('a\\'); CREATE TABLE m.smuggled (id int); --')"
+        )
+        assert mallory.execute("SELECT status, statements FROM migrate.apply('1', %s)",
+                               (script,)).fetchone() == ("pending", 2)
+        mallory.execute("CALL migrate.wait('1', '60s')")
+    assert conn.execute("SELECT to_regclass('m.smuggled')").fetchone()[0] is None
+    assert conn.execute("SELECT n FROM m.notes").fetchall() == [("a'); CREATE TABLE m.smuggled (id int); --",)]
+    settings = conn.execute("SELECT settings ->> 'standard_conforming_strings' FROM migrate.history").fetchone()[0]
+    assert settings == "off"
+
+
+DEFINER = """
+CREATE TABLE m.big (id int, x int);
+INSERT INTO m.big SELECT g, g FROM generate_series(1, 20000) g;
+ANALYZE m.big;
+CREATE FUNCTION m.index_big() RETURNS void LANGUAGE sql SECURITY DEFINER
+    AS 'CREATE INDEX big_x ON m.big (x)';
+"""
+
+
+def test_an_override_belongs_to_the_role_that_set_it(cluster, db, conn, roles):
+    with as_mallory(cluster, db) as mallory:
+        mallory.execute(DEFINER)
+    notices: list[str] = []
+    with cluster.connect(db, user=PLAIN, autocommit=False) as plain:
+        plain.add_notice_handler(lambda d: notices.append(d.message_primary))
+        plain.execute("SET LOCAL migrate.allow = 'index-create-blocking'")
+        f = failure(plain, "SELECT m.index_big()")
+    assert f.sqlstate == "55000" and "index-create-blocking" in f.message, f
+    assert any('set by role "plain" and is ignored for role "mallory"' in n for n in notices), notices
+    assert conn.execute("SELECT to_regclass('m.big_x')").fetchone()[0] is None
+    assert conn.execute("SELECT count(*) FROM migrate.ddl_log WHERE event = 'guard_override'").fetchone()[0] == 0
+    # Mallory's own override, set by mallory, counts.
+    with as_mallory(cluster, db, autocommit=False) as mallory:
+        mallory.execute("SET LOCAL migrate.allow = 'index-create-blocking'")
+        mallory.execute("SELECT m.index_big()")
+        mallory.commit()
+    assert conn.execute("SELECT current_user_name FROM migrate.ddl_log WHERE event = 'guard_override'").fetchall() == [("mallory",)]
+
+
+def test_overrides_set_before_apply_are_recorded_with_the_migration(cluster, db, conn, roles):
+    with as_mallory(cluster, db, autocommit=False) as mallory:
+        mallory.execute(DEFINER)
+        mallory.commit()
+        mallory.execute("SET LOCAL migrate.allow = 'index-create-blocking'")
+        mallory.execute("SELECT migrate.apply('1', 'CREATE INDEX big_x2 ON m.big (x)')")
+        mallory.commit()
+    assert conn.execute("SELECT allowed_rules FROM migrate.history WHERE version = '1'").fetchone()[0] == [
+        "index-create-blocking"]
+
+
+def test_a_dry_run_shows_only_what_its_own_statements_did(cluster, db, conn, roles):
+    rows: list = []
+
+    def dry_run():
+        with cluster.connect(db, user=PLAIN) as plain:
+            rows.extend(plain.execute(
+                "SELECT statement, objects FROM migrate.dry_run('SELECT pg_sleep(1.5)')").fetchall())
+
+    t = threading.Thread(target=dry_run)
+    t.start()
+    time.sleep(0.5)
+    conn.execute("CREATE TABLE someone_elses_secret (id int)")
+    t.join(timeout=30)
+    assert rows and all("someone_elses_secret" not in " ".join(objects) for _, objects in rows), rows
+
+
+def test_nobody_can_stall_appliers_by_holding_their_lock(cluster, db, conn, roles):
+    conn.execute("SET statement_timeout = '60s'")  # a regression fails here instead of hanging
+    with cluster.connect(db, user=PLAIN) as plain:
+        # The advisory key of earlier releases is nobody's lock now.
+        plain.execute("SELECT pg_advisory_lock(1835496052, 1)")
+        assert failure(plain, "COMMENT ON EXTENSION pg_migrate IS 'mine'").sqlstate == "42501"
+        assert conn.execute("SELECT status FROM migrate.apply('1', 'SELECT 1')").fetchone()[0] == "applied"
+    # A real applier holding it: the wait is bounded and names the holder.
+    with cluster.connect(db, autocommit=False) as holder:
+        holder.execute("SELECT migrate.apply('2', 'SELECT 2')")
+        pid = holder.execute("SELECT pg_backend_pid()").fetchone()[0]
+        conn.execute("SET migrate.lock_timeout = '100ms'")
+        conn.execute("SET migrate.lock_retries = 1")
+        conn.execute("SET migrate.lock_retry_delay = '10ms'")
+        f = failure(conn, "SELECT migrate.apply('3', 'SELECT 3')")
+        holder.rollback()
+    assert (f.sqlstate, f.message) == ("55P03", "pg_migrate: another session holds the applier lock")
+    assert f"pid {pid} (role postgres" in f.detail and "Waited 2 times for 100ms" in f.detail, f.detail
+    assert "pg_cancel_backend" in f.hint
+    assert conn.execute("SELECT array_agg(version) FROM migrate.history").fetchone()[0] == ["1"]
+
+
+def many_statements(n: int) -> str:
+    return "".join(f"ALTER TABLE t ADD COLUMN c{i} int; " for i in range(n))
+
+
+def cancel_after(cluster, db, pid: int, delay: float) -> threading.Thread:
+    def cancel():
+        time.sleep(delay)
+        with cluster.connect(db) as c:
+            c.execute("SELECT pg_cancel_backend(%s)", (pid,))
+    t = threading.Thread(target=cancel)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("call", ["SELECT count(*) FROM migrate.lint(%s)",
+                                  "SELECT count(*) FROM migrate.dry_run(%s)"])
+def test_lint_and_dry_run_of_a_huge_script_answer_timeouts_and_cancels(cluster, db, conn, roles, call):
+    conn.execute("CREATE TABLE t (id int)")
+    script = many_statements(50_000)
+    outcome: list = []
+
+    def run(setup: str):
+        with cluster.connect(db, user=PLAIN) as plain:
+            plain.execute(setup)
+            pid = plain.execute("SELECT pg_backend_pid()").fetchone()[0]
+            canceller = cancel_after(cluster, db, pid, 0.3) if "cancel" in setup else None
+            started = time.monotonic()
+            try:
+                plain.execute(call, (script,))
+                outcome.append(("finished", time.monotonic() - started))
+            except psycopg.Error as e:
+                outcome.append((e.diag.sqlstate, time.monotonic() - started))
+            if canceller:
+                canceller.join()
+
+    for setup in ("SET statement_timeout = '200ms'", "SELECT 'cancel'"):
+        outcome.clear()
+        t = threading.Thread(target=run, args=(setup,))
+        t.start()
+        t.join(timeout=60)  # a hang guard, not a timing: quadratic work ignoring interrupts took minutes
+        assert not t.is_alive() and outcome and outcome[0][0] == "57014", outcome
+
+
+def test_bad_input_at_the_edges(cluster, db, conn, roles):
+    with cluster.connect(db, user=PLAIN) as plain:
+        f = failure(plain, "SELECT * FROM migrate.lint(NULL)")
+        assert (f.sqlstate, f.message) == ("22004", "pg_migrate: script must not be NULL"), f
+        huge = "SELECT 1; --" + "x" * (9 * 1024 * 1024)  # 9 MB, over the 8 MB default
+        for call in ("SELECT * FROM migrate.lint(%s)", "SELECT * FROM migrate.dry_run(%s)",
+                     "SELECT migrate.validate('1', %s)"):
+            f = failure(plain, call, (huge,))
+            assert f.sqlstate == "54000" and "more than migrate.max_script_size (8192 kB)" in f.message, f
+            assert f.detail and "ALTER ROLE" in f.hint
+        assert failure(plain, "SET migrate.max_script_size = '1GB'").sqlstate == "42501"
+    assert failure(conn, "SELECT migrate.apply('1', %s)", (huge,)).sqlstate == "54000"
+    f = failure(conn, "SELECT migrate.apply('1', 'SELECT 1', rollback => %s)", (huge,))
+    assert f.sqlstate == "54000" and f.message.startswith("pg_migrate: rollback is")
+    f = failure(conn, "SELECT migrate.apply('1', 'SELECT 1', verify => %s)", (huge,))
+    assert f.sqlstate == "54000" and f.message.startswith("pg_migrate: verify is")
+    conn.execute("SET migrate.max_script_size = '16MB'")
+    assert conn.execute("SELECT status FROM migrate.apply('1', %s)", (huge,)).fetchone()[0] == "applied"
+    assert conn.execute("SELECT count(*) FROM migrate.history").fetchone()[0] == 1
