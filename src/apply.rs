@@ -470,7 +470,21 @@ fn applier_lock() -> (pg_sys::Oid, pg_sys::Oid) {
 pub fn try_lock_history() -> bool {
     let (class, object) = applier_lock();
     // SAFETY: a heavyweight lock request that does not wait, released at transaction end.
-    unsafe { pg_sys::ConditionalLockDatabaseObject(class, object, 0, pg_sys::ExclusiveLock as _) }
+    let taken = unsafe {
+        pg_sys::ConditionalLockDatabaseObject(class, object, 0, pg_sys::ExclusiveLock as _)
+    };
+    if taken {
+        see_what_the_last_holder_committed();
+    }
+    taken
+}
+
+/// After the applier lock is granted: a transaction id makes every later SPI read take a
+/// fresh snapshot (pgrx reads with the statement's older snapshot until the transaction has
+/// one), so the history the previous holder committed is seen, and no version applies twice.
+fn see_what_the_last_holder_committed() {
+    // SAFETY: assigns this transaction's id, or raises.
+    unsafe { pg_sys::GetCurrentTransactionId() };
 }
 
 /// Takes the transaction-scoped lock that serialises appliers; it ends with the transaction,
@@ -490,7 +504,7 @@ pub fn lock_history() {
             unsafe { pg_sys::LockDatabaseObject(class, object, 0, pg_sys::ExclusiveLock as _) }
         });
         let caught = match taken {
-            Ok(()) => return,
+            Ok(()) => return see_what_the_last_holder_committed(),
             Err(caught) => caught,
         };
         if caught.code != PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE {

@@ -96,14 +96,14 @@ unsafe extern "C-unwind" fn remember_allow_transaction(
 /// What `migrate.allow` says for the statement about to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Allowed {
-    /// Rule ids set in this transaction by a role that may override for the current one
-    /// (empty when unset).
+    /// Rule ids set in this transaction by the current role, or by a role with its
+    /// privileges (empty when unset).
     Honoured(Vec<String>),
     /// Set in an earlier transaction (a session-wide SET), which does not count.
     Stale(Vec<String>),
-    /// Set by `setter`, which may not override for the current role: an override belongs to
-    /// the role that set it, so a plain role's SET LOCAL does not reach the DDL of a
-    /// SECURITY DEFINER function it calls.
+    /// Set by `setter`, which lacks the current role's privileges: an override belongs to
+    /// the role that set it, so a plain role's SET LOCAL does not reach the DDL of an
+    /// admin's SECURITY DEFINER function it calls.
     NotTheSetters(Vec<String>, String),
 }
 
@@ -125,9 +125,10 @@ pub fn allowed_rules() -> Allowed {
     if ALLOW_SET_IN.get() != Some(now) {
         return Allowed::Stale(ids);
     }
+    // Whether the role running the statement may override at all (migrate_admin) is the
+    // guard's policy; here only whether the override is that role's own.
     let setter = allow_setter();
-    let current = crate::security::current_user();
-    if crate::security::role_is_admin(setter) && crate::security::has_privs_of(setter, current) {
+    if crate::security::has_privs_of(setter, crate::security::current_user()) {
         Allowed::Honoured(ids)
     } else {
         Allowed::NotTheSetters(ids, crate::security::role_name(setter))

@@ -138,20 +138,24 @@ pub fn read_own_row<T>(
 /// Owner rights are for bookkeeping only: reading and writing `migrate.*` and the catalogs,
 /// never an expression or statement a caller wrote. Every section that uses them, and what
 /// it evaluates:
-/// - `write_as_owner`: one INSERT or UPDATE of `migrate.history`, `migrate.steps` or
-///   `migrate.backfills` with values passed as parameters (history, steps, backfill jobs).
-/// - `history::insert`: the history row, values as parameters.
+/// - `write_as_owner` (steps, backfill jobs): one INSERT or UPDATE of `migrate.steps` or
+///   `migrate.backfills`, values as parameters.
+/// - `history::insert`: the history row, values as parameters, with `migrate.describe()`,
+///   `fingerprint_of` and `changes` of the catalogs (deparsing with `pg_get_*def`, which
+///   evaluates no user expression).
 /// - `ddl_log::write` and `ddl_log::record_guard`: INSERT ... SELECT from
 ///   `pg_event_trigger_ddl_commands()` / `pg_event_trigger_dropped_objects()` or from
-///   parameters; only built-in functions of `pg_catalog`.
+///   parameters, with built-in functions only.
+/// - `guard::trigger::guard_drop`: reads `pg_event_trigger_dropped_objects()` and this
+///   transaction's DDL-log rows.
 /// - `verify::record`: the verdict, as parameters.
-/// - `dry_run::logged_objects` / `last_log_id`: reads of `migrate.ddl_log`, limited to this
-///   transaction's own rows.
-/// - `backfill::insert` and `job::summary_for_update`: the job row, as parameters; a row lock.
-/// - `guard::trigger` (sql_drop): reads `pg_event_trigger_dropped_objects()`.
+/// - `dry_run::logged_objects` and `last_log_id`: reads of `migrate.ddl_log`, limited to
+///   this transaction's own rows.
+/// - `backfill::insert`: the job row, as parameters; `job::summary_for_update`: a row lock.
 ///
-/// Expressions a caller wrote (constraint and index expressions reached through the catalogs,
-/// verify queries, backfill clauses) run through [`as_author`] instead.
+/// Expressions a caller wrote (constraint expressions reached through the catalogs, verify
+/// queries, backfill clauses) run through [`as_author`] instead, and scripts run as the
+/// caller or, in the worker, as the submitter (`submitter::as_role`).
 pub fn as_owner<T>(f: impl FnOnce() -> T) -> T {
     switch_user(table_owner(), 0, || pinned(f))
 }
