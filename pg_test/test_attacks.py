@@ -16,6 +16,7 @@ import pytest
 from harness import failure, wait_until
 
 MALLORY = "mallory"  # migrate_admin, not a superuser
+EVE = "eve"  # migrate_admin too, but not a member of mallory
 PLAIN = "plain"  # no pg_migrate rights at all
 
 DETECTOR = """
@@ -37,6 +38,7 @@ END $$;
 @pytest.fixture
 def roles(cluster, db, conn):
     conn.execute("CREATE ROLE mallory LOGIN IN ROLE migrate_admin")
+    conn.execute("CREATE ROLE eve LOGIN IN ROLE migrate_admin")
     conn.execute("CREATE ROLE plain LOGIN")
     conn.execute("CREATE SCHEMA canary")
     conn.execute("CREATE SEQUENCE canary.fired")
@@ -46,7 +48,7 @@ def roles(cluster, db, conn):
         mallory.execute(DETECTOR)
     yield
     conn.execute("SET migrate.guard = off")  # test cleanup, not a migration
-    for role in (MALLORY, PLAIN):
+    for role in (MALLORY, EVE, PLAIN):
         conn.execute(f"DROP OWNED BY {role} CASCADE")
         conn.execute(f"DROP ROLE {role}")
 
@@ -119,6 +121,13 @@ def test_verify_queries_run_as_the_role_that_declared_them(cluster, db, conn, ro
     version_file = conn.execute("SELECT pg_read_file('PG_VERSION')").fetchone()[0].strip()
     assert f'"leak": "{version_file}' not in report
     assert_no_escalation(conn)
+    # Another admin's session is not mallory's to run code in (its temporary objects and
+    # settings could steer mallory's queries): verify says whom to ask instead.
+    with cluster.connect(db, user=EVE) as eve:
+        queries = [c for c in checks(eve, "1") if c[0] == "query"]
+    assert [q[1] for q in queries] == [False, False]
+    assert all('not run: it is role "mallory"\'s expression' in q[2] for q in queries), queries
+    assert_no_escalation(conn)
 
 
 PLANT = """
@@ -173,6 +182,17 @@ def test_the_worker_runs_exactly_the_statements_that_were_judged(cluster, db, co
     assert conn.execute("SELECT n FROM m.notes").fetchall() == [("a'); CREATE TABLE m.smuggled (id int); --",)]
     settings = conn.execute("SELECT settings ->> 'standard_conforming_strings' FROM migrate.history").fetchone()[0]
     assert settings == "off"
+
+
+def test_a_script_cannot_change_how_its_own_statements_lex(cluster, db, conn, roles):
+    # Judged with standard_conforming_strings on: a SET, then one SELECT of two strings. Run
+    # after the SET, the SELECT would lex as two statements, the second a CREATE TABLE.
+    script = "SET standard_conforming_strings = off;\nSELECT 'a\\', 'b; CREATE TABLE m.smuggled (id int); --';"
+    with as_mallory(cluster, db) as mallory:
+        f = failure(mallory, "SELECT migrate.apply('1', %s)", (script,))
+    assert f.sqlstate == "22023" and "now reads as 2 statements" in f.message, f
+    assert conn.execute("SELECT to_regclass('m.smuggled')").fetchone()[0] is None
+    assert conn.execute("SELECT count(*) FROM migrate.history").fetchone()[0] == 0
 
 
 DEFINER = """
@@ -271,7 +291,7 @@ def cancel_after(cluster, db, pid: int, delay: float) -> threading.Thread:
                                   "SELECT count(*) FROM migrate.dry_run(%s)"])
 def test_lint_and_dry_run_of_a_huge_script_answer_timeouts_and_cancels(cluster, db, conn, roles, call):
     conn.execute("CREATE TABLE t (id int)")
-    script = many_statements(50_000)
+    script = many_statements(150_000)  # 5.5 MB
     outcome: list = []
 
     def run(setup: str):

@@ -19,6 +19,15 @@ CREATE FUNCTION migrate.describe(schemas text[] DEFAULT NULL)
 RETURNS jsonb
 LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
+-- Constants in defaults and expressions are printed under these: the same schema must
+-- describe alike whatever the caller's session (or the worker's last submitter) set.
+SET datestyle = 'ISO, MDY'
+SET intervalstyle = 'postgres'
+SET timezone = 'UTC'
+SET extra_float_digits = 1
+SET bytea_output = 'hex'
+SET quote_all_identifiers = off
+SET standard_conforming_strings = on
 AS $describe$
 WITH ns AS (
     SELECT n.oid, quote_ident(n.nspname) AS q, n.nspname, n.nspacl

@@ -27,6 +27,14 @@ pub fn parse(script: &str) -> Result<Vec<(Statement, *mut pg_sys::Node)>, Syntax
     }
 }
 
+/// How many statements `text` holds as the grammar reads it now (under the session's
+/// standard_conforming_strings); None when it does not parse.
+pub fn count(text: &str) -> Option<usize> {
+    let c_text = CString::new(text).ok()?;
+    // SAFETY: raw_parser returns a List of RawStmt.
+    subxact::run(|| unsafe { PgList::<pg_sys::RawStmt>::from_pg(raw_parse(&c_text)).len() }).ok()
+}
+
 /// PostgreSQL's grammar over `text`: a List of RawStmt, or an ERROR.
 fn raw_parse(text: &CStr) -> *mut pg_sys::List {
     // SAFETY: raw_parser only reads the string and allocates in the current memory context.

@@ -90,6 +90,21 @@ pub fn run(what: &str, script: &str, statements: &[Statement], policy: Policy) -
 }
 
 fn execute(sql: &str) {
+    // SPI runs every statement it finds in the text, lexed under the settings of this
+    // moment: a script's own SET standard_conforming_strings can make one judged and
+    // recorded statement lex as several. Exactly one runs, or none.
+    if let Some(n) = crate::parser::count(sql).filter(|n| *n != 1) {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("a statement now reads as {n} statements"),
+            "The script was split into statements, judged and recorded under the \
+             standard_conforming_strings in force when it was applied; this one lexes \
+             differently now (the script changes that setting itself).",
+            "Do not change standard_conforming_strings inside a migration; set it before \
+             migrate.apply, for the whole script.",
+        )
+        .raise();
+    }
     if let Err(e) = Spi::run(sql) {
         // SPI-level failures (not ERRORs from the statement itself) are internal errors.
         Problem::new(

@@ -47,8 +47,50 @@ impl Change {
     }
 }
 
+/// What computing differences may spend: output bytes, and a hook called for every object
+/// and attribute compared (the SQL function checks for cancellation there).
+pub struct Budget<'f> {
+    bytes_left: usize,
+    tick: &'f mut dyn FnMut(),
+}
+
+impl<'f> Budget<'f> {
+    pub fn new(bytes: usize, tick: &'f mut dyn FnMut()) -> Budget<'f> {
+        Budget {
+            bytes_left: bytes,
+            tick,
+        }
+    }
+
+    /// Charges a row: the names each row repeats (object, attribute path, relation) are
+    /// what can make the output far larger than the input.
+    fn charge(&mut self, d: &Difference) -> Result<(), Exceeded> {
+        let bytes = d.kind.len()
+            + d.object.as_ref().map_or(0, String::len)
+            + d.attribute.as_ref().map_or(0, String::len)
+            + d.relation.as_ref().map_or(0, String::len)
+            + 64;
+        self.bytes_left = self.bytes_left.checked_sub(bytes).ok_or(Exceeded)?;
+        Ok(())
+    }
+}
+
+/// The differences would take more than the budget.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Exceeded;
+
+/// Roughly how many bytes a jsonb value takes as text: what a budget is measured against.
+pub fn size(v: &Value) -> usize {
+    match v {
+        Value::Object(m) => m.iter().map(|(k, v)| k.len() + 4 + size(v)).sum::<usize>() + 2,
+        Value::Array(a) => a.iter().map(|v| size(v) + 1).sum::<usize>() + 2,
+        Value::String(s) => s.len() + 2,
+        _ => 8,
+    }
+}
+
 /// Every difference from `a` to `b`, ordered by kind, object and attribute.
-pub fn differences(a: &Value, b: &Value) -> Vec<Difference> {
+pub fn differences(a: &Value, b: &Value, budget: &mut Budget) -> Result<Vec<Difference>, Exceeded> {
     let empty = Map::new();
     let (a, b) = (
         a.as_object().unwrap_or(&empty),
@@ -58,25 +100,42 @@ pub fn differences(a: &Value, b: &Value) -> Vec<Difference> {
     for kind in keys(a, b) {
         let (va, vb) = (a.get(kind), b.get(kind));
         match (va.and_then(Value::as_object), vb.and_then(Value::as_object)) {
-            (None, None) if va != vb => out.push(Difference {
-                kind: kind.clone(),
-                object: None,
-                change: Change::of(va, vb),
-                attribute: None,
-                old: va.cloned(),
-                new: vb.cloned(),
-                relation: None,
-            }),
+            (None, None) if va != vb => {
+                let d = Difference {
+                    kind: kind.clone(),
+                    object: None,
+                    change: Change::of(va, vb),
+                    attribute: None,
+                    old: va.cloned(),
+                    new: vb.cloned(),
+                    relation: None,
+                };
+                budget.charge(&d)?;
+                out.push(d);
+            }
             (None, None) => {}
             // A kind only one side has: each of its objects was added or removed.
-            (oa, ob) => objects(kind, oa.unwrap_or(&empty), ob.unwrap_or(&empty), &mut out),
+            (oa, ob) => objects(
+                kind,
+                oa.unwrap_or(&empty),
+                ob.unwrap_or(&empty),
+                &mut out,
+                budget,
+            )?,
         }
     }
-    out
+    Ok(out)
 }
 
-fn objects(kind: &str, a: &Map<String, Value>, b: &Map<String, Value>, out: &mut Vec<Difference>) {
+fn objects(
+    kind: &str,
+    a: &Map<String, Value>,
+    b: &Map<String, Value>,
+    out: &mut Vec<Difference>,
+    budget: &mut Budget,
+) -> Result<(), Exceeded> {
     for name in keys(a, b) {
+        (budget.tick)();
         let (oa, ob) = (a.get(name), b.get(name));
         if oa == ob {
             continue;
@@ -102,12 +161,21 @@ fn objects(kind: &str, a: &Map<String, Value>, b: &Map<String, Value>, out: &mut
         match (oa, ob) {
             (Some(x), Some(y)) => {
                 let mut leaves = Vec::new();
-                attributes(String::new(), Some(x), Some(y), &mut leaves);
-                out.extend(leaves.into_iter().map(|(p, o, n)| row(Some(p), o, n)));
+                attributes(String::new(), Some(x), Some(y), &mut leaves, budget)?;
+                for (p, o, n) in leaves {
+                    let d = row(Some(p), o, n);
+                    budget.charge(&d)?;
+                    out.push(d);
+                }
             }
-            _ => out.push(row(None, oa, ob)),
+            _ => {
+                let d = row(None, oa, ob);
+                budget.charge(&d)?;
+                out.push(d);
+            }
         }
     }
+    Ok(())
 }
 
 type Leaf<'v> = (String, Option<&'v Value>, Option<&'v Value>);
@@ -119,22 +187,27 @@ fn attributes<'v>(
     x: Option<&'v Value>,
     y: Option<&'v Value>,
     out: &mut Vec<Leaf<'v>>,
-) {
+    budget: &mut Budget,
+) -> Result<(), Exceeded> {
     if x == y {
-        return;
+        return Ok(());
     }
     if let (Some(Value::Object(a)), Some(Value::Object(b))) = (x, y) {
         for key in keys(a, b) {
+            (budget.tick)();
             let sub = if path.is_empty() {
                 key.clone()
             } else {
                 format!("{path}.{key}")
             };
-            attributes(sub, a.get(key), b.get(key), out);
+            // The paths alone can outgrow the input (a long key repeated under every leaf).
+            budget.bytes_left = budget.bytes_left.checked_sub(sub.len()).ok_or(Exceeded)?;
+            attributes(sub, a.get(key), b.get(key), out, budget)?;
         }
-        return;
+        return Ok(());
     }
     out.push((path, x, y));
+    Ok(())
 }
 
 fn keys<'m>(a: &'m Map<String, Value>, b: &'m Map<String, Value>) -> BTreeSet<&'m String> {
@@ -181,7 +254,24 @@ fn diff(
             .raise();
         }
     }
-    let rows: Vec<_> = differences(&a.0, &b.0)
+    // Open to every role: the output may not outgrow the input by more than a fixed
+    // factor (names repeat in every row), and cancellation is answered throughout.
+    let limit = 16 * (size(&a.0) + size(&b.0)) + (1 << 20);
+    let mut tick = || {
+        pgrx::check_for_interrupts!();
+    };
+    let found = differences(&a.0, &b.0, &mut Budget::new(limit, &mut tick)).unwrap_or_else(|_| {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            format!("migrate.diff: the differences would take more than {limit} bytes"),
+            "The differences of two descriptions repeat object names and paths in every row; \
+             these two would produce far more than their own size.",
+            "Pass descriptions migrate.describe() made; compare fewer schemas at once \
+             (migrate.describe(ARRAY['schema'])).",
+        )
+        .raise()
+    });
+    let rows: Vec<_> = found
         .into_iter()
         .map(|d| {
             (
@@ -203,6 +293,29 @@ mod unit {
     use super::*;
     use serde_json::json;
 
+    fn unlimited() -> Budget<'static> {
+        Budget::new(usize::MAX, Box::leak(Box::new(|| {})))
+    }
+
+    #[test]
+    fn output_beyond_the_budget_is_refused_and_every_comparison_ticks() {
+        let many = |v: i32| {
+            let columns: serde_json::Map<String, Value> =
+                (0..1000).map(|i| (i.to_string(), json!(v))).collect();
+            json!({"format": 1, "tables": {"x".repeat(10_000): columns}})
+        };
+        let (a, b) = (many(1), many(2));
+        let mut ticks = 0;
+        let mut tick = || ticks += 1;
+        let limit = 16 * (size(&a) + size(&b)) + (1 << 20);
+        assert_eq!(
+            differences(&a, &b, &mut Budget::new(limit, &mut tick)).unwrap_err(),
+            Exceeded
+        );
+        assert!(ticks > 1, "{ticks}");
+        assert_eq!(differences(&a, &b, &mut unlimited()).unwrap().len(), 1000);
+    }
+
     fn base() -> Value {
         json!({
             "format": 1,
@@ -215,14 +328,16 @@ mod unit {
 
     #[test]
     fn equal_descriptions_have_no_differences() {
-        assert!(differences(&base(), &base()).is_empty());
+        assert!(differences(&base(), &base(), &mut unlimited())
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
     fn a_changed_column_type_is_one_row_on_its_table() {
         let mut b = base();
         b["tables"]["public.t"]["columns"]["total"]["type"] = json!("bigint");
-        let d = differences(&base(), &b);
+        let d = differences(&base(), &b, &mut unlimited()).unwrap();
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].kind, "tables");
         assert_eq!(d[0].object.as_deref(), Some("public.t"));
@@ -241,7 +356,7 @@ mod unit {
             .unwrap()
             .remove("public.t_pkey");
         b["indexes"]["public.t_total"] = json!({"table": "public.t", "valid": false});
-        let d = differences(&base(), &b);
+        let d = differences(&base(), &b, &mut unlimited()).unwrap();
         let summary: Vec<_> = d
             .iter()
             .map(|d| {
@@ -266,7 +381,7 @@ mod unit {
         let mut b = base();
         b["tables"]["public.t"]["columns"]["note"] = json!({"type": "text", "position": 3});
         b["views"] = json!({"public.v": {"definition": "SELECT 1"}});
-        let d = differences(&base(), &b);
+        let d = differences(&base(), &b, &mut unlimited()).unwrap();
         assert_eq!(d.len(), 2);
         assert_eq!(d[0].attribute.as_deref(), Some("columns.note"));
         assert_eq!(d[0].change, Change::Added);

@@ -164,10 +164,23 @@ pub fn as_owner<T>(f: impl FnOnce() -> T) -> T {
 /// PostgreSQL runs an index expression during ANALYZE: a security-restricted operation (no
 /// SET ROLE, no temporary tables), with `search_path` set to the author's path and `pg_temp`
 /// searched last. Whoever calls pg_migrate (a superuser verifying, the worker) lends nothing.
-pub fn as_author<T>(role: pg_sys::Oid, search_path: &str, f: impl FnOnce() -> T) -> T {
-    let path = trusted_search_path(search_path);
+///
+/// `settings` are the author's (search_path, and standard_conforming_strings, which decides
+/// how its text lexes); the search_path gets `pg_temp` last.
+pub fn as_author<T>(role: pg_sys::Oid, settings: &[(&str, &str)], f: impl FnOnce() -> T) -> T {
+    let settings: Vec<(String, String)> = settings
+        .iter()
+        .map(|(name, value)| match *name {
+            "search_path" => (name.to_string(), trusted_search_path(value)),
+            _ => (name.to_string(), value.to_string()),
+        })
+        .collect();
+    let settings: Vec<(&str, &str)> = settings
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
     switch_user(role, pg_sys::SECURITY_RESTRICTED_OPERATION as i32, || {
-        let _path = SettingScope::set(&[("search_path", &path)]);
+        let _settings = SettingScope::set(&settings);
         f()
     })
 }

@@ -47,8 +47,25 @@ pub fn fresh_session(session: &str) {
     }
     let had_owner = SESSION_OF.with_borrow(Option::is_some);
     if had_owner {
-        if let Err(e) = toplevel::run("DISCARD ALL") {
-            toplevel::log(&format!("could not reset the session: {}", e.message));
+        // Temporary objects first, under a lock timeout: DISCARD ALL resets lock_timeout
+        // before it drops them, and any role can lock a temporary table by its oid.
+        let limit = match crate::gucs::LOCK_TIMEOUT_MS.get() {
+            ms if ms > 0 => ms,
+            _ => 5_000,
+        };
+        let reset = toplevel::run(&format!("SET lock_timeout = {limit}"))
+            .and_then(|()| toplevel::run("DISCARD TEMP"))
+            .and_then(|()| toplevel::run("DISCARD ALL"));
+        if let Err(e) = reset {
+            // A session that could not be reset must serve nobody else: a fresh process
+            // is the reset that cannot fail. The launcher starts one for the work left.
+            toplevel::log(&format!(
+                "could not reset the session between submitters, exiting: {}",
+                e.message
+            ));
+            // SAFETY: between transactions, at the worker's top level; exit callbacks
+            // free its slot.
+            unsafe { pg_sys::proc_exit(1) };
         }
         set_application_name();
     }

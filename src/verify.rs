@@ -5,7 +5,7 @@
 
 use crate::errors::{OrBookkeeping, OrRaise, Problem};
 use crate::script::Statement;
-use crate::subxact::{self, Caught};
+use crate::subxact;
 use crate::timeouts::{self, Limits};
 use crate::version::Version;
 use crate::{parser, security};
@@ -61,12 +61,14 @@ struct Migration {
     /// with that role's rights and that path, whoever calls migrate.verify later.
     applied_role: String,
     search_path: String,
+    standard_conforming_strings: String,
 }
 
 fn read(version: &Version) -> Option<Migration> {
     security::pinned_row(
         "SELECT version, status, changes, verify_script, applied_role::text, \
-                coalesce(settings ->> 'search_path', '') \
+                coalesce(settings ->> 'search_path', ''), \
+                coalesce(settings ->> 'standard_conforming_strings', 'on') \
          FROM migrate.history WHERE version_key = migrate.version_key($1)",
         &[version.as_str().into()],
         |row| {
@@ -77,6 +79,7 @@ fn read(version: &Version) -> Option<Migration> {
                 verify_script: row.get(4)?,
                 applied_role: row.get(5)?.unwrap_or_default(),
                 search_path: row.get(6)?.unwrap_or_default(),
+                standard_conforming_strings: row.get(7)?.unwrap_or_else(|| "on".into()),
             })
         },
     )
@@ -176,31 +179,34 @@ fn backfill_checks(version: &str) -> Vec<Check> {
         .into_iter()
         .map(|job| {
             let (id, table, state, where_clause) = (job.id, job.table, job.state, job.where_clause);
-            let left = match (&table, &where_clause, security::role_oid(&job.role)) {
-                (Some(table), Some(w), Some(role)) => {
+            let author = Author::named(&job.role, &job.search_path, &job.conforming);
+            let left = match (&table, &where_clause) {
+                (Some(table), Some(w)) => {
                     let sql = crate::backfill::remaining_sql(table, w);
-                    as_author(role, &job.search_path, || Spi::get_one::<i64>(&sql))
-                        .ok()
-                        .and_then(|n| n.ok().flatten())
+                    match evaluate(&author, || Spi::get_one::<i64>(&sql)) {
+                        Evaluated::Value(Ok(n)) => Ok(n.unwrap_or(0)),
+                        Evaluated::Value(Err(e)) => Err(e.to_string()),
+                        Evaluated::Failed(message) | Evaluated::NotRun(message) => Err(message),
+                    }
                 }
-                (Some(_), Some(_), None) => None,
-                _ => Some(0),
+                _ => Ok(0),
             };
             let (ok, detail) = match (state.as_str(), left, &where_clause) {
-                ("done", Some(0), Some(w)) => {
+                ("done", Ok(0), Some(w)) => {
                     (true, format!("backfill {id} is done; no row matches {w}"))
                 }
-                ("done", Some(0), None) => (
+                ("done", Ok(0), None) => (
                     true,
                     format!("backfill {id} is done (no where clause to check)"),
                 ),
-                ("done", Some(n), Some(w)) => (
+                ("done", Ok(n), Some(w)) => (
                     false,
                     format!("backfill {id} is done, but {n} rows match {w} again"),
                 ),
-                ("done", _, _) => (
+                ("done", Ok(_), None) => (true, format!("backfill {id} is done")),
+                ("done", Err(why), _) => (
                     false,
-                    format!("backfill {id} is done, but its table could not be read"),
+                    format!("backfill {id} is done, but its where clause was not counted: {why}"),
                 ),
                 (other, _, _) => (
                     false,
@@ -301,22 +307,21 @@ fn constraint_check(migration: &Migration, change: &Value, object: &str, validat
             // In a subtransaction: a count that fails (cancelled, a broken expression)
             // fails this check, not the whole verification and its record.
             let counted = (contype == "f" || !live_valid).then(|| count_violations(oid));
-            let violations = match counted {
-                Some(Err(caught)) => {
+            let (violations, not_counted) = match counted {
+                Some(Evaluated::Failed(message)) => {
                     return Check {
                         kind: "constraint",
                         object: Some(object.to_string()),
                         ok: false,
-                        detail: format!(
-                            "could not count the rows that break it: {}",
-                            caught.message
-                        ),
+                        detail: format!("could not count the rows that break it: {message}"),
                     }
                 }
-                Some(Ok(n)) => Some(n),
-                None => None,
+                Some(Evaluated::Value(n)) => (Some(n), None),
+                // Counting is extra evidence; without it the check is what the catalogs say.
+                Some(Evaluated::NotRun(why)) => (None, Some(why)),
+                None => (None, None),
             };
-            match (live_valid, violations) {
+            let (ok, mut detail): (bool, String) = match (live_valid, violations) {
                 (true, Some(n)) if n > 0 => (
                     false,
                     format!(
@@ -341,7 +346,11 @@ fn constraint_check(migration: &Migration, change: &Value, object: &str, validat
                     ),
                 ),
                 (false, None) => (true, "NOT VALID by design".into()),
+            };
+            if let Some(why) = not_counted {
+                detail.push_str(&format!(" (rows not counted: {why})"));
             }
+            (ok, detail)
         }
     };
     Check {
@@ -356,29 +365,90 @@ fn constraint_check(migration: &Migration, change: &Value, object: &str, validat
 /// function; a foreign key compares with its type's equality operator) is evaluated as the
 /// table's owner, who wrote it, as PostgreSQL evaluates index expressions in ANALYZE; the
 /// count query is built from the catalogs with names qualified under a pinned path.
-fn count_violations(oid: pg_sys::Oid) -> Result<i64, Caught> {
-    subxact::rolled_back(|| {
-        let query = read_one::<(Option<String>, pg_sys::Oid)>(
-            "SELECT migrate.constraint_violations_query(c.oid), t.relowner \
-             FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_class t ON t.oid = c.conrelid \
-             WHERE c.oid = $1",
-            &[oid.into()],
-            |row| Ok((row.get(1)?, row.get(2)?.unwrap_or(pg_sys::InvalidOid))),
-        );
-        let Some((Some(sql), owner)) = query else {
-            return 0;
-        };
-        security::as_author(owner, "pg_catalog", || Spi::get_one::<i64>(&sql))
-            .ok()
-            .flatten()
-            .unwrap_or(0)
-    })
+fn count_violations(oid: pg_sys::Oid) -> Evaluated<i64> {
+    let query = read_one::<(Option<String>, pg_sys::Oid)>(
+        "SELECT migrate.constraint_violations_query(c.oid), t.relowner \
+         FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_class t ON t.oid = c.conrelid \
+         WHERE c.oid = $1",
+        &[oid.into()],
+        |row| Ok((row.get(1)?, row.get(2)?.unwrap_or(pg_sys::InvalidOid))),
+    );
+    let Some((Some(sql), owner)) = query else {
+        return Evaluated::Value(0);
+    };
+    let author = Author {
+        role: Some(owner),
+        name: security::role_name(owner),
+        search_path: "pg_catalog".into(),
+        standard_conforming_strings: "on".into(),
+    };
+    match evaluate(&author, || Spi::get_one::<i64>(&sql)) {
+        Evaluated::Value(Ok(n)) => Evaluated::Value(n.unwrap_or(0)),
+        Evaluated::Value(Err(e)) => Evaluated::Failed(e.to_string()),
+        Evaluated::Failed(m) => Evaluated::Failed(m),
+        Evaluated::NotRun(m) => Evaluated::NotRun(m),
+    }
 }
 
-/// Runs `f` as `role` (see security::as_author) in a subtransaction that is rolled back, so
-/// that nothing it changes in the caller's session (settings, temporary objects) survives.
-fn as_author<T>(role: pg_sys::Oid, search_path: &str, f: impl FnOnce() -> T) -> Result<T, Caught> {
-    subxact::rolled_back(|| security::as_author(role, search_path, f))
+/// The role an expression came from, and the settings it was written under.
+struct Author {
+    /// None when the role no longer exists.
+    role: Option<pg_sys::Oid>,
+    name: String,
+    search_path: String,
+    standard_conforming_strings: String,
+}
+
+impl Author {
+    fn named(name: &str, search_path: &str, standard_conforming_strings: &str) -> Author {
+        Author {
+            role: security::role_oid(name),
+            name: name.to_string(),
+            search_path: search_path.to_string(),
+            standard_conforming_strings: standard_conforming_strings.to_string(),
+        }
+    }
+}
+
+/// What became of an expression verify evaluated as its author.
+enum Evaluated<T> {
+    Value(T),
+    /// It raised an error (the message).
+    Failed(String),
+    /// It was not evaluated (why).
+    NotRun(String),
+}
+
+/// Evaluates `f` as `author` (see security::as_author), in a subtransaction that is rolled
+/// back so that nothing it changes in this session survives. Only for a caller who has the
+/// author's privileges: the expression runs in the caller's session, whose temporary
+/// objects and settings the caller controls, and code must never meet state prepared by
+/// someone with fewer rights than the role it runs as. Anyone else is told whom to ask.
+fn evaluate<T>(author: &Author, f: impl FnOnce() -> T) -> Evaluated<T> {
+    let Some(role) = author.role else {
+        return Evaluated::NotRun(format!(
+            "role \"{}\", whose expression it is, no longer exists",
+            author.name
+        ));
+    };
+    if !security::has_privs_of(security::current_user(), role) {
+        return Evaluated::NotRun(format!(
+            "it is role \"{}\"'s expression and runs with that role's rights: run \
+             migrate.verify as \"{}\" (or a member of it, or a superuser)",
+            author.name, author.name
+        ));
+    }
+    let settings = [
+        ("search_path", author.search_path.as_str()),
+        (
+            "standard_conforming_strings",
+            author.standard_conforming_strings.as_str(),
+        ),
+    ];
+    match subxact::rolled_back(|| security::as_author(role, &settings, f)) {
+        Ok(value) => Evaluated::Value(value),
+        Err(caught) => Evaluated::Failed(caught.message),
+    }
 }
 
 /// An object the migration created that no longer exists: fine if a later migration
@@ -407,19 +477,20 @@ fn gone(migration: &Migration, kind: &str, object: &str) -> (bool, String) {
 /// never with the rights of whoever calls migrate.verify.
 fn query_checks(migration: &Migration, script: &str) -> Vec<Check> {
     let what = format!("the verify queries of migration {}", migration.version);
-    let Some(author) = security::role_oid(&migration.applied_role) else {
-        return vec![Check {
-            kind: "query",
-            object: None,
-            ok: false,
-            detail: format!(
-                "not run: role \"{}\", which applied the migration and declared them, no \
-                 longer exists",
-                migration.applied_role
-            ),
-        }];
+    let author = Author::named(
+        &migration.applied_role,
+        &migration.search_path,
+        &migration.standard_conforming_strings,
+    );
+    // Split as they were when apply checked them.
+    let parsed = {
+        let _lexing = crate::timeouts::SettingScope::set(&[(
+            "standard_conforming_strings",
+            &author.standard_conforming_strings,
+        )]);
+        parse_queries(&what, script)
     };
-    let statements = match parse_queries(&what, script) {
+    let statements = match parsed {
         Ok(s) => s,
         Err(p) => {
             return vec![Check {
@@ -438,17 +509,21 @@ fn query_checks(migration: &Migration, script: &str) -> Vec<Check> {
                 "SELECT pg_catalog.to_jsonb(q)::text FROM ({}\n) q LIMIT 1",
                 st.text(script)
             );
-            let result = as_author(author, &migration.search_path, || {
+            let result = evaluate(&author, || {
                 timeouts::set_local("transaction_read_only", "on");
                 timeouts::with_limits(Limits::from_settings(), || Spi::get_one::<String>(&sql))
             });
             let (ok, detail) = match result {
-                Ok(Ok(None)) | Ok(Err(pgrx::spi::Error::InvalidPosition)) => {
+                Evaluated::Value(Ok(None))
+                | Evaluated::Value(Err(pgrx::spi::Error::InvalidPosition)) => {
                     (true, "returned no rows".to_string())
                 }
-                Ok(Ok(Some(row))) => (false, format!("returned rows, the first: {row}")),
-                Ok(Err(e)) => (false, format!("could not run: {e}")),
-                Err(caught) => (false, format!("failed: {}", caught.message)),
+                Evaluated::Value(Ok(Some(row))) => {
+                    (false, format!("returned rows, the first: {row}"))
+                }
+                Evaluated::Value(Err(e)) => (false, format!("could not run: {e}")),
+                Evaluated::Failed(message) => (false, format!("failed: {message}")),
+                Evaluated::NotRun(why) => (false, format!("not run: {why}")),
             };
             Check {
                 kind: "query",

@@ -317,7 +317,7 @@ fn run_top_level_phase(step: &Step, form: &TopLevelForm) -> bool {
     // make a retry's IF NOT EXISTS skip the build. If it cannot be dropped, the step fails:
     // a retry would not build the index.
     if let Some(table) = form.table() {
-        if let Err(cleanup) = drop_leftovers(table, before) {
+        if let Err(cleanup) = drop_leftovers(step, table) {
             return record(|| steps::failed(step, &cleanup));
         }
     }
@@ -373,7 +373,7 @@ fn recover(step: &Step, form: &TopLevelForm) -> Result<Option<Option<String>>, C
     let before = &step.indexes_before;
     match form {
         TopLevelForm::CreateIndex(table, name) => {
-            drop_leftovers(*table, before)?;
+            drop_leftovers(step, *table)?;
             let built = match name {
                 Some(name) => toplevel::transaction(|| catalog::index_is_valid(name))?
                     .filter(|valid| *valid)
@@ -383,12 +383,12 @@ fn recover(step: &Step, form: &TopLevelForm) -> Result<Option<Option<String>>, C
             Ok(built.map(Some))
         }
         TopLevelForm::Reindex(table) => {
-            drop_leftovers(*table, before)?;
+            drop_leftovers(step, *table)?;
             Ok(None)
         }
         TopLevelForm::DropIndex(table, names) => {
             if let Some(table) = table {
-                drop_leftovers(*table, before)?;
+                drop_leftovers(step, *table)?;
             }
             // Gone already: the drop finished before the interruption.
             Ok(names.is_empty().then_some(None))
@@ -410,11 +410,20 @@ fn recover(step: &Step, form: &TopLevelForm) -> Result<Option<Option<String>>, C
     }
 }
 
-fn drop_leftovers(table: pg_sys::Oid, before: &[String]) -> Result<(), Caught> {
-    for index in toplevel::transaction(|| catalog::leftover_indexes(table, before))? {
-        drop_index_concurrently(&index)?;
+/// Drops the INVALID indexes on `table` that were not there before the step began, as the
+/// submitter: PostgreSQL's ownership check then keeps the cleanup to what the submitter
+/// could drop itself (another role's build under way on the same table is not theirs).
+fn drop_leftovers(step: &Step, table: pg_sys::Oid) -> Result<(), Caught> {
+    let leftovers =
+        toplevel::transaction(|| catalog::leftover_indexes(table, &step.indexes_before))?;
+    if leftovers.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    as_submitter(step, || {
+        leftovers
+            .iter()
+            .try_for_each(|index| drop_index_concurrently(index))
+    })
 }
 
 fn drop_index_concurrently(index: &str) -> Result<(), Caught> {

@@ -285,10 +285,11 @@ pub struct OfMigration {
     pub table: Option<String>,
     pub state: String,
     pub where_clause: Option<String>,
-    /// Who submitted it and the search_path it was submitted with: its where clause is
-    /// evaluated as that role, under that path.
+    /// Who submitted it, and the search_path and standard_conforming_strings it was
+    /// submitted with: its where clause is evaluated as that role, under those.
     pub role: String,
     pub search_path: String,
+    pub conforming: String,
 }
 
 /// The jobs a migration started, for migrate.verify.
@@ -297,7 +298,8 @@ pub fn of_migration(version: &str) -> Vec<OfMigration> {
         Spi::connect(|c| {
             c.select(
                 "SELECT id, table_oid, state, where_clause, role::text, \
-                        coalesce(settings ->> 'search_path', '') \
+                        coalesce(settings ->> 'search_path', ''), \
+                        coalesce(settings ->> 'standard_conforming_strings', 'on') \
                  FROM migrate.backfills WHERE version = $1 ORDER BY id",
                 None,
                 &[version.into()],
@@ -312,6 +314,7 @@ pub fn of_migration(version: &str) -> Vec<OfMigration> {
                     where_clause: r.get(4)?,
                     role: r.get(5)?.unwrap_or_default(),
                     search_path: r.get(6)?.unwrap_or_default(),
+                    conforming: r.get(7)?.unwrap_or_else(|| "on".into()),
                 })
             })
             .collect::<Result<Vec<_>, pgrx::spi::Error>>()
