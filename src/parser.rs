@@ -15,16 +15,85 @@ use std::ffi::{c_int, c_void, CStr, CString};
 /// parse. The trees live in the current memory context: use them before the calling function
 /// returns.
 pub fn parse(script: &str) -> Result<Vec<(Statement, *mut pg_sys::Node)>, SyntaxError> {
-    let c_script = CString::new(script).expect("text values never contain NUL");
+    PIECE_START.set(0);
+    STATEMENTS_BEFORE.set(0);
     let parsed = subxact::run(|| {
-        let list = with_error_position(|| raw_parse(&c_script));
-        // SAFETY: raw_parser returns a List of RawStmt.
-        unsafe { describe(script, list) }
+        let tokens = with_error_position(|| token_offsets(script));
+        let mut raw = Vec::new();
+        for (start, end) in pieces(&tokens, script.len()) {
+            pgrx::check_for_interrupts!();
+            PIECE_START.set(start);
+            STATEMENTS_BEFORE.set(raw.len());
+            let (statements, to_the_end) = parse_piece(script, start, end);
+            raw.extend(statements);
+            if to_the_end {
+                break;
+            }
+        }
+        // SAFETY: raw statements of this script, parsed just now.
+        unsafe { describe(script, &tokens, &raw) }
     });
     match parsed {
         Ok(statements) => Ok(statements),
         Err(caught) => Err(locate_error(script, caught)),
     }
+}
+
+/// The grammar never checks for cancellation, so a script is parsed in pieces of about this
+/// many bytes, cut after a `;`, and cancellation is answered between them.
+const PIECE: usize = 32 * 1024;
+
+/// Byte ranges of the pieces: each ends right after a `;` token once it is PIECE long; the
+/// last runs to the end.
+fn pieces(tokens: &[Token], len: usize) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for t in tokens.iter().filter(|t| t.kind == c_int::from(b';')) {
+        if t.offset + 1 - start >= PIECE {
+            out.push((start, t.offset + 1));
+            start = t.offset + 1;
+        }
+    }
+    out.push((start, len));
+    out
+}
+
+/// The statements of `script[start..end]` as (absolute start, absolute end, tree), and
+/// whether they run to the end of the script. A piece that does not parse on its own was cut
+/// inside a `BEGIN ATOMIC` body (whose `;` do not end the statement) or holds a syntax error:
+/// the rest of the script is then parsed whole, which either succeeds or raises the error
+/// where it really is.
+type Piece = (Vec<(usize, usize, *mut pg_sys::Node)>, bool);
+
+fn parse_piece(script: &str, start: usize, end: usize) -> Piece {
+    let piece = CString::new(&script[start..end]).expect("text values never contain NUL");
+    let list = match subxact::run(|| raw_parse(&piece)) {
+        Ok(list) => list,
+        Err(_) if end < script.len() => {
+            return parse_piece(script, start, script.len());
+        }
+        Err(_) => {
+            // The last piece: parse it again to raise its error with its position.
+            with_error_position(|| raw_parse(&piece))
+        }
+    };
+    // SAFETY: raw_parser returns a List of RawStmt.
+    let raw = unsafe { PgList::<pg_sys::RawStmt>::from_pg(list) };
+    let statements = raw
+        .iter_ptr()
+        .map(|stmt| {
+            // SAFETY: a RawStmt of that list.
+            let (location, len, node) =
+                unsafe { ((*stmt).stmt_location, (*stmt).stmt_len, (*stmt).stmt) };
+            let from = start + location.max(0) as usize;
+            let to = match len {
+                0 => end,
+                len => from + len as usize,
+            };
+            (from, to, node)
+        })
+        .collect();
+    (statements, end == script.len())
 }
 
 /// How many statements `text` holds as the grammar reads it now (under the session's
@@ -48,29 +117,24 @@ fn raw_parse(text: &CStr) -> *mut pg_sys::List {
     }
 }
 
-/// Reads each RawStmt of a successful parse.
+/// Describes each statement of a successful parse.
 ///
 /// # Safety
-/// `list` must be the result of `raw_parser(script)`.
-unsafe fn describe(script: &str, list: *mut pg_sys::List) -> Vec<(Statement, *mut pg_sys::Node)> {
-    let first_tokens = token_offsets(script);
+/// `raw` must hold the raw statements of `script`, `tokens` its tokens.
+unsafe fn describe(
+    script: &str,
+    tokens: &[Token],
+    raw: &[(usize, usize, *mut pg_sys::Node)],
+) -> Vec<(Statement, *mut pg_sys::Node)> {
     let lines = crate::script::Lines::of(script);
-    let raw = PgList::<pg_sys::RawStmt>::from_pg(list);
     let mut statements = Vec::with_capacity(raw.len());
-    for (i, stmt) in raw.iter_ptr().enumerate() {
+    for (i, &(location, end, node)) in raw.iter().enumerate() {
         pgrx::check_for_interrupts!();
-        let location = (*stmt).stmt_location.max(0) as usize;
-        let end = match (*stmt).stmt_len {
-            0 => script.len(),
-            len => location + len as usize,
-        };
-        // stmt_location is right after the previous ';': skip the whitespace and comments.
-        let first = first_tokens.partition_point(|t| t.offset < location);
-        let start = first_tokens
-            .get(first)
-            .map_or(location, |t| t.offset)
-            .min(end);
-        let (tag, form, kind) = classify((*stmt).stmt);
+        // The statement's location is right after the previous ';': skip the whitespace and
+        // comments.
+        let first = tokens.partition_point(|t| t.offset < location);
+        let start = tokens.get(first).map_or(location, |t| t.offset).min(end);
+        let (tag, form, kind) = classify(node);
         statements.push((
             Statement {
                 number: i + 1,
@@ -81,7 +145,7 @@ unsafe fn describe(script: &str, list: *mut pg_sys::List) -> Vec<(Statement, *mu
                 form,
                 kind,
             },
-            (*stmt).stmt,
+            node,
         ));
     }
     statements
@@ -258,25 +322,39 @@ fn token_offsets(text: &str) -> Vec<Token> {
 /// one after the longest prefix, cut at a `;` token, that parses on its own; a `;` inside a
 /// `BEGIN ATOMIC` body does not end a statement, and such a prefix simply fails to parse.
 fn locate_error(script: &str, caught: subxact::Caught) -> SyntaxError {
+    // The position is counted from the start of the piece that was being parsed.
+    let piece_start = PIECE_START.get().min(script.len());
+    let piece_chars = script[..piece_start].chars().count();
     let offset = LAST_ERROR_POSITION
         .take()
-        .and_then(|chars| char_to_byte(script, chars));
+        .and_then(|chars| char_to_byte(script, chars + piece_chars));
     let upto = offset.unwrap_or(script.len());
     let tokens = subxact::run(|| token_offsets(&script[..upto])).unwrap_or_default();
 
-    let mut statement = 1;
-    let mut statement_start = tokens.first().map_or(upto, |t| t.offset);
-    for (i, token) in tokens.iter().enumerate().rev() {
-        if token.kind != c_int::from(b';') {
-            continue;
-        }
-        let prefix = CString::new(&script[..=token.offset]).expect("no NUL");
+    let before = STATEMENTS_BEFORE.get();
+    let mut statement = before + 1;
+    let mut statement_start = tokens
+        .iter()
+        .find(|t| t.offset >= piece_start)
+        .map_or(upto, |t| t.offset);
+    // Each try parses the text from the failing piece's start to a `;`: a bounded number of
+    // them (a BEGIN ATOMIC body can hold thousands of `;` that end no statement), each
+    // answering cancellation.
+    let semicolons = tokens
+        .iter()
+        .enumerate()
+        .rev()
+        .take_while(|(_, t)| t.offset >= piece_start)
+        .filter(|(_, t)| t.kind == c_int::from(b';'));
+    for (i, token) in semicolons.take(64) {
+        pgrx::check_for_interrupts!();
+        let prefix = CString::new(&script[piece_start..=token.offset]).expect("no NUL");
         // SAFETY: raw_parse returns a List of RawStmt.
         let count = subxact::run(|| unsafe {
             PgList::<pg_sys::RawStmt>::from_pg(raw_parse(&prefix)).len()
         });
         if let Ok(count) = count {
-            statement = count + 1;
+            statement = before + count + 1;
             statement_start = tokens.get(i + 1).map_or(upto, |t| t.offset);
             break;
         }
@@ -304,6 +382,10 @@ fn char_to_byte(script: &str, position: usize) -> Option<usize> {
 }
 
 thread_local! {
+    /// Where the piece being parsed starts, in bytes: error positions count from there.
+    static PIECE_START: Cell<usize> = const { Cell::new(0) };
+    /// How many statements the pieces before it held.
+    static STATEMENTS_BEFORE: Cell<usize> = const { Cell::new(0) };
     /// The cursor position of the last error raised inside [`with_error_position`].
     static LAST_ERROR_POSITION: Cell<Option<usize>> = const { Cell::new(None) };
 }

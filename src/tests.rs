@@ -404,4 +404,50 @@ CREATE TABLE b (
             [Kind::Backfill, Kind::Transactional, Kind::Transactional, Kind::Transactional]
         );
     }
+
+    /// A script far longer than one parsing piece: the statements, their places and lines
+    /// are those of one whole parse, also with a BEGIN ATOMIC body across a piece boundary
+    /// and a syntax error many pieces in.
+    #[pg_test]
+    fn long_scripts_parse_in_pieces_as_one_whole() {
+        let mut script = String::new();
+        for i in 0..3000 {
+            script.push_str(&format!("CREATE TABLE t{i} (id int);\n"));
+        }
+        // Its body's semicolons fall on both sides of a piece boundary.
+        script.push_str("CREATE FUNCTION f(x int) RETURNS int LANGUAGE sql BEGIN ATOMIC\n");
+        for _ in 0..2000 {
+            script.push_str("SELECT x;\n");
+        }
+        script.push_str("END;\nCREATE TABLE last (id int)");
+        let whole = crate::parser::parse(&script).unwrap();
+        assert_eq!(whole.len(), 3002);
+        let (st, _) = &whole[3000];
+        assert_eq!(
+            (st.number, st.line, st.tag.as_str()),
+            (3001, 3001, "CREATE FUNCTION")
+        );
+        assert!(st.text(&script).ends_with("SELECT x;\nEND"));
+        let (st, _) = &whole[3001];
+        assert_eq!(
+            (st.line, st.text(&script)),
+            (5003, "CREATE TABLE last (id int)")
+        );
+
+        let broken = script.replace(
+            "CREATE TABLE t2500 (id int)",
+            "CREATE TABLE t2500 (id intt,,)",
+        );
+        let error = crate::parser::parse(&broken).unwrap_err();
+        assert_eq!((error.statement, error.statement_line), (2501, 2501));
+        assert_eq!(
+            crate::script::line_at(&broken, error.offset.unwrap()),
+            2501,
+            "{error:?}"
+        );
+        assert!(
+            broken[error.offset.unwrap()..].starts_with(",)"),
+            "{error:?}"
+        );
+    }
 }
