@@ -269,6 +269,10 @@ fn dry_run_script(
                         }
                     }
                     Ok(Err(e)) => report.error = Some(e.to_string()),
+                    // A cancel or a timeout stops the whole dry run, never just this statement.
+                    Err(caught) if caught.code == PgSqlErrorCode::ERRCODE_QUERY_CANCELED => {
+                        caught.reraise()
+                    }
                     Err(caught) => report.error = Some(caught.message),
                 }
                 if let Some(e) = &report.error {

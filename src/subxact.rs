@@ -31,6 +31,7 @@ fn within<T>(keep: bool, body: impl FnOnce() -> T) -> Result<T, Caught> {
     unsafe {
         let caller_context = pg_sys::CurrentMemoryContext;
         let caller_owner = pg_sys::CurrentResourceOwner;
+        crate::timeouts::take_unwound_under_limits();
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
         // Results must outlive the subtransaction, so work in the caller's context.
         pg_sys::MemoryContextSwitchTo(caller_context);
@@ -52,7 +53,16 @@ fn within<T>(keep: bool, body: impl FnOnce() -> T) -> Result<T, Caught> {
             pg_sys::RollbackAndReleaseCurrentSubTransaction();
             pg_sys::MemoryContextSwitchTo(caller_context);
             pg_sys::CurrentResourceOwner = caller_owner;
-            Err(Caught::from_error(error))
+            let caught = Caught::from_error(error);
+            // A cancel request, or the caller's own statement_timeout, is the caller's wish
+            // to stop, never a failure of the body to report and carry on after: a cancel
+            // arrives once. Only under limits pg_migrate set can it be our own statement
+            // limit, which the caller reports.
+            let under_limits = crate::timeouts::take_unwound_under_limits();
+            if caught.code == pgrx::PgSqlErrorCode::ERRCODE_QUERY_CANCELED && !under_limits {
+                caught.reraise();
+            }
+            Err(caught)
         })
         .execute()
     }
@@ -78,6 +88,20 @@ impl From<crate::errors::Problem> for Caught {
 }
 
 impl Caught {
+    /// Raises the error again as PostgreSQL reported it.
+    pub fn reraise(self) -> ! {
+        let mut report =
+            pgrx::pg_sys::panic::ErrorReport::new(self.code, self.message, "pg_migrate");
+        if let Some(detail) = self.detail {
+            report = report.set_detail(detail);
+        }
+        if let Some(hint) = self.hint {
+            report = report.set_hint(hint);
+        }
+        report.report(pgrx::PgLogLevel::ERROR);
+        unreachable!("an ERROR report does not return")
+    }
+
     /// An ERROR's texts; a Rust panic (a bug) is rethrown, not turned into data.
     pub fn from_error(error: CaughtError) -> Caught {
         match error {

@@ -46,9 +46,30 @@ impl Limits {
     }
 }
 
+thread_local! {
+    /// An ERROR unwound through a `with_limits` scope since this was last taken: a
+    /// cancellation caught then may be our own statement limit, which the caller reports as
+    /// the statement's failure.
+    static UNWOUND_UNDER_LIMITS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether an ERROR unwound through a `with_limits` scope since the last call; resets it.
+pub fn take_unwound_under_limits() -> bool {
+    UNWOUND_UNDER_LIMITS.replace(false)
+}
+
 /// Runs `f` (one statement) under `limits`. Errors raised by `f` propagate; the caller's
 /// settings and timer are restored either way.
 pub fn with_limits<T>(limits: Limits, f: impl FnOnce() -> T) -> T {
+    struct Unwound;
+    impl Drop for Unwound {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                UNWOUND_UNDER_LIMITS.set(true);
+            }
+        }
+    }
+    let _unwound = Unwound;
     let _settings =
         SettingScope::set(&[("lock_timeout", &format!("{}ms", limits.lock_timeout_ms))]);
     let _timer = StatementTimer::arm(limits.statement_timeout_ms);
