@@ -584,3 +584,20 @@ def test_non_superusers_cannot_switch_off_the_guards_timeout(cluster, shop):
                 assert failure(d, "SET migrate.statement_timeout = 0").sqlstate == "42501"
         finally:
             c.execute("DROP ROLE dev2")
+
+
+def test_a_never_analysed_table_locked_by_another_session_is_not_taken_for_empty(cluster, db, conn):
+    # 100k rows, never vacuumed nor analysed: reltuples = -1, relpages = 0.
+    conn.execute("SET migrate.guard = off")
+    conn.execute("CREATE TABLE unseen (id int) WITH (autovacuum_enabled = off)")
+    conn.execute("INSERT INTO unseen SELECT generate_series(1, 100000)")
+    conn.execute("RESET migrate.guard")
+    assert conn.execute("SELECT reltuples, relpages FROM pg_class WHERE relname = 'unseen'").fetchone() == (-1, 0)
+    # Another session holds ACCESS EXCLUSIVE: the guard cannot open the table to measure it.
+    with holding_lock(cluster, db, "LOCK TABLE unseen IN ACCESS EXCLUSIVE MODE"):
+        f = failure(conn, "CREATE INDEX ON unseen (id)")
+    assert f.sqlstate == "55000" and rule_of(f.message) == "index-create-blocking", f
+    assert "size unknown: never analysed, and locked by another session" in f.detail, f.detail
+    # Measured once it can be opened: 100k rows are not small either way.
+    f = failure(conn, "CREATE INDEX ON unseen (id)")
+    assert rule_of(f.message) == "index-create-blocking" and "an estimated" in f.detail, f.detail

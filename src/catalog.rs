@@ -168,14 +168,15 @@ pub fn relation(oid: pg_sys::Oid) -> Option<Rel> {
     // SAFETY: the name comes from the copied row.
     let name = unsafe { qualified_name(row.namespace, row.name.data.as_ptr()) };
     let locked = Locked::open(oid);
-    let (mut rows, mut bytes) = size_of(locked.as_ref(), &row);
+    let (mut rows, mut bytes, mut size_known) = size_of(locked.as_ref(), &row);
     if row.has_subclass {
         // Inheritance children and partitions: what the command reaches through the parent.
         for child in members(oid) {
             if let Some(child_row) = class_row(child) {
-                let (r, b) = size_of(Locked::open(child).as_ref(), &child_row);
+                let (r, b, known) = size_of(Locked::open(child).as_ref(), &child_row);
                 rows += r;
                 bytes += b;
+                size_known &= known;
             }
         }
     }
@@ -197,6 +198,7 @@ pub fn relation(oid: pg_sys::Oid) -> Option<Rel> {
         new: new || row.temporary,
         rows,
         bytes,
+        size_known,
         write_locked_by_us,
     })
 }
@@ -204,15 +206,20 @@ pub fn relation(oid: pg_sys::Oid) -> Option<Rel> {
 /// Rows and bytes of one relation with storage: the planner's estimate over its current
 /// size when its relcache entry could be opened (`locked`), the last VACUUM/ANALYZE
 /// statistics otherwise.
-fn size_of(locked: Option<&Locked>, row: &ClassRow) -> (f64, u64) {
+/// Rows, bytes, and whether they were measured at all.
+fn size_of(locked: Option<&Locked>, row: &ClassRow) -> (f64, u64, bool) {
     if !matches!(row.kind, RelKind::Table | RelKind::MatView | RelKind::Index) {
-        return (0.0, 0);
+        return (0.0, 0, true);
     }
     let block = u64::from(pg_sys::BLCKSZ);
     let Some(locked) = locked else {
+        // Another session holds ACCESS EXCLUSIVE: only the statistics can be read. A
+        // relation never vacuumed or analysed (reltuples = -1) has none; it is not assumed
+        // empty.
         return (
             f64::from(row.tuples.max(0.0)),
             u64::try_from(row.pages.max(0)).unwrap_or(0) * block,
+            row.tuples >= 0.0,
         );
     };
     // SAFETY: planner and smgr calls on an entry held under lock.
@@ -239,6 +246,7 @@ fn size_of(locked: Option<&Locked>, row: &ClassRow) -> (f64, u64) {
         (
             tuples.max(0.0),
             (u64::from(actual) + u64::from(toast_blocks)) * block,
+            true,
         )
     }
 }

@@ -129,6 +129,10 @@ pub struct Rel {
     /// PostgreSQL's planner estimate of its rows, and its heap plus TOAST size in bytes.
     pub rows: f64,
     pub bytes: u64,
+    /// False when neither could be measured: the relation was never analysed and another
+    /// session holds a lock that keeps it from being opened. Such a relation is never taken
+    /// for a small one.
+    pub size_known: bool,
     /// This transaction already holds a lock on it that blocks writes (SHARE or stronger).
     pub write_locked_by_us: bool,
 }
@@ -136,6 +140,12 @@ pub struct Rel {
 impl Rel {
     /// "public.orders (an estimated 1,000,000 rows, 73 MB)"
     pub fn describe(&self) -> String {
+        if !self.size_known {
+            return format!(
+                "{} (size unknown: never analysed, and locked by another session)",
+                self.name
+            );
+        }
         format!(
             "{} (an estimated {} rows, {})",
             self.name,

@@ -53,7 +53,7 @@ impl SmallTable {
     }
 
     pub fn holds(&self, rel: &Rel) -> bool {
-        rel.rows <= self.max_rows && rel.bytes <= self.max_bytes
+        rel.size_known && rel.rows <= self.max_rows && rel.bytes <= self.max_bytes
     }
 }
 
@@ -124,6 +124,7 @@ pub(crate) mod test_support {
             new: false,
             rows,
             bytes: (rows * 100.0) as u64,
+            size_known: true,
             write_locked_by_us: false,
         }
     }
@@ -147,6 +148,15 @@ mod unit {
                 ..Default::default()
             })],
         }
+    }
+
+    #[test]
+    fn a_relation_of_unknown_size_is_never_small() {
+        let mut rel = table("public.t", 0.0);
+        assert!(SMALL.holds(&rel));
+        rel.size_known = false;
+        assert!(!SMALL.holds(&rel));
+        assert!(rel.describe().contains("size unknown"));
     }
 
     #[test]
