@@ -508,11 +508,18 @@ pub fn lock_history() {
             Err(caught) => caught,
         };
         if caught.code != PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE {
+            // A deadlock: this transaction holds locks another applier waits for.
             Problem::new(
                 caught.code,
                 format!("while waiting for the applier lock: {}", caught.message),
-                caught.detail.unwrap_or_default(),
-                caught.hint.unwrap_or_default(),
+                caught.detail.unwrap_or_else(|| {
+                    "Appliers of one database take the applier lock one at a time.".into()
+                }),
+                caught.hint.unwrap_or_else(|| {
+                    "Call migrate.apply before taking other locks in the transaction, then \
+                     run it again."
+                        .into()
+                }),
             )
             .raise();
         }

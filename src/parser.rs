@@ -65,16 +65,20 @@ fn pieces(tokens: &[Token], len: usize) -> Vec<(usize, usize)> {
 /// where it really is.
 type Piece = (Vec<(usize, usize, *mut pg_sys::Node)>, bool);
 
-fn parse_piece(script: &str, start: usize, end: usize) -> Piece {
-    let piece = CString::new(&script[start..end]).expect("text values never contain NUL");
-    let list = match subxact::run(|| raw_parse(&piece)) {
-        Ok(list) => list,
-        Err(_) if end < script.len() => {
-            return parse_piece(script, start, script.len());
-        }
-        Err(_) => {
-            // The last piece: parse it again to raise its error with its position.
-            with_error_position(|| raw_parse(&piece))
+fn parse_piece(script: &str, start: usize, mut end: usize) -> Piece {
+    let text =
+        |end: usize| CString::new(&script[start..end]).expect("text values never contain NUL");
+    // The rest of the script, parsed whole: statements, or the error with its position.
+    let rest = || with_error_position(|| raw_parse(&text(script.len())));
+    let list = if end == script.len() {
+        rest()
+    } else {
+        match subxact::run(|| raw_parse(&text(end))) {
+            Ok(list) => list,
+            Err(_) => {
+                end = script.len();
+                rest()
+            }
         }
     };
     // SAFETY: raw_parser returns a List of RawStmt.

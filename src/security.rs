@@ -33,13 +33,7 @@ pub fn require_admin(action: &str) -> Result<(), Problem> {
 /// of the caller's choosing, with rights the caller lacks (pg_cron lets only a job's owner
 /// change it, for the same reason).
 pub fn require_privileges_of(role: &str, action: &str) -> Result<(), Problem> {
-    let name = std::ffi::CString::new(role).unwrap_or_default();
-    // SAFETY: catalog lookups by name; a missing role yields InvalidOid.
-    let allowed = unsafe {
-        let target = pg_sys::get_role_oid(name.as_ptr(), true);
-        target != pg_sys::InvalidOid && pg_sys::has_privs_of_role(pg_sys::GetUserId(), target)
-    };
-    if allowed {
+    if role_oid(role).is_some_and(|target| has_privs_of(current_user(), target)) {
         return Ok(());
     }
     let user = current_user_name();
@@ -168,13 +162,7 @@ pub fn as_owner<T>(f: impl FnOnce() -> T) -> T {
 /// `settings` are the author's (search_path, and standard_conforming_strings, which decides
 /// how its text lexes); the search_path gets `pg_temp` last.
 pub fn as_author<T>(role: pg_sys::Oid, settings: &[(&str, &str)], f: impl FnOnce() -> T) -> T {
-    let settings: Vec<(String, String)> = settings
-        .iter()
-        .map(|(name, value)| match *name {
-            "search_path" => (name.to_string(), trusted_search_path(value)),
-            _ => (name.to_string(), value.to_string()),
-        })
-        .collect();
+    let settings = trusted_settings(settings.iter().copied());
     let settings: Vec<(&str, &str)> = settings
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_str()))
@@ -211,6 +199,20 @@ pub fn switch_user<T>(role: pg_sys::Oid, flags: i32, f: impl FnOnce() -> T) -> T
         );
         f()
     }
+}
+
+/// A submitter's or author's settings as pg_migrate applies them: the same, except that
+/// search_path searches `pg_temp` last.
+pub fn trusted_settings<'a>(
+    settings: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Vec<(String, String)> {
+    settings
+        .into_iter()
+        .map(|(name, value)| match name {
+            "search_path" => (name.to_string(), trusted_search_path(value)),
+            _ => (name.to_string(), value.to_string()),
+        })
+        .collect()
 }
 
 /// `path` (a search_path setting) with every temporary schema taken out and `pg_temp` put

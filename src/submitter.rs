@@ -29,13 +29,7 @@ thread_local! {
 /// The settings as the worker applies them: the submitter's, with a search_path that
 /// searches `pg_temp` last.
 pub fn session_settings(settings: &[(String, String)]) -> Vec<(String, String)> {
-    settings
-        .iter()
-        .map(|(name, value)| match name.as_str() {
-            "search_path" => (name.clone(), security::trusted_search_path(value)),
-            _ => (name.clone(), value.clone()),
-        })
-        .collect()
+    security::trusted_settings(settings.iter().map(|(n, v)| (n.as_str(), v.as_str())))
 }
 
 /// Resets the session when `session` (the migration or job about to run) is not the one

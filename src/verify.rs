@@ -182,10 +182,8 @@ fn backfill_checks(version: &str) -> Vec<Check> {
             let author = Author::named(&job.role, &job.search_path, &job.conforming);
             let left = match (&table, &where_clause) {
                 (Some(table), Some(w)) => {
-                    let sql = crate::backfill::remaining_sql(table, w);
-                    match evaluate(&author, || Spi::get_one::<i64>(&sql)) {
-                        Evaluated::Value(Ok(n)) => Ok(n.unwrap_or(0)),
-                        Evaluated::Value(Err(e)) => Err(e.to_string()),
+                    match count_as(&author, &crate::backfill::remaining_sql(table, w)) {
+                        Evaluated::Value(n) => Ok(n),
                         Evaluated::Failed(message) | Evaluated::NotRun(message) => Err(message),
                     }
                 }
@@ -382,7 +380,12 @@ fn count_violations(oid: pg_sys::Oid) -> Evaluated<i64> {
         search_path: "pg_catalog".into(),
         standard_conforming_strings: "on".into(),
     };
-    match evaluate(&author, || Spi::get_one::<i64>(&sql)) {
+    count_as(&author, &sql)
+}
+
+/// The count `sql` returns, evaluated as `author`.
+fn count_as(author: &Author, sql: &str) -> Evaluated<i64> {
+    match evaluate(author, || Spi::get_one::<i64>(sql)) {
         Evaluated::Value(Ok(n)) => Evaluated::Value(n.unwrap_or(0)),
         Evaluated::Value(Err(e)) => Evaluated::Failed(e.to_string()),
         Evaluated::Failed(m) => Evaluated::Failed(m),
