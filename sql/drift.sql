@@ -26,27 +26,28 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     last record;
+    recorded jsonb := migrate.recorded_schema();
 BEGIN
-    SELECT h.version, h.schema, h.finished_at INTO last
-    FROM migrate.history h
-    WHERE h.schema IS NOT NULL AND h.finished_at IS NOT NULL
-    ORDER BY h.finished_at DESC
-    LIMIT 1;
-    IF NOT FOUND THEN
+    IF recorded IS NULL THEN
         RAISE EXCEPTION 'pg_migrate: no recorded schema to compare with'
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   DETAIL = 'The schema is recorded after each migration and baseline; none is recorded yet.',
                   HINT = 'Apply a migration, or record the current schema with migrate.baseline.';
     END IF;
+    SELECT h.version, s.recorded_at INTO last
+    FROM migrate.schema_state s
+    LEFT JOIN LATERAL (SELECT h.version FROM migrate.history h
+                       WHERE h.finished_at IS NOT NULL AND h.fingerprint IS NOT NULL
+                       ORDER BY h.finished_at DESC LIMIT 1) h ON true;
     RETURN QUERY
     SELECT d.kind, d.object, d.change, d.attribute, d.old, d.new,
            l.logged_at, l.session_user_name, l.current_user_name, l.application_name,
            l.client_addr, l.command_tag, l.migration_version, last.version
-    FROM migrate.diff(last.schema, migrate.describe()) d
+    FROM migrate.diff(recorded, migrate.describe()) d
     LEFT JOIN LATERAL (
         SELECT *
         FROM migrate.ddl_log g
-        WHERE g.logged_at > last.finished_at
+        WHERE g.logged_at > last.recorded_at
           AND g.event IN ('ddl_command_end', 'sql_drop')
           AND g.object_identity IN (d.object, d.relation)
         ORDER BY g.logged_at DESC, g.id DESC

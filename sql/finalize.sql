@@ -40,7 +40,7 @@ GRANT SELECT (version, version_key, description, status, checksum, checksum_raw,
               checksum_algorithm, rollback_checksum, statements, applied_by, applied_role,
               application_name, client_addr, xid, started_at, finished_at, duration, lock_wait,
               retries, extension_version, allowed_rules, phases, settings,
-              cancel_requested, fingerprint, schema, changes, schema_before, verification,
+              cancel_requested, fingerprint, changes, verification,
               verified_at)
     ON migrate.history TO PUBLIC;
 GRANT SELECT ON migrate.history TO migrate_admin;
@@ -52,6 +52,8 @@ GRANT SELECT (version, phase, kind, first_statement, last_statement, first_line,
     ON migrate.steps TO PUBLIC;
 GRANT SELECT ON migrate.steps TO migrate_admin;
 GRANT SELECT ON migrate.status, migrate.rules TO PUBLIC;
+-- The recorded schema is what migrate.describe() shows anyone of the live one.
+GRANT SELECT ON migrate.schema_objects, migrate.schema_state TO PUBLIC;
 GRANT SELECT ON migrate.ddl_log TO migrate_admin;
 -- Backfill jobs quote their clauses and errors (which may quote data): admins only.
 GRANT SELECT ON migrate.backfills, migrate.backfill_progress TO migrate_admin;
@@ -67,6 +69,13 @@ GRANT EXECUTE ON FUNCTION
     migrate.describe(text[]),
     migrate.fingerprint(text[]),
     migrate.fingerprint_of(jsonb),
+    migrate.recorded_schema(),
+    -- What those four are made of.
+    migrate.describe_objects(text[], oid[], oid[], oid[], oid[], oid[], oid[], oid[], oid[], oid[]),
+    migrate.all_objects(text[]),
+    migrate.object_hash(text, text, jsonb),
+    migrate.description_of(text[], text[], jsonb[]),
+    migrate.hash_sum(bytea[]),
     migrate.diff(jsonb, jsonb),
     migrate.changes(jsonb, jsonb),
     migrate.dry_run(text, text[], text),

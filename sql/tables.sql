@@ -39,13 +39,10 @@ CREATE TABLE migrate.history (
     -- retries and backoff) when applying: the background worker runs the phases under them.
     settings           jsonb NOT NULL DEFAULT '{}',
     cancel_requested   boolean NOT NULL DEFAULT false,
-    -- The schema after the migration (migrate.describe()), its fingerprint, and what the
-    -- migration changed in it (migrate.diff of the schema before and after). For a migration
-    -- the worker has not finished, schema_before holds the schema it started from.
+    -- The fingerprint of the schema after the migration (migrate.fingerprint()), and what
+    -- the migration changed in it (migrate.diff of the objects it touched, before and after).
     fingerprint        text,
-    schema             jsonb,
     changes            jsonb,
-    schema_before      jsonb,
     -- Queries that must return no rows for the migration to count as complete
     -- (apply(..., verify => ...)), and the last migrate.verify's verdict and report.
     verify_script      text,
@@ -58,6 +55,58 @@ CREATE TABLE migrate.history (
            OR (script IS NOT NULL AND checksum IS NOT NULL AND checksum_algorithm IS NOT NULL)),
     CHECK ((rollback_script IS NULL) = (rollback_checksum IS NULL))
 );
+
+-- The schema as recorded after the last migration or baseline, one row per described object
+-- (migrate.describe_objects). A migration re-describes the objects it touched, and those
+-- that print their names when it renamed something; schema_state keeps the sum of the
+-- rows' hashes, which is the recorded fingerprint. OIDs say which rows an object's DDL
+-- makes stale; they hold only in the database and server the rows were recorded in
+-- (schema_state says which), and anywhere else the whole schema is recorded afresh.
+CREATE TABLE migrate.schema_objects (
+    kind               text NOT NULL,
+    identity           text NOT NULL,
+    description        jsonb NOT NULL,
+    obj_class          oid NOT NULL,
+    obj_oid            oid NOT NULL,
+    -- The table a constraint, index, trigger or policy belongs to.
+    rel_oid            oid,
+    hash               bytea NOT NULL,
+    PRIMARY KEY (kind, identity)
+);
+
+CREATE INDEX schema_objects_object ON migrate.schema_objects (obj_oid, obj_class);
+CREATE INDEX schema_objects_relation ON migrate.schema_objects (rel_oid);
+CREATE INDEX schema_objects_partition_of ON migrate.schema_objects ((description ->> 'partition_of'));
+
+COMMENT ON TABLE migrate.schema_objects IS
+    'pg_migrate: the schema recorded after the last migration, one row per object';
+
+CREATE TABLE migrate.schema_state (
+    one                boolean PRIMARY KEY DEFAULT true CHECK (one),
+    fingerprint        text NOT NULL,
+    system_identifier  bigint NOT NULL,
+    database_oid       oid NOT NULL,
+    server_major       integer NOT NULL,
+    recorded_at        timestamptz NOT NULL
+);
+
+COMMENT ON TABLE migrate.schema_state IS
+    'pg_migrate: the recorded schema''s fingerprint, and where it was recorded';
+
+-- Objects DDL touched since they were last described, written by the DDL log's event
+-- triggers in the DDL's own transaction: migration_version for a migration's DDL, NULL for
+-- DDL outside migrations (drift, which the next migration records first).
+CREATE TABLE migrate.schema_queue (
+    classid            oid NOT NULL,
+    objid              oid NOT NULL,
+    renamed            boolean NOT NULL,
+    migration_version  text
+);
+
+CREATE INDEX schema_queue_migration ON migrate.schema_queue (migration_version);
+
+COMMENT ON TABLE migrate.schema_queue IS
+    'pg_migrate: objects changed by DDL and not yet re-described in migrate.schema_objects';
 
 CREATE TABLE migrate.steps (
     version            text NOT NULL REFERENCES migrate.history (version) ON DELETE CASCADE,
@@ -130,4 +179,8 @@ COMMENT ON TABLE migrate.ddl_log IS
 SELECT pg_catalog.pg_extension_config_dump('migrate.history', '');
 SELECT pg_catalog.pg_extension_config_dump('migrate.ddl_log', '');
 SELECT pg_catalog.pg_extension_config_dump('migrate.steps', '');
+-- Restored elsewhere, the recorded schema still compares with the live one (drift); its OIDs
+-- are not used there (schema_state tells), the next migration records the schema afresh.
+SELECT pg_catalog.pg_extension_config_dump('migrate.schema_objects', '');
+SELECT pg_catalog.pg_extension_config_dump('migrate.schema_state', '');
 SELECT pg_catalog.pg_extension_config_dump('migrate.ddl_log_id_seq', '');

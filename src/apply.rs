@@ -7,7 +7,7 @@ use crate::history::{self, interval, NewEntry, Recorded};
 use crate::runner::{self, Policy};
 use crate::script::{self, Statement};
 use crate::version::Version;
-use crate::{parser, phases, security, shared, steps};
+use crate::{parser, phases, record, security, shared, steps};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use std::cell::RefCell;
@@ -132,11 +132,14 @@ fn apply(
                 ));
             }
             let started_at = history::clock_now();
-            let schema_before = history::schema_before_migration();
+            // Before the migration takes its locks: what it changes must be its own.
+            record::drift();
             let outcome = {
                 let _applying = Applying::enter(running);
                 runner::run(&what, script, &statements, Policy::from_settings())
             };
+            // Only what the migration touched is described, while it holds its locks.
+            let schema = record::changes(version.as_str());
             let duration = history::insert(&NewEntry {
                 version: &version,
                 description,
@@ -151,7 +154,7 @@ fn apply(
                 allowed_rules: &allow,
                 phases: 1,
                 verify,
-                schema_before,
+                schema: Some(schema),
             });
             (
                 "applied".to_string(),
@@ -195,6 +198,7 @@ fn submit(
         .raise();
     }
     let plan = phases::plan(statements);
+    record::drift();
     history::insert(&NewEntry {
         version,
         description,
@@ -209,7 +213,7 @@ fn submit(
         allowed_rules: allow,
         phases: plan.len() as i32,
         verify,
-        schema_before: history::schema_before_migration(),
+        schema: None,
     });
     steps::insert(version.as_str(), script, &plan);
     shared::wake_at_commit();

@@ -24,7 +24,14 @@ const COLUMNS: &str = "event, command_tag, object_type, schema_name, object_iden
     LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 ")]
 fn log_ddl_command(fcinfo: pg_sys::FunctionCallInfo) {
-    event_trigger::event(fcinfo);
+    let event = event_trigger::event(fcinfo);
+    queue(
+        "SELECT c.classid, c.objid FROM pg_catalog.pg_event_trigger_ddl_commands() c \
+         WHERE NOT c.in_extension AND c.schema_name IS DISTINCT FROM 'pg_temp' \
+           AND c.classid IS NOT NULL",
+        event.renames(),
+        event_trigger::collected_objects(),
+    );
     write(&format!(
         "INSERT INTO migrate.ddl_log ({COLUMNS}) SELECT 'ddl_command_end', c.command_tag, c.object_type, c.schema_name, \
            c.object_identity, {WHO} \
@@ -46,12 +53,47 @@ fn log_sql_drop(fcinfo: pg_sys::FunctionCallInfo) {
         // A view's "_RETURN" rule is the view itself, which is logged already.
         "d.normal AND NOT (d.object_type = 'rule' AND d.address_names[3] = '_RETURN')"
     };
+    // Every object dropped, not only those logged: the recorded schema has rows for indexes
+    // and constraints that went with a table.
+    queue(
+        "SELECT d.classid, d.objid FROM pg_catalog.pg_event_trigger_dropped_objects() d \
+         WHERE NOT d.is_temporary",
+        false,
+        Vec::new(),
+    );
     write(&format!(
         "INSERT INTO migrate.ddl_log ({COLUMNS}) SELECT 'sql_drop', {tag}, d.object_type, d.schema_name, d.object_identity, {WHO} \
          FROM pg_catalog.pg_event_trigger_dropped_objects() d \
          WHERE (d.original OR {cascaded}) AND NOT d.is_temporary",
         tag = pgrx::spi::quote_literal(&event.tag)
     ));
+}
+
+/// Queues the objects `select` lists, and `more`, to be described again in the recorded
+/// schema (`migrate.schema_queue`), by the migration that touched them or, for DDL outside
+/// migrations, the next one.
+fn queue(select: &str, renamed: bool, more: Vec<(pg_sys::Oid, pg_sys::Oid)>) {
+    let migration = crate::apply::running().map(|r| r.version);
+    let (classes, oids): (Vec<pg_sys::Oid>, Vec<pg_sys::Oid>) = more.into_iter().unzip();
+    let insert = format!(
+        "INSERT INTO migrate.schema_queue (classid, objid, renamed, migration_version) \
+         SELECT o.classid, o.objid, $1, $2 \
+         FROM ({select} UNION ALL SELECT * FROM ROWS FROM (pg_catalog.unnest($3::oid[]), \
+                                                          pg_catalog.unnest($4::oid[]))) \
+           AS o(classid, objid)"
+    );
+    security::as_owner(|| {
+        Spi::run_with_args(
+            &insert,
+            &[
+                renamed.into(),
+                migration.into(),
+                classes.into(),
+                oids.into(),
+            ],
+        )
+    })
+    .or_bookkeeping("write migrate.schema_queue");
 }
 
 fn write(insert: &str) {

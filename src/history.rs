@@ -98,8 +98,8 @@ pub struct NewEntry<'a> {
     pub phases: i32,
     /// Queries that must return no rows for `migrate.verify` to pass.
     pub verify: Option<&'a str>,
-    /// The schema before the migration, when the last recorded one may not be it.
-    pub schema_before: Option<pgrx::JsonB>,
+    /// The fingerprint after the migration and what it changed (applied and baseline rows).
+    pub schema: Option<crate::record::Recorded>,
 }
 
 /// Inserts a history row in the current transaction, as the table's owner, and returns the
@@ -131,31 +131,25 @@ pub fn insert(entry: &NewEntry) -> Duration {
         names.into(),
         values.into(),
         entry.verify.into(),
+        entry.schema.as_ref().map(|r| r.fingerprint.clone()).into(),
         entry
-            .schema_before
+            .schema
             .as_ref()
+            .and_then(|r| r.changes.as_ref())
             .map(|j| pgrx::JsonB(j.0.clone()))
             .into(),
     ];
     let recorded = security::as_owner(|| {
         Spi::get_one_with_args::<i64>(
-            "WITH before AS (SELECT coalesce($21::jsonb, (SELECT h.schema FROM migrate.history h \
-                 WHERE h.schema IS NOT NULL ORDER BY h.finished_at DESC LIMIT 1)) AS d), \
-               after AS (SELECT CASE WHEN $3 IN ('applied', 'baseline') \
-                 THEN migrate.describe() END AS d) \
-             INSERT INTO migrate.history (version, description, status, script, checksum, \
+            "INSERT INTO migrate.history (version, description, status, script, checksum, \
                checksum_raw, checksum_algorithm, rollback_script, rollback_checksum, statements, \
                applied_by, applied_role, application_name, client_addr, started_at, finished_at, \
                lock_wait, retries, extension_version, allowed_rules, phases, settings, \
-               verify_script, schema, fingerprint, changes, schema_before) \
+               verify_script, fingerprint, changes) \
              SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, session_user, $11, \
                current_setting('application_name'), inet_client_addr(), $12, \
                CASE WHEN $3 IN ('applied', 'baseline') THEN clock_timestamp() END, \
-               $13, $14, $15, $16, $17, jsonb_object($18::text[], $19::text[]), $20, \
-               after.d, migrate.fingerprint_of(after.d), \
-               CASE WHEN $3 = 'applied' THEN migrate.changes(before.d, after.d) END, \
-               CASE WHEN $3 = 'pending' THEN before.d END \
-             FROM before, after \
+               $13, $14, $15, $16, $17, jsonb_object($18::text[], $19::text[]), $20, $21, $22 \
              RETURNING (extract(epoch FROM coalesce(duration, '0')) * 1e6)::int8",
             &args,
         )
@@ -203,7 +197,7 @@ fn baseline(
         allowed_rules: &[],
         phases: 1,
         verify: None,
-        schema_before: None,
+        schema: Some(crate::record::whole()),
     });
     TableIterator::once(("baseline".to_string(), version.to_string()))
 }
@@ -288,28 +282,6 @@ pub fn compare_checksum(
 #[pg_extern(stable, parallel_safe)]
 fn current_version() -> Option<String> {
     highest().map(|r| r.version)
-}
-
-/// The schema as it is now, if the last recorded one may differ from it: nothing recorded
-/// yet, or DDL outside migrations logged since. Otherwise the recorded one is the schema a
-/// migration starts from, which saves describing it again.
-pub fn schema_before_migration() -> Option<pgrx::JsonB> {
-    let drifted = security::pinned(|| {
-        Spi::get_one::<bool>(
-            "SELECT NOT EXISTS (SELECT FROM migrate.history WHERE schema IS NOT NULL) \
-                 OR EXISTS (SELECT FROM migrate.ddl_log l \
-                            WHERE l.logged_at > (SELECT max(finished_at) FROM migrate.history \
-                                                 WHERE schema IS NOT NULL) \
-                              AND l.migration_version IS NULL \
-                              AND l.event IN ('ddl_command_end', 'sql_drop'))",
-        )
-    })
-    .or_bookkeeping("read migrate.history and migrate.ddl_log");
-    if drifted != Some(true) {
-        return None;
-    }
-    security::pinned(|| Spi::get_one::<pgrx::JsonB>("SELECT migrate.describe()"))
-        .or_bookkeeping("describe the schema")
 }
 
 /// The wall clock (`clock_timestamp()`), for the start of an apply.

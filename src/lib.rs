@@ -12,6 +12,7 @@ mod ddl_log;
 mod dry_run;
 mod errors;
 mod event_trigger;
+mod fingerprint;
 mod guard;
 mod gucs;
 mod history;
@@ -20,6 +21,7 @@ mod lint;
 mod parser;
 mod parsetree;
 mod phases;
+mod record;
 mod retry;
 mod runner;
 mod schema_diff;
@@ -52,12 +54,26 @@ pgrx::extension_sql_file!(
     name = "backfill",
     requires = ["tables"]
 );
-pgrx::extension_sql_file!("../sql/describe.sql", name = "describe");
+pgrx::extension_sql_file!(
+    "../sql/describe.sql",
+    name = "describe",
+    requires = [fingerprint::hash_sum]
+);
 pgrx::extension_sql_file!("../sql/verify.sql", name = "verify");
 pgrx::extension_sql_file!(
     "../sql/drift.sql",
     name = "drift",
     requires = ["tables", "describe", schema_diff::diff]
+);
+pgrx::extension_sql_file!(
+    "../sql/record.sql",
+    name = "record",
+    requires = [
+        "tables",
+        "describe",
+        "drift",
+        fingerprint::fingerprint_adjust
+    ]
 );
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 

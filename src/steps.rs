@@ -238,15 +238,19 @@ fn record_error(step: &Step, error: &Caught, state: &str) {
     );
 }
 
-/// Every phase done and verified: the migration is applied.
+/// Every phase done and verified: the migration is applied, with what its phases changed.
 pub fn complete(version: &str) {
+    crate::record::drift();
+    let schema = crate::record::changes(version);
     write(
-        "WITH after AS (SELECT migrate.describe() AS d) \
-         UPDATE migrate.history SET status = 'applied', finished_at = pg_catalog.clock_timestamp(), \
-           cancel_requested = false, schema = after.d, fingerprint = migrate.fingerprint_of(after.d), \
-           changes = migrate.changes(schema_before, after.d), schema_before = NULL \
-         FROM after WHERE version = $1",
-        &[version.into()],
+        "UPDATE migrate.history SET status = 'applied', finished_at = pg_catalog.clock_timestamp(), \
+           cancel_requested = false, fingerprint = $2, changes = $3 \
+         WHERE version = $1",
+        &[
+            version.into(),
+            schema.fingerprint.into(),
+            schema.changes.into(),
+        ],
     );
 }
 
@@ -259,6 +263,7 @@ pub fn cancel(version: &str) {
         &[version.into()],
     );
     crate::backfill::cancel_with_migration(version);
+    crate::record::abandon(version);
     write(
         "UPDATE migrate.history SET status = 'cancelled', cancel_requested = false WHERE version = $1",
         &[version.into()],

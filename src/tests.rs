@@ -309,9 +309,10 @@ CREATE TABLE b (
             // says what to do; dry_run and assert_safe run the script with the caller's own
             // rights. cancel is there twice: a migration's, a backfill's.
             Some(
-                "apply assert_safe backfill baseline cancel cancel changes current_version \
-                 describe diff dry_run fingerprint fingerprint_of lint pause resume retry \
-                 rule_catalog validate verify version_key wait"
+                "all_objects apply assert_safe backfill baseline cancel cancel changes \
+                 current_version describe describe_objects description_of diff dry_run \
+                 fingerprint fingerprint_of hash_sum lint object_hash pause recorded_schema \
+                 resume retry rule_catalog validate verify version_key wait"
             )
         );
         assert_eq!(
@@ -321,6 +322,10 @@ CREATE TABLE b (
                     AND has_table_privilege('public', 'migrate.status', 'SELECT')
                     AND NOT has_table_privilege('public', 'migrate.history', 'INSERT,UPDATE,DELETE,TRUNCATE')
                     AND NOT has_table_privilege('public', 'migrate.ddl_log', 'SELECT,INSERT,UPDATE,DELETE')
+                    AND has_table_privilege('public', 'migrate.schema_objects', 'SELECT')
+                    AND NOT has_table_privilege('public', 'migrate.schema_objects', 'INSERT,UPDATE,DELETE,TRUNCATE')
+                    AND NOT has_table_privilege('public', 'migrate.schema_state', 'INSERT,UPDATE,DELETE,TRUNCATE')
+                    AND NOT has_table_privilege('public', 'migrate.schema_queue', 'SELECT,INSERT,UPDATE,DELETE,TRUNCATE')
                     AND has_table_privilege('migrate_admin', 'migrate.ddl_log', 'SELECT')
                     AND has_column_privilege('public', 'migrate.history', 'fingerprint', 'SELECT')
                     AND NOT has_column_privilege('public', 'migrate.history', 'verification_report', 'SELECT')

@@ -1,0 +1,265 @@
+-- pg_migrate: the recorded schema (migrate.schema_objects), kept up to date object by object.
+--
+-- A migration must not hold its locks while the whole schema is described: it re-describes
+-- the objects its DDL touched (migrate.schema_queue, written by the DDL log's triggers), the
+-- tables' own constraints, indexes, triggers and policies with them, and, when it renamed or
+-- moved something, every object that depends on it (they print its name). What it changed
+-- is the difference between their rows before and after, and the fingerprint moves by their
+-- hashes. These functions are pg_migrate's bookkeeping: they run as the extension's owner.
+
+-- Whether the recorded rows belong to this database on this server: their OIDs are this
+-- database's (not a restored dump's, not from before pg_upgrade).
+CREATE FUNCTION migrate.schema_is_recorded()
+RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (
+        SELECT FROM migrate.schema_state s
+        WHERE s.system_identifier = (SELECT system_identifier FROM pg_control_system())
+          AND s.database_oid = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND s.server_major = current_setting('server_version_num')::int / 10000)
+$$;
+
+-- Records the whole schema afresh, and returns its fingerprint. Once per database (the first
+-- migration or baseline), and after a restore elsewhere.
+CREATE FUNCTION migrate.record_whole_schema()
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    total text;
+BEGIN
+    DELETE FROM migrate.schema_queue WHERE migration_version IS NULL;
+    DELETE FROM migrate.schema_objects;
+    INSERT INTO migrate.schema_objects (kind, identity, description, obj_class, obj_oid, rel_oid, hash)
+    SELECT a.kind, a.identity, a.description, a.obj_class, a.obj_oid, a.rel_oid,
+           migrate.object_hash(a.kind, a.identity, a.description)
+    FROM migrate.all_objects() a;
+    SELECT migrate.hash_sum(coalesce(array_agg(o.hash), '{}')) INTO total FROM migrate.schema_objects o;
+    INSERT INTO migrate.schema_state AS s
+        (fingerprint, system_identifier, database_oid, server_major, recorded_at)
+    VALUES (total, (SELECT system_identifier FROM pg_control_system()),
+            (SELECT oid FROM pg_database WHERE datname = current_database()),
+            current_setting('server_version_num')::int / 10000, clock_timestamp())
+    ON CONFLICT (one) DO UPDATE
+        SET fingerprint = EXCLUDED.fingerprint, system_identifier = EXCLUDED.system_identifier,
+            database_oid = EXCLUDED.database_oid, server_major = EXCLUDED.server_major,
+            recorded_at = EXCLUDED.recorded_at;
+    RETURN total;
+END
+$$;
+
+-- Re-describes what the queued DDL of `version` (NULL: DDL outside migrations) touched.
+-- Returns what changed (migrate.changes of the touched objects' rows before and after) and
+-- the fingerprint after.
+CREATE FUNCTION migrate.record_changes(version text, OUT changes jsonb, OUT fingerprint text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t_class oid[]; t_oid oid[]; t_direct boolean[];
+    whole oid[]; rels oid[]; idx oid[]; cons oid[]; trgs oid[]; pols oid[];
+    typs oid[]; funs oid[]; nsps oid[]; exts oid[];
+    o_kind text[]; o_ident text[]; o_desc jsonb[]; o_hash bytea[];
+    n_kind text[]; n_ident text[]; n_desc jsonb[]; n_class oid[]; n_oid oid[]; n_rel oid[];
+    n_hash bytea[];
+BEGIN
+    -- What the DDL touched; and when it renamed or moved something, everything that depends
+    -- on that, transitively (a schema's tables, their indexes, the columns of other tables
+    -- of a type in it).
+    WITH q AS (
+        DELETE FROM migrate.schema_queue q WHERE q.migration_version IS NOT DISTINCT FROM version
+        RETURNING q.classid, q.objid, q.renamed),
+    t AS (SELECT q.classid, q.objid, bool_or(q.renamed) AS renamed FROM q GROUP BY 1, 2)
+    SELECT array_agg(t.classid), array_agg(t.objid), array_agg(t.renamed)
+    INTO t_class, t_oid, t_direct
+    FROM t;
+    IF t_class IS NULL THEN
+        SELECT s.fingerprint INTO fingerprint FROM migrate.schema_state s;
+        changes := '[]';
+        RETURN;
+    END IF;
+    WITH RECURSIVE dep(classid, objid) AS (
+        SELECT x.classid, x.objid FROM unnest(t_class, t_oid, t_direct) AS x(classid, objid, renamed)
+        WHERE x.renamed
+        UNION
+        SELECT d.classid, d.objid
+        FROM dep JOIN pg_depend d ON d.refclassid = dep.classid AND d.refobjid = dep.objid
+    ),
+    -- A table's or index's partitions and inheritance children, at every level: what is
+    -- done to the parent (a column, a constraint, an index) is done to them, unreported.
+    inh(objid) AS (
+        SELECT x.objid FROM unnest(t_class, t_oid) AS x(classid, objid)
+        WHERE x.classid = 'pg_class'::regclass
+        UNION
+        SELECT i.inhrelid FROM inh JOIN pg_inherits i ON i.inhparent = inh.objid
+    ),
+    -- And the partitions recorded under a touched table: DETACH PARTITION reports the
+    -- parent alone, and the catalogs no longer link the two.
+    detached(objid) AS (
+        SELECT o.obj_oid
+        FROM unnest(t_class, t_oid) AS x(classid, objid)
+        JOIN migrate.schema_objects p ON p.obj_oid = x.objid AND p.obj_class = x.classid
+        JOIN migrate.schema_objects o ON o.description ->> 'partition_of' = p.identity
+                                     AND o.kind = 'tables'
+        WHERE x.classid = 'pg_class'::regclass AND p.kind = 'tables'
+    ),
+    touched AS (
+        SELECT x.classid, x.objid, true AS direct FROM unnest(t_class, t_oid) AS x(classid, objid)
+        UNION
+        SELECT 'pg_class'::regclass, inh.objid, true FROM inh
+        UNION
+        SELECT 'pg_class'::regclass, detached.objid, true FROM detached
+        UNION
+        SELECT dep.classid, dep.objid, false FROM dep
+    )
+    SELECT array_agg(t.classid ORDER BY t.classid, t.objid), array_agg(t.objid ORDER BY t.classid, t.objid),
+           array_agg(t.direct ORDER BY t.classid, t.objid)
+    INTO t_class, t_oid, t_direct
+    FROM (SELECT u.classid, u.objid, bool_or(u.direct) AS direct FROM touched u GROUP BY 1, 2) t;
+
+    -- The described objects they stand for. A relation DDL touched directly is re-described
+    -- with its constraints, indexes, triggers and policies (ALTER TABLE rebuilds indexes
+    -- under new OIDs without reporting them); one that depends on a renamed object, alone.
+    WITH t AS (SELECT * FROM unnest(t_class, t_oid, t_direct) AS x(classid, objid, direct)),
+    m(what, oid) AS (
+        SELECT CASE WHEN c.relkind IN ('i', 'I') THEN 'index'
+                    WHEN c.relkind = 'c' THEN 'type'
+                    WHEN t.direct THEN 'whole' ELSE 'relation' END,
+               CASE WHEN c.relkind = 'c' THEN c.reltype ELSE c.oid END
+        FROM t JOIN pg_class c ON c.oid = t.objid
+        WHERE t.classid = 'pg_class'::regclass
+          AND c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S', 'i', 'I', 'c')
+        UNION ALL
+        SELECT 'relation', a.adrelid FROM t JOIN pg_attrdef a ON a.oid = t.objid
+        WHERE t.classid = 'pg_attrdef'::regclass
+        UNION ALL
+        SELECT 'relation', r.ev_class FROM t JOIN pg_rewrite r ON r.oid = t.objid
+        WHERE t.classid = 'pg_rewrite'::regclass
+        UNION ALL
+        SELECT CASE WHEN c.conrelid <> 0 THEN 'constraint' ELSE 'type' END,
+               CASE WHEN c.conrelid <> 0 THEN c.oid ELSE c.contypid END
+        FROM t JOIN pg_constraint c ON c.oid = t.objid
+        WHERE t.classid = 'pg_constraint'::regclass
+        UNION ALL
+        SELECT CASE t.classid WHEN 'pg_trigger'::regclass THEN 'trigger'
+                              WHEN 'pg_policy'::regclass THEN 'policy'
+                              WHEN 'pg_type'::regclass THEN 'type'
+                              WHEN 'pg_proc'::regclass THEN 'function'
+                              WHEN 'pg_namespace'::regclass THEN 'schema'
+                              ELSE 'extension' END,
+               t.objid
+        FROM t
+        WHERE t.classid IN ('pg_trigger'::regclass, 'pg_policy'::regclass, 'pg_type'::regclass,
+                            'pg_proc'::regclass, 'pg_namespace'::regclass,
+                            'pg_extension'::regclass)
+    ),
+    children(what, oid) AS (
+        SELECT 'index', i.indexrelid FROM m JOIN pg_index i ON i.indrelid = m.oid WHERE m.what = 'whole'
+        UNION ALL
+        SELECT 'constraint', c.oid FROM m JOIN pg_constraint c ON c.conrelid = m.oid WHERE m.what = 'whole'
+        UNION ALL
+        SELECT 'trigger', g.oid FROM m JOIN pg_trigger g ON g.tgrelid = m.oid WHERE m.what = 'whole'
+        UNION ALL
+        SELECT 'policy', p.oid FROM m JOIN pg_policy p ON p.polrelid = m.oid WHERE m.what = 'whole'
+    ),
+    a AS (SELECT * FROM m UNION SELECT * FROM children)
+    SELECT array_agg(a.oid) FILTER (WHERE a.what = 'whole'),
+           array_agg(a.oid) FILTER (WHERE a.what IN ('whole', 'relation')),
+           array_agg(a.oid) FILTER (WHERE a.what = 'index'),
+           array_agg(a.oid) FILTER (WHERE a.what = 'constraint'),
+           array_agg(a.oid) FILTER (WHERE a.what = 'trigger'),
+           array_agg(a.oid) FILTER (WHERE a.what = 'policy'),
+           array_agg(a.oid) FILTER (WHERE a.what = 'type'),
+           array_agg(a.oid) FILTER (WHERE a.what = 'function'),
+           array_agg(a.oid) FILTER (WHERE a.what = 'schema'),
+           array_agg(a.oid) FILTER (WHERE a.what = 'extension')
+    INTO whole, rels, idx, cons, trgs, pols, typs, funs, nsps, exts
+    FROM a;
+
+    SELECT array_agg(d.kind), array_agg(d.identity), array_agg(d.description),
+           array_agg(d.obj_class), array_agg(d.obj_oid), array_agg(d.rel_oid),
+           array_agg(migrate.object_hash(d.kind, d.identity, d.description))
+    INTO n_kind, n_ident, n_desc, n_class, n_oid, n_rel, n_hash
+    FROM migrate.describe_objects(NULL, rels, idx, cons, trgs, pols, typs, funs, nsps, exts) d;
+
+    -- The rows they replace: of the objects touched (dropped ones included) and of those
+    -- re-described, of the tables re-described whole and of dropped tables (whatever went
+    -- with them), and any row under an identity a re-described object now has.
+    WITH gone AS (
+        DELETE FROM migrate.schema_objects o
+        USING (SELECT x.classid, x.objid FROM unnest(t_class, t_oid) AS x(classid, objid)
+               UNION
+               SELECT x.classid, x.objid FROM unnest(n_class, n_oid) AS x(classid, objid)) k
+        WHERE o.obj_oid = k.objid AND o.obj_class = k.classid
+        RETURNING o.kind, o.identity, o.description, o.hash),
+    gone_children AS (
+        DELETE FROM migrate.schema_objects o
+        USING (SELECT x.objid FROM unnest(t_class, t_oid) AS x(classid, objid)
+               WHERE x.classid = 'pg_class'::regclass
+                 AND NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = x.objid)
+               UNION SELECT unnest(whole)) k
+        WHERE o.rel_oid = k.objid
+          AND NOT EXISTS (SELECT FROM gone g WHERE g.kind = o.kind AND g.identity = o.identity)
+        RETURNING o.kind, o.identity, o.description, o.hash),
+    both_ AS (SELECT * FROM gone UNION ALL SELECT * FROM gone_children)
+    SELECT array_agg(b.kind), array_agg(b.identity), array_agg(b.description), array_agg(b.hash)
+    INTO o_kind, o_ident, o_desc, o_hash
+    FROM both_ b;
+    WITH stale AS (
+        DELETE FROM migrate.schema_objects o
+        USING unnest(n_kind, n_ident) AS x(kind, identity)
+        WHERE o.kind = x.kind AND o.identity = x.identity
+        RETURNING o.kind, o.identity, o.description, o.hash)
+    SELECT coalesce(o_kind, '{}') || array_agg(s.kind), coalesce(o_ident, '{}') || array_agg(s.identity),
+           coalesce(o_desc, '{}') || array_agg(s.description), coalesce(o_hash, '{}') || array_agg(s.hash)
+    INTO o_kind, o_ident, o_desc, o_hash
+    FROM stale s;
+
+    INSERT INTO migrate.schema_objects (kind, identity, description, obj_class, obj_oid, rel_oid, hash)
+    SELECT * FROM unnest(n_kind, n_ident, n_desc, n_class, n_oid, n_rel, n_hash);
+
+    UPDATE migrate.schema_state s
+    SET fingerprint = migrate.fingerprint_adjust(s.fingerprint, coalesce(o_hash, '{}'),
+                                                coalesce(n_hash, '{}')),
+        recorded_at = clock_timestamp()
+    RETURNING s.fingerprint INTO fingerprint;
+    changes := migrate.changes(migrate.description_of(o_kind, o_ident, o_desc),
+                               migrate.description_of(n_kind, n_ident, n_desc));
+END
+$$;
+
+-- Before a migration: the recorded schema brought up to date with DDL outside migrations
+-- since (or recorded afresh where it is not this database's), so that what the migration
+-- changed is its own.
+CREATE FUNCTION migrate.record_drift()
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF migrate.schema_is_recorded() THEN
+        PERFORM migrate.record_changes(NULL);
+    ELSE
+        PERFORM migrate.record_whole_schema();
+    END IF;
+END
+$$;
+
+-- The recorded schema as one description, as migrate.describe() gives the live one.
+CREATE FUNCTION migrate.recorded_schema()
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN EXISTS (SELECT FROM migrate.schema_state) THEN
+        (SELECT migrate.description_of(array_agg(o.kind), array_agg(o.identity),
+                                       array_agg(o.description))
+         FROM migrate.schema_objects o)
+    END
+$$;
+
+COMMENT ON FUNCTION migrate.recorded_schema() IS
+    'pg_migrate: the schema recorded after the last migration, as migrate.describe() describes the live one';
