@@ -21,8 +21,11 @@ asserts a timing; the tests assert correctness bounds, this measures.
   dry-run          a 20-statement migration on populated tables: migrate.dry_run vs the real
                    migrate.apply (in a transaction rolled back afterwards), alternating, in two
                    identical databases.
-  fingerprint      migrate.fingerprint() and migrate.describe() on a schema of 500 tables
-                   (with their keys, indexes, constraints and defaults).
+  schema-scale     on schemas of 0, 500, 2,000 and 10,000 tables (each with a key, a foreign
+                   key, an index and a default): 20 small migrations through migrate.apply vs the
+                   same SQL directly in a transaction; the worst wait of readers of a table
+                   altered through migrate.apply vs directly; migrate.fingerprint() and
+                   migrate.describe() on demand; migrate.dry_run and migrate.verify.
   backfill         fill a new column of a 2M-row table three ways, on three identical tables:
                    one UPDATE, a psycopg client loop (next 1,000 ids by keyset, update them,
                    commit), and migrate.backfill; each under a rate-limited pgbench workload
@@ -421,27 +424,96 @@ def script_size(cluster: Cluster, sizes: list[int]) -> None:
     cluster.drop_database(db)
 
 
-def fingerprint(cluster: Cluster, tables: int, runs: int) -> None:
-    db = cluster.create_database("bench_fingerprint")
-    with cluster.connect(db) as c:
-        c.execute("SET migrate.guard = off")
-        for i in range(1, tables + 1):
-            c.execute(f"""CREATE TABLE fp_{i} (id bigint PRIMARY KEY, parent bigint REFERENCES fp_{max(i - 1, 1)},
-                          name text NOT NULL DEFAULT '', amount numeric(12,2) CHECK (amount >= 0),
-                          created timestamptz DEFAULT now());
-                          CREATE INDEX ON fp_{i} (created)""")
-        objects = c.execute("""SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace),
-                                      (SELECT count(*) FROM pg_constraint WHERE connamespace = 'public'::regnamespace)""").fetchone()
-        size = c.execute("SELECT length(migrate.describe()::text)").fetchone()[0]
-        times = []
-        for _ in range(runs):
+def build_schema(c, tables: int) -> None:
+    """`tables` tables as a real application has them: a primary key, a foreign key, an index
+    and a default each, in 500-table transactions."""
+    c.execute("SET migrate.guard = off")
+    c.execute("CREATE TABLE parent (id bigint PRIMARY KEY)")
+    for first in range(0, tables, 500):
+        last = min(tables, first + 500) - 1
+        c.execute(f"""DO $$ BEGIN FOR i IN {first}..{last} LOOP EXECUTE format(
+            'CREATE TABLE t%s (id bigint PRIMARY KEY, p bigint REFERENCES parent, v text DEFAULT ''x'', n int);
+             CREATE INDEX ON t%s (v)', i, i); END LOOP; END $$""")
+    c.execute("RESET migrate.guard")
+
+
+def median_ms(times: list[float]) -> float:
+    return statistics.median(times) * 1000
+
+
+def schema_scale(cluster: Cluster, sizes: list[int], migrations: int) -> None:
+    """What pg_migrate's bookkeeping costs as the schema grows, measured side by side in one
+    database per size: migrate.apply vs the same SQL run directly in a transaction; how long
+    readers of an altered table wait, through migrate.apply and directly; a fingerprint and a
+    description on demand; migrate.dry_run and migrate.verify of a one-table change."""
+    print(f"schema-scale: {migrations} two-statement migrations (CREATE TABLE with a key, a foreign key and a")
+    print("  default; COMMENT) through migrate.apply vs the same SQL directly in a transaction, alternating;")
+    print("  readers (SELECT count(*) every 2 ms) of a table altered through migrate.apply vs directly")
+    header = ("  tables   first apply   apply median   direct median   ratio   reader worst: apply / direct"
+              "   fingerprint   describe   dry_run   verify")
+    print(header)
+    ratios = {}
+    for n in sizes:
+        db = cluster.create_database(f"bench_scale_{n}")
+        with cluster.connect(db) as c, cluster.connect(db, autocommit=False) as d:
+            build_schema(c, n)
+            c.execute("CREATE TABLE readme (id int PRIMARY KEY)")
+            c.execute("INSERT INTO readme SELECT generate_series(1, 1000)")
+            c.execute("VACUUM ANALYZE")
             t = time.perf_counter()
-            c.execute("SELECT migrate.fingerprint()").fetchone()
-            times.append(time.perf_counter() - t)
-    print(f"fingerprint: {tables} tables ({objects[0]} relations, {objects[1]} constraints), description {size / 1024:.0f} kB")
-    print(f"  migrate.fingerprint(): median {statistics.median(times) * 1000:.1f} ms (min {min(times) * 1000:.1f}) over {runs} runs,"
-          f" {statistics.median(times) * 1e6 / tables:.0f} us per table")
-    cluster.drop_database(db)
+            c.execute("SELECT migrate.apply('0', 'CREATE TABLE first_migration (id int)')")
+            first = time.perf_counter() - t
+            through, direct = [], []
+            for i in range(1, migrations + 1):
+                script = (f"CREATE TABLE a{i} (id bigint PRIMARY KEY, p bigint REFERENCES parent, v text DEFAULT 'x'); "
+                          f"COMMENT ON TABLE a{i} IS 'through migrate.apply'")
+                t = time.perf_counter()
+                c.execute("SELECT migrate.apply(%s, %s)", (str(i), script))
+                through.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                d.execute(script.replace(f" a{i} ", f" b{i} ").replace(f"TABLE a{i} IS", f"TABLE b{i} IS"))
+                d.commit()
+                direct.append(time.perf_counter() - t)
+            worst = []
+            for how in ("apply", "direct"):
+                with Stopwatch(cluster, db, "SELECT count(*) FROM readme", pause=0.002) as readers:
+                    time.sleep(0.2)
+                    if how == "apply":
+                        c.execute("SELECT migrate.apply('1000', 'ALTER TABLE readme ADD COLUMN z int')")
+                    else:
+                        d.execute("ALTER TABLE readme ADD COLUMN z2 int")
+                        d.commit()
+                    time.sleep(0.2)
+                assert not readers.errors, readers.errors
+                worst.append(readers.worst)
+            fp, desc, dry, ver = [], [], [], []
+            for _ in range(3):
+                t = time.perf_counter()
+                c.execute("SELECT migrate.fingerprint()").fetchone()
+                fp.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                c.execute("SELECT length(migrate.describe()::text)").fetchone()
+                desc.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                c.execute("SELECT count(*) FROM migrate.dry_run('ALTER TABLE readme ADD COLUMN q int')").fetchone()
+                dry.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                c.execute("SELECT migrate.verify('1000')").fetchone()
+                ver.append(time.perf_counter() - t)
+            # The direct runs were DDL outside migrations: the next migration records them first.
+            c.execute("SELECT migrate.apply('1001', 'CREATE TABLE last_one (id int)')")
+            recorded = c.execute("SELECT fingerprint FROM migrate.history WHERE version = '1001'").fetchone()[0]
+            assert recorded == c.execute("SELECT migrate.fingerprint()").fetchone()[0]
+        ratio = sum(through) / sum(direct)
+        ratios[n] = ratio
+        print(f"  {n:>6,}   {first * 1000:8.1f} ms   {median_ms(through):9.2f} ms   {median_ms(direct):10.2f} ms"
+              f"   {ratio:5.2f}x   {worst[0] * 1000:9.1f} ms / {worst[1] * 1000:6.1f} ms"
+              f"   {median_ms(fp):8.1f} ms   {median_ms(desc):5.0f} ms   {median_ms(dry):5.1f} ms"
+              f"   {median_ms(ver):4.1f} ms")
+        cluster.drop_database(db)
+    if len(ratios) > 1:
+        smallest, largest = min(ratios), max(ratios)
+        print(f"  apply/direct at {largest:,} tables vs at {smallest:,}: {ratios[largest] / ratios[smallest]:.2f}x")
 
 
 PGBENCH_BACKFILL_WRITER = """
@@ -583,12 +655,13 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=1_200_000, help="rows in the writer-wait table")
     p.add_argument("--writers", type=int, default=4, help="pgbench clients in writer-wait")
     p.add_argument("--dry-runs", type=int, default=10, help="repetitions in dry-run")
-    p.add_argument("--tables", type=int, default=500, help="tables in fingerprint")
+    p.add_argument("--sizes", default="0,500,2000,10000", help="schema sizes (tables) in schema-scale")
+    p.add_argument("--scale-migrations", type=int, default=20, help="migrations per size in schema-scale")
     p.add_argument("--backfill-rows", type=int, default=2_000_000, help="rows in each backfill table")
     p.add_argument("--backfill-rate", type=int, default=400, help="pgbench transactions per second in backfill")
     p.add_argument("--backfill-batch-time", help="migrate.backfill_batch_time for (c), e.g. 20ms (default: the setting's)")
     p.add_argument("--only", choices=["apply-overhead", "lock-queue", "guard", "worker-latency", "writer-wait",
-                                      "dry-run", "fingerprint", "backfill", "script-size"])
+                                      "dry-run", "schema-scale", "backfill", "script-size"])
     args = p.parse_args()
     # Commit timestamps: the worker-latency figure starts at the submitting commit.
     cluster = Cluster("/tmp/pg_migrate_bench").start("track_commit_timestamp=on")
@@ -609,8 +682,8 @@ def main() -> None:
             writer_wait(cluster, args.rows, args.writers)
         if args.only in (None, "dry-run"):
             dry_run(cluster, args.dry_runs)
-        if args.only in (None, "fingerprint"):
-            fingerprint(cluster, args.tables, 10)
+        if args.only in (None, "schema-scale"):
+            schema_scale(cluster, [int(x) for x in args.sizes.split(",")], args.scale_migrations)
         if args.only in (None, "script-size"):
             script_size(cluster, [1_000, 10_000, 50_000])
         if args.only in (None, "backfill"):

@@ -71,3 +71,28 @@ def test_each_retry_is_announced(cluster, db, conn):
     t.join(timeout=30)
     assert all(n.startswith("pg_migrate: migration 1: statement 1 (line 1) waited longer than") for n in notices)
     assert "rolled back, retrying in" in notices[0]
+
+
+def test_on_a_large_schema_readers_wait_no_longer_than_lock_timeout(cluster, db, conn):
+    """The migration records what it changed while it holds its locks: on 2,000 tables that
+    must cost what the one table it touched costs, even for the first migration, which
+    records the whole schema (before it takes any lock)."""
+    conn.execute("SET migrate.guard = off")
+    conn.execute("CREATE TABLE parent (id bigint PRIMARY KEY)")
+    for first in range(0, 2000, 500):
+        conn.execute(f"""DO $$ BEGIN FOR i IN {first}..{first + 499} LOOP EXECUTE format(
+            'CREATE TABLE t%s (id bigint PRIMARY KEY, p bigint REFERENCES parent, v text DEFAULT ''x'');
+             CREATE INDEX ON t%s (v)', i, i); END LOOP; END $$""")
+    conn.execute("RESET migrate.guard")
+    prepare(conn)
+    conn.execute(f"SET migrate.lock_timeout = '{int(LOCK_TIMEOUT * 1000)}ms'")
+    for version in ("1", "2"):
+        with Stopwatch(cluster, db, "SELECT count(*) FROM busy", pause=0.002) as readers:
+            time.sleep(0.2)
+            conn.execute(f"SELECT migrate.apply('{version}', 'ALTER TABLE busy ADD COLUMN c{version} int')")
+            time.sleep(0.2)
+        assert readers.errors == [] and len(readers.latencies) > 20
+        print(f"migration {version}: worst reader wait {readers.worst * 1000:.0f} ms on 2,000 tables")
+        assert readers.worst < LOCK_TIMEOUT + SLACK, (version, readers.worst)
+    recorded = conn.execute("SELECT fingerprint FROM migrate.history WHERE version = '2'").fetchone()[0]
+    assert recorded == conn.execute("SELECT migrate.fingerprint()").fetchone()[0]

@@ -20,17 +20,54 @@
 -- migration re-describes only the objects it touched (sql/record.sql), and the fingerprint
 -- is a sum of per-object hashes, which the same rows keep up to date.
 
+-- NULLS NOT DISTINCT (PostgreSQL 15): read where the column exists, so that one description
+-- serves every version; an SQL function this simple is inlined.
+DO $nnd$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_attribute
+               WHERE attrelid = 'pg_catalog.pg_index'::pg_catalog.regclass
+                 AND attname = 'indnullsnotdistinct') THEN
+        CREATE FUNCTION migrate.nulls_not_distinct(i pg_catalog.pg_index) RETURNS boolean
+        LANGUAGE sql IMMUTABLE AS 'SELECT i.indnullsnotdistinct';
+    ELSE
+        CREATE FUNCTION migrate.nulls_not_distinct(i pg_catalog.pg_index) RETURNS boolean
+        LANGUAGE sql IMMUTABLE AS 'SELECT false';
+    END IF;
+END
+$nnd$;
+
+-- Whether objects in this schema are described: with `schemas`, those named; otherwise all
+-- but system schemas, pg_migrate's own (its history changes with every apply) and
+-- extensions' own. Simple enough for the planner to inline into each query.
+CREATE FUNCTION migrate.schema_is_described(n pg_catalog.pg_namespace, schemas text[])
+RETURNS boolean
+LANGUAGE sql STABLE
+AS $$
+    SELECT CASE WHEN schemas IS NULL THEN
+        n.nspname OPERATOR(pg_catalog.<>) ALL ('{pg_catalog,information_schema,migrate}'::pg_catalog.name[])
+        AND n.nspname OPERATOR(pg_catalog.!~) '^pg_(toast|temp_|toast_temp_)'
+        AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d
+                        WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_namespace'::pg_catalog.regclass
+                          AND d.objid OPERATOR(pg_catalog.=) n.oid
+                          AND d.deptype OPERATOR(pg_catalog.=) 'e')
+    ELSE n.nspname OPERATOR(pg_catalog.=) ANY (schemas::pg_catalog.name[]) END
+$$;
+
 -- One row per described object among those given. An object whose schema is not described
--- (system schemas, pg_migrate's own, extensions' own; with `schemas`, any other) or that
--- belongs to an extension yields nothing. rel_oid is the table a constraint, index, trigger
--- or policy belongs to, which re-describing a table re-describes with it.
+-- or that belongs to an extension yields nothing. rel_oid is the table a constraint, index,
+-- trigger or policy belongs to, which re-describing a table re-describes with it.
 CREATE FUNCTION migrate.describe_objects(
     schemas text[], relations oid[], indexes oid[], constraints oid[], triggers oid[],
     policies oid[], types oid[], functions oid[], namespaces oid[], extensions oid[])
 RETURNS TABLE (kind text, identity text, description jsonb,
                obj_class oid, obj_oid oid, rel_oid oid)
-LANGUAGE sql STABLE
+-- PL/pgSQL, not SQL, one query per kind and only for the kinds asked for, each with one
+-- generic plan: planning (and starting) one query over every kind took milliseconds, which
+-- an SQL function would spend again on every call, every migration. The plans probe the
+-- catalogs by OID, which suits 1 object and 100,000 alike.
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 -- Constants in defaults and expressions are printed under these: the same schema must
 -- describe alike whatever the caller's session (or the worker's last submitter) set.
 SET datestyle = 'ISO, MDY'
@@ -41,58 +78,53 @@ SET bytea_output = 'hex'
 SET quote_all_identifiers = off
 SET standard_conforming_strings = on
 AS $describe$
-WITH ns AS (
-    SELECT n.oid, quote_ident(n.nspname) AS q, n.nspacl
-    FROM pg_namespace n
-    WHERE CASE WHEN schemas IS NULL THEN
-              -- migrate is pg_migrate's own schema: its history changes with every apply.
-              n.nspname NOT IN ('pg_catalog', 'information_schema', 'migrate')
-              AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'
-              AND NOT EXISTS (SELECT 1 FROM pg_depend d
-                              WHERE d.classid = 'pg_namespace'::regclass AND d.objid = n.oid
-                                AND d.deptype = 'e')
-          ELSE n.nspname = ANY (schemas) END
-),
--- The relations asked for, and the tables of the other objects asked for (their identity
--- names the table).
-wanted AS (
-    SELECT x AS oid FROM unnest(relations) x
-    UNION SELECT i.indrelid FROM unnest(indexes) x JOIN pg_index i ON i.indexrelid = x
-    UNION SELECT c.conrelid FROM unnest(constraints) x JOIN pg_constraint c ON c.oid = x
-    UNION SELECT t.tgrelid FROM unnest(triggers) x JOIN pg_trigger t ON t.oid = x
-    UNION SELECT p.polrelid FROM unnest(policies) x JOIN pg_policy p ON p.oid = x
-),
-rel AS MATERIALIZED (
+#variable_conflict use_column
+BEGIN
+-- Each object once, however often it was asked for.
+relations := ARRAY(SELECT DISTINCT unnest(relations));
+indexes := ARRAY(SELECT DISTINCT unnest(indexes));
+constraints := ARRAY(SELECT DISTINCT unnest(constraints));
+triggers := ARRAY(SELECT DISTINCT unnest(triggers));
+policies := ARRAY(SELECT DISTINCT unnest(policies));
+types := ARRAY(SELECT DISTINCT unnest(types));
+functions := ARRAY(SELECT DISTINCT unnest(functions));
+namespaces := ARRAY(SELECT DISTINCT unnest(namespaces));
+extensions := ARRAY(SELECT DISTINCT unnest(extensions));
+IF cardinality(relations) > 0 THEN
+RETURN QUERY
+WITH rel AS MATERIALIZED (
     SELECT c.oid, c.relkind, c.relpersistence, c.reloptions, c.relacl, c.relispartition,
            c.relrowsecurity, c.relforcerowsecurity, c.relpartbound,
-           ns.q || '.' || quote_ident(c.relname) AS ident
-    FROM wanted w
+           quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS ident
+    FROM (SELECT unnest(relations) AS oid) w
     JOIN pg_class c ON c.oid = w.oid
-    JOIN ns ON ns.oid = c.relnamespace
+    JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S')
+      AND migrate.schema_is_described(n, schemas)
       AND NOT EXISTS (SELECT 1 FROM pg_depend d
                       WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
                         AND d.deptype = 'e')
-),
-asked AS (
-    SELECT r.* FROM rel r WHERE r.oid IN (SELECT unnest(relations))
 )
 SELECT 'tables', r.ident, jsonb_strip_nulls(jsonb_build_object(
         'kind', CASE r.relkind WHEN 'r' THEN 'table' WHEN 'p' THEN 'partitioned table'
                                ELSE 'foreign table' END,
         'unlogged', CASE WHEN r.relpersistence = 'u' THEN true END,
-        'partition_of', (SELECT i.inhparent::regclass::text FROM pg_inherits i
-                         WHERE i.inhrelid = r.oid AND r.relispartition),
+        'partition_of', CASE WHEN r.relispartition THEN
+                            (SELECT i.inhparent::regclass::text FROM pg_inherits i
+                             WHERE i.inhrelid = r.oid) END,
         'partition_bound', pg_get_expr(r.relpartbound, r.oid),
         'partition_key', CASE WHEN r.relkind = 'p' THEN pg_get_partkeydef(r.oid) END,
-        'inherits', (SELECT jsonb_agg(i.inhparent::regclass::text ORDER BY i.inhseqno)
-                     FROM pg_inherits i WHERE i.inhrelid = r.oid AND NOT r.relispartition),
-        'options', (SELECT jsonb_agg(o ORDER BY o) FROM unnest(r.reloptions) o),
+        'inherits', CASE WHEN NOT r.relispartition THEN
+                        (SELECT jsonb_agg(i.inhparent::regclass::text ORDER BY i.inhseqno)
+                         FROM pg_inherits i WHERE i.inhrelid = r.oid) END,
+        'options', CASE WHEN r.reloptions IS NOT NULL THEN
+                       (SELECT jsonb_agg(o ORDER BY o) FROM unnest(r.reloptions) o) END,
         'row_security', CASE WHEN r.relrowsecurity THEN
                             CASE WHEN r.relforcerowsecurity THEN 'forced' ELSE 'enabled' END END,
-        'acl', (SELECT jsonb_agg(a::text ORDER BY a::text) FROM unnest(r.relacl) a),
+        'acl', CASE WHEN r.relacl IS NOT NULL THEN
+                   (SELECT jsonb_agg(a::text ORDER BY a::text) FROM unnest(r.relacl) a) END,
         'columns', (
-            SELECT jsonb_object_agg(quote_ident(a.attname), jsonb_strip_nulls(jsonb_build_object(
+            SELECT jsonb_object_agg(quote_ident(a.attname), jsonb_build_object(
                -- The position among live columns, not attnum: a dropped column leaves a gap
                -- in attnum that a fresh build does not have.
                'position', a.position,
@@ -103,14 +135,15 @@ SELECT 'tables', r.ident, jsonb_strip_nulls(jsonb_build_object(
                'identity', CASE a.attidentity WHEN 'a' THEN 'always' WHEN 'd' THEN 'by default' END,
                'collation', CASE WHEN a.attcollation <> t.typcollation
                                  THEN a.attcollation::regcollation::text END,
-               'acl', (SELECT jsonb_agg(x::text ORDER BY x::text) FROM unnest(a.attacl) x))))
+               'acl', CASE WHEN a.attacl IS NOT NULL THEN
+                          (SELECT jsonb_agg(x::text ORDER BY x::text) FROM unnest(a.attacl) x) END))
             FROM (SELECT a.*, row_number() OVER (ORDER BY a.attnum) AS position
                   FROM pg_attribute a
                   WHERE a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped) a
             JOIN pg_type t ON t.oid = a.atttypid
             LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum))),
        'pg_class'::regclass::oid, r.oid, NULL::oid
-FROM asked r WHERE r.relkind IN ('r', 'p', 'f')
+FROM rel r WHERE r.relkind IN ('r', 'p', 'f')
 UNION ALL
 SELECT CASE r.relkind WHEN 'v' THEN 'views' ELSE 'materialized_views' END, r.ident,
        jsonb_strip_nulls(jsonb_build_object(
@@ -119,7 +152,7 @@ SELECT CASE r.relkind WHEN 'v' THEN 'views' ELSE 'materialized_views' END, r.ide
                           (SELECT jsonb_agg(o ORDER BY o) FROM unnest(r.reloptions) o) END,
            'acl', (SELECT jsonb_agg(a::text ORDER BY a::text) FROM unnest(r.relacl) a))),
        'pg_class'::regclass::oid, r.oid, NULL::oid
-FROM asked r WHERE r.relkind IN ('v', 'm')
+FROM rel r WHERE r.relkind IN ('v', 'm')
 UNION ALL
 SELECT 'sequences', r.ident, jsonb_strip_nulls(jsonb_build_object(
         'type', format_type(s.seqtypid, NULL),
@@ -133,8 +166,24 @@ SELECT 'sequences', r.ident, jsonb_strip_nulls(jsonb_build_object(
                      LIMIT 1),
         'acl', (SELECT jsonb_agg(a::text ORDER BY a::text) FROM unnest(r.relacl) a))),
        'pg_class'::regclass::oid, r.oid, NULL::oid
-FROM asked r JOIN pg_sequence s ON s.seqrelid = r.oid
-UNION ALL
+FROM rel r JOIN pg_sequence s ON s.seqrelid = r.oid
+;
+END IF;
+IF cardinality(constraints) > 0 THEN
+RETURN QUERY
+WITH rel AS MATERIALIZED (
+    SELECT c.oid, c.relkind, c.relpersistence, c.reloptions, c.relacl, c.relispartition,
+           c.relrowsecurity, c.relforcerowsecurity, c.relpartbound,
+           quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS ident
+    FROM (SELECT DISTINCT o.conrelid AS oid FROM unnest(constraints) x JOIN pg_constraint o ON o.oid = x) w
+    JOIN pg_class c ON c.oid = w.oid
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S')
+      AND migrate.schema_is_described(n, schemas)
+      AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                      WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                        AND d.deptype = 'e')
+)
 SELECT 'constraints', quote_ident(c.conname) || ' on ' || r.ident, jsonb_build_object(
             'table', r.ident,
             'type', CASE c.contype WHEN 'c' THEN 'check' WHEN 'f' THEN 'foreign key'
@@ -143,33 +192,36 @@ SELECT 'constraints', quote_ident(c.conname) || ' on ' || r.ident, jsonb_build_o
             'definition', pg_get_constraintdef(c.oid),
             'validated', c.convalidated),
        'pg_constraint'::regclass::oid, c.oid, r.oid
-FROM unnest(constraints) x JOIN pg_constraint c ON c.oid = x JOIN rel r ON r.oid = c.conrelid
-UNION ALL
+FROM unnest(constraints) x JOIN pg_constraint c ON c.oid = x JOIN rel r ON r.oid = c.conrelid;
+END IF;
+IF cardinality(indexes) > 0 THEN
+RETURN QUERY
+WITH rel AS MATERIALIZED (
+    SELECT c.oid, c.relkind, c.relpersistence, c.reloptions, c.relacl, c.relispartition,
+           c.relrowsecurity, c.relforcerowsecurity, c.relpartbound,
+           quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS ident
+    FROM (SELECT DISTINCT o.indrelid AS oid FROM unnest(indexes) x JOIN pg_index o ON o.indexrelid = x) w
+    JOIN pg_class c ON c.oid = w.oid
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S')
+      AND migrate.schema_is_described(n, schemas)
+      AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                      WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                        AND d.deptype = 'e')
+)
 -- Indexes by their parts, not by pg_get_indexdef: deciding which operator classes are a
 -- column type's default (to leave them out of the text) costs a catalog scan per key column,
 -- most of the time a whole description took. Every key names its operator class instead.
-SELECT 'indexes', ns.q || '.' || quote_ident(ic.relname), jsonb_strip_nulls(jsonb_build_object(
+SELECT 'indexes', quote_ident(icn.nspname) || '.' || quote_ident(ic.relname), jsonb_strip_nulls(jsonb_build_object(
             'table', r.ident,
             'method', am.amname,
             'unique', i.indisunique,
-            -- PostgreSQL 15's NULLS NOT DISTINCT, read so that older versions describe too.
-            'nulls_not_distinct', CASE WHEN to_jsonb(i) ->> 'indnullsnotdistinct' = 'true'
-                                       THEN true END,
-            'keys', (SELECT jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
-                          'key', pg_get_indexdef(i.indexrelid, k, true),
-                          'opclass', (SELECT quote_ident(n.nspname) || '.' || quote_ident(o.opcname)
-                                      FROM pg_opclass o JOIN pg_namespace n ON n.oid = o.opcnamespace
-                                      WHERE o.oid = i.indclass[k - 1]),
-                          'collation', CASE WHEN i.indcollation[k - 1] <> 0
-                                            THEN i.indcollation[k - 1]::regcollation::text END,
-                          'descending', CASE WHEN i.indoption[k - 1] & 1 = 1 THEN true END,
-                          'nulls_first', CASE WHEN i.indoption[k - 1] & 2 = 2 THEN true END))
-                          ORDER BY k)
-                     FROM generate_series(1, i.indnkeyatts) k),
-            'include', (SELECT jsonb_agg(pg_get_indexdef(i.indexrelid, k, true) ORDER BY k)
-                        FROM generate_series(i.indnkeyatts + 1, i.indnatts) k),
+            'nulls_not_distinct', CASE WHEN migrate.nulls_not_distinct(i) THEN true END,
+            'keys', k.keys,
+            'include', k.include,
             'predicate', pg_get_expr(i.indpred, i.indrelid),
-            'options', (SELECT jsonb_agg(o ORDER BY o) FROM unnest(ic.reloptions) o),
+            'options', CASE WHEN ic.reloptions IS NOT NULL THEN
+                           (SELECT jsonb_agg(o ORDER BY o) FROM unnest(ic.reloptions) o) END,
             'valid', i.indisvalid,
             'ready', i.indisready AND i.indislive)),
        'pg_class'::regclass::oid, i.indexrelid, r.oid
@@ -178,8 +230,43 @@ JOIN pg_index i ON i.indexrelid = x
 JOIN rel r ON r.oid = i.indrelid
 JOIN pg_class ic ON ic.oid = i.indexrelid
 JOIN pg_am am ON am.oid = ic.relam
-JOIN ns ON ns.oid = ic.relnamespace
-UNION ALL
+JOIN pg_namespace icn ON icn.oid = ic.relnamespace
+CROSS JOIN LATERAL (
+    SELECT jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
+               'key', c.key,
+               -- By the syscache: a join would scan pg_opclass once per index.
+               'opclass', (pg_identify_object('pg_opclass'::regclass,
+                                              i.indclass[c.n - 1], 0)).identity,
+               'collation', CASE WHEN i.indcollation[c.n - 1] <> 0
+                                 THEN i.indcollation[c.n - 1]::regcollation::text END,
+               'descending', CASE WHEN i.indoption[c.n - 1] & 1 = 1 THEN true END,
+               'nulls_first', CASE WHEN i.indoption[c.n - 1] & 2 = 2 THEN true END))
+               ORDER BY c.n) FILTER (WHERE c.n <= i.indnkeyatts) AS keys,
+           jsonb_agg(c.key ORDER BY c.n) FILTER (WHERE c.n > i.indnkeyatts) AS include
+    FROM (SELECT c.n,
+                 -- A column by its name; an expression as PostgreSQL prints it.
+                 CASE WHEN c.attnum <> 0 THEN
+                     (SELECT quote_ident(a.attname) FROM pg_attribute a
+                      WHERE a.attrelid = i.indrelid AND a.attnum = c.attnum)
+                 ELSE pg_get_indexdef(i.indexrelid, c.n::int, true) END AS key
+          FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS c(attnum, n)) c
+) k;
+END IF;
+IF cardinality(triggers) > 0 THEN
+RETURN QUERY
+WITH rel AS MATERIALIZED (
+    SELECT c.oid, c.relkind, c.relpersistence, c.reloptions, c.relacl, c.relispartition,
+           c.relrowsecurity, c.relforcerowsecurity, c.relpartbound,
+           quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS ident
+    FROM (SELECT DISTINCT o.tgrelid AS oid FROM unnest(triggers) x JOIN pg_trigger o ON o.oid = x) w
+    JOIN pg_class c ON c.oid = w.oid
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S')
+      AND migrate.schema_is_described(n, schemas)
+      AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                      WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                        AND d.deptype = 'e')
+)
 SELECT 'triggers', quote_ident(t.tgname) || ' on ' || r.ident, jsonb_build_object(
             'table', r.ident,
             'definition', pg_get_triggerdef(t.oid),
@@ -187,8 +274,23 @@ SELECT 'triggers', quote_ident(t.tgname) || ' on ' || r.ident, jsonb_build_objec
                                         WHEN 'R' THEN 'replica' WHEN 'A' THEN 'always' END),
        'pg_trigger'::regclass::oid, t.oid, r.oid
 FROM unnest(triggers) x JOIN pg_trigger t ON t.oid = x JOIN rel r ON r.oid = t.tgrelid
-WHERE NOT t.tgisinternal
-UNION ALL
+WHERE NOT t.tgisinternal;
+END IF;
+IF cardinality(policies) > 0 THEN
+RETURN QUERY
+WITH rel AS MATERIALIZED (
+    SELECT c.oid, c.relkind, c.relpersistence, c.reloptions, c.relacl, c.relispartition,
+           c.relrowsecurity, c.relforcerowsecurity, c.relpartbound,
+           quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS ident
+    FROM (SELECT DISTINCT o.polrelid AS oid FROM unnest(policies) x JOIN pg_policy o ON o.oid = x) w
+    JOIN pg_class c ON c.oid = w.oid
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S')
+      AND migrate.schema_is_described(n, schemas)
+      AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                      WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                        AND d.deptype = 'e')
+)
 SELECT 'policies', quote_ident(p.polname) || ' on ' || r.ident, jsonb_strip_nulls(jsonb_build_object(
             'table', r.ident,
             'command', CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT'
@@ -202,8 +304,10 @@ SELECT 'policies', quote_ident(p.polname) || ' on ' || r.ident, jsonb_strip_null
             'using', pg_get_expr(p.polqual, p.polrelid),
             'with_check', pg_get_expr(p.polwithcheck, p.polrelid))),
        'pg_policy'::regclass::oid, p.oid, r.oid
-FROM unnest(policies) x JOIN pg_policy p ON p.oid = x JOIN rel r ON r.oid = p.polrelid
-UNION ALL
+FROM unnest(policies) x JOIN pg_policy p ON p.oid = x JOIN rel r ON r.oid = p.polrelid;
+END IF;
+IF cardinality(types) > 0 THEN
+RETURN QUERY
 SELECT 'types', format_type(t.oid, NULL), jsonb_strip_nulls(jsonb_build_object(
         'kind', CASE t.typtype WHEN 'e' THEN 'enum' WHEN 'c' THEN 'composite'
                                WHEN 'd' THEN 'domain' WHEN 'r' THEN 'range'
@@ -229,13 +333,17 @@ SELECT 'types', format_type(t.oid, NULL), jsonb_strip_nulls(jsonb_build_object(
                     WHERE g.rngtypid = t.oid),
         'acl', (SELECT jsonb_agg(a::text ORDER BY a::text) FROM unnest(t.typacl) a))),
        'pg_type'::regclass::oid, t.oid, NULL::oid
-FROM unnest(types) x JOIN pg_type t ON t.oid = x JOIN ns ON ns.oid = t.typnamespace
-WHERE t.typtype IN ('b', 'e', 'c', 'd', 'r')
+FROM unnest(types) x JOIN pg_type t ON t.oid = x
+JOIN pg_namespace n ON n.oid = t.typnamespace
+WHERE migrate.schema_is_described(n, schemas)
+  AND t.typtype IN ('b', 'e', 'c', 'd', 'r')
   AND NOT (t.typtype = 'b' AND t.typcategory = 'A')
   AND (t.typtype <> 'c' OR (SELECT c.relkind FROM pg_class c WHERE c.oid = t.typrelid) = 'c')
   AND NOT EXISTS (SELECT 1 FROM pg_depend d
-                  WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid AND d.deptype = 'e')
-UNION ALL
+                  WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid AND d.deptype = 'e');
+END IF;
+IF cardinality(functions) > 0 THEN
+RETURN QUERY
 SELECT 'functions', p.oid::regprocedure::text, jsonb_strip_nulls(jsonb_build_object(
         'kind', CASE p.prokind WHEN 'f' THEN 'function' WHEN 'p' THEN 'procedure'
                                WHEN 'a' THEN 'aggregate' WHEN 'w' THEN 'window' END,
@@ -246,21 +354,30 @@ SELECT 'functions', p.oid::regprocedure::text, jsonb_strip_nulls(jsonb_build_obj
                       encode(sha256(convert_to(pg_get_functiondef(p.oid), 'UTF8')), 'hex') END,
         'acl', (SELECT jsonb_agg(a::text ORDER BY a::text) FROM unnest(p.proacl) a))),
        'pg_proc'::regclass::oid, p.oid, NULL::oid
-FROM unnest(functions) x JOIN pg_proc p ON p.oid = x JOIN ns ON ns.oid = p.pronamespace
-WHERE NOT EXISTS (SELECT 1 FROM pg_depend d
-                  WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')
-UNION ALL
-SELECT 'schemas', ns.q, jsonb_strip_nulls(jsonb_build_object(
-           'acl', (SELECT jsonb_agg(a::text ORDER BY a::text) FROM unnest(ns.nspacl) a))),
-       'pg_namespace'::regclass::oid, ns.oid, NULL::oid
-FROM unnest(namespaces) x JOIN ns ON ns.oid = x
-UNION ALL
+FROM unnest(functions) x JOIN pg_proc p ON p.oid = x
+JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE migrate.schema_is_described(n, schemas)
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                  WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e');
+END IF;
+IF cardinality(namespaces) > 0 THEN
+RETURN QUERY
+SELECT 'schemas', quote_ident(n.nspname), jsonb_strip_nulls(jsonb_build_object(
+           'acl', (SELECT jsonb_agg(a::text ORDER BY a::text) FROM unnest(n.nspacl) a))),
+       'pg_namespace'::regclass::oid, n.oid, NULL::oid
+FROM unnest(namespaces) x JOIN pg_namespace n ON n.oid = x
+WHERE migrate.schema_is_described(n, schemas);
+END IF;
+IF cardinality(extensions) > 0 THEN
+RETURN QUERY
 SELECT 'extensions', quote_ident(e.extname), jsonb_build_object(
            'version', e.extversion, 'schema', quote_ident(n.nspname)),
        'pg_extension'::regclass::oid, e.oid, NULL::oid
 FROM unnest(extensions) x JOIN pg_extension e ON e.oid = x
 JOIN pg_namespace n ON n.oid = e.extnamespace
-WHERE e.extname <> 'plpgsql'
+WHERE e.extname <> 'plpgsql';
+END IF;
+END
 $describe$;
 
 -- Every object of the database that may be described, by catalog: what describe_objects
@@ -288,26 +405,33 @@ $$;
 
 -- The hash one object adds to a fingerprint: of its kind, identity and description (jsonb's
 -- text form is canonical: keys sorted, one spelling of every value).
+-- Everything qualified and no SET clause, so that the planner inlines it.
 CREATE FUNCTION migrate.object_hash(kind text, identity text, description jsonb)
 RETURNS bytea
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $$ SELECT sha256(convert_to(kind || E'\n' || identity || E'\n' || description::text, 'UTF8')) $$;
+AS $$
+    SELECT pg_catalog.sha256(pg_catalog.convert_to(
+        kind OPERATOR(pg_catalog.||) E'\n' OPERATOR(pg_catalog.||) identity
+        OPERATOR(pg_catalog.||) E'\n' OPERATOR(pg_catalog.||) description::pg_catalog.text, 'UTF8'))
+$$;
 
 -- Objects as a description: {"format": 2, kind: {identity: description}}, with every kind
 -- present (an empty object when there is none of it).
 CREATE FUNCTION migrate.description_of(kinds text[], identities text[], descriptions jsonb[])
 RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+-- PL/pgSQL for its cached plan: every migration calls it twice.
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT jsonb_build_object('format', 2) || jsonb_object_agg(k.kind, coalesce(o.objects, '{}'))
+BEGIN
+    RETURN (SELECT jsonb_build_object('format', 2) || jsonb_object_agg(k.kind, coalesce(o.objects, '{}'))
     FROM unnest(ARRAY['schemas', 'extensions', 'tables', 'views', 'materialized_views',
                       'sequences', 'constraints', 'indexes', 'triggers', 'policies', 'types',
                       'functions']) AS k(kind)
     LEFT JOIN (SELECT x.kind, jsonb_object_agg(x.identity, x.description) AS objects
                FROM unnest(kinds, identities, descriptions) AS x(kind, identity, description)
-               GROUP BY x.kind) o ON o.kind = k.kind
+               GROUP BY x.kind) o ON o.kind = k.kind);
+END
 $$;
 
 CREATE FUNCTION migrate.describe(schemas text[] DEFAULT NULL)

@@ -3,13 +3,17 @@
 -- migrate.diff's rows as one jsonb array: what migrate.history.changes holds.
 CREATE FUNCTION migrate.changes(before jsonb, after jsonb)
 RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+-- PL/pgSQL for its cached plan: every migration calls it.
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT CASE WHEN before IS NOT NULL AND after IS NOT NULL THEN
-        (SELECT coalesce(jsonb_agg(jsonb_strip_nulls(to_jsonb(d))), '[]')
-         FROM migrate.diff(before, after) d)
-    END
+BEGIN
+    IF before IS NULL OR after IS NULL THEN
+        RETURN NULL;
+    END IF;
+    RETURN (SELECT coalesce(jsonb_agg(jsonb_strip_nulls(to_jsonb(d))), '[]')
+            FROM migrate.diff(before, after) d);
+END
 $$;
 
 -- Differences between the schema recorded after the last finished migration (or baseline)

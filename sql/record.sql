@@ -11,14 +11,17 @@
 -- database's (not a restored dump's, not from before pg_upgrade).
 CREATE FUNCTION migrate.schema_is_recorded()
 RETURNS boolean
-LANGUAGE sql STABLE
+-- PL/pgSQL for its cached plan: it runs before every migration.
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT EXISTS (
+BEGIN
+    RETURN EXISTS (
         SELECT FROM migrate.schema_state s
         WHERE s.system_identifier = (SELECT system_identifier FROM pg_control_system())
           AND s.database_oid = (SELECT oid FROM pg_database WHERE datname = current_database())
-          AND s.server_major = current_setting('server_version_num')::int / 10000)
+          AND s.server_major = current_setting('server_version_num')::int / 10000);
+END
 $$;
 
 -- Records the whole schema afresh, and returns its fingerprint. Once per database (the first
@@ -38,6 +41,9 @@ BEGIN
            migrate.object_hash(a.kind, a.identity, a.description)
     FROM migrate.all_objects() a;
     SELECT migrate.hash_sum(coalesce(array_agg(o.hash), '{}')) INTO total FROM migrate.schema_objects o;
+    -- Statistics now, not at autovacuum's leisure: without them the planner takes a table's
+    -- few rows for hundreds and reads all of them, in every migration, under its locks.
+    ANALYZE migrate.schema_objects;
     INSERT INTO migrate.schema_state AS s
         (fingerprint, system_identifier, database_oid, server_major, recorded_at)
     VALUES (total, (SELECT system_identifier FROM pg_control_system()),
@@ -57,6 +63,7 @@ $$;
 CREATE FUNCTION migrate.record_changes(version text, OUT changes jsonb, OUT fingerprint text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     t_class oid[]; t_oid oid[]; t_direct boolean[];
@@ -226,8 +233,11 @@ BEGIN
                                                 coalesce(n_hash, '{}')),
         recorded_at = clock_timestamp()
     RETURNING s.fingerprint INTO fingerprint;
-    changes := migrate.changes(migrate.description_of(o_kind, o_ident, o_desc),
-                               migrate.description_of(n_kind, n_ident, n_desc));
+    -- DDL outside migrations (version NULL) is recorded, not reported: drift() did that.
+    IF version IS NOT NULL THEN
+        changes := migrate.changes(migrate.description_of(o_kind, o_ident, o_desc),
+                                   migrate.description_of(n_kind, n_ident, n_desc));
+    END IF;
 END
 $$;
 

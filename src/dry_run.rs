@@ -48,38 +48,120 @@ struct Report {
     hazards: Vec<String>,
 }
 
-fn snapshot() -> Snapshot {
-    let rows = security::pinned(|| {
-        Spi::connect(|client| {
-            client
-                .select(
-                    "SELECT c.oid, c.oid::regclass::text, c.relkind::text, c.relfilenode, \
-                       pg_stat_get_xact_numscans(c.oid), greatest(c.reltuples, 0)::float8, \
-                       c.relpages::int8 * current_setting('block_size')::int8 \
-                     FROM pg_class c \
-                     WHERE c.relkind IN ('r', 'p', 'm', 'i', 'v', 'S', 'f') \
-                       AND c.relnamespace <> ALL (ARRAY['pg_catalog'::regnamespace, \
-                         'information_schema'::regnamespace, 'pg_toast'::regnamespace, \
-                         'migrate'::regnamespace])",
-                    None,
-                    &[],
-                )?
-                .map(|row| {
-                    let oid: pg_sys::Oid = row.get(1)?.unwrap_or(pg_sys::InvalidOid);
-                    let kind: String = row.get(3)?.unwrap_or_default();
-                    Ok((
-                        oid.to_u32(),
-                        RelState {
-                            name: row.get(2)?.unwrap_or_default(),
-                            kind: kind.chars().next().unwrap_or('?'),
-                            filenode: row.get::<pg_sys::Oid>(4)?.map_or(0, |o| o.to_u32()),
-                            seq_scans: row.get(5)?.unwrap_or(0),
-                            rows: row.get(6)?.unwrap_or(0.0),
-                            bytes: row.get::<i64>(7)?.unwrap_or(0).max(0) as u64,
-                        },
-                    ))
-                })
-                .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+/// `pg_class` before a statement ran, for the relations it turns out to have locked: a
+/// snapshot taken before it, read afterwards. Reading all of `pg_class` before every
+/// statement would make a dry run's cost grow with the schema instead of with what the
+/// script touches.
+struct Before(pg_sys::Snapshot);
+
+impl Before {
+    fn now() -> Before {
+        // SAFETY: in a transaction; the command counter makes the previous statement's
+        // catalog changes part of the snapshot, which is registered with the current
+        // resource owner until dropped (or the transaction ends).
+        unsafe {
+            pg_sys::CommandCounterIncrement();
+            Before(pg_sys::RegisterSnapshot(pg_sys::GetTransactionSnapshot()))
+        }
+    }
+}
+
+impl Drop for Before {
+    fn drop(&mut self) {
+        // SAFETY: registered in `now`, with the resource owner that is current again here
+        // (the statement's subtransaction has ended).
+        unsafe { pg_sys::UnregisterSnapshot(self.0) }
+    }
+}
+
+const REL_STATES: &str = "SELECT c.oid, c.oid::regclass::text, c.relkind::text, c.relfilenode, \
+       pg_stat_get_xact_numscans(c.oid), greatest(c.reltuples, 0)::float8, \
+       c.relpages::int8 * current_setting('block_size')::int8 \
+     FROM pg_class c \
+     WHERE c.oid = ANY ($1) AND c.relkind IN ('r', 'p', 'm', 'i', 'v', 'S', 'f') \
+       AND c.relnamespace <> ALL (ARRAY['pg_catalog'::regnamespace, \
+         'information_schema'::regnamespace, 'pg_toast'::regnamespace, \
+         'migrate'::regnamespace])";
+
+/// `pg_class` for `oids`: now, or as of `before` (scan counts are not versioned: the
+/// caller knows what they were).
+fn snapshot(oids: &[u32], before: Option<&Before>) -> Snapshot {
+    let oids: Vec<pg_sys::Oid> = oids.iter().map(|&o| pg_sys::Oid::from(o)).collect();
+    let rows = security::pinned(|| -> Result<Vec<(u32, RelState)>, pgrx::spi::Error> {
+        pgrx::Spi::connect(|_client| {
+            // SAFETY: SPI is connected for this closure; the plan and its result are read
+            // before it ends; `before` holds a registered snapshot. Every column is read as
+            // the type the query gives it.
+            unsafe {
+                let query = std::ffi::CString::new(REL_STATES).expect("no NUL in the query");
+                let mut types = [pg_sys::OIDARRAYOID];
+                let plan = pg_sys::SPI_prepare(query.as_ptr(), 1, types.as_mut_ptr());
+                if plan.is_null() {
+                    Problem::new(
+                        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                        "SPI could not prepare the dry run's query of pg_class",
+                        "pg_migrate's own query of pg_class was refused.",
+                        "Report this as a pg_migrate bug.",
+                    )
+                    .raise();
+                }
+                let mut values = [oids.into_datum().expect("an array is a datum")];
+                let nulls = [b' ' as std::ffi::c_char];
+                let (snapshot, read_only) = match before {
+                    Some(b) => (b.0, true),
+                    None => (std::ptr::null_mut(), false),
+                };
+                pg_sys::SPI_execute_snapshot(
+                    plan,
+                    values.as_mut_ptr(),
+                    nulls.as_ptr(),
+                    snapshot,
+                    std::ptr::null_mut(),
+                    read_only,
+                    false,
+                    0,
+                );
+                let table = pg_sys::SPI_tuptable;
+                let mut out = Vec::new();
+                if !table.is_null() {
+                    let desc = (*table).tupdesc;
+                    for i in 0..pg_sys::SPI_processed as usize {
+                        let tuple = *(*table).vals.add(i);
+                        let get = |n: i32| {
+                            let mut null = false;
+                            let d = pg_sys::SPI_getbinval(tuple, desc, n, &mut null);
+                            (d, null)
+                        };
+                        let (d, n) = get(1);
+                        let oid = pg_sys::Oid::from_datum(d, n).unwrap_or(pg_sys::InvalidOid);
+                        let (d, n) = get(2);
+                        let name = String::from_datum(d, n).unwrap_or_default();
+                        let (d, n) = get(3);
+                        let kind = String::from_datum(d, n).unwrap_or_default();
+                        let (d, n) = get(4);
+                        let filenode = pg_sys::Oid::from_datum(d, n).map_or(0, |o| o.to_u32());
+                        let (d, n) = get(5);
+                        let seq_scans = i64::from_datum(d, n).unwrap_or(0);
+                        let (d, n) = get(6);
+                        let rows = f64::from_datum(d, n).unwrap_or(0.0);
+                        let (d, n) = get(7);
+                        let bytes = i64::from_datum(d, n).unwrap_or(0).max(0) as u64;
+                        out.push((
+                            oid.to_u32(),
+                            RelState {
+                                name,
+                                kind: kind.chars().next().unwrap_or('?'),
+                                filenode,
+                                seq_scans,
+                                rows,
+                                bytes,
+                            },
+                        ));
+                    }
+                }
+                pg_sys::SPI_freeplan(plan);
+                Ok(out)
+            }
         })
     })
     .or_bookkeeping("read pg_class for the dry run");
@@ -182,8 +264,8 @@ fn dry_run_script(
     let outcome = subxact::rolled_back(|| {
         apply::with_running(running, || {
             let mut out = Vec::new();
-            let mut before = snapshot();
             let mut held = held_locks();
+            let mut before = snapshot(&held.keys().copied().collect::<Vec<_>>(), None);
             for (statement, tree) in &trees {
                 pgrx::check_for_interrupts!();
                 let (phase, kind) = phase_of(statement.number);
@@ -249,6 +331,7 @@ fn dry_run_script(
                     continue;
                 }
                 let log_mark = last_log_id();
+                let as_of = Before::now();
                 let started = Instant::now();
                 let result = subxact::run(|| {
                     timeouts::with_limits(limits, || {
@@ -278,8 +361,21 @@ fn dry_run_script(
                 if let Some(e) = &report.error {
                     report.hazards.push(format!("fails: {e}"));
                 }
-                let after = snapshot();
                 let now_held = held_locks();
+                let locked: Vec<u32> = now_held.keys().copied().collect();
+                let after = snapshot(&locked, None);
+                // What it locked anew, as it was before: no earlier statement (of this
+                // transaction) locked it, so none scanned it either.
+                let fresh: Vec<u32> = locked
+                    .iter()
+                    .copied()
+                    .filter(|o| !before.contains_key(o))
+                    .collect();
+                for (oid, mut state) in snapshot(&fresh, Some(&as_of)) {
+                    state.seq_scans = 0;
+                    before.insert(oid, state);
+                }
+                drop(as_of);
                 report.objects = logged_objects(log_mark);
                 measure(
                     &mut report,

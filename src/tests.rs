@@ -311,8 +311,9 @@ CREATE TABLE b (
             Some(
                 "all_objects apply assert_safe backfill baseline cancel cancel changes \
                  current_version describe describe_objects description_of diff dry_run \
-                 fingerprint fingerprint_of hash_sum lint object_hash pause recorded_schema \
-                 resume retry rule_catalog validate verify version_key wait"
+                 fingerprint fingerprint_of hash_sum lint nulls_not_distinct object_hash pause \
+                 recorded_schema resume retry rule_catalog schema_is_described validate verify \
+                 version_key wait"
             )
         );
         assert_eq!(
