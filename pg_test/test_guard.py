@@ -121,6 +121,34 @@ def shop(cluster):
     drop_shop(cluster, name)
 
 
+@pytest.fixture(scope="module")
+def unanalysed_shop(cluster):
+    """The same shop as if never vacuumed nor analysed (reltuples = -1, relpages = 0, what
+    a table loaded since its last ANALYZE shows), and kept so: the guard must measure every
+    relation it judges, never take missing statistics for an empty table."""
+    name = build_shop(cluster, "guard_shop_unanalysed")
+    with cluster.connect(name) as c:
+        c.execute("""DO $$ DECLARE r regclass; BEGIN
+            FOR r IN SELECT c.oid FROM pg_class c
+                     WHERE c.relnamespace IN ('public'::regnamespace, 'archive'::regnamespace)
+                       AND c.relkind IN ('r', 'm') LOOP
+                EXECUTE format('ALTER TABLE %s SET (autovacuum_enabled = off)', r);
+            END LOOP; END $$""")
+        c.execute("""UPDATE pg_class SET reltuples = -1, relpages = 0, relallvisible = 0
+                     WHERE relnamespace IN ('public'::regnamespace, 'archive'::regnamespace)
+                       AND relkind IN ('r', 'm', 'p', 'i')""")
+        assert c.execute("SELECT reltuples FROM pg_class WHERE oid = 'orders'::regclass").fetchone()[0] == -1
+    yield name
+    drop_shop(cluster, name)
+
+
+def in_shop(sql, name):
+    """A case written for guard_shop, for the shop called `name`."""
+    if isinstance(sql, list):
+        return [in_shop(s, name) for s in sql]
+    return sql.replace("guard_shop", name)
+
+
 @pytest.fixture
 def own_shop(cluster, request):
     name = build_shop(cluster, "shop_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:40])
@@ -230,6 +258,11 @@ def test_each_rule_blocks(cluster, shop, sql, rule):
     assert verdict(cluster, shop, sql) == rule
 
 
+@pytest.mark.parametrize("sql,rule", BLOCKED, ids=[r + ":" + (s if isinstance(s, str) else s[-1])[:40] for s, r in BLOCKED])
+def test_each_rule_blocks_on_tables_never_analysed(cluster, unanalysed_shop, sql, rule):
+    assert verdict(cluster, unanalysed_shop, in_shop(sql, unanalysed_shop)) == rule
+
+
 def test_type_change_to_timestamptz_depends_on_the_session_timezone(cluster, shop):
     change = "ALTER TABLE orders ALTER COLUMN placed TYPE timestamptz"
     assert verdict(cluster, shop, change, ["SET TimeZone = 'America/New_York'"]) == "alter-column-type-rewrite"
@@ -317,6 +350,11 @@ ALLOWED = [
 @pytest.mark.parametrize("sql", ALLOWED, ids=[(s if isinstance(s, str) else s[0])[:50] for s in ALLOWED])
 def test_safe_neighbours_are_allowed(cluster, shop, sql):
     assert verdict(cluster, shop, sql) is None
+
+
+@pytest.mark.parametrize("sql", ALLOWED, ids=[(s if isinstance(s, str) else s[0])[:50] for s in ALLOWED])
+def test_safe_neighbours_are_allowed_on_tables_never_analysed(cluster, unanalysed_shop, sql):
+    assert verdict(cluster, unanalysed_shop, in_shop(sql, unanalysed_shop)) is None
 
 
 def test_concurrent_forms_run_outside_a_transaction(cluster, own_shop):

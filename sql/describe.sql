@@ -37,19 +37,17 @@ END
 $nnd$;
 
 -- Whether objects in this schema are described: with `schemas`, those named; otherwise all
--- but system schemas, pg_migrate's own (its history changes with every apply) and
--- extensions' own. Simple enough for the planner to inline into each query.
-CREATE FUNCTION migrate.schema_is_described(n pg_catalog.pg_namespace, schemas text[])
+-- but system schemas, pg_migrate's own (its history changes with every apply) and the
+-- extensions' own (`extension_schemas`). No subquery, so that the planner inlines it.
+CREATE FUNCTION migrate.schema_is_described(n pg_catalog.pg_namespace, schemas text[],
+                                            extension_schemas oid[])
 RETURNS boolean
-LANGUAGE sql STABLE
+LANGUAGE sql IMMUTABLE
 AS $$
     SELECT CASE WHEN schemas IS NULL THEN
         n.nspname OPERATOR(pg_catalog.<>) ALL ('{pg_catalog,information_schema,migrate}'::pg_catalog.name[])
         AND n.nspname OPERATOR(pg_catalog.!~) '^pg_(toast|temp_|toast_temp_)'
-        AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d
-                        WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_namespace'::pg_catalog.regclass
-                          AND d.objid OPERATOR(pg_catalog.=) n.oid
-                          AND d.deptype OPERATOR(pg_catalog.=) 'e')
+        AND n.oid OPERATOR(pg_catalog.<>) ALL (extension_schemas)
     ELSE n.nspname OPERATOR(pg_catalog.=) ANY (schemas::pg_catalog.name[]) END
 $$;
 
@@ -79,17 +77,13 @@ SET quote_all_identifiers = off
 SET standard_conforming_strings = on
 AS $describe$
 #variable_conflict use_column
+DECLARE
+    -- Schemas that extensions own: a handful, read once per call.
+    extension_schemas oid[] := ARRAY(SELECT d.objid FROM pg_depend d
+                                     WHERE d.classid = 'pg_namespace'::regclass
+                                       AND d.deptype = 'e');
 BEGIN
--- Each object once, however often it was asked for.
-relations := ARRAY(SELECT DISTINCT unnest(relations));
-indexes := ARRAY(SELECT DISTINCT unnest(indexes));
-constraints := ARRAY(SELECT DISTINCT unnest(constraints));
-triggers := ARRAY(SELECT DISTINCT unnest(triggers));
-policies := ARRAY(SELECT DISTINCT unnest(policies));
-types := ARRAY(SELECT DISTINCT unnest(types));
-functions := ARRAY(SELECT DISTINCT unnest(functions));
-namespaces := ARRAY(SELECT DISTINCT unnest(namespaces));
-extensions := ARRAY(SELECT DISTINCT unnest(extensions));
+-- Each object is asked for once (callers pass distinct OIDs).
 IF cardinality(relations) > 0 THEN
 RETURN QUERY
 WITH rel AS MATERIALIZED (
@@ -100,7 +94,7 @@ WITH rel AS MATERIALIZED (
     JOIN pg_class c ON c.oid = w.oid
     JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S')
-      AND migrate.schema_is_described(n, schemas)
+      AND migrate.schema_is_described(n, schemas, extension_schemas)
       AND NOT EXISTS (SELECT 1 FROM pg_depend d
                       WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
                         AND d.deptype = 'e')
@@ -179,7 +173,7 @@ WITH rel AS MATERIALIZED (
     JOIN pg_class c ON c.oid = w.oid
     JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S')
-      AND migrate.schema_is_described(n, schemas)
+      AND migrate.schema_is_described(n, schemas, extension_schemas)
       AND NOT EXISTS (SELECT 1 FROM pg_depend d
                       WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
                         AND d.deptype = 'e')
@@ -204,7 +198,7 @@ WITH rel AS MATERIALIZED (
     JOIN pg_class c ON c.oid = w.oid
     JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S')
-      AND migrate.schema_is_described(n, schemas)
+      AND migrate.schema_is_described(n, schemas, extension_schemas)
       AND NOT EXISTS (SELECT 1 FROM pg_depend d
                       WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
                         AND d.deptype = 'e')
@@ -262,7 +256,7 @@ WITH rel AS MATERIALIZED (
     JOIN pg_class c ON c.oid = w.oid
     JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S')
-      AND migrate.schema_is_described(n, schemas)
+      AND migrate.schema_is_described(n, schemas, extension_schemas)
       AND NOT EXISTS (SELECT 1 FROM pg_depend d
                       WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
                         AND d.deptype = 'e')
@@ -286,7 +280,7 @@ WITH rel AS MATERIALIZED (
     JOIN pg_class c ON c.oid = w.oid
     JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S')
-      AND migrate.schema_is_described(n, schemas)
+      AND migrate.schema_is_described(n, schemas, extension_schemas)
       AND NOT EXISTS (SELECT 1 FROM pg_depend d
                       WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
                         AND d.deptype = 'e')
@@ -335,7 +329,7 @@ SELECT 'types', format_type(t.oid, NULL), jsonb_strip_nulls(jsonb_build_object(
        'pg_type'::regclass::oid, t.oid, NULL::oid
 FROM unnest(types) x JOIN pg_type t ON t.oid = x
 JOIN pg_namespace n ON n.oid = t.typnamespace
-WHERE migrate.schema_is_described(n, schemas)
+WHERE migrate.schema_is_described(n, schemas, extension_schemas)
   AND t.typtype IN ('b', 'e', 'c', 'd', 'r')
   AND NOT (t.typtype = 'b' AND t.typcategory = 'A')
   AND (t.typtype <> 'c' OR (SELECT c.relkind FROM pg_class c WHERE c.oid = t.typrelid) = 'c')
@@ -356,7 +350,7 @@ SELECT 'functions', p.oid::regprocedure::text, jsonb_strip_nulls(jsonb_build_obj
        'pg_proc'::regclass::oid, p.oid, NULL::oid
 FROM unnest(functions) x JOIN pg_proc p ON p.oid = x
 JOIN pg_namespace n ON n.oid = p.pronamespace
-WHERE migrate.schema_is_described(n, schemas)
+WHERE migrate.schema_is_described(n, schemas, extension_schemas)
   AND NOT EXISTS (SELECT 1 FROM pg_depend d
                   WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e');
 END IF;
@@ -366,7 +360,7 @@ SELECT 'schemas', quote_ident(n.nspname), jsonb_strip_nulls(jsonb_build_object(
            'acl', (SELECT jsonb_agg(a::text ORDER BY a::text) FROM unnest(n.nspacl) a))),
        'pg_namespace'::regclass::oid, n.oid, NULL::oid
 FROM unnest(namespaces) x JOIN pg_namespace n ON n.oid = x
-WHERE migrate.schema_is_described(n, schemas);
+WHERE migrate.schema_is_described(n, schemas, extension_schemas);
 END IF;
 IF cardinality(extensions) > 0 THEN
 RETURN QUERY

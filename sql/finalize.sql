@@ -77,7 +77,7 @@ GRANT EXECUTE ON FUNCTION
     migrate.description_of(text[], text[], jsonb[]),
     migrate.hash_sum(bytea[]),
     migrate.nulls_not_distinct(pg_catalog.pg_index),
-    migrate.schema_is_described(pg_catalog.pg_namespace, text[]),
+    migrate.schema_is_described(pg_catalog.pg_namespace, text[], oid[]),
     migrate.diff(jsonb, jsonb),
     migrate.changes(jsonb, jsonb),
     migrate.dry_run(text, text[], text),

@@ -168,21 +168,25 @@ BEGIN
         UNION ALL
         SELECT 'constraint', c.oid FROM m JOIN pg_constraint c ON c.conrelid = m.oid WHERE m.what = 'whole'
         UNION ALL
-        SELECT 'trigger', g.oid FROM m JOIN pg_trigger g ON g.tgrelid = m.oid WHERE m.what = 'whole'
+        -- Not the internal ones: a table referenced by thousands of foreign keys has
+        -- thousands of them, and they are not described.
+        SELECT 'trigger', g.oid FROM m JOIN pg_trigger g ON g.tgrelid = m.oid
+        WHERE m.what = 'whole' AND NOT g.tgisinternal
         UNION ALL
         SELECT 'policy', p.oid FROM m JOIN pg_policy p ON p.polrelid = m.oid WHERE m.what = 'whole'
     ),
     a AS (SELECT * FROM m UNION SELECT * FROM children)
-    SELECT array_agg(a.oid) FILTER (WHERE a.what = 'whole'),
-           array_agg(a.oid) FILTER (WHERE a.what IN ('whole', 'relation')),
-           array_agg(a.oid) FILTER (WHERE a.what = 'index'),
-           array_agg(a.oid) FILTER (WHERE a.what = 'constraint'),
-           array_agg(a.oid) FILTER (WHERE a.what = 'trigger'),
-           array_agg(a.oid) FILTER (WHERE a.what = 'policy'),
-           array_agg(a.oid) FILTER (WHERE a.what = 'type'),
-           array_agg(a.oid) FILTER (WHERE a.what = 'function'),
-           array_agg(a.oid) FILTER (WHERE a.what = 'schema'),
-           array_agg(a.oid) FILTER (WHERE a.what = 'extension')
+    -- Each once: describe_objects takes distinct OIDs.
+    SELECT array_agg(DISTINCT a.oid) FILTER (WHERE a.what = 'whole'),
+           array_agg(DISTINCT a.oid) FILTER (WHERE a.what IN ('whole', 'relation')),
+           array_agg(DISTINCT a.oid) FILTER (WHERE a.what = 'index'),
+           array_agg(DISTINCT a.oid) FILTER (WHERE a.what = 'constraint'),
+           array_agg(DISTINCT a.oid) FILTER (WHERE a.what = 'trigger'),
+           array_agg(DISTINCT a.oid) FILTER (WHERE a.what = 'policy'),
+           array_agg(DISTINCT a.oid) FILTER (WHERE a.what = 'type'),
+           array_agg(DISTINCT a.oid) FILTER (WHERE a.what = 'function'),
+           array_agg(DISTINCT a.oid) FILTER (WHERE a.what = 'schema'),
+           array_agg(DISTINCT a.oid) FILTER (WHERE a.what = 'extension')
     INTO whole, rels, idx, cons, trgs, pols, typs, funs, nsps, exts
     FROM a;
 

@@ -168,6 +168,33 @@ fn snapshot(oids: &[u32], before: Option<&Before>) -> Snapshot {
     rows.into_iter().collect()
 }
 
+/// This backend's count of sequential scans not yet reported, per table that has one: it
+/// includes earlier transactions' until the backend reports them, so it is the baseline a
+/// statement's scans are counted from. One pass over the tables, once per dry run.
+fn scan_counts() -> HashMap<u32, i64> {
+    let rows: Vec<(pg_sys::Oid, i64)> = security::pinned(|| {
+        Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT c.oid, n FROM pg_class c, \
+                       LATERAL (SELECT pg_stat_get_xact_numscans(c.oid) AS n) s \
+                     WHERE c.relkind IN ('r', 'm') AND n > 0",
+                    None,
+                    &[],
+                )?
+                .map(|row| {
+                    Ok((
+                        row.get(1)?.unwrap_or(pg_sys::InvalidOid),
+                        row.get(2)?.unwrap_or(0),
+                    ))
+                })
+                .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+        })
+    })
+    .or_bookkeeping("read scan counts for the dry run");
+    rows.into_iter().map(|(o, n)| (o.to_u32(), n)).collect()
+}
+
 /// The relation locks this backend holds, strongest mode per relation.
 fn held_locks() -> HashMap<u32, LockMode> {
     let rows: Vec<(pg_sys::Oid, String)> = security::pinned(|| {
@@ -266,6 +293,7 @@ fn dry_run_script(
             let mut out = Vec::new();
             let mut held = held_locks();
             let mut before = snapshot(&held.keys().copied().collect::<Vec<_>>(), None);
+            let mut scans = scan_counts();
             for (statement, tree) in &trees {
                 pgrx::check_for_interrupts!();
                 let (phase, kind) = phase_of(statement.number);
@@ -364,18 +392,20 @@ fn dry_run_script(
                 let now_held = held_locks();
                 let locked: Vec<u32> = now_held.keys().copied().collect();
                 let after = snapshot(&locked, None);
-                // What it locked anew, as it was before: no earlier statement (of this
-                // transaction) locked it, so none scanned it either.
+                // What it locked anew, as it was before. Scan counts are not versioned:
+                // the last one seen stands (a statement that scanned a table took a lock,
+                // and was seen then, unless it failed and released it).
                 let fresh: Vec<u32> = locked
                     .iter()
                     .copied()
                     .filter(|o| !before.contains_key(o))
                     .collect();
                 for (oid, mut state) in snapshot(&fresh, Some(&as_of)) {
-                    state.seq_scans = 0;
+                    state.seq_scans = scans.get(&oid).copied().unwrap_or(0);
                     before.insert(oid, state);
                 }
                 drop(as_of);
+                scans.extend(after.iter().map(|(oid, s)| (*oid, s.seq_scans)));
                 report.objects = logged_objects(log_mark);
                 measure(
                     &mut report,

@@ -134,6 +134,7 @@ fn run_batch(job: &Job, table: &str) {
                     .map(|t| t.len() as i64)
             })?;
             let took = started.elapsed();
+            let writers_waited = writers_waiting()?;
             job::record_batch(
                 job.id,
                 &Batch {
@@ -144,7 +145,8 @@ fn run_batch(job: &Job, table: &str) {
                         job.batch_size,
                         took,
                         job.batch_time,
-                        job.bounds,
+                        job.bounds.for_table(job.rows_estimated),
+                        writers_waited,
                     ),
                     rate: throttle::rate(job.rows_per_second, scanned, took, job.pause),
                     pause: job.pause,
@@ -156,6 +158,19 @@ fn run_batch(job: &Job, table: &str) {
     if let Err(error) = ran {
         failed(job, error);
     }
+}
+
+/// Whether other sessions are waiting, as the batch ends, for locks this transaction holds:
+/// writers that touched the batch's rows wait for its commit, and the next batch shrinks.
+fn writers_waiting() -> Result<bool, pgrx::spi::Error> {
+    crate::security::pinned(|| {
+        Spi::get_one::<bool>(
+            "SELECT EXISTS (SELECT FROM pg_locks w WHERE NOT w.granted \
+                              AND w.pid <> pg_backend_pid() \
+                              AND pg_backend_pid() = ANY (pg_blocking_pids(w.pid)))",
+        )
+    })
+    .map(|waiting| waiting.unwrap_or(false))
 }
 
 /// Where the batch ends (inclusive for keys, exclusive for pages) and how many keys it walks.

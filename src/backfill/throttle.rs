@@ -16,12 +16,40 @@ impl Bounds {
     }
 }
 
+/// The share of a table's rows one batch may lock. A writer updating a random row waits
+/// only if the batch under way holds it: with batches of at most 0.5% of the table (0.25% held
+/// on average while one runs), fewer than 1 in 100 writes can wait at all, so the writers'
+/// 99th percentile is not a batch's duration.
+pub const TABLE_SHARE: f64 = 0.005;
+
+impl Bounds {
+    /// These bounds with the largest batch at most `TABLE_SHARE` of a table of `rows` rows
+    /// (never below the smallest).
+    pub fn for_table(self, rows: i64) -> Bounds {
+        let share = (rows.max(0) as f64 * TABLE_SHARE).round() as i64;
+        Bounds {
+            min: self.min,
+            max: share.clamp(self.min as i64, self.max as i64) as i32,
+        }
+    }
+}
+
 /// The size after a batch of `size` rows took `took`: proportional to how far it was from
 /// `target`, but at most halved or doubled at once, so one odd batch (a checkpoint, a cold
-/// cache) does not swing it.
-pub fn after_batch(size: i32, took: Duration, target: Duration, bounds: Bounds) -> i32 {
+/// cache) does not swing it. When writers were waiting for the batch's rows as it ended, it
+/// was too long for them whatever the target: the next is at most half as big.
+pub fn after_batch(
+    size: i32,
+    took: Duration,
+    target: Duration,
+    bounds: Bounds,
+    writers_waited: bool,
+) -> i32 {
     let took = took.as_secs_f64().max(1e-4);
-    let factor = (target.as_secs_f64() / took).clamp(0.5, 2.0);
+    let mut factor = (target.as_secs_f64() / took).clamp(0.5, 2.0);
+    if writers_waited {
+        factor = factor.min(0.5);
+    }
     bounds.clamp(size as f64 * factor)
 }
 
@@ -75,25 +103,39 @@ mod unit {
 
     #[test]
     fn fast_batches_grow_and_slow_ones_shrink_within_bounds() {
+        let after = |size, ms| after_batch(size, Duration::from_millis(ms), TARGET, B, false);
+        assert_eq!(after(1_000, 100), 2_000);
+        assert_eq!(after(1_000, 10), 2_000);
+        assert_eq!(after(1_000, 250), 800);
+        assert_eq!(after(1_000, 5_000), 500);
+        assert_eq!(after(8_000, 50), 10_000);
+        assert_eq!(after(150, 1_000), 100);
+        assert_eq!(after(1_000, 0), 2_000);
+    }
+
+    #[test]
+    fn writers_waiting_for_a_batch_halve_the_next_whatever_its_time() {
+        let fast = Duration::from_millis(10);
+        assert_eq!(after_batch(1_000, fast, TARGET, B, true), 500);
+        assert_eq!(after_batch(150, fast, TARGET, B, true), 100);
         assert_eq!(
-            after_batch(1_000, Duration::from_millis(100), TARGET, B),
-            2_000
+            after_batch(1_000, Duration::from_secs(5), TARGET, B, true),
+            500
         );
+    }
+
+    #[test]
+    fn a_batch_locks_at_most_half_a_percent_of_the_table() {
         assert_eq!(
-            after_batch(1_000, Duration::from_millis(10), TARGET, B),
-            2_000
+            B.for_table(1_000_000),
+            Bounds {
+                min: 100,
+                max: 5_000
+            }
         );
-        assert_eq!(
-            after_batch(1_000, Duration::from_millis(250), TARGET, B),
-            800
-        );
-        assert_eq!(after_batch(1_000, Duration::from_secs(5), TARGET, B), 500);
-        assert_eq!(
-            after_batch(8_000, Duration::from_millis(50), TARGET, B),
-            10_000
-        );
-        assert_eq!(after_batch(150, Duration::from_secs(1), TARGET, B), 100);
-        assert_eq!(after_batch(1_000, Duration::ZERO, TARGET, B), 2_000);
+        assert_eq!(B.for_table(100_000_000), B);
+        assert_eq!(B.for_table(1_000), Bounds { min: 100, max: 100 });
+        assert_eq!(B.for_table(-1), Bounds { min: 100, max: 100 });
     }
 
     #[test]
