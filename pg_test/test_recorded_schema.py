@@ -191,3 +191,81 @@ def test_a_restored_record_compares_but_is_recorded_afresh(cluster, base, tmp_pa
             assert_recorded_is_live(c, "2", "a migration after a restore")
     finally:
         cluster.drop_database(copy)
+
+
+CLONES = """
+    CREATE TABLE regions (id int PRIMARY KEY, name text) PARTITION BY RANGE (id);
+    CREATE TABLE regions_1 PARTITION OF regions FOR VALUES FROM (0) TO (100);
+    CREATE TABLE shops (id int PRIMARY KEY, region int REFERENCES regions);
+    CREATE TABLE sales (id int, at date NOT NULL) PARTITION BY RANGE (at);
+    CREATE TABLE sales_2025 PARTITION OF sales FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+    CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';
+    CREATE FUNCTION is_even(int) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT $1 % 2 = 0';
+    CREATE DOMAIN even AS int CHECK (is_even(VALUE));
+    CREATE TABLE uses_even (id int, e even);
+    CREATE SEQUENCE numbers;
+    CREATE TABLE numbered (id int DEFAULT nextval('numbers'), v int);
+    CREATE FUNCTION spare() RETURNS int LANGUAGE sql AS 'SELECT 1';
+    CREATE TABLE small (id int PRIMARY KEY, v int);
+    CREATE INDEX small_v ON small (v);
+"""
+
+# What PostgreSQL does to objects other than those the command names: clones onto partitions,
+# cascaded drops of defaults and domain constraints, extension membership, swapped OIDs.
+CLONE_STEPS = [
+    "CREATE TABLE regions_2 PARTITION OF regions FOR VALUES FROM (100) TO (200)",  # an FK clone on shops
+    "CREATE TRIGGER sales_touch BEFORE UPDATE ON sales FOR EACH ROW EXECUTE FUNCTION touch()",  # on sales_2025 too
+    "ALTER TRIGGER sales_touch ON sales RENAME TO sales_touched",
+    "CREATE TABLE sales_2026 PARTITION OF sales FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')",
+    "DROP SEQUENCE numbers CASCADE",  # numbered.id loses its default
+    "DROP FUNCTION is_even(int) CASCADE",  # even loses its check
+    "CREATE EXTENSION citext",
+    "ALTER EXTENSION citext DROP FUNCTION citext(character)",  # now a user function
+    "ALTER EXTENSION citext ADD FUNCTION spare()",  # now the extension's
+    "ALTER TABLE sales DETACH PARTITION sales_2025",
+]
+
+
+def test_what_postgresql_does_unasked_is_recorded_too(cluster, conn):
+    conn.execute("SET migrate.guard = off")
+    conn.execute(CLONES)
+    conn.execute("SELECT migrate.apply('0', 'CREATE TABLE first (id int)')")
+    assert_recorded_is_live(conn, "0", "the first migration")
+    for i, step in enumerate(CLONE_STEPS, start=1):
+        conn.execute("SELECT migrate.apply(%s, %s)", (str(i), step))
+        assert_recorded_is_live(conn, str(i), step)
+    # REINDEX CONCURRENTLY swaps the index's OID and reports nothing; a later drop of it
+    # must still remove its row.
+    conn.execute("SELECT migrate.apply('20', 'REINDEX INDEX CONCURRENTLY small_v')")
+    wait_until(lambda: conn.execute("SELECT status FROM migrate.history WHERE version = '20'").fetchone()[0] == "applied")
+    conn.execute("SELECT migrate.apply('21', 'DROP INDEX small_v')")
+    assert_recorded_is_live(conn, "21", "DROP INDEX after REINDEX CONCURRENTLY")
+
+
+def test_what_no_event_reports_is_drift_until_recorded_afresh(cluster, conn, db):
+    conn.execute("DROP ROLE IF EXISTS recorded_reader_old")
+    conn.execute("DROP ROLE IF EXISTS recorded_reader_new")
+    conn.execute("CREATE ROLE recorded_reader_old")
+    try:
+        conn.execute("SELECT migrate.apply('1', 'CREATE TABLE t (id int); GRANT SELECT ON t TO recorded_reader_old')")
+        conn.execute("ALTER ROLE recorded_reader_old RENAME TO recorded_reader_new")  # no event trigger fires
+        drift = conn.execute("SELECT kind, object, attribute FROM migrate.drift()").fetchall()
+        assert drift == [("tables", "public.t", "acl")]
+        fp = conn.execute("SELECT migrate.record_schema()").fetchone()[0]
+        assert fp == conn.execute("SELECT migrate.fingerprint()").fetchone()[0]
+        assert conn.execute("SELECT count(*) FROM migrate.drift()").fetchone()[0] == 0
+        # Admins only.
+        conn.execute("DROP ROLE IF EXISTS recorded_nobody")
+        conn.execute("CREATE ROLE recorded_nobody LOGIN")
+        with cluster.connect(db, user="recorded_nobody") as nobody:
+            try:
+                nobody.execute("SELECT migrate.record_schema()")
+                raise AssertionError("a non-admin recorded the schema")
+            except Exception as e:  # psycopg.Error
+                assert getattr(e, "sqlstate", None) == "42501", e
+    finally:
+        conn.execute("SET migrate.guard = off")
+        conn.execute("DROP TABLE IF EXISTS t")
+        conn.execute("DROP OWNED BY recorded_reader_new")
+        conn.execute("DROP ROLE IF EXISTS recorded_reader_new")
+        conn.execute("DROP ROLE IF EXISTS recorded_nobody")

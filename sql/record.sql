@@ -66,7 +66,8 @@ SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
-    t_class oid[]; t_oid oid[]; t_direct boolean[];
+    t_class oid[]; t_oid oid[]; t_direct boolean[]; t_recurses boolean[];
+    d_kind text[]; d_ident text[];
     whole oid[]; rels oid[]; idx oid[]; cons oid[]; trgs oid[]; pols oid[];
     typs oid[]; funs oid[]; nsps oid[]; exts oid[];
     o_kind text[]; o_ident text[]; o_desc jsonb[]; o_hash bytea[];
@@ -76,13 +77,32 @@ BEGIN
     -- What the DDL touched; and when it renamed or moved something, everything that depends
     -- on that, transitively (a schema's tables, their indexes, the columns of other tables
     -- of a type in it).
-    WITH q AS (
-        DELETE FROM migrate.schema_queue q WHERE q.migration_version IS NOT DISTINCT FROM version
-        RETURNING q.classid, q.objid, q.renamed),
-    t AS (SELECT q.classid, q.objid, bool_or(q.renamed) AS renamed FROM q GROUP BY 1, 2)
-    SELECT array_agg(t.classid), array_agg(t.objid), array_agg(t.renamed)
-    INTO t_class, t_oid, t_direct
-    FROM t;
+    -- (Two statements, so that each can use the index on migration_version.)
+    IF version IS NULL THEN
+        WITH q AS (
+            DELETE FROM migrate.schema_queue q WHERE q.migration_version IS NULL
+            RETURNING q.*),
+        t AS (SELECT q.classid, q.objid, bool_or(q.renamed) AS renamed,
+                     bool_or(q.recurses) AS recurses,
+                     max(q.object_type) AS object_type, max(q.object_identity) AS object_identity
+              FROM q GROUP BY 1, 2)
+        SELECT array_agg(t.classid), array_agg(t.objid), array_agg(t.renamed),
+               array_agg(t.recurses), array_agg(t.object_type), array_agg(t.object_identity)
+        INTO t_class, t_oid, t_direct, t_recurses, d_kind, d_ident
+        FROM t;
+    ELSE
+        WITH q AS (
+            DELETE FROM migrate.schema_queue q WHERE q.migration_version = version
+            RETURNING q.*),
+        t AS (SELECT q.classid, q.objid, bool_or(q.renamed) AS renamed,
+                     bool_or(q.recurses) AS recurses,
+                     max(q.object_type) AS object_type, max(q.object_identity) AS object_identity
+              FROM q GROUP BY 1, 2)
+        SELECT array_agg(t.classid), array_agg(t.objid), array_agg(t.renamed),
+               array_agg(t.recurses), array_agg(t.object_type), array_agg(t.object_identity)
+        INTO t_class, t_oid, t_direct, t_recurses, d_kind, d_ident
+        FROM t;
+    END IF;
     IF t_class IS NULL THEN
         SELECT s.fingerprint INTO fingerprint FROM migrate.schema_state s;
         changes := '[]';
@@ -98,10 +118,19 @@ BEGIN
     -- A table's or index's partitions and inheritance children, at every level: what is
     -- done to the parent (a column, a constraint, an index) is done to them, unreported.
     inh(objid) AS (
-        SELECT x.objid FROM unnest(t_class, t_oid) AS x(classid, objid)
-        WHERE x.classid = 'pg_class'::regclass
+        SELECT x.objid FROM unnest(t_class, t_oid, t_recurses) AS x(classid, objid, recurses)
+        WHERE x.classid = 'pg_class'::regclass AND x.recurses
         UNION
         SELECT i.inhrelid FROM inh JOIN pg_inherits i ON i.inhparent = inh.objid
+    ),
+    -- What PostgreSQL cloned from a touched object onto partitions (triggers, indexes,
+    -- foreign keys): the clones depend on it as partition dependencies.
+    clones(classid, objid) AS (
+        SELECT x.classid, x.objid FROM unnest(t_class, t_oid) AS x(classid, objid)
+        UNION
+        SELECT d.classid, d.objid
+        FROM clones JOIN pg_depend d ON d.refclassid = clones.classid AND d.refobjid = clones.objid
+        WHERE d.deptype IN ('P', 'S')
     ),
     -- And the partitions recorded under a touched table: DETACH PARTITION reports the
     -- parent alone, and the catalogs no longer link the two.
@@ -117,6 +146,8 @@ BEGIN
         SELECT x.classid, x.objid, true AS direct FROM unnest(t_class, t_oid) AS x(classid, objid)
         UNION
         SELECT 'pg_class'::regclass, inh.objid, true FROM inh
+        UNION
+        SELECT clones.classid, clones.objid, true FROM clones
         UNION
         SELECT 'pg_class'::regclass, detached.objid, true FROM detached
         UNION
@@ -174,6 +205,14 @@ BEGIN
         WHERE m.what = 'whole' AND NOT g.tgisinternal
         UNION ALL
         SELECT 'policy', p.oid FROM m JOIN pg_policy p ON p.polrelid = m.oid WHERE m.what = 'whole'
+        UNION ALL
+        -- A partition of a table that foreign keys reference gets a clone of each, on the
+        -- referencing table.
+        SELECT 'constraint', d.objid
+        FROM m JOIN pg_class c ON c.oid = m.oid AND c.relispartition
+        JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = m.oid
+                        AND d.classid = 'pg_constraint'::regclass
+        WHERE m.what = 'whole'
     ),
     a AS (SELECT * FROM m UNION SELECT * FROM children)
     -- Each once: describe_objects takes distinct OIDs.
@@ -219,6 +258,32 @@ BEGIN
     SELECT array_agg(b.kind), array_agg(b.identity), array_agg(b.description), array_agg(b.hash)
     INTO o_kind, o_ident, o_desc, o_hash
     FROM both_ b;
+    -- Dropped objects by what they were, too: an index REINDEX CONCURRENTLY rebuilt has an
+    -- OID the recorded row does not know.
+    WITH dropped AS (
+        DELETE FROM migrate.schema_objects o
+        USING (SELECT CASE
+                   WHEN x.object_type IN ('table', 'foreign table') THEN 'tables'
+                   WHEN x.object_type = 'view' THEN 'views'
+                   WHEN x.object_type = 'materialized view' THEN 'materialized_views'
+                   WHEN x.object_type = 'sequence' THEN 'sequences'
+                   WHEN x.object_type = 'index' THEN 'indexes'
+                   WHEN x.object_type = 'table constraint' THEN 'constraints'
+                   WHEN x.object_type = 'trigger' THEN 'triggers'
+                   WHEN x.object_type = 'policy' THEN 'policies'
+                   WHEN x.object_type IN ('type', 'domain', 'composite type', 'enum') THEN 'types'
+                   WHEN x.object_type IN ('function', 'procedure', 'aggregate') THEN 'functions'
+                   WHEN x.object_type = 'schema' THEN 'schemas'
+                   WHEN x.object_type = 'extension' THEN 'extensions' END AS kind,
+                      x.identity
+               FROM unnest(d_kind, d_ident) AS x(object_type, identity)
+               WHERE x.identity IS NOT NULL) k
+        WHERE o.kind = k.kind AND o.identity = k.identity
+        RETURNING o.kind, o.identity, o.description, o.hash)
+    SELECT coalesce(o_kind, '{}') || array_agg(g.kind), coalesce(o_ident, '{}') || array_agg(g.identity),
+           coalesce(o_desc, '{}') || array_agg(g.description), coalesce(o_hash, '{}') || array_agg(g.hash)
+    INTO o_kind, o_ident, o_desc, o_hash
+    FROM dropped g;
     WITH stale AS (
         DELETE FROM migrate.schema_objects o
         USING unnest(n_kind, n_ident) AS x(kind, identity)

@@ -99,7 +99,15 @@ COMMENT ON TABLE migrate.schema_state IS
 CREATE TABLE migrate.schema_queue (
     classid            oid NOT NULL,
     objid              oid NOT NULL,
+    -- The command renamed or moved something: objects that print its name change too.
     renamed            boolean NOT NULL,
+    -- The command may have done to a table's partitions and children what it did to the
+    -- table (all but ALTER TABLE ... ATTACH or DETACH PARTITION).
+    recurses           boolean NOT NULL DEFAULT true,
+    -- For a dropped object, what it was: its row in the recorded schema is found by these
+    -- even when its OID is not the recorded one (REINDEX CONCURRENTLY swaps OIDs unseen).
+    object_type        text,
+    object_identity    text,
     migration_version  text
 );
 

@@ -25,12 +25,14 @@ const COLUMNS: &str = "event, command_tag, object_type, schema_name, object_iden
 ")]
 fn log_ddl_command(fcinfo: pg_sys::FunctionCallInfo) {
     let event = event_trigger::event(fcinfo);
+    let collected = event_trigger::collected();
     queue(
-        "SELECT c.classid, c.objid FROM pg_catalog.pg_event_trigger_ddl_commands() c \
+        "SELECT c.classid, c.objid, NULL, NULL FROM pg_catalog.pg_event_trigger_ddl_commands() c \
          WHERE NOT c.in_extension AND c.schema_name IS DISTINCT FROM 'pg_temp' \
            AND c.classid IS NOT NULL",
         event.renames(),
-        event_trigger::collected_objects(),
+        collected.recurses,
+        collected.objects,
     );
     write(&format!(
         "INSERT INTO migrate.ddl_log ({COLUMNS}) SELECT 'ddl_command_end', c.command_tag, c.object_type, c.schema_name, \
@@ -55,10 +57,25 @@ fn log_sql_drop(fcinfo: pg_sys::FunctionCallInfo) {
     };
     // Every object dropped, not only those logged: the recorded schema has rows for indexes
     // and constraints that went with a table.
+    // A dropped column default or domain constraint was part of its table's or domain's
+    // description: those are queued too, found by the names the drop reports.
     queue(
-        "SELECT d.classid, d.objid FROM pg_catalog.pg_event_trigger_dropped_objects() d \
-         WHERE NOT d.is_temporary",
+        "SELECT d.classid, d.objid, d.object_type, d.object_identity \
+         FROM pg_catalog.pg_event_trigger_dropped_objects() d WHERE NOT d.is_temporary \
+         UNION ALL \
+         SELECT 'pg_catalog.pg_class'::pg_catalog.regclass, \
+                pg_catalog.to_regclass(pg_catalog.quote_ident(d.address_names[1]) \
+                  OPERATOR(pg_catalog.||) '.' \
+                  OPERATOR(pg_catalog.||) pg_catalog.quote_ident(d.address_names[2])), NULL, NULL \
+         FROM pg_catalog.pg_event_trigger_dropped_objects() d \
+         WHERE d.object_type = 'default value' AND NOT d.is_temporary \
+         UNION ALL \
+         SELECT 'pg_catalog.pg_type'::pg_catalog.regclass, \
+                pg_catalog.to_regtype(d.address_names[1]), NULL, NULL \
+         FROM pg_catalog.pg_event_trigger_dropped_objects() d \
+         WHERE d.object_type = 'domain constraint' AND NOT d.is_temporary",
         false,
+        true,
         Vec::new(),
     );
     write(&format!(
@@ -69,24 +86,29 @@ fn log_sql_drop(fcinfo: pg_sys::FunctionCallInfo) {
     ));
 }
 
-/// Queues the objects `select` lists, and `more`, to be described again in the recorded
-/// schema (`migrate.schema_queue`), by the migration that touched them or, for DDL outside
+/// Queues the objects `select` lists (classid, objid, and for a dropped object its type and
+/// identity), and `more`, to be described again in the recorded schema
+/// (`migrate.schema_queue`), by the migration that touched them or, for DDL outside
 /// migrations, the next one.
-fn queue(select: &str, renamed: bool, more: Vec<(pg_sys::Oid, pg_sys::Oid)>) {
+fn queue(select: &str, renamed: bool, recurses: bool, more: Vec<(pg_sys::Oid, pg_sys::Oid)>) {
     let migration = crate::apply::running().map(|r| r.version);
     let (classes, oids): (Vec<pg_sys::Oid>, Vec<pg_sys::Oid>) = more.into_iter().unzip();
     let insert = format!(
-        "INSERT INTO migrate.schema_queue (classid, objid, renamed, migration_version) \
-         SELECT o.classid, o.objid, $1, $2 \
-         FROM ({select} UNION ALL SELECT * FROM ROWS FROM (pg_catalog.unnest($3::oid[]), \
-                                                          pg_catalog.unnest($4::oid[]))) \
-           AS o(classid, objid)"
+        "INSERT INTO migrate.schema_queue (classid, objid, object_type, object_identity, \
+           renamed, recurses, migration_version) \
+         SELECT o.classid, o.objid, o.object_type, o.object_identity, $1, $2, $3 \
+         FROM ({select} UNION ALL \
+               SELECT c, o, NULL, NULL FROM ROWS FROM (pg_catalog.unnest($4::oid[]), \
+                                                       pg_catalog.unnest($5::oid[])) AS x(c, o)) \
+           AS o(classid, objid, object_type, object_identity) \
+         WHERE o.objid IS NOT NULL"
     );
     security::as_owner(|| {
         Spi::run_with_args(
             &insert,
             &[
                 renamed.into(),
+                recurses.into(),
                 migration.into(),
                 classes.into(),
                 oids.into(),

@@ -45,73 +45,133 @@ impl Event {
         if self.parsetree.is_null() {
             return false;
         }
-        // SAFETY: a non-null parse tree the event trigger manager passed is a Node.
-        let tag = unsafe { (*self.parsetree).type_ };
-        matches!(
-            tag,
-            T_RenameStmt | T_AlterObjectSchemaStmt | T_AlterEnumStmt | T_AlterExtensionStmt
-        )
+        // SAFETY: a non-null parse tree the event trigger manager passed is a Node, and its
+        // tag says which statement struct it is.
+        unsafe {
+            match (*self.parsetree).type_ {
+                T_RenameStmt | T_AlterObjectSchemaStmt | T_AlterExtensionStmt => true,
+                // RENAME VALUE; ADD VALUE changes the type alone.
+                T_AlterEnumStmt => !(*self.parsetree.cast::<pg_sys::AlterEnumStmt>())
+                    .oldVal
+                    .is_null(),
+                _ => false,
+            }
+        }
     }
 }
 
-/// Objects this event's commands changed that `pg_event_trigger_ddl_commands()` does not
-/// name, as (catalog, OID) pairs, read from the collected commands:
-/// - GRANT and REVOKE name no object there; their statement (with `ALL ... IN SCHEMA`
-///   resolved) lists them. Objects pg_migrate does not describe (databases, tablespaces,
-///   languages, ...) are left out.
-/// - ALTER TABLE names its table only; each subcommand names what it changed, such as the
-///   partition ATTACH or DETACH PARTITION attached or detached.
-///
-/// Call only from a ddl_command_end event trigger.
-pub fn collected_objects() -> Vec<(pg_sys::Oid, pg_sys::Oid)> {
-    pgrx::Spi::connect(|client| {
-        let mut table = client.select(
-            "SELECT command FROM pg_catalog.pg_event_trigger_ddl_commands() \
-             WHERE NOT in_extension AND (command_tag IN ('GRANT', 'REVOKE') \
-                                         OR command_tag LIKE 'ALTER %')",
-            None,
-            &[],
-        )?;
-        let mut out = Vec::new();
-        while table.next().is_some() {
-            let Some(datum) = table.get_datum_by_ordinal(1)? else {
-                continue;
-            };
-            // SAFETY: the command column is a pointer to the CollectedCommand the event
-            // trigger manager holds for the rest of this event; its type says which member
-            // of the union is set: SCT_Grant's InternalGrant lists OIDs, SCT_AlterTable's
-            // subcommands are CollectedATSubcmd pointers.
-            unsafe {
-                let command = datum.cast_mut_ptr::<pg_sys::CollectedCommand>();
-                if command.is_null() {
-                    continue;
-                }
+/// What this event's commands changed beyond what `pg_event_trigger_ddl_commands()` names.
+#[derive(Default)]
+pub struct Collected {
+    /// (catalog, OID) pairs:
+    /// - the objects of GRANT and REVOKE, which name none there; their statement (with
+    ///   `ALL ... IN SCHEMA` resolved) lists them. Objects pg_migrate does not describe
+    ///   (databases, tablespaces, languages, ...) are left out;
+    /// - the partition ATTACH or DETACH PARTITION attached or detached (ALTER TABLE names
+    ///   the parent only);
+    /// - the second object of a command that has one, such as the member ALTER EXTENSION ...
+    ///   ADD or DROP moves in or out of the extension.
+    pub objects: Vec<(pg_sys::Oid, pg_sys::Oid)>,
+    /// Whether an ALTER TABLE did more than attach or detach partitions: what it did to a
+    /// partitioned or inherited table it did to the children too.
+    pub recurses: bool,
+    /// Partitions named by ATTACH or DETACH PARTITION, resolved once `search_path` is the
+    /// session's again (the statement was written against it).
+    partitions: Vec<*mut pg_sys::RangeVar>,
+}
 
-                match (*command).type_ {
-                    pg_sys::CollectedCommandType::SCT_Grant => {
-                        let grant = (*command).d.grant.istmt;
-                        if let Some(class) = grant_class((*grant).objtype) {
-                            for cell in cells((*grant).objects) {
-                                out.push((class, cell.oid_value));
-                            }
-                        }
-                    }
-                    pg_sys::CollectedCommandType::SCT_AlterTable => {
-                        for cell in cells((*command).d.alterTable.subcmds) {
-                            let sub = cell.ptr_value.cast::<pg_sys::CollectedATSubcmd>();
-                            let address = (*sub).address;
-                            if address.classId != pg_sys::InvalidOid {
-                                out.push((address.classId, address.objectId));
-                            }
-                        }
-                    }
-                    _ => {}
+/// Reads the collected commands. Call only from a ddl_command_end event trigger.
+pub fn collected() -> Collected {
+    // The query runs in every session that runs DDL, as whoever runs it.
+    let mut collected = crate::security::pinned(|| {
+        pgrx::Spi::connect(|client| {
+            let mut table = client.select(
+                "SELECT command FROM pg_catalog.pg_event_trigger_ddl_commands() \
+                 WHERE NOT in_extension",
+                None,
+                &[],
+            )?;
+            let mut out = Collected::default();
+            while table.next().is_some() {
+                if let Some(datum) = table.get_datum_by_ordinal(1)? {
+                    // SAFETY: the command column is a pointer to the CollectedCommand the
+                    // event trigger manager holds for the rest of this event.
+                    unsafe { read_command(datum.cast_mut_ptr(), &mut out) };
+                }
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+    })
+    .or_bookkeeping("read the collected DDL commands");
+    for name in std::mem::take(&mut collected.partitions) {
+        // SAFETY: the RangeVar belongs to a collected command of this event; resolving it
+        // takes no lock (the command holds one) and a dropped relation is no error.
+        let oid = unsafe {
+            pg_sys::RangeVarGetRelidExtended(
+                name,
+                pg_sys::NoLock as _,
+                pg_sys::RVROption::RVR_MISSING_OK,
+                None,
+                std::ptr::null_mut(),
+            )
+        };
+        if oid != pg_sys::InvalidOid {
+            collected.objects.push((pg_sys::RelationRelationId, oid));
+        }
+    }
+    collected
+}
+
+// The C enums' constants keep PostgreSQL's names.
+#[allow(non_upper_case_globals)]
+/// # Safety
+/// `command` is null or a CollectedCommand of the current event; its type says which member
+/// of the union is set: SCT_Grant's InternalGrant lists OIDs, SCT_AlterTable's subcommands
+/// are CollectedATSubcmd pointers with AlterTableCmd parse trees, SCT_Simple has addresses.
+unsafe fn read_command(command: *mut pg_sys::CollectedCommand, out: &mut Collected) {
+    use pg_sys::AlterTableType::*;
+    use pg_sys::CollectedCommandType::*;
+    if command.is_null() {
+        return;
+    }
+    match (*command).type_ {
+        SCT_Grant => {
+            let grant = (*command).d.grant.istmt;
+            if let Some(class) = grant_class((*grant).objtype) {
+                for cell in cells((*grant).objects) {
+                    out.objects.push((class, cell.oid_value));
                 }
             }
         }
-        Ok::<_, pgrx::spi::Error>(out)
-    })
-    .or_bookkeeping("read the collected DDL commands")
+        SCT_AlterTable => {
+            for cell in cells((*command).d.alterTable.subcmds) {
+                let sub = cell.ptr_value.cast::<pg_sys::CollectedATSubcmd>();
+                let tree = (*sub).parsetree;
+                if tree.is_null() || !pgrx::is_a(tree, pg_sys::NodeTag::T_AlterTableCmd) {
+                    out.recurses = true;
+                    continue;
+                }
+                let cmd = tree.cast::<pg_sys::AlterTableCmd>();
+                match (*cmd).subtype {
+                    AT_AttachPartition | AT_DetachPartition | AT_DetachPartitionFinalize => {
+                        let part = (*cmd).def.cast::<pg_sys::PartitionCmd>();
+                        if !part.is_null() && !(*part).name.is_null() {
+                            out.partitions.push((*part).name);
+                        }
+                    }
+                    _ => out.recurses = true,
+                }
+            }
+        }
+        SCT_Simple => {
+            let second = (*command).d.simple.secondaryObject;
+            if second.classId != pg_sys::InvalidOid {
+                out.objects.push((second.classId, second.objectId));
+            }
+            out.recurses = true;
+        }
+        _ => out.recurses = true,
+    }
 }
 
 /// The cells of a PostgreSQL List (none for NIL).

@@ -4,10 +4,11 @@
 //! once-per-database recording of the whole schema, which happens before a migration takes
 //! any lock of its own.
 
-use crate::errors::OrBookkeeping;
+use crate::errors::{OrBookkeeping, OrRaise, Problem};
 use crate::security;
+use crate::timeouts::SettingScope;
 use pgrx::prelude::*;
-use pgrx::JsonB;
+use pgrx::{JsonB, PgSqlErrorCode};
 
 /// What a migration changed in the recorded schema, and the fingerprint after it.
 pub struct Recorded {
@@ -15,30 +16,64 @@ pub struct Recorded {
     pub fingerprint: String,
 }
 
+/// Runs `f`, which describes objects, waiting at most migrate.lock_timeout for a lock:
+/// printing a default or a view's definition opens the tables it names, which another
+/// session may hold. Waiting longer would hold the applier lock (and, after the migration's
+/// DDL, its locks) for as long as that session pleases.
+fn bounded<T>(what: &str, f: impl FnOnce() -> T) -> T {
+    let limit = format!("{}ms", crate::gucs::LOCK_TIMEOUT_MS.get());
+    let caught = match crate::subxact::run(|| {
+        let _scope = SettingScope::set(&[("lock_timeout", &limit)]);
+        f()
+    }) {
+        Ok(value) => return value,
+        Err(caught) => caught,
+    };
+    if caught.code != PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE {
+        caught.reraise();
+    }
+    Problem::new(
+        PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
+        format!("could not {what}: an object it describes is locked by another session"),
+        format!(
+            "Describing an object can open the tables it names; one was locked for longer \
+             than migrate.lock_timeout ({limit}): {}. Nothing was applied.",
+            caught.message
+        ),
+        "Find the session holding the lock (pg_locks, pg_stat_activity) and apply again once \
+         it has finished.",
+    )
+    .raise()
+}
+
 /// Before a migration: DDL outside migrations since the last one is recorded first (or the
 /// whole schema, where nothing of this database is recorded yet), so that the migration's
 /// changes are its own.
 pub fn drift() {
-    security::as_owner(|| Spi::run("SELECT migrate.record_drift()"))
-        .or_bookkeeping("record the schema before the migration");
+    bounded("record the schema before the migration", || {
+        security::as_owner(|| Spi::run("SELECT migrate.record_drift()"))
+            .or_bookkeeping("record the schema before the migration")
+    })
 }
 
 /// After a migration's DDL (in its last transaction): re-describes what it touched.
 pub fn changes(version: &str) -> Recorded {
-    security::as_owner(|| {
-        Spi::get_two_with_args::<JsonB, String>(
-            "SELECT changes, fingerprint FROM migrate.record_changes($1)",
-            &[version.into()],
-        )
+    bounded("record what the migration changed", || {
+        security::as_owner(|| {
+            Spi::get_two_with_args::<JsonB, String>(
+                "SELECT changes, fingerprint FROM migrate.record_changes($1)",
+                &[version.into()],
+            )
+        })
+        .map(|(changes, fingerprint)| Recorded {
+            changes,
+            fingerprint: fingerprint.unwrap_or_default(),
+        })
+        .or_bookkeeping("record the migration's changes to the schema")
     })
-    .map(|(changes, fingerprint)| Recorded {
-        changes,
-        fingerprint: fingerprint.unwrap_or_default(),
-    })
-    .or_bookkeeping("record the migration's changes to the schema")
 }
 
-/// A baseline: the whole schema, recorded afresh.
+/// A baseline, or an admin's `migrate.record_schema()`: the whole schema, recorded afresh.
 pub fn whole() -> Recorded {
     let fingerprint =
         security::as_owner(|| Spi::get_one::<String>("SELECT migrate.record_whole_schema()"))
@@ -60,4 +95,16 @@ pub fn abandon(version: &str) {
         )
     })
     .or_bookkeeping("write migrate.schema_queue");
+}
+
+/// `migrate.record_schema()` (admins): records the whole schema afresh, as it is now, and
+/// returns its fingerprint. For what no DDL event reports (a role renamed, DDL run with
+/// `session_replication_role = replica` or with pg_migrate's event triggers disabled): what
+/// `migrate.drift()` shows is then taken as the recorded schema. The history is unchanged.
+#[pg_extern(volatile, parallel_unsafe)]
+fn record_schema() -> String {
+    security::require_admin("record the schema").or_raise();
+    crate::apply::refuse_unsafe_context().or_raise();
+    crate::apply::lock_history();
+    whole().fingerprint
 }

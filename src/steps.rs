@@ -240,8 +240,10 @@ fn record_error(step: &Step, error: &Caught, state: &str) {
 
 /// Every phase done and verified: the migration is applied, with what its phases changed.
 pub fn complete(version: &str) {
-    crate::record::drift();
+    // Its own changes first: an object it touched that DDL outside migrations also touched
+    // meanwhile is its change.
     let schema = crate::record::changes(version);
+    crate::record::drift();
     write(
         "UPDATE migrate.history SET status = 'applied', finished_at = pg_catalog.clock_timestamp(), \
            cancel_requested = false, fingerprint = $2, changes = $3 \

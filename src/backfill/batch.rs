@@ -164,10 +164,12 @@ fn run_batch(job: &Job, table: &str) {
 /// writers that touched the batch's rows wait for its commit, and the next batch shrinks.
 fn writers_waiting() -> Result<bool, pgrx::spi::Error> {
     crate::security::pinned(|| {
+        // A writer blocked on a row of the batch waits for its transaction (the first one
+        // on each row; later ones queue behind it on the row).
         Spi::get_one::<bool>(
             "SELECT EXISTS (SELECT FROM pg_locks w WHERE NOT w.granted \
-                              AND w.pid <> pg_backend_pid() \
-                              AND pg_backend_pid() = ANY (pg_blocking_pids(w.pid)))",
+                              AND w.locktype = 'transactionid' \
+                              AND w.transactionid = pg_current_xact_id()::text::xid)",
         )
     })
     .map(|waiting| waiting.unwrap_or(false))
@@ -181,7 +183,12 @@ fn batch_end(
     upper: &[String],
     filter: Option<&str>,
 ) -> Result<(Vec<String>, i64), pgrx::spi::Error> {
-    let size = job.batch_size.max(1) as i64;
+    // The first batch, and one after a lock timeout, are held to the table's share too.
+    let size = job
+        .bounds
+        .for_table(job.rows_estimated)
+        .clamp(job.batch_size as f64)
+        .max(1) as i64;
     let left = (job.rows_estimated - job.rows_scanned).clamp(0, size);
     match &job.walk {
         Walk::Keyset { .. } => {
@@ -258,7 +265,8 @@ fn failed(job: &Job, error: (Option<(i32, Backoff)>, Caught)) {
         return;
     }
     let attempt = job.failed_attempts + 1;
-    match throttle::after_lock_timeout(job.batch_size, attempt, retries_backoff.0, job.bounds) {
+    let bounds = job.bounds.for_table(job.rows_estimated);
+    match throttle::after_lock_timeout(job.batch_size, attempt, retries_backoff.0, bounds) {
         AfterTimeout::Retry(size) | AfterTimeout::Split(size) => {
             let delay = retries_backoff
                 .1

@@ -11,7 +11,7 @@ pub struct Bounds {
 }
 
 impl Bounds {
-    fn clamp(&self, size: f64) -> i32 {
+    pub fn clamp(&self, size: f64) -> i32 {
         (size.round() as i64).clamp(self.min as i64, self.max as i64) as i32
     }
 }
@@ -24,9 +24,12 @@ pub const TABLE_SHARE: f64 = 0.005;
 
 impl Bounds {
     /// These bounds with the largest batch at most `TABLE_SHARE` of a table of `rows` rows
-    /// (never below the smallest).
+    /// (never below the smallest). A table of unknown size (no estimate) keeps them.
     pub fn for_table(self, rows: i64) -> Bounds {
-        let share = (rows.max(0) as f64 * TABLE_SHARE).round() as i64;
+        if rows <= 0 {
+            return self;
+        }
+        let share = (rows as f64 * TABLE_SHARE).round() as i64;
         Bounds {
             min: self.min,
             max: share.clamp(self.min as i64, self.max as i64) as i32,
@@ -135,7 +138,8 @@ mod unit {
         );
         assert_eq!(B.for_table(100_000_000), B);
         assert_eq!(B.for_table(1_000), Bounds { min: 100, max: 100 });
-        assert_eq!(B.for_table(-1), Bounds { min: 100, max: 100 });
+        assert_eq!(B.for_table(0), B);
+        assert_eq!(B.for_table(-1), B);
     }
 
     #[test]
