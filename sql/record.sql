@@ -32,7 +32,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    total text;
+    total bytea;
 BEGIN
     DELETE FROM migrate.schema_queue WHERE migration_version IS NULL;
     DELETE FROM migrate.schema_objects;
@@ -40,20 +40,21 @@ BEGIN
     SELECT a.kind, a.identity, a.description, a.obj_class, a.obj_oid, a.rel_oid,
            migrate.object_hash(a.kind, a.identity, a.description)
     FROM migrate.all_objects() a;
-    SELECT migrate.hash_sum(coalesce(array_agg(o.hash), '{}')) INTO total FROM migrate.schema_objects o;
+    SELECT migrate.hash_state(coalesce(array_agg(o.hash), '{}')) INTO total FROM migrate.schema_objects o;
     -- Statistics now, not at autovacuum's leisure: without them the planner takes a table's
     -- few rows for hundreds and reads all of them, in every migration, under its locks.
     ANALYZE migrate.schema_objects;
     INSERT INTO migrate.schema_state AS s
-        (fingerprint, system_identifier, database_oid, server_major, recorded_at)
-    VALUES (total, (SELECT system_identifier FROM pg_control_system()),
+        (state, fingerprint, system_identifier, database_oid, server_major, recorded_at)
+    VALUES (total, migrate.state_fingerprint(total), (SELECT system_identifier FROM pg_control_system()),
             (SELECT oid FROM pg_database WHERE datname = current_database()),
             current_setting('server_version_num')::int / 10000, clock_timestamp())
     ON CONFLICT (one) DO UPDATE
-        SET fingerprint = EXCLUDED.fingerprint, system_identifier = EXCLUDED.system_identifier,
+        SET state = EXCLUDED.state, fingerprint = EXCLUDED.fingerprint,
+            system_identifier = EXCLUDED.system_identifier,
             database_oid = EXCLUDED.database_oid, server_major = EXCLUDED.server_major,
             recorded_at = EXCLUDED.recorded_at;
-    RETURN total;
+    RETURN migrate.state_fingerprint(total);
 END
 $$;
 
@@ -298,9 +299,11 @@ BEGIN
     SELECT * FROM unnest(n_kind, n_ident, n_desc, n_class, n_oid, n_rel, n_hash);
 
     UPDATE migrate.schema_state s
-    SET fingerprint = migrate.fingerprint_adjust(s.fingerprint, coalesce(o_hash, '{}'),
-                                                coalesce(n_hash, '{}')),
+    SET state = a.state, fingerprint = migrate.state_fingerprint(a.state),
         recorded_at = clock_timestamp()
+    FROM (SELECT migrate.hash_state_adjust(s2.state, coalesce(o_hash, '{}'),
+                                           coalesce(n_hash, '{}')) AS state
+          FROM migrate.schema_state s2) a
     RETURNING s.fingerprint INTO fingerprint;
     -- DDL outside migrations (version NULL) is recorded, not reported: drift() did that.
     IF version IS NOT NULL THEN

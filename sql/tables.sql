@@ -83,6 +83,8 @@ COMMENT ON TABLE migrate.schema_objects IS
 
 CREATE TABLE migrate.schema_state (
     one                boolean PRIMARY KEY DEFAULT true CHECK (one),
+    -- The sum of the objects' expanded hashes (migrate.hash_state), and its fingerprint.
+    state              bytea NOT NULL,
     fingerprint        text NOT NULL,
     system_identifier  bigint NOT NULL,
     database_oid       oid NOT NULL,

@@ -72,7 +72,9 @@ pgrx::extension_sql_file!(
         "tables",
         "describe",
         "drift",
-        fingerprint::fingerprint_adjust
+        fingerprint::hash_state,
+        fingerprint::hash_state_adjust,
+        fingerprint::state_fingerprint
     ]
 );
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
