@@ -263,6 +263,7 @@ def test_what_no_event_reports_is_drift_until_recorded_afresh(cluster, conn, db)
                 raise AssertionError("a non-admin recorded the schema")
             except Exception as e:  # psycopg.Error
                 assert getattr(e, "sqlstate", None) == "42501", e
+                assert str(e).startswith("pg_migrate: "), e
     finally:
         conn.execute("SET migrate.guard = off")
         conn.execute("DROP TABLE IF EXISTS t")

@@ -51,6 +51,30 @@ AS $$
     ELSE n.nspname OPERATOR(pg_catalog.=) ANY (schemas::pg_catalog.name[]) END
 $$;
 
+-- The described relations among `relations`, with what describe_objects prints of them.
+-- No subquery in its arguments at the call and no SET clause, so that the planner inlines it.
+CREATE FUNCTION migrate.described_relations(relations oid[], schemas text[],
+                                            extension_schemas oid[])
+RETURNS TABLE (oid oid, relkind "char", relpersistence "char", reloptions text[],
+               relacl aclitem[], relispartition boolean, relrowsecurity boolean,
+               relforcerowsecurity boolean, relpartbound pg_node_tree, ident text)
+LANGUAGE sql STABLE
+AS $$
+    SELECT c.oid, c.relkind, c.relpersistence, c.reloptions, c.relacl, c.relispartition,
+           c.relrowsecurity, c.relforcerowsecurity, c.relpartbound,
+           pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.'
+             OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c.relname)
+    FROM pg_catalog.unnest(relations) AS w(oid)
+    JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) w.oid
+    JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+    WHERE c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p,f,v,m,S}'::"char"[])
+      AND migrate.schema_is_described(n, schemas, extension_schemas)
+      AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d
+                      WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+                        AND d.objid OPERATOR(pg_catalog.=) c.oid
+                        AND d.deptype OPERATOR(pg_catalog.=) 'e')
+$$;
+
 -- One row per described object among those given. An object whose schema is not described
 -- or that belongs to an extension yields nothing. rel_oid is the table a constraint, index,
 -- trigger or policy belongs to, which re-describing a table re-describes with it.
@@ -82,22 +106,14 @@ DECLARE
     extension_schemas oid[] := ARRAY(SELECT d.objid FROM pg_depend d
                                      WHERE d.classid = 'pg_namespace'::regclass
                                        AND d.deptype = 'e');
+    -- The tables the constraints, indexes, triggers or policies asked for belong to.
+    owners oid[];
 BEGIN
 -- Each object is asked for once (callers pass distinct OIDs).
 IF cardinality(relations) > 0 THEN
 RETURN QUERY
 WITH rel AS MATERIALIZED (
-    SELECT c.oid, c.relkind, c.relpersistence, c.reloptions, c.relacl, c.relispartition,
-           c.relrowsecurity, c.relforcerowsecurity, c.relpartbound,
-           quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS ident
-    FROM (SELECT unnest(relations) AS oid) w
-    JOIN pg_class c ON c.oid = w.oid
-    JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S')
-      AND migrate.schema_is_described(n, schemas, extension_schemas)
-      AND NOT EXISTS (SELECT 1 FROM pg_depend d
-                      WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
-                        AND d.deptype = 'e')
+    SELECT * FROM migrate.described_relations(relations, schemas, extension_schemas)
 )
 SELECT 'tables', r.ident, jsonb_strip_nulls(jsonb_build_object(
         'kind', CASE r.relkind WHEN 'r' THEN 'table' WHEN 'p' THEN 'partitioned table'
@@ -164,19 +180,10 @@ FROM rel r JOIN pg_sequence s ON s.seqrelid = r.oid
 ;
 END IF;
 IF cardinality(constraints) > 0 THEN
+owners := ARRAY(SELECT DISTINCT o.conrelid FROM unnest(constraints) x JOIN pg_constraint o ON o.oid = x);
 RETURN QUERY
 WITH rel AS MATERIALIZED (
-    SELECT c.oid, c.relkind, c.relpersistence, c.reloptions, c.relacl, c.relispartition,
-           c.relrowsecurity, c.relforcerowsecurity, c.relpartbound,
-           quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS ident
-    FROM (SELECT DISTINCT o.conrelid AS oid FROM unnest(constraints) x JOIN pg_constraint o ON o.oid = x) w
-    JOIN pg_class c ON c.oid = w.oid
-    JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S')
-      AND migrate.schema_is_described(n, schemas, extension_schemas)
-      AND NOT EXISTS (SELECT 1 FROM pg_depend d
-                      WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
-                        AND d.deptype = 'e')
+    SELECT * FROM migrate.described_relations(owners, schemas, extension_schemas)
 )
 SELECT 'constraints', quote_ident(c.conname) || ' on ' || r.ident, jsonb_build_object(
             'table', r.ident,
@@ -189,19 +196,10 @@ SELECT 'constraints', quote_ident(c.conname) || ' on ' || r.ident, jsonb_build_o
 FROM unnest(constraints) x JOIN pg_constraint c ON c.oid = x JOIN rel r ON r.oid = c.conrelid;
 END IF;
 IF cardinality(indexes) > 0 THEN
+owners := ARRAY(SELECT DISTINCT o.indrelid FROM unnest(indexes) x JOIN pg_index o ON o.indexrelid = x);
 RETURN QUERY
 WITH rel AS MATERIALIZED (
-    SELECT c.oid, c.relkind, c.relpersistence, c.reloptions, c.relacl, c.relispartition,
-           c.relrowsecurity, c.relforcerowsecurity, c.relpartbound,
-           quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS ident
-    FROM (SELECT DISTINCT o.indrelid AS oid FROM unnest(indexes) x JOIN pg_index o ON o.indexrelid = x) w
-    JOIN pg_class c ON c.oid = w.oid
-    JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S')
-      AND migrate.schema_is_described(n, schemas, extension_schemas)
-      AND NOT EXISTS (SELECT 1 FROM pg_depend d
-                      WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
-                        AND d.deptype = 'e')
+    SELECT * FROM migrate.described_relations(owners, schemas, extension_schemas)
 )
 -- Indexes by their parts, not by pg_get_indexdef: deciding which operator classes are a
 -- column type's default (to leave them out of the text) costs a catalog scan per key column,
@@ -247,19 +245,10 @@ CROSS JOIN LATERAL (
 ) k;
 END IF;
 IF cardinality(triggers) > 0 THEN
+owners := ARRAY(SELECT DISTINCT o.tgrelid FROM unnest(triggers) x JOIN pg_trigger o ON o.oid = x);
 RETURN QUERY
 WITH rel AS MATERIALIZED (
-    SELECT c.oid, c.relkind, c.relpersistence, c.reloptions, c.relacl, c.relispartition,
-           c.relrowsecurity, c.relforcerowsecurity, c.relpartbound,
-           quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS ident
-    FROM (SELECT DISTINCT o.tgrelid AS oid FROM unnest(triggers) x JOIN pg_trigger o ON o.oid = x) w
-    JOIN pg_class c ON c.oid = w.oid
-    JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S')
-      AND migrate.schema_is_described(n, schemas, extension_schemas)
-      AND NOT EXISTS (SELECT 1 FROM pg_depend d
-                      WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
-                        AND d.deptype = 'e')
+    SELECT * FROM migrate.described_relations(owners, schemas, extension_schemas)
 )
 SELECT 'triggers', quote_ident(t.tgname) || ' on ' || r.ident, jsonb_build_object(
             'table', r.ident,
@@ -271,19 +260,10 @@ FROM unnest(triggers) x JOIN pg_trigger t ON t.oid = x JOIN rel r ON r.oid = t.t
 WHERE NOT t.tgisinternal;
 END IF;
 IF cardinality(policies) > 0 THEN
+owners := ARRAY(SELECT DISTINCT o.polrelid FROM unnest(policies) x JOIN pg_policy o ON o.oid = x);
 RETURN QUERY
 WITH rel AS MATERIALIZED (
-    SELECT c.oid, c.relkind, c.relpersistence, c.reloptions, c.relacl, c.relispartition,
-           c.relrowsecurity, c.relforcerowsecurity, c.relpartbound,
-           quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS ident
-    FROM (SELECT DISTINCT o.polrelid AS oid FROM unnest(policies) x JOIN pg_policy o ON o.oid = x) w
-    JOIN pg_class c ON c.oid = w.oid
-    JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S')
-      AND migrate.schema_is_described(n, schemas, extension_schemas)
-      AND NOT EXISTS (SELECT 1 FROM pg_depend d
-                      WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
-                        AND d.deptype = 'e')
+    SELECT * FROM migrate.described_relations(owners, schemas, extension_schemas)
 )
 SELECT 'policies', quote_ident(p.polname) || ' on ' || r.ident, jsonb_strip_nulls(jsonb_build_object(
             'table', r.ident,

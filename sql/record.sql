@@ -78,32 +78,19 @@ BEGIN
     -- What the DDL touched; and when it renamed or moved something, everything that depends
     -- on that, transitively (a schema's tables, their indexes, the columns of other tables
     -- of a type in it).
-    -- (Two statements, so that each can use the index on migration_version.)
-    IF version IS NULL THEN
-        WITH q AS (
-            DELETE FROM migrate.schema_queue q WHERE q.migration_version IS NULL
-            RETURNING q.*),
-        t AS (SELECT q.classid, q.objid, bool_or(q.renamed) AS renamed,
-                     bool_or(q.recurses) AS recurses,
-                     max(q.object_type) AS object_type, max(q.object_identity) AS object_identity
-              FROM q GROUP BY 1, 2)
-        SELECT array_agg(t.classid), array_agg(t.objid), array_agg(t.renamed),
-               array_agg(t.recurses), array_agg(t.object_type), array_agg(t.object_identity)
-        INTO t_class, t_oid, t_direct, t_recurses, d_kind, d_ident
-        FROM t;
-    ELSE
-        WITH q AS (
-            DELETE FROM migrate.schema_queue q WHERE q.migration_version = version
-            RETURNING q.*),
-        t AS (SELECT q.classid, q.objid, bool_or(q.renamed) AS renamed,
-                     bool_or(q.recurses) AS recurses,
-                     max(q.object_type) AS object_type, max(q.object_identity) AS object_identity
-              FROM q GROUP BY 1, 2)
-        SELECT array_agg(t.classid), array_agg(t.objid), array_agg(t.renamed),
-               array_agg(t.recurses), array_agg(t.object_type), array_agg(t.object_identity)
-        INTO t_class, t_oid, t_direct, t_recurses, d_kind, d_ident
-        FROM t;
-    END IF;
+    WITH q AS (
+        DELETE FROM migrate.schema_queue q
+        WHERE q.migration_version = version
+           OR (version IS NULL AND q.migration_version IS NULL)
+        RETURNING q.*),
+    t AS (SELECT q.classid, q.objid, bool_or(q.renamed) AS renamed,
+                 bool_or(q.recurses) AS recurses,
+                 max(q.object_type) AS object_type, max(q.object_identity) AS object_identity
+          FROM q GROUP BY 1, 2)
+    SELECT array_agg(t.classid), array_agg(t.objid), array_agg(t.renamed),
+           array_agg(t.recurses), array_agg(t.object_type), array_agg(t.object_identity)
+    INTO t_class, t_oid, t_direct, t_recurses, d_kind, d_ident
+    FROM t;
     IF t_class IS NULL THEN
         SELECT s.fingerprint INTO fingerprint FROM migrate.schema_state s;
         changes := '[]';
