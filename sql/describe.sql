@@ -421,9 +421,10 @@ $$;
 COMMENT ON FUNCTION migrate.describe(text[]) IS
     'pg_migrate: a canonical jsonb description of the user schemas (all but system and extension schemas when NULL)';
 
--- The fingerprint of a description: the sum, modulo 2^256, of the hashes of its objects (and
--- of its format), as hex. A sum does not depend on order, and a migration updates it with
--- the hashes of the objects it changed alone: equal schemas give equal fingerprints.
+-- The fingerprint of a description: the SHA-256 of the sum, modulo 2^2048, of its objects'
+-- hashes (src/fingerprint.rs), as hex. A sum does not depend on order, and a migration
+-- updates it with the hashes of the objects it changed alone: equal schemas give equal
+-- fingerprints.
 CREATE FUNCTION migrate.fingerprint_of(description jsonb)
 RETURNS text
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
