@@ -225,7 +225,7 @@ BEGIN
 
     -- The rows they replace: of the objects touched (dropped ones included) and of those
     -- re-described, of the tables re-described whole and of dropped tables (whatever went
-    -- with them), and any row under an identity a re-described object now has.
+    -- with them).
     WITH gone AS (
         DELETE FROM migrate.schema_objects o
         USING (SELECT x.classid, x.objid FROM unnest(t_class, t_oid) AS x(classid, objid)
@@ -246,8 +246,9 @@ BEGIN
     SELECT array_agg(b.kind), array_agg(b.identity), array_agg(b.description), array_agg(b.hash)
     INTO o_kind, o_ident, o_desc, o_hash
     FROM both_ b;
-    -- Dropped objects by what they were, too: an index REINDEX CONCURRENTLY rebuilt has an
-    -- OID the recorded row does not know.
+    -- Rows found by what they are, not by OID: those of dropped objects (an index REINDEX
+    -- CONCURRENTLY rebuilt has an OID the recorded row does not know), and any row under an
+    -- identity a re-described object now has.
     WITH dropped AS (
         DELETE FROM migrate.schema_objects o
         USING (SELECT CASE
@@ -265,22 +266,15 @@ BEGIN
                    WHEN x.object_type = 'extension' THEN 'extensions' END AS kind,
                       x.identity
                FROM unnest(d_kind, d_ident) AS x(object_type, identity)
-               WHERE x.identity IS NOT NULL) k
+               WHERE x.identity IS NOT NULL
+               UNION
+               SELECT x.kind, x.identity FROM unnest(n_kind, n_ident) AS x(kind, identity)) k
         WHERE o.kind = k.kind AND o.identity = k.identity
         RETURNING o.kind, o.identity, o.description, o.hash)
     SELECT coalesce(o_kind, '{}') || array_agg(g.kind), coalesce(o_ident, '{}') || array_agg(g.identity),
            coalesce(o_desc, '{}') || array_agg(g.description), coalesce(o_hash, '{}') || array_agg(g.hash)
     INTO o_kind, o_ident, o_desc, o_hash
     FROM dropped g;
-    WITH stale AS (
-        DELETE FROM migrate.schema_objects o
-        USING unnest(n_kind, n_ident) AS x(kind, identity)
-        WHERE o.kind = x.kind AND o.identity = x.identity
-        RETURNING o.kind, o.identity, o.description, o.hash)
-    SELECT coalesce(o_kind, '{}') || array_agg(s.kind), coalesce(o_ident, '{}') || array_agg(s.identity),
-           coalesce(o_desc, '{}') || array_agg(s.description), coalesce(o_hash, '{}') || array_agg(s.hash)
-    INTO o_kind, o_ident, o_desc, o_hash
-    FROM stale s;
 
     INSERT INTO migrate.schema_objects (kind, identity, description, obj_class, obj_oid, rel_oid, hash)
     SELECT * FROM unnest(n_kind, n_ident, n_desc, n_class, n_oid, n_rel, n_hash);
