@@ -486,20 +486,19 @@ def schema_scale(cluster: Cluster, sizes: list[int], migrations: int) -> None:
                     time.sleep(0.2)
                 assert not readers.errors, readers.errors
                 worst.append(readers.worst)
-            fp, desc, dry, ver = [], [], [], []
+            on_demand = {
+                "fingerprint": "SELECT migrate.fingerprint()",
+                "describe": "SELECT length(migrate.describe()::text)",
+                "dry_run": "SELECT count(*) FROM migrate.dry_run('ALTER TABLE readme ADD COLUMN q int')",
+                "verify": "SELECT migrate.verify('1000')",
+            }
+            times: dict[str, list[float]] = {name: [] for name in on_demand}
             for _ in range(3):
-                t = time.perf_counter()
-                c.execute("SELECT migrate.fingerprint()").fetchone()
-                fp.append(time.perf_counter() - t)
-                t = time.perf_counter()
-                c.execute("SELECT length(migrate.describe()::text)").fetchone()
-                desc.append(time.perf_counter() - t)
-                t = time.perf_counter()
-                c.execute("SELECT count(*) FROM migrate.dry_run('ALTER TABLE readme ADD COLUMN q int')").fetchone()
-                dry.append(time.perf_counter() - t)
-                t = time.perf_counter()
-                c.execute("SELECT migrate.verify('1000')").fetchone()
-                ver.append(time.perf_counter() - t)
+                for name, query in on_demand.items():
+                    t = time.perf_counter()
+                    c.execute(query).fetchone()
+                    times[name].append(time.perf_counter() - t)
+            fp, desc, dry, ver = (times[name] for name in on_demand)
             # The direct runs were DDL outside migrations: the next migration records them first.
             c.execute("SELECT migrate.apply('1001', 'CREATE TABLE last_one (id int)')")
             recorded = c.execute("SELECT fingerprint FROM migrate.history WHERE version = '1001'").fetchone()[0]

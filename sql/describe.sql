@@ -110,6 +110,10 @@ DECLARE
     owners oid[];
 BEGIN
 -- Each object is asked for once (callers pass distinct OIDs).
+owners := ARRAY(SELECT o.conrelid FROM unnest(constraints) x JOIN pg_constraint o ON o.oid = x
+                UNION SELECT o.indrelid FROM unnest(indexes) x JOIN pg_index o ON o.indexrelid = x
+                UNION SELECT o.tgrelid FROM unnest(triggers) x JOIN pg_trigger o ON o.oid = x
+                UNION SELECT o.polrelid FROM unnest(policies) x JOIN pg_policy o ON o.oid = x);
 IF cardinality(relations) > 0 THEN
 RETURN QUERY
 WITH rel AS MATERIALIZED (
@@ -180,7 +184,6 @@ FROM rel r JOIN pg_sequence s ON s.seqrelid = r.oid
 ;
 END IF;
 IF cardinality(constraints) > 0 THEN
-owners := ARRAY(SELECT DISTINCT o.conrelid FROM unnest(constraints) x JOIN pg_constraint o ON o.oid = x);
 RETURN QUERY
 WITH rel AS MATERIALIZED (
     SELECT * FROM migrate.described_relations(owners, schemas, extension_schemas)
@@ -196,7 +199,6 @@ SELECT 'constraints', quote_ident(c.conname) || ' on ' || r.ident, jsonb_build_o
 FROM unnest(constraints) x JOIN pg_constraint c ON c.oid = x JOIN rel r ON r.oid = c.conrelid;
 END IF;
 IF cardinality(indexes) > 0 THEN
-owners := ARRAY(SELECT DISTINCT o.indrelid FROM unnest(indexes) x JOIN pg_index o ON o.indexrelid = x);
 RETURN QUERY
 WITH rel AS MATERIALIZED (
     SELECT * FROM migrate.described_relations(owners, schemas, extension_schemas)
@@ -245,7 +247,6 @@ CROSS JOIN LATERAL (
 ) k;
 END IF;
 IF cardinality(triggers) > 0 THEN
-owners := ARRAY(SELECT DISTINCT o.tgrelid FROM unnest(triggers) x JOIN pg_trigger o ON o.oid = x);
 RETURN QUERY
 WITH rel AS MATERIALIZED (
     SELECT * FROM migrate.described_relations(owners, schemas, extension_schemas)
@@ -260,7 +261,6 @@ FROM unnest(triggers) x JOIN pg_trigger t ON t.oid = x JOIN rel r ON r.oid = t.t
 WHERE NOT t.tgisinternal;
 END IF;
 IF cardinality(policies) > 0 THEN
-owners := ARRAY(SELECT DISTINCT o.polrelid FROM unnest(policies) x JOIN pg_policy o ON o.oid = x);
 RETURN QUERY
 WITH rel AS MATERIALIZED (
     SELECT * FROM migrate.described_relations(owners, schemas, extension_schemas)

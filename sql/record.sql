@@ -7,6 +7,74 @@
 -- is the difference between their rows before and after, and the fingerprint moves by their
 -- hashes. These functions are pg_migrate's bookkeeping: they run as the extension's owner.
 
+-- The schema as recorded after the last migration or baseline, one row per described object
+-- (migrate.describe_objects). A migration re-describes the objects it touched, and those
+-- that print their names when it renamed something; schema_state keeps the sum of the
+-- rows' hashes, which is the recorded fingerprint. OIDs say which rows an object's DDL
+-- makes stale; they hold only in the database and server the rows were recorded in
+-- (schema_state says which), and anywhere else the whole schema is recorded afresh.
+CREATE TABLE migrate.schema_objects (
+    kind               text NOT NULL,
+    identity           text NOT NULL,
+    description        jsonb NOT NULL,
+    obj_class          oid NOT NULL,
+    obj_oid            oid NOT NULL,
+    -- The table a constraint, index, trigger or policy belongs to.
+    rel_oid            oid,
+    hash               bytea NOT NULL
+                       GENERATED ALWAYS AS (migrate.object_hash(kind, identity, description)) STORED,
+    PRIMARY KEY (kind, identity)
+);
+
+CREATE INDEX schema_objects_object ON migrate.schema_objects (obj_oid, obj_class);
+CREATE INDEX schema_objects_relation ON migrate.schema_objects (rel_oid);
+CREATE INDEX schema_objects_partition_of ON migrate.schema_objects ((description ->> 'partition_of'));
+
+COMMENT ON TABLE migrate.schema_objects IS
+    'pg_migrate: the schema recorded after the last migration, one row per object';
+
+CREATE TABLE migrate.schema_state (
+    one                boolean PRIMARY KEY DEFAULT true CHECK (one),
+    -- The sum of the objects' expanded hashes (migrate.hash_state), and its fingerprint.
+    state              bytea NOT NULL,
+    fingerprint        text NOT NULL GENERATED ALWAYS AS (migrate.state_fingerprint(state)) STORED,
+    system_identifier  bigint NOT NULL,
+    database_oid       oid NOT NULL,
+    server_major       integer NOT NULL,
+    recorded_at        timestamptz NOT NULL
+);
+
+COMMENT ON TABLE migrate.schema_state IS
+    'pg_migrate: the recorded schema''s fingerprint, and where it was recorded';
+
+-- Objects DDL touched since they were last described, written by the DDL log's event
+-- triggers in the DDL's own transaction: migration_version for a migration's DDL, NULL for
+-- DDL outside migrations (drift, which the next migration records first).
+CREATE TABLE migrate.schema_queue (
+    classid            oid NOT NULL,
+    objid              oid NOT NULL,
+    -- The command renamed or moved something: objects that print its name change too.
+    renamed            boolean NOT NULL,
+    -- The command may have done to a table's partitions and children what it did to the
+    -- table (all but ALTER TABLE ... ATTACH or DETACH PARTITION).
+    recurses           boolean NOT NULL DEFAULT true,
+    -- For a dropped object, what it was: its row in the recorded schema is found by these
+    -- even when its OID is not the recorded one (REINDEX CONCURRENTLY swaps OIDs unseen).
+    object_type        text,
+    object_identity    text,
+    migration_version  text
+);
+
+CREATE INDEX schema_queue_migration ON migrate.schema_queue (migration_version);
+
+COMMENT ON TABLE migrate.schema_queue IS
+    'pg_migrate: objects changed by DDL and not yet re-described in migrate.schema_objects';
+
+-- Restored elsewhere, the recorded schema still compares with the live one (drift); its OIDs
+-- are not used there (schema_state tells), the next migration records the schema afresh.
+SELECT pg_catalog.pg_extension_config_dump('migrate.schema_objects', '');
+SELECT pg_catalog.pg_extension_config_dump('migrate.schema_state', '');
+
 -- Whether the recorded rows belong to this database on this server: their OIDs are this
 -- database's (not a restored dump's, not from before pg_upgrade).
 CREATE FUNCTION migrate.schema_is_recorded()
@@ -33,34 +101,35 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     total bytea;
+    fingerprint text;
 BEGIN
     DELETE FROM migrate.schema_queue WHERE migration_version IS NULL;
     DELETE FROM migrate.schema_objects;
-    INSERT INTO migrate.schema_objects (kind, identity, description, obj_class, obj_oid, rel_oid, hash)
-    SELECT a.kind, a.identity, a.description, a.obj_class, a.obj_oid, a.rel_oid,
-           migrate.object_hash(a.kind, a.identity, a.description)
+    INSERT INTO migrate.schema_objects (kind, identity, description, obj_class, obj_oid, rel_oid)
+    SELECT a.kind, a.identity, a.description, a.obj_class, a.obj_oid, a.rel_oid
     FROM migrate.all_objects() a;
     SELECT migrate.hash_state(coalesce(array_agg(o.hash), '{}')) INTO total FROM migrate.schema_objects o;
     -- Statistics now, not at autovacuum's leisure: without them the planner takes a table's
     -- few rows for hundreds and reads all of them, in every migration, under its locks.
     ANALYZE migrate.schema_objects;
     INSERT INTO migrate.schema_state AS s
-        (state, fingerprint, system_identifier, database_oid, server_major, recorded_at)
-    VALUES (total, migrate.state_fingerprint(total), (SELECT system_identifier FROM pg_control_system()),
+        (state, system_identifier, database_oid, server_major, recorded_at)
+    VALUES (total, (SELECT system_identifier FROM pg_control_system()),
             (SELECT oid FROM pg_database WHERE datname = current_database()),
             current_setting('server_version_num')::int / 10000, clock_timestamp())
     ON CONFLICT (one) DO UPDATE
-        SET state = EXCLUDED.state, fingerprint = EXCLUDED.fingerprint,
-            system_identifier = EXCLUDED.system_identifier,
+        SET state = EXCLUDED.state, system_identifier = EXCLUDED.system_identifier,
             database_oid = EXCLUDED.database_oid, server_major = EXCLUDED.server_major,
-            recorded_at = EXCLUDED.recorded_at;
-    RETURN migrate.state_fingerprint(total);
+            recorded_at = EXCLUDED.recorded_at
+    RETURNING s.fingerprint INTO fingerprint;
+    RETURN fingerprint;
 END
 $$;
 
 -- Re-describes what the queued DDL of `version` (NULL: DDL outside migrations) touched.
 -- Returns what changed (migrate.changes of the touched objects' rows before and after) and
--- the fingerprint after.
+-- the fingerprint after; where nothing of this database was recorded, the whole schema is
+-- recorded and what changed is unknown (NULL).
 CREATE FUNCTION migrate.record_changes(version text, OUT changes jsonb, OUT fingerprint text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -75,6 +144,11 @@ DECLARE
     n_kind text[]; n_ident text[]; n_desc jsonb[]; n_class oid[]; n_oid oid[]; n_rel oid[];
     n_hash bytea[];
 BEGIN
+    -- Nothing of this database recorded (a restore, pg_upgrade): the whole schema is, now.
+    IF NOT migrate.schema_is_recorded() THEN
+        fingerprint := migrate.record_whole_schema();
+        RETURN;
+    END IF;
     -- What the DDL touched; and when it renamed or moved something, everything that depends
     -- on that, transitively (a schema's tables, their indexes, the columns of other tables
     -- of a type in it).
@@ -218,9 +292,8 @@ BEGIN
     FROM a;
 
     SELECT array_agg(d.kind), array_agg(d.identity), array_agg(d.description),
-           array_agg(d.obj_class), array_agg(d.obj_oid), array_agg(d.rel_oid),
-           array_agg(migrate.object_hash(d.kind, d.identity, d.description))
-    INTO n_kind, n_ident, n_desc, n_class, n_oid, n_rel, n_hash
+           array_agg(d.obj_class), array_agg(d.obj_oid), array_agg(d.rel_oid)
+    INTO n_kind, n_ident, n_desc, n_class, n_oid, n_rel
     FROM migrate.describe_objects(NULL, rels, idx, cons, trgs, pols, typs, funs, nsps, exts) d;
 
     -- The rows they replace: of the objects touched (dropped ones included) and of those
@@ -276,12 +349,14 @@ BEGIN
     INTO o_kind, o_ident, o_desc, o_hash
     FROM dropped g;
 
-    INSERT INTO migrate.schema_objects (kind, identity, description, obj_class, obj_oid, rel_oid, hash)
-    SELECT * FROM unnest(n_kind, n_ident, n_desc, n_class, n_oid, n_rel, n_hash);
+    WITH added AS (
+        INSERT INTO migrate.schema_objects (kind, identity, description, obj_class, obj_oid, rel_oid)
+        SELECT * FROM unnest(n_kind, n_ident, n_desc, n_class, n_oid, n_rel)
+        RETURNING hash)
+    SELECT array_agg(a.hash) INTO n_hash FROM added a;
 
     UPDATE migrate.schema_state s
-    SET state = a.state, fingerprint = migrate.state_fingerprint(a.state),
-        recorded_at = clock_timestamp()
+    SET state = a.state, recorded_at = clock_timestamp()
     FROM (SELECT migrate.hash_state_adjust(s2.state, coalesce(o_hash, '{}'),
                                            coalesce(n_hash, '{}')) AS state
           FROM migrate.schema_state s2) a

@@ -56,68 +56,6 @@ CREATE TABLE migrate.history (
     CHECK ((rollback_script IS NULL) = (rollback_checksum IS NULL))
 );
 
--- The schema as recorded after the last migration or baseline, one row per described object
--- (migrate.describe_objects). A migration re-describes the objects it touched, and those
--- that print their names when it renamed something; schema_state keeps the sum of the
--- rows' hashes, which is the recorded fingerprint. OIDs say which rows an object's DDL
--- makes stale; they hold only in the database and server the rows were recorded in
--- (schema_state says which), and anywhere else the whole schema is recorded afresh.
-CREATE TABLE migrate.schema_objects (
-    kind               text NOT NULL,
-    identity           text NOT NULL,
-    description        jsonb NOT NULL,
-    obj_class          oid NOT NULL,
-    obj_oid            oid NOT NULL,
-    -- The table a constraint, index, trigger or policy belongs to.
-    rel_oid            oid,
-    hash               bytea NOT NULL,
-    PRIMARY KEY (kind, identity)
-);
-
-CREATE INDEX schema_objects_object ON migrate.schema_objects (obj_oid, obj_class);
-CREATE INDEX schema_objects_relation ON migrate.schema_objects (rel_oid);
-CREATE INDEX schema_objects_partition_of ON migrate.schema_objects ((description ->> 'partition_of'));
-
-COMMENT ON TABLE migrate.schema_objects IS
-    'pg_migrate: the schema recorded after the last migration, one row per object';
-
-CREATE TABLE migrate.schema_state (
-    one                boolean PRIMARY KEY DEFAULT true CHECK (one),
-    -- The sum of the objects' expanded hashes (migrate.hash_state), and its fingerprint.
-    state              bytea NOT NULL,
-    fingerprint        text NOT NULL,
-    system_identifier  bigint NOT NULL,
-    database_oid       oid NOT NULL,
-    server_major       integer NOT NULL,
-    recorded_at        timestamptz NOT NULL
-);
-
-COMMENT ON TABLE migrate.schema_state IS
-    'pg_migrate: the recorded schema''s fingerprint, and where it was recorded';
-
--- Objects DDL touched since they were last described, written by the DDL log's event
--- triggers in the DDL's own transaction: migration_version for a migration's DDL, NULL for
--- DDL outside migrations (drift, which the next migration records first).
-CREATE TABLE migrate.schema_queue (
-    classid            oid NOT NULL,
-    objid              oid NOT NULL,
-    -- The command renamed or moved something: objects that print its name change too.
-    renamed            boolean NOT NULL,
-    -- The command may have done to a table's partitions and children what it did to the
-    -- table (all but ALTER TABLE ... ATTACH or DETACH PARTITION).
-    recurses           boolean NOT NULL DEFAULT true,
-    -- For a dropped object, what it was: its row in the recorded schema is found by these
-    -- even when its OID is not the recorded one (REINDEX CONCURRENTLY swaps OIDs unseen).
-    object_type        text,
-    object_identity    text,
-    migration_version  text
-);
-
-CREATE INDEX schema_queue_migration ON migrate.schema_queue (migration_version);
-
-COMMENT ON TABLE migrate.schema_queue IS
-    'pg_migrate: objects changed by DDL and not yet re-described in migrate.schema_objects';
-
 CREATE TABLE migrate.steps (
     version            text NOT NULL REFERENCES migrate.history (version) ON DELETE CASCADE,
     phase              integer NOT NULL,
@@ -189,8 +127,4 @@ COMMENT ON TABLE migrate.ddl_log IS
 SELECT pg_catalog.pg_extension_config_dump('migrate.history', '');
 SELECT pg_catalog.pg_extension_config_dump('migrate.ddl_log', '');
 SELECT pg_catalog.pg_extension_config_dump('migrate.steps', '');
--- Restored elsewhere, the recorded schema still compares with the live one (drift); its OIDs
--- are not used there (schema_state tells), the next migration records the schema afresh.
-SELECT pg_catalog.pg_extension_config_dump('migrate.schema_objects', '');
-SELECT pg_catalog.pg_extension_config_dump('migrate.schema_state', '');
 SELECT pg_catalog.pg_extension_config_dump('migrate.ddl_log_id_seq', '');

@@ -139,7 +139,7 @@ fn apply(
                 runner::run(&what, script, &statements, Policy::from_settings())
             };
             // Only what the migration touched is described, while it holds its locks.
-            let schema = record::changes(version.as_str());
+            let schema = record::applied(version.as_str());
             let duration = history::insert(&NewEntry {
                 version: &version,
                 description,

@@ -60,20 +60,20 @@ fn log_sql_drop(fcinfo: pg_sys::FunctionCallInfo) {
     // A dropped column default or domain constraint was part of its table's or domain's
     // description: those are queued too, found by the names the drop reports.
     queue(
-        "SELECT d.classid, d.objid, d.object_type, d.object_identity \
-         FROM pg_catalog.pg_event_trigger_dropped_objects() d WHERE NOT d.is_temporary \
-         UNION ALL \
-         SELECT 'pg_catalog.pg_class'::pg_catalog.regclass, \
-                pg_catalog.to_regclass(pg_catalog.quote_ident(d.address_names[1]) \
-                  OPERATOR(pg_catalog.||) '.' \
-                  OPERATOR(pg_catalog.||) pg_catalog.quote_ident(d.address_names[2])), NULL, NULL \
-         FROM pg_catalog.pg_event_trigger_dropped_objects() d \
-         WHERE d.object_type = 'default value' AND NOT d.is_temporary \
-         UNION ALL \
-         SELECT 'pg_catalog.pg_type'::pg_catalog.regclass, \
-                pg_catalog.to_regtype(d.address_names[1]), NULL, NULL \
-         FROM pg_catalog.pg_event_trigger_dropped_objects() d \
-         WHERE d.object_type = 'domain constraint' AND NOT d.is_temporary",
+        "SELECT o.classid, o.objid, o.object_type, o.object_identity \
+         FROM pg_catalog.pg_event_trigger_dropped_objects() d, LATERAL (VALUES \
+           (d.classid, d.objid, d.object_type, d.object_identity), \
+           ('pg_catalog.pg_class'::pg_catalog.regclass::pg_catalog.oid, \
+            CASE WHEN d.object_type = 'default value' THEN \
+              pg_catalog.to_regclass(pg_catalog.quote_ident(d.address_names[1]) \
+                OPERATOR(pg_catalog.||) '.' \
+                OPERATOR(pg_catalog.||) pg_catalog.quote_ident(d.address_names[2]))::pg_catalog.oid END, \
+            NULL, NULL), \
+           ('pg_catalog.pg_type'::pg_catalog.regclass::pg_catalog.oid, \
+            CASE WHEN d.object_type = 'domain constraint' THEN \
+              pg_catalog.to_regtype(d.address_names[1])::pg_catalog.oid END, NULL, NULL)) \
+           AS o(classid, objid, object_type, object_identity) \
+         WHERE NOT d.is_temporary",
         false,
         true,
         Vec::new(),

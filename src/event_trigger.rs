@@ -104,17 +104,8 @@ pub fn collected() -> Collected {
     })
     .or_bookkeeping("read the collected DDL commands");
     for name in std::mem::take(&mut collected.partitions) {
-        // SAFETY: the RangeVar belongs to a collected command of this event; resolving it
-        // takes no lock (the command holds one) and a dropped relation is no error.
-        let oid = unsafe {
-            pg_sys::RangeVarGetRelidExtended(
-                name,
-                pg_sys::NoLock as _,
-                pg_sys::RVROption::RVR_MISSING_OK,
-                None,
-                std::ptr::null_mut(),
-            )
-        };
+        // The RangeVar belongs to a collected command of this event, which holds the lock.
+        let oid = crate::catalog::oid_of(name);
         if oid != pg_sys::InvalidOid {
             collected.objects.push((pg_sys::RelationRelationId, oid));
         }

@@ -83,12 +83,20 @@ pub fn hash(bytes: &[u8]) -> Result<&[u8; 32], Problem> {
 // Strict functions (pgrx declares them so): NULL in, NULL out; callers pass '{}' for none.
 type Hashes<'a> = pgrx::Array<'a, &'a [u8]>;
 
+/// Open to every role: an array can hold millions of hashes, each eight SHA-256s to spread,
+/// so cancellation is answered as the sum goes.
 fn sum_of(start: Sum, minus: Option<Hashes>, plus: Hashes) -> Sum {
     let mut sum = start;
-    for h in minus.iter().flat_map(|a| a.iter()).flatten() {
+    for (i, h) in minus.iter().flat_map(|a| a.iter()).flatten().enumerate() {
+        if i % 4096 == 0 {
+            pgrx::check_for_interrupts!();
+        }
         sum.subtract(hash(h).or_raise());
     }
-    for h in plus.iter().flatten() {
+    for (i, h) in plus.iter().flatten().enumerate() {
+        if i % 4096 == 0 {
+            pgrx::check_for_interrupts!();
+        }
         sum.add(hash(h).or_raise());
     }
     sum

@@ -131,7 +131,11 @@ pub fn insert(entry: &NewEntry) -> Duration {
         names.into(),
         values.into(),
         entry.verify.into(),
-        entry.schema.as_ref().map(|r| r.fingerprint.clone()).into(),
+        entry
+            .schema
+            .as_ref()
+            .and_then(|r| r.fingerprint.clone())
+            .into(),
         entry
             .schema
             .as_ref()

@@ -6,26 +6,24 @@
 
 use crate::errors::{OrBookkeeping, OrRaise, Problem};
 use crate::security;
-use crate::timeouts::SettingScope;
+use crate::timeouts::{self, Limits};
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
 
 /// What a migration changed in the recorded schema, and the fingerprint after it.
 pub struct Recorded {
     pub changes: Option<JsonB>,
-    pub fingerprint: String,
+    pub fingerprint: Option<String>,
 }
 
-/// Runs `f`, which describes objects, waiting at most migrate.lock_timeout for a lock:
-/// printing a default or a view's definition opens the tables it names, which another
-/// session may hold. Waiting longer would hold the applier lock (and, after the migration's
-/// DDL, its locks) for as long as that session pleases.
-fn bounded<T>(what: &str, f: impl FnOnce() -> T) -> T {
-    let limit = format!("{}ms", crate::gucs::LOCK_TIMEOUT_MS.get());
-    let caught = match crate::subxact::run(|| {
-        let _scope = SettingScope::set(&[("lock_timeout", &limit)]);
-        f()
-    }) {
+/// Runs `f`, which describes objects, under the migration's limits (`migrate.lock_timeout`,
+/// `migrate.statement_timeout`), as the migration's own statements run: printing a default or
+/// a view's definition opens the tables it names, which another session may hold, and
+/// waiting longer would hold the applier lock (and, after the migration's DDL, its locks) for
+/// as long as that session pleases. `then` says what to do after a lock timeout.
+fn bounded<T>(what: &str, then: &str, f: impl FnOnce() -> T) -> T {
+    let limits = Limits::from_settings();
+    let caught = match crate::subxact::run(|| timeouts::with_limits(limits, f)) {
         Ok(value) => return value,
         Err(caught) => caught,
     };
@@ -37,28 +35,36 @@ fn bounded<T>(what: &str, f: impl FnOnce() -> T) -> T {
         format!("could not {what}: an object it describes is locked by another session"),
         format!(
             "Describing an object can open the tables it names; one was locked for longer \
-             than migrate.lock_timeout ({limit}): {}. Nothing was applied.",
-            caught.message
+             than migrate.lock_timeout ({} ms): {}",
+            limits.lock_timeout_ms, caught.message
         ),
-        "Find the session holding the lock (pg_locks, pg_stat_activity) and apply again once \
-         it has finished.",
+        format!(
+            "Find the session holding the lock (pg_locks, pg_stat_activity); {then} once it \
+             has finished."
+        ),
     )
     .raise()
 }
+
+const APPLY_AGAIN: &str = "nothing was applied: apply again";
 
 /// Before a migration: DDL outside migrations since the last one is recorded first (or the
 /// whole schema, where nothing of this database is recorded yet), so that the migration's
 /// changes are its own.
 pub fn drift() {
-    bounded("record the schema before the migration", || {
-        security::as_owner(|| Spi::run("SELECT migrate.record_drift()"))
-            .or_bookkeeping("record the schema before the migration")
-    })
+    bounded(
+        "record the schema before the migration",
+        APPLY_AGAIN,
+        || {
+            security::as_owner(|| Spi::run("SELECT migrate.record_drift()"))
+                .or_bookkeeping("record the schema before the migration")
+        },
+    )
 }
 
 /// After a migration's DDL (in its last transaction): re-describes what it touched.
-pub fn changes(version: &str) -> Recorded {
-    bounded("record what the migration changed", || {
+pub fn changes(version: &str, then: &str) -> Recorded {
+    bounded("record what the migration changed", then, || {
         security::as_owner(|| {
             Spi::get_two_with_args::<JsonB, String>(
                 "SELECT changes, fingerprint FROM migrate.record_changes($1)",
@@ -67,20 +73,26 @@ pub fn changes(version: &str) -> Recorded {
         })
         .map(|(changes, fingerprint)| Recorded {
             changes,
-            fingerprint: fingerprint.unwrap_or_default(),
+            fingerprint,
         })
         .or_bookkeeping("record the migration's changes to the schema")
     })
 }
 
+/// A migration applied in the caller's transaction: its changes, recorded there.
+pub fn applied(version: &str) -> Recorded {
+    changes(version, APPLY_AGAIN)
+}
+
 /// A baseline, or an admin's `migrate.record_schema()`: the whole schema, recorded afresh.
 pub fn whole() -> Recorded {
-    let fingerprint =
+    let fingerprint = bounded("record the schema", "run it again", || {
         security::as_owner(|| Spi::get_one::<String>("SELECT migrate.record_whole_schema()"))
-            .or_bookkeeping("record the schema");
+            .or_bookkeeping("record the schema")
+    });
     Recorded {
         changes: None,
-        fingerprint: fingerprint.unwrap_or_default(),
+        fingerprint,
     }
 }
 
@@ -106,5 +118,5 @@ fn record_schema() -> String {
     security::require_admin("record the schema").or_raise();
     crate::apply::refuse_unsafe_context().or_raise();
     crate::apply::lock_history();
-    whole().fingerprint
+    whole().fingerprint.unwrap_or_default()
 }

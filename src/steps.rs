@@ -242,7 +242,10 @@ fn record_error(step: &Step, error: &Caught, state: &str) {
 pub fn complete(version: &str) {
     // Its own changes first: an object it touched that DDL outside migrations also touched
     // meanwhile is its change.
-    let schema = crate::record::changes(version);
+    let schema = crate::record::changes(
+        version,
+        "the worker records the migration again at its next turn",
+    );
     crate::record::drift();
     write(
         "UPDATE migrate.history SET status = 'applied', finished_at = pg_catalog.clock_timestamp(), \
