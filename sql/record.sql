@@ -244,15 +244,19 @@ BEGIN
         FROM t JOIN pg_constraint c ON c.oid = t.objid
         WHERE t.classid = 'pg_constraint'::regclass
         UNION ALL
-        SELECT CASE t.classid WHEN 'pg_trigger'::regclass THEN 'trigger'
-                              WHEN 'pg_policy'::regclass THEN 'policy'
+        -- Not internal triggers (foreign keys' own): they are not described, and a table
+        -- that thousands of foreign keys reference has thousands of them.
+        SELECT 'trigger', g.oid FROM t JOIN pg_trigger g ON g.oid = t.objid
+        WHERE t.classid = 'pg_trigger'::regclass AND NOT g.tgisinternal
+        UNION ALL
+        SELECT CASE t.classid WHEN 'pg_policy'::regclass THEN 'policy'
                               WHEN 'pg_type'::regclass THEN 'type'
                               WHEN 'pg_proc'::regclass THEN 'function'
                               WHEN 'pg_namespace'::regclass THEN 'schema'
                               ELSE 'extension' END,
                t.objid
         FROM t
-        WHERE t.classid IN ('pg_trigger'::regclass, 'pg_policy'::regclass, 'pg_type'::regclass,
+        WHERE t.classid IN ('pg_policy'::regclass, 'pg_type'::regclass,
                             'pg_proc'::regclass, 'pg_namespace'::regclass,
                             'pg_extension'::regclass)
     ),
