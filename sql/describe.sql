@@ -126,7 +126,7 @@ SELECT 'tables', r.ident, jsonb_strip_nulls(jsonb_build_object(
         'partition_of', CASE WHEN r.relispartition THEN
                             (SELECT i.inhparent::regclass::text FROM pg_inherits i
                              WHERE i.inhrelid = r.oid) END,
-        'partition_bound', pg_get_expr(r.relpartbound, r.oid),
+        'partition_bound', pg_get_expr(r.relpartbound, 0),
         'partition_key', CASE WHEN r.relkind = 'p' THEN pg_get_partkeydef(r.oid) END,
         'inherits', CASE WHEN NOT r.relispartition THEN
                         (SELECT jsonb_agg(i.inhparent::regclass::text ORDER BY i.inhseqno)
@@ -144,7 +144,10 @@ SELECT 'tables', r.ident, jsonb_strip_nulls(jsonb_build_object(
                'position', a.position,
                'type', format_type(a.atttypid, a.atttypmod),
                'not_null', a.attnotnull,
-               'default', CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END,
+               -- A default cannot refer to columns, so it needs no relation to be printed:
+               -- opening one per column (what pg_get_expr does when given it) was most of
+               -- the time a table took.
+               'default', CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, 0) END,
                'generated', CASE WHEN a.attgenerated <> '' THEN pg_get_expr(d.adbin, d.adrelid) END,
                'identity', CASE a.attidentity WHEN 'a' THEN 'always' WHEN 'd' THEN 'by default' END,
                'collation', CASE WHEN a.attcollation <> t.typcollation

@@ -56,6 +56,12 @@ CREATE TABLE migrate.history (
     CHECK ((rollback_script IS NULL) = (rollback_checksum IS NULL))
 );
 
+-- Every migration and every worker poll looks for the unfinished versions and the highest
+-- baseline: a handful of rows among thousands of applied ones, found without reading them.
+CREATE INDEX history_unfinished ON migrate.history (version_key)
+    WHERE status IN ('pending', 'running', 'failed');
+CREATE INDEX history_baseline ON migrate.history (version_key) WHERE status = 'baseline';
+
 CREATE TABLE migrate.steps (
     version            text NOT NULL REFERENCES migrate.history (version) ON DELETE CASCADE,
     phase              integer NOT NULL,
