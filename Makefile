@@ -30,7 +30,9 @@ install-debug: setup
 test: setup lint unit pgtest e2e
 	@echo "make test: all passed"
 
+# The module graph first: a cycle or an upward import is a design error, not a style one.
 lint:
+	python3 .ci/module_graph.py
 	cargo fmt --check
 	cargo clippy --all-targets --no-default-features --features "$(PG) pg_test" -- -D warnings
 

@@ -103,10 +103,9 @@ pub fn notice(message: impl Into<String>) {
 
 /// The five-character SQLSTATE of an error code, e.g. `23505`.
 pub fn sqlstate(code: PgSqlErrorCode) -> String {
-    // SAFETY: unpack_sql_state formats into a static buffer, copied out at once.
-    unsafe {
-        std::ffi::CStr::from_ptr(pgrx::pg_sys::unpack_sql_state(code as i32))
-            .to_string_lossy()
-            .into_owned()
-    }
+    // PGSIXBIT packs each of the five characters into six bits, first character lowest.
+    let packed = code as i32;
+    (0..5)
+        .map(|i| char::from(b'0' + ((packed >> (6 * i)) & 0x3F) as u8))
+        .collect()
 }

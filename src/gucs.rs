@@ -1,8 +1,7 @@
 //! The `migrate.*` settings. Defaults and their reasons are in the README.
 
-use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
-use std::cell::Cell;
-use std::ffi::{c_char, c_void, CString};
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
+use std::ffi::CString;
 
 /// How long any one statement of a migration may wait for a lock before the whole attempt
 /// is rolled back (and every lock it took released).
@@ -34,7 +33,7 @@ pub const CARRIED: [&str; 7] = [
 pub fn carried() -> (Vec<String>, Vec<String>) {
     CARRIED
         .iter()
-        .filter_map(|name| Some((name.to_string(), current(name)?)))
+        .filter_map(|name| Some((name.to_string(), crate::pg::guc::current(name)?)))
         .unzip()
 }
 
@@ -71,7 +70,7 @@ pub enum GuardMode {
     Off,
 }
 
-/// Whether unsafe DDL is refused, only warned about, or not judged at all.
+/// Whether DDL that breaks a rule is refused, only warned about, or not judged at all.
 pub static GUARD: GucSetting<GuardMode> = GucSetting::<GuardMode>::new(GuardMode::Enforce);
 /// Rule ids overridden for the current transaction (`SET LOCAL migrate.allow = '...'`).
 pub static ALLOW: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -79,19 +78,6 @@ pub static ALLOW: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::n
 /// exempt from the lock and scan rules.
 pub static SMALL_TABLE_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 pub static SMALL_TABLE_MAX_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(10 * 1024);
-
-thread_local! {
-    /// Start of the transaction in which migrate.allow was last assigned.
-    static ALLOW_SET_IN: Cell<Option<pg_sys::TimestampTz>> = const { Cell::new(None) };
-}
-
-#[pgrx::pg_guard]
-unsafe extern "C-unwind" fn remember_allow_transaction(
-    _newval: *const c_char,
-    _extra: *mut c_void,
-) {
-    ALLOW_SET_IN.set(Some(pg_sys::GetCurrentTransactionStartTimestamp()));
-}
 
 /// What `migrate.allow` says for the statement about to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,57 +106,16 @@ pub fn allowed_rules() -> Allowed {
     if ids.is_empty() {
         return Allowed::Honoured(ids);
     }
-    // SAFETY: reads the transaction start time.
-    let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
-    if ALLOW_SET_IN.get() != Some(now) {
+    if !crate::pg::guc::assigned_in_this_transaction() {
         return Allowed::Stale(ids);
     }
     // Whether the role running the statement may override at all (migrate_admin) is the
     // guard's policy; here only whether the override is that role's own.
-    let setter = allow_setter();
-    if crate::security::has_privs_of(setter, crate::security::current_user()) {
+    let setter = crate::pg::guc::setter_of(c"migrate.allow");
+    if crate::pg::identity::has_privs_of(setter, crate::pg::identity::current_user()) {
         Allowed::Honoured(ids)
     } else {
-        Allowed::NotTheSetters(ids, crate::security::role_name(setter))
-    }
-}
-
-/// The role that set migrate.allow's current value (PostgreSQL 15 records it with every
-/// setting; before 15, the role outside any SECURITY DEFINER function).
-fn allow_setter() -> pg_sys::Oid {
-    #[cfg(not(any(feature = "pg13", feature = "pg14")))]
-    {
-        let record = record(c"migrate.allow");
-        if !record.is_null() {
-            // SAFETY: setting records live as long as the backend; only srole is read.
-            return unsafe { (*record).srole };
-        }
-        pg_sys::InvalidOid
-    }
-    #[cfg(any(feature = "pg13", feature = "pg14"))]
-    // SAFETY: reads the backend's outer user id.
-    unsafe {
-        pg_sys::GetOuterUserId()
-    }
-}
-
-/// A setting's record in the GUC tables, or null for an unknown name. Records never move
-/// or go away once defined.
-pub fn record(name: &std::ffi::CStr) -> *mut pg_sys::config_generic {
-    // SAFETY: reads the GUC tables; find_option does not create placeholders here.
-    unsafe {
-        #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
-        {
-            let all = pg_sys::get_guc_variables();
-            (0..pg_sys::GetNumConfigOptions() as usize)
-                .map(|i| *all.add(i))
-                .find(|g| std::ffi::CStr::from_ptr((**g).name) == name)
-                .unwrap_or(std::ptr::null_mut())
-        }
-        #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
-        {
-            pg_sys::find_option(name.as_ptr(), false, true, pg_sys::ERROR as i32)
-        }
+        Allowed::NotTheSetters(ids, crate::pg::identity::role_name(setter))
     }
 }
 
@@ -250,28 +195,20 @@ pub fn init() {
     );
     GucRegistry::define_enum_guc(
         c"migrate.guard",
-        c"What the guard does with unsafe DDL: enforce (refuse), warn, or off.",
+        c"What the guard does with DDL that breaks a rule: enforce (refuse), warn, or off.",
         c"Only superusers may change it.",
         &GUARD,
         GucContext::Suset,
         GucFlags::default(),
     );
-    // SAFETY: the assign hook only records a timestamp and cannot raise.
-    unsafe {
-        GucRegistry::define_string_guc_with_hooks(
-            c"migrate.allow",
-            c"Guard rules overridden for this transaction (comma-separated rule ids).",
-            c"Honoured for members of migrate_admin, and only in the transaction that set it: \
-              use SET LOCAL. Data-loss rules are honoured only inside migrate.apply for a \
-              migration that declares a rollback script.",
-            &ALLOW,
-            GucContext::Userset,
-            GucFlags::default(),
-            None,
-            Some(remember_allow_transaction),
-            None,
-        );
-    }
+    crate::pg::guc::define_transaction_string(
+        c"migrate.allow",
+        c"Guard rules overridden for this transaction (comma-separated rule ids).",
+        c"Honoured for members of migrate_admin, and only in the transaction that set it: \
+          use SET LOCAL. Data-loss rules are honoured only inside migrate.apply for a \
+          migration that declares a rollback script.",
+        &ALLOW,
+    );
     GucRegistry::define_int_guc(
         c"migrate.small_table_threshold",
         c"Tables with at most this many estimated rows are exempt from the lock and scan rules.",
@@ -299,7 +236,7 @@ pub fn init() {
         c"Each serves one database; they come out of max_worker_processes, beside the launcher.",
         &MAX_WORKERS,
         0,
-        crate::shared::MAX_SLOTS as i32,
+        crate::pg::shmem::MAX_SLOTS as i32,
         GucContext::Sighup,
         GucFlags::default(),
     );
@@ -325,7 +262,7 @@ pub fn init() {
         GucFlags::UNIT_S,
     );
     backfill_settings();
-    reserve_prefix();
+    crate::pg::guc::reserve_prefix();
 }
 
 fn backfill_settings() {
@@ -390,57 +327,4 @@ fn backfill_settings() {
         GucContext::Userset,
         GucFlags::UNIT_KB,
     );
-}
-
-/// Makes a misspelt `migrate.*` setting an error instead of a silently ignored placeholder.
-fn reserve_prefix() {
-    // SAFETY: called from _PG_init after our settings are defined.
-    #[cfg(not(any(feature = "pg13", feature = "pg14")))]
-    unsafe {
-        pgrx::pg_sys::MarkGUCPrefixReserved(c"migrate".as_ptr());
-    }
-    #[cfg(any(feature = "pg13", feature = "pg14"))]
-    unsafe {
-        pgrx::pg_sys::EmitWarningsOnPlaceholders(c"migrate".as_ptr());
-    }
-}
-
-/// A setting's current value, as SHOW prints it (with its unit); None for an unknown one.
-pub fn current(name: &str) -> Option<String> {
-    let name = CString::new(name).ok()?;
-    // SAFETY: returns a palloc'd copy of the value, or NULL when missing_ok and unknown.
-    unsafe {
-        let value = pg_sys::GetConfigOptionByName(name.as_ptr(), std::ptr::null_mut(), true);
-        (!value.is_null()).then(|| {
-            std::ffi::CStr::from_ptr(value)
-                .to_string_lossy()
-                .into_owned()
-        })
-    }
-}
-
-/// Sets (or, for None, resets) a setting the way SET does, with the given context and action:
-/// GUC_ACTION_SET for the session, _LOCAL for the transaction, _SAVE for a nest level. An
-/// invalid value raises PostgreSQL's own error.
-pub fn set(
-    name: &str,
-    value: Option<&str>,
-    context: pg_sys::GucContext::Type,
-    action: pg_sys::GucAction::Type,
-) {
-    let name = CString::new(name).expect("setting names have no NUL");
-    let value = value.map(|v| CString::new(v).expect("setting values have no NUL"));
-    // SAFETY: both strings outlive the call; set_config_option copies what it keeps.
-    unsafe {
-        pg_sys::set_config_option(
-            name.as_ptr(),
-            value.as_ref().map_or(std::ptr::null(), |v| v.as_ptr()),
-            context,
-            pg_sys::GucSource::PGC_S_SESSION,
-            action,
-            true,
-            0,
-            false,
-        );
-    }
 }

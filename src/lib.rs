@@ -4,37 +4,13 @@
 
 mod apply;
 mod backfill;
-mod catalog;
-mod checksum;
-mod command;
-mod control;
-mod ddl_log;
-mod dry_run;
 mod errors;
-mod event_trigger;
-mod fingerprint;
 mod guard;
 mod gucs;
 mod history;
-mod launcher;
-mod lint;
-mod parser;
-mod parsetree;
-mod phases;
-mod record;
-mod retry;
-mod runner;
-mod schema_diff;
-mod script;
-mod security;
-mod shared;
-mod steps;
-mod submitter;
-mod subxact;
-mod timeouts;
-mod toplevel;
-mod verify;
-mod version;
+mod inspect;
+mod migration;
+mod pg;
 mod worker;
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -44,49 +20,64 @@ mod tests;
 
 pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 pgrx::extension_sql_file!(
-    "../sql/tables.sql",
-    name = "tables",
-    requires = [version::version_key]
+    "../sql/history.sql",
+    name = "history",
+    requires = [migration::version::version_key]
 );
-pgrx::extension_sql_file!("../sql/worker.sql", name = "worker", requires = ["tables"]);
+pgrx::extension_sql_file!("../sql/ddl_log.sql", name = "ddl_log");
+pgrx::extension_sql_file!("../sql/worker.sql", name = "worker", requires = ["history"]);
 pgrx::extension_sql_file!(
     "../sql/backfill.sql",
     name = "backfill",
-    requires = ["tables"]
+    requires = ["history"]
 );
 pgrx::extension_sql_file!(
-    "../sql/describe.sql",
+    "../sql/inspect/describe.sql",
     name = "describe",
-    requires = [fingerprint::hash_sum]
+    requires = [history::fingerprint::hash_sum]
 );
-pgrx::extension_sql_file!("../sql/verify.sql", name = "verify");
+pgrx::extension_sql_file!("../sql/inspect/verify.sql", name = "verify");
 pgrx::extension_sql_file!(
-    "../sql/drift.sql",
+    "../sql/inspect/drift.sql",
     name = "drift",
-    requires = ["tables", "describe", schema_diff::diff]
+    requires = ["history", "ddl_log", "describe", inspect::diff::diff]
 );
 pgrx::extension_sql_file!(
     "../sql/record.sql",
     name = "record",
     requires = [
-        "tables",
+        "history",
         "describe",
         "drift",
-        fingerprint::hash_state,
-        fingerprint::hash_state_adjust,
-        fingerprint::state_fingerprint
+        history::fingerprint::hash_state,
+        history::fingerprint::hash_state_adjust,
+        history::fingerprint::state_fingerprint
     ]
 );
-pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+pgrx::extension_sql_file!(
+    "../sql/guard.sql",
+    name = "guard",
+    requires = [
+        "history",
+        "ddl_log",
+        "record",
+        guard::rules::rule_catalog,
+        guard::hooks::trigger::guard_ddl,
+        guard::hooks::trigger::guard_rewrite,
+        guard::hooks::trigger::guard_drop,
+        history::ddl_log::log_ddl_command,
+        history::ddl_log::log_sql_drop
+    ]
+);
+pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
-    // SAFETY: reads a flag set by the postmaster while it loads shared_preload_libraries.
-    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
-        guard::utility_hook::install();
-        shared::init();
-        launcher::register();
+    if pg::process::loading_at_server_start() {
+        guard::hooks::utility_hook::install();
+        pg::shmem::init();
+        worker::launcher::register();
     }
 }
 

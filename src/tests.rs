@@ -398,9 +398,9 @@ CREATE TABLE b (
 
     #[pg_test]
     fn only_a_plain_call_is_a_backfill_phase() {
-        use crate::script::Kind;
+        use crate::migration::script::Kind;
         let kinds = |sql: &str| -> Vec<Kind> {
-            crate::parser::parse(sql)
+            crate::migration::parse::parse(sql)
                 .unwrap()
                 .into_iter()
                 .map(|(s, _)| s.kind)
@@ -428,7 +428,7 @@ CREATE TABLE b (
             script.push_str("SELECT x;\n");
         }
         script.push_str("END;\nCREATE TABLE last (id int)");
-        let whole = crate::parser::parse(&script).unwrap();
+        let whole = crate::migration::parse::parse(&script).unwrap();
         assert_eq!(whole.len(), 3002);
         let (st, _) = &whole[3000];
         assert_eq!(
@@ -446,10 +446,10 @@ CREATE TABLE b (
             "CREATE TABLE t2500 (id int)",
             "CREATE TABLE t2500 (id intt,,)",
         );
-        let error = crate::parser::parse(&broken).unwrap_err();
+        let error = crate::migration::parse::parse(&broken).unwrap_err();
         assert_eq!((error.statement, error.statement_line), (2501, 2501));
         assert_eq!(
-            crate::script::line_at(&broken, error.offset.unwrap()),
+            crate::migration::script::line_at(&broken, error.offset.unwrap()),
             2501,
             "{error:?}"
         );
@@ -457,5 +457,188 @@ CREATE TABLE b (
             broken[error.offset.unwrap()..].starts_with(",)"),
             "{error:?}"
         );
+    }
+
+    // The parse-tree translation (guard::parsetree over pg::catalog): what the rules are given
+    // for a statement, from its real parse tree and the live catalogs.
+
+    use crate::guard::command::{Action, Command, ConstraintKind, LockMode, RelKind};
+
+    fn command(sql: &str) -> Command {
+        let trees = crate::migration::parse::parse(sql).expect(sql);
+        assert_eq!(trees.len(), 1, "{sql}");
+        crate::guard::parsetree::command(trees[0].1)
+    }
+
+    fn lock(sql: &str) -> Option<LockMode> {
+        let trees = crate::migration::parse::parse(sql).expect(sql);
+        crate::guard::parsetree::lock_needed(trees[0].1)
+    }
+
+    fn shop() {
+        Spi::run(
+            "CREATE TABLE orders (id bigint PRIMARY KEY, total int, note text);
+             INSERT INTO orders SELECT g, g, 'x' FROM generate_series(1, 5000) g;
+             ANALYZE orders;
+             CREATE TABLE lines (id bigint, order_id bigint);",
+        )
+        .unwrap();
+    }
+
+    #[pg_test]
+    fn create_index_names_its_table_with_size_and_columns() {
+        shop();
+        let Command::CreateIndex {
+            table,
+            concurrent,
+            columns,
+            unique,
+            only,
+            ..
+        } = command("CREATE UNIQUE INDEX CONCURRENTLY ON orders (total, note)")
+        else {
+            panic!("not a CreateIndex");
+        };
+        assert_eq!(table.name, "public.orders");
+        assert_eq!(table.kind, RelKind::Table);
+        assert!(table.new, "created in this transaction");
+        assert!(table.size_known);
+        assert!((table.rows - 5000.0).abs() < 1.0, "{}", table.rows);
+        assert!(concurrent && unique && !only);
+        assert_eq!(columns.as_deref(), Some("(total, note)"));
+        assert_eq!(
+            lock("CREATE INDEX CONCURRENTLY ON orders (total)"),
+            Some(LockMode::ShareUpdateExclusive)
+        );
+        assert_eq!(
+            lock("CREATE INDEX ON orders (total)"),
+            Some(LockMode::Share)
+        );
+    }
+
+    #[pg_test]
+    fn alter_table_actions_carry_what_the_catalogs_prove() {
+        shop();
+        Spi::run("ALTER TABLE orders ADD CONSTRAINT total_set CHECK (total IS NOT NULL)").unwrap();
+        let Command::AlterTable { table, actions } = command(
+            "ALTER TABLE orders ADD COLUMN at timestamptz DEFAULT clock_timestamp(), \
+             ADD COLUMN n int DEFAULT 0, ALTER COLUMN total TYPE bigint, \
+             ALTER COLUMN total SET NOT NULL, \
+             ADD CONSTRAINT fk FOREIGN KEY (id) REFERENCES lines (id) NOT VALID",
+        ) else {
+            panic!("not an AlterTable");
+        };
+        assert_eq!(table.name, "public.orders");
+        assert_eq!(actions.len(), 5, "{actions:?}");
+        let Action::AddColumn(volatile) = &actions[0] else {
+            panic!("{:?}", actions[0])
+        };
+        assert_eq!(
+            (volatile.name.as_str(), volatile.volatile_default),
+            ("at", Some(true))
+        );
+        let Action::AddColumn(constant) = &actions[1] else {
+            panic!("{:?}", actions[1])
+        };
+        assert_eq!(constant.volatile_default, Some(false));
+        let Action::AlterType {
+            column, rewrites, ..
+        } = &actions[2]
+        else {
+            panic!("{:?}", actions[2])
+        };
+        assert_eq!((column.as_str(), *rewrites), ("total", Some(true)));
+        let Action::SetNotNull { column, proven } = &actions[3] else {
+            panic!("{:?}", actions[3])
+        };
+        assert_eq!(
+            (column.as_str(), *proven),
+            ("total", true),
+            "the CHECK proves it"
+        );
+        let Action::AddConstraint {
+            kind,
+            not_valid,
+            references,
+            ..
+        } = &actions[4]
+        else {
+            panic!("{:?}", actions[4])
+        };
+        assert_eq!(*kind, ConstraintKind::ForeignKey);
+        assert!(*not_valid);
+        assert_eq!(
+            references.as_ref().map(|r| r.name.as_str()),
+            Some("public.lines")
+        );
+        assert_eq!(
+            lock("ALTER TABLE orders ADD COLUMN x int"),
+            Some(LockMode::AccessExclusive)
+        );
+    }
+
+    #[pg_test]
+    fn a_type_change_that_keeps_the_bytes_does_not_rewrite() {
+        Spi::run("CREATE TABLE t (v varchar(10))").unwrap();
+        let Command::AlterTable { actions, .. } =
+            command("ALTER TABLE t ALTER COLUMN v TYPE varchar(20)")
+        else {
+            panic!("not an AlterTable");
+        };
+        assert!(
+            matches!(
+                &actions[0],
+                Action::AlterType {
+                    rewrites: Some(false),
+                    ..
+                }
+            ),
+            "{actions:?}"
+        );
+    }
+
+    #[pg_test]
+    fn drops_truncates_and_renames_resolve_their_relations() {
+        shop();
+        let Command::DropTable { tables } = command("DROP TABLE orders, lines") else {
+            panic!("not a DropTable");
+        };
+        let names: Vec<_> = tables.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["public.orders", "public.lines"]);
+        let Command::Truncate { tables, cascade } = command("TRUNCATE orders CASCADE") else {
+            panic!("not a Truncate");
+        };
+        assert!(cascade);
+        assert_eq!(tables[0].name, "public.orders");
+        let Command::RenameColumn {
+            rel,
+            column,
+            new_name,
+        } = command("ALTER TABLE orders RENAME COLUMN note TO remark")
+        else {
+            panic!("not a RenameColumn");
+        };
+        assert_eq!(
+            (rel.name.as_str(), column.as_str(), new_name.as_str()),
+            ("public.orders", "note", "remark")
+        );
+        assert!(
+            matches!(command("VACUUM FULL orders"), Command::VacuumFull { tables } if tables.len() == 1)
+        );
+        assert!(matches!(
+            command("DROP INDEX CONCURRENTLY orders_pkey"),
+            Command::DropIndex { concurrent: true, indexes } if indexes[0].1.name == "public.orders"
+        ));
+    }
+
+    #[pg_test]
+    fn statements_no_rule_concerns_are_other_and_unknown_names_resolve_to_nothing() {
+        assert_eq!(command("SELECT 1"), Command::Other);
+        assert_eq!(command("CREATE TABLE fresh (id int)"), Command::Other);
+        // A table that does not exist: no facts, and the command is still read.
+        let Command::DropTable { tables } = command("DROP TABLE IF EXISTS nowhere") else {
+            panic!("not a DropTable");
+        };
+        assert!(tables.is_empty(), "{tables:?}");
     }
 }

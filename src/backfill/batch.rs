@@ -7,14 +7,16 @@
 //! new position, with `synchronous_commit = off`: a crash can lose the last batches, but
 //! only together with their recorded progress, so the job redoes exactly those.
 
-use super::job::{self, Batch, Job};
-use super::throttle::{self, AfterTimeout};
-use super::walk::{self, Walk};
+use crate::backfill::job::{self, Batch, Job};
+use crate::backfill::throttle::{self, AfterTimeout};
+use crate::backfill::walk::{self, Walk};
 use crate::errors::Problem;
-use crate::retry::{self, Backoff};
-use crate::subxact::Caught;
-use crate::timeouts::{self, Limits};
-use crate::{gucs, security, submitter, toplevel};
+use crate::gucs;
+use crate::migration::backoff::{self, Backoff};
+use crate::migration::limits::Limits;
+use crate::migration::submitter;
+use crate::pg::simple_query;
+use crate::pg::subxact::Caught;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use std::time::{Duration, Instant};
@@ -36,7 +38,7 @@ pub enum Turn {
 
 pub fn turn() -> Turn {
     // One transaction reads which job is due, the job, and the replicas' lag.
-    let due = toplevel::transaction(|| {
+    let due = simple_query::transaction(|| {
         let (id, wait) = job::next_due()?;
         if !wait.is_zero() {
             return Some(Err(wait));
@@ -53,7 +55,7 @@ pub fn turn() -> Turn {
             Turn::Ran
         }
         Err(e) => {
-            toplevel::log(&format!("could not read the backfill jobs: {}", e.message));
+            simple_query::log(&format!("could not read the backfill jobs: {}", e.message));
             Turn::Wait(LAG_POLL)
         }
     }
@@ -118,8 +120,8 @@ fn run_batch(job: &Job, table: &str) {
         None
     };
     let ran = as_submitter(job, || {
-        timeouts::set_local("synchronous_commit", "off");
-        timeouts::with_limits(Limits::from_settings(), || {
+        crate::pg::guc::set_local("synchronous_commit", "off");
+        crate::migration::limits::with_limits(Limits::from_settings(), || {
             let started = Instant::now();
             let (end, scanned) = batch_end(job, table, from_start, &upper, filter)?;
             let last = job.last.clone().unwrap_or_else(|| vec!["0".into()]);
@@ -163,7 +165,7 @@ fn run_batch(job: &Job, table: &str) {
 /// Whether other sessions are waiting, as the batch ends, for locks this transaction holds:
 /// writers that touched the batch's rows wait for its commit, and the next batch shrinks.
 fn writers_waiting() -> Result<bool, pgrx::spi::Error> {
-    crate::security::pinned(|| {
+    crate::pg::guc::pinned(|| {
         // A writer blocked on a row of the batch waits for its transaction (the first one
         // on each row; later ones queue behind it on the row).
         Spi::get_one::<bool>(
@@ -229,7 +231,7 @@ fn final_check(job: &Job, table: &str) {
         return;
     };
     let counted = as_submitter(job, || {
-        timeouts::with_limits(Limits::from_settings(), || {
+        crate::migration::limits::with_limits(Limits::from_settings(), || {
             Spi::get_one::<i64>(&Walk::remaining_sql(table, where_clause)).map(|n| n.unwrap_or(0))
         })
     });
@@ -270,7 +272,7 @@ fn failed(job: &Job, error: (Option<(i32, Backoff)>, Caught)) {
         AfterTimeout::Retry(size) | AfterTimeout::Split(size) => {
             let delay = retries_backoff
                 .1
-                .delay(attempt as u32, retry::random_unit());
+                .delay(attempt as u32, backoff::random_unit());
             record(|| job::lock_timeout(job.id, size, delay, &error));
         }
         AfterTimeout::GiveUp => record(|| job::fail(job.id, &error, None)),
@@ -287,7 +289,7 @@ fn as_submitter<T>(
     let session = format!("backfill {}", job.id);
     let outcome = submitter::as_role(&session, &job.role, &job.settings, || {
         policy = Some((gucs::LOCK_RETRIES.get(), Backoff::from_settings()));
-        toplevel::transaction(|| f().unwrap_or_else(|e| spi_error(e)))
+        simple_query::transaction(|| f().unwrap_or_else(|e| spi_error(e)))
     });
     outcome.map_err(|e| (policy, e))
 }
@@ -317,7 +319,7 @@ fn first_key(
 /// The first pass walks every row: the planner's estimate, or a count for a table never
 /// analysed.
 fn first_pass_estimate(table_oid: pg_sys::Oid, table: &str) -> Result<i64, pgrx::spi::Error> {
-    let estimate = security::pinned(|| {
+    let estimate = crate::pg::guc::pinned(|| {
         Spi::get_one_with_args::<f32>(
             "SELECT reltuples FROM pg_catalog.pg_class WHERE oid = $1",
             &[table_oid.into()],
@@ -334,7 +336,7 @@ fn first_pass_estimate(table_oid: pg_sys::Oid, table: &str) -> Result<i64, pgrx:
 /// The streaming replica furthest behind in replay: its name, the bytes of WAL it has yet
 /// to replay, and those bytes as pg_size_pretty shows them.
 fn worst_lag() -> Option<(String, i64, String)> {
-    security::pinned_row(
+    crate::pg::spi::pinned_row(
         "SELECT coalesce(nullif(application_name, ''), client_addr::text, 'pid ' || pid), \
                 pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint, \
                 pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)) \
@@ -363,9 +365,9 @@ fn pretty(bytes: i64) -> String {
 /// Lock timeouts, deadlocks, serialization failures and statement timeouts: worth another
 /// (smaller) try.
 fn retryable(error: &Caught) -> bool {
-    retry::transient(error) || error.code == PgSqlErrorCode::ERRCODE_QUERY_CANCELED
+    backoff::transient(error) || error.code == PgSqlErrorCode::ERRCODE_QUERY_CANCELED
 }
 
 fn record(f: impl FnOnce()) {
-    toplevel::record("a backfill's progress", f);
+    simple_query::record("a backfill's progress", f);
 }

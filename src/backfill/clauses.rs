@@ -3,10 +3,12 @@
 //! exactly one expression. Text that would close a parenthesis early, add a statement, a
 //! FROM, a RETURNING or a second WHERE is refused here, so splicing a clause (on lines of its
 //! own) into the batch statement cannot change what that statement is.
+//!
+//! Holds `unsafe`: it reads the parse tree of each clause it just parsed.
 
 use crate::errors::Problem;
-use crate::parser;
-use crate::parsetree::{str_val, text};
+use crate::migration::parse as parser;
+use crate::pg::nodes::text;
 use pgrx::pg_sys::{self, NodeTag as T};
 use pgrx::{is_a, PgList, PgSqlErrorCode};
 
@@ -86,78 +88,6 @@ pub fn check_where(where_clause: &str) -> Result<(), Problem> {
     }
 }
 
-/// A statement of a migration that is a call `SELECT migrate.backfill(...)`: the set and
-/// where clauses it passes as literals, when it does.
-#[derive(Debug, Default)]
-pub struct Call {
-    pub set_clause: Option<String>,
-    pub where_clause: Option<String>,
-}
-
-/// Whether `node` (a raw statement) is `SELECT migrate.backfill(...)` and nothing else.
-///
-/// # Safety
-/// `node` must be a raw parse tree.
-pub unsafe fn backfill_call(node: *mut pg_sys::Node) -> Option<Call> {
-    if !is_a(node, T::T_SelectStmt) {
-        return None;
-    }
-    let s = node.cast::<pg_sys::SelectStmt>();
-    let targets = PgList::<pg_sys::ResTarget>::from_pg((*s).targetList);
-    if targets.len() != 1 || !(*s).fromClause.is_null() || !(*s).whereClause.is_null() {
-        return None;
-    }
-    let value = (*targets.get_ptr(0)?).val;
-    if !is_a(value, T::T_FuncCall) {
-        return None;
-    }
-    let call = value.cast::<pg_sys::FuncCall>();
-    let name: Vec<String> = PgList::<pg_sys::Node>::from_pg((*call).funcname)
-        .iter_ptr()
-        .map(|n| str_val(n))
-        .collect();
-    if name != ["migrate", "backfill"] {
-        return None;
-    }
-    let mut found = Call::default();
-    for (position, arg) in PgList::<pg_sys::Node>::from_pg((*call).args)
-        .iter_ptr()
-        .enumerate()
-    {
-        let (slot, value) = if is_a(arg, T::T_NamedArgExpr) {
-            let named = arg.cast::<pg_sys::NamedArgExpr>();
-            (text((*named).name), (*named).arg.cast::<pg_sys::Node>())
-        } else {
-            (String::new(), arg)
-        };
-        let literal = string_constant(value);
-        match (position, slot.as_str()) {
-            (1, "") | (_, "set_clause") => found.set_clause = literal,
-            (2, "") | (_, "where_clause") => found.where_clause = literal,
-            _ => {}
-        }
-    }
-    Some(found)
-}
-
-/// The value of a string literal ('...' or $$...$$), if `node` is one.
-unsafe fn string_constant(node: *mut pg_sys::Node) -> Option<String> {
-    if !is_a(node, T::T_A_Const) {
-        return None;
-    }
-    let c = node.cast::<pg_sys::A_Const>();
-    #[cfg(not(any(feature = "pg13", feature = "pg14")))]
-    {
-        let value = std::ptr::addr_of_mut!((*c).val).cast::<pg_sys::Node>();
-        (!(*c).isnull && is_a(value, T::T_String)).then(|| str_val(value))
-    }
-    #[cfg(any(feature = "pg13", feature = "pg14"))]
-    {
-        let value = std::ptr::addr_of_mut!((*c).val).cast::<pg_sys::Node>();
-        is_a(value, T::T_String).then(|| str_val(value))
-    }
-}
-
 fn single_statement(what: &str, clause: &str, probe: &str) -> Result<*mut pg_sys::Node, Problem> {
     if clause.trim().is_empty() {
         return Err(Problem::new(
@@ -168,7 +98,7 @@ fn single_statement(what: &str, clause: &str, probe: &str) -> Result<*mut pg_sys
         ));
     }
     match parser::parse(probe) {
-        Ok(statements) if statements.len() == 1 => Ok(statements[0].1),
+        Ok(statements) if statements.len() == 1 => Ok(statements[0].1.node()),
         Ok(_) => Err(not_a(what, clause, "one clause, not several statements")),
         Err(e) => Err(Problem::new(
             PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,

@@ -4,11 +4,11 @@
 //! transaction: a failed or cancelled backfill fails or cancels the migration, a resumed one
 //! resumes it, and a finished one lets the next phase run.
 
-use super::throttle::Bounds;
-use super::walk::{Key, Walk};
+use crate::backfill::throttle::Bounds;
+use crate::backfill::walk::{Key, Walk};
 use crate::errors::OrBookkeeping;
-use crate::security;
-use crate::subxact::Caught;
+use crate::migration::status::{JobState, StepState};
+use crate::pg::subxact::Caught;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use std::time::Duration;
@@ -106,7 +106,7 @@ pub fn load(id: i64) -> Option<Job> {
                 failed_attempts: r.get(18)?.unwrap_or(0),
                 rows_per_second: r.get(19)?,
                 role: r.get(20)?.unwrap_or_default(),
-                settings: crate::steps::pairs(
+                settings: crate::history::steps::pairs(
                     r.get::<Vec<Option<String>>>(21)?.unwrap_or_default(),
                 ),
             })
@@ -114,7 +114,7 @@ pub fn load(id: i64) -> Option<Job> {
     )?;
     // Its name now, which a rename changes; None once it is dropped.
     Some(Job {
-        table: crate::catalog::relation_name(job.table_oid),
+        table: crate::pg::catalog::relation_name(job.table_oid),
         ..job
     })
 }
@@ -202,7 +202,7 @@ pub fn finish(id: i64, remaining: Option<i64>) {
            state_reason = NULL, auto_paused = false WHERE id = $1",
         &[id.into(), remaining.into()],
     );
-    crate::steps::follow_backfill(id, "done", None);
+    crate::history::steps::follow_backfill(id, StepState::Done, None);
 }
 
 /// The job failed; progress is kept, and `migrate.resume` carries on from it.
@@ -219,35 +219,37 @@ pub fn fail(id: i64, error: &Caught, remaining: Option<i64>) {
             remaining.into(),
         ],
     );
-    crate::steps::follow_backfill(id, "failed", Some(error));
+    crate::history::steps::follow_backfill(id, StepState::Failed, Some(error));
 }
 
 /// Sets the state of a job asked to pause, resume or stop.
-pub fn set_state(id: i64, state: &str, reason: Option<&str>) {
+pub fn set_state(id: i64, state: JobState, reason: Option<&str>) {
     write(
         "UPDATE migrate.backfills SET state = $2, state_reason = $3, auto_paused = false, \
            next_batch_at = NULL, failed_attempts = 0, \
            finished_at = CASE WHEN $2 = 'cancelled' THEN clock_timestamp() END \
          WHERE id = $1",
-        &[id.into(), state.into(), reason.into()],
+        &[id.into(), state.as_str().into(), reason.into()],
     );
     match state {
-        "cancelled" => crate::steps::follow_backfill(id, "cancelled", None),
-        "running" => crate::steps::follow_backfill(id, "running", None),
+        JobState::Cancelled => {
+            crate::history::steps::follow_backfill(id, StepState::Cancelled, None)
+        }
+        JobState::Running => crate::history::steps::follow_backfill(id, StepState::Running, None),
         _ => {}
     }
 }
 
 /// What `migrate.pause`, `resume` and `cancel` need to know of a job.
 pub struct Summary {
-    pub state: String,
+    pub state: JobState,
     pub role: String,
     pub version: Option<String>,
 }
 
 /// Reads a job, locking its row: a batch under way finishes first.
 pub fn summary_for_update(id: i64) -> Option<Summary> {
-    security::as_owner(|| {
+    crate::pg::identity::as_owner(|| {
         Spi::connect_mut(|c| {
             let mut rows = c.update(
                 "SELECT state, role::text, version FROM migrate.backfills WHERE id = $1 FOR UPDATE",
@@ -256,7 +258,11 @@ pub fn summary_for_update(id: i64) -> Option<Summary> {
             )?;
             match rows.next() {
                 Some(r) => Ok::<_, pgrx::spi::Error>(Some(Summary {
-                    state: r.get(1)?.unwrap_or_default(),
+                    state: r
+                        .get::<String>(1)?
+                        .as_deref()
+                        .and_then(JobState::parse)
+                        .ok_or(pgrx::spi::Error::InvalidPosition)?,
                     role: r.get(2)?.unwrap_or_default(),
                     version: r.get(3)?,
                 })),
@@ -283,7 +289,7 @@ pub fn link_to_phase(id: i64, version: &str, phase: i32) {
 pub struct OfMigration {
     pub id: i64,
     pub table: Option<String>,
-    pub state: String,
+    pub state: JobState,
     pub where_clause: Option<String>,
     /// Who submitted it, and the search_path and standard_conforming_strings it was
     /// submitted with: its where clause is evaluated as that role, under those.
@@ -294,7 +300,7 @@ pub struct OfMigration {
 
 /// The jobs a migration started, for migrate.verify.
 pub fn of_migration(version: &str) -> Vec<OfMigration> {
-    security::pinned(|| {
+    crate::pg::guc::pinned(|| {
         Spi::connect(|c| {
             c.select(
                 "SELECT id, table_oid, state, where_clause, role::text, \
@@ -309,8 +315,12 @@ pub fn of_migration(version: &str) -> Vec<OfMigration> {
                     id: r.get(1)?.unwrap_or_default(),
                     table: r
                         .get::<pg_sys::Oid>(2)?
-                        .and_then(crate::catalog::relation_name),
-                    state: r.get(3)?.unwrap_or_default(),
+                        .and_then(crate::pg::catalog::relation_name),
+                    state: r
+                        .get::<String>(3)?
+                        .as_deref()
+                        .and_then(JobState::parse)
+                        .ok_or(pgrx::spi::Error::InvalidPosition)?,
                     where_clause: r.get(4)?,
                     role: r.get(5)?.unwrap_or_default(),
                     search_path: r.get(6)?.unwrap_or_default(),
@@ -324,7 +334,7 @@ pub fn of_migration(version: &str) -> Vec<OfMigration> {
 }
 
 fn write(sql: &str, args: &[DatumWithOid]) {
-    security::write_as_owner("migrate.backfills", sql, args);
+    crate::pg::spi::write_as_owner("migrate.backfills", sql, args);
 }
 
 fn read_row<T>(
@@ -332,7 +342,7 @@ fn read_row<T>(
     args: &[DatumWithOid],
     map: impl FnOnce(pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
 ) -> Option<T> {
-    security::read_own_row("migrate.backfills", sql, args, map)
+    crate::pg::spi::read_own_row("migrate.backfills", sql, args, map)
 }
 
 /// A text[] column, its NULL elements left out.

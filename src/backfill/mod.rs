@@ -10,7 +10,7 @@
 
 mod batch;
 pub mod clauses;
-mod job;
+pub mod job;
 mod throttle;
 mod walk;
 
@@ -23,8 +23,11 @@ pub fn remaining_sql(table: &str, where_clause: &str) -> String {
 }
 
 use crate::errors::{OrBookkeeping, OrRaise, Problem};
-use crate::subxact::{self, Caught};
-use crate::{apply, gucs, security, shared};
+use crate::gucs;
+use crate::migration::status::JobState;
+use crate::pg::nodes::RawStmt;
+use crate::pg::shmem;
+use crate::pg::subxact::{self, Caught};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
@@ -66,7 +69,7 @@ pub fn submit_phase(version: &str, phase: i32, sql: &str) {
 
 /// A retried migration resumes the backfill it stopped at, from its last committed batch.
 pub fn resume_for_retry(id: i64) {
-    job::set_state(id, "running", None);
+    job::set_state(id, JobState::Running, None);
 }
 
 /// Checks, when a migration is applied, the literal clauses of a backfill phase, so that a
@@ -74,10 +77,8 @@ pub fn resume_for_retry(id: i64) {
 /// passed as expressions, and the table and its columns (which earlier phases may create),
 /// are checked when the phase runs.
 ///
-/// # Safety
-/// `tree` must be the statement's raw parse tree.
-pub unsafe fn check_phase(what: &str, line: usize, tree: *mut pg_sys::Node) -> Result<(), Problem> {
-    let Some(call) = clauses::backfill_call(tree) else {
+pub fn check_phase(what: &str, line: usize, tree: RawStmt) -> Result<(), Problem> {
+    let Some(call) = crate::migration::parse::backfill_call(tree) else {
         return Ok(());
     };
     let checked = match (&call.set_clause, &call.where_clause) {
@@ -133,9 +134,9 @@ fn backfill(
     pause: Option<Interval>,
     max_replication_lag: Option<&str>,
 ) -> i64 {
-    security::require_admin("submit backfills").or_raise();
+    crate::pg::identity::require_admin("submit backfills").or_raise();
     let phase = PHASE.with_borrow(|p| p.clone());
-    if phase.is_none() && apply::running().is_some() {
+    if phase.is_none() && crate::migration::running::running().is_some() {
         Problem::new(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
             "inside a migration, migrate.backfill must be a statement of its own",
@@ -146,7 +147,7 @@ fn backfill(
         )
         .raise();
     }
-    if !shared::available() {
+    if !shmem::available() {
         Problem::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "backfills need the background worker, which is not running",
@@ -180,7 +181,7 @@ fn backfill(
     prepare_batches(&walk, &target.name, set_clause, where_clause).or_raise();
 
     let id = insert(&target, set_clause, where_clause, &walk, &options);
-    shared::wake_at_commit();
+    shmem::wake_at_commit();
     if phase.is_none() {
         crate::errors::notice(format!(
             "backfill {id} of {} runs in the background worker once this transaction commits; \
@@ -191,7 +192,7 @@ fn backfill(
     id
 }
 
-fn null_argument(name: &str, what: &str) -> ! {
+pub(crate) fn null_argument(name: &str, what: &str) -> ! {
     Problem::new(
         PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
         format!("{name} must not be NULL"),
@@ -315,7 +316,7 @@ struct Target {
 }
 
 fn target_table(oid: pg_sys::Oid) -> Result<Target, Problem> {
-    let target = security::pinned_row(
+    let target = crate::pg::spi::pinned_row(
         "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), c.relkind::text, \
                 c.relpersistence::text \
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
@@ -363,7 +364,7 @@ fn target_table(oid: pg_sys::Oid) -> Result<Target, Problem> {
     .or_bookkeeping("check table privileges")
     .unwrap_or(false);
     if !allowed {
-        let user = security::current_user_name();
+        let user = crate::pg::identity::current_user_name();
         return Err(Problem::new(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!("role \"{user}\" may not update {}", target.name),
@@ -378,7 +379,7 @@ fn target_table(oid: pg_sys::Oid) -> Result<Target, Problem> {
 /// The key the job walks: the primary key, or else the narrowest unique index over NOT NULL
 /// columns (valid, not partial, no expressions); pages when there is none.
 fn key_of(target: &Target, has_where: bool, assigned: &[String]) -> Result<Walk, Problem> {
-    let key = security::pinned_row(
+    let key = crate::pg::spi::pinned_row(
         "SELECT array_agg(quote_ident(a.attname) ORDER BY k.n), \
                 array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY k.n), \
                 array_agg(a.attname::text ORDER BY k.n) \
@@ -503,11 +504,11 @@ fn insert(
         o.batch_time_ms.into(),
         o.pause_ms.into(),
         o.max_lag.into(),
-        security::current_user_name().into(),
+        crate::pg::identity::current_user_name().into(),
         names.into(),
         values.into(),
     ];
-    security::as_owner(|| {
+    crate::pg::identity::as_owner(|| {
         Spi::get_one_with_args::<i64>(
             "INSERT INTO migrate.backfills (table_oid, table_name, set_clause, where_clause, \
                key_columns, key_types, batch_size, min_batch_size, max_batch_size, batch_time, \
@@ -521,106 +522,4 @@ fn insert(
     })
     .or_bookkeeping("record a backfill")
     .unwrap_or_default()
-}
-
-// ---------------------------------------------------------------------------------------
-// Steering a job.
-
-/// `migrate.pause(job)`: no further batch starts until `migrate.resume(job)`; the batch under
-/// way, if any, commits first. Returns the new state.
-#[pg_extern(volatile, parallel_unsafe)]
-fn pause(job: Option<i64>) -> String {
-    let (id, summary) = steer("pause", job);
-    match summary.state.as_str() {
-        "running" | "paused" => {
-            let reason = format!("paused by {}", security::current_user_name());
-            job::set_state(id, "paused", Some(&reason));
-            "paused".into()
-        }
-        other => wrong_state(id, other, "paused", "Only running jobs can be paused."),
-    }
-}
-
-/// `migrate.resume(job)`: a paused, failed or cancelled job carries on from its last
-/// committed batch. Returns the new state.
-#[pg_extern(volatile, parallel_unsafe)]
-fn resume(job: Option<i64>) -> String {
-    let (id, summary) = steer("resume", job);
-    if let (Some(version), "failed" | "cancelled") = (&summary.version, summary.state.as_str()) {
-        Problem::new(
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("backfill {id} is a phase of migration {version}, which is {}", summary.state),
-            "Its migration stopped with it; resuming the migration resumes the backfill where it stopped.",
-            format!("SELECT migrate.retry({});", pgrx::spi::quote_literal(version)),
-        )
-        .raise();
-    }
-    match summary.state.as_str() {
-        "paused" | "failed" | "cancelled" => {
-            job::set_state(id, "running", None);
-            shared::wake_at_commit();
-            "running".into()
-        }
-        other => wrong_state(
-            id,
-            other,
-            "resumed",
-            "Only paused, failed or cancelled jobs can be resumed.",
-        ),
-    }
-}
-
-/// `migrate.cancel(job)`: no further batch starts; batches done stay done, and the progress
-/// is kept (`migrate.resume` carries on). A job that is a phase of a migration cancels the
-/// migration. Returns the new state.
-#[pg_extern(volatile, parallel_unsafe, name = "cancel")]
-fn cancel_backfill(job: Option<i64>) -> String {
-    let (id, summary) = steer("cancel", job);
-    match summary.state.as_str() {
-        "running" | "paused" | "failed" => {
-            job::set_state(
-                id,
-                "cancelled",
-                Some(&format!("cancelled by {}", security::current_user_name())),
-            );
-            if let Some(version) = &summary.version {
-                crate::steps::cancel(version);
-            }
-            "cancelled".into()
-        }
-        other => wrong_state(
-            id,
-            other,
-            "cancelled",
-            "Only running, paused or failed jobs can be cancelled.",
-        ),
-    }
-}
-
-fn steer(verb: &str, job: Option<i64>) -> (i64, job::Summary) {
-    security::require_admin(&format!("{verb} backfills")).or_raise();
-    let Some(id) = job else {
-        null_argument("job", "the job's id, from migrate.backfill_progress")
-    };
-    let summary = job::summary_for_update(id).unwrap_or_else(|| {
-        Problem::new(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            format!("backfill {id} does not exist"),
-            "No backfill job has that id.",
-            "SELECT * FROM migrate.backfill_progress; lists the jobs.",
-        )
-        .raise()
-    });
-    security::require_privileges_of(&summary.role, &format!("{verb} backfill {id}")).or_raise();
-    (id, summary)
-}
-
-fn wrong_state(id: i64, state: &str, verb: &str, why: &str) -> ! {
-    Problem::new(
-        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-        format!("backfill {id} is {state} and cannot be {verb}"),
-        why,
-        format!("SELECT * FROM migrate.backfill_progress WHERE job = {id}; shows it."),
-    )
-    .raise()
 }

@@ -1,61 +1,22 @@
-//! The guard: unsafe DDL judged against a catalog of rules, from every session.
+//! The guard: DDL judged against a catalog of rules (locks, rewrites, scans, lost data),
+//! from every session.
 //!
 //! `findings` asks each rule family what a [`Command`] would do; `policy` turns findings into
 //! refusals, warnings or recorded overrides. The families are pure functions of the command,
 //! so they are unit-tested without a server; the event triggers, the ProcessUtility hook and
 //! `migrate.lint` feed them commands built from real parse trees and catalogs.
 
-pub mod data_loss;
-pub mod index;
-mod lock_timeout;
-pub mod partition;
+pub mod command;
+pub mod hooks;
+pub mod lint;
+pub mod parsetree;
 pub mod policy;
-pub mod rename;
-pub mod rewrite;
+pub mod rule;
 pub mod rules;
-pub mod scan;
-pub mod trigger;
-pub mod utility_hook;
 
-use crate::command::{Command, LockMode, Rel};
-use rules::Rule;
-
-/// One way a command breaks one rule.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Finding {
-    pub rule: &'static Rule,
-    /// The relation whose size and age decide exemptions; `None` for whole-database forms,
-    /// which are never exempt.
-    pub subject: Option<Rel>,
-    /// "CREATE INDEX on public.orders blocks writes while it builds"
-    pub message: String,
-    /// What would happen: lock, rewrite or scan, table, rows.
-    pub detail: String,
-    /// The safe way, as SQL where possible.
-    pub hint: String,
-}
-
-/// Where a table stops being small enough for lock and scan hazards not to matter.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SmallTable {
-    pub max_rows: f64,
-    pub max_bytes: u64,
-}
-
-impl SmallTable {
-    pub fn from_settings() -> SmallTable {
-        SmallTable {
-            max_rows: f64::from(crate::gucs::SMALL_TABLE_THRESHOLD.get().max(0)),
-            max_bytes: u64::try_from(crate::gucs::SMALL_TABLE_MAX_SIZE_KB.get().max(0))
-                .unwrap_or(0)
-                * 1024,
-        }
-    }
-
-    pub fn holds(&self, rel: &Rel) -> bool {
-        rel.size_known && rel.rows <= self.max_rows && rel.bytes <= self.max_bytes
-    }
-}
+use crate::guard::command::{Command, LockMode, Rel};
+use crate::guard::rule::{Finding, SmallTable};
+use crate::guard::rules::{data_loss, index, partition, rename, rewrite, scan};
 
 /// Every finding for `command`, exemptions applied: relations created in this transaction
 /// are exempt from every rule; small ones from the lock and scan rules but never from the
@@ -96,47 +57,12 @@ pub fn unforeseen_rewrite(table: Rel, reason: &str, small: SmallTable) -> Option
     (!exempt(&finding, small)).then_some(finding)
 }
 
-/// A finding's standard DETAIL: what the statement does to whom while holding what.
-pub(crate) fn hazard(rel: &Rel, lock: LockMode, doing: &str) -> String {
-    format!(
-        "{doing} {} while holding {} on it: {}.",
-        rel.describe(),
-        lock.with_article(),
-        lock.blocks()
-    )
-}
-
-#[cfg(test)]
-pub(crate) mod test_support {
-    use super::SmallTable;
-    use crate::command::{Rel, RelKind};
-
-    /// The default small-table limits.
-    pub const SMALL: SmallTable = SmallTable {
-        max_rows: 10_000.0,
-        max_bytes: 10 << 20,
-    };
-
-    pub fn table(name: &str, rows: f64) -> Rel {
-        Rel {
-            name: name.into(),
-            kind: RelKind::Table,
-            new: false,
-            rows,
-            bytes: (rows * 100.0) as u64,
-            size_known: true,
-            write_locked_by_us: false,
-        }
-    }
-
-    pub const BIG: f64 = 5_000_000.0;
-}
-
 #[cfg(test)]
 mod unit {
-    use super::test_support::*;
     use super::*;
-    use crate::command::{Action, NewColumn};
+    use crate::guard::command::{Action, NewColumn};
+    use crate::guard::rule::hazard;
+    use crate::guard::rule::test_support::*;
 
     fn add_serial(table: Rel) -> Command {
         Command::AlterTable {

@@ -1,8 +1,8 @@
 //! From findings to what happens: refuse, warn, or let an override through (and record it).
 
-use super::rules::Family;
-use super::Finding;
 use crate::errors::Problem;
+use crate::guard::rule::Family;
+use crate::guard::rule::Finding;
 use crate::gucs::GuardMode;
 use pgrx::PgSqlErrorCode;
 
@@ -190,9 +190,9 @@ fn data_loss_needs_rollback(finding: &Finding) -> Problem {
 #[cfg(test)]
 mod unit {
     use super::*;
-    use crate::command::Command;
+    use crate::guard::command::Command;
     use crate::guard::findings;
-    use crate::guard::test_support::*;
+    use crate::guard::rule::test_support::*;
 
     fn ctx(mode: GuardMode) -> Context {
         Context {

@@ -1,0 +1,127 @@
+-- pg_migrate: the history of applied versions, the phases the background worker runs, and
+-- the status view over them.
+
+CREATE TABLE migrate.history (
+    version            text PRIMARY KEY,
+    -- Natural order (1 < 1.2 < 2 < 10); also makes '1' and '1.0' one version.
+    version_key        numeric[] NOT NULL UNIQUE
+                       GENERATED ALWAYS AS (migrate.version_key(version)) STORED,
+    description        text,
+    -- applied, baseline; and for migrations run by the background worker: pending, running,
+    -- failed, cancelled (applied once every phase is done).
+    status             text NOT NULL
+                       CHECK (status IN ('applied', 'baseline', 'pending', 'running', 'failed', 'cancelled')),
+    script             text,
+    -- sha256 of the normalised script (see checksum_algorithm), and of its raw bytes.
+    checksum           text,
+    checksum_raw       text,
+    checksum_algorithm smallint,
+    rollback_script    text,
+    rollback_checksum  text,
+    statements         integer NOT NULL DEFAULT 0,
+    applied_by         name NOT NULL,          -- session_user
+    applied_role       name NOT NULL,          -- current_user when applying
+    application_name   text,
+    client_addr        inet,
+    xid                xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
+    started_at         timestamptz NOT NULL,
+    finished_at        timestamptz,
+    duration           interval GENERATED ALWAYS AS (finished_at - started_at) STORED,
+    -- Time spent by statements that gave up waiting for a lock (the waits behind `retries`).
+    lock_wait          interval NOT NULL DEFAULT '0',
+    retries            integer NOT NULL DEFAULT 0,
+    extension_version  text NOT NULL,
+    -- Guard rules the migration overrode (allow => ARRAY[...]).
+    allowed_rules      text[] NOT NULL DEFAULT '{}',
+    -- Phases run by the background worker (1 for a migration applied in the caller's
+    -- transaction); cancel_requested stops one at its next phase boundary.
+    phases             integer NOT NULL DEFAULT 1,
+    -- The caller's search_path and migrate.* limits (lock_timeout, statement_timeout,
+    -- retries and backoff) when applying: the background worker runs the phases under them.
+    settings           jsonb NOT NULL DEFAULT '{}',
+    cancel_requested   boolean NOT NULL DEFAULT false,
+    -- The fingerprint of the schema after the migration (migrate.fingerprint()), and what
+    -- the migration changed in it (migrate.diff of the objects it touched, before and after).
+    fingerprint        text,
+    changes            jsonb,
+    -- Queries that must return no rows for the migration to count as complete
+    -- (apply(..., verify => ...)), and the last migrate.verify's verdict and report.
+    verify_script      text,
+    verification       text CHECK (verification IN ('passed', 'failed')),
+    verified_at        timestamptz,
+    verification_report jsonb,
+    CHECK ((verification IS NULL) = (verified_at IS NULL)),
+    CHECK ((status IN ('applied', 'baseline')) = (finished_at IS NOT NULL)),
+    CHECK (status = 'baseline'
+           OR (script IS NOT NULL AND checksum IS NOT NULL AND checksum_algorithm IS NOT NULL)),
+    CHECK ((rollback_script IS NULL) = (rollback_checksum IS NULL))
+);
+
+-- Every migration and every worker poll looks for the unfinished versions and the highest
+-- baseline: a handful of rows among thousands of applied ones, found without reading them.
+CREATE INDEX history_unfinished ON migrate.history (version_key)
+    WHERE status IN ('pending', 'running', 'failed');
+CREATE INDEX history_baseline ON migrate.history (version_key) WHERE status = 'baseline';
+
+CREATE TABLE migrate.steps (
+    version            text NOT NULL REFERENCES migrate.history (version) ON DELETE CASCADE,
+    phase              integer NOT NULL,
+    kind               text NOT NULL CHECK (kind IN ('transaction', 'top-level', 'backfill')),
+    first_statement    integer NOT NULL,
+    last_statement     integer NOT NULL,
+    first_line         integer NOT NULL,
+    sql                text NOT NULL,
+    state              text NOT NULL DEFAULT 'pending'
+                       CHECK (state IN ('pending', 'running', 'done', 'failed', 'cancelled')),
+    attempts           integer NOT NULL DEFAULT 0,
+    started_at         timestamptz,
+    finished_at        timestamptz,
+    duration           interval GENERATED ALWAYS AS (finished_at - started_at) STORED,
+    worker_pid         integer,
+    -- For a top-level statement that builds or drops indexes: the table, and its indexes
+    -- when the attempt began; what it built (schema-qualified names, which a dump and
+    -- restore keeps). They tell an interrupted build from a finished one.
+    target_table       text,
+    indexes_before     text[],
+    built_index        text,
+    -- For a backfill phase: its job in migrate.backfills, once the phase has submitted it.
+    backfill_id        bigint,
+    error_sqlstate     text,
+    error_message      text,
+    error_detail       text,
+    PRIMARY KEY (version, phase)
+);
+
+COMMENT ON TABLE migrate.steps IS
+    'pg_migrate: the phases of migrations run by the background worker, with their state';
+
+COMMENT ON TABLE migrate.history IS
+    'pg_migrate: one row per applied or baselined version; written only by migrate.apply and migrate.baseline';
+
+CREATE VIEW migrate.status AS
+SELECT version,
+       description,
+       status,
+       -- A migration is complete only once migrate.verify has passed.
+       CASE WHEN status <> 'applied' THEN status
+            WHEN verification = 'passed' THEN 'complete'
+            WHEN verification = 'failed' THEN 'applied, verification failed'
+            ELSE 'applied, unverified' END AS state,
+       finished_at AS applied_at,
+       applied_by,
+       duration,
+       statements,
+       phases,
+       retries,
+       lock_wait,
+       left(checksum, 12) AS checksum,
+       left(fingerprint, 12) AS fingerprint,
+       verified_at
+FROM migrate.history
+ORDER BY version_key;
+
+COMMENT ON VIEW migrate.status IS 'pg_migrate: the history in version order, for psql';
+
+-- pg_dump keeps the contents of these tables.
+SELECT pg_catalog.pg_extension_config_dump('migrate.history', '');
+SELECT pg_catalog.pg_extension_config_dump('migrate.steps', '');

@@ -1,0 +1,731 @@
+//! Raw parse trees turned into [`Command`]s, with catalog facts filled in by `catalog`.
+//!
+//! The same translation serves the `ddl_command_start` trigger, the ProcessUtility hook and
+//! `migrate.lint`, so a statement is judged alike wherever it comes from.
+//!
+//! Holds `unsafe`: it reads raw parse trees node by node, behind safe functions that take a
+//! `pg::nodes::RawStmt`.
+
+use crate::guard::command::{
+    Action, Command, ConstraintKind, DomainChange, LockMode, NewColumn, Rel,
+};
+use crate::migration::parse;
+use crate::pg::catalog;
+use crate::pg::nodes::{str_val, text, RawStmt};
+use pgrx::{is_a, pg_sys, PgList};
+use std::ffi::CStr;
+
+use pg_sys::NodeTag as T;
+
+/// What the statement will do.
+pub fn command(stmt: RawStmt) -> Command {
+    // SAFETY: a RawStmt is a valid raw statement tree.
+    unsafe { command_node(stmt.node()) }
+}
+
+/// # Safety
+/// `node` must be a raw parse tree of one statement.
+unsafe fn command_node(node: *mut pg_sys::Node) -> Command {
+    if node.is_null() {
+        Command::Other
+    } else if is_a(node, T::T_IndexStmt) {
+        create_index(node.cast())
+    } else if is_a(node, T::T_AlterTableStmt) {
+        alter_table(node.cast())
+    } else if is_a(node, T::T_DropStmt) {
+        drop(node.cast())
+    } else if is_a(node, T::T_RenameStmt) {
+        rename(node.cast())
+    } else if is_a(node, T::T_AlterObjectSchemaStmt) {
+        set_schema(node.cast())
+    } else if is_a(node, T::T_RefreshMatViewStmt) {
+        let stmt = node.cast::<pg_sys::RefreshMatViewStmt>();
+        match catalog::relation_named((*stmt).relation) {
+            Some(view) => Command::RefreshMatView {
+                view,
+                concurrent: (*stmt).concurrent,
+            },
+            None => Command::Other,
+        }
+    } else if is_a(node, T::T_TruncateStmt) {
+        truncate(node.cast())
+    } else if is_a(node, T::T_VacuumStmt) {
+        vacuum(node.cast())
+    } else if is_a(node, T::T_ClusterStmt) {
+        let stmt = node.cast::<pg_sys::ClusterStmt>();
+        if (*stmt).relation.is_null() && !catalog::any_clustered_table() {
+            return Command::Other; // a bare CLUSTER with nothing clustered does nothing
+        }
+        Command::Cluster {
+            table: catalog::relation_named((*stmt).relation),
+        }
+    } else if is_a(node, T::T_ReindexStmt) {
+        reindex(node.cast())
+    } else if is_a(node, T::T_AlterDomainStmt) {
+        alter_domain(node.cast())
+    } else if is_a(node, T::T_AlterTableMoveAllStmt) {
+        let stmt = node.cast::<pg_sys::AlterTableMoveAllStmt>();
+        if CStr::from_ptr((*stmt).orig_tablespacename) == CStr::from_ptr((*stmt).new_tablespacename)
+        {
+            return Command::Other; // moving to where everything already is: nothing moves
+        }
+        Command::MoveAllTablespace {
+            from: quote((*stmt).orig_tablespacename),
+            to: quote((*stmt).new_tablespacename),
+        }
+    } else {
+        Command::Other
+    }
+}
+
+/// The strongest lock `node` takes on an existing table, where that is known.
+///
+/// # Safety
+/// As for [`command_node`].
+pub fn lock_needed(stmt: RawStmt) -> Option<LockMode> {
+    // SAFETY: a RawStmt is a valid raw statement tree.
+    unsafe { lock_needed_node(stmt.node()) }
+}
+
+/// # Safety
+/// As for [`command_node`].
+unsafe fn lock_needed_node(node: *mut pg_sys::Node) -> Option<LockMode> {
+    use LockMode::*;
+    if node.is_null() {
+        return None;
+    }
+    if is_a(node, T::T_AlterTableStmt) {
+        return LockMode::from_pg(pg_sys::AlterTableGetLockLevel(
+            (*node.cast::<pg_sys::AlterTableStmt>()).cmds,
+        ));
+    }
+    if is_a(node, T::T_IndexStmt) {
+        return Some(if (*node.cast::<pg_sys::IndexStmt>()).concurrent {
+            ShareUpdateExclusive
+        } else {
+            Share
+        });
+    }
+    if is_a(node, T::T_DropStmt) {
+        let stmt = node.cast::<pg_sys::DropStmt>();
+        use pg_sys::ObjectType::*;
+        return match (*stmt).removeType {
+            OBJECT_INDEX if (*stmt).concurrent => Some(ShareUpdateExclusive),
+            OBJECT_TABLE | OBJECT_INDEX | OBJECT_VIEW | OBJECT_MATVIEW | OBJECT_SEQUENCE
+            | OBJECT_FOREIGN_TABLE | OBJECT_TRIGGER | OBJECT_POLICY | OBJECT_RULE => {
+                Some(AccessExclusive)
+            }
+            _ => None,
+        };
+    }
+    if is_a(node, T::T_RefreshMatViewStmt) {
+        return Some(if (*node.cast::<pg_sys::RefreshMatViewStmt>()).concurrent {
+            Exclusive
+        } else {
+            AccessExclusive
+        });
+    }
+    if is_a(node, T::T_CreateTrigStmt) {
+        return Some(ShareRowExclusive);
+    }
+    if is_a(node, T::T_CreateStmt) {
+        let stmt = node.cast::<pg_sys::CreateStmt>();
+        if !(*stmt).partbound.is_null() {
+            return Some(AccessExclusive); // CREATE TABLE ... PARTITION OF locks the parent
+        }
+        if creates_foreign_key(stmt) {
+            return Some(ShareRowExclusive);
+        }
+    }
+    for (tag, mode) in [
+        (T::T_RenameStmt, AccessExclusive),
+        (T::T_AlterObjectSchemaStmt, AccessExclusive),
+        (T::T_RuleStmt, AccessExclusive),
+        (T::T_CreatePolicyStmt, AccessExclusive),
+        (T::T_AlterPolicyStmt, AccessExclusive),
+        (T::T_TruncateStmt, AccessExclusive),
+        (T::T_ClusterStmt, AccessExclusive),
+        (T::T_ReindexStmt, Share),
+    ] {
+        if is_a(node, tag) {
+            return Some(mode);
+        }
+    }
+    if is_a(node, T::T_VacuumStmt) && vacuum_full(node.cast()) {
+        return Some(AccessExclusive);
+    }
+    None
+}
+
+unsafe fn create_index(stmt: *mut pg_sys::IndexStmt) -> Command {
+    let oid = crate::pg::nodes::range_var_oid((*stmt).relation);
+    if (*stmt).if_not_exists
+        && !(*stmt).idxname.is_null()
+        && catalog::sibling_named(oid, CStr::from_ptr((*stmt).idxname)) != pg_sys::InvalidOid
+    {
+        return Command::Other; // CREATE INDEX IF NOT EXISTS of an index that exists
+    }
+    let Some(table) = catalog::relation(oid) else {
+        return Command::Other;
+    };
+    let params = PgList::<pg_sys::IndexElem>::from_pg((*stmt).indexParams);
+    let names: Option<Vec<String>> = params
+        .iter_ptr()
+        .map(|e| (!(*e).name.is_null() && (*e).expr.is_null()).then(|| quote((*e).name)))
+        .collect();
+    Command::CreateIndex {
+        table,
+        name: opt_quote((*stmt).idxname),
+        concurrent: (*stmt).concurrent,
+        only: !(*(*stmt).relation).inh,
+        columns: names
+            .filter(|n| !n.is_empty())
+            .map(|n| format!("({})", n.join(", "))),
+        unique: (*stmt).unique,
+    }
+}
+
+unsafe fn alter_table(stmt: *mut pg_sys::AlterTableStmt) -> Command {
+    let oid = crate::pg::nodes::range_var_oid((*stmt).relation);
+    let Some(table) = catalog::relation(oid) else {
+        return Command::Other;
+    };
+    let mut actions = Vec::new();
+    for cmd in PgList::<pg_sys::AlterTableCmd>::from_pg((*stmt).cmds).iter_ptr() {
+        let action = action(oid, &table, stmt, cmd);
+        if let Action::AddConstraint {
+            kind: ConstraintKind::PrimaryKey,
+            using_index: true,
+            ..
+        } = action
+        {
+            // Making an index the primary key marks its columns NOT NULL, checking every row
+            // unless a validated constraint already proves it.
+            let index_name = (*(*cmd).def.cast::<pg_sys::Constraint>()).indexname;
+            let index = catalog::sibling_named(oid, CStr::from_ptr(index_name));
+            for column in catalog::nullable_key_columns(index) {
+                let proven = catalog::not_null_proven(oid, &column).unwrap_or(true);
+                actions.push(Action::SetNotNull {
+                    column: quote_str(&column),
+                    proven,
+                });
+            }
+        }
+        actions.push(action);
+    }
+    Command::AlterTable { table, actions }
+}
+
+unsafe fn action(
+    relid: pg_sys::Oid,
+    table: &Rel,
+    stmt: *mut pg_sys::AlterTableStmt,
+    cmd: *mut pg_sys::AlterTableCmd,
+) -> Action {
+    use pg_sys::AlterTableType as AT;
+    let name = || text((*cmd).name);
+    match (*cmd).subtype {
+        AT::AT_AddColumn if table.new => Action::Other,
+        AT::AT_AddColumn
+            if (*cmd).missing_ok
+                && catalog::column_exists(
+                    relid,
+                    CStr::from_ptr((*(*cmd).def.cast::<pg_sys::ColumnDef>()).colname),
+                ) =>
+        {
+            Action::Other // ADD COLUMN IF NOT EXISTS of a column that exists: nothing happens
+        }
+        AT::AT_AddColumn => Action::AddColumn(new_column((*cmd).def.cast())),
+        AT::AT_AlterColumnType if !table.new => {
+            let def = (*cmd).def.cast::<pg_sys::ColumnDef>();
+            Action::AlterType {
+                column: name(),
+                type_name: catalog::column_type((*def).typeName).display,
+                rewrites: catalog::type_change_rewrites(
+                    relid,
+                    &name(),
+                    (*def).typeName,
+                    (*def).raw_default,
+                ),
+            }
+        }
+        AT::AT_SetNotNull if !table.new => Action::SetNotNull {
+            column: name(),
+            proven: catalog::not_null_proven(relid, &name()).unwrap_or(true),
+        },
+        AT::AT_AddConstraint => {
+            let c = (*cmd).def.cast::<pg_sys::Constraint>();
+            match constraint_kind((*c).contype) {
+                Some(kind) => Action::AddConstraint {
+                    name: opt_quote((*c).conname),
+                    kind,
+                    not_valid: (*c).skip_validation,
+                    using_index: !(*c).indexname.is_null(),
+                    references: catalog::relation_named((*c).pktable),
+                },
+                None => Action::Other,
+            }
+        }
+        AT::AT_ValidateConstraint => Action::ValidateConstraint {
+            name: quote((*cmd).name),
+        },
+        AT::AT_DropColumn
+            if (*cmd).missing_ok && !catalog::column_exists(relid, CStr::from_ptr((*cmd).name)) =>
+        {
+            Action::Other // DROP COLUMN IF EXISTS of a column that does not exist
+        }
+        AT::AT_DropColumn => Action::DropColumn {
+            column: quote((*cmd).name),
+        },
+        AT::AT_SetLogged => Action::SetLogged(true),
+        AT::AT_SetUnLogged => Action::SetLogged(false),
+        AT::AT_SetTableSpace
+            if catalog::tablespace_changes(relid, CStr::from_ptr((*cmd).name)) == Some(true) =>
+        {
+            Action::SetTablespace(quote((*cmd).name))
+        }
+        AT::AT_SetAccessMethod
+            if !(*cmd).name.is_null()
+                && catalog::access_method_changes(relid, CStr::from_ptr((*cmd).name))
+                    == Some(true) =>
+        {
+            Action::SetAccessMethod(quote((*cmd).name))
+        }
+        AT::AT_AttachPartition
+            if table.kind == crate::guard::command::RelKind::PartitionedTable =>
+        {
+            let partcmd = (*cmd).def.cast::<pg_sys::PartitionCmd>();
+            match catalog::relation_named((*partcmd).name) {
+                Some(partition) if !partition.new => {
+                    let (proven, default_partition) = catalog::attach_proofs(relid, stmt, cmd);
+                    Action::AttachPartition {
+                        partition,
+                        proven,
+                        default_partition,
+                    }
+                }
+                _ => Action::Other,
+            }
+        }
+        AT::AT_DetachPartition => {
+            let partcmd = (*cmd).def.cast::<pg_sys::PartitionCmd>();
+            Action::DetachPartition {
+                partition: range_var_name((*partcmd).name),
+                concurrent: parse::partition_cmd_concurrent(partcmd),
+            }
+        }
+        _ => Action::Other,
+    }
+}
+
+unsafe fn new_column(def: *mut pg_sys::ColumnDef) -> NewColumn {
+    let column_type = catalog::column_type((*def).typeName);
+    let mut column = NewColumn {
+        name: quote((*def).colname),
+        type_name: column_type.display.clone(),
+        serial: is_serial((*def).typeName),
+        ..Default::default()
+    };
+    let mut default = std::ptr::null_mut();
+    for c in PgList::<pg_sys::Constraint>::from_pg((*def).constraints).iter_ptr() {
+        use pg_sys::ConstrType::*;
+        match (*c).contype {
+            CONSTR_DEFAULT => default = (*c).raw_expr,
+            CONSTR_IDENTITY => column.identity = true,
+            CONSTR_GENERATED => column.generated_stored = true,
+            other => column
+                .inline_constraints
+                .extend(constraint_kind(other).filter(|k| *k != ConstraintKind::NotNull)),
+        }
+    }
+    if !column.serial {
+        column.constrained_domain = column_type.constrained_domain();
+    }
+    if !default.is_null() {
+        column.default_sql = Some(expression_text(default));
+        column.volatile_default = column_type.default_is_volatile(default);
+    }
+    column
+}
+
+/// serial, bigserial, ... are not types: transformColumnDefinition expands an unqualified
+/// type name spelt so into an integer column with a nextval() default.
+unsafe fn is_serial(type_name: *mut pg_sys::TypeName) -> bool {
+    if type_name.is_null() {
+        return false;
+    }
+    let names = PgList::<pg_sys::Node>::from_pg((*type_name).names);
+    names.len() == 1
+        && (*type_name).arrayBounds.is_null()
+        && matches!(
+            names.get_ptr(0).map(|n| str_val(n)).as_deref(),
+            Some("serial" | "serial4" | "bigserial" | "serial8" | "smallserial" | "serial2")
+        )
+}
+
+fn constraint_kind(contype: pg_sys::ConstrType::Type) -> Option<ConstraintKind> {
+    use pg_sys::ConstrType::*;
+    Some(match contype {
+        CONSTR_CHECK => ConstraintKind::Check,
+        CONSTR_FOREIGN => ConstraintKind::ForeignKey,
+        CONSTR_UNIQUE => ConstraintKind::Unique,
+        CONSTR_PRIMARY => ConstraintKind::PrimaryKey,
+        CONSTR_EXCLUSION => ConstraintKind::Exclusion,
+        CONSTR_NOTNULL => ConstraintKind::NotNull,
+        _ => return None,
+    })
+}
+
+unsafe fn drop(stmt: *mut pg_sys::DropStmt) -> Command {
+    use pg_sys::ObjectType::*;
+    let objects = PgList::<pg_sys::Node>::from_pg((*stmt).objects);
+    match (*stmt).removeType {
+        OBJECT_TABLE => Command::DropTable {
+            tables: objects
+                .iter_ptr()
+                .filter_map(|names| {
+                    catalog::relation_named(pg_sys::makeRangeVarFromNameList(names.cast()))
+                })
+                .collect(),
+        },
+        OBJECT_INDEX => Command::DropIndex {
+            indexes: objects
+                .iter_ptr()
+                .filter_map(|names| {
+                    let index = crate::pg::nodes::range_var_oid(pg_sys::makeRangeVarFromNameList(
+                        names.cast(),
+                    ));
+                    let table = catalog::relation(catalog::table_of_index(index))?;
+                    Some((catalog::relation_name(index)?, table))
+                })
+                .collect(),
+            concurrent: (*stmt).concurrent,
+        },
+        OBJECT_SCHEMA => {
+            let cascade = (*stmt).behavior == pg_sys::DropBehavior::DROP_CASCADE;
+            for name in objects.iter_ptr() {
+                let schema = str_val(name);
+                let c_schema = std::ffi::CString::new(schema.as_str()).unwrap_or_default();
+                if cascade && catalog::schema_holds_tables(&c_schema) {
+                    return Command::DropSchema {
+                        schema: quote_str(&schema),
+                        cascade,
+                        holds_tables: true,
+                    };
+                }
+            }
+            Command::Other
+        }
+        _ => Command::Other,
+    }
+}
+
+/// Whether a relation of this kind is something applications query by name. Decided by what
+/// the relation is, not by the statement: ALTER INDEX and ALTER SEQUENCE accept a table too.
+fn queried_by_name(rel: &Rel) -> bool {
+    use crate::guard::command::RelKind::*;
+    matches!(
+        rel.kind,
+        Table | PartitionedTable | View | MatView | Foreign
+    )
+}
+
+unsafe fn rename(stmt: *mut pg_sys::RenameStmt) -> Command {
+    use pg_sys::ObjectType::*;
+    let Some(rel) = catalog::relation_named((*stmt).relation) else {
+        return Command::Other;
+    };
+    if !queried_by_name(&rel) {
+        return Command::Other;
+    }
+    match (*stmt).renameType {
+        OBJECT_COLUMN => Command::RenameColumn {
+            rel,
+            column: quote((*stmt).subname),
+            new_name: text((*stmt).newname),
+        },
+        OBJECT_TABLE | OBJECT_VIEW | OBJECT_MATVIEW | OBJECT_FOREIGN_TABLE | OBJECT_INDEX
+        | OBJECT_SEQUENCE => Command::RenameRelation {
+            rel,
+            new_name: text((*stmt).newname),
+        },
+        _ => Command::Other,
+    }
+}
+
+unsafe fn set_schema(stmt: *mut pg_sys::AlterObjectSchemaStmt) -> Command {
+    match catalog::relation_named((*stmt).relation) {
+        Some(rel) if queried_by_name(&rel) => Command::SetSchema {
+            rel,
+            schema: quote((*stmt).newschema),
+        },
+        _ => Command::Other,
+    }
+}
+
+unsafe fn truncate(stmt: *mut pg_sys::TruncateStmt) -> Command {
+    let cascade = (*stmt).behavior == pg_sys::DropBehavior::DROP_CASCADE;
+    let named: Vec<pg_sys::Oid> = PgList::<pg_sys::RangeVar>::from_pg((*stmt).relations)
+        .iter_ptr()
+        .map(|rv| crate::pg::nodes::range_var_oid(rv))
+        .filter(|oid| *oid != pg_sys::InvalidOid)
+        .collect();
+    let oids = if cascade {
+        catalog::truncate_cascade(&named)
+    } else {
+        named
+    };
+    Command::Truncate {
+        tables: oids.into_iter().filter_map(catalog::relation).collect(),
+        cascade,
+    }
+}
+
+unsafe fn alter_domain(stmt: *mut pg_sys::AlterDomainStmt) -> Command {
+    let change = match (*stmt).subtype as u8 {
+        b'C' => {
+            let c = (*stmt).def.cast::<pg_sys::Constraint>();
+            if c.is_null()
+                || (*c).contype != pg_sys::ConstrType::CONSTR_CHECK
+                || (*c).skip_validation
+            {
+                return Command::Other;
+            }
+            DomainChange::AddCheck
+        }
+        b'O' => DomainChange::SetNotNull,
+        _ => return Command::Other,
+    };
+    Command::AlterDomain {
+        domain: text(pg_sys::NameListToQuotedString((*stmt).typeName)),
+        change,
+        tables: catalog::tables_using_domain((*stmt).typeName)
+            .into_iter()
+            .filter_map(catalog::relation)
+            .collect(),
+    }
+}
+
+unsafe fn vacuum(stmt: *mut pg_sys::VacuumStmt) -> Command {
+    if !vacuum_full(stmt) {
+        return Command::Other;
+    }
+    let rels = PgList::<pg_sys::VacuumRelation>::from_pg((*stmt).rels);
+    Command::VacuumFull {
+        tables: rels
+            .iter_ptr()
+            .filter_map(|v| catalog::relation_named((*v).relation))
+            .collect(),
+    }
+}
+
+unsafe fn vacuum_full(stmt: *mut pg_sys::VacuumStmt) -> bool {
+    (*stmt).is_vacuumcmd && parse::option_set((*stmt).options, b"full")
+}
+
+unsafe fn reindex(stmt: *mut pg_sys::ReindexStmt) -> Command {
+    use pg_sys::ReindexObjectType::*;
+    let concurrent = parse::reindex_is_concurrent(stmt);
+    match (*stmt).kind {
+        REINDEX_OBJECT_INDEX => {
+            let index = crate::pg::nodes::range_var_oid((*stmt).relation);
+            Command::Reindex {
+                target: format!("INDEX {}", range_var_name((*stmt).relation)),
+                table: catalog::relation(catalog::table_of_index(index)),
+                concurrent,
+            }
+        }
+        REINDEX_OBJECT_TABLE => Command::Reindex {
+            target: format!("TABLE {}", range_var_name((*stmt).relation)),
+            table: catalog::relation_named((*stmt).relation),
+            concurrent,
+        },
+        REINDEX_OBJECT_SCHEMA => Command::Reindex {
+            target: format!("SCHEMA {}", quote((*stmt).name)),
+            table: None,
+            concurrent,
+        },
+        REINDEX_OBJECT_DATABASE | REINDEX_OBJECT_SYSTEM => Command::Reindex {
+            target: if (*stmt).kind == REINDEX_OBJECT_SYSTEM {
+                "SYSTEM"
+            } else {
+                "DATABASE"
+            }
+            .to_string(),
+            table: None,
+            concurrent,
+        },
+        _ => Command::Other,
+    }
+}
+
+unsafe fn creates_foreign_key(stmt: *mut pg_sys::CreateStmt) -> bool {
+    let is_fk = |c: *mut pg_sys::Constraint| (*c).contype == pg_sys::ConstrType::CONSTR_FOREIGN;
+    PgList::<pg_sys::Constraint>::from_pg((*stmt).constraints)
+        .iter_ptr()
+        .any(is_fk)
+        || PgList::<pg_sys::Node>::from_pg((*stmt).tableElts)
+            .iter_ptr()
+            .any(|e| {
+                is_a(e, T::T_ColumnDef)
+                    && PgList::<pg_sys::Constraint>::from_pg(
+                        (*e.cast::<pg_sys::ColumnDef>()).constraints,
+                    )
+                    .iter_ptr()
+                    .any(is_fk)
+            })
+}
+
+/// `schema.name` as written in a RangeVar, quoted where needed.
+unsafe fn range_var_name(rv: *mut pg_sys::RangeVar) -> String {
+    if rv.is_null() {
+        return String::new();
+    }
+    text(pg_sys::quote_qualified_identifier(
+        (*rv).schemaname,
+        (*rv).relname,
+    ))
+}
+
+/// The source text of an expression is not kept in raw parse trees; `nodeToString` would be
+/// unreadable in a hint, so a default is shown by its function name where it has one.
+unsafe fn expression_text(expr: *mut pg_sys::Node) -> String {
+    if is_a(expr, T::T_FuncCall) {
+        let names = (*expr.cast::<pg_sys::FuncCall>()).funcname;
+        return format!("{}(...)", text(pg_sys::NameListToQuotedString(names)));
+    }
+    "<default>".into()
+}
+
+/// The relation a CREATE statement makes, by the name it will have.
+pub fn created_relation(stmt: RawStmt) -> Option<String> {
+    let tree = stmt.node();
+    // SAFETY: a RawStmt is a valid raw statement tree.
+    unsafe { creates_node(tree) }
+}
+
+unsafe fn creates_node(tree: *mut pg_sys::Node) -> Option<String> {
+    use pg_sys::NodeTag as T;
+    let rv = if is_a(tree, T::T_CreateStmt) {
+        (*tree.cast::<pg_sys::CreateStmt>()).relation
+    } else if is_a(tree, T::T_CreateTableAsStmt) {
+        (*(*tree.cast::<pg_sys::CreateTableAsStmt>()).into).rel
+    } else if is_a(tree, T::T_ViewStmt) {
+        (*tree.cast::<pg_sys::ViewStmt>()).view
+    } else {
+        return None;
+    };
+    catalog::creation_name(rv)
+}
+
+/// An identifier quoted as PostgreSQL's quote_identifier does.
+unsafe fn quote(ptr: *const std::ffi::c_char) -> String {
+    if ptr.is_null() {
+        return String::new();
+    }
+    CStr::from_ptr(pg_sys::quote_identifier(ptr))
+        .to_string_lossy()
+        .into_owned()
+}
+
+unsafe fn opt_quote(ptr: *const std::ffi::c_char) -> Option<String> {
+    (!ptr.is_null()).then(|| quote(ptr))
+}
+
+fn quote_str(s: &str) -> String {
+    let c = std::ffi::CString::new(s).unwrap_or_default();
+    // SAFETY: quote_identifier reads the string and returns it or a palloc'd quoted copy.
+    unsafe { quote(c.as_ptr()) }
+}
+
+/// What a statement run top-level by the worker does, as far as recovering from its
+/// interruption needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopLevelForm {
+    /// CREATE INDEX CONCURRENTLY on this table, of this name (schema-qualified) if it has one.
+    CreateIndex(pg_sys::Oid, Option<String>),
+    /// DROP INDEX CONCURRENTLY of these indexes (qualified names, those that still exist), on
+    /// this table (none once they are all gone).
+    DropIndex(Option<pg_sys::Oid>, Vec<String>),
+    /// REINDEX ... CONCURRENTLY of this table's indexes.
+    Reindex(pg_sys::Oid),
+    /// ALTER TABLE parent DETACH PARTITION ... CONCURRENTLY.
+    Detach(pg_sys::Oid),
+    Other,
+}
+
+impl TopLevelForm {
+    pub fn table(&self) -> Option<pg_sys::Oid> {
+        match self {
+            TopLevelForm::CreateIndex(t, _)
+            | TopLevelForm::Reindex(t)
+            | TopLevelForm::Detach(t) => Some(*t),
+            TopLevelForm::DropIndex(t, _) => *t,
+            TopLevelForm::Other => None,
+        }
+    }
+}
+
+/// The form of `node`, with its table resolved now (under the current search_path).
+///
+/// # Safety
+/// As for [`command_node`].
+pub fn top_level_form(stmt: RawStmt) -> TopLevelForm {
+    // SAFETY: a RawStmt is a valid raw statement tree.
+    unsafe { top_level_form_node(stmt.node()) }
+}
+
+/// # Safety
+/// As for [`command_node`].
+unsafe fn top_level_form_node(node: *mut pg_sys::Node) -> TopLevelForm {
+    let valid = |oid: pg_sys::Oid| oid != pg_sys::InvalidOid;
+    if is_a(node, T::T_IndexStmt) {
+        let stmt = node.cast::<pg_sys::IndexStmt>();
+        let oid = crate::pg::nodes::range_var_oid((*stmt).relation);
+        if valid(oid) {
+            let name = (!(*stmt).idxname.is_null())
+                .then(|| catalog::index_name_beside(oid, CStr::from_ptr((*stmt).idxname)))
+                .flatten();
+            return TopLevelForm::CreateIndex(oid, name);
+        }
+    } else if is_a(node, T::T_DropStmt) {
+        let stmt = node.cast::<pg_sys::DropStmt>();
+        if (*stmt).removeType == pg_sys::ObjectType::OBJECT_INDEX {
+            let mut table = pg_sys::InvalidOid;
+            let mut names = Vec::new();
+            for parts in PgList::<pg_sys::Node>::from_pg((*stmt).objects).iter_ptr() {
+                let index =
+                    crate::pg::nodes::range_var_oid(pg_sys::makeRangeVarFromNameList(parts.cast()));
+                if valid(index) {
+                    table = catalog::table_of_index(index);
+                    names.extend(catalog::relation_name(index));
+                }
+            }
+            return TopLevelForm::DropIndex(valid(table).then_some(table), names);
+        }
+    } else if is_a(node, T::T_ReindexStmt) {
+        let stmt = node.cast::<pg_sys::ReindexStmt>();
+        let oid = crate::pg::nodes::range_var_oid((*stmt).relation);
+        let table = if (*stmt).kind == pg_sys::ReindexObjectType::REINDEX_OBJECT_INDEX {
+            catalog::table_of_index(oid)
+        } else {
+            oid
+        };
+        if valid(table) {
+            return TopLevelForm::Reindex(table);
+        }
+    } else if is_a(node, T::T_AlterTableStmt) && detaches(node.cast()) {
+        let oid =
+            crate::pg::nodes::range_var_oid((*node.cast::<pg_sys::AlterTableStmt>()).relation);
+        if valid(oid) {
+            return TopLevelForm::Detach(oid);
+        }
+    }
+    TopLevelForm::Other
+}
+
+unsafe fn detaches(stmt: *mut pg_sys::AlterTableStmt) -> bool {
+    PgList::<pg_sys::AlterTableCmd>::from_pg((*stmt).cmds)
+        .iter_ptr()
+        .any(|cmd| (*cmd).subtype == pg_sys::AlterTableType::AT_DetachPartition)
+}

@@ -1,0 +1,449 @@
+//! Validating scans (and index builds) that run while a strong lock blocks the table.
+
+use crate::guard::command::{Action, Command, ConstraintKind, DomainChange, LockMode, Rel};
+use crate::guard::rule::hazard;
+use crate::guard::rule::Finding;
+use crate::guard::rule::{Family, Rule};
+
+pub const SET_NOT_NULL: Rule = Rule {
+    id: "set-not-null-scan",
+    family: Family::Scan,
+    catches: "ALTER COLUMN ... SET NOT NULL without a validated CHECK (col IS NOT NULL) that \
+              proves it",
+    why: "PostgreSQL scans the whole table for NULLs while holding ACCESS EXCLUSIVE. A \
+          validated CHECK that implies the column is not null lets it skip the scan.",
+    safe: "ADD CONSTRAINT c CHECK (col IS NOT NULL) NOT VALID; VALIDATE CONSTRAINT c in its own \
+           transaction; then SET NOT NULL (instant); then drop the CHECK.",
+};
+
+pub const VALIDATING_CONSTRAINT: Rule = Rule {
+    id: "add-constraint-validating",
+    family: Family::Scan,
+    catches: "ADD CONSTRAINT ... CHECK or FOREIGN KEY without NOT VALID",
+    why: "Every row is checked while the table is locked: ACCESS EXCLUSIVE for a CHECK, SHARE \
+          ROW EXCLUSIVE on both tables (writes blocked) for a FOREIGN KEY.",
+    safe: "ADD CONSTRAINT ... NOT VALID (instant), then VALIDATE CONSTRAINT in a transaction of \
+           its own: it takes SHARE UPDATE EXCLUSIVE, so reads and writes continue.",
+};
+
+pub const INLINE_CONSTRAINT: Rule = Rule {
+    id: "add-column-inline-constraint",
+    family: Family::Scan,
+    catches: "ADD COLUMN with an inline CHECK, REFERENCES, UNIQUE or PRIMARY KEY",
+    why: "The constraint is validated, or its index built, under the ADD COLUMN's ACCESS \
+          EXCLUSIVE lock.",
+    safe: "Add the column plain; add a CHECK or FOREIGN KEY as NOT VALID and VALIDATE it \
+           separately; for UNIQUE, build the index CONCURRENTLY and add the constraint USING \
+           INDEX.",
+};
+
+pub const UNIQUE_WITHOUT_INDEX: Rule = Rule {
+    id: "add-unique-without-index",
+    family: Family::Scan,
+    catches: "ADD UNIQUE, PRIMARY KEY or EXCLUDE constraint without USING INDEX",
+    why: "The index is built while the table is locked ACCESS EXCLUSIVE: every query waits for \
+          the whole build.",
+    safe: "CREATE UNIQUE INDEX CONCURRENTLY, then ADD CONSTRAINT ... UNIQUE USING INDEX (or \
+           PRIMARY KEY USING INDEX): only a brief lock.",
+};
+
+pub const VALIDATE_LOCKED: Rule = Rule {
+    id: "validate-in-locking-transaction",
+    family: Family::Scan,
+    catches: "VALIDATE CONSTRAINT in a transaction that already holds a lock blocking writes \
+              on the table (typically taken by ADD CONSTRAINT ... NOT VALID in the same \
+              transaction)",
+    why: "VALIDATE itself needs only SHARE UPDATE EXCLUSIVE, but the lock this transaction \
+          already holds keeps blocking the table for the whole validating scan.",
+    safe: "Commit after ADD CONSTRAINT ... NOT VALID; run VALIDATE CONSTRAINT in a transaction \
+           (or migration version) of its own.",
+};
+
+pub const ATTACH_SCAN: Rule = Rule {
+    id: "attach-partition-scan",
+    family: Family::Scan,
+    catches: "ATTACH PARTITION without a validated CHECK constraint on the partition that \
+              implies its partition bound (and, with a default partition, one that excludes \
+              the bound from it)",
+    why: "PostgreSQL scans the partition under ACCESS EXCLUSIVE to prove every row fits the \
+          bound, and scans the default partition too.",
+    safe: "Add a CHECK constraint matching the bound NOT VALID, VALIDATE it, ATTACH (the scan \
+           is skipped), then drop the CHECK.",
+};
+
+pub const RULES: [&Rule; 6] = [
+    &SET_NOT_NULL,
+    &VALIDATING_CONSTRAINT,
+    &INLINE_CONSTRAINT,
+    &UNIQUE_WITHOUT_INDEX,
+    &VALIDATE_LOCKED,
+    &ATTACH_SCAN,
+];
+
+const AEL: LockMode = LockMode::AccessExclusive;
+
+pub fn judge(command: &Command, out: &mut Vec<Finding>) {
+    match command {
+        Command::AlterTable { table, actions } => {
+            for action in actions {
+                judge_action(table, action, out);
+            }
+        }
+        Command::AlterDomain {
+            domain,
+            change,
+            tables,
+        } => {
+            for table in tables {
+                out.push(domain_check(domain, *change, table));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// ALTER DOMAIN checks every column of the domain, table by table, under a SHARE lock.
+fn domain_check(domain: &str, change: DomainChange, table: &Rel) -> Finding {
+    let (rule, what, hint) = match change {
+        DomainChange::AddCheck => (
+            &VALIDATING_CONSTRAINT,
+            "adding a CHECK constraint to",
+            format!(
+                "ALTER DOMAIN {domain} ADD CONSTRAINT ... CHECK (...) NOT VALID; then, in its own \
+                 transaction: ALTER DOMAIN {domain} VALIDATE CONSTRAINT ...;"
+            ),
+        ),
+        DomainChange::SetNotNull => (
+            &SET_NOT_NULL,
+            "SET NOT NULL on",
+            format!(
+                "ALTER DOMAIN {domain} ADD CONSTRAINT {domain}_not_null CHECK (VALUE IS NOT NULL) \
+                 NOT VALID; then VALIDATE CONSTRAINT in its own transaction."
+            ),
+        ),
+    };
+    Finding {
+        rule,
+        subject: Some(table.clone()),
+        message: format!("{what} domain {domain} scans {}", table.name),
+        detail: hazard(
+            table,
+            LockMode::Share,
+            &format!("It checks the {domain} columns of"),
+        ),
+        hint,
+    }
+}
+
+fn judge_action(table: &Rel, action: &Action, out: &mut Vec<Finding>) {
+    let t = &table.name;
+    let finding = |rule, message: String, detail: String, hint: String| Finding {
+        rule,
+        subject: Some(table.clone()),
+        message,
+        detail,
+        hint,
+    };
+    match action {
+        Action::SetNotNull {
+            column,
+            proven: false,
+        } => out.push(finding(
+            &SET_NOT_NULL,
+            format!("SET NOT NULL on {t}.{column} scans the table"),
+            hazard(
+                table,
+                AEL,
+                &format!("It scans for NULLs in {column} across"),
+            ),
+            format!(
+                "ALTER TABLE {t} ADD CONSTRAINT {column}_not_null CHECK ({column} IS NOT NULL) \
+                 NOT VALID; then, in its own transaction: ALTER TABLE {t} VALIDATE CONSTRAINT \
+                 {column}_not_null; then ALTER TABLE {t} ALTER COLUMN {column} SET NOT NULL; \
+                 (instant, proven by the CHECK)"
+            ),
+        )),
+        Action::AddConstraint {
+            name,
+            kind,
+            not_valid: false,
+            references,
+            ..
+        } if matches!(kind, ConstraintKind::Check | ConstraintKind::ForeignKey) => {
+            let lock = if *kind == ConstraintKind::Check {
+                AEL
+            } else {
+                LockMode::ShareRowExclusive
+            };
+            let mut detail = hazard(table, lock, "It checks every row of");
+            if let Some(r) = references {
+                detail.push_str(&format!(
+                    " The referenced table {} is locked SHARE ROW EXCLUSIVE meanwhile.",
+                    r.name
+                ));
+            }
+            let c = name.clone().unwrap_or_else(|| "the_constraint".into());
+            out.push(finding(
+                &VALIDATING_CONSTRAINT,
+                format!(
+                    "adding a {} constraint to {t} validates every row under lock",
+                    kind.sql()
+                ),
+                detail,
+                format!(
+                    "Add it with NOT VALID (instant), then validate it in a transaction of its \
+                     own: ALTER TABLE {t} ADD CONSTRAINT {c} ... NOT VALID; then ALTER TABLE \
+                     {t} VALIDATE CONSTRAINT {c};"
+                ),
+            ))
+        }
+        Action::AddConstraint {
+            kind,
+            using_index: false,
+            name,
+            ..
+        } if matches!(
+            kind,
+            ConstraintKind::Unique | ConstraintKind::PrimaryKey | ConstraintKind::Exclusion
+        ) =>
+        {
+            let c = name.clone().unwrap_or_else(|| "the_index".into());
+            out.push(finding(
+                &UNIQUE_WITHOUT_INDEX,
+                format!(
+                    "adding a {} constraint to {t} builds its index under lock",
+                    kind.sql()
+                ),
+                hazard(table, AEL, "It builds the constraint's index over"),
+                if *kind == ConstraintKind::Exclusion {
+                    "Exclusion constraints cannot use an existing index; add it while the \
+                     table is small, or in a maintenance window."
+                        .into()
+                } else {
+                    format!(
+                        "CREATE UNIQUE INDEX CONCURRENTLY {c} ON {t} (...); then ALTER TABLE \
+                         {t} ADD CONSTRAINT {c} {} USING INDEX {c};",
+                        kind.sql()
+                    )
+                },
+            ))
+        }
+        Action::AddColumn(column) if !column.inline_constraints.is_empty() => {
+            let kinds: Vec<&str> = column.inline_constraints.iter().map(|k| k.sql()).collect();
+            out.push(finding(
+                &INLINE_CONSTRAINT,
+                format!(
+                    "adding column {} with an inline {} validates {t} under lock",
+                    column.name,
+                    kinds.join(" and ")
+                ),
+                hazard(
+                    table,
+                    AEL,
+                    &format!("It checks (or indexes) {} over", column.name),
+                ),
+                format!(
+                    "ALTER TABLE {t} ADD COLUMN {} {}; then add the constraint separately: NOT \
+                     VALID and VALIDATE for CHECK and FOREIGN KEY, CREATE UNIQUE INDEX \
+                     CONCURRENTLY and USING INDEX for UNIQUE and PRIMARY KEY.",
+                    column.name, column.type_name
+                ),
+            ))
+        }
+        Action::ValidateConstraint { name } if table.write_locked_by_us => out.push(finding(
+            &VALIDATE_LOCKED,
+            format!("validating {name} on {t} in a transaction that already locks it"),
+            format!(
+                "This transaction already holds a lock on {} that blocks writes; the \
+                 validating scan runs while it is held, so every write waits for the scan.",
+                table.describe()
+            ),
+            format!(
+                "Commit first, then run ALTER TABLE {t} VALIDATE CONSTRAINT {name}; in a \
+                 transaction (or migration version) of its own."
+            ),
+        )),
+        Action::AttachPartition {
+            partition,
+            proven,
+            default_partition,
+        } => {
+            if *proven == Some(false) {
+                out.push(Finding {
+                    rule: &ATTACH_SCAN,
+                    subject: Some(partition.clone()),
+                    message: format!("attaching {} to {t} scans it", partition.name),
+                    detail: hazard(
+                        partition,
+                        AEL,
+                        "No validated CHECK constraint implies the partition bound, so \
+                         PostgreSQL scans",
+                    ),
+                    hint: format!(
+                        "ALTER TABLE {p} ADD CONSTRAINT {pn}_bound CHECK (<the bound>) NOT \
+                         VALID; ALTER TABLE {p} VALIDATE CONSTRAINT {pn}_bound; then ATTACH \
+                         (no scan); then drop the CHECK.",
+                        p = partition.name,
+                        pn = partition.name.rsplit('.').next().unwrap_or("p")
+                    ),
+                });
+            }
+            if let Some((default, Some(false))) = default_partition {
+                out.push(Finding {
+                    rule: &ATTACH_SCAN,
+                    subject: Some(default.clone()),
+                    message: format!(
+                        "attaching {} to {t} scans the default partition {}",
+                        partition.name, default.name
+                    ),
+                    detail: hazard(
+                        default,
+                        AEL,
+                        "To prove no row belongs to the new partition, PostgreSQL scans",
+                    ),
+                    hint: format!(
+                        "Give {} a validated CHECK constraint that excludes the new bound \
+                         before attaching.",
+                        default.name
+                    ),
+                });
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+    use crate::guard::command::NewColumn;
+    use crate::guard::rule::test_support::*;
+
+    fn ids(table: Rel, actions: Vec<Action>) -> Vec<&'static str> {
+        let mut out = vec![];
+        judge(&Command::AlterTable { table, actions }, &mut out);
+        out.iter().map(|f| f.rule.id).collect()
+    }
+
+    fn big() -> Rel {
+        table("public.t", BIG)
+    }
+
+    fn constraint(kind: ConstraintKind, not_valid: bool, using_index: bool) -> Action {
+        Action::AddConstraint {
+            name: Some("c".into()),
+            kind,
+            not_valid,
+            using_index,
+            references: None,
+        }
+    }
+
+    #[test]
+    fn set_not_null_needs_a_proof() {
+        assert_eq!(
+            ids(
+                big(),
+                vec![Action::SetNotNull {
+                    column: "c".into(),
+                    proven: false
+                }]
+            ),
+            ["set-not-null-scan"]
+        );
+        assert!(ids(
+            big(),
+            vec![Action::SetNotNull {
+                column: "c".into(),
+                proven: true
+            }]
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn constraints_need_not_valid_or_using_index() {
+        assert_eq!(
+            ids(big(), vec![constraint(ConstraintKind::Check, false, false)]),
+            ["add-constraint-validating"]
+        );
+        assert_eq!(
+            ids(
+                big(),
+                vec![constraint(ConstraintKind::ForeignKey, false, false)]
+            ),
+            ["add-constraint-validating"]
+        );
+        assert_eq!(
+            ids(
+                big(),
+                vec![constraint(ConstraintKind::Unique, false, false)]
+            ),
+            ["add-unique-without-index"]
+        );
+        assert_eq!(
+            ids(
+                big(),
+                vec![constraint(ConstraintKind::PrimaryKey, false, false)]
+            ),
+            ["add-unique-without-index"]
+        );
+        assert!(ids(
+            big(),
+            vec![
+                constraint(ConstraintKind::Check, true, false),
+                constraint(ConstraintKind::ForeignKey, true, false),
+                constraint(ConstraintKind::Unique, false, true),
+                constraint(ConstraintKind::PrimaryKey, false, true),
+            ]
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn inline_constraints_in_add_column_are_caught() {
+        let c = NewColumn {
+            name: "code".into(),
+            type_name: "text".into(),
+            inline_constraints: vec![ConstraintKind::Unique],
+            ..Default::default()
+        };
+        assert_eq!(
+            ids(big(), vec![Action::AddColumn(c)]),
+            ["add-column-inline-constraint"]
+        );
+    }
+
+    #[test]
+    fn validate_is_fine_unless_this_transaction_locks_the_table() {
+        let v = || vec![Action::ValidateConstraint { name: "c".into() }];
+        assert!(ids(big(), v()).is_empty());
+        let mut locked = big();
+        locked.write_locked_by_us = true;
+        assert_eq!(ids(locked, v()), ["validate-in-locking-transaction"]);
+    }
+
+    #[test]
+    fn attach_needs_a_proven_bound_for_the_partition_and_the_default() {
+        let p = table("public.p2026", BIG);
+        let d = table("public.p_default", BIG);
+        let attach = |proven, default| Action::AttachPartition {
+            partition: p.clone(),
+            proven,
+            default_partition: default,
+        };
+        assert_eq!(
+            ids(big(), vec![attach(Some(false), None)]),
+            ["attach-partition-scan"]
+        );
+        assert!(ids(big(), vec![attach(Some(true), None), attach(None, None)]).is_empty());
+        assert_eq!(
+            ids(
+                big(),
+                vec![attach(Some(true), Some((d.clone(), Some(false))))]
+            ),
+            ["attach-partition-scan"]
+        );
+        assert!(ids(big(), vec![attach(Some(true), Some((d, Some(true))))]).is_empty());
+    }
+}

@@ -1,0 +1,569 @@
+//! `migrate.verify(version)`: proof that a migration did what it should. The objects it
+//! created (from the changes recorded with it) are checked against the live catalogs, its
+//! declared queries are run read-only, and the verdict is recorded: a migration is complete
+//! only once verification has passed.
+
+use crate::errors::{OrBookkeeping, OrRaise, Problem};
+use crate::inspect::diff::{Change, Difference};
+use crate::migration::limits::Limits;
+use crate::migration::status::{JobState, Status, Verdict};
+use crate::migration::version::Version;
+use crate::pg::subxact;
+use pgrx::prelude::*;
+use pgrx::{JsonB, PgSqlErrorCode};
+use serde_json::{json, Value};
+
+/// One verdict, as `migrate.verify` returns it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    pub kind: &'static str,
+    pub object: Option<String>,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// What verification needs of the history row.
+struct Migration {
+    version: String,
+    status: Status,
+    changes: Vec<Difference>,
+    verify_script: Option<String>,
+    /// Who applied it, and the search_path they applied it under: its verify queries run
+    /// with that role's rights and that path, whoever calls migrate.verify later.
+    applied_role: String,
+    search_path: String,
+    standard_conforming_strings: String,
+}
+
+fn read(version: &Version) -> Option<Migration> {
+    crate::pg::spi::pinned_row(
+        "SELECT version, status, changes, verify_script, applied_role::text, \
+                coalesce(settings ->> 'search_path', ''), \
+                coalesce(settings ->> 'standard_conforming_strings', 'on') \
+         FROM migrate.history WHERE version_key = migrate.version_key($1)",
+        &[version.as_str().into()],
+        |row| {
+            Ok(Migration {
+                version: row.get(1)?.unwrap_or_default(),
+                status: row
+                    .get::<String>(2)?
+                    .as_deref()
+                    .and_then(Status::parse)
+                    .ok_or(pgrx::spi::Error::InvalidPosition)?,
+                changes: row
+                    .get::<JsonB>(3)?
+                    .map(|j| serde_json::from_value(j.0))
+                    .transpose()
+                    .map_err(|_| pgrx::spi::Error::InvalidPosition)?
+                    .unwrap_or_default(),
+                verify_script: row.get(4)?,
+                applied_role: row.get(5)?.unwrap_or_default(),
+                search_path: row.get(6)?.unwrap_or_default(),
+                standard_conforming_strings: row.get(7)?.unwrap_or_else(|| "on".into()),
+            })
+        },
+    )
+    .or_bookkeeping("read migrate.history")
+}
+
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile, parallel_unsafe)]
+fn verify(
+    version: Option<&str>,
+) -> TableIterator<
+    'static,
+    (
+        name!(kind, String),
+        name!(object, Option<String>),
+        name!(ok, bool),
+        name!(detail, String),
+    ),
+> {
+    crate::pg::identity::require_admin("verify migrations").or_raise();
+    let version = Version::parse(version).or_raise();
+    let Some(migration) = read(&version) else {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("version {version} is not recorded"),
+            "Only an applied migration can be verified.",
+            "See SELECT * FROM migrate.status for the recorded versions.",
+        )
+        .raise();
+    };
+    if migration.status == Status::Baseline {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "version {} is a baseline: there is nothing to verify",
+                migration.version
+            ),
+            "A baseline records a schema pg_migrate did not build; nothing of it ran here.",
+            "Verify the migrations applied after the baseline.",
+        )
+        .raise();
+    }
+    let checks = run_checks(&migration);
+    record(&migration.version, &checks);
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    if failed > 0 {
+        crate::errors::notice(format!(
+            "version {} failed {failed} of {} checks; it stays \"applied, verification failed\" \
+             until migrate.verify passes",
+            migration.version,
+            checks.len()
+        ));
+    }
+    TableIterator::new(
+        checks
+            .into_iter()
+            .map(|c| (c.kind.to_string(), c.object, c.ok, c.detail)),
+    )
+}
+
+fn run_checks(migration: &Migration) -> Vec<Check> {
+    let mut checks = vec![status_check(migration)];
+    // Nothing here runs with the caller's rights, nor the owner's: the catalogs are read by
+    // anyone, and every expression is evaluated as the role that wrote it (see as_author).
+    for change in &migration.changes {
+        checks.extend(object_check(migration, change));
+    }
+    checks.extend(backfill_checks(&migration.version));
+    if let Some(script) = &migration.verify_script {
+        checks.extend(query_checks(migration, script));
+    }
+    checks
+}
+
+fn status_check(migration: &Migration) -> Check {
+    let ok = migration.status == Status::Applied;
+    Check {
+        kind: "status",
+        object: None,
+        ok,
+        detail: if ok {
+            "every statement ran".into()
+        } else {
+            format!(
+                "the migration is {}: its phases have not all run (see migrate.steps)",
+                migration.status
+            )
+        },
+    }
+}
+
+/// Each backfill the migration started finished, and no row matches its where clause now.
+/// The where clause is counted as the job's submitter, under the search_path it was
+/// submitted with.
+fn backfill_checks(version: &str) -> Vec<Check> {
+    crate::backfill::of_migration(version)
+        .into_iter()
+        .map(|job| {
+            let (id, table, state, where_clause) = (job.id, job.table, job.state, job.where_clause);
+            let author = Author::named(&job.role, &job.search_path, &job.conforming);
+            let left = match (&table, &where_clause) {
+                (Some(table), Some(w)) => {
+                    match count_as(&author, &crate::backfill::remaining_sql(table, w)) {
+                        Evaluated::Value(n) => Ok(n),
+                        Evaluated::Failed(message) | Evaluated::NotRun(message) => Err(message),
+                    }
+                }
+                _ => Ok(0),
+            };
+            let (ok, detail) = match (state, left, &where_clause) {
+                (JobState::Done, Ok(0), Some(w)) => {
+                    (true, format!("backfill {id} is done; no row matches {w}"))
+                }
+                (JobState::Done, Ok(0), None) => (
+                    true,
+                    format!("backfill {id} is done (no where clause to check)"),
+                ),
+                (JobState::Done, Ok(n), Some(w)) => (
+                    false,
+                    format!("backfill {id} is done, but {n} rows match {w} again"),
+                ),
+                (JobState::Done, Ok(_), None) => (true, format!("backfill {id} is done")),
+                (JobState::Done, Err(why), _) => (
+                    false,
+                    format!("backfill {id} is done, but its where clause was not counted: {why}"),
+                ),
+                (other, _, _) => (
+                    false,
+                    format!("backfill {id} is {other} (see migrate.backfill_progress)"),
+                ),
+            };
+            Check {
+                kind: "backfill",
+                object: table,
+                ok,
+                detail,
+            }
+        })
+        .collect()
+}
+
+/// The check an object the migration created or validated needs, if any.
+fn object_check(migration: &Migration, change: &Difference) -> Option<Check> {
+    let object = change.object.as_deref()?;
+    let new = change.new.as_ref();
+    match (
+        change.kind.as_str(),
+        change.change,
+        change.attribute.as_deref(),
+    ) {
+        ("indexes", Change::Added, None) => Some(index_check(migration, object)),
+        ("constraints", Change::Added, None) => {
+            let validated = new?.get("validated").and_then(Value::as_bool)?;
+            Some(constraint_check(migration, change, object, validated))
+        }
+        ("constraints", Change::Changed, Some("validated")) => {
+            let validated = new?.as_bool()?;
+            Some(constraint_check(migration, change, object, validated))
+        }
+        _ => None,
+    }
+}
+
+fn index_check(migration: &Migration, index: &str) -> Check {
+    let state = read_one::<(bool, bool)>(
+        "SELECT i.indisvalid, i.indisready AND i.indislive FROM pg_catalog.pg_index i \
+         WHERE i.indexrelid = pg_catalog.to_regclass($1)",
+        &[index.into()],
+        |row| Ok((row.get(1)?.unwrap_or(false), row.get(2)?.unwrap_or(false))),
+    );
+    let (ok, detail) = match state {
+        Some((true, true)) => (true, "valid and ready".to_string()),
+        Some((false, _)) => (
+            false,
+            "INVALID: queries do not use it, and it still costs every write; an interrupted \
+             CREATE INDEX CONCURRENTLY leaves it so. DROP INDEX CONCURRENTLY it and build it \
+             again"
+                .to_string(),
+        ),
+        Some((true, _)) => (
+            false,
+            "valid but not ready: a concurrent build or drop of it is under way or was \
+             interrupted"
+                .to_string(),
+        ),
+        None => gone(migration, "indexes", index),
+    };
+    Check {
+        kind: "index",
+        object: Some(index.to_string()),
+        ok,
+        detail,
+    }
+}
+
+fn constraint_check(
+    migration: &Migration,
+    change: &Difference,
+    object: &str,
+    validated: bool,
+) -> Check {
+    let table = change.relation.as_deref().unwrap_or_default();
+    let name = object
+        .strip_suffix(&format!(" on {table}"))
+        .unwrap_or(object);
+    let live = read_one::<(pg_sys::Oid, bool, String)>(
+        "SELECT c.oid, c.convalidated, c.contype::text FROM pg_catalog.pg_constraint c \
+         WHERE c.conrelid = pg_catalog.to_regclass($1) AND pg_catalog.quote_ident(c.conname) = $2",
+        &[table.into(), name.into()],
+        |row| {
+            Ok((
+                row.get(1)?.unwrap_or(pg_sys::InvalidOid),
+                row.get(2)?.unwrap_or(false),
+                row.get(3)?.unwrap_or_default(),
+            ))
+        },
+    );
+    let (ok, detail) = match live {
+        None => gone(migration, "constraints", object),
+        Some((_, false, _)) if validated => (
+            false,
+            "NOT VALID, but the migration left it validated: it was dropped and added again \
+             without validation; run ALTER TABLE ... VALIDATE CONSTRAINT"
+                .to_string(),
+        ),
+        Some((oid, live_valid, contype)) => {
+            // In a subtransaction: a count that fails (cancelled, a broken expression)
+            // fails this check, not the whole verification and its record.
+            let counted = (contype == "f" || !live_valid).then(|| count_violations(oid));
+            let (violations, not_counted) = match counted {
+                Some(Evaluated::Failed(message)) => {
+                    return Check {
+                        kind: "constraint",
+                        object: Some(object.to_string()),
+                        ok: false,
+                        detail: format!("could not count the rows that break it: {message}"),
+                    }
+                }
+                Some(Evaluated::Value(n)) => (Some(n), None),
+                // Counting is extra evidence; without it the check is what the catalogs say.
+                Some(Evaluated::NotRun(why)) => (None, Some(why)),
+                None => (None, None),
+            };
+            let (ok, mut detail): (bool, String) = match (live_valid, violations) {
+                (true, Some(n)) if n > 0 => (
+                    false,
+                    format!(
+                        "validated, but {n} rows violate it: they were written while its \
+                         triggers did not fire (session_replication_role = replica, or \
+                         DISABLE TRIGGER ALL)"
+                    ),
+                ),
+                (true, Some(_)) => (true, "validated; every row satisfies it".into()),
+                (true, None) => (true, "validated".into()),
+                (false, Some(0)) => (
+                    true,
+                    "NOT VALID by design; every row satisfies it, so VALIDATE CONSTRAINT will \
+                     succeed"
+                        .into(),
+                ),
+                (false, Some(n)) => (
+                    true,
+                    format!(
+                        "NOT VALID by design; {n} rows do not satisfy it yet, so VALIDATE \
+                         CONSTRAINT would fail until they are fixed"
+                    ),
+                ),
+                (false, None) => (true, "NOT VALID by design".into()),
+            };
+            if let Some(why) = not_counted {
+                detail.push_str(&format!(" (rows not counted: {why})"));
+            }
+            (ok, detail)
+        }
+    };
+    Check {
+        kind: "constraint",
+        object: Some(object.to_string()),
+        ok,
+        detail,
+    }
+}
+
+/// How many rows break constraint `oid`. The constraint's expression (a CHECK may call any
+/// function; a foreign key compares with its type's equality operator) is evaluated as the
+/// table's owner, who wrote it, as PostgreSQL evaluates index expressions in ANALYZE; the
+/// count query is built from the catalogs with names qualified under a pinned path.
+fn count_violations(oid: pg_sys::Oid) -> Evaluated<i64> {
+    let query = read_one::<(Option<String>, pg_sys::Oid)>(
+        "SELECT migrate.constraint_violations_query(c.oid), t.relowner \
+         FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_class t ON t.oid = c.conrelid \
+         WHERE c.oid = $1",
+        &[oid.into()],
+        |row| Ok((row.get(1)?, row.get(2)?.unwrap_or(pg_sys::InvalidOid))),
+    );
+    let Some((Some(sql), owner)) = query else {
+        return Evaluated::Value(0);
+    };
+    let author = Author {
+        role: Some(owner),
+        name: crate::pg::identity::role_name(owner),
+        search_path: "pg_catalog".into(),
+        standard_conforming_strings: "on".into(),
+    };
+    count_as(&author, &sql)
+}
+
+/// The count `sql` returns, evaluated as `author`.
+fn count_as(author: &Author, sql: &str) -> Evaluated<i64> {
+    match evaluate(author, || Spi::get_one::<i64>(sql)) {
+        Evaluated::Value(Ok(n)) => Evaluated::Value(n.unwrap_or(0)),
+        Evaluated::Value(Err(e)) => Evaluated::Failed(e.to_string()),
+        Evaluated::Failed(m) => Evaluated::Failed(m),
+        Evaluated::NotRun(m) => Evaluated::NotRun(m),
+    }
+}
+
+/// The role an expression came from, and the settings it was written under.
+struct Author {
+    /// None when the role no longer exists.
+    role: Option<pg_sys::Oid>,
+    name: String,
+    search_path: String,
+    standard_conforming_strings: String,
+}
+
+impl Author {
+    fn named(name: &str, search_path: &str, standard_conforming_strings: &str) -> Author {
+        Author {
+            role: crate::pg::identity::role_oid(name),
+            name: name.to_string(),
+            search_path: search_path.to_string(),
+            standard_conforming_strings: standard_conforming_strings.to_string(),
+        }
+    }
+}
+
+/// What became of an expression verify evaluated as its author.
+enum Evaluated<T> {
+    Value(T),
+    /// It raised an error (the message).
+    Failed(String),
+    /// It was not evaluated (why).
+    NotRun(String),
+}
+
+/// Evaluates `f` as `author` (see crate::pg::identity::as_author), in a subtransaction that is rolled
+/// back so that nothing it changes in this session survives. Only for a caller who has the
+/// author's privileges: the expression runs in the caller's session, whose temporary
+/// objects and settings the caller controls, and code must never meet state prepared by
+/// someone with fewer rights than the role it runs as. Anyone else is told whom to ask.
+fn evaluate<T>(author: &Author, f: impl FnOnce() -> T) -> Evaluated<T> {
+    let Some(role) = author.role else {
+        return Evaluated::NotRun(format!(
+            "role \"{}\", whose expression it is, no longer exists",
+            author.name
+        ));
+    };
+    if !crate::pg::identity::has_privs_of(crate::pg::identity::current_user(), role) {
+        return Evaluated::NotRun(format!(
+            "it is role \"{}\"'s expression and runs with that role's rights: run \
+             migrate.verify as \"{}\" (or a member of it, or a superuser)",
+            author.name, author.name
+        ));
+    }
+    let settings = [
+        ("search_path", author.search_path.as_str()),
+        (
+            "standard_conforming_strings",
+            author.standard_conforming_strings.as_str(),
+        ),
+    ];
+    match subxact::rolled_back(|| crate::pg::identity::as_author(role, &settings, f)) {
+        Ok(value) => Evaluated::Value(value),
+        Err(caught) => Evaluated::Failed(caught.message),
+    }
+}
+
+/// An object the migration created that no longer exists: fine if a later migration
+/// removed it, a failure if something else did.
+fn gone(migration: &Migration, kind: &str, object: &str) -> (bool, String) {
+    let removal = json!([Difference {
+        kind: kind.to_string(),
+        object: Some(object.to_string()),
+        change: Change::Removed,
+        attribute: None,
+        old: None,
+        new: None,
+        relation: None,
+    }]);
+    let later = read_one::<String>(
+        "SELECT version FROM migrate.history \
+         WHERE version_key > migrate.version_key($1) AND changes @> $2 \
+         ORDER BY version_key LIMIT 1",
+        &[migration.version.as_str().into(), JsonB(removal).into()],
+        |row| Ok(row.get(1)?.unwrap_or_default()),
+    );
+    match later {
+        Some(v) => (true, format!("removed since by version {v}")),
+        None => (
+            false,
+            "no longer exists, and no later migration removed it (see migrate.drift())".into(),
+        ),
+    }
+}
+
+/// The migration's declared queries, each read-only, in a subtransaction that is rolled
+/// back, under the migration's statement timeout; each passes when it returns no rows. They
+/// run as the role that applied the migration (which declared them) with its search_path,
+/// never with the rights of whoever calls migrate.verify.
+fn query_checks(migration: &Migration, script: &str) -> Vec<Check> {
+    let what = format!("the verify queries of migration {}", migration.version);
+    let author = Author::named(
+        &migration.applied_role,
+        &migration.search_path,
+        &migration.standard_conforming_strings,
+    );
+    // Split as they were when apply checked them.
+    let parsed = {
+        let _lexing = crate::pg::guc::SettingScope::set(&[(
+            "standard_conforming_strings",
+            &author.standard_conforming_strings,
+        )]);
+        crate::migration::parse::parse_queries(&what, script)
+    };
+    let statements = match parsed {
+        Ok(s) => s,
+        Err(p) => {
+            return vec![Check {
+                kind: "query",
+                object: None,
+                ok: false,
+                detail: p.full_message(),
+            }]
+        }
+    };
+    statements
+        .iter()
+        .map(|st| {
+            // A newline before the closing parenthesis, so a trailing comment cannot hide it.
+            let sql = format!(
+                "SELECT pg_catalog.to_jsonb(q)::text FROM ({}\n) q LIMIT 1",
+                st.text(script)
+            );
+            let result = evaluate(&author, || {
+                crate::pg::guc::set_local("transaction_read_only", "on");
+                crate::migration::limits::with_limits(Limits::from_settings(), || {
+                    Spi::get_one::<String>(&sql)
+                })
+            });
+            let (ok, detail) = match result {
+                Evaluated::Value(Ok(None))
+                | Evaluated::Value(Err(pgrx::spi::Error::InvalidPosition)) => {
+                    (true, "returned no rows".to_string())
+                }
+                Evaluated::Value(Ok(Some(row))) => {
+                    (false, format!("returned rows, the first: {row}"))
+                }
+                Evaluated::Value(Err(e)) => (false, format!("could not run: {e}")),
+                Evaluated::Failed(message) => (false, format!("failed: {message}")),
+                Evaluated::NotRun(why) => (false, format!("not run: {why}")),
+            };
+            Check {
+                kind: "query",
+                object: Some(format!("statement {} (line {})", st.number, st.line)),
+                ok,
+                detail,
+            }
+        })
+        .collect()
+}
+
+fn record(version: &str, checks: &[Check]) {
+    let passed = checks.iter().all(|c| c.ok);
+    let report: Vec<Value> = checks
+        .iter()
+        .map(|c| json!({"check": c.kind, "object": c.object, "ok": c.ok, "detail": c.detail}))
+        .collect();
+    crate::pg::identity::as_owner(|| {
+        Spi::run_with_args(
+            "UPDATE migrate.history SET verification = $2, \
+               verified_at = pg_catalog.clock_timestamp(), verification_report = $3 \
+             WHERE version = $1",
+            &[
+                version.into(),
+                (if passed {
+                    Verdict::Passed
+                } else {
+                    Verdict::Failed
+                })
+                .as_str()
+                .into(),
+                JsonB(Value::Array(report)).into(),
+            ],
+        )
+    })
+    .or_bookkeeping("record the verification in migrate.history");
+}
+
+fn read_one<T>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+    map: impl FnOnce(pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
+) -> Option<T> {
+    crate::pg::spi::pinned_row(sql, args, map)
+        .or_bookkeeping("read the catalogs for migrate.verify")
+}

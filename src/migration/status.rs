@@ -1,0 +1,139 @@
+//! The states of a migration, of its phases, of a backfill job and of a verification, spelt
+//! as the `migrate.*` tables spell them (their CHECK constraints list the same words).
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+macro_rules! spelt {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        pub enum $name {
+            $(#[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+
+            /// The state a table spells `text`; None for a word it never holds. (Answers
+            /// that are never read back leave it unused.)
+            #[allow(dead_code)]
+            pub fn parse(text: &str) -> Option<$name> {
+                match text {
+                    $($text => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+spelt!(
+    /// `migrate.history.status`.
+    Status {
+        Applied = "applied",
+        Baseline = "baseline",
+        Pending = "pending",
+        Running = "running",
+        Failed = "failed",
+        Cancelled = "cancelled",
+    }
+);
+
+spelt!(
+    /// `migrate.steps.state`: one phase of a migration the worker runs.
+    StepState {
+        Pending = "pending",
+        Running = "running",
+        Done = "done",
+        Failed = "failed",
+        Cancelled = "cancelled",
+    }
+);
+
+spelt!(
+    /// `migrate.backfills.state`.
+    JobState {
+        Running = "running",
+        Paused = "paused",
+        Done = "done",
+        Failed = "failed",
+        Cancelled = "cancelled",
+    }
+);
+
+spelt!(
+    /// `migrate.history.verification`.
+    Verdict {
+        Passed = "passed",
+        Failed = "failed",
+    }
+);
+
+spelt!(
+    /// What `migrate.cancel(version)` answers: cancelled at once, or at the running phase's
+    /// end.
+    CancelReply {
+        Cancelled = "cancelled",
+        Cancelling = "cancelling",
+    }
+);
+
+spelt!(
+    /// What `migrate.validate` answers for a script that is not an error.
+    Validity {
+        Valid = "valid",
+        Pending = "pending",
+        Baseline = "baseline",
+    }
+);
+
+spelt!(
+    /// What `migrate.apply` answers when it runs nothing: the version is there already.
+    Skipped {
+        AlreadyApplied = "already_applied",
+        BelowBaseline = "below_baseline",
+    }
+);
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn every_state_reads_back_as_spelt() {
+        for s in [
+            Status::Applied,
+            Status::Baseline,
+            Status::Pending,
+            Status::Running,
+            Status::Failed,
+            Status::Cancelled,
+        ] {
+            assert_eq!(Status::parse(s.as_str()), Some(s));
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        for s in [
+            JobState::Running,
+            JobState::Paused,
+            JobState::Done,
+            JobState::Failed,
+            JobState::Cancelled,
+        ] {
+            assert_eq!(JobState::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(StepState::parse("done"), Some(StepState::Done));
+        assert_eq!(Status::parse("done"), None);
+        assert_eq!(Verdict::Passed.to_string(), "passed");
+    }
+}

@@ -1,0 +1,242 @@
+//! Settings as the server keeps them: set for a scope, for the transaction or the session;
+//! read as SHOW prints them; their records in the GUC tables.
+
+use pgrx::pg_sys;
+use std::ffi::{c_int, CString};
+
+/// GUC values set for a scope and restored when it ends, as `SET` clauses of functions are.
+pub struct SettingScope {
+    nest_level: c_int,
+}
+
+impl SettingScope {
+    pub fn set(settings: &[(&str, &str)]) -> SettingScope {
+        // SAFETY: NewGUCNestLevel/AtEOXact_GUC bracket the change exactly as
+        // fmgr_security_definer does; on an ERROR the (sub)transaction abort pops the level.
+        unsafe {
+            let nest_level = pg_sys::NewGUCNestLevel();
+            for (name, value) in settings {
+                set(
+                    name,
+                    Some(value),
+                    pg_sys::GucContext::PGC_USERSET,
+                    pg_sys::GucAction::GUC_ACTION_SAVE,
+                );
+            }
+            SettingScope { nest_level }
+        }
+    }
+}
+
+impl Drop for SettingScope {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // An ERROR is unwinding: the subtransaction abort that follows restores the
+            // settings of every nest level opened inside it.
+            return;
+        }
+        // SAFETY: pops exactly the level opened in `set`.
+        unsafe { pg_sys::AtEOXact_GUC(true, self.nest_level) };
+    }
+}
+
+/// `SET LOCAL name = value`: for the rest of the transaction.
+pub fn set_local(name: &str, value: &str) {
+    set(
+        name,
+        Some(value),
+        pg_sys::GucContext::PGC_USERSET,
+        pg_sys::GucAction::GUC_ACTION_LOCAL,
+    );
+}
+
+/// A setting's record in the GUC tables, or null for an unknown name. Records never move
+/// or go away once defined.
+fn record(name: &std::ffi::CStr) -> *mut pg_sys::config_generic {
+    // SAFETY: reads the GUC tables; find_option does not create placeholders here.
+    unsafe {
+        #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+        {
+            let all = pg_sys::get_guc_variables();
+            (0..pg_sys::GetNumConfigOptions() as usize)
+                .map(|i| *all.add(i))
+                .find(|g| std::ffi::CStr::from_ptr((**g).name) == name)
+                .unwrap_or(std::ptr::null_mut())
+        }
+        #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
+        {
+            pg_sys::find_option(name.as_ptr(), false, true, pg_sys::ERROR as i32)
+        }
+    }
+}
+
+/// A setting's current value, as SHOW prints it (with its unit); None for an unknown one.
+pub fn current(name: &str) -> Option<String> {
+    let name = CString::new(name).ok()?;
+    // SAFETY: returns a palloc'd copy of the value, or NULL when missing_ok and unknown.
+    unsafe {
+        let value = pg_sys::GetConfigOptionByName(name.as_ptr(), std::ptr::null_mut(), true);
+        (!value.is_null()).then(|| {
+            std::ffi::CStr::from_ptr(value)
+                .to_string_lossy()
+                .into_owned()
+        })
+    }
+}
+
+/// Sets (or, for None, resets) a setting the way SET does, with the given context and action:
+/// GUC_ACTION_SET for the session, _LOCAL for the transaction, _SAVE for a nest level. An
+/// invalid value raises PostgreSQL's own error.
+pub fn set(
+    name: &str,
+    value: Option<&str>,
+    context: pg_sys::GucContext::Type,
+    action: pg_sys::GucAction::Type,
+) {
+    let name = CString::new(name).expect("setting names have no NUL");
+    let value = value.map(|v| CString::new(v).expect("setting values have no NUL"));
+    // SAFETY: both strings outlive the call; set_config_option copies what it keeps.
+    unsafe {
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ref().map_or(std::ptr::null(), |v| v.as_ptr()),
+            context,
+            pg_sys::GucSource::PGC_S_SESSION,
+            action,
+            true,
+            0,
+            false,
+        );
+    }
+}
+/// Makes a misspelt `migrate.*` setting an error instead of a silently ignored placeholder.
+pub fn reserve_prefix() {
+    // SAFETY: called from _PG_init after our settings are defined.
+    #[cfg(not(any(feature = "pg13", feature = "pg14")))]
+    unsafe {
+        pgrx::pg_sys::MarkGUCPrefixReserved(c"migrate".as_ptr());
+    }
+    #[cfg(any(feature = "pg13", feature = "pg14"))]
+    unsafe {
+        pgrx::pg_sys::EmitWarningsOnPlaceholders(c"migrate".as_ptr());
+    }
+}
+
+/// Runs `f` — pg_migrate's own queries — with `search_path` pinned to `pg_catalog`, so that
+/// no caller-created function or operator (an `=` on `numeric[]`, say) can stand in for a
+/// built-in. `pg_temp` is listed last; PostgreSQL never looks there for functions or
+/// operators.
+pub fn pinned<T>(f: impl FnOnce() -> T) -> T {
+    let _path = SettingScope::set(&[("search_path", "pg_catalog, pg_temp")]);
+    f()
+}
+
+thread_local! {
+    /// Start of the transaction in which the setting defined by `define_transaction_string`
+    /// was last assigned.
+    static ASSIGNED_IN: std::cell::Cell<Option<pg_sys::TimestampTz>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Defines a string setting that counts only in the transaction that assigned it
+/// (`assigned_in_this_transaction`): a user-settable override, for SET LOCAL.
+pub fn define_transaction_string(
+    name: &'static std::ffi::CStr,
+    short: &'static std::ffi::CStr,
+    long: &'static std::ffi::CStr,
+    setting: &'static pgrx::GucSetting<Option<CString>>,
+) {
+    #[pgrx::pg_guard]
+    unsafe extern "C-unwind" fn remember_transaction(
+        _newval: *const std::ffi::c_char,
+        _extra: *mut std::ffi::c_void,
+    ) {
+        ASSIGNED_IN.set(Some(crate::pg::xact::started_at()));
+    }
+    // SAFETY: the assign hook only records a timestamp and cannot raise.
+    unsafe {
+        pgrx::GucRegistry::define_string_guc_with_hooks(
+            name,
+            short,
+            long,
+            setting,
+            pgrx::GucContext::Userset,
+            pgrx::GucFlags::default(),
+            None,
+            Some(remember_transaction),
+            None,
+        );
+    }
+}
+
+/// Whether the setting `define_transaction_string` defined was assigned in this transaction.
+pub fn assigned_in_this_transaction() -> bool {
+    ASSIGNED_IN.get() == Some(crate::pg::xact::started_at())
+}
+
+/// The role that set a setting's current value (PostgreSQL 15 records it with every setting;
+/// before 15, the role outside any SECURITY DEFINER function).
+pub fn setter_of(name: &std::ffi::CStr) -> pg_sys::Oid {
+    #[cfg(not(any(feature = "pg13", feature = "pg14")))]
+    {
+        let record = record(name);
+        if !record.is_null() {
+            // SAFETY: setting records live as long as the backend; only srole is read.
+            return unsafe { (*record).srole };
+        }
+        pg_sys::InvalidOid
+    }
+    #[cfg(any(feature = "pg13", feature = "pg14"))]
+    {
+        let _ = name;
+        // SAFETY: reads the backend's outer user id.
+        unsafe { pg_sys::GetOuterUserId() }
+    }
+}
+
+thread_local! {
+    /// Records found by `is_default`: on PostgreSQL 15 and before, finding one reads every
+    /// setting, and the guard asks for every DDL statement. Records never move.
+    static FOUND: std::cell::RefCell<Vec<(&'static std::ffi::CStr, usize)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Whether a setting still has its built-in default (nobody set it anywhere).
+pub fn is_default(name: &'static std::ffi::CStr) -> bool {
+    let cached = FOUND.with_borrow(|f| f.iter().find(|(n, _)| *n == name).map(|(_, r)| *r));
+    let record = match cached {
+        Some(address) => address as *mut pg_sys::config_generic,
+        None => {
+            let found = record(name);
+            if !found.is_null() {
+                FOUND.with_borrow_mut(|f| f.push((name, found as usize)));
+            }
+            found
+        }
+    };
+    // SAFETY: setting records live as long as the backend; only the source is read.
+    !record.is_null() && unsafe { (*record).source } == pg_sys::GucSource::PGC_S_DEFAULT
+}
+
+/// lock_timeout and statement_timeout as the backend has them now, in ms.
+pub fn lock_timeout_ms() -> i32 {
+    // SAFETY: reads a backend-global setting.
+    unsafe { pg_sys::LockTimeout }
+}
+
+pub fn statement_timeout_ms() -> i32 {
+    // SAFETY: reads a backend-global setting.
+    unsafe { pg_sys::StatementTimeout }
+}
+
+/// session_replication_role = replica: triggers and event triggers do not fire.
+pub fn replica_mode() -> bool {
+    // SAFETY: reads a backend-global setting.
+    unsafe { pg_sys::SessionReplicationRole == pg_sys::SESSION_REPLICATION_ROLE_REPLICA as i32 }
+}
+
+/// check_function_bodies, which pg_dump's scripts turn off.
+pub fn check_function_bodies() -> bool {
+    // SAFETY: reads a backend-global setting.
+    unsafe { pg_sys::check_function_bodies }
+}

@@ -1,0 +1,16 @@
+//! The thin PostgreSQL layer: the calls into the server that need `unsafe`, behind safe
+//! functions. Everything above it is plain Rust over these and SPI.
+
+pub mod catalog;
+pub mod event_trigger;
+pub mod guc;
+pub mod identity;
+pub mod nodes;
+pub mod process;
+pub mod shmem;
+pub mod simple_query;
+pub mod spi;
+pub mod statement_timer;
+pub mod subxact;
+pub mod utility_hook;
+pub mod xact;

@@ -1,0 +1,94 @@
+//! This process as the postmaster runs it: loading, signals, configuration reloads, sleeping
+//! on the latch, exiting; and the databases a launcher may start workers for.
+
+use pgrx::pg_sys;
+use std::time::Duration;
+
+/// Whether the library is being loaded from shared_preload_libraries (in the postmaster).
+pub fn loading_at_server_start() -> bool {
+    // SAFETY: reads a flag set by the postmaster while it loads shared_preload_libraries.
+    unsafe { pg_sys::process_shared_preload_libraries_in_progress }
+}
+
+pub fn pid() -> i32 {
+    // SAFETY: reads this process's pid.
+    unsafe { pg_sys::MyProcPid }
+}
+
+unsafe extern "C-unwind" {
+    /// postgres.c's SIGTERM handler: sets ProcDiePending, so the next CHECK_FOR_INTERRUPTS ends
+    /// the process (cancelling a statement under way).
+    #[link_name = "die"]
+    fn die(signal: std::ffi::c_int);
+}
+
+/// SIGTERM cancels whatever runs and exits, as it does a backend.
+pub fn die_on_sigterm() {
+    // SAFETY: installs PostgreSQL's own handler, the raw C function (pgrx wraps pg_sys::die).
+    unsafe { pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(die)) };
+}
+
+/// Re-reads the configuration if a SIGHUP asked for it, as a backend does between queries.
+pub fn reload_config_if_asked() {
+    // SAFETY: reads and clears the flag the SIGHUP handler sets; what a backend does on SIGHUP.
+    unsafe {
+        if pg_sys::ConfigReloadPending != 0 {
+            pg_sys::ConfigReloadPending = 0;
+            pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
+        }
+    }
+}
+
+/// Re-reads the configuration (after pgrx's SIGHUP handler said so).
+pub fn reload_config() {
+    // SAFETY: what a backend does on SIGHUP.
+    unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+}
+
+/// Ends the process the way a FATAL error does. Only between transactions, holding nothing;
+/// exit callbacks run.
+pub fn exit(code: i32) -> ! {
+    // SAFETY: as documented above; proc_exit does not return.
+    unsafe { pg_sys::proc_exit(code) }
+}
+
+/// Sleeps on the process latch for `d` at most; a SetLatch (a wake-up, a signal) ends it
+/// early, postmaster death ends the process.
+pub fn sleep_on_latch(d: Duration) {
+    // SAFETY: the backend's own latch, waited on from its main thread.
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            d.as_millis().min(i64::MAX as u128) as std::ffi::c_long,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+}
+
+/// Every database that accepts connections, read from pg_database as the autovacuum launcher
+/// reads it (in a transaction of its own: the caller is in none).
+pub fn connectable_databases() -> Vec<u32> {
+    let mut found = Vec::new();
+    // SAFETY: a catalog scan of the shared pg_database, inside a transaction of its own.
+    unsafe {
+        pg_sys::StartTransactionCommand();
+        let rel = pg_sys::table_open(pg_sys::DatabaseRelationId, pg_sys::AccessShareLock as _);
+        let scan = pg_sys::table_beginscan_catalog(rel, 0, std::ptr::null_mut());
+        loop {
+            let tuple = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
+            if tuple.is_null() {
+                break;
+            }
+            let form = &*pg_sys::GETSTRUCT(tuple).cast::<pg_sys::FormData_pg_database>();
+            if form.datallowconn && !form.datistemplate {
+                found.push(u32::from(form.oid));
+            }
+        }
+        pg_sys::table_endscan(scan);
+        pg_sys::table_close(rel, pg_sys::AccessShareLock as _);
+        pg_sys::CommitTransactionCommand();
+    }
+    found
+}

@@ -1,0 +1,304 @@
+//! Shared memory between backends, the launcher and the database workers: which database has
+//! a worker running (and its latch), which database wants one. Waking a worker is a SetLatch,
+//! so work submitted by a transaction is picked up as soon as it commits.
+//!
+//! Exists only when pg_migrate is in shared_preload_libraries; `available()` says so.
+
+use pgrx::lwlock::PgLwLock;
+use pgrx::shmem::PGRXSharedMemory;
+use pgrx::{pg_guard, pg_shmem_init, pg_sys};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The most databases served at once; `migrate.max_workers` may lower it.
+pub const MAX_SLOTS: usize = 64;
+
+#[derive(Clone, Copy, Default)]
+pub struct Slot {
+    /// 0: free.
+    pub database: u32,
+    /// The worker serving it, 0 when none runs.
+    pub pid: i32,
+    /// The worker's process latch (an address in shared memory, the same in every process).
+    pub latch: usize,
+    /// Work was committed since the worker last looked: the launcher starts a worker if none
+    /// runs, and a worker leaving while it is set is replaced.
+    pub wanted: bool,
+    /// A worker that exited on an error is not started again before this time
+    /// (TimestampTz), so a failing database does not spin.
+    pub not_before: i64,
+}
+
+#[derive(Clone, Copy)]
+pub struct Shared {
+    pub launcher_latch: usize,
+    /// A submission found every slot taken: the launcher then asks every database again, as
+    /// slots free up.
+    pub overflow: bool,
+    pub slots: [Slot; MAX_SLOTS],
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            launcher_latch: 0,
+            overflow: false,
+            slots: [Slot::default(); MAX_SLOTS],
+        }
+    }
+}
+
+impl Shared {
+    fn slot_for(&mut self, database: u32) -> Option<&mut Slot> {
+        let index = self
+            .slots
+            .iter()
+            .position(|s| s.database == database)
+            .or_else(|| self.slots.iter().position(|s| s.database == 0));
+        let slot = &mut self.slots[index?];
+        slot.database = database;
+        Some(slot)
+    }
+}
+
+// SAFETY: plain data (integers and addresses into shared memory) behind an LWLock.
+unsafe impl PGRXSharedMemory for Shared {}
+
+// SAFETY: a name no other extension uses.
+static STATE: PgLwLock<Shared> = unsafe { PgLwLock::new(c"pg_migrate") };
+
+/// Set in the postmaster while it loads us; forked processes inherit it.
+static PRELOADED: AtomicBool = AtomicBool::new(false);
+
+/// Called from _PG_init during shared_preload_libraries processing.
+pub fn init() {
+    pg_shmem_init!(STATE);
+    PRELOADED.store(true, Ordering::Relaxed);
+}
+
+pub fn available() -> bool {
+    PRELOADED.load(Ordering::Relaxed)
+}
+
+/// Wakes the worker serving `database`, or asks the launcher for one.
+pub fn request_work(database: pg_sys::Oid) {
+    if !available() {
+        return;
+    }
+    let mut shared = STATE.exclusive();
+    let launcher = shared.launcher_latch;
+    match shared.slot_for(u32::from(database)) {
+        Some(slot) => {
+            slot.wanted = true;
+            if slot.pid != 0 {
+                set_latch(slot.latch);
+            } else {
+                set_latch(launcher);
+            }
+        }
+        // Every slot taken: the launcher asks every database again as slots free up.
+        None => {
+            shared.overflow = true;
+            set_latch(launcher);
+        }
+    }
+}
+
+/// A worker about to look for work takes the request that woke it. A request arriving
+/// after this finds the flag clear and sets it again, so none is lost.
+pub fn take_request(database: pg_sys::Oid) {
+    // SAFETY: reads this process's pid.
+    let pid = unsafe { pg_sys::MyProcPid };
+    let database = u32::from(database);
+    if let Some(slot) = STATE
+        .exclusive()
+        .slots
+        .iter_mut()
+        .find(|s| s.database == database && s.pid == pid)
+    {
+        slot.wanted = false;
+    }
+}
+
+/// Whether a database wanted a slot when none was free; clears the flag.
+pub fn take_overflow() -> bool {
+    let mut shared = STATE.exclusive();
+    std::mem::replace(&mut shared.overflow, false)
+}
+
+/// The database no longer exists or accepts connections: its slot is freed.
+pub fn forget(database: u32) {
+    if let Some(slot) = STATE
+        .exclusive()
+        .slots
+        .iter_mut()
+        .find(|s| s.database == database && s.pid == 0)
+    {
+        *slot = Slot::default();
+    }
+}
+
+/// The databases that want a worker and have none (and may have one now), and how many
+/// workers run.
+pub fn wanted() -> (Vec<u32>, usize) {
+    // SAFETY: reads the clock.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let shared = STATE.share();
+    let running = shared.slots.iter().filter(|s| s.pid != 0).count();
+    let wanted = shared
+        .slots
+        .iter()
+        .filter(|s| s.wanted && s.pid == 0 && s.not_before <= now)
+        .map(|s| s.database)
+        .collect();
+    (wanted, running)
+}
+
+/// Marks databases as wanting a worker (the launcher's own start, after a restart), as many
+/// as there are slots for; the others stay in `databases`, for when slots free up.
+pub fn want(databases: &mut Vec<u32>) {
+    let mut shared = STATE.exclusive();
+    databases.retain(|&database| match shared.slot_for(database) {
+        Some(slot) => {
+            slot.wanted = true;
+            false
+        }
+        None => true,
+    });
+}
+
+/// The launcher registers its latch.
+pub fn register_launcher() {
+    // SAFETY: MyProc is this process's PGPROC, in shared memory.
+    let latch = unsafe { &raw mut (*pg_sys::MyProc).procLatch } as usize;
+    STATE.exclusive().launcher_latch = latch;
+}
+
+/// The launcher leaves; until it is back, committed work waits in the table for it.
+pub fn unregister_launcher() {
+    STATE.exclusive().launcher_latch = 0;
+}
+
+/// A database worker takes (or re-takes) its database's slot; false if another worker holds
+/// it already.
+pub fn register_worker(database: pg_sys::Oid) -> bool {
+    let database = u32::from(database);
+    // SAFETY: as above.
+    let (pid, latch) = unsafe {
+        (
+            pg_sys::MyProcPid,
+            &raw mut (*pg_sys::MyProc).procLatch as usize,
+        )
+    };
+    let mut shared = STATE.exclusive();
+    let Some(slot) = shared.slot_for(database) else {
+        return false;
+    };
+    if slot.pid != 0 && slot.pid != pid && process_alive(slot.pid) {
+        return false;
+    }
+    *slot = Slot {
+        database,
+        pid,
+        latch,
+        wanted: false,
+        not_before: 0,
+    };
+    true
+}
+
+/// How long a worker that exited on an error waits before it is started again.
+const RESTART_DELAY_US: i64 = 5_000_000;
+
+/// A worker leaving. Its slot stays wanted if it exited on an error (restarted after a pause)
+/// or if work was requested since it last looked (restarted at once).
+/// Frees `database`'s slot when the process exits, whatever ends it.
+pub fn unregister_worker_at_exit(database: pg_sys::Oid) {
+    #[pgrx::pg_guard]
+    unsafe extern "C-unwind" fn on_exit(code: i32, arg: pg_sys::Datum) {
+        // A worker that dies with work left is restarted by the launcher; a clean exit frees
+        // the slot.
+        unregister_worker(pg_sys::Oid::from(arg.value() as u32), code != 0);
+    }
+    // SAFETY: registers an exit callback; it runs once, as the process exits.
+    unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(database)) };
+}
+
+pub fn unregister_worker(database: pg_sys::Oid, failed: bool) {
+    let database = u32::from(database);
+    // SAFETY: reads this process's pid and the clock.
+    let (pid, now) = unsafe { (pg_sys::MyProcPid, pg_sys::GetCurrentTimestamp()) };
+    let mut shared = STATE.exclusive();
+    if let Some(slot) = shared
+        .slots
+        .iter_mut()
+        .find(|s| s.database == database && s.pid == pid)
+    {
+        *slot = if failed || slot.wanted {
+            Slot {
+                database,
+                pid: 0,
+                latch: 0,
+                wanted: true,
+                not_before: if failed { now + RESTART_DELAY_US } else { 0 },
+            }
+        } else {
+            Slot::default()
+        };
+    }
+}
+
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: a lookup in the proc array.
+    unsafe { !pg_sys::BackendPidGetProc(pid).is_null() }
+}
+
+fn set_latch(latch: usize) {
+    if latch != 0 {
+        // SAFETY: the address of a PGPROC latch in shared memory, registered by its owner.
+        unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+    }
+}
+
+thread_local! {
+    /// This transaction queued work for the background worker.
+    static WAKE_AT_COMMIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static CALLBACK_REGISTERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Wakes this database's worker when the current transaction commits: before that, the
+/// worker could not see the work, and after a rollback there is none.
+pub fn wake_at_commit() {
+    WAKE_AT_COMMIT.set(true);
+    if !CALLBACK_REGISTERED.replace(true) {
+        // SAFETY: registers a callback for the life of this backend.
+        unsafe { pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut()) };
+    }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn at_transaction_end(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    match event {
+        // Called after the commit is visible to other sessions.
+        pg_sys::XactEvent::XACT_EVENT_COMMIT if WAKE_AT_COMMIT.replace(false) => {
+            request_work(pg_sys::MyDatabaseId);
+        }
+        pg_sys::XactEvent::XACT_EVENT_ABORT => WAKE_AT_COMMIT.set(false),
+        // COMMIT PREPARED happens in another session, which would not wake the worker; as
+        // PostgreSQL does for temporary objects, such a transaction cannot be prepared.
+        pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE if WAKE_AT_COMMIT.get() => {
+            crate::errors::Problem::new(
+                pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                "cannot PREPARE a transaction that submitted work to the background worker",
+                "The worker is woken when the submitting transaction commits; a prepared \
+                 transaction is committed later, by COMMIT PREPARED in another session.",
+                "Submit the migration in a transaction that commits normally.",
+            )
+            .raise();
+        }
+        pg_sys::XactEvent::XACT_EVENT_PREPARE => WAKE_AT_COMMIT.set(false),
+        _ => {}
+    }
+}

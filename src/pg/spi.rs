@@ -1,0 +1,158 @@
+//! pg_migrate's own queries through SPI, with `search_path` pinned: reads of its tables and
+//! the catalogs, and writes of its tables as their owner.
+
+use crate::pg::guc::pinned;
+use crate::pg::identity::as_owner;
+
+/// The first column of every row `sql` returns (NULLs left out), read with `search_path`
+/// pinned: pg_migrate's list-valued queries of its tables and the catalogs.
+pub fn pinned_column<T: pgrx::FromDatum + pgrx::IntoDatum>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+) -> Result<Vec<T>, pgrx::spi::Error> {
+    pinned(|| {
+        pgrx::Spi::connect(|client| {
+            client
+                .select(sql, None, args)?
+                .map(|row| row.get::<T>(1))
+                .collect::<Result<Vec<Option<T>>, _>>()
+        })
+    })
+    .map(|values| values.into_iter().flatten().collect())
+}
+
+/// The first row `sql` returns, mapped, read with `search_path` pinned: pg_migrate's
+/// single-row queries of its tables and the catalogs.
+pub fn pinned_row<T>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+    map: impl FnOnce(pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
+) -> Result<Option<T>, pgrx::spi::Error> {
+    pinned(|| {
+        pgrx::Spi::connect(|client| match client.select(sql, Some(1), args)?.next() {
+            Some(row) => map(row).map(Some),
+            None => Ok(None),
+        })
+    })
+}
+
+/// Writes one of pg_migrate's tables (`sql`, an INSERT or UPDATE) as their owner; a failure
+/// is a bookkeeping error naming `table`.
+pub fn write_as_owner(table: &str, sql: &str, args: &[pgrx::datum::DatumWithOid]) {
+    use crate::errors::OrBookkeeping;
+    as_owner(|| pgrx::Spi::run_with_args(sql, args)).or_bookkeeping(&format!("write {table}"));
+}
+
+/// `pinned_row` for pg_migrate's own tables, where a failure is a bookkeeping error.
+pub fn read_own_row<T>(
+    table: &str,
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+    map: impl FnOnce(pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
+) -> Option<T> {
+    use crate::errors::OrBookkeeping;
+    pinned_row(sql, args, map).or_bookkeeping(&format!("read {table}"))
+}
+
+/// A snapshot of the catalogs as they are now (the previous command's changes included),
+/// registered until dropped: what `select_as_of` reads as of.
+pub struct Registered(pgrx::pg_sys::Snapshot);
+
+impl Registered {
+    pub fn take() -> Registered {
+        // SAFETY: in a transaction; the command counter makes the previous statement's
+        // catalog changes part of the snapshot, which is registered with the current
+        // resource owner until dropped (or the transaction ends).
+        unsafe {
+            pgrx::pg_sys::CommandCounterIncrement();
+            Registered(pgrx::pg_sys::RegisterSnapshot(
+                pgrx::pg_sys::GetTransactionSnapshot(),
+            ))
+        }
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        // SAFETY: registered in `take`, with the resource owner that is current again here
+        // (a subtransaction opened since has ended).
+        unsafe { pgrx::pg_sys::UnregisterSnapshot(self.0) }
+    }
+}
+
+/// One row of `select_as_of`, read within it.
+pub struct Row {
+    tuple: pgrx::pg_sys::HeapTuple,
+    desc: pgrx::pg_sys::TupleDesc,
+}
+
+impl Row {
+    /// Column `n` (from 1), which must be of the type `T` reads.
+    pub fn get<T: pgrx::FromDatum>(&self, n: i32) -> Option<T> {
+        let mut null = false;
+        // SAFETY: the tuple and its descriptor belong to the result being read; the caller
+        // names the column's type.
+        unsafe {
+            let d = pgrx::pg_sys::SPI_getbinval(self.tuple, self.desc, n, &mut null);
+            T::from_datum(d, null)
+        }
+    }
+}
+
+/// Runs `query`, whose one parameter is an `oid[]`, read-only as of `as_of` (or now, when
+/// None), and maps every row. A snapshot cannot be given through pgrx's SPI.
+pub fn select_as_of<T>(
+    query: &str,
+    oids: Vec<pgrx::pg_sys::Oid>,
+    as_of: Option<&Registered>,
+    mut map: impl FnMut(&Row) -> T,
+) -> Vec<T> {
+    use pgrx::pg_sys;
+    use pgrx::IntoDatum;
+    let query = std::ffi::CString::new(query).expect("no NUL in the query");
+    pgrx::Spi::connect(|_client| {
+        // SAFETY: SPI is connected for this closure; the plan and its result are read before
+        // it ends; `as_of` holds a registered snapshot.
+        unsafe {
+            let mut types = [pg_sys::OIDARRAYOID];
+            let plan = pg_sys::SPI_prepare(query.as_ptr(), 1, types.as_mut_ptr());
+            if plan.is_null() {
+                crate::errors::Problem::new(
+                    pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                    "SPI could not prepare one of pg_migrate's queries",
+                    format!("The query was: {}", query.to_string_lossy()),
+                    "Report this as a pg_migrate bug.",
+                )
+                .raise();
+            }
+            let mut values = [oids.into_datum().expect("an array is a datum")];
+            let nulls = [b' ' as std::ffi::c_char];
+            let (snapshot, read_only) = match as_of {
+                Some(s) => (s.0, true),
+                None => (std::ptr::null_mut(), false),
+            };
+            pg_sys::SPI_execute_snapshot(
+                plan,
+                values.as_mut_ptr(),
+                nulls.as_ptr(),
+                snapshot,
+                std::ptr::null_mut(),
+                read_only,
+                false,
+                0,
+            );
+            let table = pg_sys::SPI_tuptable;
+            let mut out = Vec::new();
+            if !table.is_null() {
+                for i in 0..pg_sys::SPI_processed as usize {
+                    out.push(map(&Row {
+                        tuple: *(*table).vals.add(i),
+                        desc: (*table).tupdesc,
+                    }));
+                }
+            }
+            pg_sys::SPI_freeplan(plan);
+            out
+        }
+    })
+}

@@ -1,0 +1,61 @@
+//! The current transaction: whether it may write, its isolation, its id, and the
+//! heavyweight locks it takes on database objects.
+
+use pgrx::pg_sys;
+use std::ffi::CString;
+
+/// A read-only transaction, or a standby's.
+pub fn read_only() -> bool {
+    // SAFETY: reads backend-global flags.
+    unsafe { pg_sys::XactReadOnly || pg_sys::RecoveryInProgress() }
+}
+
+/// REPEATABLE READ or SERIALIZABLE: the transaction keeps its first snapshot.
+pub fn keeps_its_snapshot() -> bool {
+    // SAFETY: reads a backend-global setting.
+    unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 }
+}
+
+/// Assigns this transaction's id (if it has none): later reads take fresh snapshots.
+pub fn assign_id() {
+    // SAFETY: assigns this transaction's id, or raises.
+    unsafe { pg_sys::GetCurrentTransactionId() };
+}
+
+/// An installed extension's OID; raises if it is not installed.
+pub fn extension_oid(name: &str) -> pg_sys::Oid {
+    let name = CString::new(name).expect("extension names have no NUL");
+    // SAFETY: a catalog lookup by name; raises if the extension is gone.
+    unsafe { pg_sys::get_extension_oid(name.as_ptr(), false) }
+}
+
+/// An EXCLUSIVE lock on a database object until the transaction ends, waiting under
+/// lock_timeout (answering cancellation and the deadlock detector).
+pub fn lock_object(class: pg_sys::Oid, object: pg_sys::Oid) {
+    // SAFETY: a heavyweight lock request, released at transaction end.
+    unsafe { pg_sys::LockDatabaseObject(class, object, 0, pg_sys::ExclusiveLock as _) }
+}
+
+/// The same lock, only if it is free now.
+pub fn try_lock_object(class: pg_sys::Oid, object: pg_sys::Oid) -> bool {
+    // SAFETY: a heavyweight lock request that does not wait, released at transaction end.
+    unsafe { pg_sys::ConditionalLockDatabaseObject(class, object, 0, pg_sys::ExclusiveLock as _) }
+}
+
+/// The wall clock, as PostgreSQL timestamps count it (microseconds since 2000).
+pub fn clock() -> pg_sys::TimestampTz {
+    // SAFETY: reads the clock; no error paths.
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
+/// When the current transaction started.
+pub fn started_at() -> pg_sys::TimestampTz {
+    // SAFETY: reads the transaction start time.
+    unsafe { pg_sys::GetCurrentTransactionStartTimestamp() }
+}
+
+/// Whether an extension's script is running (CREATE or ALTER EXTENSION).
+pub fn creating_extension() -> bool {
+    // SAFETY: reads a backend-global flag.
+    unsafe { pg_sys::creating_extension }
+}

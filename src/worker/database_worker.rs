@@ -1,0 +1,477 @@
+//! The database worker: one per database with pending migrations, started by the launcher.
+//! It runs migrations' phases in version order. Transactional phases run in a transaction of
+//! their own, with the same lock timeouts and retries as `migrate.apply`; the others run
+//! top-level, as a client's statement would. Every phase runs with the submitter's role and
+//! search_path, under the guard.
+//!
+//! Crash safety: a transactional phase commits together with the record that it is done, so
+//! it either happened and is recorded, or neither. A top-level statement cannot be made
+//! atomic with its record; instead the step is marked running first, and a step found
+//! running at startup was interrupted: its leftovers (the INVALID index of an interrupted
+//! build, a half-detached partition) are cleaned up or completed, and a statement that in
+//! fact finished (its index is valid) is recorded as done instead of run again.
+
+use crate::apply::attempt;
+use crate::backfill;
+use crate::errors::Problem;
+use crate::guard::parsetree::{self, TopLevelForm};
+use crate::gucs;
+use crate::history::steps::{self, Next, Step};
+use crate::migration::backoff::{self, Backoff};
+use crate::migration::limits::Policy;
+use crate::migration::parse;
+use crate::migration::phases::PhaseKind;
+use crate::migration::script::Statement;
+use crate::migration::submitter::{self, SUPERUSER};
+use crate::pg::catalog;
+use crate::pg::shmem;
+use crate::pg::simple_query;
+use crate::pg::subxact::Caught;
+use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+use std::time::{Duration, Instant};
+
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn pg_migrate_worker_main(arg: pg_sys::Datum) {
+    let database = pg_sys::Oid::from(arg.value() as u32);
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
+    // SIGTERM cancels whatever runs and exits, like a backend's: a long index build must not
+    // hold up a fast shutdown. The interrupted step is recovered on the next start.
+    crate::pg::process::die_on_sigterm();
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
+    if !shmem::register_worker(database) {
+        return; // another worker serves this database
+    }
+    shmem::unregister_worker_at_exit(database);
+    submitter::set_application_name();
+
+    let mut idle_since = Instant::now();
+    loop {
+        crate::pg::process::reload_config_if_asked();
+        shmem::take_request(database);
+        let pause = match work_once() {
+            Turn::Worked => {
+                idle_since = Instant::now();
+                continue;
+            }
+            // Work is waiting but an applier holds the lock: look again shortly (a
+            // transactional apply does not wake us when it commits).
+            Turn::Busy => {
+                idle_since = Instant::now();
+                Duration::from_millis(200)
+            }
+            Turn::Wait(pause) => {
+                idle_since = Instant::now();
+                pause
+            }
+            Turn::Gone => break,
+            Turn::Idle => {
+                let idle_limit =
+                    Duration::from_secs(gucs::WORKER_IDLE_TIMEOUT_S.get().max(1) as u64);
+                if idle_since.elapsed() >= idle_limit {
+                    break;
+                }
+                Duration::from_secs(10).min(idle_limit)
+            }
+        };
+        // A latch set by a committing submitter wakes us at once; the timeout is a fallback.
+        if !BackgroundWorker::wait_latch(Some(pause)) {
+            break; // the postmaster died
+        }
+    }
+    shmem::unregister_worker(database, false);
+}
+
+/// What one claim decided.
+enum Claim {
+    Idle,
+    /// There is work, but another transaction holds the applier lock.
+    Busy,
+    /// Bookkeeping done inside the claim (a cancel, a completion).
+    Done,
+    /// Invalid indexes of a migration otherwise complete, whose steps are pending again:
+    /// drop them.
+    Rebuild(Vec<String>),
+    /// A top-level step that was running when the worker stopped.
+    Recover(Step, TopLevelForm),
+    /// A step marked running, ready to run.
+    Run(Step, TopLevelForm),
+    /// pg_migrate is not installed in this database (any more).
+    Gone,
+}
+
+enum Turn {
+    Worked,
+    Busy,
+    Idle,
+    /// Backfills are under way, and the next batch is due after this long.
+    Wait(Duration),
+    Gone,
+}
+
+/// Does the next thing there is to do.
+fn work_once() -> Turn {
+    let claim = match simple_query::transaction(claim) {
+        Ok(claim) => claim,
+        Err(e) => {
+            simple_query::log(&format!("could not read the queue: {}", e.message));
+            return Turn::Idle;
+        }
+    };
+    let recorded = match claim {
+        // Backfill batches run whenever no migration phase is ready: between migrations,
+        // while one waits for its backfill, and while an applier holds the lock.
+        Claim::Idle | Claim::Busy => {
+            return match backfill::turn() {
+                backfill::Turn::Ran => Turn::Worked,
+                backfill::Turn::Wait(pause) => Turn::Wait(pause),
+                backfill::Turn::Idle if matches!(claim, Claim::Busy) => Turn::Busy,
+                backfill::Turn::Idle => Turn::Idle,
+            }
+        }
+        Claim::Gone => return Turn::Gone,
+        Claim::Done => true,
+        Claim::Rebuild(invalid) => {
+            // Their steps are pending again already; a drop that fails makes the rebuild
+            // fail visibly (the name is taken).
+            for index in invalid {
+                let _ = drop_index_concurrently(&index);
+            }
+            true
+        }
+        Claim::Recover(step, form) => {
+            let outcome = recover(&step, &form);
+            record(|| match outcome {
+                Ok(Some(built)) => steps::done(&step, built.as_deref()),
+                Ok(None) => steps::restart(&step),
+                Err(error) => steps::failed(&step, &error),
+            })
+        }
+        Claim::Run(step, form) => match step.kind {
+            PhaseKind::Transaction => run_transaction_phase(&step),
+            PhaseKind::TopLevel => run_top_level_phase(&step, &form),
+            PhaseKind::Backfill => run_backfill_phase(&step),
+        },
+    };
+    // When the outcome could not be recorded, pause: the step, still marked running, is
+    // recovered on the next look.
+    if recorded {
+        Turn::Worked
+    } else {
+        Turn::Idle
+    }
+}
+
+fn record(f: impl FnOnce()) -> bool {
+    simple_query::record("a phase's outcome", f)
+}
+
+/// Decides, in one transaction under the applier lock, what to do next, and marks a step
+/// running before it runs. The lock is only tried: a submitter holding it wakes the worker
+/// again when it commits, and the worker polls while anyone else holds it.
+fn claim() -> Claim {
+    if !catalog::extension_installed() {
+        return Claim::Gone;
+    }
+    if !crate::history::lock::try_lock_history() {
+        return if steps::has_work() {
+            Claim::Busy
+        } else {
+            Claim::Idle
+        };
+    }
+    match steps::next() {
+        Next::Idle => Claim::Idle,
+        Next::Cancel(version) => {
+            crate::worker::steering::cancel_migration(&version);
+            Claim::Done
+        }
+        Next::Complete(version) => {
+            // Applied only once every index it built is valid. One dropped or renamed by a
+            // later phase is no longer this migration's concern.
+            let invalid: Vec<String> = steps::built_indexes(&version)
+                .into_iter()
+                .filter(|i| catalog::index_is_valid(i) == Some(false))
+                .collect();
+            if invalid.is_empty() {
+                steps::complete(&version);
+                return Claim::Done;
+            }
+            for index in &invalid {
+                steps::rebuild(&version, index);
+            }
+            Claim::Rebuild(invalid)
+        }
+        Next::Step(step) if step.kind == PhaseKind::Backfill && step.backfill_id.is_some() => {
+            // The phase's job is under way: its batches run in backfill turns. A retried
+            // migration resumes it where it stopped.
+            match step.backfill_id {
+                Some(job) if !step.interrupted => {
+                    backfill::resume_for_retry(job);
+                    Claim::Done
+                }
+                _ => Claim::Idle,
+            }
+        }
+        Next::Step(step) => {
+            // Names in the statement are resolved as the submitter's session would.
+            for (name, value) in &submitter::session_settings(&step.settings) {
+                crate::pg::guc::set(
+                    name,
+                    Some(value),
+                    SUPERUSER,
+                    pg_sys::GucAction::GUC_ACTION_LOCAL,
+                );
+            }
+            let form = match step.kind {
+                PhaseKind::TopLevel => statement_form(&step.sql),
+                PhaseKind::Transaction | PhaseKind::Backfill => TopLevelForm::Other,
+            };
+            if step.interrupted && step.kind == PhaseKind::TopLevel {
+                return Claim::Recover(step, form);
+            }
+            let table = form.table();
+            let before = table.map(catalog::index_names).unwrap_or_default();
+            let table_name = table.and_then(catalog::relation_name);
+            steps::start(&step, table_name.as_deref(), &before);
+            let step = Step {
+                indexes_before: before,
+                ..step
+            };
+            Claim::Run(step, form)
+        }
+    }
+}
+
+/// Runs a transactional phase; false if its outcome could not be recorded.
+fn run_transaction_phase(step: &Step) -> bool {
+    let what = format!("migration {} phase {}", step.version, step.phase);
+    let result = as_submitter(step, || {
+        simple_query::transaction(|| {
+            let statements = phase_statements(&what, step);
+            let outcome = attempt::run(&what, &step.sql, &statements, Policy::from_settings());
+            steps::add_waits(step, outcome.retries, outcome.lock_wait);
+            steps::done(step, None);
+        })
+    });
+    match result {
+        Ok(()) => true,
+        Err(error) => record(|| steps::failed(step, &error)),
+    }
+}
+
+/// Runs a backfill phase: submits its job, which the phase then waits for. False if its
+/// outcome could not be recorded.
+fn run_backfill_phase(step: &Step) -> bool {
+    let what = format!("migration {} phase {}", step.version, step.phase);
+    let result = as_submitter(step, || {
+        simple_query::transaction(|| {
+            phase_statements(&what, step);
+            backfill::submit_phase(&step.version, step.phase, &step.sql)
+        })
+    });
+    match result {
+        Ok(()) => true,
+        Err(error) => record(|| steps::failed(step, &error)),
+    }
+}
+
+/// Runs a top-level phase; false if its outcome could not be recorded.
+fn run_top_level_phase(step: &Step, form: &TopLevelForm) -> bool {
+    let before = &step.indexes_before;
+    // The backoff is read under the submitter's limits, for a retry.
+    let (backoff, ran) = as_submitter(step, || {
+        Ok((Backoff::from_settings(), simple_query::run(&step.sql)))
+    })
+    .unwrap_or_else(|e| (Backoff::from_settings(), Err(e)));
+    let result = ran.and_then(|()| match form {
+        TopLevelForm::CreateIndex(table, name) => {
+            built_index(*table, name.as_deref(), before, &step.version)
+        }
+        _ => Ok(None),
+    });
+    let error = match result {
+        Ok(built) => return record(|| steps::done(step, built.as_deref())),
+        Err(error) => error,
+    };
+    // A failed CONCURRENTLY command leaves an INVALID index behind; it must not stay, nor
+    // make a retry's IF NOT EXISTS skip the build. If it cannot be dropped, the step fails:
+    // a retry would not build the index.
+    if let Some(table) = form.table() {
+        if let Err(cleanup) = drop_leftovers(step, table) {
+            return record(|| steps::failed(step, &cleanup));
+        }
+    }
+    let attempts_allowed = gucs::INDEX_BUILD_RETRIES.get().max(0) + 1;
+    if backoff::transient(&error) && step.attempts + 1 < attempts_allowed {
+        let recorded = record(|| steps::failed_attempt(step, &error));
+        // The backoff of migrate.apply's lock retries.
+        backoff::sleep(backoff.delay(step.attempts as u32 + 1, backoff::random_unit()));
+        recorded
+    } else {
+        record(|| steps::failed(step, &error))
+    }
+}
+
+/// The index a CREATE INDEX CONCURRENTLY that succeeded built. A named one must be valid:
+/// with IF NOT EXISTS, PostgreSQL skips the build when an index of that name exists, even
+/// an INVALID one.
+fn built_index(
+    table: pg_sys::Oid,
+    name: Option<&str>,
+    before: &[String],
+    version: &str,
+) -> Result<Option<String>, Caught> {
+    let Some(name) = name else {
+        return simple_query::transaction(|| catalog::new_valid_index(table, before));
+    };
+    match simple_query::transaction(|| catalog::index_is_valid(name))? {
+        Some(true) => Ok(Some(name.to_string())),
+        found => Err(Problem::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "index {name} is {} after the statement",
+                if found.is_some() {
+                    "INVALID"
+                } else {
+                    "missing"
+                }
+            ),
+            "An index of that name already existed and was not valid, so CREATE INDEX \
+             IF NOT EXISTS skipped the build, or the index was dropped meanwhile.",
+            format!(
+                "DROP INDEX CONCURRENTLY {name}; then SELECT migrate.retry({});",
+                pgrx::spi::quote_literal(version)
+            ),
+        )
+        .into()),
+    }
+}
+
+/// After an interruption: cleans up what the statement left half done, and says whether it
+/// in fact completed (`Some`, with the index it built, if any) or must run again (`None`).
+fn recover(step: &Step, form: &TopLevelForm) -> Result<Option<Option<String>>, Caught> {
+    let before = &step.indexes_before;
+    match form {
+        TopLevelForm::CreateIndex(table, name) => {
+            drop_leftovers(step, *table)?;
+            let built = match name {
+                Some(name) => simple_query::transaction(|| catalog::index_is_valid(name))?
+                    .filter(|valid| *valid)
+                    .map(|_| name.clone()),
+                None => simple_query::transaction(|| catalog::new_valid_index(*table, before))?,
+            };
+            Ok(built.map(Some))
+        }
+        TopLevelForm::Reindex(table) => {
+            drop_leftovers(step, *table)?;
+            Ok(None)
+        }
+        TopLevelForm::DropIndex(table, names) => {
+            if let Some(table) = table {
+                drop_leftovers(step, *table)?;
+            }
+            // Gone already: the drop finished before the interruption.
+            Ok(names.is_empty().then_some(None))
+        }
+        TopLevelForm::Detach(parent) => {
+            let pending = simple_query::transaction(|| catalog::detach_pending(*parent))?;
+            let Some(parent_name) = simple_query::transaction(|| catalog::relation_name(*parent))?
+            else {
+                return Ok(None);
+            };
+            for partition in &pending {
+                let finalize =
+                    format!("ALTER TABLE {parent_name} DETACH PARTITION {partition} FINALIZE");
+                as_submitter(step, || simple_query::run(&finalize))?;
+            }
+            Ok((!pending.is_empty()).then_some(None))
+        }
+        TopLevelForm::Other => Ok(None),
+    }
+}
+
+/// Drops the INVALID indexes on `table` that were not there before the step began, as the
+/// submitter: PostgreSQL's ownership check then keeps the cleanup to what the submitter
+/// could drop itself (another role's build under way on the same table is not theirs).
+fn drop_leftovers(step: &Step, table: pg_sys::Oid) -> Result<(), Caught> {
+    let leftovers =
+        simple_query::transaction(|| catalog::leftover_indexes(table, &step.indexes_before))?;
+    if leftovers.is_empty() {
+        return Ok(());
+    }
+    as_submitter(step, || {
+        leftovers
+            .iter()
+            .try_for_each(|index| drop_index_concurrently(index))
+    })
+}
+
+fn drop_index_concurrently(index: &str) -> Result<(), Caught> {
+    simple_query::run(&format!("DROP INDEX CONCURRENTLY IF EXISTS {index}")).inspect_err(|e| {
+        simple_query::log(&format!(
+            "could not drop the invalid index {index}: {}",
+            e.message
+        ))
+    })
+}
+
+fn statement_form(sql: &str) -> TopLevelForm {
+    match parse::parse(sql) {
+        Ok(trees) => trees.first().map_or(TopLevelForm::Other, |(_, tree)| {
+            parsetree::top_level_form(*tree)
+        }),
+        Err(_) => TopLevelForm::Other,
+    }
+}
+
+/// The phase's statements, numbered and located as in the whole migration. They parsed when
+/// submitted; an error here (a server upgrade changed the grammar) fails the phase.
+///
+/// The text is split again under the submitter's standard_conforming_strings (carried with
+/// the migration), so it splits as it did when the guard judged it and the history recorded
+/// it. A text that splits into other statements anyway is never run.
+fn phase_statements(what: &str, step: &Step) -> Vec<Statement> {
+    let parsed = parse::parse(&step.sql).unwrap_or_else(|e| e.problem(what, &step.sql).raise());
+    let recorded = (step.last_statement - step.first_statement + 1).max(0) as usize;
+    if let Some(p) = split_differs(what, parsed.len(), recorded) {
+        p.raise();
+    }
+    parsed
+        .into_iter()
+        .map(|(mut st, _)| {
+            st.number += step.first_statement as usize - 1;
+            st.line += step.first_line as usize - 1;
+            st
+        })
+        .collect()
+}
+
+/// The refusal for a phase whose text no longer splits into the statements recorded for it.
+fn split_differs(what: &str, parsed: usize, recorded: usize) -> Option<Problem> {
+    (parsed != recorded).then(|| {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!(
+                "{what} splits into {parsed} statements, not the {recorded} that were judged \
+                 and recorded"
+            ),
+            "The phase's text is parsed again before it runs; under the settings it was \
+             submitted with (standard_conforming_strings) it must give exactly the statements \
+             the guard judged. Nothing of the phase ran.",
+            "Cancel the migration with migrate.cancel and apply it again under the settings \
+             it is meant for.",
+        )
+    })
+}
+
+/// Runs `f` as the migration's submitter would: their role, their settings (search_path,
+/// migrate.* limits), and the migration marked as running for the guard and the DDL log.
+fn as_submitter<T>(step: &Step, f: impl FnOnce() -> Result<T, Caught>) -> Result<T, Caught> {
+    let session = format!("migration {}", step.version);
+    submitter::as_role(&session, &step.role, &step.settings, || {
+        crate::migration::running::with_running(step.running(), f)
+    })
+}
