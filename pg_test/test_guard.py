@@ -461,6 +461,21 @@ def test_admins_override_one_rule_for_one_transaction_and_it_is_logged(cluster, 
         assert any("set in an earlier transaction and is ignored" in w for w in warnings)
 
 
+def test_an_override_set_in_an_earlier_transaction_of_the_same_message_is_stale(cluster, shop, admin_role):
+    # Every transaction of one query message starts at the same timestamp: only the
+    # transaction's own (local) id tells them apart.
+    out = cluster.psql(
+        shop, "-U", "deployer", "-v", "ON_ERROR_STOP=1", "-c",
+        "SET migrate.allow = 'index-create-blocking'; COMMIT; BEGIN; "
+        "CREATE INDEX orders_qty ON orders (qty); COMMIT;",
+        check=False)
+    assert out.returncode != 0
+    assert "index-create-blocking" in out.stderr, out.stderr
+    assert "set in an earlier transaction and is ignored" in out.stderr, out.stderr
+    with cluster.connect(shop) as c:
+        assert c.execute("SELECT to_regclass('orders_qty')").fetchone()[0] is None
+
+
 def test_non_admins_can_neither_override_nor_bypass(cluster, shop, admin_role):
     with cluster.connect(shop, user="intruder", autocommit=False) as c:
         c.execute("SET LOCAL migrate.allow = 'index-create-blocking'")

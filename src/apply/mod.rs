@@ -16,7 +16,7 @@ use crate::migration::running::{self, Running};
 use crate::migration::script::{self, require_script, within_size, Statement};
 use crate::migration::status::{Skipped, Status};
 use crate::migration::version::Version;
-use crate::pg::nodes::RawStmt;
+use crate::pg::nodes::StmtTree;
 use crate::pg::shmem;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
@@ -349,7 +349,7 @@ fn check_order(
 /// trigger judges each statement again as it runs, with the catalogs as they are by then.
 fn refuse_unsafe_statements(
     what: &str,
-    trees: &[(Statement, RawStmt)],
+    trees: &[(Statement, StmtTree)],
     running: &Running,
 ) -> Result<(), Problem> {
     let Some(mut ctx) = crate::guard::hooks::trigger::context() else {
@@ -364,10 +364,10 @@ fn refuse_unsafe_statements(
 }
 
 /// Parses `script` and refuses what cannot run as one transactional migration.
-pub(crate) fn parse_for_apply(
+pub(crate) fn parse_for_apply<'a>(
     what: &str,
-    script: &str,
-) -> Result<Vec<(Statement, RawStmt)>, Problem> {
+    script: &'a str,
+) -> Result<Vec<(Statement, StmtTree<'a>)>, Problem> {
     let trees = parse::parse(script).map_err(|e| e.problem(what, script))?;
     let statements: Vec<Statement> = trees.iter().map(|(s, _)| s.clone()).collect();
     for (statement, tree) in trees

@@ -25,7 +25,7 @@ pub fn remaining_sql(table: &str, where_clause: &str) -> String {
 use crate::errors::{OrBookkeeping, OrRaise, Problem};
 use crate::gucs;
 use crate::migration::status::JobState;
-use crate::pg::nodes::RawStmt;
+use crate::pg::nodes::StmtTree;
 use crate::pg::shmem;
 use crate::pg::subxact::{self, Caught};
 use pgrx::datum::DatumWithOid;
@@ -77,7 +77,7 @@ pub fn resume_for_retry(id: i64) {
 /// passed as expressions, and the table and its columns (which earlier phases may create),
 /// are checked when the phase runs.
 ///
-pub fn check_phase(what: &str, line: usize, tree: RawStmt) -> Result<(), Problem> {
+pub fn check_phase(what: &str, line: usize, tree: StmtTree) -> Result<(), Problem> {
     let Some(call) = crate::migration::parse::backfill_call(tree) else {
         return Ok(());
     };

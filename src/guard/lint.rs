@@ -12,13 +12,13 @@ use crate::guard::rule::SmallTable;
 use crate::gucs::GuardMode;
 use crate::migration::parse;
 use crate::migration::script::Statement;
-use crate::pg::nodes::RawStmt;
+use crate::pg::nodes::StmtTree;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use std::collections::HashSet;
 
 /// Each statement's findings, relations created by earlier statements counting as new.
-pub fn findings_in(trees: &[(Statement, RawStmt)]) -> Vec<(Statement, Finding)> {
+pub fn findings_in(trees: &[(Statement, StmtTree)]) -> Vec<(Statement, Finding)> {
     let small = SmallTable::from_settings();
     let mut created: HashSet<String> = HashSet::new();
     let mut out = Vec::new();
@@ -43,7 +43,7 @@ pub fn findings_in(trees: &[(Statement, RawStmt)]) -> Vec<(Statement, Finding)> 
 /// statement breaks a rule that is not overridden.
 pub fn refusal_before_apply(
     what: &str,
-    trees: &[(Statement, RawStmt)],
+    trees: &[(Statement, StmtTree)],
     ctx: &Context,
 ) -> Option<Problem> {
     if ctx.mode != GuardMode::Enforce {

@@ -4,22 +4,22 @@
 //! `migrate.lint`, so a statement is judged alike wherever it comes from.
 //!
 //! Holds `unsafe`: it reads raw parse trees node by node, behind safe functions that take a
-//! `pg::nodes::RawStmt`.
+//! `pg::nodes::StmtTree`.
 
 use crate::guard::command::{
     Action, Command, ConstraintKind, DomainChange, LockMode, NewColumn, Rel,
 };
 use crate::migration::parse;
 use crate::pg::catalog;
-use crate::pg::nodes::{str_val, text, RawStmt};
+use crate::pg::nodes::{str_val, text, StmtTree};
 use pgrx::{is_a, pg_sys, PgList};
 use std::ffi::CStr;
 
 use pg_sys::NodeTag as T;
 
 /// What the statement will do.
-pub fn command(stmt: RawStmt) -> Command {
-    // SAFETY: a RawStmt is a valid raw statement tree.
+pub fn command(stmt: StmtTree) -> Command {
+    // SAFETY: a StmtTree is a valid raw statement tree.
     unsafe { command_node(stmt.node()) }
 }
 
@@ -82,8 +82,8 @@ unsafe fn command_node(node: *mut pg_sys::Node) -> Command {
 ///
 /// # Safety
 /// As for [`command_node`].
-pub fn lock_needed(stmt: RawStmt) -> Option<LockMode> {
-    // SAFETY: a RawStmt is a valid raw statement tree.
+pub fn lock_needed(stmt: StmtTree) -> Option<LockMode> {
+    // SAFETY: a StmtTree is a valid raw statement tree.
     unsafe { lock_needed_node(stmt.node()) }
 }
 
@@ -598,9 +598,9 @@ unsafe fn expression_text(expr: *mut pg_sys::Node) -> String {
 }
 
 /// The relation a CREATE statement makes, by the name it will have.
-pub fn created_relation(stmt: RawStmt) -> Option<String> {
+pub fn created_relation(stmt: StmtTree) -> Option<String> {
     let tree = stmt.node();
-    // SAFETY: a RawStmt is a valid raw statement tree.
+    // SAFETY: a StmtTree is a valid raw statement tree.
     unsafe { creates_node(tree) }
 }
 
@@ -670,8 +670,8 @@ impl TopLevelForm {
 ///
 /// # Safety
 /// As for [`command_node`].
-pub fn top_level_form(stmt: RawStmt) -> TopLevelForm {
-    // SAFETY: a RawStmt is a valid raw statement tree.
+pub fn top_level_form(stmt: StmtTree) -> TopLevelForm {
+    // SAFETY: a StmtTree is a valid raw statement tree.
     unsafe { top_level_form_node(stmt.node()) }
 }
 

@@ -123,11 +123,9 @@ pub fn insert(entry: &NewEntry) -> Duration {
         version: entry.version.as_str(),
         description: entry.description,
         status: entry.status,
-        script: entry.script,
         checksum: entry.checksums.map(|c| c.normalized.as_str()),
         checksum_raw: entry.checksums.map(|c| c.raw.as_str()),
         checksum_algorithm: entry.checksums.map(|c| c.algorithm),
-        rollback_script: entry.rollback,
         rollback_checksum: entry.rollback.map(|r| Checksums::of(r).normalized),
         statements: entry.statements,
         applied_role: crate::pg::identity::current_user_name(),
@@ -136,7 +134,6 @@ pub fn insert(entry: &NewEntry) -> Duration {
         allowed_rules: entry.allowed_rules,
         phases: entry.phases,
         settings: names.into_iter().zip(values).collect(),
-        verify_script: entry.verify,
         fingerprint: entry.schema.as_ref().and_then(|r| r.fingerprint.as_deref()),
         changes: entry
             .schema
@@ -152,19 +149,22 @@ pub fn insert(entry: &NewEntry) -> Duration {
                applied_by, applied_role, application_name, client_addr, started_at, finished_at, \
                lock_wait, retries, extension_version, allowed_rules, phases, settings, \
                verify_script, fingerprint, changes) \
-             SELECT r.version, r.description, r.status, r.script, r.checksum, r.checksum_raw, \
-               r.checksum_algorithm, r.rollback_script, r.rollback_checksum, r.statements, \
+             SELECT r.version, r.description, r.status, $4, r.checksum, r.checksum_raw, \
+               r.checksum_algorithm, $5, r.rollback_checksum, r.statements, \
                session_user, r.applied_role, current_setting('application_name'), \
                inet_client_addr(), $2, \
                CASE WHEN r.status IN ('applied', 'baseline') THEN clock_timestamp() END, \
                $3, r.retries, r.extension_version, r.allowed_rules, r.phases, r.settings, \
-               r.verify_script, r.fingerprint, r.changes \
+               $6, r.fingerprint, r.changes \
              FROM jsonb_populate_record(NULL::migrate.history, $1) r \
              RETURNING (extract(epoch FROM coalesce(duration, '0')) * 1e6)::int8",
             &[
                 pgrx::JsonB(row).into(),
                 entry.started_at.into(),
                 interval(entry.lock_wait).into(),
+                entry.script.into(),
+                entry.rollback.into(),
+                entry.verify.into(),
             ],
         )
     })
@@ -173,17 +173,16 @@ pub fn insert(entry: &NewEntry) -> Duration {
 }
 
 /// A history row's values as `jsonb_populate_record` takes them: named, not positional.
-/// Who inserts it, from where and when are the server's to say.
+/// Who inserts it, from where and when are the server's to say; the scripts go as text
+/// parameters of their own (jsonb holds strings of at most 256 MB, a script may be larger).
 #[derive(Serialize)]
 struct Row<'a> {
     version: &'a str,
     description: Option<&'a str>,
     status: Status,
-    script: Option<&'a str>,
     checksum: Option<&'a str>,
     checksum_raw: Option<&'a str>,
     checksum_algorithm: Option<i16>,
-    rollback_script: Option<&'a str>,
     rollback_checksum: Option<String>,
     statements: i32,
     applied_role: String,
@@ -192,7 +191,6 @@ struct Row<'a> {
     allowed_rules: &'a [String],
     phases: i32,
     settings: std::collections::BTreeMap<String, String>,
-    verify_script: Option<&'a str>,
     fingerprint: Option<&'a str>,
     changes: Option<&'a serde_json::Value>,
 }

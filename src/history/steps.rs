@@ -259,8 +259,8 @@ pub fn complete(version: &str) {
     );
 }
 
-/// Stops a migration at a phase boundary: what did not run is cancelled, and so is a
-/// backfill under way (its progress kept for a retry).
+/// Stops a migration at a phase boundary: what did not run is cancelled. Called through
+/// `worker::steering::cancel_migration`, which cancels its backfill jobs too.
 pub fn cancel(version: &str) {
     write(
         "UPDATE migrate.steps SET state = 'cancelled' WHERE version = $1 \

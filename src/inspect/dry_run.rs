@@ -283,16 +283,29 @@ fn dry_run_script(
                     continue;
                 }
                 let log_mark = last_log_id();
-                let as_of = Before::take();
-                let started = Instant::now();
-                let result = subxact::run(|| {
-                    crate::migration::limits::with_limits(limits, || {
-                        Spi::connect_mut(|c| {
-                            c.update(statement.text(script), None, &[]).map(|t| t.len())
-                        })
-                    })
-                });
-                report.duration = started.elapsed();
+                // What the statement locked anew, as it was before it ran: read as of a
+                // snapshot taken before, while it is registered.
+                let (duration, result, now_held, before_fresh) =
+                    crate::pg::spi::with_snapshot(|as_of| {
+                        let started = Instant::now();
+                        let result = subxact::run(|| {
+                            crate::migration::limits::with_limits(limits, || {
+                                Spi::connect_mut(|c| {
+                                    c.update(statement.text(script), None, &[]).map(|t| t.len())
+                                })
+                            })
+                        });
+                        let duration = started.elapsed();
+                        let now_held = held_locks();
+                        let fresh: Vec<u32> = now_held
+                            .keys()
+                            .copied()
+                            .filter(|o| !before.contains_key(o))
+                            .collect();
+                        let before_fresh = snapshot(&fresh, Some(as_of));
+                        (duration, result, now_held, before_fresh)
+                    });
+                report.duration = duration;
                 report.executed = true;
                 match result {
                     Ok(Ok(n)) => {
@@ -313,22 +326,15 @@ fn dry_run_script(
                 if let Some(e) = &report.error {
                     report.hazards.push(format!("fails: {e}"));
                 }
-                let now_held = held_locks();
                 let locked: Vec<u32> = now_held.keys().copied().collect();
                 let after = snapshot(&locked, None);
-                // What it locked anew, as it was before. Scan counts are not versioned:
-                // the last one seen stands (a statement that scanned a table took a lock,
-                // and was seen then, unless it failed and released it).
-                let fresh: Vec<u32> = locked
-                    .iter()
-                    .copied()
-                    .filter(|o| !before.contains_key(o))
-                    .collect();
-                for (oid, mut state) in snapshot(&fresh, Some(&as_of)) {
+                // Scan counts are not versioned: the last one seen stands (a statement that
+                // scanned a table took a lock, and was seen then, unless it failed and
+                // released it).
+                for (oid, mut state) in before_fresh {
                     state.seq_scans = scans.get(&oid).copied().unwrap_or(0);
                     before.insert(oid, state);
                 }
-                drop(as_of);
                 scans.extend(after.iter().map(|(oid, s)| (*oid, s.seq_scans)));
                 report.objects = logged_objects(log_mark);
                 measure(

@@ -50,12 +50,14 @@ fn read(version: &Version) -> Option<Migration> {
                     .as_deref()
                     .and_then(Status::parse)
                     .ok_or(pgrx::spi::Error::InvalidPosition)?,
+                // Elements of another shape (a later format) are not this check's business.
                 changes: row
                     .get::<JsonB>(3)?
-                    .map(|j| serde_json::from_value(j.0))
-                    .transpose()
-                    .map_err(|_| pgrx::spi::Error::InvalidPosition)?
-                    .unwrap_or_default(),
+                    .and_then(|j| serde_json::from_value::<Vec<Value>>(j.0).ok())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|c| serde_json::from_value(c).ok())
+                    .collect(),
                 verify_script: row.get(4)?,
                 applied_role: row.get(5)?.unwrap_or_default(),
                 search_path: row.get(6)?.unwrap_or_default(),

@@ -5,11 +5,11 @@
 //! raw parse trees for `apply`; it hands back plain [`Statement`]s.
 //!
 //! Holds `unsafe`: it walks the raw parse trees the grammar returns to split and classify
-//! statements; what it hands out is a `pg::nodes::RawStmt`.
+//! statements; what it hands out is a `pg::nodes::StmtTree`.
 
 use crate::errors::Problem;
 use crate::migration::script::{Kind, Statement, SyntaxError};
-use crate::pg::nodes::{str_val, text, RawStmt};
+use crate::pg::nodes::{str_val, text, StmtTree};
 use crate::pg::subxact;
 use pgrx::pg_sys;
 use pgrx::pg_sys::NodeTag as T;
@@ -21,7 +21,7 @@ use std::ffi::{c_int, c_void, CStr, CString};
 /// Splits `script` into statements, each with its raw parse tree, or says where it fails to
 /// parse. The trees live in the current memory context: use them before the calling function
 /// returns.
-pub fn parse(script: &str) -> Result<Vec<(Statement, RawStmt)>, SyntaxError> {
+pub fn parse(script: &str) -> Result<Vec<(Statement, StmtTree<'_>)>, SyntaxError> {
     PIECE_START.set(0);
     STATEMENTS_BEFORE.set(0);
     let parsed = subxact::run(|| {
@@ -88,12 +88,12 @@ fn parse_piece(script: &str, start: usize, mut end: usize) -> Piece {
             }
         }
     };
-    // SAFETY: raw_parser returns a List of RawStmt.
+    // SAFETY: raw_parser returns a List of StmtTree.
     let raw = unsafe { PgList::<pg_sys::RawStmt>::from_pg(list) };
     let statements = raw
         .iter_ptr()
         .map(|stmt| {
-            // SAFETY: a RawStmt of that list.
+            // SAFETY: a StmtTree of that list.
             let (location, len, node) =
                 unsafe { ((*stmt).stmt_location, (*stmt).stmt_len, (*stmt).stmt) };
             let from = start + location.max(0) as usize;
@@ -111,11 +111,11 @@ fn parse_piece(script: &str, start: usize, mut end: usize) -> Piece {
 /// standard_conforming_strings); None when it does not parse.
 pub fn count(text: &str) -> Option<usize> {
     let c_text = CString::new(text).ok()?;
-    // SAFETY: raw_parser returns a List of RawStmt.
+    // SAFETY: raw_parser returns a List of StmtTree.
     subxact::run(|| unsafe { PgList::<pg_sys::RawStmt>::from_pg(raw_parse(&c_text)).len() }).ok()
 }
 
-/// PostgreSQL's grammar over `text`: a List of RawStmt, or an ERROR.
+/// PostgreSQL's grammar over `text`: a List of StmtTree, or an ERROR.
 fn raw_parse(text: &CStr) -> *mut pg_sys::List {
     // SAFETY: raw_parser only reads the string and allocates in the current memory context.
     #[cfg(not(feature = "pg13"))]
@@ -132,11 +132,11 @@ fn raw_parse(text: &CStr) -> *mut pg_sys::List {
 ///
 /// # Safety
 /// `raw` must hold the raw statements of `script`, `tokens` its tokens.
-unsafe fn describe(
-    script: &str,
+unsafe fn describe<'a>(
+    script: &'a str,
     tokens: &[Token],
     raw: &[(usize, usize, *mut pg_sys::Node)],
-) -> Vec<(Statement, RawStmt)> {
+) -> Vec<(Statement, StmtTree<'a>)> {
     let lines = crate::migration::script::Lines::of(script);
     let mut statements = Vec::with_capacity(raw.len());
     for (i, &(location, end, node)) in raw.iter().enumerate() {
@@ -156,7 +156,7 @@ unsafe fn describe(
                 form,
                 kind,
             },
-            RawStmt::new(node),
+            StmtTree::new(node),
         ));
     }
     statements
@@ -360,7 +360,7 @@ fn locate_error(script: &str, caught: subxact::Caught) -> SyntaxError {
     for (i, token) in semicolons.take(64) {
         pgrx::check_for_interrupts!();
         let prefix = CString::new(&script[piece_start..=token.offset]).expect("no NUL");
-        // SAFETY: raw_parse returns a List of RawStmt.
+        // SAFETY: raw_parse returns a List of StmtTree.
         let count = subxact::run(|| unsafe {
             PgList::<pg_sys::RawStmt>::from_pg(raw_parse(&prefix)).len()
         });
@@ -472,8 +472,8 @@ pub struct Call {
 }
 
 /// Whether the statement is `SELECT migrate.backfill(...)` and nothing else.
-pub fn backfill_call(stmt: RawStmt) -> Option<Call> {
-    // SAFETY: a RawStmt is a valid raw statement tree.
+pub fn backfill_call(stmt: StmtTree) -> Option<Call> {
+    // SAFETY: a StmtTree is a valid raw statement tree.
     unsafe { backfill_call_node(stmt.node()) }
 }
 

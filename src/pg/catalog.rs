@@ -333,7 +333,10 @@ impl ColumnType {
 
     /// Whether a column default, coerced to this type, calls anything volatile
     /// (`contain_volatile_functions`, which reads each function's volatility from pg_proc).
-    pub fn default_is_volatile(&self, raw: *mut pg_sys::Node) -> Option<bool> {
+    ///
+    /// # Safety
+    /// `raw` must be a raw expression of a parse tree.
+    pub unsafe fn default_is_volatile(&self, raw: *mut pg_sys::Node) -> Option<bool> {
         let (typ, typmod) = self.resolved?;
         subxact::run(|| unsafe {
             let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
@@ -382,7 +385,10 @@ unsafe fn coerce_as_assignment(
 /// the way ALTER TABLE decides it: coerce the column (or the USING expression) to the new
 /// type, let the planner simplify it (which turns length coercions that cannot fail, such as
 /// varchar(10) to varchar(20), into relabels), then check what is left.
-pub fn type_change_rewrites(
+///
+/// # Safety
+/// `type_name` and `using` (NULL or an expression) must belong to a raw parse tree.
+pub unsafe fn type_change_rewrites(
     relid: pg_sys::Oid,
     column: &str,
     type_name: *mut pg_sys::TypeName,
@@ -518,7 +524,10 @@ fn proven_on(relid: pg_sys::Oid, column: &str) -> Option<bool> {
 /// prove its bound, and the default partition with whether its constraints prove it holds no
 /// row of the new bound. The bound is transformed and turned into a constraint exactly as
 /// ATTACH PARTITION does it (transformAlterTableStmt, get_qual_from_partbound, ...).
-pub fn attach_proofs(
+///
+/// # Safety
+/// `stmt` and `cmd` must be an ALTER TABLE ... ATTACH PARTITION parse tree and its command.
+pub unsafe fn attach_proofs(
     parent: pg_sys::Oid,
     stmt: *mut pg_sys::AlterTableStmt,
     cmd: *mut pg_sys::AlterTableCmd,

@@ -39,9 +39,9 @@ pub fn event(fcinfo: pg_sys::FunctionCallInfo) -> Event {
 
 impl Event {
     /// The statement the event fired for (at ddl_command_start, the one about to run).
-    pub fn statement(&self) -> crate::pg::nodes::RawStmt {
+    pub fn statement(&self) -> crate::pg::nodes::StmtTree<'_> {
         // SAFETY: the event's tree lives until the statement ends, longer than the call.
-        unsafe { crate::pg::nodes::RawStmt::new(self.parsetree) }
+        unsafe { crate::pg::nodes::StmtTree::new(self.parsetree) }
     }
 
     /// Whether the command renames or moves objects (or an enum's labels, or an extension's

@@ -132,11 +132,15 @@ pub fn pinned<T>(f: impl FnOnce() -> T) -> T {
 }
 
 thread_local! {
-    /// Start of the transaction in which the setting defined by `define_transaction_string`
-    /// was last assigned.
-    static ASSIGNED_IN: std::cell::Cell<Option<pg_sys::TimestampTz>> =
+    /// The local id of the transaction in which the setting defined by
+    /// `define_transaction_string` was last assigned (local ids never repeat in a backend,
+    /// unlike start times, which every transaction of one query message shares).
+    static ASSIGNED_IN: std::cell::Cell<Option<pg_sys::LocalTransactionId>> =
         const { std::cell::Cell::new(None) };
 }
+
+static TRANSACTION_STRING_DEFINED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 /// Defines a string setting that counts only in the transaction that assigned it
 /// (`assigned_in_this_transaction`): a user-settable override, for SET LOCAL.
@@ -151,8 +155,13 @@ pub fn define_transaction_string(
         _newval: *const std::ffi::c_char,
         _extra: *mut std::ffi::c_void,
     ) {
-        ASSIGNED_IN.set(Some(crate::pg::xact::started_at()));
+        ASSIGNED_IN.set(Some(crate::pg::xact::local_id()));
     }
+    // One setting: the assign hook does not know which one it was called for.
+    assert!(
+        !TRANSACTION_STRING_DEFINED.swap(true, std::sync::atomic::Ordering::Relaxed),
+        "define_transaction_string defines one setting"
+    );
     // SAFETY: the assign hook only records a timestamp and cannot raise.
     unsafe {
         pgrx::GucRegistry::define_string_guc_with_hooks(
@@ -171,7 +180,7 @@ pub fn define_transaction_string(
 
 /// Whether the setting `define_transaction_string` defined was assigned in this transaction.
 pub fn assigned_in_this_transaction() -> bool {
-    ASSIGNED_IN.get() == Some(crate::pg::xact::started_at())
+    ASSIGNED_IN.get() == Some(crate::pg::xact::local_id())
 }
 
 /// The role that set a setting's current value (PostgreSQL 15 records it with every setting;
@@ -208,7 +217,11 @@ pub fn is_default(name: &'static std::ffi::CStr) -> bool {
         Some(address) => address as *mut pg_sys::config_generic,
         None => {
             let found = record(name);
-            if !found.is_null() {
+            // SAFETY: a record just found; only its flags are read. A placeholder is freed
+            // when its library defines the setting, so only real records are kept.
+            if !found.is_null()
+                && unsafe { (*found).flags } & pg_sys::GUC_CUSTOM_PLACEHOLDER as i32 == 0
+            {
                 FOUND.with_borrow_mut(|f| f.push((name, found as usize)));
             }
             found

@@ -4,17 +4,17 @@ use pgrx::pg_sys;
 use std::ffi::CStr;
 
 /// A raw statement parse tree PostgreSQL's parser made in this backend, in a memory context
-/// that outlives every use of the value: the call that parsed a script, or the event or
-/// utility hook it fired for. Readers of parse trees take it instead of a pointer, so that a
-/// tree is only ever walked where one is known to be valid.
+/// that outlives every use of the value: the call that parsed a script (`'a` is the script's
+/// borrow), or the event or utility hook it fired for. Readers of parse trees take it instead
+/// of a pointer, so that a tree is only ever walked where one is known to be valid.
 #[derive(Debug, Clone, Copy)]
-pub struct RawStmt(*mut pg_sys::Node);
+pub struct StmtTree<'a>(*mut pg_sys::Node, std::marker::PhantomData<&'a ()>);
 
-impl RawStmt {
+impl<'a> StmtTree<'a> {
     /// # Safety
-    /// `node` must be a raw statement parse tree that stays allocated while the value is used.
-    pub unsafe fn new(node: *mut pg_sys::Node) -> RawStmt {
-        RawStmt(node)
+    /// `node` must be a raw statement parse tree that stays allocated for `'a`.
+    pub unsafe fn new(node: *mut pg_sys::Node) -> StmtTree<'a> {
+        StmtTree(node, std::marker::PhantomData)
     }
 
     /// The tree, for the readers of parse trees.
@@ -24,13 +24,13 @@ impl RawStmt {
 
     /// Whether the statement is a node of this type.
     pub fn is(self, tag: pg_sys::NodeTag) -> bool {
-        // SAFETY: a RawStmt is a valid raw statement tree.
+        // SAFETY: a StmtTree is a valid raw statement tree.
         unsafe { pgrx::is_a(self.0, tag) }
     }
 
     /// The statement's command tag (`CREATE TABLE`, `TRUNCATE TABLE`), as PostgreSQL names it.
     pub fn command_tag(self) -> String {
-        // SAFETY: a RawStmt is a valid raw statement tree; the tag names are static strings.
+        // SAFETY: a StmtTree is a valid raw statement tree; the tag names are static strings.
         unsafe {
             CStr::from_ptr(pg_sys::GetCommandTagName(pg_sys::CreateCommandTag(self.0)))
                 .to_string_lossy()

@@ -54,30 +54,33 @@ pub fn read_own_row<T>(
     pinned_row(sql, args, map).or_bookkeeping(&format!("read {table}"))
 }
 
-/// A snapshot of the catalogs as they are now (the previous command's changes included),
-/// registered until dropped: what `select_as_of` reads as of.
+/// A snapshot of the catalogs as they were when `with_snapshot` began (the previous
+/// command's changes included): what `select_as_of` reads as of.
 pub struct Registered(pgrx::pg_sys::Snapshot);
 
-impl Registered {
-    pub fn take() -> Registered {
-        // SAFETY: in a transaction; the command counter makes the previous statement's
-        // catalog changes part of the snapshot, which is registered with the current
-        // resource owner until dropped (or the transaction ends).
-        unsafe {
-            pgrx::pg_sys::CommandCounterIncrement();
-            Registered(pgrx::pg_sys::RegisterSnapshot(
-                pgrx::pg_sys::GetTransactionSnapshot(),
-            ))
+/// Runs `f` with a snapshot taken now, registered with the current resource owner for the
+/// call only: subtransactions `f` opens and ends leave it alone, and it cannot outlive them.
+pub fn with_snapshot<T>(f: impl FnOnce(&Registered) -> T) -> T {
+    struct Unregister(pgrx::pg_sys::Snapshot);
+    impl Drop for Unregister {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                // An ERROR is unwinding: the (sub)transaction abort that follows releases
+                // the resource owner's snapshots.
+                return;
+            }
+            // SAFETY: registered below, with the resource owner that is current again here.
+            unsafe { pgrx::pg_sys::UnregisterSnapshot(self.0) }
         }
     }
-}
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        // SAFETY: registered in `take`, with the resource owner that is current again here
-        // (a subtransaction opened since has ended).
-        unsafe { pgrx::pg_sys::UnregisterSnapshot(self.0) }
-    }
+    // SAFETY: in a transaction; the command counter makes the previous statement's catalog
+    // changes part of the snapshot, which stays registered until the guard drops.
+    let registered = unsafe {
+        pgrx::pg_sys::CommandCounterIncrement();
+        pgrx::pg_sys::RegisterSnapshot(pgrx::pg_sys::GetTransactionSnapshot())
+    };
+    let _unregister = Unregister(registered);
+    f(&Registered(registered))
 }
 
 /// One row of `select_as_of`, read within it.
@@ -87,12 +90,20 @@ pub struct Row {
 }
 
 impl Row {
-    /// Column `n` (from 1), which must be of the type `T` reads.
-    pub fn get<T: pgrx::FromDatum>(&self, n: i32) -> Option<T> {
-        let mut null = false;
-        // SAFETY: the tuple and its descriptor belong to the result being read; the caller
-        // names the column's type.
+    /// Column `n` (from 1) as `T`; None when it is NULL, or not of a type `T` reads.
+    pub fn get<T>(&self, n: i32) -> Option<T>
+    where
+        T: pgrx::FromDatum + pgrx::IntoDatum + ToOwned<Owned = T>,
+    {
+        // SAFETY: the tuple and its descriptor belong to the result being read; the datum
+        // is read as `T` only when the column's type is one `T` reads, and `T` owns what it
+        // holds (no reference into SPI's memory).
         unsafe {
+            let column_type = pgrx::pg_sys::SPI_gettypeid(self.desc, n);
+            if !T::is_compatible_with(column_type) {
+                return None;
+            }
+            let mut null = false;
             let d = pgrx::pg_sys::SPI_getbinval(self.tuple, self.desc, n, &mut null);
             T::from_datum(d, null)
         }

@@ -2,16 +2,16 @@
 //! it before it runs. Installed only from shared_preload_libraries; it chains to whatever hook
 //! was there before.
 
-use crate::pg::nodes::RawStmt;
+use crate::pg::nodes::StmtTree;
 use pgrx::pg_sys;
 use std::ffi::c_char;
 
 static mut PREVIOUS: pg_sys::ProcessUtility_hook_type = None;
-static mut JUDGE: Option<fn(RawStmt)> = None;
+static mut JUDGE: Option<fn(StmtTree)> = None;
 
 /// Has `judge` see every utility statement (in a transaction) before it runs; it may raise
 /// to stop it. Called from _PG_init while shared_preload_libraries is being processed.
-pub fn install(judge: fn(RawStmt)) {
+pub fn install(judge: fn(StmtTree)) {
     // SAFETY: _PG_init runs once per process, before any statement.
     unsafe {
         JUDGE = Some(judge);
@@ -27,7 +27,7 @@ unsafe extern "C-unwind" fn judge(node: *mut pg_sys::Node) {
     }
     if let Some(judge) = JUDGE {
         // The statement ProcessUtility is about to run: its tree lives until it ends.
-        judge(RawStmt::new(node));
+        judge(StmtTree::new(node));
     }
 }
 

@@ -48,10 +48,24 @@ pub fn clock() -> pg_sys::TimestampTz {
     unsafe { pg_sys::GetCurrentTimestamp() }
 }
 
-/// When the current transaction started.
-pub fn started_at() -> pg_sys::TimestampTz {
-    // SAFETY: reads the transaction start time.
-    unsafe { pg_sys::GetCurrentTransactionStartTimestamp() }
+/// The current transaction's backend-local id: never the same for two transactions of one
+/// backend (until it wraps around, after four billion of them).
+/// 0 (InvalidLocalTransactionId) in a process without one, such as the postmaster.
+pub fn local_id() -> pg_sys::LocalTransactionId {
+    // SAFETY: MyProc is this backend's PGPROC when it is set at all.
+    unsafe {
+        if pg_sys::MyProc.is_null() {
+            return 0;
+        }
+        #[cfg(not(any(feature = "pg17", feature = "pg18")))]
+        {
+            (*pg_sys::MyProc).lxid
+        }
+        #[cfg(any(feature = "pg17", feature = "pg18"))]
+        {
+            (*pg_sys::MyProc).vxid.lxid
+        }
+    }
 }
 
 /// Whether an extension's script is running (CREATE or ALTER EXTENSION).

@@ -15,7 +15,7 @@ use crate::guard::unforeseen_rewrite;
 use crate::gucs::{self, GuardMode};
 use crate::history::ddl_log;
 use crate::pg::event_trigger;
-use crate::pg::nodes::RawStmt;
+use crate::pg::nodes::StmtTree;
 use crate::pg::subxact;
 use pgrx::prelude::*;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
@@ -75,7 +75,7 @@ pub fn session_overrides() -> Vec<String> {
 
 /// Judges one statement, when the guard is active: its timeouts, then its findings. `tag`
 /// names it in messages.
-pub fn judge_statement(stmt: RawStmt, tag: &str) {
+pub fn judge_statement(stmt: StmtTree, tag: &str) {
     REWRITE_JUDGED.set(false);
     DATA_LOSS_JUDGED.set(false);
     if crate::migration::running::running().is_none() {
@@ -96,7 +96,7 @@ pub fn judge_statement(stmt: RawStmt, tag: &str) {
 
 /// What a statement does, for the rules: read in a subtransaction, because a guard that
 /// cannot read a statement must not stop it (PostgreSQL will). It says so in a WARNING.
-pub fn read_command(stmt: RawStmt, tag: &str) -> Option<Command> {
+pub fn read_command(stmt: StmtTree, tag: &str) -> Option<Command> {
     match subxact::run(|| parsetree::command(stmt)) {
         Ok(command) => Some(command),
         Err(caught) => {

@@ -2,7 +2,7 @@
 //! REINDEX), judged from the ProcessUtility hook (`pg::utility_hook`).
 
 use crate::guard::hooks::trigger;
-use crate::pg::nodes::RawStmt;
+use crate::pg::nodes::StmtTree;
 use pgrx::pg_sys::NodeTag as T;
 
 /// Called from _PG_init while shared_preload_libraries is being processed.
@@ -11,7 +11,7 @@ pub fn install() {
 }
 
 /// The statements this hook judges; everything else is the event triggers' business.
-fn unseen_by_event_triggers(stmt: RawStmt) -> bool {
+fn unseen_by_event_triggers(stmt: StmtTree) -> bool {
     stmt.is(T::T_TruncateStmt)
         || stmt.is(T::T_VacuumStmt)
         || stmt.is(T::T_ClusterStmt)
@@ -24,7 +24,7 @@ fn unseen_by_event_triggers(stmt: RawStmt) -> bool {
         )) && stmt.is(T::T_ReindexStmt))
 }
 
-fn judge(stmt: RawStmt) {
+fn judge(stmt: StmtTree) {
     if !unseen_by_event_triggers(stmt) {
         return;
     }
