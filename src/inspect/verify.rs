@@ -14,8 +14,10 @@ use pgrx::{JsonB, PgSqlErrorCode};
 use serde_json::{json, Value};
 
 /// One verdict, as `migrate.verify` returns it.
-#[derive(Debug, Clone, PartialEq)]
+/// One check of a verification, as `migrate.history.verification_report` lists it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Check {
+    #[serde(rename = "check")]
     pub kind: &'static str,
     pub object: Option<String>,
     pub ok: bool,
@@ -536,10 +538,7 @@ fn query_checks(migration: &Migration, script: &str) -> Vec<Check> {
 
 fn record(version: &str, checks: &[Check]) {
     let passed = checks.iter().all(|c| c.ok);
-    let report: Vec<Value> = checks
-        .iter()
-        .map(|c| json!({"check": c.kind, "object": c.object, "ok": c.ok, "detail": c.detail}))
-        .collect();
+    let report = serde_json::to_value(checks).expect("checks serialise");
     crate::pg::identity::as_owner(|| {
         Spi::run_with_args(
             "UPDATE migrate.history SET verification = $2, \
@@ -554,7 +553,7 @@ fn record(version: &str, checks: &[Check]) {
                 })
                 .as_str()
                 .into(),
-                JsonB(Value::Array(report)).into(),
+                JsonB(report).into(),
             ],
         )
     })
