@@ -470,9 +470,12 @@ class Writer:
 
 
 def building(conn):
+    # Less than half-way through the table's scan: an interruption then surely cuts the
+    # build short (caught any later, the build may finish before the signal arrives).
     return conn.execute(
         "SELECT count(*) FROM pg_stat_progress_create_index p JOIN pg_stat_activity a USING (pid) "
-        "WHERE a.backend_type = 'pg_migrate worker' AND p.phase LIKE 'building%'").fetchone()[0] > 0
+        "WHERE a.backend_type = 'pg_migrate worker' AND p.phase = 'building index: scanning table' "
+        "AND p.blocks_done * 2 < p.blocks_total").fetchone()[0] > 0
 
 
 def assert_completed_once(cluster, db):
