@@ -48,3 +48,24 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     "$venv/bin/pip" install -q --disable-pip-version-check -r pg_test/requirements.txt
     echo "$want" >"$stamp"
 fi
+
+# The previous release, which the upgrade test installs, fills and upgrades: built once from
+# its commit (the one that landed as 0.1.0) into a cache outside the repository. Its own build
+# directory: in this one, its library would take the place of the current one.
+OLD_VERSION=0.1.0
+OLD_COMMIT=beed796d2a8efae253f1f97d9165b236c302028c
+old_pkg="$HOME/.pgrx/pg_migrate-$OLD_VERSION/pg15"
+if [ ! -f "$old_pkg/.built-from-$OLD_COMMIT" ]; then
+    echo "setup: building pg_migrate $OLD_VERSION for the upgrade test (a few minutes, once)"
+    if ! git cat-file -e "$OLD_COMMIT^{commit}" 2>/dev/null; then
+        echo "setup: commit $OLD_COMMIT (pg_migrate $OLD_VERSION) is missing: clone the whole history" >&2
+        exit 1
+    fi
+    old_src="$HOME/.pgrx/src/pg_migrate-$OLD_VERSION"
+    rm -rf "$old_src" "$old_pkg"
+    mkdir -p "$old_src"
+    git archive "$OLD_COMMIT" | tar -x -C "$old_src"
+    (cd "$old_src" && cargo pgrx package --debug --pg-config "$PG_CONFIG" --out-dir "$old_pkg" >/dev/null)
+    touch "$old_pkg/.built-from-$OLD_COMMIT"
+fi
+

@@ -9,6 +9,7 @@ use pgrx::{pg_sys, PgSqlErrorCode};
 /// Refuses contexts in which the history cannot be changed correctly: inside a migration,
 /// read-only, or with a transaction snapshot older than the applier lock.
 pub fn refuse_unsafe_context() -> Result<(), Problem> {
+    refuse_stale_objects()?;
     if crate::migration::running::is_applying() {
         return Err(Problem::new(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
@@ -144,4 +145,32 @@ fn applier_lock_busy(extension: pg_sys::Oid, attempts: u32, timeout: &str) -> Pr
         "Let that transaction finish (or end it: SELECT pg_cancel_backend(pid)), then run \
          this again.",
     )
+}
+
+/// Refuses to change the history when this database's pg_migrate objects are of another
+/// version than the library: the state right after a package upgrade, before ALTER EXTENSION
+/// ... UPDATE. The library's queries may need tables, columns or functions the old objects
+/// lack, and an old function may no longer match what the library does.
+pub fn refuse_stale_objects() -> Result<(), Problem> {
+    let library = env!("CARGO_PKG_VERSION");
+    let installed = crate::pg::spi::pinned_column::<String>(
+        "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_migrate'",
+        &[],
+    )
+    .ok()
+    .and_then(|v| v.into_iter().next());
+    match installed {
+        Some(objects) if objects != library => Err(Problem::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "the pg_migrate library is version {library}, but this database has the \
+                 objects of version {objects}"
+            ),
+            "The pg_migrate package was upgraded; the extension's tables and functions in this \
+             database are still those of the version installed before, and the history cannot \
+             be changed until they match. DDL is still judged and logged.",
+            "Run ALTER EXTENSION pg_migrate UPDATE; in this database (as its owner).",
+        )),
+        _ => Ok(()),
+    }
 }

@@ -100,6 +100,8 @@ enum Claim {
     Run(Step, TopLevelForm),
     /// pg_migrate is not installed in this database (any more).
     Gone,
+    /// The database's pg_migrate objects are of another version than the library.
+    Stale(String),
 }
 
 enum Turn {
@@ -109,6 +111,11 @@ enum Turn {
     /// Backfills are under way, and the next batch is due after this long.
     Wait(Duration),
     Gone,
+}
+
+thread_local! {
+    /// The stale-objects message was logged (once per worker process).
+    static STALE_REPORTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Does the next thing there is to do.
@@ -132,6 +139,16 @@ fn work_once() -> Turn {
             }
         }
         Claim::Gone => return Turn::Gone,
+        // Nothing runs until ALTER EXTENSION ... UPDATE: said once, then looked at again every
+        // few seconds (nothing wakes the worker when the update commits), never crashing.
+        Claim::Stale(why) => {
+            if !STALE_REPORTED.replace(true) {
+                simple_query::log(&format!(
+                    "{why}; waiting for ALTER EXTENSION pg_migrate UPDATE before running anything"
+                ));
+            }
+            return Turn::Wait(Duration::from_secs(5));
+        }
         Claim::Done => true,
         Claim::Rebuild(invalid) => {
             // Their steps are pending again already; a drop that fails makes the rebuild
@@ -174,6 +191,9 @@ fn record(f: impl FnOnce()) -> bool {
 fn claim() -> Claim {
     if !catalog::extension_installed() {
         return Claim::Gone;
+    }
+    if let Err(stale) = crate::history::lock::refuse_stale_objects() {
+        return Claim::Stale(stale.message);
     }
     if !crate::history::lock::try_lock_history() {
         return if steps::has_work() {
