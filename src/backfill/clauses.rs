@@ -32,7 +32,7 @@ pub fn check_set(set_clause: &str) -> Result<Vec<String>, Problem> {
                 "a WHERE (pass it as where_clause)",
             ),
             (!(*stmt).fromClause.is_null(), "a FROM"),
-            (!(*stmt).returningList.is_null(), "a RETURNING"),
+            (returning(stmt), "a RETURNING"),
             (!(*stmt).withClause.is_null(), "a WITH"),
         ] {
             if present {
@@ -85,6 +85,18 @@ pub fn check_where(where_clause: &str) -> Result<(), Problem> {
             where_clause,
             "one condition such as: total IS NULL",
         ))
+    }
+}
+
+/// Whether an UPDATE has a RETURNING list (a clause node of its own from PostgreSQL 18).
+unsafe fn returning(stmt: *mut pg_sys::UpdateStmt) -> bool {
+    #[cfg(not(feature = "pg18"))]
+    {
+        !(*stmt).returningList.is_null()
+    }
+    #[cfg(feature = "pg18")]
+    {
+        !(*stmt).returningClause.is_null()
     }
 }
 

@@ -65,7 +65,7 @@ fn record(name: &std::ffi::CStr) -> *mut pg_sys::config_generic {
         }
         #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
         {
-            pg_sys::find_option(name.as_ptr(), false, true, pg_sys::ERROR as i32)
+            pg_sys::find_option(name.as_ptr(), false, true, pgrx::PgLogLevel::ERROR as i32)
         }
     }
 }

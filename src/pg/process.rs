@@ -25,7 +25,15 @@ unsafe extern "C-unwind" {
 /// SIGTERM cancels whatever runs and exits, as it does a backend.
 pub fn die_on_sigterm() {
     // SAFETY: installs PostgreSQL's own handler, the raw C function (pgrx wraps pg_sys::die).
-    unsafe { pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(die)) };
+    // PostgreSQL 18 names the backend's pqsignal pqsignal_be.
+    #[cfg(not(feature = "pg18"))]
+    unsafe {
+        pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(die))
+    };
+    #[cfg(feature = "pg18")]
+    unsafe {
+        pg_sys::pqsignal_be(pg_sys::SIGTERM as i32, Some(die))
+    };
 }
 
 /// Re-reads the configuration if a SIGHUP asked for it, as a backend does between queries.
@@ -48,8 +56,12 @@ pub fn reload_config() {
 /// Ends the process the way a FATAL error does. Only between transactions, holding nothing;
 /// exit callbacks run.
 pub fn exit(code: i32) -> ! {
-    // SAFETY: as documented above; proc_exit does not return.
-    unsafe { pg_sys::proc_exit(code) }
+    // SAFETY: as documented above; proc_exit does not return (18's binding does not say so).
+    unsafe { pg_sys::proc_exit(code) };
+    #[allow(unreachable_code)]
+    {
+        unreachable!("proc_exit returned")
+    }
 }
 
 /// Sleeps on the process latch for `d` at most; a SetLatch (a wake-up, a signal) ends it

@@ -120,7 +120,6 @@ unsafe fn analyze(raw: *mut pg_sys::RawStmt, sql: &CString) -> *mut pg_sys::List
     )
 }
 
-#[cfg(not(feature = "pg18"))]
 unsafe fn define_query(
     portal: pg_sys::Portal,
     sql: &CString,
@@ -133,24 +132,6 @@ unsafe fn define_query(
         sql.as_ptr(),
         tag,
         plans,
-        std::ptr::null_mut(),
-    );
-}
-
-#[cfg(feature = "pg18")]
-unsafe fn define_query(
-    portal: pg_sys::Portal,
-    sql: &CString,
-    tag: pg_sys::CommandTag::Type,
-    plans: *mut pg_sys::List,
-) {
-    pg_sys::PortalDefineQuery(
-        portal,
-        std::ptr::null(),
-        sql.as_ptr(),
-        tag,
-        plans,
-        std::ptr::null_mut(),
         std::ptr::null_mut(),
     );
 }
