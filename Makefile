@@ -3,10 +3,16 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 export USER ?= $(shell id -un)
 
-PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
+# PG=pg15 (Debian's packages) or PG=pg18 (built from source by setup into /opt/pg_migrate).
 PG        ?= pg15
+ifeq ($(PG),pg15)
+PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
+else
+PG_CONFIG ?= /opt/pg_migrate/$(PG)/bin/pg_config
+endif
+PG_BIN    := $(patsubst %/,%,$(dir $(PG_CONFIG)))
 VENV      := pg_test/.venv
-PGRX_DATA ?= /tmp/pg_migrate_pgrx
+PGRX_DATA ?= /tmp/pg_migrate_pgrx_$(PG)
 DEMO_DIR  ?= /tmp/pg_migrate_demo
 DEMO_PORT ?= 55432
 
@@ -15,7 +21,7 @@ DEMO_PORT ?= 55432
 all: build
 
 setup:
-	@pg_test/setup.sh
+	@PG=$(PG) pg_test/setup.sh
 
 build: setup
 	cargo build
@@ -46,7 +52,7 @@ pgtest:
 
 # End-to-end tests against clusters started with shared_preload_libraries = 'pg_migrate'.
 e2e: install-debug
-	$(VENV)/bin/pytest pg_test $(PYTEST_ARGS)
+	PG_BIN=$(PG_BIN) $(VENV)/bin/pytest pg_test $(PYTEST_ARGS)
 
 demo: install
 	DEMO_DIR=$(DEMO_DIR) DEMO_PORT=$(DEMO_PORT) pg_test/demo.sh

@@ -5,7 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PGRX_VERSION=0.18.0
-PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+PG15_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+# PostgreSQL 18: built from Debian's source package (Debian 12 has no binary of it) into a
+# directory the postgres user can run it from; PG=pg18 asks for it (make test PG=pg18).
+PG18_DIR=/opt/pg_migrate/pg18
+PG=${PG:-pg15}
 export PATH="$HOME/.cargo/bin:$PATH"
 
 if [ "$(id -u)" != 0 ]; then
@@ -15,7 +19,7 @@ fi
 
 missing=()
 for pkg in postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo \
-           pkg-config make gcc python3 python3-venv; do
+           pkg-config make gcc python3 python3-venv bison flex libreadline-dev zlib1g-dev; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -35,8 +39,34 @@ if ! cargo pgrx --version 2>/dev/null | grep -q " $PGRX_VERSION\$"; then
     cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
 fi
 
-if ! grep -qs "^pg15 = \"$PG_CONFIG\"" "$HOME/.pgrx/config.toml"; then
-    cargo pgrx init --pg15 "$PG_CONFIG"
+if [ "$PG" = pg18 ] && [ ! -x "$PG18_DIR/bin/postgres" ]; then
+    echo "setup: building PostgreSQL 18 from Debian's source into $PG18_DIR (about 10 minutes, once)"
+    src_list=/etc/apt/sources.list.d/pg-migrate-src.sources
+    if [ ! -f "$src_list" ]; then
+        printf '%s\n' "Types: deb-src" "URIs: http://deb.debian.org/debian" "Suites: sid" \
+            "Components: main" "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" >"$src_list"
+        apt-get update -q
+    fi
+    mkdir -p "$HOME/.pgrx/src"
+    cd "$HOME/.pgrx/src"
+    ls postgresql-18_*.orig.tar.bz2 >/dev/null 2>&1 || apt-get source --download-only postgresql-18 >/dev/null
+    tarball=$(ls postgresql-18_*.orig.tar.bz2 | sort -V | tail -1)
+    version=${tarball#postgresql-18_}
+    build=$HOME/.pgrx/src/postgresql-${version%.orig.tar.bz2}
+    rm -rf "$build" && tar xjf "$tarball"
+    (cd "$build" && ./configure --prefix="$PG18_DIR" --without-icu >/dev/null \
+        && make -j"$(nproc)" >/dev/null && make install >/dev/null \
+        && for m in pg_trgm citext postgres_fdw; do make -C "contrib/$m" install >/dev/null; done)
+    cd - >/dev/null
+fi
+
+# pgrx knows every version built here; init rewrites its list, so it is given all of them.
+init=(--pg15 "$PG15_CONFIG")
+[ -x "$PG18_DIR/bin/pg_config" ] && init+=(--pg18 "$PG18_DIR/bin/pg_config")
+want_config=$(printf '%s\n' "${init[@]}" | paste -sd' ')
+if [ "$(cat "$HOME/.pgrx/.pg_migrate-init" 2>/dev/null)" != "$want_config" ]; then
+    cargo pgrx init "${init[@]}"
+    echo "$want_config" >"$HOME/.pgrx/.pg_migrate-init"
 fi
 
 venv=pg_test/.venv
@@ -65,7 +95,7 @@ if [ ! -f "$old_pkg/.built-from-$OLD_COMMIT" ]; then
     rm -rf "$old_src" "$old_pkg"
     mkdir -p "$old_src"
     git archive "$OLD_COMMIT" | tar -x -C "$old_src"
-    (cd "$old_src" && cargo pgrx package --debug --pg-config "$PG_CONFIG" --out-dir "$old_pkg" >/dev/null)
+    (cd "$old_src" && cargo pgrx package --debug --pg-config "$PG15_CONFIG" --out-dir "$old_pkg" >/dev/null)
     touch "$old_pkg/.built-from-$OLD_COMMIT"
 fi
 

@@ -29,6 +29,13 @@ def pg_config(flag: str) -> Path:
                                text=True).stdout.strip())
 
 
+PG_MAJOR = int(subprocess.run([str(PG_BIN / "pg_config"), "--version"], check=True, capture_output=True,
+                              text=True).stdout.split()[1].split(".")[0])
+# The previous release supported PostgreSQL 15 only (it does not compile against 18): there is
+# no installation of it to upgrade on another version.
+pytestmark = pytest.mark.skipif(PG_MAJOR != 15, reason=f"pg_migrate {OLD_VERSION} ran on PostgreSQL 15 only")
+
+
 @pytest.fixture
 def package_upgrade():
     """Installs the previous release's library and install script; yields the upgrade: the
