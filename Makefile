@@ -51,7 +51,11 @@ pgtest:
 	cargo pgrx test $(PG) --runas postgres --pgdata $(PGRX_DATA)
 
 # End-to-end tests against clusters started with shared_preload_libraries = 'pg_migrate'.
+# The upgrade test needs the previous release (PostgreSQL 15 only), built once into ~/.pgrx.
 e2e: install-debug
+ifeq ($(PG),pg15)
+	pg_test/previous_release.sh
+endif
 	PG_BIN=$(PG_BIN) $(VENV)/bin/pytest pg_test $(PYTEST_ARGS)
 
 demo: install

@@ -19,7 +19,7 @@ fi
 
 missing=()
 for pkg in postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo \
-           pkg-config make gcc python3 python3-venv bison flex libreadline-dev zlib1g-dev; do
+           pkg-config make gcc python3 python3-venv git; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -39,17 +39,21 @@ if ! cargo pgrx --version 2>/dev/null | grep -q " $PGRX_VERSION\$"; then
     cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
 fi
 
-if [ "$PG" = pg18 ] && [ ! -x "$PG18_DIR/bin/postgres" ]; then
+if [ "$PG" = pg18 ] && [ ! -f "$PG18_DIR/.built" ]; then
     echo "setup: building PostgreSQL 18 from Debian's source into $PG18_DIR (about 10 minutes, once)"
-    src_list=/etc/apt/sources.list.d/pg-migrate-src.sources
-    if [ ! -f "$src_list" ]; then
-        printf '%s\n' "Types: deb-src" "URIs: http://deb.debian.org/debian" "Suites: sid" \
-            "Components: main" "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" >"$src_list"
-        apt-get update -q
-    fi
+    apt-get install -y -q --no-install-recommends bison flex libreadline-dev zlib1g-dev >/dev/null
     mkdir -p "$HOME/.pgrx/src"
     cd "$HOME/.pgrx/src"
-    ls postgresql-18_*.orig.tar.bz2 >/dev/null 2>&1 || apt-get source --download-only postgresql-18 >/dev/null
+    if ! ls postgresql-18_*.orig.tar.bz2 >/dev/null 2>&1; then
+        # sid's source packages for this one download only: bookworm's apt keeps its own lists.
+        src_list=/etc/apt/sources.list.d/pg-migrate-src.sources
+        printf '%s\n' "Types: deb-src" "URIs: http://deb.debian.org/debian" "Suites: sid" \
+            "Components: main" "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" >"$src_list"
+        apt-get update -q >/dev/null
+        apt-get source --download-only postgresql-18 >/dev/null
+        rm -f "$src_list"
+        apt-get update -q >/dev/null
+    fi
     tarball=$(ls postgresql-18_*.orig.tar.bz2 | sort -V | tail -1)
     version=${tarball#postgresql-18_}
     build=$HOME/.pgrx/src/postgresql-${version%.orig.tar.bz2}
@@ -57,6 +61,8 @@ if [ "$PG" = pg18 ] && [ ! -x "$PG18_DIR/bin/postgres" ]; then
     (cd "$build" && ./configure --prefix="$PG18_DIR" --without-icu >/dev/null \
         && make -j"$(nproc)" >/dev/null && make install >/dev/null \
         && for m in pg_trgm citext postgres_fdw; do make -C "contrib/$m" install >/dev/null; done)
+    rm -rf "$build"
+    touch "$PG18_DIR/.built"
     cd - >/dev/null
 fi
 
@@ -64,7 +70,8 @@ fi
 init=(--pg15 "$PG15_CONFIG")
 [ -x "$PG18_DIR/bin/pg_config" ] && init+=(--pg18 "$PG18_DIR/bin/pg_config")
 want_config=$(printf '%s\n' "${init[@]}" | paste -sd' ')
-if [ "$(cat "$HOME/.pgrx/.pg_migrate-init" 2>/dev/null)" != "$want_config" ]; then
+if [ "$(cat "$HOME/.pgrx/.pg_migrate-init" 2>/dev/null)" != "$want_config" ] \
+        || ! grep -qs "^pg15 = \"$PG15_CONFIG\"" "$HOME/.pgrx/config.toml"; then
     cargo pgrx init "${init[@]}"
     echo "$want_config" >"$HOME/.pgrx/.pg_migrate-init"
 fi
@@ -78,24 +85,3 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     "$venv/bin/pip" install -q --disable-pip-version-check -r pg_test/requirements.txt
     echo "$want" >"$stamp"
 fi
-
-# The previous release, which the upgrade test installs, fills and upgrades: built once from
-# its commit (the one that landed as 0.1.0) into a cache outside the repository. Its own build
-# directory: in this one, its library would take the place of the current one.
-OLD_VERSION=0.1.0
-OLD_COMMIT=beed796d2a8efae253f1f97d9165b236c302028c
-old_pkg="$HOME/.pgrx/pg_migrate-$OLD_VERSION/pg15"
-if [ ! -f "$old_pkg/.built-from-$OLD_COMMIT" ]; then
-    echo "setup: building pg_migrate $OLD_VERSION for the upgrade test (a few minutes, once)"
-    if ! git cat-file -e "$OLD_COMMIT^{commit}" 2>/dev/null; then
-        echo "setup: commit $OLD_COMMIT (pg_migrate $OLD_VERSION) is missing: clone the whole history" >&2
-        exit 1
-    fi
-    old_src="$HOME/.pgrx/src/pg_migrate-$OLD_VERSION"
-    rm -rf "$old_src" "$old_pkg"
-    mkdir -p "$old_src"
-    git archive "$OLD_COMMIT" | tar -x -C "$old_src"
-    (cd "$old_src" && cargo pgrx package --debug --pg-config "$PG15_CONFIG" --out-dir "$old_pkg" >/dev/null)
-    touch "$old_pkg/.built-from-$OLD_COMMIT"
-fi
-

@@ -5,14 +5,17 @@
 -- compares every object with a fresh install (pg_test/test_upgrade.py).
 \echo Use "ALTER EXTENSION pg_migrate UPDATE TO '0.2.0'" to load this file. \quit
 
+-- (IF NOT EXISTS: development builds that called themselves 0.1.0 had them already.)
 -- Every migration and every worker poll looks for the unfinished versions and the highest
 -- baseline: a handful of rows among thousands of applied ones, found without reading them.
-CREATE INDEX history_unfinished ON migrate.history (version_key)
+CREATE INDEX IF NOT EXISTS history_unfinished ON migrate.history (version_key)
     WHERE status IN ('pending', 'running', 'failed');
-CREATE INDEX history_baseline ON migrate.history (version_key) WHERE status = 'baseline';
+CREATE INDEX IF NOT EXISTS history_baseline ON migrate.history (version_key)
+    WHERE status = 'baseline';
 
--- Column defaults and partition bounds printed without opening their relation: the same
--- text, so recorded descriptions and fingerprints stay valid.
+-- Column defaults and partition bounds printed without opening their relation (the same
+-- text); pg_migrate's own extension and NOT NULL constraints (PostgreSQL 18 keeps them) no
+-- longer described.
 CREATE OR REPLACE FUNCTION migrate.describe_objects(
     schemas text[], relations oid[], indexes oid[], constraints oid[], triggers oid[],
     policies oid[], types oid[], functions oid[], namespaces oid[], extensions oid[])
@@ -134,7 +137,9 @@ SELECT 'constraints', quote_ident(c.conname) || ' on ' || r.ident, jsonb_build_o
             'definition', pg_get_constraintdef(c.oid),
             'validated', c.convalidated),
        'pg_constraint'::regclass::oid, c.oid, r.oid
-FROM unnest(constraints) x JOIN pg_constraint c ON c.oid = x JOIN rel r ON r.oid = c.conrelid;
+FROM unnest(constraints) x JOIN pg_constraint c ON c.oid = x JOIN rel r ON r.oid = c.conrelid
+-- NOT NULL: a column's not_null, whether or not the server keeps a constraint for it (18 does).
+WHERE c.contype <> 'n';
 END IF;
 IF cardinality(indexes) > 0 THEN
 RETURN QUERY
@@ -287,7 +292,17 @@ SELECT 'extensions', quote_ident(e.extname), jsonb_build_object(
        'pg_extension'::regclass::oid, e.oid, NULL::oid
 FROM unnest(extensions) x JOIN pg_extension e ON e.oid = x
 JOIN pg_namespace n ON n.oid = e.extnamespace
-WHERE e.extname <> 'plpgsql';
+-- Not pg_migrate itself: its own release is not the schema's, and an upgrade of it is no drift.
+WHERE e.extname <> ALL ('{plpgsql,pg_migrate}'::name[]);
 END IF;
 END
 $describe$;
+
+-- The recorded schema without pg_migrate's own row, and the fingerprint without its hash.
+UPDATE migrate.schema_state
+SET state = migrate.hash_state_adjust(
+        state,
+        ARRAY(SELECT o.hash FROM migrate.schema_objects o
+              WHERE o.kind = 'extensions' AND o.identity = 'pg_migrate'),
+        '{}');
+DELETE FROM migrate.schema_objects WHERE kind = 'extensions' AND identity = 'pg_migrate';

@@ -13,8 +13,8 @@
 -- sequences, types (enum, composite, domain, range), functions and procedures (signature and
 -- a hash of their whole definition), triggers, policies and grants (ACLs, on each object).
 -- Not covered: owners and comments (environments differ in them), statistics objects, rules
--- other than views', publications, event triggers. Objects that belong to an extension are
--- described by the extension's version.
+-- other than views', publications, event triggers, pg_migrate itself. Objects that belong to
+-- an extension are described by the extension's version.
 --
 -- The description is made of one row per object (migrate.describe_objects), so that a
 -- migration re-describes only the objects it touched (sql/record.sql), and the fingerprint
@@ -199,7 +199,9 @@ SELECT 'constraints', quote_ident(c.conname) || ' on ' || r.ident, jsonb_build_o
             'definition', pg_get_constraintdef(c.oid),
             'validated', c.convalidated),
        'pg_constraint'::regclass::oid, c.oid, r.oid
-FROM unnest(constraints) x JOIN pg_constraint c ON c.oid = x JOIN rel r ON r.oid = c.conrelid;
+FROM unnest(constraints) x JOIN pg_constraint c ON c.oid = x JOIN rel r ON r.oid = c.conrelid
+-- NOT NULL: a column's not_null, whether or not the server keeps a constraint for it (18 does).
+WHERE c.contype <> 'n';
 END IF;
 IF cardinality(indexes) > 0 THEN
 RETURN QUERY
@@ -352,7 +354,8 @@ SELECT 'extensions', quote_ident(e.extname), jsonb_build_object(
        'pg_extension'::regclass::oid, e.oid, NULL::oid
 FROM unnest(extensions) x JOIN pg_extension e ON e.oid = x
 JOIN pg_namespace n ON n.oid = e.extnamespace
-WHERE e.extname <> 'plpgsql';
+-- Not pg_migrate itself: its own release is not the schema's, and an upgrade of it is no drift.
+WHERE e.extname <> ALL ('{plpgsql,pg_migrate}'::name[]);
 END IF;
 END
 $describe$;

@@ -24,6 +24,10 @@ const COLUMNS: &str = "event, command_tag, object_type, schema_name, object_iden
 ")]
 fn log_ddl_command(fcinfo: pg_sys::FunctionCallInfo) {
     let event = event_trigger::event(fcinfo);
+    if event.tag == "ALTER EXTENSION" {
+        // An update of pg_migrate may end a worker's wait for it (stale objects): look again.
+        crate::pg::shmem::wake_at_commit();
+    }
     let collected = event_trigger::collected();
     queue(
         "SELECT c.classid, c.objid, NULL, NULL FROM pg_catalog.pg_event_trigger_ddl_commands() c \

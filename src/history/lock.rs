@@ -159,18 +159,38 @@ pub fn refuse_stale_objects() -> Result<(), Problem> {
     )
     .ok()
     .and_then(|v| v.into_iter().next());
-    match installed {
-        Some(objects) if objects != library => Err(Problem::new(
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!(
-                "the pg_migrate library is version {library}, but this database has the \
-                 objects of version {objects}"
-            ),
+    let Some(objects) = installed.filter(|objects| objects != library) else {
+        return Ok(());
+    };
+    let (why, fix) = if newer(library, &objects) {
+        (
             "The pg_migrate package was upgraded; the extension's tables and functions in this \
-             database are still those of the version installed before, and the history cannot \
-             be changed until they match. DDL is still judged and logged.",
-            "Run ALTER EXTENSION pg_migrate UPDATE; in this database (as its owner).",
-        )),
-        _ => Ok(()),
-    }
+             database are still those of the version installed before, and the history cannot be \
+             changed until they match. DDL is still judged and logged.",
+            "Run ALTER EXTENSION pg_migrate UPDATE; in this database (as a superuser).",
+        )
+    } else {
+        (
+            "The library is older than this database's pg_migrate objects: the package was \
+             downgraded, or another server's library is loaded. Its queries may not fit the \
+             newer objects. DDL is still judged and logged.",
+            "Install the pg_migrate package of the objects' version (SELECT extversion FROM \
+             pg_extension WHERE extname = 'pg_migrate') and restart the server.",
+        )
+    };
+    Err(Problem::new(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!(
+            "the pg_migrate library is version {library}, but this database has the objects of \
+             version {objects}"
+        ),
+        why,
+        fix,
+    ))
+}
+
+/// Whether release `a` comes after release `b` (dotted numbers, compared as numbers).
+fn newer(a: &str, b: &str) -> bool {
+    let parts = |v: &str| -> Vec<u64> { v.split('.').map(|p| p.parse().unwrap_or(0)).collect() };
+    parts(a) > parts(b)
 }

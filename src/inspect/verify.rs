@@ -537,6 +537,7 @@ fn query_checks(migration: &Migration, script: &str) -> Vec<Check> {
 }
 
 fn record(version: &str, checks: &[Check]) {
+    crate::history::lock::refuse_stale_objects().or_raise();
     let passed = checks.iter().all(|c| c.ok);
     let report = serde_json::to_value(checks).expect("checks serialise");
     crate::pg::identity::as_owner(|| {

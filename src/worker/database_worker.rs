@@ -139,15 +139,16 @@ fn work_once() -> Turn {
             }
         }
         Claim::Gone => return Turn::Gone,
-        // Nothing runs until ALTER EXTENSION ... UPDATE: said once, then looked at again every
-        // few seconds (nothing wakes the worker when the update commits), never crashing.
+        // Nothing runs until ALTER EXTENSION ... UPDATE, which wakes the worker (or asks the
+        // launcher for one) when it commits: said once, then idle like a worker with nothing
+        // to do, which exits after migrate.worker_idle_timeout and frees its slot.
         Claim::Stale(why) => {
             if !STALE_REPORTED.replace(true) {
                 simple_query::log(&format!(
                     "{why}; waiting for ALTER EXTENSION pg_migrate UPDATE before running anything"
                 ));
             }
-            return Turn::Wait(Duration::from_secs(5));
+            return Turn::Idle;
         }
         Claim::Done => true,
         Claim::Rebuild(invalid) => {

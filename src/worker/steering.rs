@@ -180,6 +180,7 @@ fn cancel_backfill(job: Option<i64>) -> String {
 }
 
 fn steer_job(verb: &str, job: Option<i64>) -> (i64, backfill::job::Summary) {
+    crate::history::lock::refuse_stale_objects().or_raise();
     crate::pg::identity::require_admin(&format!("{verb} backfills")).or_raise();
     let Some(id) = job else {
         crate::backfill::null_argument("job", "the job's id, from migrate.backfill_progress")
