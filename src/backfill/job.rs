@@ -258,11 +258,7 @@ pub fn summary_for_update(id: i64) -> Option<Summary> {
             )?;
             match rows.next() {
                 Some(r) => Ok::<_, pgrx::spi::Error>(Some(Summary {
-                    state: r
-                        .get::<String>(1)?
-                        .as_deref()
-                        .and_then(JobState::parse)
-                        .ok_or(pgrx::spi::Error::InvalidPosition)?,
+                    state: JobState::from_column(r.get(1)?)?,
                     role: r.get(2)?.unwrap_or_default(),
                     version: r.get(3)?,
                 })),
@@ -316,11 +312,7 @@ pub fn of_migration(version: &str) -> Vec<OfMigration> {
                     table: r
                         .get::<pg_sys::Oid>(2)?
                         .and_then(crate::pg::catalog::relation_name),
-                    state: r
-                        .get::<String>(3)?
-                        .as_deref()
-                        .and_then(JobState::parse)
-                        .ok_or(pgrx::spi::Error::InvalidPosition)?,
+                    state: JobState::from_column(r.get(3)?)?,
                     where_clause: r.get(4)?,
                     role: r.get(5)?.unwrap_or_default(),
                     search_path: r.get(6)?.unwrap_or_default(),

@@ -42,11 +42,7 @@ fn select_recorded(filter: &str, args: &[DatumWithOid]) -> Option<Recorded> {
     crate::pg::spi::pinned_row(&query, args, |row| {
         Ok(Recorded {
             version: row.get(1)?.unwrap_or_default(),
-            status: row
-                .get::<String>(2)?
-                .as_deref()
-                .and_then(Status::parse)
-                .ok_or(pgrx::spi::Error::InvalidPosition)?,
+            status: Status::from_column(row.get(2)?)?,
             checksum: row.get(3)?,
             algorithm: row.get(4)?,
             finished_at: row.get(5)?.unwrap_or_default(),

@@ -47,11 +47,7 @@ fn read(version: &Version) -> Option<Migration> {
         |row| {
             Ok(Migration {
                 version: row.get(1)?.unwrap_or_default(),
-                status: row
-                    .get::<String>(2)?
-                    .as_deref()
-                    .and_then(Status::parse)
-                    .ok_or(pgrx::spi::Error::InvalidPosition)?,
+                status: Status::from_column(row.get(2)?)?,
                 // Elements of another shape (a later format) are not this check's business.
                 changes: row
                     .get::<JsonB>(3)?

@@ -28,6 +28,14 @@ macro_rules! spelt {
                     _ => None,
                 }
             }
+
+            /// The state a column holds: a word the table never holds (or NULL) is an error.
+            #[allow(dead_code)]
+            pub fn from_column(text: Option<String>) -> Result<$name, pgrx::spi::Error> {
+                text.as_deref()
+                    .and_then($name::parse)
+                    .ok_or(pgrx::spi::Error::InvalidPosition)
+            }
         }
 
         impl fmt::Display for $name {
