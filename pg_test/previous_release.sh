@@ -16,6 +16,10 @@ old_pkg="$HOME/.pgrx/pg_migrate-$OLD_VERSION/pg15"
 if [ ! -f "$old_pkg/.built-from-$OLD_COMMIT" ]; then
     echo "previous_release: building pg_migrate $OLD_VERSION for the upgrade test (a few minutes, once)"
     git() { command git -c safe.directory="$PWD" "$@"; }
+    if ! git cat-file -e "$OLD_COMMIT^{commit}" 2>/dev/null \
+            && [ "$(git rev-parse --is-shallow-repository)" = true ]; then
+        git fetch -q --unshallow || true
+    fi
     if ! git cat-file -e "$OLD_COMMIT^{commit}"; then
         echo "previous_release: commit $OLD_COMMIT (pg_migrate $OLD_VERSION) is missing: clone the whole history" >&2
         exit 1
