@@ -113,6 +113,21 @@ ORDER BY 1, 2
 """
 
 
+@pytest.fixture
+def cluster():
+    c = Cluster("/tmp/pg_migrate_upgrade").start("fsync=off", "synchronous_commit=off")
+    yield c
+    c.stop()
+
+
+def old_installation(cluster, name):
+    """A database with the previous release installed (its library must be the loaded one)."""
+    db = cluster.create_database(name, extension=False)
+    with cluster.connect(db) as c:
+        c.execute(f"CREATE EXTENSION pg_migrate VERSION '{OLD_VERSION}'")
+    return db
+
+
 def objects(cluster, db):
     with cluster.connect(db) as c:
         rows = c.execute(OBJECTS).fetchall()
@@ -120,106 +135,96 @@ def objects(cluster, db):
     return sorted((k, re.sub(r" \d+ ", " ", i) if k == "comment" else i, d) for k, i, d in rows)
 
 
-def test_an_upgraded_installation_keeps_its_history_and_matches_a_fresh_one(package_upgrade):
-    cluster = Cluster("/tmp/pg_migrate_upgrade").start("fsync=off", "synchronous_commit=off")
-    try:
-        db = cluster.create_database("upgraded", extension=False)
-        with cluster.connect(db) as c:
-            c.execute(f"CREATE EXTENSION pg_migrate VERSION '{OLD_VERSION}'")
-            # Applied in the caller's transaction, with verify queries.
-            c.execute("SELECT migrate.apply('1', 'CREATE TABLE orders (id bigint PRIMARY KEY, total int)', "
-                      "verify => 'SELECT id FROM orders WHERE total IS NULL')")
-            c.execute("INSERT INTO orders SELECT g, g FROM generate_series(1, 1000) g")
-            # Phased: an index built by the worker.
-            c.execute("SELECT migrate.apply('2', 'CREATE INDEX CONCURRENTLY orders_total ON orders (total)')")
-            wait_for(cluster, db, "2")
-            # A backfill.
-            c.execute("SELECT migrate.apply('3', $$ALTER TABLE orders ADD COLUMN doubled int;\n"
-                      "SELECT migrate.backfill('orders', 'doubled = total * 2')$$)")
-            wait_for(cluster, db, "3")
-            # A failure: the index expression divides by zero on one row.
-            c.execute("SELECT migrate.apply('4', "
-                      "'CREATE INDEX CONCURRENTLY orders_ratio ON orders ((1000 / (total - 500)))')")
-            wait_for(cluster, db, "4", want=("failed",))
-            old_log = c.execute("SELECT count(*) FROM migrate.ddl_log").fetchone()[0]
-            old_fingerprint = c.execute("SELECT fingerprint FROM migrate.history WHERE version = '3'").fetchone()[0]
-        assert old_log > 0
+def test_an_upgraded_installation_keeps_its_history_and_matches_a_fresh_one(package_upgrade, cluster):
+    db = old_installation(cluster, "upgraded")
+    with cluster.connect(db) as c:
+        # Applied in the caller's transaction, with verify queries.
+        c.execute("SELECT migrate.apply('1', 'CREATE TABLE orders (id bigint PRIMARY KEY, total int)', "
+                  "verify => 'SELECT id FROM orders WHERE total IS NULL')")
+        c.execute("INSERT INTO orders SELECT g, g FROM generate_series(1, 1000) g")
+        # Phased: an index built by the worker.
+        c.execute("SELECT migrate.apply('2', 'CREATE INDEX CONCURRENTLY orders_total ON orders (total)')")
+        wait_for(cluster, db, "2")
+        # A backfill.
+        c.execute("SELECT migrate.apply('3', $$ALTER TABLE orders ADD COLUMN doubled int;\n"
+                  "SELECT migrate.backfill('orders', 'doubled = total * 2')$$)")
+        wait_for(cluster, db, "3")
+        # A failure: the index expression divides by zero on one row.
+        c.execute("SELECT migrate.apply('4', "
+                  "'CREATE INDEX CONCURRENTLY orders_ratio ON orders ((1000 / (total - 500)))')")
+        wait_for(cluster, db, "4", want=("failed",))
+        old_log = c.execute("SELECT count(*) FROM migrate.ddl_log").fetchone()[0]
+        old_fingerprint = c.execute("SELECT fingerprint FROM migrate.history WHERE version = '3'").fetchone()[0]
+    assert old_log > 0
 
-        # The package upgrade: the new library, loaded at the restart.
-        package_upgrade()
-        cluster.restart()
-        with cluster.connect(db) as c:
-            f = failure(c, "SELECT migrate.apply('5', 'CREATE TABLE t5 (id int)')")
-            assert f.sqlstate == "55000", f
-            assert f"library is version {NEW_VERSION}" in f.message
-            assert f"objects of version {OLD_VERSION}" in f.message
-            assert f.hint == "Run ALTER EXTENSION pg_migrate UPDATE; in this database (as a superuser)."
-            # The guard still guards meanwhile.
-            f = failure(c, "DROP TABLE orders")
-            assert "drop-table" in f.message
+    # The package upgrade: the new library, loaded at the restart.
+    package_upgrade()
+    cluster.restart()
+    with cluster.connect(db) as c:
+        f = failure(c, "SELECT migrate.apply('5', 'CREATE TABLE t5 (id int)')")
+        assert f.sqlstate == "55000", f
+        assert f"library is version {NEW_VERSION}" in f.message
+        assert f"objects of version {OLD_VERSION}" in f.message
+        assert f.hint == "Run ALTER EXTENSION pg_migrate UPDATE; in this database (as a superuser)."
+        # The guard still guards meanwhile.
+        f = failure(c, "DROP TABLE orders")
+        assert "drop-table" in f.message
 
-            c.execute("ALTER EXTENSION pg_migrate UPDATE")
-            assert c.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_migrate'").fetchone()[0] \
-                == NEW_VERSION
-            # The update is no drift: pg_migrate does not describe itself.
-            assert c.execute("SELECT kind, object, change FROM migrate.drift()").fetchall() == []
-            # Every row is still there.
-            assert dict(c.execute("SELECT version, status FROM migrate.history").fetchall()) == {
-                "1": "applied", "2": "applied", "3": "applied", "4": "failed"}
-            assert c.execute("SELECT state FROM migrate.backfills").fetchall() == [("done",)]
-            assert c.execute("SELECT count(*) FROM migrate.ddl_log").fetchone()[0] >= old_log
-            assert c.execute("SELECT count(*) FROM migrate.steps WHERE version = '4' AND state = 'failed'") \
-                .fetchone()[0] == 1
-            # And usable: an old migration verifies, the failed one retries once its cause is
-            # gone, and new ones apply, recorded against the recorded schema of before.
-            checks = c.execute("SELECT kind, ok FROM migrate.verify('1')").fetchall()
-            assert checks and all(ok for _, ok in checks), checks
-            c.execute("DELETE FROM orders WHERE total = 500")
-            c.execute("SELECT migrate.retry('4')")
-            wait_for(cluster, db, "4")
-            c.execute("SELECT migrate.apply('5', 'CREATE TABLE t5 (id int)')")
-            assert status(c, "5") == "applied"
-            assert c.execute("SELECT changes FROM migrate.history WHERE version = '5'").fetchone()[0] == [
-                {"kind": "tables", "object": "public.t5", "change": "added", "relation": "public.t5",
-                 "new": c.execute("SELECT description FROM migrate.schema_objects "
-                                  "WHERE identity = 'public.t5'").fetchone()[0]}]
-            assert c.execute("SELECT migrate.fingerprint()").fetchone()[0] == \
-                c.execute("SELECT fingerprint FROM migrate.history WHERE version = '5'").fetchone()[0]
-            assert old_fingerprint is not None
+        c.execute("ALTER EXTENSION pg_migrate UPDATE")
+        assert c.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_migrate'").fetchone()[0] \
+            == NEW_VERSION
+        # The update is no drift: pg_migrate does not describe itself.
+        assert c.execute("SELECT kind, object, change FROM migrate.drift()").fetchall() == []
+        # Every row is still there.
+        assert dict(c.execute("SELECT version, status FROM migrate.history").fetchall()) == {
+            "1": "applied", "2": "applied", "3": "applied", "4": "failed"}
+        assert c.execute("SELECT state FROM migrate.backfills").fetchall() == [("done",)]
+        assert c.execute("SELECT count(*) FROM migrate.ddl_log").fetchone()[0] >= old_log
+        assert c.execute("SELECT count(*) FROM migrate.steps WHERE version = '4' AND state = 'failed'") \
+            .fetchone()[0] == 1
+        # And usable: an old migration verifies, the failed one retries once its cause is
+        # gone, and new ones apply, recorded against the recorded schema of before.
+        checks = c.execute("SELECT kind, ok FROM migrate.verify('1')").fetchall()
+        assert checks and all(ok for _, ok in checks), checks
+        c.execute("DELETE FROM orders WHERE total = 500")
+        c.execute("SELECT migrate.retry('4')")
+        wait_for(cluster, db, "4")
+        c.execute("SELECT migrate.apply('5', 'CREATE TABLE t5 (id int)')")
+        assert status(c, "5") == "applied"
+        assert c.execute("SELECT changes FROM migrate.history WHERE version = '5'").fetchone()[0] == [
+            {"kind": "tables", "object": "public.t5", "change": "added", "relation": "public.t5",
+             "new": c.execute("SELECT description FROM migrate.schema_objects "
+                              "WHERE identity = 'public.t5'").fetchone()[0]}]
+        assert c.execute("SELECT migrate.fingerprint()").fetchone()[0] == \
+            c.execute("SELECT fingerprint FROM migrate.history WHERE version = '5'").fetchone()[0]
+        assert old_fingerprint is not None
 
-        fresh = cluster.create_database("fresh")
-        upgraded, installed = objects(cluster, db), objects(cluster, fresh)
-        assert upgraded == installed, (
-            [o for o in upgraded if o not in installed], [o for o in installed if o not in upgraded])
-    finally:
-        cluster.stop()
+    fresh = cluster.create_database("fresh")
+    upgraded, installed = objects(cluster, db), objects(cluster, fresh)
+    assert upgraded == installed, (
+        [o for o in upgraded if o not in installed], [o for o in installed if o not in upgraded])
 
 
-def test_the_worker_waits_for_the_update_and_then_runs_what_was_submitted(package_upgrade):
-    cluster = Cluster("/tmp/pg_migrate_upgrade").start("fsync=off", "synchronous_commit=off")
-    try:
-        db = cluster.create_database("stale", extension=False)
-        with cluster.connect(db) as c:
-            c.execute(f"CREATE EXTENSION pg_migrate VERSION '{OLD_VERSION}'")
-            c.execute("SELECT migrate.apply('1', 'CREATE TABLE orders (id bigint PRIMARY KEY, total int)')")
-            # Submitted while no worker may run: it waits, pending, through the upgrade.
-            c.execute("ALTER SYSTEM SET migrate.max_workers = 0")
-            c.execute("SELECT pg_reload_conf()")
-            time.sleep(0.5)
-            c.execute("SELECT migrate.apply('2', 'CREATE INDEX CONCURRENTLY orders_total ON orders (total)')")
-            assert status(c, "2") == "pending"
-            c.execute("ALTER SYSTEM RESET migrate.max_workers")
-        package_upgrade()
-        mark = cluster.log_mark()
-        cluster.restart()
-        time.sleep(8)
-        with cluster.connect(db) as c:
-            assert status(c, "2") == "pending"
-            # Since the server came back: said once, and no crash, no exit: the worker waits.
-            log = cluster.log_since(mark).split("database system is ready to accept connections")[-1]
-            assert log.count("waiting for ALTER EXTENSION pg_migrate UPDATE") == 1, log
-            assert "terminated by signal" not in log and "exited with exit code" not in log, log
-            c.execute("ALTER EXTENSION pg_migrate UPDATE")
-        wait_for(cluster, db, "2", timeout=30)
-    finally:
-        cluster.stop()
+def test_the_worker_waits_for_the_update_and_then_runs_what_was_submitted(package_upgrade, cluster):
+    db = old_installation(cluster, "stale")
+    with cluster.connect(db) as c:
+        c.execute("SELECT migrate.apply('1', 'CREATE TABLE orders (id bigint PRIMARY KEY, total int)')")
+        # Submitted while no worker may run: it waits, pending, through the upgrade.
+        c.execute("ALTER SYSTEM SET migrate.max_workers = 0")
+        c.execute("SELECT pg_reload_conf()")
+        time.sleep(0.5)
+        c.execute("SELECT migrate.apply('2', 'CREATE INDEX CONCURRENTLY orders_total ON orders (total)')")
+        assert status(c, "2") == "pending"
+        c.execute("ALTER SYSTEM RESET migrate.max_workers")
+    package_upgrade()
+    mark = cluster.log_mark()
+    cluster.restart()
+    time.sleep(8)
+    with cluster.connect(db) as c:
+        assert status(c, "2") == "pending"
+        # Since the server came back: said once, and no crash, no exit: the worker waits.
+        log = cluster.log_since(mark).split("database system is ready to accept connections")[-1]
+        assert log.count("waiting for ALTER EXTENSION pg_migrate UPDATE") == 1, log
+        assert "terminated by signal" not in log and "exited with exit code" not in log, log
+        c.execute("ALTER EXTENSION pg_migrate UPDATE")
+    wait_for(cluster, db, "2", timeout=30)

@@ -90,7 +90,8 @@ pub struct Row {
 }
 
 impl Row {
-    /// Column `n` (from 1) as `T`; None when it is NULL, or not of a type `T` reads.
+    /// Column `n` (from 1) as `T`; None when it is NULL. A column of a type `T` does not
+    /// read is pg_migrate's own mistake, raised as one.
     pub fn get<T>(&self, n: i32) -> Option<T>
     where
         T: pgrx::FromDatum + pgrx::IntoDatum + ToOwned<Owned = T>,
@@ -101,7 +102,18 @@ impl Row {
         unsafe {
             let column_type = pgrx::pg_sys::SPI_gettypeid(self.desc, n);
             if !T::is_compatible_with(column_type) {
-                return None;
+                crate::errors::Problem::new(
+                    pgrx::PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+                    format!(
+                        "column {n} of one of pg_migrate's queries is of type {column_type:?}, \
+                         not {}",
+                        std::any::type_name::<T>()
+                    ),
+                    "pg_migrate read a column of its own query as another type than the query \
+                     gives.",
+                    "Report this as a pg_migrate bug.",
+                )
+                .raise();
             }
             let mut null = false;
             let d = pgrx::pg_sys::SPI_getbinval(self.tuple, self.desc, n, &mut null);
