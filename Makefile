@@ -3,7 +3,9 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 export USER ?= $(shell id -un)
 
-# PG=pg15 (Debian's packages) or PG=pg18 (built from source by setup into /opt/pg_migrate).
+# PG=pg15 (Debian's packages), PG=pg17 or PG=pg18 (built from source by setup into
+# /opt/pg_migrate). Each version builds in a target directory of its own, so switching
+# between them rebuilds nothing.
 PG        ?= pg15
 ifeq ($(PG),pg15)
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
@@ -11,12 +13,13 @@ else
 PG_CONFIG ?= /opt/pg_migrate/$(PG)/bin/pg_config
 endif
 PG_BIN    := $(patsubst %/,%,$(dir $(PG_CONFIG)))
+export CARGO_TARGET_DIR ?= $(CURDIR)/target/$(PG)
 VENV      := pg_test/.venv
 PGRX_DATA ?= /tmp/pg_migrate_pgrx_$(PG)
 DEMO_DIR  ?= /tmp/pg_migrate_demo
 DEMO_PORT ?= 55432
 
-.PHONY: all setup build install install-debug test lint unit pgtest e2e demo stop bench clean
+.PHONY: all setup build install install-debug test test-all lint unit pgtest e2e demo stop bench clean
 
 all: build
 
@@ -35,6 +38,10 @@ install-debug: setup
 
 test: setup lint unit pgtest e2e
 	@echo "make test: all passed"
+
+# The suite against every supported version (15, 17, 18), as CI runs it.
+test-all:
+	.ci/run
 
 # The module graph first: a cycle or an upward import is a design error, not a style one.
 lint:
@@ -68,5 +75,5 @@ bench: install
 	$(VENV)/bin/python pg_test/bench.py $(BENCH_ARGS)
 
 clean:
-	cargo clean
+	rm -rf target
 	rm -rf $(VENV)

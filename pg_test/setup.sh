@@ -6,9 +6,14 @@ cd "$(dirname "$0")/.."
 
 PGRX_VERSION=0.18.0
 PG15_CONFIG=/usr/lib/postgresql/15/bin/pg_config
-# PostgreSQL 18: built from Debian's source package (Debian 12 has no binary of it) into a
-# directory the postgres user can run it from; PG=pg18 asks for it (make test PG=pg18).
-PG18_DIR=/opt/pg_migrate/pg18
+# PostgreSQL 17 and 18: Debian 12 has no binary of them, so they are built from Debian's source
+# tarballs (pinned by checksum) into a directory the postgres user can run them from. PG=pg17 or
+# PG=pg18 asks for one (make test PG=pg18); nothing else needs them.
+SERVERS_DIR=/opt/pg_migrate
+declare -A PG_TARBALL=(
+    [pg17]="postgresql-17/postgresql-17_17.11.orig.tar.bz2 dd27f2b3c59e73ed14aa3324901242bf69a032a6347805f274e6260322d42979"
+    [pg18]="postgresql-18/postgresql-18_18.6.orig.tar.bz2 555610c24d53e4316da5b7d3fc25c279d96856d5e0e23ee308c328c5fa881d9f"
+)
 PG=${PG:-pg15}
 export PATH="$HOME/.cargo/bin:$PATH"
 
@@ -39,36 +44,40 @@ if ! cargo pgrx --version 2>/dev/null | grep -q " $PGRX_VERSION\$"; then
     cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
 fi
 
-if [ "$PG" = pg18 ] && [ ! -f "$PG18_DIR/.built" ]; then
-    echo "setup: building PostgreSQL 18 from Debian's source into $PG18_DIR (about 10 minutes, once)"
-    apt-get install -y -q --no-install-recommends bison flex libreadline-dev zlib1g-dev >/dev/null
+if [ "$PG" != pg15 ] && [ ! -f "$SERVERS_DIR/$PG/.built" ]; then
+    if [ -z "${PG_TARBALL[$PG]:-}" ]; then
+        echo "setup: PG=$PG is not one of pg15, pg17, pg18" >&2
+        exit 1
+    fi
+    read -r path sha <<<"${PG_TARBALL[$PG]}"
+    prefix=$SERVERS_DIR/$PG
+    echo "setup: building PostgreSQL ${PG#pg} from Debian's source into $prefix (about 10 minutes, once)"
+    apt-get install -y -q --no-install-recommends bison flex libreadline-dev zlib1g-dev curl >/dev/null
     mkdir -p "$HOME/.pgrx/src"
     cd "$HOME/.pgrx/src"
-    if ! ls postgresql-18_*.orig.tar.bz2 >/dev/null 2>&1; then
-        # sid's source packages for this one download only: bookworm's apt keeps its own lists.
-        src_list=/etc/apt/sources.list.d/pg-migrate-src.sources
-        printf '%s\n' "Types: deb-src" "URIs: http://deb.debian.org/debian" "Suites: sid" \
-            "Components: main" "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" >"$src_list"
-        apt-get update -q >/dev/null
-        apt-get source --download-only postgresql-18 >/dev/null
-        rm -f "$src_list"
-        apt-get update -q >/dev/null
+    tarball=${path##*/}
+    if ! echo "$sha  $tarball" | sha256sum -c --status 2>/dev/null; then
+        curl -fsS -o "$tarball.part" "http://deb.debian.org/debian/pool/main/p/$path"
+        echo "$sha  $tarball.part" | sha256sum -c --status \
+            || { echo "setup: $tarball does not have the pinned checksum" >&2; exit 1; }
+        mv "$tarball.part" "$tarball"
     fi
-    tarball=$(ls postgresql-18_*.orig.tar.bz2 | sort -V | tail -1)
-    version=${tarball#postgresql-18_}
+    version=${tarball#*_}
     build=$HOME/.pgrx/src/postgresql-${version%.orig.tar.bz2}
     rm -rf "$build" && tar xjf "$tarball"
-    (cd "$build" && ./configure --prefix="$PG18_DIR" --without-icu >/dev/null \
+    (cd "$build" && ./configure --prefix="$prefix" --without-icu >/dev/null \
         && make -j"$(nproc)" >/dev/null && make install >/dev/null \
         && for m in pg_trgm citext postgres_fdw; do make -C "contrib/$m" install >/dev/null; done)
     rm -rf "$build"
-    touch "$PG18_DIR/.built"
+    touch "$prefix/.built"
     cd - >/dev/null
 fi
 
 # pgrx knows every version built here; init rewrites its list, so it is given all of them.
 init=(--pg15 "$PG15_CONFIG")
-[ -x "$PG18_DIR/bin/pg_config" ] && init+=(--pg18 "$PG18_DIR/bin/pg_config")
+for v in pg17 pg18; do
+    [ -x "$SERVERS_DIR/$v/bin/pg_config" ] && init+=("--$v" "$SERVERS_DIR/$v/bin/pg_config")
+done
 want_config=$(printf '%s\n' "${init[@]}" | paste -sd' ')
 if [ "$(cat "$HOME/.pgrx/.pg_migrate-init" 2>/dev/null)" != "$want_config" ] \
         || ! grep -qs "^pg15 = \"$PG15_CONFIG\"" "$HOME/.pgrx/config.toml"; then

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import PG_BIN, Cluster, failure
+from harness import PG_BIN, PG_MAJOR, Cluster, failure
 from test_worker import status, wait_for
 
 HERE = Path(__file__).resolve().parent
@@ -29,8 +29,6 @@ def pg_config(flag: str) -> Path:
                                text=True).stdout.strip())
 
 
-PG_MAJOR = int(subprocess.run([str(PG_BIN / "pg_config"), "--version"], check=True, capture_output=True,
-                              text=True).stdout.split()[1].split(".")[0])
 # The previous release supported PostgreSQL 15 only (it does not compile against 18): there is
 # no installation of it to upgrade on another version.
 pytestmark = pytest.mark.skipif(PG_MAJOR != 15, reason=f"pg_migrate {OLD_VERSION} ran on PostgreSQL 15 only")

@@ -160,11 +160,19 @@ pub struct NewColumn {
     pub volatile_default: Option<bool>,
     pub serial: bool,
     pub identity: bool,
-    pub generated_stored: bool,
+    pub generated: Option<Generated>,
     /// The column's type is a domain with constraints; `None` when unknown.
     pub constrained_domain: Option<bool>,
     /// Constraints written inline that make PostgreSQL scan or index the table.
     pub inline_constraints: Vec<ConstraintKind>,
+}
+
+/// How a generated column's value is kept: written into every row, or computed when read
+/// (PostgreSQL 18's VIRTUAL, its default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Generated {
+    Stored,
+    Virtual,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,10 +192,25 @@ pub enum Action {
         /// `None` when it could not be reached, e.g. an unknown type.
         rewrites: Option<bool>,
     },
+    /// SET NOT NULL, or (PostgreSQL 18) ADD CONSTRAINT ... NOT NULL without NOT VALID.
     SetNotNull {
         column: String,
         /// A validated CHECK (or the column's own NOT NULL) already proves it.
         proven: bool,
+    },
+    /// ALTER COLUMN ... SET EXPRESSION AS (PostgreSQL 17 and later).
+    #[cfg_attr(not(any(feature = "pg17", feature = "pg18")), allow(dead_code))]
+    SetExpression {
+        column: String,
+        generated: Generated,
+        /// A virtual column declared NOT NULL: every row's new value is checked.
+        not_null: bool,
+    },
+    /// ALTER CONSTRAINT ... ENFORCED of a foreign key that is not enforced (PostgreSQL 18):
+    /// every row is checked.
+    #[cfg_attr(not(feature = "pg18"), allow(dead_code))]
+    EnforceForeignKey {
+        name: String,
     },
     AddConstraint {
         name: Option<String>,

@@ -7,7 +7,7 @@
 //! `pg::nodes::StmtTree`.
 
 use crate::guard::command::{
-    Action, Command, ConstraintKind, DomainChange, LockMode, NewColumn, Rel,
+    Action, Command, ConstraintKind, DomainChange, Generated, LockMode, NewColumn, Rel,
 };
 use crate::migration::parse;
 use crate::pg::catalog;
@@ -256,6 +256,18 @@ unsafe fn action(
         AT::AT_AddConstraint => {
             let c = (*cmd).def.cast::<pg_sys::Constraint>();
             match constraint_kind((*c).contype) {
+                // PostgreSQL 18's table constraint NOT NULL (col): without NOT VALID it
+                // checks every row, as SET NOT NULL does.
+                Some(ConstraintKind::NotNull) => {
+                    let keys = PgList::<pg_sys::Node>::from_pg((*c).keys);
+                    match keys.get_ptr(0).map(|k| str_val(k)) {
+                        Some(column) if !(*c).skip_validation && !table.new => Action::SetNotNull {
+                            proven: catalog::not_null_proven(relid, &column).unwrap_or(true),
+                            column: quote_str(&column),
+                        },
+                        _ => Action::Other,
+                    }
+                }
                 Some(kind) => Action::AddConstraint {
                     name: opt_quote((*c).conname),
                     kind,
@@ -264,6 +276,33 @@ unsafe fn action(
                     references: catalog::relation_named((*c).pktable),
                 },
                 None => Action::Other,
+            }
+        }
+        #[cfg(any(feature = "pg17", feature = "pg18"))]
+        AT::AT_SetExpression if !table.new => match catalog::column_generation(relid, &name()) {
+            Some((kind, not_null)) if kind != 0 => Action::SetExpression {
+                column: name(),
+                generated: if kind == b'v' {
+                    Generated::Virtual
+                } else {
+                    Generated::Stored
+                },
+                not_null,
+            },
+            _ => Action::Other,
+        },
+        #[cfg(feature = "pg18")]
+        AT::AT_AlterConstraint if !table.new => {
+            let alter = (*cmd).def.cast::<pg_sys::ATAlterConstraint>();
+            if (*alter).alterEnforceability
+                && (*alter).is_enforced
+                && catalog::foreign_key_unenforced(relid, CStr::from_ptr((*alter).conname))
+            {
+                Action::EnforceForeignKey {
+                    name: quote((*alter).conname),
+                }
+            } else {
+                Action::Other
             }
         }
         AT::AT_ValidateConstraint => Action::ValidateConstraint {
@@ -285,11 +324,19 @@ unsafe fn action(
             Action::SetTablespace(quote((*cmd).name))
         }
         AT::AT_SetAccessMethod
-            if !(*cmd).name.is_null()
-                && catalog::access_method_changes(relid, CStr::from_ptr((*cmd).name))
-                    == Some(true) =>
+            if catalog::access_method_changes(
+                relid,
+                (!(*cmd).name.is_null()).then(|| CStr::from_ptr((*cmd).name)),
+            ) == Some(true) =>
         {
-            Action::SetAccessMethod(quote((*cmd).name))
+            Action::SetAccessMethod(if (*cmd).name.is_null() {
+                // SET ACCESS METHOD DEFAULT (PostgreSQL 17): the method it names.
+                quote_str(
+                    &crate::pg::guc::current("default_table_access_method").unwrap_or_default(),
+                )
+            } else {
+                quote((*cmd).name)
+            })
         }
         AT::AT_AttachPartition
             if table.kind == crate::guard::command::RelKind::PartitionedTable =>
@@ -332,11 +379,16 @@ unsafe fn new_column(def: *mut pg_sys::ColumnDef) -> NewColumn {
         match (*c).contype {
             CONSTR_DEFAULT => default = (*c).raw_expr,
             CONSTR_IDENTITY => column.identity = true,
-            CONSTR_GENERATED => column.generated_stored = true,
-            other => column
-                .inline_constraints
-                .extend(constraint_kind(other).filter(|k| *k != ConstraintKind::NotNull)),
+            CONSTR_GENERATED => column.generated = Some(generated_kind(c)),
+            other => column.inline_constraints.extend(constraint_kind(other)),
         }
+    }
+    // A plain or stored column's NOT NULL is checked as its value is written: no scan of its
+    // own. A virtual column's value is computed, so PostgreSQL 18 checks every row for it.
+    if column.generated != Some(Generated::Virtual) {
+        column
+            .inline_constraints
+            .retain(|k| *k != ConstraintKind::NotNull);
     }
     if !column.serial {
         column.constrained_domain = column_type.constrained_domain();
@@ -346,6 +398,15 @@ unsafe fn new_column(def: *mut pg_sys::ColumnDef) -> NewColumn {
         column.volatile_default = column_type.default_is_volatile(default);
     }
     column
+}
+
+unsafe fn generated_kind(c: *mut pg_sys::Constraint) -> Generated {
+    #[cfg(feature = "pg18")]
+    if (*c).generated_kind as u8 == b'v' {
+        return Generated::Virtual;
+    }
+    let _ = c;
+    Generated::Stored
 }
 
 /// serial, bigserial, ... are not types: transformColumnDefinition expands an unqualified

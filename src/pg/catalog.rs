@@ -654,8 +654,19 @@ pub fn tablespace_changes(relid: pg_sys::Oid, name: &CStr) -> Option<bool> {
 }
 
 /// Whether SET ACCESS METHOD `name` changes relation `relid`'s access method.
-pub fn access_method_changes(relid: pg_sys::Oid, name: &CStr) -> Option<bool> {
+/// `None` for a name is PostgreSQL 17's `SET ACCESS METHOD DEFAULT`: default_table_access_method.
+pub fn access_method_changes(relid: pg_sys::Oid, name: Option<&CStr>) -> Option<bool> {
     let row = class_row(relid)?;
+    let default;
+    let name = match name {
+        Some(name) => name,
+        None => {
+            default =
+                std::ffi::CString::new(crate::pg::guc::current("default_table_access_method")?)
+                    .ok()?;
+            default.as_c_str()
+        }
+    };
     // SAFETY: a catalog lookup by name.
     let target = unsafe { pg_sys::get_table_am_oid(name.as_ptr(), true) };
     (target != pg_sys::InvalidOid).then(|| target != row.access_method)
@@ -665,6 +676,40 @@ pub fn access_method_changes(relid: pg_sys::Oid, name: &CStr) -> Option<bool> {
 pub fn column_exists(relid: pg_sys::Oid, name: &CStr) -> bool {
     // SAFETY: a syscache lookup.
     unsafe { pg_sys::get_attnum(relid, name.as_ptr()) != pg_sys::InvalidAttrNumber as i16 }
+}
+
+/// How column `name` of `relid` is generated (`b's'` stored, `b'v'` virtual, 0 not at all),
+/// and whether it is marked NOT NULL.
+#[cfg(any(feature = "pg17", feature = "pg18"))]
+pub fn column_generation(relid: pg_sys::Oid, name: &str) -> Option<(u8, bool)> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a syscache lookup, released before returning.
+    unsafe {
+        let tuple = pg_sys::SearchSysCacheAttName(relid, name.as_ptr());
+        if tuple.is_null() {
+            return None;
+        }
+        let form = &*pg_sys::GETSTRUCT(tuple).cast::<pg_sys::FormData_pg_attribute>();
+        let flags = (form.attgenerated as u8, form.attnotnull);
+        pg_sys::ReleaseSysCache(tuple);
+        Some(flags)
+    }
+}
+
+/// Whether constraint `name` of `relid` is a foreign key that is not enforced (a state that
+/// PostgreSQL 18 introduced).
+#[cfg(feature = "pg18")]
+pub fn foreign_key_unenforced(relid: pg_sys::Oid, name: &CStr) -> bool {
+    crate::pg::guc::pinned(|| {
+        pgrx::Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_constraint WHERE conrelid = $1 \
+             AND conname = $2 AND contype = 'f' AND NOT conenforced)",
+            &[relid.into(), name.to_string_lossy().as_ref().into()],
+        )
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(true)
 }
 
 /// The relation called `name` in the schema of relation `relid` (where a new index of that

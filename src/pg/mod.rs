@@ -14,3 +14,7 @@ pub mod statement_timer;
 pub mod subxact;
 pub mod utility_hook;
 pub mod xact;
+
+/// The server's major version. pgrx builds one library per major version, so this is known
+/// when compiling: the guard's judgement of a statement may differ between versions.
+pub const MAJOR: u32 = pgrx::pg_sys::PG_MAJORVERSION_NUM;

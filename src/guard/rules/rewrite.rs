@@ -1,6 +1,6 @@
 //! Commands that rewrite a whole table (or its files) under ACCESS EXCLUSIVE.
 
-use crate::guard::command::{Action, Command, LockMode, NewColumn, Rel, RelKind};
+use crate::guard::command::{Action, Command, Generated, LockMode, NewColumn, Rel, RelKind};
 use crate::guard::rule::hazard;
 use crate::guard::rule::Finding;
 use crate::guard::rule::{Family, Rule};
@@ -44,8 +44,25 @@ pub const GENERATED_STORED: Rule = Rule {
     catches: "ADD COLUMN ... GENERATED ALWAYS AS (...) STORED",
     why: "The value is computed and stored for every existing row: a full rewrite under \
           ACCESS EXCLUSIVE.",
-    safe: "Add a plain nullable column kept current by a trigger and backfill it in batches, \
-           or compute the value in a view.",
+    safe: if crate::pg::MAJOR >= 18 {
+        "A VIRTUAL generated column (PostgreSQL 18's default) is added instantly; or add a \
+         plain nullable column kept current by a trigger and backfill it in batches."
+    } else {
+        "Add a plain nullable column kept current by a trigger and backfill it in batches, \
+         or compute the value in a view."
+    },
+};
+
+pub const SET_EXPRESSION: Rule = Rule {
+    id: "alter-column-set-expression",
+    family: Family::Rewrite,
+    catches: "ALTER COLUMN ... SET EXPRESSION AS (...) of a STORED generated column, or of a \
+              VIRTUAL one declared NOT NULL (PostgreSQL 17 and later)",
+    why: "A stored column's new value is computed and written for every row: a full rewrite \
+          under ACCESS EXCLUSIVE. A virtual NOT NULL column's new value is checked on every \
+          row under the same lock.",
+    safe: "Add a new column with the new expression beside the old one (expand/contract), \
+           switch reads to it, then drop the old column.",
 };
 
 pub const CONSTRAINED_DOMAIN: Rule = Rule {
@@ -134,11 +151,12 @@ pub const TABLE_REWRITE: Rule = Rule {
            drop the old later.",
 };
 
-pub const RULES: [&Rule; 13] = [
+pub const RULES: [&Rule; 14] = [
     &VOLATILE_DEFAULT,
     &SERIAL,
     &IDENTITY,
     &GENERATED_STORED,
+    &SET_EXPRESSION,
     &CONSTRAINED_DOMAIN,
     &TYPE_CHANGE,
     &SET_LOGGED,
@@ -243,6 +261,37 @@ fn judge_action(table: &Rel, action: &Action) -> Option<Finding> {
             ),
             subject: Some(table.clone()),
         }),
+        Action::SetExpression {
+            column,
+            generated,
+            not_null,
+        } if *generated == Generated::Stored || *not_null => {
+            let t = &table.name;
+            let what = if *generated == Generated::Stored {
+                "writes its new value into every row of"
+            } else {
+                "checks its new value for NULL in every row of"
+            };
+            Some(Finding {
+                rule: &SET_EXPRESSION,
+                message: format!("SET EXPRESSION on {t}.{column} {what} {t}"),
+                detail: hazard(
+                    table,
+                    AEL,
+                    &format!("The new expression of {column} is computed for every row of"),
+                ),
+                hint: format!(
+                    "Expand/contract: ALTER TABLE {t} ADD COLUMN {column}_new ... GENERATED \
+                     ALWAYS AS (<new expression>){}; switch reads to it, then drop {column}.",
+                    if crate::pg::MAJOR >= 18 {
+                        " VIRTUAL (instant)"
+                    } else {
+                        ""
+                    }
+                ),
+                subject: Some(table.clone()),
+            })
+        }
         Action::SetLogged(logged) if matches!(table.kind, RelKind::Table) => Some(rewrites(
             &SET_LOGGED,
             table,
@@ -301,13 +350,20 @@ fn add_column(table: &Rel, c: &NewColumn) -> Option<Finding> {
              ALTER TABLE {t} ALTER COLUMN {n} SET DEFAULT nextval('{n}_seq'); then backfill \
              existing rows in batches.", n = c.name),
             )
-        } else if c.generated_stored {
+        } else if c.generated == Some(Generated::Stored) {
             (
                 &GENERATED_STORED,
                 "a stored generated column",
-                format!(
+                if crate::pg::MAJOR >= 18 {
+                    format!(
+            "ALTER TABLE {t} ADD COLUMN {n} {ty} GENERATED ALWAYS AS (...) VIRTUAL; (instant: \
+             computed when read), or a plain column kept current by a trigger and backfilled \
+             in batches.", n = c.name, ty = c.type_name)
+                } else {
+                    format!(
             "ALTER TABLE {t} ADD COLUMN {n} {ty}; keep it current with a trigger and backfill \
-             existing rows in batches.", n = c.name, ty = c.type_name),
+             existing rows in batches.", n = c.name, ty = c.type_name)
+                },
             )
         } else if c.volatile_default == Some(true) {
             (
@@ -382,6 +438,29 @@ mod unit {
     }
 
     #[test]
+    fn a_virtual_column_is_instant_and_a_new_expression_is_judged_by_its_kind() {
+        let virtual_column = NewColumn {
+            generated: Some(Generated::Virtual),
+            ..column()
+        };
+        assert!(ids(&alter(vec![Action::AddColumn(virtual_column)])).is_empty());
+        let set = |generated, not_null| Action::SetExpression {
+            column: "g".into(),
+            generated,
+            not_null,
+        };
+        assert_eq!(
+            ids(&alter(vec![set(Generated::Stored, false)])),
+            ["alter-column-set-expression"]
+        );
+        assert_eq!(
+            ids(&alter(vec![set(Generated::Virtual, true)])),
+            ["alter-column-set-expression"]
+        );
+        assert!(ids(&alter(vec![set(Generated::Virtual, false)])).is_empty());
+    }
+
+    #[test]
     fn each_add_column_hazard_has_its_rule() {
         let cases = [
             (
@@ -400,7 +479,7 @@ mod unit {
             ),
             (
                 NewColumn {
-                    generated_stored: true,
+                    generated: Some(Generated::Stored),
                     ..column()
                 },
                 "add-column-generated-stored",

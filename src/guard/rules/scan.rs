@@ -12,8 +12,13 @@ pub const SET_NOT_NULL: Rule = Rule {
               proves it",
     why: "PostgreSQL scans the whole table for NULLs while holding ACCESS EXCLUSIVE. A \
           validated CHECK that implies the column is not null lets it skip the scan.",
-    safe: "ADD CONSTRAINT c CHECK (col IS NOT NULL) NOT VALID; VALIDATE CONSTRAINT c in its own \
-           transaction; then SET NOT NULL (instant); then drop the CHECK.",
+    safe: if crate::pg::MAJOR >= 18 {
+        "ADD CONSTRAINT c NOT NULL col NOT VALID (instant; new rows are checked); then VALIDATE \
+         CONSTRAINT c in its own transaction (reads and writes continue)."
+    } else {
+        "ADD CONSTRAINT c CHECK (col IS NOT NULL) NOT VALID; VALIDATE CONSTRAINT c in its own \
+         transaction; then SET NOT NULL (instant); then drop the CHECK."
+    },
 };
 
 pub const VALIDATING_CONSTRAINT: Rule = Rule {
@@ -71,9 +76,22 @@ pub const ATTACH_SCAN: Rule = Rule {
            is skipped), then drop the CHECK.",
 };
 
-pub const RULES: [&Rule; 6] = [
+pub const ENFORCE_FOREIGN_KEY: Rule = Rule {
+    id: "enforce-foreign-key",
+    family: Family::Scan,
+    catches: "ALTER CONSTRAINT ... ENFORCED of a foreign key that is NOT ENFORCED (PostgreSQL \
+              18)",
+    why: "Every row is checked against the referenced table while ALTER CONSTRAINT holds \
+          ACCESS EXCLUSIVE on the table.",
+    safe: "Drop the unenforced constraint and add it again with NOT VALID (instant), then \
+           VALIDATE CONSTRAINT in a transaction of its own: SHARE UPDATE EXCLUSIVE, so reads \
+           and writes continue.",
+};
+
+pub const RULES: [&Rule; 7] = [
     &SET_NOT_NULL,
     &VALIDATING_CONSTRAINT,
+    &ENFORCE_FOREIGN_KEY,
     &INLINE_CONSTRAINT,
     &UNIQUE_WITHOUT_INDEX,
     &VALIDATE_LOCKED,
@@ -156,11 +174,16 @@ fn judge_action(table: &Rel, action: &Action, out: &mut Vec<Finding>) {
                 AEL,
                 &format!("It scans for NULLs in {column} across"),
             ),
+            not_null_hint(t, column),
+        )),
+        Action::EnforceForeignKey { name } => out.push(finding(
+            &ENFORCE_FOREIGN_KEY,
+            format!("enforcing foreign key {name} on {t} checks every row under lock"),
+            hazard(table, AEL, "It checks every row of"),
             format!(
-                "ALTER TABLE {t} ADD CONSTRAINT {column}_not_null CHECK ({column} IS NOT NULL) \
-                 NOT VALID; then, in its own transaction: ALTER TABLE {t} VALIDATE CONSTRAINT \
-                 {column}_not_null; then ALTER TABLE {t} ALTER COLUMN {column} SET NOT NULL; \
-                 (instant, proven by the CHECK)"
+                "ALTER TABLE {t} DROP CONSTRAINT {name}; ALTER TABLE {t} ADD CONSTRAINT {name} \
+                 FOREIGN KEY (...) REFERENCES ... NOT VALID; then, in its own transaction: ALTER \
+                 TABLE {t} VALIDATE CONSTRAINT {name};"
             ),
         )),
         Action::AddConstraint {
@@ -243,10 +266,16 @@ fn judge_action(table: &Rel, action: &Action, out: &mut Vec<Finding>) {
                     &format!("It checks (or indexes) {} over", column.name),
                 ),
                 format!(
-                    "ALTER TABLE {t} ADD COLUMN {} {}; then add the constraint separately: NOT \
-                     VALID and VALIDATE for CHECK and FOREIGN KEY, CREATE UNIQUE INDEX \
+                    "ALTER TABLE {t} ADD COLUMN {} {} ...; then add the constraint separately: \
+                     NOT VALID and VALIDATE for CHECK, FOREIGN KEY{}, CREATE UNIQUE INDEX \
                      CONCURRENTLY and USING INDEX for UNIQUE and PRIMARY KEY.",
-                    column.name, column.type_name
+                    column.name,
+                    column.type_name,
+                    if crate::pg::MAJOR >= 18 {
+                        " and NOT NULL"
+                    } else {
+                        ""
+                    }
                 ),
             ))
         }
@@ -313,6 +342,24 @@ fn judge_action(table: &Rel, action: &Action, out: &mut Vec<Finding>) {
     }
 }
 
+/// The safe way to make `column` NOT NULL: PostgreSQL 18 validates a NOT NULL constraint
+/// itself; before it, a validated CHECK lets SET NOT NULL skip its scan.
+fn not_null_hint(t: &str, column: &str) -> String {
+    let c = format!("{}_not_null", column.trim_matches('"'));
+    if crate::pg::MAJOR >= 18 {
+        format!(
+            "ALTER TABLE {t} ADD CONSTRAINT {c} NOT NULL {column} NOT VALID; then, in its own \
+             transaction: ALTER TABLE {t} VALIDATE CONSTRAINT {c}; (reads and writes continue)"
+        )
+    } else {
+        format!(
+            "ALTER TABLE {t} ADD CONSTRAINT {c} CHECK ({column} IS NOT NULL) NOT VALID; then, \
+             in its own transaction: ALTER TABLE {t} VALIDATE CONSTRAINT {c}; then ALTER TABLE \
+             {t} ALTER COLUMN {column} SET NOT NULL; (instant, proven by the CHECK)"
+        )
+    }
+}
+
 #[cfg(test)]
 mod unit {
     use super::*;
@@ -359,6 +406,49 @@ mod unit {
             }]
         )
         .is_empty());
+    }
+
+    #[test]
+    fn the_not_null_hint_is_the_way_this_version_has() {
+        let mut out = vec![];
+        judge_action(
+            &big(),
+            &Action::SetNotNull {
+                column: "c".into(),
+                proven: false,
+            },
+            &mut out,
+        );
+        let hint = &out[0].hint;
+        if crate::pg::MAJOR >= 18 {
+            assert!(
+                hint.contains("ADD CONSTRAINT c_not_null NOT NULL c NOT VALID"),
+                "{hint}"
+            );
+            assert!(!hint.contains("CHECK"), "{hint}");
+        } else {
+            assert!(hint.contains("CHECK (c IS NOT NULL) NOT VALID"), "{hint}");
+            assert!(hint.contains("SET NOT NULL"), "{hint}");
+        }
+    }
+
+    #[test]
+    fn enforcing_a_foreign_key_scans_and_a_virtual_not_null_column_is_checked() {
+        assert_eq!(
+            ids(big(), vec![Action::EnforceForeignKey { name: "fk".into() }]),
+            ["enforce-foreign-key"]
+        );
+        let virtual_not_null = NewColumn {
+            name: "v".into(),
+            type_name: "int".into(),
+            generated: Some(crate::guard::command::Generated::Virtual),
+            inline_constraints: vec![ConstraintKind::NotNull],
+            ..Default::default()
+        };
+        assert_eq!(
+            ids(big(), vec![Action::AddColumn(virtual_not_null)]),
+            ["add-column-inline-constraint"]
+        );
     }
 
     #[test]
