@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -22,9 +23,10 @@ from psycopg import sql
 HERE = Path(__file__).resolve().parent
 CLUSTER_SH = HERE / "cluster.sh"
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
-# The major version of the server the tests run against (pg_config --version: "PostgreSQL 18.6").
-PG_MAJOR = int(subprocess.run([str(PG_BIN / "pg_config"), "--version"], check=True, capture_output=True,
-                              text=True).stdout.split()[1].split(".")[0])
+# The major version of the server the tests run against (pg_config --version: "PostgreSQL 18.6",
+# or "PostgreSQL 19beta1").
+PG_MAJOR = int(re.match(r"PostgreSQL (\d+)", subprocess.run(
+    [str(PG_BIN / "pg_config"), "--version"], check=True, capture_output=True, text=True).stdout).group(1))
 
 
 def free_port() -> int:

@@ -51,32 +51,49 @@ if [ "$PG" != pg15 ] && [ ! -f "$SERVERS_DIR/$PG/.built" ]; then
     fi
     read -r path sha <<<"${PG_TARBALL[$PG]}"
     prefix=$SERVERS_DIR/$PG
-    echo "setup: building PostgreSQL ${PG#pg} from Debian's source into $prefix (about 10 minutes, once)"
-    apt-get install -y -q --no-install-recommends bison flex libreadline-dev zlib1g-dev curl >/dev/null
+    echo "setup: building PostgreSQL ${PG#pg} from Debian's source into $prefix (4 to 10 minutes, once)"
+    deps=(bison flex libreadline-dev zlib1g-dev curl)
+    apt-get install -y -q --no-install-recommends "${deps[@]}" >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${deps[@]}" >/dev/null; }
     mkdir -p "$HOME/.pgrx/src"
     cd "$HOME/.pgrx/src"
     tarball=${path##*/}
     if ! echo "$sha  $tarball" | sha256sum -c --status 2>/dev/null; then
-        curl -fsS -o "$tarball.part" "http://deb.debian.org/debian/pool/main/p/$path"
-        echo "$sha  $tarball.part" | sha256sum -c --status \
-            || { echo "setup: $tarball does not have the pinned checksum" >&2; exit 1; }
-        mv "$tarball.part" "$tarball"
+        if curl -fsS -o "$tarball.part" "http://deb.debian.org/debian/pool/main/p/$path" \
+                && echo "$sha  $tarball.part" | sha256sum -c --status; then
+            mv "$tarball.part" "$tarball"
+        else
+            # The pool drops a version once a newer one replaces it: then the suites' current
+            # source, which apt checks against their signed index.
+            rm -f "$tarball.part"
+            echo "setup: $tarball is gone from Debian's pool; taking trixie's or sid's current source"
+            src_list=/etc/apt/sources.list.d/pg-migrate-src.sources
+            printf '%s\n' "Types: deb-src" "URIs: http://deb.debian.org/debian" "Suites: trixie sid" \
+                "Components: main" "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" >"$src_list"
+            apt-get update -q >/dev/null
+            apt-get source --download-only "postgresql-${PG#pg}" >/dev/null || true
+            rm -f "$src_list"
+            apt-get update -q >/dev/null
+            tarball=$( (ls "postgresql-${PG#pg}"_*.orig.tar.bz2 2>/dev/null || true) | sort -V | tail -1)
+            [ -n "$tarball" ] || { echo "setup: no source of PostgreSQL ${PG#pg} to build" >&2; exit 1; }
+        fi
     fi
     version=${tarball#*_}
-    build=$HOME/.pgrx/src/postgresql-${version%.orig.tar.bz2}
+    version=${version%.orig.tar.bz2}
+    build=$HOME/.pgrx/src/postgresql-$version
     rm -rf "$build" && tar xjf "$tarball"
     (cd "$build" && ./configure --prefix="$prefix" --without-icu >/dev/null \
         && make -j"$(nproc)" >/dev/null && make install >/dev/null \
         && for m in pg_trgm citext postgres_fdw; do make -C "contrib/$m" install >/dev/null; done)
     rm -rf "$build"
-    touch "$prefix/.built"
+    echo "$version" >"$prefix/.built"
     cd - >/dev/null
 fi
 
 # pgrx knows every version built here; init rewrites its list, so it is given all of them.
 init=(--pg15 "$PG15_CONFIG")
 for v in pg17 pg18; do
-    [ -x "$SERVERS_DIR/$v/bin/pg_config" ] && init+=("--$v" "$SERVERS_DIR/$v/bin/pg_config")
+    [ -f "$SERVERS_DIR/$v/.built" ] && init+=("--$v" "$SERVERS_DIR/$v/bin/pg_config")
 done
 want_config=$(printf '%s\n' "${init[@]}" | paste -sd' ')
 if [ "$(cat "$HOME/.pgrx/.pg_migrate-init" 2>/dev/null)" != "$want_config" ] \

@@ -67,8 +67,8 @@ def package_upgrade():
 
 # Every object of the extension, by name, with what defines it: functions (whole definition
 # and privileges), relations (kind, view definition, privileges), columns (type, nullability,
-# default, privileges), indexes, constraints, triggers, event triggers, comments, and which
-# tables pg_dump keeps. Columns are compared by name: an upgrade appends them.
+# default, privileges), indexes, constraints, triggers, event triggers, comments, the initial
+# privileges pg_dump compares grants with (pg_init_privs), and which tables pg_dump keeps. Columns are compared by name: an upgrade appends them.
 OBJECTS = """
 SELECT 'function', p.oid::regprocedure::text,
        pg_get_functiondef(p.oid) || coalesce(array_to_string(p.proacl, ','), '') || ' ' || p.proowner::regrole::text
@@ -102,6 +102,12 @@ UNION ALL
 SELECT 'comment', d.classoid::regclass::text || ' ' || d.objoid || ' ' || d.objsubid, d.description
 FROM pg_description d JOIN pg_depend x ON x.classid = d.classoid AND x.objid = d.objoid
 WHERE x.refclassid = 'pg_extension'::regclass AND x.deptype = 'e'
+  AND x.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'pg_migrate')
+UNION ALL
+SELECT 'initial privileges', pg_describe_object(ip.classoid, ip.objoid, ip.objsubid),
+       array_to_string(ip.initprivs, ',') || ' ' || ip.privtype::text
+FROM pg_init_privs ip JOIN pg_depend x ON x.classid = ip.classoid AND x.objid = ip.objoid
+WHERE x.objsubid = 0 AND x.refclassid = 'pg_extension'::regclass AND x.deptype = 'e'
   AND x.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'pg_migrate')
 UNION ALL
 SELECT 'dumped', c.relname, coalesce(x.cond, '')

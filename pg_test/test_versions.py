@@ -28,6 +28,9 @@ CREATE TABLE items (id bigint PRIMARY KEY, a int, note text, parent bigint,
 INSERT INTO items (id, a, note, parent, checked)
 SELECT g, g, 'n' || g, NULL, g FROM generate_series(1, 30000) g;
 CREATE ACCESS METHOD heap2 TYPE TABLE HANDLER heap_tableam_handler;
+CREATE TABLE parent (id bigint, c int, CONSTRAINT parent_c_present CHECK (c IS NOT NULL) NO INHERIT);
+CREATE TABLE child () INHERITS (parent);
+INSERT INTO child SELECT g, g FROM generate_series(1, 30000) g;
 CREATE TABLE plain (id bigint, a int);
 INSERT INTO plain SELECT g, g FROM generate_series(1, 30000) g;
 """
@@ -39,6 +42,9 @@ ALTER TABLE plain ADD COLUMN v int GENERATED ALWAYS AS (a * 3) VIRTUAL,
                   ADD COLUMN vn int GENERATED ALWAYS AS (a * 4) VIRTUAL NOT NULL;
 ALTER TABLE items ADD CONSTRAINT items_parent_fk FOREIGN KEY (parent) REFERENCES items
     NOT ENFORCED;
+CREATE TABLE nn_parent (id bigint, c int CONSTRAINT nn_parent_c NOT NULL NO INHERIT);
+CREATE TABLE nn_child () INHERITS (nn_parent);
+INSERT INTO nn_child SELECT g, g FROM generate_series(1, 30000) g;
 """
 
 CASES = [
@@ -65,6 +71,16 @@ CASES = [
      {15: SYNTAX, 16: SYNTAX, 17: SYNTAX, 18: None}),
     ("ALTER TABLE items ADD CONSTRAINT note_nn NOT NULL note NOT VALID",
      {15: SYNTAX, 16: SYNTAX, 17: SYNTAX, 18: None}),
+    # A column added by the same statement has no proof yet: every row is checked.
+    ("ALTER TABLE items ADD COLUMN f int DEFAULT 0, ALTER COLUMN f SET NOT NULL",
+     on(*ALL, outcome="set-not-null-scan")),
+    ("ALTER TABLE items ADD COLUMN f int DEFAULT 0, ADD CONSTRAINT f_nn NOT NULL f",
+     {15: SYNTAX, 16: SYNTAX, 17: SYNTAX, 18: "set-not-null-scan"}),
+    # An inheritance parent's own proof does not cover its children, which are checked.
+    ("ALTER TABLE parent ALTER COLUMN c SET NOT NULL", on(*ALL, outcome="set-not-null-scan")),
+    ("ALTER TABLE nn_parent ALTER CONSTRAINT nn_parent_c INHERIT", {18: "set-not-null-scan"}),
+    # A virtual column's type changes without touching a row.
+    ("ALTER TABLE plain ALTER COLUMN v TYPE bigint", {18: None}),
     # NOT ENFORCED constraints (18) are never checked; enforcing a key checks every row.
     ("ALTER TABLE items ADD CONSTRAINT a_positive CHECK (a > 0)",
      on(*ALL, outcome="add-constraint-validating")),

@@ -478,7 +478,7 @@ def building(conn):
         "AND p.blocks_done * 2 < p.blocks_total").fetchone()[0] > 0
 
 
-def assert_completed_once(cluster, db):
+def assert_completed_once(cluster, db, interrupted_build_recorded=True):
     with cluster.connect(db) as c:
         assert status(c, "1") == "applied"
         assert c.execute("SELECT array_agg(phase ORDER BY phase) FROM marks").fetchone()[0] == [1, 3]
@@ -487,25 +487,54 @@ def assert_completed_once(cluster, db):
             "SELECT count(*) FROM pg_index WHERE indrelid = 'items'::regclass AND NOT indisvalid").fetchone()[0] == 0
         steps = c.execute("SELECT phase, state, attempts FROM migrate.steps ORDER BY phase").fetchall()
         assert [s[:2] for s in steps] == [(1, "done"), (2, "done"), (3, "done")]
-        assert steps[1][2] == 2, "the interrupted build ran a second time, and only then"
+        if interrupted_build_recorded:
+            assert steps[1][2] == 2, "the interrupted build ran a second time, and only then"
+        else:  # the record of the first attempt may be lost with the crash, and its index too
+            assert steps[1][2] in (1, 2)
         return c.execute("SELECT count(*) FROM items WHERE id > %s", (BIG,)).fetchone()[0]
 
 
-def test_killing_the_worker_mid_build_loses_nothing_and_runs_nothing_twice(cluster, big_db, conn):
-    # The test cluster commits asynchronously, and a crash may lose what was committed so (on
-    # 17 and 18, seconds of it were lost here): the migration and the worker's own records
-    # commit synchronously in this database, as they would on a server that keeps its commits.
-    conn.execute(f'ALTER DATABASE "{big_db}" SET synchronous_commit = on')
-    conn.execute("SET synchronous_commit = on")
+@pytest.mark.parametrize("synchronous_commit", ["on", "off"])
+def test_killing_the_worker_mid_build_loses_nothing_and_runs_nothing_twice(cluster, big_db, conn,
+                                                                          synchronous_commit):
+    """A crash keeps what was committed synchronously. What was committed asynchronously may
+    be lost (seen here on 17 and 18: seconds of it, the migration included), but only as a
+    whole: recovery ends at a point in the WAL, so the migration is then gone with everything
+    it did, or it completes, once."""
+    conn.execute(f'ALTER DATABASE "{big_db}" SET synchronous_commit = {synchronous_commit}')
+    conn.execute(f"SET synchronous_commit = {synchronous_commit}")
     conn.execute("SELECT migrate.apply('1', %s)", (CRASH_MIGRATION,))
     with Writer(cluster, big_db) as writer:
         wait_until(lambda: building(conn), timeout=60, interval=0.01)
         pid = worker_pid(conn)
         os.kill(pid, signal.SIGKILL)  # the postmaster restarts every backend after this
+        if synchronous_commit == "off" and lost_in_crash(cluster, big_db):
+            return
         wait_for(cluster, big_db, "1", timeout=180)
         time.sleep(0.5)
-    inserted = assert_completed_once(cluster, big_db)
+    inserted = assert_completed_once(cluster, big_db, interrupted_build_recorded=synchronous_commit == "on")
     assert inserted > 0 and writer.latencies
+
+
+def lost_in_crash(cluster, db):
+    """After a crash restart: whether migration 1 is gone, and then that nothing of it is left."""
+    wait_until(lambda: accepts_connections(cluster, db), timeout=60)
+    with cluster.connect(db) as c:
+        if status(c, "1") is not None:
+            return False
+        assert c.execute("SELECT count(*) FROM marks").fetchone()[0] == 0
+        assert c.execute("SELECT count(*) FROM migrate.steps").fetchone()[0] == 0
+        assert c.execute("SELECT count(*) FROM pg_index WHERE indrelid = 'items'::regclass").fetchone()[0] == 1
+    return True
+
+
+def accepts_connections(cluster, db):
+    try:
+        with cluster.connect(db) as c:
+            c.execute("SELECT 1")
+        return True
+    except psycopg.OperationalError:
+        return False
 
 
 def test_terminating_the_worker_mid_build_is_a_clean_exit_and_the_build_resumes(cluster, big_db, conn):

@@ -204,7 +204,8 @@ unsafe fn alter_table(stmt: *mut pg_sys::AlterTableStmt) -> Command {
             let index_name = (*(*cmd).def.cast::<pg_sys::Constraint>()).indexname;
             let index = catalog::sibling_named(oid, CStr::from_ptr(index_name));
             for column in catalog::nullable_key_columns(index) {
-                let proven = catalog::not_null_proven(oid, &column).unwrap_or(true);
+                // Unknown (a column not there yet, a lock not free) is not proven: refused.
+                let proven = catalog::not_null_proven(oid, &column).unwrap_or(false);
                 actions.push(Action::SetNotNull {
                     column: quote_str(&column),
                     proven,
@@ -241,17 +242,22 @@ unsafe fn action(
             Action::AlterType {
                 column: name(),
                 type_name: catalog::column_type((*def).typeName).display,
-                rewrites: catalog::type_change_rewrites(
-                    relid,
-                    &name(),
-                    (*def).typeName,
-                    (*def).raw_default,
-                ),
+                // A virtual column (PostgreSQL 18) stores nothing to convert.
+                rewrites: if virtual_column(relid, &name()) {
+                    Some(false)
+                } else {
+                    catalog::type_change_rewrites(
+                        relid,
+                        &name(),
+                        (*def).typeName,
+                        (*def).raw_default,
+                    )
+                },
             }
         }
         AT::AT_SetNotNull if !table.new => Action::SetNotNull {
             column: name(),
-            proven: catalog::not_null_proven(relid, &name()).unwrap_or(true),
+            proven: catalog::not_null_proven(relid, &name()).unwrap_or(false),
         },
         AT::AT_AddConstraint => {
             let c = (*cmd).def.cast::<pg_sys::Constraint>();
@@ -262,7 +268,7 @@ unsafe fn action(
                     let keys = PgList::<pg_sys::Node>::from_pg((*c).keys);
                     match keys.get_ptr(0).map(|k| str_val(k)) {
                         Some(column) if !(*c).skip_validation && !table.new => Action::SetNotNull {
-                            proven: catalog::not_null_proven(relid, &column).unwrap_or(true),
+                            proven: catalog::not_null_proven(relid, &column).unwrap_or(false),
                             column: quote_str(&column),
                         },
                         _ => Action::Other,
@@ -294,12 +300,23 @@ unsafe fn action(
         #[cfg(feature = "pg18")]
         AT::AT_AlterConstraint if !table.new => {
             let alter = (*cmd).def.cast::<pg_sys::ATAlterConstraint>();
+            let name = CStr::from_ptr((*alter).conname);
             if (*alter).alterEnforceability
                 && (*alter).is_enforced
-                && catalog::foreign_key_unenforced(relid, CStr::from_ptr((*alter).conname))
+                && catalog::foreign_key_unenforced(relid, name)
             {
                 Action::EnforceForeignKey {
                     name: quote((*alter).conname),
+                }
+            } else if (*alter).alterInheritability && !(*alter).noinherit {
+                // A NOT NULL constraint made inheritable is added to every child, and checked
+                // there as SET NOT NULL would be.
+                match catalog::not_null_constraint_column(relid, name) {
+                    Some(column) => Action::SetNotNull {
+                        proven: catalog::not_null_proven(relid, &column).unwrap_or(false),
+                        column: quote_str(&column),
+                    },
+                    None => Action::Other,
                 }
             } else {
                 Action::Other
@@ -398,6 +415,16 @@ unsafe fn new_column(def: *mut pg_sys::ColumnDef) -> NewColumn {
         column.volatile_default = column_type.default_is_volatile(default);
     }
     column
+}
+
+fn virtual_column(relid: pg_sys::Oid, column: &str) -> bool {
+    #[cfg(feature = "pg18")]
+    return catalog::column_generation(relid, column).is_some_and(|(kind, _)| kind == b'v');
+    #[cfg(not(feature = "pg18"))]
+    {
+        let _ = (relid, column);
+        false
+    }
 }
 
 unsafe fn generated_kind(c: *mut pg_sys::Constraint) -> Generated {

@@ -481,13 +481,12 @@ unsafe fn requires_rewrite(mut expr: *mut pg_sys::Node, attnum: i16) -> bool {
 /// A partitioned table has nothing to scan itself: every leaf partition must have the proof.
 pub fn not_null_proven(relid: pg_sys::Oid, column: &str) -> Option<bool> {
     let row = class_row(relid)?;
-    if row.kind != RelKind::PartitionedTable {
-        return proven_on(relid, column);
-    }
-    let mut all = true;
-    for leaf in members(relid) {
-        if class_row(leaf).is_some_and(|r| r.kind == RelKind::Table) {
-            all &= proven_on(leaf, column)?;
+    // A partitioned table has no rows of its own; an inheritance parent and each of its
+    // children are checked, each one unless its own constraints prove it.
+    let mut all = row.kind == RelKind::PartitionedTable || proven_on(relid, column)?;
+    for member in members(relid) {
+        if class_row(member).is_some_and(|r| r.kind == RelKind::Table) {
+            all &= proven_on(member, column)?;
         }
     }
     Some(all)
@@ -710,6 +709,22 @@ pub fn foreign_key_unenforced(relid: pg_sys::Oid, name: &CStr) -> bool {
     .ok()
     .flatten()
     .unwrap_or(true)
+}
+
+/// The column of NOT NULL constraint `name` of `relid` (PostgreSQL 18 keeps them in
+/// pg_constraint), or `None` if it is no such constraint.
+#[cfg(feature = "pg18")]
+pub fn not_null_constraint_column(relid: pg_sys::Oid, name: &CStr) -> Option<String> {
+    crate::pg::guc::pinned(|| {
+        pgrx::Spi::get_one_with_args::<String>(
+            "SELECT a.attname::text FROM pg_catalog.pg_constraint c \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1] \
+             WHERE c.conrelid = $1 AND c.conname = $2 AND c.contype = 'n'",
+            &[relid.into(), name.to_string_lossy().as_ref().into()],
+        )
+    })
+    .ok()
+    .flatten()
 }
 
 /// The relation called `name` in the schema of relation `relid` (where a new index of that

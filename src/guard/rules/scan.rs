@@ -179,7 +179,10 @@ fn judge_action(table: &Rel, action: &Action, out: &mut Vec<Finding>) {
         Action::EnforceForeignKey { name } => out.push(finding(
             &ENFORCE_FOREIGN_KEY,
             format!("enforcing foreign key {name} on {t} checks every row under lock"),
-            hazard(table, AEL, "It checks every row of"),
+            format!(
+                "{} The referenced table is locked SHARE ROW EXCLUSIVE meanwhile (writes wait).",
+                hazard(table, AEL, "It checks every row of")
+            ),
             format!(
                 "ALTER TABLE {t} DROP CONSTRAINT {name}; ALTER TABLE {t} ADD CONSTRAINT {name} \
                  FOREIGN KEY (...) REFERENCES ... NOT VALID; then, in its own transaction: ALTER \
@@ -345,7 +348,11 @@ fn judge_action(table: &Rel, action: &Action, out: &mut Vec<Finding>) {
 /// The safe way to make `column` NOT NULL: PostgreSQL 18 validates a NOT NULL constraint
 /// itself; before it, a validated CHECK lets SET NOT NULL skip its scan.
 fn not_null_hint(t: &str, column: &str) -> String {
-    let c = format!("{}_not_null", column.trim_matches('"'));
+    // A quoted column name gives a quoted constraint name.
+    let c = match column.strip_prefix('"').and_then(|c| c.strip_suffix('"')) {
+        Some(inner) => format!("\"{inner}_not_null\""),
+        None => format!("{column}_not_null"),
+    };
     if crate::pg::MAJOR >= 18 {
         format!(
             "ALTER TABLE {t} ADD CONSTRAINT {c} NOT NULL {column} NOT VALID; then, in its own \
@@ -430,6 +437,12 @@ mod unit {
             assert!(hint.contains("CHECK (c IS NOT NULL) NOT VALID"), "{hint}");
             assert!(hint.contains("SET NOT NULL"), "{hint}");
         }
+    }
+
+    #[test]
+    fn a_quoted_column_gives_a_quoted_constraint_name() {
+        let hint = not_null_hint("public.t", "\"My Col\"");
+        assert!(hint.contains("CONSTRAINT \"My Col_not_null\""), "{hint}");
     }
 
     #[test]
