@@ -42,6 +42,9 @@ ALTER TABLE plain ADD COLUMN v int GENERATED ALWAYS AS (a * 3) VIRTUAL,
                   ADD COLUMN vn int GENERATED ALWAYS AS (a * 4) VIRTUAL NOT NULL;
 ALTER TABLE items ADD CONSTRAINT items_parent_fk FOREIGN KEY (parent) REFERENCES items
     NOT ENFORCED;
+ALTER TABLE items ADD COLUMN w int;
+UPDATE items SET w = id;
+ALTER TABLE items ADD CONSTRAINT items_w_pending NOT NULL w NOT VALID;
 CREATE TABLE nn_parent (id bigint, c int CONSTRAINT nn_parent_c NOT NULL NO INHERIT);
 CREATE TABLE nn_child () INHERITS (nn_parent);
 INSERT INTO nn_child SELECT g, g FROM generate_series(1, 30000) g;
@@ -71,6 +74,8 @@ CASES = [
      {15: SYNTAX, 16: SYNTAX, 17: SYNTAX, 18: None}),
     ("ALTER TABLE items ADD CONSTRAINT note_nn NOT NULL note NOT VALID",
      {15: SYNTAX, 16: SYNTAX, 17: SYNTAX, 18: None}),
+    # SET NOT NULL validates a column's NOT VALID NOT NULL constraint (18): every row is checked.
+    ("ALTER TABLE items ALTER COLUMN w SET NOT NULL", {18: "set-not-null-scan"}),
     # A column added by the same statement has no proof yet: every row is checked.
     ("ALTER TABLE items ADD COLUMN f int DEFAULT 0, ALTER COLUMN f SET NOT NULL",
      on(*ALL, outcome="set-not-null-scan")),
@@ -192,3 +197,16 @@ def test_reindex_is_logged_where_event_triggers_see_it_and_an_override_once(clus
         overrides = c.execute("SELECT guard_rule, count(*) FROM migrate.ddl_log WHERE event = 'guard_override' "
                               "AND command_tag = 'REINDEX' GROUP BY 1").fetchall()
         assert overrides == [("reindex-blocking", 1)]
+
+
+@pytest.mark.skipif(PG_MAJOR < 18, reason="NOT VALID NOT NULL constraints are PostgreSQL 18's")
+def test_set_not_null_over_a_not_valid_constraint_is_told_to_validate_it(cluster, items):
+    with cluster.connect(items) as c:
+        f = failure(c, "ALTER TABLE items ALTER COLUMN w SET NOT NULL")
+        assert rule_of(f.message) == "set-not-null-scan"
+        assert "ALTER TABLE public.items VALIDATE CONSTRAINT items_w_pending;" in f.hint, f.hint
+        c.execute("ALTER TABLE items VALIDATE CONSTRAINT items_w_pending")  # allowed: the safe way
+        assert c.execute("SELECT convalidated FROM pg_constraint WHERE conname = 'items_w_pending'").fetchone() == (True,)
+        c.execute("SET migrate.guard = off")
+        c.execute("ALTER TABLE items DROP CONSTRAINT items_w_pending")
+        c.execute("ALTER TABLE items ADD CONSTRAINT items_w_pending NOT NULL w NOT VALID")

@@ -554,12 +554,12 @@ CREATE TABLE b (
         );
         // statements is NOT NULL already; description is not, and nothing proves it.
         assert!(
-            matches!(&actions[3], Action::SetNotNull { column, proven: true } if column == "statements"),
+            matches!(&actions[3], Action::SetNotNull { column, proven: true, .. } if column == "statements"),
             "{:?}",
             actions[3]
         );
         assert!(
-            matches!(&actions[4], Action::SetNotNull { column, proven: false } if column == "description"),
+            matches!(&actions[4], Action::SetNotNull { column, proven: false, .. } if column == "description"),
             "{:?}",
             actions[4]
         );

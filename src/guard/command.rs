@@ -197,6 +197,9 @@ pub enum Action {
         column: String,
         /// A validated CHECK (or the column's own NOT NULL) already proves it.
         proven: bool,
+        /// The column's NOT VALID NOT NULL constraint (PostgreSQL 18), which SET NOT NULL
+        /// validates and which the safe way validates on its own.
+        unvalidated: Option<String>,
     },
     /// ALTER COLUMN ... SET EXPRESSION AS (PostgreSQL 17 and later).
     #[cfg_attr(not(any(feature = "pg17", feature = "pg18")), allow(dead_code))]

@@ -207,6 +207,7 @@ unsafe fn alter_table(stmt: *mut pg_sys::AlterTableStmt) -> Command {
                 // Unknown (a column not there yet, a lock not free) is not proven: refused.
                 let proven = catalog::not_null_proven(oid, &column).unwrap_or(false);
                 actions.push(Action::SetNotNull {
+                    unvalidated: unvalidated_not_null(oid, &column),
                     column: quote_str(&column),
                     proven,
                 });
@@ -258,6 +259,7 @@ unsafe fn action(
         AT::AT_SetNotNull if !table.new => Action::SetNotNull {
             column: name(),
             proven: catalog::not_null_proven(relid, &name()).unwrap_or(false),
+            unvalidated: unvalidated_not_null(relid, &name()),
         },
         AT::AT_AddConstraint => {
             let c = (*cmd).def.cast::<pg_sys::Constraint>();
@@ -270,6 +272,7 @@ unsafe fn action(
                         Some(column) if !(*c).skip_validation && !table.new => Action::SetNotNull {
                             proven: catalog::not_null_proven(relid, &column).unwrap_or(false),
                             column: quote_str(&column),
+                            unvalidated: None,
                         },
                         _ => Action::Other,
                     }
@@ -315,6 +318,7 @@ unsafe fn action(
                     Some(column) => Action::SetNotNull {
                         proven: catalog::not_null_proven(relid, &column).unwrap_or(false),
                         column: quote_str(&column),
+                        unvalidated: None,
                     },
                     None => Action::Other,
                 }
@@ -415,6 +419,17 @@ unsafe fn new_column(def: *mut pg_sys::ColumnDef) -> NewColumn {
         column.volatile_default = column_type.default_is_volatile(default);
     }
     column
+}
+
+/// The column's NOT VALID NOT NULL constraint, quoted (PostgreSQL 18 has them).
+fn unvalidated_not_null(relid: pg_sys::Oid, column: &str) -> Option<String> {
+    #[cfg(feature = "pg18")]
+    return catalog::unvalidated_not_null(relid, column);
+    #[cfg(not(feature = "pg18"))]
+    {
+        let _ = (relid, column);
+        None
+    }
 }
 
 fn virtual_column(relid: pg_sys::Oid, column: &str) -> bool {

@@ -727,6 +727,21 @@ pub fn not_null_constraint_column(relid: pg_sys::Oid, name: &CStr) -> Option<Str
     .flatten()
 }
 
+/// The name (quoted) of column `column`'s NOT VALID NOT NULL constraint on `relid`, if it has one.
+#[cfg(feature = "pg18")]
+pub fn unvalidated_not_null(relid: pg_sys::Oid, column: &str) -> Option<String> {
+    crate::pg::guc::pinned(|| {
+        pgrx::Spi::get_one_with_args::<String>(
+            "SELECT quote_ident(c.conname) FROM pg_catalog.pg_constraint c \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1] \
+             WHERE c.conrelid = $1 AND a.attname = $2 AND c.contype = 'n' AND NOT c.convalidated",
+            &[relid.into(), column.into()],
+        )
+    })
+    .ok()
+    .flatten()
+}
+
 /// The relation called `name` in the schema of relation `relid` (where a new index of that
 /// table would go), if there is one.
 pub fn sibling_named(relid: pg_sys::Oid, name: &CStr) -> pg_sys::Oid {

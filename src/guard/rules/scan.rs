@@ -166,6 +166,7 @@ fn judge_action(table: &Rel, action: &Action, out: &mut Vec<Finding>) {
         Action::SetNotNull {
             column,
             proven: false,
+            unvalidated,
         } => out.push(finding(
             &SET_NOT_NULL,
             format!("SET NOT NULL on {t}.{column} scans the table"),
@@ -174,7 +175,13 @@ fn judge_action(table: &Rel, action: &Action, out: &mut Vec<Finding>) {
                 AEL,
                 &format!("It scans for NULLs in {column} across"),
             ),
-            not_null_hint(t, column),
+            match unvalidated {
+                Some(c) => format!(
+                    "Validate the column's NOT VALID constraint in a transaction of its own: \
+                     ALTER TABLE {t} VALIDATE CONSTRAINT {c}; (reads and writes continue)"
+                ),
+                None => not_null_hint(t, column),
+            },
         )),
         Action::EnforceForeignKey { name } => out.push(finding(
             &ENFORCE_FOREIGN_KEY,
@@ -400,7 +407,8 @@ mod unit {
                 big(),
                 vec![Action::SetNotNull {
                     column: "c".into(),
-                    proven: false
+                    proven: false,
+                    unvalidated: None,
                 }]
             ),
             ["set-not-null-scan"]
@@ -409,7 +417,8 @@ mod unit {
             big(),
             vec![Action::SetNotNull {
                 column: "c".into(),
-                proven: true
+                proven: true,
+                unvalidated: None,
             }]
         )
         .is_empty());
@@ -423,6 +432,7 @@ mod unit {
             &Action::SetNotNull {
                 column: "c".into(),
                 proven: false,
+                unvalidated: None,
             },
             &mut out,
         );
