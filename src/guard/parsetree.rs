@@ -207,7 +207,10 @@ unsafe fn alter_table(stmt: *mut pg_sys::AlterTableStmt) -> Command {
                 // Unknown (a column not there yet, a lock not free) is not proven: refused.
                 let proven = catalog::not_null_proven(oid, &column).unwrap_or(false);
                 actions.push(Action::SetNotNull {
-                    unvalidated: unvalidated_not_null(oid, &column),
+                    // Only a refusal's hint reads it.
+                    unvalidated: (!proven)
+                        .then(|| unvalidated_not_null(oid, &column))
+                        .flatten(),
                     column: quote_str(&column),
                     proven,
                 });
@@ -256,11 +259,17 @@ unsafe fn action(
                 },
             }
         }
-        AT::AT_SetNotNull if !table.new => Action::SetNotNull {
-            column: name(),
-            proven: catalog::not_null_proven(relid, &name()).unwrap_or(false),
-            unvalidated: unvalidated_not_null(relid, &name()),
-        },
+        AT::AT_SetNotNull if !table.new => {
+            let proven = catalog::not_null_proven(relid, &name()).unwrap_or(false);
+            Action::SetNotNull {
+                column: name(),
+                proven,
+                // Only a refusal's hint reads it.
+                unvalidated: (!proven)
+                    .then(|| unvalidated_not_null(relid, &name()))
+                    .flatten(),
+            }
+        }
         AT::AT_AddConstraint => {
             let c = (*cmd).def.cast::<pg_sys::Constraint>();
             match constraint_kind((*c).contype) {
