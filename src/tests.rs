@@ -310,9 +310,9 @@ CREATE TABLE b (
             // rights. cancel is there twice: a migration's, a backfill's.
             Some(
                 "all_objects apply assert_safe backfill baseline cancel cancel changes \
-                 current_version describe describe_objects described_relations description_of \
-                 diff dry_run \
-                 fingerprint fingerprint_of hash_sum lint nulls_not_distinct object_hash pause \
+                 current_version describe describe_objects describe_table_objects \
+                 described_relations description_of diff dry_run \
+                 fingerprint fingerprint_of hash_sum lint object_hash pause \
                  record_schema recorded_schema resume retry rule_catalog schema_is_described \
                  validate verify \
                  version_key wait"

@@ -20,22 +20,6 @@
 -- migration re-describes only the objects it touched (sql/record.sql), and the fingerprint
 -- is a sum of per-object hashes, which the same rows keep up to date.
 
--- NULLS NOT DISTINCT (PostgreSQL 15): read where the column exists, so that one description
--- serves every version; an SQL function this simple is inlined.
-DO $nnd$
-BEGIN
-    IF EXISTS (SELECT FROM pg_catalog.pg_attribute
-               WHERE attrelid = 'pg_catalog.pg_index'::pg_catalog.regclass
-                 AND attname = 'indnullsnotdistinct') THEN
-        CREATE FUNCTION migrate.nulls_not_distinct(i pg_catalog.pg_index) RETURNS boolean
-        LANGUAGE sql IMMUTABLE AS 'SELECT i.indnullsnotdistinct';
-    ELSE
-        CREATE FUNCTION migrate.nulls_not_distinct(i pg_catalog.pg_index) RETURNS boolean
-        LANGUAGE sql IMMUTABLE AS 'SELECT false';
-    END IF;
-END
-$nnd$;
-
 -- Whether objects in this schema are described: with `schemas`, those named; otherwise all
 -- but system schemas, pg_migrate's own (its history changes with every apply) and the
 -- extensions' own (`extension_schemas`). No subquery, so that the planner inlines it.
@@ -77,12 +61,15 @@ $$;
 
 -- One row per described object among those given. An object whose schema is not described
 -- or that belongs to an extension yields nothing. rel_oid is the table a constraint, index,
--- trigger or policy belongs to, which re-describing a table re-describes with it.
+-- trigger or policy belongs to, which re-describing a table re-describes with it. hash is
+-- the object's hash where it was computed without the description (relations, indexes,
+-- constraints), which hashes_only then leaves out: a fingerprint needs no more.
 CREATE FUNCTION migrate.describe_objects(
     schemas text[], relations oid[], indexes oid[], constraints oid[], triggers oid[],
-    policies oid[], types oid[], functions oid[], namespaces oid[], extensions oid[])
+    policies oid[], types oid[], functions oid[], namespaces oid[], extensions oid[],
+    hashes_only boolean DEFAULT false)
 RETURNS TABLE (kind text, identity text, description jsonb,
-               obj_class oid, obj_oid oid, rel_oid oid)
+               obj_class oid, obj_oid oid, rel_oid oid, hash bytea)
 -- PL/pgSQL, not SQL, one query per kind and only for the kinds asked for, each with one
 -- generic plan: planning (and starting) one query over every kind took milliseconds, which
 -- an SQL function would spend again on every call, every migration. The plans probe the
@@ -106,151 +93,20 @@ DECLARE
     extension_schemas oid[] := ARRAY(SELECT d.objid FROM pg_depend d
                                      WHERE d.classid = 'pg_namespace'::regclass
                                        AND d.deptype = 'e');
-    -- The tables the constraints, indexes, triggers or policies asked for belong to.
+    -- The tables the triggers or policies asked for belong to.
     owners oid[];
 BEGIN
--- Each object is asked for once (callers pass distinct OIDs).
-owners := ARRAY(SELECT o.conrelid FROM unnest(constraints) x JOIN pg_constraint o ON o.oid = x
-                UNION SELECT o.indrelid FROM unnest(indexes) x JOIN pg_index o ON o.indexrelid = x
-                UNION SELECT o.tgrelid FROM unnest(triggers) x JOIN pg_trigger o ON o.oid = x
+-- Relations, indexes and constraints: a schema has them by the tens of thousands, and
+-- src/inspect/describe.rs describes them natively, with the same server functions, under
+-- this function's settings. Each object is asked for once (callers pass distinct OIDs).
+IF cardinality(relations) > 0 OR cardinality(indexes) > 0 OR cardinality(constraints) > 0 THEN
+RETURN QUERY
+SELECT d.kind, d.identity, d.description::jsonb, d.obj_class, d.obj_oid, d.rel_oid, d.hash
+FROM migrate.describe_table_objects(schemas, extension_schemas, relations, indexes, constraints,
+                                    hashes_only) d;
+END IF;
+owners := ARRAY(SELECT o.tgrelid FROM unnest(triggers) x JOIN pg_trigger o ON o.oid = x
                 UNION SELECT o.polrelid FROM unnest(policies) x JOIN pg_policy o ON o.oid = x);
-IF cardinality(relations) > 0 THEN
-RETURN QUERY
-WITH rel AS MATERIALIZED (
-    SELECT * FROM migrate.described_relations(relations, schemas, extension_schemas)
-)
-SELECT 'tables', r.ident, jsonb_strip_nulls(jsonb_build_object(
-        'kind', CASE r.relkind WHEN 'r' THEN 'table' WHEN 'p' THEN 'partitioned table'
-                               ELSE 'foreign table' END,
-        'unlogged', CASE WHEN r.relpersistence = 'u' THEN true END,
-        'partition_of', CASE WHEN r.relispartition THEN
-                            (SELECT i.inhparent::regclass::text FROM pg_inherits i
-                             WHERE i.inhrelid = r.oid) END,
-        'partition_bound', pg_get_expr(r.relpartbound, 0),
-        'partition_key', CASE WHEN r.relkind = 'p' THEN pg_get_partkeydef(r.oid) END,
-        'inherits', CASE WHEN NOT r.relispartition THEN
-                        (SELECT jsonb_agg(i.inhparent::regclass::text ORDER BY i.inhseqno)
-                         FROM pg_inherits i WHERE i.inhrelid = r.oid) END,
-        'options', CASE WHEN r.reloptions IS NOT NULL THEN
-                       (SELECT jsonb_agg(o ORDER BY o) FROM unnest(r.reloptions) o) END,
-        'row_security', CASE WHEN r.relrowsecurity THEN
-                            CASE WHEN r.relforcerowsecurity THEN 'forced' ELSE 'enabled' END END,
-        'acl', CASE WHEN r.relacl IS NOT NULL THEN
-                   (SELECT jsonb_agg(a::text ORDER BY a::text) FROM unnest(r.relacl) a) END,
-        'columns', (
-            SELECT jsonb_object_agg(quote_ident(a.attname), jsonb_build_object(
-               -- The position among live columns, not attnum: a dropped column leaves a gap
-               -- in attnum that a fresh build does not have.
-               'position', a.position,
-               'type', format_type(a.atttypid, a.atttypmod),
-               'not_null', a.attnotnull,
-               -- A default cannot refer to columns, so it needs no relation to be printed:
-               -- opening one per column (what pg_get_expr does when given it) was most of
-               -- the time a table took.
-               'default', CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, 0) END,
-               'generated', CASE WHEN a.attgenerated <> '' THEN pg_get_expr(d.adbin, d.adrelid) END,
-               'identity', CASE a.attidentity WHEN 'a' THEN 'always' WHEN 'd' THEN 'by default' END,
-               'collation', CASE WHEN a.attcollation <> t.typcollation
-                                 THEN a.attcollation::regcollation::text END,
-               'acl', CASE WHEN a.attacl IS NOT NULL THEN
-                          (SELECT jsonb_agg(x::text ORDER BY x::text) FROM unnest(a.attacl) x) END))
-            FROM (SELECT a.*, row_number() OVER (ORDER BY a.attnum) AS position
-                  FROM pg_attribute a
-                  WHERE a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped) a
-            JOIN pg_type t ON t.oid = a.atttypid
-            LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum))),
-       'pg_class'::regclass::oid, r.oid, NULL::oid
-FROM rel r WHERE r.relkind IN ('r', 'p', 'f')
-UNION ALL
-SELECT CASE r.relkind WHEN 'v' THEN 'views' ELSE 'materialized_views' END, r.ident,
-       jsonb_strip_nulls(jsonb_build_object(
-           'definition', pg_get_viewdef(r.oid),
-           'options', CASE WHEN r.relkind = 'v' THEN
-                          (SELECT jsonb_agg(o ORDER BY o) FROM unnest(r.reloptions) o) END,
-           'acl', (SELECT jsonb_agg(a::text ORDER BY a::text) FROM unnest(r.relacl) a))),
-       'pg_class'::regclass::oid, r.oid, NULL::oid
-FROM rel r WHERE r.relkind IN ('v', 'm')
-UNION ALL
-SELECT 'sequences', r.ident, jsonb_strip_nulls(jsonb_build_object(
-        'type', format_type(s.seqtypid, NULL),
-        'start', s.seqstart, 'increment', s.seqincrement, 'min', s.seqmin, 'max', s.seqmax,
-        'cache', s.seqcache, 'cycle', s.seqcycle,
-        'owned_by', (SELECT d.refobjid::regclass::text || '.' || quote_ident(a.attname)
-                     FROM pg_depend d
-                     JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
-                     WHERE d.classid = 'pg_class'::regclass AND d.objid = r.oid
-                       AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
-                     LIMIT 1),
-        'acl', (SELECT jsonb_agg(a::text ORDER BY a::text) FROM unnest(r.relacl) a))),
-       'pg_class'::regclass::oid, r.oid, NULL::oid
-FROM rel r JOIN pg_sequence s ON s.seqrelid = r.oid
-;
-END IF;
-IF cardinality(constraints) > 0 THEN
-RETURN QUERY
-WITH rel AS MATERIALIZED (
-    SELECT * FROM migrate.described_relations(owners, schemas, extension_schemas)
-)
-SELECT 'constraints', quote_ident(c.conname) || ' on ' || r.ident, jsonb_build_object(
-            'table', r.ident,
-            'type', CASE c.contype WHEN 'c' THEN 'check' WHEN 'f' THEN 'foreign key'
-                                   WHEN 'p' THEN 'primary key' WHEN 'u' THEN 'unique'
-                                   WHEN 'x' THEN 'exclusion' WHEN 't' THEN 'trigger' END,
-            'definition', pg_get_constraintdef(c.oid),
-            'validated', c.convalidated),
-       'pg_constraint'::regclass::oid, c.oid, r.oid
-FROM unnest(constraints) x JOIN pg_constraint c ON c.oid = x JOIN rel r ON r.oid = c.conrelid
--- NOT NULL: a column's not_null, whether or not the server keeps a constraint for it (18 does).
-WHERE c.contype <> 'n';
-END IF;
-IF cardinality(indexes) > 0 THEN
-RETURN QUERY
-WITH rel AS MATERIALIZED (
-    SELECT * FROM migrate.described_relations(owners, schemas, extension_schemas)
-)
--- Indexes by their parts, not by pg_get_indexdef: deciding which operator classes are a
--- column type's default (to leave them out of the text) costs a catalog scan per key column,
--- most of the time a whole description took. Every key names its operator class instead.
-SELECT 'indexes', quote_ident(icn.nspname) || '.' || quote_ident(ic.relname), jsonb_strip_nulls(jsonb_build_object(
-            'table', r.ident,
-            'method', am.amname,
-            'unique', i.indisunique,
-            'nulls_not_distinct', CASE WHEN migrate.nulls_not_distinct(i) THEN true END,
-            'keys', k.keys,
-            'include', k.include,
-            'predicate', pg_get_expr(i.indpred, i.indrelid),
-            'options', CASE WHEN ic.reloptions IS NOT NULL THEN
-                           (SELECT jsonb_agg(o ORDER BY o) FROM unnest(ic.reloptions) o) END,
-            'valid', i.indisvalid,
-            'ready', i.indisready AND i.indislive)),
-       'pg_class'::regclass::oid, i.indexrelid, r.oid
-FROM unnest(indexes) x
-JOIN pg_index i ON i.indexrelid = x
-JOIN rel r ON r.oid = i.indrelid
-JOIN pg_class ic ON ic.oid = i.indexrelid
-JOIN pg_am am ON am.oid = ic.relam
-JOIN pg_namespace icn ON icn.oid = ic.relnamespace
-CROSS JOIN LATERAL (
-    SELECT jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
-               'key', c.key,
-               -- By the syscache: a join would scan pg_opclass once per index.
-               'opclass', (pg_identify_object('pg_opclass'::regclass,
-                                              i.indclass[c.n - 1], 0)).identity,
-               'collation', CASE WHEN i.indcollation[c.n - 1] <> 0
-                                 THEN i.indcollation[c.n - 1]::regcollation::text END,
-               'descending', CASE WHEN i.indoption[c.n - 1] & 1 = 1 THEN true END,
-               'nulls_first', CASE WHEN i.indoption[c.n - 1] & 2 = 2 THEN true END))
-               ORDER BY c.n) FILTER (WHERE c.n <= i.indnkeyatts) AS keys,
-           jsonb_agg(c.key ORDER BY c.n) FILTER (WHERE c.n > i.indnkeyatts) AS include
-    FROM (SELECT c.n,
-                 -- A column by its name; an expression as PostgreSQL prints it.
-                 CASE WHEN c.attnum <> 0 THEN
-                     (SELECT quote_ident(a.attname) FROM pg_attribute a
-                      WHERE a.attrelid = i.indrelid AND a.attnum = c.attnum)
-                 ELSE pg_get_indexdef(i.indexrelid, c.n::int, true) END AS key
-          FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS c(attnum, n)) c
-) k;
-END IF;
 IF cardinality(triggers) > 0 THEN
 RETURN QUERY
 WITH rel AS MATERIALIZED (
@@ -261,7 +117,7 @@ SELECT 'triggers', quote_ident(t.tgname) || ' on ' || r.ident, jsonb_build_objec
             'definition', pg_get_triggerdef(t.oid),
             'enabled', CASE t.tgenabled WHEN 'O' THEN 'origin' WHEN 'D' THEN 'disabled'
                                         WHEN 'R' THEN 'replica' WHEN 'A' THEN 'always' END),
-       'pg_trigger'::regclass::oid, t.oid, r.oid
+       'pg_trigger'::regclass::oid, t.oid, r.oid, NULL::bytea
 FROM unnest(triggers) x JOIN pg_trigger t ON t.oid = x JOIN rel r ON r.oid = t.tgrelid
 WHERE NOT t.tgisinternal;
 END IF;
@@ -282,7 +138,7 @@ SELECT 'policies', quote_ident(p.polname) || ' on ' || r.ident, jsonb_strip_null
                       FROM unnest(p.polroles) x),
             'using', pg_get_expr(p.polqual, p.polrelid),
             'with_check', pg_get_expr(p.polwithcheck, p.polrelid))),
-       'pg_policy'::regclass::oid, p.oid, r.oid
+       'pg_policy'::regclass::oid, p.oid, r.oid, NULL::bytea
 FROM unnest(policies) x JOIN pg_policy p ON p.oid = x JOIN rel r ON r.oid = p.polrelid;
 END IF;
 IF cardinality(types) > 0 THEN
@@ -311,7 +167,7 @@ SELECT 'types', format_type(t.oid, NULL), jsonb_strip_nulls(jsonb_build_object(
         'subtype', (SELECT format_type(g.rngsubtype, NULL) FROM pg_range g
                     WHERE g.rngtypid = t.oid),
         'acl', (SELECT jsonb_agg(a::text ORDER BY a::text) FROM unnest(t.typacl) a))),
-       'pg_type'::regclass::oid, t.oid, NULL::oid
+       'pg_type'::regclass::oid, t.oid, NULL::oid, NULL::bytea
 FROM unnest(types) x JOIN pg_type t ON t.oid = x
 JOIN pg_namespace n ON n.oid = t.typnamespace
 WHERE migrate.schema_is_described(n, schemas, extension_schemas)
@@ -332,7 +188,7 @@ SELECT 'functions', p.oid::regprocedure::text, jsonb_strip_nulls(jsonb_build_obj
         'definition_sha256', CASE WHEN p.prokind <> 'a' THEN
                       encode(sha256(convert_to(pg_get_functiondef(p.oid), 'UTF8')), 'hex') END,
         'acl', (SELECT jsonb_agg(a::text ORDER BY a::text) FROM unnest(p.proacl) a))),
-       'pg_proc'::regclass::oid, p.oid, NULL::oid
+       'pg_proc'::regclass::oid, p.oid, NULL::oid, NULL::bytea
 FROM unnest(functions) x JOIN pg_proc p ON p.oid = x
 JOIN pg_namespace n ON n.oid = p.pronamespace
 WHERE migrate.schema_is_described(n, schemas, extension_schemas)
@@ -343,7 +199,7 @@ IF cardinality(namespaces) > 0 THEN
 RETURN QUERY
 SELECT 'schemas', quote_ident(n.nspname), jsonb_strip_nulls(jsonb_build_object(
            'acl', (SELECT jsonb_agg(a::text ORDER BY a::text) FROM unnest(n.nspacl) a))),
-       'pg_namespace'::regclass::oid, n.oid, NULL::oid
+       'pg_namespace'::regclass::oid, n.oid, NULL::oid, NULL::bytea
 FROM unnest(namespaces) x JOIN pg_namespace n ON n.oid = x
 WHERE migrate.schema_is_described(n, schemas, extension_schemas);
 END IF;
@@ -351,7 +207,7 @@ IF cardinality(extensions) > 0 THEN
 RETURN QUERY
 SELECT 'extensions', quote_ident(e.extname), jsonb_build_object(
            'version', e.extversion, 'schema', quote_ident(n.nspname)),
-       'pg_extension'::regclass::oid, e.oid, NULL::oid
+       'pg_extension'::regclass::oid, e.oid, NULL::oid, NULL::bytea
 FROM unnest(extensions) x JOIN pg_extension e ON e.oid = x
 JOIN pg_namespace n ON n.oid = e.extnamespace
 -- Not pg_migrate itself: its own release is not the schema's, and an upgrade of it is no drift.
@@ -362,9 +218,9 @@ $describe$;
 
 -- Every object of the database that may be described, by catalog: what describe_objects
 -- takes to describe the whole schema.
-CREATE FUNCTION migrate.all_objects(schemas text[] DEFAULT NULL)
+CREATE FUNCTION migrate.all_objects(schemas text[] DEFAULT NULL, hashes_only boolean DEFAULT false)
 RETURNS TABLE (kind text, identity text, description jsonb,
-               obj_class oid, obj_oid oid, rel_oid oid)
+               obj_class oid, obj_oid oid, rel_oid oid, hash bytea)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -380,7 +236,8 @@ AS $$
                                            AND t.typnamespace <> 'pg_catalog'::regnamespace),
         ARRAY(SELECT p.oid FROM pg_proc p WHERE p.pronamespace <> 'pg_catalog'::regnamespace),
         ARRAY(SELECT n.oid FROM pg_namespace n),
-        ARRAY(SELECT e.oid FROM pg_extension e)) d
+        ARRAY(SELECT e.oid FROM pg_extension e),
+        hashes_only) d
 $$;
 
 -- The hash one object adds to a fingerprint: of its kind, identity and description (jsonb's
@@ -447,8 +304,9 @@ RETURNS text
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT migrate.hash_sum(coalesce(array_agg(migrate.object_hash(a.kind, a.identity, a.description)), '{}'))
-    FROM migrate.all_objects(schemas) a
+    SELECT migrate.hash_sum(coalesce(array_agg(coalesce(
+               a.hash, migrate.object_hash(a.kind, a.identity, a.description))), '{}'))
+    FROM migrate.all_objects(schemas, hashes_only => true) a
 $$;
 
 COMMENT ON FUNCTION migrate.fingerprint(text[]) IS

@@ -68,6 +68,16 @@ impl Sum {
     }
 }
 
+/// The hash one object adds to a fingerprint, as `migrate.object_hash(kind, identity,
+/// description)` computes it: of its kind, identity and description's jsonb text.
+pub fn object_hash(kind: &str, identity: &str, description: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for part in [kind, "\n", identity, "\n", description] {
+        h.update(part.as_bytes());
+    }
+    h.finalize().into()
+}
+
 /// A hash as 32 bytes, or why not.
 pub fn hash(bytes: &[u8]) -> Result<&[u8; 32], Problem> {
     bytes.try_into().map_err(|_| {

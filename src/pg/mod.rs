@@ -2,6 +2,7 @@
 //! functions. Everything above it is plain Rust over these and SPI.
 
 pub mod catalog;
+pub mod describe;
 pub mod event_trigger;
 pub mod guc;
 pub mod identity;
