@@ -3,7 +3,7 @@
 import pytest
 from psycopg.types.json import Jsonb
 
-from harness import failure
+from harness import PG_MAJOR, failure
 
 BASE = """
     CREATE TYPE mood AS ENUM ('calm', 'busy');
@@ -164,3 +164,135 @@ def test_diff_refuses_null(conn):
     f = failure(conn, "SELECT * FROM migrate.diff('{}', migrate.describe())")
     assert f.sqlstate == "22023" and f.message == "pg_migrate: migrate.diff: a is not a schema description"
     assert f.detail and f.hint
+
+
+# Tables, indexes, constraints, views and sequences are described natively
+# (src/inspect/describe.rs); what follows pins what their descriptions say.
+RICH = """
+    CREATE ROLE golden_reader;
+    CREATE TABLE g_parent (id bigint PRIMARY KEY, note text COLLATE "C" DEFAULT 'it''s',
+        made timestamptz DEFAULT '2024-01-02 03:04:05+00', iv interval DEFAULT '1 day 2 hours',
+        f float8 DEFAULT 0.1, g int GENERATED ALWAYS AS (id * 2) STORED,
+        ida int GENERATED ALWAYS AS IDENTITY, "Mixed Case" varchar(20), dropme int)
+        WITH (fillfactor = 80, autovacuum_enabled = off);
+    ALTER TABLE g_parent DROP COLUMN dropme;
+    ALTER TABLE g_parent ENABLE ROW LEVEL SECURITY;
+    GRANT SELECT ON g_parent TO golden_reader;
+    GRANT UPDATE (note) ON g_parent TO golden_reader;
+    CREATE TABLE g_other (x int);
+    CREATE TABLE g_child (y int NOT NULL) INHERITS (g_other, g_parent);
+    CREATE UNLOGGED TABLE g_scratch (a int);
+    CREATE TABLE g_meas (id int, at date NOT NULL) PARTITION BY RANGE (at);
+    CREATE TABLE g_meas_2024 PARTITION OF g_meas FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+    CREATE TABLE g_refs (id int, pid bigint, u text, w text);
+    ALTER TABLE g_refs ADD CONSTRAINT g_fk FOREIGN KEY (pid) REFERENCES g_parent ON DELETE CASCADE NOT VALID;
+    CREATE INDEX g_refs_idx ON g_refs (lower(u) DESC NULLS LAST, w COLLATE "C" text_pattern_ops)
+        INCLUDE (id) WHERE id > 10;
+    CREATE UNIQUE INDEX g_refs_nnd ON g_refs (u) NULLS NOT DISTINCT WITH (fillfactor = 70);
+    CREATE VIEW g_view WITH (security_barrier) AS SELECT id FROM g_parent WHERE id > 5;
+    CREATE SEQUENCE g_seq AS integer START 5 INCREMENT 3 MINVALUE 2 MAXVALUE 900 CACHE 4 CYCLE
+        OWNED BY g_refs.id;
+"""
+
+
+@pytest.fixture
+def rich(conn):
+    conn.execute("DROP ROLE IF EXISTS golden_reader")
+    conn.execute("BEGIN")
+    conn.execute("SET LOCAL migrate.guard = off")
+    # Constants print under describe's own settings, not the session's.
+    conn.execute("SET LOCAL datestyle = 'SQL, DMY'")
+    conn.execute("SET LOCAL intervalstyle = 'iso_8601'")
+    conn.execute(RICH)
+    conn.execute("COMMIT")
+    yield conn
+    conn.execute("DROP OWNED BY golden_reader")
+    conn.execute("DROP ROLE golden_reader")
+
+
+def test_a_description_says_exactly_what_the_catalogs_say(rich):
+    conn = rich
+    conn.execute("SET datestyle = 'SQL, DMY'; SET intervalstyle = 'iso_8601'; SET extra_float_digits = 3")
+    d = conn.execute("SELECT migrate.describe()").fetchone()[0]
+    column = lambda position, type_, not_null=False, **more: {"position": position, "type": type_, "not_null": not_null, **more}
+    parent_columns = {
+        "id": column(1, "bigint", True),
+        "note": column(2, "text", default="'it''s'::text", collation='"C"', acl=["golden_reader=w/postgres"]),
+        "made": column(3, "timestamp with time zone", default="'2024-01-02 03:04:05+00'::timestamp with time zone"),
+        "iv": column(4, "interval", default="'1 day 02:00:00'::interval"),
+        "f": column(5, "double precision", default="0.1"),
+        "g": column(6, "integer", generated="(id * 2)"),
+        "ida": column(7, "integer", True, identity="always"),
+        '"Mixed Case"': column(8, "character varying(20)"),
+    }
+    assert d["tables"]["public.g_parent"] == {
+        "kind": "table", "columns": parent_columns, "options": ["autovacuum_enabled=off", "fillfactor=80"],
+        "row_security": "enabled",
+        # PostgreSQL 17 added MAINTAIN (m).
+        "acl": ["golden_reader=r/postgres", "postgres=arwdDxt%s/postgres" % ("m" if PG_MAJOR >= 17 else "")]}
+    child = d["tables"]["public.g_child"]
+    assert child["inherits"] == ["public.g_other", "public.g_parent"]
+    assert [(k, v["position"]) for k, v in sorted(child["columns"].items(), key=lambda kv: kv[1]["position"])] == [
+        ("x", 1), ("id", 2), ("note", 3), ("made", 4), ("iv", 5), ("f", 6), ("g", 7), ("ida", 8), ('"Mixed Case"', 9), ("y", 10)]
+    assert "identity" not in child["columns"]["ida"] and "acl" not in child["columns"]["note"]
+    assert d["tables"]["public.g_scratch"] == {"kind": "table", "unlogged": True, "columns": {"a": column(1, "integer")}}
+    assert d["tables"]["public.g_meas"] == {
+        "kind": "partitioned table", "partition_key": "RANGE (at)",
+        "columns": {"id": column(1, "integer"), "at": column(2, "date", True)}}
+    assert d["tables"]["public.g_meas_2024"] == {
+        "kind": "table", "partition_of": "public.g_meas",
+        "partition_bound": "FOR VALUES FROM ('2024-01-01') TO ('2025-01-01')",
+        "columns": {"id": column(1, "integer"), "at": column(2, "date", True)}}
+    assert d["indexes"]["public.g_refs_idx"] == {
+        "table": "public.g_refs", "method": "btree", "unique": False, "valid": True, "ready": True,
+        "keys": [{"key": "lower(u)", "opclass": "pg_catalog.text_ops USING btree", "collation": '"default"', "descending": True},
+                 {"key": "w", "opclass": "pg_catalog.text_pattern_ops USING btree", "collation": '"C"'}],
+        "include": ["id"], "predicate": "(id > 10)"}
+    assert d["indexes"]["public.g_refs_nnd"] == {
+        "table": "public.g_refs", "method": "btree", "unique": True, "nulls_not_distinct": True, "valid": True, "ready": True,
+        "keys": [{"key": "u", "opclass": "pg_catalog.text_ops USING btree", "collation": '"default"'}],
+        "options": ["fillfactor=70"]}
+    assert d["constraints"]["g_fk on public.g_refs"] == {
+        "table": "public.g_refs", "type": "foreign key", "validated": False,
+        "definition": "FOREIGN KEY (pid) REFERENCES public.g_parent(id) ON DELETE CASCADE NOT VALID"}
+    assert d["constraints"]["g_parent_pkey on public.g_parent"] == {
+        "table": "public.g_parent", "type": "primary key", "validated": True, "definition": "PRIMARY KEY (id)"}
+    assert d["sequences"]["public.g_seq"] == {
+        "type": "integer", "start": 5, "increment": 3, "min": 2, "max": 900, "cache": 4, "cycle": True,
+        "owned_by": "public.g_refs.id"}
+    assert d["sequences"]["public.g_parent_ida_seq"]["owned_by"] == "public.g_parent.ida"
+    conn.execute("SET search_path = pg_catalog")
+    viewdef = conn.execute("SELECT pg_get_viewdef('public.g_view'::regclass)").fetchone()[0]
+    assert d["views"]["public.g_view"] == {"options": ["security_barrier=true"], "definition": viewdef}
+    # Hashed natively from jsonb's own text: the fingerprint of the description is the fingerprint.
+    assert conn.execute("SELECT migrate.fingerprint() = migrate.fingerprint_of(migrate.describe())").fetchone()[0]
+    assert conn.execute("""SELECT count(*) FROM migrate.all_objects() a
+                           WHERE a.hash IS DISTINCT FROM migrate.object_hash(a.kind, a.identity, a.description)
+                             AND a.hash IS NOT NULL""").fetchone()[0] == 0
+
+
+def test_thousands_of_objects_describe_as_each_does_alone(rich):
+    conn = rich
+    # Past 1,000 objects, the catalogs around them are read whole rather than row by row.
+    conn.execute("""DO $$ BEGIN FOR i IN 1..400 LOOP EXECUTE format(
+        'CREATE TABLE g_many%s (id int PRIMARY KEY, v text DEFAULT ''x'') INHERITS (g_other)', i); END LOOP; END $$""")
+    together = conn.execute("""
+        SELECT kind, identity, description, hash FROM migrate.describe_table_objects(NULL, '{}',
+            ARRAY(SELECT oid FROM pg_class WHERE relkind IN ('r', 'p', 'f', 'v', 'm', 'S')),
+            ARRAY(SELECT indexrelid FROM pg_index), ARRAY(SELECT oid FROM pg_constraint WHERE conrelid <> 0))
+        ORDER BY 1, 2""").fetchall()
+    alone = conn.execute("""
+        SELECT d.kind, d.identity, d.description, d.hash FROM pg_class c,
+            migrate.describe_table_objects(NULL, '{}', ARRAY[c.oid], '{}', '{}') d
+        WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S')
+        UNION ALL
+        SELECT d.kind, d.identity, d.description, d.hash FROM pg_index i,
+            migrate.describe_table_objects(NULL, '{}', '{}', ARRAY[i.indexrelid], '{}') d
+        UNION ALL
+        SELECT d.kind, d.identity, d.description, d.hash FROM pg_constraint k,
+            migrate.describe_table_objects(NULL, '{}', '{}', '{}', ARRAY[k.oid]) d
+        WHERE k.conrelid <> 0
+        ORDER BY 1, 2""").fetchall()
+    assert len(together) > 1200
+    assert together == alone
+    assert {r[1] for r in together} >= {"public.g_many400", "g_many400_pkey on public.g_many400", "public.g_child"}

@@ -219,15 +219,15 @@ pub struct Described {
 }
 
 /// The relations that are described, by OID, with their identity; looked up once each.
-struct Relations<'a> {
-    schemas: Option<&'a [String]>,
-    extension_schemas: &'a [pg_sys::Oid],
+struct Relations {
+    schemas: Option<Vec<String>>,
+    extension_schemas: Vec<pg_sys::Oid>,
     known: HashMap<pg_sys::Oid, Option<(catalog::Class, String)>>,
     schema_names: HashMap<pg_sys::Oid, Option<String>>,
     around: catalog::Around,
 }
 
-impl<'a> Relations<'a> {
+impl Relations {
     fn get(&mut self, oid: pg_sys::Oid) -> Option<&(catalog::Class, String)> {
         if !self.known.contains_key(&oid) {
             let described = self.look_up(oid);
@@ -249,8 +249,8 @@ impl<'a> Relations<'a> {
         if !schema_is_described(
             &schema,
             class.namespace,
-            self.schemas,
-            self.extension_schemas,
+            self.schemas.as_deref(),
+            &self.extension_schemas,
         ) || self.around.extension_member(oid)
         {
             return None;
@@ -510,42 +510,55 @@ fn json_string(s: &str, out: &mut String) {
 /// catalogs costs in a large schema.
 const READ_WHOLE_FROM: usize = 1000;
 
-/// The described tables, views and sequences among `relations`, indexes among `indexes` and
-/// constraints among `constraints` (each OID once), in any order.
-pub fn describe(
-    schemas: Option<&[String]>,
-    extension_schemas: &[pg_sys::Oid],
-    relations: &[pg_sys::Oid],
-    indexes: &[pg_sys::Oid],
-    constraints: &[pg_sys::Oid],
-) -> Vec<Described> {
-    let many = relations.len() + indexes.len() + constraints.len() >= READ_WHOLE_FROM;
-    let mut rels = Relations {
-        schemas,
-        extension_schemas,
-        known: HashMap::new(),
-        schema_names: HashMap::new(),
-        around: if many {
-            catalog::Around::whole()
+#[derive(Clone, Copy)]
+enum Asked {
+    Relation,
+    Index,
+    Constraint,
+}
+
+/// The described tables, views and sequences among the relations asked for, indexes among
+/// the indexes and constraints among the constraints (each OID once), one at a time: a schema
+/// of hundreds of thousands of objects goes to the caller's tuplestore (which spills to disk
+/// past work_mem), not to memory first.
+pub struct Describer {
+    rels: Relations,
+    asked: std::vec::IntoIter<(Asked, pg_sys::Oid)>,
+}
+
+impl Describer {
+    pub fn new(
+        schemas: Option<Vec<String>>,
+        extension_schemas: Vec<pg_sys::Oid>,
+        relations: Vec<pg_sys::Oid>,
+        indexes: Vec<pg_sys::Oid>,
+        constraints: Vec<pg_sys::Oid>,
+    ) -> Describer {
+        let asked: Vec<(Asked, pg_sys::Oid)> = (relations.iter().map(|&o| (Asked::Relation, o)))
+            .chain(indexes.iter().map(|&o| (Asked::Index, o)))
+            .chain(constraints.iter().map(|&o| (Asked::Constraint, o)))
+            .collect();
+        let around = if asked.len() >= READ_WHOLE_FROM {
+            catalog::Around::whole(&relations)
         } else {
             catalog::Around::by_index()
-        },
-    };
-    let mut out = Vec::with_capacity(relations.len() + indexes.len() + constraints.len());
-    // Texts the server prints are palloc'd: freed object by object, not at the query's end.
-    let mut scratch = PgMemoryContexts::new("pg_migrate describe");
-    let mut each = |f: &mut dyn FnMut(&mut Relations) -> Option<Described>,
-                    rels: &mut Relations| {
-        pgrx::check_for_interrupts!();
-        // SAFETY: the closure allocates nothing it keeps in the scratch context.
-        let row = unsafe { scratch.switch_to(|_| f(rels)) };
-        // SAFETY: nothing allocated in it is used after this point.
-        unsafe { scratch.reset() };
-        row
-    };
-    for &oid in relations {
-        out.extend(each(
-            &mut |rels| {
+        };
+        Describer {
+            rels: Relations {
+                schemas,
+                extension_schemas,
+                known: HashMap::new(),
+                schema_names: HashMap::new(),
+                around,
+            },
+            asked: asked.into_iter(),
+        }
+    }
+
+    fn one(&mut self, asked: Asked, oid: pg_sys::Oid) -> Option<Described> {
+        let rels = &mut self.rels;
+        match asked {
+            Asked::Relation => {
                 rels.get(oid)?;
                 let (class, identity) = rels.known.get(&oid)?.as_ref()?;
                 let (kind, description) = relation(oid, class, &rels.around)?;
@@ -557,13 +570,8 @@ pub fn describe(
                     obj_oid: oid,
                     rel_oid: None,
                 })
-            },
-            &mut rels,
-        ));
-    }
-    for &oid in indexes {
-        out.extend(each(
-            &mut |rels| {
+            }
+            Asked::Index => {
                 let facts = catalog::index(oid)?;
                 let table_oid = facts.table;
                 let table = rels.get(table_oid)?.1.clone();
@@ -576,13 +584,8 @@ pub fn describe(
                     obj_oid: oid,
                     rel_oid: Some(table_oid),
                 })
-            },
-            &mut rels,
-        ));
-    }
-    for &oid in constraints {
-        out.extend(each(
-            &mut |rels| {
+            }
+            Asked::Constraint => {
                 let facts = catalog::constraint(oid)?;
                 // NOT NULL: a column's not_null, whether or not the server keeps a
                 // constraint for it (18 does).
@@ -603,11 +606,28 @@ pub fn describe(
                     obj_oid: oid,
                     rel_oid: Some(facts.table),
                 })
-            },
-            &mut rels,
-        ));
+            }
+        }
     }
-    out
+}
+
+impl Iterator for Describer {
+    type Item = Described;
+
+    fn next(&mut self) -> Option<Described> {
+        loop {
+            let (asked, oid) = self.asked.next()?;
+            pgrx::check_for_interrupts!();
+            // The texts the server prints are palloc'd: freed object by object.
+            let mut scratch = PgMemoryContexts::new("pg_migrate describe");
+            // SAFETY: nothing allocated in the scratch context outlives this call: what is
+            // kept is copied into Rust strings first.
+            let row = unsafe { scratch.switch_to(|_| self.one(asked, oid)) };
+            if row.is_some() {
+                return row;
+            }
+        }
+    }
 }
 
 /// `migrate.describe_table_objects(...)`: what `migrate.describe_objects` gives of
@@ -640,15 +660,14 @@ fn describe_table_objects(
     let oids = |a: Option<Array<pg_sys::Oid>>| -> Vec<pg_sys::Oid> {
         a.map(|a| a.iter().flatten().collect()).unwrap_or_default()
     };
-    let schemas: Option<Vec<String>> = schemas.map(|a| a.iter().flatten().collect());
-    let rows = describe(
-        schemas.as_deref(),
-        &oids(extension_schemas),
-        &oids(relations),
-        &oids(indexes),
-        &oids(constraints),
+    let rows = Describer::new(
+        schemas.map(|a| a.iter().flatten().collect()),
+        oids(extension_schemas),
+        oids(relations),
+        oids(indexes),
+        oids(constraints),
     );
-    TableIterator::new(rows.into_iter().map(move |d| {
+    TableIterator::new(rows.map(move |d| {
         let hash = object_hash(d.kind, &d.identity, &d.description).to_vec();
         (
             d.kind.to_string(),

@@ -380,9 +380,10 @@ impl Around {
         Around::default()
     }
 
-    /// Every relation that belongs to an extension, every inheritance link and every column
-    /// default, read now.
-    pub fn whole() -> Around {
+    /// Which of `relations` belong to an extension, their inheritance links and their
+    /// column defaults, read now.
+    pub fn whole(relations: &[pg_sys::Oid]) -> Around {
+        let wanted: HashSet<pg_sys::Oid> = relations.iter().copied().collect();
         let mut members = HashSet::new();
         scan_by_oids(
             (DEPEND.0, DEPEND_REFERENCE_INDEX),
@@ -398,19 +399,23 @@ impl Around {
         );
         let mut parents: HashMap<pg_sys::Oid, Vec<(i32, pg_sys::Oid)>> = HashMap::new();
         scan_all(INHERITS.0, |tuple, desc| {
-            let seqno = attr(tuple, desc, INHERITS_INHSEQNO).map_or(0, |d| d.value() as i32);
-            parents
-                .entry(oid_attr(tuple, desc, INHERITS_INHRELID))
-                .or_default()
-                .push((seqno, oid_attr(tuple, desc, INHERITS_INHPARENT)));
+            let child = oid_attr(tuple, desc, INHERITS_INHRELID);
+            if wanted.contains(&child) {
+                let seqno = attr(tuple, desc, INHERITS_INHSEQNO).map_or(0, |d| d.value() as i32);
+                parents
+                    .entry(child)
+                    .or_default()
+                    .push((seqno, oid_attr(tuple, desc, INHERITS_INHPARENT)));
+            }
         });
         let mut defaults: HashMap<pg_sys::Oid, HashMap<i16, String>> = HashMap::new();
         scan_all(ATTRDEF.0, |tuple, desc| {
-            if let Some((adnum, bin)) = attrdef_row(tuple, desc) {
+            let relid = oid_attr(tuple, desc, ATTRDEF_ADRELID);
+            if wanted.contains(&relid) {
                 defaults
-                    .entry(oid_attr(tuple, desc, ATTRDEF_ADRELID))
+                    .entry(relid)
                     .or_default()
-                    .insert(adnum, bin);
+                    .extend(attrdef_row(tuple, desc));
             }
         });
         Around {
