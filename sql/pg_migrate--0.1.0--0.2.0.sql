@@ -231,6 +231,24 @@ GRANT EXECUTE ON FUNCTION
     migrate.all_objects(text[], boolean)
 TO PUBLIC;
 
+-- Before a migration: the recorded schema brought up to date with DDL outside migrations
+-- since (or recorded afresh where it is not this database's), so that what the migration
+-- changed is its own.
+CREATE OR REPLACE FUNCTION migrate.record_drift()
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT migrate.schema_is_recorded() THEN
+        PERFORM migrate.record_whole_schema();
+    -- Most migrations follow no DDL from outside them: nothing to re-describe.
+    ELSIF EXISTS (SELECT FROM migrate.schema_queue q WHERE q.migration_version IS NULL) THEN
+        PERFORM migrate.record_changes(NULL);
+    END IF;
+END
+$$;
+
 -- The recorded schema without pg_migrate's own row, and the fingerprint without its hash.
 UPDATE migrate.schema_state
 SET state = migrate.hash_state_adjust(

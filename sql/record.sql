@@ -382,10 +382,11 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF migrate.schema_is_recorded() THEN
-        PERFORM migrate.record_changes(NULL);
-    ELSE
+    IF NOT migrate.schema_is_recorded() THEN
         PERFORM migrate.record_whole_schema();
+    -- Most migrations follow no DDL from outside them: nothing to re-describe.
+    ELSIF EXISTS (SELECT FROM migrate.schema_queue q WHERE q.migration_version IS NULL) THEN
+        PERFORM migrate.record_changes(NULL);
     END IF;
 END
 $$;

@@ -11,7 +11,6 @@
 use crate::history::fingerprint::object_hash;
 use crate::pg::describe as catalog;
 use pgrx::prelude::*;
-use pgrx::PgMemoryContexts;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 
@@ -618,11 +617,7 @@ impl Iterator for Describer {
         loop {
             let (asked, oid) = self.asked.next()?;
             pgrx::check_for_interrupts!();
-            // The texts the server prints are palloc'd: freed object by object.
-            let mut scratch = PgMemoryContexts::new("pg_migrate describe");
-            // SAFETY: nothing allocated in the scratch context outlives this call: what is
-            // kept is copied into Rust strings first.
-            let row = unsafe { scratch.switch_to(|_| self.one(asked, oid)) };
+            let row = catalog::in_scratch_memory(|| self.one(asked, oid));
             if row.is_some() {
                 return row;
             }

@@ -43,6 +43,16 @@ const ATTRDEF_ADRELID: u32 = 2;
 const ATTRDEF_ADNUM: u32 = 3;
 const ATTRDEF_ADBIN: u32 = 4;
 
+/// Runs `f` with the server's allocations (the texts it prints, the tuples it copies) in a
+/// memory context of their own, freed when `f` returns: describing thousands of objects must
+/// not keep every one's until the query ends. `f` keeps only what it copied into Rust.
+pub fn in_scratch_memory<T>(f: impl FnOnce() -> T) -> T {
+    let mut scratch = pgrx::PgMemoryContexts::new("pg_migrate describe");
+    // SAFETY: the context is dropped (deleted) after `f` returns; nothing palloc'd in it is
+    // returned, since T is plain Rust data.
+    unsafe { scratch.switch_to(|_| f()) }
+}
+
 /// A pg_sequence row.
 pub struct Sequence {
     pub type_text: String,
