@@ -221,7 +221,9 @@ pub struct Described {
 struct Relations {
     schemas: Option<Vec<String>>,
     extension_schemas: Vec<pg_sys::Oid>,
-    known: HashMap<pg_sys::Oid, Option<(catalog::Class, String)>>,
+    /// Only relations found described: an OID of nothing, passed by the million, takes no
+    /// memory.
+    known: HashMap<pg_sys::Oid, (catalog::Class, String)>,
     schema_names: HashMap<pg_sys::Oid, Option<String>>,
     around: catalog::Around,
 }
@@ -229,10 +231,10 @@ struct Relations {
 impl Relations {
     fn get(&mut self, oid: pg_sys::Oid) -> Option<&(catalog::Class, String)> {
         if !self.known.contains_key(&oid) {
-            let described = self.look_up(oid);
+            let described = self.look_up(oid)?;
             self.known.insert(oid, described);
         }
-        self.known.get(&oid).and_then(Option::as_ref)
+        self.known.get(&oid)
     }
 
     fn look_up(&mut self, oid: pg_sys::Oid) -> Option<(catalog::Class, String)> {
@@ -263,13 +265,22 @@ impl Relations {
     }
 }
 
+/// Options (`reloptions`) in byte order, as the catalogs' "C" collation sorts them. ACLs, by
+/// contrast, are sorted as `aclitem::text`, by the database's collation
+/// (`catalog::sort_as_text`).
+pub fn sorted_options(options: &[String]) -> Vec<String> {
+    let mut options = options.to_vec();
+    options.sort();
+    options
+}
+
 /// A described relation's kind and description: a table, a view or a sequence.
 fn relation(
     oid: pg_sys::Oid,
     class: &catalog::Class,
     around: &catalog::Around,
 ) -> Option<(&'static str, String)> {
-    let sorted = |values: &[String]| {
+    let sorted_acl = |values: &[String]| {
         let mut values = values.to_vec();
         catalog::sort_as_text(&mut values);
         non_empty(values)
@@ -284,11 +295,11 @@ fn relation(
             json(&ViewDescription {
                 definition: catalog::view_definition(oid),
                 options: if class.kind == b'v' {
-                    sorted(&class.options)
+                    non_empty(sorted_options(&class.options))
                 } else {
                     None
                 },
-                acl: sorted(&class.acl),
+                acl: sorted_acl(&class.acl),
             }),
         )),
         b'S' => {
@@ -304,7 +315,7 @@ fn relation(
                     cache: s.cache,
                     cycle: s.cycle,
                     owned_by: catalog::sequence_owner(oid),
-                    acl: sorted(&class.acl),
+                    acl: sorted_acl(&class.acl),
                 }),
             ))
         }
@@ -323,8 +334,7 @@ fn table(
         .into_iter()
         .map(catalog::regclass_text)
         .collect();
-    let mut options = class.options.clone();
-    catalog::sort_as_text(&mut options);
+    let options = sorted_options(&class.options);
     let mut acl = class.acl.clone();
     catalog::sort_as_text(&mut acl);
     let columns: BTreeMap<String, ColumnDescription> = catalog::columns(oid, around)
@@ -416,8 +426,7 @@ fn index(
         })
         .collect();
     let include: Vec<Option<String>> = (index.key_count..index.columns.len()).map(key).collect();
-    let mut options = class.options;
-    catalog::sort_as_text(&mut options);
+    let options = sorted_options(&class.options);
     Some((
         identity,
         IndexDescription {
@@ -522,7 +531,9 @@ enum Asked {
 /// past work_mem), not to memory first.
 pub struct Describer {
     rels: Relations,
-    asked: std::vec::IntoIter<(Asked, pg_sys::Oid)>,
+    asked: [(Asked, Vec<pg_sys::Oid>); 3],
+    /// Which list, and how far into it.
+    at: (usize, usize),
 }
 
 impl Describer {
@@ -533,11 +544,7 @@ impl Describer {
         indexes: Vec<pg_sys::Oid>,
         constraints: Vec<pg_sys::Oid>,
     ) -> Describer {
-        let asked: Vec<(Asked, pg_sys::Oid)> = (relations.iter().map(|&o| (Asked::Relation, o)))
-            .chain(indexes.iter().map(|&o| (Asked::Index, o)))
-            .chain(constraints.iter().map(|&o| (Asked::Constraint, o)))
-            .collect();
-        let around = if asked.len() >= READ_WHOLE_FROM {
+        let around = if relations.len() + indexes.len() + constraints.len() >= READ_WHOLE_FROM {
             catalog::Around::whole(&relations)
         } else {
             catalog::Around::by_index()
@@ -550,7 +557,12 @@ impl Describer {
                 schema_names: HashMap::new(),
                 around,
             },
-            asked: asked.into_iter(),
+            asked: [
+                (Asked::Relation, relations),
+                (Asked::Index, indexes),
+                (Asked::Constraint, constraints),
+            ],
+            at: (0, 0),
         }
     }
 
@@ -559,7 +571,7 @@ impl Describer {
         match asked {
             Asked::Relation => {
                 rels.get(oid)?;
-                let (class, identity) = rels.known.get(&oid)?.as_ref()?;
+                let (class, identity) = rels.known.get(&oid)?;
                 let (kind, description) = relation(oid, class, &rels.around)?;
                 Some(Described {
                     kind,
@@ -615,7 +627,14 @@ impl Iterator for Describer {
 
     fn next(&mut self) -> Option<Described> {
         loop {
-            let (asked, oid) = self.asked.next()?;
+            let (list, i) = self.at;
+            let (asked, oids) = self.asked.get(list)?;
+            let Some(&oid) = oids.get(i) else {
+                self.at = (list + 1, 0);
+                continue;
+            };
+            let asked = *asked;
+            self.at = (list, i + 1);
             pgrx::check_for_interrupts!();
             let row = catalog::in_scratch_memory(|| self.one(asked, oid));
             if row.is_some() {
@@ -628,7 +647,18 @@ impl Iterator for Describer {
 /// `migrate.describe_table_objects(...)`: what `migrate.describe_objects` gives of
 /// relations, indexes and constraints, which it calls under its pinned settings: each
 /// description as jsonb's text (for it to cast), and its object hash. `hashes_only` leaves
-/// the descriptions out, for a fingerprint.
+/// the descriptions out, for a fingerprint. Called directly, it prints under the caller's
+/// settings (search_path, DateStyle, ...): describe_objects is the interface.
+fn too_many(count: usize) -> ! {
+    crate::errors::Problem::new(
+        pgrx::PgSqlErrorCode::ERRCODE_OUT_OF_MEMORY,
+        format!("too many objects to describe at once ({count})"),
+        "Their OIDs could not be copied into memory.",
+        "Describe fewer objects at a time, for instance schema by schema.",
+    )
+    .raise()
+}
+
 // pgrx reads the row's column names off the signature: no type alias.
 #[allow(clippy::type_complexity)]
 #[pg_extern(stable, parallel_safe)]
@@ -651,9 +681,16 @@ fn describe_table_objects(
         name!(hash, Vec<u8>),
     ),
 > {
-    // Open to every role, like the catalogs it reads: NULL arrays and elements are none.
+    // Open to every role, like the catalogs it reads: NULL arrays and elements are none, and
+    // an array too big to copy is an error, not an allocation failure (which aborts).
     let oids = |a: Option<Array<pg_sys::Oid>>| -> Vec<pg_sys::Oid> {
-        a.map(|a| a.iter().flatten().collect()).unwrap_or_default()
+        let Some(a) = a else { return vec![] };
+        let mut out = Vec::new();
+        if out.try_reserve_exact(a.len()).is_err() {
+            too_many(a.len());
+        }
+        out.extend(a.iter().flatten());
+        out
     };
     let rows = Describer::new(
         schemas.map(|a| a.iter().flatten().collect()),

@@ -4,8 +4,13 @@
 //! `regcollation` output, `pg_identify_object`'s identity): one description, whichever side
 //! prints it.
 //!
-//! Nothing here locks a relation or opens the relcache: a fingerprint of 10,000 tables must
-//! neither exhaust the lock table nor wait behind a migration's lock.
+//! The reads here open no relcache entry and lock no user relation: a fingerprint of 10,000
+//! tables must not fill the lock table. The server's printers lock as they do when SQL calls
+//! them: pg_get_viewdef takes AccessShareLock on what a view reads, until the transaction
+//! ends, and printing an expression over a table's columns (a generated column, an index
+//! predicate or expression, a CHECK) opens that table for a moment. That is why a migration
+//! describes under migrate.lock_timeout (history/record.rs). Each lookup sees the catalogs as
+//! of its own catalog snapshot, as each statement of the SQL description did.
 
 use pgrx::{pg_sys, FromDatum, IntoDatum};
 use std::collections::{HashMap, HashSet};
@@ -393,7 +398,11 @@ impl Around {
     /// Which of `relations` belong to an extension, their inheritance links and their
     /// column defaults, read now.
     pub fn whole(relations: &[pg_sys::Oid]) -> Around {
-        let wanted: HashSet<pg_sys::Oid> = relations.iter().copied().collect();
+        // Sorted, not hashed: four bytes an OID, however many are asked for.
+        let mut wanted: Vec<u32> = relations.iter().map(|o| o.to_u32()).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let wanted = |oid: &pg_sys::Oid| wanted.binary_search(&oid.to_u32()).is_ok();
         let mut members = HashSet::new();
         scan_by_oids(
             (DEPEND.0, DEPEND_REFERENCE_INDEX),
@@ -410,7 +419,7 @@ impl Around {
         let mut parents: HashMap<pg_sys::Oid, Vec<(i32, pg_sys::Oid)>> = HashMap::new();
         scan_all(INHERITS.0, |tuple, desc| {
             let child = oid_attr(tuple, desc, INHERITS_INHRELID);
-            if wanted.contains(&child) {
+            if wanted(&child) {
                 let seqno = attr(tuple, desc, INHERITS_INHSEQNO).map_or(0, |d| d.value() as i32);
                 parents
                     .entry(child)
@@ -421,7 +430,7 @@ impl Around {
         let mut defaults: HashMap<pg_sys::Oid, HashMap<i16, String>> = HashMap::new();
         scan_all(ATTRDEF.0, |tuple, desc| {
             let relid = oid_attr(tuple, desc, ATTRDEF_ADRELID);
-            if wanted.contains(&relid) {
+            if wanted(&relid) {
                 defaults
                     .entry(relid)
                     .or_default()
