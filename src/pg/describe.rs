@@ -155,11 +155,37 @@ fn with_syscache<T>(
     }
 }
 
+/// A C string the server returned (NULL for none), copied.
+///
+/// # Safety
+/// `ptr` must be NULL or point to a NUL-terminated string.
+unsafe fn c_string(ptr: *const std::ffi::c_char) -> Option<String> {
+    // SAFETY: the caller's promise.
+    (!ptr.is_null()).then(|| {
+        unsafe { CStr::from_ptr(ptr) }
+            .to_string_lossy()
+            .into_owned()
+    })
+}
+
+/// `format_type(oid, typmod)`, or with `typmod` None, `format_type(oid, NULL)`.
+fn type_text(oid: pg_sys::Oid, typmod: Option<i32>) -> String {
+    let flags =
+        pg_sys::FORMAT_TYPE_ALLOW_INVALID | typmod.map_or(0, |_| pg_sys::FORMAT_TYPE_TYPEMOD_GIVEN);
+    // SAFETY: format_type_extended returns a palloc'd string.
+    unsafe {
+        c_string(pg_sys::format_type_extended(
+            oid,
+            typmod.unwrap_or(-1),
+            flags as _,
+        ))
+    }
+    .unwrap_or_default()
+}
+
 fn name_of(name: &pg_sys::NameData) -> String {
     // SAFETY: a NameData is NUL-terminated.
-    unsafe { CStr::from_ptr(name.data.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
+    unsafe { c_string(name.data.as_ptr()) }.unwrap_or_default()
 }
 
 fn text_array(datum: Option<pg_sys::Datum>) -> Vec<String> {
@@ -206,11 +232,7 @@ unsafe fn cstring_result(
     // SAFETY: the caller passes the arguments `f` takes; its result is a cstring.
     unsafe {
         pgrx::direct_function_call_as_datum(f, args)
-            .map(|d| {
-                CStr::from_ptr(d.cast_mut_ptr())
-                    .to_string_lossy()
-                    .into_owned()
-            })
+            .and_then(|d| c_string(d.cast_mut_ptr()))
             .unwrap_or_default()
     }
 }
@@ -247,20 +269,14 @@ pub fn quote_ident(name: &str) -> String {
         return name.to_owned();
     };
     // SAFETY: a NUL-terminated string; the result is it or a palloc'd quoted copy.
-    unsafe { CStr::from_ptr(pg_sys::quote_identifier(c.as_ptr())) }
-        .to_string_lossy()
-        .into_owned()
+    unsafe { c_string(pg_sys::quote_identifier(c.as_ptr())) }.unwrap_or_default()
 }
 
 pub fn namespace_name(oid: pg_sys::Oid) -> Option<String> {
     // SAFETY: a syscache lookup; NULL when there is no such schema.
     let name = unsafe { pg_sys::get_namespace_name(oid) };
-    // SAFETY: a palloc'd NUL-terminated copy.
-    (!name.is_null()).then(|| {
-        unsafe { CStr::from_ptr(name) }
-            .to_string_lossy()
-            .into_owned()
-    })
+    // SAFETY: a palloc'd NUL-terminated copy, or NULL.
+    unsafe { c_string(name) }
 }
 
 pub fn class(oid: pg_sys::Oid) -> Option<Class> {
@@ -541,17 +557,7 @@ pub fn columns(relid: pg_sys::Oid, around: &Around) -> Vec<Column> {
                 });
             let column = Column {
                 name: name_of(&form.attname),
-                // SAFETY: format_type(oid, typmod), with the typmod given, as SQL's does.
-                type_text: unsafe {
-                    CStr::from_ptr(pg_sys::format_type_extended(
-                        form.atttypid,
-                        form.atttypmod,
-                        (pg_sys::FORMAT_TYPE_TYPEMOD_GIVEN | pg_sys::FORMAT_TYPE_ALLOW_INVALID)
-                            as _,
-                    ))
-                }
-                .to_string_lossy()
-                .into_owned(),
+                type_text: type_text(form.atttypid, Some(form.atttypmod)),
                 not_null: form.attnotnull,
                 generated: form.attgenerated as u8,
                 identity: form.attidentity as u8,
@@ -653,8 +659,8 @@ pub fn index(indexrelid: pg_sys::Oid) -> Option<Index> {
 pub fn column_name(relid: pg_sys::Oid, attnum: i16) -> Option<String> {
     // SAFETY: a syscache lookup; NULL when there is no such column.
     let name = unsafe { pg_sys::get_attname(relid, attnum, true) };
-    // SAFETY: a palloc'd NUL-terminated copy.
-    (!name.is_null()).then(|| quote_ident(&unsafe { CStr::from_ptr(name) }.to_string_lossy()))
+    // SAFETY: a palloc'd NUL-terminated copy, or NULL.
+    unsafe { c_string(name) }.map(|n| quote_ident(&n))
 }
 
 /// `pg_get_indexdef(index, column, true)`: an expression column as PostgreSQL prints it.
@@ -677,23 +683,15 @@ pub fn opclass_identity(oid: pg_sys::Oid) -> Option<String> {
     };
     // SAFETY: the identity of an object address, NULL when it does not exist.
     let identity = unsafe { pg_sys::getObjectIdentity(&address, true) };
-    // SAFETY: a palloc'd NUL-terminated string.
-    (!identity.is_null()).then(|| {
-        unsafe { CStr::from_ptr(identity) }
-            .to_string_lossy()
-            .into_owned()
-    })
+    // SAFETY: a palloc'd NUL-terminated string, or NULL.
+    unsafe { c_string(identity) }
 }
 
 pub fn access_method_name(oid: pg_sys::Oid) -> Option<String> {
     // SAFETY: a syscache lookup; NULL when there is no such method.
     let name = unsafe { pg_sys::get_am_name(oid) };
-    // SAFETY: a palloc'd NUL-terminated copy.
-    (!name.is_null()).then(|| {
-        unsafe { CStr::from_ptr(name) }
-            .to_string_lossy()
-            .into_owned()
-    })
+    // SAFETY: a palloc'd NUL-terminated copy, or NULL.
+    unsafe { c_string(name) }
 }
 
 pub fn constraint(oid: pg_sys::Oid) -> Option<Constraint> {
@@ -734,16 +732,7 @@ pub fn sequence(oid: pg_sys::Oid) -> Option<Sequence> {
             |attnum: u32| syscache_attr(SEQRELID, tuple, attnum).map_or(0, |d| d.value() as i64);
         let type_oid = pg_sys::Oid::from(column(2) as u32);
         Sequence {
-            // SAFETY: format_type(oid, NULL): no typmod given.
-            type_text: unsafe {
-                CStr::from_ptr(pg_sys::format_type_extended(
-                    type_oid,
-                    -1,
-                    pg_sys::FORMAT_TYPE_ALLOW_INVALID as _,
-                ))
-            }
-            .to_string_lossy()
-            .into_owned(),
+            type_text: type_text(type_oid, None),
             start: column(3),
             increment: column(4),
             max: column(5),
