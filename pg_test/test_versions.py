@@ -6,6 +6,7 @@ PostgreSQL itself (with the guard off, at client_min_messages = debug1) whether 
 scanned or rewrote the table, and requires the guard to refuse exactly those that did: a rule
 is neither missing nor too strict on any version."""
 
+import re
 import psycopg
 import pytest
 
@@ -180,6 +181,24 @@ def test_the_not_null_hint_is_this_versions_safe_way(cluster, items):
         c.execute("SET migrate.guard = off")
         c.execute("ALTER TABLE items DROP CONSTRAINT note_not_null")
         c.execute("ALTER TABLE items ALTER COLUMN note DROP NOT NULL")
+
+
+def test_the_not_null_hint_quotes_a_column_that_needs_it(cluster, items):
+    """ALTER COLUMN "Note Two" SET NOT NULL: the hint's statements name the column and its
+    constraint quoted, and run as written."""
+    with cluster.connect(items) as c:
+        c.execute("SET migrate.guard = off")
+        c.execute('ALTER TABLE items ADD COLUMN "Note Two" text DEFAULT \'x\'')
+        c.execute("RESET migrate.guard")
+        f = failure(c, 'ALTER TABLE items ALTER COLUMN "Note Two" SET NOT NULL')
+        assert rule_of(f.message) == "set-not-null-scan" and '"Note Two"' in f.message, f.message
+        steps = re.findall(r"ALTER TABLE [^;]*", f.hint)
+        assert steps and all('"Note Two' in s for s in steps), f.hint
+        for step in steps:
+            c.execute(step)
+        assert failure(c, 'INSERT INTO items (id, a, checked, note, "Note Two") VALUES (0, 0, 0, \'x\', NULL)').sqlstate == "23502"
+        c.execute("SET migrate.guard = off")
+        c.execute('ALTER TABLE items DROP COLUMN "Note Two"')
 
 
 def test_reindex_is_logged_where_event_triggers_see_it_and_an_override_once(cluster, items):

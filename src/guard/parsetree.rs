@@ -204,16 +204,7 @@ unsafe fn alter_table(stmt: *mut pg_sys::AlterTableStmt) -> Command {
             let index_name = (*(*cmd).def.cast::<pg_sys::Constraint>()).indexname;
             let index = catalog::sibling_named(oid, CStr::from_ptr(index_name));
             for column in catalog::nullable_key_columns(index) {
-                // Unknown (a column not there yet, a lock not free) is not proven: refused.
-                let proven = catalog::not_null_proven(oid, &column).unwrap_or(false);
-                actions.push(Action::SetNotNull {
-                    // Only a refusal's hint reads it.
-                    unvalidated: (!proven)
-                        .then(|| unvalidated_not_null(oid, &column))
-                        .flatten(),
-                    column: quote_str(&column),
-                    proven,
-                });
+                actions.push(set_not_null(oid, &column));
             }
         }
         actions.push(action);
@@ -259,17 +250,7 @@ unsafe fn action(
                 },
             }
         }
-        AT::AT_SetNotNull if !table.new => {
-            let proven = catalog::not_null_proven(relid, &name()).unwrap_or(false);
-            Action::SetNotNull {
-                column: name(),
-                proven,
-                // Only a refusal's hint reads it.
-                unvalidated: (!proven)
-                    .then(|| unvalidated_not_null(relid, &name()))
-                    .flatten(),
-            }
-        }
+        AT::AT_SetNotNull if !table.new => set_not_null(relid, &name()),
         AT::AT_AddConstraint => {
             let c = (*cmd).def.cast::<pg_sys::Constraint>();
             match constraint_kind((*c).contype) {
@@ -280,7 +261,7 @@ unsafe fn action(
                     match keys.get_ptr(0).map(|k| str_val(k)) {
                         Some(column) if !(*c).skip_validation && !table.new => Action::SetNotNull {
                             proven: catalog::not_null_proven(relid, &column).unwrap_or(false),
-                            column: quote_str(&column),
+                            column: catalog::quote_ident(&column),
                             unvalidated: None,
                         },
                         _ => Action::Other,
@@ -326,7 +307,7 @@ unsafe fn action(
                 match catalog::not_null_constraint_column(relid, name) {
                     Some(column) => Action::SetNotNull {
                         proven: catalog::not_null_proven(relid, &column).unwrap_or(false),
-                        column: quote_str(&column),
+                        column: catalog::quote_ident(&column),
                         unvalidated: None,
                     },
                     None => Action::Other,
@@ -361,7 +342,7 @@ unsafe fn action(
         {
             Action::SetAccessMethod(if (*cmd).name.is_null() {
                 // SET ACCESS METHOD DEFAULT (PostgreSQL 17): the method it names.
-                quote_str(
+                catalog::quote_ident(
                     &crate::pg::guc::current("default_table_access_method").unwrap_or_default(),
                 )
             } else {
@@ -428,6 +409,20 @@ unsafe fn new_column(def: *mut pg_sys::ColumnDef) -> NewColumn {
         column.volatile_default = column_type.default_is_volatile(default);
     }
     column
+}
+
+/// SET NOT NULL of `column` (unquoted) on `relid`, or what amounts to it. Unknown (a column
+/// not there yet, a lock not free) is not proven: refused.
+fn set_not_null(relid: pg_sys::Oid, column: &str) -> Action {
+    let proven = catalog::not_null_proven(relid, column).unwrap_or(false);
+    Action::SetNotNull {
+        column: catalog::quote_ident(column),
+        proven,
+        // Only a refusal's hint reads it.
+        unvalidated: (!proven)
+            .then(|| unvalidated_not_null(relid, column))
+            .flatten(),
+    }
 }
 
 /// The column's NOT VALID NOT NULL constraint, quoted (PostgreSQL 18 has them).
@@ -520,7 +515,7 @@ unsafe fn drop(stmt: *mut pg_sys::DropStmt) -> Command {
                 let c_schema = std::ffi::CString::new(schema.as_str()).unwrap_or_default();
                 if cascade && catalog::schema_holds_tables(&c_schema) {
                     return Command::DropSchema {
-                        schema: quote_str(&schema),
+                        schema: catalog::quote_ident(&schema),
                         cascade,
                         holds_tables: true,
                     };
@@ -742,12 +737,6 @@ unsafe fn quote(ptr: *const std::ffi::c_char) -> String {
 
 unsafe fn opt_quote(ptr: *const std::ffi::c_char) -> Option<String> {
     (!ptr.is_null()).then(|| quote(ptr))
-}
-
-fn quote_str(s: &str) -> String {
-    let c = std::ffi::CString::new(s).unwrap_or_default();
-    // SAFETY: quote_identifier reads the string and returns it or a palloc'd quoted copy.
-    unsafe { quote(c.as_ptr()) }
 }
 
 /// What a statement run top-level by the worker does, as far as recovering from its

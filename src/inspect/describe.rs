@@ -256,11 +256,7 @@ impl Relations {
         {
             return None;
         }
-        let identity = format!(
-            "{}.{}",
-            catalog::quote_ident(&schema),
-            catalog::quote_ident(&class.name)
-        );
+        let identity = catalog::qualified(&schema, &class.name);
         Some((class, identity))
     }
 }
@@ -397,11 +393,7 @@ fn index(
 ) -> Option<(String, IndexDescription)> {
     let class = catalog::class(oid)?;
     let schema = catalog::namespace_name(class.namespace)?;
-    let identity = format!(
-        "{}.{}",
-        catalog::quote_ident(&schema),
-        catalog::quote_ident(&class.name)
-    );
+    let identity = catalog::qualified(&schema, &class.name);
     let key = |n: usize| match index.columns[n] {
         0 => catalog::index_expression(oid, n as i32 + 1),
         attnum => catalog::column_name(index.table, attnum),

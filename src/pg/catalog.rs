@@ -291,6 +291,22 @@ unsafe fn qualified_name(namespace: pg_sys::Oid, name: *const c_char) -> String 
     CStr::from_ptr(quoted).to_string_lossy().into_owned()
 }
 
+/// `quote_ident(name)`, as PostgreSQL's quote_identifier quotes it.
+pub fn quote_ident(name: &str) -> String {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return name.to_owned();
+    };
+    // SAFETY: a NUL-terminated string; the result is it or a palloc'd quoted copy.
+    unsafe { CStr::from_ptr(pg_sys::quote_identifier(c.as_ptr())) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// `schema.name`, each quoted where needed, as quote_qualified_identifier makes it.
+pub fn qualified(schema: &str, name: &str) -> String {
+    format!("{}.{}", quote_ident(schema), quote_ident(name))
+}
+
 /// A type a statement names, resolved once (in a subtransaction: `serial`, or a type that
 /// does not exist, resolves to nothing).
 pub struct ColumnType {

@@ -12,6 +12,7 @@
 //! describes under migrate.lock_timeout (history/record.rs). Each lookup sees the catalogs as
 //! of its own catalog snapshot, as each statement of the SQL description did.
 
+pub use super::catalog::{qualified, quote_ident};
 use pgrx::{pg_sys, FromDatum, IntoDatum};
 use std::collections::{HashMap, HashSet};
 use std::ffi::{c_int, CStr};
@@ -261,15 +262,6 @@ pub fn sort_as_text(values: &mut [String]) {
         };
         c.cmp(&0)
     });
-}
-
-/// `quote_ident(name)`.
-pub fn quote_ident(name: &str) -> String {
-    let Ok(c) = std::ffi::CString::new(name) else {
-        return name.to_owned();
-    };
-    // SAFETY: a NUL-terminated string; the result is it or a palloc'd quoted copy.
-    unsafe { c_string(pg_sys::quote_identifier(c.as_ptr())) }.unwrap_or_default()
 }
 
 pub fn namespace_name(oid: pg_sys::Oid) -> Option<String> {
