@@ -231,23 +231,13 @@ GRANT EXECUTE ON FUNCTION
     migrate.all_objects(text[], boolean)
 TO PUBLIC;
 
--- Before a migration: the recorded schema brought up to date with DDL outside migrations
--- since (or recorded afresh where it is not this database's), so that what the migration
--- changed is its own.
-CREATE OR REPLACE FUNCTION migrate.record_drift()
-RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF NOT migrate.schema_is_recorded() THEN
-        PERFORM migrate.record_whole_schema();
-    -- Most migrations follow no DDL from outside them: nothing to re-describe.
-    ELSIF EXISTS (SELECT FROM migrate.schema_queue q WHERE q.migration_version IS NULL) THEN
-        PERFORM migrate.record_changes(NULL);
-    END IF;
-END
-$$;
+-- What DDL touched is re-described natively (src/history/record.rs, src/history/touched.rs):
+-- by OID through the catalogs' indexes, with its SQL statements planned once per session.
+DROP FUNCTION migrate.record_drift();
+DROP FUNCTION migrate.record_changes(text);
+CREATE OR REPLACE FUNCTION migrate.schema_is_recorded() RETURNS boolean
+STRICT STABLE
+LANGUAGE c AS 'MODULE_PATHNAME', 'schema_is_recorded_wrapper';
 
 -- The recorded schema without pg_migrate's own row, and the fingerprint without its hash.
 UPDATE migrate.schema_state

@@ -42,7 +42,7 @@ fn log_ddl_command(fcinfo: pg_sys::FunctionCallInfo) {
            c.object_identity, {WHO} \
          FROM pg_catalog.pg_event_trigger_ddl_commands() c \
          WHERE NOT c.in_extension AND c.schema_name IS DISTINCT FROM 'pg_temp'"
-    ));
+    ), None);
 }
 
 #[pg_extern(sql = "
@@ -82,11 +82,10 @@ fn log_sql_drop(fcinfo: pg_sys::FunctionCallInfo) {
         Vec::new(),
     );
     write(&format!(
-        "INSERT INTO migrate.ddl_log ({COLUMNS}) SELECT 'sql_drop', {tag}, d.object_type, d.schema_name, d.object_identity, {WHO} \
+        "INSERT INTO migrate.ddl_log ({COLUMNS}) SELECT 'sql_drop', $3, d.object_type, d.schema_name, d.object_identity, {WHO} \
          FROM pg_catalog.pg_event_trigger_dropped_objects() d \
-         WHERE (d.original OR {cascaded}) AND NOT d.is_temporary",
-        tag = pgrx::spi::quote_literal(&event.tag)
-    ));
+         WHERE (d.original OR {cascaded}) AND NOT d.is_temporary"
+    ), Some(&event.tag));
 }
 
 /// Queues the objects `select` lists (classid, objid, and for a dropped object its type and
@@ -106,25 +105,27 @@ fn queue(select: &str, renamed: bool, recurses: bool, more: Vec<(pg_sys::Oid, pg
            AS o(classid, objid, object_type, object_identity) \
          WHERE o.objid IS NOT NULL"
     );
-    crate::pg::identity::as_owner(|| {
-        Spi::run_with_args(
-            &insert,
-            &[
-                renamed.into(),
-                recurses.into(),
-                migration.into(),
-                classes.into(),
-                oids.into(),
-            ],
-        )
-    })
+    crate::pg::spi::kept_as_owner(
+        &insert,
+        &[
+            renamed.into(),
+            recurses.into(),
+            migration.into(),
+            classes.into(),
+            oids.into(),
+        ],
+        |_| Ok(()),
+    )
     .or_bookkeeping("write migrate.schema_queue");
 }
 
-fn write(insert: &str) {
+/// `tag`, the command's, is `$3` where `insert` needs it.
+fn write(insert: &str, tag: Option<&str>) {
     let role = crate::pg::identity::current_user_name();
     let migration = crate::migration::running::running().map(|r| r.version);
-    crate::pg::identity::as_owner(|| Spi::run_with_args(insert, &[role.into(), migration.into()]))
+    let mut args = vec![role.into(), migration.into()];
+    args.extend(tag.map(Into::into));
+    crate::pg::spi::kept_as_owner(insert, &args, |_| Ok(()))
         .or_bookkeeping("write migrate.ddl_log");
 }
 

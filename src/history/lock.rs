@@ -153,12 +153,14 @@ fn applier_lock_busy(extension: pg_sys::Oid, attempts: u32, timeout: &str) -> Pr
 /// lack, and an old function may no longer match what the library does.
 pub fn refuse_stale_objects() -> Result<(), Problem> {
     let library = env!("CARGO_PKG_VERSION");
-    let installed = crate::pg::spi::pinned_column::<String>(
+    let installed = crate::pg::spi::kept_row(
         "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_migrate'",
         &[],
+        |row| row.get::<String>(1),
     )
     .ok()
-    .and_then(|v| v.into_iter().next());
+    .flatten()
+    .flatten();
     let Some(objects) = installed.filter(|objects| objects != library) else {
         return Ok(());
     };

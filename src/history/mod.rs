@@ -6,6 +6,7 @@ pub mod fingerprint;
 pub mod lock;
 pub mod record;
 pub mod steps;
+pub mod touched;
 
 use crate::errors::{OrBookkeeping, OrRaise, Problem};
 use crate::migration::checksum::{self, Checksums};
@@ -39,7 +40,7 @@ const RECORDED_COLUMNS: &str = "version, status, checksum, checksum_algorithm, \
 
 fn select_recorded(filter: &str, args: &[DatumWithOid]) -> Option<Recorded> {
     let query = format!("SELECT {RECORDED_COLUMNS} FROM migrate.history {filter} LIMIT 1");
-    crate::pg::spi::pinned_row(&query, args, |row| {
+    crate::pg::spi::kept_row(&query, args, |row| {
         Ok(Recorded {
             version: row.get(1)?.unwrap_or_default(),
             status: Status::from_column(row.get(2)?)?,
@@ -138,9 +139,8 @@ pub fn insert(entry: &NewEntry) -> Duration {
             .map(|j| &j.0),
     };
     let row = serde_json::to_value(&row).expect("a history row serialises");
-    let recorded = crate::pg::identity::as_owner(|| {
-        Spi::get_one_with_args::<i64>(
-            "INSERT INTO migrate.history (version, description, status, script, checksum, \
+    let recorded = crate::pg::spi::kept_as_owner(
+        "INSERT INTO migrate.history (version, description, status, script, checksum, \
                checksum_raw, checksum_algorithm, rollback_script, rollback_checksum, statements, \
                applied_by, applied_role, application_name, client_addr, started_at, finished_at, \
                lock_wait, retries, extension_version, allowed_rules, phases, settings, \
@@ -154,16 +154,16 @@ pub fn insert(entry: &NewEntry) -> Duration {
                $6, r.fingerprint, r.changes \
              FROM jsonb_populate_record(NULL::migrate.history, $1) r \
              RETURNING (extract(epoch FROM coalesce(duration, '0')) * 1e6)::int8",
-            &[
-                pgrx::JsonB(row).into(),
-                entry.started_at.into(),
-                interval(entry.lock_wait).into(),
-                entry.script.into(),
-                entry.rollback.into(),
-                entry.verify.into(),
-            ],
-        )
-    })
+        &[
+            pgrx::JsonB(row).into(),
+            entry.started_at.into(),
+            interval(entry.lock_wait).into(),
+            entry.script.into(),
+            entry.rollback.into(),
+            entry.verify.into(),
+        ],
+        |row| row.map_or(Ok(None), |row| row.get::<i64>(1)),
+    )
     .or_bookkeeping("write migrate.history");
     micros(recorded)
 }

@@ -56,8 +56,12 @@ pub fn drift() {
         "record the schema before the migration",
         APPLY_AGAIN,
         || {
-            crate::pg::identity::as_owner(|| Spi::run("SELECT migrate.record_drift()"))
-                .or_bookkeeping("record the schema before the migration")
+            if !schema_is_recorded() {
+                whole_schema();
+            // Most migrations follow no DDL from outside them: nothing to re-describe.
+            } else if drift_queued() {
+                record_queued(None);
+            }
         },
     )
 }
@@ -65,18 +69,368 @@ pub fn drift() {
 /// After a migration's DDL (in its last transaction): re-describes what it touched.
 pub fn changes(version: &str, then: &str) -> Recorded {
     bounded("record what the migration changed", then, || {
-        crate::pg::identity::as_owner(|| {
-            Spi::get_two_with_args::<JsonB, String>(
-                "SELECT changes, fingerprint FROM migrate.record_changes($1)",
-                &[version.into()],
-            )
-        })
-        .map(|(changes, fingerprint)| Recorded {
-            changes,
-            fingerprint,
-        })
-        .or_bookkeeping("record the migration's changes to the schema")
+        record_queued(Some(version))
     })
+}
+
+/// `migrate.schema_is_recorded()`: whether the recorded rows belong to this database on
+/// this server. Their OIDs are this database's, not a restored dump's nor from before
+/// pg_upgrade; anywhere else the next migration records the whole schema afresh.
+#[pg_extern(stable)]
+pub fn schema_is_recorded() -> bool {
+    let here = (
+        crate::pg::process::system_identifier(),
+        crate::pg::process::database(),
+        crate::pg::MAJOR as i32,
+    );
+    crate::pg::spi::kept_row(
+        "SELECT s.system_identifier, s.database_oid, s.server_major FROM migrate.schema_state s",
+        &[],
+        |row| {
+            Ok((
+                row.get::<i64>(1)?,
+                row.get::<pg_sys::Oid>(2)?,
+                row.get::<i32>(3)?,
+            ))
+        },
+    )
+    .or_bookkeeping("read migrate.schema_state")
+        == Some((Some(here.0), Some(here.1), Some(here.2)))
+}
+
+fn drift_queued() -> bool {
+    crate::pg::spi::kept_as_owner(
+        "SELECT EXISTS (SELECT FROM migrate.schema_queue q WHERE q.migration_version IS NULL)",
+        &[],
+        |row| Ok(row.map(|row| row.get::<bool>(1)).transpose()?.flatten()),
+    )
+    .or_bookkeeping("read migrate.schema_queue")
+    .unwrap_or(false)
+}
+
+/// Records the whole schema afresh, and returns its fingerprint.
+fn whole_schema() -> Option<String> {
+    crate::pg::spi::kept_as_owner("SELECT migrate.record_whole_schema()", &[], |row| {
+        Ok(row.map(|row| row.get::<String>(1)).transpose()?.flatten())
+    })
+    .or_bookkeeping("record the schema")
+}
+
+/// A recorded row a migration replaced or removed.
+struct OldRow {
+    kind: String,
+    identity: String,
+    description: String,
+    hash: Vec<u8>,
+}
+
+/// A description of an object as it is now.
+struct NewRow {
+    kind: String,
+    identity: String,
+    description: String,
+    obj_class: pg_sys::Oid,
+    obj_oid: pg_sys::Oid,
+    rel_oid: Option<pg_sys::Oid>,
+}
+
+const OLD_ROW: &str = "o.kind, o.identity, o.description::text, o.hash";
+
+fn old_rows(sql: &str, args: &[pgrx::datum::DatumWithOid]) -> Vec<OldRow> {
+    crate::pg::spi::kept_rows_as_owner(sql, args, |row| {
+        Ok(OldRow {
+            kind: row.get(1)?.unwrap_or_default(),
+            identity: row.get(2)?.unwrap_or_default(),
+            description: row.get(3)?.unwrap_or_default(),
+            hash: row.get(4)?.unwrap_or_default(),
+        })
+    })
+    .or_bookkeeping("write migrate.schema_objects")
+}
+
+/// The OIDs in order, None for none (as `array_agg` gives them).
+fn oids(set: &std::collections::HashSet<pg_sys::Oid>) -> Option<Vec<pg_sys::Oid>> {
+    let mut oids: Vec<pg_sys::Oid> = set.iter().copied().collect();
+    oids.sort_by_key(|oid| oid.to_u32());
+    (!oids.is_empty()).then_some(oids)
+}
+
+/// Re-describes what the queued DDL of `version` (None: DDL outside migrations) touched,
+/// replacing their rows in `migrate.schema_objects`. Returns what changed (the differences
+/// between those rows before and after) and the fingerprint after; where nothing of this
+/// database was recorded, the whole schema is recorded and what changed is unknown.
+fn record_queued(version: Option<&str>) -> Recorded {
+    use crate::history::touched::{self, Queued};
+    use crate::pg::touched::Object;
+    use std::collections::HashMap;
+    if !schema_is_recorded() {
+        return Recorded {
+            changes: None,
+            fingerprint: whole_schema(),
+        };
+    }
+    const QUEUED: &str = "RETURNING q.classid, q.objid, q.renamed, q.recurses, \
+                          q.object_type, q.object_identity";
+    let take = |sql: &str, args: &[pgrx::datum::DatumWithOid]| {
+        crate::pg::spi::kept_rows_as_owner(sql, args, |row| {
+            Ok((
+                (
+                    row.get::<pg_sys::Oid>(1)?.unwrap_or_default(),
+                    row.get::<pg_sys::Oid>(2)?.unwrap_or_default(),
+                ),
+                Queued {
+                    renamed: row.get(3)?.unwrap_or_default(),
+                    recurses: row.get(4)?.unwrap_or_default(),
+                    object_type: row.get(5)?,
+                    object_identity: row.get(6)?,
+                },
+            ))
+        })
+        .or_bookkeeping("write migrate.schema_queue")
+    };
+    let rows = match version {
+        Some(v) => take(
+            &format!("DELETE FROM migrate.schema_queue q WHERE q.migration_version = $1 {QUEUED}"),
+            &[v.into()],
+        ),
+        None => take(
+            &format!(
+                "DELETE FROM migrate.schema_queue q WHERE q.migration_version IS NULL {QUEUED}"
+            ),
+            &[],
+        ),
+    };
+    let mut queued: HashMap<Object, Queued> = HashMap::new();
+    for (object, q) in rows {
+        queued.entry(object).or_default().merge(q);
+    }
+    if queued.is_empty() {
+        let fingerprint = crate::pg::spi::kept_as_owner(
+            "SELECT s.fingerprint FROM migrate.schema_state s",
+            &[],
+            |row| Ok(row.map(|row| row.get::<String>(1)).transpose()?.flatten()),
+        )
+        .or_bookkeeping("read migrate.schema_state");
+        return Recorded {
+            changes: Some(JsonB(serde_json::json!([]))),
+            fingerprint,
+        };
+    }
+
+    let tables: Vec<pg_sys::Oid> = queued
+        .keys()
+        .filter(|(classid, _)| *classid == pg_sys::RelationRelationId)
+        .map(|(_, oid)| *oid)
+        .collect();
+    // The partitions recorded under a touched table: DETACH PARTITION reports the parent
+    // alone, and the catalogs no longer link the two.
+    let detached = if tables.is_empty() {
+        vec![]
+    } else {
+        crate::pg::spi::kept_rows_as_owner(
+            "SELECT o.obj_oid FROM migrate.schema_objects p \
+             JOIN migrate.schema_objects o ON o.description ->> 'partition_of' = p.identity \
+                                          AND o.kind = 'tables' \
+             WHERE p.obj_oid = ANY($1) AND p.obj_class = 'pg_class'::regclass \
+               AND p.kind = 'tables'",
+            &[tables.into()],
+            |row| Ok(row.get::<pg_sys::Oid>(1)?.unwrap_or_default()),
+        )
+        .or_bookkeeping("read migrate.schema_objects")
+    };
+    let stale = touched::stale(&queued, &detached, &touched::Live);
+    let wanted = touched::to_describe(&stale, &touched::Live);
+
+    let described: Vec<NewRow> = crate::pg::spi::kept_rows_as_owner(
+        "SELECT d.kind, d.identity, d.description::text, d.obj_class, d.obj_oid, d.rel_oid \
+         FROM migrate.describe_objects(NULL, $1, $2, $3, $4, $5, $6, $7, $8, $9) d",
+        &[
+            oids(&wanted.relations).into(),
+            oids(&wanted.indexes).into(),
+            oids(&wanted.constraints).into(),
+            oids(&wanted.triggers).into(),
+            oids(&wanted.policies).into(),
+            oids(&wanted.types).into(),
+            oids(&wanted.functions).into(),
+            oids(&wanted.schemas).into(),
+            oids(&wanted.extensions).into(),
+        ],
+        |row| {
+            Ok(NewRow {
+                kind: row.get(1)?.unwrap_or_default(),
+                identity: row.get(2)?.unwrap_or_default(),
+                description: row.get(3)?.unwrap_or_default(),
+                obj_class: row.get(4)?.unwrap_or_default(),
+                obj_oid: row.get(5)?.unwrap_or_default(),
+                rel_oid: row.get(6)?,
+            })
+        },
+    )
+    .or_bookkeeping("describe the objects the migration touched");
+
+    // The rows they replace: of the objects touched (dropped ones included) and of those
+    // re-described; of the tables re-described whole and of dropped tables (whatever went
+    // with them); and rows found by what they are, not by OID: those of dropped objects (an
+    // index REINDEX CONCURRENTLY rebuilt has an OID the recorded row does not know), and
+    // any row under an identity a re-described object now has.
+    let (classes, objects): (Vec<pg_sys::Oid>, Vec<pg_sys::Oid>) = stale
+        .keys()
+        .copied()
+        .chain(described.iter().map(|n| (n.obj_class, n.obj_oid)))
+        .unzip();
+    let mut old = old_rows(
+        &format!(
+            "DELETE FROM migrate.schema_objects o \
+             WHERE o.obj_oid = ANY($2) \
+               AND (o.obj_class, o.obj_oid) IN (SELECT * FROM unnest($1::oid[], $2::oid[])) \
+             RETURNING {OLD_ROW}"
+        ),
+        &[classes.into(), objects.into()],
+    );
+    let owners: Vec<pg_sys::Oid> = stale
+        .keys()
+        .filter(|(classid, oid)| {
+            *classid == pg_sys::RelationRelationId && crate::pg::touched::relation(*oid).is_none()
+        })
+        .map(|(_, oid)| *oid)
+        .chain(wanted.whole.iter().copied())
+        .collect();
+    if !owners.is_empty() {
+        old.extend(old_rows(
+            &format!(
+                "DELETE FROM migrate.schema_objects o WHERE o.rel_oid = ANY($1) \
+                 RETURNING {OLD_ROW}"
+            ),
+            &[owners.into()],
+        ));
+    }
+    let (kinds, identities): (Vec<String>, Vec<String>) = queued
+        .values()
+        .filter_map(|q| {
+            let kind = touched::recorded_kind(q.object_type.as_deref()?)?;
+            Some((kind.to_string(), q.object_identity.clone()?))
+        })
+        .chain(
+            described
+                .iter()
+                .map(|n| (n.kind.clone(), n.identity.clone())),
+        )
+        .unzip();
+    if !kinds.is_empty() {
+        old.extend(old_rows(
+            &format!(
+                "DELETE FROM migrate.schema_objects o \
+                 WHERE o.kind = ANY($1) AND o.identity = ANY($2) \
+                   AND (o.kind, o.identity) IN (SELECT * FROM unnest($1::text[], $2::text[])) \
+                 RETURNING {OLD_ROW}"
+            ),
+            &[kinds.into(), identities.into()],
+        ));
+    }
+
+    let new_hashes: Vec<Vec<u8>> = if described.is_empty() {
+        vec![]
+    } else {
+        crate::pg::spi::kept_rows_as_owner(
+            "INSERT INTO migrate.schema_objects \
+               (kind, identity, description, obj_class, obj_oid, rel_oid) \
+             SELECT x.kind, x.identity, x.description::jsonb, x.obj_class, x.obj_oid, x.rel_oid \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::oid[], $5::oid[], $6::oid[]) \
+               AS x(kind, identity, description, obj_class, obj_oid, rel_oid) \
+             RETURNING hash",
+            &[
+                described
+                    .iter()
+                    .map(|n| n.kind.clone())
+                    .collect::<Vec<_>>()
+                    .into(),
+                described
+                    .iter()
+                    .map(|n| n.identity.clone())
+                    .collect::<Vec<_>>()
+                    .into(),
+                described
+                    .iter()
+                    .map(|n| n.description.clone())
+                    .collect::<Vec<_>>()
+                    .into(),
+                described
+                    .iter()
+                    .map(|n| n.obj_class)
+                    .collect::<Vec<_>>()
+                    .into(),
+                described
+                    .iter()
+                    .map(|n| n.obj_oid)
+                    .collect::<Vec<_>>()
+                    .into(),
+                described
+                    .iter()
+                    .map(|n| n.rel_oid)
+                    .collect::<Vec<_>>()
+                    .into(),
+            ],
+            |row| Ok(row.get::<Vec<u8>>(1)?.unwrap_or_default()),
+        )
+        .or_bookkeeping("write migrate.schema_objects")
+    };
+    let fingerprint = crate::pg::spi::kept_as_owner(
+        "UPDATE migrate.schema_state s \
+         SET state = migrate.hash_state_adjust(s.state, $1, $2), recorded_at = clock_timestamp() \
+         RETURNING s.fingerprint",
+        &[
+            old.iter()
+                .map(|o| o.hash.clone())
+                .collect::<Vec<_>>()
+                .into(),
+            new_hashes.into(),
+        ],
+        |row| Ok(row.map(|row| row.get::<String>(1)).transpose()?.flatten()),
+    )
+    .or_bookkeeping("write migrate.schema_state");
+    // DDL outside migrations (version None) is recorded, not reported: drift() did that.
+    let changes = version.map(|_| {
+        let before = description_of(old.iter().map(|o| (&o.kind, &o.identity, &o.description)));
+        let after = description_of(
+            described
+                .iter()
+                .map(|n| (&n.kind, &n.identity, &n.description)),
+        );
+        JsonB(crate::inspect::diff::as_changes(
+            crate::inspect::diff::bounded_differences(&before, &after),
+        ))
+    });
+    Recorded {
+        changes,
+        fingerprint,
+    }
+}
+
+/// The rows as one description, as `migrate.description_of` makes it: by kind, then by
+/// identity (the last row of an identity wins).
+fn description_of<'a>(
+    rows: impl Iterator<Item = (&'a String, &'a String, &'a String)>,
+) -> serde_json::Value {
+    let mut kinds = serde_json::Map::new();
+    kinds.insert("format".into(), 2.into());
+    for (kind, identity, description) in rows {
+        let description = serde_json::from_str(description).unwrap_or_else(|e| {
+            Problem::new(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                format!("a recorded description of {identity} does not read as JSON: {e}"),
+                "migrate.schema_objects holds jsonb, whose text is JSON.",
+                "Report this as a pg_migrate bug.",
+            )
+            .raise()
+        });
+        kinds
+            .entry(kind.clone())
+            .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()))
+            .as_object_mut()
+            .expect("a kind's objects")
+            .insert(identity.clone(), description);
+    }
+    serde_json::Value::Object(kinds)
 }
 
 /// A migration applied in the caller's transaction: its changes, recorded there.
@@ -86,12 +440,7 @@ pub fn applied(version: &str) -> Recorded {
 
 /// A baseline, or an admin's `migrate.record_schema()`: the whole schema, recorded afresh.
 pub fn whole() -> Recorded {
-    let fingerprint = bounded("record the schema", "run it again", || {
-        crate::pg::identity::as_owner(|| {
-            Spi::get_one::<String>("SELECT migrate.record_whole_schema()")
-        })
-        .or_bookkeeping("record the schema")
-    });
+    let fingerprint = bounded("record the schema", "run it again", whole_schema);
     Recorded {
         changes: None,
         fingerprint,

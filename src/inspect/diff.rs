@@ -223,6 +223,52 @@ fn keys<'m>(a: &'m Map<String, Value>, b: &'m Map<String, Value>) -> BTreeSet<&'
     a.keys().chain(b.keys()).collect()
 }
 
+/// Every difference from `a` to `b`, checking for cancellation throughout. `migrate.diff`
+/// is open to every role: the output may not outgrow the input by more than a fixed factor
+/// (names repeat in every row).
+pub fn bounded_differences(a: &Value, b: &Value) -> Vec<Difference> {
+    let limit = 16 * (size(a) + size(b)) + (1 << 20);
+    let mut tick = || {
+        pgrx::check_for_interrupts!();
+    };
+    differences(a, b, &mut Budget::new(limit, &mut tick)).unwrap_or_else(|_| {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            format!("migrate.diff: the differences would take more than {limit} bytes"),
+            "The differences of two descriptions repeat object names and paths in every row; \
+             these two would produce far more than their own size.",
+            "Pass descriptions migrate.describe() made; compare fewer schemas at once \
+             (migrate.describe(ARRAY['schema'])).",
+        )
+        .raise()
+    })
+}
+
+/// The differences as `migrate.history.changes` holds them, and `migrate.changes` returns
+/// them: `jsonb_agg(jsonb_strip_nulls(to_jsonb(d)))` of `migrate.diff`'s rows.
+pub fn as_changes(found: Vec<Difference>) -> Value {
+    Value::Array(
+        found
+            .into_iter()
+            .map(|d| strip_nulls(serde_json::to_value(d).expect("a difference serialises")))
+            .collect(),
+    )
+}
+
+/// `jsonb_strip_nulls`: object fields whose value is null, at every depth, are left out.
+fn strip_nulls(value: Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, strip_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(strip_nulls).collect()),
+        other => other,
+    }
+}
+
 #[allow(clippy::type_complexity)]
 #[pg_extern(immutable, parallel_safe)]
 fn diff(
@@ -263,24 +309,7 @@ fn diff(
             .raise();
         }
     }
-    // Open to every role: the output may not outgrow the input by more than a fixed
-    // factor (names repeat in every row), and cancellation is answered throughout.
-    let limit = 16 * (size(&a.0) + size(&b.0)) + (1 << 20);
-    let mut tick = || {
-        pgrx::check_for_interrupts!();
-    };
-    let found = differences(&a.0, &b.0, &mut Budget::new(limit, &mut tick)).unwrap_or_else(|_| {
-        Problem::new(
-            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-            format!("migrate.diff: the differences would take more than {limit} bytes"),
-            "The differences of two descriptions repeat object names and paths in every row; \
-             these two would produce far more than their own size.",
-            "Pass descriptions migrate.describe() made; compare fewer schemas at once \
-             (migrate.describe(ARRAY['schema'])).",
-        )
-        .raise()
-    });
-    let rows: Vec<_> = found
+    let rows: Vec<_> = bounded_differences(&a.0, &b.0)
         .into_iter()
         .map(|d| {
             (
@@ -323,6 +352,24 @@ mod unit {
         );
         assert!(ticks > 1, "{ticks}");
         assert_eq!(differences(&a, &b, &mut unlimited()).unwrap().len(), 1000);
+    }
+
+    #[test]
+    fn changes_leave_out_absent_fields_and_null_members_as_jsonb_strip_nulls_does() {
+        let a = json!({"format": 2, "tables": {"public.t": {"x": 1, "n": {"y": null}}}});
+        let b = json!({"format": 2, "tables": {"public.t": {"x": 2, "n": {"y": null}}},
+                       "indexes": {"public.i": {"table": "public.t", "z": [null, {"w": null}]}}});
+        let found = differences(&a, &b, &mut unlimited()).unwrap();
+        assert_eq!(
+            as_changes(found),
+            json!([
+                {"kind": "indexes", "object": "public.i", "change": "added",
+                 "new": {"table": "public.t", "z": [null, {}]}, "relation": "public.t"},
+                {"kind": "tables", "object": "public.t", "change": "changed", "attribute": "x",
+                 "old": 1, "new": 2, "relation": "public.t"},
+            ])
+        );
+        assert_eq!(as_changes(vec![]), json!([]));
     }
 
     fn base() -> Value {

@@ -20,14 +20,14 @@ use std::ffi::{c_int, CStr};
 // Catalogs whose headers pgrx does not bind; their OIDs and column numbers are fixed in
 // PostgreSQL's catalog headers (pg_depend_d.h, pg_inherits_d.h, pg_attrdef_d.h) and the same
 // in every supported version.
-const DEPEND: (pg_sys::Oid, pg_sys::Oid) =
+pub(super) const DEPEND: (pg_sys::Oid, pg_sys::Oid) =
     (pg_sys::Oid::from_u32(2608), pg_sys::Oid::from_u32(2673));
-const DEPEND_CLASSID: u32 = 1;
-const DEPEND_OBJID: u32 = 2;
-const DEPEND_DEPTYPE: u32 = 7;
-const INHERITS: (pg_sys::Oid, pg_sys::Oid) =
+pub(super) const DEPEND_CLASSID: u32 = 1;
+pub(super) const DEPEND_OBJID: u32 = 2;
+pub(super) const DEPEND_DEPTYPE: u32 = 7;
+pub(super) const INHERITS: (pg_sys::Oid, pg_sys::Oid) =
     (pg_sys::Oid::from_u32(2611), pg_sys::Oid::from_u32(2680));
-const INHERITS_INHRELID: u32 = 1;
+pub(super) const INHERITS_INHRELID: u32 = 1;
 const INHERITS_INHPARENT: u32 = 2;
 const INHERITS_INHSEQNO: u32 = 3;
 pub const CONSTRAINT: pg_sys::Oid = pg_sys::Oid::from_u32(2606);
@@ -38,14 +38,14 @@ const CONSTRAINT_CONTYPE: u32 = 4;
 const CONSTRAINT_CONVALIDATED: u32 = 7;
 #[cfg(feature = "pg18")]
 const CONSTRAINT_CONVALIDATED: u32 = 8;
-const CONSTRAINT_CONRELID: u32 = CONSTRAINT_CONVALIDATED + 1;
-const DEPEND_REFERENCE_INDEX: pg_sys::Oid = pg_sys::Oid::from_u32(2674);
-const DEPEND_REFCLASSID: u32 = 4;
-const DEPEND_REFOBJID: u32 = 5;
+pub(super) const CONSTRAINT_CONRELID: u32 = CONSTRAINT_CONVALIDATED + 1;
+pub(super) const DEPEND_REFERENCE_INDEX: pg_sys::Oid = pg_sys::Oid::from_u32(2674);
+pub(super) const DEPEND_REFCLASSID: u32 = 4;
+pub(super) const DEPEND_REFOBJID: u32 = 5;
 const DEPEND_REFOBJSUBID: u32 = 6;
-const ATTRDEF: (pg_sys::Oid, pg_sys::Oid) =
+pub(super) const ATTRDEF: (pg_sys::Oid, pg_sys::Oid) =
     (pg_sys::Oid::from_u32(2604), pg_sys::Oid::from_u32(2656));
-const ATTRDEF_ADRELID: u32 = 2;
+pub(super) const ATTRDEF_ADRELID: u32 = 2;
 const ATTRDEF_ADNUM: u32 = 3;
 const ATTRDEF_ADBIN: u32 = 4;
 
@@ -136,7 +136,7 @@ fn syscache_attr(cache: c_int, tuple: pg_sys::HeapTuple, attnum: u32) -> Option<
 }
 
 /// A syscache row, read by `read` and released after.
-fn with_syscache<T>(
+pub(super) fn with_syscache<T>(
     cache: c_int,
     key: pg_sys::Oid,
     read: impl FnOnce(pg_sys::HeapTuple) -> T,
@@ -317,7 +317,7 @@ pub fn partition_key(oid: pg_sys::Oid) -> Option<String> {
 
 /// One index scan of a catalog by equal OID keys (the index's leading columns), each row
 /// read by `read` until it returns false.
-fn scan_by_oids(
+pub(super) fn scan_by_oids(
     (catalog, index): (pg_sys::Oid, pg_sys::Oid),
     keys: &[(u32, pg_sys::Oid)],
     mut read: impl FnMut(pg_sys::HeapTuple, pg_sys::TupleDesc) -> bool,
@@ -380,7 +380,11 @@ fn scan_all(catalog: pg_sys::Oid, mut read: impl FnMut(pg_sys::HeapTuple, pg_sys
     }
 }
 
-fn oid_attr(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc, attnum: u32) -> pg_sys::Oid {
+pub(super) fn oid_attr(
+    tuple: pg_sys::HeapTuple,
+    desc: pg_sys::TupleDesc,
+    attnum: u32,
+) -> pg_sys::Oid {
     attr(tuple, desc, attnum).map_or(
         pg_sys::Oid::INVALID,
         |d| pg_sys::Oid::from(d.value() as u32),
@@ -503,7 +507,11 @@ fn attrdef_row(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc) -> Option<(i16
     Some((adnum, bin))
 }
 
-fn attr(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc, attnum: u32) -> Option<pg_sys::Datum> {
+pub(super) fn attr(
+    tuple: pg_sys::HeapTuple,
+    desc: pg_sys::TupleDesc,
+    attnum: u32,
+) -> Option<pg_sys::Datum> {
     let mut isnull = false;
     // SAFETY: a tuple of the catalog `desc` describes.
     let d = unsafe { pg_sys::heap_getattr(tuple, attnum as i32, desc, &mut isnull) };

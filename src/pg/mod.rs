@@ -13,6 +13,7 @@ pub mod simple_query;
 pub mod spi;
 pub mod statement_timer;
 pub mod subxact;
+pub mod touched;
 pub mod utility_hook;
 pub mod xact;
 

@@ -15,6 +15,19 @@ pub fn pid() -> i32 {
     unsafe { pg_sys::MyProcPid }
 }
 
+/// The server's system identifier: what pg_control_system() reports, the same on a
+/// physical copy (a standby, a restored base backup), another after initdb.
+pub fn system_identifier() -> i64 {
+    // SAFETY: reads the control file's identifier, which shared memory holds.
+    unsafe { pg_sys::GetSystemIdentifier() as i64 }
+}
+
+/// The OID of the database this backend is connected to.
+pub fn database() -> pg_sys::Oid {
+    // SAFETY: reads this backend's database, set once it connected.
+    unsafe { pg_sys::MyDatabaseId }
+}
+
 unsafe extern "C-unwind" {
     /// postgres.c's SIGTERM handler: sets ProcDiePending, so the next CHECK_FOR_INTERRUPTS ends
     /// the process (cancelling a statement under way).

@@ -54,6 +54,87 @@ pub fn read_own_row<T>(
     pinned_row(sql, args, map).or_bookkeeping(&format!("read {table}"))
 }
 
+/// pg_migrate's statements that run in every migration or DDL command, prepared once per
+/// backend (SPI_keepplan) by their text and parameter types. Parsing and planning them anew
+/// cost more than running them. The plan cache replans them when what they read changes
+/// (an ALTER EXTENSION UPDATE, a different search_path) and checks permissions at each run,
+/// as it does for PL/pgSQL's. A handful of texts, all pg_migrate's own; past `KEPT_AT_MOST`
+/// a statement is prepared for its call only.
+type KeptKey = (String, Vec<u32>);
+const KEPT_AT_MOST: usize = 64;
+
+thread_local! {
+    static KEPT: std::cell::RefCell<
+        std::collections::HashMap<KeptKey, std::rc::Rc<pgrx::spi::OwnedPreparedStatement>>,
+    > = std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// Runs `sql` through its kept plan and maps the result. Never read-only: it sees every
+/// earlier write of this transaction, as a volatile function's statements do. (pgrx runs a
+/// read read-only while the current subtransaction has no XID, which would hide what an
+/// earlier, committed subtransaction of the same migration wrote.) The plan is shared out
+/// of the cache, not borrowed from it: a statement the plan runs may run kept statements
+/// too.
+fn with_kept<T>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+    map: impl FnOnce(pgrx::spi::SpiTupleTable) -> Result<T, pgrx::spi::Error>,
+) -> Result<T, pgrx::spi::Error> {
+    let types: Vec<pgrx::pg_sys::Oid> = args.iter().map(|a| a.oid()).collect();
+    let key = (sql.to_owned(), types.iter().map(|t| t.to_u32()).collect());
+    pgrx::Spi::connect_mut(|client| {
+        let plan = match KEPT.with(|kept| kept.borrow().get(&key).cloned()) {
+            Some(plan) => plan,
+            None => {
+                let oids: Vec<pgrx::PgOid> = types.into_iter().map(pgrx::PgOid::from).collect();
+                let plan = std::rc::Rc::new(client.prepare_mut(sql, &oids)?.keep());
+                KEPT.with(|kept| {
+                    let mut kept = kept.borrow_mut();
+                    if kept.len() < KEPT_AT_MOST {
+                        kept.insert(key, plan.clone());
+                    }
+                });
+                plan
+            }
+        };
+        map(client.update(&*plan, None, args)?)
+    })
+}
+
+/// `pinned_row` through a kept plan: for the reads every migration makes.
+pub fn kept_row<T>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+    map: impl FnOnce(pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
+) -> Result<Option<T>, pgrx::spi::Error> {
+    pinned(|| {
+        with_kept(sql, args, |mut table| match table.next() {
+            Some(row) => map(row).map(Some),
+            None => Ok(None),
+        })
+    })
+}
+
+/// A statement of pg_migrate's bookkeeping (a write of its tables, a read of those only
+/// their owner reads, a call of its bookkeeping functions) through a kept plan, as their
+/// owner (`as_owner`, which pins `search_path`); the first row returned, mapped.
+pub fn kept_as_owner<T>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+    map: impl FnOnce(Option<pgrx::spi::SpiHeapTupleData>) -> Result<T, pgrx::spi::Error>,
+) -> Result<T, pgrx::spi::Error> {
+    as_owner(|| with_kept(sql, args, |mut table| map(table.next())))
+}
+
+/// `kept_as_owner`, every row returned mapped.
+pub fn kept_rows_as_owner<T>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+    map: impl FnMut(pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
+) -> Result<Vec<T>, pgrx::spi::Error> {
+    as_owner(|| with_kept(sql, args, |table| table.map(map).collect()))
+}
+
 /// A snapshot of the catalogs as they were when `with_snapshot` began (the previous
 /// command's changes included): what `select_as_of` reads as of.
 pub struct Registered(pgrx::pg_sys::Snapshot);
