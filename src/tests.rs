@@ -33,6 +33,21 @@ mod tests {
     }
 
     #[pg_test]
+    fn the_bookkeeping_describes_under_the_settings_describe_objects_pins() {
+        let pinned: Vec<String> = crate::inspect::describe::SETTINGS
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect();
+        let declared = Spi::get_one::<Vec<String>>(
+            "SELECT proconfig FROM pg_proc \
+             WHERE oid = 'migrate.describe_objects(text[], oid[], oid[], oid[], oid[], oid[], \
+                                                   oid[], oid[], oid[], oid[], boolean)'::regprocedure",
+        )
+        .unwrap();
+        assert_eq!(declared, Some(pinned));
+    }
+
+    #[pg_test]
     fn apply_records_the_version_with_its_checksums_and_who_applied_it() {
         let row = Spi::get_two::<String, i32>(
             "SELECT status, statements FROM migrate.apply('1', $$

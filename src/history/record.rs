@@ -241,32 +241,56 @@ fn record_queued(version: Option<&str>) -> Recorded {
     let stale = touched::stale(&queued, &detached, &touched::Live);
     let wanted = touched::to_describe(&stale, &touched::Live);
 
-    let described: Vec<NewRow> = crate::pg::spi::kept_rows_as_owner(
-        "SELECT d.kind, d.identity, d.description::text, d.obj_class, d.obj_oid, d.rel_oid \
-         FROM migrate.describe_objects(NULL, $1, $2, $3, $4, $5, $6, $7, $8, $9) d",
-        &[
-            oids(&wanted.relations).into(),
-            oids(&wanted.indexes).into(),
-            oids(&wanted.constraints).into(),
-            oids(&wanted.triggers).into(),
-            oids(&wanted.policies).into(),
-            oids(&wanted.types).into(),
-            oids(&wanted.functions).into(),
-            oids(&wanted.schemas).into(),
-            oids(&wanted.extensions).into(),
-        ],
-        |row| {
-            Ok(NewRow {
-                kind: row.get(1)?.unwrap_or_default(),
-                identity: row.get(2)?.unwrap_or_default(),
-                description: row.get(3)?.unwrap_or_default(),
-                obj_class: row.get(4)?.unwrap_or_default(),
-                obj_oid: row.get(5)?.unwrap_or_default(),
-                rel_oid: row.get(6)?,
-            })
-        },
-    )
-    .or_bookkeeping("describe the objects the migration touched");
+    let sorted = |set: &std::collections::HashSet<pg_sys::Oid>| oids(set).unwrap_or_default();
+    let mut described: Vec<NewRow> = crate::pg::identity::as_owner(|| {
+        crate::pg::spi::with_current_snapshot(|| {
+            crate::inspect::describe::tables_as_described(
+                sorted(&wanted.relations),
+                sorted(&wanted.indexes),
+                sorted(&wanted.constraints),
+            )
+        })
+    })
+    .into_iter()
+    .map(|d| NewRow {
+        kind: d.kind.to_string(),
+        identity: d.identity,
+        description: d.description,
+        obj_class: d.obj_class,
+        obj_oid: d.obj_oid,
+        rel_oid: d.rel_oid,
+    })
+    .collect();
+    let others = [
+        &wanted.triggers,
+        &wanted.policies,
+        &wanted.types,
+        &wanted.functions,
+        &wanted.schemas,
+        &wanted.extensions,
+    ];
+    if others.iter().any(|set| !set.is_empty()) {
+        described.extend(
+            crate::pg::spi::kept_rows_as_owner(
+                "SELECT d.kind, d.identity, d.description::text, d.obj_class, d.obj_oid, \
+                   d.rel_oid \
+                 FROM migrate.describe_objects(NULL, NULL, NULL, NULL, \
+                                               $1, $2, $3, $4, $5, $6) d",
+                &others.map(|set| oids(set).into()),
+                |row| {
+                    Ok(NewRow {
+                        kind: row.get(1)?.unwrap_or_default(),
+                        identity: row.get(2)?.unwrap_or_default(),
+                        description: row.get(3)?.unwrap_or_default(),
+                        obj_class: row.get(4)?.unwrap_or_default(),
+                        obj_oid: row.get(5)?.unwrap_or_default(),
+                        rel_oid: row.get(6)?,
+                    })
+                },
+            )
+            .or_bookkeeping("describe the objects the migration touched"),
+        );
+    }
 
     // The rows they replace: of the objects touched (dropped ones included) and of those
     // re-described; of the tables re-described whole and of dropped tables (whatever went

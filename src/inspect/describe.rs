@@ -636,6 +636,40 @@ impl Iterator for Describer {
     }
 }
 
+/// The settings `migrate.describe_objects` describes under (its SET clauses, which a test
+/// holds equal): constants in defaults and expressions print under them, so the same schema
+/// describes alike whatever the caller's session set.
+pub const SETTINGS: &[(&str, &str)] = &[
+    ("search_path", "pg_catalog, pg_temp"),
+    ("plan_cache_mode", "force_generic_plan"),
+    ("DateStyle", "ISO, MDY"),
+    ("IntervalStyle", "postgres"),
+    ("TimeZone", "UTC"),
+    ("extra_float_digits", "1"),
+    ("bytea_output", "hex"),
+    ("quote_all_identifiers", "off"),
+    ("standard_conforming_strings", "on"),
+];
+
+/// What `migrate.describe_objects(NULL, relations, indexes, constraints)` gives, described
+/// in this process under its settings: the bookkeeping of every migration describes what it
+/// touched, and the round trip through PL/pgSQL and jsonb cost more than the description.
+pub fn tables_as_described(
+    relations: Vec<pg_sys::Oid>,
+    indexes: Vec<pg_sys::Oid>,
+    constraints: Vec<pg_sys::Oid>,
+) -> Vec<Described> {
+    let _settings = crate::pg::guc::SettingScope::set(SETTINGS);
+    Describer::new(
+        None,
+        catalog::extension_schemas(),
+        relations,
+        indexes,
+        constraints,
+    )
+    .collect()
+}
+
 /// `migrate.describe_table_objects(...)`: what `migrate.describe_objects` gives of
 /// relations, indexes and constraints, which it calls under its pinned settings: each
 /// description as jsonb's text (for it to cast), and its object hash. `hashes_only` leaves

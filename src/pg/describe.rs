@@ -518,6 +518,23 @@ pub(super) fn attr(
     (!isnull).then_some(d)
 }
 
+/// The schemas extensions own (their objects are not the schema's): what
+/// `migrate.describe_objects` reads from pg_depend once per call.
+pub fn extension_schemas() -> Vec<pg_sys::Oid> {
+    let mut found = vec![];
+    scan_by_oids(
+        DEPEND,
+        &[(DEPEND_CLASSID, pg_sys::NamespaceRelationId)],
+        |tuple, desc| {
+            if attr(tuple, desc, DEPEND_DEPTYPE).map(|d| d.value() as u8) == Some(b'e') {
+                found.push(oid_attr(tuple, desc, DEPEND_OBJID));
+            }
+            true
+        },
+    );
+    found
+}
+
 /// Whether object `objid` of catalog `classid` belongs to an extension.
 fn extension_member(classid: pg_sys::Oid, objid: pg_sys::Oid) -> bool {
     let mut member = false;

@@ -164,6 +164,33 @@ pub fn with_snapshot<T>(f: impl FnOnce(&Registered) -> T) -> T {
     f(&Registered(registered))
 }
 
+/// Runs `f` with a snapshot taken now as the active one: what this transaction has done so
+/// far is seen by the server's printers that query the catalogs through SPI themselves
+/// (pg_get_viewdef reads pg_rewrite as of the active snapshot, which is otherwise the one the
+/// caller's statement began with, before the migration's DDL), as it is by a statement that
+/// pg_migrate runs through SPI.
+pub fn with_current_snapshot<T>(f: impl FnOnce() -> T) -> T {
+    struct Pop;
+    impl Drop for Pop {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                // An ERROR is unwinding: the (sub)transaction abort pops the snapshot.
+                return;
+            }
+            // SAFETY: pushed below, and the top of the active stack again here.
+            unsafe { pgrx::pg_sys::PopActiveSnapshot() }
+        }
+    }
+    // SAFETY: in a transaction; the command counter makes what the transaction did so far
+    // part of the snapshot, which is popped when the guard drops.
+    unsafe {
+        pgrx::pg_sys::CommandCounterIncrement();
+        pgrx::pg_sys::PushActiveSnapshot(pgrx::pg_sys::GetTransactionSnapshot());
+    }
+    let _pop = Pop;
+    f()
+}
+
 /// One row of `select_as_of`, read within it.
 pub struct Row {
     tuple: pgrx::pg_sys::HeapTuple,
