@@ -235,6 +235,11 @@ TO PUBLIC;
 -- by OID through the catalogs' indexes, with its SQL statements planned once per session.
 DROP FUNCTION migrate.record_drift();
 DROP FUNCTION migrate.record_changes(text);
+-- Native, as the SQL one could not be inlined (convert_to is stable), and schema_objects
+-- computes it for every row a migration writes.
+CREATE OR REPLACE FUNCTION migrate.object_hash(kind text, identity text, description jsonb)
+RETURNS bytea IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'object_hash_of_row_wrapper';
 CREATE OR REPLACE FUNCTION migrate.schema_is_recorded() RETURNS boolean
 STRICT STABLE
 LANGUAGE c AS 'MODULE_PATHNAME', 'schema_is_recorded_wrapper';

@@ -34,7 +34,10 @@ pgrx::extension_sql_file!(
 pgrx::extension_sql_file!(
     "../sql/inspect/describe.sql",
     name = "describe",
-    requires = [history::fingerprint::hash_sum]
+    requires = [
+        history::fingerprint::hash_sum,
+        history::fingerprint::object_hash_of_row
+    ]
 );
 pgrx::extension_sql_file!("../sql/inspect/verify.sql", name = "verify");
 pgrx::extension_sql_file!(

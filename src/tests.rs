@@ -33,6 +33,24 @@ mod tests {
     }
 
     #[pg_test]
+    fn object_hash_hashes_what_its_sql_definition_hashed() {
+        assert_eq!(
+            one::<bool>(
+                "SELECT bool_and(migrate.object_hash(k, i, d) = sha256(convert_to(
+                            k || E'\\n' || i || E'\\n' || d::text, 'UTF8')))
+                 FROM (VALUES ('tables', 'public.t', '{\"b\": 1, \"aa\": [1.50, null]}'::jsonb),
+                              ('types', 'public.\"Größe\"', '{\"x\": \"tab\\tquote\\\"\"}'),
+                              ('', '', '{}')) v(k, i, d)"
+            ),
+            Some(true)
+        );
+        assert_eq!(
+            one::<bool>("SELECT migrate.object_hash(NULL, 'x', '{}') IS NULL"),
+            Some(true)
+        );
+    }
+
+    #[pg_test]
     fn the_bookkeeping_describes_under_the_settings_describe_objects_pins() {
         let pinned: Vec<String> = crate::inspect::describe::SETTINGS
             .iter()

@@ -240,18 +240,6 @@ AS $$
         hashes_only) d
 $$;
 
--- The hash one object adds to a fingerprint: of its kind, identity and description (jsonb's
--- text form is canonical: keys sorted, one spelling of every value).
--- Everything qualified and no SET clause, so that the planner inlines it.
-CREATE FUNCTION migrate.object_hash(kind text, identity text, description jsonb)
-RETURNS bytea
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $$
-    SELECT pg_catalog.sha256(pg_catalog.convert_to(
-        kind OPERATOR(pg_catalog.||) E'\n' OPERATOR(pg_catalog.||) identity
-        OPERATOR(pg_catalog.||) E'\n' OPERATOR(pg_catalog.||) description::pg_catalog.text, 'UTF8'))
-$$;
-
 -- Objects as a description: {"format": 2, kind: {identity: description}}, with every kind
 -- present (an empty object when there is none of it).
 CREATE FUNCTION migrate.description_of(kinds text[], identities text[], descriptions jsonb[])

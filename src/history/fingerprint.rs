@@ -71,11 +71,35 @@ impl Sum {
 /// The hash one object adds to a fingerprint, as `migrate.object_hash(kind, identity,
 /// description)` computes it: of its kind, identity and description's jsonb text.
 pub fn object_hash(kind: &str, identity: &str, description: &str) -> [u8; 32] {
+    hash_of_parts(kind.as_bytes(), identity.as_bytes(), description.as_bytes())
+}
+
+fn hash_of_parts(kind: &[u8], identity: &[u8], description: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
-    for part in [kind, "\n", identity, "\n", description] {
-        h.update(part.as_bytes());
+    for part in [kind, b"\n", identity, b"\n", description] {
+        h.update(part);
     }
     h.finalize().into()
+}
+
+/// `migrate.object_hash(kind, identity, description)`: the hash one object adds to a
+/// fingerprint, of its kind, identity and description's jsonb text (canonical: keys sorted,
+/// one spelling of every value), in UTF-8. Native, not SQL: convert_to is stable, so the
+/// planner could not inline the SQL function, and migrate.schema_objects computes it for
+/// every row a migration writes.
+#[pg_extern(sql = "
+    CREATE FUNCTION migrate.object_hash(kind text, identity text, description jsonb)
+    RETURNS bytea IMMUTABLE STRICT PARALLEL SAFE
+    LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+")]
+fn object_hash_of_row(fcinfo: pg_sys::FunctionCallInfo) -> Vec<u8> {
+    use crate::pg::hash_input::{jsonb_arg, text_arg};
+    hash_of_parts(
+        &text_arg(fcinfo, 0),
+        &text_arg(fcinfo, 1),
+        &jsonb_arg(fcinfo, 2),
+    )
+    .to_vec()
 }
 
 /// A hash as 32 bytes, or why not.

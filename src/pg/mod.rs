@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod describe;
 pub mod event_trigger;
 pub mod guc;
+pub mod hash_input;
 pub mod identity;
 pub mod nodes;
 pub mod process;
