@@ -19,6 +19,7 @@ LAYERS = {
     "pg": 1,
     "gucs": 2,
     "migration": 3,
+    "schema": 3,
     "history": 4,
     "guard": 5,
     "backfill": 5,

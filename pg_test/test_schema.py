@@ -168,7 +168,7 @@ def test_diff_refuses_null(conn):
 
 
 # Tables, indexes, constraints, views and sequences are described natively
-# (src/inspect/describe.rs); what follows pins what their descriptions say.
+# (src/schema/describe.rs); what follows pins what their descriptions say.
 RICH = """
     CREATE ROLE golden_reader;
     CREATE TABLE g_parent (id bigint PRIMARY KEY, note text COLLATE "C" DEFAULT 'it''s',

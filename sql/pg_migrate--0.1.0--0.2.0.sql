@@ -13,7 +13,7 @@ CREATE INDEX IF NOT EXISTS history_unfinished ON migrate.history (version_key)
 CREATE INDEX IF NOT EXISTS history_baseline ON migrate.history (version_key)
     WHERE status = 'baseline';
 
--- Relations, indexes and constraints described natively (src/inspect/describe.rs), with the
+-- Relations, indexes and constraints described natively (src/schema/describe.rs), with the
 -- same text as before, and hashed there for a fingerprint; column defaults and partition
 -- bounds printed without opening their relation (the same text); pg_migrate's own extension
 -- and NOT NULL constraints (PostgreSQL 18 keeps them) no longer described.
@@ -66,7 +66,7 @@ DECLARE
     owners oid[];
 BEGIN
 -- Relations, indexes and constraints: a schema has them by the tens of thousands, and
--- src/inspect/describe.rs describes them natively, with the same server functions, under
+-- src/schema/describe.rs describes them natively, with the same server functions, under
 -- this function's settings. Each object is asked for once (callers pass distinct OIDs).
 IF cardinality(relations) > 0 OR cardinality(indexes) > 0 OR cardinality(constraints) > 0 THEN
 RETURN QUERY

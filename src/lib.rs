@@ -11,6 +11,7 @@ mod history;
 mod inspect;
 mod migration;
 mod pg;
+mod schema;
 mod worker;
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -35,15 +36,15 @@ pgrx::extension_sql_file!(
     "../sql/inspect/describe.sql",
     name = "describe",
     requires = [
-        history::fingerprint::hash_sum,
-        history::fingerprint::object_hash_of_row
+        schema::fingerprint::hash_sum,
+        schema::fingerprint::object_hash_of_row
     ]
 );
 pgrx::extension_sql_file!("../sql/inspect/verify.sql", name = "verify");
 pgrx::extension_sql_file!(
     "../sql/inspect/drift.sql",
     name = "drift",
-    requires = ["history", "ddl_log", "describe", inspect::diff::diff]
+    requires = ["history", "ddl_log", "describe", schema::diff::diff]
 );
 pgrx::extension_sql_file!(
     "../sql/record.sql",
@@ -52,9 +53,9 @@ pgrx::extension_sql_file!(
         "history",
         "describe",
         "drift",
-        history::fingerprint::hash_state,
-        history::fingerprint::hash_state_adjust,
-        history::fingerprint::state_fingerprint
+        schema::fingerprint::hash_state,
+        schema::fingerprint::hash_state_adjust,
+        schema::fingerprint::state_fingerprint
     ]
 );
 pgrx::extension_sql_file!(

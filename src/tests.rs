@@ -52,7 +52,7 @@ mod tests {
 
     #[pg_test]
     fn the_bookkeeping_describes_under_the_settings_describe_objects_pins() {
-        let pinned: Vec<String> = crate::inspect::describe::SETTINGS
+        let pinned: Vec<String> = crate::schema::describe::SETTINGS
             .iter()
             .map(|(name, value)| format!("{name}={value}"))
             .collect();

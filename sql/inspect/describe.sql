@@ -97,7 +97,7 @@ DECLARE
     owners oid[];
 BEGIN
 -- Relations, indexes and constraints: a schema has them by the tens of thousands, and
--- src/inspect/describe.rs describes them natively, with the same server functions, under
+-- src/schema/describe.rs describes them natively, with the same server functions, under
 -- this function's settings. Each object is asked for once (callers pass distinct OIDs).
 IF cardinality(relations) > 0 OR cardinality(indexes) > 0 OR cardinality(constraints) > 0 THEN
 RETURN QUERY

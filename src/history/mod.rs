@@ -2,7 +2,6 @@
 //! functions that only read or annotate it (`baseline`, `validate`, `current_version`).
 
 pub mod ddl_log;
-pub mod fingerprint;
 pub mod lock;
 pub mod record;
 pub mod steps;
@@ -139,7 +138,7 @@ pub fn insert(entry: &NewEntry) -> Duration {
             .map(|j| &j.0),
     };
     let row = serde_json::to_value(&row).expect("a history row serialises");
-    let recorded = crate::pg::spi::kept_as_owner(
+    let recorded = crate::pg::spi::kept_value_as_owner::<i64>(
         "INSERT INTO migrate.history (version, description, status, script, checksum, \
                checksum_raw, checksum_algorithm, rollback_script, rollback_checksum, statements, \
                applied_by, applied_role, application_name, client_addr, started_at, finished_at, \
@@ -162,7 +161,6 @@ pub fn insert(entry: &NewEntry) -> Duration {
             entry.rollback.into(),
             entry.verify.into(),
         ],
-        |row| row.map_or(Ok(None), |row| row.get::<i64>(1)),
     )
     .or_bookkeeping("write migrate.history");
     micros(recorded)

@@ -99,10 +99,9 @@ pub fn schema_is_recorded() -> bool {
 }
 
 fn drift_queued() -> bool {
-    crate::pg::spi::kept_as_owner(
+    crate::pg::spi::kept_value_as_owner::<bool>(
         "SELECT EXISTS (SELECT FROM migrate.schema_queue q WHERE q.migration_version IS NULL)",
         &[],
-        |row| Ok(row.map(|row| row.get::<bool>(1)).transpose()?.flatten()),
     )
     .or_bookkeeping("read migrate.schema_queue")
     .unwrap_or(false)
@@ -110,10 +109,8 @@ fn drift_queued() -> bool {
 
 /// Records the whole schema afresh, and returns its fingerprint.
 fn whole_schema() -> Option<String> {
-    crate::pg::spi::kept_as_owner("SELECT migrate.record_whole_schema()", &[], |row| {
-        Ok(row.map(|row| row.get::<String>(1)).transpose()?.flatten())
-    })
-    .or_bookkeeping("record the schema")
+    crate::pg::spi::kept_value_as_owner("SELECT migrate.record_whole_schema()", &[])
+        .or_bookkeeping("record the schema")
 }
 
 /// A recorded row a migration replaced or removed.
@@ -205,10 +202,9 @@ fn record_queued(version: Option<&str>) -> Recorded {
         queued.entry(object).or_default().merge(q);
     }
     if queued.is_empty() {
-        let fingerprint = crate::pg::spi::kept_as_owner(
+        let fingerprint = crate::pg::spi::kept_value_as_owner(
             "SELECT s.fingerprint FROM migrate.schema_state s",
             &[],
-            |row| Ok(row.map(|row| row.get::<String>(1)).transpose()?.flatten()),
         )
         .or_bookkeeping("read migrate.schema_state");
         return Recorded {
@@ -244,7 +240,7 @@ fn record_queued(version: Option<&str>) -> Recorded {
     let sorted = |set: &std::collections::HashSet<pg_sys::Oid>| oids(set).unwrap_or_default();
     let mut described: Vec<NewRow> = crate::pg::identity::as_owner(|| {
         crate::pg::spi::with_current_snapshot(|| {
-            crate::inspect::describe::tables_as_described(
+            crate::schema::describe::tables_as_described(
                 sorted(&wanted.relations),
                 sorted(&wanted.indexes),
                 sorted(&wanted.constraints),
@@ -398,7 +394,7 @@ fn record_queued(version: Option<&str>) -> Recorded {
         )
         .or_bookkeeping("write migrate.schema_objects")
     };
-    let fingerprint = crate::pg::spi::kept_as_owner(
+    let fingerprint = crate::pg::spi::kept_value_as_owner(
         "UPDATE migrate.schema_state s \
          SET state = migrate.hash_state_adjust(s.state, $1, $2), recorded_at = clock_timestamp() \
          RETURNING s.fingerprint",
@@ -409,7 +405,6 @@ fn record_queued(version: Option<&str>) -> Recorded {
                 .into(),
             new_hashes.into(),
         ],
-        |row| Ok(row.map(|row| row.get::<String>(1)).transpose()?.flatten()),
     )
     .or_bookkeeping("write migrate.schema_state");
     // DDL outside migrations (version None) is recorded, not reported: drift() did that.
@@ -420,8 +415,8 @@ fn record_queued(version: Option<&str>) -> Recorded {
                 .iter()
                 .map(|n| (&n.kind, &n.identity, &n.description)),
         );
-        JsonB(crate::inspect::diff::as_changes(
-            crate::inspect::diff::bounded_differences(&before, &after),
+        JsonB(crate::schema::diff::as_changes(
+            crate::schema::diff::bounded_differences(&before, &after),
         ))
     });
     Recorded {

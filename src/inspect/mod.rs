@@ -1,7 +1,4 @@
-//! Looking without changing: a migration's dry run, its verification, and the difference
-//! between two schema descriptions.
+//! Looking without changing: a migration's dry run and its verification.
 
-pub mod describe;
-pub mod diff;
 pub mod dry_run;
 pub mod verify;

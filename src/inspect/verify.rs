@@ -4,11 +4,11 @@
 //! only once verification has passed.
 
 use crate::errors::{OrBookkeeping, OrRaise, Problem};
-use crate::inspect::diff::{Change, Difference};
 use crate::migration::limits::Limits;
 use crate::migration::status::{JobState, Status, Verdict};
 use crate::migration::version::Version;
 use crate::pg::subxact;
+use crate::schema::diff::{Change, Difference};
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
 use serde_json::{json, Value};

@@ -126,6 +126,16 @@ pub fn kept_as_owner<T>(
     as_owner(|| with_kept(sql, args, |mut table| map(table.next())))
 }
 
+/// `kept_as_owner` of a statement that returns one value: it, or None for no row or NULL.
+pub fn kept_value_as_owner<T: pgrx::FromDatum + pgrx::IntoDatum>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+) -> Result<Option<T>, pgrx::spi::Error> {
+    kept_as_owner(sql, args, |row| {
+        Ok(row.map(|row| row.get::<T>(1)).transpose()?.flatten())
+    })
+}
+
 /// `kept_as_owner`, every row returned mapped.
 pub fn kept_rows_as_owner<T>(
     sql: &str,

@@ -8,8 +8,8 @@
 //! settings `migrate.describe_objects` pins; this module decides only which keys a
 //! description has, as `jsonb_strip_nulls` of the SQL description would leave them.
 
-use crate::history::fingerprint::object_hash;
 use crate::pg::describe as catalog;
+use crate::schema::fingerprint::object_hash;
 use pgrx::prelude::*;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
