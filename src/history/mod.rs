@@ -131,13 +131,14 @@ pub fn insert(entry: &NewEntry) -> Duration {
         phases: entry.phases,
         settings: names.into_iter().zip(values).collect(),
         fingerprint: entry.schema.as_ref().and_then(|r| r.fingerprint.as_deref()),
-        changes: entry
-            .schema
-            .as_ref()
-            .and_then(|r| r.changes.as_ref())
-            .map(|j| &j.0),
     };
     let row = serde_json::to_value(&row).expect("a history row serialises");
+    // Printed once, not copied into the row: a rename of a schema changes every object in it.
+    let changes = entry
+        .schema
+        .as_ref()
+        .and_then(|r| r.changes.as_ref())
+        .map(|j| j.0.to_string());
     let recorded = crate::pg::spi::kept_value_as_owner::<i64>(
         "INSERT INTO migrate.history (version, description, status, script, checksum, \
                checksum_raw, checksum_algorithm, rollback_script, rollback_checksum, statements, \
@@ -150,7 +151,7 @@ pub fn insert(entry: &NewEntry) -> Duration {
                inet_client_addr(), $2, \
                CASE WHEN r.status IN ('applied', 'baseline') THEN clock_timestamp() END, \
                $3, r.retries, r.extension_version, r.allowed_rules, r.phases, r.settings, \
-               $6, r.fingerprint, r.changes \
+               $6, r.fingerprint, $7::jsonb \
              FROM jsonb_populate_record(NULL::migrate.history, $1) r \
              RETURNING (extract(epoch FROM coalesce(duration, '0')) * 1e6)::int8",
         &[
@@ -160,6 +161,7 @@ pub fn insert(entry: &NewEntry) -> Duration {
             entry.script.into(),
             entry.rollback.into(),
             entry.verify.into(),
+            changes.into(),
         ],
     )
     .or_bookkeeping("write migrate.history");
@@ -168,7 +170,8 @@ pub fn insert(entry: &NewEntry) -> Duration {
 
 /// A history row's values as `jsonb_populate_record` takes them: named, not positional.
 /// Who inserts it, from where and when are the server's to say; the scripts go as text
-/// parameters of their own (jsonb holds strings of at most 256 MB, a script may be larger).
+/// parameters of their own (jsonb holds strings of at most 256 MB, a script may be larger),
+/// and so does what the migration changed.
 #[derive(Serialize)]
 struct Row<'a> {
     version: &'a str,
@@ -186,7 +189,6 @@ struct Row<'a> {
     phases: i32,
     settings: std::collections::BTreeMap<String, String>,
     fingerprint: Option<&'a str>,
-    changes: Option<&'a serde_json::Value>,
 }
 
 /// `migrate.baseline(version, description)`: records that this database already is at

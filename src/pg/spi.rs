@@ -97,6 +97,10 @@ fn with_kept<T>(
                 plan
             }
         };
+        // One generic plan: a custom plan is planned anew for its parameters, and an array of
+        // 50,000 OIDs (a schema renamed) took longer to plan than to run.
+        let _generic =
+            crate::pg::guc::SettingScope::set(&[("plan_cache_mode", "force_generic_plan")]);
         map(client.update(&*plan, None, args)?)
     })
 }
