@@ -359,36 +359,12 @@ fn record_queued(version: Option<&str>) -> Recorded {
                AS x(kind, identity, description, obj_class, obj_oid, rel_oid) \
              RETURNING hash",
             &[
-                described
-                    .iter()
-                    .map(|n| n.kind.clone())
-                    .collect::<Vec<_>>()
-                    .into(),
-                described
-                    .iter()
-                    .map(|n| n.identity.clone())
-                    .collect::<Vec<_>>()
-                    .into(),
-                described
-                    .iter()
-                    .map(|n| n.description.clone())
-                    .collect::<Vec<_>>()
-                    .into(),
-                described
-                    .iter()
-                    .map(|n| n.obj_class)
-                    .collect::<Vec<_>>()
-                    .into(),
-                described
-                    .iter()
-                    .map(|n| n.obj_oid)
-                    .collect::<Vec<_>>()
-                    .into(),
-                described
-                    .iter()
-                    .map(|n| n.rel_oid)
-                    .collect::<Vec<_>>()
-                    .into(),
+                each(&described, |n| n.kind.clone()).into(),
+                each(&described, |n| n.identity.clone()).into(),
+                each(&described, |n| n.description.clone()).into(),
+                each(&described, |n| n.obj_class).into(),
+                each(&described, |n| n.obj_oid).into(),
+                each(&described, |n| n.rel_oid).into(),
             ],
             |row| Ok(row.get::<Vec<u8>>(1)?.unwrap_or_default()),
         )
@@ -423,6 +399,11 @@ fn record_queued(version: Option<&str>) -> Recorded {
         changes,
         fingerprint,
     }
+}
+
+/// One column of the rows, as an array parameter.
+fn each<T>(rows: &[NewRow], column: impl Fn(&NewRow) -> T) -> Vec<T> {
+    rows.iter().map(column).collect()
 }
 
 /// The rows as one description, as `migrate.description_of` makes it: by kind, then by
