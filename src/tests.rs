@@ -48,6 +48,13 @@ mod tests {
             one::<bool>("SELECT migrate.object_hash(NULL, 'x', '{}') IS NULL"),
             Some(true)
         );
+        // Not only because it is declared STRICT.
+        Spi::run("ALTER FUNCTION migrate.object_hash(text, text, jsonb) CALLED ON NULL INPUT")
+            .unwrap();
+        assert_eq!(
+            one::<bool>("SELECT migrate.object_hash('x', 'y', NULL) IS NULL"),
+            Some(true)
+        );
     }
 
     #[pg_test]

@@ -56,7 +56,7 @@ pub fn drift() {
         "record the schema before the migration",
         APPLY_AGAIN,
         || {
-            if !schema_is_recorded() {
+            if !is_recorded() {
                 whole_schema();
             // Most migrations follow no DDL from outside them: nothing to re-describe.
             } else if drift_queued() {
@@ -73,29 +73,48 @@ pub fn changes(version: &str, then: &str) -> Recorded {
     })
 }
 
+/// Where the recorded rows were recorded: `migrate.schema_state`'s server, database and
+/// major version.
+const RECORDED_WHERE: &str =
+    "SELECT s.system_identifier, s.database_oid, s.server_major FROM migrate.schema_state s";
+
+type RecordedWhere = (Option<i64>, Option<pg_sys::Oid>, Option<i32>);
+
+fn recorded_where(row: pgrx::spi::SpiHeapTupleData) -> Result<RecordedWhere, pgrx::spi::Error> {
+    Ok((row.get(1)?, row.get(2)?, row.get(3)?))
+}
+
+/// Whether rows recorded `there` belong to this database on this server: their OIDs are
+/// this database's, not a restored dump's nor from before pg_upgrade; anywhere else the
+/// next migration records the whole schema afresh.
+fn recorded_here(there: Option<RecordedWhere>) -> bool {
+    there
+        == Some((
+            Some(crate::pg::process::system_identifier()),
+            Some(crate::pg::process::database()),
+            Some(crate::pg::MAJOR as i32),
+        ))
+}
+
 /// `migrate.schema_is_recorded()`: whether the recorded rows belong to this database on
-/// this server. Their OIDs are this database's, not a restored dump's nor from before
-/// pg_upgrade; anywhere else the next migration records the whole schema afresh.
+/// this server (`recorded_here`).
 #[pg_extern(stable)]
 pub fn schema_is_recorded() -> bool {
-    let here = (
-        crate::pg::process::system_identifier(),
-        crate::pg::process::database(),
-        crate::pg::MAJOR as i32,
-    );
-    crate::pg::spi::kept_row(
-        "SELECT s.system_identifier, s.database_oid, s.server_major FROM migrate.schema_state s",
-        &[],
-        |row| {
-            Ok((
-                row.get::<i64>(1)?,
-                row.get::<pg_sys::Oid>(2)?,
-                row.get::<i32>(3)?,
-            ))
-        },
+    recorded_here(
+        crate::pg::spi::kept_row(RECORDED_WHERE, &[], recorded_where)
+            .or_bookkeeping("read migrate.schema_state"),
     )
-    .or_bookkeeping("read migrate.schema_state")
-        == Some((Some(here.0), Some(here.1), Some(here.2)))
+}
+
+/// `schema_is_recorded`, for the bookkeeping: as the tables' owner, after everything the
+/// migration wrote (the whole schema, recorded a moment ago).
+fn is_recorded() -> bool {
+    recorded_here(
+        crate::pg::spi::kept_as_owner(RECORDED_WHERE, &[], |row| {
+            row.map(recorded_where).transpose()
+        })
+        .or_bookkeeping("read migrate.schema_state"),
+    )
 }
 
 fn drift_queued() -> bool {
@@ -160,7 +179,7 @@ fn record_queued(version: Option<&str>) -> Recorded {
     use crate::history::touched::{self, Queued};
     use crate::pg::touched::Object;
     use std::collections::HashMap;
-    if !schema_is_recorded() {
+    if !is_recorded() {
         return Recorded {
             changes: None,
             fingerprint: whole_schema(),
@@ -293,16 +312,20 @@ fn record_queued(version: Option<&str>) -> Recorded {
     // with them); and rows found by what they are, not by OID: those of dropped objects (an
     // index REINDEX CONCURRENTLY rebuilt has an OID the recorded row does not know), and
     // any row under an identity a re-described object now has.
+    // Each key once, joined (not `= ANY` of two arrays, which a btree before PostgreSQL 17
+    // searches for every pair of their elements).
     let (classes, objects): (Vec<pg_sys::Oid>, Vec<pg_sys::Oid>) = stale
         .keys()
         .copied()
         .chain(described.iter().map(|n| (n.obj_class, n.obj_oid)))
+        .collect::<std::collections::HashSet<_>>()
+        .into_iter()
         .unzip();
     let mut old = old_rows(
         &format!(
             "DELETE FROM migrate.schema_objects o \
-             WHERE o.obj_oid = ANY($2) \
-               AND (o.obj_class, o.obj_oid) IN (SELECT * FROM unnest($1::oid[], $2::oid[])) \
+             USING unnest($1::oid[], $2::oid[]) AS k(classid, objid) \
+             WHERE o.obj_oid = k.objid AND o.obj_class = k.classid \
              RETURNING {OLD_ROW}"
         ),
         &[classes.into(), objects.into()],
@@ -335,13 +358,15 @@ fn record_queued(version: Option<&str>) -> Recorded {
                 .iter()
                 .map(|n| (n.kind.clone(), n.identity.clone())),
         )
+        .collect::<std::collections::HashSet<_>>()
+        .into_iter()
         .unzip();
     if !kinds.is_empty() {
         old.extend(old_rows(
             &format!(
                 "DELETE FROM migrate.schema_objects o \
-                 WHERE o.kind = ANY($1) AND o.identity = ANY($2) \
-                   AND (o.kind, o.identity) IN (SELECT * FROM unnest($1::text[], $2::text[])) \
+                 USING unnest($1::text[], $2::text[]) AS k(kind, identity) \
+                 WHERE o.kind = k.kind AND o.identity = k.identity \
                  RETURNING {OLD_ROW}"
             ),
             &[kinds.into(), identities.into()],
@@ -413,7 +438,10 @@ fn description_of<'a>(
 ) -> serde_json::Value {
     let mut kinds = serde_json::Map::new();
     kinds.insert("format".into(), 2.into());
-    for (kind, identity, description) in rows {
+    for (i, (kind, identity, description)) in rows.enumerate() {
+        if i % 1024 == 0 {
+            pgrx::check_for_interrupts!();
+        }
         let description = serde_json::from_str(description).unwrap_or_else(|e| {
             Problem::new(
                 PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,

@@ -6,10 +6,16 @@
 use pgrx::pg_sys;
 use std::ffi::{c_char, CStr};
 
-/// Argument `n` of a strict function: not NULL.
+/// Whether any of the first `count` arguments is NULL: the function is declared STRICT, but
+/// an ALTER FUNCTION ... CALLED ON NULL INPUT must not make it read a NULL as a pointer.
+pub fn any_null(fcinfo: pg_sys::FunctionCallInfo, count: usize) -> bool {
+    // SAFETY: the function manager's call info, with `count` arguments.
+    (0..count).any(|n| unsafe { pgrx::fcinfo::pg_arg_is_null(fcinfo, n) })
+}
+
+/// Argument `n`, which `any_null` found not NULL.
 fn arg(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> pg_sys::Datum {
-    // SAFETY: the function manager's call info of a strict function with more than `n`
-    // arguments, none of which is NULL.
+    // SAFETY: the function manager's call info with more than `n` arguments.
     unsafe { pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, n) }
 }
 
@@ -27,13 +33,13 @@ unsafe fn utf8(ptr: *const c_char) -> Vec<u8> {
     }
 }
 
-/// Text argument `n` of a strict function, as UTF-8.
+/// Text argument `n` (not NULL), as UTF-8.
 pub fn text_arg(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> Vec<u8> {
     // SAFETY: a text datum; text_to_cstring detoasts it into a palloc'd copy.
     unsafe { utf8(pg_sys::text_to_cstring(arg(fcinfo, n).cast_mut_ptr())) }
 }
 
-/// Jsonb argument `n` of a strict function, as `jsonb_out` prints it, as UTF-8.
+/// Jsonb argument `n` (not NULL), as `jsonb_out` prints it, as UTF-8.
 pub fn jsonb_arg(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> Vec<u8> {
     // SAFETY: jsonb_out of a jsonb datum returns a palloc'd C string.
     unsafe {

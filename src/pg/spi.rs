@@ -59,39 +59,57 @@ pub fn read_own_row<T>(
 /// cost more than running them. The plan cache replans them when what they read changes
 /// (an ALTER EXTENSION UPDATE, a different search_path) and checks permissions at each run,
 /// as it does for PL/pgSQL's. A handful of texts, all pg_migrate's own; past `KEPT_AT_MOST`
-/// a statement is prepared for its call only.
-type KeptKey = (String, Vec<u32>);
+/// a statement is prepared for its call only. Kept plans are never freed: the process
+/// reclaims them, and freeing them from a thread-local destructor would call into the
+/// server after it shut down.
+type KeptKey = (String, Vec<u32>, Mode);
 const KEPT_AT_MOST: usize = 64;
 
 thread_local! {
     static KEPT: std::cell::RefCell<
-        std::collections::HashMap<KeptKey, std::rc::Rc<pgrx::spi::OwnedPreparedStatement>>,
+        std::collections::HashMap<KeptKey, &'static pgrx::spi::OwnedPreparedStatement>,
     > = std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
-/// Runs `sql` through its kept plan and maps the result. Never read-only: it sees every
-/// earlier write of this transaction, as a volatile function's statements do. (pgrx runs a
-/// read read-only while the current subtransaction has no XID, which would hide what an
-/// earlier, committed subtransaction of the same migration wrote.) The plan is shared out
-/// of the cache, not borrowed from it: a statement the plan runs may run kept statements
-/// too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Mode {
+    /// As SQL functions read (`pinned_row`): read-only while the transaction has written
+    /// nothing in the current subtransaction, so that a STABLE function sees its caller's
+    /// snapshot.
+    Read,
+    /// As a volatile function's statements run: after every earlier write of this
+    /// transaction, in every subtransaction (a read-only run would hide what an earlier,
+    /// committed subtransaction of the same migration wrote).
+    Write,
+}
+
+/// Runs `sql` through its kept plan and maps the result.
 fn with_kept<T>(
     sql: &str,
     args: &[pgrx::datum::DatumWithOid],
+    mode: Mode,
     map: impl FnOnce(pgrx::spi::SpiTupleTable) -> Result<T, pgrx::spi::Error>,
 ) -> Result<T, pgrx::spi::Error> {
     let types: Vec<pgrx::pg_sys::Oid> = args.iter().map(|a| a.oid()).collect();
-    let key = (sql.to_owned(), types.iter().map(|t| t.to_u32()).collect());
+    let key = (
+        sql.to_owned(),
+        types.iter().map(|t| t.to_u32()).collect(),
+        mode,
+    );
     pgrx::Spi::connect_mut(|client| {
-        let plan = match KEPT.with(|kept| kept.borrow().get(&key).cloned()) {
+        let plan = match KEPT.with(|kept| kept.borrow().get(&key).copied()) {
             Some(plan) => plan,
             None => {
                 let oids: Vec<pgrx::PgOid> = types.into_iter().map(pgrx::PgOid::from).collect();
-                let plan = std::rc::Rc::new(client.prepare_mut(sql, &oids)?.keep());
+                let prepared = match mode {
+                    Mode::Read => client.prepare(sql, &oids)?,
+                    Mode::Write => client.prepare_mut(sql, &oids)?,
+                };
+                let plan: &'static _ = Box::leak(Box::new(prepared.keep()));
                 KEPT.with(|kept| {
                     let mut kept = kept.borrow_mut();
                     if kept.len() < KEPT_AT_MOST {
-                        kept.insert(key, plan.clone());
+                        kept.insert(key, plan);
                     }
                 });
                 plan
@@ -101,18 +119,22 @@ fn with_kept<T>(
         // 50,000 OIDs (a schema renamed) took longer to plan than to run.
         let _generic =
             crate::pg::guc::SettingScope::set(&[("plan_cache_mode", "force_generic_plan")]);
-        map(client.update(&*plan, None, args)?)
+        map(match mode {
+            Mode::Read => client.select(plan, None, args)?,
+            Mode::Write => client.update(plan, None, args)?,
+        })
     })
 }
 
-/// `pinned_row` through a kept plan: for the reads every migration makes.
+/// `pinned_row` through a kept plan: for the reads every migration makes, of what everyone
+/// may read.
 pub fn kept_row<T>(
     sql: &str,
     args: &[pgrx::datum::DatumWithOid],
     map: impl FnOnce(pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
 ) -> Result<Option<T>, pgrx::spi::Error> {
     pinned(|| {
-        with_kept(sql, args, |mut table| match table.next() {
+        with_kept(sql, args, Mode::Read, |mut table| match table.next() {
             Some(row) => map(row).map(Some),
             None => Ok(None),
         })
@@ -127,7 +149,7 @@ pub fn kept_as_owner<T>(
     args: &[pgrx::datum::DatumWithOid],
     map: impl FnOnce(Option<pgrx::spi::SpiHeapTupleData>) -> Result<T, pgrx::spi::Error>,
 ) -> Result<T, pgrx::spi::Error> {
-    as_owner(|| with_kept(sql, args, |mut table| map(table.next())))
+    as_owner(|| with_kept(sql, args, Mode::Write, |mut table| map(table.next())))
 }
 
 /// `kept_as_owner` of a statement that returns one value: it, or None for no row or NULL.
@@ -146,7 +168,7 @@ pub fn kept_rows_as_owner<T>(
     args: &[pgrx::datum::DatumWithOid],
     map: impl FnMut(pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
 ) -> Result<Vec<T>, pgrx::spi::Error> {
-    as_owner(|| with_kept(sql, args, |table| table.map(map).collect()))
+    as_owner(|| with_kept(sql, args, Mode::Write, |table| table.map(map).collect()))
 }
 
 /// A snapshot of the catalogs as they were when `with_snapshot` began (the previous

@@ -92,14 +92,19 @@ fn hash_of_parts(kind: &[u8], identity: &[u8], description: &[u8]) -> [u8; 32] {
     RETURNS bytea IMMUTABLE STRICT PARALLEL SAFE
     LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 ")]
-fn object_hash_of_row(fcinfo: pg_sys::FunctionCallInfo) -> Vec<u8> {
-    use crate::pg::hash_input::{jsonb_arg, text_arg};
-    hash_of_parts(
-        &text_arg(fcinfo, 0),
-        &text_arg(fcinfo, 1),
-        &jsonb_arg(fcinfo, 2),
+fn object_hash_of_row(fcinfo: pg_sys::FunctionCallInfo) -> Option<Vec<u8>> {
+    use crate::pg::hash_input::{any_null, jsonb_arg, text_arg};
+    if any_null(fcinfo, 3) {
+        return None;
+    }
+    Some(
+        hash_of_parts(
+            &text_arg(fcinfo, 0),
+            &text_arg(fcinfo, 1),
+            &jsonb_arg(fcinfo, 2),
+        )
+        .to_vec(),
     )
-    .to_vec()
 }
 
 /// A hash as 32 bytes, or why not.
