@@ -150,10 +150,14 @@ struct NewRow {
     rel_oid: Option<pg_sys::Oid>,
 }
 
-const OLD_ROW: &str = "o.kind, o.identity, o.description::text, o.hash";
-
-fn old_rows(sql: &str, args: &[pgrx::datum::DatumWithOid]) -> Vec<OldRow> {
-    crate::pg::spi::kept_rows_as_owner(sql, args, |row| {
+/// Deletes the rows of `migrate.schema_objects` (alias `o`) that `which` (a USING and WHERE
+/// clause) picks, and returns them.
+fn old_rows(which: &str, args: &[pgrx::datum::DatumWithOid]) -> Vec<OldRow> {
+    let sql = format!(
+        "DELETE FROM migrate.schema_objects o {which} \
+         RETURNING o.kind, o.identity, o.description::text, o.hash"
+    );
+    crate::pg::spi::kept_rows_as_owner(&sql, args, |row| {
         Ok(OldRow {
             kind: row.get(1)?.unwrap_or_default(),
             identity: row.get(2)?.unwrap_or_default(),
@@ -322,12 +326,8 @@ fn record_queued(version: Option<&str>) -> Recorded {
         .into_iter()
         .unzip();
     let mut old = old_rows(
-        &format!(
-            "DELETE FROM migrate.schema_objects o \
-             USING unnest($1::oid[], $2::oid[]) AS k(classid, objid) \
-             WHERE o.obj_oid = k.objid AND o.obj_class = k.classid \
-             RETURNING {OLD_ROW}"
-        ),
+        "USING unnest($1::oid[], $2::oid[]) AS k(classid, objid) \
+         WHERE o.obj_oid = k.objid AND o.obj_class = k.classid",
         &[classes.into(), objects.into()],
     );
     let owners: Vec<pg_sys::Oid> = stale
@@ -339,13 +339,7 @@ fn record_queued(version: Option<&str>) -> Recorded {
         .chain(wanted.whole.iter().copied())
         .collect();
     if !owners.is_empty() {
-        old.extend(old_rows(
-            &format!(
-                "DELETE FROM migrate.schema_objects o WHERE o.rel_oid = ANY($1) \
-                 RETURNING {OLD_ROW}"
-            ),
-            &[owners.into()],
-        ));
+        old.extend(old_rows("WHERE o.rel_oid = ANY($1)", &[owners.into()]));
     }
     let (kinds, identities): (Vec<String>, Vec<String>) = queued
         .values()
@@ -363,12 +357,8 @@ fn record_queued(version: Option<&str>) -> Recorded {
         .unzip();
     if !kinds.is_empty() {
         old.extend(old_rows(
-            &format!(
-                "DELETE FROM migrate.schema_objects o \
-                 USING unnest($1::text[], $2::text[]) AS k(kind, identity) \
-                 WHERE o.kind = k.kind AND o.identity = k.identity \
-                 RETURNING {OLD_ROW}"
-            ),
+            "USING unnest($1::text[], $2::text[]) AS k(kind, identity) \
+             WHERE o.kind = k.kind AND o.identity = k.identity",
             &[kinds.into(), identities.into()],
         ));
     }
