@@ -139,8 +139,17 @@ pub fn stale(
             .collect()
     });
     // What PostgreSQL cloned from a touched object onto partitions (triggers, indexes,
-    // foreign keys): the clones depend on it as partition dependencies.
+    // foreign keys): the clones depend on it as partition dependencies. A relation has such
+    // dependents only when it is partitioned or a partition: a plain table that 10,000
+    // foreign keys reference is not read through all of them while its lock is held.
     let clones = reachable(queued.keys().copied(), catalog, |object| {
+        if object.0 == class
+            && !catalog
+                .relation(object.1)
+                .is_some_and(|r| r.is_partition || matches!(r.kind, b'p' | b'I'))
+        {
+            return vec![];
+        }
         catalog
             .dependents(object)
             .into_iter()
@@ -466,6 +475,11 @@ mod unit {
         // ATTACH and DETACH do not recurse.
         let queued = queue(&[(rel(10), Queued::default())]);
         assert!(!stale(&queued, &[], &rows).contains_key(&rel(20)));
+        // A plain table has no partition dependents: its dependents are not read.
+        rows.relations.insert(oid(50), table(b'r'));
+        rows.depend.push((rel(51), rel(50), b'S'));
+        let queued = queue(&[(rel(50), Queued::default())]);
+        assert!(!stale(&queued, &[], &rows).contains_key(&rel(51)));
     }
 
     #[test]
