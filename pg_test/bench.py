@@ -26,10 +26,12 @@ asserts a timing; the tests assert correctness bounds, this measures.
                    same SQL directly in a transaction; the worst wait of readers of a table
                    altered through migrate.apply vs directly; migrate.fingerprint() and
                    migrate.describe() on demand; migrate.dry_run and migrate.verify.
-  backfill         fill a new column of a 2M-row table three ways, on three identical tables:
-                   one UPDATE, a psycopg client loop (next 1,000 ids by keyset, update them,
-                   commit), and migrate.backfill; each under a rate-limited pgbench workload
-                   updating random rows of the same table, vs that workload with no fill.
+  backfill         fill a new column of a 1M- and a 5M-row table three ways, on three identical
+                   tables: one UPDATE, a psycopg client loop (next 1,000 ids by keyset, update
+                   them, commit), and migrate.backfill; each under a rate-limited pgbench
+                   workload updating random rows of the same table, vs that workload with no
+                   fill. Each phase starts from a checkpoint with the previous fill vacuumed;
+                   the checkpoints begun during a phase (max_wal_size) are shown beside it.
   script-size      migrate.lint of 1,000, 10,000 and 50,000 statements (on one line and one per
                    line), and migrate.apply and migrate.dry_run of as many statements vs the same
                    script run directly: time per statement must not grow with the script beyond
@@ -536,6 +538,49 @@ UPDATE {table} SET hits = hits + 1 WHERE id = :id;
 """
 
 
+def checkpoints_so_far(c) -> int:
+    """Checkpoints begun since the statistics were reset, timed or requested (a fill that
+    writes more WAL than max_wal_size requests one, and its writers wait for its I/O)."""
+    view = ("pg_stat_checkpointer", "num_timed + num_requested") if c.execute(
+        "SELECT to_regclass('pg_catalog.pg_stat_checkpointer')").fetchone()[0] else \
+        ("pg_stat_bgwriter", "checkpoints_timed + checkpoints_req")
+    return c.execute(f"SELECT {view[1]} FROM pg_catalog.{view[0]}").fetchone()[0]
+
+
+class WriterWaits:
+    """What the pgbench writers are waiting on, sampled from pg_stat_activity every 10 ms while
+    a phase runs: says whether their latency is the fill's row locks, the WAL flush, or I/O."""
+
+    def __init__(self, cluster: Cluster, db: str):
+        self.cluster, self.db = cluster, db
+        self.counts: dict[str, int] = {}
+        self.running = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        with self.cluster.connect(self.db) as c:
+            while self.running.is_set():
+                for (event,) in c.execute(
+                        "SELECT coalesce(wait_event_type || ':' || wait_event, 'running') FROM pg_stat_activity "
+                        "WHERE application_name = 'pgbench' AND state = 'active'").fetchall():
+                    self.counts[event] = self.counts.get(event, 0) + 1
+                time.sleep(0.01)
+
+    def __enter__(self) -> "WriterWaits":
+        self.running.set()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.running.clear()
+        self.thread.join()
+
+    def top(self, n: int = 3) -> str:
+        total = sum(self.counts.values()) or 1
+        return ", ".join(f"{e} {k * 100 / total:.0f}%" for e, k in
+                         sorted(self.counts.items(), key=lambda i: -i[1])[:n])
+
+
 class PgbenchChunks:
     """pgbench in back-to-back 5 s runs (logging each transaction) for as long as a fill runs:
     the fills take different times, and pgbench cannot be stopped early without losing its log."""
@@ -579,7 +624,26 @@ class PgbenchChunks:
         return latencies
 
 
-def backfill(cluster: Cluster, rows: int, clients: int, rate: int, batch_time: str | None) -> None:
+def backfill(cluster: Cluster, rows: int, clients: int, rate: int, batch_time: str | None,
+             max_wal_size: str | None) -> None:
+    if max_wal_size:
+        with cluster.connect() as c:
+            c.execute("ALTER SYSTEM SET max_wal_size = %s" % quote_literal(max_wal_size))
+            c.execute("SELECT pg_reload_conf()")
+    try:
+        backfill_sizes(cluster, rows, clients, rate, batch_time)
+    finally:
+        if max_wal_size:
+            with cluster.connect() as c:
+                c.execute("ALTER SYSTEM RESET max_wal_size")
+                c.execute("SELECT pg_reload_conf()")
+
+
+def quote_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def backfill_sizes(cluster: Cluster, rows: int, clients: int, rate: int, batch_time: str | None) -> None:
     db = cluster.create_database("bench_backfill")
     with cluster.connect(db) as c:
         for t in ("t_update", "t_loop", "t_backfill"):
@@ -623,22 +687,34 @@ def backfill(cluster: Cluster, rows: int, clients: int, rate: int, batch_time: s
     for name, table, fill in (("none", "t_update", None), ("update", "t_update", one_update),
                               ("loop", "t_loop", client_loop), ("backfill", "t_backfill", migrate_backfill),
                               ("none_after", "t_update", None)):
-        with cluster.connect(db) as c, PgbenchChunks(cluster, db, table, rows, clients, rate, work / name) as load:
+        # Each phase starts from a checkpoint, so none pays for the previous one's dirty pages
+        # and WAL (a checkpoint that fell in one phase only would decide its percentiles).
+        with cluster.connect(db) as c:
+            c.execute("CHECKPOINT")
+        with cluster.connect(db) as c, PgbenchChunks(cluster, db, table, rows, clients, rate, work / name) as load, \
+                WriterWaits(cluster, db) as waits:
+            checkpoints_before = checkpoints_so_far(c)
             began = time.time()
             if fill is None:
                 time.sleep(10)
             else:
                 fill(c, table)
             ended = time.time()
+            checkpoints = checkpoints_so_far(c) - checkpoints_before
         if fill is not None:
             with cluster.connect(db) as c:
                 left = c.execute(f"SELECT count(*) FROM {table} WHERE filled IS DISTINCT FROM v * 2").fetchone()[0]
+                # Its dead rows are vacuumed now, not by an autovacuum that would run during
+                # the next phase and be counted against it.
+                c.execute(f"VACUUM {table}")
             assert left == 0, f"{name}: {left} rows not filled"
         during = load.during(began, ended)
-        results[name] = (ended - began, during)
+        results[name] = (ended - began, during, f"{waits.top()}; checkpoints begun: {checkpoints}")
 
+    with cluster.connect(db) as c:
+        wal = c.execute("SELECT current_setting('max_wal_size')").fetchone()[0]
     print(f"backfill: fill a new column of {rows:,} rows while {clients} pgbench clients update random rows "
-          f"of the same table at {rate} tps (rate-limited), side by side on identical tables")
+          f"of the same table at {rate} tps (rate-limited), side by side on identical tables; max_wal_size {wal}")
     base_took = results["none"][0] + results["none_after"][0]
     base = results["none"][1] + results["none_after"][1]
     base_p99 = statistics.quantiles(base, n=100)[98]
@@ -648,11 +724,12 @@ def backfill(cluster: Cluster, rows: int, clients: int, rate: int, batch_time: s
           f"(p99 before {before:.2f} ms, after {after:.2f} ms)")
     for name, label in (("update", "(a) one UPDATE"), ("loop", "(b) client loop, 1,000-id batches"),
                         ("backfill", "(c) migrate.backfill")):
-        took, during = results[name]
+        took, during, waited = results[name]
         p99 = statistics.quantiles(during, n=100)[98]
         print(f"  {label:<34} {took:7.2f} s  writer p99 {p99 * 1000:7.2f} ms ({p99 / base_p99:5.2f}x), "
               f"{len(during) / took:6.0f} tps ({len(during) / took / (len(base) / base_took):4.2f}x), "
               f"worst {max(during) * 1000:7.1f} ms")
+        print(f"  {'':<34} {'':>9}  writers active: {waited}")
     a, b, c_ = results["update"][0], results["loop"][0], results["backfill"][0]
     print(f"  wall time: (c)/(a) {c_ / a:.2f}x, (b)/(c) {b / c_:.2f}x; worst writer wait during (c) / "
           f"migrate.lock_timeout ({float(lock_timeout):g} s): {max(results['backfill'][1]) / float(lock_timeout):.2f}")
@@ -671,7 +748,8 @@ def main() -> None:
     p.add_argument("--dry-runs", type=int, default=10, help="repetitions in dry-run")
     p.add_argument("--sizes", default="0,500,2000,10000", help="schema sizes (tables) in schema-scale")
     p.add_argument("--scale-migrations", type=int, default=20, help="migrations per size in schema-scale")
-    p.add_argument("--backfill-rows", type=int, default=2_000_000, help="rows in each backfill table")
+    p.add_argument("--backfill-rows", default="1000000,5000000", help="rows in each backfill table, one run per size")
+    p.add_argument("--backfill-max-wal-size", help="max_wal_size during backfill, e.g. 8GB (default: the server's)")
     p.add_argument("--backfill-rate", type=int, default=400, help="pgbench transactions per second in backfill")
     p.add_argument("--backfill-batch-time", help="migrate.backfill_batch_time for (c), e.g. 20ms (default: the setting's)")
     p.add_argument("--only", choices=["apply-overhead", "lock-queue", "guard", "worker-latency", "writer-wait",
@@ -682,7 +760,7 @@ def main() -> None:
     try:
         settings = cluster.connect().execute(
             "SELECT string_agg(name || '=' || setting, ' ') FROM pg_settings"
-            " WHERE name IN ('fsync', 'synchronous_commit', 'shared_buffers')").fetchone()[0]
+            " WHERE name IN ('fsync', 'synchronous_commit', 'shared_buffers', 'max_wal_size')").fetchone()[0]
         print(f"cluster: PostgreSQL 15, pg_migrate preloaded (release build), {settings}")
         if args.only in (None, "apply-overhead"):
             apply_overhead(cluster, args.migrations)
@@ -701,7 +779,8 @@ def main() -> None:
         if args.only in (None, "script-size"):
             script_size(cluster, [1_000, 10_000, 50_000])
         if args.only in (None, "backfill"):
-            backfill(cluster, args.backfill_rows, 2, args.backfill_rate, args.backfill_batch_time)
+            for rows in (int(x) for x in args.backfill_rows.split(",")):
+                backfill(cluster, rows, 2, args.backfill_rate, args.backfill_batch_time, args.backfill_max_wal_size)
     finally:
         cluster.stop()
 
