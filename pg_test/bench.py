@@ -624,14 +624,14 @@ class PgbenchChunks:
         return latencies
 
 
-def backfill(cluster: Cluster, rows: int, clients: int, rate: int, batch_time: str | None,
+def backfill(cluster: Cluster, rows: int, clients: int, rate: int, batch_time: str | None, pause: str | None,
              max_wal_size: str | None) -> None:
     if max_wal_size:
         with cluster.connect() as c:
             c.execute("ALTER SYSTEM SET max_wal_size = %s" % quote_literal(max_wal_size))
             c.execute("SELECT pg_reload_conf()")
     try:
-        backfill_sizes(cluster, rows, clients, rate, batch_time)
+        backfill_sizes(cluster, rows, clients, rate, batch_time, pause)
     finally:
         if max_wal_size:
             with cluster.connect() as c:
@@ -643,7 +643,8 @@ def quote_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def backfill_sizes(cluster: Cluster, rows: int, clients: int, rate: int, batch_time: str | None) -> None:
+def backfill_sizes(cluster: Cluster, rows: int, clients: int, rate: int, batch_time: str | None,
+                   pause: str | None) -> None:
     db = cluster.create_database("bench_backfill")
     with cluster.connect(db) as c:
         for t in ("t_update", "t_loop", "t_backfill"):
@@ -673,6 +674,8 @@ def backfill_sizes(cluster: Cluster, rows: int, clients: int, rate: int, batch_t
     def migrate_backfill(c, table: str) -> None:
         if batch_time:
             c.execute("SELECT set_config('migrate.backfill_batch_time', %s, false)", (batch_time,))
+        if pause:
+            c.execute("SELECT set_config('migrate.backfill_pause', %s, false)", (pause,))
         job = c.execute(f"SELECT migrate.backfill('{table}', 'filled = v * 2', 'filled IS NULL')").fetchone()[0]
         wait_until(lambda: c.execute("SELECT state FROM migrate.backfills WHERE id = %s", (job,)).fetchone()[0]
                    in ("done", "failed"), timeout=3600, interval=0.05)
@@ -749,6 +752,7 @@ def main() -> None:
     p.add_argument("--sizes", default="0,500,2000,10000", help="schema sizes (tables) in schema-scale")
     p.add_argument("--scale-migrations", type=int, default=20, help="migrations per size in schema-scale")
     p.add_argument("--backfill-rows", default="1000000,5000000", help="rows in each backfill table, one run per size")
+    p.add_argument("--backfill-pause", help="migrate.backfill_pause for (c), e.g. 20ms (default: the setting's)")
     p.add_argument("--backfill-max-wal-size", help="max_wal_size during backfill, e.g. 8GB (default: the server's)")
     p.add_argument("--backfill-rate", type=int, default=400, help="pgbench transactions per second in backfill")
     p.add_argument("--backfill-batch-time", help="migrate.backfill_batch_time for (c), e.g. 20ms (default: the setting's)")
@@ -780,7 +784,8 @@ def main() -> None:
             script_size(cluster, [1_000, 10_000, 50_000])
         if args.only in (None, "backfill"):
             for rows in (int(x) for x in args.backfill_rows.split(",")):
-                backfill(cluster, rows, 2, args.backfill_rate, args.backfill_batch_time, args.backfill_max_wal_size)
+                backfill(cluster, rows, 2, args.backfill_rate, args.backfill_batch_time, args.backfill_pause,
+                         args.backfill_max_wal_size)
     finally:
         cluster.stop()
 

@@ -203,6 +203,12 @@ BLOCKED = [
     ("ALTER TABLE orders ALTER COLUMN note SET NOT NULL", "set-not-null-scan"),
     ("ALTER TABLE orders ADD CONSTRAINT qty_small CHECK (qty < 100)", "add-constraint-validating"),
     ("ALTER TABLE orders ADD CONSTRAINT fk FOREIGN KEY (customer_id) REFERENCES customers", "add-constraint-validating"),
+    # One statement holds its strongest subcommand's lock while VALIDATE scans the table.
+    ("ALTER TABLE orders ADD CONSTRAINT qty_small CHECK (qty < 100) NOT VALID, VALIDATE CONSTRAINT qty_small",
+     "validate-in-locking-transaction"),
+    ("ALTER TABLE orders ADD CONSTRAINT fk FOREIGN KEY (customer_id) REFERENCES customers NOT VALID, "
+     "VALIDATE CONSTRAINT fk", "validate-in-locking-transaction"),
+    ("ALTER TABLE orders ADD COLUMN c5 text, VALIDATE CONSTRAINT qty_not_negative", "validate-in-locking-transaction"),
     ("ALTER TABLE orders ADD COLUMN c2 text UNIQUE", "add-column-inline-constraint"),
     ("ALTER TABLE orders ADD COLUMN c3 bigint REFERENCES customers", "add-column-inline-constraint"),
     ("ALTER TABLE orders ADD COLUMN c4 int CHECK (c4 > 0)", "add-column-inline-constraint"),
@@ -295,6 +301,8 @@ ALLOWED = [
     "ALTER TABLE orders ALTER COLUMN qty TYPE int USING qty",
     "ALTER TABLE orders ALTER COLUMN qty SET STATISTICS 500",
     "ALTER TABLE orders SET (fillfactor = 90)",
+    # SHARE UPDATE EXCLUSIVE, as VALIDATE's own: writes go on during the scan.
+    "ALTER TABLE orders SET (fillfactor = 90), VALIDATE CONSTRAINT qty_not_negative",
     "ALTER TABLE orders SET TABLESPACE pg_default",
     "ALTER TABLE ALL IN TABLESPACE pg_default SET TABLESPACE pg_default",
     "ALTER TABLE orders SET ACCESS METHOD heap",

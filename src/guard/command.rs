@@ -224,6 +224,9 @@ pub enum Action {
     },
     ValidateConstraint {
         name: String,
+        /// The lock the statement's other subcommands take on the table, held while this one
+        /// scans it (`ADD CONSTRAINT c ... NOT VALID, VALIDATE CONSTRAINT c` in one statement).
+        beside: Option<LockMode>,
     },
     DropColumn {
         column: String,

@@ -191,8 +191,12 @@ unsafe fn alter_table(stmt: *mut pg_sys::AlterTableStmt) -> Command {
         return Command::Other;
     };
     let mut actions = Vec::new();
+    let beside = lock_beside_validation((*stmt).cmds);
     for cmd in PgList::<pg_sys::AlterTableCmd>::from_pg((*stmt).cmds).iter_ptr() {
-        let action = action(oid, &table, stmt, cmd);
+        let action = match action(oid, &table, stmt, cmd) {
+            Action::ValidateConstraint { name, .. } => Action::ValidateConstraint { name, beside },
+            other => other,
+        };
         if let Action::AddConstraint {
             kind: ConstraintKind::PrimaryKey,
             using_index: true,
@@ -210,6 +214,25 @@ unsafe fn alter_table(stmt: *mut pg_sys::AlterTableStmt) -> Command {
         actions.push(action);
     }
     Command::AlterTable { table, actions }
+}
+
+/// The lock an ALTER TABLE's subcommands other than VALIDATE CONSTRAINT take, as PostgreSQL
+/// computes the statement's: one statement holds the strongest of them all for its whole run,
+/// validating scans included. `None` when there are no others.
+///
+/// # Safety
+/// `cmds` is the command list of a valid raw AlterTableStmt.
+unsafe fn lock_beside_validation(cmds: *mut pg_sys::List) -> Option<LockMode> {
+    let mut others = PgList::<pg_sys::AlterTableCmd>::new();
+    for cmd in PgList::<pg_sys::AlterTableCmd>::from_pg(cmds).iter_ptr() {
+        if (*cmd).subtype != pg_sys::AlterTableType::AT_ValidateConstraint {
+            others.push(cmd);
+        }
+    }
+    if others.is_empty() {
+        return None;
+    }
+    LockMode::from_pg(pg_sys::AlterTableGetLockLevel(others.into_pg()))
 }
 
 unsafe fn action(
@@ -318,6 +341,7 @@ unsafe fn action(
         }
         AT::AT_ValidateConstraint => Action::ValidateConstraint {
             name: quote((*cmd).name),
+            beside: None, // set by alter_table, which sees the other subcommands
         },
         AT::AT_DropColumn
             if (*cmd).missing_ok && !catalog::column_exists(relid, CStr::from_ptr((*cmd).name)) =>

@@ -57,7 +57,7 @@ pub const VALIDATE_LOCKED: Rule = Rule {
     family: Family::Scan,
     catches: "VALIDATE CONSTRAINT in a transaction that already holds a lock blocking writes \
               on the table (typically taken by ADD CONSTRAINT ... NOT VALID in the same \
-              transaction)",
+              transaction), or in one ALTER TABLE with subcommands that take such a lock",
     why: "VALIDATE itself needs only SHARE UPDATE EXCLUSIVE, but the lock this transaction \
           already holds keeps blocking the table for the whole validating scan.",
     safe: "Commit after ADD CONSTRAINT ... NOT VALID; run VALIDATE CONSTRAINT in a transaction \
@@ -289,7 +289,29 @@ fn judge_action(table: &Rel, action: &Action, out: &mut Vec<Finding>) {
                 ),
             ))
         }
-        Action::ValidateConstraint { name } if table.write_locked_by_us => out.push(finding(
+        Action::ValidateConstraint {
+            name,
+            beside: Some(lock),
+        } if lock.blocked_work().is_some() => out.push(finding(
+            &VALIDATE_LOCKED,
+            format!(
+                "validating {name} on {t} in a statement that also locks it {}",
+                lock.name()
+            ),
+            format!(
+                "The statement's other subcommands take {} on {}, held for the whole \
+                 statement: the validating scan runs under it, and {} for the scan.",
+                lock.with_article(),
+                table.describe(),
+                lock.blocks().replacen("waits", "wait", 1)
+            ),
+            format!(
+                "Run the other subcommands in a statement of their own and commit; then ALTER \
+                 TABLE {t} VALIDATE CONSTRAINT {name}; in a transaction (or migration version) \
+                 of its own."
+            ),
+        )),
+        Action::ValidateConstraint { name, .. } if table.write_locked_by_us => out.push(finding(
             &VALIDATE_LOCKED,
             format!("validating {name} on {t} in a transaction that already locks it"),
             format!(
@@ -529,11 +551,39 @@ mod unit {
 
     #[test]
     fn validate_is_fine_unless_this_transaction_locks_the_table() {
-        let v = || vec![Action::ValidateConstraint { name: "c".into() }];
+        let v = || {
+            vec![Action::ValidateConstraint {
+                name: "c".into(),
+                beside: None,
+            }]
+        };
         assert!(ids(big(), v()).is_empty());
         let mut locked = big();
         locked.write_locked_by_us = true;
         assert_eq!(ids(locked, v()), ["validate-in-locking-transaction"]);
+    }
+
+    #[test]
+    fn validate_is_refused_beside_subcommands_that_block_writes() {
+        let v = |beside| {
+            vec![Action::ValidateConstraint {
+                name: "c".into(),
+                beside: Some(beside),
+            }]
+        };
+        for lock in [
+            LockMode::AccessExclusive,
+            LockMode::ShareRowExclusive,
+            LockMode::Share,
+        ] {
+            assert_eq!(
+                ids(big(), v(lock)),
+                ["validate-in-locking-transaction"],
+                "{lock:?}"
+            );
+        }
+        // SET (fillfactor = ...) beside it: the statement's lock lets writes go on.
+        assert!(ids(big(), v(LockMode::ShareUpdateExclusive)).is_empty());
     }
 
     #[test]
