@@ -29,6 +29,14 @@ CREATE INDEX orders_total_idx ON orders (total);
 ALTER TABLE orders ADD CONSTRAINT checked_not_null CHECK (checked IS NOT NULL);
 ALTER TABLE orders ADD CONSTRAINT qty_not_negative CHECK (qty >= 0) NOT VALID;
 
+CREATE TABLE labels (id bigint, name text, tag varchar(20), kind varchar(20), sku varchar(20));
+INSERT INTO labels SELECT g, 'n' || g, 't' || g, 'k' || g % 9, 's' || g FROM generate_series(1, 30000) g;
+CREATE INDEX labels_name ON labels (name);
+CREATE INDEX labels_name_c ON labels (name COLLATE "C");
+CREATE INDEX labels_tag_lower ON labels (lower(tag));
+CREATE INDEX labels_kind_partial ON labels (id) WHERE kind <> 'k0';
+CREATE INDEX labels_sku ON labels (sku);
+
 CREATE TABLE tiny (id int PRIMARY KEY, v text);
 INSERT INTO tiny VALUES (1, 'a'), (2, 'b');
 
@@ -209,6 +217,10 @@ BLOCKED = [
     ("ALTER TABLE orders ADD CONSTRAINT fk FOREIGN KEY (customer_id) REFERENCES customers NOT VALID, "
      "VALIDATE CONSTRAINT fk", "validate-in-locking-transaction"),
     ("ALTER TABLE orders ADD COLUMN c5 text, VALIDATE CONSTRAINT qty_not_negative", "validate-in-locking-transaction"),
+    # The rows are kept, but an index on the column is built again under the lock.
+    ('ALTER TABLE labels ALTER COLUMN name TYPE text COLLATE "C"', "alter-column-type-index-rebuild"),
+    ("ALTER TABLE labels ALTER COLUMN tag TYPE varchar(40)", "alter-column-type-index-rebuild"),
+    ("ALTER TABLE labels ALTER COLUMN kind TYPE text", "alter-column-type-index-rebuild"),
     ("ALTER TABLE orders ADD COLUMN c2 text UNIQUE", "add-column-inline-constraint"),
     ("ALTER TABLE orders ADD COLUMN c3 bigint REFERENCES customers", "add-column-inline-constraint"),
     ("ALTER TABLE orders ADD COLUMN c4 int CHECK (c4 > 0)", "add-column-inline-constraint"),
@@ -275,6 +287,26 @@ def test_type_change_to_timestamptz_depends_on_the_session_timezone(cluster, sho
     assert verdict(cluster, shop, change, ["SET TimeZone = 'UTC'"]) is None
 
 
+def test_a_type_change_names_the_indexes_it_rebuilds_and_keeps_the_others(cluster, shop):
+    with cluster.connect(shop, autocommit=False) as c:
+        with pytest.raises(psycopg.Error) as refused:
+            c.execute('ALTER TABLE labels ALTER COLUMN name TYPE text COLLATE "C"')
+        c.rollback()
+    message = refused.value.diag.message_primary
+    # labels_name_c has its collation written out, and "C" it stays.
+    assert "public.labels_name" in message and "labels_name_c" not in message, message
+    # Once it is accepted, the kept index is the same relation, the rebuilt one a new file.
+    with cluster.connect(shop, autocommit=False) as c:
+        files = "SELECT relname, relfilenode FROM pg_class WHERE relname IN ('labels_name', 'labels_name_c')"
+        before = dict(c.execute(files).fetchall())
+        c.execute("SET LOCAL migrate.allow = 'alter-column-type-index-rebuild'")
+        c.execute('ALTER TABLE labels ALTER COLUMN name TYPE text COLLATE "C"')
+        after = dict(c.execute(files).fetchall())
+        c.rollback()
+    assert after["labels_name_c"] == before["labels_name_c"]
+    assert after["labels_name"] != before["labels_name"]
+
+
 def test_validate_is_refused_while_this_transaction_holds_the_lock(cluster, shop):
     add = "ALTER TABLE orders ADD CONSTRAINT qty_small CHECK (qty < 100) NOT VALID"
     validate = "ALTER TABLE orders VALIDATE CONSTRAINT qty_small"
@@ -297,6 +329,10 @@ ALLOWED = [
     "ALTER TABLE orders ALTER COLUMN qty DROP DEFAULT",
     "ALTER TABLE orders ALTER COLUMN code TYPE varchar(40)",
     "ALTER TABLE orders ALTER COLUMN code TYPE text",
+    # A plain index on the column is kept: its class and collation come out the same.
+    "ALTER TABLE labels ALTER COLUMN sku TYPE varchar(40)",
+    "ALTER TABLE labels ALTER COLUMN sku TYPE text",
+    "ALTER TABLE labels ALTER COLUMN name TYPE text",
     "ALTER TABLE orders ALTER COLUMN total TYPE numeric(12,2)",
     "ALTER TABLE orders ALTER COLUMN qty TYPE int USING qty",
     "ALTER TABLE orders ALTER COLUMN qty SET STATISTICS 500",

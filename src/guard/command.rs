@@ -191,6 +191,9 @@ pub enum Action {
         /// PostgreSQL's own verdict (coercion, planner simplification, rewrite check);
         /// `None` when it could not be reached, e.g. an unknown type.
         rewrites: Option<bool>,
+        /// When it keeps the rows: the indexes PostgreSQL still builds again (a new collation
+        /// or operator class, an expression or partial index on the column), by name.
+        rebuilds_indexes: Vec<String>,
     },
     /// SET NOT NULL, or (PostgreSQL 18) ADD CONSTRAINT ... NOT NULL without NOT VALID.
     SetNotNull {

@@ -11,6 +11,7 @@ use crate::guard::command::{
 };
 use crate::migration::parse;
 use crate::pg::catalog;
+use crate::pg::index_reuse;
 use crate::pg::nodes::{str_val, text, StmtTree};
 use pgrx::{is_a, pg_sys, PgList};
 use std::ffi::CStr;
@@ -257,19 +258,21 @@ unsafe fn action(
         AT::AT_AddColumn => Action::AddColumn(new_column((*cmd).def.cast())),
         AT::AT_AlterColumnType if !table.new => {
             let def = (*cmd).def.cast::<pg_sys::ColumnDef>();
+            // A virtual column (PostgreSQL 18) stores nothing to convert.
+            let rewrites = if virtual_column(relid, &name()) {
+                Some(false)
+            } else {
+                catalog::type_change_rewrites(relid, &name(), (*def).typeName, (*def).raw_default)
+            };
             Action::AlterType {
                 column: name(),
                 type_name: catalog::column_type((*def).typeName).display,
-                // A virtual column (PostgreSQL 18) stores nothing to convert.
-                rewrites: if virtual_column(relid, &name()) {
-                    Some(false)
-                } else {
-                    catalog::type_change_rewrites(
-                        relid,
-                        &name(),
-                        (*def).typeName,
-                        (*def).raw_default,
-                    )
+                rewrites,
+                rebuilds_indexes: match rewrites {
+                    Some(false) => {
+                        index_reuse::rebuilt_by_type_change(relid, &name(), def).unwrap_or_default()
+                    }
+                    _ => vec![], // a rewrite rebuilds them all, and is refused for it
                 },
             }
         }

@@ -371,7 +371,7 @@ impl ColumnType {
 }
 
 /// typenameTypeIdAndMod: the type and typmod a TypeName names; raises if there is none.
-unsafe fn type_and_mod(type_name: *mut pg_sys::TypeName) -> (pg_sys::Oid, i32) {
+pub(super) unsafe fn type_and_mod(type_name: *mut pg_sys::TypeName) -> (pg_sys::Oid, i32) {
     let (mut typ, mut typmod) = (pg_sys::InvalidOid, 0);
     pg_sys::typenameTypeIdAndMod(std::ptr::null_mut(), type_name, &mut typ, &mut typmod);
     (typ, typmod)

@@ -7,6 +7,7 @@ pub mod event_trigger;
 pub mod guc;
 pub mod hash_input;
 pub mod identity;
+pub mod index_reuse;
 pub mod nodes;
 pub mod process;
 pub mod shmem;

@@ -87,6 +87,20 @@ pub const TYPE_CHANGE: Rule = Rule {
            switch reads, and drop the old column later (expand/contract).",
 };
 
+pub const TYPE_CHANGE_INDEXES: Rule = Rule {
+    id: "alter-column-type-index-rebuild",
+    family: Family::Rewrite,
+    catches: "ALTER COLUMN ... TYPE that keeps the rows but not an index on the column: a new \
+              collation or operator class, or any expression or partial index that reads the \
+              column",
+    why: "PostgreSQL keeps such an index only when its definition comes out the same for the \
+          new type; otherwise it builds it again, reading the whole table, under the \
+          statement's ACCESS EXCLUSIVE lock.",
+    safe: "Build the index as it will be CONCURRENTLY first (the new collation written out: \
+           CREATE INDEX CONCURRENTLY ... (col COLLATE \"C\")), DROP INDEX CONCURRENTLY the old \
+           one, then change the type; or expand/contract with a new column.",
+};
+
 pub const SET_LOGGED: Rule = Rule {
     id: "set-logged-unlogged",
     family: Family::Rewrite,
@@ -151,7 +165,7 @@ pub const TABLE_REWRITE: Rule = Rule {
            drop the old later.",
 };
 
-pub const RULES: [&Rule; 14] = [
+pub const RULES: [&Rule; 15] = [
     &VOLATILE_DEFAULT,
     &SERIAL,
     &IDENTITY,
@@ -159,6 +173,7 @@ pub const RULES: [&Rule; 14] = [
     &SET_EXPRESSION,
     &CONSTRAINED_DOMAIN,
     &TYPE_CHANGE,
+    &TYPE_CHANGE_INDEXES,
     &SET_LOGGED,
     &SET_TABLESPACE,
     &SET_ACCESS_METHOD,
@@ -242,7 +257,38 @@ fn judge_action(table: &Rel, action: &Action) -> Option<Finding> {
         Action::AlterType {
             column,
             type_name,
+            rewrites: Some(false),
+            rebuilds_indexes,
+        } if !rebuilds_indexes.is_empty() => Some(Finding {
+            rule: &TYPE_CHANGE_INDEXES,
+            message: format!(
+                "changing {}.{column} to {type_name} rebuilds {}",
+                table.name,
+                rebuilds_indexes.join(", ")
+            ),
+            detail: hazard(
+                table,
+                AEL,
+                "The rows are kept, but the index definitions on the column change (collation, \
+                 operator class, or an expression or predicate that reads it), so each is built \
+                 again over",
+            ),
+            hint: format!(
+                "Build each index as it will be first: CREATE INDEX CONCURRENTLY ... ON {t} \
+                 (...) with the new collation or class written out; DROP INDEX CONCURRENTLY {}; \
+                 then ALTER TABLE {t} ALTER COLUMN {column} TYPE {type_name}; (PostgreSQL keeps \
+                 an index whose definition already matches). Or expand/contract with a new \
+                 column.",
+                rebuilds_indexes.join(", "),
+                t = table.name
+            ),
+            subject: Some(table.clone()),
+        }),
+        Action::AlterType {
+            column,
+            type_name,
             rewrites: Some(true),
+            ..
         } => Some(Finding {
             rule: &TYPE_CHANGE,
             message: format!(
@@ -542,16 +588,21 @@ mod unit {
 
     #[test]
     fn type_changes_follow_postgresqls_verdict() {
-        let change = |rewrites| Action::AlterType {
+        let change = |rewrites, rebuilds_indexes: &[&str]| Action::AlterType {
             column: "c".into(),
             type_name: "bigint".into(),
             rewrites,
+            rebuilds_indexes: rebuilds_indexes.iter().map(|i| i.to_string()).collect(),
         };
         assert_eq!(
-            ids(&alter(vec![change(Some(true))])),
+            ids(&alter(vec![change(Some(true), &[])])),
             ["alter-column-type-rewrite"]
         );
-        assert!(alter(vec![change(Some(false)), change(None)]).is_empty());
+        assert!(alter(vec![change(Some(false), &[]), change(None, &[])]).is_empty());
+        assert_eq!(
+            ids(&alter(vec![change(Some(false), &["public.t_c_lower"])])),
+            ["alter-column-type-index-rebuild"]
+        );
     }
 
     #[test]
