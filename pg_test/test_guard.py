@@ -36,6 +36,9 @@ CREATE INDEX labels_name_c ON labels (name COLLATE "C");
 CREATE INDEX labels_tag_lower ON labels (lower(tag));
 CREATE INDEX labels_kind_partial ON labels (id) WHERE kind <> 'k0';
 CREATE INDEX labels_sku ON labels (sku);
+ALTER TABLE labels ADD COLUMN code varchar(20), ADD COLUMN draft varchar(20);
+ALTER TABLE labels ADD CONSTRAINT code_set CHECK (length(code) > 0 OR code IS NULL);
+ALTER TABLE labels ADD CONSTRAINT draft_set CHECK (length(draft) > 0) NOT VALID;
 
 CREATE TABLE tiny (id int PRIMARY KEY, v text);
 INSERT INTO tiny VALUES (1, 'a'), (2, 'b');
@@ -221,6 +224,8 @@ BLOCKED = [
     ('ALTER TABLE labels ALTER COLUMN name TYPE text COLLATE "C"', "alter-column-type-index-rebuild"),
     ("ALTER TABLE labels ALTER COLUMN tag TYPE varchar(40)", "alter-column-type-index-rebuild"),
     ("ALTER TABLE labels ALTER COLUMN kind TYPE text", "alter-column-type-index-rebuild"),
+    # The rows are kept, but a validated CHECK on the column is checked again on every row.
+    ("ALTER TABLE labels ALTER COLUMN code TYPE varchar(40)", "alter-column-type-check-scan"),
     ("ALTER TABLE orders ADD COLUMN c2 text UNIQUE", "add-column-inline-constraint"),
     ("ALTER TABLE orders ADD COLUMN c3 bigint REFERENCES customers", "add-column-inline-constraint"),
     ("ALTER TABLE orders ADD COLUMN c4 int CHECK (c4 > 0)", "add-column-inline-constraint"),
@@ -333,6 +338,8 @@ ALLOWED = [
     "ALTER TABLE labels ALTER COLUMN sku TYPE varchar(40)",
     "ALTER TABLE labels ALTER COLUMN sku TYPE text",
     "ALTER TABLE labels ALTER COLUMN name TYPE text",
+    # A NOT VALID check is added back NOT VALID: nothing is read.
+    "ALTER TABLE labels ALTER COLUMN draft TYPE varchar(40)",
     "ALTER TABLE orders ALTER COLUMN total TYPE numeric(12,2)",
     "ALTER TABLE orders ALTER COLUMN qty TYPE int USING qty",
     "ALTER TABLE orders ALTER COLUMN qty SET STATISTICS 500",

@@ -194,6 +194,9 @@ pub enum Action {
         /// When it keeps the rows: the indexes PostgreSQL still builds again (a new collation
         /// or operator class, an expression or partial index on the column), by name.
         rebuilds_indexes: Vec<String>,
+        /// When it keeps the rows: the validated CHECK constraints on the column, which
+        /// PostgreSQL adds again and checks against every row.
+        checks_again: Vec<String>,
     },
     /// SET NOT NULL, or (PostgreSQL 18) ADD CONSTRAINT ... NOT NULL without NOT VALID.
     SetNotNull {

@@ -11,8 +11,8 @@ use crate::guard::command::{
 };
 use crate::migration::parse;
 use crate::pg::catalog;
-use crate::pg::index_reuse;
 use crate::pg::nodes::{str_val, text, StmtTree};
+use crate::pg::type_change;
 use pgrx::{is_a, pg_sys, PgList};
 use std::ffi::CStr;
 
@@ -268,11 +268,16 @@ unsafe fn action(
                 column: name(),
                 type_name: catalog::column_type((*def).typeName).display,
                 rewrites,
+                // A rewrite rebuilds and checks everything, and is refused for it.
                 rebuilds_indexes: match rewrites {
                     Some(false) => {
-                        index_reuse::rebuilt_by_type_change(relid, &name(), def).unwrap_or_default()
+                        type_change::indexes_rebuilt(relid, &name(), def).unwrap_or_default()
                     }
-                    _ => vec![], // a rewrite rebuilds them all, and is refused for it
+                    _ => vec![],
+                },
+                checks_again: match rewrites {
+                    Some(false) => type_change::checks_revalidated(relid, &name()),
+                    _ => vec![],
                 },
             }
         }

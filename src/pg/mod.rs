@@ -7,7 +7,6 @@ pub mod event_trigger;
 pub mod guc;
 pub mod hash_input;
 pub mod identity;
-pub mod index_reuse;
 pub mod nodes;
 pub mod process;
 pub mod shmem;
@@ -16,6 +15,7 @@ pub mod spi;
 pub mod statement_timer;
 pub mod subxact;
 pub mod touched;
+pub mod type_change;
 pub mod utility_hook;
 pub mod xact;
 

@@ -259,6 +259,7 @@ fn judge_action(table: &Rel, action: &Action) -> Option<Finding> {
             type_name,
             rewrites: Some(false),
             rebuilds_indexes,
+            ..
         } if !rebuilds_indexes.is_empty() => Some(Finding {
             rule: &TYPE_CHANGE_INDEXES,
             message: format!(
@@ -593,6 +594,7 @@ mod unit {
             type_name: "bigint".into(),
             rewrites,
             rebuilds_indexes: rebuilds_indexes.iter().map(|i| i.to_string()).collect(),
+            checks_again: vec![],
         };
         assert_eq!(
             ids(&alter(vec![change(Some(true), &[])])),

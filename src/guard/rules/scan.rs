@@ -88,7 +88,18 @@ pub const ENFORCE_FOREIGN_KEY: Rule = Rule {
            and writes continue.",
 };
 
-pub const RULES: [&Rule; 7] = [
+pub const TYPE_CHANGE_CHECKS: Rule = Rule {
+    id: "alter-column-type-check-scan",
+    family: Family::Scan,
+    catches: "ALTER COLUMN ... TYPE that keeps the rows, on a column a validated CHECK \
+              constraint reads",
+    why: "PostgreSQL adds the constraint again after the change and checks it against every \
+          row, under the statement's ACCESS EXCLUSIVE lock.",
+    safe: "Drop the CHECK, change the type, add the CHECK back NOT VALID in the same \
+           transaction, and VALIDATE it in a transaction of its own.",
+};
+
+pub const RULES: [&Rule; 8] = [
     &SET_NOT_NULL,
     &VALIDATING_CONSTRAINT,
     &ENFORCE_FOREIGN_KEY,
@@ -96,6 +107,7 @@ pub const RULES: [&Rule; 7] = [
     &UNIQUE_WITHOUT_INDEX,
     &VALIDATE_LOCKED,
     &ATTACH_SCAN,
+    &TYPE_CHANGE_CHECKS,
 ];
 
 const AEL: LockMode = LockMode::AccessExclusive;
@@ -324,6 +336,31 @@ fn judge_action(table: &Rel, action: &Action, out: &mut Vec<Finding>) {
                  transaction (or migration version) of its own."
             ),
         )),
+        Action::AlterType {
+            column,
+            type_name,
+            rewrites: Some(false),
+            checks_again,
+            ..
+        } if !checks_again.is_empty() => {
+            let checks = checks_again.join(", ");
+            out.push(finding(
+                &TYPE_CHANGE_CHECKS,
+                format!("changing {t}.{column} to {type_name} checks {checks} on every row"),
+                hazard(
+                    table,
+                    AEL,
+                    &format!("The rows are kept, but {checks} is added again and checked against"),
+                ),
+                format!(
+                    "In one transaction: ALTER TABLE {t} DROP CONSTRAINT {c}; ALTER TABLE {t} \
+                     ALTER COLUMN {column} TYPE {type_name}; ALTER TABLE {t} ADD CONSTRAINT {c} \
+                     CHECK (...) NOT VALID; then, in a transaction of its own: ALTER TABLE {t} \
+                     VALIDATE CONSTRAINT {c};",
+                    c = checks_again[0]
+                ),
+            ))
+        }
         Action::AttachPartition {
             partition,
             proven,
@@ -561,6 +598,24 @@ mod unit {
         let mut locked = big();
         locked.write_locked_by_us = true;
         assert_eq!(ids(locked, v()), ["validate-in-locking-transaction"]);
+    }
+
+    #[test]
+    fn a_type_change_that_keeps_the_rows_is_refused_for_the_checks_it_repeats() {
+        let change = |rewrites, checks: &[&str]| Action::AlterType {
+            column: "c".into(),
+            type_name: "varchar(40)".into(),
+            rewrites,
+            rebuilds_indexes: vec![],
+            checks_again: checks.iter().map(|c| c.to_string()).collect(),
+        };
+        assert_eq!(
+            ids(big(), vec![change(Some(false), &["c_len"])]),
+            ["alter-column-type-check-scan"]
+        );
+        assert!(ids(big(), vec![change(Some(false), &[])]).is_empty());
+        // A rewrite is refused by its own rule.
+        assert!(ids(big(), vec![change(Some(true), &["c_len"])]).is_empty());
     }
 
     #[test]

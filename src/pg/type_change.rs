@@ -1,4 +1,5 @@
-//! Which indexes `ALTER COLUMN ... TYPE` builds again when it keeps the table's rows.
+//! What `ALTER COLUMN ... TYPE` still reads the whole table for when it keeps the rows:
+//! the indexes it builds again and the CHECK constraints it checks again.
 //!
 //! tablecmds.c re-creates every index that depends on the column and keeps the old one only
 //! when indexcmds.c's `CheckIndexCompatible` allows: no expression and no predicate, valid,
@@ -20,7 +21,7 @@ use std::ffi::{c_char, c_int, CString};
 ///
 /// # Safety
 /// `def` is the ColumnDef of a valid raw ALTER COLUMN ... TYPE subcommand.
-pub unsafe fn rebuilt_by_type_change(
+pub unsafe fn indexes_rebuilt(
     relid: pg_sys::Oid,
     column: &str,
     def: *mut pg_sys::ColumnDef,
@@ -154,4 +155,18 @@ fn access_method(indexrelid: pg_sys::Oid) -> Option<pg_sys::Oid> {
         // SAFETY: a pg_class row.
         unsafe { (*pg_sys::GETSTRUCT(tuple).cast::<pg_sys::FormData_pg_class>()).relam }
     })
+}
+
+/// The validated CHECK constraints of `relid` that read `column`, by name: tablecmds.c adds
+/// them again after the change, and checks every row against them (a NOT VALID one is added
+/// back NOT VALID, unchecked).
+pub fn checks_revalidated(relid: pg_sys::Oid, column: &str) -> Vec<String> {
+    crate::pg::spi::pinned_column::<String>(
+        "SELECT quote_ident(c.conname) FROM pg_catalog.pg_constraint c \
+           JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey) \
+          WHERE c.conrelid = $1 AND c.contype = 'c' AND c.convalidated AND a.attname = $2 \
+          ORDER BY c.conname",
+        &[relid.into(), column.into()],
+    )
+    .unwrap_or_default()
 }
