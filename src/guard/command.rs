@@ -179,6 +179,8 @@ pub enum Generated {
 pub enum DomainChange {
     AddCheck,
     SetNotNull,
+    /// VALIDATE CONSTRAINT: the same check of every row, under the same SHARE lock.
+    Validate,
 }
 
 /// One subcommand of ALTER TABLE.

@@ -217,6 +217,17 @@ unsafe fn alter_table(stmt: *mut pg_sys::AlterTableStmt) -> Command {
     Command::AlterTable { table, actions }
 }
 
+/// `COLLATE "C"`'s collation name as written (quoted), from a ColumnDef's collClause.
+///
+/// # Safety
+/// `clause` is null or a valid raw CollateClause.
+unsafe fn collate_clause(clause: *mut pg_sys::CollateClause) -> Option<String> {
+    if clause.is_null() || (*clause).collname.is_null() {
+        return None;
+    }
+    Some(text(pg_sys::NameListToQuotedString((*clause).collname)))
+}
+
 /// The lock an ALTER TABLE's subcommands other than VALIDATE CONSTRAINT take, as PostgreSQL
 /// computes the statement's: one statement holds the strongest of them all for its whole run,
 /// validating scans included. `None` when there are no others.
@@ -264,9 +275,13 @@ unsafe fn action(
             } else {
                 catalog::type_change_rewrites(relid, &name(), (*def).typeName, (*def).raw_default)
             };
+            let mut type_name = catalog::column_type((*def).typeName).display;
+            if let Some(collation) = collate_clause((*def).collClause) {
+                type_name = format!("{type_name} COLLATE {collation}");
+            }
             Action::AlterType {
                 column: name(),
-                type_name: catalog::column_type((*def).typeName).display,
+                type_name,
                 rewrites,
                 // A rewrite rebuilds and checks everything, and is refused for it.
                 rebuilds_indexes: match rewrites {
@@ -633,6 +648,7 @@ unsafe fn alter_domain(stmt: *mut pg_sys::AlterDomainStmt) -> Command {
             DomainChange::AddCheck
         }
         b'O' => DomainChange::SetNotNull,
+        b'V' => DomainChange::Validate,
         _ => return Command::Other,
     };
     Command::AlterDomain {

@@ -99,7 +99,20 @@ pub const TYPE_CHANGE_CHECKS: Rule = Rule {
            transaction, and VALIDATE it in a transaction of its own.",
 };
 
-pub const RULES: [&Rule; 8] = [
+pub const DOMAIN_VALIDATE: Rule = Rule {
+    id: "domain-validate-blocking",
+    family: Family::Scan,
+    catches: "ALTER DOMAIN ... VALIDATE CONSTRAINT on a domain that columns of existing tables \
+              use",
+    why: "PostgreSQL checks the domain's columns in every row of every such table while holding \
+          a SHARE lock on it: writes wait for the whole scan (unlike a table's VALIDATE \
+          CONSTRAINT).",
+    safe: "Leave the domain's constraint NOT VALID (it checks every new and updated value); \
+           prove the existing rows with a table CHECK ... NOT VALID per column, validated in a \
+           transaction of its own under SHARE UPDATE EXCLUSIVE.",
+};
+
+pub const RULES: [&Rule; 9] = [
     &SET_NOT_NULL,
     &VALIDATING_CONSTRAINT,
     &ENFORCE_FOREIGN_KEY,
@@ -108,6 +121,7 @@ pub const RULES: [&Rule; 8] = [
     &VALIDATE_LOCKED,
     &ATTACH_SCAN,
     &TYPE_CHANGE_CHECKS,
+    &DOMAIN_VALIDATE,
 ];
 
 const AEL: LockMode = LockMode::AccessExclusive;
@@ -134,13 +148,22 @@ pub fn judge(command: &Command, out: &mut Vec<Finding>) {
 
 /// ALTER DOMAIN checks every column of the domain, table by table, under a SHARE lock.
 fn domain_check(domain: &str, change: DomainChange, table: &Rel) -> Finding {
+    // Validating a domain's constraint takes the same SHARE lock on every table as adding it:
+    // the safe way never validates the domain itself, it proves each table's rows with a
+    // table CHECK, validated under SHARE UPDATE EXCLUSIVE.
+    let per_table = format!(
+        "To prove the rows already there, per table and column: ALTER TABLE {t} ADD CONSTRAINT \
+         ... CHECK (...) NOT VALID; then, in its own transaction, ALTER TABLE {t} VALIDATE \
+         CONSTRAINT ...; (writes continue).",
+        t = table.name
+    );
     let (rule, what, hint) = match change {
         DomainChange::AddCheck => (
             &VALIDATING_CONSTRAINT,
             "adding a CHECK constraint to",
             format!(
-                "ALTER DOMAIN {domain} ADD CONSTRAINT ... CHECK (...) NOT VALID; then, in its own \
-                 transaction: ALTER DOMAIN {domain} VALIDATE CONSTRAINT ...;"
+                "ALTER DOMAIN {domain} ADD CONSTRAINT ... CHECK (...) NOT VALID; it checks every \
+                 new and updated value from then on. {per_table}"
             ),
         ),
         DomainChange::SetNotNull => (
@@ -148,7 +171,15 @@ fn domain_check(domain: &str, change: DomainChange, table: &Rel) -> Finding {
             "SET NOT NULL on",
             format!(
                 "ALTER DOMAIN {domain} ADD CONSTRAINT {domain}_not_null CHECK (VALUE IS NOT NULL) \
-                 NOT VALID; then VALIDATE CONSTRAINT in its own transaction."
+                 NOT VALID; it checks every new and updated value from then on. {per_table}"
+            ),
+        ),
+        DomainChange::Validate => (
+            &DOMAIN_VALIDATE,
+            "validating a constraint of",
+            format!(
+                "Leave the domain's constraint NOT VALID: it already checks every new and updated \
+                 value. {per_table}"
             ),
         ),
     };
@@ -616,6 +647,39 @@ mod unit {
         assert!(ids(big(), vec![change(Some(false), &[])]).is_empty());
         // A rewrite is refused by its own rule.
         assert!(ids(big(), vec![change(Some(true), &["c_len"])]).is_empty());
+    }
+
+    #[test]
+    fn validating_a_domain_constraint_is_refused_for_each_table_using_it() {
+        let mut out = vec![];
+        let command = Command::AlterDomain {
+            domain: "public.code".into(),
+            change: DomainChange::Validate,
+            tables: vec![big(), table("public.u", BIG)],
+        };
+        judge(&command, &mut out);
+        let found: Vec<_> = out
+            .iter()
+            .map(|f| (f.rule.id, f.message.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    "domain-validate-blocking",
+                    "validating a constraint of domain public.code scans public.t"
+                ),
+                (
+                    "domain-validate-blocking",
+                    "validating a constraint of domain public.code scans public.u"
+                ),
+            ]
+        );
+        assert!(
+            !out[0].hint.contains("ALTER DOMAIN public.code VALIDATE"),
+            "{}",
+            out[0].hint
+        );
     }
 
     #[test]
