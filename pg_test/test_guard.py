@@ -64,6 +64,11 @@ INSERT INTO logs SELECT g, DATE '2020-01-01' + (g % 1000) FROM generate_series(1
 CREATE TABLE logs_2030 (id bigint, at date NOT NULL,
     CONSTRAINT in_2030 CHECK (at >= '2030-01-01' AND at < '2031-01-01'));
 
+CREATE TABLE metrics (id bigint, at date NOT NULL) PARTITION BY RANGE (at);
+CREATE TABLE metrics_default PARTITION OF metrics DEFAULT;
+INSERT INTO metrics SELECT g, DATE '2020-01-01' + (g % 1000) FROM generate_series(1, 30000) g;
+ALTER TABLE metrics_default ADD CONSTRAINT before_2030 CHECK (at < '2030-01-01');
+
 CREATE MATERIALIZED VIEW order_totals AS SELECT id, customer_id FROM orders;
 CREATE UNIQUE INDEX order_totals_id ON order_totals (id);
 CREATE SCHEMA archive;
@@ -238,6 +243,8 @@ BLOCKED = [
     ("ALTER TABLE customers DROP CONSTRAINT customers_pkey, ADD PRIMARY KEY (id)", "add-unique-without-index"),
     ("ALTER TABLE events ATTACH PARTITION events_2027_unchecked FOR VALUES FROM ('2027-01-01') TO ('2028-01-01')", "attach-partition-scan"),
     ("ALTER TABLE logs ATTACH PARTITION logs_2030 FOR VALUES FROM ('2030-01-01') TO ('2031-01-01')", "attach-partition-scan"),
+    ("CREATE TABLE logs_2031 PARTITION OF logs FOR VALUES FROM ('2031-01-01') TO ('2032-01-01')",
+     "create-partition-default-scan"),
     ("DROP TABLE tiny", "drop-table"),
     ("DROP TABLE orders CASCADE", "drop-table"),
     ("ALTER TABLE tiny DROP COLUMN v", "drop-column"),
@@ -347,6 +354,9 @@ ALLOWED = [
     "ALTER TABLE labels ALTER COLUMN name TYPE text",
     # A NOT VALID check is added back NOT VALID: nothing is read.
     "ALTER TABLE labels ALTER COLUMN draft TYPE varchar(40)",
+    # No default partition to scan; a default one whose CHECK excludes the new bound.
+    "CREATE TABLE events_2028 PARTITION OF events FOR VALUES FROM ('2028-01-01') TO ('2029-01-01')",
+    "CREATE TABLE metrics_2030 PARTITION OF metrics FOR VALUES FROM ('2030-01-01') TO ('2031-01-01')",
     "ALTER TABLE orders ALTER COLUMN total TYPE numeric(12,2)",
     "ALTER TABLE orders ALTER COLUMN qty TYPE int USING qty",
     "ALTER TABLE orders ALTER COLUMN qty SET STATISTICS 500",

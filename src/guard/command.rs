@@ -332,6 +332,14 @@ pub enum Command {
         from: String,
         to: String,
     },
+    /// CREATE TABLE ... PARTITION OF a table that has a DEFAULT partition: the default one,
+    /// and whether its validated constraints prove it holds no row of the new bound
+    /// (`None`: locked by another session, unknown).
+    CreatePartition {
+        parent: Rel,
+        default_partition: Rel,
+        proven: Option<bool>,
+    },
     /// A command no rule concerns.
     Other,
 }
@@ -371,6 +379,11 @@ impl Command {
             | Command::Truncate { tables, .. }
             | Command::VacuumFull { tables }
             | Command::AlterDomain { tables, .. } => tables.iter_mut().collect(),
+            Command::CreatePartition {
+                parent,
+                default_partition,
+                ..
+            } => vec![parent, default_partition],
             Command::RefreshMatView { view: rel, .. }
             | Command::RenameRelation { rel, .. }
             | Command::RenameColumn { rel, .. }

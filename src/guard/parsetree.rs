@@ -64,6 +64,10 @@ unsafe fn command_node(node: *mut pg_sys::Node) -> Command {
         reindex(node.cast())
     } else if is_a(node, T::T_AlterDomainStmt) {
         alter_domain(node.cast())
+    } else if is_a(node, T::T_CreateStmt)
+        && !(*node.cast::<pg_sys::CreateStmt>()).partbound.is_null()
+    {
+        create_partition(node.cast())
     } else if is_a(node, T::T_AlterTableMoveAllStmt) {
         let stmt = node.cast::<pg_sys::AlterTableMoveAllStmt>();
         if CStr::from_ptr((*stmt).orig_tablespacename) == CStr::from_ptr((*stmt).new_tablespacename)
@@ -632,6 +636,29 @@ unsafe fn truncate(stmt: *mut pg_sys::TruncateStmt) -> Command {
     Command::Truncate {
         tables: oids.into_iter().filter_map(catalog::relation).collect(),
         cascade,
+    }
+}
+
+/// # Safety
+/// `stmt` is a valid raw CREATE TABLE ... PARTITION OF.
+unsafe fn create_partition(stmt: *mut pg_sys::CreateStmt) -> Command {
+    let parents = PgList::<pg_sys::RangeVar>::from_pg((*stmt).inhRelations);
+    let Some(parent_rv) = parents.get_ptr(0) else {
+        return Command::Other;
+    };
+    let Some(parent) = catalog::relation_named(parent_rv) else {
+        return Command::Other;
+    };
+    let oid = crate::pg::nodes::range_var_oid(parent_rv);
+    match catalog::create_partition_proof(oid, (*stmt).partbound) {
+        Some((default_partition, proven)) if !parent.new && !default_partition.new => {
+            Command::CreatePartition {
+                parent,
+                default_partition,
+                proven,
+            }
+        }
+        _ => Command::Other,
     }
 }
 

@@ -64,6 +64,11 @@ unsafe extern "C-unwind" {
         new_part_constraints: *mut pg_sys::List,
     ) -> *mut pg_sys::List;
     fn RelationGetPartitionQual(rel: pg_sys::Relation) -> *mut pg_sys::List;
+    fn transformPartitionBound(
+        pstate: *mut pg_sys::ParseState,
+        parent: pg_sys::Relation,
+        spec: *mut pg_sys::PartitionBoundSpec,
+    ) -> *mut pg_sys::PartitionBoundSpec;
     fn find_all_inheritors(
         parent: pg_sys::Oid,
         lockmode: c_int,
@@ -579,17 +584,7 @@ pub unsafe fn attach_proofs(
             pg_sys::PartConstraintImpliedByRelConstraint(attach_rel.rel, mapped)
         };
 
-        let default_oid = default_partition(parent_rel.rel);
-        if default_oid == pg_sys::InvalidOid {
-            return Some((proven, None));
-        }
-        // A default partition locked by someone else: whether it gets scanned is unknown.
-        let default = Locked::open(default_oid).map(|default_rel| {
-            let excluded = get_proposed_default_constraint(constraint);
-            let mapped = map_partition_varattnos(excluded, 1, default_rel.rel, parent_rel.rel);
-            pg_sys::PartConstraintImpliedByRelConstraint(default_rel.rel, mapped)
-        });
-        Some((proven, Some((default_oid, default))))
+        Some((proven, default_proof(parent_rel.rel, constraint)))
     })
     .ok()
     .flatten();
@@ -600,6 +595,58 @@ pub unsafe fn attach_proofs(
             default.and_then(|(oid, p)| relation(oid).map(|rel| (rel, p))),
         ),
     }
+}
+
+/// The default partition of `parent`, if it has one, and whether its validated constraints
+/// prove it holds no row that `constraint` (a new partition's) admits, as
+/// check_default_partition_contents asks before it scans; `None` inside when another session
+/// holds it locked.
+unsafe fn default_proof(
+    parent: pg_sys::Relation,
+    constraint: *mut pg_sys::List,
+) -> Option<(pg_sys::Oid, Option<bool>)> {
+    let default_oid = default_partition(parent);
+    if default_oid == pg_sys::InvalidOid {
+        return None;
+    }
+    let proven = Locked::open(default_oid).map(|default_rel| {
+        let excluded = get_proposed_default_constraint(constraint);
+        let mapped = map_partition_varattnos(excluded, 1, default_rel.rel, parent);
+        pg_sys::PartConstraintImpliedByRelConstraint(default_rel.rel, mapped)
+    });
+    Some((default_oid, proven))
+}
+
+/// For CREATE TABLE ... PARTITION OF `parent` with `bound`: the parent's default partition
+/// and whether PostgreSQL can skip scanning it (see [`default_proof`]). `None` when the parent
+/// has no default partition, the new one is the default, or it could not be worked out.
+///
+/// # Safety
+/// `bound` is the raw PartitionBoundSpec of a valid CREATE TABLE ... PARTITION OF.
+pub unsafe fn create_partition_proof(
+    parent: pg_sys::Oid,
+    bound: *mut pg_sys::PartitionBoundSpec,
+) -> Option<(Rel, Option<bool>)> {
+    if bound.is_null() || (*bound).is_default {
+        return None;
+    }
+    let proof = subxact::run(|| unsafe {
+        let parent_rel = Locked::open(parent)?;
+        let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
+        let spec = transformPartitionBound(
+            pstate,
+            parent_rel.rel,
+            pg_sys::copyObjectImpl(bound.cast()).cast(),
+        );
+        let constraint = pg_sys::list_concat(
+            pg_sys::get_qual_from_partbound(parent_rel.rel, spec),
+            RelationGetPartitionQual(parent_rel.rel),
+        );
+        default_proof(parent_rel.rel, constraint)
+    })
+    .ok()
+    .flatten()?;
+    relation(proof.0).map(|rel| (rel, proof.1))
 }
 
 unsafe fn default_partition(rel: pg_sys::Relation) -> pg_sys::Oid {

@@ -112,7 +112,18 @@ pub const DOMAIN_VALIDATE: Rule = Rule {
            transaction of its own under SHARE UPDATE EXCLUSIVE.",
 };
 
-pub const RULES: [&Rule; 9] = [
+pub const CREATE_PARTITION_SCAN: Rule = Rule {
+    id: "create-partition-default-scan",
+    family: Family::Scan,
+    catches: "CREATE TABLE ... PARTITION OF a table with a DEFAULT partition whose validated \
+              constraints do not prove it holds no row of the new bound",
+    why: "PostgreSQL scans the default partition for rows that belong to the new one, holding \
+          ACCESS EXCLUSIVE on it and on the parent: every query on the partitioned table waits.",
+    safe: "Give the default partition a CHECK constraint that excludes the new bound (NOT \
+           VALID, then VALIDATE in a transaction of its own): PostgreSQL then skips the scan.",
+};
+
+pub const RULES: [&Rule; 10] = [
     &SET_NOT_NULL,
     &VALIDATING_CONSTRAINT,
     &ENFORCE_FOREIGN_KEY,
@@ -122,6 +133,7 @@ pub const RULES: [&Rule; 9] = [
     &ATTACH_SCAN,
     &TYPE_CHANGE_CHECKS,
     &DOMAIN_VALIDATE,
+    &CREATE_PARTITION_SCAN,
 ];
 
 const AEL: LockMode = LockMode::AccessExclusive;
@@ -142,6 +154,36 @@ pub fn judge(command: &Command, out: &mut Vec<Finding>) {
                 out.push(domain_check(domain, *change, table));
             }
         }
+        Command::CreatePartition {
+            parent,
+            default_partition: default,
+            proven: Some(false),
+        } => out.push(Finding {
+            rule: &CREATE_PARTITION_SCAN,
+            subject: Some(default.clone()),
+            message: format!(
+                "creating a partition of {} scans its default partition {}",
+                parent.name, default.name
+            ),
+            detail: format!(
+                "{} {} is locked ACCESS EXCLUSIVE too: every query on it waits.",
+                hazard(
+                    default,
+                    AEL,
+                    "To prove no row belongs to the new partition, PostgreSQL scans",
+                ),
+                parent.name
+            ),
+            hint: format!(
+                "ALTER TABLE {d} ADD CONSTRAINT {dn}_excludes_new CHECK (NOT (<the new bound>)) \
+                 NOT VALID; then, in a transaction of its own, ALTER TABLE {d} VALIDATE \
+                 CONSTRAINT {dn}_excludes_new; then CREATE TABLE ... PARTITION OF {p} (no \
+                 scan).",
+                d = default.name,
+                dn = default.name.rsplit('.').next().unwrap_or("default"),
+                p = parent.name
+            ),
+        }),
         _ => {}
     }
 }
@@ -680,6 +722,25 @@ mod unit {
             "{}",
             out[0].hint
         );
+    }
+
+    #[test]
+    fn a_new_partition_is_refused_while_the_default_one_would_be_scanned() {
+        let create = |proven| {
+            let mut out = vec![];
+            judge(
+                &Command::CreatePartition {
+                    parent: table("public.events", BIG),
+                    default_partition: table("public.events_default", BIG),
+                    proven,
+                },
+                &mut out,
+            );
+            out.iter().map(|f| f.rule.id).collect::<Vec<_>>()
+        };
+        assert_eq!(create(Some(false)), ["create-partition-default-scan"]);
+        assert!(create(Some(true)).is_empty());
+        assert!(create(None).is_empty()); // locked elsewhere: the lock timeout answers
     }
 
     #[test]
