@@ -41,6 +41,8 @@ CREATE INDEX labels_sku ON labels (sku);
 ALTER TABLE labels ADD COLUMN code varchar(20), ADD COLUMN draft varchar(20);
 ALTER TABLE labels ADD CONSTRAINT code_set CHECK (length(code) > 0 OR code IS NULL);
 ALTER TABLE labels ADD CONSTRAINT draft_set CHECK (length(draft) > 0) NOT VALID;
+ALTER TABLE labels ADD COLUMN tags text[];
+CREATE INDEX labels_tags ON labels USING gin (tags);
 CREATE DOMAIN short_text AS text;
 ALTER TABLE labels ADD COLUMN label short_text;
 ALTER DOMAIN short_text ADD CONSTRAINT short_text_short CHECK (length(VALUE) < 100) NOT VALID;
@@ -52,6 +54,13 @@ CREATE TABLE events (id bigint, at date NOT NULL) PARTITION BY RANGE (at);
 CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
 CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
 INSERT INTO events SELECT g, DATE '2025-01-01' + (g % 700) FROM generate_series(1, 30000) g;
+-- What only a partition has: an expression index, a CHECK.
+CREATE TABLE readings (id bigint, at date NOT NULL, note text) PARTITION BY RANGE (at);
+CREATE TABLE readings_2025 PARTITION OF readings FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE TABLE readings_2026 PARTITION OF readings FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+INSERT INTO readings SELECT g, DATE '2025-01-01' + (g % 700), 'n' FROM generate_series(1, 30000) g;
+CREATE INDEX readings_2025_id_text ON readings_2025 ((id::text));
+ALTER TABLE readings_2026 ADD CONSTRAINT note_set CHECK (note <> '');
 CREATE TABLE events_2027_checked (id bigint, at date NOT NULL,
     CONSTRAINT in_2027 CHECK (at >= '2027-01-01' AND at < '2028-01-01'));
 INSERT INTO events_2027_checked SELECT g, DATE '2027-01-01' + (g % 365) FROM generate_series(1, 20000) g;
@@ -234,6 +243,11 @@ BLOCKED = [
     ('ALTER TABLE labels ALTER COLUMN name TYPE text COLLATE "C"', "alter-column-type-index-rebuild"),
     ("ALTER TABLE labels ALTER COLUMN tag TYPE varchar(40)", "alter-column-type-index-rebuild"),
     ("ALTER TABLE labels ALTER COLUMN kind TYPE text", "alter-column-type-index-rebuild"),
+    # GIN's array_ops stores the element type: built again on any change of the column.
+    ("ALTER TABLE labels ALTER COLUMN tags TYPE text[]", "alter-column-type-index-rebuild"),
+    # What a partition has on the column is redone too.
+    ("ALTER TABLE readings ALTER COLUMN id TYPE bigint", "alter-column-type-index-rebuild"),
+    ("ALTER TABLE readings ALTER COLUMN note TYPE text", "alter-column-type-check-scan"),
     # The rows are kept, but a validated CHECK on the column is checked again on every row.
     ("ALTER TABLE labels ALTER COLUMN code TYPE varchar(40)", "alter-column-type-check-scan"),
     ("ALTER TABLE orders ADD COLUMN c2 text UNIQUE", "add-column-inline-constraint"),
@@ -326,6 +340,18 @@ def test_a_type_change_names_the_indexes_it_rebuilds_and_keeps_the_others(cluste
     assert after["labels_name"] != before["labels_name"]
 
 
+def test_a_partition_of_a_table_that_is_not_partitioned_gets_postgresqls_own_error(cluster, shop):
+    with cluster.connect(shop) as c:
+        started = c.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
+    # The guard once read the partition key of whatever the statement named: a NULL pointer.
+    for parent in ("tiny", "order_totals"):
+        with pytest.raises(psycopg.Error) as refused:
+            verdict(cluster, shop, f"CREATE TABLE p_of_{parent} PARTITION OF {parent} FOR VALUES IN (1)")
+        assert not refused.value.diag.message_primary.startswith("pg_migrate"), refused.value
+    with cluster.connect(shop) as c:
+        assert c.execute("SELECT pg_postmaster_start_time()").fetchone()[0] == started
+
+
 def test_validate_is_refused_while_this_transaction_holds_the_lock(cluster, shop):
     add = "ALTER TABLE orders ADD CONSTRAINT qty_small CHECK (qty < 100) NOT VALID"
     validate = "ALTER TABLE orders VALIDATE CONSTRAINT qty_small"
@@ -357,6 +383,8 @@ ALLOWED = [
     # No default partition to scan; a default one whose CHECK excludes the new bound.
     "CREATE TABLE events_2028 PARTITION OF events FOR VALUES FROM ('2028-01-01') TO ('2029-01-01')",
     "CREATE TABLE metrics_2030 PARTITION OF metrics FOR VALUES FROM ('2030-01-01') TO ('2031-01-01')",
+    # It exists: nothing is created, nothing scanned.
+    "CREATE TABLE IF NOT EXISTS logs_default PARTITION OF logs FOR VALUES FROM ('2031-01-01') TO ('2032-01-01')",
     "ALTER TABLE orders ALTER COLUMN total TYPE numeric(12,2)",
     "ALTER TABLE orders ALTER COLUMN qty TYPE int USING qty",
     "ALTER TABLE orders ALTER COLUMN qty SET STATISTICS 500",

@@ -197,8 +197,8 @@ pub enum Action {
         /// or operator class, an expression or partial index on the column), by name.
         rebuilds_indexes: Vec<String>,
         /// When it keeps the rows: the validated CHECK constraints on the column, which
-        /// PostgreSQL adds again and checks against every row.
-        checks_again: Vec<String>,
+        /// PostgreSQL adds again and checks against every row, as (table, constraint).
+        checks_again: Vec<(String, String)>,
     },
     /// SET NOT NULL, or (PostgreSQL 18) ADD CONSTRAINT ... NOT NULL without NOT VALID.
     SetNotNull {

@@ -649,6 +649,12 @@ unsafe fn create_partition(stmt: *mut pg_sys::CreateStmt) -> Command {
     let Some(parent) = catalog::relation_named(parent_rv) else {
         return Command::Other;
     };
+    // Only a partitioned table has partitions to create (PostgreSQL refuses the rest), and
+    // IF NOT EXISTS of a table that exists creates nothing.
+    let exists = || (*stmt).if_not_exists && catalog::relation_named((*stmt).relation).is_some();
+    if parent.kind != crate::guard::command::RelKind::PartitionedTable || exists() {
+        return Command::Other;
+    }
     let oid = crate::pg::nodes::range_var_oid(parent_rv);
     match catalog::create_partition_proof(oid, (*stmt).partbound) {
         Some((default_partition, proven)) if !parent.new && !default_partition.new => {

@@ -275,7 +275,7 @@ fn size_of(locked: Option<&Locked>, row: &ClassRow) -> (f64, u64, bool) {
 }
 
 /// Every inheritance child and partition below `oid`, at any depth.
-fn members(oid: pg_sys::Oid) -> Vec<pg_sys::Oid> {
+pub(super) fn members(oid: pg_sys::Oid) -> Vec<pg_sys::Oid> {
     // SAFETY: a pg_inherits scan; no locks taken.
     unsafe {
         PgList::<pg_sys::Oid>::from_pg(find_all_inheritors(
@@ -632,6 +632,10 @@ pub unsafe fn create_partition_proof(
     }
     let proof = subxact::run(|| unsafe {
         let parent_rel = Locked::open(parent)?;
+        // transformPartitionBound reads the partition key, which only a partitioned table has.
+        if (*(*parent_rel.rel).rd_rel).relkind != pg_sys::RELKIND_PARTITIONED_TABLE as c_char {
+            return None;
+        }
         let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
         let spec = transformPartitionBound(
             pstate,

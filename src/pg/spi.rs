@@ -21,6 +21,27 @@ pub fn pinned_column<T: pgrx::FromDatum + pgrx::IntoDatum>(
     .map(|values| values.into_iter().flatten().collect())
 }
 
+/// Every row `sql` returns as its first two columns (rows with a NULL left out), read with
+/// `search_path` pinned.
+pub fn pinned_pairs<A, B>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+) -> Result<Vec<(A, B)>, pgrx::spi::Error>
+where
+    A: pgrx::FromDatum + pgrx::IntoDatum,
+    B: pgrx::FromDatum + pgrx::IntoDatum,
+{
+    pinned(|| {
+        pgrx::Spi::connect(|client| {
+            client
+                .select(sql, None, args)?
+                .map(|row| Ok(row.get::<A>(1)?.zip(row.get::<B>(2)?)))
+                .collect::<Result<Vec<Option<(A, B)>>, pgrx::spi::Error>>()
+        })
+    })
+    .map(|pairs| pairs.into_iter().flatten().collect())
+}
+
 /// The first row `sql` returns, mapped, read with `search_path` pinned: pg_migrate's
 /// single-row queries of its tables and the catalogs.
 pub fn pinned_row<T>(

@@ -8,7 +8,7 @@
 //! a plain index on the column; a new collation, or any expression or partial index on it,
 //! is a full build under the statement's ACCESS EXCLUSIVE lock.
 
-use super::catalog::{relation_name, type_and_mod};
+use super::catalog::{members, relation_name, type_and_mod};
 use super::describe::{index, with_syscache};
 use super::subxact;
 use super::touched::indexes_of;
@@ -28,27 +28,33 @@ pub unsafe fn indexes_rebuilt(
 ) -> Option<Vec<String>> {
     let column = CString::new(column).ok()?;
     subxact::run(|| unsafe {
-        let attnum = pg_sys::get_attnum(relid, column.as_ptr());
-        if attnum == pg_sys::InvalidAttrNumber as i16 {
-            return None;
-        }
-        let (mut typ, mut typmod, mut collation) = (pg_sys::InvalidOid, 0, pg_sys::InvalidOid);
-        pg_sys::get_atttypetypmodcoll(relid, attnum, &mut typ, &mut typmod, &mut collation);
         let (target, _) = type_and_mod((*def).typeName);
-        let change = Change {
-            attnum,
-            old_type: typ,
-            old_collation: collation,
-            new_type: target,
-            new_collation: pg_sys::GetColumnDefCollation(std::ptr::null_mut(), def, target),
-        };
-        Some(
-            indexes_of(relid)
-                .into_iter()
-                .filter(|i| change.rebuilds(*i))
-                .filter_map(relation_name)
-                .collect(),
-        )
+        let new_collation = pg_sys::GetColumnDefCollation(std::ptr::null_mut(), def, target);
+        let mut rebuilt = Vec::new();
+        // The change reaches every partition and inheritance child, each with its own
+        // indexes; the column's number may differ from table to table.
+        for table in std::iter::once(relid).chain(members(relid)) {
+            let attnum = pg_sys::get_attnum(table, column.as_ptr());
+            if attnum == pg_sys::InvalidAttrNumber as i16 {
+                continue;
+            }
+            let (mut typ, mut typmod, mut collation) = (pg_sys::InvalidOid, 0, pg_sys::InvalidOid);
+            pg_sys::get_atttypetypmodcoll(table, attnum, &mut typ, &mut typmod, &mut collation);
+            let change = Change {
+                attnum,
+                old_type: typ,
+                old_collation: collation,
+                new_type: target,
+                new_collation,
+            };
+            rebuilt.extend(
+                indexes_of(table)
+                    .into_iter()
+                    .filter(|i| change.rebuilds(*i))
+                    .filter_map(relation_name),
+            );
+        }
+        Some(rebuilt)
     })
     .ok()
     .flatten()
@@ -86,7 +92,20 @@ impl Change {
                     return true;
                 };
                 self.key_changes(method, class, collation)
+                    || self.stored_type_differs(indexrelid, i, class)
             })
+    }
+
+    /// CheckIndexCompatible's last test: under a class over a polymorphic type (array_ops,
+    /// enum_ops, range_ops, ...), the index is kept only if the type it stores is the new
+    /// column type; GIN's array_ops stores the element type, so it is always built again.
+    fn stored_type_differs(&self, indexrelid: pg_sys::Oid, key: usize, class: pg_sys::Oid) -> bool {
+        // SAFETY: catalog lookups by OID.
+        unsafe {
+            let polymorphic = pg_sys::get_typtype(pg_sys::get_opclass_input_type(class))
+                == pg_sys::TYPTYPE_PSEUDO as c_char;
+            polymorphic && pg_sys::get_atttype(indexrelid, key as i16 + 1) != self.new_type
+        }
     }
 
     /// Whether a key column's operator class or collation differs once the index is printed
@@ -105,12 +124,7 @@ impl Change {
             } else {
                 collation
             };
-            // A class over a polymorphic type (array_ops, enum_ops, ...) is rebuilt for any
-            // change of type.
-            let polymorphic = self.new_type != self.old_type
-                && pg_sys::get_typtype(pg_sys::get_opclass_input_type(new_class))
-                    == pg_sys::TYPTYPE_PSEUDO as c_char;
-            new_class != class || new_collation != collation || polymorphic
+            new_class != class || new_collation != collation
         }
     }
 
@@ -157,16 +171,20 @@ fn access_method(indexrelid: pg_sys::Oid) -> Option<pg_sys::Oid> {
     })
 }
 
-/// The validated CHECK constraints of `relid` that read `column`, by name: tablecmds.c adds
-/// them again after the change, and checks every row against them (a NOT VALID one is added
-/// back NOT VALID, unchecked).
-pub fn checks_revalidated(relid: pg_sys::Oid, column: &str) -> Vec<String> {
-    crate::pg::spi::pinned_column::<String>(
-        "SELECT quote_ident(c.conname) FROM pg_catalog.pg_constraint c \
+/// The validated CHECK constraints on `column` of `relid` and of its partitions and children,
+/// as `(table, constraint)`, quoted: tablecmds.c adds them again after the change and checks
+/// every row against them (a NOT VALID one is added back NOT VALID, unchecked). Inherited
+/// ones are left out: they come back with their parent's.
+pub fn checks_revalidated(relid: pg_sys::Oid, column: &str) -> Vec<(String, String)> {
+    let tables: Vec<pg_sys::Oid> = std::iter::once(relid).chain(members(relid)).collect();
+    crate::pg::spi::pinned_pairs(
+        "SELECT c.conrelid::regclass::text, quote_ident(c.conname) \
+           FROM pg_catalog.pg_constraint c \
            JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey) \
-          WHERE c.conrelid = $1 AND c.contype = 'c' AND c.convalidated AND a.attname = $2 \
-          ORDER BY c.conname",
-        &[relid.into(), column.into()],
+          WHERE c.conrelid = ANY ($1) AND c.contype = 'c' AND c.convalidated AND c.conislocal \
+            AND a.attname = $2 \
+          ORDER BY c.conrelid = $3 DESC, 1, 2",
+        &[tables.into(), column.into(), relid.into()],
     )
     .unwrap_or_default()
 }

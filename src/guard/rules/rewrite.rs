@@ -96,9 +96,10 @@ pub const TYPE_CHANGE_INDEXES: Rule = Rule {
     why: "PostgreSQL keeps such an index only when its definition comes out the same for the \
           new type; otherwise it builds it again, reading the whole table, under the \
           statement's ACCESS EXCLUSIVE lock.",
-    safe: "Build the index as it will be CONCURRENTLY first (the new collation written out: \
-           CREATE INDEX CONCURRENTLY ... (col COLLATE \"C\")), DROP INDEX CONCURRENTLY the old \
-           one, then change the type; or expand/contract with a new column.",
+    safe: "DROP INDEX CONCURRENTLY each such index before the change and CREATE INDEX \
+           CONCURRENTLY it after (a plain index can instead be built first with the new \
+           collation or class written out, which PostgreSQL keeps); for an index behind a \
+           constraint, expand/contract with a new column.",
 };
 
 pub const SET_LOGGED: Rule = Rule {
@@ -265,7 +266,7 @@ fn judge_action(table: &Rel, action: &Action) -> Option<Finding> {
             message: format!(
                 "changing {}.{column} to {type_name} rebuilds {}",
                 table.name,
-                rebuilds_indexes.join(", ")
+                super::scan::listed(rebuilds_indexes.iter().cloned())
             ),
             detail: hazard(
                 table,
@@ -275,12 +276,12 @@ fn judge_action(table: &Rel, action: &Action) -> Option<Finding> {
                  again over",
             ),
             hint: format!(
-                "Build each index as it will be first: CREATE INDEX CONCURRENTLY ... ON {t} \
-                 (...) with the new collation or class written out; DROP INDEX CONCURRENTLY {}; \
-                 then ALTER TABLE {t} ALTER COLUMN {column} TYPE {type_name}; (PostgreSQL keeps \
-                 an index whose definition already matches). Or expand/contract with a new \
-                 column.",
-                rebuilds_indexes.join(", "),
+                "For each index, one at a time: DROP INDEX CONCURRENTLY it before the change and \
+                 CREATE INDEX CONCURRENTLY it again after ALTER TABLE {t} ALTER COLUMN {column} \
+                 TYPE {type_name}; (for a plain index on the column, building its replacement \
+                 first with the new collation or class written out also works: PostgreSQL keeps \
+                 an index that already matches). An index behind a PRIMARY KEY, UNIQUE or \
+                 EXCLUDE constraint cannot be dropped so: expand/contract with a new column.",
                 t = table.name
             ),
             subject: Some(table.clone()),

@@ -175,12 +175,11 @@ pub fn judge(command: &Command, out: &mut Vec<Finding>) {
                 parent.name
             ),
             hint: format!(
-                "ALTER TABLE {d} ADD CONSTRAINT {dn}_excludes_new CHECK (NOT (<the new bound>)) \
-                 NOT VALID; then, in a transaction of its own, ALTER TABLE {d} VALIDATE \
-                 CONSTRAINT {dn}_excludes_new; then CREATE TABLE ... PARTITION OF {p} (no \
+                "ALTER TABLE {d} ADD CONSTRAINT excludes_new_bound CHECK (NOT (<the new \
+                 bound>)) NOT VALID; then, in a transaction of its own, ALTER TABLE {d} VALIDATE \
+                 CONSTRAINT excludes_new_bound; then CREATE TABLE ... PARTITION OF {p} (no \
                  scan).",
                 d = default.name,
-                dn = default.name.rsplit('.').next().unwrap_or("default"),
                 p = parent.name
             ),
         }),
@@ -388,7 +387,7 @@ fn judge_action(table: &Rel, action: &Action, out: &mut Vec<Finding>) {
                  statement: the validating scan runs under it, and {} for the scan.",
                 lock.with_article(),
                 table.describe(),
-                lock.blocks().replacen("waits", "wait", 1)
+                lock.blocks()
             ),
             format!(
                 "Run the other subcommands in a statement of their own and commit; then ALTER \
@@ -416,21 +415,39 @@ fn judge_action(table: &Rel, action: &Action, out: &mut Vec<Finding>) {
             checks_again,
             ..
         } if !checks_again.is_empty() => {
-            let checks = checks_again.join(", ");
+            let checks = listed(checks_again.iter().map(|(on, c)| {
+                if on == t {
+                    c.clone()
+                } else {
+                    format!("{c} (on {on})")
+                }
+            }));
+            let verb = if checks_again.len() == 1 { "is" } else { "are" };
+            let each = |what: &dyn Fn(&str, &str) -> String| {
+                checks_again
+                    .iter()
+                    .map(|(on, c)| what(on, c))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
             out.push(finding(
                 &TYPE_CHANGE_CHECKS,
                 format!("changing {t}.{column} to {type_name} checks {checks} on every row"),
                 hazard(
                     table,
                     AEL,
-                    &format!("The rows are kept, but {checks} is added again and checked against"),
+                    &format!(
+                        "The rows are kept, but {checks} {verb} added again and checked against"
+                    ),
                 ),
                 format!(
-                    "In one transaction: ALTER TABLE {t} DROP CONSTRAINT {c}; ALTER TABLE {t} \
-                     ALTER COLUMN {column} TYPE {type_name}; ALTER TABLE {t} ADD CONSTRAINT {c} \
-                     CHECK (...) NOT VALID; then, in a transaction of its own: ALTER TABLE {t} \
-                     VALIDATE CONSTRAINT {c};",
-                    c = checks_again[0]
+                    "In one transaction: {} ALTER TABLE {t} ALTER COLUMN {column} TYPE \
+                     {type_name}; {} Then, each in a transaction of its own: {}",
+                    each(&|on, c| format!("ALTER TABLE {on} DROP CONSTRAINT {c};")),
+                    each(&|on, c| format!(
+                        "ALTER TABLE {on} ADD CONSTRAINT {c} CHECK (...) NOT VALID;"
+                    )),
+                    each(&|on, c| format!("ALTER TABLE {on} VALIDATE CONSTRAINT {c};")),
                 ),
             ))
         }
@@ -482,6 +499,20 @@ fn judge_action(table: &Rel, action: &Action, out: &mut Vec<Finding>) {
         }
         _ => {}
     }
+}
+
+/// "a, b and 3 more": a long list (one name per partition) shortened for a message.
+pub(crate) fn listed(names: impl Iterator<Item = String>) -> String {
+    let names: Vec<String> = names.collect();
+    const SHOWN: usize = 5;
+    if names.len() <= SHOWN {
+        return names.join(", ");
+    }
+    format!(
+        "{} and {} more",
+        names[..SHOWN].join(", "),
+        names.len() - SHOWN
+    )
 }
 
 /// The safe way to make `column` NOT NULL: PostgreSQL 18 validates a NOT NULL constraint
@@ -680,7 +711,10 @@ mod unit {
             type_name: "varchar(40)".into(),
             rewrites,
             rebuilds_indexes: vec![],
-            checks_again: checks.iter().map(|c| c.to_string()).collect(),
+            checks_again: checks
+                .iter()
+                .map(|c| ("public.t".into(), c.to_string()))
+                .collect(),
         };
         assert_eq!(
             ids(big(), vec![change(Some(false), &["c_len"])]),
