@@ -352,6 +352,24 @@ def test_a_partition_of_a_table_that_is_not_partitioned_gets_postgresqls_own_err
         assert c.execute("SELECT pg_postmaster_start_time()").fetchone()[0] == started
 
 
+def test_the_guard_evaluates_a_partition_bound_without_keeping_what_it_did(cluster, shop):
+    # Transforming a bound evaluates it: the caller's function must act once, as PostgreSQL
+    # calls it, not once more for the guard.
+    with cluster.connect(shop, autocommit=False) as c:
+        c.execute("CREATE TABLE bound_calls (n int)")
+        c.execute("CREATE FUNCTION bound_at(d date) RETURNS date LANGUAGE plpgsql VOLATILE AS "
+                  "$$BEGIN INSERT INTO bound_calls VALUES (1); RETURN d; END$$")
+        c.execute("CREATE TABLE metrics_2040 PARTITION OF metrics "
+                  "FOR VALUES FROM (bound_at('2040-01-01')) TO ('2041-01-01')")
+        c.execute("CREATE TABLE metrics_2041 (id bigint, at date NOT NULL, "
+                  "CONSTRAINT in_2041 CHECK (at >= '2041-01-01' AND at < '2042-01-01'))")
+        c.execute("ALTER TABLE metrics ATTACH PARTITION metrics_2041 "
+                  "FOR VALUES FROM (bound_at('2041-01-01')) TO ('2042-01-01')")
+        calls = c.execute("SELECT count(*) FROM bound_calls").fetchone()[0]
+        c.rollback()
+    assert calls == 2  # one CREATE, one ATTACH
+
+
 def test_validate_is_refused_while_this_transaction_holds_the_lock(cluster, shop):
     add = "ALTER TABLE orders ADD CONSTRAINT qty_small CHECK (qty < 100) NOT VALID"
     validate = "ALTER TABLE orders VALIDATE CONSTRAINT qty_small"

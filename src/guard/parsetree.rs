@@ -196,12 +196,8 @@ unsafe fn alter_table(stmt: *mut pg_sys::AlterTableStmt) -> Command {
         return Command::Other;
     };
     let mut actions = Vec::new();
-    let beside = lock_beside_validation((*stmt).cmds);
     for cmd in PgList::<pg_sys::AlterTableCmd>::from_pg((*stmt).cmds).iter_ptr() {
-        let action = match action(oid, &table, stmt, cmd) {
-            Action::ValidateConstraint { name, .. } => Action::ValidateConstraint { name, beside },
-            other => other,
-        };
+        let action = action(oid, &table, stmt, cmd);
         if let Action::AddConstraint {
             kind: ConstraintKind::PrimaryKey,
             using_index: true,
@@ -368,7 +364,7 @@ unsafe fn action(
         }
         AT::AT_ValidateConstraint => Action::ValidateConstraint {
             name: quote((*cmd).name),
-            beside: None, // set by alter_table, which sees the other subcommands
+            beside: lock_beside_validation((*stmt).cmds),
         },
         AT::AT_DropColumn
             if (*cmd).missing_ok && !catalog::column_exists(relid, CStr::from_ptr((*cmd).name)) =>
@@ -651,7 +647,10 @@ unsafe fn create_partition(stmt: *mut pg_sys::CreateStmt) -> Command {
     };
     // Only a partitioned table has partitions to create (PostgreSQL refuses the rest), and
     // IF NOT EXISTS of a table that exists creates nothing.
-    let exists = || (*stmt).if_not_exists && catalog::relation_named((*stmt).relation).is_some();
+    let exists = || {
+        (*stmt).if_not_exists
+            && crate::pg::nodes::range_var_oid((*stmt).relation) != pg_sys::InvalidOid
+    };
     if parent.kind != crate::guard::command::RelKind::PartitionedTable || exists() {
         return Command::Other;
     }

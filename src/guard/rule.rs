@@ -102,6 +102,20 @@ pub(crate) fn hazard(rel: &Rel, lock: LockMode, doing: &str) -> String {
     )
 }
 
+/// "a, b and 3 more": a long list (one name per partition) shortened for a message.
+pub(crate) fn listed(names: impl Iterator<Item = String>) -> String {
+    let names: Vec<String> = names.collect();
+    const SHOWN: usize = 5;
+    if names.len() <= SHOWN {
+        return names.join(", ");
+    }
+    format!(
+        "{} and {} more",
+        names[..SHOWN].join(", "),
+        names.len() - SHOWN
+    )
+}
+
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::SmallTable;

@@ -552,7 +552,9 @@ pub unsafe fn attach_proofs(
     stmt: *mut pg_sys::AlterTableStmt,
     cmd: *mut pg_sys::AlterTableCmd,
 ) -> (Option<bool>, Option<(Rel, Option<bool>)>) {
-    let proofs = subxact::run(|| unsafe {
+    // Rolled back: transforming the bound evaluates its expressions, which may call the
+    // caller's functions; PostgreSQL evaluates them again when the statement runs.
+    let proofs = subxact::rolled_back(|| unsafe {
         // transformAlterTableStmt reads the parent's relcache entry and expects it locked.
         let parent_rel = Locked::open(parent)?;
         let attach_rel = Locked::open(crate::pg::nodes::range_var_oid(
@@ -630,7 +632,8 @@ pub unsafe fn create_partition_proof(
     if bound.is_null() || (*bound).is_default {
         return None;
     }
-    let proof = subxact::run(|| unsafe {
+    // Rolled back, as in attach_proofs: the bound's expressions are evaluated.
+    let proof = subxact::rolled_back(|| unsafe {
         let parent_rel = Locked::open(parent)?;
         // transformPartitionBound reads the partition key, which only a partitioned table has.
         if (*(*parent_rel.rel).rd_rel).relkind != pg_sys::RELKIND_PARTITIONED_TABLE as c_char {

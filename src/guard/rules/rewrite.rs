@@ -266,7 +266,7 @@ fn judge_action(table: &Rel, action: &Action) -> Option<Finding> {
             message: format!(
                 "changing {}.{column} to {type_name} rebuilds {}",
                 table.name,
-                super::scan::listed(rebuilds_indexes.iter().cloned())
+                crate::guard::rule::listed(rebuilds_indexes.iter().cloned())
             ),
             detail: hazard(
                 table,

@@ -1,8 +1,8 @@
 //! Validating scans (and index builds) that run while a strong lock blocks the table.
 
 use crate::guard::command::{Action, Command, ConstraintKind, DomainChange, LockMode, Rel};
-use crate::guard::rule::hazard;
 use crate::guard::rule::Finding;
+use crate::guard::rule::{hazard, listed};
 use crate::guard::rule::{Family, Rule};
 
 pub const SET_NOT_NULL: Rule = Rule {
@@ -499,20 +499,6 @@ fn judge_action(table: &Rel, action: &Action, out: &mut Vec<Finding>) {
         }
         _ => {}
     }
-}
-
-/// "a, b and 3 more": a long list (one name per partition) shortened for a message.
-pub(crate) fn listed(names: impl Iterator<Item = String>) -> String {
-    let names: Vec<String> = names.collect();
-    const SHOWN: usize = 5;
-    if names.len() <= SHOWN {
-        return names.join(", ");
-    }
-    format!(
-        "{} and {} more",
-        names[..SHOWN].join(", "),
-        names.len() - SHOWN
-    )
 }
 
 /// The safe way to make `column` NOT NULL: PostgreSQL 18 validates a NOT NULL constraint
