@@ -336,7 +336,8 @@ pub enum Command {
     /// and whether its validated constraints prove it holds no row of the new bound
     /// (`None`: locked by another session, unknown).
     CreatePartition {
-        parent: Rel,
+        /// Its name.
+        parent: String,
         default_partition: Rel,
         proven: Option<bool>,
     },
@@ -380,10 +381,8 @@ impl Command {
             | Command::VacuumFull { tables }
             | Command::AlterDomain { tables, .. } => tables.iter_mut().collect(),
             Command::CreatePartition {
-                parent,
-                default_partition,
-                ..
-            } => vec![parent, default_partition],
+                default_partition, ..
+            } => vec![default_partition],
             Command::RefreshMatView { view: rel, .. }
             | Command::RenameRelation { rel, .. }
             | Command::RenameColumn { rel, .. }

@@ -642,21 +642,22 @@ unsafe fn create_partition(stmt: *mut pg_sys::CreateStmt) -> Command {
     let Some(parent_rv) = parents.get_ptr(0) else {
         return Command::Other;
     };
-    let Some(parent) = catalog::relation_named(parent_rv) else {
-        return Command::Other;
-    };
     // Only a partitioned table has partitions to create (PostgreSQL refuses the rest), and
-    // IF NOT EXISTS of a table that exists creates nothing.
+    // IF NOT EXISTS of a table that exists creates nothing. The parent is named, not
+    // measured: its size is the sum of every partition's, and only the default one's counts.
+    let oid = crate::pg::nodes::range_var_oid(parent_rv);
     let exists = || {
         (*stmt).if_not_exists
             && crate::pg::nodes::range_var_oid((*stmt).relation) != pg_sys::InvalidOid
     };
-    if parent.kind != crate::guard::command::RelKind::PartitionedTable || exists() {
+    if !catalog::is_partitioned(oid) || exists() {
         return Command::Other;
     }
-    let oid = crate::pg::nodes::range_var_oid(parent_rv);
-    match catalog::create_partition_proof(oid, (*stmt).partbound) {
-        Some((default_partition, proven)) if !parent.new && !default_partition.new => {
+    match (
+        catalog::relation_name(oid),
+        catalog::create_partition_proof(oid, (*stmt).partbound),
+    ) {
+        (Some(parent), Some((default_partition, proven))) if !default_partition.new => {
             Command::CreatePartition {
                 parent,
                 default_partition,

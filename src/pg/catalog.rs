@@ -185,6 +185,11 @@ pub unsafe fn relation_named(rv: *mut pg_sys::RangeVar) -> Option<Rel> {
     relation(crate::pg::nodes::range_var_oid(rv))
 }
 
+/// Whether relation `oid` is a partitioned table, from its pg_class row alone (no size).
+pub fn is_partitioned(oid: pg_sys::Oid) -> bool {
+    class_row(oid).is_some_and(|row| row.kind == RelKind::PartitionedTable)
+}
+
 /// What the catalogs say about relation `oid`.
 pub fn relation(oid: pg_sys::Oid) -> Option<Rel> {
     let row = class_row(oid)?;

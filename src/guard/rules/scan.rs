@@ -162,17 +162,16 @@ pub fn judge(command: &Command, out: &mut Vec<Finding>) {
             rule: &CREATE_PARTITION_SCAN,
             subject: Some(default.clone()),
             message: format!(
-                "creating a partition of {} scans its default partition {}",
-                parent.name, default.name
+                "creating a partition of {parent} scans its default partition {}",
+                default.name
             ),
             detail: format!(
-                "{} {} is locked ACCESS EXCLUSIVE too: every query on it waits.",
+                "{} {parent} is locked ACCESS EXCLUSIVE too: every query on it waits.",
                 hazard(
                     default,
                     AEL,
                     "To prove no row belongs to the new partition, PostgreSQL scans",
                 ),
-                parent.name
             ),
             hint: format!(
                 "ALTER TABLE {d} ADD CONSTRAINT excludes_new_bound CHECK (NOT (<the new \
@@ -180,7 +179,7 @@ pub fn judge(command: &Command, out: &mut Vec<Finding>) {
                  CONSTRAINT excludes_new_bound; then CREATE TABLE ... PARTITION OF {p} (no \
                  scan).",
                 d = default.name,
-                p = parent.name
+                p = parent
             ),
         }),
         _ => {}
@@ -750,7 +749,7 @@ mod unit {
             let mut out = vec![];
             judge(
                 &Command::CreatePartition {
-                    parent: table("public.events", BIG),
+                    parent: "public.events".into(),
                     default_partition: table("public.events_default", BIG),
                     proven,
                 },
