@@ -26,6 +26,7 @@ LAYERS = {
     "apply": 5,
     "worker": 6,
     "inspect": 6,
+    "window": 6,
     "tests": 7,
     "lib": 7,
 }

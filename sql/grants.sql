@@ -27,6 +27,9 @@ GRANT SELECT ON migrate.schema_objects, migrate.schema_state TO PUBLIC;
 GRANT SELECT ON migrate.ddl_log TO migrate_admin;
 -- Backfill jobs quote their clauses and errors (which may quote data): admins only.
 GRANT SELECT ON migrate.backfills, migrate.backfill_progress TO migrate_admin;
+-- A window's source DDL and end statements: admins; its state: everyone, as migrate.status.
+GRANT SELECT ON migrate.window_history TO migrate_admin;
+GRANT SELECT ON migrate.windows TO PUBLIC;
 
 -- Functions: nothing is executable by PUBLIC unless listed here.
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA migrate FROM PUBLIC;
@@ -72,5 +75,10 @@ GRANT EXECUTE ON FUNCTION
     migrate.backfill(regclass, text, text, integer, integer, integer, interval, interval, text),
     migrate.pause(bigint),
     migrate.resume(bigint),
-    migrate.cancel(bigint)
+    migrate.cancel(bigint),
+    migrate.expand(text, text, interval, text, boolean),
+    migrate.contract(text),
+    migrate.abort(text),
+    -- Evaluated in the WHEN clause of every bridged write, whoever the writer.
+    migrate.writes_version(text, text)
 TO PUBLIC;

@@ -72,6 +72,13 @@ pub enum GuardMode {
 
 /// Whether DDL that breaks a rule is refused, only warned about, or not judged at all.
 pub static GUARD: GucSetting<GuardMode> = GucSetting::<GuardMode>::new(GuardMode::Enforce);
+/// The schema version a client declares it was built for (`SET [LOCAL]
+/// migrate.client_version = '43'`): which side of an expand window its writes come from.
+pub static CLIENT_VERSION: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// How long an expand window stays open by default, and the longest it may be given.
+pub static WINDOW_TTL_S: GucSetting<i32> = GucSetting::<i32>::new(3 * 86_400);
+pub static MAX_WINDOW_TTL_S: GucSetting<i32> = GucSetting::<i32>::new(30 * 86_400);
+
 /// Rule ids overridden for the current transaction (`SET LOCAL migrate.allow = '...'`).
 pub static ALLOW: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 /// Tables with at most this many estimated rows (and at most SMALL_TABLE_MAX_SIZE_KB) are
@@ -200,6 +207,37 @@ pub fn init() {
         &GUARD,
         GucContext::Suset,
         GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"migrate.client_version",
+        c"The schema version this client was built for, during an expand window.",
+        c"Writes by a client that declares the version of an open, published window are \
+          bridged from the new columns to the old ones; every other write the other way. \
+          Unset, the first schema of search_path decides (public_v43 declares version 43).",
+        &CLIENT_VERSION,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"migrate.window_ttl",
+        c"How long an expand window stays open when migrate.expand is given no ttl.",
+        c"At most migrate.max_window_ttl.",
+        &WINDOW_TTL_S,
+        1,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"migrate.max_window_ttl",
+        c"The longest time-to-live an expand window may be given.",
+        c"Dual-write bridges cost every write; a window that outlives its rollout is a \
+          liability. Superuser-only.",
+        &MAX_WINDOW_TTL_S,
+        1,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
     );
     crate::pg::guc::define_transaction_string(
         c"migrate.allow",

@@ -12,6 +12,7 @@ mod inspect;
 mod migration;
 mod pg;
 mod schema;
+mod window;
 mod worker;
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -72,6 +73,11 @@ pgrx::extension_sql_file!(
         history::ddl_log::log_ddl_command,
         history::ddl_log::log_sql_drop
     ]
+);
+pgrx::extension_sql_file!(
+    "../sql/window.sql",
+    name = "window",
+    requires = ["history", "worker", "backfill"]
 );
 pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 

@@ -55,6 +55,28 @@ fn apply(
             allow.push(id);
         }
     }
+    TableIterator::once(apply_script(
+        &version,
+        script,
+        description,
+        rollback,
+        allow,
+        verify,
+    ))
+}
+
+/// Applies `script` as `version` (or submits it to the worker), once the caller's right to
+/// and the rules it overrides are settled: `migrate.apply`, and `migrate.expand` with the
+/// script it planned.
+pub(crate) fn apply_script(
+    version: &Version,
+    script: &str,
+    description: Option<&str>,
+    rollback: Option<&str>,
+    allow: Vec<String>,
+    verify: Option<&str>,
+) -> ApplyRow {
+    let version = version.clone();
     refuse_unsafe_context().or_raise();
     let what = format!("migration {version}");
     let trees = parse_for_apply(&what, script).or_raise();
@@ -129,7 +151,7 @@ fn apply(
             // transactional migration waits its turn there.
             let behind = history::lowest_unfinished();
             if phases::needed(&statements) || behind.is_some() {
-                return TableIterator::once(submit(
+                return submit(
                     &version,
                     description,
                     script,
@@ -139,7 +161,7 @@ fn apply(
                     &allow,
                     verify,
                     behind.as_ref(),
-                ));
+                );
             }
             let started_at = history::clock_now();
             // Before the migration takes its locks: what it changes must be its own.
@@ -176,7 +198,7 @@ fn apply(
             )
         }
     };
-    TableIterator::once(row)
+    row
 }
 
 /// A migration with statements that cannot run in a transaction, or one behind a migration
@@ -266,7 +288,7 @@ fn submit(
     )
 }
 
-type ApplyRow = (String, String, Option<String>, i32, Interval, i32, Interval);
+pub(crate) type ApplyRow = (String, String, Option<String>, i32, Interval, i32, Interval);
 
 /// The row `apply` returns for a version recorded earlier.
 fn recorded_row(status: String, recorded: Recorded) -> ApplyRow {

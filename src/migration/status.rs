@@ -59,6 +59,14 @@ spelt!(
 );
 
 spelt!(
+    /// `migrate.window_history.ended`: how an expand window ended.
+    WindowEnd {
+        Contracted = "contracted",
+        Aborted = "aborted",
+    }
+);
+
+spelt!(
     /// `migrate.steps.state`: one phase of a migration the worker runs.
     StepState {
         Pending = "pending",

@@ -83,13 +83,13 @@ unsafe extern "C-unwind" {
 /// relcache are then unknown rather than read from a relation that may be changing under us.
 /// Pointers into the entry (`rd_rel`, ...) are never kept across calls that may process
 /// invalidations and rebuild it.
-struct Locked {
+pub(super) struct Locked {
     oid: pg_sys::Oid,
-    rel: pg_sys::Relation,
+    pub(super) rel: pg_sys::Relation,
 }
 
 impl Locked {
-    fn open(oid: pg_sys::Oid) -> Option<Locked> {
+    pub(super) fn open(oid: pg_sys::Oid) -> Option<Locked> {
         if oid == pg_sys::InvalidOid {
             return None;
         }
@@ -389,7 +389,7 @@ pub(super) unsafe fn type_and_mod(type_name: *mut pg_sys::TypeName) -> (pg_sys::
 
 /// `expr` coerced to a type as an assignment is (ALTER COLUMN TYPE, column defaults); NULL
 /// when no cast exists.
-unsafe fn coerce_as_assignment(
+pub(super) unsafe fn coerce_as_assignment(
     pstate: *mut pg_sys::ParseState,
     expr: *mut pg_sys::Node,
     typ: pg_sys::Oid,

@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod describe;
 pub mod event_trigger;
+pub mod expand;
 pub mod guc;
 pub mod hash_input;
 pub mod identity;

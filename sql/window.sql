@@ -1,0 +1,57 @@
+-- Expand/contract windows (src/window/): one row per window, written only by pg_migrate as
+-- the extension's owner. The window's expand script is the migration of the same version in
+-- migrate.history (its statements, phases and backfills are recorded there and in
+-- migrate.steps); this row keeps what only a window has: the DDL as the DBA wrote it, the
+-- statements that contract or abort it, and its time-to-live.
+CREATE TABLE migrate.window_history (
+    version          text PRIMARY KEY,
+    description      text,
+    -- The DDL as given (admins only: it may quote data), and its checksum, by which running
+    -- the same expand again is recognised.
+    source           text NOT NULL,
+    source_checksum  text NOT NULL,
+    -- Qualified names of the tables changed, and the schemas of the new version's views.
+    tables           text[] NOT NULL,
+    schemas          text[] NOT NULL,
+    -- [{"sql": ..., "needs_column": [schema, table, column] | null}, ...]
+    contract_steps   jsonb NOT NULL,
+    abort_steps      jsonb NOT NULL,
+    ttl              interval NOT NULL,
+    opened_at        timestamptz NOT NULL,
+    opened_by        name NOT NULL,
+    expires_at       timestamptz NOT NULL,
+    ended            text CHECK (ended IN ('contracted', 'aborted')),
+    ended_at         timestamptz,
+    ended_by         name,
+    CHECK ((ended IS NULL) = (ended_at IS NULL))
+);
+-- Every expand looks for open windows on its tables.
+CREATE INDEX window_history_open ON migrate.window_history (version) WHERE ended IS NULL;
+
+-- What a DBA follows a window by. state: expanding (the worker runs its phases), published
+-- (the new version's views exist: both versions work), failed or cancelled (a phase did not
+-- finish: retry, or abort), contracted, aborted.
+CREATE VIEW migrate.windows AS
+SELECT w.version,
+       CASE WHEN w.ended IS NOT NULL THEN w.ended
+            WHEN h.status = 'applied' THEN 'published'
+            WHEN h.status IN ('pending', 'running') THEN 'expanding'
+            ELSE h.status END AS state,
+       w.tables,
+       w.schemas,
+       b.rows_done AS backfill_rows_done,
+       b.percent AS backfill_percent,
+       w.opened_at,
+       w.opened_by,
+       w.expires_at,
+       w.ended IS NULL AND now() > w.expires_at AS expired,
+       w.ended_at,
+       w.ended_by,
+       w.description
+FROM migrate.window_history w
+LEFT JOIN migrate.history h ON h.version = w.version
+LEFT JOIN LATERAL (
+    SELECT sum(p.rows_done)::bigint AS rows_done,
+           round(avg(p.percent), 1) AS percent
+    FROM migrate.steps s JOIN migrate.backfill_progress p ON p.job = s.backfill_id
+    WHERE s.version = w.version) b ON true;

@@ -1,0 +1,340 @@
+//! What `migrate.expand` reads from a statement's raw parse tree and the catalogs: each column
+//! change it can plan, with every expression analysed against the table and printed back by
+//! PostgreSQL (`deparse_expression`, `format_type_extended`), so that the SQL of a plan is
+//! text PostgreSQL wrote from resolved objects, never the caller's text pasted into it.
+
+use crate::pg::catalog::{coerce_as_assignment, type_and_mod, Locked};
+use crate::pg::nodes::{range_var_oid, text, StmtTree};
+use crate::pg::subxact::{self, Caught};
+use pgrx::pg_sys;
+use pgrx::pg_sys::NodeTag as T;
+use pgrx::{is_a, PgList};
+use std::ffi::CString;
+
+/// One change a statement asks for, on one column of the statement's table.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    ChangeType {
+        column: String,
+        /// The new type as `format_type_extended` prints it, schema-qualified.
+        new_type: String,
+        /// The new value (the USING expression, or the column itself), printed with columns
+        /// as `new.<column>`, for a trigger.
+        up_row: String,
+        /// The same, with columns unqualified, for the backfill's SET and WHERE.
+        up_plain: String,
+        /// Whether PostgreSQL would rewrite the table (binary-coercible changes do not).
+        rewrites: bool,
+        /// Whether the new type converts back to the old one by assignment.
+        down_assignable: bool,
+    },
+    Rename {
+        column: String,
+        new_name: String,
+    },
+    Drop {
+        column: String,
+        cascade: bool,
+    },
+    AddColumn {
+        column: String,
+        type_sql: String,
+        default_sql: Option<String>,
+        volatile_default: bool,
+        not_null: bool,
+        /// Constraints other than NULL, NOT NULL and DEFAULT written inline.
+        other_constraints: bool,
+    },
+    /// A subcommand the planner does not plan, by what it is.
+    Other(String),
+}
+
+/// A statement's table (as the caller's search path resolves it) and what it asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Requested {
+    pub table: pg_sys::Oid,
+    pub requests: Vec<Request>,
+}
+
+/// Why a statement could not be read.
+pub enum Unread {
+    /// Not an ALTER TABLE or a column rename: its command tag.
+    NotPlanned(String),
+    /// The table it names does not exist (as written).
+    NoTable(String),
+    /// PostgreSQL raised an error analysing it (an unknown column or type, no cast).
+    Failed(Caught),
+    /// The table is locked by another session, so its expressions cannot be analysed now.
+    Locked(String),
+}
+
+/// The table and changes `stmt` asks for.
+pub fn read(stmt: StmtTree) -> Result<Requested, Unread> {
+    let node = stmt.node();
+    // SAFETY: a StmtTree is a valid raw statement tree.
+    unsafe {
+        if is_a(node, T::T_AlterTableStmt) {
+            alter_table(node.cast())
+        } else if is_a(node, T::T_RenameStmt)
+            && (*node.cast::<pg_sys::RenameStmt>()).renameType == pg_sys::ObjectType::OBJECT_COLUMN
+            && (*node.cast::<pg_sys::RenameStmt>()).relationType == pg_sys::ObjectType::OBJECT_TABLE
+        {
+            let stmt = node.cast::<pg_sys::RenameStmt>();
+            let table = table_of((*stmt).relation)?;
+            Ok(Requested {
+                table,
+                requests: vec![Request::Rename {
+                    column: text((*stmt).subname),
+                    new_name: text((*stmt).newname),
+                }],
+            })
+        } else {
+            Err(Unread::NotPlanned(stmt.command_tag()))
+        }
+    }
+}
+
+unsafe fn table_of(rv: *mut pg_sys::RangeVar) -> Result<pg_sys::Oid, Unread> {
+    let oid = range_var_oid(rv);
+    if oid == pg_sys::InvalidOid {
+        let name = text(pg_sys::quote_qualified_identifier(
+            (*rv).schemaname,
+            (*rv).relname,
+        ));
+        return Err(Unread::NoTable(name));
+    }
+    Ok(oid)
+}
+
+unsafe fn alter_table(stmt: *mut pg_sys::AlterTableStmt) -> Result<Requested, Unread> {
+    if (*stmt).objtype != pg_sys::ObjectType::OBJECT_TABLE {
+        return Err(Unread::NotPlanned(
+            "ALTER of a relation other than a table".into(),
+        ));
+    }
+    let table = table_of((*stmt).relation)?;
+    let mut requests = Vec::new();
+    for cmd in PgList::<pg_sys::AlterTableCmd>::from_pg((*stmt).cmds).iter_ptr() {
+        use pg_sys::AlterTableType as AT;
+        let column = text((*cmd).name);
+        let request = match (*cmd).subtype {
+            AT::AT_AlterColumnType => type_change(table, &column, (*cmd).def.cast())?,
+            AT::AT_DropColumn if !(*cmd).missing_ok => Request::Drop {
+                column,
+                cascade: (*cmd).behavior == pg_sys::DropBehavior::DROP_CASCADE,
+            },
+            AT::AT_AddColumn if !(*cmd).missing_ok => add_column((*cmd).def.cast())?,
+            AT::AT_AddColumn | AT::AT_DropColumn => {
+                Request::Other("ADD COLUMN IF NOT EXISTS or DROP COLUMN IF EXISTS".into())
+            }
+            other => Request::Other(format!("{other:?}").trim_start_matches("AT_").into()),
+        };
+        requests.push(request);
+    }
+    Ok(Requested { table, requests })
+}
+
+/// ALTER COLUMN ... TYPE, analysed as ALTER TABLE analyses it: the USING expression (or the
+/// column) transformed against the table, then coerced to the new type by assignment.
+unsafe fn type_change(
+    relid: pg_sys::Oid,
+    column: &str,
+    def: *mut pg_sys::ColumnDef,
+) -> Result<Request, Unread> {
+    let Ok(name) = CString::new(column) else {
+        return Err(Unread::NotPlanned("a column name with a NUL".into()));
+    };
+    if !(*def).collClause.is_null() {
+        return Ok(Request::Other("ALTER COLUMN ... TYPE ... COLLATE".into()));
+    }
+    let opened = Locked::open(relid).ok_or_else(|| Unread::Locked(column.into()))?;
+    let analysed = subxact::run(|| unsafe {
+        let attnum = pg_sys::get_attnum(relid, name.as_ptr());
+        if attnum == pg_sys::InvalidAttrNumber as i16 {
+            pgrx::ereport!(
+                ERROR,
+                pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                format!("column \"{column}\" does not exist")
+            );
+        }
+        let (mut typ, mut typmod, mut coll) = (pg_sys::InvalidOid, 0, pg_sys::InvalidOid);
+        pg_sys::get_atttypetypmodcoll(relid, attnum, &mut typ, &mut typmod, &mut coll);
+        let (target, target_mod) = type_and_mod((*def).typeName);
+        let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
+        let item = pg_sys::addRangeTableEntryForRelation(
+            pstate,
+            opened.rel,
+            pg_sys::AccessShareLock as _,
+            std::ptr::null_mut(),
+            false,
+            true,
+        );
+        pg_sys::addNSItemToQuery(pstate, item, false, true, true);
+        let using = (*def).raw_default;
+        let source: *mut pg_sys::Node = if using.is_null() {
+            pg_sys::makeVar(1, attnum, typ, typmod, coll, 0).cast()
+        } else {
+            // A copy: transformExpr rewrites some raw nodes in place.
+            pg_sys::transformExpr(
+                pstate,
+                pg_sys::copyObjectImpl(using.cast()).cast(),
+                pg_sys::ParseExprKind::EXPR_KIND_ALTER_COL_TRANSFORM,
+            )
+        };
+        pg_sys::assign_expr_collations(pstate, source);
+        let coerced = coerce_as_assignment(pstate, source, target, target_mod);
+        if coerced.is_null() {
+            pgrx::ereport!(
+                ERROR,
+                pgrx::PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+                format!(
+                    "column \"{column}\" cannot be cast automatically to type {}",
+                    format_type(target, target_mod)
+                ),
+                "Give USING with the expression that computes the new value."
+            );
+        }
+        let mut source_type = pg_sys::exprType(source);
+        let down_assignable = pg_sys::can_coerce_type(
+            1,
+            &mut source_type as *mut _ as *const _,
+            &mut typ as *mut _ as *const _,
+            pg_sys::CoercionContext::COERCION_ASSIGNMENT,
+        ) && {
+            let mut target = target;
+            pg_sys::can_coerce_type(
+                1,
+                &mut target as *mut _ as *const _,
+                &mut typ as *mut _ as *const _,
+                pg_sys::CoercionContext::COERCION_ASSIGNMENT,
+            )
+        };
+        let table_name = pg_sys::get_rel_name(relid);
+        let row = c"new";
+        (
+            format_type(target, target_mod),
+            deparse(
+                source,
+                pg_sys::deparse_context_for(table_name, relid),
+                false,
+            ),
+            deparse(
+                source,
+                pg_sys::deparse_context_for(row.as_ptr(), relid),
+                true,
+            ),
+            down_assignable,
+        )
+    })
+    .map_err(Unread::Failed)?;
+    drop(opened);
+    let (new_type, up_plain, up_row, down_assignable) = analysed;
+    let rewrites = crate::pg::catalog::type_change_rewrites(
+        relid,
+        column,
+        (*def).typeName,
+        (*def).raw_default,
+    )
+    .unwrap_or(true);
+    Ok(Request::ChangeType {
+        column: column.into(),
+        new_type,
+        up_row,
+        up_plain,
+        rewrites,
+        down_assignable,
+    })
+}
+
+/// ADD COLUMN: its type and default printed by PostgreSQL, and what else it declares.
+unsafe fn add_column(def: *mut pg_sys::ColumnDef) -> Result<Request, Unread> {
+    let column = text((*def).colname);
+    let mut not_null = (*def).is_not_null;
+    let mut raw_default: *mut pg_sys::Node = std::ptr::null_mut();
+    let mut other_constraints = !(*def).collClause.is_null()
+        || (*def).identity != 0
+        || (*def).generated != 0
+        || !(*def).raw_default.is_null();
+    for c in PgList::<pg_sys::Constraint>::from_pg((*def).constraints).iter_ptr() {
+        use pg_sys::ConstrType as C;
+        match (*c).contype {
+            C::CONSTR_NOTNULL => not_null = true,
+            C::CONSTR_NULL => {}
+            C::CONSTR_DEFAULT => raw_default = (*c).raw_expr,
+            _ => other_constraints = true,
+        }
+    }
+    let typename = (*def).typeName;
+    let (type_sql, default_sql, volatile_default) = subxact::run(|| unsafe {
+        let (typ, typmod) = type_and_mod(typename);
+        if raw_default.is_null() {
+            return (format_type(typ, typmod), None, false);
+        }
+        let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
+        let expr = pg_sys::transformExpr(
+            pstate,
+            pg_sys::copyObjectImpl(raw_default.cast()).cast(),
+            pg_sys::ParseExprKind::EXPR_KIND_COLUMN_DEFAULT,
+        );
+        let coerced = coerce_as_assignment(pstate, expr, typ, typmod);
+        if coerced.is_null() {
+            pgrx::ereport!(
+                ERROR,
+                pgrx::PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+                format!(
+                    "the default of column \"{}\" is not of type {}",
+                    text((*def).colname),
+                    format_type(typ, typmod)
+                ),
+                "Write a default of the column's type."
+            );
+        }
+        pg_sys::assign_expr_collations(pstate, coerced);
+        (
+            format_type(typ, typmod),
+            Some(deparse(expr, std::ptr::null_mut(), false)),
+            pg_sys::contain_volatile_functions(coerced),
+        )
+    })
+    .map_err(Unread::Failed)?;
+    Ok(Request::AddColumn {
+        column,
+        type_sql,
+        default_sql,
+        volatile_default,
+        not_null,
+        other_constraints,
+    })
+}
+
+/// A type as SQL that names it whatever the search path (built-in names are keywords).
+unsafe fn format_type(typ: pg_sys::Oid, typmod: i32) -> String {
+    let flags = pg_sys::FORMAT_TYPE_TYPEMOD_GIVEN | pg_sys::FORMAT_TYPE_FORCE_QUALIFY;
+    text(pg_sys::format_type_extended(typ, typmod, flags as _))
+}
+
+unsafe fn deparse(expr: *mut pg_sys::Node, context: *mut pg_sys::List, prefix: bool) -> String {
+    text(pg_sys::deparse_expression(expr, context, prefix, false))
+}
+
+/// Whether the writer of this row declared version `version` of the schema published as
+/// `schema`: by `migrate.client_version` when it is set, or else by the first schema of its
+/// search path. Never before `schema` exists: until it is published, every writer writes the
+/// old shape.
+pub fn writes_version(version: &str, schema: &str, declared: Option<&str>) -> bool {
+    let Ok(schema) = CString::new(schema) else {
+        return false;
+    };
+    // SAFETY: a namespace lookup by name; the search path list is this backend's.
+    unsafe {
+        let published = pg_sys::get_namespace_oid(schema.as_ptr(), true);
+        if published == pg_sys::InvalidOid {
+            return false;
+        }
+        if let Some(declared) = declared.filter(|d| !d.is_empty()) {
+            return declared == version;
+        }
+        let path = PgList::<pg_sys::Oid>::from_pg(pg_sys::fetch_search_path(false));
+        path.get_oid(0) == Some(published)
+    }
+}

@@ -1,0 +1,113 @@
+//! The catalog facts a window's plan needs about a table: its columns, what depends on each,
+//! and the grants its views carry over. Read with `search_path` pinned.
+
+use crate::errors::OrBookkeeping;
+use crate::window::plan::{Column, Table};
+use pgrx::pg_sys;
+
+/// The table `oid` as the plan needs it; `None` when it no longer exists.
+pub fn table(oid: pg_sys::Oid) -> Option<Table> {
+    let head = crate::pg::spi::pinned_row(
+        "SELECT n.nspname::text, c.relname::text, c.relkind = 'r', \
+                EXISTS (SELECT FROM pg_inherits i WHERE i.inhparent = c.oid) \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+        &[oid.into()],
+        |row| {
+            Ok((
+                row.get::<String>(1)?.unwrap_or_default(),
+                row.get::<String>(2)?.unwrap_or_default(),
+                row.get::<bool>(3)?.unwrap_or(false),
+                row.get::<bool>(4)?.unwrap_or(false),
+            ))
+        },
+    )
+    .or_bookkeeping("read the table migrate.expand plans for")?;
+    let (schema, name, plain, has_children) = head;
+    Some(Table {
+        schema,
+        name,
+        columns: columns(oid),
+        plain,
+        has_children,
+        grants: grants(oid),
+    })
+}
+
+/// Live columns in order. A column's dependents are what would have to move with it to a
+/// copy: indexes, constraints (but PostgreSQL 18's NOT NULL ones), views and rules,
+/// sequences, statistics, policies, other columns' generation expressions; not its own
+/// default.
+fn columns(oid: pg_sys::Oid) -> Vec<Column> {
+    let rows: Vec<Column> = crate::pg::guc::pinned(|| {
+        pgrx::Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT a.attname::text, a.attnotnull, pg_get_expr(d.adbin, d.adrelid), \
+                            ARRAY(SELECT pg_describe_object(p.classid, p.objid, p.objsubid) \
+                                  FROM pg_depend p \
+                                  WHERE p.refclassid = 'pg_class'::regclass \
+                                    AND p.refobjid = a.attrelid AND p.refobjsubid = a.attnum \
+                                    AND p.deptype IN ('n', 'a') \
+                                    AND NOT (p.classid = 'pg_attrdef'::regclass \
+                                             AND p.objid IS NOT DISTINCT FROM d.oid) \
+                                    AND NOT EXISTS (SELECT FROM pg_constraint k \
+                                                    WHERE p.classid = 'pg_constraint'::regclass \
+                                                      AND k.oid = p.objid AND k.contype = 'n') \
+                                  ORDER BY 1) \
+                     FROM pg_attribute a \
+                     LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+                     WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
+                     ORDER BY a.attnum",
+                    None,
+                    &[oid.into()],
+                )?
+                .map(|row| {
+                    Ok(Column {
+                        name: row.get::<String>(1)?.unwrap_or_default(),
+                        not_null: row.get::<bool>(2)?.unwrap_or(false),
+                        default_sql: row.get::<String>(3)?,
+                        dependents: row
+                            .get::<Vec<Option<String>>>(4)?
+                            .unwrap_or_default()
+                            .into_iter()
+                            .flatten()
+                            .collect(),
+                    })
+                })
+                .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+        })
+    })
+    .or_bookkeeping("read the columns migrate.expand plans for");
+    rows
+}
+
+/// The table's SELECT, INSERT, UPDATE and DELETE grants to roles other than its owner, for
+/// its views (which check the caller's rights on the table too: security_invoker).
+fn grants(oid: pg_sys::Oid) -> Vec<(String, String)> {
+    crate::pg::spi::pinned_pairs::<String, String>(
+        "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END, \
+                a.privilege_type \
+         FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a \
+         LEFT JOIN pg_roles r ON r.oid = a.grantee \
+         WHERE c.oid = $1 AND a.grantee <> c.relowner \
+           AND a.privilege_type IN ('SELECT', 'INSERT', 'UPDATE', 'DELETE') \
+         ORDER BY 1, 2",
+        &[oid.into()],
+    )
+    .or_bookkeeping("read the grants migrate.expand carries over")
+}
+
+/// Whether `schema.table` has a live column `column` now.
+pub fn column_exists(schema: &str, table: &str, column: &str) -> bool {
+    crate::pg::spi::pinned_row(
+        "SELECT EXISTS (SELECT FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+                        JOIN pg_namespace n ON n.oid = c.relnamespace \
+                        WHERE n.nspname = $1 AND c.relname = $2 AND a.attname = $3 \
+                          AND a.attnum > 0 AND NOT a.attisdropped)",
+        &[schema.into(), table.into(), column.into()],
+        |row| row.get::<bool>(1),
+    )
+    .or_bookkeeping("read pg_attribute")
+    .flatten()
+    .unwrap_or(false)
+}

@@ -1,0 +1,467 @@
+//! Expand/contract windows: `migrate.expand` plans the DDL a DBA means as steps that keep
+//! the old and the new application version working at once, and applies them as a migration
+//! of the same version (its backfills in the worker, the new version's views published
+//! last); `migrate.contract` ends the window on the new shape, `migrate.abort` on the old one.
+
+pub mod facts;
+pub mod plan;
+
+use crate::apply;
+use crate::errors::{self, OrBookkeeping, OrRaise, Problem};
+use crate::history::{self, lock::lock_history};
+use crate::migration::checksum::Checksums;
+use crate::migration::limits::Policy;
+use crate::migration::running::{self, Running};
+use crate::migration::script::require_script;
+use crate::migration::status::{Status, WindowEnd};
+use crate::migration::version::Version;
+use crate::pg::expand::{self as read, Request, Unread};
+use crate::pg::identity;
+use pgrx::prelude::*;
+use pgrx::{JsonB, PgSqlErrorCode};
+use plan::{EndStep, Plan};
+
+type StepRow = (i32, String, String);
+
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile, parallel_unsafe)]
+fn expand(
+    version: Option<&str>,
+    script: Option<&str>,
+    ttl: default!(Option<Interval>, "NULL"),
+    description: default!(Option<&str>, "NULL"),
+    dry_run: default!(bool, false),
+) -> TableIterator<
+    'static,
+    (
+        name!(step, i32),
+        name!(stage, String),
+        name!(statement, String),
+    ),
+> {
+    if !dry_run {
+        identity::require_admin("open expand windows").or_raise();
+    }
+    let version = Version::parse(version).or_raise();
+    let source = require_script(script).or_raise();
+    let ttl_s = ttl_seconds(ttl).or_raise();
+    let what = format!("expand window {version}");
+    let trees = apply::parse_for_apply(&what, source).or_raise();
+    let mut asked: Vec<(pg_sys::Oid, Vec<Request>)> = Vec::new();
+    for (statement, tree) in &trees {
+        let requested = read::read(*tree)
+            .map_err(|u| unread(&what, statement.number, u))
+            .or_raise();
+        match asked.iter_mut().find(|(oid, _)| *oid == requested.table) {
+            Some((_, requests)) => requests.extend(requested.requests),
+            None => asked.push((requested.table, requested.requests)),
+        }
+    }
+    let tables: Vec<(plan::Table, Vec<Request>)> = asked
+        .into_iter()
+        .filter_map(|(oid, requests)| Some((facts::table(oid)?, requests)))
+        .collect();
+    let planned = plan::plan(version.as_str(), &tables, crate::pg::catalog::quote_ident).or_raise();
+    let rows = step_rows(&planned);
+    if dry_run {
+        return TableIterator::new(rows);
+    }
+    lock_history();
+    let checksum = Checksums::of(source).normalized;
+    if let Some((recorded, ended)) = recorded_source(&version) {
+        if recorded == checksum && ended.is_none() {
+            errors::notice(format!(
+                "version {version} already has this expand window; nothing to do (see \
+                 migrate.windows)"
+            ));
+            return TableIterator::new(Vec::new());
+        }
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+            format!("version {version} already has an expand window"),
+            match ended {
+                Some(end) => format!("It was opened with other DDL and has been {end}."),
+                None => "It was opened with other DDL (the checksums differ).".into(),
+            },
+            "Open a window for a new version.",
+        )
+        .raise();
+    }
+    refuse_overlap(&planned.tables).or_raise();
+    refuse_expired().or_raise();
+    let script = planned.script();
+    apply::apply_script(
+        &version,
+        &script,
+        Some(&format!(
+            "expand: {}",
+            description.unwrap_or(first_line(source))
+        )),
+        None,
+        Vec::new(),
+        None,
+    );
+    record(&version, description, source, &checksum, &planned, ttl_s);
+    TableIterator::new(rows)
+}
+
+/// The new version's side of a write, for the bridge triggers' WHEN clauses: a plain lookup
+/// of a setting and the search path, bounded and side-effect free, so executable by every
+/// writer.
+#[pg_extern(stable, parallel_safe)]
+fn writes_version(version: &str, schema: &str) -> bool {
+    let declared = crate::gucs::CLIENT_VERSION
+        .get()
+        .map(|v| v.to_string_lossy().into_owned());
+    read::writes_version(version, schema, declared.as_deref())
+}
+
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile, parallel_unsafe)]
+fn contract(
+    version: Option<&str>,
+) -> TableIterator<
+    'static,
+    (
+        name!(step, i32),
+        name!(stage, String),
+        name!(statement, String),
+    ),
+> {
+    TableIterator::new(end(version, WindowEnd::Contracted))
+}
+
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile, parallel_unsafe)]
+fn abort(
+    version: Option<&str>,
+) -> TableIterator<
+    'static,
+    (
+        name!(step, i32),
+        name!(stage, String),
+        name!(statement, String),
+    ),
+> {
+    TableIterator::new(end(version, WindowEnd::Aborted))
+}
+
+/// Contracts or aborts a window in the caller's transaction: its statements, run with the
+/// caller's rights under the migration lock timeouts and retries, and the window's end.
+fn end(version: Option<&str>, how: WindowEnd) -> Vec<StepRow> {
+    let verb = match how {
+        WindowEnd::Contracted => "contract",
+        WindowEnd::Aborted => "abort",
+    };
+    identity::require_admin(&format!("{verb} expand windows")).or_raise();
+    let version = Version::parse(version).or_raise();
+    lock_history();
+    let Some(window) = open_window(&version) else {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("version {version} has no expand window"),
+            "migrate.window_history has no row for it.",
+            "See migrate.windows for the windows there are.",
+        )
+        .raise();
+    };
+    if let Some(ended) = window.ended {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("the expand window of version {version} has already been {ended}"),
+            format!("It was {ended} at {}.", window.ended_at.unwrap_or_default()),
+            "Nothing is left to do for it.",
+        )
+        .raise();
+    }
+    let status = history::find(&version).map(|r| r.status);
+    refuse_end(&version, how, status).or_raise();
+    let steps: Vec<&EndStep> = match how {
+        WindowEnd::Contracted => window.contract.iter().collect(),
+        WindowEnd::Aborted => window
+            .abort
+            .iter()
+            .filter(|s| {
+                s.needs_column
+                    .as_ref()
+                    .is_none_or(|(schema, table, column)| {
+                        facts::column_exists(schema, table, column)
+                    })
+            })
+            .collect(),
+    };
+    let script: String = steps.iter().map(|s| format!("{};\n", s.sql)).collect();
+    let what = format!("the {verb} of window {version}");
+    if !script.is_empty() {
+        let trees = apply::parse_for_apply(&what, &script).or_raise();
+        let statements: Vec<_> = trees.into_iter().map(|(s, _)| s).collect();
+        crate::history::record::drift();
+        let running = Running {
+            version: version.to_string(),
+            has_rollback: false,
+            allow: vec!["rename-column".into()],
+        };
+        running::with_running(running, || {
+            apply::attempt::run(&what, &script, &statements, Policy::from_settings())
+        });
+        crate::history::record::applied(version.as_str());
+    }
+    crate::pg::spi::write_as_owner(
+        "migrate.window_history",
+        "UPDATE migrate.window_history SET ended = $2, ended_at = clock_timestamp(), \
+           ended_by = $3 WHERE version = $1",
+        &[
+            version.as_str().into(),
+            how.as_str().into(),
+            identity::current_user_name().into(),
+        ],
+    );
+    steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (i as i32 + 1, verb.to_string(), s.sql.clone()))
+        .collect()
+}
+
+/// Contract needs the window published (every phase done); abort needs the worker to have
+/// stopped with it: a running phase is cancelled first, a failed one cancelled or retried.
+fn refuse_end(version: &Version, how: WindowEnd, status: Option<Status>) -> Result<(), Problem> {
+    let ok = match how {
+        WindowEnd::Contracted => status == Some(Status::Applied),
+        WindowEnd::Aborted => matches!(status, Some(Status::Applied | Status::Cancelled)),
+    };
+    if ok {
+        return Ok(());
+    }
+    let status = status.map_or("not recorded".to_string(), |s| s.to_string());
+    let hint = match (how, status.as_str()) {
+        (WindowEnd::Contracted, "pending" | "running") => {
+            format!("Wait until it is published: CALL migrate.wait('{version}'), then contract.")
+        }
+        (WindowEnd::Contracted, _) => format!(
+            "Fix what failed and SELECT migrate.retry('{version}'), or give up with \
+             migrate.abort('{version}')."
+        ),
+        (_, _) => format!("Stop it first with SELECT migrate.cancel('{version}'), then abort."),
+    };
+    Err(Problem::new(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!(
+            "the expand window of version {version} cannot be {} now: its migration is {status}",
+            how.as_str()
+        ),
+        match how {
+            WindowEnd::Contracted => {
+                "A window is contracted once it is published: its \
+                                      backfills done, its columns validated and in step, its \
+                                      views created."
+            }
+            WindowEnd::Aborted => {
+                "A window is aborted once the background worker has stopped \
+                                   running its phases."
+            }
+        },
+        hint,
+    ))
+}
+
+/// A window recorded for `version`.
+struct Window {
+    contract: Vec<EndStep>,
+    abort: Vec<EndStep>,
+    ended: Option<String>,
+    ended_at: Option<String>,
+}
+
+fn open_window(version: &Version) -> Option<Window> {
+    crate::pg::spi::read_own_row(
+        "migrate.window_history",
+        "SELECT contract_steps, abort_steps, ended, ended_at::text \
+         FROM migrate.window_history WHERE version = $1 FOR UPDATE",
+        &[version.as_str().into()],
+        |row| {
+            let steps = |n: usize| -> Result<Vec<EndStep>, pgrx::spi::Error> {
+                Ok(row
+                    .get::<JsonB>(n)?
+                    .and_then(|j| serde_json::from_value(j.0).ok())
+                    .unwrap_or_default())
+            };
+            Ok(Window {
+                contract: steps(1)?,
+                abort: steps(2)?,
+                ended: row.get(3)?,
+                ended_at: row.get(4)?,
+            })
+        },
+    )
+}
+
+/// The recorded window's source checksum and how it ended.
+fn recorded_source(version: &Version) -> Option<(String, Option<String>)> {
+    crate::pg::spi::read_own_row(
+        "migrate.window_history",
+        "SELECT source_checksum, ended FROM migrate.window_history WHERE version = $1",
+        &[version.as_str().into()],
+        |row| Ok((row.get::<String>(1)?.unwrap_or_default(), row.get(2)?)),
+    )
+}
+
+/// A second open window on a table would bridge it twice, each unaware of the other's
+/// columns.
+fn refuse_overlap(tables: &[String]) -> Result<(), Problem> {
+    let open = crate::pg::identity::as_owner(|| {
+        crate::pg::spi::pinned_pairs::<String, String>(
+            "SELECT w.version, t FROM migrate.window_history w, unnest(w.tables) t \
+             WHERE w.ended IS NULL AND t = ANY ($1)",
+            &[tables.to_vec().into()],
+        )
+    })
+    .or_bookkeeping("read migrate.window_history");
+    match open.first() {
+        Some((other, table)) => Err(Problem::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+            format!("table {table} is in the open expand window of version {other}"),
+            "A table takes part in one window at a time: two would each bridge and publish \
+             it without the other's columns.",
+            format!(
+                "Contract or abort window {other} first (migrate.contract('{other}'), \
+                 migrate.abort('{other}'))."
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// While a window has outlived its time-to-live, no other opens: its bridges should not
+/// stay, and the DBA is told so by the next expand at the latest.
+fn refuse_expired() -> Result<(), Problem> {
+    let expired = crate::pg::identity::as_owner(|| {
+        crate::pg::spi::pinned_pairs::<String, String>(
+            "SELECT version, expires_at::text FROM migrate.window_history \
+             WHERE ended IS NULL AND expires_at < now() ORDER BY expires_at",
+            &[],
+        )
+    })
+    .or_bookkeeping("read migrate.window_history");
+    match expired.first() {
+        Some((other, at)) => Err(Problem::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("the expand window of version {other} expired at {at}"),
+            "Its dual-write bridges outlived their time-to-live; no new window opens until \
+             it ends.",
+            format!("End it: SELECT migrate.contract('{other}') or migrate.abort('{other}')."),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn record(
+    version: &Version,
+    description: Option<&str>,
+    source: &str,
+    checksum: &str,
+    planned: &Plan,
+    ttl_s: i64,
+) {
+    let json = |steps: &[EndStep]| JsonB(serde_json::to_value(steps).unwrap_or_default());
+    crate::pg::spi::write_as_owner(
+        "migrate.window_history",
+        "INSERT INTO migrate.window_history (version, description, source, source_checksum, \
+           tables, schemas, contract_steps, abort_steps, ttl, opened_at, opened_by, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, make_interval(secs => $9), \
+                 clock_timestamp(), $10, clock_timestamp() + make_interval(secs => $9))",
+        &[
+            version.as_str().into(),
+            description.into(),
+            source.into(),
+            checksum.into(),
+            planned.tables.clone().into(),
+            planned.schemas.clone().into(),
+            json(&planned.contract).into(),
+            json(&planned.abort).into(),
+            (ttl_s as f64).into(),
+            identity::current_user_name().into(),
+        ],
+    );
+}
+
+/// The window's time-to-live in seconds: the given one or `migrate.window_ttl`, never above
+/// `migrate.max_window_ttl`.
+fn ttl_seconds(ttl: Option<Interval>) -> Result<i64, Problem> {
+    let max = i64::from(crate::gucs::MAX_WINDOW_TTL_S.get());
+    let Some(ttl) = ttl else {
+        return Ok(i64::from(crate::gucs::WINDOW_TTL_S.get()).min(max));
+    };
+    let seconds = (i64::from(ttl.months()) * 30 * 86_400)
+        + (i64::from(ttl.days()) * 86_400)
+        + ttl.micros() / 1_000_000;
+    if seconds <= 0 || seconds > max {
+        return Err(Problem::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("ttl must be positive and at most migrate.max_window_ttl ({max} s)"),
+            format!("{seconds} s was given."),
+            "Give a shorter ttl; a superuser may raise migrate.max_window_ttl.",
+        ));
+    }
+    Ok(seconds)
+}
+
+fn unread(what: &str, number: usize, unread: Unread) -> Problem {
+    let at = format!("{what}, statement {number}");
+    match unread {
+        Unread::NotPlanned(tag) => Problem::new(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("{at}: migrate.expand does not plan {tag}"),
+            "A window is planned from ALTER TABLE ... ALTER COLUMN ... TYPE, ADD COLUMN, DROP \
+             COLUMN and RENAME COLUMN of plain tables.",
+            "Apply other statements with migrate.apply, before or after the window.",
+        ),
+        Unread::NoTable(name) => Problem::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!("{at}: table {name} does not exist"),
+            "The name was looked up with the current search_path.",
+            "Check the name, or qualify it with its schema.",
+        ),
+        Unread::Locked(column) => Problem::new(
+            PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
+            format!("{at}: the table of column {column} is locked by another session"),
+            "Planning a type change analyses its expression against the table, which needs \
+             a lock that another session's ACCESS EXCLUSIVE lock excludes.",
+            "Run migrate.expand again once that session is done.",
+        ),
+        Unread::Failed(caught) => Problem::new(
+            caught.code,
+            format!("{at}: {}", caught.message),
+            caught
+                .detail
+                .unwrap_or_else(|| "PostgreSQL could not analyse the statement.".into()),
+            caught
+                .hint
+                .unwrap_or_else(|| "Fix the statement and run migrate.expand again.".into()),
+        ),
+    }
+}
+
+fn step_rows(planned: &Plan) -> Vec<StepRow> {
+    let expand = planned
+        .expand
+        .iter()
+        .map(|(stage, sql)| (stage.name().to_string(), sql.clone()));
+    let contract = planned
+        .contract
+        .iter()
+        .map(|s| ("contract".to_string(), s.sql.clone()));
+    expand
+        .chain(contract)
+        .enumerate()
+        .map(|(i, (stage, sql))| (i as i32 + 1, stage, sql))
+        .collect()
+}
+
+fn first_line(source: &str) -> &str {
+    source
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("")
+}

@@ -1,0 +1,1080 @@
+//! From the changes a DBA asked for to an expand/contract plan: the script that opens the
+//! window (run as a migration: its transactional part, the backfills in the worker, then the
+//! publication of the new version's views), and the statements that contract or abort it.
+//! Plain Rust over facts read from the catalogs, so that every plan is unit-tested.
+
+use crate::errors::Problem;
+use crate::pg::expand::Request;
+use pgrx::PgSqlErrorCode;
+use serde::{Deserialize, Serialize};
+
+/// A column as the catalogs have it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Column {
+    pub name: String,
+    pub not_null: bool,
+    /// Its default as `pg_get_expr` prints it.
+    pub default_sql: Option<String>,
+    /// Objects that depend on it (indexes, constraints, views, sequences), described.
+    pub dependents: Vec<String>,
+}
+
+/// A table as the catalogs have it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Table {
+    pub schema: String,
+    pub name: String,
+    /// Live columns in attnum order.
+    pub columns: Vec<Column>,
+    /// Plain (`r`); anything else is refused.
+    pub plain: bool,
+    /// Has inheritance children or partitions.
+    pub has_children: bool,
+    /// (grantee as SQL, privilege) of the table's grants the views carry over; `PUBLIC` as is.
+    pub grants: Vec<(String, String)>,
+}
+
+/// Quotes an identifier as needed: PostgreSQL's `quote_identifier` in the server (which
+/// knows its keywords); the plan takes it as a parameter so that unit tests run without one.
+pub type Quote = fn(&str) -> String;
+
+fn qualified(q: Quote, schema: &str, name: &str) -> String {
+    format!("{}.{}", q(schema), q(name))
+}
+
+impl Table {
+    pub fn qualified(&self, q: Quote) -> String {
+        qualified(q, &self.schema, &self.name)
+    }
+
+    fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+/// A statement to run when a window ends, run only if the column it needs still exists.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndStep {
+    pub sql: String,
+    /// (schema, table, column) that must exist for the statement to run.
+    pub needs_column: Option<(String, String, String)>,
+}
+
+/// What kind of step of the expand script a statement belongs to, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// Shadow columns, bridges, constraints NOT VALID: one short transaction.
+    Expand,
+    /// Filling the shadow columns in the worker, in batches.
+    Backfill,
+    /// Validation, the consistency check and the new version's views.
+    Publish,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Expand => "expand",
+            Stage::Backfill => "backfill",
+            Stage::Publish => "publish",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Plan {
+    pub expand: Vec<(Stage, String)>,
+    pub contract: Vec<EndStep>,
+    pub abort: Vec<EndStep>,
+    /// The schemas of views published, one per schema of a table changed.
+    pub schemas: Vec<String>,
+    /// Every table the window changes, qualified.
+    pub tables: Vec<String>,
+}
+
+impl Plan {
+    /// The expand statements as one script, in order.
+    pub fn script(&self) -> String {
+        let mut script = String::new();
+        for (_, sql) in &self.expand {
+            script.push_str(sql);
+            script.push_str(";\n");
+        }
+        script
+    }
+}
+
+/// A version as it appears in names: `43`, `1_2` for 1.2.
+pub fn version_tag(version: &str) -> String {
+    version
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+/// The schema a window publishes its views of tables in `schema` in.
+pub fn view_schema(schema: &str, version: &str) -> String {
+    format!("{schema}_v{}", version_tag(version))
+}
+
+pub fn shadow_column(version: &str, column: &str) -> String {
+    format!("_migrate_{}_{column}", version_tag(version))
+}
+
+pub fn deprecated_column(version: &str, column: &str) -> String {
+    format!("_deprecated_{}_{column}", version_tag(version))
+}
+
+/// `$migrate$body$migrate$` with a tag the body does not contain.
+fn dollar_quoted(body: &str) -> String {
+    let mut tag = "$migrate$".to_string();
+    let mut n = 0;
+    while body.contains(&tag) {
+        n += 1;
+        tag = format!("$migrate{n}$");
+    }
+    format!("{tag}{body}{tag}")
+}
+
+/// A string literal that reads the same whatever standard_conforming_strings says.
+pub fn literal(text: &str) -> String {
+    let quoted = text.replace('\'', "''");
+    if text.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    }
+}
+
+fn refused(message: String, detail: String, hint: &str) -> Problem {
+    Problem::new(
+        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+        message,
+        detail,
+        hint,
+    )
+}
+
+/// A type change that copies: the shadow column and its up expression.
+struct Copy<'a> {
+    column: &'a Column,
+    shadow: String,
+    new_type: &'a str,
+    up_row: &'a str,
+    up_plain: &'a str,
+    check: Option<String>,
+}
+
+/// The plan of `version` for `tables`, each with the changes asked of it, in order.
+pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result<Plan, Problem> {
+    let mut plan = Plan::default();
+    let mut publish: Vec<String> = Vec::new();
+    let mut views: Vec<(String, String)> = Vec::new(); // (schema of the table, CREATE VIEW ...)
+    let mut grants: Vec<String> = Vec::new();
+    let mut usage: Vec<(String, String)> = Vec::new(); // (view schema, grantee)
+    let mut drop_views: Vec<EndStep> = Vec::new();
+    let mut contract: Vec<EndStep> = Vec::new();
+    let mut abort: Vec<EndStep> = Vec::new();
+    for (table, requests) in tables {
+        let name = table.qualified(q);
+        if !table.plain || table.has_children {
+            return Err(refused(
+                format!("migrate.expand cannot plan changes to {name}"),
+                "Only plain tables without partitions or inheritance children are planned \
+                 in this release."
+                    .into(),
+                "Change it with migrate.apply, following the guard's safe ways.",
+            ));
+        }
+        plan.tables.push(name.clone());
+        let schema = view_schema(&table.schema, version);
+        let mut touched: Vec<&str> = Vec::new();
+        let mut copies: Vec<Copy> = Vec::new();
+        let mut renamed: Vec<(&str, &str)> = Vec::new();
+        let mut dropped: Vec<&str> = Vec::new();
+        let mut added: Vec<&str> = Vec::new();
+        for request in requests {
+            let column_name = match request {
+                Request::ChangeType { column, .. }
+                | Request::Rename { column, .. }
+                | Request::Drop { column, .. }
+                | Request::AddColumn { column, .. } => column.as_str(),
+                Request::Other(what) => {
+                    return Err(refused(
+                        format!("migrate.expand cannot plan {what} on {name}"),
+                        "The planner turns ALTER COLUMN ... TYPE, RENAME COLUMN, DROP COLUMN \
+                         and ADD COLUMN into expand and contract steps; this subcommand is \
+                         none of them."
+                            .into(),
+                        "Apply it with migrate.apply before or after the window, following \
+                         the guard's safe way.",
+                    ))
+                }
+            };
+            if touched.contains(&column_name) {
+                return Err(refused(
+                    format!("migrate.expand changes column {column_name} of {name} twice"),
+                    "A window makes one change per column.".into(),
+                    "Change the column in two windows, one after the other.",
+                ));
+            }
+            touched.push(column_name);
+            let existing = table.column(column_name);
+            if existing.is_none() && !matches!(request, Request::AddColumn { .. }) {
+                return Err(Problem::new(
+                    PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                    format!("column {column_name} of {name} does not exist"),
+                    "The planner reads the table as the catalogs have it now.",
+                    "Check the column's name.",
+                ));
+            }
+            match request {
+                Request::ChangeType {
+                    column: _,
+                    new_type,
+                    up_row,
+                    up_plain,
+                    rewrites,
+                    down_assignable,
+                } => {
+                    let column = existing.expect("checked above");
+                    if !rewrites {
+                        // Binary-coercible: nothing to copy, a catalog change in place.
+                        plan.expand.push((
+                            Stage::Expand,
+                            format!(
+                                "ALTER TABLE {name} ALTER COLUMN {} TYPE {new_type}",
+                                q(&column.name)
+                            ),
+                        ));
+                        continue;
+                    }
+                    if !column.dependents.is_empty() {
+                        return Err(refused(
+                            format!(
+                                "migrate.expand cannot yet copy column {} of {name} to type \
+                                 {new_type}",
+                                column.name
+                            ),
+                            format!(
+                                "Other objects depend on the column and would have to move \
+                                 to the new one: {}.",
+                                crate::guard::rule::listed(column.dependents.iter().cloned())
+                            ),
+                            "Change the type of a column that no index, constraint, view or \
+                             sequence depends on; or move those objects first.",
+                        ));
+                    }
+                    if !down_assignable {
+                        return Err(refused(
+                            format!(
+                                "migrate.expand cannot bridge column {} of {name}: {new_type} \
+                                 does not convert back to its old type",
+                                column.name
+                            ),
+                            "During the window, what the new version writes is copied back \
+                             to the old column by assignment, and there is no such cast."
+                                .into(),
+                            "Choose a type with an assignment cast back, or change the \
+                             column with migrate.apply.",
+                        ));
+                    }
+                    let shadow = shadow_column(version, &column.name);
+                    let check = column.not_null.then(|| format!("{shadow}_not_null"));
+                    copies.push(Copy {
+                        column,
+                        shadow,
+                        new_type,
+                        up_row,
+                        up_plain,
+                        check,
+                    });
+                }
+                Request::Rename { column, new_name } => {
+                    if table.column(new_name).is_some() {
+                        return Err(Problem::new(
+                            PgSqlErrorCode::ERRCODE_DUPLICATE_COLUMN,
+                            format!("column {new_name} of {name} already exists"),
+                            format!("{column} cannot be renamed to it."),
+                            "Choose another name.",
+                        ));
+                    }
+                    renamed.push((column, new_name));
+                }
+                Request::Drop { column, cascade } => {
+                    let existing = existing.expect("checked above");
+                    if *cascade {
+                        return Err(refused(
+                            format!("migrate.expand cannot drop column {column} of {name} CASCADE"),
+                            "A window hides the column from the new version and keeps it, \
+                             renamed, after contract; nothing else is dropped."
+                                .into(),
+                            "Leave out CASCADE.",
+                        ));
+                    }
+                    if existing.not_null && existing.default_sql.is_none() {
+                        return Err(refused(
+                            format!(
+                                "migrate.expand cannot hide column {column} of {name}: it is \
+                                 NOT NULL without a default"
+                            ),
+                            "The new version does not see the column, so its inserts would \
+                             leave it NULL and fail."
+                                .into(),
+                            "Give the column a default first (ALTER TABLE ... ALTER COLUMN ... \
+                             SET DEFAULT, with migrate.apply), then expand.",
+                        ));
+                    }
+                    dropped.push(column);
+                }
+                Request::AddColumn {
+                    column,
+                    type_sql,
+                    default_sql,
+                    volatile_default,
+                    not_null,
+                    other_constraints,
+                } => {
+                    if existing.is_some() {
+                        return Err(Problem::new(
+                            PgSqlErrorCode::ERRCODE_DUPLICATE_COLUMN,
+                            format!("column {column} of {name} already exists"),
+                            "The planner reads the table as the catalogs have it now.",
+                            "Choose another name.",
+                        ));
+                    }
+                    if *other_constraints || (*volatile_default && *not_null) {
+                        return Err(refused(
+                            format!("migrate.expand cannot yet plan adding column {column} to {name} as written"),
+                            "Planned are: nullable columns with or without a default, and \
+                             NOT NULL columns with a default that is not volatile. Inline \
+                             constraints, identity, generated columns, COLLATE and NOT NULL \
+                             with a volatile default are not."
+                                .into(),
+                            "Add the column nullable in the window; add its constraints with \
+                             migrate.apply afterwards (NOT VALID, then VALIDATE).",
+                        ));
+                    }
+                    let ident = q(column);
+                    let mut sql = format!("ALTER TABLE {name} ADD COLUMN {ident} {type_sql}");
+                    if let (Some(default), false) = (default_sql, volatile_default) {
+                        sql.push_str(&format!(" DEFAULT {default}"));
+                    }
+                    if *not_null {
+                        sql.push_str(" NOT NULL");
+                    }
+                    plan.expand.push((Stage::Expand, sql));
+                    if let (Some(default), true) = (default_sql, volatile_default) {
+                        // Every row gets its own value: new rows by the default, existing
+                        // ones by the backfill, never by a rewrite under ACCESS EXCLUSIVE.
+                        plan.expand.push((
+                            Stage::Expand,
+                            format!(
+                                "ALTER TABLE {name} ALTER COLUMN {ident} SET DEFAULT {default}"
+                            ),
+                        ));
+                        plan.expand.push((
+                            Stage::Backfill,
+                            format!(
+                                "SELECT migrate.backfill({}, {}, {})",
+                                literal(&name),
+                                literal(&format!("{ident} = {default}")),
+                                literal(&format!("{ident} IS NULL"))
+                            ),
+                        ));
+                    }
+                    added.push(column);
+                }
+                Request::Other(_) => unreachable!("refused above"),
+            }
+        }
+        let is_new = format!(
+            "migrate.writes_version({}, {})",
+            literal(version),
+            literal(&schema)
+        );
+        if !copies.is_empty() {
+            bridge(version, table, &copies, &is_new, &mut plan.expand, q);
+            let sets: Vec<String> = copies
+                .iter()
+                .map(|c| format!("{} = {}", q(&c.shadow), c.up_plain))
+                .collect();
+            let pending: Vec<String> = copies
+                .iter()
+                .map(|c| {
+                    format!(
+                        "({} IS NULL AND ({}) IS NOT NULL)",
+                        q(&c.shadow),
+                        c.up_plain
+                    )
+                })
+                .collect();
+            plan.expand.push((
+                Stage::Backfill,
+                format!(
+                    "SELECT migrate.backfill({}, {}, {})",
+                    literal(&name),
+                    literal(&sets.join(", ")),
+                    literal(&pending.join(" OR "))
+                ),
+            ));
+            for check in copies.iter().filter_map(|c| c.check.as_ref()) {
+                publish.push(format!(
+                    "ALTER TABLE {name} VALIDATE CONSTRAINT {}",
+                    q(check)
+                ));
+            }
+            publish.push(consistency_check(version, table, &copies, q));
+        }
+        // The new version's view: the table's columns in order, as the new version names and
+        // types them.
+        let mut select: Vec<String> = Vec::new();
+        for column in &table.columns {
+            let ident = q(&column.name);
+            if dropped.contains(&column.name.as_str()) {
+                continue;
+            }
+            if let Some(copy) = copies.iter().find(|c| c.column.name == column.name) {
+                select.push(format!("{} AS {ident}", q(&copy.shadow)));
+            } else if let Some((_, new_name)) = renamed.iter().find(|(c, _)| *c == column.name) {
+                select.push(format!("{ident} AS {}", q(new_name)));
+            } else {
+                select.push(ident);
+            }
+        }
+        select.extend(added.iter().map(|c| q(c)));
+        let view = qualified(q, &schema, &table.name);
+        views.push((
+            schema.clone(),
+            format!(
+                "CREATE VIEW {view} WITH (security_invoker = true) AS SELECT {} FROM {name}",
+                select.join(", ")
+            ),
+        ));
+        drop_views.push(EndStep {
+            sql: format!("DROP VIEW IF EXISTS {view}"),
+            needs_column: None,
+        });
+        for (grantee, privilege) in &table.grants {
+            grants.push(format!("GRANT {privilege} ON {view} TO {grantee}"));
+            if !usage.iter().any(|(s, g)| *s == schema && g == grantee) {
+                usage.push((schema.clone(), grantee.clone()));
+            }
+        }
+        if !plan.schemas.contains(&schema) {
+            plan.schemas.push(schema.clone());
+        }
+        end_steps(
+            version,
+            table,
+            (&copies, &renamed, &dropped),
+            (&mut contract, &mut abort),
+            q,
+        );
+    }
+    // Published last: once the copies are filled, validated and found in step.
+    let mut created = Vec::new();
+    for (schema, view) in views {
+        if !created.contains(&schema) {
+            publish.push(format!("CREATE SCHEMA {}", q(&schema)));
+            created.push(schema);
+        }
+        publish.push(view);
+    }
+    publish.extend(grants);
+    publish.extend(
+        usage
+            .into_iter()
+            .map(|(s, g)| format!("GRANT USAGE ON SCHEMA {} TO {g}", q(&s))),
+    );
+    plan.expand
+        .extend(publish.into_iter().map(|sql| (Stage::Publish, sql)));
+    // Every table's bridge before any backfill: one transaction, then the worker's batches.
+    plan.expand.sort_by_key(|(stage, _)| *stage);
+    let drop_schemas: Vec<EndStep> = plan
+        .schemas
+        .iter()
+        .map(|s| EndStep {
+            sql: format!("DROP SCHEMA IF EXISTS {}", q(s)),
+            needs_column: None,
+        })
+        .collect();
+    plan.contract = [drop_views.clone(), drop_schemas.clone(), contract].concat();
+    plan.abort = [drop_views, drop_schemas, abort].concat();
+    check_names(&plan, version, tables)?;
+    Ok(plan)
+}
+
+/// The triggers that keep a copied column and its original in step, both ways: a write by
+/// the old version computes the copy; one by the new version (by its `migrate.client_version`
+/// or its search path) writes the original back. `BEFORE` row triggers named to fire after
+/// the table's own, `ENABLE ALWAYS` so that a replica-role writer is bridged too; each
+/// function runs as the role that planned it, with its search path.
+fn bridge(
+    version: &str,
+    table: &Table,
+    copies: &[Copy],
+    is_new: &str,
+    out: &mut Vec<(Stage, String)>,
+    q: Quote,
+) {
+    let name = table.qualified(q);
+    let tag = version_tag(version);
+    let old_fn = qualified(
+        q,
+        &table.schema,
+        &format!("_migrate_{tag}_{}_old", table.name),
+    );
+    let new_fn = qualified(
+        q,
+        &table.schema,
+        &format!("_migrate_{tag}_{}_new", table.name),
+    );
+    for copy in copies {
+        out.push((
+            Stage::Expand,
+            format!(
+                "ALTER TABLE {name} ADD COLUMN {} {}",
+                q(&copy.shadow),
+                copy.new_type
+            ),
+        ));
+        if let Some(check) = &copy.check {
+            // NOT VALID: checked for rows written from now on (which the bridge fills), and
+            // validated after the backfill without blocking writes.
+            out.push((
+                Stage::Expand,
+                format!(
+                    "ALTER TABLE {name} ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID",
+                    q(check),
+                    q(&copy.shadow)
+                ),
+            ));
+        }
+    }
+    let mut old_body = String::from("\nBEGIN\n");
+    let mut new_body = String::from("\nBEGIN\n");
+    for copy in copies {
+        let shadow = q(&copy.shadow);
+        let column = q(&copy.column.name);
+        old_body.push_str(&format!("    NEW.{shadow} := {};\n", copy.up_row));
+        // An insert that leaves the new column out keeps the old column's default.
+        new_body.push_str(&format!(
+            "    IF TG_OP = 'INSERT' AND NEW.{shadow} IS NULL THEN\n        NEW.{shadow} := {};\n    ELSE\n        NEW.{column} := NEW.{shadow};\n    END IF;\n",
+            copy.up_row
+        ));
+    }
+    old_body.push_str("    RETURN NEW;\nEND\n");
+    new_body.push_str("    RETURN NEW;\nEND\n");
+    for (function, body) in [(&old_fn, old_body), (&new_fn, new_body)] {
+        out.push((
+            Stage::Expand,
+            format!(
+                "CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER \
+                 SET search_path FROM CURRENT AS {}",
+                dollar_quoted(&body)
+            ),
+        ));
+        out.push((
+            Stage::Expand,
+            format!("REVOKE ALL ON FUNCTION {function}() FROM PUBLIC"),
+        ));
+    }
+    let changed: Vec<String> = copies
+        .iter()
+        .flat_map(|c| {
+            let (column, shadow) = (q(&c.column.name), q(&c.shadow));
+            [
+                format!("NEW.{column} IS DISTINCT FROM OLD.{column}"),
+                format!("NEW.{shadow} IS DISTINCT FROM OLD.{shadow}"),
+                format!("NEW.{shadow} IS NULL"),
+            ]
+        })
+        .collect();
+    let shadows: Vec<String> = copies.iter().map(|c| q(&c.shadow)).collect();
+    let triggers = [
+        (
+            trigger_name(version, "old_insert"),
+            format!("BEFORE INSERT ON {name} FOR EACH ROW WHEN (NOT {is_new})"),
+            &old_fn,
+        ),
+        (
+            trigger_name(version, "old_update"),
+            format!(
+                "BEFORE UPDATE ON {name} FOR EACH ROW WHEN (NOT {is_new} AND ({}))",
+                changed.join(" OR ")
+            ),
+            &old_fn,
+        ),
+        (
+            trigger_name(version, "new"),
+            format!(
+                "BEFORE INSERT OR UPDATE OF {} ON {name} FOR EACH ROW WHEN ({is_new})",
+                shadows.join(", ")
+            ),
+            &new_fn,
+        ),
+    ];
+    for (trigger, when, function) in triggers {
+        let trigger = q(&trigger);
+        out.push((
+            Stage::Expand,
+            format!("CREATE TRIGGER {trigger} {when} EXECUTE FUNCTION {function}()"),
+        ));
+        out.push((
+            Stage::Expand,
+            format!("ALTER TABLE {name} ENABLE ALWAYS TRIGGER {trigger}"),
+        ));
+    }
+}
+
+/// `zz_` so that they fire after the table's own BEFORE triggers (PostgreSQL fires them in
+/// name order): what those set is what gets copied.
+pub fn trigger_name(version: &str, which: &str) -> String {
+    format!("zz_migrate_{}_{which}", version_tag(version))
+}
+
+/// Fails the publication when any row's copy differs from what its original gives.
+fn consistency_check(version: &str, table: &Table, copies: &[Copy], q: Quote) -> String {
+    let name = table.qualified(q);
+    let differ: Vec<String> = copies
+        .iter()
+        .map(|c| {
+            format!(
+                "({})::text IS DISTINCT FROM (CAST(({}) AS {}))::text",
+                q(&c.shadow),
+                c.up_plain,
+                c.new_type
+            )
+        })
+        .collect();
+    let body = format!(
+        "\nBEGIN\n    IF EXISTS (SELECT FROM {name} WHERE {}) THEN\n        RAISE EXCEPTION USING ERRCODE = '55000',\n            MESSAGE = {},\n            DETAIL = {},\n            HINT = {};\n    END IF;\nEND\n",
+        differ.join(" OR "),
+        literal(&format!(
+            "pg_migrate: version {version} is not published: rows of {name} differ between the \
+             old and the new columns"
+        )),
+        literal(
+            "After the backfill, every row's new column must equal what the old one gives; \
+             some do not, so the views of the new version were not created."
+        ),
+        literal(&format!(
+            "Find the rows, fix their cause, then SELECT migrate.retry('{version}'); or \
+             SELECT migrate.abort('{version}')."
+        )),
+    );
+    format!("DO {}", dollar_quoted(&body))
+}
+
+/// What contract and abort do to each table once the views are gone.
+fn end_steps(
+    version: &str,
+    table: &Table,
+    (copies, renamed, dropped): (&[Copy], &[(&str, &str)], &[&str]),
+    (contract, abort): (&mut Vec<EndStep>, &mut Vec<EndStep>),
+    q: Quote,
+) {
+    let name = table.qualified(q);
+    let step = |sql: String| EndStep {
+        sql,
+        needs_column: None,
+    };
+    let needing = |column: &str, sql: String| EndStep {
+        sql,
+        needs_column: Some((table.schema.clone(), table.name.clone(), column.to_string())),
+    };
+    if !copies.is_empty() {
+        let tag = version_tag(version);
+        for which in ["old_insert", "old_update", "new"] {
+            let trigger = q(&trigger_name(version, which));
+            for out in [&mut *contract, &mut *abort] {
+                out.push(step(format!("DROP TRIGGER IF EXISTS {trigger} ON {name}")));
+            }
+        }
+        for side in ["old", "new"] {
+            let function = qualified(
+                q,
+                &table.schema,
+                &format!("_migrate_{tag}_{}_{side}", table.name),
+            );
+            for out in [&mut *contract, &mut *abort] {
+                out.push(step(format!("DROP FUNCTION IF EXISTS {function}()")));
+            }
+        }
+    }
+    for copy in copies {
+        let column = q(&copy.column.name);
+        let shadow = q(&copy.shadow);
+        let deprecated = deprecated_column(version, &copy.column.name);
+        let deprecated_ident = q(&deprecated);
+        // Contract: the copy takes the name; the original stays, renamed, with its data, and
+        // no longer demands a value (the new version never writes it).
+        contract.push(step(format!(
+            "ALTER TABLE {name} RENAME COLUMN {column} TO {deprecated_ident}"
+        )));
+        let mut relax = Vec::new();
+        if copy.column.not_null {
+            relax.push(format!("ALTER COLUMN {deprecated_ident} DROP NOT NULL"));
+        }
+        if copy.column.default_sql.is_some() {
+            relax.push(format!("ALTER COLUMN {deprecated_ident} DROP DEFAULT"));
+        }
+        if !relax.is_empty() {
+            contract.push(step(format!("ALTER TABLE {name} {}", relax.join(", "))));
+        }
+        contract.push(step(format!(
+            "ALTER TABLE {name} RENAME COLUMN {shadow} TO {column}"
+        )));
+        if let Some(default) = &copy.column.default_sql {
+            contract.push(step(format!(
+                "ALTER TABLE {name} ALTER COLUMN {column} SET DEFAULT {default}"
+            )));
+        }
+        if let Some(check) = &copy.check {
+            // Proven by the validated CHECK: no scan.
+            contract.push(step(format!(
+                "ALTER TABLE {name} ALTER COLUMN {column} SET NOT NULL"
+            )));
+            contract.push(step(format!(
+                "ALTER TABLE {name} DROP CONSTRAINT {}",
+                q(check)
+            )));
+            abort.push(needing(
+                &copy.shadow,
+                format!("ALTER TABLE {name} DROP CONSTRAINT IF EXISTS {}", q(check)),
+            ));
+        }
+        // Abort: the copy holds nothing the original lacks; it is set aside, not dropped.
+        abort.push(needing(
+            &copy.shadow,
+            format!(
+                "ALTER TABLE {name} RENAME COLUMN {shadow} TO {}",
+                q(&deprecated_column(version, &copy.shadow))
+            ),
+        ));
+    }
+    for (column, new_name) in renamed {
+        contract.push(step(format!(
+            "ALTER TABLE {name} RENAME COLUMN {} TO {}",
+            q(column),
+            q(new_name)
+        )));
+    }
+    for column in dropped {
+        let deprecated = q(&deprecated_column(version, column));
+        contract.push(step(format!(
+            "ALTER TABLE {name} RENAME COLUMN {} TO {deprecated}",
+            q(column)
+        )));
+        if table.column(column).is_some_and(|c| c.not_null) {
+            contract.push(step(format!(
+                "ALTER TABLE {name} ALTER COLUMN {deprecated} DROP NOT NULL"
+            )));
+        }
+    }
+}
+
+/// PostgreSQL truncates names to 63 bytes, which could make two of a plan's names one.
+fn check_names(
+    plan: &Plan,
+    version: &str,
+    tables: &[(Table, Vec<Request>)],
+) -> Result<(), Problem> {
+    let mut names: Vec<String> = plan.schemas.clone();
+    for (table, requests) in tables {
+        names.push(format!(
+            "_migrate_{}_{}_old",
+            version_tag(version),
+            table.name
+        ));
+        for request in requests {
+            if let Request::ChangeType { column, .. } | Request::Drop { column, .. } = request {
+                names.push(deprecated_column(version, &shadow_column(version, column)));
+                names.push(format!("{}_not_null", shadow_column(version, column)));
+            }
+        }
+    }
+    match names.iter().find(|n| n.len() > 63) {
+        Some(long) => Err(Problem::new(
+            PgSqlErrorCode::ERRCODE_NAME_TOO_LONG,
+            format!("migrate.expand would need the name {long}, longer than 63 bytes"),
+            "The names of a window's columns, functions and schemas are made of the version \
+             and the names of the objects changed.",
+            "Use a shorter version or shorter names.",
+        )),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    fn q(name: &str) -> String {
+        let plain = name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if plain {
+            name.to_string()
+        } else {
+            format!("\"{}\"", name.replace('"', "\"\""))
+        }
+    }
+
+    fn orders() -> Table {
+        Table {
+            schema: "public".into(),
+            name: "orders".into(),
+            columns: vec![
+                Column {
+                    name: "id".into(),
+                    not_null: true,
+                    dependents: vec!["index orders_pkey".into()],
+                    ..Column::default()
+                },
+                Column {
+                    name: "amount".into(),
+                    not_null: true,
+                    default_sql: Some("0".into()),
+                    ..Column::default()
+                },
+                Column {
+                    name: "old_status".into(),
+                    ..Column::default()
+                },
+                Column {
+                    name: "legacy_note".into(),
+                    ..Column::default()
+                },
+            ],
+            plain: true,
+            has_children: false,
+            grants: vec![
+                ("app".into(), "SELECT".into()),
+                ("app".into(), "INSERT".into()),
+            ],
+        }
+    }
+
+    fn to_bigint() -> Request {
+        bigint("amount")
+    }
+
+    fn bigint(column: &str) -> Request {
+        Request::ChangeType {
+            column: column.into(),
+            new_type: "bigint".into(),
+            up_row: format!("new.{column}"),
+            up_plain: column.into(),
+            rewrites: true,
+            down_assignable: true,
+        }
+    }
+
+    fn sql(plan: &Plan, stage: Stage) -> Vec<&str> {
+        plan.expand
+            .iter()
+            .filter(|(s, _)| *s == stage)
+            .map(|(_, q)| q.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn a_type_change_copies_bridges_backfills_validates_checks_and_publishes() {
+        let plan = plan("43", &[(orders(), vec![to_bigint()])], q).unwrap();
+        let expand = sql(&plan, Stage::Expand);
+        assert_eq!(
+            expand[0],
+            "ALTER TABLE public.orders ADD COLUMN _migrate_43_amount bigint"
+        );
+        assert_eq!(
+            expand[1],
+            "ALTER TABLE public.orders ADD CONSTRAINT _migrate_43_amount_not_null \
+             CHECK (_migrate_43_amount IS NOT NULL) NOT VALID"
+        );
+        assert!(expand.iter().any(|s| s.contains(
+            "CREATE TRIGGER zz_migrate_43_new BEFORE INSERT OR UPDATE OF _migrate_43_amount ON \
+             public.orders FOR EACH ROW WHEN (migrate.writes_version('43', 'public_v43'))"
+        )));
+        assert!(expand
+            .iter()
+            .any(|s| s.contains("NEW._migrate_43_amount := new.amount;")));
+        assert!(expand
+            .contains(&"ALTER TABLE public.orders ENABLE ALWAYS TRIGGER zz_migrate_43_old_update"));
+        assert_eq!(
+            sql(&plan, Stage::Backfill),
+            [
+                "SELECT migrate.backfill('public.orders', '_migrate_43_amount = amount', \
+              '(_migrate_43_amount IS NULL AND (amount) IS NOT NULL)')"
+            ]
+        );
+        let publish = sql(&plan, Stage::Publish);
+        assert_eq!(
+            publish[0],
+            "ALTER TABLE public.orders VALIDATE CONSTRAINT _migrate_43_amount_not_null"
+        );
+        assert!(publish[1].starts_with("DO $migrate$"));
+        assert_eq!(publish[2], "CREATE SCHEMA public_v43");
+        assert_eq!(
+            publish[3],
+            "CREATE VIEW public_v43.orders WITH (security_invoker = true) AS SELECT id, \
+             _migrate_43_amount AS amount, old_status, legacy_note FROM public.orders"
+        );
+        assert_eq!(publish[4], "GRANT SELECT ON public_v43.orders TO app");
+        assert_eq!(
+            publish.last().unwrap(),
+            &"GRANT USAGE ON SCHEMA public_v43 TO app"
+        );
+        let contract: Vec<&str> = plan.contract.iter().map(|s| s.sql.as_str()).collect();
+        assert_eq!(contract[0], "DROP VIEW IF EXISTS public_v43.orders");
+        assert_eq!(contract[1], "DROP SCHEMA IF EXISTS public_v43");
+        let tail = &contract[contract.len() - 6..];
+        assert_eq!(
+            tail,
+            [
+                "ALTER TABLE public.orders RENAME COLUMN amount TO _deprecated_43_amount",
+                "ALTER TABLE public.orders ALTER COLUMN _deprecated_43_amount DROP NOT NULL, \
+                 ALTER COLUMN _deprecated_43_amount DROP DEFAULT",
+                "ALTER TABLE public.orders RENAME COLUMN _migrate_43_amount TO amount",
+                "ALTER TABLE public.orders ALTER COLUMN amount SET DEFAULT 0",
+                "ALTER TABLE public.orders ALTER COLUMN amount SET NOT NULL",
+                "ALTER TABLE public.orders DROP CONSTRAINT _migrate_43_amount_not_null",
+            ]
+        );
+        let abort = plan.abort.last().unwrap();
+        assert_eq!(
+            abort.sql,
+            "ALTER TABLE public.orders RENAME COLUMN _migrate_43_amount TO \
+             _deprecated_43__migrate_43_amount"
+        );
+        assert_eq!(
+            abort.needs_column,
+            Some((
+                "public".into(),
+                "orders".into(),
+                "_migrate_43_amount".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn renames_and_drops_change_only_the_view_until_contract() {
+        let plan = plan(
+            "1.2",
+            &[(
+                orders(),
+                vec![
+                    Request::Rename {
+                        column: "old_status".into(),
+                        new_name: "status".into(),
+                    },
+                    Request::Drop {
+                        column: "legacy_note".into(),
+                        cascade: false,
+                    },
+                ],
+            )],
+            q,
+        )
+        .unwrap();
+        assert!(sql(&plan, Stage::Expand).is_empty());
+        assert!(sql(&plan, Stage::Backfill).is_empty());
+        assert_eq!(
+            sql(&plan, Stage::Publish)[1],
+            "CREATE VIEW public_v1_2.orders WITH (security_invoker = true) AS SELECT id, amount, \
+             old_status AS status FROM public.orders"
+        );
+        let contract: Vec<&str> = plan.contract.iter().map(|s| s.sql.as_str()).collect();
+        assert_eq!(
+            contract[2..],
+            [
+                "ALTER TABLE public.orders RENAME COLUMN old_status TO status",
+                "ALTER TABLE public.orders RENAME COLUMN legacy_note TO _deprecated_1_2_legacy_note",
+            ]
+        );
+        assert_eq!(plan.abort.len(), 2, "only the views go: {:?}", plan.abort);
+    }
+
+    #[test]
+    fn added_columns_with_a_volatile_default_are_filled_by_a_backfill() {
+        let plan = plan(
+            "7",
+            &[(
+                orders(),
+                vec![Request::AddColumn {
+                    column: "token".into(),
+                    type_sql: "uuid".into(),
+                    default_sql: Some("gen_random_uuid()".into()),
+                    volatile_default: true,
+                    not_null: false,
+                    other_constraints: false,
+                }],
+            )],
+            q,
+        )
+        .unwrap();
+        assert_eq!(
+            sql(&plan, Stage::Expand),
+            [
+                "ALTER TABLE public.orders ADD COLUMN token uuid",
+                "ALTER TABLE public.orders ALTER COLUMN token SET DEFAULT gen_random_uuid()"
+            ]
+        );
+        assert_eq!(
+            sql(&plan, Stage::Backfill),
+            ["SELECT migrate.backfill('public.orders', 'token = gen_random_uuid()', 'token IS NULL')"]
+        );
+        assert!(sql(&plan, Stage::Publish)[1].ends_with("legacy_note, token FROM public.orders"));
+    }
+
+    #[test]
+    fn what_cannot_be_planned_is_refused_with_the_reason() {
+        let refuse = |requests: Vec<Request>| plan("43", &[(orders(), requests)], q).unwrap_err();
+        let p = refuse(vec![bigint("id")]);
+        assert_eq!(p.code, PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED);
+        assert!(p.detail.contains("index orders_pkey"), "{}", p.detail);
+        let p = refuse(vec![Request::Drop {
+            column: "nope".into(),
+            cascade: false,
+        }]);
+        assert_eq!(p.code, PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN);
+        let p = refuse(vec![to_bigint(), to_bigint()]);
+        assert!(p.message.contains("twice"), "{}", p.message);
+        let p = refuse(vec![Request::Other("ADD CONSTRAINT".into())]);
+        assert!(p
+            .message
+            .contains("cannot plan ADD CONSTRAINT on public.orders"));
+        let mut no_default = orders();
+        no_default.columns[1].default_sql = None;
+        let p = plan(
+            "43",
+            &[(
+                no_default,
+                vec![Request::Drop {
+                    column: "amount".into(),
+                    cascade: false,
+                }],
+            )],
+            q,
+        )
+        .unwrap_err();
+        assert!(
+            p.message.contains("NOT NULL without a default"),
+            "{}",
+            p.message
+        );
+        let p = plan(&"9".repeat(60), &[(orders(), vec![to_bigint()])], q).unwrap_err();
+        assert_eq!(p.code, PgSqlErrorCode::ERRCODE_NAME_TOO_LONG);
+    }
+
+    #[test]
+    fn literals_and_dollar_quotes_hold_any_text() {
+        assert_eq!(literal("it's"), "'it''s'");
+        assert_eq!(literal(r"a\b"), r"E'a\\b'");
+        assert_eq!(
+            dollar_quoted("x $migrate$ y"),
+            "$migrate1$x $migrate$ y$migrate1$"
+        );
+    }
+}
