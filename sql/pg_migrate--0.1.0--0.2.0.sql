@@ -252,3 +252,86 @@ SET state = migrate.hash_state_adjust(
               WHERE o.kind = 'extensions' AND o.identity = 'pg_migrate'),
         '{}');
 DELETE FROM migrate.schema_objects WHERE kind = 'extensions' AND identity = 'pg_migrate';
+
+-- Expand/contract windows (src/window/, sql/window.sql).
+CREATE TABLE migrate.window_history (
+    version          text PRIMARY KEY,
+    description      text,
+    -- The DDL as given (admins only: it may quote data), and its checksum, by which running
+    -- the same expand again is recognised.
+    source           text NOT NULL,
+    source_checksum  text NOT NULL,
+    -- Qualified names of the tables changed, and the schemas of the new version's views.
+    tables           text[] NOT NULL,
+    schemas          text[] NOT NULL,
+    -- [{"sql": ..., "needs_column": [schema, table, column] | null}, ...]
+    contract_steps   jsonb NOT NULL,
+    abort_steps      jsonb NOT NULL,
+    ttl              interval NOT NULL,
+    opened_at        timestamptz NOT NULL,
+    opened_by        name NOT NULL,
+    expires_at       timestamptz NOT NULL,
+    ended            text CHECK (ended IN ('contracted', 'aborted')),
+    ended_at         timestamptz,
+    ended_by         name,
+    CHECK ((ended IS NULL) = (ended_at IS NULL))
+);
+-- Every expand looks for open windows on its tables.
+CREATE INDEX window_history_open ON migrate.window_history (version) WHERE ended IS NULL;
+SELECT pg_catalog.pg_extension_config_dump('migrate.window_history', '');
+
+-- What a DBA follows a window by. state: expanding (the worker runs its phases), published
+-- (the new version's views exist: both versions work), failed or cancelled (a phase did not
+-- finish: retry, or abort), contracted, aborted.
+CREATE VIEW migrate.windows AS
+SELECT w.version,
+       CASE WHEN w.ended IS NOT NULL THEN w.ended
+            WHEN h.status = 'applied' THEN 'published'
+            WHEN h.status IN ('pending', 'running') THEN 'expanding'
+            ELSE h.status END AS state,
+       w.tables,
+       w.schemas,
+       b.rows_done AS backfill_rows_done,
+       b.percent AS backfill_percent,
+       w.opened_at,
+       w.opened_by,
+       w.expires_at,
+       w.ended IS NULL AND now() > w.expires_at AS expired,
+       w.ended_at,
+       w.ended_by,
+       w.description
+FROM migrate.window_history w
+LEFT JOIN migrate.history h ON h.version = w.version
+LEFT JOIN LATERAL (
+    SELECT sum(p.rows_done)::bigint AS rows_done,
+           round(avg(p.percent), 1) AS percent
+    FROM migrate.steps s JOIN migrate.backfill_progress p ON p.job = s.backfill_id
+    WHERE s.version = w.version) b ON true;
+
+CREATE FUNCTION migrate.expand(
+    "version" text, "script" text, "ttl" interval DEFAULT NULL, "description" text DEFAULT NULL,
+    "dry_run" boolean DEFAULT false)
+RETURNS TABLE ("step" integer, "stage" text, "statement" text)
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'expand_wrapper';
+CREATE FUNCTION migrate.contract("version" text)
+RETURNS TABLE ("step" integer, "stage" text, "statement" text)
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'contract_wrapper';
+CREATE FUNCTION migrate.abort("version" text)
+RETURNS TABLE ("step" integer, "stage" text, "statement" text)
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'abort_wrapper';
+CREATE FUNCTION migrate.writes_version("version" text, "schema" text) RETURNS boolean
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'writes_version_wrapper';
+GRANT SELECT ON migrate.window_history TO migrate_admin;
+GRANT SELECT ON migrate.windows TO PUBLIC;
+REVOKE EXECUTE ON FUNCTION
+    migrate.expand(text, text, interval, text, boolean), migrate.contract(text),
+    migrate.abort(text), migrate.writes_version(text, text)
+FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    migrate.expand(text, text, interval, text, boolean), migrate.contract(text),
+    migrate.abort(text), migrate.writes_version(text, text)
+TO PUBLIC;

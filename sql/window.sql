@@ -27,6 +27,7 @@ CREATE TABLE migrate.window_history (
 );
 -- Every expand looks for open windows on its tables.
 CREATE INDEX window_history_open ON migrate.window_history (version) WHERE ended IS NULL;
+SELECT pg_catalog.pg_extension_config_dump('migrate.window_history', '');
 
 -- What a DBA follows a window by. state: expanding (the worker runs its phases), published
 -- (the new version's views exist: both versions work), failed or cancelled (a phase did not

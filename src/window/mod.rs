@@ -87,10 +87,22 @@ fn expand(
         )
         .raise();
     }
+    if let Some(recorded) = history::find(&version) {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+            format!(
+                "version {version} is already recorded in migrate.history ({})",
+                recorded.status
+            ),
+            "A window's expand is the migration of its version; this one exists already.",
+            "Open the window under a new version.",
+        )
+        .raise();
+    }
     refuse_overlap(&planned.tables).or_raise();
     refuse_expired().or_raise();
     let script = planned.script();
-    apply::apply_script(
+    let (status, ..) = apply::apply_script(
         &version,
         &script,
         Some(&format!(
@@ -101,6 +113,16 @@ fn expand(
         Vec::new(),
         None,
     );
+    if Status::parse(&status).is_none_or(|s| !matches!(s, Status::Applied | Status::Pending)) {
+        // Covered by a baseline: nothing ran, and no window opens.
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("version {version} was not applied ({status})"),
+            "A window opens only when its expand script runs.",
+            "Open the window under a version above the baseline.",
+        )
+        .raise();
+    }
     record(&version, description, source, &checksum, &planned, ttl_s);
     TableIterator::new(rows)
 }

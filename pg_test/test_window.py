@@ -1,0 +1,428 @@
+"""Expand/contract windows: migrate.expand, the worker's backfill and publication, two
+application versions writing at once, migrate.contract and migrate.abort, against a real
+server with real concurrent sessions and a killed worker."""
+
+import os
+import random
+import signal
+import threading
+import time
+
+import psycopg
+import pytest
+
+from harness import failure, wait_until, worker_pid
+
+LOCK_TIMEOUT_S = 2.0  # migrate.lock_timeout's default
+# A new-version pod: its connections put the published schema first.
+NEW_PATH = "-csearch_path=public_v43,public"
+
+DDL = """
+    ALTER TABLE orders ALTER COLUMN amount TYPE bigint,
+                       DROP COLUMN legacy_note,
+                       ADD COLUMN fulfillment_status varchar(50) NOT NULL DEFAULT 'pending';
+    ALTER TABLE orders RENAME COLUMN old_status TO status;
+"""
+
+
+def make_orders(conn, rows: int) -> None:
+    conn.execute(
+        "CREATE TABLE orders (id bigint PRIMARY KEY, amount int NOT NULL DEFAULT 0, "
+        "old_status text, legacy_note text DEFAULT 'n')"
+    )
+    conn.execute(
+        "INSERT INTO orders SELECT g, g %% 100000, 'new', 'n' FROM generate_series(1, %s) g", (rows,)
+    )
+    conn.execute("ANALYZE orders")
+
+
+def window(conn, version: str) -> dict:
+    cur = conn.execute("SELECT * FROM migrate.windows WHERE version = %s", (version,))
+    row = cur.fetchone()
+    return dict(zip([d.name for d in cur.description], row)) if row else {}
+
+
+def out_of_step(conn) -> int:
+    return conn.execute(
+        "SELECT count(*) FROM orders WHERE _migrate_43_amount IS DISTINCT FROM amount"
+    ).fetchone()[0]
+
+
+def leftovers(conn) -> list:
+    """Whatever a refused expand could have left: window rows, history rows, columns,
+    triggers, functions, schemas."""
+    return conn.execute(
+        """SELECT 'window ' || version FROM migrate.window_history
+           UNION ALL SELECT 'history ' || version FROM migrate.history
+           UNION ALL SELECT 'column ' || attname FROM pg_attribute
+                     WHERE attrelid = 'orders'::regclass AND attname LIKE '\\_migrate\\_%'
+           UNION ALL SELECT 'trigger ' || tgname FROM pg_trigger WHERE tgname LIKE 'zz\\_migrate%'
+           UNION ALL SELECT 'function ' || proname FROM pg_proc WHERE proname LIKE '\\_migrate\\_%'
+           UNION ALL SELECT 'schema ' || nspname FROM pg_namespace WHERE nspname LIKE '%\\_v43'"""
+    ).fetchall()
+
+
+class Client:
+    """One application instance writing in a loop: inserts, updates, upserts, deletes, all
+    with RETURNING, and COPY for the old version. It records the amount each key it owns
+    should have, and every error."""
+
+    def __init__(self, cluster, db, side: str, first_key: int):
+        self.cluster, self.db, self.side = cluster, db, side
+        self.next_key = first_key
+        self.expected: dict[int, int] = {}
+        self.errors: list[tuple[float, str, str]] = []
+        self.worst = 0.0
+        self.writes = 0
+        self.in_flight = 0
+        self.stop = threading.Event()
+        # Held for each write: the test takes it to read a quiet state.
+        self.writing = threading.Lock()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def table(self) -> str:
+        return "public_v43.orders" if self.side == "pooled" else "orders"
+
+    def columns(self) -> tuple[str, str]:
+        # The old version names the status column old_status; the new one, status.
+        return ("amount", "old_status") if self.side == "old" else ("amount", "status")
+
+    def amount(self) -> int:
+        # Within integer: during the window the old column takes back what the new one gets.
+        return random.randint(1, 2_000_000_000)
+
+    def one(self, c) -> None:
+        amount_col, status_col = self.columns()
+        table = self.table()
+        op = random.random()
+        key = self.next_key
+        self.in_flight = key
+        if self.side == "pooled":
+            c.execute("BEGIN")
+            c.execute("SET LOCAL migrate.client_version = '43'")
+        if op < 0.35 or not self.expected:
+            self.next_key += 1
+            amount = self.amount()
+            row = c.execute(
+                f"INSERT INTO {table} (id, {amount_col}, {status_col}) VALUES (%s, %s, %s) "
+                f"RETURNING id, {amount_col}",
+                (key, amount, self.side),
+            ).fetchone()
+            assert row == (key, amount), row
+            self.expected[key] = amount
+        elif op < 0.6:
+            key = self.in_flight = random.choice(list(self.expected))
+            amount = self.amount()
+            row = c.execute(
+                f"UPDATE {table} SET {amount_col} = %s WHERE id = %s RETURNING {amount_col}",
+                (amount, key),
+            ).fetchone()
+            assert row == (amount,), row
+            self.expected[key] = amount
+        elif op < 0.8:
+            key = self.in_flight = random.choice(list(self.expected))
+            amount = self.amount()
+            row = c.execute(
+                f"INSERT INTO {table} AS o (id, {amount_col}) VALUES (%s, %s) "
+                f"ON CONFLICT (id) DO UPDATE SET {amount_col} = EXCLUDED.{amount_col} "
+                f"RETURNING o.{amount_col}",
+                (key, amount),
+            ).fetchone()
+            assert row == (amount,), row
+            self.expected[key] = amount
+        elif op < 0.9:
+            key = self.in_flight = random.choice(list(self.expected))
+            row = c.execute(f"DELETE FROM {table} WHERE id = %s RETURNING id", (key,)).fetchone()
+            assert row == (key,), row
+            del self.expected[key]
+        elif self.side == "old":
+            self.next_key += 1
+            amount = self.amount()
+            with c.cursor().copy("COPY orders (id, amount, old_status) FROM STDIN") as copy:
+                copy.write_row((key, amount, "copied"))
+            self.expected[key] = amount
+        if self.side == "pooled":
+            c.execute("COMMIT")
+
+    def run(self) -> None:
+        extra = {"options": NEW_PATH} if self.side == "new" else {}
+        while not self.stop.is_set():
+            try:
+                with self.cluster.connect(self.db, **extra) as c:
+                    self.loop(c)
+            except psycopg.OperationalError:
+                # The server restarted under it (a crashed worker takes every backend with
+                # it): the write in flight may or may not have committed.
+                self.expected.pop(self.in_flight, None)
+                time.sleep(0.2)
+
+    def loop(self, c) -> None:
+        while not self.stop.is_set():
+            with self.writing:
+                started = time.monotonic()
+                try:
+                    self.one(c)
+                    self.writes += 1
+                except psycopg.OperationalError:
+                    raise
+                except psycopg.Error as e:
+                    if self.side == "pooled":
+                        c.execute("ROLLBACK")
+                    self.errors.append((time.monotonic(), e.diag.sqlstate or "", str(e)))
+                    time.sleep(0.05)
+                self.worst = max(self.worst, time.monotonic() - started)
+            time.sleep(0.002)
+
+    def start(self) -> "Client":
+        self.thread.start()
+        return self
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=30)
+
+
+def test_three_client_versions_keep_working_from_expand_to_contract(cluster, db, conn):
+    make_orders(conn, 200_000)
+    conn.execute(f"ALTER DATABASE {db} SET migrate.backfill_max_batch_size = 2000")
+    old = Client(cluster, db, "old", 1_000_000).start()
+    time.sleep(0.3)
+    rows = conn.execute("SELECT * FROM migrate.expand('43', %s, ttl => '1 day')", (DDL,)).fetchall()
+    assert [r[1] for r in rows].count("backfill") == 1
+    wait_until(lambda: window(conn, "43").get("state") == "published", timeout=180, interval=0.2)
+    assert out_of_step(conn) == 0
+    # New pods roll out once the new version is published.
+    new = Client(cluster, db, "new", 2_000_000).start()
+    pooled = Client(cluster, db, "pooled", 3_000_000).start()
+    time.sleep(3)
+    for client in (old, new, pooled):
+        assert client.writes > 20, (client.side, client.writes)
+        assert client.errors == [], (client.side, client.errors[:3])
+    # Every write is visible, translated, on the other side, and the two columns agree.
+    with old.writing, new.writing, pooled.writing:
+        assert out_of_step(conn) == 0
+        seen_old = dict(conn.execute("SELECT id, amount FROM orders WHERE id >= 1000000").fetchall())
+        seen_new = dict(
+            conn.execute("SELECT id, amount FROM public_v43.orders WHERE id >= 1000000").fetchall()
+        )
+        for client in (old, new, pooled):
+            assert len([k for k in seen_old if k // 1_000_000 == client.next_key // 1_000_000]) == len(
+                client.expected
+            ), client.side
+            for key, amount in client.expected.items():
+                assert seen_old.get(key) == amount and seen_new.get(key) == amount, (client.side, key)
+    # A write by the new version to the value only its type holds is refused, not lost.
+    with cluster.connect(db, options=NEW_PATH) as n:
+        f = failure(n, "INSERT INTO orders (id, amount) VALUES (9999999, 5000000000)")
+        assert f.sqlstate == "22003"
+    new.finish()
+    pooled.finish()
+    contract_started = time.monotonic()
+    conn.execute("SELECT * FROM migrate.contract('43')")
+    after_contract = time.monotonic()
+    time.sleep(0.5)
+    old.finish()
+    # The old version's errors come only after contract: the names it used are gone, and a
+    # statement it prepared returns another type now.
+    early = [e for e in old.errors if e[0] < contract_started]
+    assert early == [], early[:3]
+    assert {e[1] for e in old.errors} <= {"42703", "0A000"}, old.errors[:3]
+    for client in (old, new, pooled):
+        assert client.worst < LOCK_TIMEOUT_S + 1, (client.side, client.worst)
+    assert after_contract - contract_started < LOCK_TIMEOUT_S
+    # The new shape is the table's; the old columns stay, renamed, with their data.
+    cols = dict(
+        conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = 'orders'::regclass AND attnum > 0 AND NOT attisdropped"
+        ).fetchall()
+    )
+    assert cols["amount"] == "bigint" and cols["status"] == "text"
+    assert cols["_deprecated_43_amount"] == "integer" and "_deprecated_43_legacy_note" in cols
+    assert conn.execute(
+        "SELECT count(*) FROM orders WHERE amount IS DISTINCT FROM _deprecated_43_amount"
+    ).fetchone()[0] == 0
+    assert conn.execute(
+        "SELECT attnotnull FROM pg_attribute WHERE attrelid = 'orders'::regclass AND attname = 'amount'"
+    ).fetchone()[0]
+    assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'public_v43'").fetchone()[0] == 0
+    assert window(conn, "43")["state"] == "contracted"
+    assert conn.execute("SELECT count(*) FROM migrate.drift()").fetchone()[0] == 0
+
+
+def test_a_worker_killed_mid_backfill_resumes_and_publishes_every_row_in_step(cluster, db, conn):
+    make_orders(conn, 300_000)
+    conn.execute(f"ALTER DATABASE {db} SET migrate.backfill_max_batch_size = 500")
+    conn.execute(f"ALTER DATABASE {db} SET migrate.backfill_batch_time = '10ms'")
+    old = Client(cluster, db, "old", 1_000_000).start()
+    conn.execute("SELECT * FROM migrate.expand('43', %s)", (DDL,))
+    wait_until(lambda: (window(conn, "43").get("backfill_rows_done") or 0) > 5000, timeout=120)
+    pid = worker_pid(conn)
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(1)
+    wait_until(lambda: _alive(cluster, db), timeout=60, interval=0.5)
+    with cluster.connect(db) as c:
+        wait_until(lambda: window(c, "43").get("state") == "published", timeout=240, interval=0.5)
+        old.finish()
+        assert out_of_step(c) == 0
+        assert c.execute("SELECT count(*) FROM orders WHERE _migrate_43_amount IS NULL").fetchone()[0] == 0
+        for key, amount in old.expected.items():
+            assert c.execute("SELECT amount FROM public_v43.orders WHERE id = %s", (key,)).fetchone() == (amount,)
+
+
+def _alive(cluster, db) -> bool:
+    try:
+        with cluster.connect(db) as c:
+            c.execute("SELECT 1")
+        return True
+    except psycopg.Error:
+        return False
+
+
+def test_abort_ends_on_the_old_shape_and_keeps_what_the_new_version_wrote(cluster, db, conn):
+    make_orders(conn, 1000)
+    conn.execute("SELECT * FROM migrate.expand('43', %s)", (DDL,))
+    conn.execute("CALL migrate.wait('43')")
+    with cluster.connect(db, options=NEW_PATH) as n:
+        n.execute("INSERT INTO orders (id, amount, status) VALUES (5000, 77, 'from new')")
+        n.execute("UPDATE orders SET amount = 78 WHERE id = 1")
+    f = failure(conn, "SELECT migrate.expand('43', 'ALTER TABLE orders DROP COLUMN old_status')")
+    assert f.sqlstate == "42710" and "already has an expand window" in f.message
+    rows = conn.execute("SELECT statement FROM migrate.abort('43')").fetchall()
+    assert any("RENAME COLUMN _migrate_43_amount TO _deprecated_43__migrate_43_amount" in r[0] for r in rows)
+    assert conn.execute("SELECT amount, old_status FROM orders WHERE id = 5000").fetchone() == (77, "from new")
+    assert conn.execute("SELECT amount FROM orders WHERE id = 1").fetchone() == (78,)
+    assert conn.execute("SELECT legacy_note FROM orders WHERE id = 5000").fetchone() == ("n",)
+    assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'zz_migrate%'").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'public_v43'").fetchone()[0] == 0
+    assert window(conn, "43")["state"] == "aborted"
+    # Old clients write as before; the set-aside copy no longer demands anything.
+    conn.execute("INSERT INTO orders (id, amount) VALUES (5001, 1)")
+    f = failure(conn, "SELECT migrate.contract('43')")
+    assert f.sqlstate == "55000" and "already been aborted" in f.message
+
+
+def test_a_running_window_is_cancelled_before_it_is_aborted(cluster, db, conn):
+    make_orders(conn, 200_000)
+    conn.execute(f"ALTER DATABASE {db} SET migrate.backfill_max_batch_size = 200")
+    conn.execute(f"ALTER DATABASE {db} SET migrate.backfill_pause = '20ms'")
+    conn.execute("SELECT * FROM migrate.expand('43', %s)", (DDL,))
+    wait_until(lambda: window(conn, "43").get("state") == "expanding" and
+               (window(conn, "43").get("backfill_rows_done") or 0) > 0, timeout=60)
+    f = failure(conn, "SELECT migrate.contract('43')")
+    assert f.sqlstate == "55000" and "migrate.wait('43')" in f.hint
+    f = failure(conn, "SELECT migrate.abort('43')")
+    assert f.sqlstate == "55000" and "migrate.cancel('43')" in f.hint
+    conn.execute("SELECT migrate.cancel('43')")
+    wait_until(lambda: window(conn, "43").get("state") == "cancelled", timeout=30)
+    conn.execute("SELECT migrate.abort('43')")
+    assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'zz_migrate%'").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM pg_constraint WHERE conname LIKE '\\_migrate%'").fetchone()[0] == 0
+    conn.execute("UPDATE orders SET amount = 1 WHERE id = 1")
+
+
+def test_bad_input_is_refused_and_leaves_nothing(cluster, db, conn):
+    make_orders(conn, 100)
+    conn.execute("CREATE ROLE window_nobody LOGIN")
+    conn.execute("CREATE TABLE other (id int PRIMARY KEY, v int)")
+    cases = [
+        ("ALTER TABLE nope ADD COLUMN x int", "42P01", "table nope does not exist"),
+        ("ALTER TABLE orders DROP COLUMN nope", "42703", "column nope of public.orders does not exist"),
+        ("ALTER TABLE orders ALTER COLUMN nope TYPE bigint", "42703", 'column "nope" does not exist'),
+        ("ALTER TABLE orders ALTER COLUMN amount TYPE bigint USING nope + 1", "42703", "nope"),
+        ("ALTER TABLE orders ALTER COLUMN amount TYPE point", "42804", "cannot be cast automatically"),
+        ("CREATE INDEX ON orders (amount)", "0A000", "does not plan CREATE INDEX"),
+        ("ALTER TABLE orders ADD CONSTRAINT c CHECK (amount > 0)", "0A000", "cannot plan"),
+        ("ALTER TABLE orders ALTER COLUMN id TYPE numeric", "0A000", "orders_pkey"),
+        ("ALTER TABLE orders DROP COLUMN amount, ALTER COLUMN amount TYPE bigint", "0A000", "twice"),
+        ("ALTER TABLE orders ADD COLUMN old_status int", "42701", "already exists"),
+        ("ALTER TABLE orders DROP COLUMN legacy_note CASCADE", "0A000", "CASCADE"),
+        ("BEGIN; ALTER TABLE orders DROP COLUMN legacy_note; COMMIT", "2D000", None),
+    ]
+    for ddl, sqlstate, text in cases:
+        f = failure(conn, "SELECT migrate.expand('43', %s)", (ddl,))
+        assert f.sqlstate == sqlstate, (ddl, f)
+        assert f.message.startswith("pg_migrate:"), (ddl, f.message)
+        assert f.detail and f.hint, (ddl, f)
+        if text:
+            assert text in f.message + f.detail, (ddl, f.message, f.detail)
+        assert leftovers(conn) == [], ddl
+    f = failure(conn, "SELECT migrate.expand('43', 'ALTER TABLE orders DROP COLUMN legacy_note', ttl => '90 days')")
+    assert f.sqlstate == "22023" and "max_window_ttl" in f.message
+    with cluster.connect(db, user="window_nobody") as nobody:
+        f = failure(nobody, "SELECT migrate.expand('43', 'ALTER TABLE orders DROP COLUMN legacy_note')")
+        assert f.sqlstate == "42501"
+        f = failure(nobody, "SELECT migrate.contract('43')")
+        assert f.sqlstate == "42501"
+        # A dry run is open to everyone, and records nothing.
+        plan = nobody.execute(
+            "SELECT stage, statement FROM migrate.expand('43', %s, dry_run => true)", (DDL,)
+        ).fetchall()
+        assert ("publish", "CREATE SCHEMA public_v43") in plan
+    assert leftovers(conn) == []
+    f = failure(conn, "SELECT migrate.contract('43')")
+    assert f.sqlstate == "42704"
+    conn.execute("SELECT migrate.apply('44', 'CREATE TABLE t44 (id int)')")
+    f = failure(conn, "SELECT migrate.expand('44', 'ALTER TABLE orders DROP COLUMN legacy_note')")
+    assert f.sqlstate == "42710" and "already recorded" in f.message
+    f = failure(conn, "SELECT migrate.expand('40', 'ALTER TABLE orders DROP COLUMN legacy_note')")
+    assert "lower than the highest applied version" in f.message
+
+
+def test_windows_on_other_tables_open_together_and_one_on_the_same_table_waits(cluster, db, conn):
+    make_orders(conn, 100)
+    conn.execute("CREATE TABLE other (id int PRIMARY KEY, v int)")
+    conn.execute("SELECT migrate.expand('43', 'ALTER TABLE orders RENAME COLUMN old_status TO status')")
+    conn.execute("SELECT migrate.expand('44', 'ALTER TABLE other RENAME COLUMN v TO value')")
+    assert [window(conn, v)["state"] for v in ("43", "44")] == ["published", "published"]
+    f = failure(conn, "SELECT migrate.expand('45', 'ALTER TABLE orders DROP COLUMN legacy_note')")
+    assert f.sqlstate == "55006" and "window of version 43" in f.message
+    assert conn.execute("SELECT value FROM public_v44.other").fetchall() == []
+    conn.execute("SELECT migrate.contract('43')")
+    conn.execute("SELECT migrate.expand('45', 'ALTER TABLE orders DROP COLUMN legacy_note')")
+    assert conn.execute("SELECT status FROM public_v45.orders LIMIT 1").fetchone() == ("new",)
+
+
+def test_an_expired_window_stops_new_windows_until_it_ends(cluster, db, conn):
+    make_orders(conn, 10)
+    conn.execute("CREATE TABLE other (id int PRIMARY KEY, v int)")
+    conn.execute("SELECT migrate.expand('43', 'ALTER TABLE orders DROP COLUMN legacy_note', ttl => '1 second')")
+    time.sleep(1.2)
+    assert window(conn, "43")["expired"] is True
+    f = failure(conn, "SELECT migrate.expand('44', 'ALTER TABLE other RENAME COLUMN v TO value')")
+    assert f.sqlstate == "55000" and "expired" in f.message and "migrate.contract('43')" in f.hint
+    conn.execute("SELECT migrate.contract('43')")
+    conn.execute("SELECT migrate.expand('44', 'ALTER TABLE other RENAME COLUMN v TO value')")
+
+
+def test_a_writer_cannot_make_the_bridge_run_its_code(cluster, db, conn):
+    """The bridge functions run as the role that opened the window, with that role's search
+    path: a writer's own search path (an operator or cast it planted) is never consulted,
+    and the functions cannot be called directly."""
+    make_orders(conn, 100)
+    conn.execute("CREATE ROLE window_writer LOGIN")
+    conn.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON orders TO window_writer")
+    conn.execute("CREATE SCHEMA evil AUTHORIZATION window_writer")
+    conn.execute("CREATE TABLE public.called (who text)")
+    conn.execute("GRANT INSERT ON public.called TO PUBLIC")
+    conn.execute("SELECT migrate.expand('43', 'ALTER TABLE orders ALTER COLUMN amount TYPE bigint')")
+    conn.execute("CALL migrate.wait('43')")
+    with cluster.connect(db, user="window_writer") as w:
+        w.execute(
+            "CREATE FUNCTION evil.texteq(text, text) RETURNS boolean LANGUAGE sql AS "
+            "$$ INSERT INTO public.called VALUES (current_user) RETURNING true $$"
+        )
+        w.execute("CREATE OPERATOR evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.texteq)")
+        w.execute("SET search_path = evil, public_v43, public, pg_catalog")
+        w.execute("SET migrate.client_version = '43'")
+        w.execute("INSERT INTO public_v43.orders (id, amount) VALUES (500, 5)")
+        w.execute("UPDATE public_v43.orders SET amount = 6 WHERE id = 500")
+        f = failure(w, "SELECT public._migrate_43_orders_new()")
+        assert f.sqlstate == "42501"
+    assert conn.execute("SELECT count(*) FROM public.called").fetchone()[0] == 0
+    assert conn.execute("SELECT amount FROM orders WHERE id = 500").fetchone() == (6,)
+    # SECURITY DEFINER, with the search path pinned when the window opened.
+    proconfig = conn.execute(
+        "SELECT prosecdef, proconfig FROM pg_proc WHERE proname = '_migrate_43_orders_new'"
+    ).fetchone()
+    assert proconfig[0] is True and any(c.startswith("search_path=") for c in proconfig[1])
