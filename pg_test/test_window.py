@@ -149,6 +149,9 @@ class Client:
         while not self.stop.is_set():
             try:
                 with self.cluster.connect(self.db, **extra) as c:
+                    # The test cluster commits asynchronously; what this client was told is
+                    # committed must survive the crash of a killed worker.
+                    c.execute("SET synchronous_commit = on")
                     self.loop(c)
             except psycopg.OperationalError:
                 # The server restarted under it (a crashed worker takes every backend with
@@ -331,6 +334,7 @@ def test_bad_input_is_refused_and_leaves_nothing(cluster, db, conn):
         ("ALTER TABLE orders ALTER COLUMN nope TYPE bigint", "42703", 'column "nope" does not exist'),
         ("ALTER TABLE orders ALTER COLUMN amount TYPE bigint USING nope + 1", "42703", "nope"),
         ("ALTER TABLE orders ALTER COLUMN amount TYPE point", "42804", "cannot be cast automatically"),
+        ("ALTER TABLE orders ALTER COLUMN amount TYPE bigint USING amount * 100", "0A000", "computed"),
         ("CREATE INDEX ON orders (amount)", "0A000", "does not plan CREATE INDEX"),
         ("ALTER TABLE orders ADD CONSTRAINT c CHECK (amount > 0)", "0A000", "cannot plan"),
         ("ALTER TABLE orders ALTER COLUMN id TYPE numeric", "0A000", "orders_pkey"),
@@ -426,3 +430,28 @@ def test_a_writer_cannot_make_the_bridge_run_its_code(cluster, db, conn):
         "SELECT prosecdef, proconfig FROM pg_proc WHERE proname = '_migrate_43_orders_new'"
     ).fetchone()
     assert proconfig[0] is True and any(c.startswith("search_path=") for c in proconfig[1])
+
+
+def test_the_callers_names_are_resolved_when_the_window_opens_and_kept_qualified(cluster, db, conn):
+    """A type and a cast from a schema only the opener's search path has: printed qualified
+    into the plan, so the bridge (whose search path holds only pg_catalog) and the worker
+    find them."""
+    make_orders(conn, 1000)
+    conn.execute("CREATE SCHEMA money")
+    conn.execute("CREATE DOMAIN money.cents AS bigint CHECK (VALUE >= 0)")
+    conn.execute("SET search_path = money, public")
+    rows = conn.execute(
+        "SELECT statement FROM migrate.expand('43', "
+        "'ALTER TABLE orders ALTER COLUMN amount TYPE cents USING amount::cents')"
+    ).fetchall()
+    assert any(r[0] == "ALTER TABLE public.orders ADD COLUMN _migrate_43_amount money.cents" for r in rows), rows
+    conn.execute("RESET search_path")
+    conn.execute("CALL migrate.wait('43')")
+    assert window(conn, "43")["state"] == "published"
+    conn.execute("INSERT INTO orders (id, amount) VALUES (5000, 12)")
+    assert conn.execute("SELECT _migrate_43_amount FROM orders WHERE id = 5000").fetchone() == (12,)
+    with cluster.connect(db, options=NEW_PATH) as n:
+        f = failure(n, "INSERT INTO orders (id, amount) VALUES (5001, -1)")
+        assert f.sqlstate == "23514"  # the new type's own check, on the new version's write
+        n.execute("UPDATE orders SET amount = 13 WHERE id = 5000")
+    assert conn.execute("SELECT amount FROM orders WHERE id = 5000").fetchone() == (13,)

@@ -27,6 +27,9 @@ pub enum Request {
         rewrites: bool,
         /// Whether the new type converts back to the old one by assignment.
         down_assignable: bool,
+        /// The new value is computed (a USING that is more than a cast of the column), so
+        /// converting back is not a cast either.
+        computed: bool,
     },
     Rename {
         column: String,
@@ -212,6 +215,7 @@ unsafe fn type_change(
         let table_name = pg_sys::get_rel_name(relid);
         let row = c"new";
         (
+            !is_cast_of(source, attnum),
             format_type(target, target_mod),
             deparse(
                 source,
@@ -228,7 +232,7 @@ unsafe fn type_change(
     })
     .map_err(Unread::Failed)?;
     drop(opened);
-    let (new_type, up_plain, up_row, down_assignable) = analysed;
+    let (computed, new_type, up_plain, up_row, down_assignable) = analysed;
     let rewrites = crate::pg::catalog::type_change_rewrites(
         relid,
         column,
@@ -243,7 +247,40 @@ unsafe fn type_change(
         up_plain,
         rewrites,
         down_assignable,
+        computed,
     })
+}
+
+/// Whether an analysed expression is column `attnum` itself, seen through casts.
+unsafe fn is_cast_of(mut expr: *mut pg_sys::Node, attnum: i16) -> bool {
+    loop {
+        if expr.is_null() {
+            return false;
+        } else if is_a(expr, T::T_Var) {
+            return (*expr.cast::<pg_sys::Var>()).varattno == attnum;
+        } else if is_a(expr, T::T_RelabelType) {
+            expr = (*expr.cast::<pg_sys::RelabelType>()).arg.cast();
+        } else if is_a(expr, T::T_CoerceViaIO) {
+            expr = (*expr.cast::<pg_sys::CoerceViaIO>()).arg.cast();
+        } else if is_a(expr, T::T_CoerceToDomain) {
+            expr = (*expr.cast::<pg_sys::CoerceToDomain>()).arg.cast();
+        } else if is_a(expr, T::T_FuncExpr) {
+            let func = expr.cast::<pg_sys::FuncExpr>();
+            let cast = matches!(
+                (*func).funcformat,
+                pg_sys::CoercionForm::COERCE_EXPLICIT_CAST
+                    | pg_sys::CoercionForm::COERCE_IMPLICIT_CAST
+            );
+            if !cast {
+                return false;
+            }
+            expr = PgList::<pg_sys::Node>::from_pg((*func).args)
+                .get_ptr(0)
+                .unwrap_or(std::ptr::null_mut());
+        } else {
+            return false;
+        }
+    }
 }
 
 /// ADD COLUMN: its type and default printed by PostgreSQL, and what else it declares.
@@ -313,8 +350,13 @@ unsafe fn format_type(typ: pg_sys::Oid, typmod: i32) -> String {
     text(pg_sys::format_type_extended(typ, typmod, flags as _))
 }
 
+/// An analysed expression as SQL, printed while only `pg_catalog` is on the search path: every
+/// function, operator and type from another schema comes out schema-qualified, so the text
+/// means the same objects wherever it runs (the bridge functions pin that search path).
 unsafe fn deparse(expr: *mut pg_sys::Node, context: *mut pg_sys::List, prefix: bool) -> String {
-    text(pg_sys::deparse_expression(expr, context, prefix, false))
+    crate::pg::guc::pinned(|| unsafe {
+        text(pg_sys::deparse_expression(expr, context, prefix, false))
+    })
 }
 
 /// Whether the writer of this row declared version `version` of the schema published as

@@ -236,6 +236,7 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
                     up_plain,
                     rewrites,
                     down_assignable,
+                    computed,
                 } => {
                     let column = existing.expect("checked above");
                     if !rewrites {
@@ -263,6 +264,22 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
                             ),
                             "Change the type of a column that no index, constraint, view or \
                              sequence depends on; or move those objects first.",
+                        ));
+                    }
+                    if *computed {
+                        return Err(refused(
+                            format!(
+                                "migrate.expand cannot bridge column {} of {name}: its new \
+                                 value is computed by USING {up_plain}",
+                                column.name
+                            ),
+                            "During the window, what the new version writes must be converted \
+                             back for the old one; for a USING that is more than a cast, that \
+                             is not a cast back, and pg_migrate cannot derive it."
+                                .into(),
+                            "Add the new column with migrate.expand (ADD COLUMN), fill it with \
+                             migrate.backfill, and switch the application to it yourself; or \
+                             change the type with USING a plain cast.",
                         ));
                     }
                     if !down_assignable {
@@ -509,7 +526,9 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
 /// the old version computes the copy; one by the new version (by its `migrate.client_version`
 /// or its search path) writes the original back. `BEFORE` row triggers named to fire after
 /// the table's own, `ENABLE ALWAYS` so that a replica-role writer is bridged too; each
-/// function runs as the role that planned it, with its search path.
+/// function runs as the role that opened the window, with only `pg_catalog` on its search
+/// path (its expressions were printed schema-qualified): nothing a writer sets or creates
+/// is looked up by it.
 fn bridge(
     version: &str,
     table: &Table,
@@ -571,7 +590,7 @@ fn bridge(
             Stage::Expand,
             format!(
                 "CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER \
-                 SET search_path FROM CURRENT AS {}",
+                 SET search_path = pg_catalog, pg_temp AS {}",
                 dollar_quoted(&body)
             ),
         ));
@@ -869,6 +888,7 @@ mod unit {
             up_plain: column.into(),
             rewrites: true,
             down_assignable: true,
+            computed: false,
         }
     }
 
@@ -1039,6 +1059,22 @@ mod unit {
             cascade: false,
         }]);
         assert_eq!(p.code, PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN);
+        let mut computed = to_bigint();
+        if let Request::ChangeType {
+            computed: c,
+            up_plain,
+            ..
+        } = &mut computed
+        {
+            *c = true;
+            *up_plain = "amount * 100".into();
+        }
+        let p = refuse(vec![computed]);
+        assert!(
+            p.message.contains("computed by USING amount * 100"),
+            "{}",
+            p.message
+        );
         let p = refuse(vec![to_bigint(), to_bigint()]);
         assert!(p.message.contains("twice"), "{}", p.message);
         let p = refuse(vec![Request::Other("ADD CONSTRAINT".into())]);
