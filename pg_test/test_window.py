@@ -381,8 +381,17 @@ def test_windows_on_other_tables_open_together_and_one_on_the_same_table_waits(c
     assert [window(conn, v)["state"] for v in ("43", "44")] == ["published", "published"]
     f = failure(conn, "SELECT migrate.expand('45', 'ALTER TABLE orders DROP COLUMN legacy_note')")
     assert f.sqlstate == "55006" and "window of version 43" in f.message
+    # DDL from outside pg_migrate on a bridged table is refused, from any session; a
+    # migration may still change it.
+    for ddl in ("ALTER TABLE orders DISABLE TRIGGER ALL", "ALTER TABLE orders ADD COLUMN x int",
+                "ALTER TABLE other ADD COLUMN z int"):
+        f = failure(conn, ddl)
+        assert "inside the open expand window of version" in f.message, (ddl, f)
+        assert "migrate.contract(" in f.hint
+    conn.execute("SELECT migrate.apply('44.1', 'ALTER TABLE orders ADD COLUMN x int')")
     assert conn.execute("SELECT value FROM public_v44.other").fetchall() == []
     conn.execute("SELECT migrate.contract('43')")
+    conn.execute("ALTER TABLE orders ADD COLUMN y int")
     conn.execute("SELECT migrate.expand('45', 'ALTER TABLE orders DROP COLUMN legacy_note')")
     assert conn.execute("SELECT status FROM public_v45.orders LIMIT 1").fetchone() == ("new",)
 

@@ -85,13 +85,37 @@ pub fn judge_statement(stmt: StmtTree, tag: &str) {
     let Some(command) = read_command(stmt, tag) else {
         return;
     };
-    let found = findings(&command, SmallTable::from_settings());
+    let mut found = findings(&command, SmallTable::from_settings());
+    if crate::migration::running::running().is_none() {
+        let open = open_windows();
+        if !open.is_empty() {
+            crate::guard::rules::window::judge(&command, &open, &mut found);
+        }
+    }
     if found.is_empty() {
         return;
     }
     if let Some(ctx) = context() {
         carry_out(policy::decide(found, &ctx), tag);
     }
+}
+
+/// (qualified table, version) of every open expand window. None while the extension's
+/// tables predate windows (the new library before ALTER EXTENSION UPDATE): the read fails in
+/// its subtransaction and DDL goes on.
+fn open_windows() -> Vec<(String, String)> {
+    subxact::run(|| {
+        crate::pg::identity::as_owner(|| {
+            crate::pg::spi::pinned_pairs::<String, String>(
+                "SELECT t, version FROM migrate.window_history, unnest(tables) t \
+                 WHERE ended IS NULL",
+                &[],
+            )
+        })
+    })
+    .ok()
+    .and_then(Result::ok)
+    .unwrap_or_default()
 }
 
 /// What a statement does, for the rules: read in a subtransaction, because a guard that

@@ -10,6 +10,7 @@ pub mod partition;
 pub mod rename;
 pub mod rewrite;
 pub mod scan;
+pub mod window;
 
 pub fn all() -> Vec<&'static Rule> {
     let mut rules: Vec<&'static Rule> = Vec::new();
@@ -19,6 +20,7 @@ pub fn all() -> Vec<&'static Rule> {
     rules.extend(data_loss::RULES);
     rules.extend(rename::RULES);
     rules.extend(partition::RULES);
+    rules.extend(window::RULES);
     rules.push(&LOCK_TIMEOUT);
     rules
 }
