@@ -409,9 +409,9 @@ def test_an_expired_window_stops_new_windows_until_it_ends(cluster, db, conn):
 
 
 def test_a_writer_cannot_make_the_bridge_run_its_code(cluster, db, conn):
-    """The bridge functions run as the role that opened the window, with that role's search
-    path: a writer's own search path (an operator or cast it planted) is never consulted,
-    and the functions cannot be called directly."""
+    """The bridge runs as the writer, as the writer's own assignment would, and names nothing
+    a search path resolves: an operator a writer planted ahead of pg_catalog is never
+    called, and the function cannot be called directly."""
     make_orders(conn, 100)
     conn.execute("CREATE ROLE window_writer LOGIN")
     conn.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON orders TO window_writer")
@@ -420,25 +420,38 @@ def test_a_writer_cannot_make_the_bridge_run_its_code(cluster, db, conn):
     conn.execute("GRANT INSERT ON public.called TO PUBLIC")
     conn.execute("SELECT migrate.expand('43', 'ALTER TABLE orders ALTER COLUMN amount TYPE bigint')")
     conn.execute("CALL migrate.wait('43')")
+    conn.execute("GRANT USAGE ON SCHEMA public_v43 TO window_writer")
     with cluster.connect(db, user="window_writer") as w:
+        for args in ("text, text", "name, text", "text, unknown"):
+            left, right = (a.strip() for a in args.split(","))
+            if right == "unknown":
+                continue
+            w.execute(
+                f"CREATE FUNCTION evil.eq_{left}_{right}({left}, {right}) RETURNS boolean LANGUAGE sql AS "
+                "$$ INSERT INTO public.called VALUES (current_user) RETURNING true $$"
+            )
+            w.execute(f"CREATE OPERATOR evil.= (LEFTARG = {left}, RIGHTARG = {right}, "
+                      f"FUNCTION = evil.eq_{left}_{right})")
         w.execute(
-            "CREATE FUNCTION evil.texteq(text, text) RETURNS boolean LANGUAGE sql AS "
-            "$$ INSERT INTO public.called VALUES (current_user) RETURNING true $$"
+            "CREATE FUNCTION evil.writes_version(text, text) RETURNS boolean LANGUAGE sql AS "
+            "$$ INSERT INTO public.called VALUES ('writes_version') RETURNING true $$"
         )
-        w.execute("CREATE OPERATOR evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.texteq)")
         w.execute("SET search_path = evil, public_v43, public, pg_catalog")
         w.execute("SET migrate.client_version = '43'")
         w.execute("INSERT INTO public_v43.orders (id, amount) VALUES (500, 5)")
         w.execute("UPDATE public_v43.orders SET amount = 6 WHERE id = 500")
-        f = failure(w, "SELECT public._migrate_43_orders_new()")
+        w.execute("RESET migrate.client_version")
+        w.execute("INSERT INTO public.orders (id, amount) VALUES (501, 7)")
+        f = failure(w, "SELECT public._migrate_43_orders_bridge()")
         assert f.sqlstate == "42501"
     assert conn.execute("SELECT count(*) FROM public.called").fetchone()[0] == 0
-    assert conn.execute("SELECT amount FROM orders WHERE id = 500").fetchone() == (6,)
-    # SECURITY DEFINER, with the search path pinned when the window opened.
-    proconfig = conn.execute(
-        "SELECT prosecdef, proconfig FROM pg_proc WHERE proname = '_migrate_43_orders_new'"
-    ).fetchone()
-    assert proconfig[0] is True and any(c.startswith("search_path=") for c in proconfig[1])
+    assert conn.execute(
+        "SELECT id, amount, _migrate_43_amount FROM orders WHERE id >= 500 ORDER BY id"
+    ).fetchall() == [(500, 6, 6), (501, 7, 7)]
+    # Not SECURITY DEFINER: nothing runs with the rights of the role that opened the window.
+    assert conn.execute(
+        "SELECT prosecdef FROM pg_proc WHERE proname = '_migrate_43_orders_bridge'"
+    ).fetchone() == (False,)
 
 
 def test_the_callers_names_are_resolved_when_the_window_opens_and_kept_qualified(cluster, db, conn):

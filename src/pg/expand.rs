@@ -18,10 +18,8 @@ pub enum Request {
         column: String,
         /// The new type as `format_type_extended` prints it, schema-qualified.
         new_type: String,
-        /// The new value (the USING expression, or the column itself), printed with columns
-        /// as `new.<column>`, for a trigger.
-        up_row: String,
-        /// The same, with columns unqualified, for the backfill's SET and WHERE.
+        /// The new value (the USING expression, or the column itself), for the backfill's
+        /// SET and WHERE and the consistency check.
         up_plain: String,
         /// Whether PostgreSQL would rewrite the table (binary-coercible changes do not).
         rewrites: bool,
@@ -213,26 +211,16 @@ unsafe fn type_change(
             )
         };
         let table_name = pg_sys::get_rel_name(relid);
-        let row = c"new";
         (
             !is_cast_of(source, attnum),
             format_type(target, target_mod),
-            deparse(
-                source,
-                pg_sys::deparse_context_for(table_name, relid),
-                false,
-            ),
-            deparse(
-                source,
-                pg_sys::deparse_context_for(row.as_ptr(), relid),
-                true,
-            ),
+            deparse(source, pg_sys::deparse_context_for(table_name, relid)),
             down_assignable,
         )
     })
     .map_err(Unread::Failed)?;
     drop(opened);
-    let (computed, new_type, up_plain, up_row, down_assignable) = analysed;
+    let (computed, new_type, up_plain, down_assignable) = analysed;
     let rewrites = crate::pg::catalog::type_change_rewrites(
         relid,
         column,
@@ -243,7 +231,6 @@ unsafe fn type_change(
     Ok(Request::ChangeType {
         column: column.into(),
         new_type,
-        up_row,
         up_plain,
         rewrites,
         down_assignable,
@@ -329,7 +316,7 @@ unsafe fn add_column(def: *mut pg_sys::ColumnDef) -> Result<Request, Unread> {
         pg_sys::assign_expr_collations(pstate, coerced);
         (
             format_type(typ, typmod),
-            Some(deparse(expr, std::ptr::null_mut(), false)),
+            Some(deparse(expr, std::ptr::null_mut())),
             pg_sys::contain_volatile_functions(coerced),
         )
     })
@@ -352,10 +339,10 @@ unsafe fn format_type(typ: pg_sys::Oid, typmod: i32) -> String {
 
 /// An analysed expression as SQL, printed while only `pg_catalog` is on the search path: every
 /// function, operator and type from another schema comes out schema-qualified, so the text
-/// means the same objects wherever it runs (the bridge functions pin that search path).
-unsafe fn deparse(expr: *mut pg_sys::Node, context: *mut pg_sys::List, prefix: bool) -> String {
+/// means the same objects wherever it runs (the worker runs it under the opener's own).
+unsafe fn deparse(expr: *mut pg_sys::Node, context: *mut pg_sys::List) -> String {
     crate::pg::guc::pinned(|| unsafe {
-        text(pg_sys::deparse_expression(expr, context, prefix, false))
+        text(pg_sys::deparse_expression(expr, context, false, false))
     })
 }
 

@@ -160,7 +160,6 @@ struct Copy<'a> {
     column: &'a Column,
     shadow: String,
     new_type: &'a str,
-    up_row: &'a str,
     up_plain: &'a str,
     check: Option<String>,
 }
@@ -232,7 +231,6 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
                 Request::ChangeType {
                     column: _,
                     new_type,
-                    up_row,
                     up_plain,
                     rewrites,
                     down_assignable,
@@ -302,7 +300,6 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
                         column,
                         shadow,
                         new_type,
-                        up_row,
                         up_plain,
                         check,
                     });
@@ -522,13 +519,15 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
     Ok(plan)
 }
 
-/// The triggers that keep a copied column and its original in step, both ways: a write by
-/// the old version computes the copy; one by the new version (by its `migrate.client_version`
-/// or its search path) writes the original back. `BEFORE` row triggers named to fire after
-/// the table's own, `ENABLE ALWAYS` so that a replica-role writer is bridged too; each
-/// function runs as the role that opened the window, with only `pg_catalog` on its search
-/// path (its expressions were printed schema-qualified): nothing a writer sets or creates
-/// is looked up by it.
+/// The trigger that keeps each copied column and its original in step, both ways: a write by
+/// the old version sets the copy from the original; one by the new version (known by its
+/// `migrate.client_version` or its search path) sets the original from the copy, but for an
+/// insert that left the copy out, which keeps the original's default. Conversions are
+/// assignments, PostgreSQL's own casts (a computed USING is refused by the planner), so the
+/// function runs as the writer, like the writer's own assignment, and names nothing that a
+/// search path could resolve: `migrate.writes_version` and `pg_catalog.=` are qualified.
+/// A `BEFORE` row trigger named to fire after the table's own, `ENABLE ALWAYS` so that a
+/// replica-role writer is bridged too.
 fn bridge(
     version: &str,
     table: &Table,
@@ -538,17 +537,7 @@ fn bridge(
     q: Quote,
 ) {
     let name = table.qualified(q);
-    let tag = version_tag(version);
-    let old_fn = qualified(
-        q,
-        &table.schema,
-        &format!("_migrate_{tag}_{}_old", table.name),
-    );
-    let new_fn = qualified(
-        q,
-        &table.schema,
-        &format!("_migrate_{tag}_{}_new", table.name),
-    );
+    let function = bridge_function(version, table, q);
     for copy in copies {
         out.push((
             Stage::Expand,
@@ -571,86 +560,56 @@ fn bridge(
             ));
         }
     }
-    let mut old_body = String::from("\nBEGIN\n");
-    let mut new_body = String::from("\nBEGIN\n");
+    let mut from_new = String::new();
+    let mut from_old = String::new();
     for copy in copies {
         let shadow = q(&copy.shadow);
         let column = q(&copy.column.name);
-        old_body.push_str(&format!("    NEW.{shadow} := {};\n", copy.up_row));
-        // An insert that leaves the new column out keeps the old column's default.
-        new_body.push_str(&format!(
-            "    IF TG_OP = 'INSERT' AND NEW.{shadow} IS NULL THEN\n        NEW.{shadow} := {};\n    ELSE\n        NEW.{column} := NEW.{shadow};\n    END IF;\n",
-            copy.up_row
+        from_new.push_str(&format!(
+            "        IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' AND NEW.{shadow} IS NULL THEN\n            NEW.{shadow} := NEW.{column};\n        ELSE\n            NEW.{column} := NEW.{shadow};\n        END IF;\n"
         ));
+        from_old.push_str(&format!("        NEW.{shadow} := NEW.{column};\n"));
     }
-    old_body.push_str("    RETURN NEW;\nEND\n");
-    new_body.push_str("    RETURN NEW;\nEND\n");
-    for (function, body) in [(&old_fn, old_body), (&new_fn, new_body)] {
-        out.push((
-            Stage::Expand,
-            format!(
-                "CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER \
-                 SET search_path = pg_catalog, pg_temp AS {}",
-                dollar_quoted(&body)
-            ),
-        ));
-        out.push((
-            Stage::Expand,
-            format!("REVOKE ALL ON FUNCTION {function}() FROM PUBLIC"),
-        ));
-    }
-    let changed: Vec<String> = copies
-        .iter()
-        .flat_map(|c| {
-            let (column, shadow) = (q(&c.column.name), q(&c.shadow));
-            [
-                format!("NEW.{column} IS DISTINCT FROM OLD.{column}"),
-                format!("NEW.{shadow} IS DISTINCT FROM OLD.{shadow}"),
-                format!("NEW.{shadow} IS NULL"),
-            ]
-        })
-        .collect();
-    let shadows: Vec<String> = copies.iter().map(|c| q(&c.shadow)).collect();
-    let triggers = [
-        (
-            trigger_name(version, "old_insert"),
-            format!("BEFORE INSERT ON {name} FOR EACH ROW WHEN (NOT {is_new})"),
-            &old_fn,
+    let body = format!(
+        "\nBEGIN\n    IF {is_new} THEN\n{from_new}    ELSE\n{from_old}    END IF;\n    RETURN NEW;\nEND\n"
+    );
+    out.push((
+        Stage::Expand,
+        format!(
+            "CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {}",
+            dollar_quoted(&body)
         ),
-        (
-            trigger_name(version, "old_update"),
-            format!(
-                "BEFORE UPDATE ON {name} FOR EACH ROW WHEN (NOT {is_new} AND ({}))",
-                changed.join(" OR ")
-            ),
-            &old_fn,
+    ));
+    out.push((
+        Stage::Expand,
+        format!("REVOKE ALL ON FUNCTION {function}() FROM PUBLIC"),
+    ));
+    let trigger = q(&trigger_name(version));
+    out.push((
+        Stage::Expand,
+        format!(
+            "CREATE TRIGGER {trigger} BEFORE INSERT OR UPDATE ON {name} FOR EACH ROW \
+             EXECUTE FUNCTION {function}()"
         ),
-        (
-            trigger_name(version, "new"),
-            format!(
-                "BEFORE INSERT OR UPDATE OF {} ON {name} FOR EACH ROW WHEN ({is_new})",
-                shadows.join(", ")
-            ),
-            &new_fn,
-        ),
-    ];
-    for (trigger, when, function) in triggers {
-        let trigger = q(&trigger);
-        out.push((
-            Stage::Expand,
-            format!("CREATE TRIGGER {trigger} {when} EXECUTE FUNCTION {function}()"),
-        ));
-        out.push((
-            Stage::Expand,
-            format!("ALTER TABLE {name} ENABLE ALWAYS TRIGGER {trigger}"),
-        ));
-    }
+    ));
+    out.push((
+        Stage::Expand,
+        format!("ALTER TABLE {name} ENABLE ALWAYS TRIGGER {trigger}"),
+    ));
+}
+
+fn bridge_function(version: &str, table: &Table, q: Quote) -> String {
+    qualified(
+        q,
+        &table.schema,
+        &format!("_migrate_{}_{}_bridge", version_tag(version), table.name),
+    )
 }
 
 /// `zz_` so that they fire after the table's own BEFORE triggers (PostgreSQL fires them in
 /// name order): what those set is what gets copied.
-pub fn trigger_name(version: &str, which: &str) -> String {
-    format!("zz_migrate_{}_{which}", version_tag(version))
+pub fn trigger_name(version: &str) -> String {
+    format!("zz_migrate_{}_bridge", version_tag(version))
 }
 
 /// Fails the publication when any row's copy differs from what its original gives.
@@ -704,22 +663,11 @@ fn end_steps(
         needs_column: Some((table.schema.clone(), table.name.clone(), column.to_string())),
     };
     if !copies.is_empty() {
-        let tag = version_tag(version);
-        for which in ["old_insert", "old_update", "new"] {
-            let trigger = q(&trigger_name(version, which));
-            for out in [&mut *contract, &mut *abort] {
-                out.push(step(format!("DROP TRIGGER IF EXISTS {trigger} ON {name}")));
-            }
-        }
-        for side in ["old", "new"] {
-            let function = qualified(
-                q,
-                &table.schema,
-                &format!("_migrate_{tag}_{}_{side}", table.name),
-            );
-            for out in [&mut *contract, &mut *abort] {
-                out.push(step(format!("DROP FUNCTION IF EXISTS {function}()")));
-            }
+        let trigger = q(&trigger_name(version));
+        let function = bridge_function(version, table, q);
+        for out in [&mut *contract, &mut *abort] {
+            out.push(step(format!("DROP TRIGGER IF EXISTS {trigger} ON {name}")));
+            out.push(step(format!("DROP FUNCTION IF EXISTS {function}()")));
         }
     }
     for copy in copies {
@@ -884,7 +832,6 @@ mod unit {
         Request::ChangeType {
             column: column.into(),
             new_type: "bigint".into(),
-            up_row: format!("new.{column}"),
             up_plain: column.into(),
             rewrites: true,
             down_assignable: true,
@@ -913,15 +860,20 @@ mod unit {
             "ALTER TABLE public.orders ADD CONSTRAINT _migrate_43_amount_not_null \
              CHECK (_migrate_43_amount IS NOT NULL) NOT VALID"
         );
-        assert!(expand.iter().any(|s| s.contains(
-            "CREATE TRIGGER zz_migrate_43_new BEFORE INSERT OR UPDATE OF _migrate_43_amount ON \
-             public.orders FOR EACH ROW WHEN (migrate.writes_version('43', 'public_v43'))"
-        )));
-        assert!(expand
+        assert!(expand.contains(
+            &"CREATE TRIGGER zz_migrate_43_bridge BEFORE INSERT OR UPDATE ON public.orders FOR \
+              EACH ROW EXECUTE FUNCTION public._migrate_43_orders_bridge()"
+        ));
+        let function = expand
             .iter()
-            .any(|s| s.contains("NEW._migrate_43_amount := new.amount;")));
+            .find(|s| s.starts_with("CREATE FUNCTION public._migrate_43_orders_bridge()"))
+            .unwrap();
+        assert!(function.contains("IF migrate.writes_version('43', 'public_v43') THEN"));
+        assert!(function.contains("NEW._migrate_43_amount := NEW.amount;"));
+        assert!(function.contains("NEW.amount := NEW._migrate_43_amount;"));
+        assert!(!function.contains("SECURITY DEFINER"));
         assert!(expand
-            .contains(&"ALTER TABLE public.orders ENABLE ALWAYS TRIGGER zz_migrate_43_old_update"));
+            .contains(&"ALTER TABLE public.orders ENABLE ALWAYS TRIGGER zz_migrate_43_bridge"));
         assert_eq!(
             sql(&plan, Stage::Backfill),
             [
