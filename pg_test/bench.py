@@ -754,7 +754,7 @@ INSERT INTO {table} (amount) VALUES (:v);
 
 
 def pgbench_log(cluster: Cluster, db: str, script: str, seconds: int, clients: int, prefix: Path,
-                options: str | None = None, rate: int | None = None) -> list[float]:
+                options: str | None = None, rate: int | None = None, protocol: str = "simple") -> list[float]:
     """Runs pgbench with `script` and returns each transaction's latency (seconds)."""
     path = prefix.with_suffix(".sql")
     path.write_text(script)
@@ -762,8 +762,8 @@ def pgbench_log(cluster: Cluster, db: str, script: str, seconds: int, clients: i
     if options:
         import os
         env = {**os.environ, "PGOPTIONS": options}
-    cmd = [str(PG_BIN / "pgbench"), "-n", "-c", str(clients), "-j", str(clients), "-T", str(seconds),
-           "-f", str(path), "-l", "--log-prefix", str(prefix),
+    cmd = [str(PG_BIN / "pgbench"), "-n", "-M", protocol, "-c", str(clients), "-j", str(clients),
+           "-T", str(seconds), "-f", str(path), "-l", "--log-prefix", str(prefix),
            "-h", str(cluster.sock), "-p", str(cluster.port), "-U", "postgres", db]
     if rate:
         cmd[1:1] = ["-R", str(rate)]
@@ -791,24 +791,28 @@ def window_bench(cluster: Cluster, rows: int, change_rows: int, rounds: int, rat
         c.execute("VACUUM ANALYZE bridged")
     cases = {"plain": ("plain", None), "old": ("bridged", None),
              "new": ("bridged", "-csearch_path=public_v1,public")}
-    latencies: dict[str, list[float]] = {k: [] for k in cases}
-    seconds: dict[str, float] = {k: 0.0 for k in cases}
-    for r in range(rounds):
-        for name, (table, options) in cases.items():
-            got = pgbench_log(cluster, db, WINDOW_WRITER.format(rows=rows, table=table), 5, 2,
-                              work / f"{name}_{r}", options)
-            latencies[name] += got
-            seconds[name] += 5
     print(f"window: pgbench, 2 clients unthrottled, UPDATE of a random row's amount + INSERT per "
-          f"transaction, on {rows:,}-row tables; {rounds} alternating rounds of 5 s")
-    base = latencies["plain"]
-    base_p50, base_p99 = statistics.median(base), statistics.quantiles(base, n=100)[98]
-    for name, label in (("plain", "no bridge"), ("old", "bridged, old version writes"),
-                        ("new", "bridged, new version (its view)")):
-        lat = latencies[name]
-        p50, p99 = statistics.median(lat), statistics.quantiles(lat, n=100)[98]
-        print(f"  {label:<32} {len(lat) / seconds[name]:7.0f} tps ({len(lat) / seconds[name] / (len(base) / seconds['plain']):4.2f}x)"
-              f"  p50 {p50 * 1000:6.2f} ms ({p50 / base_p50:4.2f}x)  p99 {p99 * 1000:6.2f} ms ({p99 / base_p99:4.2f}x)")
+          f"transaction, on {rows:,}-row tables; {rounds} alternating rounds of 5 s per case")
+    for protocol in ("simple", "prepared"):
+        latencies: dict[str, list[float]] = {k: [] for k in cases}
+        seconds: dict[str, float] = {k: 0.0 for k in cases}
+        for r in range(rounds):
+            for name, (table, options) in cases.items():
+                got = pgbench_log(cluster, db, WINDOW_WRITER.format(rows=rows, table=table), 5, 2,
+                                  work / f"{protocol}_{name}_{r}", options, protocol=protocol)
+                latencies[name] += got
+                seconds[name] += 5
+        print(f"  pgbench -M {protocol}:")
+        base = latencies["plain"]
+        base_p50, base_p99 = statistics.median(base), statistics.quantiles(base, n=100)[98]
+        base_tps = len(base) / seconds["plain"]
+        for name, label in (("plain", "no bridge"), ("old", "bridged, old version writes"),
+                            ("new", "bridged, new version (its view)")):
+            lat = latencies[name]
+            p50, p99 = statistics.median(lat), statistics.quantiles(lat, n=100)[98]
+            tps = len(lat) / seconds[name]
+            print(f"    {label:<32} {tps:7.0f} tps ({tps / base_tps:4.2f}x)  p50 {p50 * 1000:6.2f} ms "
+                  f"({p50 / base_p50:4.2f}x)  p99 {p99 * 1000:6.2f} ms ({p99 / base_p99:4.2f}x)")
     cluster.drop_database(db)
     if change_rows:
         type_change_under_load(cluster, change_rows, rate, work)
