@@ -48,20 +48,47 @@ fn expand(
     let what = format!("expand window {version}");
     let trees = apply::parse_for_apply(&what, source).or_raise();
     let mut asked: Vec<(pg_sys::Oid, Vec<Request>)> = Vec::new();
+    // What the planner has no steps for runs as written, in order, before the window's own
+    // steps: judged by the guard like any migration's statement (refused if unsafe).
+    let mut as_written: Vec<String> = Vec::new();
     for (statement, tree) in &trees {
-        let requested = read::read(*tree)
-            .map_err(|u| unread(&what, statement.number, u))
-            .or_raise();
+        let requested = match read::read(*tree) {
+            Ok(r) if r.requests.iter().all(|r| matches!(r, Request::Other(_))) => {
+                as_written.push(statement_text(statement.text(source)));
+                continue;
+            }
+            Ok(r) => r,
+            Err(Unread::NotPlanned(_)) => {
+                as_written.push(statement_text(statement.text(source)));
+                continue;
+            }
+            Err(u) => unread(&what, statement.number, u).raise(),
+        };
         match asked.iter_mut().find(|(oid, _)| *oid == requested.table) {
             Some((_, requests)) => requests.extend(requested.requests),
             None => asked.push((requested.table, requested.requests)),
         }
     }
+    if asked.is_empty() {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("{what}: nothing in the script needs an expand window"),
+            "A window is planned from ALTER TABLE ... ALTER COLUMN ... TYPE, ADD COLUMN, DROP \
+             COLUMN and RENAME COLUMN of plain tables; the script has none.",
+            "Apply it with migrate.apply.",
+        )
+        .raise();
+    }
     let tables: Vec<(plan::Table, Vec<Request>)> = asked
         .into_iter()
         .filter_map(|(oid, requests)| Some((facts::table(oid)?, requests)))
         .collect();
-    let planned = plan::plan(version.as_str(), &tables, crate::pg::catalog::quote_ident).or_raise();
+    let mut planned =
+        plan::plan(version.as_str(), &tables, crate::pg::catalog::quote_ident).or_raise();
+    planned.expand.splice(
+        0..0,
+        as_written.into_iter().map(|sql| (plan::Stage::Expand, sql)),
+    );
     let rows = step_rows(&planned);
     if dry_run {
         return TableIterator::new(rows);
@@ -432,11 +459,10 @@ fn unread(what: &str, number: usize, unread: Unread) -> Problem {
     let at = format!("{what}, statement {number}");
     match unread {
         Unread::NotPlanned(tag) => Problem::new(
-            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            format!("{at}: migrate.expand does not plan {tag}"),
-            "A window is planned from ALTER TABLE ... ALTER COLUMN ... TYPE, ADD COLUMN, DROP \
-             COLUMN and RENAME COLUMN of plain tables.",
-            "Apply other statements with migrate.apply, before or after the window.",
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("{at}: {tag} was neither planned nor kept as written"),
+            "Statements the planner has no steps for run as written.",
+            "Report this as a pg_migrate bug.",
         ),
         Unread::NoTable(name) => Problem::new(
             PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
@@ -478,6 +504,17 @@ fn step_rows(planned: &Plan) -> Vec<StepRow> {
         .enumerate()
         .map(|(i, (stage, sql))| (i as i32 + 1, stage, sql))
         .collect()
+}
+
+/// A statement as written, ending so that the `;` after it cannot fall into a trailing `--`
+/// comment.
+fn statement_text(text: &str) -> String {
+    let text = text.trim_end();
+    if text.lines().last().is_some_and(|l| l.contains("--")) {
+        format!("{text}\n")
+    } else {
+        text.to_string()
+    }
 }
 
 fn first_line(source: &str) -> &str {

@@ -205,8 +205,8 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
                          and ADD COLUMN into expand and contract steps; this subcommand is \
                          none of them."
                             .into(),
-                        "Apply it with migrate.apply before or after the window, following \
-                         the guard's safe way.",
+                        "Write it as an ALTER TABLE of its own: statements the planner has \
+                         no steps for run as written (judged by the guard).",
                     ))
                 }
             };
