@@ -367,9 +367,15 @@ def test_bad_input_is_refused_and_leaves_nothing(cluster, db, conn):
         assert f.sqlstate == "42501"
         # A dry run is open to everyone, and records nothing.
         plan = nobody.execute(
-            "SELECT stage, statement FROM migrate.expand('43', %s, dry_run => true)", (DDL,)
+            "SELECT stage, statement, lock FROM migrate.expand('43', %s, dry_run => true)", (DDL,)
         ).fetchall()
-        assert ("publish", "CREATE SCHEMA public_v43") in plan
+        assert ("publish", "CREATE SCHEMA public_v43", None) in plan
+        locks = {(stage, statement.split(" ")[0] + " " + statement.split(" ")[1]): lock
+                 for stage, statement, lock in plan}
+        assert locks[("expand", "CREATE TRIGGER")] == "SHARE ROW EXCLUSIVE"
+        assert locks[("backfill", "SELECT migrate.backfill('public.orders',")] == "row locks, batch by batch"
+        assert locks[("publish", "ALTER TABLE")] == "SHARE UPDATE EXCLUSIVE"  # VALIDATE
+        assert locks[("contract", "ALTER TABLE")] == "ACCESS EXCLUSIVE"
     assert leftovers(conn) == []
     f = failure(conn, "SELECT migrate.contract('43')")
     assert f.sqlstate == "42704"

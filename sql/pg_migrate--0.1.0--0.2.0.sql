@@ -311,15 +311,15 @@ LEFT JOIN LATERAL (
 CREATE FUNCTION migrate.expand(
     "version" text, "script" text, "ttl" interval DEFAULT NULL, "description" text DEFAULT NULL,
     "dry_run" boolean DEFAULT false)
-RETURNS TABLE ("step" integer, "stage" text, "statement" text)
+RETURNS TABLE ("step" integer, "stage" text, "statement" text, "lock" text)
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c AS 'MODULE_PATHNAME', 'expand_wrapper';
 CREATE FUNCTION migrate.contract("version" text)
-RETURNS TABLE ("step" integer, "stage" text, "statement" text)
+RETURNS TABLE ("step" integer, "stage" text, "statement" text, "lock" text)
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c AS 'MODULE_PATHNAME', 'contract_wrapper';
 CREATE FUNCTION migrate.abort("version" text)
-RETURNS TABLE ("step" integer, "stage" text, "statement" text)
+RETURNS TABLE ("step" integer, "stage" text, "statement" text, "lock" text)
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c AS 'MODULE_PATHNAME', 'abort_wrapper';
 CREATE FUNCTION migrate.writes_version("version" text, "schema" text) RETURNS boolean

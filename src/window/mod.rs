@@ -21,7 +21,7 @@ use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
 use plan::{EndStep, Plan};
 
-type StepRow = (i32, String, String);
+type StepRow = (i32, String, String, Option<String>);
 
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_unsafe)]
@@ -37,6 +37,7 @@ fn expand(
         name!(step, i32),
         name!(stage, String),
         name!(statement, String),
+        name!(lock, Option<String>),
     ),
 > {
     if !dry_run {
@@ -175,6 +176,7 @@ fn contract(
         name!(step, i32),
         name!(stage, String),
         name!(statement, String),
+        name!(lock, Option<String>),
     ),
 > {
     TableIterator::new(end(version, WindowEnd::Contracted))
@@ -190,6 +192,7 @@ fn abort(
         name!(step, i32),
         name!(stage, String),
         name!(statement, String),
+        name!(lock, Option<String>),
     ),
 > {
     TableIterator::new(end(version, WindowEnd::Aborted))
@@ -268,7 +271,14 @@ fn end(version: Option<&str>, how: WindowEnd) -> Vec<StepRow> {
     steps
         .iter()
         .enumerate()
-        .map(|(i, s)| (i as i32 + 1, verb.to_string(), s.sql.clone()))
+        .map(|(i, s)| {
+            (
+                i as i32 + 1,
+                verb.to_string(),
+                s.sql.clone(),
+                lock_of(verb, &s.sql),
+            )
+        })
         .collect()
 }
 
@@ -502,8 +512,22 @@ fn step_rows(planned: &Plan) -> Vec<StepRow> {
     expand
         .chain(contract)
         .enumerate()
-        .map(|(i, (stage, sql))| (i as i32 + 1, stage, sql))
+        .map(|(i, (stage, sql))| {
+            let lock = lock_of(&stage, &sql);
+            (i as i32 + 1, stage, sql, lock)
+        })
         .collect()
+}
+
+/// The table lock a step takes, as the guard reads it from the statement; a backfill's
+/// batches lock only their rows.
+fn lock_of(stage: &str, sql: &str) -> Option<String> {
+    if stage == plan::Stage::Backfill.name() {
+        return Some("row locks, batch by batch".into());
+    }
+    let trees = crate::migration::parse::parse(sql).ok()?;
+    let (_, tree) = trees.first()?;
+    crate::guard::parsetree::lock_needed(*tree).map(|m| m.name().to_string())
 }
 
 /// A statement as written, ending so that the `;` after it cannot fall into a trailing `--`
