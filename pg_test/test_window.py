@@ -505,3 +505,24 @@ def test_statements_without_steps_run_as_written_in_the_window(cluster, db, conn
     assert conn.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = 'orders_status'::regclass").fetchone() == (True,)
     assert conn.execute("SELECT count(*) FROM public_v43.orders WHERE status = 'new'").fetchone() == (1000,)
     assert conn.execute("SELECT count(*) FROM migrate.steps WHERE version = '43'").fetchone()[0] == 2
+
+
+def test_a_window_alerts_at_half_nine_tenths_and_the_end_of_its_time(cluster, db, conn):
+    make_orders(conn, 10)
+    conn.execute("LISTEN migrate_window")
+    mark = cluster.log_mark()
+    opened = time.monotonic()
+    conn.execute("SELECT migrate.expand('43', 'ALTER TABLE orders DROP COLUMN legacy_note', ttl => '15 seconds')")
+    got = []
+    for n in conn.notifies(timeout=40, stop_after=3):
+        got.append((round(time.monotonic() - opened, 1), n.payload))
+    assert [p for _, p in got] == ['{"version": "43", "alert": 50}', '{"version": "43", "alert": 90}',
+                                   '{"version": "43", "alert": 100}'], got
+    # On time, give or take the launcher's second and a worker's start.
+    assert 7.5 <= got[0][0] <= 10 and 13.5 <= got[1][0] < 15 <= got[2][0] <= 17.5, got
+    assert window(conn, "43")["alerts_sent"] == 100
+    log = cluster.log_since(mark)
+    assert "pg_migrate: the expand window of version 43 has used 50% of its time-to-live" in log
+    assert "WARNING:  pg_migrate: the expand window of version 43 expired at" in log
+    # Once ended, a window alerts no more.
+    conn.execute("SELECT migrate.contract('43')")

@@ -271,6 +271,8 @@ CREATE TABLE migrate.window_history (
     opened_at        timestamptz NOT NULL,
     opened_by        name NOT NULL,
     expires_at       timestamptz NOT NULL,
+    -- The last time-to-live alert sent, in percent of the ttl (50, 90, 100; 0: none).
+    alerts_sent      integer NOT NULL DEFAULT 0,
     ended            text CHECK (ended IN ('contracted', 'aborted')),
     ended_at         timestamptz,
     ended_by         name,
@@ -297,6 +299,7 @@ SELECT w.version,
        w.opened_by,
        w.expires_at,
        w.ended IS NULL AND now() > w.expires_at AS expired,
+       w.alerts_sent,
        w.ended_at,
        w.ended_by,
        w.description

@@ -26,6 +26,9 @@ pub struct Slot {
     /// A worker that exited on an error is not started again before this time
     /// (TimestampTz), so a failing database does not spin.
     pub not_before: i64,
+    /// When the database wants its worker again whatever happens meanwhile (TimestampTz; 0:
+    /// never): an expand window's next time-to-live alert.
+    pub wake_at: i64,
 }
 
 #[derive(Clone, Copy)]
@@ -153,6 +156,33 @@ pub fn wanted() -> (Vec<u32>, usize) {
     (wanted, running)
 }
 
+/// Asks for `database`'s worker at `at` (TimestampTz) at the latest, or never (0): the
+/// worker says when it next has something to do on time.
+pub fn wake_at(database: pg_sys::Oid, at: i64) {
+    if !available() {
+        return;
+    }
+    if let Some(slot) = STATE.exclusive().slot_for(u32::from(database)) {
+        slot.wake_at = at;
+    }
+}
+
+/// The launcher, each time it looks: databases whose time has come want their worker.
+pub fn wake_due() {
+    // SAFETY: reads the clock.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let mut shared = STATE.exclusive();
+    for slot in shared.slots.iter_mut() {
+        if slot.database != 0 && slot.wake_at != 0 && slot.wake_at <= now {
+            slot.wake_at = 0;
+            slot.wanted = true;
+            if slot.pid != 0 {
+                set_latch(slot.latch);
+            }
+        }
+    }
+}
+
 /// Marks databases as wanting a worker (the launcher's own start, after a restart), as many
 /// as there are slots for; the others stay in `databases`, for when slots free up.
 pub fn want(databases: &mut Vec<u32>) {
@@ -202,6 +232,7 @@ pub fn register_worker(database: pg_sys::Oid) -> bool {
         latch,
         wanted: false,
         not_before: 0,
+        wake_at: slot.wake_at,
     };
     true
 }
@@ -233,13 +264,14 @@ pub fn unregister_worker(database: pg_sys::Oid, failed: bool) {
         .iter_mut()
         .find(|s| s.database == database && s.pid == pid)
     {
-        *slot = if failed || slot.wanted {
+        *slot = if failed || slot.wanted || slot.wake_at != 0 {
             Slot {
                 database,
                 pid: 0,
                 latch: 0,
-                wanted: true,
+                wanted: failed || slot.wanted,
                 not_before: if failed { now + RESTART_DELAY_US } else { 0 },
+                wake_at: slot.wake_at,
             }
         } else {
             Slot::default()

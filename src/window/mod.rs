@@ -5,6 +5,7 @@
 
 pub mod facts;
 pub mod plan;
+pub mod ttl;
 
 use crate::apply;
 use crate::errors::{self, OrBookkeeping, OrRaise, Problem};
@@ -152,6 +153,8 @@ fn expand(
         .raise();
     }
     record(&version, description, source, &checksum, &planned, ttl_s);
+    // The worker keeps the window's time: it reads it once this transaction commits.
+    crate::pg::shmem::wake_at_commit();
     TableIterator::new(rows)
 }
 

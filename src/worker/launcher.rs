@@ -58,6 +58,7 @@ pub extern "C-unwind" fn pg_migrate_launcher_main(_arg: pg_sys::Datum) {
         if !backlog.is_empty() {
             shmem::want(&mut backlog);
         }
+        shmem::wake_due();
         let (wanted, mut running) = shmem::wanted();
         // Read only when a worker is about to start.
         let mut live: Option<Vec<u32>> = None;
