@@ -347,15 +347,17 @@ CREATE TABLE b (
             // apply, baseline, cancel, retry, verify and the backfill functions check
             // migrate_admin membership themselves, so that a non-member gets an error that
             // says what to do; dry_run and assert_safe run the script with the caller's own
-            // rights. cancel is there twice: a migration's, a backfill's.
+            // rights. cancel is there twice: a migration's, a backfill's. expand, contract
+            // and abort check membership too (a dry run of expand is everyone's);
+            // writes_version is evaluated by every bridged write, whoever the writer.
             Some(
-                "all_objects apply assert_safe backfill baseline cancel cancel changes \
-                 current_version describe describe_objects describe_table_objects \
-                 described_relations description_of diff dry_run \
+                "abort all_objects apply assert_safe backfill baseline cancel cancel changes \
+                 contract current_version describe describe_objects describe_table_objects \
+                 described_relations description_of diff dry_run expand \
                  fingerprint fingerprint_of hash_sum lint object_hash pause \
                  record_schema recorded_schema resume retry rule_catalog schema_is_described \
                  validate verify \
-                 version_key wait"
+                 version_key wait writes_version"
             )
         );
         assert_eq!(
