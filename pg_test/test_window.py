@@ -526,3 +526,148 @@ def test_a_window_alerts_at_half_nine_tenths_and_the_end_of_its_time(cluster, db
     assert "WARNING:  pg_migrate: the expand window of version 43 expired at" in log
     # Once ended, a window alerts no more.
     conn.execute("SELECT migrate.contract('43')")
+
+
+def test_each_update_is_bridged_by_what_it_changed_whoever_wrote_it(cluster, db, conn):
+    """A session on the wrong side (no declared version writing through the view, a declared
+    new version writing the table) still gets its write bridged; a write setting both columns
+    apart fails; an explicit NULL from the new version stays NULL."""
+    conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, amount int DEFAULT 0, note text)")
+    conn.execute("INSERT INTO orders SELECT g, g FROM generate_series(1, 100) g")
+    conn.execute("SELECT migrate.expand('43', 'ALTER TABLE orders ALTER COLUMN amount TYPE bigint')")
+    conn.execute("CALL migrate.wait('43')")
+    conn.execute("UPDATE public_v43.orders SET amount = 666 WHERE id = 2")  # no version declared
+    with cluster.connect(db) as c:
+        c.execute("SET migrate.client_version = '43'")
+        c.execute("UPDATE public.orders SET amount = 555 WHERE id = 1")  # declared, base table
+        c.execute("INSERT INTO public_v43.orders (id, amount) VALUES (1000, NULL)")
+        c.execute("INSERT INTO public_v43.orders (id) VALUES (1001)")
+    f = failure(conn, "UPDATE orders SET amount = 7, _migrate_43_amount = 8 WHERE id = 3")
+    assert f.sqlstate == "23000" and f.message.startswith("pg_migrate:") and f.detail and f.hint
+    conn.execute("UPDATE orders SET amount = 9, _migrate_43_amount = 9 WHERE id = 3")
+    conn.execute("UPDATE orders SET note = 'x' WHERE id = 4")
+    rows = conn.execute(
+        "SELECT id, amount, _migrate_43_amount FROM orders WHERE id IN (1, 2, 3, 4, 1000, 1001) ORDER BY id"
+    ).fetchall()
+    assert rows == [(1, 555, 555), (2, 666, 666), (3, 9, 9), (4, 4, 4), (1000, None, None), (1001, 0, 0)], rows
+
+
+def test_contract_refuses_a_missing_bridge_and_rows_out_of_step(cluster, db, conn):
+    make_orders(conn, 100)
+    conn.execute("SELECT migrate.expand('43', 'ALTER TABLE orders ALTER COLUMN amount TYPE bigint')")
+    conn.execute("CALL migrate.wait('43')")
+    # A superuser with the guard off can still get around the bridge; contract notices.
+    conn.execute("SET migrate.guard = off")
+    conn.execute("ALTER TABLE orders DISABLE TRIGGER zz_migrate_43_bridge")
+    conn.execute("UPDATE orders SET amount = 999 WHERE id = 1")
+    f = failure(conn, "SELECT migrate.contract('43')")
+    assert f.sqlstate == "55000" and "not enabled ALWAYS" in f.message, f
+    conn.execute("ALTER TABLE orders ENABLE ALWAYS TRIGGER zz_migrate_43_bridge")
+    f = failure(conn, "SELECT migrate.contract('43')")
+    assert f.sqlstate == "55000" and "1 rows of public.orders differ" in f.message, f
+    assert "SELECT count(*) FROM public.orders WHERE" in f.hint
+    conn.execute("UPDATE orders SET amount = amount WHERE id = 1")  # the bridge copies it again
+    conn.execute("DROP TRIGGER zz_migrate_43_bridge ON orders")
+    f = failure(conn, "SELECT migrate.contract('43')")
+    assert f.sqlstate == "55000" and "is gone" in f.message, f
+    conn.execute("RESET migrate.guard")
+    conn.execute("SELECT migrate.abort('43')")
+
+
+def test_ddl_around_the_bridge_is_refused_from_outside_pg_migrate(cluster, db, conn):
+    make_orders(conn, 100)
+    conn.execute("SELECT migrate.expand('43', 'ALTER TABLE orders ALTER COLUMN amount TYPE bigint')")
+    conn.execute("CALL migrate.wait('43')")
+    for ddl in (
+        "DROP TRIGGER zz_migrate_43_bridge ON orders",
+        "ALTER TRIGGER zz_migrate_43_bridge ON orders RENAME TO other",
+        "CREATE TRIGGER zzz_late BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger()",
+        "DROP FUNCTION _migrate_43_orders_bridge() CASCADE",
+        "CREATE OR REPLACE FUNCTION public._migrate_43_orders_bridge() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END'",
+        "ALTER FUNCTION _migrate_43_orders_bridge() SECURITY DEFINER",
+        "DROP VIEW public_v43.orders",
+        "DROP SCHEMA public_v43 CASCADE",
+    ):
+        f = failure(conn, ddl)
+        assert "inside the open expand window of version 43" in f.message, (ddl, f)
+
+
+def test_what_cannot_be_bridged_faithfully_is_refused(cluster, db, conn):
+    conn.execute(
+        "CREATE TABLE t (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, n int, "
+        "g int GENERATED ALWAYS AS (n * 2) STORED, at timestamptz, k int, v int)"
+    )
+    conn.execute("CREATE ROLE window_reader")
+    conn.execute("GRANT SELECT (id, v) ON t TO window_reader")
+    conn.execute("CREATE TABLE u (id int PRIMARY KEY, n int, at timestamptz)")
+    conn.execute("CREATE FUNCTION bump() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN NEW.n := NEW.n + 1; RETURN NEW; END'")
+    conn.execute("CREATE TRIGGER zzz_bump BEFORE INSERT ON u FOR EACH ROW EXECUTE FUNCTION bump()")
+    conn.execute("CREATE SCHEMA public_v44")
+    conn.execute("CREATE TABLE w (id int PRIMARY KEY, n int)")
+    cases = [
+        ("43", "ALTER TABLE t ALTER COLUMN v TYPE bigint", "column privileges"),
+        ("43", "ALTER TABLE u ALTER COLUMN at TYPE timestamp", "depends on session settings"),
+        ("43", "ALTER TABLE u ALTER COLUMN n TYPE bigint", "zzz_bump would fire after the bridge"),
+        ("44", "ALTER TABLE u RENAME COLUMN n TO m", "schema public_v44 already exists"),
+        ("43", "CREATE INDEX ON w (n); ALTER TABLE w ALTER COLUMN n TYPE bigint", "whose columns the window copies"),
+    ]
+    for version, ddl, text in cases:
+        f = failure(conn, "SELECT migrate.expand(%s, %s)", (version, ddl))
+        assert text in f.message, (ddl, f)
+        assert f.detail and f.hint, (ddl, f)
+    conn.execute("REVOKE SELECT (id, v) ON t FROM window_reader")
+    for ddl in ("ALTER TABLE t ALTER COLUMN id TYPE numeric", "ALTER TABLE t ALTER COLUMN g TYPE bigint"):
+        f = failure(conn, "SELECT migrate.expand('43', %s)", (ddl,))
+        assert f.sqlstate == "0A000", (ddl, f)
+    assert conn.execute("SELECT count(*) FROM migrate.window_history").fetchone()[0] == 0
+
+
+def test_a_plain_admin_opens_and_ends_windows_and_an_aborted_one_stays_ended(cluster, db, conn):
+    """migrate_admin members who are not superusers: their own tables, their own windows."""
+    conn.execute("CREATE ROLE window_admin LOGIN IN ROLE migrate_admin")
+    conn.execute("GRANT CREATE ON DATABASE " + db + " TO window_admin")
+    conn.execute("GRANT CREATE ON SCHEMA public TO window_admin")
+    with cluster.connect(db, user="window_admin") as a:
+        a.execute("CREATE TABLE orders (id bigint PRIMARY KEY, amount int NOT NULL DEFAULT 0, old_status text)")
+        a.execute("INSERT INTO orders SELECT g, g FROM generate_series(1, 1000) g")
+        a.execute("SELECT migrate.expand('43', 'ALTER TABLE orders ALTER COLUMN amount TYPE bigint')")
+        a.execute("CALL migrate.wait('43')")
+        a.execute("SELECT migrate.contract('43')")
+        a.execute("SELECT migrate.expand('44', 'ALTER TABLE orders RENAME COLUMN old_status TO status')")
+        a.execute("SELECT migrate.abort('44')")
+        assert [window(a, v)["state"] for v in ("43", "44")] == ["contracted", "aborted"]
+        a.execute("SELECT migrate.expand('45', 'ALTER TABLE orders ALTER COLUMN amount TYPE numeric')")
+        a.execute("SELECT migrate.cancel('45')")
+        wait_until(lambda: window(a, "45")["state"] == "cancelled", timeout=30)
+        a.execute("SELECT migrate.abort('45')")
+        f = failure(a, "SELECT migrate.retry('45')")
+        assert f.sqlstate == "55000" and "aborted" in f.message, f
+
+
+def test_a_type_owners_code_runs_as_the_writer_never_as_the_window_opener(cluster, db, conn):
+    """A domain owned by a plain role, changed after the window opened: its check runs when
+    a row is bridged, with the rights of the role writing the row."""
+    conn.execute("CREATE ROLE window_typeowner LOGIN")
+    conn.execute("CREATE ROLE window_writer2 LOGIN")
+    conn.execute("CREATE SCHEMA typ AUTHORIZATION window_typeowner")
+    conn.execute("CREATE TABLE public.seen (who text, admin boolean)")
+    conn.execute("GRANT INSERT ON public.seen TO PUBLIC")
+    with cluster.connect(db, user="window_typeowner") as o:
+        o.execute("CREATE DOMAIN typ.cents AS bigint")
+        o.execute("GRANT USAGE ON SCHEMA typ TO PUBLIC")
+        o.execute("GRANT USAGE ON TYPE typ.cents TO PUBLIC")
+    make_orders(conn, 100)
+    conn.execute("GRANT SELECT, INSERT, UPDATE ON orders TO window_writer2")
+    conn.execute("SELECT migrate.expand('43', 'ALTER TABLE orders ALTER COLUMN amount TYPE typ.cents')")
+    conn.execute("CALL migrate.wait('43')")
+    with cluster.connect(db, user="window_typeowner") as o:
+        o.execute(
+            "CREATE FUNCTION typ.spy(bigint) RETURNS boolean LANGUAGE sql AS $$ "
+            "INSERT INTO public.seen SELECT current_user, pg_has_role(current_user, 'migrate_admin', 'member') "
+            "RETURNING true $$"
+        )
+        o.execute("ALTER DOMAIN typ.cents ADD CONSTRAINT spy CHECK (typ.spy(VALUE)) NOT VALID")
+    with cluster.connect(db, user="window_writer2") as w:
+        w.execute("INSERT INTO orders (id, amount) VALUES (500, 5)")
+        w.execute("UPDATE orders SET amount = 6 WHERE id = 500")
+    assert set(conn.execute("SELECT who, admin FROM public.seen").fetchall()) == {("window_writer2", False)}

@@ -16,6 +16,11 @@ CREATE TABLE migrate.window_history (
     -- [{"sql": ..., "needs_column": [schema, table, column] | null}, ...]
     contract_steps   jsonb NOT NULL,
     abort_steps      jsonb NOT NULL,
+    -- [{"table", "trigger", "out_of_step"}, ...]: what contract checks before the swap.
+    checks           jsonb NOT NULL DEFAULT '[]',
+    -- The window's own objects beside its tables (bridge functions, view schemas), which
+    -- the guard keeps DDL outside pg_migrate away from.
+    objects          text[] NOT NULL DEFAULT '{}',
     ttl              interval NOT NULL,
     opened_at        timestamptz NOT NULL,
     opened_by        name NOT NULL,

@@ -911,3 +911,82 @@ unsafe fn detaches(stmt: *mut pg_sys::AlterTableStmt) -> bool {
         .iter_ptr()
         .any(|cmd| (*cmd).subtype == pg_sys::AlterTableType::AT_DetachPartition)
 }
+
+/// The objects a statement changes that the `window-open` rule guards beside the tables a
+/// command names: the table of a trigger created, dropped or renamed (qualified, as
+/// `Rel::name`); functions, schemas and the schemas of views dropped, by bare name.
+pub fn guarded_names(stmt: StmtTree) -> Vec<String> {
+    // SAFETY: a StmtTree is a valid raw statement tree.
+    unsafe { guarded_names_node(stmt.node()) }
+}
+
+unsafe fn guarded_names_node(node: *mut pg_sys::Node) -> Vec<String> {
+    use pg_sys::ObjectType::*;
+    let table_of =
+        |rv: *mut pg_sys::RangeVar| catalog::relation_name(crate::pg::nodes::range_var_oid(rv));
+    let last = |names: *mut pg_sys::List| {
+        PgList::<pg_sys::Node>::from_pg(names)
+            .iter_ptr()
+            .last()
+            .map(|n| str_val(n))
+    };
+    if is_a(node, T::T_CreateTrigStmt) {
+        return table_of((*node.cast::<pg_sys::CreateTrigStmt>()).relation)
+            .into_iter()
+            .collect();
+    }
+    if is_a(node, T::T_RenameStmt) {
+        let stmt = node.cast::<pg_sys::RenameStmt>();
+        return match (*stmt).renameType {
+            OBJECT_TRIGGER => table_of((*stmt).relation).into_iter().collect(),
+            OBJECT_FUNCTION | OBJECT_PROCEDURE | OBJECT_ROUTINE => {
+                let with_args = (*stmt).object.cast::<pg_sys::ObjectWithArgs>();
+                last((*with_args).objname).into_iter().collect()
+            }
+            OBJECT_SCHEMA => vec![text((*stmt).subname)],
+            _ => vec![],
+        };
+    }
+    if is_a(node, T::T_CreateFunctionStmt) {
+        return last((*node.cast::<pg_sys::CreateFunctionStmt>()).funcname)
+            .into_iter()
+            .collect();
+    }
+    if is_a(node, T::T_AlterFunctionStmt) {
+        let with_args = (*node.cast::<pg_sys::AlterFunctionStmt>()).func;
+        return last((*with_args).objname).into_iter().collect();
+    }
+    if is_a(node, T::T_DropStmt) {
+        let stmt = node.cast::<pg_sys::DropStmt>();
+        let objects = PgList::<pg_sys::Node>::from_pg((*stmt).objects);
+        return match (*stmt).removeType {
+            OBJECT_TRIGGER => objects
+                .iter_ptr()
+                .filter_map(|names| {
+                    // schema?, table, trigger: the table is the list without its last name.
+                    let mut parts = PgList::<pg_sys::Node>::from_pg(names.cast());
+                    parts.pop();
+                    table_of(pg_sys::makeRangeVarFromNameList(parts.into_pg()))
+                })
+                .collect(),
+            // A view of a window is guarded by its schema's name.
+            OBJECT_VIEW => objects
+                .iter_ptr()
+                .filter_map(|names| {
+                    let oid = crate::pg::nodes::range_var_oid(pg_sys::makeRangeVarFromNameList(
+                        names.cast(),
+                    ));
+                    (oid != pg_sys::InvalidOid)
+                        .then(|| text(pg_sys::get_namespace_name(pg_sys::get_rel_namespace(oid))))
+                })
+                .collect(),
+            OBJECT_FUNCTION | OBJECT_PROCEDURE | OBJECT_ROUTINE => objects
+                .iter_ptr()
+                .filter_map(|o| last((*o.cast::<pg_sys::ObjectWithArgs>()).objname))
+                .collect(),
+            OBJECT_SCHEMA => objects.iter_ptr().map(|n| str_val(n)).collect(),
+            _ => vec![],
+        };
+    }
+    vec![]
+}

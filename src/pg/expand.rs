@@ -28,6 +28,8 @@ pub enum Request {
         /// The new value is computed (a USING that is more than a cast of the column), so
         /// converting back is not a cast either.
         computed: bool,
+        /// The conversion calls something not immutable (it depends on session settings).
+        mutable: bool,
     },
     Rename {
         column: String,
@@ -212,6 +214,7 @@ unsafe fn type_change(
         };
         let table_name = pg_sys::get_rel_name(relid);
         (
+            pg_sys::contain_mutable_functions(coerced),
             !is_cast_of(source, attnum),
             format_type(target, target_mod),
             deparse(source, pg_sys::deparse_context_for(table_name, relid)),
@@ -220,7 +223,7 @@ unsafe fn type_change(
     })
     .map_err(Unread::Failed)?;
     drop(opened);
-    let (computed, new_type, up_plain, down_assignable) = analysed;
+    let (mutable, computed, new_type, up_plain, down_assignable) = analysed;
     let rewrites = crate::pg::catalog::type_change_rewrites(
         relid,
         column,
@@ -235,6 +238,7 @@ unsafe fn type_change(
         rewrites,
         down_assignable,
         computed,
+        mutable,
     })
 }
 

@@ -6,7 +6,7 @@ use crate::window::plan::{Column, Table};
 use pgrx::pg_sys;
 
 /// The table `oid` as the plan needs it; `None` when it no longer exists.
-pub fn table(oid: pg_sys::Oid) -> Option<Table> {
+pub fn table(oid: pg_sys::Oid, view_schema: impl Fn(&str) -> String) -> Option<Table> {
     let head = crate::pg::spi::pinned_row(
         "SELECT n.nspname::text, c.relname::text, c.relkind = 'r', \
                 EXISTS (SELECT FROM pg_inherits i WHERE i.inhparent = c.oid) \
@@ -23,13 +23,21 @@ pub fn table(oid: pg_sys::Oid) -> Option<Table> {
     )
     .or_bookkeeping("read the table migrate.expand plans for")?;
     let (schema, name, plain, has_children) = head;
+    let wanted = view_schema(&schema);
     Some(Table {
-        schema,
-        name,
         columns: columns(oid),
         plain,
         has_children,
         grants: grants(oid),
+        column_grants: column_grants(oid),
+        before_triggers: before_triggers(oid),
+        existing_schemas: crate::pg::spi::pinned_column::<String>(
+            "SELECT nspname::text FROM pg_namespace WHERE nspname = $1",
+            &[wanted.as_str().into()],
+        )
+        .or_bookkeeping("read pg_namespace"),
+        schema,
+        name,
     })
 }
 
@@ -43,6 +51,7 @@ fn columns(oid: pg_sys::Oid) -> Vec<Column> {
             client
                 .select(
                     "SELECT a.attname::text, a.attnotnull, pg_get_expr(d.adbin, d.adrelid), \
+                            a.attidentity <> '' OR a.attgenerated <> '', \
                             ARRAY(SELECT pg_describe_object(p.classid, p.objid, p.objsubid) \
                                   FROM pg_depend p \
                                   WHERE p.refclassid = 'pg_class'::regclass \
@@ -66,8 +75,9 @@ fn columns(oid: pg_sys::Oid) -> Vec<Column> {
                         name: row.get::<String>(1)?.unwrap_or_default(),
                         not_null: row.get::<bool>(2)?.unwrap_or(false),
                         default_sql: row.get::<String>(3)?,
+                        identity_or_generated: row.get::<bool>(4)?.unwrap_or(false),
                         dependents: row
-                            .get::<Vec<Option<String>>>(4)?
+                            .get::<Vec<Option<String>>>(5)?
                             .unwrap_or_default()
                             .into_iter()
                             .flatten()
@@ -95,6 +105,30 @@ fn grants(oid: pg_sys::Oid) -> Vec<(String, String)> {
         &[oid.into()],
     )
     .or_bookkeeping("read the grants migrate.expand carries over")
+}
+
+/// Whether any column of the table has privileges of its own.
+fn column_grants(oid: pg_sys::Oid) -> bool {
+    crate::pg::spi::pinned_row(
+        "SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 \
+                        AND NOT attisdropped AND attacl IS NOT NULL)",
+        &[oid.into()],
+        |row| row.get::<bool>(1),
+    )
+    .or_bookkeeping("read pg_attribute")
+    .flatten()
+    .unwrap_or(false)
+}
+
+/// The table's own (not internal) row triggers that fire BEFORE an INSERT or UPDATE.
+fn before_triggers(oid: pg_sys::Oid) -> Vec<String> {
+    // tgtype bits (trigger.h): 1 ROW, 2 BEFORE, 4 INSERT, 16 UPDATE.
+    crate::pg::spi::pinned_column::<String>(
+        "SELECT tgname::text FROM pg_trigger WHERE tgrelid = $1 AND NOT tgisinternal \
+           AND tgtype & 3 = 3 AND tgtype & 20 <> 0 ORDER BY 1",
+        &[oid.into()],
+    )
+    .or_bookkeeping("read pg_trigger")
 }
 
 /// Whether `schema.table` has a live column `column` now.

@@ -81,12 +81,86 @@ fn expand(
         )
         .raise();
     }
+    // Under the applier lock, before the catalogs are read for the plan: a version that has
+    // its window (or its migration) already says so, whatever the plan would find now.
+    let checksum = Checksums::of(source).normalized;
+    if !dry_run {
+        lock_history();
+        if let Some((recorded, ended)) = recorded_source(&version) {
+            if recorded == checksum && ended.is_none() {
+                errors::notice(format!(
+                    "version {version} already has this expand window; nothing to do (see \
+                 migrate.windows)"
+                ));
+                return TableIterator::new(Vec::new());
+            }
+            Problem::new(
+                PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+                format!("version {version} already has an expand window"),
+                match ended {
+                    Some(end) => format!("It was opened with other DDL and has been {end}."),
+                    None => "It was opened with other DDL (the checksums differ).".into(),
+                },
+                "Open a window for a new version.",
+            )
+            .raise();
+        }
+        if let Some(recorded) = history::find(&version) {
+            Problem::new(
+                PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+                format!(
+                    "version {version} is already recorded in migrate.history ({})",
+                    recorded.status
+                ),
+                "A window's expand is the migration of its version; this one exists already.",
+                "Open the window under a new version.",
+            )
+            .raise();
+        }
+    }
     let tables: Vec<(plan::Table, Vec<Request>)> = asked
         .into_iter()
-        .filter_map(|(oid, requests)| Some((facts::table(oid)?, requests)))
+        .filter_map(|(oid, requests)| {
+            let table = facts::table(oid, |schema| plan::view_schema(schema, version.as_str()))?;
+            Some((table, requests))
+        })
         .collect();
     let mut planned =
         plan::plan(version.as_str(), &tables, crate::pg::catalog::quote_ident).or_raise();
+    // The plan was read from the catalogs as they are before any statement runs: one kept as
+    // written that changed a table of the window would be planned around wrongly.
+    for (statement, tree) in &trees {
+        let text = statement_text(statement.text(source));
+        if !as_written.contains(&text) {
+            continue;
+        }
+        let named = crate::guard::hooks::trigger::read_command(*tree, &statement.tag)
+            .map(|mut c| {
+                c.rels_mut()
+                    .iter()
+                    .map(|r| r.name.clone())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        // A rename or a hidden column does not depend on what else the table has; a copy
+        // does (its indexes, defaults and constraints were read for the plan).
+        if let Some(table) = named
+            .iter()
+            .find(|n| planned.checks.iter().any(|c| c.table == **n))
+        {
+            Problem::new(
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!(
+                    "{what}, statement {}: {} changes {table}, whose columns the window copies",
+                    statement.number, statement.tag
+                ),
+                "The window's steps are planned from the table as it is before the script \
+                 runs; a statement run as written beside them would be planned around wrongly.",
+                "Run it with migrate.apply before expand, or after contract.",
+            )
+            .raise();
+        }
+    }
     planned.expand.splice(
         0..0,
         as_written.into_iter().map(|sql| (plan::Stage::Expand, sql)),
@@ -94,39 +168,6 @@ fn expand(
     let rows = step_rows(&planned);
     if dry_run {
         return TableIterator::new(rows);
-    }
-    lock_history();
-    let checksum = Checksums::of(source).normalized;
-    if let Some((recorded, ended)) = recorded_source(&version) {
-        if recorded == checksum && ended.is_none() {
-            errors::notice(format!(
-                "version {version} already has this expand window; nothing to do (see \
-                 migrate.windows)"
-            ));
-            return TableIterator::new(Vec::new());
-        }
-        Problem::new(
-            PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
-            format!("version {version} already has an expand window"),
-            match ended {
-                Some(end) => format!("It was opened with other DDL and has been {end}."),
-                None => "It was opened with other DDL (the checksums differ).".into(),
-            },
-            "Open a window for a new version.",
-        )
-        .raise();
-    }
-    if let Some(recorded) = history::find(&version) {
-        Problem::new(
-            PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
-            format!(
-                "version {version} is already recorded in migrate.history ({})",
-                recorded.status
-            ),
-            "A window's expand is the migration of its version; this one exists already.",
-            "Open the window under a new version.",
-        )
-        .raise();
     }
     refuse_overlap(&planned.tables).or_raise();
     refuse_expired().or_raise();
@@ -231,6 +272,9 @@ fn end(version: Option<&str>, how: WindowEnd) -> Vec<StepRow> {
     }
     let status = history::find(&version).map(|r| r.status);
     refuse_end(&version, how, status).or_raise();
+    if how == WindowEnd::Contracted {
+        refuse_drift(&version, &window).or_raise();
+    }
     let steps: Vec<&EndStep> = match how {
         WindowEnd::Contracted => window.contract.iter().collect(),
         WindowEnd::Aborted => window
@@ -331,31 +375,130 @@ fn refuse_end(version: &Version, how: WindowEnd, status: Option<Status>) -> Resu
 struct Window {
     contract: Vec<EndStep>,
     abort: Vec<EndStep>,
+    checks: Vec<plan::Check>,
+    opened_by: String,
     ended: Option<String>,
     ended_at: Option<String>,
 }
 
+/// The window of `version`, its row locked (as the owner: admins only read the table) so
+/// that a concurrent contract or abort waits for this one.
 fn open_window(version: &Version) -> Option<Window> {
-    crate::pg::spi::read_own_row(
-        "migrate.window_history",
-        "SELECT contract_steps, abort_steps, ended, ended_at::text \
-         FROM migrate.window_history WHERE version = $1 FOR UPDATE",
-        &[version.as_str().into()],
-        |row| {
-            let steps = |n: usize| -> Result<Vec<EndStep>, pgrx::spi::Error> {
-                Ok(row
-                    .get::<JsonB>(n)?
-                    .and_then(|j| serde_json::from_value(j.0).ok())
-                    .unwrap_or_default())
-            };
-            Ok(Window {
-                contract: steps(1)?,
-                abort: steps(2)?,
-                ended: row.get(3)?,
-                ended_at: row.get(4)?,
-            })
-        },
-    )
+    identity::as_owner(|| {
+        crate::pg::spi::read_own_row(
+            "migrate.window_history",
+            "SELECT contract_steps, abort_steps, checks, opened_by::text, ended, ended_at::text \
+             FROM migrate.window_history WHERE version = $1 FOR UPDATE",
+            &[version.as_str().into()],
+            |row| {
+                fn json<T: serde::de::DeserializeOwned + Default>(value: Option<JsonB>) -> T {
+                    value
+                        .and_then(|j| serde_json::from_value(j.0).ok())
+                        .unwrap_or_default()
+                }
+                Ok(Window {
+                    contract: json(row.get::<JsonB>(1)?),
+                    abort: json(row.get::<JsonB>(2)?),
+                    checks: json(row.get::<JsonB>(3)?),
+                    opened_by: row.get::<String>(4)?.unwrap_or_default(),
+                    ended: row.get(5)?,
+                    ended_at: row.get(6)?,
+                })
+            },
+        )
+    })
+}
+
+/// Before contract swaps the columns: every bridge is in place and every row in step, or
+/// the swap would make a difference between them permanent. The count runs as the role that
+/// opened the window (its conversions are that role's), with only pg_catalog on the path
+/// (they are printed qualified).
+fn refuse_drift(version: &Version, window: &Window) -> Result<(), Problem> {
+    for check in &window.checks {
+        let enabled = crate::pg::spi::pinned_row(
+            "SELECT tgenabled = 'A' FROM pg_trigger \
+             WHERE tgrelid = to_regclass($1) AND tgname = $2",
+            &[check.table.as_str().into(), check.trigger.as_str().into()],
+            |row| row.get::<bool>(1),
+        )
+        .or_bookkeeping("read pg_trigger")
+        .flatten();
+        if enabled != Some(true) {
+            return Err(Problem::new(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!(
+                    "the bridge of {} is {}: window {version} cannot be contracted",
+                    check.table,
+                    if enabled.is_none() {
+                        "gone"
+                    } else {
+                        "not enabled ALWAYS"
+                    }
+                ),
+                format!(
+                    "Trigger {} kept the old and the new column in step; without it, writes \
+                     since may have reached only one of them.",
+                    check.trigger
+                ),
+                format!("Abort the window (SELECT migrate.abort('{version}')) and open it again."),
+            ));
+        }
+        let opener = identity::role_oid(&window.opened_by).ok_or_else(|| {
+            Problem::new(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+                format!(
+                    "role {} that opened window {version} no longer exists",
+                    window.opened_by
+                ),
+                "Contract checks the rows with the rights of the role that opened the window.",
+                format!("Abort the window: SELECT migrate.abort('{version}')."),
+            )
+        })?;
+        let behind = identity::as_author(opener, &[("search_path", "pg_catalog")], || {
+            pgrx::Spi::get_one::<i64>(&check.out_of_step)
+        })
+        .map_err(|e| {
+            Problem::new(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                format!("could not check the rows of {}: {e}", check.table),
+                "Contract counts the rows whose two columns disagree.",
+                "Report this as a pg_migrate bug.",
+            )
+        })?
+        .unwrap_or(0);
+        if behind > 0 {
+            return Err(Problem::new(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!(
+                    "{behind} rows of {} differ between the old and the new column: window \
+                     {version} cannot be contracted",
+                    check.table
+                ),
+                "Contract would keep the new column's values and set the old ones aside; the \
+                 rows that disagree would keep a value the old version never wrote.",
+                format!(
+                    "Find them ({}), fix them, and contract again; or SELECT \
+                     migrate.abort('{version}').",
+                    check.out_of_step
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `version`'s window was aborted: its migration must not run again.
+pub fn aborted(version: &str) -> bool {
+    identity::as_owner(|| {
+        crate::pg::spi::pinned_row(
+            "SELECT ended = 'aborted' FROM migrate.window_history WHERE version = $1",
+            &[version.into()],
+            |row| row.get::<bool>(1),
+        )
+    })
+    .or_bookkeeping("read migrate.window_history")
+    .flatten()
+    .unwrap_or(false)
 }
 
 /// The recorded window's source checksum and how it ended.
@@ -429,9 +572,11 @@ fn record(
     crate::pg::spi::write_as_owner(
         "migrate.window_history",
         "INSERT INTO migrate.window_history (version, description, source, source_checksum, \
-           tables, schemas, contract_steps, abort_steps, ttl, opened_at, opened_by, expires_at) \
+           tables, schemas, contract_steps, abort_steps, ttl, opened_at, opened_by, expires_at, \
+           checks, objects) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, make_interval(secs => $9), \
-                 clock_timestamp(), $10, clock_timestamp() + make_interval(secs => $9))",
+                 clock_timestamp(), $10, clock_timestamp() + make_interval(secs => $9), \
+                 $11, $12)",
         &[
             version.as_str().into(),
             description.into(),
@@ -443,6 +588,8 @@ fn record(
             json(&planned.abort).into(),
             (ttl_s as f64).into(),
             identity::current_user_name().into(),
+            JsonB(serde_json::to_value(&planned.checks).unwrap_or_default()).into(),
+            planned.objects.clone().into(),
         ],
     );
 }

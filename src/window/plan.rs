@@ -17,6 +17,8 @@ pub struct Column {
     pub default_sql: Option<String>,
     /// Objects that depend on it (indexes, constraints, views, sequences), described.
     pub dependents: Vec<String>,
+    /// An identity or generated column.
+    pub identity_or_generated: bool,
 }
 
 /// A table as the catalogs have it.
@@ -32,6 +34,12 @@ pub struct Table {
     pub has_children: bool,
     /// (grantee as SQL, privilege) of the table's grants the views carry over; `PUBLIC` as is.
     pub grants: Vec<(String, String)>,
+    /// Some column has privileges of its own (column-level GRANTs).
+    pub column_grants: bool,
+    /// The table's own row triggers that fire BEFORE an INSERT or UPDATE, by name.
+    pub before_triggers: Vec<String>,
+    /// Schemas that exist already, of those the window would create.
+    pub existing_schemas: Vec<String>,
 }
 
 /// Quotes an identifier as needed: PostgreSQL's `quote_identifier` in the server (which
@@ -90,6 +98,21 @@ pub struct Plan {
     pub schemas: Vec<String>,
     /// Every table the window changes, qualified.
     pub tables: Vec<String>,
+    /// Per bridged table, what contract checks before it swaps the columns.
+    pub checks: Vec<Check>,
+    /// The names of the window's own objects that DDL outside pg_migrate may not touch
+    /// beside its tables: bridge functions (unqualified) and view schemas.
+    pub objects: Vec<String>,
+}
+
+/// A bridged table's state that contract relies on: its bridge trigger, and no row whose
+/// copy differs from what its original gives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Check {
+    pub table: String,
+    pub trigger: String,
+    /// Counts the rows out of step.
+    pub out_of_step: String,
 }
 
 impl Plan {
@@ -187,6 +210,28 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
         }
         plan.tables.push(name.clone());
         let schema = view_schema(&table.schema, version);
+        if table.column_grants {
+            return Err(refused(
+                format!(
+                    "migrate.expand cannot yet plan changes to {name}: it has column privileges"
+                ),
+                "Column-level GRANTs are not carried over to copy columns and views yet; the \
+                 new version would lose them."
+                    .into(),
+                "Grant on the whole table, or change it with migrate.apply.",
+            ));
+        }
+        if table.existing_schemas.contains(&schema) && !plan.schemas.contains(&schema) {
+            return Err(Problem::new(
+                PgSqlErrorCode::ERRCODE_DUPLICATE_SCHEMA,
+                format!("schema {schema} already exists"),
+                format!(
+                    "Window {version} publishes the new version of {name} in schema {schema}, \
+                     which it creates itself."
+                ),
+                "Drop or rename that schema, or open the window under another version.",
+            ));
+        }
         let mut touched: Vec<&str> = Vec::new();
         let mut copies: Vec<Copy> = Vec::new();
         let mut renamed: Vec<(&str, &str)> = Vec::new();
@@ -235,8 +280,37 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
                     rewrites,
                     down_assignable,
                     computed,
+                    mutable,
                 } => {
                     let column = existing.expect("checked above");
+                    if *mutable {
+                        return Err(refused(
+                            format!(
+                                "migrate.expand cannot plan changing column {} of {name} to \
+                                 {new_type}: the conversion depends on session settings",
+                                column.name
+                            ),
+                            "It calls something that is not immutable (a timestamp with time \
+                             zone conversion reads TimeZone, say): the worker's batches and \
+                             each writer's session would convert the same value differently."
+                                .into(),
+                            "Change the type with migrate.apply, or through a type whose \
+                             conversion is immutable.",
+                        ));
+                    }
+                    if column.identity_or_generated {
+                        return Err(refused(
+                            format!(
+                                "migrate.expand cannot copy column {} of {name}: it is an \
+                                 identity or generated column",
+                                column.name
+                            ),
+                            "Its values come from PostgreSQL, which a copy column and a bridge \
+                             cannot reproduce."
+                                .into(),
+                            "Change its type with migrate.apply.",
+                        ));
+                    }
                     if !rewrites {
                         // Binary-coercible: nothing to copy, a catalog change in place.
                         plan.expand.push((
@@ -408,7 +482,42 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
             literal(&schema)
         );
         if !copies.is_empty() {
+            let bridge_trigger = trigger_name(version);
+            let after: Vec<&String> = table
+                .before_triggers
+                .iter()
+                .filter(|t| t.as_bytes() > bridge_trigger.as_bytes())
+                .collect();
+            if !after.is_empty() {
+                return Err(refused(
+                    format!(
+                        "migrate.expand cannot bridge {name}: trigger {} would fire after the \
+                         bridge",
+                        after[0]
+                    ),
+                    format!(
+                        "PostgreSQL fires BEFORE triggers in name order; the bridge, \
+                         {bridge_trigger}, must see what every other trigger set, or the copy \
+                         misses their changes."
+                    ),
+                    "Rename the trigger to sort before zz_migrate_ (ALTER TRIGGER ... RENAME \
+                     TO ...), then expand.",
+                ));
+            }
             bridge(version, table, &copies, &is_new, &mut plan.expand, q);
+            plan.checks.push(Check {
+                table: name.clone(),
+                trigger: bridge_trigger,
+                out_of_step: format!(
+                    "SELECT count(*) FROM {name} WHERE {}",
+                    out_of_step(&copies, q)
+                ),
+            });
+            plan.objects.push(format!(
+                "_migrate_{}_{}_bridge",
+                version_tag(version),
+                table.name
+            ));
             let sets: Vec<String> = copies
                 .iter()
                 .map(|c| format!("{} = {}", q(&c.shadow), c.up_plain))
@@ -477,6 +586,7 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
         }
         if !plan.schemas.contains(&schema) {
             plan.schemas.push(schema.clone());
+            plan.objects.push(schema.clone());
         }
         end_steps(
             version,
@@ -519,15 +629,22 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
     Ok(plan)
 }
 
-/// The trigger that keeps each copied column and its original in step, both ways: a write by
-/// the old version sets the copy from the original; one by the new version (known by its
-/// `migrate.client_version` or its search path) sets the original from the copy, but for an
-/// insert that left the copy out, which keeps the original's default. Conversions are
-/// assignments, PostgreSQL's own casts (a computed USING is refused by the planner), so the
-/// function runs as the writer, like the writer's own assignment, and names nothing that a
-/// search path could resolve: `migrate.writes_version` and `pg_catalog.=` are qualified.
-/// A `BEFORE` row trigger named to fire after the table's own, `ENABLE ALWAYS` so that a
-/// replica-role writer is bridged too.
+/// The trigger that keeps each copied column and its original in step, both ways.
+///
+/// An UPDATE is bridged by what it changed, whoever wrote it: the original alone, and the
+/// copy follows; the copy alone (to a value the original does not already give), and the
+/// original follows; both, and they must agree, or the write fails (never silent drift); a
+/// row not backfilled yet gets its copy. An INSERT sets both columns (one by its default),
+/// so there the writer's version decides: the new version's (by `migrate.client_version`,
+/// or the first schema of its search path) writes the original from the copy, anyone
+/// else's the copy from the original.
+///
+/// Conversions are assignments, PostgreSQL's own casts (a computed USING is refused), so the
+/// function runs as the writer, as the writer's own assignment would, and names nothing a
+/// search path could resolve: comparisons are of `pg_catalog.text` forms with
+/// `OPERATOR(pg_catalog.=)`, and `migrate.writes_version` is qualified. A `BEFORE` row
+/// trigger named to fire after the table's own, `ENABLE ALWAYS` so that a replica-role
+/// writer is bridged too.
 fn bridge(
     version: &str,
     table: &Table,
@@ -539,39 +656,60 @@ fn bridge(
     let name = table.qualified(q);
     let function = bridge_function(version, table, q);
     for copy in copies {
+        let shadow = q(&copy.shadow);
         out.push((
             Stage::Expand,
-            format!(
-                "ALTER TABLE {name} ADD COLUMN {} {}",
-                q(&copy.shadow),
-                copy.new_type
-            ),
+            format!("ALTER TABLE {name} ADD COLUMN {shadow} {}", copy.new_type),
         ));
+        if let Some(default) = &copy.column.default_sql {
+            // Apart from ADD COLUMN, which would give every existing row the default: an
+            // insert of the new version that leaves the column out gets the old default.
+            out.push((
+                Stage::Expand,
+                format!("ALTER TABLE {name} ALTER COLUMN {shadow} SET DEFAULT {default}"),
+            ));
+        }
         if let Some(check) = &copy.check {
             // NOT VALID: checked for rows written from now on (which the bridge fills), and
             // validated after the backfill without blocking writes.
             out.push((
                 Stage::Expand,
                 format!(
-                    "ALTER TABLE {name} ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID",
-                    q(check),
-                    q(&copy.shadow)
+                    "ALTER TABLE {name} ADD CONSTRAINT {} CHECK ({shadow} IS NOT NULL) NOT VALID",
+                    q(check)
                 ),
             ));
         }
     }
-    let mut from_new = String::new();
-    let mut from_old = String::new();
-    for copy in copies {
+    let mut declare = String::new();
+    let mut insert_new = String::new();
+    let mut insert_old = String::new();
+    let mut update = String::new();
+    for (i, copy) in copies.iter().enumerate() {
         let shadow = q(&copy.shadow);
         let column = q(&copy.column.name);
-        from_new.push_str(&format!(
-            "        IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' AND NEW.{shadow} IS NULL THEN\n            NEW.{shadow} := NEW.{column};\n        ELSE\n            NEW.{column} := NEW.{shadow};\n        END IF;\n"
+        declare.push_str(&format!("    converted_{i} {};\n", copy.new_type));
+        insert_new.push_str(&format!("            NEW.{column} := NEW.{shadow};\n"));
+        insert_old.push_str(&format!("            NEW.{shadow} := NEW.{column};\n"));
+        let column_changed = differs(&format!("NEW.{column}"), &format!("OLD.{column}"));
+        let shadow_changed = differs(&format!("NEW.{shadow}"), &format!("OLD.{shadow}"));
+        let disagree = differs(&format!("converted_{i}"), &format!("NEW.{shadow}"));
+        update.push_str(&format!(
+            "        converted_{i} := NEW.{column};\n        IF {column_changed} AND {shadow_changed} THEN\n            IF {disagree} THEN\n                RAISE EXCEPTION USING ERRCODE = '23000',\n                    MESSAGE = {},\n                    DETAIL = {},\n                    HINT = {};\n            END IF;\n        ELSIF {column_changed} THEN\n            NEW.{shadow} := converted_{i};\n        ELSIF {shadow_changed} THEN\n            IF {disagree} THEN\n                NEW.{column} := NEW.{shadow};\n            END IF;\n        ELSIF NEW.{shadow} IS NULL AND NEW.{column} IS NOT NULL THEN\n            NEW.{shadow} := converted_{i};\n        END IF;\n",
+            literal(&format!(
+                "pg_migrate: an UPDATE of {name} sets {} and {} to values that disagree",
+                copy.column.name, copy.column.name
+            )),
+            literal(&format!(
+                "During expand window {version}, {} is {} to the old version and {} to the \
+                 new one; one write set both, differently.",
+                copy.column.name, copy.column.name, copy.shadow
+            )),
+            literal("Write the column through one version only: the table, or the new version's view."),
         ));
-        from_old.push_str(&format!("        NEW.{shadow} := NEW.{column};\n"));
     }
     let body = format!(
-        "\nBEGIN\n    IF {is_new} THEN\n{from_new}    ELSE\n{from_old}    END IF;\n    RETURN NEW;\nEND\n"
+        "\nDECLARE\n{declare}BEGIN\n    IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN\n        IF {is_new} THEN\n{insert_new}        ELSE\n{insert_old}        END IF;\n    ELSE\n{update}    END IF;\n    RETURN NEW;\nEND\n"
     );
     out.push((
         Stage::Expand,
@@ -598,6 +736,16 @@ fn bridge(
     ));
 }
 
+/// Whether two values differ, NULLs included, by their text forms: no operator is looked up
+/// by name but pg_catalog's text equality.
+fn differs(a: &str, b: &str) -> String {
+    format!(
+        "(({a} IS NULL AND {b} IS NOT NULL) OR ({a} IS NOT NULL AND {b} IS NULL) OR \
+         ({a} IS NOT NULL AND {b} IS NOT NULL AND NOT \
+         ({a}::pg_catalog.text OPERATOR(pg_catalog.=) {b}::pg_catalog.text)))"
+    )
+}
+
 fn bridge_function(version: &str, table: &Table, q: Quote) -> String {
     qualified(
         q,
@@ -615,20 +763,9 @@ pub fn trigger_name(version: &str) -> String {
 /// Fails the publication when any row's copy differs from what its original gives.
 fn consistency_check(version: &str, table: &Table, copies: &[Copy], q: Quote) -> String {
     let name = table.qualified(q);
-    let differ: Vec<String> = copies
-        .iter()
-        .map(|c| {
-            format!(
-                "({})::text IS DISTINCT FROM (CAST(({}) AS {}))::text",
-                q(&c.shadow),
-                c.up_plain,
-                c.new_type
-            )
-        })
-        .collect();
     let body = format!(
         "\nBEGIN\n    IF EXISTS (SELECT FROM {name} WHERE {}) THEN\n        RAISE EXCEPTION USING ERRCODE = '55000',\n            MESSAGE = {},\n            DETAIL = {},\n            HINT = {};\n    END IF;\nEND\n",
-        differ.join(" OR "),
+        out_of_step(copies, q),
         literal(&format!(
             "pg_migrate: version {version} is not published: rows of {name} differ between the \
              old and the new columns"
@@ -643,6 +780,22 @@ fn consistency_check(version: &str, table: &Table, copies: &[Copy], q: Quote) ->
         )),
     );
     format!("DO {}", dollar_quoted(&body))
+}
+
+/// The rows whose copy differs from what their original gives, as a WHERE condition.
+fn out_of_step(copies: &[Copy], q: Quote) -> String {
+    copies
+        .iter()
+        .map(|c| {
+            format!(
+                "({})::text IS DISTINCT FROM (CAST(({}) AS {}))::text",
+                q(&c.shadow),
+                c.up_plain,
+                c.new_type
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" OR ")
 }
 
 /// What contract and abort do to each table once the views are gone.
@@ -693,11 +846,6 @@ fn end_steps(
         contract.push(step(format!(
             "ALTER TABLE {name} RENAME COLUMN {shadow} TO {column}"
         )));
-        if let Some(default) = &copy.column.default_sql {
-            contract.push(step(format!(
-                "ALTER TABLE {name} ALTER COLUMN {column} SET DEFAULT {default}"
-            )));
-        }
         if let Some(check) = &copy.check {
             // Proven by the validated CHECK: no scan.
             contract.push(step(format!(
@@ -821,6 +969,7 @@ mod unit {
                 ("app".into(), "SELECT".into()),
                 ("app".into(), "INSERT".into()),
             ],
+            ..Table::default()
         }
     }
 
@@ -836,6 +985,7 @@ mod unit {
             rewrites: true,
             down_assignable: true,
             computed: false,
+            mutable: false,
         }
     }
 
@@ -855,8 +1005,14 @@ mod unit {
             expand[0],
             "ALTER TABLE public.orders ADD COLUMN _migrate_43_amount bigint"
         );
+        // The old default, for new-version inserts that leave the column out; apart from
+        // ADD COLUMN, so that existing rows are not given it.
         assert_eq!(
             expand[1],
+            "ALTER TABLE public.orders ALTER COLUMN _migrate_43_amount SET DEFAULT 0"
+        );
+        assert_eq!(
+            expand[2],
             "ALTER TABLE public.orders ADD CONSTRAINT _migrate_43_amount_not_null \
              CHECK (_migrate_43_amount IS NOT NULL) NOT VALID"
         );
@@ -871,7 +1027,23 @@ mod unit {
         assert!(function.contains("IF migrate.writes_version('43', 'public_v43') THEN"));
         assert!(function.contains("NEW._migrate_43_amount := NEW.amount;"));
         assert!(function.contains("NEW.amount := NEW._migrate_43_amount;"));
+        // An UPDATE is bridged by what it changed; two columns set apart fail.
+        assert!(function.contains("ELSIF ((NEW.amount IS NULL AND OLD.amount IS NOT NULL)"));
+        assert!(function.contains("RAISE EXCEPTION USING ERRCODE = '23000'"));
         assert!(!function.contains("SECURITY DEFINER"));
+        assert!(!function.contains(" IS DISTINCT FROM "), "{function}");
+        assert_eq!(
+            plan.checks,
+            [Check {
+                table: "public.orders".into(),
+                trigger: "zz_migrate_43_bridge".into(),
+                out_of_step: "SELECT count(*) FROM public.orders WHERE \
+                              (_migrate_43_amount)::text IS DISTINCT FROM \
+                              (CAST((amount) AS bigint))::text"
+                    .into(),
+            }]
+        );
+        assert_eq!(plan.objects, ["_migrate_43_orders_bridge", "public_v43"]);
         assert!(expand
             .contains(&"ALTER TABLE public.orders ENABLE ALWAYS TRIGGER zz_migrate_43_bridge"));
         assert_eq!(
@@ -901,7 +1073,7 @@ mod unit {
         let contract: Vec<&str> = plan.contract.iter().map(|s| s.sql.as_str()).collect();
         assert_eq!(contract[0], "DROP VIEW IF EXISTS public_v43.orders");
         assert_eq!(contract[1], "DROP SCHEMA IF EXISTS public_v43");
-        let tail = &contract[contract.len() - 6..];
+        let tail = &contract[contract.len() - 5..];
         assert_eq!(
             tail,
             [
@@ -909,7 +1081,6 @@ mod unit {
                 "ALTER TABLE public.orders ALTER COLUMN _deprecated_43_amount DROP NOT NULL, \
                  ALTER COLUMN _deprecated_43_amount DROP DEFAULT",
                 "ALTER TABLE public.orders RENAME COLUMN _migrate_43_amount TO amount",
-                "ALTER TABLE public.orders ALTER COLUMN amount SET DEFAULT 0",
                 "ALTER TABLE public.orders ALTER COLUMN amount SET NOT NULL",
                 "ALTER TABLE public.orders DROP CONSTRAINT _migrate_43_amount_not_null",
             ]
@@ -1004,6 +1175,30 @@ mod unit {
     fn what_cannot_be_planned_is_refused_with_the_reason() {
         let refuse = |requests: Vec<Request>| plan("43", &[(orders(), requests)], q).unwrap_err();
         let p = refuse(vec![bigint("id")]);
+        let mut mutable = to_bigint();
+        if let Request::ChangeType { mutable: m, .. } = &mut mutable {
+            *m = true;
+        }
+        let p2 = refuse(vec![mutable]);
+        assert!(
+            p2.message.contains("depends on session settings"),
+            "{}",
+            p2.message
+        );
+        let mut late = orders();
+        late.before_triggers = vec!["audit".into(), "zzz_bump".into()];
+        let p2 = plan("43", &[(late, vec![to_bigint()])], q).unwrap_err();
+        assert!(p2
+            .message
+            .contains("trigger zzz_bump would fire after the bridge"));
+        let mut taken = orders();
+        taken.existing_schemas = vec!["public_v43".into()];
+        let p2 = plan("43", &[(taken, vec![to_bigint()])], q).unwrap_err();
+        assert_eq!(p2.code, PgSqlErrorCode::ERRCODE_DUPLICATE_SCHEMA);
+        let mut column_acl = orders();
+        column_acl.column_grants = true;
+        let p2 = plan("43", &[(column_acl, vec![to_bigint()])], q).unwrap_err();
+        assert!(p2.message.contains("column privileges"));
         assert_eq!(p.code, PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED);
         assert!(p.detail.contains("index orders_pkey"), "{}", p.detail);
         let p = refuse(vec![Request::Drop {

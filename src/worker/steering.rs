@@ -19,6 +19,18 @@ use pgrx::PgSqlErrorCode;
 fn retry(version: Option<&str>) -> String {
     let recorded = recorded_for("retry migrations", version);
     match recorded.status {
+        Status::Failed | Status::Cancelled if crate::window::aborted(&recorded.version) => {
+            Problem::new(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!(
+                    "migration {} opened an expand window that was aborted",
+                    recorded.version
+                ),
+                "Its remaining phases would rebuild a window that no longer exists.",
+                "Open a new window under a new version.",
+            )
+            .raise()
+        }
         Status::Failed | Status::Cancelled => {
             crate::pg::identity::require_privileges_of(
                 &recorded.applied_role,

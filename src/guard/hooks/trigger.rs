@@ -89,7 +89,8 @@ pub fn judge_statement(stmt: StmtTree, tag: &str) {
     if crate::migration::running::running().is_none() {
         let open = open_windows();
         if !open.is_empty() {
-            crate::guard::rules::window::judge(&command, &open, &mut found);
+            let named = subxact::run(|| parsetree::guarded_names(stmt)).unwrap_or_default();
+            crate::guard::rules::window::judge(&command, &named, &open, &mut found);
         }
     }
     if found.is_empty() {
@@ -107,7 +108,7 @@ fn open_windows() -> Vec<(String, String)> {
     subxact::run(|| {
         crate::pg::identity::as_owner(|| {
             crate::pg::spi::pinned_pairs::<String, String>(
-                "SELECT t, version FROM migrate.window_history, unnest(tables) t \
+                "SELECT t, version FROM migrate.window_history, unnest(tables || objects) t \
                  WHERE ended IS NULL",
                 &[],
             )

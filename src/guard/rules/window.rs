@@ -17,24 +17,33 @@ pub const WINDOW_OPEN: Rule = Rule {
 
 pub const RULES: [&Rule; 1] = [&WINDOW_OPEN];
 
-/// `open`: (qualified table, version) of every open window.
-pub fn judge(command: &Command, open: &[(String, String)], out: &mut Vec<Finding>) {
+/// `open`: (object, version) of every open window: its tables (qualified) and its own
+/// objects (bridge functions and view schemas, by bare name). `named`: what the statement
+/// changes beside the relations its command names (a trigger's table, a function, a schema).
+pub fn judge(
+    command: &Command,
+    named: &[String],
+    open: &[(String, String)],
+    out: &mut Vec<Finding>,
+) {
     let mut command = command.clone();
-    for rel in command.rels_mut() {
-        let Some((_, version)) = open.iter().find(|(table, _)| *table == rel.name) else {
+    let rels: Vec<String> = command.rels_mut().iter().map(|r| r.name.clone()).collect();
+    for name in rels.iter().chain(named) {
+        let Some((_, version)) = open.iter().find(|(object, _)| object == name) else {
             continue;
         };
+        if out.iter().any(|f| f.rule == &WINDOW_OPEN) {
+            break;
+        }
         out.push(Finding {
             rule: &WINDOW_OPEN,
-            subject: Some(rel.clone()),
-            message: format!(
-                "{} is inside the open expand window of version {version}",
-                rel.name
-            ),
+            // Never exempt as a small table: the window's bridges matter on any size.
+            subject: None,
+            message: format!("{name} is inside the open expand window of version {version}"),
             detail: format!(
-                "Until the window ends, {} serves the old and the new application version \
-                 through pg_migrate's bridges and views; DDL beside them can break either.",
-                rel.name
+                "Until the window ends, {name} serves the old and the new application \
+                 version through pg_migrate's bridges and views; DDL beside them can break \
+                 either."
             ),
             hint: format!(
                 "Run it through migrate.apply, or first SELECT migrate.contract('{version}') \
@@ -60,6 +69,7 @@ mod unit {
                 table: rel("public.orders"),
                 actions: vec![Action::Other],
             },
+            &[],
             &open,
             &mut out,
         );
@@ -68,10 +78,19 @@ mod unit {
                 table: rel("public.other"),
                 actions: vec![Action::Other],
             },
+            &[],
             &open,
             &mut out,
         );
         assert_eq!(out.len(), 1);
+        let mut trigger = Vec::new();
+        judge(
+            &Command::Other,
+            &["public.orders".into()],
+            &open,
+            &mut trigger,
+        );
+        assert_eq!(trigger.len(), 1);
         assert!(out[0].message.contains("window of version 43"));
         assert!(out[0].hint.contains("migrate.contract('43')"));
     }
