@@ -947,6 +947,38 @@ unsafe fn guarded_names_node(node: *mut pg_sys::Node) -> Vec<String> {
             _ => vec![],
         };
     }
+    if is_a(node, T::T_ViewStmt) {
+        // CREATE OR REPLACE VIEW in a window's schema: guarded by the schema's name.
+        let view = (*node.cast::<pg_sys::ViewStmt>()).view;
+        let oid = crate::pg::nodes::range_var_oid(view);
+        return if oid != pg_sys::InvalidOid {
+            vec![text(pg_sys::get_namespace_name(pg_sys::get_rel_namespace(
+                oid,
+            )))]
+        } else if !(*view).schemaname.is_null() {
+            vec![text((*view).schemaname)]
+        } else {
+            vec![]
+        };
+    }
+    if is_a(node, T::T_AlterOwnerStmt) || is_a(node, T::T_AlterObjectSchemaStmt) {
+        let (kind, object) = if is_a(node, T::T_AlterOwnerStmt) {
+            let stmt = node.cast::<pg_sys::AlterOwnerStmt>();
+            ((*stmt).objectType, (*stmt).object)
+        } else {
+            let stmt = node.cast::<pg_sys::AlterObjectSchemaStmt>();
+            ((*stmt).objectType, (*stmt).object)
+        };
+        return match kind {
+            OBJECT_FUNCTION | OBJECT_PROCEDURE | OBJECT_ROUTINE => {
+                last((*object.cast::<pg_sys::ObjectWithArgs>()).objname)
+                    .into_iter()
+                    .collect()
+            }
+            OBJECT_SCHEMA if is_a(object, T::T_String) => vec![str_val(object)],
+            _ => vec![],
+        };
+    }
     if is_a(node, T::T_CreateFunctionStmt) {
         return last((*node.cast::<pg_sys::CreateFunctionStmt>()).funcname)
             .into_iter()
@@ -963,10 +995,14 @@ unsafe fn guarded_names_node(node: *mut pg_sys::Node) -> Vec<String> {
             OBJECT_TRIGGER => objects
                 .iter_ptr()
                 .filter_map(|names| {
-                    // schema?, table, trigger: the table is the list without its last name.
-                    let mut parts = PgList::<pg_sys::Node>::from_pg(names.cast());
-                    parts.pop();
-                    table_of(pg_sys::makeRangeVarFromNameList(parts.into_pg()))
+                    // schema?, table, trigger: the table is the list without its last name,
+                    // copied: the statement's own list must stay as it is.
+                    let parts = PgList::<pg_sys::Node>::from_pg(names.cast());
+                    let mut table = PgList::<pg_sys::Node>::new();
+                    for part in parts.iter_ptr().take(parts.len().saturating_sub(1)) {
+                        table.push(part);
+                    }
+                    table_of(pg_sys::makeRangeVarFromNameList(table.into_pg()))
                 })
                 .collect(),
             // A view of a window is guarded by its schema's name.

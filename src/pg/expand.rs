@@ -30,6 +30,9 @@ pub enum Request {
         computed: bool,
         /// The conversion calls something not immutable (it depends on session settings).
         mutable: bool,
+        /// The new type is a domain with constraints (adding a column of it rewrites the
+        /// table, and a variable of it cannot start NULL).
+        constrained_domain: bool,
     },
     Rename {
         column: String,
@@ -214,6 +217,7 @@ unsafe fn type_change(
         };
         let table_name = pg_sys::get_rel_name(relid);
         (
+            pg_sys::DomainHasConstraints(target),
             pg_sys::contain_mutable_functions(coerced),
             !is_cast_of(source, attnum),
             format_type(target, target_mod),
@@ -223,7 +227,7 @@ unsafe fn type_change(
     })
     .map_err(Unread::Failed)?;
     drop(opened);
-    let (mutable, computed, new_type, up_plain, down_assignable) = analysed;
+    let (constrained_domain, mutable, computed, new_type, up_plain, down_assignable) = analysed;
     let rewrites = crate::pg::catalog::type_change_rewrites(
         relid,
         column,
@@ -239,6 +243,7 @@ unsafe fn type_change(
         down_assignable,
         computed,
         mutable,
+        constrained_domain,
     })
 }
 

@@ -9,7 +9,8 @@ use pgrx::pg_sys;
 pub fn table(oid: pg_sys::Oid, view_schema: impl Fn(&str) -> String) -> Option<Table> {
     let head = crate::pg::spi::pinned_row(
         "SELECT n.nspname::text, c.relname::text, c.relkind = 'r', \
-                EXISTS (SELECT FROM pg_inherits i WHERE i.inhparent = c.oid) \
+                EXISTS (SELECT FROM pg_inherits i WHERE i.inhparent = c.oid), \
+                c.relrowsecurity \
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
         &[oid.into()],
         |row| {
@@ -18,14 +19,16 @@ pub fn table(oid: pg_sys::Oid, view_schema: impl Fn(&str) -> String) -> Option<T
                 row.get::<String>(2)?.unwrap_or_default(),
                 row.get::<bool>(3)?.unwrap_or(false),
                 row.get::<bool>(4)?.unwrap_or(false),
+                row.get::<bool>(5)?.unwrap_or(false),
             ))
         },
     )
     .or_bookkeeping("read the table migrate.expand plans for")?;
-    let (schema, name, plain, has_children) = head;
+    let (schema, name, plain, has_children, row_security) = head;
     let wanted = view_schema(&schema);
     Some(Table {
         columns: columns(oid),
+        row_security,
         plain,
         has_children,
         grants: grants(oid),
@@ -52,6 +55,7 @@ fn columns(oid: pg_sys::Oid) -> Vec<Column> {
                 .select(
                     "SELECT a.attname::text, a.attnotnull, pg_get_expr(d.adbin, d.adrelid), \
                             a.attidentity <> '' OR a.attgenerated <> '', \
+                            format_type(a.atttypid, a.atttypmod), \
                             ARRAY(SELECT pg_describe_object(p.classid, p.objid, p.objsubid) \
                                   FROM pg_depend p \
                                   WHERE p.refclassid = 'pg_class'::regclass \
@@ -76,8 +80,9 @@ fn columns(oid: pg_sys::Oid) -> Vec<Column> {
                         not_null: row.get::<bool>(2)?.unwrap_or(false),
                         default_sql: row.get::<String>(3)?,
                         identity_or_generated: row.get::<bool>(4)?.unwrap_or(false),
+                        type_sql: row.get::<String>(5)?.unwrap_or_default(),
                         dependents: row
-                            .get::<Vec<Option<String>>>(5)?
+                            .get::<Vec<Option<String>>>(6)?
                             .unwrap_or_default()
                             .into_iter()
                             .flatten()

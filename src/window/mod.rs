@@ -273,6 +273,7 @@ fn end(version: Option<&str>, how: WindowEnd) -> Vec<StepRow> {
     let status = history::find(&version).map(|r| r.status);
     refuse_end(&version, how, status).or_raise();
     if how == WindowEnd::Contracted {
+        lock_bridged(&version, &window).or_raise();
         refuse_drift(&version, &window).or_raise();
     }
     let steps: Vec<&EndStep> = match how {
@@ -391,15 +392,18 @@ fn open_window(version: &Version) -> Option<Window> {
              FROM migrate.window_history WHERE version = $1 FOR UPDATE",
             &[version.as_str().into()],
             |row| {
-                fn json<T: serde::de::DeserializeOwned + Default>(value: Option<JsonB>) -> T {
+                // Steps or checks that do not read back are an error, never skipped.
+                fn json<T: serde::de::DeserializeOwned>(
+                    value: Option<JsonB>,
+                ) -> Result<T, pgrx::spi::Error> {
                     value
                         .and_then(|j| serde_json::from_value(j.0).ok())
-                        .unwrap_or_default()
+                        .ok_or(pgrx::spi::Error::InvalidPosition)
                 }
                 Ok(Window {
-                    contract: json(row.get::<JsonB>(1)?),
-                    abort: json(row.get::<JsonB>(2)?),
-                    checks: json(row.get::<JsonB>(3)?),
+                    contract: json(row.get::<JsonB>(1)?)?,
+                    abort: json(row.get::<JsonB>(2)?)?,
+                    checks: json(row.get::<JsonB>(3)?)?,
                     opened_by: row.get::<String>(4)?.unwrap_or_default(),
                     ended: row.get(5)?,
                     ended_at: row.get(6)?,
@@ -483,6 +487,35 @@ fn refuse_drift(version: &Version, window: &Window) -> Result<(), Problem> {
                 ),
             ));
         }
+    }
+    Ok(())
+}
+
+/// Each bridged table locked against DDL (SHARE UPDATE EXCLUSIVE: reads and writes go on)
+/// until contract commits, so that no trigger change slips between its checks and its swap;
+/// waiting at most `migrate.lock_timeout`.
+fn lock_bridged(version: &Version, window: &Window) -> Result<(), Problem> {
+    let limits = crate::migration::limits::Limits::from_settings();
+    for check in &window.checks {
+        let sql = format!("LOCK TABLE {} IN SHARE UPDATE EXCLUSIVE MODE", check.table);
+        let locked = crate::pg::subxact::run(|| {
+            crate::migration::limits::with_limits(limits, || pgrx::Spi::run(&sql))
+        });
+        let error = match locked {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => (PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()),
+            Err(caught) => (caught.code, caught.message),
+        };
+        return Err(Problem::new(
+            error.0,
+            format!(
+                "could not lock {} to contract window {version}: {}",
+                check.table, error.1
+            ),
+            "Contract locks each bridged table against DDL (not against reads or writes) \
+             while it checks the bridge and the rows and swaps the columns.",
+            "Run migrate.contract again once the session holding the table is done.",
+        ));
     }
     Ok(())
 }

@@ -19,6 +19,8 @@ pub struct Column {
     pub dependents: Vec<String>,
     /// An identity or generated column.
     pub identity_or_generated: bool,
+    /// Its type as `format_type` prints it with only pg_catalog on the search path.
+    pub type_sql: String,
 }
 
 /// A table as the catalogs have it.
@@ -30,6 +32,8 @@ pub struct Table {
     pub columns: Vec<Column>,
     /// Plain (`r`); anything else is refused.
     pub plain: bool,
+    /// Row-level security is enabled on it.
+    pub row_security: bool,
     /// Has inheritance children or partitions.
     pub has_children: bool,
     /// (grantee as SQL, privilege) of the table's grants the views carry over; `PUBLIC` as is.
@@ -210,6 +214,16 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
         }
         plan.tables.push(name.clone());
         let schema = view_schema(&table.schema, version);
+        if table.row_security {
+            return Err(refused(
+                format!("migrate.expand cannot plan changes to {name}: it has row-level security"),
+                "The backfill and the checks that the two versions' columns agree read the table \
+                 as one role; a policy could hide rows from them, which contract would then \
+                 empty."
+                    .into(),
+                "Change it with migrate.apply, or disable row-level security for the window.",
+            ));
+        }
         if table.column_grants {
             return Err(refused(
                 format!(
@@ -281,8 +295,23 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
                     down_assignable,
                     computed,
                     mutable,
+                    constrained_domain,
                 } => {
                     let column = existing.expect("checked above");
+                    if *constrained_domain && *rewrites {
+                        return Err(refused(
+                            format!(
+                                "migrate.expand cannot copy column {} of {name} to {new_type}: \
+                                 a domain with constraints",
+                                column.name
+                            ),
+                            "Adding a column of a constrained domain rewrites the table under \
+                             ACCESS EXCLUSIVE, to check every row."
+                                .into(),
+                            "Copy to the domain's base type and add the check NOT VALID \
+                             afterwards, or change the type with migrate.apply.",
+                        ));
+                    }
                     if *mutable {
                         return Err(refused(
                             format!(
@@ -666,7 +695,10 @@ fn bridge(
             // insert of the new version that leaves the column out gets the old default.
             out.push((
                 Stage::Expand,
-                format!("ALTER TABLE {name} ALTER COLUMN {shadow} SET DEFAULT {default}"),
+                format!(
+                    "ALTER TABLE {name} ALTER COLUMN {shadow} SET DEFAULT CAST(({default}) AS {})",
+                    copy.new_type
+                ),
             ));
         }
         if let Some(check) = &copy.check {
@@ -736,14 +768,11 @@ fn bridge(
     ));
 }
 
-/// Whether two values differ, NULLs included, by their text forms: no operator is looked up
-/// by name but pg_catalog's text equality.
+/// Whether two values of one type differ, NULLs included, by their binary images
+/// (`record_image_eq`, as `*=`): independent of session settings (a float's text depends on
+/// extra_float_digits), and no operator is looked up by name.
 fn differs(a: &str, b: &str) -> String {
-    format!(
-        "(({a} IS NULL AND {b} IS NOT NULL) OR ({a} IS NOT NULL AND {b} IS NULL) OR \
-         ({a} IS NOT NULL AND {b} IS NOT NULL AND NOT \
-         ({a}::pg_catalog.text OPERATOR(pg_catalog.=) {b}::pg_catalog.text)))"
-    )
+    format!("NOT pg_catalog.record_image_eq(ROW({a}), ROW({b}))")
 }
 
 fn bridge_function(version: &str, table: &Table, q: Quote) -> String {
@@ -782,16 +811,22 @@ fn consistency_check(version: &str, table: &Table, copies: &[Copy], q: Quote) ->
     format!("DO {}", dollar_quoted(&body))
 }
 
-/// The rows whose copy differs from what their original gives, as a WHERE condition.
+/// The rows where neither column is what the other gives, as a WHERE condition: the copy is
+/// what the original converts to (written by the old version or the backfill), or the
+/// original what the copy converts back to (written by the new version, which may hold
+/// more than the old type does).
 fn out_of_step(copies: &[Copy], q: Quote) -> String {
     copies
         .iter()
         .map(|c| {
+            let (shadow, column) = (q(&c.shadow), q(&c.column.name));
             format!(
-                "({})::text IS DISTINCT FROM (CAST(({}) AS {}))::text",
-                q(&c.shadow),
-                c.up_plain,
-                c.new_type
+                "({} AND {})",
+                differs(
+                    &shadow,
+                    &format!("CAST(({}) AS {})", c.up_plain, c.new_type)
+                ),
+                differs(&column, &format!("CAST({shadow} AS {})", c.column.type_sql))
             )
         })
         .collect::<Vec<_>>()
@@ -950,6 +985,7 @@ mod unit {
                 },
                 Column {
                     name: "amount".into(),
+                    type_sql: "integer".into(),
                     not_null: true,
                     default_sql: Some("0".into()),
                     ..Column::default()
@@ -986,6 +1022,7 @@ mod unit {
             down_assignable: true,
             computed: false,
             mutable: false,
+            constrained_domain: false,
         }
     }
 
@@ -1009,7 +1046,8 @@ mod unit {
         // ADD COLUMN, so that existing rows are not given it.
         assert_eq!(
             expand[1],
-            "ALTER TABLE public.orders ALTER COLUMN _migrate_43_amount SET DEFAULT 0"
+            "ALTER TABLE public.orders ALTER COLUMN _migrate_43_amount SET DEFAULT CAST((0) AS \
+             bigint)"
         );
         assert_eq!(
             expand[2],
@@ -1028,7 +1066,9 @@ mod unit {
         assert!(function.contains("NEW._migrate_43_amount := NEW.amount;"));
         assert!(function.contains("NEW.amount := NEW._migrate_43_amount;"));
         // An UPDATE is bridged by what it changed; two columns set apart fail.
-        assert!(function.contains("ELSIF ((NEW.amount IS NULL AND OLD.amount IS NOT NULL)"));
+        assert!(function.contains(
+            "ELSIF NOT pg_catalog.record_image_eq(ROW(NEW.amount), ROW(OLD.amount)) THEN"
+        ));
         assert!(function.contains("RAISE EXCEPTION USING ERRCODE = '23000'"));
         assert!(!function.contains("SECURITY DEFINER"));
         assert!(!function.contains(" IS DISTINCT FROM "), "{function}");
@@ -1037,9 +1077,11 @@ mod unit {
             [Check {
                 table: "public.orders".into(),
                 trigger: "zz_migrate_43_bridge".into(),
-                out_of_step: "SELECT count(*) FROM public.orders WHERE \
-                              (_migrate_43_amount)::text IS DISTINCT FROM \
-                              (CAST((amount) AS bigint))::text"
+                out_of_step: "SELECT count(*) FROM public.orders WHERE (NOT \
+                              pg_catalog.record_image_eq(ROW(_migrate_43_amount), \
+                              ROW(CAST((amount) AS bigint))) AND NOT \
+                              pg_catalog.record_image_eq(ROW(amount), \
+                              ROW(CAST(_migrate_43_amount AS integer))))"
                     .into(),
             }]
         );
