@@ -85,7 +85,7 @@ unsafe extern "C-unwind" {
 /// invalidations and rebuild it.
 pub(super) struct Locked {
     oid: pg_sys::Oid,
-    pub(super) rel: pg_sys::Relation,
+    rel: pg_sys::Relation,
 }
 
 impl Locked {
@@ -380,6 +380,23 @@ impl ColumnType {
     }
 }
 
+/// Makes `rel`'s columns visible to expressions transformed in `pstate`, as ALTER TABLE
+/// does for a USING expression.
+///
+/// # Safety
+/// `pstate` must be a live ParseState; `rel` stays open while it is used.
+pub(super) unsafe fn with_relation(pstate: *mut pg_sys::ParseState, rel: &Locked) {
+    let item = pg_sys::addRangeTableEntryForRelation(
+        pstate,
+        rel.rel,
+        pg_sys::AccessShareLock as _,
+        std::ptr::null_mut(),
+        false,
+        true,
+    );
+    pg_sys::addNSItemToQuery(pstate, item, false, true, true);
+}
+
 /// typenameTypeIdAndMod: the type and typmod a TypeName names; raises if there is none.
 pub(super) unsafe fn type_and_mod(type_name: *mut pg_sys::TypeName) -> (pg_sys::Oid, i32) {
     let (mut typ, mut typmod) = (pg_sys::InvalidOid, 0);
@@ -436,15 +453,7 @@ pub unsafe fn type_change_rewrites(
             pg_sys::makeVar(1, attnum, typ, typmod, coll, 0).cast()
         } else {
             let opened = Locked::open(relid)?;
-            let item = pg_sys::addRangeTableEntryForRelation(
-                pstate,
-                opened.rel,
-                pg_sys::AccessShareLock as _,
-                std::ptr::null_mut(),
-                false,
-                true,
-            );
-            pg_sys::addNSItemToQuery(pstate, item, false, true, true);
+            with_relation(pstate, &opened);
             _rel = opened;
             // transformExpr rewrites some raw nodes in place (named arguments): give it a
             // copy, or the statement itself would run with a mangled tree.

@@ -3,7 +3,7 @@
 //! PostgreSQL (`deparse_expression`, `format_type_extended`), so that the SQL of a plan is
 //! text PostgreSQL wrote from resolved objects, never the caller's text pasted into it.
 
-use crate::pg::catalog::{coerce_as_assignment, type_and_mod, Locked};
+use crate::pg::catalog::{coerce_as_assignment, type_and_mod, with_relation, Locked};
 use crate::pg::nodes::{range_var_oid, text, StmtTree};
 use crate::pg::subxact::{self, Caught};
 use pgrx::pg_sys;
@@ -167,15 +167,7 @@ unsafe fn type_change(
         pg_sys::get_atttypetypmodcoll(relid, attnum, &mut typ, &mut typmod, &mut coll);
         let (target, target_mod) = type_and_mod((*def).typeName);
         let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
-        let item = pg_sys::addRangeTableEntryForRelation(
-            pstate,
-            opened.rel,
-            pg_sys::AccessShareLock as _,
-            std::ptr::null_mut(),
-            false,
-            true,
-        );
-        pg_sys::addNSItemToQuery(pstate, item, false, true, true);
+        with_relation(pstate, &opened);
         let using = (*def).raw_default;
         let source: *mut pg_sys::Node = if using.is_null() {
             pg_sys::makeVar(1, attnum, typ, typmod, coll, 0).cast()
