@@ -603,3 +603,15 @@ def test_writers_never_wait_on_a_concurrent_build(cluster, big_db, conn):
     worst = max(writer.latencies)
     print(f"writer: {len(writer.latencies)} insert+update pairs during the build, worst {worst * 1000:.0f} ms")
     assert worst < lock_timeout
+
+
+def test_cancelling_a_failed_migration_lets_the_next_one_run_without_another_wake_up(cluster, db, conn):
+    conn.execute("CREATE TABLE dup (id int)")
+    conn.execute("INSERT INTO dup VALUES (1), (1)")
+    conn.execute("SELECT migrate.apply('1', 'CREATE UNIQUE INDEX CONCURRENTLY dup_id ON dup (id)')")
+    wait_for(cluster, db, "1", want=("failed",))
+    conn.execute("SELECT migrate.apply('2', 'CREATE INDEX CONCURRENTLY dup_plain ON dup (id)')")
+    # The worker finds version 2 behind the failed 1, goes idle and exits.
+    wait_until(lambda: worker_pid(conn) is None, timeout=30, interval=0.1)
+    conn.execute("SELECT migrate.cancel('1')")
+    wait_for(cluster, db, "2", timeout=15)

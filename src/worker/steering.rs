@@ -60,6 +60,8 @@ fn cancel(version: Option<&str>) -> String {
     match recorded.status {
         Status::Pending | Status::Failed => {
             cancel_migration(&recorded.version);
+            // The versions queued behind it may run now; the worker may have gone idle.
+            shmem::wake_at_commit();
             CancelReply::Cancelled.to_string()
         }
         Status::Running => {
