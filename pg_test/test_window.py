@@ -649,6 +649,12 @@ def test_a_plain_admin_opens_and_ends_windows_and_an_aborted_one_stays_ended(clu
         a.execute("INSERT INTO orders SELECT g, g FROM generate_series(1, 1000) g")
         a.execute("SELECT migrate.expand('43', 'ALTER TABLE orders ALTER COLUMN amount TYPE bigint')")
         a.execute("CALL migrate.wait('43')")
+        # Contract counts the rows as the opener, in the caller's session: another admin
+        # without the opener's privileges may not.
+        conn.execute("CREATE ROLE window_admin2 LOGIN IN ROLE migrate_admin")
+        with cluster.connect(db, user="window_admin2") as other:
+            f = failure(other, "SELECT migrate.contract('43')")
+            assert f.sqlstate == "42501" and 'role "window_admin"' in f.detail, f
         a.execute("SELECT migrate.contract('43')")
         a.execute("SELECT migrate.expand('44', 'ALTER TABLE orders RENAME COLUMN old_status TO status')")
         a.execute("SELECT migrate.abort('44')")

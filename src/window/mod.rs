@@ -52,16 +52,17 @@ fn expand(
     let mut asked: Vec<(pg_sys::Oid, Vec<Request>)> = Vec::new();
     // What the planner has no steps for runs as written, in order, before the window's own
     // steps: judged by the guard like any migration's statement (refused if unsafe).
-    let mut as_written: Vec<String> = Vec::new();
-    for (statement, tree) in &trees {
+    // (index in `trees`, text)
+    let mut as_written: Vec<(usize, String)> = Vec::new();
+    for (i, (statement, tree)) in trees.iter().enumerate() {
         let requested = match read::read(*tree) {
             Ok(r) if r.requests.iter().all(|r| matches!(r, Request::Other(_))) => {
-                as_written.push(statement_text(statement.text(source)));
+                as_written.push((i, statement_text(statement.text(source))));
                 continue;
             }
             Ok(r) => r,
             Err(Unread::NotPlanned(_)) => {
-                as_written.push(statement_text(statement.text(source)));
+                as_written.push((i, statement_text(statement.text(source))));
                 continue;
             }
             Err(u) => unread(&what, statement.number, u).raise(),
@@ -129,11 +130,7 @@ fn expand(
         plan::plan(version.as_str(), &tables, crate::pg::catalog::quote_ident).or_raise();
     // The plan was read from the catalogs as they are before any statement runs: one kept as
     // written that changed a table of the window would be planned around wrongly.
-    for (statement, tree) in &trees {
-        let text = statement_text(statement.text(source));
-        if !as_written.contains(&text) {
-            continue;
-        }
+    for (statement, tree) in as_written.iter().map(|(i, _)| &trees[*i]) {
         let named = crate::guard::hooks::trigger::read_command(*tree, &statement.tag)
             .map(|mut c| {
                 c.rels_mut()
@@ -163,7 +160,9 @@ fn expand(
     }
     planned.expand.splice(
         0..0,
-        as_written.into_iter().map(|sql| (plan::Stage::Expand, sql)),
+        as_written
+            .into_iter()
+            .map(|(_, sql)| (plan::Stage::Expand, sql)),
     );
     let rows = step_rows(&planned);
     if dry_run {
@@ -273,6 +272,10 @@ fn end(version: Option<&str>, how: WindowEnd) -> Vec<StepRow> {
     let status = history::find(&version).map(|r| r.status);
     refuse_end(&version, how, status).or_raise();
     if how == WindowEnd::Contracted {
+        // The row count runs as the opener, in this session: only a caller with the
+        // opener's privileges may run it, as migrate.verify and migrate.retry require.
+        identity::require_privileges_of(&window.opened_by, &format!("contract window {version}"))
+            .or_raise();
         lock_bridged(&version, &window).or_raise();
         refuse_drift(&version, &window).or_raise();
     }
