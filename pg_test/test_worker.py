@@ -615,3 +615,22 @@ def test_cancelling_a_failed_migration_lets_the_next_one_run_without_another_wak
     wait_until(lambda: worker_pid(conn) is None, timeout=30, interval=0.1)
     conn.execute("SELECT migrate.cancel('1')")
     wait_for(cluster, db, "2", timeout=15)
+
+
+def test_validate_after_not_valid_runs_in_a_transaction_of_its_own(cluster, db, conn):
+    """ADD CONSTRAINT ... NOT VALID then VALIDATE in one migration: the validating scan runs
+    in a phase of its own, under SHARE UPDATE EXCLUSIVE only, so writers go on."""
+    populate(conn)
+    script = ("ALTER TABLE items ADD CONSTRAINT v_small CHECK (v < 1000) NOT VALID;\n"
+              "ALTER TABLE items VALIDATE CONSTRAINT v_small;")
+    assert conn.execute("SELECT status FROM migrate.apply('1', %s)", (script,)).fetchone() == ("pending",)
+    conn.execute("CALL migrate.wait('1', '60s')")
+    assert conn.execute("SELECT phase, kind, state FROM migrate.steps ORDER BY phase").fetchall() == [
+        (1, "transaction", "done"), (2, "transaction", "done")]
+    assert conn.execute(
+        "SELECT convalidated FROM pg_constraint WHERE conname = 'v_small'").fetchone() == (True,)
+    # VALIDATE alone needs no phases: it runs in the caller's transaction, as before.
+    conn.execute("ALTER TABLE items ADD CONSTRAINT v_big CHECK (v >= 0) NOT VALID")
+    row = conn.execute(
+        "SELECT status FROM migrate.apply('2', 'ALTER TABLE items VALIDATE CONSTRAINT v_big')").fetchone()
+    assert row == ("applied",)

@@ -107,6 +107,31 @@ fn parse_piece(script: &str, start: usize, mut end: usize) -> Piece {
     (statements, end == script.len())
 }
 
+/// `CREATE [UNIQUE] INDEX ...` as `CREATE [UNIQUE] INDEX CONCURRENTLY ...`: the keyword put
+/// right after the scanner's INDEX token, the rest as written. None unless the result parses
+/// as one index build that is concurrent.
+pub fn build_concurrently(statement: &str) -> Option<String> {
+    let tokens = subxact::run(|| token_offsets(statement)).ok()?;
+    // The grammar allows only UNIQUE between CREATE and INDEX.
+    let index = tokens.get(1..3)?.iter().find(|t| {
+        let word = statement[t.offset..].get(..5).unwrap_or("");
+        let after = statement[t.offset + word.len()..].chars().next();
+        word.eq_ignore_ascii_case("index")
+            && !after.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$')
+    })?;
+    let at = index.offset + 5;
+    let rewritten = format!("{} CONCURRENTLY{}", &statement[..at], &statement[at..]);
+    let parsed = parse(&rewritten).ok()?;
+    let [(_, tree)] = parsed.as_slice() else {
+        return None;
+    };
+    // SAFETY: a raw statement tree of this parse.
+    let concurrent = unsafe {
+        is_a(tree.node(), T::T_IndexStmt) && (*tree.node().cast::<pg_sys::IndexStmt>()).concurrent
+    };
+    concurrent.then_some(rewritten)
+}
+
 /// How many statements `text` holds as the grammar reads it now (under the session's
 /// standard_conforming_strings); None when it does not parse.
 pub fn count(text: &str) -> Option<usize> {
@@ -205,6 +230,9 @@ unsafe fn classify(node: *mut pg_sys::Node) -> (String, String, Kind) {
     {
         return non_transactional("CLUSTER without a table");
     }
+    if is_a(node, pg_sys::NodeTag::T_AlterTableStmt) && only_validates(node.cast()) {
+        return (tag, "VALIDATE CONSTRAINT".into(), Kind::Validate);
+    }
     if is_a(node, pg_sys::NodeTag::T_AlterTableStmt) && detaches_concurrently(node.cast()) {
         return non_transactional("ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY");
     }
@@ -225,6 +253,18 @@ unsafe fn classify(node: *mut pg_sys::Node) -> (String, String, Kind) {
         }
     }
     (tag.clone(), tag, Kind::Transactional)
+}
+
+/// Whether every subcommand of an ALTER TABLE is VALIDATE CONSTRAINT.
+///
+/// # Safety
+/// `stmt` must be a raw AlterTableStmt.
+unsafe fn only_validates(stmt: *mut pg_sys::AlterTableStmt) -> bool {
+    let cmds = PgList::<pg_sys::AlterTableCmd>::from_pg((*stmt).cmds);
+    !cmds.is_empty()
+        && cmds
+            .iter_ptr()
+            .all(|c| (*c).subtype == pg_sys::AlterTableType::AT_ValidateConstraint)
 }
 
 /// The command tag of a raw statement ("CREATE INDEX").

@@ -54,24 +54,41 @@ impl Phase {
     }
 }
 
-/// Whether `statements` need phases at all.
+/// Whether `statements` need phases at all: one runs outside a transaction, or a
+/// VALIDATE CONSTRAINT follows a statement whose locks it must not scan under.
 pub fn needed(statements: &[Statement]) -> bool {
     statements
         .iter()
         .any(|s| matches!(s.kind, Kind::NonTransactional | Kind::Backfill))
+        || statements
+            .windows(2)
+            .any(|w| w[1].kind == Kind::Validate && w[0].kind != Kind::Validate)
 }
 
 /// Groups `statements` into phases, in order.
 pub fn plan(statements: &[Statement]) -> Vec<Phase> {
     let mut phases: Vec<Phase> = Vec::new();
+    // Whether the last transaction phase has a statement other than VALIDATE CONSTRAINT:
+    // one that may lock more than SHARE UPDATE EXCLUSIVE until its transaction ends.
+    let mut locks_more = false;
     for st in statements {
         let kind = match st.kind {
             Kind::NonTransactional => PhaseKind::TopLevel,
             Kind::Backfill => PhaseKind::Backfill,
             _ => PhaseKind::Transaction,
         };
+        let own_transaction = st.kind == Kind::Validate && locks_more;
+        locks_more = match st.kind {
+            Kind::Validate => locks_more && !own_transaction,
+            Kind::Transactional | Kind::TransactionControl => true,
+            Kind::NonTransactional | Kind::Backfill => false,
+        };
         match phases.last_mut() {
-            Some(last) if kind == PhaseKind::Transaction && last.kind == PhaseKind::Transaction => {
+            Some(last)
+                if kind == PhaseKind::Transaction
+                    && last.kind == PhaseKind::Transaction
+                    && !own_transaction =>
+            {
                 last.last_statement = st.number;
                 last.end = st.end;
             }
@@ -145,6 +162,31 @@ mod unit {
             ]
         );
         assert_eq!(phases[0].text("abcde;\nfghij;\n"), "abcde;\nfghij");
+    }
+
+    #[test]
+    fn validate_after_a_statement_that_locks_runs_in_a_transaction_of_its_own() {
+        use Kind::*;
+        let statements = [
+            st(1, Transactional, 0, 5),
+            st(2, Validate, 7, 12),
+            st(3, Validate, 14, 20),
+            st(4, Transactional, 22, 30),
+            st(5, Validate, 32, 40),
+        ];
+        assert!(needed(&statements));
+        let shape: Vec<_> = plan(&statements)
+            .iter()
+            .map(|p| (p.first_statement, p.last_statement))
+            .collect();
+        // VALIDATEs together, and what follows them in their transaction; a VALIDATE after
+        // that statement again on its own.
+        assert_eq!(shape, [(1, 1), (2, 4), (5, 5)]);
+        let alone = [st(1, Validate, 0, 5), st(2, Validate, 7, 12)];
+        assert!(!needed(&alone));
+        assert_eq!(plan(&alone).len(), 1);
+        let after_backfill = [st(1, Backfill, 0, 5), st(2, Validate, 7, 12)];
+        assert_eq!(plan(&after_backfill).len(), 2);
     }
 
     #[test]

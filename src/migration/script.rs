@@ -15,6 +15,10 @@ pub enum Kind {
     NonTransactional,
     /// `SELECT migrate.backfill(...)`: a phase of its own, run in batches by the worker.
     Backfill,
+    /// `ALTER TABLE ... VALIDATE CONSTRAINT` alone: it needs only SHARE UPDATE EXCLUSIVE, so
+    /// after statements that lock more it runs in a transaction of its own rather than scan
+    /// the table under their locks.
+    Validate,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,6 +11,17 @@ use pgrx::pg_sys::NodeTag as T;
 use pgrx::{is_a, PgList};
 use std::ffi::CString;
 
+// Exported by the server but not bound by pgrx. Signature as in PostgreSQL 13 to 18.
+unsafe extern "C-unwind" {
+    fn ChooseConstraintName(
+        name1: *const std::ffi::c_char,
+        name2: *const std::ffi::c_char,
+        label: *const std::ffi::c_char,
+        namespaceid: pg_sys::Oid,
+        others: *mut pg_sys::List,
+    ) -> *mut std::ffi::c_char;
+}
+
 /// One change a statement asks for, on one column of the statement's table.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
@@ -50,6 +61,25 @@ pub enum Request {
         not_null: bool,
         /// Constraints other than NULL, NOT NULL and DEFAULT written inline.
         other_constraints: bool,
+    },
+    /// ALTER COLUMN ... SET NOT NULL: proven by a CHECK added NOT VALID and validated, so
+    /// that setting it scans nothing.
+    SetNotNull {
+        column: String,
+    },
+    /// ADD CONSTRAINT ... CHECK or FOREIGN KEY: added NOT VALID, validated in the worker.
+    AddConstraint {
+        name: String,
+        /// What follows `ADD CONSTRAINT name`, without NOT VALID, printed from analysed parts.
+        definition: String,
+        /// The table's columns it reads.
+        columns: Vec<String>,
+    },
+    /// ADD UNIQUE or PRIMARY KEY: its index built CONCURRENTLY, attached at contract.
+    AddKey {
+        name: String,
+        primary: bool,
+        columns: Vec<String>,
     },
     /// A subcommand the planner does not plan, by what it is.
     Other(String),
@@ -100,6 +130,21 @@ pub fn read(stmt: StmtTree) -> Result<Requested, Unread> {
     }
 }
 
+/// Whether `stmt` is a CREATE INDEX without CONCURRENTLY on a plain table: one the window
+/// builds CONCURRENTLY instead (a partitioned table's index cannot be).
+pub fn builds_index_blocking(stmt: StmtTree) -> bool {
+    let node = stmt.node();
+    // SAFETY: a StmtTree is a valid raw statement tree.
+    unsafe {
+        if !is_a(node, T::T_IndexStmt) || (*node.cast::<pg_sys::IndexStmt>()).concurrent {
+            return false;
+        }
+        let oid = range_var_oid((*node.cast::<pg_sys::IndexStmt>()).relation);
+        crate::pg::catalog::relation(oid)
+            .is_some_and(|r| r.kind == crate::pg::catalog::RelKind::Table)
+    }
+}
+
 unsafe fn table_of(rv: *mut pg_sys::RangeVar) -> Result<pg_sys::Oid, Unread> {
     let oid = range_var_oid(rv);
     if oid == pg_sys::InvalidOid {
@@ -130,6 +175,8 @@ unsafe fn alter_table(stmt: *mut pg_sys::AlterTableStmt) -> Result<Requested, Un
                 cascade: (*cmd).behavior == pg_sys::DropBehavior::DROP_CASCADE,
             },
             AT::AT_AddColumn if !(*cmd).missing_ok => add_column((*cmd).def.cast())?,
+            AT::AT_SetNotNull => Request::SetNotNull { column },
+            AT::AT_AddConstraint => constraint(table, (*cmd).def.cast())?,
             AT::AT_AddColumn | AT::AT_DropColumn => {
                 Request::Other("ADD COLUMN IF NOT EXISTS or DROP COLUMN IF EXISTS".into())
             }
@@ -269,6 +316,244 @@ unsafe fn is_cast_of(mut expr: *mut pg_sys::Node, attnum: i16) -> bool {
             return false;
         }
     }
+}
+
+/// ADD CONSTRAINT: a CHECK or FOREIGN KEY to validate apart, a UNIQUE or PRIMARY KEY to
+/// build apart; anything else (already NOT VALID, USING INDEX, EXCLUDE) as it is.
+unsafe fn constraint(relid: pg_sys::Oid, c: *mut pg_sys::Constraint) -> Result<Request, Unread> {
+    use pg_sys::ConstrType as C;
+    #[cfg(feature = "pg18")]
+    let unenforced = !(*c).is_enforced;
+    #[cfg(not(feature = "pg18"))]
+    let unenforced = false;
+    if unenforced {
+        return Ok(Request::Other("ADD CONSTRAINT ... NOT ENFORCED".into()));
+    }
+    if (*c).skip_validation {
+        return Ok(Request::Other("ADD CONSTRAINT ... NOT VALID".into()));
+    }
+    match (*c).contype {
+        C::CONSTR_CHECK => check(relid, c),
+        C::CONSTR_FOREIGN => foreign_key(relid, c),
+        C::CONSTR_UNIQUE | C::CONSTR_PRIMARY if (*c).indexname.is_null() => key(relid, c),
+        C::CONSTR_UNIQUE | C::CONSTR_PRIMARY => {
+            Ok(Request::Other("ADD CONSTRAINT ... USING INDEX".into()))
+        }
+        C::CONSTR_EXCLUSION => Ok(Request::Other("ADD EXCLUDE".into())),
+        other => Ok(Request::Other(format!("ADD CONSTRAINT ({other:?})"))),
+    }
+}
+
+/// A name as PostgreSQL would choose it for an unnamed constraint of the table (unique
+/// among the schema's constraints), or the one given.
+unsafe fn constraint_name(
+    c: *mut pg_sys::Constraint,
+    relid: pg_sys::Oid,
+    columns: &[String],
+    label: &str,
+) -> String {
+    if !(*c).conname.is_null() {
+        return text((*c).conname);
+    }
+    let table = pg_sys::get_rel_name(relid);
+    let namespace = pg_sys::get_rel_namespace(relid);
+    let addition = CString::new(columns.join("_")).unwrap_or_default();
+    let label = CString::new(label).unwrap_or_default();
+    let addition = if columns.is_empty() {
+        std::ptr::null()
+    } else {
+        addition.as_ptr()
+    };
+    text(
+        if label.as_bytes() == b"check" || label.as_bytes() == b"fkey" {
+            ChooseConstraintName(
+                table,
+                addition,
+                label.as_ptr(),
+                namespace,
+                std::ptr::null_mut(),
+            )
+        } else {
+            // An index's name is a relation's: unique among the schema's relations.
+            pg_sys::ChooseRelationName(table, addition, label.as_ptr(), namespace, true)
+        },
+    )
+}
+
+/// Column names from a List of String nodes, each checked to be a column of the table.
+unsafe fn column_list(relid: pg_sys::Oid, list: *mut pg_sys::List) -> Vec<String> {
+    let names: Vec<String> = PgList::<pg_sys::Node>::from_pg(list)
+        .iter_ptr()
+        .map(|n| crate::pg::nodes::str_val(n))
+        .collect();
+    for name in &names {
+        let c_name = CString::new(name.as_str()).unwrap_or_default();
+        if pg_sys::get_attnum(relid, c_name.as_ptr()) == pg_sys::InvalidAttrNumber as i16 {
+            pgrx::ereport!(
+                ERROR,
+                pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                format!("column \"{name}\" does not exist")
+            );
+        }
+    }
+    names
+}
+
+fn quoted_list(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| crate::pg::catalog::quote_ident(n))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// CHECK: its expression analysed against the table as ALTER TABLE does, printed back.
+unsafe fn check(relid: pg_sys::Oid, c: *mut pg_sys::Constraint) -> Result<Request, Unread> {
+    let opened = Locked::open(relid).ok_or_else(|| Unread::Locked("CHECK".into()))?;
+    let raw = (*c).raw_expr;
+    let no_inherit = (*c).is_no_inherit;
+    let analysed = subxact::run(|| unsafe {
+        let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
+        with_relation(pstate, &opened);
+        let expr = pg_sys::transformExpr(
+            pstate,
+            pg_sys::copyObjectImpl(raw.cast()).cast(),
+            pg_sys::ParseExprKind::EXPR_KIND_CHECK_CONSTRAINT,
+        );
+        let expr = pg_sys::coerce_to_boolean(pstate, expr, c"CHECK".as_ptr());
+        pg_sys::assign_expr_collations(pstate, expr);
+        let mut columns: Vec<String> = Vec::new();
+        for var in PgList::<pg_sys::Var>::from_pg(pg_sys::pull_var_clause(expr, 0)).iter_ptr() {
+            let name = text(pg_sys::get_attname(relid, (*var).varattno, false));
+            if !columns.contains(&name) {
+                columns.push(name);
+            }
+        }
+        let table_name = pg_sys::get_rel_name(relid);
+        let sql = deparse(expr, pg_sys::deparse_context_for(table_name, relid));
+        let single: Vec<String> = columns.iter().take(1).cloned().collect();
+        let name = constraint_name(
+            c,
+            relid,
+            if columns.len() == 1 { &single } else { &[] },
+            "check",
+        );
+        (name, sql, columns)
+    })
+    .map_err(Unread::Failed)?;
+    drop(opened);
+    let (name, sql, columns) = analysed;
+    Ok(Request::AddConstraint {
+        name,
+        definition: format!(
+            "CHECK ({sql}){}",
+            if no_inherit { " NO INHERIT" } else { "" }
+        ),
+        columns,
+    })
+}
+
+/// FOREIGN KEY: printed from its parts, the referenced table resolved and qualified.
+unsafe fn foreign_key(relid: pg_sys::Oid, c: *mut pg_sys::Constraint) -> Result<Request, Unread> {
+    #[cfg(any(feature = "pg17", feature = "pg18"))]
+    if (*c).fk_with_period {
+        return Ok(Request::Other("FOREIGN KEY ... PERIOD".into()));
+    }
+    let referenced = table_of((*c).pktable)?;
+    let analysed = subxact::run(|| unsafe {
+        let columns = column_list(relid, (*c).fk_attrs);
+        let keys = column_list(referenced, (*c).pk_attrs);
+        let target = crate::pg::catalog::qualified(
+            &text(pg_sys::get_namespace_name(pg_sys::get_rel_namespace(
+                referenced,
+            ))),
+            &text(pg_sys::get_rel_name(referenced)),
+        );
+        let mut sql = format!(
+            "FOREIGN KEY ({}) REFERENCES {target}",
+            quoted_list(&columns)
+        );
+        if !keys.is_empty() {
+            sql.push_str(&format!(" ({})", quoted_list(&keys)));
+        }
+        if (*c).fk_matchtype as u8 == b'f' {
+            sql.push_str(" MATCH FULL");
+        }
+        let action = |a: std::ffi::c_char| match a as u8 {
+            b'r' => Some("RESTRICT"),
+            b'c' => Some("CASCADE"),
+            b'n' => Some("SET NULL"),
+            b'd' => Some("SET DEFAULT"),
+            _ => None,
+        };
+        if let Some(a) = action((*c).fk_upd_action) {
+            sql.push_str(&format!(" ON UPDATE {a}"));
+        }
+        if let Some(a) = action((*c).fk_del_action) {
+            sql.push_str(&format!(" ON DELETE {a}"));
+            #[cfg(not(any(feature = "pg13", feature = "pg14")))]
+            if !(*c).fk_del_set_cols.is_null() {
+                let set = column_list(relid, (*c).fk_del_set_cols);
+                sql.push_str(&format!(" ({})", quoted_list(&set)));
+            }
+        }
+        if (*c).deferrable {
+            sql.push_str(" DEFERRABLE");
+        }
+        if (*c).initdeferred {
+            sql.push_str(" INITIALLY DEFERRED");
+        }
+        let name = constraint_name(c, relid, &columns, "fkey");
+        (name, sql, columns)
+    })
+    .map_err(Unread::Failed)?;
+    let (name, definition, columns) = analysed;
+    Ok(Request::AddConstraint {
+        name,
+        definition,
+        columns,
+    })
+}
+
+/// UNIQUE or PRIMARY KEY on plain columns; with anything an index built apart would have to
+/// repeat (INCLUDE, WITH, a tablespace, NULLS NOT DISTINCT, DEFERRABLE), as written.
+unsafe fn key(relid: pg_sys::Oid, c: *mut pg_sys::Constraint) -> Result<Request, Unread> {
+    let primary = (*c).contype == pg_sys::ConstrType::CONSTR_PRIMARY;
+    #[cfg(not(any(feature = "pg13", feature = "pg14")))]
+    let nulls_not_distinct = (*c).nulls_not_distinct;
+    #[cfg(any(feature = "pg13", feature = "pg14"))]
+    let nulls_not_distinct = false;
+    #[cfg(feature = "pg18")]
+    let without_overlaps = (*c).without_overlaps;
+    #[cfg(not(feature = "pg18"))]
+    let without_overlaps = false;
+    if !(*c).including.is_null()
+        || !(*c).options.is_null()
+        || !(*c).indexspace.is_null()
+        || (*c).deferrable
+        || nulls_not_distinct
+        || without_overlaps
+    {
+        return Ok(Request::Other(format!(
+            "{} with INCLUDE, WITH, USING INDEX TABLESPACE, NULLS NOT DISTINCT, WITHOUT              OVERLAPS or DEFERRABLE",
+            if primary { "ADD PRIMARY KEY" } else { "ADD UNIQUE" }
+        )));
+    }
+    let (name, columns) = subxact::run(|| unsafe {
+        let columns = column_list(relid, (*c).keys);
+        let name = if primary {
+            constraint_name(c, relid, &[], "pkey")
+        } else {
+            constraint_name(c, relid, &columns, "key")
+        };
+        (name, columns)
+    })
+    .map_err(Unread::Failed)?;
+    Ok(Request::AddKey {
+        name,
+        primary,
+        columns,
+    })
 }
 
 /// ADD COLUMN: its type and default printed by PostgreSQL, and what else it declares.

@@ -6,11 +6,18 @@ use crate::window::plan::{Column, Table};
 use pgrx::pg_sys;
 
 /// The table `oid` as the plan needs it; `None` when it no longer exists.
-pub fn table(oid: pg_sys::Oid, view_schema: impl Fn(&str) -> String) -> Option<Table> {
+/// `indexes` are the names of the indexes the window would build in the table's schema.
+pub fn table(
+    oid: pg_sys::Oid,
+    view_schema: impl Fn(&str) -> String,
+    indexes: &[String],
+) -> Option<Table> {
     let head = crate::pg::spi::pinned_row(
         "SELECT n.nspname::text, c.relname::text, c.relkind = 'r', \
                 EXISTS (SELECT FROM pg_inherits i WHERE i.inhparent = c.oid), \
-                c.relrowsecurity \
+                c.relrowsecurity, \
+                EXISTS (SELECT FROM pg_constraint k WHERE k.conrelid = c.oid \
+                        AND k.contype = 'p') \
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
         &[oid.into()],
         |row| {
@@ -20,13 +27,22 @@ pub fn table(oid: pg_sys::Oid, view_schema: impl Fn(&str) -> String) -> Option<T
                 row.get::<bool>(3)?.unwrap_or(false),
                 row.get::<bool>(4)?.unwrap_or(false),
                 row.get::<bool>(5)?.unwrap_or(false),
+                row.get::<bool>(6)?.unwrap_or(false),
             ))
         },
     )
     .or_bookkeeping("read the table migrate.expand plans for")?;
-    let (schema, name, plain, has_children, row_security) = head;
+    let (schema, name, plain, has_children, row_security, primary_key) = head;
     let wanted = view_schema(&schema);
     Some(Table {
+        primary_key,
+        existing_relations: crate::pg::spi::pinned_column::<String>(
+            "SELECT c.relname::text FROM pg_class c \
+             WHERE c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = $1) \
+               AND c.relname = ANY ($2)",
+            &[oid.into(), indexes.to_vec().into()],
+        )
+        .or_bookkeeping("read pg_class"),
         columns: columns(oid),
         row_security,
         plain,

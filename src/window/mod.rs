@@ -54,7 +54,18 @@ fn expand(
     // steps: judged by the guard like any migration's statement (refused if unsafe).
     // (index in `trees`, text)
     let mut as_written: Vec<(usize, String)> = Vec::new();
+    // Index builds that would block writes, built CONCURRENTLY by the worker instead, once the
+    // rows are filled.
+    let mut builds: Vec<(usize, String)> = Vec::new();
     for (i, (statement, tree)) in trees.iter().enumerate() {
+        if read::builds_index_blocking(*tree) {
+            let text = statement_text(statement.text(source));
+            match crate::migration::parse::build_concurrently(&text) {
+                Some(built) => builds.push((i, built)),
+                None => as_written.push((i, text)),
+            }
+            continue;
+        }
         let requested = match read::read(*tree) {
             Ok(r) if r.requests.iter().all(|r| matches!(r, Request::Other(_))) => {
                 as_written.push((i, statement_text(statement.text(source))));
@@ -77,7 +88,8 @@ fn expand(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("{what}: nothing in the script needs an expand window"),
             "A window is planned from ALTER TABLE ... ALTER COLUMN ... TYPE, ADD COLUMN, DROP \
-             COLUMN and RENAME COLUMN of plain tables; the script has none.",
+             COLUMN, RENAME COLUMN, SET NOT NULL and ADD CONSTRAINT of plain tables; the \
+             script has none.",
             "Apply it with migrate.apply.",
         )
         .raise();
@@ -122,7 +134,18 @@ fn expand(
     let tables: Vec<(plan::Table, Vec<Request>)> = asked
         .into_iter()
         .filter_map(|(oid, requests)| {
-            let table = facts::table(oid, |schema| plan::view_schema(schema, version.as_str()))?;
+            let indexes: Vec<String> = requests
+                .iter()
+                .filter_map(|r| match r {
+                    Request::AddKey { name, .. } => Some(name.clone()),
+                    _ => None,
+                })
+                .collect();
+            let table = facts::table(
+                oid,
+                |schema| plan::view_schema(schema, version.as_str()),
+                &indexes,
+            )?;
             Some((table, requests))
         })
         .collect();
@@ -130,7 +153,11 @@ fn expand(
         plan::plan(version.as_str(), &tables, crate::pg::catalog::quote_ident).or_raise();
     // The plan was read from the catalogs as they are before any statement runs: one kept as
     // written that changed a table of the window would be planned around wrongly.
-    for (statement, tree) in as_written.iter().map(|(i, _)| &trees[*i]) {
+    for (statement, tree) in as_written
+        .iter()
+        .chain(builds.iter())
+        .map(|(i, _)| &trees[*i])
+    {
         let named = crate::guard::hooks::trigger::read_command(*tree, &statement.tag)
             .map(|mut c| {
                 c.rels_mut()
@@ -164,6 +191,10 @@ fn expand(
             .into_iter()
             .map(|(_, sql)| (plan::Stage::Expand, sql)),
     );
+    planned
+        .expand
+        .extend(builds.into_iter().map(|(_, sql)| (plan::Stage::Build, sql)));
+    planned.expand.sort_by_key(|(stage, _)| *stage);
     let rows = step_rows(&planned);
     if dry_run {
         return TableIterator::new(rows);
@@ -302,7 +333,12 @@ fn end(version: Option<&str>, how: WindowEnd) -> Vec<StepRow> {
         let running = Running {
             version: version.to_string(),
             has_rollback: false,
-            allow: vec!["rename-column".into()],
+            // Renames are contract's own steps; abort drops the index it built (briefly
+            // locking the table, under the same timeouts).
+            allow: match how {
+                WindowEnd::Contracted => vec!["rename-column".into()],
+                WindowEnd::Aborted => vec!["rename-column".into(), "index-drop-blocking".into()],
+            },
         };
         running::with_running(running, || {
             apply::attempt::run(&what, &script, &statements, Policy::from_settings())

@@ -44,6 +44,10 @@ pub struct Table {
     pub before_triggers: Vec<String>,
     /// Schemas that exist already, of those the window would create.
     pub existing_schemas: Vec<String>,
+    /// It has a primary key.
+    pub primary_key: bool,
+    /// Relations of its schema that exist already, of the indexes the window would build.
+    pub existing_relations: Vec<String>,
 }
 
 /// Quotes an identifier as needed: PostgreSQL's `quote_identifier` in the server (which
@@ -79,6 +83,8 @@ pub enum Stage {
     Expand,
     /// Filling the shadow columns in the worker, in batches.
     Backfill,
+    /// Indexes built CONCURRENTLY, each outside a transaction, once the rows are filled.
+    Build,
     /// Validation, the consistency check and the new version's views.
     Publish,
 }
@@ -88,6 +94,7 @@ impl Stage {
         match self {
             Stage::Expand => "expand",
             Stage::Backfill => "backfill",
+            Stage::Build => "build",
             Stage::Publish => "publish",
         }
     }
@@ -152,6 +159,11 @@ pub fn deprecated_column(version: &str, column: &str) -> String {
     format!("_deprecated_{}_{column}", version_tag(version))
 }
 
+/// The CHECK that proves a column NOT NULL until contract sets it.
+pub fn not_null_check(version: &str, column: &str) -> String {
+    format!("{}_not_null", shadow_column(version, column))
+}
+
 /// `$migrate$body$migrate$` with a tag the body does not contain.
 fn dollar_quoted(body: &str) -> String {
     let mut tag = "$migrate$".to_string();
@@ -195,6 +207,12 @@ struct Copy<'a> {
 pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result<Plan, Problem> {
     let mut plan = Plan::default();
     let mut publish: Vec<String> = Vec::new();
+    // Validations first in the publication: consecutive, in one transaction of their own.
+    let mut validate: Vec<String> = Vec::new();
+    // CHECKs on columns the backfill fills, added once it has: before, an UPDATE of a row not
+    // yet filled would fail them.
+    let mut after_backfill: Vec<String> = Vec::new();
+    let mut constraint_names: Vec<&str> = Vec::new();
     let mut views: Vec<(String, String)> = Vec::new(); // (schema of the table, CREATE VIEW ...)
     let mut grants: Vec<String> = Vec::new();
     let mut usage: Vec<(String, String)> = Vec::new(); // (view schema, grantee)
@@ -251,18 +269,51 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
         let mut renamed: Vec<(&str, &str)> = Vec::new();
         let mut dropped: Vec<&str> = Vec::new();
         let mut added: Vec<&str> = Vec::new();
+        // Added NOT NULL with a default every row has at once.
+        let mut added_not_null: Vec<&str> = Vec::new();
+        let mut not_nulls: Vec<&str> = Vec::new();
+        // Added columns whose existing rows the backfill fills.
+        let mut filled: Vec<&str> = Vec::new();
+        // (name, definition, columns)
+        let mut constraints: Vec<(&str, &str, &[String])> = Vec::new();
+        // (name, primary, columns)
+        let mut keys: Vec<(&str, bool, &[String])> = Vec::new();
         for request in requests {
+            match request {
+                Request::AddConstraint {
+                    name: constraint,
+                    definition,
+                    columns,
+                } => {
+                    constraints.push((constraint, definition, columns));
+                    continue;
+                }
+                Request::AddKey {
+                    name: key,
+                    primary,
+                    columns,
+                } => {
+                    keys.push((key, *primary, columns));
+                    continue;
+                }
+                _ => {}
+            }
             let column_name = match request {
                 Request::ChangeType { column, .. }
                 | Request::Rename { column, .. }
                 | Request::Drop { column, .. }
+                | Request::SetNotNull { column }
                 | Request::AddColumn { column, .. } => column.as_str(),
+                Request::AddConstraint { .. } | Request::AddKey { .. } => {
+                    unreachable!("taken above")
+                }
                 Request::Other(what) => {
                     return Err(refused(
                         format!("migrate.expand cannot plan {what} on {name}"),
-                        "The planner turns ALTER COLUMN ... TYPE, RENAME COLUMN, DROP COLUMN \
-                         and ADD COLUMN into expand and contract steps; this subcommand is \
-                         none of them."
+                        "The planner turns ALTER COLUMN ... TYPE, RENAME COLUMN, DROP COLUMN, \
+                         ADD COLUMN, SET NOT NULL, ADD CONSTRAINT (CHECK, FOREIGN KEY, UNIQUE, \
+                         PRIMARY KEY) into expand and contract steps; this subcommand is none \
+                         of them."
                             .into(),
                         "Write it as an ALTER TABLE of its own: statements the planner has \
                          no steps for run as written (judged by the guard).",
@@ -398,7 +449,9 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
                         ));
                     }
                     let shadow = shadow_column(version, &column.name);
-                    let check = column.not_null.then(|| format!("{shadow}_not_null"));
+                    let check = column
+                        .not_null
+                        .then(|| not_null_check(version, &column.name));
                     copies.push(Copy {
                         column,
                         shadow,
@@ -460,16 +513,15 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
                             "Choose another name.",
                         ));
                     }
-                    if *other_constraints || (*volatile_default && *not_null) {
+                    if *other_constraints {
                         return Err(refused(
                             format!("migrate.expand cannot yet plan adding column {column} to {name} as written"),
-                            "Planned are: nullable columns with or without a default, and \
-                             NOT NULL columns with a default that is not volatile. Inline \
-                             constraints, identity, generated columns, COLLATE and NOT NULL \
-                             with a volatile default are not."
+                            "Planned are columns with or without a default, NULL or NOT NULL. \
+                             Inline constraints, identity, generated columns and COLLATE are \
+                             not."
                                 .into(),
-                            "Add the column nullable in the window; add its constraints with \
-                             migrate.apply afterwards (NOT VALID, then VALIDATE).",
+                            "Add the column plain, and its constraints as ALTER TABLE ... ADD \
+                             CONSTRAINT in the same window (validated apart).",
                         ));
                     }
                     let ident = q(column);
@@ -477,8 +529,16 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
                     if let (Some(default), false) = (default_sql, volatile_default) {
                         sql.push_str(&format!(" DEFAULT {default}"));
                     }
-                    if *not_null {
+                    // With a volatile default the rows are filled by the backfill: NOT NULL
+                    // is then proven by a CHECK validated after it, and set at contract.
+                    if *not_null && !*volatile_default {
                         sql.push_str(" NOT NULL");
+                        added_not_null.push(column);
+                    } else if *not_null {
+                        not_nulls.push(column);
+                    }
+                    if *volatile_default {
+                        filled.push(column);
                     }
                     plan.expand.push((Stage::Expand, sql));
                     if let (Some(default), true) = (default_sql, volatile_default) {
@@ -502,8 +562,121 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
                     }
                     added.push(column);
                 }
-                Request::Other(_) => unreachable!("refused above"),
+                Request::SetNotNull { column } => {
+                    if !existing.expect("checked above").not_null {
+                        not_nulls.push(column);
+                    }
+                }
+                Request::Other(_) | Request::AddConstraint { .. } | Request::AddKey { .. } => {
+                    unreachable!("refused or taken above")
+                }
             }
+        }
+        let reshaped = |c: &str| {
+            copies.iter().any(|copy| copy.column.name == c)
+                || renamed.iter().any(|(r, _)| *r == c)
+                || dropped.contains(&c)
+        };
+        for (constraint, columns) in constraints
+            .iter()
+            .map(|(n, _, c)| (*n, *c))
+            .chain(keys.iter().map(|(n, _, c)| (*n, *c)))
+        {
+            if let Some(column) = columns.iter().find(|c| reshaped(c)) {
+                return Err(refused(
+                    format!(
+                        "migrate.expand cannot add {constraint} to {name}: the window also \
+                         changes column {column}"
+                    ),
+                    "The constraint would be added to the column as it is now, and left on \
+                     the old column when contract swaps or renames it."
+                        .into(),
+                    "Add the constraint in a window of its own, after this one is contracted.",
+                ));
+            }
+            if constraint_names.contains(&constraint) {
+                return Err(Problem::new(
+                    PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+                    format!("migrate.expand would add two constraints named {constraint}"),
+                    "Unnamed constraints get PostgreSQL's names (table, columns, kind), which \
+                     two constraints on the same columns share.",
+                    "Name them: ADD CONSTRAINT name ...",
+                ));
+            }
+            constraint_names.push(constraint);
+        }
+        let primaries = keys.iter().filter(|(_, primary, _)| *primary).count();
+        if primaries > 1 || (primaries == 1 && table.primary_key) {
+            return Err(Problem::new(
+                PgSqlErrorCode::ERRCODE_INVALID_TABLE_DEFINITION,
+                format!("multiple primary keys for table {name} are not allowed"),
+                if table.primary_key {
+                    "The table has a primary key already."
+                } else {
+                    "The script adds more than one."
+                },
+                "Add a UNIQUE constraint instead, or drop the primary key first.",
+            ));
+        }
+        for (key, primary, columns) in &keys {
+            if table.existing_relations.iter().any(|r| r == key) {
+                return Err(Problem::new(
+                    PgSqlErrorCode::ERRCODE_DUPLICATE_TABLE,
+                    format!("relation {key} already exists in schema {}", table.schema),
+                    format!("The index of constraint {key} would be built under that name."),
+                    "Name the constraint otherwise.",
+                ));
+            }
+            if *primary {
+                // A primary key's columns must be NOT NULL: proven first, like SET NOT NULL.
+                for column in columns.iter().map(String::as_str) {
+                    let nullable = match table.column(column) {
+                        Some(c) => !c.not_null,
+                        None => !added_not_null.contains(&column),
+                    };
+                    if nullable && !not_nulls.contains(&column) {
+                        not_nulls.push(column);
+                    }
+                }
+            }
+        }
+        for column in &not_nulls {
+            let check = q(&not_null_check(version, column));
+            let add = format!(
+                "ALTER TABLE {name} ADD CONSTRAINT {check} CHECK ({} IS NOT NULL) NOT VALID",
+                q(column)
+            );
+            if filled.contains(column) {
+                after_backfill.push(add);
+            } else {
+                plan.expand.push((Stage::Expand, add));
+            }
+            validate.push(format!("ALTER TABLE {name} VALIDATE CONSTRAINT {check}"));
+        }
+        for (constraint, definition, _) in &constraints {
+            plan.expand.push((
+                Stage::Expand,
+                format!(
+                    "ALTER TABLE {name} ADD CONSTRAINT {} {definition} NOT VALID",
+                    q(constraint)
+                ),
+            ));
+            validate.push(format!(
+                "ALTER TABLE {name} VALIDATE CONSTRAINT {}",
+                q(constraint)
+            ));
+        }
+        for (key, _, columns) in &keys {
+            let columns: Vec<String> = columns.iter().map(|c| q(c)).collect();
+            plan.expand.push((
+                Stage::Build,
+                format!(
+                    "CREATE UNIQUE INDEX CONCURRENTLY {} ON {name} ({})",
+                    q(key),
+                    columns.join(", ")
+                ),
+            ));
+            plan.objects.push(key.to_string());
         }
         let is_new = format!(
             "migrate.writes_version({}, {})",
@@ -571,7 +744,7 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
                 ),
             ));
             for check in copies.iter().filter_map(|c| c.check.as_ref()) {
-                publish.push(format!(
+                validate.push(format!(
                     "ALTER TABLE {name} VALIDATE CONSTRAINT {}",
                     q(check)
                 ));
@@ -624,8 +797,42 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
             (&mut contract, &mut abort),
             q,
         );
+        let step = |sql: String| EndStep {
+            sql,
+            needs_column: None,
+        };
+        for column in &not_nulls {
+            // Proven by the validated CHECK: no scan.
+            let check = q(&not_null_check(version, column));
+            contract.push(step(format!(
+                "ALTER TABLE {name} ALTER COLUMN {} SET NOT NULL",
+                q(column)
+            )));
+            contract.push(step(format!("ALTER TABLE {name} DROP CONSTRAINT {check}")));
+            abort.push(step(format!(
+                "ALTER TABLE {name} DROP CONSTRAINT IF EXISTS {check}"
+            )));
+        }
+        for (constraint, _, _) in &constraints {
+            abort.push(step(format!(
+                "ALTER TABLE {name} DROP CONSTRAINT IF EXISTS {}",
+                q(constraint)
+            )));
+        }
+        for (key, primary, _) in &keys {
+            let key = q(key);
+            contract.push(step(format!(
+                "ALTER TABLE {name} ADD CONSTRAINT {key} {} USING INDEX {key}",
+                if *primary { "PRIMARY KEY" } else { "UNIQUE" }
+            )));
+            abort.push(step(format!(
+                "DROP INDEX IF EXISTS {}.{key}",
+                q(&table.schema)
+            )));
+        }
     }
     // Published last: once the copies are filled, validated and found in step.
+    publish.splice(0..0, after_backfill.into_iter().chain(validate));
     let mut created = Vec::new();
     for (schema, view) in views {
         if !created.contains(&schema) {
@@ -939,9 +1146,15 @@ fn check_names(
             table.name
         ));
         for request in requests {
-            if let Request::ChangeType { column, .. } | Request::Drop { column, .. } = request {
-                names.push(deprecated_column(version, &shadow_column(version, column)));
-                names.push(format!("{}_not_null", shadow_column(version, column)));
+            match request {
+                Request::ChangeType { column, .. } | Request::Drop { column, .. } => {
+                    names.push(deprecated_column(version, &shadow_column(version, column)));
+                    names.push(not_null_check(version, column));
+                }
+                Request::SetNotNull { column } | Request::AddColumn { column, .. } => {
+                    names.push(not_null_check(version, column));
+                }
+                _ => {}
             }
         }
     }
@@ -1211,6 +1424,205 @@ mod unit {
             ["SELECT migrate.backfill('public.orders', 'token = gen_random_uuid()', 'token IS NULL')"]
         );
         assert!(sql(&plan, Stage::Publish)[1].ends_with("legacy_note, token FROM public.orders"));
+    }
+
+    #[test]
+    fn a_not_null_column_with_a_volatile_default_is_proven_by_a_check_and_set_at_contract() {
+        let plan = plan(
+            "7",
+            &[(
+                orders(),
+                vec![Request::AddColumn {
+                    column: "token".into(),
+                    type_sql: "uuid".into(),
+                    default_sql: Some("gen_random_uuid()".into()),
+                    volatile_default: true,
+                    not_null: true,
+                    other_constraints: false,
+                }],
+            )],
+            q,
+        )
+        .unwrap();
+        assert_eq!(
+            sql(&plan, Stage::Expand),
+            [
+                "ALTER TABLE public.orders ADD COLUMN token uuid",
+                "ALTER TABLE public.orders ALTER COLUMN token SET DEFAULT gen_random_uuid()",
+            ]
+        );
+        assert_eq!(sql(&plan, Stage::Backfill).len(), 1);
+        // Checked once the rows are filled: before, an UPDATE of a row not filled yet would
+        // fail the CHECK.
+        assert_eq!(
+            sql(&plan, Stage::Publish)[..2],
+            [
+                "ALTER TABLE public.orders ADD CONSTRAINT _migrate_7_token_not_null CHECK (token IS NOT NULL) NOT VALID",
+                "ALTER TABLE public.orders VALIDATE CONSTRAINT _migrate_7_token_not_null"
+            ]
+        );
+        let contract: Vec<&str> = plan.contract.iter().map(|s| s.sql.as_str()).collect();
+        assert_eq!(
+            &contract[contract.len() - 2..],
+            [
+                "ALTER TABLE public.orders ALTER COLUMN token SET NOT NULL",
+                "ALTER TABLE public.orders DROP CONSTRAINT _migrate_7_token_not_null"
+            ]
+        );
+        assert!(plan.abort.iter().any(|s| s.sql
+            == "ALTER TABLE public.orders DROP CONSTRAINT IF EXISTS _migrate_7_token_not_null"));
+    }
+
+    fn check(name: &str, definition: &str, columns: &[&str]) -> Request {
+        Request::AddConstraint {
+            name: name.into(),
+            definition: definition.into(),
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    fn key(name: &str, primary: bool, columns: &[&str]) -> Request {
+        Request::AddKey {
+            name: name.into(),
+            primary,
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn constraints_are_added_not_valid_and_validated_and_keys_built_concurrently() {
+        let plan = plan(
+            "44",
+            &[(
+                orders(),
+                vec![
+                    Request::SetNotNull {
+                        column: "old_status".into(),
+                    },
+                    // Already NOT NULL: nothing to do.
+                    Request::SetNotNull {
+                        column: "amount".into(),
+                    },
+                    check("amount_positive", "CHECK ((amount > 0))", &["amount"]),
+                    check(
+                        "orders_customer_fkey",
+                        "FOREIGN KEY (legacy_note) REFERENCES public.notes",
+                        &["legacy_note"],
+                    ),
+                    key("orders_legacy_note_key", false, &["legacy_note"]),
+                ],
+            )],
+            q,
+        )
+        .unwrap();
+        assert_eq!(
+            sql(&plan, Stage::Expand),
+            [
+                "ALTER TABLE public.orders ADD CONSTRAINT _migrate_44_old_status_not_null CHECK (old_status IS NOT NULL) NOT VALID",
+                "ALTER TABLE public.orders ADD CONSTRAINT amount_positive CHECK ((amount > 0)) NOT VALID",
+                "ALTER TABLE public.orders ADD CONSTRAINT orders_customer_fkey FOREIGN KEY (legacy_note) REFERENCES public.notes NOT VALID",
+            ]
+        );
+        assert!(sql(&plan, Stage::Backfill).is_empty());
+        assert_eq!(
+            sql(&plan, Stage::Build),
+            ["CREATE UNIQUE INDEX CONCURRENTLY orders_legacy_note_key ON public.orders (legacy_note)"]
+        );
+        // Validations first, together: one transaction of their own after the expand.
+        assert_eq!(
+            &sql(&plan, Stage::Publish)[..4],
+            [
+                "ALTER TABLE public.orders VALIDATE CONSTRAINT _migrate_44_old_status_not_null",
+                "ALTER TABLE public.orders VALIDATE CONSTRAINT amount_positive",
+                "ALTER TABLE public.orders VALIDATE CONSTRAINT orders_customer_fkey",
+                "CREATE SCHEMA public_v44",
+            ]
+        );
+        let contract: Vec<&str> = plan.contract.iter().map(|s| s.sql.as_str()).collect();
+        assert_eq!(
+            &contract[2..],
+            [
+                "ALTER TABLE public.orders ALTER COLUMN old_status SET NOT NULL",
+                "ALTER TABLE public.orders DROP CONSTRAINT _migrate_44_old_status_not_null",
+                "ALTER TABLE public.orders ADD CONSTRAINT orders_legacy_note_key UNIQUE USING INDEX orders_legacy_note_key",
+            ]
+        );
+        let abort: Vec<&str> = plan.abort.iter().map(|s| s.sql.as_str()).collect();
+        assert_eq!(
+            &abort[2..],
+            [
+                "ALTER TABLE public.orders DROP CONSTRAINT IF EXISTS _migrate_44_old_status_not_null",
+                "ALTER TABLE public.orders DROP CONSTRAINT IF EXISTS amount_positive",
+                "ALTER TABLE public.orders DROP CONSTRAINT IF EXISTS orders_customer_fkey",
+                "DROP INDEX IF EXISTS public.orders_legacy_note_key",
+            ]
+        );
+        assert!(plan.objects.contains(&"orders_legacy_note_key".to_string()));
+    }
+
+    #[test]
+    fn a_primary_key_proves_its_columns_not_null_first_and_attaches_at_contract() {
+        let mut table = orders();
+        table.primary_key = false;
+        let plan = plan(
+            "45",
+            &[(
+                table,
+                vec![
+                    Request::AddColumn {
+                        column: "code".into(),
+                        type_sql: "text".into(),
+                        default_sql: None,
+                        volatile_default: false,
+                        not_null: false,
+                        other_constraints: false,
+                    },
+                    key("orders_pkey", true, &["old_status", "amount", "code"]),
+                ],
+            )],
+            q,
+        )
+        .unwrap();
+        let contract: Vec<&str> = plan.contract.iter().map(|s| s.sql.as_str()).collect();
+        assert_eq!(
+            &contract[2..],
+            [
+                "ALTER TABLE public.orders ALTER COLUMN old_status SET NOT NULL",
+                "ALTER TABLE public.orders DROP CONSTRAINT _migrate_45_old_status_not_null",
+                "ALTER TABLE public.orders ALTER COLUMN code SET NOT NULL",
+                "ALTER TABLE public.orders DROP CONSTRAINT _migrate_45_code_not_null",
+                "ALTER TABLE public.orders ADD CONSTRAINT orders_pkey PRIMARY KEY USING INDEX orders_pkey",
+            ]
+        );
+        let mut with_key = orders();
+        with_key.primary_key = true;
+        let e = super::plan("45", &[(with_key, vec![key("k", true, &["amount"])])], q).unwrap_err();
+        assert_eq!(e.code, PgSqlErrorCode::ERRCODE_INVALID_TABLE_DEFINITION);
+        let mut taken = orders();
+        taken.existing_relations = vec!["k".into()];
+        let e = super::plan("45", &[(taken, vec![key("k", false, &["amount"])])], q).unwrap_err();
+        assert_eq!(e.code, PgSqlErrorCode::ERRCODE_DUPLICATE_TABLE);
+        let twice = vec![
+            check("c", "CHECK (true)", &[]),
+            key("c", false, &["amount"]),
+        ];
+        let e = super::plan("45", &[(orders(), twice)], q).unwrap_err();
+        assert_eq!(e.code, PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT);
+        // A constraint on a column the window copies would stay on the old column.
+        let e = super::plan(
+            "45",
+            &[(
+                orders(),
+                vec![to_bigint(), check("c", "CHECK (amount > 0)", &["amount"])],
+            )],
+            q,
+        )
+        .unwrap_err();
+        assert!(
+            e.message.contains("also changes column amount"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
