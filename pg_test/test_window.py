@@ -328,6 +328,8 @@ def test_bad_input_is_refused_and_leaves_nothing(cluster, db, conn):
     make_orders(conn, 100)
     conn.execute("CREATE ROLE window_nobody LOGIN")
     conn.execute("CREATE TABLE other (id int PRIMARY KEY, v int)")
+    conn.execute("CREATE TABLE viewed (id int PRIMARY KEY, v int)")
+    conn.execute("CREATE VIEW viewed_v AS SELECT v FROM viewed")
     cases = [
         ("ALTER TABLE nope ADD COLUMN x int", "42P01", "table nope does not exist"),
         ("ALTER TABLE orders DROP COLUMN nope", "42703", "column nope of public.orders does not exist"),
@@ -347,7 +349,7 @@ def test_bad_input_is_refused_and_leaves_nothing(cluster, db, conn):
         ("ALTER TABLE orders DROP COLUMN legacy_note, ADD UNIQUE (amount) INCLUDE (id)", "0A000", "INCLUDE"),
         ("ALTER TABLE orders ALTER COLUMN amount TYPE bigint, ADD CONSTRAINT c CHECK (amount > 0)", "0A000",
          "also changes column amount"),
-        ("ALTER TABLE orders ALTER COLUMN id TYPE numeric", "0A000", "orders_pkey"),
+        ("ALTER TABLE viewed ALTER COLUMN v TYPE bigint", "0A000", "view public.viewed_v"),
         ("ALTER TABLE orders DROP COLUMN amount, ALTER COLUMN amount TYPE bigint", "0A000", "twice"),
         ("ALTER TABLE orders ADD COLUMN old_status int", "42701", "already exists"),
         ("ALTER TABLE orders DROP COLUMN legacy_note CASCADE", "0A000", "CASCADE"),
@@ -843,3 +845,101 @@ def test_a_primary_key_is_proven_not_null_built_and_attached_and_abort_takes_it_
         "SELECT conname FROM pg_constraint WHERE conrelid = 'events'::regclass").fetchall() == [("events_pkey",)]
     assert conn.execute("SELECT to_regclass('v_key')").fetchone() == (None,)
     conn.execute("INSERT INTO events VALUES (0, NULL)")
+
+
+KEY_SCHEMA = """
+    CREATE TABLE orders (id serial PRIMARY KEY, amount int NOT NULL DEFAULT 0, customer int);
+    CREATE INDEX orders_customer_id ON orders (customer, id);
+    CREATE TABLE order_items (id serial PRIMARY KEY,
+                              order_id int NOT NULL REFERENCES orders ON DELETE CASCADE, qty int);
+    CREATE INDEX order_items_order_id ON order_items (order_id);
+    INSERT INTO orders (amount, customer) SELECT g, g % 10 FROM generate_series(1, 50000) g;
+    INSERT INTO order_items (order_id, qty) SELECT g, 1 FROM generate_series(1, 50000) g;
+"""
+
+
+def test_a_referenced_serial_key_moves_to_bigint_with_its_indexes_keys_and_sequence(cluster, db, conn):
+    """int -> bigint on a serial primary key that another table references: the copies get
+    their indexes built CONCURRENTLY, a new foreign key between the copies is validated before
+    publication, and contract swaps the key, the indexes, the foreign key and the sequence,
+    while an old-version writer keeps inserting orders and items and deleting orders."""
+    conn.execute("SET migrate.guard = off")
+    conn.execute(KEY_SCHEMA)
+    conn.execute("RESET migrate.guard")
+    conn.execute("ANALYZE")
+    errors, stop = [], threading.Event()
+    worst = [0.0]
+
+    def old_writer():
+        with cluster.connect(db) as c:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    with c.transaction():
+                        (order,) = c.execute(
+                            "INSERT INTO orders (amount, customer) VALUES (1, 1) RETURNING id").fetchone()
+                        c.execute("INSERT INTO order_items (order_id, qty) VALUES (%s, 2)", (order,))
+                        c.execute("DELETE FROM orders WHERE id = %s", (random.randint(1, 50000),))
+                except psycopg.Error as e:
+                    errors.append((started, e.diag.sqlstate, str(e)))
+                worst[0] = max(worst[0], time.monotonic() - started)
+                time.sleep(0.005)
+
+    writer = threading.Thread(target=old_writer, daemon=True)
+    writer.start()
+    ddl = ("ALTER TABLE orders ALTER COLUMN id TYPE bigint; "
+           "ALTER TABLE order_items ALTER COLUMN order_id TYPE bigint")
+    conn.execute("SELECT * FROM migrate.expand('50', %s)", (ddl,))
+    wait_until(lambda: window(conn, "50").get("state") in ("published", "failed"), timeout=240, interval=0.2)
+    assert window(conn, "50")["state"] == "published", conn.execute(
+        "SELECT phase, state, error_message FROM migrate.steps WHERE version = '50'").fetchall()
+    # The new version inserts through its views, its keys from the same sequence.
+    with cluster.connect(db, options="-csearch_path=public_v50,public") as n:
+        (order,) = n.execute("INSERT INTO orders (amount) VALUES (7) RETURNING id").fetchone()
+        n.execute("INSERT INTO order_items (order_id, qty) VALUES (%s, 3)", (order,))
+        assert failure(n, "INSERT INTO order_items (order_id, qty) VALUES (-5, 3)").sqlstate == "23503"
+    stop.set()
+    writer.join(timeout=30)
+    assert errors == [], errors[:3]
+    stop.clear()
+    writer = threading.Thread(target=old_writer, daemon=True)
+    writer.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    conn.execute("SELECT * FROM migrate.contract('50')")
+    took = time.monotonic() - started
+    time.sleep(0.5)
+    stop.set()
+    writer.join(timeout=30)
+    # After contract, only the old writer's prepared RETURNING id, now a bigint.
+    assert [e for e in errors if e[0] < started or e[1] != "0A000"] == [], errors[:3]
+    assert worst[0] < LOCK_TIMEOUT_S + 1 and took < LOCK_TIMEOUT_S + 1, (worst, took)
+    types = dict(conn.execute(
+        "SELECT attrelid::regclass::text || '.' || attname, format_type(atttypid, atttypmod) "
+        "FROM pg_attribute WHERE attname IN ('id', 'order_id') AND attrelid IN "
+        "('orders'::regclass, 'order_items'::regclass)").fetchall())
+    assert types == {"orders.id": "bigint", "order_items.id": "integer", "order_items.order_id": "bigint"}
+    definitions = dict(conn.execute(
+        "SELECT conname, pg_get_constraintdef(oid) || ' ' || convalidated FROM pg_constraint "
+        "WHERE conrelid IN ('orders'::regclass, 'order_items'::regclass)").fetchall())
+    assert definitions == {
+        "orders_pkey": "PRIMARY KEY (id) true",
+        "order_items_pkey": "PRIMARY KEY (id) true",
+        "order_items_order_id_fkey": "FOREIGN KEY (order_id) REFERENCES orders(id) ON DELETE CASCADE true",
+    }, definitions
+    indexes = dict(conn.execute(
+        "SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index "
+        "WHERE indrelid IN ('orders'::regclass, 'order_items'::regclass)").fetchall())
+    assert indexes["orders_customer_id"].endswith("(customer, id)"), indexes
+    assert indexes["order_items_order_id"].endswith("(order_id)"), indexes
+    assert len(indexes) == 4, indexes
+    assert conn.execute(
+        "SELECT format_type(seqtypid, NULL), seqmax FROM pg_sequence WHERE seqrelid = 'orders_id_seq'::regclass"
+    ).fetchone() == ("bigint", 9223372036854775807)
+    assert conn.execute("SELECT pg_get_serial_sequence('orders', 'id')").fetchone() == ("public.orders_id_seq",)
+    # Values only the new type holds now go in, and the old writer's code still works.
+    conn.execute("INSERT INTO orders (id, amount) VALUES (5000000000, 1)")
+    conn.execute("INSERT INTO order_items (order_id, qty) VALUES (5000000000, 1)")
+    conn.execute("DELETE FROM orders WHERE id = 5000000000")
+    assert conn.execute("SELECT count(*) FROM order_items WHERE order_id = 5000000000").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM migrate.drift()").fetchone()[0] == 0

@@ -60,36 +60,127 @@ pub fn table(
     })
 }
 
-/// Live columns in order. A column's dependents are what would have to move with it to a
-/// copy: indexes, constraints (but PostgreSQL 18's NOT NULL ones), views and rules,
-/// sequences, statistics, policies, other columns' generation expressions; not its own
-/// default.
+/// What a `jsonb` column of [`COLUMNS`] holds; empty when NULL. The JSON is built by the
+/// query from catalog values, so it always reads back.
+fn json<T: serde::de::DeserializeOwned + Default>(value: Option<pgrx::JsonB>) -> T {
+    value
+        .and_then(|j| serde_json::from_value(j.0).ok())
+        .unwrap_or_default()
+}
+
+/// Live columns in order, with what would have to move with each to a copy. A copy rebuilds
+/// its plain btree indexes (and their PRIMARY KEY or UNIQUE constraints), its foreign keys
+/// either way, and takes its owned sequence (7 to 9); anything else that depends on it is
+/// listed (6): other indexes and constraints (but PostgreSQL 18's NOT NULL ones), views and
+/// rules, statistics, policies, other columns' generation expressions; not its own default.
+const COLUMNS: &str = "\
+WITH a AS (
+    SELECT a.*, d.oid AS default_oid, pg_get_expr(d.adbin, d.adrelid) AS default_sql
+    FROM pg_attribute a
+    LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+    WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped),
+movable_index AS (
+    SELECT a.attnum, i.indexrelid, k.oid AS constraint_oid,
+           jsonb_build_object(
+               'name', ic.relname::text, 'unique', i.indisunique,
+               'constraint', k.conname::text, 'primary', i.indisprimary,
+               'columns', (SELECT jsonb_agg(x.attname::text ORDER BY u.ord)
+                           FROM unnest(i.indkey::int2[]) WITH ORDINALITY u(n, ord)
+                           JOIN pg_attribute x ON x.attrelid = i.indrelid AND x.attnum = u.n))
+               AS description
+    FROM a
+    JOIN pg_index i ON i.indrelid = a.attrelid AND a.attnum = ANY (i.indkey::int2[])
+    JOIN pg_class ic ON ic.oid = i.indexrelid
+    LEFT JOIN pg_constraint k ON k.conindid = i.indexrelid AND k.conrelid = i.indrelid
+                             AND k.contype IN ('p', 'u')
+    WHERE ic.relam = (SELECT oid FROM pg_am WHERE amname = 'btree')
+      AND i.indexprs IS NULL AND i.indpred IS NULL AND i.indnkeyatts = i.indnatts
+      AND NOT i.indisexclusion AND i.indimmediate AND i.indisvalid
+      AND ic.reloptions IS NULL AND ic.reltablespace = 0
+      AND NOT (0 = ANY (i.indkey::int2[]))
+      AND NOT EXISTS (SELECT FROM unnest(i.indoption::int2[]) o WHERE o <> 0)
+      AND NOT EXISTS (SELECT FROM unnest(i.indclass::oid[]) c
+                      JOIN pg_opclass oc ON oc.oid = c WHERE NOT oc.opcdefault)
+      AND NOT EXISTS (SELECT FROM unnest(i.indkey::int2[], i.indcollation::oid[]) u(n, coll)
+                      JOIN pg_attribute x ON x.attrelid = i.indrelid AND x.attnum = u.n
+                      WHERE u.coll <> x.attcollation)),
+movable_fk AS (
+    SELECT a.attnum, k.oid,
+           jsonb_build_object(
+               'name', k.conname::text,
+               'schema', n.nspname::text, 'table', c.relname::text,
+               'columns', (SELECT jsonb_agg(x.attname::text ORDER BY u.ord)
+                           FROM unnest(k.conkey) WITH ORDINALITY u(n, ord)
+                           JOIN pg_attribute x ON x.attrelid = k.conrelid AND x.attnum = u.n),
+               'ref_schema', rn.nspname::text, 'ref_table', rc.relname::text,
+               'ref_columns', (SELECT jsonb_agg(x.attname::text ORDER BY u.ord)
+                               FROM unnest(k.confkey) WITH ORDINALITY u(n, ord)
+                               JOIN pg_attribute x ON x.attrelid = k.confrelid
+                                                  AND x.attnum = u.n),
+               'options',
+                   CASE k.confmatchtype WHEN 'f' THEN ' MATCH FULL' ELSE '' END
+                   || CASE k.confupdtype WHEN 'r' THEN ' ON UPDATE RESTRICT'
+                          WHEN 'c' THEN ' ON UPDATE CASCADE' WHEN 'n' THEN ' ON UPDATE SET NULL'
+                          WHEN 'd' THEN ' ON UPDATE SET DEFAULT' ELSE '' END
+                   || CASE k.confdeltype WHEN 'r' THEN ' ON DELETE RESTRICT'
+                          WHEN 'c' THEN ' ON DELETE CASCADE' WHEN 'n' THEN ' ON DELETE SET NULL'
+                          WHEN 'd' THEN ' ON DELETE SET DEFAULT' ELSE '' END
+                   || CASE WHEN k.condeferrable THEN ' DEFERRABLE' ELSE '' END
+                   || CASE WHEN k.condeferred THEN ' INITIALLY DEFERRED' ELSE '' END)
+               AS description
+    FROM a
+    JOIN pg_constraint k ON k.contype = 'f' AND k.convalidated
+         AND ((k.conrelid = a.attrelid AND a.attnum = ANY (k.conkey))
+              OR (k.confrelid = a.attrelid AND a.attnum = ANY (k.confkey)))
+    JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+    JOIN pg_class rc ON rc.oid = k.confrelid JOIN pg_namespace rn ON rn.oid = rc.relnamespace
+    WHERE k.conparentid = 0 AND c.relkind = 'r' AND rc.relkind = 'r'
+      AND k.confdelsetcols IS NULL),
+owned_sequence AS (
+    SELECT a.attnum, s.oid,
+           jsonb_build_object('name', format('%I.%I', sn.nspname, s.relname),
+                              'type', format_type(q.seqtypid, NULL)) AS description
+    FROM a
+    JOIN pg_depend p ON p.refclassid = 'pg_class'::regclass AND p.refobjid = a.attrelid
+                    AND p.refobjsubid = a.attnum AND p.classid = 'pg_class'::regclass
+                    AND p.deptype = 'a'
+    JOIN pg_class s ON s.oid = p.objid AND s.relkind = 'S'
+    JOIN pg_namespace sn ON sn.oid = s.relnamespace
+    JOIN pg_sequence q ON q.seqrelid = s.oid)
+SELECT a.attname::text, a.attnotnull, a.default_sql,
+       a.attidentity <> '' OR a.attgenerated <> '',
+       format_type(a.atttypid, a.atttypmod),
+       ARRAY(SELECT pg_describe_object(p.classid, p.objid, p.objsubid)
+             FROM pg_depend p
+             WHERE p.refclassid = 'pg_class'::regclass
+               AND p.refobjid = a.attrelid AND p.refobjsubid = a.attnum
+               AND p.deptype IN ('n', 'a')
+               AND NOT (p.classid = 'pg_attrdef'::regclass
+                        AND p.objid IS NOT DISTINCT FROM a.default_oid)
+               AND NOT EXISTS (SELECT FROM pg_constraint k
+                               WHERE p.classid = 'pg_constraint'::regclass
+                                 AND k.oid = p.objid AND k.contype = 'n')
+               AND NOT (p.classid = 'pg_class'::regclass AND p.objid IN
+                        (SELECT indexrelid FROM movable_index m WHERE m.attnum = a.attnum
+                         UNION ALL
+                         SELECT oid FROM owned_sequence o WHERE o.attnum = a.attnum))
+               AND NOT (p.classid = 'pg_constraint'::regclass AND p.objid IN
+                        (SELECT constraint_oid FROM movable_index m WHERE m.attnum = a.attnum
+                         UNION ALL
+                         SELECT oid FROM movable_fk f WHERE f.attnum = a.attnum))
+             ORDER BY 1),
+       (SELECT jsonb_agg(description ORDER BY description->>'name') FROM movable_index m
+        WHERE m.attnum = a.attnum),
+       (SELECT jsonb_agg(description ORDER BY description->>'name') FROM movable_fk f
+        WHERE f.attnum = a.attnum),
+       (SELECT description FROM owned_sequence o WHERE o.attnum = a.attnum)
+FROM a
+ORDER BY a.attnum";
 fn columns(oid: pg_sys::Oid) -> Vec<Column> {
     let rows: Vec<Column> = crate::pg::guc::pinned(|| {
         pgrx::Spi::connect(|client| {
             client
-                .select(
-                    "SELECT a.attname::text, a.attnotnull, pg_get_expr(d.adbin, d.adrelid), \
-                            a.attidentity <> '' OR a.attgenerated <> '', \
-                            format_type(a.atttypid, a.atttypmod), \
-                            ARRAY(SELECT pg_describe_object(p.classid, p.objid, p.objsubid) \
-                                  FROM pg_depend p \
-                                  WHERE p.refclassid = 'pg_class'::regclass \
-                                    AND p.refobjid = a.attrelid AND p.refobjsubid = a.attnum \
-                                    AND p.deptype IN ('n', 'a') \
-                                    AND NOT (p.classid = 'pg_attrdef'::regclass \
-                                             AND p.objid IS NOT DISTINCT FROM d.oid) \
-                                    AND NOT EXISTS (SELECT FROM pg_constraint k \
-                                                    WHERE p.classid = 'pg_constraint'::regclass \
-                                                      AND k.oid = p.objid AND k.contype = 'n') \
-                                  ORDER BY 1) \
-                     FROM pg_attribute a \
-                     LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
-                     WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
-                     ORDER BY a.attnum",
-                    None,
-                    &[oid.into()],
-                )?
+                .select(COLUMNS, None, &[oid.into()])?
                 .map(|row| {
                     Ok(Column {
                         name: row.get::<String>(1)?.unwrap_or_default(),
@@ -103,6 +194,9 @@ fn columns(oid: pg_sys::Oid) -> Vec<Column> {
                             .into_iter()
                             .flatten()
                             .collect(),
+                        indexes: json(row.get::<pgrx::JsonB>(7)?),
+                        foreign_keys: json(row.get::<pgrx::JsonB>(8)?),
+                        sequence: json(row.get::<pgrx::JsonB>(9)?),
                     })
                 })
                 .collect::<Result<Vec<_>, pgrx::spi::Error>>()

@@ -333,12 +333,10 @@ fn end(version: Option<&str>, how: WindowEnd) -> Vec<StepRow> {
         let running = Running {
             version: version.to_string(),
             has_rollback: false,
-            // Renames are contract's own steps; abort drops the index it built (briefly
-            // locking the table, under the same timeouts).
-            allow: match how {
-                WindowEnd::Contracted => vec!["rename-column".into()],
-                WindowEnd::Aborted => vec!["rename-column".into(), "index-drop-blocking".into()],
-            },
+            // Renames are contract's own steps; contract drops the indexes its copies
+            // replace, abort those it built: on a table the renames lock anyway, or briefly,
+            // under the same timeouts.
+            allow: vec!["rename-column".into(), "index-drop-blocking".into()],
         };
         running::with_running(running, || {
             apply::attempt::run(&what, &script, &statements, Policy::from_settings())

@@ -21,6 +21,44 @@ pub struct Column {
     pub identity_or_generated: bool,
     /// Its type as `format_type` prints it with only pg_catalog on the search path.
     pub type_sql: String,
+    /// Plain btree indexes on it, which a copy rebuilds.
+    pub indexes: Vec<Index>,
+    /// Foreign keys from or to it, which a copy moves.
+    pub foreign_keys: Vec<ForeignKey>,
+    /// The sequence it owns (`serial`).
+    pub sequence: Option<Sequence>,
+}
+
+/// A plain btree index: columns only, default operator classes, collations and order.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+pub struct Index {
+    pub name: String,
+    pub unique: bool,
+    /// The PRIMARY KEY or UNIQUE constraint it backs.
+    pub constraint: Option<String>,
+    pub primary: bool,
+    pub columns: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+pub struct ForeignKey {
+    pub name: String,
+    pub schema: String,
+    pub table: String,
+    pub columns: Vec<String>,
+    pub ref_schema: String,
+    pub ref_table: String,
+    pub ref_columns: Vec<String>,
+    /// MATCH, ON UPDATE, ON DELETE and DEFERRABLE clauses, each with a leading space.
+    pub options: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+pub struct Sequence {
+    /// Qualified and quoted.
+    pub name: String,
+    #[serde(rename = "type")]
+    pub type_sql: String,
 }
 
 /// A table as the catalogs have it.
@@ -185,6 +223,20 @@ pub fn literal(text: &str) -> String {
     }
 }
 
+/// A name the plan makes, refused rather than truncated by PostgreSQL past 63 bytes.
+fn long_name_refused(name: String) -> Result<String, Problem> {
+    if name.len() <= 63 {
+        return Ok(name);
+    }
+    Err(Problem::new(
+        PgSqlErrorCode::ERRCODE_NAME_TOO_LONG,
+        format!("migrate.expand would need the name {name}, longer than 63 bytes"),
+        "The names of a window's indexes and constraints are made of the version and the \
+         names of those they copy.",
+        "Use a shorter version, or rename the index or constraint first.",
+    ))
+}
+
 fn refused(message: String, detail: String, hint: &str) -> Problem {
     Problem::new(
         PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
@@ -213,6 +265,16 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
     // yet filled would fail them.
     let mut after_backfill: Vec<String> = Vec::new();
     let mut constraint_names: Vec<&str> = Vec::new();
+    // Every copied column of the plan, (schema, table, column) -> its copy, for the foreign
+    // keys that move with them.
+    let mut copied: Vec<((&str, &str, &str), String)> = Vec::new();
+    let mut foreign_keys: Vec<&ForeignKey> = Vec::new();
+    // Contract's steps after every table's columns are swapped: foreign keys dropped, then
+    // indexes and their constraints swapped, then the new foreign keys renamed.
+    let mut fk_drops: Vec<EndStep> = Vec::new();
+    let mut swaps: Vec<EndStep> = Vec::new();
+    let mut fk_renames: Vec<EndStep> = Vec::new();
+    let mut relaxed: Vec<EndStep> = Vec::new();
     let mut views: Vec<(String, String)> = Vec::new(); // (schema of the table, CREATE VIEW ...)
     let mut grants: Vec<String> = Vec::new();
     let mut usage: Vec<(String, String)> = Vec::new(); // (view schema, grantee)
@@ -414,8 +476,21 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
                                  to the new one: {}.",
                                 crate::guard::rule::listed(column.dependents.iter().cloned())
                             ),
-                            "Change the type of a column that no index, constraint, view or \
-                             sequence depends on; or move those objects first.",
+                            "Change the type of a column that only plain indexes, PRIMARY KEY, \
+                             UNIQUE and FOREIGN KEY constraints and its own sequence depend on; \
+                             or move the others first.",
+                        ));
+                    }
+                    let integer = ["smallint", "integer", "bigint"];
+                    if column.sequence.is_some() && !integer.contains(&new_type.as_str()) {
+                        return Err(refused(
+                            format!(
+                                "migrate.expand cannot copy column {} of {name} to {new_type}: \
+                                 it owns a sequence",
+                                column.name
+                            ),
+                            "A sequence's values are smallint, integer or bigint.".into(),
+                            "Change the type to one of those, or move the sequence first.",
                         ));
                     }
                     if *computed {
@@ -676,7 +751,6 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
                     columns.join(", ")
                 ),
             ));
-            plan.objects.push(key.to_string());
         }
         let is_new = format!(
             "migrate.writes_version({}, {})",
@@ -794,13 +868,94 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
             version,
             table,
             (&copies, &renamed, &dropped),
-            (&mut contract, &mut abort),
+            (&mut contract, &mut abort, &mut relaxed),
             q,
         );
         let step = |sql: String| EndStep {
             sql,
             needs_column: None,
         };
+        // The copies' indexes, built on the copies once they are filled; at contract each
+        // takes the place (and the constraint) of the one it copies.
+        let mut indexes: Vec<&Index> = Vec::new();
+        for copy in &copies {
+            for index in &copy.column.indexes {
+                if !indexes.iter().any(|i| i.name == index.name) {
+                    indexes.push(index);
+                }
+            }
+            foreign_keys.extend(copy.column.foreign_keys.iter());
+            copied.push((
+                (&table.schema, &table.name, &copy.column.name),
+                copy.shadow.clone(),
+            ));
+            if let Some(sequence) = &copy.column.sequence {
+                swaps.push(step(format!(
+                    "ALTER SEQUENCE {} OWNED BY {name}.{}",
+                    sequence.name,
+                    q(&copy.column.name)
+                )));
+                if sequence.type_sql != copy.new_type {
+                    swaps.push(step(format!(
+                        "ALTER SEQUENCE {} AS {}",
+                        sequence.name, copy.new_type
+                    )));
+                }
+            }
+        }
+        for index in indexes {
+            let new =
+                long_name_refused(format!("_migrate_{}_{}", version_tag(version), index.name))?;
+            let columns: Vec<String> = index
+                .columns
+                .iter()
+                .map(
+                    |c| match copies.iter().find(|copy| copy.column.name == *c) {
+                        Some(copy) => q(&copy.shadow),
+                        None => q(c),
+                    },
+                )
+                .collect();
+            plan.expand.push((
+                Stage::Build,
+                format!(
+                    "CREATE {}INDEX CONCURRENTLY {} ON {name} ({})",
+                    if index.unique { "UNIQUE " } else { "" },
+                    q(&new),
+                    columns.join(", ")
+                ),
+            ));
+            let (old_index, new_index) = (
+                qualified(q, &table.schema, &index.name),
+                qualified(q, &table.schema, &new),
+            );
+            match &index.constraint {
+                Some(constraint) => {
+                    swaps.push(step(format!(
+                        "ALTER TABLE {name} DROP CONSTRAINT {}",
+                        q(constraint)
+                    )));
+                    swaps.push(step(format!(
+                        "ALTER TABLE {name} ADD CONSTRAINT {} {} USING INDEX {}",
+                        q(constraint),
+                        if index.primary {
+                            "PRIMARY KEY"
+                        } else {
+                            "UNIQUE"
+                        },
+                        q(&new)
+                    )));
+                }
+                None => {
+                    swaps.push(step(format!("DROP INDEX {old_index}")));
+                    swaps.push(step(format!(
+                        "ALTER INDEX {new_index} RENAME TO {}",
+                        q(&index.name)
+                    )));
+                }
+            }
+            abort.push(step(format!("DROP INDEX IF EXISTS {new_index}")));
+        }
         for column in &not_nulls {
             // Proven by the validated CHECK: no scan.
             let check = q(&not_null_check(version, column));
@@ -831,6 +986,70 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
             )));
         }
     }
+    // Foreign keys from or to copied columns: a new one between the columns as they will be
+    // (added once the copies and their unique indexes are there, then validated); at
+    // contract it takes the old one's place.
+    let mut moved: Vec<(&str, &str, &str)> = Vec::new();
+    for fk in foreign_keys {
+        if moved.contains(&(&fk.schema, &fk.table, &fk.name)) {
+            continue;
+        }
+        moved.push((&fk.schema, &fk.table, &fk.name));
+        let side = |schema: &str, table: &str, columns: &[String]| -> Vec<String> {
+            columns
+                .iter()
+                .map(|c| {
+                    match copied
+                        .iter()
+                        .find(|((s, t, col), _)| *s == schema && *t == table && *col == c)
+                    {
+                        Some((_, shadow)) => q(shadow),
+                        None => q(c),
+                    }
+                })
+                .collect()
+        };
+        let table = qualified(q, &fk.schema, &fk.table);
+        let new = q(&long_name_refused(format!(
+            "_migrate_{}_{}",
+            version_tag(version),
+            fk.name
+        ))?);
+        after_backfill.push(format!(
+            "ALTER TABLE {table} ADD CONSTRAINT {new} FOREIGN KEY ({}) REFERENCES {} ({}){} \
+             NOT VALID",
+            side(&fk.schema, &fk.table, &fk.columns).join(", "),
+            qualified(q, &fk.ref_schema, &fk.ref_table),
+            side(&fk.ref_schema, &fk.ref_table, &fk.ref_columns).join(", "),
+            fk.options
+        ));
+        validate.push(format!("ALTER TABLE {table} VALIDATE CONSTRAINT {new}"));
+        let step = |sql: String| EndStep {
+            sql,
+            needs_column: None,
+        };
+        fk_drops.push(step(format!(
+            "ALTER TABLE {table} DROP CONSTRAINT {}",
+            q(&fk.name)
+        )));
+        fk_renames.push(step(format!(
+            "ALTER TABLE {table} RENAME CONSTRAINT {new} TO {}",
+            q(&fk.name)
+        )));
+        abort.insert(
+            0,
+            step(format!(
+                "ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {new}"
+            )),
+        );
+        if !plan.tables.contains(&table) {
+            plan.tables.push(table);
+        }
+    }
+    contract.extend(fk_drops);
+    contract.extend(swaps);
+    contract.extend(fk_renames);
+    contract.extend(relaxed);
     // Published last: once the copies are filled, validated and found in step.
     publish.splice(0..0, after_backfill.into_iter().chain(validate));
     let mut created = Vec::new();
@@ -937,7 +1156,7 @@ fn bridge(
             "        converted_{i} := NEW.{column};\n        IF {column_changed} AND {shadow_changed} THEN\n            IF {disagree} THEN\n                RAISE EXCEPTION USING ERRCODE = '23000',\n                    MESSAGE = {},\n                    DETAIL = {},\n                    HINT = {};\n            END IF;\n        ELSIF {column_changed} THEN\n            NEW.{shadow} := converted_{i};\n        ELSIF {shadow_changed} THEN\n            IF {disagree} THEN\n                NEW.{column} := NEW.{shadow};\n            END IF;\n        ELSIF NEW.{shadow} IS NULL AND NEW.{column} IS NOT NULL THEN\n            NEW.{shadow} := converted_{i};\n        END IF;\n",
             literal(&format!(
                 "pg_migrate: an UPDATE of {name} sets {} and {} to values that disagree",
-                copy.column.name, copy.column.name
+                copy.column.name, copy.shadow
             )),
             literal(&format!(
                 "During expand window {version}, {} is {} to the old version and {} to the \
@@ -1045,7 +1264,7 @@ fn end_steps(
     version: &str,
     table: &Table,
     (copies, renamed, dropped): (&[Copy], &[(&str, &str)], &[&str]),
-    (contract, abort): (&mut Vec<EndStep>, &mut Vec<EndStep>),
+    (contract, abort, relaxed): (&mut Vec<EndStep>, &mut Vec<EndStep>, &mut Vec<EndStep>),
     q: Quote,
 ) {
     let name = table.qualified(q);
@@ -1083,7 +1302,8 @@ fn end_steps(
             relax.push(format!("ALTER COLUMN {deprecated_ident} DROP DEFAULT"));
         }
         if !relax.is_empty() {
-            contract.push(step(format!("ALTER TABLE {name} {}", relax.join(", "))));
+            // Last: the column may be in a primary key until its copy's index replaces it.
+            relaxed.push(step(format!("ALTER TABLE {name} {}", relax.join(", "))));
         }
         contract.push(step(format!(
             "ALTER TABLE {name} RENAME COLUMN {shadow} TO {column}"
@@ -1333,11 +1553,12 @@ mod unit {
             tail,
             [
                 "ALTER TABLE public.orders RENAME COLUMN amount TO _deprecated_43_amount",
-                "ALTER TABLE public.orders ALTER COLUMN _deprecated_43_amount DROP NOT NULL, \
-                 ALTER COLUMN _deprecated_43_amount DROP DEFAULT",
                 "ALTER TABLE public.orders RENAME COLUMN _migrate_43_amount TO amount",
                 "ALTER TABLE public.orders ALTER COLUMN amount SET NOT NULL",
                 "ALTER TABLE public.orders DROP CONSTRAINT _migrate_43_amount_not_null",
+                // Last: the old column may be in a primary key until the copy's replaces it.
+                "ALTER TABLE public.orders ALTER COLUMN _deprecated_43_amount DROP NOT NULL, \
+                 ALTER COLUMN _deprecated_43_amount DROP DEFAULT",
             ]
         );
         let abort = plan.abort.last().unwrap();
@@ -1557,7 +1778,6 @@ mod unit {
                 "DROP INDEX IF EXISTS public.orders_legacy_note_key",
             ]
         );
-        assert!(plan.objects.contains(&"orders_legacy_note_key".to_string()));
     }
 
     #[test]
@@ -1623,6 +1843,104 @@ mod unit {
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn a_referenced_key_moves_with_its_indexes_foreign_keys_and_sequence() {
+        let fk = ForeignKey {
+            name: "items_order_fkey".into(),
+            schema: "public".into(),
+            table: "items".into(),
+            columns: vec!["order_id".into()],
+            ref_schema: "public".into(),
+            ref_table: "orders".into(),
+            ref_columns: vec!["id".into()],
+            options: " ON DELETE CASCADE".into(),
+        };
+        let mut orders = orders();
+        orders.columns[0] = Column {
+            name: "id".into(),
+            type_sql: "integer".into(),
+            not_null: true,
+            default_sql: Some("nextval('orders_id_seq'::regclass)".into()),
+            indexes: vec![Index {
+                name: "orders_pkey".into(),
+                unique: true,
+                constraint: Some("orders_pkey".into()),
+                primary: true,
+                columns: vec!["id".into()],
+            }],
+            foreign_keys: vec![fk.clone()],
+            sequence: Some(Sequence {
+                name: "public.orders_id_seq".into(),
+                type_sql: "integer".into(),
+            }),
+            ..Column::default()
+        };
+        // The referencing column stays integer: the new key references the copy.
+        let plan = plan("50", &[(orders, vec![bigint("id")])], q).unwrap();
+        assert_eq!(
+            sql(&plan, Stage::Build),
+            ["CREATE UNIQUE INDEX CONCURRENTLY _migrate_50_orders_pkey ON public.orders (_migrate_50_id)"]
+        );
+        let publish = sql(&plan, Stage::Publish);
+        assert_eq!(
+            publish[..2],
+            [
+                "ALTER TABLE public.items ADD CONSTRAINT _migrate_50_items_order_fkey FOREIGN KEY \
+                 (order_id) REFERENCES public.orders (_migrate_50_id) ON DELETE CASCADE NOT VALID",
+                "ALTER TABLE public.orders VALIDATE CONSTRAINT _migrate_50_id_not_null",
+            ]
+        );
+        assert!(publish.contains(
+            &"ALTER TABLE public.items VALIDATE CONSTRAINT _migrate_50_items_order_fkey"
+        ));
+        assert!(plan.tables.contains(&"public.items".to_string()));
+        let contract: Vec<&str> = plan.contract.iter().map(|s| s.sql.as_str()).collect();
+        let swapped = contract
+            .iter()
+            .position(|s| *s == "ALTER TABLE public.orders RENAME COLUMN _migrate_50_id TO id")
+            .unwrap();
+        // The old key goes only once nothing references it, and the old column is relaxed
+        // only once it is out of the primary key.
+        assert_eq!(
+            contract[swapped + 3..],
+            [
+                "ALTER TABLE public.items DROP CONSTRAINT items_order_fkey",
+                "ALTER SEQUENCE public.orders_id_seq OWNED BY public.orders.id",
+                "ALTER SEQUENCE public.orders_id_seq AS bigint",
+                "ALTER TABLE public.orders DROP CONSTRAINT orders_pkey",
+                "ALTER TABLE public.orders ADD CONSTRAINT orders_pkey PRIMARY KEY USING INDEX \
+                 _migrate_50_orders_pkey",
+                "ALTER TABLE public.items RENAME CONSTRAINT _migrate_50_items_order_fkey TO \
+                 items_order_fkey",
+                "ALTER TABLE public.orders ALTER COLUMN _deprecated_50_id DROP NOT NULL, ALTER \
+                 COLUMN _deprecated_50_id DROP DEFAULT",
+            ]
+        );
+        let abort: Vec<&str> = plan.abort.iter().map(|s| s.sql.as_str()).collect();
+        assert_eq!(
+            abort[2],
+            "ALTER TABLE public.items DROP CONSTRAINT IF EXISTS _migrate_50_items_order_fkey"
+        );
+        assert!(abort.contains(&"DROP INDEX IF EXISTS public._migrate_50_orders_pkey"));
+        // A sequence's column moves only to an integer type.
+        let mut to_numeric = bigint("id");
+        if let Request::ChangeType { new_type, .. } = &mut to_numeric {
+            *new_type = "numeric".into();
+        }
+        let e = super::plan("50", &[(orders_with_sequence(), vec![to_numeric])], q).unwrap_err();
+        assert!(e.message.contains("owns a sequence"), "{}", e.message);
+    }
+
+    fn orders_with_sequence() -> Table {
+        let mut t = orders();
+        t.columns[0].dependents.clear();
+        t.columns[0].sequence = Some(Sequence {
+            name: "public.orders_id_seq".into(),
+            type_sql: "integer".into(),
+        });
+        t
     }
 
     #[test]
