@@ -322,8 +322,10 @@ unsafe fn is_cast_of(mut expr: *mut pg_sys::Node, attnum: i16) -> bool {
 /// build apart; anything else (already NOT VALID, USING INDEX, EXCLUDE) as it is.
 unsafe fn constraint(relid: pg_sys::Oid, c: *mut pg_sys::Constraint) -> Result<Request, Unread> {
     use pg_sys::ConstrType as C;
+    // The grammar sets is_enforced for CHECK and FOREIGN KEY only.
     #[cfg(feature = "pg18")]
-    let unenforced = !(*c).is_enforced;
+    let unenforced =
+        !(*c).is_enforced && matches!((*c).contype, C::CONSTR_CHECK | C::CONSTR_FOREIGN);
     #[cfg(not(feature = "pg18"))]
     let unenforced = false;
     if unenforced {

@@ -269,9 +269,11 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
     // keys that move with them.
     let mut copied: Vec<((&str, &str, &str), String)> = Vec::new();
     let mut foreign_keys: Vec<&ForeignKey> = Vec::new();
-    // Contract's steps after every table's columns are swapped: foreign keys dropped, then
-    // indexes and their constraints swapped, then the new foreign keys renamed.
+    // Contract's steps after every table's columns are renamed: the old foreign keys
+    // dropped, then the old keys and indexes, the old columns relaxed and the copies set NOT
+    // NULL, the new keys and indexes attached, the new foreign keys renamed.
     let mut fk_drops: Vec<EndStep> = Vec::new();
+    let mut old_dropped: Vec<EndStep> = Vec::new();
     let mut swaps: Vec<EndStep> = Vec::new();
     let mut fk_renames: Vec<EndStep> = Vec::new();
     let mut relaxed: Vec<EndStep> = Vec::new();
@@ -931,7 +933,7 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
             );
             match &index.constraint {
                 Some(constraint) => {
-                    swaps.push(step(format!(
+                    old_dropped.push(step(format!(
                         "ALTER TABLE {name} DROP CONSTRAINT {}",
                         q(constraint)
                     )));
@@ -947,7 +949,7 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
                     )));
                 }
                 None => {
-                    swaps.push(step(format!("DROP INDEX {old_index}")));
+                    old_dropped.push(step(format!("DROP INDEX {old_index}")));
                     swaps.push(step(format!(
                         "ALTER INDEX {new_index} RENAME TO {}",
                         q(&index.name)
@@ -1047,9 +1049,10 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
         }
     }
     contract.extend(fk_drops);
+    contract.extend(old_dropped);
+    contract.extend(relaxed);
     contract.extend(swaps);
     contract.extend(fk_renames);
-    contract.extend(relaxed);
     // Published last: once the copies are filled, validated and found in step.
     publish.splice(0..0, after_backfill.into_iter().chain(validate));
     let mut created = Vec::new();
@@ -1302,7 +1305,9 @@ fn end_steps(
             relax.push(format!("ALTER COLUMN {deprecated_ident} DROP DEFAULT"));
         }
         if !relax.is_empty() {
-            // Last: the column may be in a primary key until its copy's index replaces it.
+            // After the old keys are dropped (the column may be in a primary key until then),
+            // and before the copy is set NOT NULL: on PostgreSQL 18 its NOT NULL constraint
+            // then gets the name the old column's frees.
             relaxed.push(step(format!("ALTER TABLE {name} {}", relax.join(", "))));
         }
         contract.push(step(format!(
@@ -1310,10 +1315,10 @@ fn end_steps(
         )));
         if let Some(check) = &copy.check {
             // Proven by the validated CHECK: no scan.
-            contract.push(step(format!(
+            relaxed.push(step(format!(
                 "ALTER TABLE {name} ALTER COLUMN {column} SET NOT NULL"
             )));
-            contract.push(step(format!(
+            relaxed.push(step(format!(
                 "ALTER TABLE {name} DROP CONSTRAINT {}",
                 q(check)
             )));
@@ -1554,11 +1559,12 @@ mod unit {
             [
                 "ALTER TABLE public.orders RENAME COLUMN amount TO _deprecated_43_amount",
                 "ALTER TABLE public.orders RENAME COLUMN _migrate_43_amount TO amount",
-                "ALTER TABLE public.orders ALTER COLUMN amount SET NOT NULL",
-                "ALTER TABLE public.orders DROP CONSTRAINT _migrate_43_amount_not_null",
-                // Last: the old column may be in a primary key until the copy's replaces it.
+                // After the old keys go (the old column may be in one), and before the copy is
+                // set NOT NULL (PostgreSQL 18 names its constraint as the old one's).
                 "ALTER TABLE public.orders ALTER COLUMN _deprecated_43_amount DROP NOT NULL, \
                  ALTER COLUMN _deprecated_43_amount DROP DEFAULT",
+                "ALTER TABLE public.orders ALTER COLUMN amount SET NOT NULL",
+                "ALTER TABLE public.orders DROP CONSTRAINT _migrate_43_amount_not_null",
             ]
         );
         let abort = plan.abort.last().unwrap();
@@ -1901,21 +1907,23 @@ mod unit {
             .iter()
             .position(|s| *s == "ALTER TABLE public.orders RENAME COLUMN _migrate_50_id TO id")
             .unwrap();
-        // The old key goes only once nothing references it, and the old column is relaxed
-        // only once it is out of the primary key.
+        // The old key goes only once nothing references it; the old column is relaxed once
+        // it is out of the primary key, and before the copy is set NOT NULL.
         assert_eq!(
-            contract[swapped + 3..],
+            contract[swapped + 1..],
             [
                 "ALTER TABLE public.items DROP CONSTRAINT items_order_fkey",
+                "ALTER TABLE public.orders DROP CONSTRAINT orders_pkey",
+                "ALTER TABLE public.orders ALTER COLUMN _deprecated_50_id DROP NOT NULL, ALTER \
+                 COLUMN _deprecated_50_id DROP DEFAULT",
+                "ALTER TABLE public.orders ALTER COLUMN id SET NOT NULL",
+                "ALTER TABLE public.orders DROP CONSTRAINT _migrate_50_id_not_null",
                 "ALTER SEQUENCE public.orders_id_seq OWNED BY public.orders.id",
                 "ALTER SEQUENCE public.orders_id_seq AS bigint",
-                "ALTER TABLE public.orders DROP CONSTRAINT orders_pkey",
                 "ALTER TABLE public.orders ADD CONSTRAINT orders_pkey PRIMARY KEY USING INDEX \
                  _migrate_50_orders_pkey",
                 "ALTER TABLE public.items RENAME CONSTRAINT _migrate_50_items_order_fkey TO \
                  items_order_fkey",
-                "ALTER TABLE public.orders ALTER COLUMN _deprecated_50_id DROP NOT NULL, ALTER \
-                 COLUMN _deprecated_50_id DROP DEFAULT",
             ]
         );
         let abort: Vec<&str> = plan.abort.iter().map(|s| s.sql.as_str()).collect();
