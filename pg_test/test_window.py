@@ -951,3 +951,24 @@ def test_a_referenced_serial_key_moves_to_bigint_with_its_indexes_keys_and_seque
     conn.execute("DELETE FROM orders WHERE id = 5000000000")
     assert conn.execute("SELECT count(*) FROM order_items WHERE order_id = 5000000000").fetchone() == (0,)
     assert conn.execute("SELECT count(*) FROM migrate.drift()").fetchone()[0] == 0
+
+
+def test_a_table_renamed_in_a_window_has_both_names_until_contract(cluster, db, conn):
+    make_orders(conn, 1000)
+    conn.execute("SELECT * FROM migrate.expand('51', $$ALTER TABLE orders RENAME TO purchases;"
+                 " ALTER TABLE orders RENAME COLUMN old_status TO status$$)")
+    conn.execute("CALL migrate.wait('51')")
+    with cluster.connect(db, options="-csearch_path=public_v51,public") as n:
+        n.execute("INSERT INTO purchases (id, amount, status) VALUES (5000, 5, 'from new')")
+        assert n.execute("SELECT count(*) FROM purchases").fetchone() == (1001,)
+    conn.execute("INSERT INTO orders (id, amount, old_status) VALUES (5001, 6, 'from old')")
+    f = failure(conn, "ALTER TABLE orders ADD COLUMN z int")
+    assert "window-open" in f.message, f.message
+    conn.execute("SELECT * FROM migrate.contract('51')")
+    assert conn.execute("SELECT to_regclass('orders'), to_regclass('purchases')::text").fetchone() == (
+        None, "purchases")
+    assert conn.execute(
+        "SELECT status FROM purchases WHERE id IN (5000, 5001) ORDER BY id").fetchall() == [
+        ("from new",), ("from old",)]
+    f = failure(conn, "SELECT migrate.expand('52', 'ALTER TABLE purchases RENAME TO orders_pkey')")
+    assert f.sqlstate == "42P07", f.message

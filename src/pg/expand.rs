@@ -81,6 +81,11 @@ pub enum Request {
         primary: bool,
         columns: Vec<String>,
     },
+    /// ALTER TABLE ... RENAME TO: the new version's view has the new name until contract
+    /// renames the table.
+    RenameTable {
+        new_name: String,
+    },
     /// A subcommand the planner does not plan, by what it is.
     Other(String),
 }
@@ -121,6 +126,18 @@ pub fn read(stmt: StmtTree) -> Result<Requested, Unread> {
                 table,
                 requests: vec![Request::Rename {
                     column: text((*stmt).subname),
+                    new_name: text((*stmt).newname),
+                }],
+            })
+        } else if is_a(node, T::T_RenameStmt)
+            && (*node.cast::<pg_sys::RenameStmt>()).renameType == pg_sys::ObjectType::OBJECT_TABLE
+            && !(*node.cast::<pg_sys::RenameStmt>()).missing_ok
+        {
+            let stmt = node.cast::<pg_sys::RenameStmt>();
+            let table = table_of((*stmt).relation)?;
+            Ok(Requested {
+                table,
+                requests: vec![Request::RenameTable {
                     new_name: text((*stmt).newname),
                 }],
             })

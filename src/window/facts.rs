@@ -6,11 +6,12 @@ use crate::window::plan::{Column, Table};
 use pgrx::pg_sys;
 
 /// The table `oid` as the plan needs it; `None` when it no longer exists.
-/// `indexes` are the names of the indexes the window would build in the table's schema.
+/// `relations` are the names the window would give relations (indexes, a renamed table) in the
+/// table's schema.
 pub fn table(
     oid: pg_sys::Oid,
     view_schema: impl Fn(&str) -> String,
-    indexes: &[String],
+    relations: &[String],
 ) -> Option<Table> {
     let head = crate::pg::spi::pinned_row(
         "SELECT n.nspname::text, c.relname::text, c.relkind = 'r', \
@@ -40,7 +41,7 @@ pub fn table(
             "SELECT c.relname::text FROM pg_class c \
              WHERE c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = $1) \
                AND c.relname = ANY ($2)",
-            &[oid.into(), indexes.to_vec().into()],
+            &[oid.into(), relations.to_vec().into()],
         )
         .or_bookkeeping("read pg_class"),
         columns: columns(oid),

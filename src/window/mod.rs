@@ -88,8 +88,8 @@ fn expand(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("{what}: nothing in the script needs an expand window"),
             "A window is planned from ALTER TABLE ... ALTER COLUMN ... TYPE, ADD COLUMN, DROP \
-             COLUMN, RENAME COLUMN, SET NOT NULL and ADD CONSTRAINT of plain tables; the \
-             script has none.",
+             COLUMN, RENAME COLUMN, RENAME TO, SET NOT NULL and ADD CONSTRAINT of plain \
+             tables, and CREATE INDEX beside them; the script has none.",
             "Apply it with migrate.apply.",
         )
         .raise();
@@ -134,17 +134,18 @@ fn expand(
     let tables: Vec<(plan::Table, Vec<Request>)> = asked
         .into_iter()
         .filter_map(|(oid, requests)| {
-            let indexes: Vec<String> = requests
+            let relations: Vec<String> = requests
                 .iter()
                 .filter_map(|r| match r {
                     Request::AddKey { name, .. } => Some(name.clone()),
+                    Request::RenameTable { new_name } => Some(new_name.clone()),
                     _ => None,
                 })
                 .collect();
             let table = facts::table(
                 oid,
                 |schema| plan::view_schema(schema, version.as_str()),
-                &indexes,
+                &relations,
             )?;
             Some((table, requests))
         })
@@ -336,7 +337,11 @@ fn end(version: Option<&str>, how: WindowEnd) -> Vec<StepRow> {
             // Renames are contract's own steps; contract drops the indexes its copies
             // replace, abort those it built: on a table the renames lock anyway, or briefly,
             // under the same timeouts.
-            allow: vec!["rename-column".into(), "index-drop-blocking".into()],
+            allow: vec![
+                "rename-column".into(),
+                "rename-table".into(),
+                "index-drop-blocking".into(),
+            ],
         };
         running::with_running(running, || {
             apply::attempt::run(&what, &script, &statements, Policy::from_settings())

@@ -84,7 +84,8 @@ pub struct Table {
     pub existing_schemas: Vec<String>,
     /// It has a primary key.
     pub primary_key: bool,
-    /// Relations of its schema that exist already, of the indexes the window would build.
+    /// Relations of its schema that exist already, of the names the window would give (indexes,
+    /// a renamed table).
     pub existing_relations: Vec<String>,
 }
 
@@ -277,6 +278,7 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
     let mut swaps: Vec<EndStep> = Vec::new();
     let mut fk_renames: Vec<EndStep> = Vec::new();
     let mut relaxed: Vec<EndStep> = Vec::new();
+    let mut table_renames: Vec<EndStep> = Vec::new();
     let mut views: Vec<(String, String)> = Vec::new(); // (schema of the table, CREATE VIEW ...)
     let mut grants: Vec<String> = Vec::new();
     let mut usage: Vec<(String, String)> = Vec::new(); // (view schema, grantee)
@@ -342,6 +344,7 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
         let mut constraints: Vec<(&str, &str, &[String])> = Vec::new();
         // (name, primary, columns)
         let mut keys: Vec<(&str, bool, &[String])> = Vec::new();
+        let mut renamed_to: Option<&str> = None;
         for request in requests {
             match request {
                 Request::AddConstraint {
@@ -360,6 +363,29 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
                     keys.push((key, *primary, columns));
                     continue;
                 }
+                Request::RenameTable { new_name } => {
+                    if renamed_to.is_some() {
+                        return Err(refused(
+                            format!("migrate.expand renames {name} twice"),
+                            "A window makes one change per column, and renames a table once."
+                                .into(),
+                            "Rename it once.",
+                        ));
+                    }
+                    if table.existing_relations.contains(new_name) {
+                        return Err(Problem::new(
+                            PgSqlErrorCode::ERRCODE_DUPLICATE_TABLE,
+                            format!(
+                                "relation {new_name} already exists in schema {}",
+                                table.schema
+                            ),
+                            format!("{name} cannot be renamed to it."),
+                            "Choose another name.",
+                        ));
+                    }
+                    renamed_to = Some(new_name.as_str());
+                    continue;
+                }
                 _ => {}
             }
             let column_name = match request {
@@ -368,7 +394,9 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
                 | Request::Drop { column, .. }
                 | Request::SetNotNull { column }
                 | Request::AddColumn { column, .. } => column.as_str(),
-                Request::AddConstraint { .. } | Request::AddKey { .. } => {
+                Request::AddConstraint { .. }
+                | Request::AddKey { .. }
+                | Request::RenameTable { .. } => {
                     unreachable!("taken above")
                 }
                 Request::Other(what) => {
@@ -644,7 +672,10 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
                         not_nulls.push(column);
                     }
                 }
-                Request::Other(_) | Request::AddConstraint { .. } | Request::AddKey { .. } => {
+                Request::Other(_)
+                | Request::AddConstraint { .. }
+                | Request::AddKey { .. }
+                | Request::RenameTable { .. } => {
                     unreachable!("refused or taken above")
                 }
             }
@@ -844,7 +875,14 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
             }
         }
         select.extend(added.iter().map(|c| q(c)));
-        let view = qualified(q, &schema, &table.name);
+        let view = qualified(q, &schema, renamed_to.unwrap_or(&table.name));
+        if let Some(new_name) = renamed_to {
+            // Last of all: every other step names the table as it is.
+            table_renames.push(EndStep {
+                sql: format!("ALTER TABLE {name} RENAME TO {}", q(new_name)),
+                needs_column: None,
+            });
+        }
         views.push((
             schema.clone(),
             format!(
@@ -1053,6 +1091,7 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
     contract.extend(relaxed);
     contract.extend(swaps);
     contract.extend(fk_renames);
+    contract.extend(table_renames);
     // Published last: once the copies are filled, validated and found in step.
     publish.splice(0..0, after_backfill.into_iter().chain(validate));
     let mut created = Vec::new();
@@ -1949,6 +1988,28 @@ mod unit {
             type_sql: "integer".into(),
         });
         t
+    }
+
+    #[test]
+    fn a_renamed_table_is_the_new_versions_view_and_renamed_last_at_contract() {
+        let rename = Request::RenameTable {
+            new_name: "purchases".into(),
+        };
+        let plan = plan("51", &[(orders(), vec![rename.clone(), to_bigint()])], q).unwrap();
+        assert!(sql(&plan, Stage::Publish)
+            .iter()
+            .any(|s| s.starts_with("CREATE VIEW public_v51.purchases ")));
+        assert_eq!(
+            plan.contract.last().unwrap().sql,
+            "ALTER TABLE public.orders RENAME TO purchases"
+        );
+        assert!(plan.abort.iter().all(|s| !s.sql.contains("RENAME TO")));
+        let mut taken = orders();
+        taken.existing_relations = vec!["purchases".into()];
+        let e = super::plan("51", &[(taken, vec![rename.clone()])], q).unwrap_err();
+        assert_eq!(e.code, PgSqlErrorCode::ERRCODE_DUPLICATE_TABLE);
+        let e = super::plan("51", &[(orders(), vec![rename.clone(), rename])], q).unwrap_err();
+        assert!(e.message.contains("twice"), "{}", e.message);
     }
 
     #[test]
