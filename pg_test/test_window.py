@@ -972,3 +972,72 @@ def test_a_table_renamed_in_a_window_has_both_names_until_contract(cluster, db, 
         ("from new",), ("from old",)]
     f = failure(conn, "SELECT migrate.expand('52', 'ALTER TABLE purchases RENAME TO orders_pkey')")
     assert f.sqlstate == "42P07", f.message
+
+
+def test_each_versions_writes_are_counted_and_pg_migrates_own_are_not(cluster, db, conn):
+    make_orders(conn, 20_000)
+    conn.execute("SELECT * FROM migrate.expand('43', %s)", (DDL,))
+    conn.execute("CALL migrate.wait('43')")
+    # The backfill and the publication were pg_migrate's writes: neither version's.
+    assert (window(conn, "43")["old_writes"], window(conn, "43")["new_writes"]) == (0, 0)
+    with cluster.connect(db) as old:
+        old.execute("INSERT INTO orders (id, amount) VALUES (100001, 1)")
+        old.execute("INSERT INTO orders (id, amount) VALUES (100002, 1)")
+        old.execute("UPDATE orders SET amount = 2 WHERE id = 100001")
+        old.execute("DELETE FROM orders WHERE id = 100002")
+    with cluster.connect(db, options=NEW_PATH) as new:
+        new.execute("INSERT INTO orders (id, amount) VALUES (100003, 1)")
+        new.execute("UPDATE orders SET status = 'x' WHERE id = 100003")
+    with cluster.connect(db) as pooled:
+        with pooled.transaction():
+            pooled.execute("SET LOCAL migrate.client_version = '43'")
+            pooled.execute("INSERT INTO public_v43.orders (id, amount) VALUES (100004, 1)")
+    w = window(conn, "43")
+    assert (w["old_writes"], w["new_writes"]) == (4, 3), w
+    assert (w["old_writes_last_minute"], w["new_writes_last_minute"]) == (4, 3), w
+    assert w["old_last_write"] is not None and w["new_last_write"] >= w["old_last_write"], w
+    conn.execute("SELECT * FROM migrate.contract('43')")
+    w = window(conn, "43")
+    assert (w["state"], w["old_writes"], w["new_writes"]) == ("contracted", 4, 3), w
+
+
+def test_an_expired_window_is_contracted_once_the_old_version_stops_writing(cluster, db, conn):
+    conn.execute(f"ALTER DATABASE {db} SET migrate.window_quiet_time = 2")
+    make_orders(conn, 1000)
+    conn.execute("LISTEN migrate_window")
+    old = Client(cluster, db, "old", 1_000_000).start()
+    conn.execute("SELECT * FROM migrate.expand('43', 'ALTER TABLE orders DROP COLUMN legacy_note', "
+                 "ttl => '2 s', on_expiry => 'contract')")
+    conn.execute("CALL migrate.wait('43')")
+    time.sleep(6)
+    # Expired, but the old version still writes: the window stays.
+    w = window(conn, "43")
+    assert w["expired"] and w["state"] == "published" and w["old_writes_last_minute"] > 0, w
+    old.finish()
+    assert old.errors == [], old.errors[:3]
+    wait_until(lambda: window(conn, "43")["state"] == "contracted", timeout=60, interval=0.5)
+    assert window(conn, "43")["ended_by"] == "postgres"
+    assert conn.execute(
+        "SELECT count(*) FROM pg_attribute WHERE attrelid = 'orders'::regclass "
+        "AND attname = '_deprecated_43_legacy_note'").fetchone() == (1,)
+    payloads = [n.payload for n in conn.notifies(timeout=1, stop_after=10)]
+    assert '{"version": "43", "on_expiry": "contract"}' in payloads, payloads
+
+
+def test_an_expired_window_is_aborted_only_if_the_new_version_never_wrote(cluster, db, conn):
+    make_orders(conn, 1000)
+    conn.execute("CREATE TABLE other (id int PRIMARY KEY, note text)")
+    conn.execute("SELECT * FROM migrate.expand('43', 'ALTER TABLE orders DROP COLUMN legacy_note', "
+                 "ttl => '2 s', on_expiry => 'abort')")
+    conn.execute("CALL migrate.wait('43')")
+    wait_until(lambda: window(conn, "43")["state"] == "aborted", timeout=60, interval=0.5)
+    conn.execute("SELECT * FROM migrate.expand('44', 'ALTER TABLE other DROP COLUMN note', "
+                 "ttl => '2 s', on_expiry => 'abort')")
+    conn.execute("CALL migrate.wait('44')")
+    with cluster.connect(db, options="-csearch_path=public_v44,public") as new:
+        new.execute("INSERT INTO other (id) VALUES (1)")
+    time.sleep(8)
+    w = window(conn, "44")
+    assert (w["state"], w["expired"], w["new_writes"]) == ("published", True, 1), w
+    f = failure(conn, "SELECT migrate.expand('45', 'ALTER TABLE orders ADD COLUMN z int', on_expiry => 'drop')")
+    assert f.sqlstate == "22023" and "on_expiry" in f.message, f.message

@@ -76,9 +76,13 @@ GRANT EXECUTE ON FUNCTION
     migrate.pause(bigint),
     migrate.resume(bigint),
     migrate.cancel(bigint),
-    migrate.expand(text, text, interval, text, boolean),
+    migrate.expand(text, text, interval, text, boolean, text),
     migrate.contract(text),
     migrate.abort(text),
     -- Evaluated in the WHEN clause of every bridged write, whoever the writer.
-    migrate.writes_version(text, text)
+    migrate.writes_version(text, text),
+    -- Behind migrate.windows.
+    migrate.window_writes(text)
 TO PUBLIC;
+-- Windows count their writes with it; creating the trigger needs EXECUTE.
+GRANT EXECUTE ON FUNCTION migrate.count_window_write() TO migrate_admin;

@@ -278,6 +278,17 @@ CREATE TABLE migrate.window_history (
     expires_at       timestamptz NOT NULL,
     -- The last time-to-live alert sent, in percent of the ttl (50, 90, 100; 0: none).
     alerts_sent      integer NOT NULL DEFAULT 0,
+    -- What the worker does once the window expires: alert only; contract once the old
+    -- version has not written for migrate.window_quiet_time; abort if the new version never
+    -- wrote.
+    on_expiry        text NOT NULL DEFAULT 'alert'
+                     CHECK (on_expiry IN ('alert', 'contract', 'abort')),
+    -- Write statements to the window's tables by each version, as the worker took them from
+    -- shared memory (migrate.windows adds those counted since), and the last of each.
+    old_writes       bigint NOT NULL DEFAULT 0,
+    new_writes       bigint NOT NULL DEFAULT 0,
+    old_last_write   timestamptz,
+    new_last_write   timestamptz,
     ended            text CHECK (ended IN ('contracted', 'aborted')),
     ended_at         timestamptz,
     ended_by         name,
@@ -290,6 +301,14 @@ SELECT pg_catalog.pg_extension_config_dump('migrate.window_history', '');
 -- What a DBA follows a window by. state: expanding (the worker runs its phases), published
 -- (the new version's views exist: both versions work), failed or cancelled (a phase did not
 -- finish: retry, or abort), contracted, aborted.
+CREATE FUNCTION migrate.window_writes("version" text)
+RETURNS TABLE ("old_writes" bigint, "new_writes" bigint,
+               "old_last_write" timestamp with time zone, "new_last_write" timestamp with time zone,
+               "old_writes_last_minute" bigint, "new_writes_last_minute" bigint)
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'window_writes_wrapper';
+CREATE FUNCTION migrate.count_window_write() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'count_window_write_wrapper';
 CREATE VIEW migrate.windows AS
 SELECT w.version,
        CASE WHEN w.ended IS NOT NULL THEN w.ended
@@ -305,6 +324,13 @@ SELECT w.version,
        w.expires_at,
        w.ended IS NULL AND now() > w.expires_at AS expired,
        w.alerts_sent,
+       w.on_expiry,
+       w.old_writes + coalesce(c.old_writes, 0) AS old_writes,
+       w.new_writes + coalesce(c.new_writes, 0) AS new_writes,
+       coalesce(c.old_writes_last_minute, 0) AS old_writes_last_minute,
+       coalesce(c.new_writes_last_minute, 0) AS new_writes_last_minute,
+       greatest(w.old_last_write, c.old_last_write) AS old_last_write,
+       greatest(w.new_last_write, c.new_last_write) AS new_last_write,
        w.ended_at,
        w.ended_by,
        w.description
@@ -314,11 +340,12 @@ LEFT JOIN LATERAL (
     SELECT sum(p.rows_done)::bigint AS rows_done,
            round(avg(p.percent), 1) AS percent
     FROM migrate.steps s JOIN migrate.backfill_progress p ON p.job = s.backfill_id
-    WHERE s.version = w.version) b ON true;
+    WHERE s.version = w.version) b ON true
+LEFT JOIN LATERAL migrate.window_writes(w.version) c ON w.ended IS NULL;
 
 CREATE FUNCTION migrate.expand(
     "version" text, "script" text, "ttl" interval DEFAULT NULL, "description" text DEFAULT NULL,
-    "dry_run" boolean DEFAULT false)
+    "dry_run" boolean DEFAULT false, "on_expiry" text DEFAULT 'alert')
 RETURNS TABLE ("step" integer, "stage" text, "statement" text, "lock" text)
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c AS 'MODULE_PATHNAME', 'expand_wrapper';
@@ -336,10 +363,12 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'writes_version_wrapper';
 GRANT SELECT ON migrate.window_history TO migrate_admin;
 GRANT SELECT ON migrate.windows TO PUBLIC;
 REVOKE EXECUTE ON FUNCTION
-    migrate.expand(text, text, interval, text, boolean), migrate.contract(text),
-    migrate.abort(text), migrate.writes_version(text, text)
+    migrate.expand(text, text, interval, text, boolean, text), migrate.contract(text),
+    migrate.abort(text), migrate.writes_version(text, text), migrate.window_writes(text),
+    migrate.count_window_write()
 FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
-    migrate.expand(text, text, interval, text, boolean), migrate.contract(text),
-    migrate.abort(text), migrate.writes_version(text, text)
+    migrate.expand(text, text, interval, text, boolean, text), migrate.contract(text),
+    migrate.abort(text), migrate.writes_version(text, text), migrate.window_writes(text)
 TO PUBLIC;
+GRANT EXECUTE ON FUNCTION migrate.count_window_write() TO migrate_admin;

@@ -27,6 +27,17 @@ CREATE TABLE migrate.window_history (
     expires_at       timestamptz NOT NULL,
     -- The last time-to-live alert sent, in percent of the ttl (50, 90, 100; 0: none).
     alerts_sent      integer NOT NULL DEFAULT 0,
+    -- What the worker does once the window expires: alert only; contract once the old
+    -- version has not written for migrate.window_quiet_time; abort if the new version never
+    -- wrote.
+    on_expiry        text NOT NULL DEFAULT 'alert'
+                     CHECK (on_expiry IN ('alert', 'contract', 'abort')),
+    -- Write statements to the window's tables by each version, as the worker took them from
+    -- shared memory (migrate.windows adds those counted since), and the last of each.
+    old_writes       bigint NOT NULL DEFAULT 0,
+    new_writes       bigint NOT NULL DEFAULT 0,
+    old_last_write   timestamptz,
+    new_last_write   timestamptz,
     ended            text CHECK (ended IN ('contracted', 'aborted')),
     ended_at         timestamptz,
     ended_by         name,
@@ -54,6 +65,13 @@ SELECT w.version,
        w.expires_at,
        w.ended IS NULL AND now() > w.expires_at AS expired,
        w.alerts_sent,
+       w.on_expiry,
+       w.old_writes + coalesce(c.old_writes, 0) AS old_writes,
+       w.new_writes + coalesce(c.new_writes, 0) AS new_writes,
+       coalesce(c.old_writes_last_minute, 0) AS old_writes_last_minute,
+       coalesce(c.new_writes_last_minute, 0) AS new_writes_last_minute,
+       greatest(w.old_last_write, c.old_last_write) AS old_last_write,
+       greatest(w.new_last_write, c.new_last_write) AS new_last_write,
        w.ended_at,
        w.ended_by,
        w.description
@@ -63,4 +81,5 @@ LEFT JOIN LATERAL (
     SELECT sum(p.rows_done)::bigint AS rows_done,
            round(avg(p.percent), 1) AS percent
     FROM migrate.steps s JOIN migrate.backfill_progress p ON p.job = s.backfill_id
-    WHERE s.version = w.version) b ON true;
+    WHERE s.version = w.version) b ON true
+LEFT JOIN LATERAL migrate.window_writes(w.version) c ON w.ended IS NULL;

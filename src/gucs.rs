@@ -78,6 +78,7 @@ pub static CLIENT_VERSION: GucSetting<Option<CString>> = GucSetting::<Option<CSt
 /// How long an expand window stays open by default, and the longest it may be given.
 pub static WINDOW_TTL_S: GucSetting<i32> = GucSetting::<i32>::new(3 * 86_400);
 pub static MAX_WINDOW_TTL_S: GucSetting<i32> = GucSetting::<i32>::new(30 * 86_400);
+pub static WINDOW_QUIET_TIME_S: GucSetting<i32> = GucSetting::<i32>::new(600);
 
 /// Rule ids overridden for the current transaction (`SET LOCAL migrate.allow = '...'`).
 pub static ALLOW: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -237,6 +238,17 @@ pub fn init() {
         1,
         i32::MAX,
         GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"migrate.window_quiet_time",
+        c"How long the old version must not have written before an expired window with \
+          on_expiry = 'contract' is contracted.",
+        c"Read by the background worker (set it per database or server-wide).",
+        &WINDOW_QUIET_TIME_S,
+        1,
+        i32::MAX,
+        GucContext::Userset,
         GucFlags::UNIT_S,
     );
     crate::pg::guc::define_transaction_string(

@@ -77,7 +77,7 @@ pgrx::extension_sql_file!(
 pgrx::extension_sql_file!(
     "../sql/window.sql",
     name = "window",
-    requires = ["history", "worker", "backfill"]
+    requires = ["history", "worker", "backfill", window::window_writes]
 );
 pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 

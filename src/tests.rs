@@ -357,7 +357,7 @@ CREATE TABLE b (
                  fingerprint fingerprint_of hash_sum lint object_hash pause \
                  record_schema recorded_schema resume retry rule_catalog schema_is_described \
                  validate verify \
-                 version_key wait writes_version"
+                 version_key wait window_writes writes_version"
             )
         );
         assert_eq!(

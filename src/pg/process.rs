@@ -22,6 +22,21 @@ pub fn system_identifier() -> i64 {
     unsafe { pg_sys::GetSystemIdentifier() as i64 }
 }
 
+thread_local! {
+    static MIGRATE_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// This process is one of pg_migrate's database workers (said once, as it starts).
+pub fn mark_migrate_worker() {
+    MIGRATE_WORKER.set(true);
+}
+
+/// Whether this process is one of pg_migrate's database workers: its writes (backfills,
+/// phases) are pg_migrate's own, not an application version's.
+pub fn is_migrate_worker() -> bool {
+    MIGRATE_WORKER.get()
+}
+
 /// The OID of the database this backend is connected to.
 pub fn database() -> pg_sys::Oid {
     // SAFETY: reads this backend's database, set once it connected.

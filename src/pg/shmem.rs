@@ -72,9 +72,152 @@ static STATE: PgLwLock<Shared> = unsafe { PgLwLock::new(c"pg_migrate") };
 /// Set in the postmaster while it loads us; forked processes inherit it.
 static PRELOADED: AtomicBool = AtomicBool::new(false);
 
+/// Expand windows whose writes are counted at once; a window beyond them is not counted
+/// (`migrate.windows` then says so).
+pub const MAX_COUNTED_WINDOWS: usize = 64;
+/// The last minute's writes, in buckets of ten seconds.
+const BUCKETS: usize = 6;
+const BUCKET_US: i64 = 10_000_000;
+
+/// One side's writes (statements) to a window's tables since the worker last took them.
+#[derive(Clone, Copy, Default)]
+struct Side {
+    writes: u64,
+    /// TimestampTz of the last write; 0 if none since the server started.
+    last: i64,
+    buckets: [u64; BUCKETS],
+    /// The ten-second interval (TimestampTz / BUCKET_US) each bucket counts.
+    stamps: [i64; BUCKETS],
+}
+
+#[derive(Clone, Copy, Default)]
+struct Counted {
+    /// 0: free.
+    database: u32,
+    key: u64,
+    /// The old version's writes, then the new version's.
+    sides: [Side; 2],
+}
+
+#[derive(Clone, Copy)]
+pub struct Writes {
+    windows: [Counted; MAX_COUNTED_WINDOWS],
+}
+
+impl Default for Writes {
+    fn default() -> Self {
+        Writes {
+            windows: [Counted::default(); MAX_COUNTED_WINDOWS],
+        }
+    }
+}
+
+// SAFETY: plain data behind an LWLock.
+unsafe impl PGRXSharedMemory for Writes {}
+
+// SAFETY: a name no other extension uses.
+static WRITES: PgLwLock<Writes> = unsafe { PgLwLock::new(c"pg_migrate_window_writes") };
+
+/// What a window's side wrote, as [`window_writes`] reads it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SideWrites {
+    /// Since the worker last took them.
+    pub writes: u64,
+    /// TimestampTz of the last one, 0 if none since the server started.
+    pub last: i64,
+    pub last_minute: u64,
+}
+
+/// Counts one write to a table of `database`'s window `key`, by the new version or not.
+/// Bounded and side-effect free but for the counter: every writer runs it.
+pub fn count_write(database: pg_sys::Oid, key: u64, new: bool) {
+    if !available() {
+        return;
+    }
+    let database = u32::from(database);
+    // SAFETY: reads the clock.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let mut shared = WRITES.exclusive();
+    let index = shared
+        .windows
+        .iter()
+        .position(|w| w.database == database && w.key == key)
+        .or_else(|| shared.windows.iter().position(|w| w.database == 0));
+    let Some(index) = index else {
+        return;
+    };
+    let window = &mut shared.windows[index];
+    window.database = database;
+    window.key = key;
+    let side = &mut window.sides[usize::from(new)];
+    side.writes += 1;
+    side.last = now;
+    let interval = now / BUCKET_US;
+    let bucket = interval.rem_euclid(BUCKETS as i64) as usize;
+    if side.stamps[bucket] != interval {
+        side.stamps[bucket] = interval;
+        side.buckets[bucket] = 0;
+    }
+    side.buckets[bucket] += 1;
+}
+
+/// The old and the new version's writes to `database`'s window `key`; with `take`, the
+/// counts are reset (the worker adds them to the window's row).
+pub fn window_writes(database: pg_sys::Oid, key: u64, take: bool) -> [SideWrites; 2] {
+    if !available() {
+        return [SideWrites::default(); 2];
+    }
+    let database = u32::from(database);
+    // SAFETY: reads the clock.
+    let interval = unsafe { pg_sys::GetCurrentTimestamp() } / BUCKET_US;
+    let mut shared = WRITES.exclusive();
+    let Some(window) = shared
+        .windows
+        .iter_mut()
+        .find(|w| w.database == database && w.key == key)
+    else {
+        return [SideWrites::default(); 2];
+    };
+    let read = |side: &mut Side| {
+        let last_minute = (0..BUCKETS)
+            .filter(|&i| side.stamps[i] > interval - BUCKETS as i64)
+            .map(|i| side.buckets[i])
+            .sum();
+        let writes = if take {
+            std::mem::take(&mut side.writes)
+        } else {
+            side.writes
+        };
+        SideWrites {
+            writes,
+            last: side.last,
+            last_minute,
+        }
+    };
+    let [old, new] = &mut window.sides;
+    [read(old), read(new)]
+}
+
+/// A window ended: its counters are freed.
+pub fn forget_window(database: pg_sys::Oid, key: u64) {
+    if !available() {
+        return;
+    }
+    let database = u32::from(database);
+    if let Some(window) = WRITES
+        .exclusive()
+        .windows
+        .iter_mut()
+        .find(|w| w.database == database && w.key == key)
+    {
+        *window = Counted::default();
+    }
+}
+
 /// Called from _PG_init during shared_preload_libraries processing.
 pub fn init() {
     pg_shmem_init!(STATE);
+    pg_shmem_init!(WRITES);
     PRELOADED.store(true, Ordering::Relaxed);
 }
 

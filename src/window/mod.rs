@@ -32,6 +32,7 @@ fn expand(
     ttl: default!(Option<Interval>, "NULL"),
     description: default!(Option<&str>, "NULL"),
     dry_run: default!(bool, false),
+    on_expiry: default!(&str, "'alert'"),
 ) -> TableIterator<
     'static,
     (
@@ -47,6 +48,7 @@ fn expand(
     let version = Version::parse(version).or_raise();
     let source = require_script(script).or_raise();
     let ttl_s = ttl_seconds(ttl).or_raise();
+    let on_expiry = ttl::OnExpiry::parse(on_expiry).or_raise();
     let what = format!("expand window {version}");
     let trees = apply::parse_for_apply(&what, source).or_raise();
     let mut asked: Vec<(pg_sys::Oid, Vec<Request>)> = Vec::new();
@@ -224,7 +226,14 @@ fn expand(
         )
         .raise();
     }
-    record(&version, description, source, &checksum, &planned, ttl_s);
+    record(
+        &version,
+        description,
+        source,
+        &checksum,
+        &planned,
+        (ttl_s, on_expiry),
+    );
     // The worker keeps the window's time: it reads it once this transaction commits.
     crate::pg::shmem::wake_at_commit();
     TableIterator::new(rows)
@@ -239,6 +248,67 @@ fn writes_version(version: &str, schema: &str) -> bool {
         .get()
         .map(|v| v.to_string_lossy().into_owned());
     read::writes_version(version, schema, declared.as_deref())
+}
+
+/// A window's key in shared memory: FNV-1a of its version, stable across processes.
+pub fn window_key(version: &str) -> u64 {
+    version.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Counts a write statement to a window's table by the side that wrote it (the window's
+/// version and view schema are the trigger's arguments): an AFTER ... FOR EACH STATEMENT
+/// trigger that every writer runs, so it only reads a setting and the search path and adds
+/// to a counter in shared memory, bounded and side-effect free.
+#[pg_trigger]
+fn count_window_write<'a>(
+    trigger: &'a pgrx::PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, pgrx::PgTriggerError> {
+    // pg_migrate's own writes (the worker's backfills and phases, contract's steps) are
+    // neither version's.
+    if crate::pg::process::is_migrate_worker() || running::is_applying() {
+        return Ok(None);
+    }
+    let args = trigger.extra_args()?;
+    if let [version, schema] = args.as_slice() {
+        let new = writes_version(version, schema);
+        crate::pg::shmem::count_write(crate::pg::process::database(), window_key(version), new);
+    }
+    Ok(None)
+}
+
+/// A window's writes by each version: what the worker recorded in its row, plus what was
+/// counted since (in shared memory, since the server started).
+#[pg_extern(stable, parallel_safe)]
+fn window_writes(
+    version: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(old_writes, i64),
+        name!(new_writes, i64),
+        name!(old_last_write, Option<TimestampWithTimeZone>),
+        name!(new_last_write, Option<TimestampWithTimeZone>),
+        name!(old_writes_last_minute, i64),
+        name!(new_writes_last_minute, i64),
+    ),
+> {
+    let database = crate::pg::process::database();
+    let [old, new] = crate::pg::shmem::window_writes(database, window_key(version), false);
+    let at = |t: i64| {
+        (t != 0)
+            .then(|| TimestampWithTimeZone::try_from(t).ok())
+            .flatten()
+    };
+    TableIterator::once((
+        old.writes as i64,
+        new.writes as i64,
+        at(old.last),
+        at(new.last),
+        old.last_minute as i64,
+        new.last_minute as i64,
+    ))
 }
 
 #[allow(clippy::type_complexity)]
@@ -348,6 +418,10 @@ fn end(version: Option<&str>, how: WindowEnd) -> Vec<StepRow> {
         });
         crate::history::record::applied(version.as_str());
     }
+    // The writes counted since the worker last took them, kept in the row with the others;
+    // the counters freed.
+    ttl::take_writes(version.as_str());
+    crate::pg::shmem::forget_window(crate::pg::process::database(), window_key(version.as_str()));
     crate::pg::spi::write_as_owner(
         "migrate.window_history",
         "UPDATE migrate.window_history SET ended = $2, ended_at = clock_timestamp(), \
@@ -641,17 +715,17 @@ fn record(
     source: &str,
     checksum: &str,
     planned: &Plan,
-    ttl_s: i64,
+    (ttl_s, on_expiry): (i64, ttl::OnExpiry),
 ) {
     let json = |steps: &[EndStep]| JsonB(serde_json::to_value(steps).unwrap_or_default());
     crate::pg::spi::write_as_owner(
         "migrate.window_history",
         "INSERT INTO migrate.window_history (version, description, source, source_checksum, \
            tables, schemas, contract_steps, abort_steps, ttl, opened_at, opened_by, expires_at, \
-           checks, objects) \
+           checks, objects, on_expiry) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, make_interval(secs => $9), \
                  clock_timestamp(), $10, clock_timestamp() + make_interval(secs => $9), \
-                 $11, $12)",
+                 $11, $12, $13)",
         &[
             version.as_str().into(),
             description.into(),
@@ -665,6 +739,7 @@ fn record(
             identity::current_user_name().into(),
             JsonB(serde_json::to_value(&planned.checks).unwrap_or_default()).into(),
             planned.objects.clone().into(),
+            on_expiry.as_str().into(),
         ],
     );
 }

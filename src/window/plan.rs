@@ -894,6 +894,26 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
             sql: format!("DROP VIEW IF EXISTS {view}"),
             needs_column: None,
         });
+        // Each version's write statements counted, for migrate.windows and the expiry
+        // policies: AFTER ... FOR EACH STATEMENT, ALWAYS (replica-role writers count too).
+        let counter = q(&counter_name(version));
+        plan.expand.push((
+            Stage::Expand,
+            format!(
+                "CREATE TRIGGER {counter} AFTER INSERT OR UPDATE OR DELETE ON {name} FOR EACH \
+                 STATEMENT EXECUTE FUNCTION migrate.count_window_write({}, {})",
+                literal(version),
+                literal(&schema)
+            ),
+        ));
+        plan.expand.push((
+            Stage::Expand,
+            format!("ALTER TABLE {name} ENABLE ALWAYS TRIGGER {counter}"),
+        ));
+        drop_views.push(EndStep {
+            sql: format!("DROP TRIGGER IF EXISTS {counter} ON {name}"),
+            needs_column: None,
+        });
         for (grantee, privilege) in &table.grants {
             grants.push(format!("GRANT {privilege} ON {view} TO {grantee}"));
             if !usage.iter().any(|(s, g)| *s == schema && g == grantee) {
@@ -1251,6 +1271,11 @@ fn bridge_function(version: &str, table: &Table, q: Quote) -> String {
     )
 }
 
+/// The statement trigger that counts each version's writes.
+pub fn counter_name(version: &str) -> String {
+    format!("zz_migrate_{}_count", version_tag(version))
+}
+
 /// `zz_` so that they fire after the table's own BEFORE triggers (PostgreSQL fires them in
 /// name order): what those set is what gets copied.
 pub fn trigger_name(version: &str) -> String {
@@ -1503,12 +1528,47 @@ mod unit {
         }
     }
 
+    /// The statements of one stage, but the write counters (asserted on their own).
     fn sql(plan: &Plan, stage: Stage) -> Vec<&str> {
         plan.expand
             .iter()
-            .filter(|(s, _)| *s == stage)
+            .filter(|(s, q)| *s == stage && !q.contains("_count"))
             .map(|(_, q)| q.as_str())
             .collect()
+    }
+
+    /// Contract or abort steps, but the write counters' drops.
+    fn steps(steps: &[EndStep]) -> Vec<&str> {
+        steps
+            .iter()
+            .map(|s| s.sql.as_str())
+            .filter(|s| !s.contains("_count"))
+            .collect()
+    }
+
+    #[test]
+    fn every_table_of_a_window_counts_its_writes_by_version_until_it_ends() {
+        let plan = plan("43", &[(orders(), vec![to_bigint()])], q).unwrap();
+        let counters: Vec<&str> = plan
+            .expand
+            .iter()
+            .filter(|(s, q)| *s == Stage::Expand && q.contains("_count"))
+            .map(|(_, q)| q.as_str())
+            .collect();
+        assert_eq!(
+            counters,
+            [
+                "CREATE TRIGGER zz_migrate_43_count AFTER INSERT OR UPDATE OR DELETE ON \
+                 public.orders FOR EACH STATEMENT EXECUTE FUNCTION \
+                 migrate.count_window_write('43', 'public_v43')",
+                "ALTER TABLE public.orders ENABLE ALWAYS TRIGGER zz_migrate_43_count",
+            ]
+        );
+        for end in [&plan.contract, &plan.abort] {
+            assert!(end
+                .iter()
+                .any(|s| s.sql == "DROP TRIGGER IF EXISTS zz_migrate_43_count ON public.orders"));
+        }
     }
 
     #[test]
@@ -1589,7 +1649,7 @@ mod unit {
             publish.last().unwrap(),
             &"GRANT USAGE ON SCHEMA public_v43 TO app"
         );
-        let contract: Vec<&str> = plan.contract.iter().map(|s| s.sql.as_str()).collect();
+        let contract: Vec<&str> = steps(&plan.contract);
         assert_eq!(contract[0], "DROP VIEW IF EXISTS public_v43.orders");
         assert_eq!(contract[1], "DROP SCHEMA IF EXISTS public_v43");
         let tail = &contract[contract.len() - 5..];
@@ -1649,7 +1709,7 @@ mod unit {
             "CREATE VIEW public_v1_2.orders WITH (security_invoker = true) AS SELECT id, amount, \
              old_status AS status FROM public.orders"
         );
-        let contract: Vec<&str> = plan.contract.iter().map(|s| s.sql.as_str()).collect();
+        let contract: Vec<&str> = steps(&plan.contract);
         assert_eq!(
             contract[2..],
             [
@@ -1657,7 +1717,12 @@ mod unit {
                 "ALTER TABLE public.orders RENAME COLUMN legacy_note TO _deprecated_1_2_legacy_note",
             ]
         );
-        assert_eq!(plan.abort.len(), 2, "only the views go: {:?}", plan.abort);
+        assert_eq!(
+            steps(&plan.abort).len(),
+            2,
+            "only the views go: {:?}",
+            plan.abort
+        );
     }
 
     #[test]
@@ -1727,7 +1792,7 @@ mod unit {
                 "ALTER TABLE public.orders VALIDATE CONSTRAINT _migrate_7_token_not_null"
             ]
         );
-        let contract: Vec<&str> = plan.contract.iter().map(|s| s.sql.as_str()).collect();
+        let contract: Vec<&str> = steps(&plan.contract);
         assert_eq!(
             &contract[contract.len() - 2..],
             [
@@ -1804,7 +1869,7 @@ mod unit {
                 "CREATE SCHEMA public_v44",
             ]
         );
-        let contract: Vec<&str> = plan.contract.iter().map(|s| s.sql.as_str()).collect();
+        let contract: Vec<&str> = steps(&plan.contract);
         assert_eq!(
             &contract[2..],
             [
@@ -1813,7 +1878,7 @@ mod unit {
                 "ALTER TABLE public.orders ADD CONSTRAINT orders_legacy_note_key UNIQUE USING INDEX orders_legacy_note_key",
             ]
         );
-        let abort: Vec<&str> = plan.abort.iter().map(|s| s.sql.as_str()).collect();
+        let abort: Vec<&str> = steps(&plan.abort);
         assert_eq!(
             &abort[2..],
             [
@@ -1848,7 +1913,7 @@ mod unit {
             q,
         )
         .unwrap();
-        let contract: Vec<&str> = plan.contract.iter().map(|s| s.sql.as_str()).collect();
+        let contract: Vec<&str> = steps(&plan.contract);
         assert_eq!(
             &contract[2..],
             [
@@ -1941,7 +2006,7 @@ mod unit {
             &"ALTER TABLE public.items VALIDATE CONSTRAINT _migrate_50_items_order_fkey"
         ));
         assert!(plan.tables.contains(&"public.items".to_string()));
-        let contract: Vec<&str> = plan.contract.iter().map(|s| s.sql.as_str()).collect();
+        let contract: Vec<&str> = steps(&plan.contract);
         let swapped = contract
             .iter()
             .position(|s| *s == "ALTER TABLE public.orders RENAME COLUMN _migrate_50_id TO id")
@@ -1965,7 +2030,7 @@ mod unit {
                  items_order_fkey",
             ]
         );
-        let abort: Vec<&str> = plan.abort.iter().map(|s| s.sql.as_str()).collect();
+        let abort: Vec<&str> = steps(&plan.abort);
         assert_eq!(
             abort[2],
             "ALTER TABLE public.items DROP CONSTRAINT IF EXISTS _migrate_50_items_order_fkey"

@@ -6,6 +6,51 @@
 use crate::errors::{OrBookkeeping, Problem};
 use pgrx::{PgLogLevel, PgSqlErrorCode};
 
+/// What the worker does once a window has expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnExpiry {
+    /// Alert only (at 50%, 90% and 100%); no new window opens until it ends.
+    Alert,
+    /// Contract once the old version has not written for `migrate.window_quiet_time`.
+    Contract,
+    /// Abort if the new version never wrote.
+    Abort,
+}
+
+impl OnExpiry {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnExpiry::Alert => "alert",
+            OnExpiry::Contract => "contract",
+            OnExpiry::Abort => "abort",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<OnExpiry, Problem> {
+        [OnExpiry::Alert, OnExpiry::Contract, OnExpiry::Abort]
+            .into_iter()
+            .find(|p| p.as_str() == text)
+            .ok_or_else(|| {
+                Problem::new(
+                    PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                    format!("on_expiry must be alert, contract or abort, not {text:?}"),
+                    "It says what the background worker does once the window has expired.",
+                    "Give on_expiry => 'alert' (the default), 'contract' or 'abort'.",
+                )
+            })
+    }
+}
+
+/// Whether an expired window's policy may act now: contract once the old version has been
+/// quiet for the quiet time, abort while the new version has written nothing.
+pub fn policy_may_act(policy: OnExpiry, old_quiet_s: f64, quiet_s: f64, new_writes: i64) -> bool {
+    match policy {
+        OnExpiry::Alert => false,
+        OnExpiry::Contract => old_quiet_s >= quiet_s,
+        OnExpiry::Abort => new_writes == 0,
+    }
+}
+
 /// The marks, in percent of the time-to-live, at which a window alerts.
 pub const MARKS: [i32; 3] = [50, 90, 100];
 
@@ -55,9 +100,171 @@ pub fn alert(version: &str, mark: i32, expires_at: &str) -> (PgLogLevel, Problem
     )
 }
 
+/// Adds the writes counted in shared memory for `version`'s window to its row (and frees
+/// the counters once it has ended).
+pub fn take_writes(version: &str) {
+    let database = crate::pg::process::database();
+    let key = super::window_key(version);
+    let [old, new] = crate::pg::shmem::window_writes(database, key, true);
+    if old.writes + new.writes == 0 && old.last == 0 && new.last == 0 {
+        return;
+    }
+    crate::pg::spi::write_as_owner(
+        "migrate.window_history",
+        // TimestampTz values: microseconds since 2000-01-01 (946684800 in Unix time).
+        "UPDATE migrate.window_history SET old_writes = old_writes + $2, \
+           new_writes = new_writes + $3, \
+           old_last_write = greatest(old_last_write, \
+             CASE WHEN $4 <> 0 THEN to_timestamp($4 / 1e6 + 946684800) END), \
+           new_last_write = greatest(new_last_write, \
+             CASE WHEN $5 <> 0 THEN to_timestamp($5 / 1e6 + 946684800) END) \
+         WHERE version = $1",
+        &[
+            version.into(),
+            (old.writes as i64).into(),
+            (new.writes as i64).into(),
+            old.last.into(),
+            new.last.into(),
+        ],
+    );
+}
+
+/// The worker's look at the open windows: their writes recorded, the alerts that are due
+/// sent, the expired windows' policies applied; returns when to look again (TimestampTz), 0
+/// if there is nothing to wait for.
+pub fn keep() -> i64 {
+    let open: Vec<String> = crate::pg::identity::as_owner(|| {
+        crate::pg::spi::pinned_column::<String>(
+            "SELECT version FROM migrate.window_history WHERE ended IS NULL",
+            &[],
+        )
+    })
+    .or_bookkeeping("read migrate.window_history");
+    for version in &open {
+        take_writes(version);
+    }
+    let next = alert_due();
+    match apply_policies() {
+        // Looked at again while a policy waits: the old version's writes may stop any time.
+        true => {
+            // SAFETY: reads the clock.
+            let soon = unsafe { pgrx::pg_sys::GetCurrentTimestamp() } + 5_000_000;
+            if next == 0 {
+                soon
+            } else {
+                next.min(soon)
+            }
+        }
+        false => next,
+    }
+}
+
+/// Contracts or aborts the expired windows whose policy may act, as the role that opened
+/// each (as if it had called migrate.contract or migrate.abort); returns whether one still
+/// waits.
+fn apply_policies() -> bool {
+    let quiet_s = f64::from(crate::gucs::WINDOW_QUIET_TIME_S.get());
+    let expired: Vec<(String, String, String, f64, i64)> = crate::pg::identity::as_owner(|| {
+        crate::pg::guc::pinned(|| {
+            pgrx::Spi::connect(|client| {
+                client
+                    .select(
+                        "SELECT version, on_expiry, opened_by::text, \
+                                extract(epoch FROM now() - greatest(old_last_write, opened_at, \
+                                                                    pg_postmaster_start_time()))::float8, \
+                                new_writes \
+                         FROM migrate.window_history \
+                         WHERE ended IS NULL AND expires_at < now() AND on_expiry <> 'alert' \
+                         ORDER BY expires_at",
+                        None,
+                        &[],
+                    )?
+                    .map(|row| {
+                        Ok((
+                            row.get::<String>(1)?.unwrap_or_default(),
+                            row.get::<String>(2)?.unwrap_or_default(),
+                            row.get::<String>(3)?.unwrap_or_default(),
+                            row.get::<f64>(4)?.unwrap_or(0.0),
+                            row.get::<i64>(5)?.unwrap_or(0),
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+            })
+        })
+    })
+    .or_bookkeeping("read migrate.window_history");
+    let mut waiting = false;
+    for (version, policy, opener, old_quiet_s, new_writes) in expired {
+        let policy = OnExpiry::parse(&policy).unwrap_or(OnExpiry::Alert);
+        if !policy_may_act(policy, old_quiet_s, quiet_s, new_writes) {
+            // An abort waits for nothing that can come back: the new version wrote.
+            waiting |= policy == OnExpiry::Contract;
+            continue;
+        }
+        let Some(role) = crate::pg::identity::role_oid(&opener) else {
+            continue;
+        };
+        let verb = match policy {
+            OnExpiry::Contract => "contract",
+            _ => "abort",
+        };
+        let sql = format!("SELECT count(*) FROM migrate.{verb}($1)");
+        let ended = crate::pg::subxact::run(|| {
+            crate::pg::identity::as_author(role, &[("search_path", "pg_catalog")], || {
+                pgrx::Spi::get_one_with_args::<i64>(&sql, &[version.as_str().into()])
+            })
+        });
+        let payload = format!("{{\"version\": {version:?}, \"on_expiry\": {verb:?}}}");
+        match ended {
+            Ok(Ok(_)) => {
+                crate::pg::identity::as_owner(|| {
+                    crate::pg::guc::pinned(|| {
+                        pgrx::Spi::run_with_args(
+                            "SELECT pg_catalog.pg_notify('migrate_window', $1)",
+                            &[payload.as_str().into()],
+                        )
+                    })
+                })
+                .or_bookkeeping("notify migrate_window");
+                Problem::new(
+                    PgSqlErrorCode::ERRCODE_WARNING,
+                    format!(
+                        "the expired window of version {version} was {}ed by the background \
+                         worker (on_expiry = {verb})",
+                        verb.trim_end_matches('e')
+                    ),
+                    match policy {
+                        OnExpiry::Contract => format!(
+                            "The old version had not written to its tables for {old_quiet_s:.0} \
+                             s (migrate.window_quiet_time is {quiet_s:.0} s)."
+                        ),
+                        _ => "The new version never wrote to its tables.".to_string(),
+                    },
+                    "See migrate.windows.",
+                )
+                .report(PgLogLevel::LOG);
+            }
+            Ok(Err(e)) => policy_failed(&version, verb, &e.to_string(), &mut waiting),
+            Err(caught) => policy_failed(&version, verb, &caught.message, &mut waiting),
+        }
+    }
+    waiting
+}
+
+fn policy_failed(version: &str, verb: &str, error: &str, waiting: &mut bool) {
+    *waiting = true;
+    Problem::new(
+        PgSqlErrorCode::ERRCODE_WARNING,
+        format!("the background worker could not {verb} the expired window of version {version}"),
+        error.to_string(),
+        format!("It tries again shortly; or SELECT migrate.{verb}('{version}') yourself."),
+    )
+    .report(PgLogLevel::WARNING);
+}
+
 /// Sends the alerts that are due and returns when the next one is (TimestampTz), 0 if none.
 /// Each window's alert is sent and recorded in one short transaction of the caller's.
-pub fn alert_due() -> i64 {
+fn alert_due() -> i64 {
     let due: Vec<(String, i32, String, i32)> = crate::pg::identity::as_owner(|| {
         crate::pg::guc::pinned(|| {
             pgrx::Spi::connect(|client| {
@@ -139,6 +346,17 @@ mod unit {
         assert_eq!(mark_due(95.0, 50), Some(90));
         assert_eq!(mark_due(250.0, 0), Some(100));
         assert_eq!(mark_due(250.0, 100), None);
+    }
+
+    #[test]
+    fn an_expired_window_contracts_once_the_old_version_is_quiet_and_aborts_only_if_unused() {
+        assert_eq!(OnExpiry::parse("contract").unwrap(), OnExpiry::Contract);
+        assert!(OnExpiry::parse("drop").is_err());
+        assert!(!policy_may_act(OnExpiry::Alert, 1e9, 60.0, 0));
+        assert!(!policy_may_act(OnExpiry::Contract, 59.0, 60.0, 0));
+        assert!(policy_may_act(OnExpiry::Contract, 60.0, 60.0, 5));
+        assert!(policy_may_act(OnExpiry::Abort, 0.0, 60.0, 0));
+        assert!(!policy_may_act(OnExpiry::Abort, 1e9, 60.0, 1));
     }
 
     #[test]

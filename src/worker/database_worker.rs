@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 #[no_mangle]
 pub extern "C-unwind" fn pg_migrate_worker_main(arg: pg_sys::Datum) {
     let database = pg_sys::Oid::from(arg.value() as u32);
+    crate::pg::process::mark_migrate_worker();
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
     // SIGTERM cancels whatever runs and exits, like a backend's: a long index build must not
     // hold up a fast shutdown. The interrupted step is recovered on the next start.
@@ -136,8 +137,18 @@ fn keep_window_time(database: pg_sys::Oid) {
     }) {
         return;
     }
-    // Fails only where the extension's objects predate windows: nothing to keep there.
-    let next = simple_query::transaction(crate::window::ttl::alert_due).unwrap_or(0);
+    let next = match simple_query::transaction(crate::window::ttl::keep) {
+        Ok(next) => next,
+        // The extension's objects predate windows (not updated yet): nothing to keep.
+        Err(e) if e.code == pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE => 0,
+        Err(e) => {
+            simple_query::log(&format!(
+                "could not keep the expand windows' time: {}",
+                e.message
+            ));
+            0
+        }
+    };
     WINDOWS_LOOKED_AT.set(Some((Instant::now(), next)));
     shmem::wake_at(database, next);
 }
