@@ -278,8 +278,9 @@ fn count_window_write<'a>(
     Ok(None)
 }
 
-/// A window's writes by each version: what the worker recorded in its row, plus what was
-/// counted since (in shared memory, since the server started).
+/// A window's writes by each version: what was counted since the worker last took them
+/// into the window's row (in shared memory, since the server started).
+#[allow(clippy::type_complexity)]
 #[pg_extern(stable, parallel_safe)]
 fn window_writes(
     version: &str,
