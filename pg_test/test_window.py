@@ -330,6 +330,9 @@ def test_bad_input_is_refused_and_leaves_nothing(cluster, db, conn):
     conn.execute("CREATE TABLE other (id int PRIMARY KEY, v int)")
     conn.execute("CREATE TABLE viewed (id int PRIMARY KEY, v int)")
     conn.execute("CREATE VIEW viewed_v AS SELECT v FROM viewed")
+    conn.execute("CREATE TABLE ri (id int NOT NULL, v int)")
+    conn.execute("CREATE UNIQUE INDEX ri_id ON ri (id)")
+    conn.execute("ALTER TABLE ri REPLICA IDENTITY USING INDEX ri_id")
     cases = [
         ("ALTER TABLE nope ADD COLUMN x int", "42P01", "table nope does not exist"),
         ("ALTER TABLE orders DROP COLUMN nope", "42703", "column nope of public.orders does not exist"),
@@ -349,6 +352,13 @@ def test_bad_input_is_refused_and_leaves_nothing(cluster, db, conn):
         ("ALTER TABLE orders DROP COLUMN legacy_note, ADD UNIQUE (amount) INCLUDE (id)", "0A000", "INCLUDE"),
         ("ALTER TABLE orders ALTER COLUMN amount TYPE bigint, ADD CONSTRAINT c CHECK (amount > 0)", "0A000",
          "also changes column amount"),
+        # abort would drop the table's own constraint of that name
+        ("ALTER TABLE orders DROP COLUMN legacy_note, ADD CONSTRAINT orders_pkey CHECK (amount > 0)", "42710",
+         "already exists"),
+        ("ALTER TABLE orders ALTER COLUMN amount TYPE bigint; "
+         "ALTER TABLE other ADD FOREIGN KEY (v) REFERENCES orders (amount)", "0A000", "also changes"),
+        # a replica identity's index is not rebuilt on a copy
+        ("ALTER TABLE ri ALTER COLUMN id TYPE bigint", "0A000", "ri_id"),
         ("ALTER TABLE viewed ALTER COLUMN v TYPE bigint", "0A000", "view public.viewed_v"),
         ("ALTER TABLE orders DROP COLUMN amount, ALTER COLUMN amount TYPE bigint", "0A000", "twice"),
         ("ALTER TABLE orders ADD COLUMN old_status int", "42701", "already exists"),
@@ -764,11 +774,11 @@ def test_constraints_are_validated_and_keys_built_apart_while_clients_write(clus
     plan = conn.execute("SELECT stage, statement FROM migrate.expand('44', %s)", (CONSTRAINTS,)).fetchall()
     stages = [s for s, _ in plan]
     assert stages == sorted(stages, key=["expand", "backfill", "build", "publish", "contract"].index), plan
+    # The index as written, built CONCURRENTLY where it was written; the key's after the
+    # backfill.
+    assert plan[0][1] == "CREATE INDEX CONCURRENTLY orders_amount ON orders (amount)", plan[0]
     built = [q for s, q in plan if s == "build"]
-    assert built == [
-        "CREATE UNIQUE INDEX CONCURRENTLY orders_ref_key ON public.orders (ref)",
-        "CREATE INDEX CONCURRENTLY orders_amount ON orders (amount)",
-    ], built
+    assert built == ["CREATE UNIQUE INDEX CONCURRENTLY orders_ref_key ON public.orders (ref)"], built
     wait_until(lambda: window(conn, "44").get("state") in ("published", "failed"), timeout=180, interval=0.2)
     assert window(conn, "44")["state"] == "published", conn.execute(
         "SELECT phase, state, error FROM migrate.steps WHERE version = '44'").fetchall()
@@ -805,11 +815,12 @@ def test_constraints_are_validated_and_keys_built_apart_while_clients_write(clus
         "AND attname IN ('legacy_note', 'token')").fetchall())
     assert not_null == {"legacy_note": True, "token": True}
     assert conn.execute("SELECT count(*) FROM migrate.drift()").fetchone()[0] == 0
-    # The worker ran the expand, the backfill, each build, the CHECK on the filled column, then
-    # the validations (no other lock held) and the views.
+    # The worker ran the index as written, the expand, the backfill, the key's build, the
+    # CHECK on the filled column and the foreign key, then the validations (no other lock
+    # held) and the views.
     kinds = [k for (k,) in conn.execute(
         "SELECT kind FROM migrate.steps WHERE version = '44' ORDER BY phase").fetchall()]
-    assert kinds == ["transaction", "backfill", "top-level", "top-level", "transaction", "transaction"], kinds
+    assert kinds == ["top-level", "transaction", "backfill", "top-level", "transaction", "transaction"], kinds
 
 
 def test_a_primary_key_is_proven_not_null_built_and_attached_and_abort_takes_it_back(cluster, db, conn):
@@ -834,6 +845,8 @@ def test_a_primary_key_is_proven_not_null_built_and_attached_and_abort_takes_it_
     f = failure(conn, "SELECT migrate.expand('46', 'ALTER TABLE events ADD PRIMARY KEY (v)')")
     assert f.sqlstate == "42P16", f.message
     f = failure(conn, "SELECT migrate.expand('46', 'ALTER TABLE events ADD CONSTRAINT events_pkey UNIQUE (v)')")
+    assert f.sqlstate == "42710", f.message
+    f = failure(conn, "SELECT migrate.expand('46', 'ALTER TABLE events ADD CONSTRAINT events UNIQUE (v)')")
     assert f.sqlstate == "42P07", f.message
     # Abort: the index built and the constraints added NOT VALID are dropped; nothing stays.
     conn.execute("""SELECT migrate.expand('47', $$
@@ -1041,3 +1054,27 @@ def test_an_expired_window_is_aborted_only_if_the_new_version_never_wrote(cluste
     assert (w["state"], w["expired"], w["new_writes"]) == ("published", True, 1), w
     f = failure(conn, "SELECT migrate.expand('45', 'ALTER TABLE orders ADD COLUMN z int', on_expiry => 'drop')")
     assert f.sqlstate == "22023" and "on_expiry" in f.message, f.message
+
+
+def test_constants_are_planned_as_iso_whatever_the_callers_datestyle(cluster, db, conn):
+    conn.execute("CREATE TABLE events (id int PRIMARY KEY, d date, span interval)")
+    conn.execute("SET DateStyle = 'SQL, DMY'")
+    conn.execute("SET IntervalStyle = 'sql_standard'")
+    plan = [q for (q,) in conn.execute(
+        "SELECT statement FROM migrate.expand('46', $$ALTER TABLE events ADD CONSTRAINT d_after "
+        "CHECK (d > '01/02/2020'::date AND span < '1 day 2 hours'::interval)$$, dry_run => true)")]
+    added = [q for q in plan if "ADD CONSTRAINT d_after" in q]
+    assert added and "'2020-02-01'::date" in added[0] and "'1 day 02:00:00'::interval" in added[0], added
+
+
+def test_an_aborted_serial_key_copy_stops_drawing_from_the_sequence(cluster, db, conn):
+    conn.execute("SET migrate.guard = off")
+    conn.execute("CREATE TABLE o (id serial PRIMARY KEY, v int)")
+    conn.execute("INSERT INTO o (v) SELECT g FROM generate_series(1, 1000) g")
+    conn.execute("RESET migrate.guard")
+    conn.execute("SELECT * FROM migrate.expand('47', 'ALTER TABLE o ALTER COLUMN id TYPE bigint')")
+    conn.execute("CALL migrate.wait('47')")
+    conn.execute("SELECT * FROM migrate.abort('47')")
+    before = conn.execute("SELECT last_value FROM o_id_seq").fetchone()[0]
+    conn.execute("INSERT INTO o (v) VALUES (1)")
+    assert conn.execute("SELECT last_value FROM o_id_seq").fetchone()[0] == before + 1

@@ -60,9 +60,19 @@ pub fn needed(statements: &[Statement]) -> bool {
     statements
         .iter()
         .any(|s| matches!(s.kind, Kind::NonTransactional | Kind::Backfill))
-        || statements
-            .windows(2)
-            .any(|w| w[1].kind == Kind::Validate && w[0].kind != Kind::Validate)
+        || (validates_apart(statements)
+            && statements
+                .windows(2)
+                .any(|w| w[1].kind == Kind::Validate && w[0].kind != Kind::Validate))
+}
+
+/// Whether a VALIDATE CONSTRAINT may get a transaction of its own: not in a script that sets
+/// session state (SET, RESET), which a later phase would not see, so that the VALIDATE could
+/// validate another table of the same name.
+fn validates_apart(statements: &[Statement]) -> bool {
+    !statements
+        .iter()
+        .any(|s| matches!(s.tag.as_str(), "SET" | "RESET"))
 }
 
 /// Groups `statements` into phases, in order.
@@ -71,13 +81,14 @@ pub fn plan(statements: &[Statement]) -> Vec<Phase> {
     // Whether the last transaction phase has a statement other than VALIDATE CONSTRAINT:
     // one that may lock more than SHARE UPDATE EXCLUSIVE until its transaction ends.
     let mut locks_more = false;
+    let apart = validates_apart(statements);
     for st in statements {
         let kind = match st.kind {
             Kind::NonTransactional => PhaseKind::TopLevel,
             Kind::Backfill => PhaseKind::Backfill,
             _ => PhaseKind::Transaction,
         };
-        let own_transaction = st.kind == Kind::Validate && locks_more;
+        let own_transaction = apart && st.kind == Kind::Validate && locks_more;
         locks_more = match st.kind {
             Kind::Validate => locks_more && !own_transaction,
             Kind::Transactional | Kind::TransactionControl => true,
@@ -187,6 +198,12 @@ mod unit {
         assert_eq!(plan(&alone).len(), 1);
         let after_backfill = [st(1, Backfill, 0, 5), st(2, Validate, 7, 12)];
         assert_eq!(plan(&after_backfill).len(), 2);
+        // A SET would not reach a later phase: the VALIDATE stays where it was written.
+        let mut set = st(1, Transactional, 0, 5);
+        set.tag = "SET".into();
+        let with_set = [set, st(2, Transactional, 7, 12), st(3, Validate, 14, 20)];
+        assert!(!needed(&with_set));
+        assert_eq!(plan(&with_set).len(), 1);
     }
 
     #[test]

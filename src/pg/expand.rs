@@ -74,6 +74,8 @@ pub enum Request {
         definition: String,
         /// The table's columns it reads.
         columns: Vec<String>,
+        /// A foreign key's referenced (schema, table, columns).
+        references: Option<(String, String, Vec<String>)>,
     },
     /// ADD UNIQUE or PRIMARY KEY: its index built CONCURRENTLY, attached at contract.
     AddKey {
@@ -469,6 +471,7 @@ unsafe fn check(relid: pg_sys::Oid, c: *mut pg_sys::Constraint) -> Result<Reques
             if no_inherit { " NO INHERIT" } else { "" }
         ),
         columns,
+        references: None,
     })
 }
 
@@ -482,12 +485,13 @@ unsafe fn foreign_key(relid: pg_sys::Oid, c: *mut pg_sys::Constraint) -> Result<
     let analysed = subxact::run(|| unsafe {
         let columns = column_list(relid, (*c).fk_attrs);
         let keys = column_list(referenced, (*c).pk_attrs);
-        let target = crate::pg::catalog::qualified(
-            &text(pg_sys::get_namespace_name(pg_sys::get_rel_namespace(
+        let (ref_schema, ref_table) = (
+            text(pg_sys::get_namespace_name(pg_sys::get_rel_namespace(
                 referenced,
             ))),
-            &text(pg_sys::get_rel_name(referenced)),
+            text(pg_sys::get_rel_name(referenced)),
         );
+        let target = crate::pg::catalog::qualified(&ref_schema, &ref_table);
         let mut sql = format!(
             "FOREIGN KEY ({}) REFERENCES {target}",
             quoted_list(&columns)
@@ -523,14 +527,26 @@ unsafe fn foreign_key(relid: pg_sys::Oid, c: *mut pg_sys::Constraint) -> Result<
             sql.push_str(" INITIALLY DEFERRED");
         }
         let name = constraint_name(c, relid, &columns, "fkey");
-        (name, sql, columns)
+        (name, sql, columns, (ref_schema, ref_table, keys))
     })
     .map_err(Unread::Failed)?;
-    let (name, definition, columns) = analysed;
+    let (name, definition, columns, (ref_schema, ref_table, mut keys)) = analysed;
+    if keys.is_empty() {
+        // REFERENCES t: its primary key's columns.
+        keys = crate::pg::spi::pinned_column::<String>(
+            "SELECT a.attname::text FROM pg_constraint k \
+             CROSS JOIN LATERAL unnest(k.conkey) WITH ORDINALITY u(n, o) \
+             JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.n \
+             WHERE k.conrelid = $1 AND k.contype = 'p' ORDER BY u.o",
+            &[referenced.into()],
+        )
+        .unwrap_or_default();
+    }
     Ok(Request::AddConstraint {
         name,
         definition,
         columns,
+        references: Some((ref_schema, ref_table, keys)),
     })
 }
 
@@ -644,9 +660,11 @@ unsafe fn format_type(typ: pg_sys::Oid, typmod: i32) -> String {
 
 /// An analysed expression as SQL, printed while only `pg_catalog` is on the search path: every
 /// function, operator and type from another schema comes out schema-qualified, so the text
-/// means the same objects wherever it runs (the worker runs it under the opener's own).
+/// means the same objects wherever it runs (the worker runs it under the opener's own); and
+/// with dates, intervals and floats printed as pg_dump prints them, so that constants read
+/// back the same whatever the worker's or a writer's DateStyle.
 unsafe fn deparse(expr: *mut pg_sys::Node, context: *mut pg_sys::List) -> String {
-    crate::pg::guc::pinned(|| unsafe {
+    crate::pg::guc::printing(|| unsafe {
         text(pg_sys::deparse_expression(expr, context, false, false))
     })
 }

@@ -131,6 +131,18 @@ pub fn pinned<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// `f` with the search path pinned and the settings that change how constants print set as
+/// pg_dump sets them: text printed now reads back the same in any session.
+pub fn printing<T>(f: impl FnOnce() -> T) -> T {
+    let _settings = SettingScope::set(&[
+        ("search_path", "pg_catalog, pg_temp"),
+        ("DateStyle", "ISO"),
+        ("IntervalStyle", "postgres"),
+        ("extra_float_digits", "3"),
+    ]);
+    f()
+}
+
 thread_local! {
     /// The local id of the transaction in which the setting defined by
     /// `define_transaction_string` was last assigned (local ids never repeat in a backend,

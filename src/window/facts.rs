@@ -12,6 +12,7 @@ pub fn table(
     oid: pg_sys::Oid,
     view_schema: impl Fn(&str) -> String,
     relations: &[String],
+    constraints: &[String],
 ) -> Option<Table> {
     let head = crate::pg::spi::pinned_row(
         "SELECT n.nspname::text, c.relname::text, c.relkind = 'r', \
@@ -37,6 +38,11 @@ pub fn table(
     let wanted = view_schema(&schema);
     Some(Table {
         primary_key,
+        existing_constraints: crate::pg::spi::pinned_column::<String>(
+            "SELECT conname::text FROM pg_constraint WHERE conrelid = $1 AND conname = ANY ($2)",
+            &[oid.into(), constraints.to_vec().into()],
+        )
+        .or_bookkeeping("read pg_constraint"),
         existing_relations: crate::pg::spi::pinned_column::<String>(
             "SELECT c.relname::text FROM pg_class c \
              WHERE c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = $1) \
@@ -98,6 +104,7 @@ movable_index AS (
       AND i.indexprs IS NULL AND i.indpred IS NULL AND i.indnkeyatts = i.indnatts
       AND NOT i.indisexclusion AND i.indimmediate AND i.indisvalid
       AND ic.reloptions IS NULL AND ic.reltablespace = 0
+      AND NOT i.indisreplident AND NOT i.indnullsnotdistinct
       AND NOT (0 = ANY (i.indkey::int2[]))
       AND NOT EXISTS (SELECT FROM unnest(i.indoption::int2[]) o WHERE o <> 0)
       AND NOT EXISTS (SELECT FROM unnest(i.indclass::oid[]) c
@@ -178,7 +185,7 @@ SELECT a.attname::text, a.attnotnull, a.default_sql,
 FROM a
 ORDER BY a.attnum";
 fn columns(oid: pg_sys::Oid) -> Vec<Column> {
-    let rows: Vec<Column> = crate::pg::guc::pinned(|| {
+    let rows: Vec<Column> = crate::pg::guc::printing(|| {
         pgrx::Spi::connect(|client| {
             client
                 .select(COLUMNS, None, &[oid.into()])?

@@ -56,16 +56,13 @@ fn expand(
     // steps: judged by the guard like any migration's statement (refused if unsafe).
     // (index in `trees`, text)
     let mut as_written: Vec<(usize, String)> = Vec::new();
-    // Index builds that would block writes, built CONCURRENTLY by the worker instead, once the
-    // rows are filled.
-    let mut builds: Vec<(usize, String)> = Vec::new();
     for (i, (statement, tree)) in trees.iter().enumerate() {
+        // An index build that would block writes is built CONCURRENTLY instead, where it was
+        // written (a later statement may use it).
         if read::builds_index_blocking(*tree) {
             let text = statement_text(statement.text(source));
-            match crate::migration::parse::build_concurrently(&text) {
-                Some(built) => builds.push((i, built)),
-                None => as_written.push((i, text)),
-            }
+            let built = crate::migration::parse::build_concurrently(&text).unwrap_or(text);
+            as_written.push((i, built));
             continue;
         }
         let requested = match read::read(*tree) {
@@ -144,10 +141,20 @@ fn expand(
                     _ => None,
                 })
                 .collect();
+            let constraints: Vec<String> = requests
+                .iter()
+                .filter_map(|r| match r {
+                    Request::AddKey { name, .. } | Request::AddConstraint { name, .. } => {
+                        Some(name.clone())
+                    }
+                    _ => None,
+                })
+                .collect();
             let table = facts::table(
                 oid,
                 |schema| plan::view_schema(schema, version.as_str()),
                 &relations,
+                &constraints,
             )?;
             Some((table, requests))
         })
@@ -156,11 +163,7 @@ fn expand(
         plan::plan(version.as_str(), &tables, crate::pg::catalog::quote_ident).or_raise();
     // The plan was read from the catalogs as they are before any statement runs: one kept as
     // written that changed a table of the window would be planned around wrongly.
-    for (statement, tree) in as_written
-        .iter()
-        .chain(builds.iter())
-        .map(|(i, _)| &trees[*i])
-    {
+    for (statement, tree) in as_written.iter().map(|(i, _)| &trees[*i]) {
         let named = crate::guard::hooks::trigger::read_command(*tree, &statement.tag)
             .map(|mut c| {
                 c.rels_mut()
@@ -194,10 +197,6 @@ fn expand(
             .into_iter()
             .map(|(_, sql)| (plan::Stage::Expand, sql)),
     );
-    planned
-        .expand
-        .extend(builds.into_iter().map(|(_, sql)| (plan::Stage::Build, sql)));
-    planned.expand.sort_by_key(|(stage, _)| *stage);
     let rows = step_rows(&planned);
     if dry_run {
         return TableIterator::new(rows);

@@ -84,6 +84,8 @@ pub struct Table {
     pub existing_schemas: Vec<String>,
     /// It has a primary key.
     pub primary_key: bool,
+    /// Its constraints that exist already, of the names the window would give.
+    pub existing_constraints: Vec<String>,
     /// Relations of its schema that exist already, of the names the window would give (indexes,
     /// a renamed table).
     pub existing_relations: Vec<String>,
@@ -266,6 +268,11 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
     // yet filled would fail them.
     let mut after_backfill: Vec<String> = Vec::new();
     let mut constraint_names: Vec<&str> = Vec::new();
+    // Foreign keys the script adds: (name, referenced (schema, table, columns)).
+    #[allow(clippy::type_complexity)]
+    let mut referencing: Vec<(&str, (&String, &String, &Vec<String>))> = Vec::new();
+    // Every column the window copies, renames or hides: (schema, table, column).
+    let mut reshaped_anywhere: Vec<(&str, &str, &str)> = Vec::new();
     // Every copied column of the plan, (schema, table, column) -> its copy, for the foreign
     // keys that move with them.
     let mut copied: Vec<((&str, &str, &str), String)> = Vec::new();
@@ -351,8 +358,12 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
                     name: constraint,
                     definition,
                     columns,
+                    references,
                 } => {
                     constraints.push((constraint, definition, columns));
+                    if let Some((schema, table_name, keys)) = references {
+                        referencing.push((constraint, (schema, table_name, keys)));
+                    }
                     continue;
                 }
                 Request::AddKey {
@@ -625,8 +636,9 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
                              Inline constraints, identity, generated columns and COLLATE are \
                              not."
                                 .into(),
-                            "Add the column plain, and its constraints as ALTER TABLE ... ADD \
-                             CONSTRAINT in the same window (validated apart).",
+                            "Add the column plain in this window, and its constraints in a \
+                             window after it (the planner reads the table as it is before the \
+                             script runs).",
                         ));
                     }
                     let ident = q(column);
@@ -685,6 +697,14 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
                 || renamed.iter().any(|(r, _)| *r == c)
                 || dropped.contains(&c)
         };
+        reshaped_anywhere.extend(
+            copies
+                .iter()
+                .map(|c| c.column.name.as_str())
+                .chain(renamed.iter().map(|(r, _)| *r))
+                .chain(dropped.iter().copied())
+                .map(|c| (table.schema.as_str(), table.name.as_str(), c)),
+        );
         for (constraint, columns) in constraints
             .iter()
             .map(|(n, _, c)| (*n, *c))
@@ -700,6 +720,15 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
                      the old column when contract swaps or renames it."
                         .into(),
                     "Add the constraint in a window of its own, after this one is contracted.",
+                ));
+            }
+            if table.existing_constraints.iter().any(|c| c == constraint) {
+                return Err(Problem::new(
+                    PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+                    format!("constraint {constraint} for relation {name} already exists"),
+                    "A window adds its constraints under their own names, and abort drops \
+                     them by those names.",
+                    "Name the constraint otherwise.",
                 ));
             }
             if constraint_names.contains(&constraint) {
@@ -743,6 +772,7 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
                         None => !added_not_null.contains(&column),
                     };
                     if nullable && !not_nulls.contains(&column) {
+                        long_name_refused(not_null_check(version, column))?;
                         not_nulls.push(column);
                     }
                 }
@@ -762,13 +792,16 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
             validate.push(format!("ALTER TABLE {name} VALIDATE CONSTRAINT {check}"));
         }
         for (constraint, definition, _) in &constraints {
-            plan.expand.push((
-                Stage::Expand,
-                format!(
-                    "ALTER TABLE {name} ADD CONSTRAINT {} {definition} NOT VALID",
-                    q(constraint)
-                ),
-            ));
+            let add = format!(
+                "ALTER TABLE {name} ADD CONSTRAINT {} {definition} NOT VALID",
+                q(constraint)
+            );
+            // A foreign key once the window's unique indexes are built: it may reference one.
+            if referencing.iter().any(|(c, _)| c == constraint) {
+                after_backfill.push(add);
+            } else {
+                plan.expand.push((Stage::Expand, add));
+            }
             validate.push(format!(
                 "ALTER TABLE {name} VALIDATE CONSTRAINT {}",
                 q(constraint)
@@ -1044,6 +1077,25 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
                 "DROP INDEX IF EXISTS {}.{key}",
                 q(&table.schema)
             )));
+        }
+    }
+    // A foreign key the script adds to a column the window reshapes would stay on the old
+    // column at contract, and keep the old key from being dropped.
+    for (constraint, (schema, table_name, keys)) in &referencing {
+        if let Some(column) = keys.iter().find(|k| {
+            reshaped_anywhere.contains(&(schema.as_str(), table_name.as_str(), k.as_str()))
+        }) {
+            return Err(refused(
+                format!(
+                    "migrate.expand cannot add {constraint}: it references column {column} of \
+                     {}, which the window also changes",
+                    qualified(q, schema, table_name)
+                ),
+                "The foreign key would be added to the column as it is now; contract could not \
+                 replace that column's key while it depends on it."
+                    .into(),
+                "Add the foreign key in a window of its own, after this one is contracted.",
+            ));
         }
     }
     // Foreign keys from or to copied columns: a new one between the columns as they will be
@@ -1389,6 +1441,13 @@ fn end_steps(
             abort.push(needing(
                 &copy.shadow,
                 format!("ALTER TABLE {name} DROP CONSTRAINT IF EXISTS {}", q(check)),
+            ));
+        }
+        if copy.column.default_sql.is_some() {
+            // A serial's copy would otherwise keep drawing from its sequence.
+            abort.push(needing(
+                &copy.shadow,
+                format!("ALTER TABLE {name} ALTER COLUMN {shadow} DROP DEFAULT"),
             ));
         }
         // Abort: the copy holds nothing the original lacks; it is set aside, not dropped.
@@ -1809,6 +1868,7 @@ mod unit {
             name: name.into(),
             definition: definition.into(),
             columns: columns.iter().map(|c| c.to_string()).collect(),
+            references: None,
         }
     }
 
@@ -1835,11 +1895,12 @@ mod unit {
                         column: "amount".into(),
                     },
                     check("amount_positive", "CHECK ((amount > 0))", &["amount"]),
-                    check(
-                        "orders_customer_fkey",
-                        "FOREIGN KEY (legacy_note) REFERENCES public.notes",
-                        &["legacy_note"],
-                    ),
+                    Request::AddConstraint {
+                        name: "orders_customer_fkey".into(),
+                        definition: "FOREIGN KEY (legacy_note) REFERENCES public.notes".into(),
+                        columns: vec!["legacy_note".into()],
+                        references: Some(("public".into(), "notes".into(), vec!["id".into()])),
+                    },
                     key("orders_legacy_note_key", false, &["legacy_note"]),
                 ],
             )],
@@ -1851,7 +1912,6 @@ mod unit {
             [
                 "ALTER TABLE public.orders ADD CONSTRAINT _migrate_44_old_status_not_null CHECK (old_status IS NOT NULL) NOT VALID",
                 "ALTER TABLE public.orders ADD CONSTRAINT amount_positive CHECK ((amount > 0)) NOT VALID",
-                "ALTER TABLE public.orders ADD CONSTRAINT orders_customer_fkey FOREIGN KEY (legacy_note) REFERENCES public.notes NOT VALID",
             ]
         );
         assert!(sql(&plan, Stage::Backfill).is_empty());
@@ -1859,10 +1919,12 @@ mod unit {
             sql(&plan, Stage::Build),
             ["CREATE UNIQUE INDEX CONCURRENTLY orders_legacy_note_key ON public.orders (legacy_note)"]
         );
-        // Validations first, together: one transaction of their own after the expand.
+        // The foreign key after the builds (it may reference a key the window builds), then
+        // the validations, together: one transaction of their own.
         assert_eq!(
-            &sql(&plan, Stage::Publish)[..4],
+            &sql(&plan, Stage::Publish)[..5],
             [
+                "ALTER TABLE public.orders ADD CONSTRAINT orders_customer_fkey FOREIGN KEY (legacy_note) REFERENCES public.notes NOT VALID",
                 "ALTER TABLE public.orders VALIDATE CONSTRAINT _migrate_44_old_status_not_null",
                 "ALTER TABLE public.orders VALIDATE CONSTRAINT amount_positive",
                 "ALTER TABLE public.orders VALIDATE CONSTRAINT orders_customer_fkey",
