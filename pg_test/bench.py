@@ -826,31 +826,65 @@ def type_change_under_load(cluster: Cluster, change_rows: int, rate: int, work: 
                       f"hits int NOT NULL DEFAULT 0)")
             c.execute(f"INSERT INTO {t} SELECT g, g FROM generate_series(1, {change_rows}) g")
             c.execute(f"VACUUM ANALYZE {t}")
+        # A key other rows reference: the primary key and the foreign key move with it.
+        for t in ("k_window", "k_alter"):
+            c.execute(f"CREATE TABLE {t} (id int PRIMARY KEY, hits int NOT NULL DEFAULT 0)")
+            c.execute(f"INSERT INTO {t} SELECT g FROM generate_series(1, {change_rows}) g")
+            c.execute(f"CREATE TABLE {t}_items (id bigint PRIMARY KEY, parent int NOT NULL "
+                      f"REFERENCES {t}, qty int)")
+            c.execute(f"INSERT INTO {t}_items SELECT g, g, 1 FROM generate_series(1, {change_rows}) g")
+            c.execute(f"VACUUM ANALYZE {t}, {t}_items")
+
+    def by_window(version: str, script: str):
+        def change(c) -> None:
+            c.execute("SELECT migrate.expand(%s, %s)", (version, script))
+            c.execute("CALL migrate.wait(%s, '1 hour')", (version,))
+            c.execute("SELECT migrate.contract(%s)", (version,))
+        return change
+
+    def by_alter(script: str):
+        def change(c) -> None:
+            c.execute("SET migrate.guard = off")  # the guard refuses exactly this
+            with c.transaction():
+                c.execute(script)
+        return change
+
+    compare_changes(cluster, db, change_rows, rate, work,
+                    f"int -> bigint of a {change_rows:,}-row table",
+                    [("window", "migrate.expand + contract", "t_window",
+                      by_window("2", "ALTER TABLE t_window ALTER COLUMN amount TYPE bigint")),
+                     ("alter", "ALTER TABLE ... TYPE bigint", "t_alter",
+                      by_alter("ALTER TABLE t_alter ALTER COLUMN amount TYPE bigint"))])
+    compare_changes(cluster, db, change_rows, rate, work,
+                    f"int -> bigint of the primary key of a {change_rows:,}-row table that a "
+                    f"{change_rows:,}-row table references (both columns)",
+                    [("window", "migrate.expand + contract", "k_window",
+                      by_window("3", "ALTER TABLE k_window ALTER COLUMN id TYPE bigint; "
+                                     "ALTER TABLE k_window_items ALTER COLUMN parent TYPE bigint")),
+                     ("alter", "ALTER TABLE ... TYPE bigint", "k_alter",
+                      by_alter("ALTER TABLE k_alter ALTER COLUMN id TYPE bigint; "
+                               "ALTER TABLE k_alter_items ALTER COLUMN parent TYPE bigint"))])
+    cluster.drop_database(db)
+
+
+def compare_changes(cluster: Cluster, db: str, rows: int, rate: int, work: Path, title: str, cases) -> None:
+    """Each change while 2 pgbench clients update random rows of its table: its wall time and
+    the writers' latencies meanwhile."""
+    with cluster.connect(db) as c:
         lock_timeout = c.execute("SELECT setting::int / 1000.0 FROM pg_settings "
                                  "WHERE name = 'migrate.lock_timeout'").fetchone()[0]
-
-    def by_window(c) -> None:
-        c.execute("SELECT migrate.expand('2', 'ALTER TABLE t_window ALTER COLUMN amount TYPE bigint')")
-        c.execute("CALL migrate.wait('2', '1 hour')")
-        c.execute("SELECT migrate.contract('2')")
-
-    def by_alter(c) -> None:
-        c.execute("SET migrate.guard = off")  # the guard refuses exactly this
-        c.execute("ALTER TABLE t_alter ALTER COLUMN amount TYPE bigint")
-
     results = {}
-    for name, table, change in (("window", "t_window", by_window), ("alter", "t_alter", by_alter)):
+    for name, _, table, change in cases:
         with cluster.connect(db) as c:
             c.execute("CHECKPOINT")
-        with cluster.connect(db) as c, PgbenchChunks(cluster, db, table, change_rows, 2, rate, work / name) as load:
+        with cluster.connect(db) as c, PgbenchChunks(cluster, db, table, rows, 2, rate,
+                                                     work / f"{table}_{name}") as load:
             began = time.time()
             change(c)
             ended = time.time()
-        during = load.during(began, ended)
-        results[name] = (ended - began, during)
-    print(f"  int -> bigint of a {change_rows:,}-row table while 2 pgbench clients update random rows of it "
-          f"at {rate} tps:")
-    for name, label in (("window", "migrate.expand + contract"), ("alter", "ALTER TABLE ... TYPE bigint")):
+        results[name] = (ended - began, load.during(began, ended))
+    print(f"  {title}, while 2 pgbench clients update random rows of it at {rate} tps:")
+    for name, label, _, _ in cases:
         took, during = results[name]
         print(f"    {label:<28} {took:7.2f} s, {len(during):6d} writer transactions, "
               f"p99 {statistics.quantiles(during, n=100)[98] * 1000:7.2f} ms, worst {max(during) * 1000:8.1f} ms")
@@ -858,7 +892,6 @@ def type_change_under_load(cluster: Cluster, change_rows: int, rate: int, work: 
     print(f"    wall time window/alter {w[0] / a[0]:.2f}x; worst writer wait alter/window "
           f"{max(a[1]) / max(w[1]):.1f}x; window's worst / migrate.lock_timeout ({float(lock_timeout):g} s): "
           f"{max(w[1]) / float(lock_timeout):.2f}")
-    cluster.drop_database(db)
 
 
 def main() -> None:

@@ -320,8 +320,10 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
                 format!(
                     "migrate.expand cannot yet plan changes to {name}: it has column privileges"
                 ),
-                "Column-level GRANTs are not carried over to copy columns and views yet; the \
-                 new version would lose them."
+                "Column-level GRANTs are not carried over: a security_invoker view needs its \
+                 reader to have every column it reads from the table, which a role with \
+                 privileges on some columns has not, and the copy column would not have them \
+                 after contract."
                     .into(),
                 "Grant on the whole table, or change it with migrate.apply.",
             ));
