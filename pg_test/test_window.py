@@ -1078,3 +1078,20 @@ def test_an_aborted_serial_key_copy_stops_drawing_from_the_sequence(cluster, db,
     before = conn.execute("SELECT last_value FROM o_id_seq").fetchone()[0]
     conn.execute("INSERT INTO o (v) VALUES (1)")
     assert conn.execute("SELECT last_value FROM o_id_seq").fetchone()[0] == before + 1
+
+
+def test_set_aside_columns_are_dropped_after_the_retention(cluster, db, conn):
+    conn.execute(f"ALTER DATABASE {db} SET migrate.deprecated_retention = 2")
+    make_orders(conn, 1000)
+    conn.execute("SELECT * FROM migrate.expand('43', %s)", (DDL,))
+    conn.execute("CALL migrate.wait('43')")
+    conn.execute("SELECT * FROM migrate.contract('43')")
+    set_aside = ("SELECT array_agg(attname::text ORDER BY attname) FROM pg_attribute "
+                 "WHERE attrelid = 'orders'::regclass AND attname LIKE '\\_deprecated%' AND NOT attisdropped")
+    assert conn.execute(set_aside).fetchone()[0] == ["_deprecated_43_amount", "_deprecated_43_legacy_note"]
+    wait_until(lambda: window(conn, "43")["deprecated_dropped_at"] is not None, timeout=30, interval=0.5)
+    assert conn.execute(set_aside).fetchone()[0] is None
+    assert conn.execute(
+        "SELECT count(*) FROM migrate.ddl_log WHERE migration_version = '43' AND command_tag = 'ALTER TABLE' "
+        "AND guard_rule = 'drop-column'").fetchone()[0] >= 1
+    assert conn.execute("SELECT count(*) FROM migrate.drift()").fetchone()[0] == 0

@@ -289,6 +289,10 @@ CREATE TABLE migrate.window_history (
     new_writes       bigint NOT NULL DEFAULT 0,
     old_last_write   timestamptz,
     new_last_write   timestamptz,
+    -- [[schema, table, column], ...]: the columns contract or abort sets aside, which the
+    -- worker drops migrate.deprecated_retention after the window ends (when it did).
+    deprecated       jsonb NOT NULL DEFAULT '[]',
+    deprecated_dropped_at timestamptz,
     ended            text CHECK (ended IN ('contracted', 'aborted')),
     ended_at         timestamptz,
     ended_by         name,
@@ -333,6 +337,7 @@ SELECT w.version,
        greatest(w.new_last_write, c.new_last_write) AS new_last_write,
        w.ended_at,
        w.ended_by,
+       w.deprecated_dropped_at,
        w.description
 FROM migrate.window_history w
 LEFT JOIN migrate.history h ON h.version = w.version

@@ -79,6 +79,7 @@ pub static CLIENT_VERSION: GucSetting<Option<CString>> = GucSetting::<Option<CSt
 pub static WINDOW_TTL_S: GucSetting<i32> = GucSetting::<i32>::new(3 * 86_400);
 pub static MAX_WINDOW_TTL_S: GucSetting<i32> = GucSetting::<i32>::new(30 * 86_400);
 pub static WINDOW_QUIET_TIME_S: GucSetting<i32> = GucSetting::<i32>::new(600);
+pub static DEPRECATED_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(7 * 86_400);
 
 /// Rule ids overridden for the current transaction (`SET LOCAL migrate.allow = '...'`).
 pub static ALLOW: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -247,6 +248,16 @@ pub fn init() {
         c"Read by the background worker (set it per database or server-wide).",
         &WINDOW_QUIET_TIME_S,
         1,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"migrate.deprecated_retention",
+        c"How long the columns an expand window set aside are kept after it ends.",
+        c"The background worker drops them then (set it per database or server-wide).",
+        &DEPRECATED_RETENTION_S,
+        0,
         i32::MAX,
         GucContext::Userset,
         GucFlags::UNIT_S,

@@ -249,9 +249,10 @@ pub fn request_work(database: pg_sys::Oid) {
     }
 }
 
-/// A worker about to look for work takes the request that woke it. A request arriving
-/// after this finds the flag clear and sets it again, so none is lost.
-pub fn take_request(database: pg_sys::Oid) {
+/// A worker about to look for work takes the request that woke it, and says whether there
+/// was one. A request arriving after this finds the flag clear and sets it again, so none is
+/// lost.
+pub fn take_request(database: pg_sys::Oid) -> bool {
     // SAFETY: reads this process's pid.
     let pid = unsafe { pg_sys::MyProcPid };
     let database = u32::from(database);
@@ -261,8 +262,9 @@ pub fn take_request(database: pg_sys::Oid) {
         .iter_mut()
         .find(|s| s.database == database && s.pid == pid)
     {
-        slot.wanted = false;
+        return std::mem::replace(&mut slot.wanted, false);
     }
+    false
 }
 
 /// Whether a database wanted a slot when none was free; clears the flag.

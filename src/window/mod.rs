@@ -422,6 +422,8 @@ fn end(version: Option<&str>, how: WindowEnd) -> Vec<StepRow> {
     // the counters freed.
     ttl::take_writes(version.as_str());
     crate::pg::shmem::forget_window(crate::pg::process::database(), window_key(version.as_str()));
+    // The worker drops the set-aside columns after the retention: it learns when at commit.
+    crate::pg::shmem::wake_at_commit();
     crate::pg::spi::write_as_owner(
         "migrate.window_history",
         "UPDATE migrate.window_history SET ended = $2, ended_at = clock_timestamp(), \
@@ -722,10 +724,10 @@ fn record(
         "migrate.window_history",
         "INSERT INTO migrate.window_history (version, description, source, source_checksum, \
            tables, schemas, contract_steps, abort_steps, ttl, opened_at, opened_by, expires_at, \
-           checks, objects, on_expiry) \
+           checks, objects, on_expiry, deprecated) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, make_interval(secs => $9), \
                  clock_timestamp(), $10, clock_timestamp() + make_interval(secs => $9), \
-                 $11, $12, $13)",
+                 $11, $12, $13, $14)",
         &[
             version.as_str().into(),
             description.into(),
@@ -740,8 +742,124 @@ fn record(
             JsonB(serde_json::to_value(&planned.checks).unwrap_or_default()).into(),
             planned.objects.clone().into(),
             on_expiry.as_str().into(),
+            JsonB(serde_json::to_value(&planned.deprecated).unwrap_or_default()).into(),
         ],
     );
+}
+
+/// Drops the columns that ended windows set aside once `migrate.deprecated_retention` has
+/// passed, each window's in one transaction of its own as the role that opened it, under the
+/// migration lock timeouts and retries; returns when the next is due (TimestampTz), 0 if
+/// none is.
+pub fn drop_deprecated_due() -> i64 {
+    let retention_s = f64::from(crate::gucs::DEPRECATED_RETENTION_S.get());
+    let due: Vec<(String, String, Option<JsonB>)> = identity::as_owner(|| {
+        crate::pg::guc::pinned(|| {
+            Spi::connect(|client| {
+                client
+                    .select(
+                        "SELECT version, opened_by::text, deprecated FROM migrate.window_history \
+                         WHERE ended IS NOT NULL AND deprecated_dropped_at IS NULL \
+                           AND ended_at < now() - make_interval(secs => $1) \
+                         ORDER BY ended_at",
+                        None,
+                        &[retention_s.into()],
+                    )?
+                    .map(|row| {
+                        Ok((
+                            row.get(1)?.unwrap_or_default(),
+                            row.get(2)?.unwrap_or_default(),
+                            row.get(3)?,
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+            })
+        })
+    })
+    .or_bookkeeping("read migrate.window_history");
+    for (version, opener, deprecated) in due {
+        let columns: Vec<(String, String, String)> = deprecated
+            .and_then(|j| serde_json::from_value(j.0).ok())
+            .unwrap_or_default();
+        let dropped = crate::pg::subxact::run(|| drop_columns(&version, &opener, &columns));
+        match dropped {
+            Ok(()) => {
+                crate::pg::spi::write_as_owner(
+                    "migrate.window_history",
+                    "UPDATE migrate.window_history SET deprecated_dropped_at = clock_timestamp() \
+                     WHERE version = $1",
+                    &[version.as_str().into()],
+                );
+            }
+            Err(caught) => Problem::new(
+                PgSqlErrorCode::ERRCODE_WARNING,
+                format!(
+                    "the background worker could not drop the columns window {version} set aside"
+                ),
+                caught.message,
+                "It tries again shortly.",
+            )
+            .report(pgrx::PgLogLevel::WARNING),
+        }
+    }
+    identity::as_owner(|| {
+        crate::pg::spi::pinned_row(
+            // TimestampTz: microseconds since 2000-01-01 (946684800 in Unix time).
+            "SELECT ((extract(epoch FROM min(ended_at)) + $1 - 946684800) * 1000000)::int8 \
+             FROM migrate.window_history \
+             WHERE ended IS NOT NULL AND deprecated_dropped_at IS NULL",
+            &[retention_s.into()],
+            |row| row.get::<i64>(1),
+        )
+    })
+    .or_bookkeeping("read migrate.window_history")
+    .flatten()
+    .unwrap_or(0)
+}
+
+/// `ALTER TABLE ... DROP COLUMN` of each set-aside column that still exists, as the window's
+/// opener, judged by the guard with drop-column allowed (the retention was the way back).
+fn drop_columns(version: &str, opener: &str, columns: &[(String, String, String)]) {
+    let script: String = columns
+        .iter()
+        .filter(|(schema, table, column)| facts::column_exists(schema, table, column))
+        .map(|(schema, table, column)| {
+            format!(
+                "ALTER TABLE {} DROP COLUMN {};\n",
+                crate::pg::catalog::qualified(schema, table),
+                crate::pg::catalog::quote_ident(column)
+            )
+        })
+        .collect();
+    if script.is_empty() {
+        return;
+    }
+    let Some(role) = identity::role_oid(opener) else {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("role {opener} that opened window {version} no longer exists"),
+            "Set-aside columns are dropped with the rights of the role that opened the window.",
+            "Drop them yourself (see migrate.window_history.deprecated).",
+        )
+        .raise();
+    };
+    let what = format!("the drop of the columns window {version} set aside");
+    identity::as_author(role, &[("search_path", "pg_catalog")], || {
+        let trees = apply::parse_for_apply(&what, &script).or_raise();
+        let statements: Vec<_> = trees.into_iter().map(|(s, _)| s).collect();
+        let running = Running {
+            version: version.to_string(),
+            // Kept for migrate.deprecated_retention: that was the way back.
+            has_rollback: true,
+            allow: vec!["drop-column".into()],
+        };
+        crate::history::record::drift();
+        running::with_running(running, || {
+            apply::attempt::run(&what, &script, &statements, Policy::from_settings())
+        });
+        // Recorded as the window's version's, as contract's changes are.
+        crate::history::record::applied(version);
+    });
 }
 
 /// The window's time-to-live in seconds: the given one or `migrate.window_ttl`, never above

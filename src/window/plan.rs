@@ -155,6 +155,9 @@ pub struct Plan {
     /// The names of the window's own objects that DDL outside pg_migrate may not touch
     /// beside its tables: bridge functions (unqualified) and view schemas.
     pub objects: Vec<String>,
+    /// (schema, table, column) of the columns contract or abort set aside, which the worker
+    /// drops after `migrate.deprecated_retention`; a renamed table is listed under both names.
+    pub deprecated: Vec<(String, String, String)>,
 }
 
 /// A bridged table's state that contract relies on: its bridge trigger, and no row whose
@@ -954,6 +957,19 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
             if !usage.iter().any(|(s, g)| *s == schema && g == grantee) {
                 usage.push((schema.clone(), grantee.clone()));
             }
+        }
+        for table_name in std::iter::once(table.name.as_str()).chain(renamed_to) {
+            let set_aside = copies
+                .iter()
+                .flat_map(|c| {
+                    [
+                        deprecated_column(version, &c.column.name),
+                        deprecated_column(version, &c.shadow),
+                    ]
+                })
+                .chain(dropped.iter().map(|c| deprecated_column(version, c)));
+            plan.deprecated
+                .extend(set_aside.map(|c| (table.schema.clone(), table_name.to_string(), c)));
         }
         if !plan.schemas.contains(&schema) {
             plan.schemas.push(schema.clone());

@@ -143,7 +143,11 @@ pub fn keep() -> i64 {
     for version in &open {
         take_writes(version);
     }
-    let next = alert_due();
+    let next = match (alert_due(), super::drop_deprecated_due()) {
+        (0, drop) => drop,
+        (alert, 0) => alert,
+        (alert, drop) => alert.min(drop),
+    };
     match apply_policies() {
         // Looked at again while a policy waits: the old version's writes may stop any time.
         true => {

@@ -51,8 +51,9 @@ pub extern "C-unwind" fn pg_migrate_worker_main(arg: pg_sys::Datum) {
     let mut idle_since = Instant::now();
     loop {
         crate::pg::process::reload_config_if_asked();
-        shmem::take_request(database);
-        keep_window_time(database);
+        // Work committed since the last look may have opened or ended a window.
+        let asked = shmem::take_request(database);
+        keep_window_time(database, asked);
         let pause = match work_once() {
             Turn::Worked => {
                 idle_since = Instant::now();
@@ -127,20 +128,32 @@ thread_local! {
         const { std::cell::Cell::new(None) };
 }
 
-/// Sends the expand windows' time-to-live alerts that are due, looking when one is due or
-/// every few seconds (a window opened meanwhile), and asks to be started again for the next.
-fn keep_window_time(database: pg_sys::Oid) {
+/// Keeps the expand windows (their writes, alerts, expiry policies and set-aside columns),
+/// looking when something is due, when asked (a window opened or ended), or every few
+/// seconds, and asks to be started again for the next thing due.
+fn keep_window_time(database: pg_sys::Oid, asked: bool) {
     // SAFETY: reads the clock.
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    if WINDOWS_LOOKED_AT.get().is_some_and(|(at, next)| {
-        at.elapsed() < Duration::from_secs(5) && (next == 0 || next > now)
-    }) {
+    if !asked
+        && WINDOWS_LOOKED_AT.get().is_some_and(|(at, next)| {
+            at.elapsed() < Duration::from_secs(5) && (next == 0 || next > now)
+        })
+    {
         return;
     }
     let next = match simple_query::transaction(crate::window::ttl::keep) {
         Ok(next) => next,
-        // The extension's objects predate windows (not updated yet): nothing to keep.
-        Err(e) if e.code == pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE => 0,
+        // No extension here, or one that predates windows (not updated yet): nothing to keep.
+        Err(e)
+            if matches!(
+                e.code,
+                pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE
+                    | pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN
+                    | pgrx::PgSqlErrorCode::ERRCODE_INVALID_SCHEMA_NAME
+            ) =>
+        {
+            0
+        }
         Err(e) => {
             simple_query::log(&format!(
                 "could not keep the expand windows' time: {}",
