@@ -257,7 +257,7 @@ pub fn window_key(version: &str) -> u64 {
 }
 
 /// Counts a write statement to a window's table by the side that wrote it (the window's
-/// version and view schema are the trigger's arguments): an AFTER ... FOR EACH STATEMENT
+/// version and view schema are the trigger's arguments): a BEFORE ... FOR EACH STATEMENT
 /// trigger that every writer runs, so it only reads a setting and the search path and adds
 /// to a counter in shared memory, bounded and side-effect free.
 #[pg_trigger]

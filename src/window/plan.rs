@@ -933,12 +933,13 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
             needs_column: None,
         });
         // Each version's write statements counted, for migrate.windows and the expiry
-        // policies: AFTER ... FOR EACH STATEMENT, ALWAYS (replica-role writers count too).
+        // policies: BEFORE ... FOR EACH STATEMENT (no after-trigger queue; a statement that fails
+        // still counts as its version writing), ALWAYS (replica-role writers count too).
         let counter = q(&counter_name(version));
         plan.expand.push((
             Stage::Expand,
             format!(
-                "CREATE TRIGGER {counter} AFTER INSERT OR UPDATE OR DELETE ON {name} FOR EACH \
+                "CREATE TRIGGER {counter} BEFORE INSERT OR UPDATE OR DELETE ON {name} FOR EACH \
                  STATEMENT EXECUTE FUNCTION migrate.count_window_write({}, {})",
                 literal(version),
                 literal(&schema)
@@ -1635,7 +1636,7 @@ mod unit {
         assert_eq!(
             counters,
             [
-                "CREATE TRIGGER zz_migrate_43_count AFTER INSERT OR UPDATE OR DELETE ON \
+                "CREATE TRIGGER zz_migrate_43_count BEFORE INSERT OR UPDATE OR DELETE ON \
                  public.orders FOR EACH STATEMENT EXECUTE FUNCTION \
                  migrate.count_window_write('43', 'public_v43')",
                 "ALTER TABLE public.orders ENABLE ALWAYS TRIGGER zz_migrate_43_count",
