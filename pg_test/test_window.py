@@ -1038,6 +1038,7 @@ def test_an_expired_window_is_contracted_once_the_old_version_stops_writing(clus
 
 
 def test_an_expired_window_is_aborted_only_if_the_new_version_never_wrote(cluster, db, conn):
+    conn.execute(f"ALTER DATABASE {db} SET migrate.window_quiet_time = 2")
     make_orders(conn, 1000)
     conn.execute("CREATE TABLE other (id int PRIMARY KEY, note text)")
     conn.execute("SELECT * FROM migrate.expand('43', 'ALTER TABLE orders DROP COLUMN legacy_note', "
@@ -1095,3 +1096,22 @@ def test_set_aside_columns_are_dropped_after_the_retention(cluster, db, conn):
         "SELECT count(*) FROM migrate.ddl_log WHERE migration_version = '43' AND command_tag = 'ALTER TABLE' "
         "AND guard_rule = 'drop-column'").fetchone()[0] >= 1
     assert conn.execute("SELECT count(*) FROM migrate.drift()").fetchone()[0] == 0
+
+
+def test_a_set_aside_column_that_cannot_be_dropped_is_retried_later_not_in_a_loop(cluster, db, conn):
+    conn.execute(f"ALTER DATABASE {db} SET migrate.deprecated_retention = 1")
+    make_orders(conn, 100)
+    conn.execute("SELECT * FROM migrate.expand('43', 'ALTER TABLE orders DROP COLUMN legacy_note')")
+    conn.execute("CALL migrate.wait('43')")
+    conn.execute("SELECT * FROM migrate.contract('43')")
+    conn.execute("SET migrate.guard = off")
+    conn.execute("CREATE VIEW notes AS SELECT id, _deprecated_43_legacy_note FROM orders")
+    wait_until(lambda: conn.execute(
+        "SELECT deprecated_attempts FROM migrate.window_history WHERE version = '43'").fetchone()[0] >= 1,
+        timeout=30, interval=0.5)
+    time.sleep(6)
+    attempts, waits = conn.execute(
+        "SELECT deprecated_attempts, deprecated_retry_at > now() FROM migrate.window_history "
+        "WHERE version = '43'").fetchone()
+    assert attempts == 1 and waits, attempts
+    assert window(conn, "43")["deprecated_dropped_at"] is None

@@ -42,6 +42,9 @@ CREATE TABLE migrate.window_history (
     -- worker drops migrate.deprecated_retention after the window ends (when it did).
     deprecated       jsonb NOT NULL DEFAULT '[]',
     deprecated_dropped_at timestamptz,
+    -- After a failed drop: how many, and not before when the worker tries again.
+    deprecated_attempts integer NOT NULL DEFAULT 0,
+    deprecated_retry_at timestamptz,
     ended            text CHECK (ended IN ('contracted', 'aborted')),
     ended_at         timestamptz,
     ended_by         name,

@@ -245,21 +245,23 @@ pub fn init() {
         c"migrate.window_quiet_time",
         c"How long the old version must not have written before an expired window with \
           on_expiry = 'contract' is contracted.",
-        c"Read by the background worker (set it per database or server-wide).",
+        c"Read by the background worker (set it per database or server-wide). Superuser-only: \
+          it decides when the worker ends windows by itself.",
         &WINDOW_QUIET_TIME_S,
         1,
         i32::MAX,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::UNIT_S,
     );
     GucRegistry::define_int_guc(
         c"migrate.deprecated_retention",
-        c"How long the columns an expand window set aside are kept after it ends.",
-        c"The background worker drops them then (set it per database or server-wide).",
+        c"How long the columns an expand window set aside are kept after it ends (0: always).",
+        c"The background worker drops them then (set it per database or server-wide). \
+          Superuser-only: it decides when data is dropped.",
         &DEPRECATED_RETENTION_S,
         0,
         i32::MAX,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::UNIT_S,
     );
     crate::pg::guc::define_transaction_string(

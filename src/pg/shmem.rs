@@ -72,9 +72,9 @@ static STATE: PgLwLock<Shared> = unsafe { PgLwLock::new(c"pg_migrate") };
 /// Set in the postmaster while it loads us; forked processes inherit it.
 static PRELOADED: AtomicBool = AtomicBool::new(false);
 
-/// Expand windows whose writes are counted at once; a window beyond them is not counted
-/// (`migrate.windows` then says so).
-pub const MAX_COUNTED_WINDOWS: usize = 64;
+/// Expand windows whose writes are counted at once, over every database; a write no slot is
+/// left for is not counted, and the expiry policies then stop trusting the counts.
+pub const MAX_COUNTED_WINDOWS: usize = 256;
 /// The last minute's writes, in buckets of ten seconds.
 const BUCKETS: usize = 6;
 const BUCKET_US: i64 = 10_000_000;
@@ -102,12 +102,20 @@ struct Counted {
 #[derive(Clone, Copy)]
 pub struct Writes {
     windows: [Counted; MAX_COUNTED_WINDOWS],
+    /// When the counters started (TimestampTz): the server's start, or its restart after a
+    /// crash, which clears them.
+    since: i64,
+    /// A write was not counted for want of a slot.
+    dropped: bool,
 }
 
 impl Default for Writes {
     fn default() -> Self {
         Writes {
             windows: [Counted::default(); MAX_COUNTED_WINDOWS],
+            // SAFETY: reads the clock (shared memory is set up as the server starts).
+            since: unsafe { pg_sys::GetCurrentTimestamp() },
+            dropped: false,
         }
     }
 }
@@ -144,6 +152,7 @@ pub fn count_write(database: pg_sys::Oid, key: u64, new: bool) {
         .position(|w| w.database == database && w.key == key)
         .or_else(|| shared.windows.iter().position(|w| w.database == 0));
     let Some(index) = index else {
+        shared.dropped = true;
         return;
     };
     let window = &mut shared.windows[index];
@@ -170,15 +179,7 @@ pub fn window_writes(database: pg_sys::Oid, key: u64, take: bool) -> [SideWrites
     let database = u32::from(database);
     // SAFETY: reads the clock.
     let interval = unsafe { pg_sys::GetCurrentTimestamp() } / BUCKET_US;
-    let mut shared = WRITES.exclusive();
-    let Some(window) = shared
-        .windows
-        .iter_mut()
-        .find(|w| w.database == database && w.key == key)
-    else {
-        return [SideWrites::default(); 2];
-    };
-    let read = |side: &mut Side| {
+    let read = |side: &mut Side, take: bool| {
         let last_minute = (0..BUCKETS)
             .filter(|&i| side.stamps[i] > interval - BUCKETS as i64)
             .map(|i| side.buckets[i])
@@ -194,8 +195,52 @@ pub fn window_writes(database: pg_sys::Oid, key: u64, take: bool) -> [SideWrites
             last_minute,
         }
     };
-    let [old, new] = &mut window.sides;
-    [read(old), read(new)]
+    let found = |w: &&mut Counted| w.database == database && w.key == key;
+    if take {
+        let mut shared = WRITES.exclusive();
+        let Some(window) = shared.windows.iter_mut().find(found) else {
+            return [SideWrites::default(); 2];
+        };
+        let [old, new] = &mut window.sides;
+        [read(old, true), read(new, true)]
+    } else {
+        // A reader (migrate.windows, open to everyone) shares the lock.
+        let Some(mut window) = WRITES
+            .share()
+            .windows
+            .iter()
+            .find(|w| w.database == database && w.key == key)
+            .copied()
+        else {
+            return [SideWrites::default(); 2];
+        };
+        let [old, new] = &mut window.sides;
+        [read(old, false), read(new, false)]
+    }
+}
+
+/// When the counters started (TimestampTz), or None if they cannot be trusted: a write went
+/// uncounted for want of a slot, or pg_migrate is not preloaded.
+pub fn counted_since() -> Option<i64> {
+    if !available() {
+        return None;
+    }
+    let shared = WRITES.share();
+    (!shared.dropped).then_some(shared.since)
+}
+
+/// Frees the counters of `database`'s windows other than `open` (ended, or of a version no
+/// longer recorded).
+pub fn keep_windows(database: pg_sys::Oid, open: &[u64]) {
+    if !available() {
+        return;
+    }
+    let database = u32::from(database);
+    for window in WRITES.exclusive().windows.iter_mut() {
+        if window.database == database && !open.contains(&window.key) {
+            *window = Counted::default();
+        }
+    }
 }
 
 /// A window ended: its counters are freed.
@@ -273,8 +318,14 @@ pub fn take_overflow() -> bool {
     std::mem::replace(&mut shared.overflow, false)
 }
 
-/// The database no longer exists or accepts connections: its slot is freed.
+/// The database no longer exists or accepts connections: its slot is freed, and its
+/// windows' counters.
 pub fn forget(database: u32) {
+    for window in WRITES.exclusive().windows.iter_mut() {
+        if window.database == database {
+            *window = Counted::default();
+        }
+    }
     if let Some(slot) = STATE
         .exclusive()
         .slots

@@ -747,12 +747,20 @@ fn record(
     );
 }
 
-/// Drops the columns that ended windows set aside once `migrate.deprecated_retention` has
-/// passed, each window's in one transaction of its own as the role that opened it, under the
-/// migration lock timeouts and retries; returns when the next is due (TimestampTz), 0 if
-/// none is.
-pub fn drop_deprecated_due() -> i64 {
-    let retention_s = f64::from(crate::gucs::DEPRECATED_RETENTION_S.get());
+/// An ended window whose set-aside columns are due to be dropped.
+pub struct DeprecatedDue {
+    version: String,
+    opener: String,
+    columns: Vec<(String, String, String)>,
+}
+
+/// The ended windows whose set-aside columns `migrate.deprecated_retention` has passed for
+/// (never, if it is 0), and that are not waiting out a failed drop.
+pub fn deprecated_due() -> Vec<DeprecatedDue> {
+    let retention_s = crate::gucs::DEPRECATED_RETENTION_S.get();
+    if retention_s == 0 {
+        return Vec::new();
+    }
     let due: Vec<(String, String, Option<JsonB>)> = identity::as_owner(|| {
         crate::pg::guc::pinned(|| {
             Spi::connect(|client| {
@@ -761,9 +769,10 @@ pub fn drop_deprecated_due() -> i64 {
                         "SELECT version, opened_by::text, deprecated FROM migrate.window_history \
                          WHERE ended IS NOT NULL AND deprecated_dropped_at IS NULL \
                            AND ended_at < now() - make_interval(secs => $1) \
+                           AND (deprecated_retry_at IS NULL OR deprecated_retry_at < now()) \
                          ORDER BY ended_at",
                         None,
-                        &[retention_s.into()],
+                        &[f64::from(retention_s).into()],
                     )?
                     .map(|row| {
                         Ok((
@@ -777,38 +786,87 @@ pub fn drop_deprecated_due() -> i64 {
         })
     })
     .or_bookkeeping("read migrate.window_history");
-    for (version, opener, deprecated) in due {
-        let columns: Vec<(String, String, String)> = deprecated
-            .and_then(|j| serde_json::from_value(j.0).ok())
-            .unwrap_or_default();
-        let dropped = crate::pg::subxact::run(|| drop_columns(&version, &opener, &columns));
-        match dropped {
-            Ok(()) => {
-                crate::pg::spi::write_as_owner(
-                    "migrate.window_history",
-                    "UPDATE migrate.window_history SET deprecated_dropped_at = clock_timestamp() \
-                     WHERE version = $1",
-                    &[version.as_str().into()],
-                );
-            }
-            Err(caught) => Problem::new(
+    due.into_iter()
+        .map(|(version, opener, deprecated)| DeprecatedDue {
+            version,
+            opener,
+            columns: deprecated
+                .and_then(|j| serde_json::from_value(j.0).ok())
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// Drops one window's set-aside columns in the caller's transaction (the worker gives each
+/// window one of its own). A table inside an open window waits for it to end; a failed drop
+/// is tried again after a delay that doubles, up to an hour.
+pub fn drop_deprecated(due: &DeprecatedDue) {
+    let open: Vec<String> = identity::as_owner(|| {
+        crate::pg::spi::pinned_column::<String>(
+            "SELECT DISTINCT t FROM migrate.window_history, unnest(tables) t WHERE ended IS NULL",
+            &[],
+        )
+    })
+    .or_bookkeeping("read migrate.window_history");
+    if due
+        .columns
+        .iter()
+        .any(|(schema, table, _)| open.contains(&crate::pg::catalog::qualified(schema, table)))
+    {
+        crate::pg::spi::write_as_owner(
+            "migrate.window_history",
+            "UPDATE migrate.window_history \
+             SET deprecated_retry_at = clock_timestamp() + interval '1 minute' WHERE version = $1",
+            &[due.version.as_str().into()],
+        );
+        return;
+    }
+    let version = due.version.as_str();
+    match crate::pg::subxact::run(|| drop_columns(version, &due.opener, &due.columns)) {
+        Ok(()) => crate::pg::spi::write_as_owner(
+            "migrate.window_history",
+            "UPDATE migrate.window_history SET deprecated_dropped_at = clock_timestamp() \
+             WHERE version = $1",
+            &[version.into()],
+        ),
+        Err(caught) => {
+            crate::pg::spi::write_as_owner(
+                "migrate.window_history",
+                "UPDATE migrate.window_history SET deprecated_attempts = deprecated_attempts + 1, \
+                   deprecated_retry_at = clock_timestamp() \
+                     + least(interval '1 hour', interval '30 seconds' * 2 ^ deprecated_attempts) \
+                 WHERE version = $1",
+                &[version.into()],
+            );
+            Problem::new(
                 PgSqlErrorCode::ERRCODE_WARNING,
                 format!(
                     "the background worker could not drop the columns window {version} set aside"
                 ),
                 caught.message,
-                "It tries again shortly.",
+                "It tries again later (migrate.window_history.deprecated_retry_at); or drop \
+                 them yourself.",
             )
-            .report(pgrx::PgLogLevel::WARNING),
+            .report(pgrx::PgLogLevel::WARNING)
         }
+    }
+}
+
+/// When the next set-aside columns are due (TimestampTz), 0 if none are.
+pub fn next_deprecated() -> i64 {
+    let retention_s = crate::gucs::DEPRECATED_RETENTION_S.get();
+    if retention_s == 0 {
+        return 0;
     }
     identity::as_owner(|| {
         crate::pg::spi::pinned_row(
             // TimestampTz: microseconds since 2000-01-01 (946684800 in Unix time).
-            "SELECT ((extract(epoch FROM min(ended_at)) + $1 - 946684800) * 1000000)::int8 \
+            "SELECT ((extract(epoch FROM min(greatest(ended_at + make_interval(secs => $1), \
+                                                       deprecated_retry_at))) \
+                      - 946684800) * 1000000)::int8 \
              FROM migrate.window_history \
              WHERE ended IS NOT NULL AND deprecated_dropped_at IS NULL",
-            &[retention_s.into()],
+            &[f64::from(retention_s).into()],
             |row| row.get::<i64>(1),
         )
     })

@@ -901,7 +901,8 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
         let mut select: Vec<String> = Vec::new();
         for column in &table.columns {
             let ident = q(&column.name);
-            if dropped.contains(&column.name.as_str()) {
+            // Columns an earlier window set aside are no version's.
+            if dropped.contains(&column.name.as_str()) || column.name.starts_with("_deprecated_") {
                 continue;
             }
             if let Some(copy) = copies.iter().find(|c| c.column.name == column.name) {

@@ -41,13 +41,20 @@ impl OnExpiry {
     }
 }
 
-/// Whether an expired window's policy may act now: contract once the old version has been
-/// quiet for the quiet time, abort while the new version has written nothing.
-pub fn policy_may_act(policy: OnExpiry, old_quiet_s: f64, quiet_s: f64, new_writes: i64) -> bool {
+/// Whether an expired, published window's policy may act now: contract once the old version
+/// has been quiet for the quiet time; abort once the new version has had the quiet time to
+/// write since publication and has written nothing.
+pub fn policy_may_act(
+    policy: OnExpiry,
+    old_quiet_s: f64,
+    quiet_s: f64,
+    new_writes: i64,
+    published_s: f64,
+) -> bool {
     match policy {
         OnExpiry::Alert => false,
         OnExpiry::Contract => old_quiet_s >= quiet_s,
-        OnExpiry::Abort => new_writes == 0,
+        OnExpiry::Abort => new_writes == 0 && published_s >= quiet_s,
     }
 }
 
@@ -129,9 +136,9 @@ pub fn take_writes(version: &str) {
     );
 }
 
-/// The worker's look at the open windows: their writes recorded, the alerts that are due
-/// sent, the expired windows' policies applied; returns when to look again (TimestampTz), 0
-/// if there is nothing to wait for.
+/// The worker's look at the open windows: their writes recorded (and the counters of
+/// windows no longer open freed), the alerts that are due sent; returns when the next alert
+/// is due (TimestampTz), 0 if none is.
 pub fn keep() -> i64 {
     let open: Vec<String> = crate::pg::identity::as_owner(|| {
         crate::pg::spi::pinned_column::<String>(
@@ -143,45 +150,48 @@ pub fn keep() -> i64 {
     for version in &open {
         take_writes(version);
     }
-    let next = match (alert_due(), super::drop_deprecated_due()) {
-        (0, drop) => drop,
-        (alert, 0) => alert,
-        (alert, drop) => alert.min(drop),
-    };
-    match apply_policies() {
-        // Looked at again while a policy waits: the old version's writes may stop any time.
-        true => {
-            // SAFETY: reads the clock.
-            let soon = unsafe { pgrx::pg_sys::GetCurrentTimestamp() } + 5_000_000;
-            if next == 0 {
-                soon
-            } else {
-                next.min(soon)
-            }
-        }
-        false => next,
-    }
+    let keys: Vec<u64> = open.iter().map(|v| super::window_key(v)).collect();
+    crate::pg::shmem::keep_windows(crate::pg::process::database(), &keys);
+    alert_due()
 }
 
-/// Contracts or aborts the expired windows whose policy may act, as the role that opened
-/// each (as if it had called migrate.contract or migrate.abort); returns whether one still
-/// waits.
-fn apply_policies() -> bool {
-    let quiet_s = f64::from(crate::gucs::WINDOW_QUIET_TIME_S.get());
-    let expired: Vec<(String, String, String, f64, i64)> = crate::pg::identity::as_owner(|| {
+/// An expired window whose policy may have to act.
+pub struct Due {
+    version: String,
+    policy: OnExpiry,
+    opener: String,
+    /// Seconds since the old version last wrote, or since the window was published or the
+    /// counters started, whichever is later.
+    old_quiet_s: f64,
+    new_writes: i64,
+    /// Seconds since the window was published.
+    published_s: f64,
+}
+
+/// The published, expired windows with a policy other than alert, whose writes were counted
+/// all along (a window the counters had no room for is never judged by them).
+pub fn policies_due() -> Vec<Due> {
+    let Some(counted_since) = crate::pg::shmem::counted_since() else {
+        return Vec::new();
+    };
+    let rows: Vec<(String, String, String, f64, i64, f64)> = crate::pg::identity::as_owner(|| {
         crate::pg::guc::pinned(|| {
             pgrx::Spi::connect(|client| {
                 client
                     .select(
-                        "SELECT version, on_expiry, opened_by::text, \
-                                extract(epoch FROM now() - greatest(old_last_write, opened_at, \
-                                                                    pg_postmaster_start_time()))::float8, \
-                                new_writes \
-                         FROM migrate.window_history \
-                         WHERE ended IS NULL AND expires_at < now() AND on_expiry <> 'alert' \
-                         ORDER BY expires_at",
+                        // TimestampTz: microseconds since 2000-01-01 (946684800 in Unix time).
+                        "SELECT w.version, w.on_expiry, w.opened_by::text, \
+                                extract(epoch FROM now() - greatest(w.old_last_write, h.finished_at, \
+                                   to_timestamp($1 / 1e6 + 946684800)))::float8, \
+                                w.new_writes, \
+                                extract(epoch FROM now() - h.finished_at)::float8 \
+                         FROM migrate.window_history w \
+                         JOIN migrate.history h ON h.version = w.version \
+                         WHERE w.ended IS NULL AND w.expires_at < now() \
+                           AND w.on_expiry <> 'alert' AND h.status = 'applied' \
+                         ORDER BY w.expires_at",
                         None,
-                        &[],
+                        &[counted_since.into()],
                     )?
                     .map(|row| {
                         Ok((
@@ -190,6 +200,7 @@ fn apply_policies() -> bool {
                             row.get::<String>(3)?.unwrap_or_default(),
                             row.get::<f64>(4)?.unwrap_or(0.0),
                             row.get::<i64>(5)?.unwrap_or(0),
+                            row.get::<f64>(6)?.unwrap_or(0.0),
                         ))
                     })
                     .collect::<Result<Vec<_>, pgrx::spi::Error>>()
@@ -197,73 +208,101 @@ fn apply_policies() -> bool {
         })
     })
     .or_bookkeeping("read migrate.window_history");
-    let mut waiting = false;
-    for (version, policy, opener, old_quiet_s, new_writes) in expired {
-        let policy = OnExpiry::parse(&policy).unwrap_or(OnExpiry::Alert);
-        if !policy_may_act(policy, old_quiet_s, quiet_s, new_writes) {
-            // An abort waits for nothing that can come back: the new version wrote.
-            waiting |= policy == OnExpiry::Contract;
-            continue;
-        }
-        let Some(role) = crate::pg::identity::role_oid(&opener) else {
-            continue;
-        };
-        let verb = match policy {
-            OnExpiry::Contract => "contract",
-            _ => "abort",
-        };
-        let sql = format!("SELECT count(*) FROM migrate.{verb}($1)");
-        let ended = crate::pg::subxact::run(|| {
-            crate::pg::identity::as_author(role, &[("search_path", "pg_catalog")], || {
-                pgrx::Spi::get_one_with_args::<i64>(&sql, &[version.as_str().into()])
-            })
-        });
-        let payload = format!("{{\"version\": {version:?}, \"on_expiry\": {verb:?}}}");
-        match ended {
-            Ok(Ok(_)) => {
-                crate::pg::identity::as_owner(|| {
-                    crate::pg::guc::pinned(|| {
-                        pgrx::Spi::run_with_args(
-                            "SELECT pg_catalog.pg_notify('migrate_window', $1)",
-                            &[payload.as_str().into()],
-                        )
-                    })
-                })
-                .or_bookkeeping("notify migrate_window");
-                Problem::new(
-                    PgSqlErrorCode::ERRCODE_WARNING,
-                    format!(
-                        "the expired window of version {version} was {}ed by the background \
-                         worker (on_expiry = {verb})",
-                        verb.trim_end_matches('e')
-                    ),
-                    match policy {
-                        OnExpiry::Contract => format!(
-                            "The old version had not written to its tables for {old_quiet_s:.0} \
-                             s (migrate.window_quiet_time is {quiet_s:.0} s)."
-                        ),
-                        _ => "The new version never wrote to its tables.".to_string(),
-                    },
-                    "See migrate.windows.",
-                )
-                .report(PgLogLevel::LOG);
-            }
-            Ok(Err(e)) => policy_failed(&version, verb, &e.to_string(), &mut waiting),
-            Err(caught) => policy_failed(&version, verb, &caught.message, &mut waiting),
-        }
-    }
-    waiting
+    rows.into_iter()
+        .map(
+            |(version, policy, opener, old_quiet_s, new_writes, published_s)| Due {
+                version,
+                policy: OnExpiry::parse(&policy).unwrap_or(OnExpiry::Alert),
+                opener,
+                old_quiet_s,
+                new_writes,
+                published_s,
+            },
+        )
+        .collect()
 }
 
-fn policy_failed(version: &str, verb: &str, error: &str, waiting: &mut bool) {
-    *waiting = true;
+/// Contracts or aborts one expired window if its policy may act, as the role that opened it
+/// (as if it had called migrate.contract or migrate.abort), in the caller's transaction;
+/// returns whether it still waits (to be looked at again soon).
+pub fn apply_policy(due: &Due) -> bool {
+    let quiet_s = f64::from(crate::gucs::WINDOW_QUIET_TIME_S.get());
+    if !policy_may_act(
+        due.policy,
+        due.old_quiet_s,
+        quiet_s,
+        due.new_writes,
+        due.published_s,
+    ) {
+        // A contract waits for the old version to stop; an abort for the new version's time
+        // to write (once it has written, never).
+        return due.policy == OnExpiry::Contract
+            || (due.new_writes == 0 && due.published_s < quiet_s);
+    }
+    let Some(role) = crate::pg::identity::role_oid(&due.opener) else {
+        return false;
+    };
+    let verb = match due.policy {
+        OnExpiry::Contract => "contract",
+        _ => "abort",
+    };
+    let version = due.version.as_str();
+    let sql = format!("SELECT count(*) FROM migrate.{verb}($1)");
+    let ended = crate::pg::subxact::run(|| {
+        crate::pg::identity::as_author(role, &[("search_path", "pg_catalog")], || {
+            pgrx::Spi::get_one_with_args::<i64>(&sql, &[version.into()])
+        })
+    });
+    let error = match ended {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(caught) => Some(caught.message),
+    };
+    if let Some(error) = error {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_WARNING,
+            format!(
+                "the background worker could not {verb} the expired window of version {version}"
+            ),
+            error,
+            format!("It tries again shortly; or SELECT migrate.{verb}('{version}') yourself."),
+        )
+        .report(PgLogLevel::WARNING);
+        return true;
+    }
+    let payload = format!("{{\"version\": {version:?}, \"on_expiry\": {verb:?}}}");
+    crate::pg::identity::as_owner(|| {
+        crate::pg::guc::pinned(|| {
+            pgrx::Spi::run_with_args(
+                "SELECT pg_catalog.pg_notify('migrate_window', $1)",
+                &[payload.as_str().into()],
+            )
+        })
+    })
+    .or_bookkeeping("notify migrate_window");
     Problem::new(
         PgSqlErrorCode::ERRCODE_WARNING,
-        format!("the background worker could not {verb} the expired window of version {version}"),
-        error.to_string(),
-        format!("It tries again shortly; or SELECT migrate.{verb}('{version}') yourself."),
+        format!(
+            "the expired window of version {version} was {}ed by the background worker \
+             (on_expiry = {verb})",
+            verb.trim_end_matches('e')
+        ),
+        match due.policy {
+            OnExpiry::Contract => format!(
+                "The old version had not written to its tables for {:.0} s \
+                 (migrate.window_quiet_time is {quiet_s:.0} s).",
+                due.old_quiet_s
+            ),
+            _ => format!(
+                "The new version had not written to its tables in the {:.0} s since the window \
+                 was published.",
+                due.published_s
+            ),
+        },
+        "See migrate.windows.",
     )
-    .report(PgLogLevel::WARNING);
+    .report(PgLogLevel::LOG);
+    false
 }
 
 /// Sends the alerts that are due and returns when the next one is (TimestampTz), 0 if none.
@@ -356,11 +395,13 @@ mod unit {
     fn an_expired_window_contracts_once_the_old_version_is_quiet_and_aborts_only_if_unused() {
         assert_eq!(OnExpiry::parse("contract").unwrap(), OnExpiry::Contract);
         assert!(OnExpiry::parse("drop").is_err());
-        assert!(!policy_may_act(OnExpiry::Alert, 1e9, 60.0, 0));
-        assert!(!policy_may_act(OnExpiry::Contract, 59.0, 60.0, 0));
-        assert!(policy_may_act(OnExpiry::Contract, 60.0, 60.0, 5));
-        assert!(policy_may_act(OnExpiry::Abort, 0.0, 60.0, 0));
-        assert!(!policy_may_act(OnExpiry::Abort, 1e9, 60.0, 1));
+        assert!(!policy_may_act(OnExpiry::Alert, 1e9, 60.0, 0, 1e9));
+        assert!(!policy_may_act(OnExpiry::Contract, 59.0, 60.0, 0, 1e9));
+        assert!(policy_may_act(OnExpiry::Contract, 60.0, 60.0, 5, 60.0));
+        assert!(policy_may_act(OnExpiry::Abort, 0.0, 60.0, 0, 60.0));
+        // Published just now: the new version has not had its chance to write yet.
+        assert!(!policy_may_act(OnExpiry::Abort, 0.0, 60.0, 0, 10.0));
+        assert!(!policy_may_act(OnExpiry::Abort, 1e9, 60.0, 1, 1e9));
     }
 
     #[test]

@@ -128,6 +128,28 @@ thread_local! {
         const { std::cell::Cell::new(None) };
 }
 
+/// A window step's result; its error logged, unless the database has no windows to keep.
+fn quietly<T>(result: Result<T, crate::pg::subxact::Caught>) -> Option<T> {
+    match result {
+        Ok(value) => Some(value),
+        // No extension here, or one that predates windows (not updated yet): nothing to keep.
+        Err(e)
+            if matches!(
+                e.code,
+                pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE
+                    | pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN
+                    | pgrx::PgSqlErrorCode::ERRCODE_INVALID_SCHEMA_NAME
+            ) =>
+        {
+            None
+        }
+        Err(e) => {
+            simple_query::log(&format!("could not keep the expand windows: {}", e.message));
+            None
+        }
+    }
+}
+
 /// Keeps the expand windows (their writes, alerts, expiry policies and set-aside columns),
 /// looking when something is due, when asked (a window opened or ended), or every few
 /// seconds, and asks to be started again for the next thing due.
@@ -141,27 +163,33 @@ fn keep_window_time(database: pg_sys::Oid, asked: bool) {
     {
         return;
     }
-    let next = match simple_query::transaction(crate::window::ttl::keep) {
-        Ok(next) => next,
-        // No extension here, or one that predates windows (not updated yet): nothing to keep.
-        Err(e)
-            if matches!(
-                e.code,
-                pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE
-                    | pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN
-                    | pgrx::PgSqlErrorCode::ERRCODE_INVALID_SCHEMA_NAME
-            ) =>
-        {
-            0
-        }
-        Err(e) => {
-            simple_query::log(&format!(
-                "could not keep the expand windows' time: {}",
-                e.message
-            ));
-            0
-        }
-    };
+    // Each in a transaction of its own: a column drop's lock is not held while another
+    // window's contract waits for its own.
+    let alert = quietly(simple_query::transaction(crate::window::ttl::keep)).unwrap_or(0);
+    for due in quietly(simple_query::transaction(crate::window::deprecated_due)).unwrap_or_default()
+    {
+        quietly(simple_query::transaction(|| {
+            crate::window::drop_deprecated(&due)
+        }));
+    }
+    let drop = quietly(simple_query::transaction(crate::window::next_deprecated)).unwrap_or(0);
+    let mut waiting = false;
+    for due in
+        quietly(simple_query::transaction(crate::window::ttl::policies_due)).unwrap_or_default()
+    {
+        waiting |= quietly(simple_query::transaction(|| {
+            crate::window::ttl::apply_policy(&due)
+        }))
+        .unwrap_or(true);
+    }
+    // A policy waiting for the old version to stop writing is looked at again soon, and so
+    // is anything due already that was not done (never in a loop).
+    let soon = now + 5_000_000;
+    let next = [alert, drop, if waiting { soon } else { 0 }]
+        .into_iter()
+        .filter(|&t| t != 0)
+        .min()
+        .map_or(0, |t| if t <= now { soon } else { t });
     WINDOWS_LOOKED_AT.set(Some((Instant::now(), next)));
     shmem::wake_at(database, next);
 }
