@@ -477,7 +477,7 @@ unsafe fn check(relid: pg_sys::Oid, c: *mut pg_sys::Constraint) -> Result<Reques
 
 /// FOREIGN KEY: printed from its parts, the referenced table resolved and qualified.
 unsafe fn foreign_key(relid: pg_sys::Oid, c: *mut pg_sys::Constraint) -> Result<Request, Unread> {
-    #[cfg(any(feature = "pg17", feature = "pg18"))]
+    #[cfg(feature = "pg18")]
     if (*c).fk_with_period {
         return Ok(Request::Other("FOREIGN KEY ... PERIOD".into()));
     }
