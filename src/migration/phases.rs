@@ -78,22 +78,17 @@ fn validates_apart(statements: &[Statement]) -> bool {
 /// Groups `statements` into phases, in order.
 pub fn plan(statements: &[Statement]) -> Vec<Phase> {
     let mut phases: Vec<Phase> = Vec::new();
-    // Whether the last transaction phase has a statement other than VALIDATE CONSTRAINT:
-    // one that may lock more than SHARE UPDATE EXCLUSIVE until its transaction ends.
-    let mut locks_more = false;
-    let apart = validates_apart(statements);
+    // In a script that runs in phases anyway, each VALIDATE CONSTRAINT gets a transaction of
+    // its own: none scans under another statement's locks, none holds its snapshot through
+    // another's scan, and a failed one repeats only its own scan when retried.
+    let apart = validates_apart(statements) && needed(statements);
     for st in statements {
         let kind = match st.kind {
             Kind::NonTransactional => PhaseKind::TopLevel,
             Kind::Backfill => PhaseKind::Backfill,
             _ => PhaseKind::Transaction,
         };
-        let own_transaction = apart && st.kind == Kind::Validate && locks_more;
-        locks_more = match st.kind {
-            Kind::Validate => locks_more && !own_transaction,
-            Kind::Transactional | Kind::TransactionControl => true,
-            Kind::NonTransactional | Kind::Backfill => false,
-        };
+        let own_transaction = apart && st.kind == Kind::Validate;
         match phases.last_mut() {
             Some(last)
                 if kind == PhaseKind::Transaction
@@ -190,9 +185,8 @@ mod unit {
             .iter()
             .map(|p| (p.first_statement, p.last_statement))
             .collect();
-        // VALIDATEs together, and what follows them in their transaction; a VALIDATE after
-        // that statement again on its own.
-        assert_eq!(shape, [(1, 1), (2, 4), (5, 5)]);
+        // Each VALIDATE on its own, with what follows it.
+        assert_eq!(shape, [(1, 1), (2, 2), (3, 4), (5, 5)]);
         let alone = [st(1, Validate, 0, 5), st(2, Validate, 7, 12)];
         assert!(!needed(&alone));
         assert_eq!(plan(&alone).len(), 1);
