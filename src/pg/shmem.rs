@@ -243,22 +243,6 @@ pub fn keep_windows(database: pg_sys::Oid, open: &[u64]) {
     }
 }
 
-/// A window ended: its counters are freed.
-pub fn forget_window(database: pg_sys::Oid, key: u64) {
-    if !available() {
-        return;
-    }
-    let database = u32::from(database);
-    if let Some(window) = WRITES
-        .exclusive()
-        .windows
-        .iter_mut()
-        .find(|w| w.database == database && w.key == key)
-    {
-        *window = Counted::default();
-    }
-}
-
 /// Called from _PG_init during shared_preload_libraries processing.
 pub fn init() {
     pg_shmem_init!(STATE);

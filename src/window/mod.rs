@@ -418,10 +418,8 @@ fn end(version: Option<&str>, how: WindowEnd) -> Vec<StepRow> {
         });
         crate::history::record::applied(version.as_str());
     }
-    // The writes counted since the worker last took them, kept in the row with the others;
-    // the counters freed.
-    ttl::take_writes(version.as_str());
-    crate::pg::shmem::forget_window(crate::pg::process::database(), window_key(version.as_str()));
+    // The writes counted since the worker last took them, kept in the row with the others.
+    ttl::take_writes(version.as_str(), false);
     // The worker drops the set-aside columns after the retention: it learns when at commit.
     crate::pg::shmem::wake_at_commit();
     crate::pg::spi::write_as_owner(
@@ -752,6 +750,12 @@ pub struct DeprecatedDue {
     version: String,
     opener: String,
     columns: Vec<(String, String, String)>,
+}
+
+impl DeprecatedDue {
+    pub fn version(&self) -> &str {
+        &self.version
+    }
 }
 
 /// The ended windows whose set-aside columns `migrate.deprecated_retention` has passed for

@@ -107,12 +107,13 @@ pub fn alert(version: &str, mark: i32, expires_at: &str) -> (PgLogLevel, Problem
     )
 }
 
-/// Adds the writes counted in shared memory for `version`'s window to its row (and frees
-/// the counters once it has ended).
-pub fn take_writes(version: &str) {
+/// Adds the writes counted in shared memory for `version`'s window to its row; with `take`,
+/// the counters are reset (the worker, in its own short transaction). A window that ends
+/// leaves them (its transaction may roll back): the worker frees them once it has ended.
+pub fn take_writes(version: &str, take: bool) {
     let database = crate::pg::process::database();
     let key = super::window_key(version);
-    let [old, new] = crate::pg::shmem::window_writes(database, key, true);
+    let [old, new] = crate::pg::shmem::window_writes(database, key, take);
     if old.writes + new.writes == 0 && old.last == 0 && new.last == 0 {
         return;
     }
@@ -125,13 +126,15 @@ pub fn take_writes(version: &str) {
              CASE WHEN $4 <> 0 THEN to_timestamp($4 / 1e6 + 946684800) END), \
            new_last_write = greatest(new_last_write, \
              CASE WHEN $5 <> 0 THEN to_timestamp($5 / 1e6 + 946684800) END) \
-         WHERE version = $1",
+         WHERE version = $1 AND (ended IS NULL OR NOT $6)",
         &[
             version.into(),
             (old.writes as i64).into(),
             (new.writes as i64).into(),
             old.last.into(),
             new.last.into(),
+            // A window ended meanwhile has added these counts itself.
+            take.into(),
         ],
     );
 }
@@ -148,7 +151,7 @@ pub fn keep() -> i64 {
     })
     .or_bookkeeping("read migrate.window_history");
     for version in &open {
-        take_writes(version);
+        take_writes(version, true);
     }
     let keys: Vec<u64> = open.iter().map(|v| super::window_key(v)).collect();
     crate::pg::shmem::keep_windows(crate::pg::process::database(), &keys);
@@ -222,18 +225,30 @@ pub fn policies_due() -> Vec<Due> {
         .collect()
 }
 
+impl Due {
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Whether its policy may act now.
+    pub fn acts(&self) -> bool {
+        let quiet_s = f64::from(crate::gucs::WINDOW_QUIET_TIME_S.get());
+        policy_may_act(
+            self.policy,
+            self.old_quiet_s,
+            quiet_s,
+            self.new_writes,
+            self.published_s,
+        )
+    }
+}
+
 /// Contracts or aborts one expired window if its policy may act, as the role that opened it
 /// (as if it had called migrate.contract or migrate.abort), in the caller's transaction;
 /// returns whether it still waits (to be looked at again soon).
 pub fn apply_policy(due: &Due) -> bool {
     let quiet_s = f64::from(crate::gucs::WINDOW_QUIET_TIME_S.get());
-    if !policy_may_act(
-        due.policy,
-        due.old_quiet_s,
-        quiet_s,
-        due.new_writes,
-        due.published_s,
-    ) {
+    if !due.acts() {
         // A contract waits for the old version to stop; an abort for the new version's time
         // to write (once it has written, never).
         return due.policy == OnExpiry::Contract

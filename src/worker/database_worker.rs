@@ -166,8 +166,11 @@ fn keep_window_time(database: pg_sys::Oid, asked: bool) {
     // Each in a transaction of its own: a column drop's lock is not held while another
     // window's contract waits for its own.
     let alert = quietly(simple_query::transaction(crate::window::ttl::keep)).unwrap_or(0);
+    // Each window's work runs as its opener in a session no submitter touched, as a
+    // migration's phases and a backfill's batches do.
     for due in quietly(simple_query::transaction(crate::window::deprecated_due)).unwrap_or_default()
     {
+        submitter::fresh_session(&format!("window {}", due.version()));
         quietly(simple_query::transaction(|| {
             crate::window::drop_deprecated(&due)
         }));
@@ -177,6 +180,9 @@ fn keep_window_time(database: pg_sys::Oid, asked: bool) {
     for due in
         quietly(simple_query::transaction(crate::window::ttl::policies_due)).unwrap_or_default()
     {
+        if due.acts() {
+            submitter::fresh_session(&format!("window {}", due.version()));
+        }
         waiting |= quietly(simple_query::transaction(|| {
             crate::window::ttl::apply_policy(&due)
         }))
