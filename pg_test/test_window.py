@@ -2,6 +2,7 @@
 application versions writing at once, migrate.contract and migrate.abort, against a real
 server with real concurrent sessions and a killed worker."""
 
+import json
 import os
 import random
 import signal
@@ -443,6 +444,99 @@ def test_an_expired_window_stops_new_windows_until_it_ends(cluster, db, conn):
     conn.execute("SELECT migrate.expand('44', 'ALTER TABLE other RENAME COLUMN v TO value')")
 
 
+def test_an_expired_window_is_extended_only_with_a_reason_and_new_windows_open_again(cluster, db, conn):
+    make_orders(conn, 10)
+    conn.execute("CREATE TABLE other (id int PRIMARY KEY, v int)")
+    conn.execute("CREATE ROLE window_no_extend LOGIN")
+    conn.execute("SELECT migrate.expand('43', 'ALTER TABLE orders DROP COLUMN legacy_note', ttl => '1 second')")
+    time.sleep(1.2)
+    f = failure(conn, "SELECT migrate.expand('44', 'ALTER TABLE other RENAME COLUMN v TO value')")
+    assert f.sqlstate == "55000" and "migrate.extend('43', '1 day', 'the reason')" in f.hint, f
+    before = conn.execute("SELECT ttl, expires_at, alerts_sent, extensions FROM migrate.window_history").fetchall()
+    for call, sqlstate, message in [
+        ("SELECT migrate.extend('43', '1 hour', '  ')", "22023", "only with a reason"),
+        ("SELECT migrate.extend('43', '1 hour', NULL)", "22023", "only with a reason"),
+        ("SELECT migrate.extend('43', NULL, 'drain')", "22023", "positive interval"),
+        ("SELECT migrate.extend('43', '-1 hour', 'drain')", "22023", "positive interval"),
+        ("SELECT migrate.extend('43', '40 days', 'drain')", "22023", "over migrate.max_window_ttl"),
+        ("SELECT migrate.extend('99', '1 hour', 'drain')", "42704", "version 99 has no expand window"),
+        ("SELECT migrate.extend('4 3', '1 hour', 'drain')", "22023", "version"),
+    ]:
+        f = failure(conn, call)
+        assert f.sqlstate == sqlstate and message in f.message and f.hint, (call, f)
+    with cluster.connect(db, user="window_no_extend") as nobody:
+        f = failure(nobody, "SELECT migrate.extend('43', '1 hour', 'drain')")
+        assert f.sqlstate == "42501" and "migrate_admin" in f.hint, f
+    assert conn.execute("SELECT ttl, expires_at, alerts_sent, extensions FROM migrate.window_history").fetchall() == before
+    conn.execute("LISTEN migrate_window")
+    mark = cluster.log_mark()
+    until = conn.execute("SELECT migrate.extend('43', '1 hour', 'billing pods drain slowly')").fetchone()[0]
+    w = window(conn, "43")
+    assert w["expired"] is False and w["expires_at"] == until and w["alerts_sent"] == 0, w
+    assert conn.execute("SELECT ttl FROM migrate.window_history").fetchone()[0].total_seconds() == 3601
+    [ext] = w["extensions"]
+    assert (ext["by"], ext["reason"], ext["extra"]) == ("postgres", "billing pods drain slowly", "01:00:00"), ext
+    payloads = [json.loads(n.payload) for n in conn.notifies(timeout=1, stop_after=1)]
+    assert payloads[0]["version"] == "43" and payloads[0]["reason"] == "billing pods drain slowly", payloads
+    assert "pg_migrate: the expand window of version 43 was extended to" in cluster.log_since(mark)
+    # No longer expired: another window opens; a second extension is recorded after the first.
+    conn.execute("SELECT migrate.expand('44', 'ALTER TABLE other RENAME COLUMN v TO value')")
+    conn.execute("SELECT migrate.extend('43', '1 day', 'holiday freeze')")
+    assert [e["reason"] for e in window(conn, "43")["extensions"]] == ["billing pods drain slowly", "holiday freeze"]
+    conn.execute("SELECT migrate.contract('43')")
+    f = failure(conn, "SELECT migrate.extend('43', '1 hour', 'drain')")
+    assert f.sqlstate == "55000" and "already been contracted" in f.message, f
+
+
+def test_windows_show_the_sessions_still_connected_by_the_version_they_wrote_as(cluster, db, conn):
+    make_orders(conn, 1000)
+    conn.execute("SELECT * FROM migrate.expand('43', %s)", (DDL,))
+    conn.execute("CALL migrate.wait('43')")
+    assert (window(conn, "43")["old_sessions"], window(conn, "43")["new_sessions"]) == (0, 0)
+    old = cluster.connect(db)
+    gone = cluster.connect(db)
+    new = cluster.connect(db, options=NEW_PATH)
+    pooled = cluster.connect(db)
+    reader = cluster.connect(db)
+    pid = lambda c: c.execute("SELECT pg_backend_pid()").fetchone()[0]
+    old.execute("UPDATE orders SET amount = 5 WHERE id = 1")
+    old.execute("UPDATE orders SET amount = 6 WHERE id = 1")
+    gone.execute("INSERT INTO orders (id, amount) VALUES (100001, 1)")
+    new.execute("UPDATE orders SET status = 'x' WHERE id = 2")
+    with pooled.transaction():
+        pooled.execute("SET LOCAL migrate.client_version = '43'")
+        pooled.execute("INSERT INTO public_v43.orders (id, amount) VALUES (100002, 1)")
+    pooled.execute("UPDATE orders SET amount = 7 WHERE id = 3")
+    reader.execute("SELECT count(*) FROM orders")
+    gone_pid = pid(gone)
+    gone.close()
+    wait_until(lambda: conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
+                                    (gone_pid,)).fetchone() == (0,), timeout=10)
+    rows = conn.execute("SELECT pid, side, writes FROM migrate.window_sessions('43') ORDER BY side, pid").fetchall()
+    assert sorted(rows) == sorted([(pid(old), "old", 2), (pid(pooled), "old", 1),
+                                   (pid(new), "new", 1), (pid(pooled), "new", 1)]), rows
+    w = window(conn, "43")
+    assert (w["old_sessions"], w["new_sessions"]) == (2, 2), w
+    # Everyone may see them, as pg_stat_activity shows pids to everyone.
+    conn.execute("CREATE ROLE window_no_sessions LOGIN")
+    with cluster.connect(db, user="window_no_sessions") as nobody:
+        assert nobody.execute("SELECT old_sessions FROM migrate.windows").fetchone() == (2,)
+    # Contract goes on, saying who still wrote as the old version.
+    notices = []
+    conn.add_notice_handler(lambda d: notices.append((d.severity, d.message_primary, d.message_detail or "")))
+    pooled.close()
+    wait_until(lambda: len(conn.execute("SELECT 1 FROM migrate.window_sessions('43') WHERE side = 'old'")
+                            .fetchall()) == 1, timeout=10)
+    conn.execute("SELECT * FROM migrate.contract('43')")
+    warned = [n for n in notices if n[0] == "WARNING" and "wrote as the old version" in n[1]]
+    assert warned and warned[0][1].startswith("pg_migrate: 1 sessions still connected") \
+        and str(pid(old)) in warned[0][2], notices
+    w = window(conn, "43")
+    assert (w["state"], w["old_sessions"], w["new_sessions"]) == ("contracted", 0, 0), w
+    for c in (old, new, reader):
+        c.close()
+
+
 def test_a_writer_cannot_make_the_bridge_run_its_code(cluster, db, conn):
     """The bridge runs as the writer, as the writer's own assignment would, and names nothing
     a search path resolves: an operator a writer planted ahead of pg_catalog is never
@@ -536,8 +630,8 @@ def test_a_window_alerts_at_half_nine_tenths_and_the_end_of_its_time(cluster, db
     got = []
     for n in conn.notifies(timeout=40, stop_after=3):
         got.append((round(time.monotonic() - opened, 1), n.payload))
-    assert [p for _, p in got] == ['{"version": "43", "alert": 50}', '{"version": "43", "alert": 90}',
-                                   '{"version": "43", "alert": 100}'], got
+    assert [json.loads(p) for _, p in got] == [{"version": "43", "alert": 50}, {"version": "43", "alert": 90},
+                                               {"version": "43", "alert": 100}], got
     # On time, give or take the launcher's second and a worker's start.
     assert 7.5 <= got[0][0] <= 10 and 13.5 <= got[1][0] < 15 <= got[2][0] <= 17.5, got
     assert window(conn, "43")["alerts_sent"] == 100
@@ -1034,7 +1128,7 @@ def test_an_expired_window_is_contracted_once_the_old_version_stops_writing(clus
         "SELECT count(*) FROM pg_attribute WHERE attrelid = 'orders'::regclass "
         "AND attname = '_deprecated_43_legacy_note'").fetchone() == (1,)
     payloads = [n.payload for n in conn.notifies(timeout=1, stop_after=10)]
-    assert '{"version": "43", "on_expiry": "contract"}' in payloads, payloads
+    assert {"version": "43", "on_expiry": "contract"} in [json.loads(p) for p in payloads], payloads
 
 
 def test_an_expired_window_is_aborted_only_if_the_new_version_never_wrote(cluster, db, conn):

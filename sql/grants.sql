@@ -81,8 +81,10 @@ GRANT EXECUTE ON FUNCTION
     migrate.abort(text),
     -- Evaluated in the WHEN clause of every bridged write, whoever the writer.
     migrate.writes_version(text, text),
+    migrate.extend(text, interval, text),
     -- Behind migrate.windows.
-    migrate.window_writes(text)
+    migrate.window_writes(text),
+    migrate.window_sessions(text)
 TO PUBLIC;
 -- Windows count their writes with it; creating the trigger needs EXECUTE.
 GRANT EXECUTE ON FUNCTION migrate.count_window_write() TO migrate_admin;

@@ -296,6 +296,8 @@ CREATE TABLE migrate.window_history (
     -- After a failed drop: how many, and not before when the worker tries again.
     deprecated_attempts integer NOT NULL DEFAULT 0,
     deprecated_retry_at timestamptz,
+    -- [{"at", "by", "extra", "reason", "expires_at"}, ...]: each migrate.extend, in order.
+    extensions       jsonb NOT NULL DEFAULT '[]',
     ended            text CHECK (ended IN ('contracted', 'aborted')),
     ended_at         timestamptz,
     ended_by         name,
@@ -314,6 +316,11 @@ RETURNS TABLE ("old_writes" bigint, "new_writes" bigint,
                "old_writes_last_minute" bigint, "new_writes_last_minute" bigint)
 STRICT STABLE PARALLEL SAFE
 LANGUAGE c AS 'MODULE_PATHNAME', 'window_writes_wrapper';
+CREATE FUNCTION migrate.window_sessions("version" text)
+RETURNS TABLE ("pid" integer, "side" text, "writes" bigint,
+               "last_write" timestamp with time zone)
+STRICT VOLATILE PARALLEL SAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'window_sessions_wrapper';
 CREATE FUNCTION migrate.count_window_write() RETURNS trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'count_window_write_wrapper';
 CREATE VIEW migrate.windows AS
@@ -332,12 +339,15 @@ SELECT w.version,
        w.ended IS NULL AND now() > w.expires_at AS expired,
        w.alerts_sent,
        w.on_expiry,
+       w.extensions,
        w.old_writes + coalesce(c.old_writes, 0) AS old_writes,
        w.new_writes + coalesce(c.new_writes, 0) AS new_writes,
        coalesce(c.old_writes_last_minute, 0) AS old_writes_last_minute,
        coalesce(c.new_writes_last_minute, 0) AS new_writes_last_minute,
        greatest(w.old_last_write, c.old_last_write) AS old_last_write,
        greatest(w.new_last_write, c.new_last_write) AS new_last_write,
+       coalesce(n.old_sessions, 0) AS old_sessions,
+       coalesce(n.new_sessions, 0) AS new_sessions,
        w.ended_at,
        w.ended_by,
        w.deprecated_dropped_at,
@@ -349,7 +359,11 @@ LEFT JOIN LATERAL (
            round(avg(p.percent), 1) AS percent
     FROM migrate.steps s JOIN migrate.backfill_progress p ON p.job = s.backfill_id
     WHERE s.version = w.version) b ON true
-LEFT JOIN LATERAL migrate.window_writes(w.version) c ON w.ended IS NULL;
+LEFT JOIN LATERAL migrate.window_writes(w.version) c ON w.ended IS NULL
+LEFT JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE s.side = 'old') AS old_sessions,
+           count(*) FILTER (WHERE s.side = 'new') AS new_sessions
+    FROM migrate.window_sessions(w.version) s) n ON w.ended IS NULL;
 
 CREATE FUNCTION migrate.expand(
     "version" text, "script" text, "ttl" interval DEFAULT NULL, "description" text DEFAULT NULL,
@@ -365,6 +379,10 @@ CREATE FUNCTION migrate.abort("version" text)
 RETURNS TABLE ("step" integer, "stage" text, "statement" text, "lock" text)
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c AS 'MODULE_PATHNAME', 'abort_wrapper';
+CREATE FUNCTION migrate.extend("version" text, "extra" interval, "reason" text)
+RETURNS timestamp with time zone
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'extend_wrapper';
 CREATE FUNCTION migrate.writes_version("version" text, "schema" text) RETURNS boolean
 STRICT STABLE PARALLEL SAFE
 LANGUAGE c AS 'MODULE_PATHNAME', 'writes_version_wrapper';
@@ -373,10 +391,12 @@ GRANT SELECT ON migrate.windows TO PUBLIC;
 REVOKE EXECUTE ON FUNCTION
     migrate.expand(text, text, interval, text, boolean, text), migrate.contract(text),
     migrate.abort(text), migrate.writes_version(text, text), migrate.window_writes(text),
+    migrate.window_sessions(text), migrate.extend(text, interval, text),
     migrate.count_window_write()
 FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
     migrate.expand(text, text, interval, text, boolean, text), migrate.contract(text),
-    migrate.abort(text), migrate.writes_version(text, text), migrate.window_writes(text)
+    migrate.abort(text), migrate.writes_version(text, text), migrate.window_writes(text),
+    migrate.window_sessions(text), migrate.extend(text, interval, text)
 TO PUBLIC;
 GRANT EXECUTE ON FUNCTION migrate.count_window_write() TO migrate_admin;

@@ -45,6 +45,8 @@ CREATE TABLE migrate.window_history (
     -- After a failed drop: how many, and not before when the worker tries again.
     deprecated_attempts integer NOT NULL DEFAULT 0,
     deprecated_retry_at timestamptz,
+    -- [{"at", "by", "extra", "reason", "expires_at"}, ...]: each migrate.extend, in order.
+    extensions       jsonb NOT NULL DEFAULT '[]',
     ended            text CHECK (ended IN ('contracted', 'aborted')),
     ended_at         timestamptz,
     ended_by         name,
@@ -73,12 +75,15 @@ SELECT w.version,
        w.ended IS NULL AND now() > w.expires_at AS expired,
        w.alerts_sent,
        w.on_expiry,
+       w.extensions,
        w.old_writes + coalesce(c.old_writes, 0) AS old_writes,
        w.new_writes + coalesce(c.new_writes, 0) AS new_writes,
        coalesce(c.old_writes_last_minute, 0) AS old_writes_last_minute,
        coalesce(c.new_writes_last_minute, 0) AS new_writes_last_minute,
        greatest(w.old_last_write, c.old_last_write) AS old_last_write,
        greatest(w.new_last_write, c.new_last_write) AS new_last_write,
+       coalesce(n.old_sessions, 0) AS old_sessions,
+       coalesce(n.new_sessions, 0) AS new_sessions,
        w.ended_at,
        w.ended_by,
        w.deprecated_dropped_at,
@@ -90,4 +95,8 @@ LEFT JOIN LATERAL (
            round(avg(p.percent), 1) AS percent
     FROM migrate.steps s JOIN migrate.backfill_progress p ON p.job = s.backfill_id
     WHERE s.version = w.version) b ON true
-LEFT JOIN LATERAL migrate.window_writes(w.version) c ON w.ended IS NULL;
+LEFT JOIN LATERAL migrate.window_writes(w.version) c ON w.ended IS NULL
+LEFT JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE s.side = 'old') AS old_sessions,
+           count(*) FILTER (WHERE s.side = 'new') AS new_sessions
+    FROM migrate.window_sessions(w.version) s) n ON w.ended IS NULL;

@@ -77,7 +77,13 @@ pgrx::extension_sql_file!(
 pgrx::extension_sql_file!(
     "../sql/window.sql",
     name = "window",
-    requires = ["history", "worker", "backfill", window::window_writes]
+    requires = [
+        "history",
+        "worker",
+        "backfill",
+        window::window_writes,
+        window::window_sessions
+    ]
 );
 pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 

@@ -353,11 +353,11 @@ CREATE TABLE b (
             Some(
                 "abort all_objects apply assert_safe backfill baseline cancel cancel changes \
                  contract current_version describe describe_objects describe_table_objects \
-                 described_relations description_of diff dry_run expand \
+                 described_relations description_of diff dry_run expand extend \
                  fingerprint fingerprint_of hash_sum lint object_hash pause \
                  record_schema recorded_schema resume retry rule_catalog schema_is_described \
                  validate verify \
-                 version_key wait window_writes writes_version"
+                 version_key wait window_sessions window_writes writes_version"
             )
         );
         assert_eq!(

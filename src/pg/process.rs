@@ -15,6 +15,13 @@ pub fn pid() -> i32 {
     unsafe { pg_sys::MyProcPid }
 }
 
+/// Whether a backend with this pid is connected (a pid the system gave again to a later
+/// backend reads as the same session).
+pub fn is_connected(pid: i32) -> bool {
+    // SAFETY: looks the pid up in the process array under its lock; the PGPROC is not kept.
+    !unsafe { pg_sys::BackendPidGetProc(pid) }.is_null()
+}
+
 /// The server's system identifier: what pg_control_system() reports, the same on a
 /// physical copy (a standby, a restored base backup), another after initdb.
 pub fn system_identifier() -> i64 {

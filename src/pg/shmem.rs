@@ -99,9 +99,33 @@ struct Counted {
     sides: [Side; 2],
 }
 
+/// Sessions remembered at once, over every database, as having written to a window's
+/// tables; when all are taken, the one that wrote longest ago gives its place up.
+pub const MAX_SESSIONS: usize = 4096;
+
+/// What one session wrote to one window's tables, by side.
+#[derive(Clone, Copy, Default)]
+struct SessionWrites {
+    /// 0: free.
+    pid: i32,
+    database: u32,
+    key: u64,
+    /// Write statements by the old version, then the new one.
+    writes: [u64; 2],
+    /// TimestampTz of the last of each; 0: none.
+    last: [i64; 2],
+}
+
+impl SessionWrites {
+    fn latest(&self) -> i64 {
+        self.last[0].max(self.last[1])
+    }
+}
+
 #[derive(Clone, Copy)]
 pub struct Writes {
     windows: [Counted; MAX_COUNTED_WINDOWS],
+    sessions: [SessionWrites; MAX_SESSIONS],
     /// When the counters started (TimestampTz): the server's start, or its restart after a
     /// crash, which clears them.
     since: i64,
@@ -113,6 +137,7 @@ impl Default for Writes {
     fn default() -> Self {
         Writes {
             windows: [Counted::default(); MAX_COUNTED_WINDOWS],
+            sessions: [SessionWrites::default(); MAX_SESSIONS],
             // SAFETY: reads the clock (shared memory is set up as the server starts).
             since: unsafe { pg_sys::GetCurrentTimestamp() },
             dropped: false,
@@ -168,6 +193,88 @@ pub fn count_write(database: pg_sys::Oid, key: u64, new: bool) {
         side.buckets[bucket] = 0;
     }
     side.buckets[bucket] += 1;
+    let pid = crate::pg::process::pid();
+    let index = session_slot(&shared.sessions, pid, database, key);
+    let session = &mut shared.sessions[index];
+    if session.pid != pid || session.database != database || session.key != key {
+        *session = SessionWrites {
+            pid,
+            database,
+            key,
+            ..SessionWrites::default()
+        };
+    }
+    session.writes[usize::from(new)] += 1;
+    session.last[usize::from(new)] = now;
+}
+
+thread_local! {
+    /// Where this session's writes to the window it wrote to last are kept, so that a write
+    /// finds its place without a search (checked: another session may have taken it).
+    static SESSION_SLOT: std::cell::Cell<(u64, usize)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// The place of this session's writes to `database`'s window `key`: the one it had, a free
+/// one, or else the one whose session wrote longest ago.
+fn session_slot(sessions: &[SessionWrites], pid: i32, database: u32, key: u64) -> usize {
+    let is_ours = |s: &SessionWrites| s.pid == pid && s.database == database && s.key == key;
+    let (cached_key, cached) = SESSION_SLOT.get();
+    if cached_key == key && sessions.get(cached).is_some_and(is_ours) {
+        return cached;
+    }
+    let index = sessions
+        .iter()
+        .position(is_ours)
+        .or_else(|| sessions.iter().position(|s| s.pid == 0))
+        .unwrap_or_else(|| {
+            (0..sessions.len())
+                .min_by_key(|&i| sessions[i].latest())
+                .unwrap_or(0)
+        });
+    SESSION_SLOT.set((key, index));
+    index
+}
+
+/// One session's writes to a window by one side, as [`window_sessions`] reads them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SessionSide {
+    pub pid: i32,
+    pub new: bool,
+    pub writes: u64,
+    /// TimestampTz.
+    pub last: i64,
+}
+
+/// The sessions still connected that wrote to `database`'s window `key`, one entry per side
+/// each wrote as.
+pub fn window_sessions(database: pg_sys::Oid, key: u64) -> Vec<SessionSide> {
+    if !available() {
+        return Vec::new();
+    }
+    let database = u32::from(database);
+    let found: Vec<SessionWrites> = WRITES
+        .share()
+        .sessions
+        .iter()
+        .filter(|s| s.pid != 0 && s.database == database && s.key == key)
+        .copied()
+        .collect();
+    // Outside the lock: whether each is still connected takes the process array's.
+    found
+        .into_iter()
+        .filter(|s| crate::pg::process::is_connected(s.pid))
+        .flat_map(|s| {
+            [false, true].into_iter().filter_map(move |new| {
+                let side = usize::from(new);
+                (s.writes[side] > 0).then_some(SessionSide {
+                    pid: s.pid,
+                    new,
+                    writes: s.writes[side],
+                    last: s.last[side],
+                })
+            })
+        })
+        .collect()
 }
 
 /// The old and the new version's writes to `database`'s window `key`; with `take`, the
@@ -236,9 +343,15 @@ pub fn keep_windows(database: pg_sys::Oid, open: &[u64]) {
         return;
     }
     let database = u32::from(database);
-    for window in WRITES.exclusive().windows.iter_mut() {
+    let mut shared = WRITES.exclusive();
+    for window in shared.windows.iter_mut() {
         if window.database == database && !open.contains(&window.key) {
             *window = Counted::default();
+        }
+    }
+    for session in shared.sessions.iter_mut() {
+        if session.database == database && !open.contains(&session.key) {
+            *session = SessionWrites::default();
         }
     }
 }
@@ -305,11 +418,18 @@ pub fn take_overflow() -> bool {
 /// The database no longer exists or accepts connections: its slot is freed, and its
 /// windows' counters.
 pub fn forget(database: u32) {
-    for window in WRITES.exclusive().windows.iter_mut() {
+    let mut writes = WRITES.exclusive();
+    for window in writes.windows.iter_mut() {
         if window.database == database {
             *window = Counted::default();
         }
     }
+    for session in writes.sessions.iter_mut() {
+        if session.database == database {
+            *session = SessionWrites::default();
+        }
+    }
+    drop(writes);
     if let Some(slot) = STATE
         .exclusive()
         .slots

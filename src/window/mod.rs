@@ -311,6 +311,35 @@ fn window_writes(
     ))
 }
 
+/// The sessions still connected that wrote to a window's tables, one row per version each
+/// wrote as: which clients of the old version are left (see `pg_stat_activity` by pid for
+/// who they are). Sessions that only read, or have not written since the server started,
+/// are not known.
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile, parallel_safe)]
+fn window_sessions(
+    version: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(pid, i32),
+        name!(side, String),
+        name!(writes, i64),
+        name!(last_write, Option<TimestampWithTimeZone>),
+    ),
+> {
+    let database = crate::pg::process::database();
+    let sessions = crate::pg::shmem::window_sessions(database, window_key(version));
+    TableIterator::new(sessions.into_iter().map(|s| {
+        (
+            s.pid,
+            if s.new { "new" } else { "old" }.to_string(),
+            s.writes as i64,
+            TimestampWithTimeZone::try_from(s.last).ok(),
+        )
+    }))
+}
+
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_unsafe)]
 fn contract(
@@ -380,6 +409,7 @@ fn end(version: Option<&str>, how: WindowEnd) -> Vec<StepRow> {
             .or_raise();
         lock_bridged(&version, &window).or_raise();
         refuse_drift(&version, &window).or_raise();
+        warn_old_sessions(&version);
     }
     let steps: Vec<&EndStep> = match how {
         WindowEnd::Contracted => window.contract.iter().collect(),
@@ -444,6 +474,40 @@ fn end(version: Option<&str>, how: WindowEnd) -> Vec<StepRow> {
             )
         })
         .collect()
+}
+
+/// Contract goes on (the DBA knows the rollout), but says which sessions still connected
+/// wrote as the old version: after the swap their statements may fail.
+fn warn_old_sessions(version: &Version) {
+    let database = crate::pg::process::database();
+    let mut old: Vec<i32> =
+        crate::pg::shmem::window_sessions(database, window_key(version.as_str()))
+            .into_iter()
+            .filter(|s| !s.new)
+            .map(|s| s.pid)
+            .collect();
+    if old.is_empty() {
+        return;
+    }
+    old.sort_unstable();
+    let pids: Vec<String> = old.iter().map(i32::to_string).collect();
+    Problem::new(
+        PgSqlErrorCode::ERRCODE_WARNING,
+        format!(
+            "{} sessions still connected wrote as the old version of window {version}",
+            old.len()
+        ),
+        format!(
+            "Sessions {} wrote to its tables through the old schema; after contract, statements \
+             that use the old names or types fail.",
+            pids.join(", ")
+        ),
+        format!(
+            "See who they are: SELECT * FROM pg_stat_activity WHERE pid IN (SELECT pid FROM \
+             migrate.window_sessions('{version}') WHERE side = 'old')."
+        ),
+    )
+    .report(pgrx::PgLogLevel::WARNING);
 }
 
 /// Contract needs the window published (every phase done); abort needs the worker to have
@@ -703,7 +767,11 @@ fn refuse_expired() -> Result<(), Problem> {
             format!("the expand window of version {other} expired at {at}"),
             "Its dual-write bridges outlived their time-to-live; no new window opens until \
              it ends.",
-            format!("End it: SELECT migrate.contract('{other}') or migrate.abort('{other}')."),
+            format!(
+                "End it: SELECT migrate.contract('{other}') or migrate.abort('{other}'); or, \
+                 if its clients need longer, SELECT migrate.extend('{other}', '1 day', \
+                 'the reason')."
+            ),
         )),
         None => Ok(()),
     }
@@ -931,9 +999,7 @@ fn ttl_seconds(ttl: Option<Interval>) -> Result<i64, Problem> {
     let Some(ttl) = ttl else {
         return Ok(i64::from(crate::gucs::WINDOW_TTL_S.get()).min(max));
     };
-    let seconds = (i64::from(ttl.months()) * 30 * 86_400)
-        + (i64::from(ttl.days()) * 86_400)
-        + ttl.micros() / 1_000_000;
+    let seconds = ttl::interval_seconds(&ttl);
     if seconds <= 0 || seconds > max {
         return Err(Problem::new(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,

@@ -3,7 +3,8 @@
 //! as `NOTIFY migrate_window`, once (recorded in `alerts_sent`); then the worker asks to be
 //! woken at the next one, even if it exits meanwhile.
 
-use crate::errors::{OrBookkeeping, Problem};
+use crate::errors::{OrBookkeeping, OrRaise, Problem};
+use pgrx::prelude::*;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
 
 /// What the worker does once a window has expired.
@@ -58,6 +59,187 @@ pub fn policy_may_act(
     }
 }
 
+/// The seconds an interval stands for, a month counted as 30 days (as PostgreSQL's
+/// `extract(epoch FROM interval)` does).
+pub fn interval_seconds(interval: &Interval) -> i64 {
+    (i64::from(interval.months()) * 30 * 86_400)
+        + (i64::from(interval.days()) * 86_400)
+        + interval.micros() / 1_000_000
+}
+
+/// A window's time-to-live after `extra_s` more: the new ttl and the last alert to count as
+/// sent (the marks already behind it; the later ones alert again), given the seconds since
+/// it opened and the largest ttl allowed.
+pub fn extended(
+    ttl_s: i64,
+    extra_s: i64,
+    elapsed_s: f64,
+    max_s: i64,
+) -> Result<(i64, i32), Problem> {
+    let bad = |message: String, detail: String, hint: &str| {
+        Err(Problem::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            message,
+            detail,
+            hint,
+        ))
+    };
+    if extra_s <= 0 {
+        return bad(
+            "a window is extended by a positive interval".into(),
+            format!("{extra_s} s was given."),
+            "Give the time to add, e.g. '1 day'.",
+        );
+    }
+    let new_ttl = ttl_s.saturating_add(extra_s);
+    if new_ttl > max_s {
+        return bad(
+            format!(
+                "the window's time-to-live would be {new_ttl} s, over migrate.max_window_ttl \
+                 ({max_s} s)"
+            ),
+            format!("It is {ttl_s} s since the window opened; {extra_s} s more was asked."),
+            "Contract or abort the window; a superuser may raise migrate.max_window_ttl.",
+        );
+    }
+    if (new_ttl as f64) <= elapsed_s {
+        return bad(
+            "the window would still be expired".into(),
+            format!(
+                "It opened {elapsed_s:.0} s ago with a time-to-live of {ttl_s} s; {extra_s} s \
+                 more does not reach now."
+            ),
+            "Give a longer interval.",
+        );
+    }
+    let used = elapsed_s * 100.0 / new_ttl as f64;
+    Ok((new_ttl, mark_due(used, 0).unwrap_or(0)))
+}
+
+/// Gives an open window more time, with the reason recorded beside the others (in
+/// `migrate.window_history.extensions`), logged and sent as `NOTIFY migrate_window`. An
+/// expired window keeps new windows from opening until it ends or is extended.
+#[pg_extern(volatile, parallel_unsafe)]
+fn extend(
+    version: Option<&str>,
+    extra: Option<Interval>,
+    reason: Option<&str>,
+) -> Option<TimestampWithTimeZone> {
+    crate::pg::identity::require_admin("extend expand windows").or_raise();
+    let version = crate::migration::version::Version::parse(version).or_raise();
+    let reason = reason.map(str::trim).filter(|r| !r.is_empty()).unwrap_or_else(|| {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "a window is extended only with a reason",
+            "The reason is recorded with the extension, for whoever looks at the window next.",
+            format!("SELECT migrate.extend('{version}', '1 day', 'why the old clients need longer')."),
+        )
+        .raise()
+    });
+    let Some(extra) = extra else {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "a window is extended by a positive interval",
+            "The interval was NULL.",
+            "Give the time to add, e.g. '1 day'.",
+        )
+        .raise()
+    };
+    // The row locked: a concurrent extend, contract or abort waits for this one.
+    let row = crate::pg::spi::kept_as_owner(
+        "SELECT extract(epoch FROM ttl)::int8, \
+                    extract(epoch FROM clock_timestamp() - opened_at)::float8, ended \
+             FROM migrate.window_history WHERE version = $1 FOR UPDATE",
+        &[version.as_str().into()],
+        |row| {
+            row.map(|row| {
+                Ok((
+                    row.get::<i64>(1)?.unwrap_or(0),
+                    row.get::<f64>(2)?.unwrap_or(0.0),
+                    row.get::<String>(3)?,
+                ))
+            })
+            .transpose()
+        },
+    )
+    .or_bookkeeping("read migrate.window_history");
+    let Some((ttl_s, elapsed_s, ended)) = row else {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("version {version} has no expand window"),
+            "migrate.window_history has no row for it.",
+            "See migrate.windows for the windows there are.",
+        )
+        .raise()
+    };
+    if let Some(ended) = ended {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("the expand window of version {version} has already been {ended}"),
+            "Only an open window has a time-to-live.",
+            "Nothing is left to do for it.",
+        )
+        .raise();
+    }
+    let max_s = i64::from(crate::gucs::MAX_WINDOW_TTL_S.get());
+    let (new_ttl, alerts_sent) =
+        extended(ttl_s, interval_seconds(&extra), elapsed_s, max_s).or_raise();
+    let by = crate::pg::identity::current_user_name();
+    let expires_at = crate::pg::spi::kept_as_owner(
+        "UPDATE migrate.window_history \
+             SET ttl = make_interval(secs => $2), \
+                 expires_at = opened_at + make_interval(secs => $2), alerts_sent = $3, \
+                 extensions = extensions || jsonb_build_array(jsonb_build_object( \
+                   'at', clock_timestamp(), 'by', $4::text, \
+                   'extra', make_interval(secs => $2 - extract(epoch FROM ttl)::int8), \
+                   'reason', $5::text, \
+                   'expires_at', opened_at + make_interval(secs => $2))) \
+             WHERE version = $1 RETURNING expires_at",
+        &[
+            version.as_str().into(),
+            new_ttl.into(),
+            alerts_sent.into(),
+            by.as_str().into(),
+            reason.into(),
+        ],
+        |row| {
+            Ok(row
+                .map(|row| row.get::<TimestampWithTimeZone>(1))
+                .transpose()?
+                .flatten())
+        },
+    )
+    .or_bookkeeping("write migrate.window_history");
+    let until = expires_at.map(|t| t.to_string()).unwrap_or_default();
+    notify(
+        &serde_json::json!({"version": version.as_str(), "extended_to": until, "reason": reason}),
+    );
+    Problem::new(
+        PgSqlErrorCode::ERRCODE_WARNING,
+        format!("the expand window of version {version} was extended to {until} by {by}"),
+        format!("Reason: {reason}"),
+        format!("See migrate.windows; end it with migrate.contract('{version}') or migrate.abort('{version}')."),
+    )
+    .report(PgLogLevel::LOG);
+    // The worker keeps the alerts' times: it reads the new one once this commits.
+    crate::pg::shmem::wake_at_commit();
+    expires_at
+}
+
+/// Sends `payload` on the `migrate_window` channel, as the owner.
+fn notify(payload: &serde_json::Value) {
+    let payload = payload.to_string();
+    crate::pg::identity::as_owner(|| {
+        crate::pg::guc::pinned(|| {
+            pgrx::Spi::run_with_args(
+                "SELECT pg_catalog.pg_notify('migrate_window', $1)",
+                &[payload.as_str().into()],
+            )
+        })
+    })
+    .or_bookkeeping("notify migrate_window");
+}
+
 /// The marks, in percent of the time-to-live, at which a window alerts.
 pub const MARKS: [i32; 3] = [50, 90, 100];
 
@@ -101,7 +283,8 @@ pub fn alert(version: &str, mark: i32, expires_at: &str) -> (PgLogLevel, Problem
              while an expired one is open.",
             format!(
                 "Once no client of the old version is left: SELECT migrate.contract('{version}'); \
-                 or give up with SELECT migrate.abort('{version}')."
+                 give up with SELECT migrate.abort('{version}'); or give it more time with \
+                 SELECT migrate.extend('{version}', '1 day', 'the reason')."
             ),
         ),
     )
@@ -285,16 +468,7 @@ pub fn apply_policy(due: &Due) -> bool {
         .report(PgLogLevel::WARNING);
         return true;
     }
-    let payload = format!("{{\"version\": {version:?}, \"on_expiry\": {verb:?}}}");
-    crate::pg::identity::as_owner(|| {
-        crate::pg::guc::pinned(|| {
-            pgrx::Spi::run_with_args(
-                "SELECT pg_catalog.pg_notify('migrate_window', $1)",
-                &[payload.as_str().into()],
-            )
-        })
-    })
-    .or_bookkeeping("notify migrate_window");
+    notify(&serde_json::json!({"version": version, "on_expiry": verb}));
     Problem::new(
         PgSqlErrorCode::ERRCODE_WARNING,
         format!(
@@ -353,20 +527,12 @@ fn alert_due() -> i64 {
             continue;
         };
         let (level, problem) = alert(&version, mark, &expires_at);
-        let payload = format!("{{\"version\": {version:?}, \"alert\": {mark}}}");
-        crate::pg::identity::as_owner(|| {
-            crate::pg::guc::pinned(|| {
-                pgrx::Spi::run_with_args(
-                    "UPDATE migrate.window_history SET alerts_sent = $2 WHERE version = $1",
-                    &[version.as_str().into(), mark.into()],
-                )?;
-                pgrx::Spi::run_with_args(
-                    "SELECT pg_catalog.pg_notify('migrate_window', $1)",
-                    &[payload.as_str().into()],
-                )
-            })
-        })
-        .or_bookkeeping("record a window's alert");
+        crate::pg::spi::write_as_owner(
+            "migrate.window_history",
+            "UPDATE migrate.window_history SET alerts_sent = $2 WHERE version = $1",
+            &[version.as_str().into(), mark.into()],
+        );
+        notify(&serde_json::json!({"version": version, "alert": mark}));
         problem.report(level);
     }
     next_alert()
@@ -427,5 +593,36 @@ mod unit {
         assert!(p.hint.contains("migrate.contract('43')"));
         let (_, p) = alert("43", 100, "2026-12-05 10:00:00+00");
         assert!(p.message.contains("expired at 2026-12-05"));
+    }
+
+    #[test]
+    fn an_extension_is_positive_capped_and_alerts_again_only_ahead() {
+        // An hour's window, 50 minutes in (its 50% alert sent), a day more: 3.4% used.
+        assert_eq!(
+            extended(3_600, 86_400, 3_000.0, 30 * 86_400).unwrap(),
+            (90_000, 0)
+        );
+        // Expired 400 s ago and given 10 minutes: 4,000 of 4,200 s used, past 90%: only the
+        // expiry alerts again.
+        assert_eq!(
+            extended(3_600, 600, 4_000.0, 30 * 86_400).unwrap(),
+            (4_200, 90)
+        );
+        let p = extended(3_600, 0, 10.0, 86_400).unwrap_err();
+        assert!(p.message.contains("positive"));
+        let p = extended(3_600, 86_400, 10.0, 86_400).unwrap_err();
+        assert!(
+            p.message.contains("over migrate.max_window_ttl (86400 s)"),
+            "{}",
+            p.message
+        );
+        assert!(p.hint.contains("superuser may raise"));
+        // A window expired two hours ago, given one: still expired, so refused.
+        let p = extended(3_600, 3_600, 10_800.0, 86_400).unwrap_err();
+        assert!(p.message.contains("still be expired"));
+        assert_eq!(
+            interval_seconds(&Interval::new(1, 2, 3_000_000).unwrap()),
+            30 * 86_400 + 2 * 86_400 + 3
+        );
     }
 }
