@@ -68,8 +68,11 @@ class Client:
     with RETURNING, and COPY for the old version. It records the amount each key it owns
     should have, and every error."""
 
-    def __init__(self, cluster, db, side: str, first_key: int):
+    def __init__(self, cluster, db, side: str, first_key: int, version: str = "43",
+                 new_status: str = "status"):
         self.cluster, self.db, self.side = cluster, db, side
+        # The window's version, and what the new version calls the old status column.
+        self.version, self.new_status = version, new_status
         self.next_key = first_key
         self.expected: dict[int, int] = {}
         self.errors: list[tuple[float, str, str]] = []
@@ -82,11 +85,11 @@ class Client:
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def table(self) -> str:
-        return "public_v43.orders" if self.side == "pooled" else "orders"
+        return f"public_v{self.version}.orders" if self.side == "pooled" else "orders"
 
     def columns(self) -> tuple[str, str]:
         # The old version names the status column old_status; the new one, status.
-        return ("amount", "old_status") if self.side == "old" else ("amount", "status")
+        return ("amount", "old_status") if self.side == "old" else ("amount", self.new_status)
 
     def amount(self) -> int:
         # Within integer: during the window the old column takes back what the new one gets.
@@ -100,7 +103,7 @@ class Client:
         self.in_flight = key
         if self.side == "pooled":
             c.execute("BEGIN")
-            c.execute("SET LOCAL migrate.client_version = '43'")
+            c.execute(f"SET LOCAL migrate.client_version = '{self.version}'")
         if op < 0.35 or not self.expected:
             self.next_key += 1
             amount = self.amount()
@@ -146,7 +149,7 @@ class Client:
             c.execute("COMMIT")
 
     def run(self) -> None:
-        extra = {"options": NEW_PATH} if self.side == "new" else {}
+        extra = {"options": f"-csearch_path=public_v{self.version},public"} if self.side == "new" else {}
         while not self.stop.is_set():
             try:
                 with self.cluster.connect(self.db, **extra) as c:
@@ -186,6 +189,20 @@ class Client:
         self.thread.join(timeout=30)
 
 
+def assert_each_write_seen_by_both(conn, clients) -> None:
+    """What each client wrote (keys from 1,000,000 on, a million per client), read through
+    the table and through the new version's view: every row there, with its amount."""
+    view = f"public_v{clients[0].version}.orders"
+    seen_old = dict(conn.execute("SELECT id, amount FROM orders WHERE id >= 1000000").fetchall())
+    seen_new = dict(conn.execute(f"SELECT id, amount FROM {view} WHERE id >= 1000000").fetchall())
+    for client in clients:
+        assert len([k for k in seen_old if k // 1_000_000 == client.next_key // 1_000_000]) == len(
+            client.expected
+        ), client.side
+        for key, amount in client.expected.items():
+            assert seen_old.get(key) == amount and seen_new.get(key) == amount, (client.side, key)
+
+
 def test_three_client_versions_keep_working_from_expand_to_contract(cluster, db, conn):
     make_orders(conn, 200_000)
     conn.execute(f"ALTER DATABASE {db} SET migrate.backfill_max_batch_size = 2000")
@@ -205,16 +222,7 @@ def test_three_client_versions_keep_working_from_expand_to_contract(cluster, db,
     # Every write is visible, translated, on the other side, and the two columns agree.
     with old.writing, new.writing, pooled.writing:
         assert out_of_step(conn) == 0
-        seen_old = dict(conn.execute("SELECT id, amount FROM orders WHERE id >= 1000000").fetchall())
-        seen_new = dict(
-            conn.execute("SELECT id, amount FROM public_v43.orders WHERE id >= 1000000").fetchall()
-        )
-        for client in (old, new, pooled):
-            assert len([k for k in seen_old if k // 1_000_000 == client.next_key // 1_000_000]) == len(
-                client.expected
-            ), client.side
-            for key, amount in client.expected.items():
-                assert seen_old.get(key) == amount and seen_new.get(key) == amount, (client.side, key)
+        assert_each_write_seen_by_both(conn, (old, new, pooled))
     # A write by the new version to the value only its type holds is refused, not lost.
     with cluster.connect(db, options=NEW_PATH) as n:
         f = failure(n, "INSERT INTO orders (id, amount) VALUES (9999999, 5000000000)")
@@ -863,7 +871,7 @@ def test_constraints_are_validated_and_keys_built_apart_while_clients_write(clus
     conn.execute("UPDATE orders SET customer_id = id % 100 + 1, ref = id")
     conn.execute("RESET migrate.guard")
     conn.execute(f"ALTER DATABASE {db} SET migrate.backfill_max_batch_size = 5000")
-    old = Client(cluster, db, "old", 1_000_000).start()
+    old = Client(cluster, db, "old", 1_000_000, version="44").start()
     time.sleep(0.3)
     plan = conn.execute("SELECT stage, statement FROM migrate.expand('44', %s)", (CONSTRAINTS,)).fetchall()
     stages = [s for s, _ in plan]
@@ -895,12 +903,27 @@ def test_constraints_are_validated_and_keys_built_apart_while_clients_write(clus
         ("INSERT INTO orders (id, ref) VALUES (9000004, 1)", "23505"),
     ]:
         assert failure(conn, sql).sqlstate == state, sql
-    time.sleep(1)
+    # New pods, and pooled connections that declare the version per transaction, write
+    # beside the old ones under the new constraints; nothing is renamed, so each keeps
+    # working through contract.
+    new = Client(cluster, db, "new", 2_000_000, version="44", new_status="old_status").start()
+    pooled = Client(cluster, db, "pooled", 3_000_000, version="44", new_status="old_status").start()
+    time.sleep(2)
+    with old.writing, new.writing, pooled.writing:
+        assert_each_write_seen_by_both(conn, (old, new, pooled))
+    contract_started = time.monotonic()
     conn.execute("SELECT * FROM migrate.contract('44')")
-    time.sleep(0.3)
-    old.finish()
-    assert old.errors == [], old.errors[:3]
-    assert old.worst < LOCK_TIMEOUT_S + 1, old.worst
+    time.sleep(1)
+    for client in (old, new, pooled):
+        client.finish()
+        # Only what names the dropped view schema fails, after contract: a new pod's
+        # search path falls through to the table.
+        early = [e for e in client.errors if e[0] < contract_started or e[1] != "42P01"]
+        assert client.writes > 20 and early == [], (client.side, client.writes, early[:3])
+        assert client.side == "pooled" or client.errors == [], (client.side, client.errors[:3])
+        assert client.worst < LOCK_TIMEOUT_S + 1, (client.side, client.worst)
+    assert conn.execute("SELECT count(*) FROM orders WHERE id >= 1000000").fetchone()[0] == sum(
+        len(c.expected) for c in (old, new, pooled))
     got = constraints_of(conn)
     assert got["orders_ref_key"] == ("u", True)
     assert not [c for c in got if c.startswith("_migrate")], got
