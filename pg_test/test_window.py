@@ -417,6 +417,103 @@ def test_bad_input_is_refused_and_leaves_nothing(cluster, db, conn):
     assert "lower than the highest applied version" in f.message
 
 
+CENTS = "ALTER TABLE orders ALTER COLUMN amount TYPE bigint USING amount * 100"
+CENTS_BACK = '{"orders.amount": {"down": "(amount / 100)::integer"}}'
+
+
+def test_a_computed_change_converts_both_ways_with_the_openers_conversions(cluster, db, conn):
+    """Dollars to cents: USING gives the new value, options the conversion back (lossy). Both
+    run as the role that opened the window, whoever writes."""
+    make_orders(conn, 20_000)
+    conn.execute("ALTER TABLE orders ALTER COLUMN amount SET DEFAULT 5")
+    conn.execute("SELECT * FROM migrate.expand('43', %s, options => %s)", (CENTS, CENTS_BACK))
+    conn.execute("CALL migrate.wait('43')")
+    assert window(conn, "43")["state"] == "published"
+    assert conn.execute("SELECT amount, _migrate_43_amount FROM orders WHERE id = 7").fetchone() == (7, 700)
+    with cluster.connect(db, options=NEW_PATH) as new:
+        new.execute("INSERT INTO orders (id, amount) VALUES (100001, 12345)")
+        new.execute("UPDATE orders SET amount = 999 WHERE id = 8")
+    conn.execute("INSERT INTO orders (id, amount) VALUES (100002, 5)")
+    conn.execute("UPDATE orders SET amount = 6 WHERE id = 9")
+    # Leaving the column out, each version gets the default in its unit.
+    conn.execute("INSERT INTO orders (id) VALUES (100003)")
+    with cluster.connect(db, options=NEW_PATH) as new:
+        new.execute("INSERT INTO orders (id) VALUES (100004)")
+    got = {i: (a, c) for i, a, c in conn.execute(
+        "SELECT id, amount, _migrate_43_amount FROM orders WHERE id IN (8, 9, 100001, 100002, 100003, 100004)"
+    ).fetchall()}
+    assert got == {8: (9, 999), 9: (6, 600), 100001: (123, 12345), 100002: (5, 500), 100003: (5, 500),
+                   100004: (5, 500)}, got
+    # The new version reads and writes cents, through its view.
+    with cluster.connect(db, options=NEW_PATH) as new:
+        assert new.execute("SELECT amount FROM orders WHERE id = 100001").fetchone() == (12345,)
+    # A writer with no right to what the conversions call still writes: they run as the opener.
+    conn.execute("CREATE FUNCTION public.opener_only(bigint) RETURNS integer IMMUTABLE LANGUAGE sql "
+                 "AS $$ SELECT CASE WHEN current_user = 'postgres' THEN ($1 / 100)::integer END $$")
+    conn.execute("REVOKE ALL ON FUNCTION public.opener_only(bigint) FROM PUBLIC")
+    conn.execute("CREATE ROLE window_conv_writer LOGIN")
+    conn.execute("CREATE TABLE other (id int PRIMARY KEY, amount int)")
+    conn.execute("INSERT INTO other SELECT g, g FROM generate_series(1, 100) g")
+    conn.execute("GRANT SELECT, INSERT, UPDATE ON other TO window_conv_writer")
+    conn.execute("SELECT * FROM migrate.expand('44', 'ALTER TABLE other ALTER COLUMN amount TYPE bigint "
+                 "USING amount * 100', options => %s)",
+                 ('{"other.amount": {"down": "opener_only(amount)"}}',))
+    conn.execute("CALL migrate.wait('44')")
+    helper = conn.execute("SELECT pg_get_functiondef('public._migrate_44_other_amount_down(bigint)'"
+                          "::regprocedure)").fetchone()[0]
+    assert "SECURITY DEFINER" in helper and "public.opener_only($1)" in helper, helper
+    with cluster.connect(db, user="window_conv_writer", options="-csearch_path=public_v44,public") as w:
+        w.execute("INSERT INTO other (id, amount) VALUES (1000, 4200)")
+        f = failure(w, "SELECT public.opener_only(1)")
+        assert f.sqlstate == "42501", f
+    assert conn.execute("SELECT amount, _migrate_44_amount FROM other WHERE id = 1000").fetchone() == (42, 4200)
+    # Contract: the copies hold cents; the conversion functions are gone with the bridge.
+    conn.execute("SELECT * FROM migrate.contract('43')")
+    assert conn.execute("SELECT amount FROM orders WHERE id IN (8, 100001) ORDER BY id").fetchall() == [
+        (999,), (12345,)]
+    conn.execute("SELECT * FROM migrate.abort('44')")
+    assert conn.execute(
+        "SELECT proname FROM pg_proc WHERE proname ~ '^_migrate_4[34]_'").fetchall() == []
+    assert conn.execute("SELECT count(*) FROM migrate.drift()").fetchone()[0] == 0
+
+
+def test_conversions_back_that_cannot_be_trusted_are_refused_and_leave_nothing(cluster, db, conn):
+    make_orders(conn, 100)
+    cases = [
+        (CENTS, '{"orders.amount": {"down": "(amount + id)::integer"}}', "42703", 'column "id" does not exist'),
+        (CENTS, '{"orders.amount": {"down": "1 FROM pg_class"}}', "42601", "not one expression"),
+        (CENTS, '{"orders.amount": {"down": "1; DROP TABLE orders"}}', "42601", "not one expression"),
+        (CENTS, '{"orders.amount": {"down": "1$migrate$; DROP TABLE orders; --"}}', "42601", ""),
+        (CENTS, '{"orders.amount": {"down": "(SELECT 1)"}}', "0A000", "subquery"),
+        (CENTS, '{"orders.amount": {"down": "(random() * amount)::integer"}}', "0A000", "not immutable"),
+        (CENTS, '{"orders.amount": {"down": "amount::point"}}', "42846", "point"),
+        (CENTS, '{"orders.legacy_note": {"down": "1"}}', "22023", "does not change with a copy"),
+        (CENTS, '{"orders.amount": {"down": "1"}, "public.orders.amount": {"down": "2"}}', "22023",
+         "same column"),
+        (CENTS, '{"orders.amount": {"up": "1"}}', "22023", "not understood"),
+        (CENTS, '["orders.amount"]', "22023", "JSON object"),
+        (CENTS, None, "0A000", "computed by USING"),
+        ("ALTER TABLE orders ALTER COLUMN amount TYPE bigint USING amount * id",
+         '{"orders.amount": {"down": "amount::integer"}}', "0A000", "reads other columns"),
+    ]
+    for ddl, options, sqlstate, text in cases:
+        f = failure(conn, "SELECT migrate.expand('43', %s, options => %s)", (ddl, options))
+        assert f.sqlstate == sqlstate, (options, f)
+        assert f.message.startswith("pg_migrate:") and f.hint, (options, f)
+        assert text in f.message + (f.detail or "") + f.hint, (options, f)
+        assert leftovers(conn) == [], options
+    assert conn.execute("SELECT count(*) FROM orders").fetchone() == (100,)
+    # The hint of a computed change says how to give the conversion back.
+    f = failure(conn, "SELECT migrate.expand('43', %s)", (CENTS,))
+    assert """options => '{"orders.amount": {"down": "..."}}'""" in f.hint, f.hint
+    # Options are part of what the window is: the same script with other options is another.
+    conn.execute("SELECT migrate.expand('43', %s, options => %s)", (CENTS, CENTS_BACK))
+    f = failure(conn, "SELECT migrate.expand('43', %s, options => %s)",
+                (CENTS, '{"orders.amount": {"down": "(amount / 10)::integer"}}'))
+    assert f.sqlstate == "42710", f
+    conn.execute("SELECT migrate.expand('43', %s, options => %s)", (CENTS, CENTS_BACK))
+
+
 def test_windows_on_other_tables_open_together_and_one_on_the_same_table_waits(cluster, db, conn):
     make_orders(conn, 100)
     conn.execute("CREATE TABLE other (id int PRIMARY KEY, v int)")

@@ -76,7 +76,7 @@ GRANT EXECUTE ON FUNCTION
     migrate.pause(bigint),
     migrate.resume(bigint),
     migrate.cancel(bigint),
-    migrate.expand(text, text, interval, text, boolean, text),
+    migrate.expand(text, text, interval, text, boolean, text, jsonb),
     migrate.contract(text),
     migrate.abort(text),
     -- Evaluated in the WHEN clause of every bridged write, whoever the writer.

@@ -10,6 +10,8 @@ CREATE TABLE migrate.window_history (
     -- the same expand again is recognised.
     source           text NOT NULL,
     source_checksum  text NOT NULL,
+    -- migrate.expand's options (a type change's conversion back), part of the checksum.
+    options          jsonb,
     -- Qualified names of the tables changed, and the schemas of the new version's views.
     tables           text[] NOT NULL,
     schemas          text[] NOT NULL,

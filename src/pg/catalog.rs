@@ -106,6 +106,15 @@ impl Locked {
             Some(Locked { oid, rel })
         }
     }
+
+    /// The column's default as the executor would use it (its type's, for a domain), or
+    /// NULL when it has none.
+    ///
+    /// # Safety
+    /// `attnum` must be a column of the relation.
+    pub(super) unsafe fn column_default(&self, attnum: i16) -> *mut pg_sys::Node {
+        pg_sys::build_column_default(self.rel, attnum.into())
+    }
 }
 
 impl Drop for Locked {

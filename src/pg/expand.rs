@@ -39,6 +39,15 @@ pub enum Request {
         /// The new value is computed (a USING that is more than a cast of the column), so
         /// converting back is not a cast either.
         computed: bool,
+        /// For a computed value, the USING as a function of the column's old value, `$1`
+        /// (what the bridge's conversion function returns); None when it reads other columns.
+        up_param: Option<String>,
+        /// For a computed value, the copy's default: the USING applied to the column's
+        /// default (None when the column has none).
+        up_default: Option<String>,
+        /// The conversion back as a function of the new value, `$1`, when the caller gave
+        /// one (`options`); else the old type's assignment cast.
+        down_param: Option<String>,
         /// The conversion calls something not immutable (it depends on session settings).
         mutable: bool,
         /// The new type is a domain with constraints (adding a column of it rewrites the
@@ -274,10 +283,28 @@ unsafe fn type_change(
             )
         };
         let table_name = pg_sys::get_rel_name(relid);
+        let computed = !is_cast_of(source, attnum);
+        // The same USING over the old value alone, for the bridge: where it reads another
+        // column, there is none (the bridge converts one value).
+        let mut one = OneColumn {
+            name: column.to_string(),
+            typ,
+            typmod,
+            collation: coll,
+            value: std::ptr::null_mut(),
+        };
+        let up_param = (computed && !using.is_null())
+            .then(|| subxact::run(|| conversion(using, &one, target, target_mod).0).ok())
+            .flatten();
+        // And over its default, for the copy's: what an insert that leaves it out gets.
+        one.value = opened.column_default(attnum);
+        let up_default = (up_param.is_some() && !one.value.is_null())
+            .then(|| subxact::run(|| conversion(using, &one, target, target_mod).0).ok())
+            .flatten();
         (
             pg_sys::DomainHasConstraints(target),
             pg_sys::contain_mutable_functions(coerced),
-            !is_cast_of(source, attnum),
+            (computed, up_param, up_default),
             format_type(target, target_mod),
             deparse(source, pg_sys::deparse_context_for(table_name, relid)),
             down_assignable,
@@ -285,7 +312,14 @@ unsafe fn type_change(
     })
     .map_err(Unread::Failed)?;
     drop(opened);
-    let (constrained_domain, mutable, computed, new_type, up_plain, down_assignable) = analysed;
+    let (
+        constrained_domain,
+        mutable,
+        (computed, up_param, up_default),
+        new_type,
+        up_plain,
+        down_assignable,
+    ) = analysed;
     let rewrites = crate::pg::catalog::type_change_rewrites(
         relid,
         column,
@@ -300,9 +334,174 @@ unsafe fn type_change(
         rewrites,
         down_assignable,
         computed,
+        up_param,
+        up_default,
+        down_param: None,
         mutable,
         constrained_domain,
     })
+}
+
+/// The one column a conversion may name, and what it stands for: the parameter `$1`, or
+/// an analysed expression (`value`, when not NULL).
+struct OneColumn {
+    name: String,
+    typ: pg_sys::Oid,
+    typmod: i32,
+    collation: pg_sys::Oid,
+    value: *mut pg_sys::Node,
+}
+
+/// The parser's hook for column references while a conversion is analysed: the column's
+/// name is `$1`; any other name is left to the parser, which knows no relation and says
+/// the column does not exist.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn one_column_ref(
+    pstate: *mut pg_sys::ParseState,
+    cref: *mut pg_sys::ColumnRef,
+) -> *mut pg_sys::Node {
+    let one = (*pstate).p_ref_hook_state as *const OneColumn;
+    let fields = PgList::<pg_sys::Node>::from_pg((*cref).fields);
+    let named = fields.len() == 1
+        && fields
+            .get_ptr(0)
+            .is_some_and(|f| is_a(f, T::T_String) && crate::pg::nodes::str_val(f) == (*one).name);
+    if !named {
+        return std::ptr::null_mut();
+    }
+    if !(*one).value.is_null() {
+        return pg_sys::copyObjectImpl((*one).value.cast()).cast();
+    }
+    let mut param = pgrx::PgBox::<pg_sys::Param>::alloc_node(T::T_Param);
+    param.paramkind = pg_sys::ParamKind::PARAM_EXTERN;
+    param.paramid = 1;
+    param.paramtype = (*one).typ;
+    param.paramtypmod = (*one).typmod;
+    param.paramcollid = (*one).collation;
+    param.location = (*cref).location;
+    param.into_pg().cast()
+}
+
+/// `raw` (an expression's raw parse tree) analysed as a conversion of one value: `one`'s
+/// column name stands for the value (`$1`), no other column may be named, and the result is
+/// coerced by assignment to `target`. Analysed as ALTER COLUMN ... USING is (no subquery,
+/// aggregate or set-returning function); printed back with every name qualified. Returns
+/// the SQL and whether it calls anything not immutable. Raises on any error.
+unsafe fn conversion(
+    raw: *mut pg_sys::Node,
+    one: &OneColumn,
+    target: pg_sys::Oid,
+    target_mod: i32,
+) -> (String, bool) {
+    let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
+    (*pstate).p_pre_columnref_hook = Some(one_column_ref);
+    (*pstate).p_ref_hook_state = (one as *const OneColumn).cast_mut().cast();
+    let analysed = pg_sys::transformExpr(
+        pstate,
+        pg_sys::copyObjectImpl(raw.cast()).cast(),
+        pg_sys::ParseExprKind::EXPR_KIND_ALTER_COL_TRANSFORM,
+    );
+    pg_sys::assign_expr_collations(pstate, analysed);
+    let coerced = coerce_as_assignment(pstate, analysed, target, target_mod);
+    if coerced.is_null() {
+        pgrx::ereport!(
+            ERROR,
+            pgrx::PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+            format!(
+                "the conversion of column \"{}\" gives {}, which does not convert to {} by \
+                 assignment",
+                one.name,
+                format_type(pg_sys::exprType(analysed), pg_sys::exprTypmod(analysed)),
+                format_type(target, target_mod)
+            ),
+            "Cast the expression to the column's type."
+        );
+    }
+    (
+        deparse(coerced, std::ptr::null_mut()),
+        pg_sys::contain_mutable_functions(coerced),
+    )
+}
+
+/// The conversion back to the old type that the caller gave for `column` of `relid` (an
+/// expression naming the column for its new value), analysed: its SQL over `$1` and whether
+/// it calls anything not immutable.
+pub fn conversion_back(
+    relid: pg_sys::Oid,
+    column: &str,
+    new_type: &str,
+    expression: &str,
+) -> Result<(String, bool), Caught> {
+    let sql = CString::new(format!("SELECT {expression}")).unwrap_or_default();
+    let column_c = CString::new(column).unwrap_or_default();
+    let new_type_c = CString::new(new_type).unwrap_or_default();
+    subxact::run(|| unsafe {
+        let attnum = pg_sys::get_attnum(relid, column_c.as_ptr());
+        let (mut typ, mut typmod, mut coll) = (pg_sys::InvalidOid, 0, pg_sys::InvalidOid);
+        pg_sys::get_atttypetypmodcoll(relid, attnum, &mut typ, &mut typmod, &mut coll);
+        let (mut new_typ, mut new_typmod) = (pg_sys::InvalidOid, 0);
+        // PostgreSQL 16 replaced missing_ok by a soft-error context; NULL raises, as false did.
+        #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+        let raise = false;
+        #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
+        let raise = std::ptr::null_mut();
+        pg_sys::parseTypeString(new_type_c.as_ptr(), &mut new_typ, &mut new_typmod, raise);
+        // One SELECT of one expression, and nothing else: what follows the expression's
+        // end (a FROM, a second statement) is refused, not run.
+        let raw = single_expression(pg_sys::raw_parser(
+            sql.as_ptr(),
+            pg_sys::RawParseMode::RAW_PARSE_DEFAULT,
+        ));
+        let Some(raw) = raw else {
+            pgrx::ereport!(
+                ERROR,
+                pgrx::PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
+                format!("the conversion back of column \"{column}\" is not one expression"),
+                "Give an expression of the column's new value, such as (amount / 100)::integer."
+            );
+        };
+        let one = OneColumn {
+            name: column.to_string(),
+            typ: new_typ,
+            typmod: new_typmod,
+            collation: pg_sys::get_typcollation(new_typ),
+            value: std::ptr::null_mut(),
+        };
+        conversion(raw, &one, typ, typmod)
+    })
+}
+
+/// The expression of `SELECT <expression>` when the list holds that and nothing else.
+unsafe fn single_expression(list: *mut pg_sys::List) -> Option<*mut pg_sys::Node> {
+    let stmts = PgList::<pg_sys::RawStmt>::from_pg(list);
+    if stmts.len() != 1 {
+        return None;
+    }
+    let select = (*stmts.get_ptr(0)?).stmt;
+    if !is_a(select, T::T_SelectStmt) {
+        return None;
+    }
+    let s = select.cast::<pg_sys::SelectStmt>();
+    let plain = (*s).op == pg_sys::SetOperation::SETOP_NONE
+        && (*s).distinctClause.is_null()
+        && (*s).intoClause.is_null()
+        && (*s).fromClause.is_null()
+        && (*s).whereClause.is_null()
+        && (*s).groupClause.is_null()
+        && (*s).havingClause.is_null()
+        && (*s).windowClause.is_null()
+        && (*s).valuesLists.is_null()
+        && (*s).sortClause.is_null()
+        && (*s).limitOffset.is_null()
+        && (*s).limitCount.is_null()
+        && (*s).lockingClause.is_null()
+        && (*s).withClause.is_null();
+    let targets = PgList::<pg_sys::ResTarget>::from_pg((*s).targetList);
+    if !plain || targets.len() != 1 {
+        return None;
+    }
+    let target = targets.get_ptr(0)?;
+    (!(*target).val.is_null() && (*target).name.is_null()).then_some((*target).val)
 }
 
 /// Whether an analysed expression is column `attnum` itself, seen through casts.

@@ -4,6 +4,7 @@
 //! last); `migrate.contract` ends the window on the new shape, `migrate.abort` on the old one.
 
 pub mod facts;
+pub mod options;
 pub mod plan;
 pub mod ttl;
 
@@ -33,6 +34,7 @@ fn expand(
     description: default!(Option<&str>, "NULL"),
     dry_run: default!(bool, false),
     on_expiry: default!(&str, "'alert'"),
+    options: default!(Option<JsonB>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -49,6 +51,12 @@ fn expand(
     let source = require_script(script).or_raise();
     let ttl_s = ttl_seconds(ttl).or_raise();
     let on_expiry = ttl::OnExpiry::parse(on_expiry).or_raise();
+    let given = options
+        .as_ref()
+        .map(|o| options::parse(&o.0, split_name))
+        .transpose()
+        .or_raise()
+        .unwrap_or_default();
     let what = format!("expand window {version}");
     let trees = apply::parse_for_apply(&what, source).or_raise();
     let mut asked: Vec<(pg_sys::Oid, Vec<Request>)> = Vec::new();
@@ -95,7 +103,11 @@ fn expand(
     }
     // Under the applier lock, before the catalogs are read for the plan: a version that has
     // its window (or its migration) already says so, whatever the plan would find now.
-    let checksum = Checksums::of(source).normalized;
+    // The options shape the plan as the script does: the same window is the same both.
+    let checksum = match &options {
+        Some(o) => Checksums::of(&format!("{source}\n-- options: {}", o.0)).normalized,
+        None => Checksums::of(source).normalized,
+    };
     if !dry_run {
         lock_history();
         if let Some((recorded, ended)) = recorded_source(&version) {
@@ -130,7 +142,7 @@ fn expand(
             .raise();
         }
     }
-    let tables: Vec<(plan::Table, Vec<Request>)> = asked
+    let mut tables: Vec<(pg_sys::Oid, plan::Table, Vec<Request>)> = asked
         .into_iter()
         .filter_map(|(oid, requests)| {
             let relations: Vec<String> = requests
@@ -156,9 +168,12 @@ fn expand(
                 &relations,
                 &constraints,
             )?;
-            Some((table, requests))
+            Some((oid, table, requests))
         })
         .collect();
+    apply_options(&what, &given, &mut tables).or_raise();
+    let tables: Vec<(plan::Table, Vec<Request>)> =
+        tables.into_iter().map(|(_, t, r)| (t, r)).collect();
     let mut planned =
         plan::plan(version.as_str(), &tables, crate::pg::catalog::quote_ident).or_raise();
     // The plan was read from the catalogs as they are before any statement runs: one kept as
@@ -231,11 +246,110 @@ fn expand(
         source,
         &checksum,
         &planned,
-        (ttl_s, on_expiry),
+        (ttl_s, on_expiry, options.as_ref()),
     );
     // The worker keeps the window's time: it reads it once this transaction commits.
     crate::pg::shmem::wake_at_commit();
     TableIterator::new(rows)
+}
+
+/// An options key's identifiers, as PostgreSQL reads a qualified name.
+fn split_name(key: &str) -> Result<Vec<String>, Problem> {
+    crate::pg::spi::pinned_row("SELECT pg_catalog.parse_ident($1)", &[key.into()], |row| {
+        row.get::<Vec<String>>(1)
+    })
+    .ok()
+    .flatten()
+    .flatten()
+    .ok_or_else(|| {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("options key {key} is not a qualified name"),
+            "A key is table.column or schema.table.column, quoted as SQL quotes identifiers.",
+            "Write it as in SQL, e.g. \"Orders\".amount.",
+        )
+    })
+}
+
+/// Each column's options given to the change they are for: the conversion back of a type
+/// change that copies, analysed as the caller's (`$1` for the new value). An option for no
+/// such change, or two for one column, is refused.
+fn apply_options(
+    what: &str,
+    given: &[options::Given],
+    tables: &mut [(pg_sys::Oid, plan::Table, Vec<Request>)],
+) -> Result<(), Problem> {
+    let mut used = vec![false; given.len()];
+    for (oid, table, requests) in tables.iter_mut() {
+        for request in requests.iter_mut() {
+            let Request::ChangeType {
+                column,
+                new_type,
+                rewrites: true,
+                down_param,
+                ..
+            } = request
+            else {
+                continue;
+            };
+            let mut found = given
+                .iter()
+                .enumerate()
+                .filter(|(_, g)| g.names(&table.schema, &table.name, column));
+            let Some((i, g)) = found.next() else { continue };
+            if let Some((_, other)) = found.next() {
+                return Err(Problem::new(
+                    PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                    format!(
+                        "{what}: options {} and {} name the same column",
+                        g.key, other.key
+                    ),
+                    "Each column has one conversion back.",
+                    "Give the column's options once.",
+                ));
+            }
+            used[i] = true;
+            let (sql, mutable) = read::conversion_back(*oid, column, new_type, &g.options.down)
+                .map_err(|caught| {
+                    Problem::new(
+                        caught.code,
+                        format!(
+                            "{what}: the conversion back of {}: {}",
+                            g.key, caught.message
+                        ),
+                        "It is analysed as an expression of the column's new value, named as \
+                         the column, that gives the old type's value; it may name no other \
+                         column.",
+                        caught.hint.unwrap_or_else(|| {
+                            "Fix the expression, e.g. (amount / 100)::integer.".into()
+                        }),
+                    )
+                })?;
+            if mutable {
+                return Err(Problem::new(
+                    PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                    format!("{what}: the conversion back of {} is not immutable", g.key),
+                    "It calls something that depends on session settings or the database's \
+                     contents: writers would convert the same value differently.",
+                    "Use immutable functions and operators only.",
+                ));
+            }
+            *down_param = Some(sql);
+        }
+    }
+    match given.iter().zip(&used).find(|(_, used)| !**used) {
+        Some((g, _)) => Err(Problem::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!(
+                "{what}: options name {}, whose type the script does not change with a copy",
+                g.key
+            ),
+            "A conversion back is for a column the window copies to a new type (a change that \
+             rewrites the table); other changes need none.",
+            "Leave the key out, or check its table and column names.",
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The new version's side of a write, for the bridge triggers' WHEN clauses: a plain lookup
@@ -783,17 +897,18 @@ fn record(
     source: &str,
     checksum: &str,
     planned: &Plan,
-    (ttl_s, on_expiry): (i64, ttl::OnExpiry),
+    (ttl_s, on_expiry, options): (i64, ttl::OnExpiry, Option<&JsonB>),
 ) {
     let json = |steps: &[EndStep]| JsonB(serde_json::to_value(steps).unwrap_or_default());
+    let options = options.map(|o| JsonB(o.0.clone()));
     crate::pg::spi::write_as_owner(
         "migrate.window_history",
         "INSERT INTO migrate.window_history (version, description, source, source_checksum, \
            tables, schemas, contract_steps, abort_steps, ttl, opened_at, opened_by, expires_at, \
-           checks, objects, on_expiry, deprecated) \
+           checks, objects, on_expiry, deprecated, options) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, make_interval(secs => $9), \
                  clock_timestamp(), $10, clock_timestamp() + make_interval(secs => $9), \
-                 $11, $12, $13, $14)",
+                 $11, $12, $13, $14, $15)",
         &[
             version.as_str().into(),
             description.into(),
@@ -809,6 +924,7 @@ fn record(
             planned.objects.clone().into(),
             on_expiry.as_str().into(),
             JsonB(serde_json::to_value(&planned.deprecated).unwrap_or_default()).into(),
+            options.into(),
         ],
     );
 }

@@ -259,10 +259,71 @@ struct Copy<'a> {
     new_type: &'a str,
     up_plain: &'a str,
     check: Option<String>,
+    /// The conversion functions the bridge calls (qualified), for a computed USING and for
+    /// a conversion back the caller gave; else the bridge assigns (PostgreSQL's casts).
+    up_fn: Option<Conversion<'a>>,
+    down_fn: Option<Conversion<'a>>,
+    /// Its default, of the new type, when the column has one.
+    default: Option<String>,
+}
+
+/// A conversion the caller wrote, as the function the bridge calls: SQL over `$1`, run
+/// with the rights of the role that opened the window.
+struct Conversion<'a> {
+    function: String,
+    name: String,
+    sql: &'a str,
+}
+
+impl Copy<'_> {
+    /// The new value of `old` (an expression of the old type), as the bridge computes it.
+    fn up(&self, old: &str) -> String {
+        match &self.up_fn {
+            Some(c) => format!("{}({old})", c.function),
+            None => old.to_string(),
+        }
+    }
+
+    /// The old value of `new` (an expression of the new type).
+    fn down(&self, new: &str) -> String {
+        match &self.down_fn {
+            Some(c) => format!("{}({new})", c.function),
+            None => new.to_string(),
+        }
+    }
+}
+
+/// The function the bridge calls for a conversion the caller wrote (`sql`, over `$1`).
+fn conversion_of<'a>(
+    version: &str,
+    table: &Table,
+    column: &str,
+    way: &str,
+    sql: Option<&'a str>,
+    q: Quote,
+) -> Result<Option<Conversion<'a>>, Problem> {
+    sql.map(|sql| {
+        let name = long_name_refused(conversion_name(version, &table.name, column, way))?;
+        Ok(Conversion {
+            function: qualified(q, &table.schema, &name),
+            name,
+            sql,
+        })
+    })
+    .transpose()
+}
+
+/// The name of a window's conversion function of a column, `up` or `down`.
+pub fn conversion_name(version: &str, table: &str, column: &str, way: &str) -> String {
+    format!("_migrate_{}_{table}_{column}_{way}", version_tag(version))
 }
 
 /// The plan of `version` for `tables`, each with the changes asked of it, in order.
-pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result<Plan, Problem> {
+pub fn plan<'p>(
+    version: &str,
+    tables: &'p [(Table, Vec<Request>)],
+    q: Quote,
+) -> Result<Plan, Problem> {
     let mut plan = Plan::default();
     let mut publish: Vec<String> = Vec::new();
     // Validations first in the publication: consecutive, in one transaction of their own.
@@ -453,6 +514,9 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
                     rewrites,
                     down_assignable,
                     computed,
+                    up_param,
+                    up_default,
+                    down_param,
                     mutable,
                     constrained_domain,
                 } => {
@@ -539,7 +603,28 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
                             "Change the type to one of those, or move the sequence first.",
                         ));
                     }
-                    if *computed {
+                    let down_hint = format!(
+                        "Give the conversion back, an expression of the column's new value \
+                         under its name: migrate.expand(..., options => '{{\"{}.{}\": \
+                         {{\"down\": \"...\"}}}}'); or change the column with migrate.apply.",
+                        table.name, column.name
+                    );
+                    if *computed && up_param.is_none() {
+                        return Err(refused(
+                            format!(
+                                "migrate.expand cannot bridge column {} of {name}: USING \
+                                 {up_plain} reads other columns",
+                                column.name
+                            ),
+                            "The bridge converts each value the old version writes on its \
+                             own; a value computed from other columns would go stale when they \
+                             change."
+                                .into(),
+                            "Compute the new value from the column alone, or add the new \
+                             column (ADD COLUMN) and fill it with migrate.backfill yourself.",
+                        ));
+                    }
+                    if *computed && down_param.is_none() {
                         return Err(refused(
                             format!(
                                 "migrate.expand cannot bridge column {} of {name}: its new \
@@ -550,12 +635,10 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
                              back for the old one; for a USING that is more than a cast, that \
                              is not a cast back, and pg_migrate cannot derive it."
                                 .into(),
-                            "Add the new column with migrate.expand (ADD COLUMN), fill it with \
-                             migrate.backfill, and switch the application to it yourself; or \
-                             change the type with USING a plain cast.",
+                            &down_hint,
                         ));
                     }
-                    if !down_assignable {
+                    if !down_assignable && down_param.is_none() {
                         return Err(refused(
                             format!(
                                 "migrate.expand cannot bridge column {} of {name}: {new_type} \
@@ -565,10 +648,36 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
                             "During the window, what the new version writes is copied back \
                              to the old column by assignment, and there is no such cast."
                                 .into(),
-                            "Choose a type with an assignment cast back, or change the \
-                             column with migrate.apply.",
+                            &down_hint,
                         ));
                     }
+                    let convert = |way: &str, sql: Option<&'p str>| {
+                        conversion_of(version, table, &column.name, way, sql, q)
+                    };
+                    let up_fn = if *computed {
+                        convert("up", up_param.as_deref())?
+                    } else {
+                        None
+                    };
+                    let down_fn = convert("down", down_param.as_deref())?;
+                    // The copy's default: the old one converted as the old version's
+                    // values are.
+                    let default = match (&up_fn, &column.default_sql) {
+                        (_, None) => None,
+                        (None, Some(old)) => Some(format!("CAST(({old}) AS {new_type})")),
+                        (Some(_), Some(_)) => Some(up_default.clone().ok_or_else(|| {
+                            refused(
+                                format!(
+                                    "migrate.expand cannot give the copy of column {} of {name} \
+                                     a default",
+                                    column.name
+                                ),
+                                "Its USING could not be applied to the column's default.".into(),
+                                "Drop the column's default first, or change the type with \
+                                 migrate.apply.",
+                            )
+                        })?),
+                    };
                     let shadow = shadow_column(version, &column.name);
                     let check = column
                         .not_null
@@ -579,6 +688,9 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
                         new_type,
                         up_plain,
                         check,
+                        up_fn,
+                        down_fn,
+                        default,
                     });
                 }
                 Request::Rename { column, new_name } => {
@@ -865,6 +977,13 @@ pub fn plan(version: &str, tables: &[(Table, Vec<Request>)], q: Quote) -> Result
                 version_tag(version),
                 table.name
             ));
+            plan.objects.extend(
+                copies
+                    .iter()
+                    .flat_map(|c| [&c.up_fn, &c.down_fn])
+                    .flatten()
+                    .map(|c| c.name.clone()),
+            );
             let sets: Vec<String> = copies
                 .iter()
                 .map(|c| format!("{} = {}", q(&c.shadow), c.up_plain))
@@ -1250,15 +1369,12 @@ fn bridge(
             Stage::Expand,
             format!("ALTER TABLE {name} ADD COLUMN {shadow} {}", copy.new_type),
         ));
-        if let Some(default) = &copy.column.default_sql {
+        if let Some(default) = &copy.default {
             // Apart from ADD COLUMN, which would give every existing row the default: an
             // insert of the new version that leaves the column out gets the old default.
             out.push((
                 Stage::Expand,
-                format!(
-                    "ALTER TABLE {name} ALTER COLUMN {shadow} SET DEFAULT CAST(({default}) AS {})",
-                    copy.new_type
-                ),
+                format!("ALTER TABLE {name} ALTER COLUMN {shadow} SET DEFAULT {default}"),
             ));
         }
         if let Some(check) = &copy.check {
@@ -1273,6 +1389,31 @@ fn bridge(
             ));
         }
     }
+    // The conversions the caller wrote run as the role that opened the window (which wrote
+    // them), never as whoever writes the row, with only pg_catalog on the path (every other
+    // name in them is qualified); every writer's bridge calls them.
+    for copy in copies {
+        let ways = [
+            (&copy.up_fn, copy.column.type_sql.as_str(), copy.new_type),
+            (&copy.down_fn, copy.new_type, copy.column.type_sql.as_str()),
+        ];
+        for (conversion, from, to) in ways {
+            let Some(c) = conversion else { continue };
+            out.push((
+                Stage::Expand,
+                format!(
+                    "CREATE FUNCTION {}({from}) RETURNS {to} LANGUAGE sql IMMUTABLE \
+                     SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {}",
+                    c.function,
+                    dollar_quoted(&format!("SELECT {}", c.sql))
+                ),
+            ));
+            out.push((
+                Stage::Expand,
+                format!("GRANT EXECUTE ON FUNCTION {}({from}) TO PUBLIC", c.function),
+            ));
+        }
+    }
     let mut declare = String::new();
     let mut insert_new = String::new();
     let mut insert_old = String::new();
@@ -1281,13 +1422,17 @@ fn bridge(
         let shadow = q(&copy.shadow);
         let column = q(&copy.column.name);
         declare.push_str(&format!("    converted_{i} {};\n", copy.new_type));
-        insert_new.push_str(&format!("            NEW.{column} := NEW.{shadow};\n"));
-        insert_old.push_str(&format!("            NEW.{shadow} := NEW.{column};\n"));
+        let (up, down) = (
+            copy.up(&format!("NEW.{column}")),
+            copy.down(&format!("NEW.{shadow}")),
+        );
+        insert_new.push_str(&format!("            NEW.{column} := {down};\n"));
+        insert_old.push_str(&format!("            NEW.{shadow} := {up};\n"));
         let column_changed = differs(&format!("NEW.{column}"), &format!("OLD.{column}"));
         let shadow_changed = differs(&format!("NEW.{shadow}"), &format!("OLD.{shadow}"));
         let disagree = differs(&format!("converted_{i}"), &format!("NEW.{shadow}"));
         update.push_str(&format!(
-            "        converted_{i} := NEW.{column};\n        IF {column_changed} AND {shadow_changed} THEN\n            IF {disagree} THEN\n                RAISE EXCEPTION USING ERRCODE = '23000',\n                    MESSAGE = {},\n                    DETAIL = {},\n                    HINT = {};\n            END IF;\n        ELSIF {column_changed} THEN\n            NEW.{shadow} := converted_{i};\n        ELSIF {shadow_changed} THEN\n            IF {disagree} THEN\n                NEW.{column} := NEW.{shadow};\n            END IF;\n        ELSIF NEW.{shadow} IS NULL AND NEW.{column} IS NOT NULL THEN\n            NEW.{shadow} := converted_{i};\n        END IF;\n",
+            "        converted_{i} := {up};\n        IF {column_changed} AND {shadow_changed} THEN\n            IF {disagree} THEN\n                RAISE EXCEPTION USING ERRCODE = '23000',\n                    MESSAGE = {},\n                    DETAIL = {},\n                    HINT = {};\n            END IF;\n        ELSIF {column_changed} THEN\n            NEW.{shadow} := converted_{i};\n        ELSIF {shadow_changed} THEN\n            IF {disagree} THEN\n                NEW.{column} := {down};\n            END IF;\n        ELSIF NEW.{shadow} IS NULL AND NEW.{column} IS NOT NULL THEN\n            NEW.{shadow} := converted_{i};\n        END IF;\n",
             literal(&format!(
                 "pg_migrate: an UPDATE of {name} sets {} and {} to values that disagree",
                 copy.column.name, copy.shadow
@@ -1391,7 +1536,13 @@ fn out_of_step(copies: &[Copy], q: Quote) -> String {
                     &shadow,
                     &format!("CAST(({}) AS {})", c.up_plain, c.new_type)
                 ),
-                differs(&column, &format!("CAST({shadow} AS {})", c.column.type_sql))
+                differs(
+                    &column,
+                    &match &c.down_fn {
+                        Some(_) => c.down(&shadow),
+                        None => format!("CAST({shadow} AS {})", c.column.type_sql),
+                    }
+                )
             )
         })
         .collect::<Vec<_>>()
@@ -1421,6 +1572,20 @@ fn end_steps(
         for out in [&mut *contract, &mut *abort] {
             out.push(step(format!("DROP TRIGGER IF EXISTS {trigger} ON {name}")));
             out.push(step(format!("DROP FUNCTION IF EXISTS {function}()")));
+            for copy in copies {
+                let ways = [
+                    (&copy.up_fn, copy.column.type_sql.as_str()),
+                    (&copy.down_fn, copy.new_type),
+                ];
+                for (conversion, from) in ways {
+                    if let Some(c) = conversion {
+                        out.push(step(format!(
+                            "DROP FUNCTION IF EXISTS {}({from})",
+                            c.function
+                        )));
+                    }
+                }
+            }
         }
     }
     for copy in copies {
@@ -1602,9 +1767,100 @@ mod unit {
             rewrites: true,
             down_assignable: true,
             computed: false,
+            up_param: None,
+            up_default: None,
+            down_param: None,
             mutable: false,
             constrained_domain: false,
         }
+    }
+
+    /// amount to cents: computed by USING, with the conversion back given.
+    fn to_cents(down: Option<&str>) -> Request {
+        let mut r = to_bigint();
+        if let Request::ChangeType {
+            computed,
+            up_plain,
+            up_param,
+            up_default,
+            down_param,
+            ..
+        } = &mut r
+        {
+            *computed = true;
+            *up_plain = "(amount * 100)".into();
+            *up_param = Some("($1 * 100)::bigint".into());
+            *up_default = Some("((0 * 100))::bigint".into());
+            *down_param = down.map(str::to_string);
+        }
+        r
+    }
+
+    #[test]
+    fn a_computed_change_calls_the_openers_conversions_as_the_opener() {
+        let planned = plan(
+            "43",
+            &[(orders(), vec![to_cents(Some("($1 / 100)::integer"))])],
+            q,
+        )
+        .unwrap();
+        let expand = sql(&planned, Stage::Expand);
+        assert!(
+            expand.contains(
+                &"CREATE FUNCTION public._migrate_43_orders_amount_up(integer) RETURNS bigint \
+              LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp \
+              AS $migrate$SELECT ($1 * 100)::bigint$migrate$"
+            ),
+            "{expand:#?}"
+        );
+        assert!(expand.contains(
+            &"CREATE FUNCTION public._migrate_43_orders_amount_down(bigint) RETURNS integer \
+              LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp \
+              AS $migrate$SELECT ($1 / 100)::integer$migrate$"
+        ));
+        assert!(expand.contains(
+            &"GRANT EXECUTE ON FUNCTION public._migrate_43_orders_amount_down(bigint) TO PUBLIC"
+        ));
+        let bridge = expand
+            .iter()
+            .find(|s| s.contains("_bridge() RETURNS trigger"))
+            .unwrap();
+        assert!(bridge.contains(
+            "NEW._migrate_43_amount := public._migrate_43_orders_amount_up(NEW.amount);"
+        ));
+        assert!(bridge.contains(
+            "NEW.amount := public._migrate_43_orders_amount_down(NEW._migrate_43_amount);"
+        ));
+        assert!(bridge.contains("converted_0 := public._migrate_43_orders_amount_up(NEW.amount);"));
+        // The bridge itself still runs as the writer.
+        assert!(!bridge.contains("SECURITY DEFINER"));
+        // The backfill computes with the USING as written; the check accepts either side.
+        let backfill = sql(&planned, Stage::Backfill);
+        assert!(
+            backfill[0].contains("_migrate_43_amount = (amount * 100)"),
+            "{backfill:?}"
+        );
+        assert!(
+            planned.checks[0].out_of_step.contains(
+                "ROW(amount), ROW(public._migrate_43_orders_amount_down(_migrate_43_amount))"
+            ),
+            "{}",
+            planned.checks[0].out_of_step
+        );
+        for end in [&planned.contract, &planned.abort] {
+            for f in ["up(integer)", "down(bigint)"] {
+                let drop = format!("DROP FUNCTION IF EXISTS public._migrate_43_orders_amount_{f}");
+                assert!(end.iter().any(|s| s.sql == drop), "{drop}");
+            }
+        }
+        assert!(planned
+            .objects
+            .contains(&"_migrate_43_orders_amount_down".to_string()));
+        // A plain cast needs no function: the bridge assigns.
+        let plain = plan("43", &[(orders(), vec![to_bigint()])], q).unwrap();
+        assert!(!sql(&plain, Stage::Expand)
+            .iter()
+            .any(|s| s.contains("SECURITY DEFINER")));
     }
 
     /// The statements of one stage, but the write counters (asserted on their own).
@@ -2194,22 +2450,24 @@ mod unit {
             cascade: false,
         }]);
         assert_eq!(p.code, PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN);
-        let mut computed = to_bigint();
-        if let Request::ChangeType {
-            computed: c,
-            up_plain,
-            ..
-        } = &mut computed
-        {
-            *c = true;
-            *up_plain = "amount * 100".into();
-        }
-        let p = refuse(vec![computed]);
+        let p = refuse(vec![to_cents(None)]);
         assert!(
-            p.message.contains("computed by USING amount * 100"),
+            p.message.contains("computed by USING (amount * 100)"),
             "{}",
             p.message
         );
+        assert!(
+            p.hint
+                .contains(r#"options => '{"orders.amount": {"down": "..."}}'"#),
+            "{}",
+            p.hint
+        );
+        let mut other_columns = to_cents(Some("$1"));
+        if let Request::ChangeType { up_param, .. } = &mut other_columns {
+            *up_param = None;
+        }
+        let p = refuse(vec![other_columns]);
+        assert!(p.message.contains("reads other columns"), "{}", p.message);
         let p = refuse(vec![to_bigint(), to_bigint()]);
         assert!(p.message.contains("twice"), "{}", p.message);
         let p = refuse(vec![Request::Other("ADD CONSTRAINT".into())]);
