@@ -247,12 +247,7 @@ unsafe fn type_change(
         let source: *mut pg_sys::Node = if using.is_null() {
             pg_sys::makeVar(1, attnum, typ, typmod, coll, 0).cast()
         } else {
-            // A copy: transformExpr rewrites some raw nodes in place.
-            pg_sys::transformExpr(
-                pstate,
-                pg_sys::copyObjectImpl(using.cast()).cast(),
-                pg_sys::ParseExprKind::EXPR_KIND_ALTER_COL_TRANSFORM,
-            )
+            transform_using(pstate, using)
         };
         pg_sys::assign_expr_collations(pstate, source);
         let coerced = coerce_as_assignment(pstate, source, target, target_mod);
@@ -342,6 +337,19 @@ unsafe fn type_change(
     })
 }
 
+/// A raw expression analysed as ALTER COLUMN ... USING is (no subquery, aggregate, window or
+/// set-returning function), on a copy: transformExpr rewrites some raw nodes in place.
+unsafe fn transform_using(
+    pstate: *mut pg_sys::ParseState,
+    raw: *mut pg_sys::Node,
+) -> *mut pg_sys::Node {
+    pg_sys::transformExpr(
+        pstate,
+        pg_sys::copyObjectImpl(raw.cast()).cast(),
+        pg_sys::ParseExprKind::EXPR_KIND_ALTER_COL_TRANSFORM,
+    )
+}
+
 /// The one column a conversion may name, and what it stands for: the parameter `$1`, or
 /// an analysed expression (`value`, when not NULL).
 struct OneColumn {
@@ -396,11 +404,7 @@ unsafe fn conversion(
     let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
     (*pstate).p_pre_columnref_hook = Some(one_column_ref);
     (*pstate).p_ref_hook_state = (one as *const OneColumn).cast_mut().cast();
-    let analysed = pg_sys::transformExpr(
-        pstate,
-        pg_sys::copyObjectImpl(raw.cast()).cast(),
-        pg_sys::ParseExprKind::EXPR_KIND_ALTER_COL_TRANSFORM,
-    );
+    let analysed = transform_using(pstate, raw);
     pg_sys::assign_expr_collations(pstate, analysed);
     let coerced = coerce_as_assignment(pstate, analysed, target, target_mod);
     if coerced.is_null() {
