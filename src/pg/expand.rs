@@ -45,6 +45,8 @@ pub enum Request {
         /// For a computed value, the copy's default: the USING applied to the column's
         /// default (None when the column has none).
         up_default: Option<String>,
+        /// Code the computed value runs that a writer should not run (see `Converted`).
+        up_untrusted: Option<String>,
         /// The conversion back as a function of the new value, `$1`, when the caller gave
         /// one (`options`); else the old type's assignment cast.
         down_param: Option<String>,
@@ -288,18 +290,20 @@ unsafe fn type_change(
             collation: coll,
             value: std::ptr::null_mut(),
         };
-        let up_param = (computed && !using.is_null())
-            .then(|| subxact::run(|| conversion(using, &one, target, target_mod).0).ok())
+        let up_converted = (computed && !using.is_null())
+            .then(|| subxact::run(|| conversion(using, &one, target, target_mod)).ok())
             .flatten();
+        let up_untrusted = up_converted.as_ref().and_then(|c| c.untrusted.clone());
+        let up_param = up_converted.map(|c| c.sql);
         // And over its default, for the copy's: what an insert that leaves it out gets.
         one.value = opened.column_default(attnum);
         let up_default = (up_param.is_some() && !one.value.is_null())
-            .then(|| subxact::run(|| conversion(using, &one, target, target_mod).0).ok())
+            .then(|| subxact::run(|| conversion(using, &one, target, target_mod).sql).ok())
             .flatten();
         (
             pg_sys::DomainHasConstraints(target),
             pg_sys::contain_mutable_functions(coerced),
-            (computed, up_param, up_default),
+            (computed, up_param, up_default, up_untrusted),
             format_type(target, target_mod),
             deparse(source, pg_sys::deparse_context_for(table_name, relid)),
             down_assignable,
@@ -310,7 +314,7 @@ unsafe fn type_change(
     let (
         constrained_domain,
         mutable,
-        (computed, up_param, up_default),
+        (computed, up_param, up_default, up_untrusted),
         new_type,
         up_plain,
         down_assignable,
@@ -331,6 +335,7 @@ unsafe fn type_change(
         computed,
         up_param,
         up_default,
+        up_untrusted,
         down_param: None,
         mutable,
         constrained_domain,
@@ -400,7 +405,7 @@ unsafe fn conversion(
     one: &OneColumn,
     target: pg_sys::Oid,
     target_mod: i32,
-) -> (String, bool) {
+) -> Converted {
     let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
     (*pstate).p_pre_columnref_hook = Some(one_column_ref);
     (*pstate).p_ref_hook_state = (one as *const OneColumn).cast_mut().cast();
@@ -421,21 +426,120 @@ unsafe fn conversion(
             "Cast the expression to the column's type."
         );
     }
-    (
-        deparse(coerced, std::ptr::null_mut()),
-        pg_sys::contain_mutable_functions(coerced),
-    )
+    let mut trust = Trust {
+        // The column's own types: every writer of the column runs their checks anyway.
+        own_types: [one.typ, target],
+        found: None,
+    };
+    untrusted_node(coerced, (&mut trust as *mut Trust).cast());
+    Converted {
+        sql: deparse(coerced, std::ptr::null_mut()),
+        mutable: pg_sys::contain_mutable_functions(coerced),
+        untrusted: trust.found,
+    }
+}
+
+/// A conversion as SQL over `$1`, and what would make running it in a writer's session
+/// unsafe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Converted {
+    pub sql: String,
+    /// It calls something not immutable.
+    pub mutable: bool,
+    /// The first code it would run that no superuser owns (or that lives in a temporary
+    /// schema), described: a writer's session would run it with the writer's rights.
+    pub untrusted: Option<String>,
+}
+
+/// What a conversion runs, looked through for code a writer should not run for someone else.
+struct Trust {
+    own_types: [pg_sys::Oid; 2],
+    found: Option<String>,
+}
+
+/// Whether a role that owns an object may be trusted with every writer's rights: only a
+/// superuser may be, as it has them all anyway.
+unsafe fn untrusted_owner(owner: pg_sys::Oid, namespace: pg_sys::Oid) -> Option<String> {
+    if pg_sys::isAnyTempNamespace(namespace) {
+        Some("in a temporary schema".into())
+    } else if !pg_sys::superuser_arg(owner) {
+        Some(format!(
+            "owned by {}, not a superuser",
+            text(pg_sys::GetUserNameFromId(owner, true))
+        ))
+    } else {
+        None
+    }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn untrusted_function(
+    function: pg_sys::Oid,
+    context: *mut std::ffi::c_void,
+) -> bool {
+    let trust = &mut *context.cast::<Trust>();
+    let owner = crate::pg::describe::with_syscache(
+        pg_sys::SysCacheIdentifier::PROCOID as _,
+        function,
+        |tuple| {
+            let form = &*pg_sys::GETSTRUCT(tuple).cast::<pg_sys::FormData_pg_proc>();
+            (form.proowner, form.pronamespace)
+        },
+    );
+    let Some(why) = owner.and_then(|(owner, namespace)| untrusted_owner(owner, namespace)) else {
+        return false;
+    };
+    trust.found = Some(format!(
+        "function {}, {why}",
+        text(pg_sys::format_procedure_qualified(function))
+    ));
+    true
+}
+
+/// Walks an analysed expression for the functions it calls (operators', casts' and type
+/// input and output functions included) and the domains it coerces to (their checks).
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn untrusted_node(
+    node: *mut pg_sys::Node,
+    context: *mut std::ffi::c_void,
+) -> bool {
+    if node.is_null() {
+        return false;
+    }
+    if pg_sys::check_functions_in_node(node, Some(untrusted_function), context) {
+        return true;
+    }
+    if is_a(node, T::T_CoerceToDomain) {
+        let trust = &mut *context.cast::<Trust>();
+        let domain = (*node.cast::<pg_sys::CoerceToDomain>()).resulttype;
+        if !trust.own_types.contains(&domain) {
+            let owner = crate::pg::describe::with_syscache(
+                pg_sys::SysCacheIdentifier::TYPEOID as _,
+                domain,
+                |tuple| {
+                    let form = &*pg_sys::GETSTRUCT(tuple).cast::<pg_sys::FormData_pg_type>();
+                    (form.typowner, form.typnamespace)
+                },
+            );
+            if let Some(why) =
+                owner.and_then(|(owner, namespace)| untrusted_owner(owner, namespace))
+            {
+                trust.found = Some(format!("domain {}, {why}", format_type(domain, -1)));
+                return true;
+            }
+        }
+    }
+    pg_sys::expression_tree_walker(node, Some(untrusted_node), context)
 }
 
 /// The conversion back to the old type that the caller gave for `column` of `relid` (an
-/// expression naming the column for its new value), analysed: its SQL over `$1` and whether
-/// it calls anything not immutable.
+/// expression naming the column for its new value), analysed.
 pub fn conversion_back(
     relid: pg_sys::Oid,
     column: &str,
     new_type: &str,
     expression: &str,
-) -> Result<(String, bool), Caught> {
+) -> Result<Converted, Caught> {
     let sql = CString::new(format!("SELECT {expression}")).unwrap_or_default();
     let column_c = CString::new(column).unwrap_or_default();
     let new_type_c = CString::new(new_type).unwrap_or_default();

@@ -126,6 +126,9 @@ impl SessionWrites {
 pub struct Writes {
     windows: [Counted; MAX_COUNTED_WINDOWS],
     sessions: [SessionWrites; MAX_SESSIONS],
+    /// A connected session's writes were forgotten for want of room: the sessions listed
+    /// may not be all.
+    sessions_lost: bool,
     /// When the counters started (TimestampTz): the server's start, or its restart after a
     /// crash, which clears them.
     since: i64,
@@ -138,6 +141,7 @@ impl Default for Writes {
         Writes {
             windows: [Counted::default(); MAX_COUNTED_WINDOWS],
             sessions: [SessionWrites::default(); MAX_SESSIONS],
+            sessions_lost: false,
             // SAFETY: reads the clock (shared memory is set up as the server starts).
             since: unsafe { pg_sys::GetCurrentTimestamp() },
             dropped: false,
@@ -195,8 +199,14 @@ pub fn count_write(database: pg_sys::Oid, key: u64, new: bool) {
     side.buckets[bucket] += 1;
     let pid = crate::pg::process::pid();
     let index = session_slot(&shared.sessions, pid, database, key);
+    let taken = shared.sessions[index].pid;
+    if taken != 0 && taken != pid {
+        // Sessions free their places as they exit: this one is still connected.
+        shared.sessions_lost = true;
+    }
     let session = &mut shared.sessions[index];
     if session.pid != pid || session.database != database || session.key != key {
+        forget_sessions_at_exit();
         *session = SessionWrites {
             pid,
             database,
@@ -206,6 +216,34 @@ pub fn count_write(database: pg_sys::Oid, key: u64, new: bool) {
     }
     session.writes[usize::from(new)] += 1;
     session.last[usize::from(new)] = now;
+}
+
+/// Frees this session's places when it exits, whatever ends it (once per session): the
+/// places then hold only sessions still connected.
+fn forget_sessions_at_exit() {
+    thread_local! {
+        static HOOKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if HOOKED.replace(true) {
+        return;
+    }
+    #[pgrx::pg_guard]
+    unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
+        let pid = crate::pg::process::pid();
+        for session in WRITES.exclusive().sessions.iter_mut() {
+            if session.pid == pid {
+                *session = SessionWrites::default();
+            }
+        }
+    }
+    // SAFETY: registers an exit callback; it runs once, as the process exits.
+    unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0)) };
+}
+
+/// Whether every connected session's writes to windows are remembered (none was forgotten
+/// for want of room since the server started).
+pub fn sessions_complete() -> bool {
+    available() && !WRITES.share().sessions_lost
 }
 
 thread_local! {

@@ -217,6 +217,8 @@ fn expand(
         return TableIterator::new(rows);
     }
     refuse_overlap(&planned.tables).or_raise();
+    let schemas: Vec<String> = tables.iter().map(|(t, _)| t.schema.clone()).collect();
+    refuse_taken_functions(&schemas, &planned.objects).or_raise();
     refuse_expired().or_raise();
     let script = planned.script();
     let (status, ..) = apply::apply_script(
@@ -309,7 +311,7 @@ fn apply_options(
                 ));
             }
             used[i] = true;
-            let (sql, mutable) = read::conversion_back(*oid, column, new_type, &g.options.down)
+            let converted = read::conversion_back(*oid, column, new_type, &g.options.down)
                 .map_err(|caught| {
                     Problem::new(
                         caught.code,
@@ -325,7 +327,7 @@ fn apply_options(
                         }),
                     )
                 })?;
-            if mutable {
+            if converted.mutable {
                 return Err(Problem::new(
                     PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
                     format!("{what}: the conversion back of {} is not immutable", g.key),
@@ -334,7 +336,10 @@ fn apply_options(
                     "Use immutable functions and operators only.",
                 ));
             }
-            *down_param = Some(sql);
+            if let Some(why) = converted.untrusted {
+                return Err(untrusted(what, &g.key, &why));
+            }
+            *down_param = Some(converted.sql);
         }
     }
     match given.iter().zip(&used).find(|(_, used)| !**used) {
@@ -350,6 +355,18 @@ fn apply_options(
         )),
         None => Ok(()),
     }
+}
+
+/// A conversion that would run someone's code in every writer's session.
+pub fn untrusted(what: &str, column: &str, why: &str) -> Problem {
+    Problem::new(
+        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        format!("{what}: the conversion of {column} calls {why}"),
+        "During the window every writer's session runs the conversions, with the writer's \
+         rights: a superuser's too. Code its owner can change at any time would run with them.",
+        "Write the conversion with PostgreSQL's own functions, operators and casts (or ones a \
+         superuser owns), or change the type with migrate.apply.",
+    )
 }
 
 /// The new version's side of a write, for the bridge triggers' WHEN clauses: a plain lookup
@@ -593,6 +610,19 @@ fn end(version: Option<&str>, how: WindowEnd) -> Vec<StepRow> {
 /// Contract goes on (the DBA knows the rollout), but says which sessions still connected
 /// wrote as the old version: after the swap their statements may fail.
 fn warn_old_sessions(version: &Version) {
+    if !crate::pg::shmem::sessions_complete() {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_WARNING,
+            format!("the sessions that wrote to window {version} may not all be known"),
+            format!(
+                "More than {} sessions wrote to open windows at once since the server started; \
+                 the places of some that are still connected were reused.",
+                crate::pg::shmem::MAX_SESSIONS
+            ),
+            "Check pg_stat_activity for clients of the old version before contract.",
+        )
+        .report(pgrx::PgLogLevel::WARNING);
+    }
     let database = crate::pg::process::database();
     let mut old: Vec<i32> =
         crate::pg::shmem::window_sessions(database, window_key(version.as_str()))
@@ -836,6 +866,27 @@ fn recorded_source(version: &Version) -> Option<(String, Option<String>)> {
         &[version.as_str().into()],
         |row| Ok((row.get::<String>(1)?.unwrap_or_default(), row.get(2)?)),
     )
+}
+
+/// A function already named as one of the window's (an overload of a conversion, say)
+/// would make the bridge's calls ambiguous, or call it instead: every write would fail.
+fn refuse_taken_functions(schemas: &[String], names: &[String]) -> Result<(), Problem> {
+    let taken = crate::pg::spi::pinned_column::<String>(
+        "SELECT p.oid::regprocedure::text FROM pg_catalog.pg_proc p \
+         JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+         WHERE p.proname = ANY ($1) AND n.nspname = ANY ($2) ORDER BY 1",
+        &[names.to_vec().into(), schemas.to_vec().into()],
+    )
+    .or_bookkeeping("read pg_proc");
+    match taken.first() {
+        Some(function) => Err(Problem::new(
+            PgSqlErrorCode::ERRCODE_DUPLICATE_FUNCTION,
+            format!("function {function} exists already"),
+            "The window creates functions of that name, which its triggers call.",
+            "Drop it if it is not yours, or open the window under another version.",
+        )),
+        None => Ok(()),
+    }
 }
 
 /// A second open window on a table would bridge it twice, each unaware of the other's

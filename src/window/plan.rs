@@ -284,6 +284,16 @@ impl Copy<'_> {
         }
     }
 
+    /// The new value of the row's `column` (quoted), as the backfill and the checks compute
+    /// it: through the conversion function when there is one (the bridge's own), else the
+    /// analysed USING or cast.
+    fn up_value(&self, column: &str) -> String {
+        match &self.up_fn {
+            Some(_) => self.up(column),
+            None => format!("CAST(({}) AS {})", self.up_plain, self.new_type),
+        }
+    }
+
     /// The old value of `new` (an expression of the new type).
     fn down(&self, new: &str) -> String {
         match &self.down_fn {
@@ -516,6 +526,7 @@ pub fn plan<'p>(
                     computed,
                     up_param,
                     up_default,
+                    up_untrusted,
                     down_param,
                     mutable,
                     constrained_domain,
@@ -622,6 +633,26 @@ pub fn plan<'p>(
                                 .into(),
                             "Compute the new value from the column alone, or add the new \
                              column (ADD COLUMN) and fill it with migrate.backfill yourself.",
+                        ));
+                    }
+                    if let (true, Some(why)) = (*computed, up_untrusted) {
+                        return Err(crate::window::untrusted(
+                            &format!("migrate.expand of {name}"),
+                            &column.name,
+                            why,
+                        ));
+                    }
+                    if *computed && column.sequence.is_some() {
+                        return Err(refused(
+                            format!(
+                                "migrate.expand cannot compute column {} of {name}: it owns a \
+                                 sequence",
+                                column.name
+                            ),
+                            "Its values are drawn from the sequence; a USING that computes \
+                             new ones from them would make the sequence's next values wrong."
+                                .into(),
+                            "Change the type with USING a plain cast.",
                         ));
                     }
                     if *computed && down_param.is_none() {
@@ -984,19 +1015,17 @@ pub fn plan<'p>(
                     .flatten()
                     .map(|c| c.name.clone()),
             );
+            let up = |c: &Copy| match &c.up_fn {
+                Some(_) => c.up(&q(&c.column.name)),
+                None => c.up_plain.to_string(),
+            };
             let sets: Vec<String> = copies
                 .iter()
-                .map(|c| format!("{} = {}", q(&c.shadow), c.up_plain))
+                .map(|c| format!("{} = {}", q(&c.shadow), up(c)))
                 .collect();
             let pending: Vec<String> = copies
                 .iter()
-                .map(|c| {
-                    format!(
-                        "({} IS NULL AND ({}) IS NOT NULL)",
-                        q(&c.shadow),
-                        c.up_plain
-                    )
-                })
+                .map(|c| format!("({} IS NULL AND ({}) IS NOT NULL)", q(&c.shadow), up(c)))
                 .collect();
             plan.expand.push((
                 Stage::Backfill,
@@ -1389,9 +1418,10 @@ fn bridge(
             ));
         }
     }
-    // The conversions the caller wrote run as the role that opened the window (which wrote
-    // them), never as whoever writes the row, with only pg_catalog on the path (every other
-    // name in them is qualified); every writer's bridge calls them.
+    // The conversions the caller wrote, as functions every writer's bridge calls with the
+    // writer's rights, as PostgreSQL's own casts are: pure code only superusers own (the
+    // planner refuses anything else), with only pg_catalog on the path (every other name in
+    // them is qualified).
     for copy in copies {
         let ways = [
             (&copy.up_fn, copy.column.type_sql.as_str(), copy.new_type),
@@ -1403,7 +1433,7 @@ fn bridge(
                 Stage::Expand,
                 format!(
                     "CREATE FUNCTION {}({from}) RETURNS {to} LANGUAGE sql IMMUTABLE \
-                     SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {}",
+                     PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS {}",
                     c.function,
                     dollar_quoted(&format!("SELECT {}", c.sql))
                 ),
@@ -1413,6 +1443,22 @@ fn bridge(
                 format!("GRANT EXECUTE ON FUNCTION {}({from}) TO PUBLIC", c.function),
             ));
         }
+    }
+    // Tried on a row before any writer calls them: one that cannot run as written (it reads
+    // a setting, or calls a function that relies on the caller's search path) fails the
+    // expand, not every write after it.
+    for copy in copies
+        .iter()
+        .filter(|c| c.up_fn.is_some() || c.down_fn.is_some())
+    {
+        let column = q(&copy.column.name);
+        out.push((
+            Stage::Expand,
+            format!(
+                "SELECT {} FROM {name} LIMIT 1",
+                copy.down(&copy.up_value(&column))
+            ),
+        ));
     }
     let mut declare = String::new();
     let mut insert_new = String::new();
@@ -1532,10 +1578,7 @@ fn out_of_step(copies: &[Copy], q: Quote) -> String {
             let (shadow, column) = (q(&c.shadow), q(&c.column.name));
             format!(
                 "({} AND {})",
-                differs(
-                    &shadow,
-                    &format!("CAST(({}) AS {})", c.up_plain, c.new_type)
-                ),
+                differs(&shadow, &c.up_value(&column)),
                 differs(
                     &column,
                     &match &c.down_fn {
@@ -1769,6 +1812,7 @@ mod unit {
             computed: false,
             up_param: None,
             up_default: None,
+            up_untrusted: None,
             down_param: None,
             mutable: false,
             constrained_domain: false,
@@ -1797,7 +1841,7 @@ mod unit {
     }
 
     #[test]
-    fn a_computed_change_calls_the_openers_conversions_as_the_opener() {
+    fn a_computed_change_calls_the_conversions_in_functions_of_trusted_code() {
         let planned = plan(
             "43",
             &[(orders(), vec![to_cents(Some("($1 / 100)::integer"))])],
@@ -1808,14 +1852,14 @@ mod unit {
         assert!(
             expand.contains(
                 &"CREATE FUNCTION public._migrate_43_orders_amount_up(integer) RETURNS bigint \
-              LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp \
+              LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp \
               AS $migrate$SELECT ($1 * 100)::bigint$migrate$"
             ),
             "{expand:#?}"
         );
         assert!(expand.contains(
             &"CREATE FUNCTION public._migrate_43_orders_amount_down(bigint) RETURNS integer \
-              LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp \
+              LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp \
               AS $migrate$SELECT ($1 / 100)::integer$migrate$"
         ));
         assert!(expand.contains(
@@ -1832,12 +1876,18 @@ mod unit {
             "NEW.amount := public._migrate_43_orders_amount_down(NEW._migrate_43_amount);"
         ));
         assert!(bridge.contains("converted_0 := public._migrate_43_orders_amount_up(NEW.amount);"));
-        // The bridge itself still runs as the writer.
-        assert!(!bridge.contains("SECURITY DEFINER"));
-        // The backfill computes with the USING as written; the check accepts either side.
+        // Everything runs as the writer, as PostgreSQL's own casts would.
+        assert!(!expand.iter().any(|s| s.contains("SECURITY DEFINER")));
+        // Tried on a row by the expand, before any writer calls them.
+        assert!(expand.contains(
+            &"SELECT public._migrate_43_orders_amount_down(public._migrate_43_orders_amount_up(amount)) \
+              FROM public.orders LIMIT 1"
+        ), "{expand:#?}");
+        // The backfill computes with the bridge's function; the check accepts either side.
         let backfill = sql(&planned, Stage::Backfill);
         assert!(
-            backfill[0].contains("_migrate_43_amount = (amount * 100)"),
+            backfill[0]
+                .contains("_migrate_43_amount = public._migrate_43_orders_amount_up(amount)"),
             "{backfill:?}"
         );
         assert!(
@@ -1860,7 +1910,17 @@ mod unit {
         let plain = plan("43", &[(orders(), vec![to_bigint()])], q).unwrap();
         assert!(!sql(&plain, Stage::Expand)
             .iter()
-            .any(|s| s.contains("SECURITY DEFINER")));
+            .any(|s| s.contains("CREATE FUNCTION public._migrate_43_orders_amount")));
+        // Code a writer should not run for someone else is refused.
+        let mut untrusted = to_cents(Some("($1 / 100)::integer"));
+        if let Request::ChangeType { up_untrusted, .. } = &mut untrusted {
+            *up_untrusted = Some("function public.f(integer), owned by alice".into());
+        }
+        let p = plan("43", &[(orders(), vec![untrusted])], q).unwrap_err();
+        assert_eq!(p.code, PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE);
+        assert!(p
+            .message
+            .contains("calls function public.f(integer), owned by alice"));
     }
 
     /// The statements of one stage, but the write counters (asserted on their own).
