@@ -446,30 +446,22 @@ pub struct Converted {
     pub sql: String,
     /// It calls something not immutable.
     pub mutable: bool,
-    /// The first code it would run that no superuser owns (or that lives in a temporary
-    /// schema), described: a writer's session would run it with the writer's rights.
+    /// The first code it would run that is not PostgreSQL's own, described: a writer's
+    /// session would run it with the writer's rights, and its owner could change it.
     pub untrusted: Option<String>,
 }
 
-/// What a conversion runs, looked through for code a writer should not run for someone else.
+/// What a conversion runs, looked through for code that is not PostgreSQL's own.
 struct Trust {
     own_types: [pg_sys::Oid; 2],
     found: Option<String>,
 }
 
-/// Whether a role that owns an object may be trusted with every writer's rights: only a
-/// superuser may be, as it has them all anyway.
-unsafe fn untrusted_owner(owner: pg_sys::Oid, namespace: pg_sys::Oid) -> Option<String> {
-    if pg_sys::isAnyTempNamespace(namespace) {
-        Some("in a temporary schema".into())
-    } else if !pg_sys::superuser_arg(owner) {
-        Some(format!(
-            "owned by {}, not a superuser",
-            text(pg_sys::GetUserNameFromId(owner, true))
-        ))
-    } else {
-        None
-    }
+/// Whether an object is one of PostgreSQL's own (made by initdb, which no role can change
+/// or drop): only those are trusted in every writer's session. A superuser's function could
+/// call, through its body or its default arguments, code another role can change.
+fn built_in(oid: pg_sys::Oid) -> bool {
+    u32::from(oid) < pg_sys::FirstNormalObjectId
 }
 
 #[pgrx::pg_guard]
@@ -477,20 +469,12 @@ unsafe extern "C-unwind" fn untrusted_function(
     function: pg_sys::Oid,
     context: *mut std::ffi::c_void,
 ) -> bool {
-    let trust = &mut *context.cast::<Trust>();
-    let owner = crate::pg::describe::with_syscache(
-        pg_sys::SysCacheIdentifier::PROCOID as _,
-        function,
-        |tuple| {
-            let form = &*pg_sys::GETSTRUCT(tuple).cast::<pg_sys::FormData_pg_proc>();
-            (form.proowner, form.pronamespace)
-        },
-    );
-    let Some(why) = owner.and_then(|(owner, namespace)| untrusted_owner(owner, namespace)) else {
+    if built_in(function) {
         return false;
-    };
+    }
+    let trust = &mut *context.cast::<Trust>();
     trust.found = Some(format!(
-        "function {}, {why}",
+        "function {}, which is not one of PostgreSQL's own",
         text(pg_sys::format_procedure_qualified(function))
     ));
     true
@@ -513,20 +497,11 @@ unsafe extern "C-unwind" fn untrusted_node(
         let trust = &mut *context.cast::<Trust>();
         let domain = (*node.cast::<pg_sys::CoerceToDomain>()).resulttype;
         if !trust.own_types.contains(&domain) {
-            let owner = crate::pg::describe::with_syscache(
-                pg_sys::SysCacheIdentifier::TYPEOID as _,
-                domain,
-                |tuple| {
-                    let form = &*pg_sys::GETSTRUCT(tuple).cast::<pg_sys::FormData_pg_type>();
-                    (form.typowner, form.typnamespace)
-                },
-            );
-            if let Some(why) =
-                owner.and_then(|(owner, namespace)| untrusted_owner(owner, namespace))
-            {
-                trust.found = Some(format!("domain {}, {why}", format_type(domain, -1)));
-                return true;
-            }
+            trust.found = Some(format!(
+                "domain {}, whose checks are not PostgreSQL's own",
+                format_type(domain, -1)
+            ));
+            return true;
         }
     }
     pg_sys::expression_tree_walker(node, Some(untrusted_node), context)

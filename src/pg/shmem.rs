@@ -102,6 +102,8 @@ struct Counted {
 /// Sessions remembered at once, over every database, as having written to a window's
 /// tables; when all are taken, the one that wrote longest ago gives its place up.
 pub const MAX_SESSIONS: usize = 4096;
+/// Sessions forgotten while connected that are remembered as such.
+const LOST_KEPT: usize = 64;
 
 /// What one session wrote to one window's tables, by side.
 #[derive(Clone, Copy, Default)]
@@ -126,9 +128,11 @@ impl SessionWrites {
 pub struct Writes {
     windows: [Counted; MAX_COUNTED_WINDOWS],
     sessions: [SessionWrites; MAX_SESSIONS],
-    /// A connected session's writes were forgotten for want of room: the sessions listed
-    /// may not be all.
-    sessions_lost: bool,
+    /// The last sessions whose writes were forgotten for want of room while they were
+    /// connected, and how many were in all: while one is still connected, the sessions
+    /// listed may not be all.
+    lost: [i32; LOST_KEPT],
+    lost_count: u64,
     /// When the counters started (TimestampTz): the server's start, or its restart after a
     /// crash, which clears them.
     since: i64,
@@ -141,7 +145,8 @@ impl Default for Writes {
         Writes {
             windows: [Counted::default(); MAX_COUNTED_WINDOWS],
             sessions: [SessionWrites::default(); MAX_SESSIONS],
-            sessions_lost: false,
+            lost: [0; LOST_KEPT],
+            lost_count: 0,
             // SAFETY: reads the clock (shared memory is set up as the server starts).
             since: unsafe { pg_sys::GetCurrentTimestamp() },
             dropped: false,
@@ -202,7 +207,9 @@ pub fn count_write(database: pg_sys::Oid, key: u64, new: bool) {
     let taken = shared.sessions[index].pid;
     if taken != 0 && taken != pid {
         // Sessions free their places as they exit: this one is still connected.
-        shared.sessions_lost = true;
+        let at = (shared.lost_count % LOST_KEPT as u64) as usize;
+        shared.lost[at] = taken;
+        shared.lost_count += 1;
     }
     let session = &mut shared.sessions[index];
     if session.pid != pid || session.database != database || session.key != key {
@@ -240,10 +247,21 @@ fn forget_sessions_at_exit() {
     unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0)) };
 }
 
-/// Whether every connected session's writes to windows are remembered (none was forgotten
-/// for want of room since the server started).
+/// Whether every connected session's writes to windows are remembered: none forgotten for
+/// want of room is still connected (past the last ones kept, that cannot be known).
 pub fn sessions_complete() -> bool {
-    available() && !WRITES.share().sessions_lost
+    if !available() {
+        return false;
+    }
+    let (lost, count) = {
+        let shared = WRITES.share();
+        (shared.lost, shared.lost_count)
+    };
+    // Outside the lock: whether each is connected takes the process array's.
+    count <= LOST_KEPT as u64
+        && !lost
+            .iter()
+            .any(|&pid| pid != 0 && crate::pg::process::is_connected(pid))
 }
 
 thread_local! {

@@ -363,9 +363,11 @@ pub fn untrusted(what: &str, column: &str, why: &str) -> Problem {
         PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
         format!("{what}: the conversion of {column} calls {why}"),
         "During the window every writer's session runs the conversions, with the writer's \
-         rights: a superuser's too. Code its owner can change at any time would run with them.",
-        "Write the conversion with PostgreSQL's own functions, operators and casts (or ones a \
-         superuser owns), or change the type with migrate.apply.",
+         rights: a superuser's too. Code a role can change (or that calls such code) would \
+         run with them, so only PostgreSQL's own functions, operators, casts and types are \
+         trusted there.",
+        "Write the conversion with PostgreSQL's own functions, operators and casts, or change \
+         the type with migrate.apply.",
     )
 }
 

@@ -1419,9 +1419,10 @@ fn bridge(
         }
     }
     // The conversions the caller wrote, as functions every writer's bridge calls with the
-    // writer's rights, as PostgreSQL's own casts are: pure code only superusers own (the
-    // planner refuses anything else), with only pg_catalog on the path (every other name in
-    // them is qualified).
+    // writer's rights, as PostgreSQL's own casts are: PostgreSQL's own code only (the planner
+    // refuses anything else), in SQL-standard bodies, which PostgreSQL resolves to objects
+    // once, as the function is created, and keeps them from being dropped; a name created
+    // later, or a writer's search path, changes nothing.
     for copy in copies {
         let ways = [
             (&copy.up_fn, copy.column.type_sql.as_str(), copy.new_type),
@@ -1432,10 +1433,8 @@ fn bridge(
             out.push((
                 Stage::Expand,
                 format!(
-                    "CREATE FUNCTION {}({from}) RETURNS {to} LANGUAGE sql IMMUTABLE \
-                     PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS {}",
-                    c.function,
-                    dollar_quoted(&format!("SELECT {}", c.sql))
+                    "CREATE FUNCTION {}({from}) RETURNS {to} LANGUAGE sql IMMUTABLE RETURN {}",
+                    c.function, c.sql
                 ),
             ));
             out.push((
@@ -1444,9 +1443,23 @@ fn bridge(
             ));
         }
     }
-    // Tried on a row before any writer calls them: one that cannot run as written (it reads
-    // a setting, or calls a function that relies on the caller's search path) fails the
-    // expand, not every write after it.
+    // What the bodies were resolved to, checked as they are stored: PostgreSQL's own objects
+    // (and the column's types) only, whatever the search path of the expand was.
+    let functions: Vec<String> = copies
+        .iter()
+        .flat_map(|c| {
+            [
+                (&c.up_fn, c.column.type_sql.as_str()),
+                (&c.down_fn, c.new_type),
+            ]
+        })
+        .filter_map(|(c, from)| c.as_ref().map(|c| format!("{}({from})", c.function)))
+        .collect();
+    if !functions.is_empty() {
+        out.push((Stage::Expand, resolved_check(&functions)));
+    }
+    // Tried on a row before any writer calls them: one that cannot run fails the expand, not
+    // every write after it.
     for copy in copies
         .iter()
         .filter(|c| c.up_fn.is_some() || c.down_fn.is_some())
@@ -1517,6 +1530,54 @@ fn bridge(
         Stage::Expand,
         format!("ALTER TABLE {name} ENABLE ALWAYS TRIGGER {trigger}"),
     ));
+}
+
+/// Fails the expand if a conversion function's body depends on anything initdb did not
+/// make, but the types of its argument and result: the body was resolved under the expand's
+/// search path, which the planner's check of the analysed expression does not see.
+fn resolved_check(functions: &[String]) -> String {
+    let list = functions
+        .iter()
+        .map(|f| format!("{}::pg_catalog.regprocedure", literal(f)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let body = format!(
+        "
+DECLARE
+    found text;
+BEGIN
+    SELECT pg_catalog.pg_describe_object(d.refclassid, d.refobjid, d.refobjsubid)
+      INTO found
+      FROM pg_catalog.pg_depend d
+      JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) d.objid
+     WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
+       AND d.objid OPERATOR(pg_catalog.=) ANY (ARRAY[{list}]::pg_catalog.oid[])
+       AND d.deptype OPERATOR(pg_catalog.=) 'n'
+       AND d.refobjid OPERATOR(pg_catalog.>=) 16384
+       AND d.refclassid OPERATOR(pg_catalog.<>) 'pg_catalog.pg_namespace'::pg_catalog.regclass
+       AND NOT (d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_type'::pg_catalog.regclass
+                AND (d.refobjid OPERATOR(pg_catalog.=) p.prorettype
+                     OR d.refobjid OPERATOR(pg_catalog.=) ANY (p.proargtypes::pg_catalog.oid[])))
+     LIMIT 1;
+    IF found IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = {},
+            DETAIL = pg_catalog.format({}, found),
+            HINT = {};
+    END IF;
+END
+",
+        literal(
+            "pg_migrate: a conversion of the window resolved to an object that is not \
+             PostgreSQL's own"
+        ),
+        literal("It uses %s, found under the search path of the expand."),
+        literal(
+            "Put pg_catalog first on the search path of the role that opens the window, or \
+             qualify the names in the conversion."
+        ),
+    );
+    format!("DO {}", dollar_quoted(&body))
 }
 
 /// Whether two values of one type differ, NULLs included, by their binary images
@@ -1852,15 +1913,13 @@ mod unit {
         assert!(
             expand.contains(
                 &"CREATE FUNCTION public._migrate_43_orders_amount_up(integer) RETURNS bigint \
-              LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp \
-              AS $migrate$SELECT ($1 * 100)::bigint$migrate$"
+              LANGUAGE sql IMMUTABLE RETURN ($1 * 100)::bigint"
             ),
             "{expand:#?}"
         );
         assert!(expand.contains(
             &"CREATE FUNCTION public._migrate_43_orders_amount_down(bigint) RETURNS integer \
-              LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp \
-              AS $migrate$SELECT ($1 / 100)::integer$migrate$"
+              LANGUAGE sql IMMUTABLE RETURN ($1 / 100)::integer"
         ));
         assert!(expand.contains(
             &"GRANT EXECUTE ON FUNCTION public._migrate_43_orders_amount_down(bigint) TO PUBLIC"
@@ -1878,6 +1937,22 @@ mod unit {
         assert!(bridge.contains("converted_0 := public._migrate_43_orders_amount_up(NEW.amount);"));
         // Everything runs as the writer, as PostgreSQL's own casts would.
         assert!(!expand.iter().any(|s| s.contains("SECURITY DEFINER")));
+        // What the bodies resolved to is checked as stored, before the bridge exists.
+        let resolved = expand
+            .iter()
+            .position(|s| s.starts_with("DO ") && s.contains("pg_depend"))
+            .unwrap();
+        assert!(expand[resolved].contains(
+            "ARRAY['public._migrate_43_orders_amount_up(integer)'::pg_catalog.regprocedure, \
+             'public._migrate_43_orders_amount_down(bigint)'::pg_catalog.regprocedure]"
+        ));
+        assert!(
+            resolved
+                < expand
+                    .iter()
+                    .position(|s| s.starts_with("CREATE TRIGGER"))
+                    .unwrap()
+        );
         // Tried on a row by the expand, before any writer calls them.
         assert!(expand.contains(
             &"SELECT public._migrate_43_orders_amount_down(public._migrate_43_orders_amount_up(amount)) \
