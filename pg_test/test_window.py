@@ -70,10 +70,11 @@ class Client:
     should have, and every error."""
 
     def __init__(self, cluster, db, side: str, first_key: int, version: str = "43",
-                 new_status: str = "status"):
+                 new_status: str = "status", new_table: str = "orders"):
         self.cluster, self.db, self.side = cluster, db, side
-        # The window's version, and what the new version calls the old status column.
-        self.version, self.new_status = version, new_status
+        # The window's version, and what the new version calls the old status column and
+        # the table.
+        self.version, self.new_status, self.new_table = version, new_status, new_table
         self.next_key = first_key
         self.expected: dict[int, int] = {}
         self.errors: list[tuple[float, str, str]] = []
@@ -86,7 +87,9 @@ class Client:
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def table(self) -> str:
-        return f"public_v{self.version}.orders" if self.side == "pooled" else "orders"
+        if self.side == "pooled":
+            return f"public_v{self.version}.{self.new_table}"
+        return "orders" if self.side == "old" else self.new_table
 
     def columns(self) -> tuple[str, str]:
         # The old version names the status column old_status; the new one, status.
@@ -194,7 +197,7 @@ def assert_each_write_seen_by_both(conn, clients, up=lambda a: a, down=lambda a:
     """What each client wrote (keys from 1,000,000 on, a million per client), read through
     the table and through the new version's view: every row there, with its amount as each
     version has it (`up` converts what the old version wrote, `down` what the new one did)."""
-    view = f"public_v{clients[0].version}.orders"
+    view = f"public_v{clients[0].version}.{clients[0].new_table}"
     seen_old = dict(conn.execute("SELECT id, amount FROM orders WHERE id >= 1000000").fetchall())
     seen_new = dict(conn.execute(f"SELECT id, amount FROM {view} WHERE id >= 1000000").fetchall())
     for client in clients:
@@ -1308,12 +1311,24 @@ def test_a_referenced_serial_key_moves_to_bigint_with_its_indexes_keys_and_seque
 
 def test_a_table_renamed_in_a_window_has_both_names_until_contract(cluster, db, conn):
     make_orders(conn, 1000)
+    old = Client(cluster, db, "old", 1_000_000, version="51", new_table="purchases").start()
     conn.execute("SELECT * FROM migrate.expand('51', $$ALTER TABLE orders RENAME TO purchases;"
                  " ALTER TABLE orders RENAME COLUMN old_status TO status$$)")
     conn.execute("CALL migrate.wait('51')")
+    # The three kinds of client at once: the old name, the new one by search path, and the
+    # new one by name in a pooled connection.
+    new = Client(cluster, db, "new", 2_000_000, version="51", new_table="purchases").start()
+    pooled = Client(cluster, db, "pooled", 3_000_000, version="51", new_table="purchases").start()
+    time.sleep(2)
+    with old.writing, new.writing, pooled.writing:
+        assert_each_write_seen_by_both(conn, (old, new, pooled))
+    for client in (old, new, pooled):
+        client.finish()
+        assert client.writes > 20 and client.errors == [], (client.side, client.writes, client.errors[:3])
+        assert client.worst < LOCK_TIMEOUT_S + 1, (client.side, client.worst)
     with cluster.connect(db, options="-csearch_path=public_v51,public") as n:
         n.execute("INSERT INTO purchases (id, amount, status) VALUES (5000, 5, 'from new')")
-        assert n.execute("SELECT count(*) FROM purchases").fetchone() == (1001,)
+        assert n.execute("SELECT count(*) FROM purchases WHERE id < 1000000").fetchone() == (1001,)
     conn.execute("INSERT INTO orders (id, amount, old_status) VALUES (5001, 6, 'from old')")
     f = failure(conn, "ALTER TABLE orders ADD COLUMN z int")
     assert "window-open" in f.message, f.message
@@ -1323,6 +1338,8 @@ def test_a_table_renamed_in_a_window_has_both_names_until_contract(cluster, db, 
     assert conn.execute(
         "SELECT status FROM purchases WHERE id IN (5000, 5001) ORDER BY id").fetchall() == [
         ("from new",), ("from old",)]
+    assert conn.execute("SELECT count(*) FROM purchases WHERE id >= 1000000").fetchone()[0] == sum(
+        len(c.expected) for c in (old, new, pooled))
     f = failure(conn, "SELECT migrate.expand('52', 'ALTER TABLE purchases RENAME TO orders_pkey')")
     assert f.sqlstate == "42P07", f.message
 
