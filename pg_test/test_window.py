@@ -578,6 +578,22 @@ def test_conversions_back_that_cannot_be_trusted_are_refused_and_leave_nothing(c
         assert text in f.message + (f.detail or "") + f.hint, (options, f)
         assert leftovers(conn) == [], options
     assert conn.execute("SELECT count(*) FROM orders").fetchone() == (100,)
+    # A plain type change runs the type's casts in every writer's session too: a cast its
+    # owner wrote is refused the same way.
+    conn.execute("CREATE TABLE pts (id int PRIMARY KEY, pos integer)")
+    conn.execute("INSERT INTO pts VALUES (1, 1)")
+    conn.execute("SET ROLE window_conv_owner")
+    conn.execute("CREATE TYPE public.pt AS (x integer)")
+    conn.execute("CREATE FUNCTION public.pt_of(integer) RETURNS public.pt IMMUTABLE LANGUAGE sql "
+                 "AS $$ SELECT ROW($1)::public.pt $$")
+    conn.execute("CREATE FUNCTION public.int_of(public.pt) RETURNS integer IMMUTABLE LANGUAGE sql "
+                 "AS $$ SELECT ($1).x $$")
+    conn.execute("CREATE CAST (integer AS public.pt) WITH FUNCTION public.pt_of(integer) AS ASSIGNMENT")
+    conn.execute("CREATE CAST (public.pt AS integer) WITH FUNCTION public.int_of(public.pt) AS ASSIGNMENT")
+    conn.execute("RESET ROLE")
+    f = failure(conn, "SELECT migrate.expand('43', 'ALTER TABLE pts ALTER COLUMN pos TYPE public.pt')")
+    assert f.sqlstate == "42501" and "function public.pt_of(integer)" in f.message, f
+    assert leftovers(conn) == []
     # A function already named as one of the window's (an overload planted to make the
     # bridge's calls ambiguous) stops the expand, not every write after it.
     conn.execute("SET ROLE window_conv_owner")
@@ -588,23 +604,19 @@ def test_conversions_back_that_cannot_be_trusted_are_refused_and_leave_nothing(c
     assert f.sqlstate == "42723" and "_migrate_43_orders_amount_up(integer,integer)" in f.message, f
     conn.execute("DROP FUNCTION public._migrate_43_orders_amount_up(integer, integer)")
     assert leftovers(conn) == []
-    # Bound to what the expand's search path found: a conversion that resolved to anything
-    # but PostgreSQL's own objects fails the window's expand, before any writer runs it.
-    # (A function made after the analysis, before the worker creates the window's functions
-    # under the opener's search path, which puts public first.)
+    # A function made after the analysis, before the worker creates the window's functions
+    # under the opener's search path (which puts public first), changes nothing: the
+    # window's statements run with only pg_catalog on the path.
     with conn.transaction():
         conn.execute("SET LOCAL search_path = public, pg_catalog")
         conn.execute("SELECT migrate.expand('42', %s, options => %s)",
                      (CENTS, '{"orders.amount": {"down": "(abs(amount) / 100)::integer"}}'))
         conn.execute("CREATE FUNCTION public.abs(bigint) RETURNS bigint IMMUTABLE LANGUAGE sql "
                      "AS $$ SELECT 0::bigint $$")
-    wait_until(lambda: window(conn, "42").get("state") in ("failed", "published"), timeout=30)
-    error = conn.execute("SELECT error_sqlstate, error_message, error_detail FROM migrate.steps "
-                         "WHERE version = '42' AND state = 'failed'").fetchone()
-    assert error and error[0] == "42501" and "function abs(bigint)" in error[2], error
-    assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'zz\\_migrate%'").fetchone() == (0,)
-    conn.execute("SELECT migrate.cancel('42')")
-    wait_until(lambda: window(conn, "42").get("state") == "cancelled", timeout=30)
+    conn.execute("CALL migrate.wait('42')")
+    assert conn.execute(
+        "SELECT count(*) FROM pg_depend WHERE objid = 'public._migrate_42_orders_amount_down(bigint)'"
+        "::regprocedure AND refobjid = 'public.abs(bigint)'::regprocedure").fetchone() == (0,)
     conn.execute("SELECT migrate.abort('42')")
     conn.execute("DROP FUNCTION public.abs(bigint)")
     # The hint of a computed change says how to give the conversion back.
@@ -745,6 +757,34 @@ def test_windows_show_the_sessions_still_connected_by_the_version_they_wrote_as(
     assert (w["state"], w["old_sessions"], w["new_sessions"]) == ("contracted", 0, 0), w
     for c in (old, new, reader):
         c.close()
+
+
+def test_printed_expressions_mean_the_same_whatever_the_openers_search_path(cluster, db, conn):
+    """A default printed as json_build_object('v'::text, 1) and parsed again under a path
+    with a schema anyone may create in would call a better-matching function there (one
+    taking text, integer, where the built-in takes VARIADIC "any"): the window's statements
+    run with only pg_catalog on the path."""
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, meta json NOT NULL DEFAULT json_build_object('v', 1))")
+    conn.execute("INSERT INTO docs SELECT g, json_build_object('v', g) FROM generate_series(1, 100) g")
+    conn.execute("CREATE TABLE spied (who text)")
+    conn.execute("CREATE ROLE window_hijacker")
+    conn.execute("GRANT CREATE ON SCHEMA public TO window_hijacker")
+    conn.execute("GRANT INSERT ON spied TO window_hijacker")
+    conn.execute("SET ROLE window_hijacker")
+    conn.execute("CREATE FUNCTION public.json_build_object(text, integer) RETURNS json LANGUAGE plpgsql AS "
+                 "$$ BEGIN INSERT INTO public.spied VALUES (current_user); "
+                 "RETURN pg_catalog.json_build_object($1, $2); END $$")
+    conn.execute("RESET ROLE")
+    conn.execute("SELECT migrate.expand('43', 'ALTER TABLE docs ALTER COLUMN meta TYPE jsonb')")
+    conn.execute("CALL migrate.wait('43')")
+    conn.execute("INSERT INTO docs (id) VALUES (1000)")
+    with cluster.connect(db, options=NEW_PATH) as new:
+        new.execute("INSERT INTO docs (id) VALUES (1001)")
+    assert conn.execute("SELECT count(*) FROM spied").fetchone() == (0,)
+    assert conn.execute(
+        "SELECT count(*) FROM pg_depend d JOIN pg_attrdef a ON a.oid = d.objid "
+        "WHERE d.refobjid = 'public.json_build_object(text, integer)'::regprocedure").fetchone() == (0,)
+    conn.execute("SELECT migrate.contract('43')")
 
 
 def test_a_flood_of_short_sessions_hides_no_session_still_connected(cluster, db, conn):

@@ -45,8 +45,10 @@ pub enum Request {
         /// For a computed value, the copy's default: the USING applied to the column's
         /// default (None when the column has none).
         up_default: Option<String>,
-        /// Code the computed value runs that a writer should not run (see `Converted`).
+        /// Code the conversion to the new type runs that is not PostgreSQL's own (see
+        /// `Converted`), and the assignment cast back's.
         up_untrusted: Option<String>,
+        down_untrusted: Option<String>,
         /// The conversion back as a function of the new value, `$1`, when the caller gave
         /// one (`options`); else the old type's assignment cast.
         down_param: Option<String>,
@@ -293,7 +295,25 @@ unsafe fn type_change(
         let up_converted = (computed && !using.is_null())
             .then(|| subxact::run(|| conversion(using, &one, target, target_mod)).ok())
             .flatten();
-        let up_untrusted = up_converted.as_ref().and_then(|c| c.untrusted.clone());
+        // Whatever the conversions call runs in every writer's session (the bridge) and as
+        // the opener (the backfill, the checks): a cast of the type's owner as much as a
+        // USING.
+        let up_untrusted = untrusted_in(coerced, [typ, target]);
+        let down_untrusted = {
+            let mut param = pgrx::PgBox::<pg_sys::Param>::alloc_node(T::T_Param);
+            param.paramkind = pg_sys::ParamKind::PARAM_EXTERN;
+            param.paramid = 1;
+            param.paramtype = target;
+            param.paramtypmod = target_mod;
+            param.paramcollid = pg_sys::get_typcollation(target);
+            param.location = -1;
+            let back = coerce_as_assignment(pstate, param.into_pg().cast(), typ, typmod);
+            if back.is_null() {
+                None
+            } else {
+                untrusted_in(back, [typ, target])
+            }
+        };
         let up_param = up_converted.map(|c| c.sql);
         // And over its default, for the copy's: what an insert that leaves it out gets.
         one.value = opened.column_default(attnum);
@@ -303,7 +323,12 @@ unsafe fn type_change(
         (
             pg_sys::DomainHasConstraints(target),
             pg_sys::contain_mutable_functions(coerced),
-            (computed, up_param, up_default, up_untrusted),
+            (
+                computed,
+                up_param,
+                up_default,
+                (up_untrusted, down_untrusted),
+            ),
             format_type(target, target_mod),
             deparse(source, pg_sys::deparse_context_for(table_name, relid)),
             down_assignable,
@@ -314,7 +339,7 @@ unsafe fn type_change(
     let (
         constrained_domain,
         mutable,
-        (computed, up_param, up_default, up_untrusted),
+        (computed, up_param, up_default, (up_untrusted, down_untrusted)),
         new_type,
         up_plain,
         down_assignable,
@@ -336,6 +361,7 @@ unsafe fn type_change(
         up_param,
         up_default,
         up_untrusted,
+        down_untrusted,
         down_param: None,
         mutable,
         constrained_domain,
@@ -426,17 +452,23 @@ unsafe fn conversion(
             "Cast the expression to the column's type."
         );
     }
-    let mut trust = Trust {
-        // The column's own types: every writer of the column runs their checks anyway.
-        own_types: [one.typ, target],
-        found: None,
-    };
-    untrusted_node(coerced, (&mut trust as *mut Trust).cast());
     Converted {
         sql: deparse(coerced, std::ptr::null_mut()),
         mutable: pg_sys::contain_mutable_functions(coerced),
-        untrusted: trust.found,
+        untrusted: untrusted_in(coerced, [one.typ, target]),
     }
+}
+
+/// The first code an analysed conversion runs that is not PostgreSQL's own, described;
+/// `own_types` are the column's old and new types, whose checks every writer of the column
+/// runs anyway.
+unsafe fn untrusted_in(expr: *mut pg_sys::Node, own_types: [pg_sys::Oid; 2]) -> Option<String> {
+    let mut trust = Trust {
+        own_types,
+        found: None,
+    };
+    untrusted_node(expr, (&mut trust as *mut Trust).cast());
+    trust.found
 }
 
 /// A conversion as SQL over `$1`, and what would make running it in a writer's session

@@ -206,6 +206,7 @@ fn expand(
             .raise();
         }
     }
+    plan::pin_printed(&mut planned.expand);
     planned.expand.splice(
         0..0,
         as_written

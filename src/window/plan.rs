@@ -527,6 +527,7 @@ pub fn plan<'p>(
                     up_param,
                     up_default,
                     up_untrusted,
+                    down_untrusted,
                     down_param,
                     mutable,
                     constrained_domain,
@@ -635,7 +636,10 @@ pub fn plan<'p>(
                              column (ADD COLUMN) and fill it with migrate.backfill yourself.",
                         ));
                     }
-                    if let (true, Some(why)) = (*computed, up_untrusted) {
+                    let untrusted = up_untrusted
+                        .as_ref()
+                        .or(down_untrusted.as_ref().filter(|_| down_param.is_none()));
+                    if let Some(why) = untrusted {
                         return Err(crate::window::untrusted(
                             &format!("migrate.expand of {name}"),
                             &column.name,
@@ -1532,6 +1536,35 @@ fn bridge(
     ));
 }
 
+/// Pins the search path of the transaction a planned statement runs in to `pg_catalog,
+/// pg_temp`.
+pub const PIN_PATH: &str =
+    "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)";
+
+/// The plan's statements hold expressions PostgreSQL printed with only pg_catalog on the
+/// path: its own functions unqualified, everything else qualified. Parsed again under the
+/// opener's path, an unqualified built-in could resolve to a better-matching function of a
+/// schema on it (one taking `text, integer` where the built-in takes `VARIADIC "any"`). So
+/// each transaction of the plan (the expand's, and each of the publication's that holds
+/// more than a VALIDATE) first pins the path for itself; statements the caller wrote,
+/// spliced in before, keep the caller's.
+pub fn pin_printed(expand: &mut Vec<(Stage, String)>) {
+    let mut pinned = Vec::with_capacity(expand.len() + 4);
+    let mut expand_pinned = false;
+    for (stage, sql) in expand.drain(..) {
+        let needs = match stage {
+            Stage::Expand => !std::mem::replace(&mut expand_pinned, true),
+            Stage::Publish => !sql.contains("VALIDATE CONSTRAINT"),
+            Stage::Backfill | Stage::Build => false,
+        };
+        if needs {
+            pinned.push((stage, PIN_PATH.to_string()));
+        }
+        pinned.push((stage, sql));
+    }
+    *expand = pinned;
+}
+
 /// Fails the expand if a conversion function's body depends on anything initdb did not
 /// make, but the types of its argument and result: the body was resolved under the expand's
 /// search path, which the planner's check of the analysed expression does not see.
@@ -1874,6 +1907,7 @@ mod unit {
             up_param: None,
             up_default: None,
             up_untrusted: None,
+            down_untrusted: None,
             down_param: None,
             mutable: false,
             constrained_domain: false,
