@@ -300,14 +300,8 @@ unsafe fn type_change(
         // USING.
         let up_untrusted = untrusted_in(coerced, [typ, target]);
         let down_untrusted = {
-            let mut param = pgrx::PgBox::<pg_sys::Param>::alloc_node(T::T_Param);
-            param.paramkind = pg_sys::ParamKind::PARAM_EXTERN;
-            param.paramid = 1;
-            param.paramtype = target;
-            param.paramtypmod = target_mod;
-            param.paramcollid = pg_sys::get_typcollation(target);
-            param.location = -1;
-            let back = coerce_as_assignment(pstate, param.into_pg().cast(), typ, typmod);
+            let value = first_param(target, target_mod, pg_sys::get_typcollation(target), -1);
+            let back = coerce_as_assignment(pstate, value, typ, typmod);
             if back.is_null() {
                 None
             } else {
@@ -411,13 +405,28 @@ unsafe extern "C-unwind" fn one_column_ref(
     if !(*one).value.is_null() {
         return pg_sys::copyObjectImpl((*one).value.cast()).cast();
     }
+    first_param(
+        (*one).typ,
+        (*one).typmod,
+        (*one).collation,
+        (*cref).location,
+    )
+}
+
+/// `$1` of a type: the value a conversion converts.
+unsafe fn first_param(
+    typ: pg_sys::Oid,
+    typmod: i32,
+    collation: pg_sys::Oid,
+    location: i32,
+) -> *mut pg_sys::Node {
     let mut param = pgrx::PgBox::<pg_sys::Param>::alloc_node(T::T_Param);
     param.paramkind = pg_sys::ParamKind::PARAM_EXTERN;
     param.paramid = 1;
-    param.paramtype = (*one).typ;
-    param.paramtypmod = (*one).typmod;
-    param.paramcollid = (*one).collation;
-    param.location = (*cref).location;
+    param.paramtype = typ;
+    param.paramtypmod = typmod;
+    param.paramcollid = collation;
+    param.location = location;
     param.into_pg().cast()
 }
 
