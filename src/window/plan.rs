@@ -813,6 +813,9 @@ pub fn plan<'p>(
                     if let (Some(default), true) = (default_sql, volatile_default) {
                         // Every row gets its own value: new rows by the default, existing
                         // ones by the backfill, never by a rewrite under ACCESS EXCLUSIVE.
+                        // The backfill sets the column's DEFAULT, as stored (bound to its
+                        // objects), not the printed text: its batches run under the opener's
+                        // search path, not the plan's pinned one.
                         plan.expand.push((
                             Stage::Expand,
                             format!(
@@ -824,7 +827,7 @@ pub fn plan<'p>(
                             format!(
                                 "SELECT migrate.backfill({}, {}, {})",
                                 literal(&name),
-                                literal(&format!("{ident} = {default}")),
+                                literal(&format!("{ident} = DEFAULT")),
                                 literal(&format!("{ident} IS NULL"))
                             ),
                         ));
@@ -2256,7 +2259,7 @@ mod unit {
         );
         assert_eq!(
             sql(&plan, Stage::Backfill),
-            ["SELECT migrate.backfill('public.orders', 'token = gen_random_uuid()', 'token IS NULL')"]
+            ["SELECT migrate.backfill('public.orders', 'token = DEFAULT', 'token IS NULL')"]
         );
         assert!(sql(&plan, Stage::Publish)[1].ends_with("legacy_note, token FROM public.orders"));
     }
