@@ -787,6 +787,62 @@ def test_printed_expressions_mean_the_same_whatever_the_openers_search_path(clus
     conn.execute("SELECT migrate.contract('43')")
 
 
+def test_no_operator_of_a_schema_on_the_path_runs_in_the_backfill(cluster, db, conn):
+    """The backfill compares its varchar key with pg_catalog's operators by name: an exact
+    varchar operator someone put in public would otherwise be called, as the opener."""
+    conn.execute("CREATE TABLE tags (id varchar PRIMARY KEY, n integer NOT NULL DEFAULT 0)")
+    conn.execute("INSERT INTO tags SELECT 'k' || g, g FROM generate_series(1, 2000) g")
+    conn.execute("CREATE TABLE spied (who text)")
+    conn.execute("CREATE ROLE window_operator_planter")
+    conn.execute("GRANT CREATE ON SCHEMA public TO window_operator_planter")
+    conn.execute("GRANT INSERT ON spied TO window_operator_planter")
+    conn.execute("SET ROLE window_operator_planter")
+    for op, fn in (("<=", "le"), (">", "gt")):
+        conn.execute(f"CREATE FUNCTION public.v{fn}(varchar, varchar) RETURNS boolean LANGUAGE plpgsql AS "
+                     f"$$ BEGIN INSERT INTO public.spied VALUES (current_user); "
+                     f"RETURN $1::text {op} $2::text; END $$")
+        conn.execute(f"CREATE OPERATOR public.{op} (LEFTARG = varchar, RIGHTARG = varchar, FUNCTION = public.v{fn})")
+    conn.execute("RESET ROLE")
+    conn.execute(f"ALTER DATABASE {db} SET migrate.backfill_max_batch_size = 500")
+    conn.execute("SELECT migrate.expand('43', 'ALTER TABLE tags ALTER COLUMN n TYPE bigint')")
+    conn.execute("CALL migrate.wait('43')")
+    assert conn.execute("SELECT count(*) FROM tags WHERE _migrate_43_n IS DISTINCT FROM n").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM spied").fetchone() == (0,)
+    conn.execute("SELECT migrate.abort('43')")
+
+
+def test_the_path_a_window_pins_is_the_callers_again_after_expand(cluster, db, conn):
+    make_orders(conn, 10)
+    with conn.transaction():
+        conn.execute("SET LOCAL search_path = public")
+        conn.execute("SELECT migrate.expand('43', 'ALTER TABLE orders RENAME COLUMN old_status TO status')")
+        assert conn.execute("SHOW search_path").fetchone() == ("public",)
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (10,)
+
+
+def test_a_domain_check_added_after_planning_fails_the_expand_not_the_writers(cluster, db, conn):
+    make_orders(conn, 1000)
+    conn.execute("CREATE ROLE window_domain_owner")
+    conn.execute("GRANT CREATE ON SCHEMA public TO window_domain_owner")
+    conn.execute("SET ROLE window_domain_owner")
+    conn.execute("CREATE DOMAIN public.dbig AS bigint")
+    conn.execute("RESET ROLE")
+    with conn.transaction():
+        conn.execute("SELECT migrate.expand('43', 'ALTER TABLE orders ALTER COLUMN amount TYPE public.dbig')")
+        conn.execute("SET LOCAL ROLE window_domain_owner")
+        conn.execute("ALTER DOMAIN public.dbig ADD CONSTRAINT positive CHECK (VALUE > 0) NOT VALID")
+    wait_until(lambda: window(conn, "43").get("state") in ("failed", "published"), timeout=30)
+    error = conn.execute("SELECT error_sqlstate, error_message FROM migrate.steps "
+                         "WHERE version = '43' AND state = 'failed'").fetchone()
+    assert error and error[0] == "55000" and "domain checks" in error[1], error
+    assert conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = 'orders'::regclass "
+                        "AND attname LIKE '\\_migrate%'").fetchone() == (0,)
+    conn.execute("INSERT INTO orders (id, amount) VALUES (5000, 1)")
+    conn.execute("SELECT migrate.cancel('43')")
+    wait_until(lambda: window(conn, "43").get("state") == "cancelled", timeout=30)
+    conn.execute("SELECT migrate.abort('43')")
+
+
 def test_a_flood_of_short_sessions_hides_no_session_still_connected(cluster, db, conn):
     """Sessions free their places in shared memory as they exit: thousands of short ones (more
     than there are places) do not push out one that is still connected."""

@@ -74,12 +74,18 @@ pub fn load(id: i64) -> Option<Job> {
                 (extract(epoch FROM b.batch_time) * 1000)::bigint, \
                 (extract(epoch FROM b.pause) * 1000)::bigint, b.max_replication_lag, \
                 b.failed_attempts, b.rows_per_second, b.role::text, \
-                ARRAY(SELECT ARRAY[key, value] FROM jsonb_each_text(b.settings)) \
+                ARRAY(SELECT ARRAY[key, value] FROM jsonb_each_text(b.settings)), \
+                (SELECT bool_and(a.atttypid < 16384) FROM pg_attribute a \
+                  WHERE a.attrelid = b.table_oid AND quote_ident(a.attname) = ANY (b.key_columns)) \
          FROM migrate.backfills b WHERE b.id = $1",
         &[id.into()],
         |r| {
             let walk = match (texts(r.get(5)?), texts(r.get(6)?)) {
-                (Some(columns), Some(types)) => Walk::Keyset { columns, types },
+                (Some(columns), Some(types)) => Walk::Keyset {
+                    columns,
+                    types,
+                    built_in: r.get::<bool>(22)?.unwrap_or(false),
+                },
                 _ => Walk::Pages,
             };
             let ms = |v: Option<i64>| Duration::from_millis(v.unwrap_or(0).max(0) as u64);

@@ -382,7 +382,7 @@ fn key_of(target: &Target, has_where: bool, assigned: &[String]) -> Result<Walk,
     let key = crate::pg::spi::pinned_row(
         "SELECT array_agg(quote_ident(a.attname) ORDER BY k.n), \
                 array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY k.n), \
-                array_agg(a.attname::text ORDER BY k.n) \
+                array_agg(a.attname::text ORDER BY k.n), bool_and(a.atttypid < 16384) \
          FROM (SELECT i.indkey::int2[] AS columns, i.indnkeyatts \
                  FROM pg_index i \
                 WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid AND i.indimmediate \
@@ -400,13 +400,14 @@ fn key_of(target: &Target, has_where: bool, assigned: &[String]) -> Result<Walk,
                 job::texts(r.get(1)?),
                 job::texts(r.get(2)?),
                 job::texts(r.get(3)?),
+                r.get::<bool>(4)?.unwrap_or(false),
             ))
         },
     )
     .or_bookkeeping("read the table's keys")
-    .unwrap_or((None, None, None));
+    .unwrap_or((None, None, None, false));
     match key {
-        (Some(columns), Some(types), Some(names)) if !columns.is_empty() => {
+        (Some(columns), Some(types), Some(names), built_in) if !columns.is_empty() => {
             if let Some(column) = names.iter().find(|n| assigned.contains(n)) {
                 return Err(invalid(
                     format!("the set clause assigns {column}, which is part of the key the backfill walks"),
@@ -418,7 +419,11 @@ fn key_of(target: &Target, has_where: bool, assigned: &[String]) -> Result<Walk,
                     "Backfill the other columns; change key values in a migration of their own.",
                 ));
             }
-            Ok(Walk::Keyset { columns, types })
+            Ok(Walk::Keyset {
+                columns,
+                types,
+                built_in,
+            })
         }
         _ if target.kind == "p" => Err(Problem::new(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
@@ -487,7 +492,7 @@ fn insert(
     o: &Options,
 ) -> i64 {
     let (columns, types) = match walk {
-        Walk::Keyset { columns, types } => (Some(columns.clone()), Some(types.clone())),
+        Walk::Keyset { columns, types, .. } => (Some(columns.clone()), Some(types.clone())),
         Walk::Pages => (None, None),
     };
     let (names, values) = gucs::carried();

@@ -17,6 +17,12 @@ pub enum Walk {
     Keyset {
         columns: Vec<String>,
         types: Vec<String>,
+        /// Every key column is of one of PostgreSQL's own types, whose comparison operators
+        /// are pg_catalog's: they are then named `OPERATOR(pg_catalog.>)`, so that no
+        /// operator of a schema on the submitter's path (one taking `varchar`, where
+        /// pg_catalog's take `text`) is called instead. Other types' operators live elsewhere
+        /// and are found by the path.
+        built_in: bool,
     },
     /// Page ranges: the key is one page number.
     Pages,
@@ -53,9 +59,9 @@ impl Walk {
         };
         let mut conditions = Vec::new();
         if !from_start {
-            conditions.push(format!("{} > {}", row(columns), param_row(1, self)));
+            conditions.push(compare(self, columns, ">", 1));
         }
-        conditions.push(format!("{} <= {}", row(columns), param_row(2, self)));
+        conditions.push(compare(self, columns, "<=", 2));
         if let Some(filter) = filter {
             conditions.push(format!("(\n{filter}\n)"));
         }
@@ -80,9 +86,9 @@ impl Walk {
         match self {
             Walk::Keyset { columns, .. } => {
                 if !from_start {
-                    conditions.push(format!("{} > {}", row(columns), param_row(1, self)));
+                    conditions.push(compare(self, columns, ">", 1));
                 }
-                conditions.push(format!("{} <= {}", row(columns), param_row(2, self)));
+                conditions.push(compare(self, columns, "<=", 2));
             }
             // Pages [$1, $2): a TID range scan reads just those pages.
             Walk::Pages => conditions.push(
@@ -111,6 +117,15 @@ impl Walk {
 pub fn page_batch_end(from: u64, rows: u64, rows_per_page: f64, upper: u64) -> u64 {
     let pages = (rows as f64 / rows_per_page.max(1.0)).ceil().max(1.0) as u64;
     from.saturating_add(pages).min(upper)
+}
+
+/// The key compared with `op` to the key in parameter `$n`.
+fn compare(walk: &Walk, columns: &[String], op: &str, n: usize) -> String {
+    let op = match walk {
+        Walk::Keyset { built_in: true, .. } => format!("OPERATOR(pg_catalog.{op})"),
+        _ => op.to_string(),
+    };
+    format!("{} {op} {}", row(columns), param_row(n, walk))
 }
 
 fn row(columns: &[String]) -> String {
@@ -152,6 +167,7 @@ mod unit {
         Walk::Keyset {
             columns: vec!["tenant".into(), "\"Id\"".into()],
             types: vec!["integer".into(), "bigint".into()],
+            built_in: false,
         }
     }
 
@@ -178,17 +194,27 @@ mod unit {
 
     #[test]
     fn a_single_column_key_is_compared_as_a_scalar() {
-        let w = Walk::Keyset {
+        let mut w = Walk::Keyset {
             columns: vec!["id".into()],
             types: vec!["bigint".into()],
+            built_in: false,
         };
         assert_eq!(
             w.update_sql("s.t", "a = b", None, false),
             "UPDATE s.t SET\na = b\nWHERE id > $1[1]::bigint AND id <= $2[1]::bigint"
         );
-        assert!(w
-            .batch_end_sql("s.t", true, Some("a IS NULL"))
-            .contains("WHERE id <= $2[1]::bigint AND (\na IS NULL\n) ORDER BY id"));
+        // PostgreSQL's own key types: pg_catalog's operators, whatever the submitter's path.
+        if let Walk::Keyset { built_in, .. } = &mut w {
+            *built_in = true;
+        }
+        assert_eq!(
+            w.update_sql("s.t", "a = b", None, false),
+            "UPDATE s.t SET\na = b\nWHERE id OPERATOR(pg_catalog.>) $1[1]::bigint AND id \
+             OPERATOR(pg_catalog.<=) $2[1]::bigint"
+        );
+        assert!(w.batch_end_sql("s.t", true, Some("a IS NULL")).contains(
+            "WHERE id OPERATOR(pg_catalog.<=) $2[1]::bigint AND (\na IS NULL\n) ORDER BY id"
+        ));
     }
 
     #[test]

@@ -222,6 +222,11 @@ fn expand(
     refuse_taken_functions(&schemas, &planned.objects).or_raise();
     refuse_expired().or_raise();
     let script = planned.script();
+    // A window with nothing for the worker runs here, in the caller's transaction: the
+    // search path the plan pins for its statements is the caller's again afterwards (saved
+    // as a function's SET clause saves it: a SET LOCAL inside ends with it).
+    let path = crate::pg::guc::current("search_path").unwrap_or_default();
+    let restores_settings = crate::pg::guc::SettingScope::set(&[("search_path", &path)]);
     let (status, ..) = apply::apply_script(
         &version,
         &script,
@@ -233,6 +238,7 @@ fn expand(
         Vec::new(),
         None,
     );
+    drop(restores_settings);
     if Status::parse(&status).is_none_or(|s| !matches!(s, Status::Applied | Status::Pending)) {
         // Covered by a baseline: nothing ran, and no window opens.
         Problem::new(

@@ -1399,6 +1399,9 @@ fn bridge(
 ) {
     let name = table.qualified(q);
     let function = bridge_function(version, table, q);
+    // The planner refused new types with domain checks (adding such a column rewrites the
+    // table under ACCESS EXCLUSIVE); their owner could have added one since.
+    out.push((Stage::Expand, unconstrained_check(copies)));
     for copy in copies {
         let shadow = q(&copy.shadow);
         out.push((
@@ -1539,6 +1542,40 @@ fn bridge(
     ));
 }
 
+/// Fails the expand if a copy's type is now a domain with checks (at any depth).
+fn unconstrained_check(copies: &[Copy]) -> String {
+    let types = copies
+        .iter()
+        .map(|c| format!("{}::pg_catalog.regtype", literal(c.new_type)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let body = format!(
+        "
+BEGIN
+    IF EXISTS (WITH RECURSIVE d(t) AS (
+                   SELECT pg_catalog.unnest(ARRAY[{types}])::pg_catalog.oid
+                   UNION
+                   SELECT y.typbasetype FROM pg_catalog.pg_type y, d
+                    WHERE y.oid OPERATOR(pg_catalog.=) d.t AND y.typtype OPERATOR(pg_catalog.=) 'd')
+               SELECT FROM pg_catalog.pg_constraint c, d
+                WHERE c.contypid OPERATOR(pg_catalog.=) d.t) THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = {},
+            DETAIL = {},
+            HINT = {};
+    END IF;
+END
+",
+        literal("pg_migrate: a window's new type has domain checks"),
+        literal(
+            "A check was added to the domain after the window was planned; adding a column of \
+             it would rewrite the table under ACCESS EXCLUSIVE."
+        ),
+        literal("Abort the window, and copy to the domain's base type."),
+    );
+    format!("DO {}", dollar_quoted(&body))
+}
+
 /// Pins the search path of the transaction a planned statement runs in to `pg_catalog,
 /// pg_temp`.
 pub const PIN_PATH: &str =
@@ -1553,16 +1590,16 @@ pub const PIN_PATH: &str =
 /// spliced in before, keep the caller's.
 pub fn pin_printed(expand: &mut Vec<(Stage, String)>) {
     let mut pinned = Vec::with_capacity(expand.len() + 4);
-    let mut expand_pinned = false;
+    // Whether the statement before runs in a transaction already pinned.
+    let mut in_pinned = false;
     for (stage, sql) in expand.drain(..) {
-        let needs = match stage {
-            Stage::Expand => !std::mem::replace(&mut expand_pinned, true),
-            Stage::Publish => !sql.contains("VALIDATE CONSTRAINT"),
-            Stage::Backfill | Stage::Build => false,
-        };
-        if needs {
+        // A VALIDATE runs in a transaction of its own; the statement after it starts another.
+        let validate = sql.contains("VALIDATE CONSTRAINT");
+        let transaction = matches!(stage, Stage::Expand | Stage::Publish) && !validate;
+        if transaction && !in_pinned {
             pinned.push((stage, PIN_PATH.to_string()));
         }
+        in_pinned = transaction;
         pinned.push((stage, sql));
     }
     *expand = pinned;
@@ -2082,19 +2119,21 @@ mod unit {
     fn a_type_change_copies_bridges_backfills_validates_checks_and_publishes() {
         let plan = plan("43", &[(orders(), vec![to_bigint()])], q).unwrap();
         let expand = sql(&plan, Stage::Expand);
+        // First, that the new type has gained no domain check since it was planned.
+        assert!(expand[0].starts_with("DO ") && expand[0].contains("'bigint'::pg_catalog.regtype"));
         assert_eq!(
-            expand[0],
+            expand[1],
             "ALTER TABLE public.orders ADD COLUMN _migrate_43_amount bigint"
         );
         // The old default, for new-version inserts that leave the column out; apart from
         // ADD COLUMN, so that existing rows are not given it.
         assert_eq!(
-            expand[1],
+            expand[2],
             "ALTER TABLE public.orders ALTER COLUMN _migrate_43_amount SET DEFAULT CAST((0) AS \
              bigint)"
         );
         assert_eq!(
-            expand[2],
+            expand[3],
             "ALTER TABLE public.orders ADD CONSTRAINT _migrate_43_amount_not_null \
              CHECK (_migrate_43_amount IS NOT NULL) NOT VALID"
         );
