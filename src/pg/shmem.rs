@@ -264,18 +264,26 @@ pub fn sessions_complete() -> bool {
             .any(|&pid| pid != 0 && crate::pg::process::is_connected(pid))
 }
 
+/// Windows whose places a session remembers, so that a write finds its place without a
+/// search of all of them under the exclusive lock.
+const SLOTS_REMEMBERED: usize = 8;
+
 thread_local! {
-    /// Where this session's writes to the window it wrote to last are kept, so that a write
-    /// finds its place without a search (checked: another session may have taken it).
-    static SESSION_SLOT: std::cell::Cell<(u64, usize)> = const { std::cell::Cell::new((0, 0)) };
+    /// Where this session's writes to the windows it wrote to last are kept, by window key
+    /// (checked before use: a place another session took is searched for again).
+    static SESSION_SLOTS: std::cell::Cell<[(u64, usize); SLOTS_REMEMBERED]> =
+        const { std::cell::Cell::new([(0, 0); SLOTS_REMEMBERED]) };
 }
 
 /// The place of this session's writes to `database`'s window `key`: the one it had, a free
 /// one, or else the one whose session wrote longest ago.
 fn session_slot(sessions: &[SessionWrites], pid: i32, database: u32, key: u64) -> usize {
     let is_ours = |s: &SessionWrites| s.pid == pid && s.database == database && s.key == key;
-    let (cached_key, cached) = SESSION_SLOT.get();
-    if cached_key == key && sessions.get(cached).is_some_and(is_ours) {
+    let mut remembered = SESSION_SLOTS.get();
+    if let Some(&(_, cached)) = remembered
+        .iter()
+        .find(|(k, i)| *k == key && sessions.get(*i).is_some_and(is_ours))
+    {
         return cached;
     }
     let index = sessions
@@ -287,7 +295,10 @@ fn session_slot(sessions: &[SessionWrites], pid: i32, database: u32, key: u64) -
                 .min_by_key(|&i| sessions[i].latest())
                 .unwrap_or(0)
         });
-    SESSION_SLOT.set((key, index));
+    // The oldest remembered window makes room.
+    remembered.rotate_right(1);
+    remembered[0] = (key, index);
+    SESSION_SLOTS.set(remembered);
     index
 }
 

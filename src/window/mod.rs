@@ -547,9 +547,10 @@ fn end(version: Option<&str>, how: WindowEnd) -> Vec<StepRow> {
         // opener's privileges may run it, as migrate.verify and migrate.retry require.
         identity::require_privileges_of(&window.opened_by, &format!("contract window {version}"))
             .or_raise();
+        // Before any lock is taken: it only reads shared memory and the process array.
+        warn_old_sessions(&version);
         lock_bridged(&version, &window).or_raise();
         refuse_drift(&version, &window).or_raise();
-        warn_old_sessions(&version);
     }
     let steps: Vec<&EndStep> = match how {
         WindowEnd::Contracted => window.contract.iter().collect(),

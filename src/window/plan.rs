@@ -1402,32 +1402,8 @@ fn bridge(
     // The planner refused new types with domain checks (adding such a column rewrites the
     // table under ACCESS EXCLUSIVE); their owner could have added one since.
     out.push((Stage::Expand, unconstrained_check(copies)));
-    for copy in copies {
-        let shadow = q(&copy.shadow);
-        out.push((
-            Stage::Expand,
-            format!("ALTER TABLE {name} ADD COLUMN {shadow} {}", copy.new_type),
-        ));
-        if let Some(default) = &copy.default {
-            // Apart from ADD COLUMN, which would give every existing row the default: an
-            // insert of the new version that leaves the column out gets the old default.
-            out.push((
-                Stage::Expand,
-                format!("ALTER TABLE {name} ALTER COLUMN {shadow} SET DEFAULT {default}"),
-            ));
-        }
-        if let Some(check) = &copy.check {
-            // NOT VALID: checked for rows written from now on (which the bridge fills), and
-            // validated after the backfill without blocking writes.
-            out.push((
-                Stage::Expand,
-                format!(
-                    "ALTER TABLE {name} ADD CONSTRAINT {} CHECK ({shadow} IS NOT NULL) NOT VALID",
-                    q(check)
-                ),
-            ));
-        }
-    }
+    // Before the copies are added: the trial row is read under ACCESS SHARE, not under the
+    // ACCESS EXCLUSIVE lock that adding a column takes for the rest of the transaction.
     // The conversions the caller wrote, as functions every writer's bridge calls with the
     // writer's rights, as PostgreSQL's own casts are: PostgreSQL's own code only (the planner
     // refuses anything else), in SQL-standard bodies, which PostgreSQL resolves to objects
@@ -1482,6 +1458,32 @@ fn bridge(
                 copy.down(&copy.up_value(&column))
             ),
         ));
+    }
+    for copy in copies {
+        let shadow = q(&copy.shadow);
+        out.push((
+            Stage::Expand,
+            format!("ALTER TABLE {name} ADD COLUMN {shadow} {}", copy.new_type),
+        ));
+        if let Some(default) = &copy.default {
+            // Apart from ADD COLUMN, which would give every existing row the default: an
+            // insert of the new version that leaves the column out gets the old default.
+            out.push((
+                Stage::Expand,
+                format!("ALTER TABLE {name} ALTER COLUMN {shadow} SET DEFAULT {default}"),
+            ));
+        }
+        if let Some(check) = &copy.check {
+            // NOT VALID: checked for rows written from now on (which the bridge fills), and
+            // validated after the backfill without blocking writes.
+            out.push((
+                Stage::Expand,
+                format!(
+                    "ALTER TABLE {name} ADD CONSTRAINT {} CHECK ({shadow} IS NOT NULL) NOT VALID",
+                    q(check)
+                ),
+            ));
+        }
     }
     let mut declare = String::new();
     let mut insert_new = String::new();
