@@ -39,7 +39,11 @@ asserts a timing; the tests assert correctness bounds, this measures.
                    alternating rounds; then an int ->
                    bigint change of a 2M-row table under a rate-limited pgbench workload, by
                    migrate.expand (to published) + migrate.contract vs one ALTER TABLE ... TYPE
-                   on an identical table, with the writers' p99 and worst wait in each.
+                   on an identical table, with the writers' p99 and worst wait in each; and
+                   reads by key of a window's table (old and new version) vs of another table.
+  window-scale     a window's life (expand, the worker's phases, contract, the drop of the
+                   set-aside columns) on a 1M-row table in a database of 5,000 other tables vs
+                   an empty one, with the worst wait of a reader of that table in each step.
   script-size      migrate.lint of 1,000, 10,000 and 50,000 statements (on one line and one per
                    line), and migrate.apply and migrate.dry_run of as many statements vs the same
                    script run directly: time per statement must not grow with the script beyond
@@ -755,6 +759,12 @@ INSERT INTO {table} (amount) VALUES (:v);
 """
 
 
+WINDOW_READER = """
+\\set id random(1, {rows})
+SELECT amount FROM {table} WHERE id = :id;
+"""
+
+
 def pgbench_log(cluster: Cluster, db: str, script: str, seconds: int, clients: int, prefix: Path,
                 options: str | None = None, rate: int | None = None, protocol: str = "simple") -> list[float]:
     """Runs pgbench with `script` and returns each transaction's latency (seconds)."""
@@ -824,9 +834,79 @@ def window_bench(cluster: Cluster, rows: int, change_rows: int, rounds: int, rat
             tps = len(lat) / seconds[name]
             print(f"    {label:<32} {tps:7.0f} tps ({tps / base_tps:4.2f}x)  p50 {p50 * 1000:6.2f} ms "
                   f"({p50 / base_p50:4.2f}x)  p99 {p99 * 1000:6.2f} ms ({p99 / base_p99:4.2f}x)")
+    # Reads: every query's end is looked at for the tables of open windows (to know which
+    # sessions still use each version); a read of the plain table pays the look, a read of a
+    # window's table also notes the session's use (at most once a second).
+    read_cases = {"plain": ("plain", None), "old": ("bridged", None),
+                  "new": ("bridged", "-csearch_path=public_v1,public")}
+    latencies = {k: [] for k in read_cases}
+    for r in range(rounds):
+        for name, (table, options) in read_cases.items():
+            latencies[name] += pgbench_log(cluster, db, WINDOW_READER.format(rows=rows, table=table), 5, 2,
+                                           work / f"read_{name}_{r}", options, protocol="prepared")
+    print("  reads, pgbench -M prepared, SELECT of a random row by key:")
+    base = latencies["plain"]
+    base_p50, base_p99 = statistics.median(base), statistics.quantiles(base, n=100)[98]
+    for name, label in (("plain", "table outside the window"), ("old", "window's table, old version"),
+                        ("new", "window's table, new version")):
+        lat = latencies[name]
+        p50, p99 = statistics.median(lat), statistics.quantiles(lat, n=100)[98]
+        tps = len(lat) / (5 * rounds)
+        print(f"    {label:<32} {tps:7.0f} tps ({len(lat) / len(base):4.2f}x)  p50 {p50 * 1000:6.3f} ms "
+              f"({p50 / base_p50:4.2f}x)  p99 {p99 * 1000:6.3f} ms ({p99 / base_p99:4.2f}x)")
     cluster.drop_database(db)
     if change_rows:
         type_change_under_load(cluster, change_rows, rate, work)
+
+
+def window_scale(cluster: Cluster, sizes: list[int], rows: int) -> None:
+    """A window's whole life on a large schema, side by side with an empty one: how long
+    expand, the worker's phases, contract and the drop of the set-aside columns take, and the
+    worst wait of a reader of the changed table during each (contract's swap and the drop
+    take ACCESS EXCLUSIVE; their recording of the schema runs while they hold it)."""
+    print(f"window-scale: int -> bigint + a rename on a {rows:,}-row table, in databases of n other tables "
+          f"(a key, a foreign key, an index and a default each); a reader selects one row by key every 2 ms")
+    print("  tables   expand (reader worst)   worker (reader worst)   contract (reader worst)   drop (reader worst)")
+    for n in sizes:
+        db = cluster.create_database(f"bench_window_scale_{n}")
+        with cluster.connect(db) as c:
+            build_schema(c, n)
+            c.execute("CREATE TABLE orders (id bigint PRIMARY KEY, amount int NOT NULL DEFAULT 0, old_status text)")
+            c.execute(f"INSERT INTO orders SELECT g, g % 100000, 'new' FROM generate_series(1, {rows}) g")
+            c.execute("VACUUM ANALYZE")
+            c.execute(f"ALTER DATABASE {db} SET migrate.deprecated_retention = '1s'")
+        took, worst = [], []
+        with cluster.connect(db) as c:
+            # Names nothing the window renames or retypes: what it measures is the wait.
+            reader = "SELECT count(*) FROM orders WHERE id = 4242"
+
+            def phase(run) -> None:
+                with Stopwatch(cluster, db, reader, pause=0.002) as readers:
+                    time.sleep(0.1)
+                    t = time.perf_counter()
+                    run()
+                    took.append(time.perf_counter() - t)
+                    time.sleep(0.1)
+                assert not readers.errors, readers.errors[:1]
+                worst.append(readers.worst)
+
+            phase(lambda: c.execute("SELECT migrate.expand('43', 'ALTER TABLE orders ALTER COLUMN amount TYPE bigint; "
+                                    "ALTER TABLE orders RENAME COLUMN old_status TO old_status2')"))
+            phase(lambda: c.execute("CALL migrate.wait('43', '1 hour')"))
+            phase(lambda: c.execute("SELECT * FROM migrate.contract('43')"))
+            phase(lambda: wait_for(lambda: c.execute(
+                "SELECT deprecated_dropped_at IS NOT NULL FROM migrate.window_history WHERE version = '43'"
+            ).fetchone()[0], 600))
+        cells = [f"{t * 1000:9.1f} ms ({w * 1000:6.1f} ms)" for t, w in zip(took, worst)]
+        print(f"  {n:>6,}   " + "   ".join(cells))
+        cluster.drop_database(db)
+
+
+def wait_for(condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
 
 
 def type_change_under_load(cluster: Cluster, change_rows: int, rate: int, work: Path) -> None:
@@ -925,8 +1005,11 @@ def main() -> None:
     p.add_argument("--window-rows", type=int, default=200_000, help="rows in the bridge-overhead tables")
     p.add_argument("--window-change-rows", type=int, default=2_000_000, help="rows in the int -> bigint tables (0: skip)")
     p.add_argument("--window-rounds", type=int, default=3, help="alternating 5 s rounds per bridge case")
+    p.add_argument("--window-scale-sizes", default="0,5000", help="schema sizes (tables) in window-scale")
+    p.add_argument("--window-scale-rows", type=int, default=1_000_000, help="rows of the changed table in window-scale")
     p.add_argument("--only", choices=["apply-overhead", "lock-queue", "guard", "worker-latency", "writer-wait",
-                                      "dry-run", "schema-scale", "backfill", "script-size", "window"])
+                                      "dry-run", "schema-scale", "backfill", "script-size", "window",
+                                      "window-scale"])
     args = p.parse_args()
     # Commit timestamps: the worker-latency figure starts at the submitting commit.
     cluster = Cluster("/tmp/pg_migrate_bench").start("track_commit_timestamp=on")
@@ -954,6 +1037,8 @@ def main() -> None:
         if args.only in (None, "window"):
             window_bench(cluster, args.window_rows, args.window_change_rows, args.window_rounds,
                          args.backfill_rate)
+        if args.only in (None, "window-scale"):
+            window_scale(cluster, [int(x) for x in args.window_scale_sizes.split(",")], args.window_scale_rows)
         if args.only in (None, "backfill"):
             for rows in (int(x) for x in args.backfill_rows.split(",")):
                 backfill(cluster, rows, 2, args.backfill_rate, args.backfill_batch_time, args.backfill_pause,

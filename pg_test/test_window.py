@@ -710,7 +710,9 @@ def test_an_expired_window_is_extended_only_with_a_reason_and_new_windows_open_a
     assert f.sqlstate == "55000" and "already been contracted" in f.message, f
 
 
-def test_windows_show_the_sessions_still_connected_by_the_version_they_wrote_as(cluster, db, conn):
+def test_windows_show_the_sessions_still_connected_by_the_version_they_used(cluster, db, conn):
+    """Writers and readers alike: a client of the old version that only reads breaks at
+    contract as surely as one that writes."""
     make_orders(conn, 1000)
     conn.execute("SELECT * FROM migrate.expand('43', %s)", (DDL,))
     conn.execute("CALL migrate.wait('43')")
@@ -720,6 +722,8 @@ def test_windows_show_the_sessions_still_connected_by_the_version_they_wrote_as(
     new = cluster.connect(db, options=NEW_PATH)
     pooled = cluster.connect(db)
     reader = cluster.connect(db)
+    new_reader = cluster.connect(db, options=NEW_PATH)
+    bystander = cluster.connect(db)
     pid = lambda c: c.execute("SELECT pg_backend_pid()").fetchone()[0]
     old.execute("UPDATE orders SET amount = 5 WHERE id = 1")
     old.execute("UPDATE orders SET amount = 6 WHERE id = 1")
@@ -729,34 +733,62 @@ def test_windows_show_the_sessions_still_connected_by_the_version_they_wrote_as(
         pooled.execute("SET LOCAL migrate.client_version = '43'")
         pooled.execute("INSERT INTO public_v43.orders (id, amount) VALUES (100002, 1)")
     pooled.execute("UPDATE orders SET amount = 7 WHERE id = 3")
-    reader.execute("SELECT count(*) FROM orders")
+    reader.execute("SELECT count(*) FROM orders WHERE old_status IS NOT NULL")
+    new_reader.execute("SELECT count(*) FROM orders WHERE status IS NOT NULL")
+    # A session that uses no table of the window is no version's client.
+    bystander.execute("SELECT count(*) FROM pg_class")
     gone_pid = pid(gone)
     gone.close()
     wait_until(lambda: conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
                                     (gone_pid,)).fetchone() == (0,), timeout=10)
     rows = conn.execute("SELECT pid, side, writes FROM migrate.window_sessions('43') ORDER BY side, pid").fetchall()
-    assert sorted(rows) == sorted([(pid(old), "old", 2), (pid(pooled), "old", 1),
-                                   (pid(new), "new", 1), (pid(pooled), "new", 1)]), rows
+    assert sorted(rows) == sorted([(pid(old), "old", 2), (pid(pooled), "old", 1), (pid(reader), "old", 0),
+                                   (pid(new), "new", 1), (pid(pooled), "new", 1),
+                                   (pid(new_reader), "new", 0)]), rows
+    assert conn.execute("SELECT count(*) FILTER (WHERE last_seen IS NULL), "
+                        "count(*) FILTER (WHERE last_write IS NULL), "
+                        "count(*) FILTER (WHERE last_seen < last_write) "
+                        "FROM migrate.window_sessions('43')").fetchone() == (0, 2, 0)
     w = window(conn, "43")
-    assert (w["old_sessions"], w["new_sessions"]) == (2, 2), w
+    assert (w["old_sessions"], w["new_sessions"]) == (3, 3), w
     # Everyone may see them, as pg_stat_activity shows pids to everyone.
     conn.execute("CREATE ROLE window_no_sessions LOGIN")
     with cluster.connect(db, user="window_no_sessions") as nobody:
-        assert nobody.execute("SELECT old_sessions FROM migrate.windows").fetchone() == (2,)
-    # Contract goes on, saying who still wrote as the old version.
+        assert nobody.execute("SELECT old_sessions FROM migrate.windows").fetchone() == (3,)
+    # Contract goes on, saying who still used the old version; its own reads of the table
+    # make the caller no client of it.
     notices = []
     conn.add_notice_handler(lambda d: notices.append((d.severity, d.message_primary, d.message_detail or "")))
     pooled.close()
     wait_until(lambda: len(conn.execute("SELECT 1 FROM migrate.window_sessions('43') WHERE side = 'old'")
-                            .fetchall()) == 1, timeout=10)
+                            .fetchall()) == 2, timeout=10)
     conn.execute("SELECT * FROM migrate.contract('43')")
-    warned = [n for n in notices if n[0] == "WARNING" and "wrote as the old version" in n[1]]
-    assert warned and warned[0][1].startswith("pg_migrate: 1 sessions still connected") \
-        and str(pid(old)) in warned[0][2], notices
+    warned = [n for n in notices if n[0] == "WARNING" and "used the old version" in n[1]]
+    assert warned and warned[0][1].startswith("pg_migrate: 2 sessions still connected") \
+        and str(pid(old)) in warned[0][2] and str(pid(reader)) in warned[0][2] \
+        and str(pid(conn)) not in warned[0][2], notices
     w = window(conn, "43")
     assert (w["state"], w["old_sessions"], w["new_sessions"]) == ("contracted", 0, 0), w
-    for c in (old, new, reader):
+    for c in (old, new, reader, new_reader, bystander):
         c.close()
+
+
+def test_a_session_is_known_by_its_reads_once_the_worker_registers_the_window_again(cluster, db, conn):
+    """The tables of open windows live in shared memory; a restart empties it, and the
+    worker registers them again as it looks at the windows."""
+    make_orders(conn, 100)
+    conn.execute("SELECT migrate.expand('43', 'ALTER TABLE orders RENAME COLUMN old_status TO status')")
+    conn.execute("CALL migrate.wait('43')")
+    cluster.restart()
+    with cluster.connect(db) as admin, cluster.connect(db) as reader:
+        reader_pid = reader.execute("SELECT pg_backend_pid()").fetchone()[0]
+
+        def known():
+            reader.execute("SELECT old_status FROM orders WHERE id = 1")
+            return admin.execute("SELECT side FROM migrate.window_sessions('43') WHERE pid = %s",
+                                 (reader_pid,)).fetchall() == [("old",)]
+        wait_until(known, timeout=30)
+        admin.execute("SELECT migrate.abort('43')")
 
 
 def test_printed_expressions_mean_the_same_whatever_the_openers_search_path(cluster, db, conn):
@@ -1061,8 +1093,6 @@ def test_what_cannot_be_bridged_faithfully_is_refused(cluster, db, conn):
     conn.execute("CREATE FUNCTION bump() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN NEW.n := NEW.n + 1; RETURN NEW; END'")
     conn.execute("CREATE TRIGGER zzz_bump BEFORE INSERT ON u FOR EACH ROW EXECUTE FUNCTION bump()")
     conn.execute("CREATE SCHEMA public_v44")
-    conn.execute("CREATE TABLE secured (id int PRIMARY KEY, n int)")
-    conn.execute("ALTER TABLE secured ENABLE ROW LEVEL SECURITY")
     conn.execute("CREATE DOMAIN positive AS bigint CHECK (VALUE > 0)")
     conn.execute("CREATE TABLE w (id int PRIMARY KEY, n int)")
     cases = [
@@ -1070,7 +1100,6 @@ def test_what_cannot_be_bridged_faithfully_is_refused(cluster, db, conn):
         ("43", "ALTER TABLE u ALTER COLUMN at TYPE timestamp", "depends on session settings"),
         ("43", "ALTER TABLE u ALTER COLUMN n TYPE bigint", "zzz_bump would fire after the bridge"),
         ("44", "ALTER TABLE u RENAME COLUMN n TO m", "schema public_v44 already exists"),
-        ("43", "ALTER TABLE secured ALTER COLUMN n TYPE bigint", "row-level security"),
         ("43", "ALTER TABLE w ALTER COLUMN n TYPE positive", "a domain with constraints"),
         ("43", "CREATE INDEX ON w (n); ALTER TABLE w ALTER COLUMN n TYPE bigint", "whose columns the window copies"),
     ]
@@ -1111,6 +1140,59 @@ def test_a_plain_admin_opens_and_ends_windows_and_an_aborted_one_stays_ended(clu
         a.execute("SELECT migrate.abort('45')")
         f = failure(a, "SELECT migrate.retry('45')")
         assert f.sqlstate == "55000" and "aborted" in f.message, f
+
+
+def test_row_level_security_carries_over_and_the_window_sees_every_row(cluster, db, conn):
+    """A multi-tenant table: each tenant sees its rows through either version, the window's
+    backfill and checks see all of them, and a window its policies would apply to is
+    refused."""
+    conn.execute("CREATE ROLE rls_owner LOGIN IN ROLE migrate_admin")
+    conn.execute("CREATE ROLE rls_tenant LOGIN")
+    conn.execute(f"GRANT CREATE ON DATABASE {db} TO rls_owner")
+    conn.execute("GRANT CREATE ON SCHEMA public TO rls_owner")
+    with cluster.connect(db, user="rls_owner") as owner:
+        owner.execute("CREATE TABLE accounts (id bigint PRIMARY KEY, tenant text NOT NULL, "
+                      "amount int NOT NULL DEFAULT 0, note text)")
+        owner.execute("INSERT INTO accounts SELECT g, CASE WHEN g % 2 = 0 THEN 'a' ELSE 'b' END, "
+                      "g, 'n' || g FROM generate_series(1, 2000) g")
+        owner.execute("ALTER TABLE accounts ENABLE ROW LEVEL SECURITY")
+        owner.execute("CREATE POLICY tenant ON accounts USING (tenant = current_setting('app.tenant', true))")
+        owner.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON accounts TO rls_tenant")
+        owner.execute("SELECT migrate.expand('43', 'ALTER TABLE accounts ALTER COLUMN amount TYPE bigint; "
+                      "ALTER TABLE accounts RENAME COLUMN note TO memo')")
+        # The caller's own setting is back; the worker's steps and the backfill carry 'off'.
+        assert owner.execute("SHOW row_security").fetchone()[0] == "on"
+        owner.execute("CALL migrate.wait('43')")
+        assert window(owner, "43")["state"] == "published"
+    assert conn.execute("SELECT settings ->> 'row_security' FROM migrate.history WHERE version = '43'"
+                        ).fetchone()[0] == "off"
+    assert conn.execute("SELECT array_agg(DISTINCT settings ->> 'row_security') FROM migrate.backfills"
+                        ).fetchone()[0] == ["off"]
+    # Every tenant's rows were copied, not only those a policy would show.
+    assert conn.execute("SELECT count(*) FILTER (WHERE _migrate_43_amount = amount), count(*) "
+                        "FROM accounts").fetchone() == (2000, 2000)
+    with cluster.connect(db, user="rls_tenant", options="'-capp.tenant=a -csearch_path=public_v43,public'") as new, \
+            cluster.connect(db, user="rls_tenant", options="-capp.tenant=b") as old:
+        assert new.execute("SELECT count(*), min(memo) IS NOT NULL FROM accounts").fetchone() == (1000, True)
+        assert new.execute("SELECT count(*) FROM accounts WHERE tenant = 'b'").fetchone()[0] == 0
+        new.execute("INSERT INTO accounts (id, tenant, amount, memo) VALUES (3001, 'a', 7, 'x')")
+        f = failure(new, "INSERT INTO accounts (id, tenant, amount) VALUES (3002, 'b', 7)")
+        assert f.sqlstate == "42501" and "row-level security" in f.message, f
+        assert old.execute("UPDATE accounts SET amount = amount + 1 RETURNING id").rowcount == 1000
+        assert old.execute("SELECT count(*) FROM accounts WHERE id = 3001").fetchone()[0] == 0
+    with cluster.connect(db, user="rls_owner") as owner:
+        owner.execute("SELECT migrate.contract('43')")
+        # Policies that apply to the opener refuse the window, and leave nothing.
+        owner.execute("CREATE TABLE forced (id int PRIMARY KEY, tenant text, n int)")
+        owner.execute("ALTER TABLE forced ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY")
+        owner.execute("CREATE POLICY mine ON forced USING (tenant = current_user)")
+        f = failure(owner, "SELECT migrate.expand('44', 'ALTER TABLE forced ALTER COLUMN n TYPE bigint')")
+        assert f.sqlstate == "42501" and "policies apply to you" in f.message, f
+        assert "BYPASSRLS" in f.hint, f
+    assert conn.execute("SELECT count(*) FROM migrate.window_history WHERE version = '44'").fetchone()[0] == 0
+    assert conn.execute("SELECT pg_typeof(amount)::text, count(*), count(*) FILTER (WHERE amount = id + "
+                        "(id % 2)) FROM accounts GROUP BY 1").fetchall() == [("bigint", 2001, 2000)]
+    assert conn.execute("SELECT count(*) FROM accounts WHERE memo IS NULL").fetchone()[0] == 0
 
 
 def test_a_type_owners_code_runs_as_the_writer_never_as_the_window_opener(cluster, db, conn):
@@ -1297,6 +1379,51 @@ def test_a_primary_key_is_proven_not_null_built_and_attached_and_abort_takes_it_
         "SELECT conname FROM pg_constraint WHERE conrelid = 'events'::regclass AND contype <> 'n'").fetchall() == [("events_pkey",)]
     assert conn.execute("SELECT to_regclass('v_key')").fetchone() == (None,)
     conn.execute("INSERT INTO events VALUES (0, NULL)")
+
+
+def test_three_clients_write_while_a_primary_key_is_proven_built_and_attached(cluster, db, conn):
+    """ADD PRIMARY KEY on a nullable column: NOT NULL proven by a CHECK added NOT VALID and
+    validated, the unique index built CONCURRENTLY, both attached at contract without a scan,
+    while old, new and pooled clients insert, update, upsert, delete and copy."""
+    make_orders(conn, 200_000)
+    conn.execute("SET migrate.guard = off")
+    conn.execute("ALTER TABLE orders DROP CONSTRAINT orders_pkey, ALTER COLUMN id DROP NOT NULL")
+    conn.execute("CREATE UNIQUE INDEX orders_id_unique ON orders (id)")
+    conn.execute("RESET migrate.guard")
+    conn.execute(f"ALTER DATABASE {db} SET migrate.backfill_max_batch_size = 5000")
+    old = Client(cluster, db, "old", 1_000_000, version="45").start()
+    time.sleep(0.3)
+    conn.execute("SELECT * FROM migrate.expand('45', 'ALTER TABLE orders ADD PRIMARY KEY (id)')")
+    wait_until(lambda: window(conn, "45").get("state") in ("published", "failed"), timeout=180, interval=0.2)
+    assert window(conn, "45")["state"] == "published", conn.execute(
+        "SELECT phase, state, error FROM migrate.steps WHERE version = '45'").fetchall()
+    assert conn.execute("SELECT indisunique, indisvalid, indisprimary FROM pg_index "
+                        "WHERE indexrelid = 'orders_pkey'::regclass").fetchone() == (True, True, False)
+    assert failure(conn, "INSERT INTO orders (id, amount) VALUES (NULL, 1)").sqlstate == "23514"
+    new = Client(cluster, db, "new", 2_000_000, version="45", new_status="old_status").start()
+    pooled = Client(cluster, db, "pooled", 3_000_000, version="45", new_status="old_status").start()
+    time.sleep(2)
+    with old.writing, new.writing, pooled.writing:
+        assert_each_write_seen_by_both(conn, (old, new, pooled))
+    contract_started = time.monotonic()
+    conn.execute("SELECT * FROM migrate.contract('45')")
+    after_contract = time.monotonic()
+    time.sleep(1)
+    for client in (old, new, pooled):
+        client.finish()
+        # Only what names the dropped view schema fails, after contract.
+        early = [e for e in client.errors if e[0] < contract_started or e[1] != "42P01"]
+        assert client.writes > 20 and early == [], (client.side, client.writes, early[:3])
+        assert client.side == "pooled" or client.errors == [], (client.side, client.errors[:3])
+        assert client.worst < LOCK_TIMEOUT_S + 1, (client.side, client.worst)
+    assert after_contract - contract_started < LOCK_TIMEOUT_S
+    assert conn.execute("SELECT count(*) FROM orders WHERE id >= 1000000").fetchone()[0] == sum(
+        len(c.expected) for c in (old, new, pooled))
+    got = constraints_of(conn)
+    assert got["orders_pkey"] == ("p", True) and not [c for c in got if c.startswith("_migrate")], got
+    assert conn.execute("SELECT attnotnull FROM pg_attribute WHERE attrelid = 'orders'::regclass "
+                        "AND attname = 'id'").fetchone() == (True,)
+    assert conn.execute("SELECT count(*) FROM migrate.drift()").fetchone()[0] == 0
 
 
 KEY_SCHEMA = """

@@ -18,9 +18,12 @@ pub static LOCK_RETRY_MAX_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(30_
 /// its locks, statements and retries. Recorded with each migration, so that the background
 /// worker runs its phases as the submitter's own session would have. standard_conforming_strings
 /// decides how a script splits into statements: the worker must split it as the guard did.
-pub const CARRIED: [&str; 7] = [
+/// row_security decides whether a policy that applies to the submitter filters the rows a
+/// statement sees or makes it fail: a window's steps must see every row or fail.
+pub const CARRIED: [&str; 8] = [
     "search_path",
     "standard_conforming_strings",
+    "row_security",
     "migrate.lock_timeout",
     "migrate.statement_timeout",
     "migrate.lock_retries",

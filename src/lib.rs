@@ -92,6 +92,10 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     if pg::process::loading_at_server_start() {
         guard::hooks::utility_hook::install();
+        pg::executor_hook::install(pg::executor_hook::Observer {
+            wanted: window::sessions::wanted,
+            seen: window::sessions::seen,
+        });
         pg::shmem::init();
         worker::launcher::register();
     }

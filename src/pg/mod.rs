@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod describe;
 pub mod event_trigger;
+pub mod executor_hook;
 pub mod expand;
 pub mod guc;
 pub mod hash_input;

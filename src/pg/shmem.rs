@@ -4,10 +4,11 @@
 //!
 //! Exists only when pg_migrate is in shared_preload_libraries; `available()` says so.
 
+use pgrx::atomics::PgAtomic;
 use pgrx::lwlock::PgLwLock;
 use pgrx::shmem::PGRXSharedMemory;
 use pgrx::{pg_guard, pg_shmem_init, pg_sys};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// The most databases served at once; `migrate.max_workers` may lower it.
 pub const MAX_SLOTS: usize = 64;
@@ -116,11 +117,16 @@ struct SessionWrites {
     writes: [u64; 2],
     /// TimestampTz of the last of each; 0: none.
     last: [i64; 2],
+    /// TimestampTz of the last statement (a read or a write) by each; 0: none.
+    seen: [i64; 2],
 }
 
 impl SessionWrites {
     fn latest(&self) -> i64 {
-        self.last[0].max(self.last[1])
+        self.last[0]
+            .max(self.last[1])
+            .max(self.seen[0])
+            .max(self.seen[1])
     }
 }
 
@@ -202,6 +208,28 @@ pub fn count_write(database: pg_sys::Oid, key: u64, new: bool) {
         side.buckets[bucket] = 0;
     }
     side.buckets[bucket] += 1;
+    let session = this_session(&mut shared, database, key);
+    session.writes[usize::from(new)] += 1;
+    session.last[usize::from(new)] = now;
+    session.seen[usize::from(new)] = now;
+}
+
+/// Notes that this session ran a statement (a read or a write) on a table of `database`'s
+/// window `key`, as the new version or not. Every session of a database with open windows
+/// may run it: bounded, and it raises no error.
+pub fn count_use(database: pg_sys::Oid, key: u64, new: bool) {
+    if !available() {
+        return;
+    }
+    // SAFETY: reads the clock.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let mut shared = WRITES.exclusive();
+    this_session(&mut shared, u32::from(database), key).seen[usize::from(new)] = now;
+}
+
+/// This session's place for `database`'s window `key`, taken (from the session that used a
+/// window longest ago, when none is free) if it had none.
+fn this_session(shared: &mut Writes, database: u32, key: u64) -> &mut SessionWrites {
     let pid = crate::pg::process::pid();
     let index = session_slot(&shared.sessions, pid, database, key);
     let taken = shared.sessions[index].pid;
@@ -221,8 +249,7 @@ pub fn count_write(database: pg_sys::Oid, key: u64, new: bool) {
             ..SessionWrites::default()
         };
     }
-    session.writes[usize::from(new)] += 1;
-    session.last[usize::from(new)] = now;
+    session
 }
 
 /// Frees this session's places when it exits, whatever ends it (once per session): the
@@ -247,10 +274,11 @@ fn forget_sessions_at_exit() {
     unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0)) };
 }
 
-/// Whether every connected session's writes to windows are remembered: none forgotten for
-/// want of room is still connected (past the last ones kept, that cannot be known).
+/// Whether every connected session's use of windows is remembered: every open window's
+/// tables were registered, and no session forgotten for want of room is still connected
+/// (past the last ones kept, that cannot be known).
 pub fn sessions_complete() -> bool {
-    if !available() {
+    if !available() || TABLES.share().dropped {
         return false;
     }
     let (lost, count) = {
@@ -302,18 +330,20 @@ fn session_slot(sessions: &[SessionWrites], pid: i32, database: u32, key: u64) -
     index
 }
 
-/// One session's writes to a window by one side, as [`window_sessions`] reads them.
+/// One session's use of a window by one side, as [`window_sessions`] reads it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SessionSide {
     pub pid: i32,
     pub new: bool,
     pub writes: u64,
-    /// TimestampTz.
+    /// TimestampTz of the last write; 0: none.
     pub last: i64,
+    /// TimestampTz of the last statement, a read or a write.
+    pub seen: i64,
 }
 
-/// The sessions still connected that wrote to `database`'s window `key`, one entry per side
-/// each wrote as.
+/// The sessions still connected that used `database`'s window `key`, one entry per side
+/// each used.
 pub fn window_sessions(database: pg_sys::Oid, key: u64) -> Vec<SessionSide> {
     if !available() {
         return Vec::new();
@@ -333,11 +363,12 @@ pub fn window_sessions(database: pg_sys::Oid, key: u64) -> Vec<SessionSide> {
         .flat_map(|s| {
             [false, true].into_iter().filter_map(move |new| {
                 let side = usize::from(new);
-                (s.writes[side] > 0).then_some(SessionSide {
+                (s.writes[side] > 0 || s.seen[side] != 0).then_some(SessionSide {
                     pid: s.pid,
                     new,
                     writes: s.writes[side],
                     last: s.last[side],
+                    seen: s.seen[side].max(s.last[side]),
                 })
             })
         })
@@ -423,10 +454,171 @@ pub fn keep_windows(database: pg_sys::Oid, open: &[u64]) {
     }
 }
 
+/// Tables of open windows registered at once, over every database.
+pub const MAX_WINDOW_TABLES: usize = 1024;
+/// A version's or a schema's bytes kept: a schema name's limit (NAMEDATALEN).
+const NAME_BYTES: usize = 64;
+
+#[derive(Clone, Copy)]
+struct Registered {
+    /// 0: free.
+    database: u32,
+    relid: u32,
+    key: u64,
+    version: [u8; NAME_BYTES],
+    schema: [u8; NAME_BYTES],
+}
+
+impl Default for Registered {
+    fn default() -> Self {
+        Registered {
+            database: 0,
+            relid: 0,
+            key: 0,
+            version: [0; NAME_BYTES],
+            schema: [0; NAME_BYTES],
+        }
+    }
+}
+
+/// A table of an open window, by the name of the window's version and the schema of the
+/// table's view in the new version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowTable {
+    pub relid: pg_sys::Oid,
+    pub key: u64,
+    pub version: String,
+    pub schema: String,
+}
+
+#[derive(Clone, Copy)]
+pub struct WindowTables {
+    tables: [Registered; MAX_WINDOW_TABLES],
+    /// A table was not registered for want of room: the sessions known may not be all.
+    dropped: bool,
+}
+
+impl Default for WindowTables {
+    fn default() -> Self {
+        WindowTables {
+            tables: [Registered::default(); MAX_WINDOW_TABLES],
+            dropped: false,
+        }
+    }
+}
+
+// SAFETY: plain data behind an LWLock.
+unsafe impl PGRXSharedMemory for WindowTables {}
+
+// SAFETY: names no other extension uses.
+static TABLES: PgLwLock<WindowTables> = unsafe { PgLwLock::new(c"pg_migrate_window_tables") };
+/// Changes whenever TABLES does (0: never registered since the server started), read
+/// without a lock by every statement's end: a session reads TABLES again only then.
+static TABLES_GENERATION: PgAtomic<AtomicU64> =
+    unsafe { PgAtomic::new(c"pg_migrate_window_tables_generation") };
+
+fn name_bytes(name: &str) -> Option<[u8; NAME_BYTES]> {
+    let mut bytes = [0; NAME_BYTES];
+    // One byte stays 0: where the name ends.
+    (name.len() < NAME_BYTES).then(|| {
+        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        bytes
+    })
+}
+
+fn name_str(bytes: &[u8; NAME_BYTES]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(NAME_BYTES);
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// Makes `tables` the registered tables of `database`'s open windows.
+pub fn register_window_tables(database: pg_sys::Oid, tables: &[WindowTable]) {
+    if !available() {
+        return;
+    }
+    let database = u32::from(database);
+    let mut wanted: Vec<Registered> = Vec::with_capacity(tables.len());
+    let mut too_long = false;
+    for table in tables {
+        match (name_bytes(&table.version), name_bytes(&table.schema)) {
+            (Some(version), Some(schema)) => wanted.push(Registered {
+                database,
+                relid: u32::from(table.relid),
+                key: table.key,
+                version,
+                schema,
+            }),
+            _ => too_long = true,
+        }
+    }
+    let mut shared = TABLES.exclusive();
+    let same = |a: &Registered, b: &Registered| {
+        a.relid == b.relid && a.key == b.key && a.version == b.version && a.schema == b.schema
+    };
+    let registered: Vec<&Registered> = shared
+        .tables
+        .iter()
+        .filter(|t| t.database == database)
+        .collect();
+    if registered.len() == wanted.len()
+        && wanted.iter().all(|w| registered.iter().any(|r| same(r, w)))
+        && !too_long
+    {
+        return;
+    }
+    for table in shared.tables.iter_mut() {
+        if table.database == database {
+            *table = Registered::default();
+        }
+    }
+    let mut free = 0;
+    for table in wanted {
+        let Some(at) = (free..MAX_WINDOW_TABLES).find(|&i| shared.tables[i].database == 0) else {
+            shared.dropped = true;
+            break;
+        };
+        shared.tables[at] = table;
+        free = at + 1;
+    }
+    shared.dropped |= too_long;
+    TABLES_GENERATION.get().fetch_add(1, Ordering::AcqRel);
+}
+
+/// Changes whenever the registered tables do; 0 if none ever were (or pg_migrate is not
+/// preloaded).
+pub fn window_tables_generation() -> u64 {
+    if !available() {
+        return 0;
+    }
+    TABLES_GENERATION.get().load(Ordering::Acquire)
+}
+
+/// The registered tables of `database`'s open windows.
+pub fn window_tables(database: pg_sys::Oid) -> Vec<WindowTable> {
+    if !available() {
+        return Vec::new();
+    }
+    let database = u32::from(database);
+    TABLES
+        .share()
+        .tables
+        .iter()
+        .filter(|t| t.database == database)
+        .map(|t| WindowTable {
+            relid: pg_sys::Oid::from(t.relid),
+            key: t.key,
+            version: name_str(&t.version),
+            schema: name_str(&t.schema),
+        })
+        .collect()
+}
+
 /// Called from _PG_init during shared_preload_libraries processing.
 pub fn init() {
     pg_shmem_init!(STATE);
     pg_shmem_init!(WRITES);
+    pg_shmem_init!(TABLES);
+    pg_shmem_init!(TABLES_GENERATION = AtomicU64::new(0));
     PRELOADED.store(true, Ordering::Relaxed);
 }
 

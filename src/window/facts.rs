@@ -17,7 +17,7 @@ pub fn table(
     let head = crate::pg::spi::pinned_row(
         "SELECT n.nspname::text, c.relname::text, c.relkind = 'r', \
                 EXISTS (SELECT FROM pg_inherits i WHERE i.inhparent = c.oid), \
-                c.relrowsecurity, \
+                c.relrowsecurity AND row_security_active(c.oid), \
                 EXISTS (SELECT FROM pg_constraint k WHERE k.conrelid = c.oid \
                         AND k.contype = 'p') \
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
@@ -34,7 +34,7 @@ pub fn table(
         },
     )
     .or_bookkeeping("read the table migrate.expand plans for")?;
-    let (schema, name, plain, has_children, row_security, primary_key) = head;
+    let (schema, name, plain, has_children, policies_apply, primary_key) = head;
     let wanted = view_schema(&schema);
     Some(Table {
         primary_key,
@@ -51,7 +51,7 @@ pub fn table(
         )
         .or_bookkeeping("read pg_class"),
         columns: columns(oid),
-        row_security,
+        policies_apply,
         plain,
         has_children,
         grants: grants(oid),

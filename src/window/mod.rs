@@ -6,6 +6,7 @@
 pub mod facts;
 pub mod options;
 pub mod plan;
+pub mod sessions;
 pub mod ttl;
 
 use crate::apply;
@@ -224,9 +225,12 @@ fn expand(
     let script = planned.script();
     // A window with nothing for the worker runs here, in the caller's transaction: the
     // search path the plan pins for its statements is the caller's again afterwards (saved
-    // as a function's SET clause saves it: a SET LOCAL inside ends with it).
+    // as a function's SET clause saves it: a SET LOCAL inside ends with it). Its statements,
+    // and the worker's steps (which carry the setting), see every row of the tables or fail:
+    // row_security is off, as pg_dump sets it.
     let path = crate::pg::guc::current("search_path").unwrap_or_default();
-    let restores_settings = crate::pg::guc::SettingScope::set(&[("search_path", &path)]);
+    let restores_settings =
+        crate::pg::guc::SettingScope::set(&[("search_path", &path), ("row_security", "off")]);
     let (status, ..) = apply::apply_script(
         &version,
         &script,
@@ -257,6 +261,9 @@ fn expand(
         &planned,
         (ttl_s, on_expiry, options.as_ref()),
     );
+    // Sessions are known by the tables they use from now on (if this transaction rolls
+    // back, the worker registers the windows open again).
+    sessions::register_open();
     // The worker keeps the window's time: it reads it once this transaction commits.
     crate::pg::shmem::wake_at_commit();
     TableIterator::new(rows)
@@ -451,10 +458,10 @@ fn window_writes(
     ))
 }
 
-/// The sessions still connected that wrote to a window's tables, one row per version each
-/// wrote as: which clients of the old version are left (see `pg_stat_activity` by pid for
-/// who they are). Sessions that only read, or have not written since the server started,
-/// are not known.
+/// The sessions still connected that used a window's tables (read or wrote them), one row
+/// per version each used them as: which clients of the old version are left (see
+/// `pg_stat_activity` by pid for who they are). Sessions that have not used them since the
+/// window opened (or the server started) are not known.
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn window_sessions(
@@ -466,16 +473,23 @@ fn window_sessions(
         name!(side, String),
         name!(writes, i64),
         name!(last_write, Option<TimestampWithTimeZone>),
+        name!(last_seen, Option<TimestampWithTimeZone>),
     ),
 > {
     let database = crate::pg::process::database();
     let sessions = crate::pg::shmem::window_sessions(database, window_key(version));
-    TableIterator::new(sessions.into_iter().map(|s| {
+    let at = |t: i64| {
+        (t != 0)
+            .then(|| TimestampWithTimeZone::try_from(t).ok())
+            .flatten()
+    };
+    TableIterator::new(sessions.into_iter().map(move |s| {
         (
             s.pid,
             if s.new { "new" } else { "old" }.to_string(),
             s.writes as i64,
-            TimestampWithTimeZone::try_from(s.last).ok(),
+            at(s.last),
+            at(s.seen),
         )
     }))
 }
@@ -493,7 +507,7 @@ fn contract(
         name!(lock, Option<String>),
     ),
 > {
-    TableIterator::new(end(version, WindowEnd::Contracted))
+    TableIterator::new(sessions::own(|| end(version, WindowEnd::Contracted)))
 }
 
 #[allow(clippy::type_complexity)]
@@ -509,7 +523,7 @@ fn abort(
         name!(lock, Option<String>),
     ),
 > {
-    TableIterator::new(end(version, WindowEnd::Aborted))
+    TableIterator::new(sessions::own(|| end(version, WindowEnd::Aborted)))
 }
 
 /// Contracts or aborts a window in the caller's transaction: its statements, run with the
@@ -618,16 +632,18 @@ fn end(version: Option<&str>, how: WindowEnd) -> Vec<StepRow> {
 }
 
 /// Contract goes on (the DBA knows the rollout), but says which sessions still connected
-/// wrote as the old version: after the swap their statements may fail.
+/// used the old version: after the swap their statements may fail.
 fn warn_old_sessions(version: &Version) {
     if !crate::pg::shmem::sessions_complete() {
         Problem::new(
             PgSqlErrorCode::ERRCODE_WARNING,
-            format!("the sessions that wrote to window {version} may not all be known"),
+            format!("the sessions that used window {version} may not all be known"),
             format!(
-                "More than {} sessions wrote to open windows at once since the server started; \
-                 the places of some that are still connected were reused.",
-                crate::pg::shmem::MAX_SESSIONS
+                "More than {} sessions used open windows at once since the server started, \
+                 and the places of some that are still connected were reused; or more than \
+                 {} tables were in open windows at once.",
+                crate::pg::shmem::MAX_SESSIONS,
+                crate::pg::shmem::MAX_WINDOW_TABLES
             ),
             "Check pg_stat_activity for clients of the old version before contract.",
         )
@@ -648,12 +664,12 @@ fn warn_old_sessions(version: &Version) {
     Problem::new(
         PgSqlErrorCode::ERRCODE_WARNING,
         format!(
-            "{} sessions still connected wrote as the old version of window {version}",
+            "{} sessions still connected used the old version of window {version}",
             old.len()
         ),
         format!(
-            "Sessions {} wrote to its tables through the old schema; after contract, statements \
-             that use the old names or types fail.",
+            "Sessions {} read or wrote its tables through the old schema; after contract, \
+             statements that use the old names or types fail.",
             pids.join(", ")
         ),
         format!(
@@ -792,7 +808,9 @@ fn refuse_drift(version: &Version, window: &Window) -> Result<(), Problem> {
                 format!("Abort the window: SELECT migrate.abort('{version}')."),
             )
         })?;
-        let behind = identity::as_author(opener, &[("search_path", "pg_catalog")], || {
+        // Every row, or an error: a policy must not hide rows that disagree.
+        let settings = [("search_path", "pg_catalog"), ("row_security", "off")];
+        let behind = identity::as_author(opener, &settings, || {
             pgrx::Spi::get_one::<i64>(&check.out_of_step)
         })
         .map_err(|e| {

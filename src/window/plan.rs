@@ -70,8 +70,9 @@ pub struct Table {
     pub columns: Vec<Column>,
     /// Plain (`r`); anything else is refused.
     pub plain: bool,
-    /// Row-level security is enabled on it.
-    pub row_security: bool,
+    /// Its row-level security policies apply to the role opening the window (not its owner
+    /// unless forced, nor a role with BYPASSRLS).
+    pub policies_apply: bool,
     /// Has inheritance children or partitions.
     pub has_children: bool,
     /// (grantee as SQL, privilege) of the table's grants the views carry over; `PUBLIC` as is.
@@ -379,14 +380,18 @@ pub fn plan<'p>(
         }
         plan.tables.push(name.clone());
         let schema = view_schema(&table.schema, version);
-        if table.row_security {
-            return Err(refused(
-                format!("migrate.expand cannot plan changes to {name}: it has row-level security"),
-                "The backfill and the checks that the two versions' columns agree read the table \
-                 as one role; a policy could hide rows from them, which contract would then \
-                 empty."
-                    .into(),
-                "Change it with migrate.apply, or disable row-level security for the window.",
+        if table.policies_apply {
+            return Err(Problem::new(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "migrate.expand cannot plan changes to {name}: its row-level security \
+                     policies apply to you"
+                ),
+                "The backfill and the checks that the two versions' columns agree run as the \
+                 role that opens the window, and must see every row: a policy that hid some \
+                 would leave their copies empty, which contract would then keep.",
+                "Open the window as the table's owner (without FORCE ROW LEVEL SECURITY) or as \
+                 a role with BYPASSRLS.",
             ));
         }
         if table.column_grants {

@@ -338,6 +338,7 @@ pub fn keep() -> i64 {
     }
     let keys: Vec<u64> = open.iter().map(|v| super::window_key(v)).collect();
     crate::pg::shmem::keep_windows(crate::pg::process::database(), &keys);
+    super::sessions::register_open();
     alert_due()
 }
 
