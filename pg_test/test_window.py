@@ -1441,58 +1441,78 @@ def test_a_referenced_serial_key_moves_to_bigint_with_its_indexes_keys_and_seque
     """int -> bigint on a serial primary key that another table references: the copies get
     their indexes built CONCURRENTLY, a new foreign key between the copies is validated before
     publication, and contract swaps the key, the indexes, the foreign key and the sequence,
-    while an old-version writer keeps inserting orders and items and deleting orders."""
+    while old-version, new-version and pooled clients keep inserting orders and items (keys
+    from the one sequence) and deleting orders (their items cascade)."""
     conn.execute("SET migrate.guard = off")
     conn.execute(KEY_SCHEMA)
     conn.execute("RESET migrate.guard")
     conn.execute("ANALYZE")
-    errors, stop = [], threading.Event()
+    errors = {"old": [], "new": [], "pooled": []}
+    inserted = {"old": 0, "new": 0, "pooled": 0}
+    stop = threading.Event()
     worst = [0.0]
 
-    def old_writer():
-        with cluster.connect(db) as c:
+    def writer(side):
+        options = {"options": "-csearch_path=public_v50,public"} if side == "new" else {}
+        prefix = "public_v50." if side == "pooled" else ""
+        with cluster.connect(db, **options) as c:
             while not stop.is_set():
                 started = time.monotonic()
                 try:
                     with c.transaction():
-                        (order,) = c.execute(
-                            "INSERT INTO orders (amount, customer) VALUES (1, 1) RETURNING id").fetchone()
-                        c.execute("INSERT INTO order_items (order_id, qty) VALUES (%s, 2)", (order,))
-                        c.execute("DELETE FROM orders WHERE id = %s", (random.randint(1, 50000),))
+                        if side == "pooled":
+                            c.execute("SET LOCAL migrate.client_version = '50'")
+                        (order,) = c.execute(f"INSERT INTO {prefix}orders (amount, customer) VALUES (1, 1) "
+                                             "RETURNING id").fetchone()
+                        c.execute(f"INSERT INTO {prefix}order_items (order_id, qty) VALUES (%s, 2)", (order,))
+                        c.execute(f"DELETE FROM {prefix}orders WHERE id = %s", (random.randint(1, 50000),))
+                    inserted[side] += 1
                 except psycopg.Error as e:
-                    errors.append((started, e.diag.sqlstate, str(e)))
+                    errors[side].append((started, e.diag.sqlstate, str(e)))
                 worst[0] = max(worst[0], time.monotonic() - started)
                 time.sleep(0.005)
 
-    writer = threading.Thread(target=old_writer, daemon=True)
-    writer.start()
+    def start(side):
+        thread = threading.Thread(target=writer, args=(side,), daemon=True)
+        thread.start()
+        return thread
+
+    writers = [start("old")]
     ddl = ("ALTER TABLE orders ALTER COLUMN id TYPE bigint; "
            "ALTER TABLE order_items ALTER COLUMN order_id TYPE bigint")
     conn.execute("SELECT * FROM migrate.expand('50', %s)", (ddl,))
     wait_until(lambda: window(conn, "50").get("state") in ("published", "failed"), timeout=240, interval=0.2)
     assert window(conn, "50")["state"] == "published", conn.execute(
         "SELECT phase, state, error_message FROM migrate.steps WHERE version = '50'").fetchall()
-    # The new version inserts through its views, its keys from the same sequence.
+    # New pods and pooled connections roll out: their keys come from the same sequence, and
+    # the copies' foreign key holds for them.
+    writers += [start("new"), start("pooled")]
     with cluster.connect(db, options="-csearch_path=public_v50,public") as n:
-        (order,) = n.execute("INSERT INTO orders (amount) VALUES (7) RETURNING id").fetchone()
-        n.execute("INSERT INTO order_items (order_id, qty) VALUES (%s, 3)", (order,))
         assert failure(n, "INSERT INTO order_items (order_id, qty) VALUES (-5, 3)").sqlstate == "23503"
-    stop.set()
-    writer.join(timeout=30)
-    assert errors == [], errors[:3]
-    stop.clear()
-    writer = threading.Thread(target=old_writer, daemon=True)
-    writer.start()
-    time.sleep(0.5)
+    time.sleep(2)
+    assert all(inserted[side] > 20 for side in inserted), inserted
+    assert {side: e[:3] for side, e in errors.items() if e} == {}
+    # Every item refers to its order on both sides, and the copies agree with the originals.
+    assert conn.execute("SELECT count(*) FROM order_items i LEFT JOIN orders o ON o.id = i.order_id "
+                        "WHERE o.id IS NULL").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM public_v50.order_items i LEFT JOIN public_v50.orders o "
+                        "ON o.id = i.order_id WHERE o.id IS NULL").fetchone()[0] == 0
+    assert rows_out_of_step(conn, "50") == 0
     started = time.monotonic()
     conn.execute("SELECT * FROM migrate.contract('50')")
     took = time.monotonic() - started
     time.sleep(0.5)
     stop.set()
-    writer.join(timeout=30)
-    # After contract, only the old writer's prepared RETURNING id, now a bigint.
-    assert [e for e in errors if e[0] < started or e[1] != "0A000"] == [], errors[:3]
+    for thread in writers:
+        thread.join(timeout=30)
+    # After contract, only the old writer's prepared RETURNING id, now a bigint, and the
+    # pooled one's names of the dropped view schema; a new pod's path falls through.
+    assert [e for e in errors["old"] if e[0] < started or e[1] != "0A000"] == [], errors["old"][:3]
+    assert [e for e in errors["pooled"] if e[0] < started or e[1] != "42P01"] == [], errors["pooled"][:3]
+    assert errors["new"] == [], errors["new"][:3]
     assert worst[0] < LOCK_TIMEOUT_S + 1 and took < LOCK_TIMEOUT_S + 1, (worst, took)
+    assert conn.execute("SELECT count(*) FROM order_items i LEFT JOIN orders o ON o.id = i.order_id "
+                        "WHERE o.id IS NULL").fetchone()[0] == 0
     types = dict(conn.execute(
         "SELECT attrelid::regclass::text || '.' || attname, format_type(atttypid, atttypmod) "
         "FROM pg_attribute WHERE attname IN ('id', 'order_id') AND attrelid IN "
