@@ -1195,6 +1195,26 @@ def test_row_level_security_carries_over_and_the_window_sees_every_row(cluster, 
     assert conn.execute("SELECT count(*) FROM accounts WHERE memo IS NULL").fetchone()[0] == 0
 
 
+def test_what_others_built_on_the_new_versions_views_is_named_before_contract_or_abort(cluster, db, conn):
+    make_orders(conn, 100)
+    conn.execute("SELECT migrate.expand('43', 'ALTER TABLE orders RENAME COLUMN old_status TO status')")
+    conn.execute("CALL migrate.wait('43')")
+    conn.execute("CREATE VIEW report AS SELECT id, status FROM public_v43.orders")
+    conn.execute("CREATE FUNCTION open_orders() RETURNS bigint LANGUAGE sql "
+                 "RETURN (SELECT count(*) FROM public_v43.orders WHERE status = 'new')")
+    for verb in ("contract", "abort"):
+        f = failure(conn, f"SELECT migrate.{verb}('43')")
+        assert f.sqlstate == "2BP01" and "other objects depend on its new version's views" in f.message, f
+        assert "view public.report depends on view public_v43.orders" in f.detail, f
+        assert "function public.open_orders() depends on view public_v43.orders" in f.detail, f
+        assert "CASCADE" not in (f.hint or ""), f
+    assert window(conn, "43")["state"] == "published"
+    conn.execute("DROP VIEW report")
+    conn.execute("DROP FUNCTION open_orders()")
+    conn.execute("SELECT migrate.contract('43')")
+    assert conn.execute("SELECT count(*) FROM orders WHERE status = 'new'").fetchone()[0] == 100
+
+
 def test_a_type_owners_code_runs_as_the_writer_never_as_the_window_opener(cluster, db, conn):
     """A domain owned by a plain role, changed after the window opened: its check runs when
     a row is bridged, with the rights of the role writing the row."""

@@ -556,6 +556,7 @@ fn end(version: Option<&str>, how: WindowEnd) -> Vec<StepRow> {
     }
     let status = history::find(&version).map(|r| r.status);
     refuse_end(&version, how, status).or_raise();
+    refuse_dependents(&version, verb, &window.schemas).or_raise();
     if how == WindowEnd::Contracted {
         // The row count runs as the opener, in this session: only a caller with the
         // opener's privileges may run it, as migrate.verify and migrate.retry require.
@@ -730,6 +731,8 @@ struct Window {
     opened_by: String,
     ended: Option<String>,
     ended_at: Option<String>,
+    /// The schemas of the new version's views.
+    schemas: Vec<String>,
 }
 
 /// The window of `version`, its row locked (as the owner: admins only read the table) so
@@ -738,8 +741,8 @@ fn open_window(version: &Version) -> Option<Window> {
     identity::as_owner(|| {
         crate::pg::spi::read_own_row(
             "migrate.window_history",
-            "SELECT contract_steps, abort_steps, checks, opened_by::text, ended, ended_at::text \
-             FROM migrate.window_history WHERE version = $1 FOR UPDATE",
+            "SELECT contract_steps, abort_steps, checks, opened_by::text, ended, ended_at::text, \
+                    schemas FROM migrate.window_history WHERE version = $1 FOR UPDATE",
             &[version.as_str().into()],
             |row| {
                 // Steps or checks that do not read back are an error, never skipped.
@@ -757,10 +760,60 @@ fn open_window(version: &Version) -> Option<Window> {
                     opened_by: row.get::<String>(4)?.unwrap_or_default(),
                     ended: row.get(5)?,
                     ended_at: row.get(6)?,
+                    schemas: row.get::<Vec<String>>(7)?.unwrap_or_default(),
                 })
             },
         )
     })
+}
+
+/// Contract and abort drop the new version's views: what others built on them (a view, a
+/// function with a SQL-standard body, a trigger) would make the drop fail, with PostgreSQL's
+/// hint to CASCADE, which neither can. Said first, with what to do.
+fn refuse_dependents(version: &Version, verb: &str, schemas: &[String]) -> Result<(), Problem> {
+    // Dependents of the views in the window's schemas, but the views' own rules.
+    let found = crate::pg::spi::pinned_pairs::<String, String>(
+        "WITH views AS (SELECT c.oid FROM pg_class c JOIN pg_namespace n \
+                          ON n.oid = c.relnamespace WHERE n.nspname = ANY ($1)) \
+         SELECT DISTINCT CASE WHEN d.classid = 'pg_rewrite'::regclass \
+                   THEN pg_describe_object('pg_class'::regclass, r.ev_class, 0) \
+                   ELSE pg_describe_object(d.classid, d.objid, d.objsubid) END, \
+                pg_describe_object(d.refclassid, d.refobjid, 0) \
+         FROM pg_depend d \
+         LEFT JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND r.oid = d.objid \
+         WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid IN (SELECT oid FROM views) \
+           AND d.deptype = 'n' \
+           AND (r.ev_class IS NULL OR r.ev_class NOT IN (SELECT oid FROM views)) \
+         ORDER BY 1, 2",
+        &[schemas.to_vec().into()],
+    )
+    .or_bookkeeping("read what depends on the new version's views");
+    if found.is_empty() {
+        return Ok(());
+    }
+    let listed = crate::guard::rule::listed(
+        found
+            .iter()
+            .map(|(dependent, on)| format!("{dependent} depends on {on}")),
+    );
+    Err(Problem::new(
+        PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+        format!(
+            "window {version} cannot be {}: other objects depend on its new version's views",
+            if verb == "contract" {
+                "contracted"
+            } else {
+                "aborted"
+            }
+        ),
+        format!("The {verb} drops the views, and nothing that depends on them may stay: {listed}."),
+        if verb == "contract" {
+            "Drop them, contract, then create them again over the tables, which then have the \
+             new version's shape."
+        } else {
+            "Drop them (the new version goes away with the window), then abort again."
+        },
+    ))
 }
 
 /// Before contract swaps the columns: every bridge is in place and every row in step, or
