@@ -735,6 +735,10 @@ def test_windows_show_the_sessions_still_connected_by_the_version_they_used(clus
     pooled.execute("UPDATE orders SET amount = 7 WHERE id = 3")
     reader.execute("SELECT count(*) FROM orders WHERE old_status IS NOT NULL")
     new_reader.execute("SELECT count(*) FROM orders WHERE status IS NOT NULL")
+    # What a query uses decides, not what its session declares: the old names read with the
+    # new version's path first are the old version's, the view read without it the new one's.
+    reader.execute("SELECT count(status) FROM public_v43.orders")
+    new_reader.execute("SELECT count(old_status) FROM public.orders")
     # A session that uses no table of the window is no version's client.
     bystander.execute("SELECT count(*) FROM pg_class")
     gone_pid = pid(gone)
@@ -743,34 +747,58 @@ def test_windows_show_the_sessions_still_connected_by_the_version_they_used(clus
                                     (gone_pid,)).fetchone() == (0,), timeout=10)
     rows = conn.execute("SELECT pid, side, writes FROM migrate.window_sessions('43') ORDER BY side, pid").fetchall()
     assert sorted(rows) == sorted([(pid(old), "old", 2), (pid(pooled), "old", 1), (pid(reader), "old", 0),
-                                   (pid(new), "new", 1), (pid(pooled), "new", 1),
-                                   (pid(new_reader), "new", 0)]), rows
+                                   (pid(reader), "new", 0), (pid(new), "new", 1), (pid(pooled), "new", 1),
+                                   (pid(new_reader), "new", 0), (pid(new_reader), "old", 0)]), rows
     assert conn.execute("SELECT count(*) FILTER (WHERE last_seen IS NULL), "
                         "count(*) FILTER (WHERE last_write IS NULL), "
                         "count(*) FILTER (WHERE last_seen < last_write) "
-                        "FROM migrate.window_sessions('43')").fetchone() == (0, 2, 0)
+                        "FROM migrate.window_sessions('43')").fetchone() == (0, 4, 0)
     w = window(conn, "43")
-    assert (w["old_sessions"], w["new_sessions"]) == (3, 3), w
+    assert (w["old_sessions"], w["new_sessions"]) == (4, 4), w
     # Everyone may see them, as pg_stat_activity shows pids to everyone.
     conn.execute("CREATE ROLE window_no_sessions LOGIN")
     with cluster.connect(db, user="window_no_sessions") as nobody:
-        assert nobody.execute("SELECT old_sessions FROM migrate.windows").fetchone() == (3,)
+        assert nobody.execute("SELECT old_sessions FROM migrate.windows").fetchone() == (4,)
     # Contract goes on, saying who still used the old version; its own reads of the table
     # make the caller no client of it.
     notices = []
     conn.add_notice_handler(lambda d: notices.append((d.severity, d.message_primary, d.message_detail or "")))
     pooled.close()
     wait_until(lambda: len(conn.execute("SELECT 1 FROM migrate.window_sessions('43') WHERE side = 'old'")
-                            .fetchall()) == 2, timeout=10)
+                            .fetchall()) == 3, timeout=10)
     conn.execute("SELECT * FROM migrate.contract('43')")
     warned = [n for n in notices if n[0] == "WARNING" and "used the old version" in n[1]]
-    assert warned and warned[0][1].startswith("pg_migrate: 2 sessions still connected") \
-        and str(pid(old)) in warned[0][2] and str(pid(reader)) in warned[0][2] \
+    assert warned and warned[0][1].startswith("pg_migrate: 3 sessions still connected") \
+        and all(str(pid(c)) in warned[0][2] for c in (old, reader, new_reader)) \
         and str(pid(conn)) not in warned[0][2], notices
     w = window(conn, "43")
     assert (w["state"], w["old_sessions"], w["new_sessions"]) == ("contracted", 0, 0), w
     for c in (old, new, reader, new_reader, bystander):
         c.close()
+
+
+def test_a_write_through_the_new_versions_view_is_the_new_versions_whatever_the_session_declares(cluster, db, conn):
+    """An INSERT through public_v43 from a session that declared nothing (its path starts with
+    public) sets the new column: the bridge goes by what the statement uses, so the value is
+    converted back, not overwritten from the old column's default. And the other way round."""
+    make_orders(conn, 10)
+    conn.execute("SELECT migrate.expand('43', 'ALTER TABLE orders ALTER COLUMN amount TYPE bigint')")
+    conn.execute("CALL migrate.wait('43')")
+    conn.execute("INSERT INTO public_v43.orders (id, amount) VALUES (101, 7)")
+    with cluster.connect(db, options=NEW_PATH) as n:
+        # Old names, by a session whose path puts the new version first.
+        n.execute("INSERT INTO public.orders (id, amount) VALUES (102, 9)")
+        with n.transaction():
+            n.execute("SET LOCAL migrate.client_version = '43'")
+            n.execute("INSERT INTO public.orders (id, amount) VALUES (103, 11)")
+    # COPY is no query: the session's declaration decides, as before.
+    with conn.cursor().copy("COPY orders (id, amount) FROM STDIN") as copy:
+        copy.write_row((104, 13))
+    assert conn.execute("SELECT id, amount, _migrate_43_amount FROM orders WHERE id > 100 ORDER BY id").fetchall() == [
+        (101, 7, 7), (102, 9, 9), (103, 11, 11), (104, 13, 13)]
+    assert rows_out_of_step(conn, "43") == 0
+    conn.execute("SELECT migrate.contract('43')")
+    assert conn.execute("SELECT amount FROM orders WHERE id = 101").fetchone() == (7,)
 
 
 def test_a_session_is_known_by_its_reads_once_the_worker_registers_the_window_again(cluster, db, conn):
@@ -839,6 +867,37 @@ def test_no_operator_of_a_schema_on_the_path_runs_in_the_backfill(cluster, db, c
     conn.execute("SELECT migrate.expand('43', 'ALTER TABLE tags ALTER COLUMN n TYPE bigint')")
     conn.execute("CALL migrate.wait('43')")
     assert conn.execute("SELECT count(*) FROM tags WHERE _migrate_43_n IS DISTINCT FROM n").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM spied").fetchone() == (0,)
+    conn.execute("SELECT migrate.abort('43')")
+
+
+def test_an_extension_types_key_is_compared_with_its_own_schemas_operators(cluster, db, conn):
+    """A citext key: the backfill names the operators of citext's own schema, so one planted
+    in a schema earlier on the opener's path is never called, as the opener."""
+    conn.execute("CREATE SCHEMA ext")
+    conn.execute("CREATE EXTENSION citext SCHEMA ext")
+    conn.execute("CREATE SCHEMA planted")
+    conn.execute("CREATE TABLE codes (code ext.citext PRIMARY KEY, n integer NOT NULL DEFAULT 0)")
+    conn.execute("INSERT INTO codes SELECT 'k' || g, g FROM generate_series(1, 2000) g")
+    conn.execute("CREATE TABLE spied (who text)")
+    conn.execute("CREATE ROLE window_citext_planter")
+    conn.execute("GRANT CREATE, USAGE ON SCHEMA planted TO window_citext_planter")
+    conn.execute("GRANT USAGE ON SCHEMA ext TO window_citext_planter")
+    conn.execute("GRANT INSERT ON spied TO window_citext_planter")
+    conn.execute("SET ROLE window_citext_planter")
+    for op, fn in (("<=", "le"), (">", "gt")):
+        conn.execute(f"CREATE FUNCTION planted.c{fn}(ext.citext, ext.citext) RETURNS boolean LANGUAGE plpgsql "
+                     f"AS $$ BEGIN INSERT INTO public.spied VALUES (current_user); "
+                     f"RETURN $1::text {op} $2::text; END $$")
+        conn.execute(f"CREATE OPERATOR planted.{op} (LEFTARG = ext.citext, RIGHTARG = ext.citext, "
+                     f"FUNCTION = planted.c{fn})")
+    conn.execute("RESET ROLE")
+    conn.execute(f"ALTER DATABASE {db} SET migrate.backfill_max_batch_size = 500")
+    conn.execute("SET search_path = planted, ext, public")
+    conn.execute("SELECT migrate.expand('43', 'ALTER TABLE codes ALTER COLUMN n TYPE bigint')")
+    conn.execute("CALL migrate.wait('43')")
+    conn.execute("RESET search_path")
+    assert conn.execute("SELECT count(*) FROM codes WHERE _migrate_43_n IS DISTINCT FROM n").fetchone() == (0,)
     assert conn.execute("SELECT count(*) FROM spied").fetchone() == (0,)
     conn.execute("SELECT migrate.abort('43')")
 

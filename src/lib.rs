@@ -94,7 +94,8 @@ pub extern "C-unwind" fn _PG_init() {
         guard::hooks::utility_hook::install();
         pg::executor_hook::install(pg::executor_hook::Observer {
             wanted: window::sessions::wanted,
-            seen: window::sessions::seen,
+            started: window::sessions::started,
+            ended: window::sessions::ended,
         });
         pg::shmem::init();
         worker::launcher::register();

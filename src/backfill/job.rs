@@ -74,17 +74,16 @@ pub fn load(id: i64) -> Option<Job> {
                 (extract(epoch FROM b.batch_time) * 1000)::bigint, \
                 (extract(epoch FROM b.pause) * 1000)::bigint, b.max_replication_lag, \
                 b.failed_attempts, b.rows_per_second, b.role::text, \
-                ARRAY(SELECT ARRAY[key, value] FROM jsonb_each_text(b.settings)), \
-                (SELECT bool_and(a.atttypid < 16384) FROM pg_attribute a \
-                  WHERE a.attrelid = b.table_oid AND quote_ident(a.attname) = ANY (b.key_columns)) \
+                ARRAY(SELECT ARRAY[key, value] FROM jsonb_each_text(b.settings)) \
          FROM migrate.backfills b WHERE b.id = $1",
         &[id.into()],
         |r| {
             let walk = match (texts(r.get(5)?), texts(r.get(6)?)) {
+                // Its operators are read below, outside this row's statement.
                 (Some(columns), Some(types)) => Walk::Keyset {
                     columns,
                     types,
-                    built_in: r.get::<bool>(22)?.unwrap_or(false),
+                    operators: None,
                 },
                 _ => Walk::Pages,
             };
@@ -118,9 +117,18 @@ pub fn load(id: i64) -> Option<Job> {
             })
         },
     )?;
+    let walk = match job.walk {
+        Walk::Keyset { columns, types, .. } => Walk::Keyset {
+            operators: super::operator_schema(job.table_oid, &columns),
+            columns,
+            types,
+        },
+        Walk::Pages => Walk::Pages,
+    };
     // Its name now, which a rename changes; None once it is dropped.
     Some(Job {
         table: crate::pg::catalog::relation_name(job.table_oid),
+        walk,
         ..job
     })
 }

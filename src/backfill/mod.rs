@@ -376,13 +376,43 @@ fn target_table(oid: pg_sys::Oid) -> Result<Target, Problem> {
     Ok(target)
 }
 
+/// The one schema (quoted) that holds the `>` and `<=` of the default btree operator class
+/// of each of `table`'s key columns (quoted names), if there is one: pg_catalog when they are
+/// all PostgreSQL's own types.
+pub fn operator_schema(table: pg_sys::Oid, key_columns: &[String]) -> Option<String> {
+    crate::pg::spi::pinned_row(
+        "WITH k AS (SELECT a.atttypid AS t FROM pg_attribute a \
+                     WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
+                       AND quote_ident(a.attname) = ANY ($2)), \
+              o AS (SELECT k.t, p.oprnamespace AS schema FROM k \
+                     JOIN pg_opclass c ON c.opcmethod = (SELECT oid FROM pg_am \
+                                                         WHERE amname = 'btree') \
+                                      AND c.opcdefault AND c.opcintype = k.t \
+                     JOIN pg_amop m ON m.amopfamily = c.opcfamily AND m.amoplefttype = k.t \
+                                   AND m.amoprighttype = k.t AND m.amopstrategy IN (2, 5) \
+                     JOIN pg_operator p ON p.oid = m.amopopr \
+                                       AND p.oprname = CASE m.amopstrategy \
+                                                       WHEN 2 THEN '<=' ELSE '>' END) \
+         SELECT CASE \
+             WHEN (SELECT bool_and(t < 16384) FROM k) THEN 'pg_catalog' \
+             WHEN (SELECT count(*) FROM o) = 2 * (SELECT count(*) FROM k) \
+                  AND (SELECT count(DISTINCT schema) FROM o) = 1 \
+             THEN (SELECT quote_ident(n.nspname) FROM pg_namespace n \
+                    WHERE n.oid = (SELECT min(schema) FROM o)) END",
+        &[table.into(), key_columns.to_vec().into()],
+        |r| r.get::<String>(1),
+    )
+    .or_bookkeeping("read the operators of the table's key")
+    .flatten()
+}
+
 /// The key the job walks: the primary key, or else the narrowest unique index over NOT NULL
 /// columns (valid, not partial, no expressions); pages when there is none.
 fn key_of(target: &Target, has_where: bool, assigned: &[String]) -> Result<Walk, Problem> {
     let key = crate::pg::spi::pinned_row(
         "SELECT array_agg(quote_ident(a.attname) ORDER BY k.n), \
                 array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY k.n), \
-                array_agg(a.attname::text ORDER BY k.n), bool_and(a.atttypid < 16384) \
+                array_agg(a.attname::text ORDER BY k.n) \
          FROM (SELECT i.indkey::int2[] AS columns, i.indnkeyatts \
                  FROM pg_index i \
                 WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid AND i.indimmediate \
@@ -400,14 +430,13 @@ fn key_of(target: &Target, has_where: bool, assigned: &[String]) -> Result<Walk,
                 job::texts(r.get(1)?),
                 job::texts(r.get(2)?),
                 job::texts(r.get(3)?),
-                r.get::<bool>(4)?.unwrap_or(false),
             ))
         },
     )
     .or_bookkeeping("read the table's keys")
-    .unwrap_or((None, None, None, false));
+    .unwrap_or((None, None, None));
     match key {
-        (Some(columns), Some(types), Some(names), built_in) if !columns.is_empty() => {
+        (Some(columns), Some(types), Some(names)) if !columns.is_empty() => {
             if let Some(column) = names.iter().find(|n| assigned.contains(n)) {
                 return Err(invalid(
                     format!("the set clause assigns {column}, which is part of the key the backfill walks"),
@@ -419,10 +448,11 @@ fn key_of(target: &Target, has_where: bool, assigned: &[String]) -> Result<Walk,
                     "Backfill the other columns; change key values in a migration of their own.",
                 ));
             }
+            let operators = operator_schema(target.oid, &columns);
             Ok(Walk::Keyset {
                 columns,
                 types,
-                built_in,
+                operators,
             })
         }
         _ if target.kind == "p" => Err(Problem::new(

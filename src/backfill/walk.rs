@@ -17,12 +17,13 @@ pub enum Walk {
     Keyset {
         columns: Vec<String>,
         types: Vec<String>,
-        /// Every key column is of one of PostgreSQL's own types, whose comparison operators
-        /// are pg_catalog's: they are then named `OPERATOR(pg_catalog.>)`, so that no
-        /// operator of a schema on the submitter's path (one taking `varchar`, where
-        /// pg_catalog's take `text`) is called instead. Other types' operators live elsewhere
-        /// and are found by the path.
-        built_in: bool,
+        /// The schema (quoted) of the `>` and `<=` of every key column's default btree
+        /// operator class, when they all live in one: pg_catalog for PostgreSQL's own types,
+        /// an extension's schema for its types (citext). They are then named
+        /// `OPERATOR(schema.>)`, so that no operator of a schema on the submitter's path (one
+        /// taking `varchar`, where pg_catalog's take `text`) is called instead. Keys whose
+        /// operators live in several schemas are compared by the path.
+        operators: Option<String>,
     },
     /// Page ranges: the key is one page number.
     Pages,
@@ -122,7 +123,10 @@ pub fn page_batch_end(from: u64, rows: u64, rows_per_page: f64, upper: u64) -> u
 /// The key compared with `op` to the key in parameter `$n`.
 fn compare(walk: &Walk, columns: &[String], op: &str, n: usize) -> String {
     let op = match walk {
-        Walk::Keyset { built_in: true, .. } => format!("OPERATOR(pg_catalog.{op})"),
+        Walk::Keyset {
+            operators: Some(schema),
+            ..
+        } => format!("OPERATOR({schema}.{op})"),
         _ => op.to_string(),
     };
     format!("{} {op} {}", row(columns), param_row(n, walk))
@@ -167,7 +171,7 @@ mod unit {
         Walk::Keyset {
             columns: vec!["tenant".into(), "\"Id\"".into()],
             types: vec!["integer".into(), "bigint".into()],
-            built_in: false,
+            operators: None,
         }
     }
 
@@ -197,15 +201,15 @@ mod unit {
         let mut w = Walk::Keyset {
             columns: vec!["id".into()],
             types: vec!["bigint".into()],
-            built_in: false,
+            operators: None,
         };
         assert_eq!(
             w.update_sql("s.t", "a = b", None, false),
             "UPDATE s.t SET\na = b\nWHERE id > $1[1]::bigint AND id <= $2[1]::bigint"
         );
         // PostgreSQL's own key types: pg_catalog's operators, whatever the submitter's path.
-        if let Walk::Keyset { built_in, .. } = &mut w {
-            *built_in = true;
+        if let Walk::Keyset { operators, .. } = &mut w {
+            *operators = Some("pg_catalog".into());
         }
         assert_eq!(
             w.update_sql("s.t", "a = b", None, false),
@@ -215,6 +219,13 @@ mod unit {
         assert!(w.batch_end_sql("s.t", true, Some("a IS NULL")).contains(
             "WHERE id OPERATOR(pg_catalog.<=) $2[1]::bigint AND (\na IS NULL\n) ORDER BY id"
         ));
+        // An extension's type: its schema's, as quoted.
+        if let Walk::Keyset { operators, .. } = &mut w {
+            *operators = Some("\"Ext\"".into());
+        }
+        assert!(w
+            .update_sql("s.t", "a = b", None, false)
+            .contains("WHERE id OPERATOR(\"Ext\".>) $1[1]::bigint"));
     }
 
     #[test]

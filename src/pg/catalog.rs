@@ -1012,3 +1012,16 @@ pub fn relation_name(oid: pg_sys::Oid) -> Option<String> {
 fn name_column(sql: &str, args: &[pgrx::datum::DatumWithOid]) -> Vec<String> {
     crate::pg::spi::pinned_column(sql, args).unwrap_or_default()
 }
+
+/// The namespace of relation `oid` (a syscache lookup, nothing allocated), InvalidOid if it
+/// is gone.
+pub fn relation_namespace(oid: pg_sys::Oid) -> pg_sys::Oid {
+    // SAFETY: a syscache lookup that returns InvalidOid for a missing relation.
+    unsafe { pg_sys::get_rel_namespace(oid) }
+}
+
+/// The namespace named `name`, InvalidOid if there is none (a syscache lookup).
+pub fn namespace_oid(name: &std::ffi::CStr) -> pg_sys::Oid {
+    // SAFETY: a syscache lookup by name; missing_ok.
+    unsafe { pg_sys::get_namespace_oid(name.as_ptr(), true) }
+}

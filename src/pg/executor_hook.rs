@@ -1,41 +1,55 @@
-//! PostgreSQL's ExecutorEnd hook: every query that ran to its end, from any session, passes
-//! through it. Installed only from shared_preload_libraries; it chains to whatever hook was
-//! there before. Used to note which sessions still use the tables of open windows, reads
-//! included, which no trigger sees.
+//! PostgreSQL's ExecutorStart and ExecutorEnd hooks: every query that runs, from any
+//! session, passes through them. Installed only from shared_preload_libraries; they chain to
+//! whatever hooks were there before. Used to know, while a query runs, which version of an
+//! open window it uses (the new version's views, or the tables by their old names), and which
+//! sessions still use each, reads included, which no trigger sees.
 
 use pgrx::pg_sys;
 
-static mut PREVIOUS: pg_sys::ExecutorEnd_hook_type = None;
+static mut PREVIOUS_START: pg_sys::ExecutorStart_hook_type = None;
+static mut PREVIOUS_END: pg_sys::ExecutorEnd_hook_type = None;
 static mut OBSERVER: Option<Observer> = None;
 
-/// What the hook asks of the layer above, for every query that ends.
+/// A relation a query's plan reads or writes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Relation {
+    pub oid: pg_sys::Oid,
+    /// A view (kept in the plan, beside the tables it reads, for its permission checks).
+    pub view: bool,
+}
+
+/// What the hooks ask of the layer above. None of these may raise.
 #[derive(Clone, Copy)]
 pub struct Observer {
     /// Whether relations are wanted at all: a lookup in this process and one atomic read,
     /// so that sessions of databases without open windows pay nothing more.
     pub wanted: fn() -> bool,
-    /// The relations the query's plan read or wrote (views among them, and the tables they
-    /// read). Must not raise.
-    pub seen: fn(&[pg_sys::Oid]),
+    /// A query (by its descriptor's address, stable until it ends) is about to run, with
+    /// the relations of its plan.
+    pub started: fn(usize, &[Relation]),
+    /// A query ran to its end (one that fails never does).
+    pub ended: fn(usize),
 }
 
-/// Has `observer` see the relations of every query that ends. Called from _PG_init while
+/// Has `observer` see the queries that start and end. Called from _PG_init while
 /// shared_preload_libraries is being processed.
 pub fn install(observer: Observer) {
     // SAFETY: _PG_init runs once per process, before any query.
     unsafe {
         OBSERVER = Some(observer);
-        PREVIOUS = pg_sys::ExecutorEnd_hook;
+        PREVIOUS_START = pg_sys::ExecutorStart_hook;
+        pg_sys::ExecutorStart_hook = Some(executor_start);
+        PREVIOUS_END = pg_sys::ExecutorEnd_hook;
         pg_sys::ExecutorEnd_hook = Some(executor_end);
     }
 }
 
 #[pgrx::pg_guard]
-unsafe extern "C-unwind" fn observe(query: *mut pg_sys::QueryDesc) {
+unsafe extern "C-unwind" fn observe_start(query: *mut pg_sys::QueryDesc) {
     let Some(observer) = OBSERVER else {
         return;
     };
-    // A parallel worker's statements are its leader's.
+    // A parallel worker's queries are its leader's.
     if query.is_null() || pg_sys::ParallelWorkerNumber >= 0 || !(observer.wanted)() {
         return;
     }
@@ -44,26 +58,45 @@ unsafe extern "C-unwind" fn observe(query: *mut pg_sys::QueryDesc) {
         return;
     }
     let rtable = pgrx::PgList::<pg_sys::RangeTblEntry>::from_pg((*statement).rtable);
-    let relations: Vec<pg_sys::Oid> = rtable
+    let relations: Vec<Relation> = rtable
         .iter_ptr()
         .filter(|rte| !rte.is_null() && (**rte).rtekind == pg_sys::RTEKind::RTE_RELATION)
-        .map(|rte| (*rte).relid)
+        .map(|rte| Relation {
+            oid: (*rte).relid,
+            view: (*rte).relkind == pg_sys::RELKIND_VIEW as std::ffi::c_char,
+        })
         .collect();
     if !relations.is_empty() {
-        (observer.seen)(&relations);
+        (observer.started)(query as usize, &relations);
     }
 }
 
-// As the utility hook: a plain frame calling the next hook through raw bindings, so that an
-// ERROR raised there longjmps through it as through C. Only `observe` runs Rust logic,
-// guarded on its own, before the query's state is freed.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn observe_end(query: *mut pg_sys::QueryDesc) {
+    if let Some(observer) = OBSERVER {
+        (observer.ended)(query as usize);
+    }
+}
+
+// As the utility hook: plain frames calling the next hook through raw bindings, so that an
+// ERROR raised there longjmps through them as through C. Only `observe_*` run Rust logic,
+// each guarded on its own: after the query's start (its plan is set up, and a start that
+// fails is not seen), before its end (its state is freed then).
 unsafe extern "C-unwind" {
+    #[link_name = "standard_ExecutorStart"]
+    fn standard_executor_start_raw(query: *mut pg_sys::QueryDesc, eflags: std::ffi::c_int);
     #[link_name = "standard_ExecutorEnd"]
     fn standard_executor_end_raw(query: *mut pg_sys::QueryDesc);
 }
 
+unsafe extern "C-unwind" fn executor_start(query: *mut pg_sys::QueryDesc, eflags: std::ffi::c_int) {
+    let next = PREVIOUS_START.unwrap_or(standard_executor_start_raw);
+    next(query, eflags);
+    observe_start(query);
+}
+
 unsafe extern "C-unwind" fn executor_end(query: *mut pg_sys::QueryDesc) {
-    observe(query);
-    let next = PREVIOUS.unwrap_or(standard_executor_end_raw);
+    observe_end(query);
+    let next = PREVIOUS_END.unwrap_or(standard_executor_end_raw);
     next(query)
 }

@@ -1009,7 +1009,9 @@ pub fn writes_version(version: &str, schema: &str, declared: Option<&str>) -> bo
         if let Some(declared) = declared.filter(|d| !d.is_empty()) {
             return declared == version;
         }
-        let path = PgList::<pg_sys::Oid>::from_pg(pg_sys::fetch_search_path(false));
-        path.get_oid(0) == Some(published)
+        // The first schema only, into a local: a copy of the path would be allocated for
+        // every row a bridge sees.
+        let mut first = pg_sys::InvalidOid;
+        pg_sys::fetch_search_path_array(&mut first, 1) >= 1 && first == published
     }
 }

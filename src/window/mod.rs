@@ -385,11 +385,17 @@ pub fn untrusted(what: &str, column: &str, why: &str) -> Problem {
     )
 }
 
-/// The new version's side of a write, for the bridge triggers' WHEN clauses: a plain lookup
-/// of a setting and the search path, bounded and side-effect free, so executable by every
-/// writer.
+/// The new version's side of a write, for the bridge triggers' WHEN clauses: whether the
+/// statement writing goes through the window's views, or else what its session declares (a
+/// setting, or the search path); a plain lookup, bounded and side-effect free, so executable
+/// by every writer.
 #[pg_extern(stable, parallel_safe)]
 fn writes_version(version: &str, schema: &str) -> bool {
+    // What the query running does (through the new version's views or not) is known better
+    // than what its session declared: a session of either may name the other's objects.
+    if let Some(new) = sessions::side_of(window_key(version)) {
+        return new;
+    }
     let declared = crate::gucs::CLIENT_VERSION
         .get()
         .map(|v| v.to_string_lossy().into_owned());

@@ -1,24 +1,50 @@
-//! Which sessions still use each version of an open window, reads included: every query that
-//! ends in a session (the executor hook) is looked at for the tables of open windows, which
-//! the worker and expand register in shared memory. A session that only reads through the
-//! old names is an old client that contract would break, as much as one that writes.
+//! Which version of an open window each query uses, and which sessions still use each,
+//! reads included. Every query that starts in a session (the executor hooks) is looked at for
+//! the tables of open windows, which expand and the worker register in shared memory: a query
+//! that goes through a window's view (in the new version's schema) uses the new version; one
+//! that names the table itself, the old one. That is what the query did, whatever its session
+//! declared; the bridge trusts it over the declaration while the query runs, and the session's
+//! use is noted when it ends. A session that only reads through the old names is an old client
+//! that contract would break, as much as one that writes.
 
 use crate::errors::OrBookkeeping;
+use crate::pg::executor_hook::Relation;
 use crate::pg::shmem::{self, WindowTable};
 use pgrx::pg_sys;
 use std::cell::RefCell;
+use std::ffi::CString;
 
 /// How often one session notes its use of one window's side, at most: the shared counters'
 /// lock is then taken about once a second per busy session, not once per query.
 const NOTE_EVERY_US: i64 = 1_000_000;
 
+/// A window's view schema, and its namespace once it exists (it is created at publication).
+struct Schema {
+    key: u64,
+    name: CString,
+    namespace: pg_sys::Oid,
+}
+
+/// A query running that uses windows, and how.
+struct Running {
+    query: usize,
+    /// The transaction it started in: one that failed never ended, and is forgotten then.
+    transaction: u32,
+    /// (window key, through the new version's view).
+    uses: Vec<(u64, bool)>,
+}
+
 #[derive(Default)]
 struct Known {
     /// The registry's generation these tables were read at; 0: never read.
     generation: u64,
+    /// By relation oid.
     tables: Vec<WindowTable>,
+    schemas: Vec<Schema>,
     /// (window key, new version, TimestampTz) of the last use noted of each.
     noted: Vec<(u64, bool, i64)>,
+    /// Innermost last.
+    running: Vec<Running>,
 }
 
 thread_local! {
@@ -42,6 +68,13 @@ pub fn own<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// pg_migrate's own statements are neither version's.
+fn is_own() -> bool {
+    crate::pg::process::is_migrate_worker()
+        || crate::migration::running::is_applying()
+        || OWN.get() > 0
+}
+
 /// Whether this database has tables of open windows, reading the registry again only when it
 /// changed.
 pub fn wanted() -> bool {
@@ -51,46 +84,123 @@ pub fn wanted() -> bool {
     }
     KNOWN.with_borrow_mut(|known| {
         if known.generation != generation {
-            known.tables = shmem::window_tables(crate::pg::process::database());
-            known.generation = generation;
-            let keys: Vec<u64> = known.tables.iter().map(|t| t.key).collect();
+            let mut tables = shmem::window_tables(crate::pg::process::database());
+            tables.sort_by_key(|t| u32::from(t.relid));
+            known.schemas = tables
+                .iter()
+                .filter_map(|t| Some((t.key, CString::new(t.schema.as_str()).ok()?)))
+                .fold(Vec::new(), |mut schemas, (key, name)| {
+                    if !schemas
+                        .iter()
+                        .any(|s: &Schema| s.key == key && s.name == name)
+                    {
+                        schemas.push(Schema {
+                            key,
+                            name,
+                            namespace: pg_sys::InvalidOid,
+                        });
+                    }
+                    schemas
+                });
+            let keys: Vec<u64> = tables.iter().map(|t| t.key).collect();
             known.noted.retain(|(key, ..)| keys.contains(key));
+            known.tables = tables;
+            known.generation = generation;
         }
         !known.tables.is_empty()
     })
 }
 
-/// Notes this session's use of the windows whose tables a query read or wrote, by the side it
-/// used them as (what `migrate.client_version` or the search path declares, as for writes).
-pub fn seen(relations: &[pg_sys::Oid]) {
-    // pg_migrate's own statements are neither version's.
-    if crate::pg::process::is_migrate_worker()
-        || crate::migration::running::is_applying()
-        || OWN.get() > 0
-    {
+/// A query starts: which windows it uses, and as which version, kept while it runs.
+pub fn started(query: usize, relations: &[Relation]) {
+    if is_own() {
         return;
     }
-    let used: Vec<(u64, String, String)> = KNOWN.with_borrow(|known| {
-        let mut used: Vec<(u64, String, String)> = Vec::new();
-        for table in &known.tables {
-            if relations.contains(&table.relid) && !used.iter().any(|(k, ..)| *k == table.key) {
-                used.push((table.key, table.version.clone(), table.schema.clone()));
+    let transaction = crate::pg::xact::local_id();
+    KNOWN.with_borrow_mut(|known| {
+        let mut uses: Vec<(u64, bool)> = Vec::new();
+        for relation in relations.iter().filter(|r| !r.view) {
+            let oid = u32::from(relation.oid);
+            let Ok(at) = known
+                .tables
+                .binary_search_by_key(&oid, |t| u32::from(t.relid))
+            else {
+                continue;
+            };
+            // Several windows may list one table (one after the other).
+            let first = known.tables[..at]
+                .iter()
+                .rposition(|t| u32::from(t.relid) != oid)
+                .map_or(0, |p| p + 1);
+            for table in known.tables[first..]
+                .iter()
+                .take_while(|t| u32::from(t.relid) == oid)
+            {
+                if !uses.iter().any(|(k, _)| *k == table.key) {
+                    uses.push((table.key, false));
+                }
             }
         }
-        used
+        if uses.is_empty() {
+            return;
+        }
+        for relation in relations.iter().filter(|r| r.view) {
+            let namespace = crate::pg::catalog::relation_namespace(relation.oid);
+            for schema in known.schemas.iter_mut() {
+                if schema.namespace == pg_sys::InvalidOid {
+                    // Published since the registry was read.
+                    schema.namespace = crate::pg::catalog::namespace_oid(&schema.name);
+                }
+                if schema.namespace != pg_sys::InvalidOid && schema.namespace == namespace {
+                    for (key, new) in uses.iter_mut() {
+                        *new |= *key == schema.key;
+                    }
+                }
+            }
+        }
+        known.running.retain(|r| r.transaction == transaction);
+        known.running.push(Running {
+            query,
+            transaction,
+            uses,
+        });
     });
-    if used.is_empty() {
+}
+
+/// A query ends: its use of windows is noted (at most once a second per window and side),
+/// and it is forgotten, with any query started inside it that failed.
+pub fn ended(query: usize) {
+    let uses = KNOWN.with_borrow_mut(|known| {
+        let at = known.running.iter().rposition(|r| r.query == query)?;
+        let uses = std::mem::take(&mut known.running[at].uses);
+        known.running.truncate(at);
+        Some(uses)
+    });
+    let Some(uses) = uses else {
         return;
-    }
-    // SAFETY: reads the clock.
-    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    };
+    let now = crate::pg::xact::clock();
     let database = crate::pg::process::database();
-    for (key, version, schema) in used {
-        let new = super::writes_version(&version, &schema);
+    for (key, new) in uses {
         if KNOWN.with_borrow_mut(|known| due(&mut known.noted, key, new, now)) {
             shmem::count_use(database, key, new);
         }
     }
+}
+
+/// Whether the innermost query running that uses window `key` goes through its new
+/// version's views; None when no such query runs (COPY FROM, which is no query, or the
+/// worker's).
+pub fn side_of(key: u64) -> Option<bool> {
+    let transaction = crate::pg::xact::local_id();
+    KNOWN.with_borrow(|known| {
+        known
+            .running
+            .iter()
+            .rev()
+            .filter(|r| r.transaction == transaction)
+            .find_map(|r| r.uses.iter().find(|(k, _)| *k == key).map(|(_, new)| *new))
+    })
 }
 
 /// Whether this session's use of window `key`'s side is to be noted at `now`: not if it was
