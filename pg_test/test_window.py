@@ -764,8 +764,10 @@ def test_windows_show_the_sessions_still_connected_by_the_version_they_used(clus
     notices = []
     conn.add_notice_handler(lambda d: notices.append((d.severity, d.message_primary, d.message_detail or "")))
     pooled.close()
+    # The caller's own reads do not make it a client it is warned about.
+    conn.execute("SELECT count(*) FROM orders")
     wait_until(lambda: len(conn.execute("SELECT 1 FROM migrate.window_sessions('43') WHERE side = 'old'")
-                            .fetchall()) == 3, timeout=10)
+                            .fetchall()) == 4, timeout=10)
     conn.execute("SELECT * FROM migrate.contract('43')")
     warned = [n for n in notices if n[0] == "WARNING" and "used the old version" in n[1]]
     assert warned and warned[0][1].startswith("pg_migrate: 3 sessions still connected") \
@@ -1248,7 +1250,31 @@ def test_row_level_security_carries_over_and_the_window_sees_every_row(cluster, 
         f = failure(owner, "SELECT migrate.expand('44', 'ALTER TABLE forced ALTER COLUMN n TYPE bigint')")
         assert f.sqlstate == "42501" and "policies apply to you" in f.message, f
         assert "BYPASSRLS" in f.hint, f
+        # A plain backfill there would fill only what the policies show its submitter.
+        notices = []
+        owner.add_notice_handler(lambda d: notices.append((d.severity, d.message_primary)))
+        owner.execute("SELECT migrate.backfill('forced', 'n = 1', 'n IS NULL')")
+        assert [m for sev, m in notices if sev == "WARNING" and "fills only the rows" in m], notices
     assert conn.execute("SELECT count(*) FROM migrate.window_history WHERE version = '44'").fetchone()[0] == 0
+    # An opener that could see every row when the window opened, and no longer can: contract
+    # says so, and swaps nothing.
+    conn.execute("CREATE ROLE rls_bypasser LOGIN BYPASSRLS IN ROLE migrate_admin")
+    conn.execute(f"GRANT CREATE ON DATABASE {db} TO rls_bypasser")
+    conn.execute("GRANT CREATE ON SCHEMA public TO rls_bypasser")
+    conn.execute("CREATE TABLE shared (id int PRIMARY KEY, tenant text, n int)")
+    conn.execute("INSERT INTO shared SELECT g, 't' || g % 3, g FROM generate_series(1, 300) g")
+    conn.execute("ALTER TABLE shared OWNER TO rls_bypasser")
+    conn.execute("ALTER TABLE shared ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY")
+    conn.execute("CREATE POLICY mine ON shared USING (tenant = current_user)")
+    with cluster.connect(db, user="rls_bypasser") as bypasser:
+        bypasser.execute("SELECT migrate.expand('45', 'ALTER TABLE shared ALTER COLUMN n TYPE bigint')")
+        bypasser.execute("CALL migrate.wait('45')")
+        conn.execute("ALTER ROLE rls_bypasser NOBYPASSRLS")
+        f = failure(bypasser, "SELECT migrate.contract('45')")
+        assert f.sqlstate == "42501" and "now apply to role rls_bypasser" in f.message, f
+        assert window(bypasser, "45")["state"] == "published"
+        conn.execute("ALTER ROLE rls_bypasser BYPASSRLS")
+        bypasser.execute("SELECT migrate.contract('45')")
     assert conn.execute("SELECT pg_typeof(amount)::text, count(*), count(*) FILTER (WHERE amount = id + "
                         "(id % 2)) FROM accounts GROUP BY 1").fetchall() == [("bigint", 2001, 2000)]
     assert conn.execute("SELECT count(*) FROM accounts WHERE memo IS NULL").fetchone()[0] == 0
@@ -1272,6 +1298,35 @@ def test_what_others_built_on_the_new_versions_views_is_named_before_contract_or
     conn.execute("DROP FUNCTION open_orders()")
     conn.execute("SELECT migrate.contract('43')")
     assert conn.execute("SELECT count(*) FROM orders WHERE status = 'new'").fetchone()[0] == 100
+
+
+def test_nothing_written_during_a_window_is_left_on_the_columns_it_sets_aside(cluster, db, conn):
+    """Policies on a window's table are refused while it is open; a view written on a column
+    the window sets aside makes contract roll back and name it; and a column something uses
+    is not hidden in the first place."""
+    make_orders(conn, 100)
+    conn.execute("ALTER TABLE orders ENABLE ROW LEVEL SECURITY")
+    conn.execute("CREATE POLICY everyone ON orders USING (true)")
+    conn.execute("SELECT migrate.expand('43', 'ALTER TABLE orders ALTER COLUMN amount TYPE bigint')")
+    conn.execute("CALL migrate.wait('43')")
+    for ddl in ("CREATE POLICY positive ON orders AS RESTRICTIVE USING (amount >= 0)",
+                "ALTER POLICY everyone ON orders USING (amount >= 0)",
+                "DROP POLICY everyone ON orders"):
+        f = failure(conn, ddl)
+        assert f.sqlstate == "55000" and "window" in f.message, (ddl, f)
+    conn.execute("CREATE VIEW amounts AS SELECT id, amount FROM orders")
+    f = failure(conn, "SELECT migrate.contract('43')")
+    assert f.sqlstate == "2BP01" and "depend on the columns it sets aside" in f.message, f
+    assert "view public.amounts depends on column _deprecated_43_amount of table public.orders" in f.detail, f
+    assert window(conn, "43")["state"] == "published"
+    assert conn.execute("SELECT format_type(atttypid, NULL) FROM pg_attribute "
+                        "WHERE attrelid = 'orders'::regclass AND attname = 'amount'").fetchone() == ("integer",)
+    conn.execute("DROP VIEW amounts")
+    conn.execute("SELECT migrate.contract('43')")
+    conn.execute("CREATE VIEW notes AS SELECT id, legacy_note FROM orders")
+    f = failure(conn, "SELECT migrate.expand('44', 'ALTER TABLE orders DROP COLUMN legacy_note')")
+    assert f.sqlstate == "2BP01" and "rule _RETURN on view public.notes" in f.detail, f
+    assert conn.execute("SELECT count(*) FROM migrate.window_history WHERE version = '44'").fetchone()[0] == 0
 
 
 def test_a_type_owners_code_runs_as_the_writer_never_as_the_window_opener(cluster, db, conn):

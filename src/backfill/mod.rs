@@ -179,6 +179,7 @@ fn backfill(
     let target = target_table(table).or_raise();
     let walk = key_of(&target, where_clause.is_some(), &assigned).or_raise();
     prepare_batches(&walk, &target.name, set_clause, where_clause).or_raise();
+    warn_policies(&target);
 
     let id = insert(&target, set_clause, where_clause, &walk, &options);
     shmem::wake_at_commit();
@@ -190,6 +191,35 @@ fn backfill(
         ));
     }
     id
+}
+
+/// A backfill's batches and its final check run as the submitter: row-level security
+/// policies that apply to the submitter leave the rows they hide as they are, and the job
+/// reports done. Said at once.
+fn warn_policies(target: &Target) {
+    let applies = crate::pg::spi::pinned_row(
+        "SELECT relrowsecurity AND row_security_active(oid) FROM pg_class WHERE oid = $1",
+        &[target.oid.into()],
+        |r| r.get::<bool>(1),
+    )
+    .or_bookkeeping("read the table's row-level security")
+    .flatten()
+    .unwrap_or(false);
+    if applies {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_WARNING,
+            format!(
+                "the backfill of {} fills only the rows its row-level security policies let \
+                 you see",
+                target.name
+            ),
+            "Its batches and its final check run as you, with your policies.",
+            "Submit it as the table's owner (without FORCE ROW LEVEL SECURITY) or a role with \
+             BYPASSRLS; with row_security = off, a batch that a policy would filter fails \
+             instead.",
+        )
+        .report(pgrx::PgLogLevel::WARNING);
+    }
 }
 
 pub(crate) fn null_argument(name: &str, what: &str) -> ! {

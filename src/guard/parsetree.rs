@@ -935,10 +935,22 @@ unsafe fn guarded_names_node(node: *mut pg_sys::Node) -> Vec<String> {
             .into_iter()
             .collect();
     }
+    // A policy follows its columns' numbers: one written during a window on a column the
+    // window sets aside would go on reading it after the swap.
+    if is_a(node, T::T_CreatePolicyStmt) {
+        return table_of((*node.cast::<pg_sys::CreatePolicyStmt>()).table)
+            .into_iter()
+            .collect();
+    }
+    if is_a(node, T::T_AlterPolicyStmt) {
+        return table_of((*node.cast::<pg_sys::AlterPolicyStmt>()).table)
+            .into_iter()
+            .collect();
+    }
     if is_a(node, T::T_RenameStmt) {
         let stmt = node.cast::<pg_sys::RenameStmt>();
         return match (*stmt).renameType {
-            OBJECT_TRIGGER => table_of((*stmt).relation).into_iter().collect(),
+            OBJECT_TRIGGER | OBJECT_POLICY => table_of((*stmt).relation).into_iter().collect(),
             OBJECT_FUNCTION | OBJECT_PROCEDURE | OBJECT_ROUTINE => {
                 let with_args = (*stmt).object.cast::<pg_sys::ObjectWithArgs>();
                 last((*with_args).objname).into_iter().collect()
@@ -992,7 +1004,7 @@ unsafe fn guarded_names_node(node: *mut pg_sys::Node) -> Vec<String> {
         let stmt = node.cast::<pg_sys::DropStmt>();
         let objects = PgList::<pg_sys::Node>::from_pg((*stmt).objects);
         return match (*stmt).removeType {
-            OBJECT_TRIGGER => objects
+            OBJECT_TRIGGER | OBJECT_POLICY => objects
                 .iter_ptr()
                 .filter_map(|names| {
                     // schema?, table, trigger: the table is the list without its last name,

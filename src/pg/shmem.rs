@@ -277,9 +277,15 @@ fn forget_sessions_at_exit() {
 /// Whether every connected session's use of windows is remembered: every open window's
 /// tables were registered, and no session forgotten for want of room is still connected
 /// (past the last ones kept, that cannot be known).
-pub fn sessions_complete() -> bool {
-    if !available() || TABLES.share().dropped {
+pub fn sessions_complete(database: pg_sys::Oid) -> bool {
+    if !available() {
         return false;
+    }
+    {
+        let tables = TABLES.share();
+        if tables.incomplete_overflow || tables.incomplete.contains(&u32::from(database)) {
+            return false;
+        }
     }
     let (lost, count) = {
         let shared = WRITES.share();
@@ -491,18 +497,39 @@ pub struct WindowTable {
     pub schema: String,
 }
 
+/// Databases whose open windows' tables were not all registered, kept at once.
+const INCOMPLETE_KEPT: usize = 16;
+
 #[derive(Clone, Copy)]
 pub struct WindowTables {
     tables: [Registered; MAX_WINDOW_TABLES],
-    /// A table was not registered for want of room: the sessions known may not be all.
-    dropped: bool,
+    /// Databases some of whose tables were not registered (no room, a name too long, a table
+    /// not found): the sessions known there may not be all. 0: free.
+    incomplete: [u32; INCOMPLETE_KEPT],
+    /// More databases than that were: none is known to be complete.
+    incomplete_overflow: bool,
 }
 
 impl Default for WindowTables {
     fn default() -> Self {
         WindowTables {
             tables: [Registered::default(); MAX_WINDOW_TABLES],
-            dropped: false,
+            incomplete: [0; INCOMPLETE_KEPT],
+            incomplete_overflow: false,
+        }
+    }
+}
+
+impl WindowTables {
+    fn mark(&mut self, database: u32, incomplete: bool) {
+        let at = self.incomplete.iter().position(|&d| d == database);
+        match (at, incomplete) {
+            (Some(at), false) => self.incomplete[at] = 0,
+            (None, true) => match self.incomplete.iter().position(|&d| d == 0) {
+                Some(free) => self.incomplete[free] = database,
+                None => self.incomplete_overflow = true,
+            },
+            _ => {}
         }
     }
 }
@@ -531,8 +558,9 @@ fn name_str(bytes: &[u8; NAME_BYTES]) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
-/// Makes `tables` the registered tables of `database`'s open windows.
-pub fn register_window_tables(database: pg_sys::Oid, tables: &[WindowTable]) {
+/// Makes `tables` the registered tables of `database`'s open windows; `complete`: they are
+/// all of them.
+pub fn register_window_tables(database: pg_sys::Oid, tables: &[WindowTable], complete: bool) {
     if !available() {
         return;
     }
@@ -562,8 +590,8 @@ pub fn register_window_tables(database: pg_sys::Oid, tables: &[WindowTable]) {
         .collect();
     if registered.len() == wanted.len()
         && wanted.iter().all(|w| registered.iter().any(|r| same(r, w)))
-        && !too_long
     {
+        shared.mark(database, too_long || !complete);
         return;
     }
     for table in shared.tables.iter_mut() {
@@ -572,15 +600,16 @@ pub fn register_window_tables(database: pg_sys::Oid, tables: &[WindowTable]) {
         }
     }
     let mut free = 0;
+    let mut no_room = false;
     for table in wanted {
         let Some(at) = (free..MAX_WINDOW_TABLES).find(|&i| shared.tables[i].database == 0) else {
-            shared.dropped = true;
+            no_room = true;
             break;
         };
         shared.tables[at] = table;
         free = at + 1;
     }
-    shared.dropped |= too_long;
+    shared.mark(database, too_long || no_room || !complete);
     TABLES_GENERATION.get().fetch_add(1, Ordering::AcqRel);
 }
 
@@ -891,5 +920,27 @@ unsafe extern "C-unwind" fn at_transaction_end(
         }
         pg_sys::XactEvent::XACT_EVENT_PREPARE => WAKE_AT_COMMIT.set(false),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn a_database_is_incomplete_until_all_its_tables_are_registered_again() {
+        let mut tables = WindowTables::default();
+        tables.mark(5, true);
+        tables.mark(6, true);
+        assert!(tables.incomplete.contains(&5) && tables.incomplete.contains(&6));
+        // Another database's registration changes nothing for this one.
+        tables.mark(6, false);
+        assert!(tables.incomplete.contains(&5) && !tables.incomplete.contains(&6));
+        tables.mark(5, false);
+        assert!(tables.incomplete.iter().all(|&d| d == 0));
+        for database in 1..=(INCOMPLETE_KEPT as u32 + 1) {
+            tables.mark(database, true);
+        }
+        assert!(tables.incomplete_overflow);
     }
 }

@@ -175,6 +175,15 @@ fn expand(
     apply_options(&what, &given, &mut tables).or_raise();
     let tables: Vec<(plan::Table, Vec<Request>)> =
         tables.into_iter().map(|(_, t, r)| (t, r)).collect();
+    if !dry_run {
+        // Before the plan: another window's views and copies on a table are not what this
+        // one's refusals should be about.
+        let names: Vec<String> = tables
+            .iter()
+            .map(|(t, _)| t.qualified(crate::pg::catalog::quote_ident))
+            .collect();
+        refuse_overlap(&names).or_raise();
+    }
     let mut planned =
         plan::plan(version.as_str(), &tables, crate::pg::catalog::quote_ident).or_raise();
     // The plan was read from the catalogs as they are before any statement runs: one kept as
@@ -218,7 +227,6 @@ fn expand(
     if dry_run {
         return TableIterator::new(rows);
     }
-    refuse_overlap(&planned.tables).or_raise();
     let schemas: Vec<String> = tables.iter().map(|(t, _)| t.schema.clone()).collect();
     refuse_taken_functions(&schemas, &planned.objects).or_raise();
     refuse_expired().or_raise();
@@ -608,6 +616,7 @@ fn end(version: Option<&str>, how: WindowEnd) -> Vec<StepRow> {
         running::with_running(running, || {
             apply::attempt::run(&what, &script, &statements, Policy::from_settings())
         });
+        refuse_set_aside_dependents(&version, verb).or_raise();
         crate::history::record::applied(version.as_str());
     }
     // The writes counted since the worker last took them, kept in the row with the others.
@@ -641,14 +650,16 @@ fn end(version: Option<&str>, how: WindowEnd) -> Vec<StepRow> {
 /// Contract goes on (the DBA knows the rollout), but says which sessions still connected
 /// used the old version: after the swap their statements may fail.
 fn warn_old_sessions(version: &Version) {
-    if !crate::pg::shmem::sessions_complete() {
+    if !crate::pg::shmem::sessions_complete(crate::pg::process::database()) {
         Problem::new(
             PgSqlErrorCode::ERRCODE_WARNING,
             format!("the sessions that used window {version} may not all be known"),
             format!(
                 "More than {} sessions used open windows at once since the server started, \
-                 and the places of some that are still connected were reused; or more than \
-                 {} tables were in open windows at once.",
+                 and the places of some that are still connected were reused; or not every \
+                 table of this database's open windows could be looked for in its queries \
+                 (more than {} in open windows at once, or one renamed or dropped outside \
+                 the window).",
                 crate::pg::shmem::MAX_SESSIONS,
                 crate::pg::shmem::MAX_WINDOW_TABLES
             ),
@@ -657,10 +668,12 @@ fn warn_old_sessions(version: &Version) {
         .report(pgrx::PgLogLevel::WARNING);
     }
     let database = crate::pg::process::database();
+    // Not the caller's own session: it is contracting.
+    let caller = crate::pg::process::pid();
     let mut old: Vec<i32> =
         crate::pg::shmem::window_sessions(database, window_key(version.as_str()))
             .into_iter()
-            .filter(|s| !s.new)
+            .filter(|s| !s.new && s.pid != caller)
             .map(|s| s.pid)
             .collect();
     if old.is_empty() {
@@ -822,6 +835,60 @@ fn refuse_dependents(version: &Version, verb: &str, schemas: &[String]) -> Resul
     ))
 }
 
+/// After the steps, still in their transaction: nothing but what PostgreSQL drops with them
+/// (indexes, constraints, defaults, triggers) depends on a column the window set aside. A
+/// view or a policy written on a column during the window follows its number through the
+/// swap, and would go on reading the column nobody keeps in step (and keep the drop after the
+/// retention from ever happening): the whole end is rolled back instead.
+fn refuse_set_aside_dependents(version: &Version, verb: &str) -> Result<(), Problem> {
+    let found = identity::as_owner(|| {
+        crate::pg::spi::pinned_pairs::<String, String>(
+            "SELECT DISTINCT CASE WHEN d.classid = 'pg_rewrite'::regclass \
+                       THEN pg_describe_object('pg_class'::regclass, r.ev_class, 0) \
+                       ELSE pg_describe_object(d.classid, d.objid, d.objsubid) END, \
+                    pg_describe_object(d.refclassid, d.refobjid, d.refobjsubid) \
+             FROM migrate.window_history w \
+             CROSS JOIN LATERAL jsonb_array_elements(w.deprecated) c \
+             JOIN pg_namespace n ON n.nspname = c ->> 0 \
+             JOIN pg_class t ON t.relnamespace = n.oid AND t.relname = c ->> 1 \
+             JOIN pg_attribute a ON a.attrelid = t.oid AND a.attname = c ->> 2 \
+             JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = t.oid \
+                             AND d.refobjsubid = a.attnum AND d.deptype = 'n' \
+             LEFT JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND r.oid = d.objid \
+             WHERE w.version = $1 \
+               AND d.classid NOT IN ('pg_constraint'::regclass, 'pg_class'::regclass, \
+                                     'pg_attrdef'::regclass, 'pg_trigger'::regclass) \
+             ORDER BY 1, 2",
+            &[version.as_str().into()],
+        )
+    })
+    .or_bookkeeping("read what depends on the columns the window sets aside");
+    if found.is_empty() {
+        return Ok(());
+    }
+    let listed = crate::guard::rule::listed(
+        found
+            .iter()
+            .map(|(dependent, on)| format!("{dependent} depends on {on}")),
+    );
+    Err(Problem::new(
+        PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+        format!(
+            "window {version} cannot be {}: other objects depend on the columns it sets aside",
+            if verb == "contract" {
+                "contracted"
+            } else {
+                "aborted"
+            }
+        ),
+        format!(
+            "They were written during the window, and would go on using the set-aside columns, \
+             which no version writes any more: {listed}."
+        ),
+        format!("Drop them, {verb} again, then create them again on the columns the table keeps."),
+    ))
+}
+
 /// Before contract swaps the columns: every bridge is in place and every row in step, or
 /// the swap would make a difference between them permanent. The count runs as the role that
 /// opened the window (its conversions are that role's), with only pg_catalog on the path
@@ -869,6 +936,35 @@ fn refuse_drift(version: &Version, window: &Window) -> Result<(), Problem> {
         })?;
         // Every row, or an error: a policy must not hide rows that disagree.
         let settings = [("search_path", "pg_catalog"), ("row_security", "off")];
+        let hidden = identity::as_author(opener, &settings, || {
+            crate::pg::spi::pinned_row(
+                "SELECT relrowsecurity AND row_security_active(oid) FROM pg_class \
+                 WHERE oid = to_regclass($1)",
+                &[check.table.as_str().into()],
+                |r| r.get::<bool>(1),
+            )
+        })
+        .ok()
+        .flatten()
+        .flatten()
+        .unwrap_or(false);
+        if hidden {
+            return Err(Problem::new(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "the row-level security policies of {} now apply to role {}, which opened \
+                     window {version}",
+                    check.table, window.opened_by
+                ),
+                "Contract counts the rows whose two columns disagree as the opener, and must \
+                 see every row.",
+                format!(
+                    "Give {} back what let it see every row (BYPASSRLS, or the table without \
+                     FORCE ROW LEVEL SECURITY), or SELECT migrate.abort('{version}').",
+                    window.opened_by
+                ),
+            ));
+        }
         let behind = identity::as_author(opener, &settings, || {
             pgrx::Spi::get_one::<i64>(&check.out_of_step)
         })

@@ -390,8 +390,8 @@ pub fn plan<'p>(
                 "The backfill and the checks that the two versions' columns agree run as the \
                  role that opens the window, and must see every row: a policy that hid some \
                  would leave their copies empty, which contract would then keep.",
-                "Open the window as the table's owner (without FORCE ROW LEVEL SECURITY) or as \
-                 a role with BYPASSRLS.",
+                "Open the window as the table's owner, without FORCE ROW LEVEL SECURITY on the \
+                 table, or give the owner BYPASSRLS.",
             ));
         }
         if table.column_grants {
@@ -766,6 +766,33 @@ pub fn plan<'p>(
                                 .into(),
                             "Give the column a default first (ALTER TABLE ... ALTER COLUMN ... \
                              SET DEFAULT, with migrate.apply), then expand.",
+                        ));
+                    }
+                    // What PostgreSQL would refuse to drop it for: a view, a policy, a
+                    // function's body (indexes and constraints go with it). The window keeps
+                    // the column, set aside, and they would go on using it.
+                    let users: Vec<&String> = existing
+                        .dependents
+                        .iter()
+                        .filter(|d| {
+                            ["rule ", "policy ", "function ", "procedure "]
+                                .iter()
+                                .any(|kind| d.starts_with(kind))
+                        })
+                        .collect();
+                    if !users.is_empty() {
+                        return Err(Problem::new(
+                            PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+                            format!(
+                                "migrate.expand cannot hide column {column} of {name}: other \
+                                 objects use it"
+                            ),
+                            format!(
+                                "After contract the column is set aside, and they would go \
+                                 on using it while no version writes it: {}.",
+                                crate::guard::rule::listed(users.into_iter().cloned())
+                            ),
+                            "Change or drop them first (with migrate.apply), then expand.",
                         ));
                     }
                     dropped.push(column);

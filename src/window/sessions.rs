@@ -222,7 +222,7 @@ fn due(noted: &mut Vec<(u64, bool, i64)>, key: u64, new: bool, now: i64) -> bool
 /// The tables of this database's open windows, as the registry keeps them: read as the
 /// extension's owner (expand, in its transaction; the worker, as it keeps the windows).
 pub fn register_open() {
-    let rows: Vec<(String, pg_sys::Oid, String)> = crate::pg::identity::as_owner(|| {
+    let rows: Vec<(String, Option<pg_sys::Oid>, String)> = crate::pg::identity::as_owner(|| {
         crate::pg::guc::pinned(|| {
             pgrx::Spi::connect(|client| {
                 client
@@ -230,8 +230,8 @@ pub fn register_open() {
                         "SELECT w.version, c.oid, n.nspname::text \
                          FROM migrate.window_history w \
                          CROSS JOIN LATERAL unnest(w.tables) t(name) \
-                         JOIN pg_class c ON c.oid = to_regclass(t.name) \
-                         JOIN pg_namespace n ON n.oid = c.relnamespace \
+                         LEFT JOIN pg_class c ON c.oid = to_regclass(t.name) \
+                         LEFT JOIN pg_namespace n ON n.oid = c.relnamespace \
                          WHERE w.ended IS NULL",
                         None,
                         &[],
@@ -239,7 +239,7 @@ pub fn register_open() {
                     .map(|row| {
                         Ok((
                             row.get::<String>(1)?.unwrap_or_default(),
-                            row.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
+                            row.get::<pg_sys::Oid>(2)?,
                             row.get::<String>(3)?.unwrap_or_default(),
                         ))
                     })
@@ -248,16 +248,21 @@ pub fn register_open() {
         })
     })
     .or_bookkeeping("read the tables of the open windows");
+    // A table renamed or dropped around the window (by someone allowed to) is not found by
+    // its name: its sessions are not known, which contract then says.
+    let complete = rows.iter().all(|(_, relid, _)| relid.is_some());
     let tables: Vec<WindowTable> = rows
         .into_iter()
-        .map(|(version, relid, schema)| WindowTable {
-            relid,
-            key: super::window_key(&version),
-            schema: super::plan::view_schema(&schema, &version),
-            version,
+        .filter_map(|(version, relid, schema)| {
+            Some(WindowTable {
+                relid: relid?,
+                key: super::window_key(&version),
+                schema: super::plan::view_schema(&schema, &version),
+                version,
+            })
         })
         .collect();
-    shmem::register_window_tables(crate::pg::process::database(), &tables);
+    shmem::register_window_tables(crate::pg::process::database(), &tables, complete);
 }
 
 #[cfg(test)]
