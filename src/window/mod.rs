@@ -807,6 +807,32 @@ fn refuse_dependents(version: &Version, verb: &str, schemas: &[String]) -> Resul
         &[schemas.to_vec().into()],
     )
     .or_bookkeeping("read what depends on the new version's views");
+    dependents_found(
+        version,
+        verb,
+        &found,
+        "its new version's views",
+        &format!("The {verb} drops the views, and nothing that depends on them may stay"),
+        if verb == "contract" {
+            "Drop them, contract, then create them again over the tables, which then have the \
+             new version's shape."
+                .to_string()
+        } else {
+            "Drop them (the new version goes away with the window), then abort again.".to_string()
+        },
+    )
+}
+
+/// Refuses ending window `version` for the (dependent, what it depends on) pairs `found`,
+/// if any: on `what`, saying `why` and `hint`.
+fn dependents_found(
+    version: &Version,
+    verb: &str,
+    found: &[(String, String)],
+    what: &str,
+    why: &str,
+    hint: String,
+) -> Result<(), Problem> {
     if found.is_empty() {
         return Ok(());
     }
@@ -815,23 +841,16 @@ fn refuse_dependents(version: &Version, verb: &str, schemas: &[String]) -> Resul
             .iter()
             .map(|(dependent, on)| format!("{dependent} depends on {on}")),
     );
+    let ended = if verb == "contract" {
+        "contracted"
+    } else {
+        "aborted"
+    };
     Err(Problem::new(
         PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
-        format!(
-            "window {version} cannot be {}: other objects depend on its new version's views",
-            if verb == "contract" {
-                "contracted"
-            } else {
-                "aborted"
-            }
-        ),
-        format!("The {verb} drops the views, and nothing that depends on them may stay: {listed}."),
-        if verb == "contract" {
-            "Drop them, contract, then create them again over the tables, which then have the \
-             new version's shape."
-        } else {
-            "Drop them (the new version goes away with the window), then abort again."
-        },
+        format!("window {version} cannot be {ended}: other objects depend on {what}"),
+        format!("{why}: {listed}."),
+        hint,
     ))
 }
 
@@ -863,30 +882,15 @@ fn refuse_set_aside_dependents(version: &Version, verb: &str) -> Result<(), Prob
         )
     })
     .or_bookkeeping("read what depends on the columns the window sets aside");
-    if found.is_empty() {
-        return Ok(());
-    }
-    let listed = crate::guard::rule::listed(
-        found
-            .iter()
-            .map(|(dependent, on)| format!("{dependent} depends on {on}")),
-    );
-    Err(Problem::new(
-        PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
-        format!(
-            "window {version} cannot be {}: other objects depend on the columns it sets aside",
-            if verb == "contract" {
-                "contracted"
-            } else {
-                "aborted"
-            }
-        ),
-        format!(
-            "They were written during the window, and would go on using the set-aside columns, \
-             which no version writes any more: {listed}."
-        ),
+    dependents_found(
+        version,
+        verb,
+        &found,
+        "the columns it sets aside",
+        "They were written during the window, and would go on using the set-aside columns, \
+         which no version writes any more",
         format!("Drop them, {verb} again, then create them again on the columns the table keeps."),
-    ))
+    )
 }
 
 /// Before contract swaps the columns: every bridge is in place and every row in step, or
