@@ -755,10 +755,15 @@ def test_windows_show_the_sessions_still_connected_by_the_version_they_used(clus
                         "FROM migrate.window_sessions('43')").fetchone() == (0, 4, 0)
     w = window(conn, "43")
     assert (w["old_sessions"], w["new_sessions"]) == (4, 4), w
-    # Everyone may see them, as pg_stat_activity shows pids to everyone.
+    # Others see the sessions they could follow in pg_stat_activity: their own roles', or all
+    # with pg_read_all_stats.
     conn.execute("CREATE ROLE window_no_sessions LOGIN")
     with cluster.connect(db, user="window_no_sessions") as nobody:
-        assert nobody.execute("SELECT old_sessions FROM migrate.windows").fetchone() == (4,)
+        assert nobody.execute("SELECT old_sessions FROM migrate.windows").fetchone() == (0,)
+        assert nobody.execute("SELECT count(*) FROM migrate.window_sessions('43')").fetchone() == (0,)
+    conn.execute("GRANT pg_read_all_stats TO window_no_sessions")
+    with cluster.connect(db, user="window_no_sessions") as stats_reader:
+        assert stats_reader.execute("SELECT old_sessions FROM migrate.windows").fetchone() == (4,)
     # Contract goes on, saying who still used the old version; its own reads of the table
     # make the caller no client of it.
     notices = []
@@ -801,6 +806,25 @@ def test_a_write_through_the_new_versions_view_is_the_new_versions_whatever_the_
     assert rows_out_of_step(conn, "43") == 0
     conn.execute("SELECT migrate.contract('43')")
     assert conn.execute("SELECT amount FROM orders WHERE id = 101").fetchone() == (7,)
+
+
+def test_a_window_whose_expand_rolled_back_has_no_tables_looked_for(cluster, db, conn):
+    """A window's tables are looked for in queries once its expand commits, not before, and
+    never after a rollback."""
+    make_orders(conn, 10)
+    with cluster.connect(db, autocommit=False) as c:
+        c.execute("SELECT migrate.expand('52', 'ALTER TABLE orders RENAME COLUMN old_status TO status')")
+        c.rollback()
+    with cluster.connect(db) as reader:
+        reader_pid = reader.execute("SELECT pg_backend_pid()").fetchone()[0]
+        reader.execute("SELECT old_status FROM orders WHERE id = 1")
+        assert conn.execute("SELECT count(*) FROM migrate.window_sessions('52')").fetchone() == (0,)
+        conn.execute("SELECT migrate.expand('53', 'ALTER TABLE orders RENAME COLUMN old_status TO status')")
+        reader.execute("SELECT old_status FROM orders WHERE id = 1")
+        assert conn.execute("SELECT pid, side FROM migrate.window_sessions('53')").fetchall() == [
+            (reader_pid, "old")]
+        conn.execute("CALL migrate.wait('53')")
+        conn.execute("SELECT migrate.abort('53')")
 
 
 def test_a_session_is_known_by_its_reads_once_the_worker_registers_the_window_again(cluster, db, conn):

@@ -22,6 +22,23 @@ pub fn is_connected(pid: i32) -> bool {
     !unsafe { pg_sys::BackendPidGetProc(pid) }.is_null()
 }
 
+/// Whether the current user may see what the session `pid` does, as pg_stat_activity
+/// decides: it has the privileges of the session's role, or of pg_read_all_stats.
+pub fn may_see(pid: i32) -> bool {
+    // SAFETY: looks the pid up in the process array; its role id is read once, as
+    // PostgreSQL's own statistics views read it, and the PGPROC is not kept.
+    unsafe {
+        let process = pg_sys::BackendPidGetProc(pid);
+        if process.is_null() {
+            return false;
+        }
+        let role = (*process).roleId;
+        let me = pg_sys::GetUserId();
+        pg_sys::has_privs_of_role(me, role)
+            || pg_sys::has_privs_of_role(me, pg_sys::Oid::from(pg_sys::ROLE_PG_READ_ALL_STATS))
+    }
+}
+
 /// The server's system identifier: what pg_control_system() reports, the same on a
 /// physical copy (a standby, a restored base backup), another after initdb.
 pub fn system_identifier() -> i64 {

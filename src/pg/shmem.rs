@@ -879,20 +879,41 @@ fn set_latch(latch: usize) {
     }
 }
 
+/// A registration of a database's window tables, made when the transaction commits.
+type Registration = (pg_sys::Oid, Vec<WindowTable>, bool);
+
 thread_local! {
     /// This transaction queued work for the background worker.
     static WAKE_AT_COMMIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// This transaction opened a window: its tables, and the others still open.
+    static REGISTER_AT_COMMIT: std::cell::RefCell<Option<Registration>> =
+        const { std::cell::RefCell::new(None) };
     static CALLBACK_REGISTERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn at_transaction_end_registered() {
+    if !CALLBACK_REGISTERED.replace(true) {
+        // SAFETY: registers a callback for the life of this backend.
+        unsafe { pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut()) };
+    }
 }
 
 /// Wakes this database's worker when the current transaction commits: before that, the
 /// worker could not see the work, and after a rollback there is none.
 pub fn wake_at_commit() {
     WAKE_AT_COMMIT.set(true);
-    if !CALLBACK_REGISTERED.replace(true) {
-        // SAFETY: registers a callback for the life of this backend.
-        unsafe { pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut()) };
-    }
+    at_transaction_end_registered();
+}
+
+/// [`register_window_tables`] when the current transaction commits: a window whose expand
+/// rolls back never had its tables looked for.
+pub fn register_window_tables_at_commit(
+    database: pg_sys::Oid,
+    tables: Vec<WindowTable>,
+    complete: bool,
+) {
+    REGISTER_AT_COMMIT.set(Some((database, tables, complete)));
+    at_transaction_end_registered();
 }
 
 #[pgrx::pg_guard]
@@ -902,10 +923,18 @@ unsafe extern "C-unwind" fn at_transaction_end(
 ) {
     match event {
         // Called after the commit is visible to other sessions.
-        pg_sys::XactEvent::XACT_EVENT_COMMIT if WAKE_AT_COMMIT.replace(false) => {
-            request_work(pg_sys::MyDatabaseId);
+        pg_sys::XactEvent::XACT_EVENT_COMMIT => {
+            if let Some((database, tables, complete)) = REGISTER_AT_COMMIT.take() {
+                register_window_tables(database, &tables, complete);
+            }
+            if WAKE_AT_COMMIT.replace(false) {
+                request_work(pg_sys::MyDatabaseId);
+            }
         }
-        pg_sys::XactEvent::XACT_EVENT_ABORT => WAKE_AT_COMMIT.set(false),
+        pg_sys::XactEvent::XACT_EVENT_ABORT => {
+            WAKE_AT_COMMIT.set(false);
+            REGISTER_AT_COMMIT.take();
+        }
         // COMMIT PREPARED happens in another session, which would not wake the worker; as
         // PostgreSQL does for temporary objects, such a transaction cannot be prepared.
         pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE if WAKE_AT_COMMIT.get() => {
@@ -918,7 +947,10 @@ unsafe extern "C-unwind" fn at_transaction_end(
             )
             .raise();
         }
-        pg_sys::XactEvent::XACT_EVENT_PREPARE => WAKE_AT_COMMIT.set(false),
+        pg_sys::XactEvent::XACT_EVENT_PREPARE => {
+            WAKE_AT_COMMIT.set(false);
+            REGISTER_AT_COMMIT.take();
+        }
         _ => {}
     }
 }

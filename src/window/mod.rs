@@ -269,9 +269,8 @@ fn expand(
         &planned,
         (ttl_s, on_expiry, options.as_ref()),
     );
-    // Sessions are known by the tables they use from now on (if this transaction rolls
-    // back, the worker registers the windows open again).
-    sessions::register_open();
+    // Sessions are known by the tables they use once this transaction commits.
+    sessions::register_open_at_commit();
     // The worker keeps the window's time: it reads it once this transaction commits.
     crate::pg::shmem::wake_at_commit();
     TableIterator::new(rows)
@@ -491,7 +490,12 @@ fn window_sessions(
     ),
 > {
     let database = crate::pg::process::database();
-    let sessions = crate::pg::shmem::window_sessions(database, window_key(version));
+    // As pg_stat_activity shows what sessions do: those of roles whose privileges the caller
+    // has, or all with pg_read_all_stats.
+    let sessions: Vec<_> = crate::pg::shmem::window_sessions(database, window_key(version))
+        .into_iter()
+        .filter(|s| crate::pg::process::may_see(s.pid))
+        .collect();
     let at = |t: i64| {
         (t != 0)
             .then(|| TimestampWithTimeZone::try_from(t).ok())

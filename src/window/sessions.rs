@@ -220,8 +220,20 @@ fn due(noted: &mut Vec<(u64, bool, i64)>, key: u64, new: bool, now: i64) -> bool
 }
 
 /// The tables of this database's open windows, as the registry keeps them: read as the
-/// extension's owner (expand, in its transaction; the worker, as it keeps the windows).
+/// extension's owner, by the worker as it keeps the windows.
 pub fn register_open() {
+    let (tables, complete) = open_tables();
+    shmem::register_window_tables(crate::pg::process::database(), &tables, complete);
+}
+
+/// The same, once the current transaction (an expand's) commits.
+pub fn register_open_at_commit() {
+    let (tables, complete) = open_tables();
+    shmem::register_window_tables_at_commit(crate::pg::process::database(), tables, complete);
+}
+
+/// The tables of this database's open windows, and whether all were found.
+fn open_tables() -> (Vec<WindowTable>, bool) {
     let rows: Vec<(String, Option<pg_sys::Oid>, String)> = crate::pg::identity::as_owner(|| {
         crate::pg::guc::pinned(|| {
             pgrx::Spi::connect(|client| {
@@ -262,7 +274,7 @@ pub fn register_open() {
             })
         })
         .collect();
-    shmem::register_window_tables(crate::pg::process::database(), &tables, complete);
+    (tables, complete)
 }
 
 #[cfg(test)]
