@@ -58,12 +58,20 @@ unsafe extern "C-unwind" fn observe_start(query: *mut pg_sys::QueryDesc) {
         return;
     }
     let rtable = pgrx::PgList::<pg_sys::RangeTblEntry>::from_pg((*statement).rtable);
+    // A view read by the query is a subquery entry from PostgreSQL 16 on that keeps the
+    // view's oid and kind (for its permission checks and locks); a relation entry before,
+    // and for a view written through.
     let relations: Vec<Relation> = rtable
         .iter_ptr()
-        .filter(|rte| !rte.is_null() && (**rte).rtekind == pg_sys::RTEKind::RTE_RELATION)
-        .map(|rte| Relation {
-            oid: (*rte).relid,
-            view: (*rte).relkind == pg_sys::RELKIND_VIEW as std::ffi::c_char,
+        .filter(|rte| !rte.is_null())
+        .filter_map(|rte| {
+            let view = (*rte).relkind == pg_sys::RELKIND_VIEW as std::ffi::c_char;
+            let relation = (*rte).rtekind == pg_sys::RTEKind::RTE_RELATION
+                || (view && (*rte).relid != pg_sys::InvalidOid);
+            relation.then(|| Relation {
+                oid: (*rte).relid,
+                view,
+            })
         })
         .collect();
     if !relations.is_empty() {
