@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from harness import failure, wait_until
+from test_worker import status
 
 MALLORY = "mallory"  # migrate_admin, not a superuser
 EVE = "eve"  # migrate_admin too, but not a member of mallory
@@ -358,3 +359,45 @@ def test_summing_millions_of_hashes_answers_a_cancel(cluster, db, conn, roles):
         cancel_after(cluster, db, pid, 0.3).join()
         t.join(timeout=20)  # a hang guard, not a timing: the whole sum takes far longer
         assert not t.is_alive() and outcome == ["57014"], outcome
+
+
+def test_error_texts_are_shown_only_to_roles_with_the_submitters_privileges(cluster, db, conn, roles):
+    """A failed phase's or backfill's error may quote the row it failed on; eve, another
+    admin who may not read mallory's table, sees that something failed and why (SQLSTATE),
+    never the data."""
+    secret = "123-45-6789"
+    with as_mallory(cluster, db) as mallory:
+        # The data is not in the script, which admins may read.
+        mallory.execute("CREATE TABLE m.secrets (id int PRIMARY KEY, ssn text, n int)")
+        mallory.execute("INSERT INTO m.secrets VALUES (1, %s), (2, %s)", (secret, secret))
+        mallory.execute("SELECT migrate.apply('1', 'CREATE UNIQUE INDEX CONCURRENTLY secrets_ssn ON m.secrets (ssn)')")
+        wait_until(lambda: status(conn, "1") == "failed", timeout=60)
+        job = mallory.execute("SELECT migrate.backfill('m.secrets', 'n = ssn::int')").fetchone()[0]
+        wait_until(lambda: conn.execute("SELECT state FROM migrate.backfills WHERE id = %s", (job,))
+                   .fetchone()[0] == "failed", timeout=60)
+        step_query = "SELECT error_sqlstate, error_message, error_detail FROM migrate.steps WHERE version = '1' AND state = 'failed'"
+        job_query = "SELECT b.error_sqlstate, b.error_message, p.last_error FROM migrate.backfills b JOIN migrate.backfill_progress p ON p.job = b.id WHERE b.id = %s"
+        # The submitter, and a superuser, read what PostgreSQL told the worker.
+        for reader in (mallory, conn):
+            step = reader.execute(step_query).fetchone()
+            assert step[0] == "23505" and secret in step[2], step
+            backfill = reader.execute(job_query, (job,)).fetchone()
+            assert backfill[0] == "22P02" and secret in backfill[1] and backfill[2] == backfill[1], backfill
+    with cluster.connect(db, user=EVE) as eve:
+        assert conn.execute("SELECT has_table_privilege('eve', 'm.secrets', 'SELECT')").fetchone()[0] is False
+        assert eve.execute(step_query).fetchone() == ("23505", "<insufficient privilege>", "<insufficient privilege>")
+        assert eve.execute(job_query, (job,)).fetchone() == ("22P02",) + ("<insufficient privilege>",) * 2
+        f = failure(eve, "CALL migrate.wait('1')")
+        assert f.sqlstate == "55000" and "<insufficient privilege>" in f.detail and secret not in f.detail, f
+        # Through no other column either.
+        for table in ("migrate.steps", "migrate.backfills", "migrate.backfill_progress", "migrate.windows"):
+            rows = eve.execute(f"SELECT t::text FROM {table} t").fetchall()
+            assert not any(secret in r[0] for r in rows), table
+        # Its base tables are the owner's alone.
+        for table in ("migrate.step_records", "migrate.backfill_jobs"):
+            assert failure(eve, f"SELECT error_message FROM {table}").sqlstate == "42501"
+    # Given mallory's privileges, eve reads them.
+    conn.execute("GRANT mallory TO eve")
+    with cluster.connect(db, user=EVE) as eve:
+        assert secret in eve.execute(step_query).fetchone()[2]
+    conn.execute("REVOKE mallory FROM eve")

@@ -178,3 +178,21 @@ def test_bad_input(conn):
     assert f.sqlstate == "42601" and f.message.startswith("pg_migrate:")
     assert failure(conn, "SELECT * FROM migrate.dry_run('COMMIT')").sqlstate == "2D000"
     assert failure(conn, "SELECT * FROM migrate.dry_run('SELECT 1', ARRAY['no-such-rule'])").sqlstate == "22023"
+
+
+def test_a_scan_the_session_made_before_is_not_taken_for_the_statements(conn):
+    """Scan counts are not transactional: a scan rolled back with its savepoint (its lock
+    gone) still counts. The dry run reads the count of what each statement names before it
+    runs, never of the whole schema, and so does not blame the ADD COLUMN for it."""
+    conn.execute(SETUP)
+    conn.execute("BEGIN")
+    conn.execute("SAVEPOINT s")
+    assert conn.execute("SELECT count(*) FROM big").fetchone()[0] == 30000
+    conn.execute("ROLLBACK TO s")
+    assert conn.execute("SELECT pg_stat_get_xact_numscans('big'::regclass)").fetchone()[0] >= 1
+    verdict = conn.execute("SELECT migrate.assert_safe('ALTER TABLE big ADD COLUMN c int')").fetchone()[0]
+    assert verdict.startswith("safe: 1 statement"), verdict
+    # A scan the statements make is still theirs.
+    f = failure(conn, "SELECT migrate.assert_safe('ALTER TABLE big ADD COLUMN c int; UPDATE big SET c = 1')")
+    assert "statement 2 (line 1): reads all of public.big" in f.detail, f
+    conn.execute("ROLLBACK")

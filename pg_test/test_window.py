@@ -1290,6 +1290,18 @@ def test_row_level_security_carries_over_and_the_window_sees_every_row(cluster, 
         owner.add_notice_handler(lambda d: notices.append((d.severity, d.message_primary)))
         owner.execute("SELECT migrate.backfill('forced', 'n = 1', 'n IS NULL')")
         assert [m for sev, m in notices if sev == "WARNING" and "fills only the rows" in m], notices
+        # A window that reads no row as its opener (a rename) is planned whatever the
+        # policies: every version's reads and writes still go through them.
+        owner.execute("CREATE TABLE renamed (id int PRIMARY KEY, tenant text, n int)")
+        owner.execute("INSERT INTO renamed VALUES (1, 'rls_owner', 1), (2, 'rls_tenant', 2)")
+        owner.execute("ALTER TABLE renamed ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY")
+        owner.execute("CREATE POLICY mine ON renamed USING (tenant = current_user)")
+        owner.execute("SELECT migrate.expand('44.5', 'ALTER TABLE renamed RENAME COLUMN n TO amount')")
+        wait_until(lambda: window(owner, "44.5").get("state") == "published", timeout=60)
+        assert owner.execute("SELECT id, amount FROM public_v44_5.renamed").fetchall() == [(1, 1)]
+        owner.execute("SELECT migrate.contract('44.5')")
+        assert owner.execute("SELECT id, amount FROM renamed").fetchall() == [(1, 1)]
+    assert conn.execute("SELECT id, amount FROM renamed ORDER BY id").fetchall() == [(1, 1), (2, 2)]
     assert conn.execute("SELECT count(*) FROM migrate.window_history WHERE version = '44'").fetchone()[0] == 0
     # An opener that could see every row when the window opened, and no longer can: contract
     # says so, and swaps nothing.

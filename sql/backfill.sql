@@ -3,7 +3,7 @@
 -- One row per job. The worker updates it in the same transaction as each batch, so the
 -- recorded progress (last_key, rows_updated) is exactly what has committed: a crash or a
 -- restart resumes after the last committed batch, and no row is updated twice or skipped.
-CREATE TABLE migrate.backfills (
+CREATE TABLE migrate.backfill_jobs (
     id                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     -- The table, and its name when submitted (schema-qualified, quoted), kept for the record
     -- of a job whose table was dropped.
@@ -59,16 +59,32 @@ CREATE TABLE migrate.backfills (
     error_sqlstate     text,
     error_message      text,
     error_detail       text,
-    FOREIGN KEY (version, phase) REFERENCES migrate.steps (version, phase) ON DELETE CASCADE,
+    FOREIGN KEY (version, phase) REFERENCES migrate.step_records (version, phase) ON DELETE CASCADE,
     CHECK (batch_size BETWEEN min_batch_size AND max_batch_size),
     CHECK ((key_columns IS NULL) = (key_types IS NULL))
 );
 
-COMMENT ON TABLE migrate.backfills IS
-    'pg_migrate: backfill jobs (migrate.backfill), with the progress of their last committed batch';
+COMMENT ON TABLE migrate.backfill_jobs IS
+    'pg_migrate: backfill jobs (migrate.backfill), with the progress of their last committed batch; read through migrate.backfills';
 
-SELECT pg_catalog.pg_extension_config_dump('migrate.backfills', '');
-SELECT pg_catalog.pg_extension_config_dump('migrate.backfills_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('migrate.backfill_jobs', '');
+SELECT pg_catalog.pg_extension_config_dump('migrate.backfill_jobs_id_seq', '');
+
+-- The jobs, their error texts shown as migrate.steps shows a phase's.
+CREATE VIEW migrate.backfills AS
+SELECT b.id, b.table_oid, b.table_name, b.set_clause, b.where_clause, b.key_columns,
+       b.key_types, b.state, b.state_reason, b.auto_paused, b.pass, b.upper_key, b.last_key,
+       b.rows_scanned, b.rows_estimated, b.rows_updated, b.batches, b.batch_size,
+       b.min_batch_size, b.max_batch_size, b.batch_time, b.pause, b.max_replication_lag,
+       b.lock_timeouts, b.failed_attempts, b.rows_per_second, b.remaining, b.role, b.settings,
+       b.submitted_by, b.submitted_at, b.version, b.phase, b.started_at, b.last_batch_at,
+       b.next_batch_at, b.finished_at, b.error_sqlstate,
+       migrate.error_text(b.error_message, b.role) COLLATE pg_catalog."default" AS error_message,
+       migrate.error_text(b.error_detail, b.role) COLLATE pg_catalog."default" AS error_detail
+FROM migrate.backfill_jobs b;
+
+COMMENT ON VIEW migrate.backfills IS
+    'pg_migrate: backfill jobs (migrate.backfill), with the progress of their last committed batch';
 
 -- What pg_stat_progress_* views are to a DBA: one row per job.
 CREATE VIEW migrate.backfill_progress AS
@@ -95,14 +111,14 @@ SELECT b.id AS job,
        b.remaining,
        b.lock_timeouts,
        b.error_sqlstate AS last_error_sqlstate,
-       b.error_message AS last_error,
+       migrate.error_text(b.error_message, b.role) COLLATE pg_catalog."default" AS last_error,
        b.version,
        b.phase,
        b.submitted_by,
        b.started_at,
        b.last_batch_at,
        b.finished_at
-FROM migrate.backfills b
+FROM migrate.backfill_jobs b
 LEFT JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) b.table_oid
 LEFT JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
 ORDER BY b.id;

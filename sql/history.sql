@@ -63,7 +63,7 @@ CREATE INDEX history_unfinished ON migrate.history (version_key)
     WHERE status IN ('pending', 'running', 'failed');
 CREATE INDEX history_baseline ON migrate.history (version_key) WHERE status = 'baseline';
 
-CREATE TABLE migrate.steps (
+CREATE TABLE migrate.step_records (
     version            text NOT NULL REFERENCES migrate.history (version) ON DELETE CASCADE,
     phase              integer NOT NULL,
     kind               text NOT NULL CHECK (kind IN ('transaction', 'top-level', 'backfill')),
@@ -92,7 +92,39 @@ CREATE TABLE migrate.steps (
     PRIMARY KEY (version, phase)
 );
 
-COMMENT ON TABLE migrate.steps IS
+COMMENT ON TABLE migrate.step_records IS
+    'pg_migrate: the phases of migrations run by the background worker, with their state; read through migrate.steps';
+
+-- Error texts may quote the rows the work failed on (a duplicate key's value, a failing row)
+-- of a table the reader may not read, or rows its policies hide. As PostgreSQL leaves key
+-- values out of errors for those who may not read them, and pg_stat_activity hides another
+-- role's query, a text is shown only to roles with the privileges of the role the work ran
+-- as (a superuser's, once that role is dropped). Callers collate its result as the
+-- database does: it would otherwise take the role name's collation, "C".
+CREATE FUNCTION migrate.error_text(text text, run_as name)
+RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT CASE WHEN text IS NULL THEN NULL
+                WHEN COALESCE((SELECT pg_catalog.pg_has_role(r.oid, 'USAGE')
+                                 FROM pg_catalog.pg_roles r
+                                WHERE r.rolname OPERATOR(pg_catalog.=) run_as),
+                              (SELECT r.rolsuper FROM pg_catalog.pg_roles r
+                                WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER))
+                THEN text
+                ELSE '<insufficient privilege>' END
+$$;
+
+CREATE VIEW migrate.steps AS
+SELECT s.version, s.phase, s.kind, s.first_statement, s.last_statement, s.first_line, s.sql,
+       s.state, s.attempts, s.started_at, s.finished_at, s.duration, s.worker_pid,
+       s.target_table, s.indexes_before, s.built_index, s.backfill_id, s.error_sqlstate,
+       migrate.error_text(s.error_message, h.applied_role) COLLATE pg_catalog."default" AS error_message,
+       migrate.error_text(s.error_detail, h.applied_role) COLLATE pg_catalog."default" AS error_detail
+FROM migrate.step_records s
+LEFT JOIN migrate.history h ON h.version OPERATOR(pg_catalog.=) s.version;
+
+COMMENT ON VIEW migrate.steps IS
     'pg_migrate: the phases of migrations run by the background worker, with their state';
 
 COMMENT ON TABLE migrate.history IS
@@ -124,4 +156,4 @@ COMMENT ON VIEW migrate.status IS 'pg_migrate: the history in version order, for
 
 -- pg_dump keeps the contents of these tables.
 SELECT pg_catalog.pg_extension_config_dump('migrate.history', '');
-SELECT pg_catalog.pg_extension_config_dump('migrate.steps', '');
+SELECT pg_catalog.pg_extension_config_dump('migrate.step_records', '');

@@ -5,6 +5,127 @@
 -- compares every object with a fresh install (pg_test/test_upgrade.py).
 \echo Use "ALTER EXTENSION pg_migrate UPDATE TO '0.2.0'" to load this file. \quit
 
+-- Error texts are shown only to roles with the privileges of the role the work ran as: the
+-- tables are renamed and read through views of their old names that withhold them. Their
+-- constraints, indexes and sequence take the names a fresh install gives them.
+ALTER TABLE migrate.steps RENAME TO step_records;
+ALTER TABLE migrate.backfills RENAME TO backfill_jobs;
+ALTER SEQUENCE migrate.backfills_id_seq RENAME TO backfill_jobs_id_seq;
+DO $$
+DECLARE
+    c record;
+BEGIN
+    FOR c IN SELECT co.conrelid::pg_catalog.regclass AS rel, co.conname,
+                    pg_catalog.regexp_replace(co.conname, '^(steps|backfills)_',
+                        CASE WHEN co.conname LIKE 'steps\_%' THEN 'step_records_'
+                             ELSE 'backfill_jobs_' END) AS new_name
+               FROM pg_catalog.pg_constraint co
+              WHERE co.conrelid IN ('migrate.step_records'::pg_catalog.regclass,
+                                    'migrate.backfill_jobs'::pg_catalog.regclass)
+                AND co.conname ~ '^(steps|backfills)_'
+    LOOP
+        EXECUTE pg_catalog.format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I', c.rel, c.conname, c.new_name);
+    END LOOP;
+END
+$$;
+COMMENT ON TABLE migrate.step_records IS
+    'pg_migrate: the phases of migrations run by the background worker, with their state; read through migrate.steps';
+COMMENT ON TABLE migrate.backfill_jobs IS
+    'pg_migrate: backfill jobs (migrate.backfill), with the progress of their last committed batch; read through migrate.backfills';
+REVOKE ALL ON migrate.step_records, migrate.backfill_jobs FROM PUBLIC, migrate_admin;
+
+-- Error texts may quote the rows the work failed on (a duplicate key's value, a failing row)
+-- of a table the reader may not read, or rows its policies hide. As PostgreSQL leaves key
+-- values out of errors for those who may not read them, and pg_stat_activity hides another
+-- role's query, a text is shown only to roles with the privileges of the role the work ran
+-- as (a superuser's, once that role is dropped). Callers collate its result as the
+-- database does: it would otherwise take the role name's collation, "C".
+CREATE FUNCTION migrate.error_text(text text, run_as name)
+RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT CASE WHEN text IS NULL THEN NULL
+                WHEN COALESCE((SELECT pg_catalog.pg_has_role(r.oid, 'USAGE')
+                                 FROM pg_catalog.pg_roles r
+                                WHERE r.rolname OPERATOR(pg_catalog.=) run_as),
+                              (SELECT r.rolsuper FROM pg_catalog.pg_roles r
+                                WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER))
+                THEN text
+                ELSE '<insufficient privilege>' END
+$$;
+
+CREATE VIEW migrate.steps AS
+SELECT s.version, s.phase, s.kind, s.first_statement, s.last_statement, s.first_line, s.sql,
+       s.state, s.attempts, s.started_at, s.finished_at, s.duration, s.worker_pid,
+       s.target_table, s.indexes_before, s.built_index, s.backfill_id, s.error_sqlstate,
+       migrate.error_text(s.error_message, h.applied_role) COLLATE pg_catalog."default" AS error_message,
+       migrate.error_text(s.error_detail, h.applied_role) COLLATE pg_catalog."default" AS error_detail
+FROM migrate.step_records s
+LEFT JOIN migrate.history h ON h.version OPERATOR(pg_catalog.=) s.version;
+
+COMMENT ON VIEW migrate.steps IS
+    'pg_migrate: the phases of migrations run by the background worker, with their state';
+
+-- The jobs, their error texts shown as migrate.steps shows a phase's.
+CREATE VIEW migrate.backfills AS
+SELECT b.id, b.table_oid, b.table_name, b.set_clause, b.where_clause, b.key_columns,
+       b.key_types, b.state, b.state_reason, b.auto_paused, b.pass, b.upper_key, b.last_key,
+       b.rows_scanned, b.rows_estimated, b.rows_updated, b.batches, b.batch_size,
+       b.min_batch_size, b.max_batch_size, b.batch_time, b.pause, b.max_replication_lag,
+       b.lock_timeouts, b.failed_attempts, b.rows_per_second, b.remaining, b.role, b.settings,
+       b.submitted_by, b.submitted_at, b.version, b.phase, b.started_at, b.last_batch_at,
+       b.next_batch_at, b.finished_at, b.error_sqlstate,
+       migrate.error_text(b.error_message, b.role) COLLATE pg_catalog."default" AS error_message,
+       migrate.error_text(b.error_detail, b.role) COLLATE pg_catalog."default" AS error_detail
+FROM migrate.backfill_jobs b;
+
+COMMENT ON VIEW migrate.backfills IS
+    'pg_migrate: backfill jobs (migrate.backfill), with the progress of their last committed batch';
+
+CREATE OR REPLACE VIEW migrate.backfill_progress AS
+SELECT b.id AS job,
+       -- Its name now (renames follow); the name it had, once it is dropped.
+       CASE WHEN c.oid IS NULL THEN b.table_name
+            ELSE pg_catalog.format('%I.%I', n.nspname, c.relname) END AS "table",
+       b.state,
+       b.state_reason AS reason,
+       b.pass,
+       b.rows_updated AS rows_done,
+       b.rows_scanned,
+       b.rows_estimated,
+       CASE WHEN b.state = 'done' THEN 100.0
+            WHEN b.rows_estimated > 0
+            THEN pg_catalog.round(100.0 * LEAST(b.rows_scanned, b.rows_estimated) / b.rows_estimated, 1)
+       END AS percent,
+       b.batch_size,
+       pg_catalog.round(b.rows_per_second::numeric) AS rows_per_second,
+       CASE WHEN b.state IN ('running', 'paused') AND b.rows_per_second > 0
+            THEN pg_catalog.make_interval(secs => pg_catalog.round(
+                     GREATEST(b.rows_estimated - b.rows_scanned, 0) / b.rows_per_second))
+       END AS eta,
+       b.remaining,
+       b.lock_timeouts,
+       b.error_sqlstate AS last_error_sqlstate,
+       migrate.error_text(b.error_message, b.role) COLLATE pg_catalog."default" AS last_error,
+       b.version,
+       b.phase,
+       b.submitted_by,
+       b.started_at,
+       b.last_batch_at,
+       b.finished_at
+FROM migrate.backfill_jobs b
+LEFT JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) b.table_oid
+LEFT JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+ORDER BY b.id;
+
+GRANT SELECT (version, phase, kind, first_statement, last_statement, first_line, state,
+              attempts, started_at, finished_at, duration, worker_pid, target_table,
+              indexes_before, built_index, error_sqlstate)
+    ON migrate.steps TO PUBLIC;
+GRANT SELECT ON migrate.steps, migrate.backfills TO migrate_admin;
+REVOKE EXECUTE ON FUNCTION migrate.error_text(text, name) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION migrate.error_text(text, name) TO PUBLIC;
+
 -- (IF NOT EXISTS: development builds that called themselves 0.1.0 had them already.)
 -- Every migration and every worker poll looks for the unfinished versions and the highest
 -- baseline: a handful of rows among thousands of applied ones, found without reading them.
@@ -359,7 +480,7 @@ LEFT JOIN migrate.history h ON h.version = w.version
 LEFT JOIN LATERAL (
     SELECT sum(p.rows_done)::bigint AS rows_done,
            round(avg(p.percent), 1) AS percent
-    FROM migrate.steps s JOIN migrate.backfill_progress p ON p.job = s.backfill_id
+    FROM migrate.step_records s JOIN migrate.backfill_progress p ON p.job = s.backfill_id
     WHERE s.version = w.version) b ON true
 LEFT JOIN LATERAL migrate.window_writes(w.version) c ON w.ended IS NULL
 LEFT JOIN LATERAL (

@@ -95,7 +95,7 @@ LEFT JOIN migrate.history h ON h.version = w.version
 LEFT JOIN LATERAL (
     SELECT sum(p.rows_done)::bigint AS rows_done,
            round(avg(p.percent), 1) AS percent
-    FROM migrate.steps s JOIN migrate.backfill_progress p ON p.job = s.backfill_id
+    FROM migrate.step_records s JOIN migrate.backfill_progress p ON p.job = s.backfill_id
     WHERE s.version = w.version) b ON true
 LEFT JOIN LATERAL migrate.window_writes(w.version) c ON w.ended IS NULL
 LEFT JOIN LATERAL (

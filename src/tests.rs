@@ -571,7 +571,7 @@ CREATE TABLE b (
                ALTER COLUMN retries TYPE bigint, \
                ALTER COLUMN statements SET NOT NULL, \
                ALTER COLUMN description SET NOT NULL, \
-               ADD CONSTRAINT fk FOREIGN KEY (version) REFERENCES migrate.steps (version) NOT VALID",
+               ADD CONSTRAINT fk FOREIGN KEY (version) REFERENCES migrate.step_records (version) NOT VALID",
         ) else {
             panic!("not an AlterTable");
         };
@@ -618,7 +618,7 @@ CREATE TABLE b (
         assert!(*not_valid);
         assert_eq!(
             references.as_ref().map(|r| r.name.as_str()),
-            Some("migrate.steps")
+            Some("migrate.step_records")
         );
         assert_eq!(
             lock("ALTER TABLE migrate.history ADD COLUMN x int"),

@@ -1,8 +1,9 @@
-//! `migrate.backfills`: reading a job and recording what happened to it. Every write runs as
-//! the tables' owner with `search_path` pinned. A job that is a phase of a migration carries
-//! its state to that phase and to the migration (`steps::follow_backfill`), in the same
-//! transaction: a failed or cancelled backfill fails or cancels the migration, a resumed one
-//! resumes it, and a finished one lets the next phase run.
+//! `migrate.backfill_jobs` (read through the view `migrate.backfills`): reading a job and
+//! recording what happened to it. Every write runs as the tables' owner with `search_path`
+//! pinned. A job that is a phase of a migration carries its state to that phase and to the
+//! migration (`steps::follow_backfill`), in the same transaction: a failed or cancelled
+//! backfill fails or cancels the migration, a resumed one resumes it, and a finished one lets
+//! the next phase run.
 
 use crate::backfill::throttle::Bounds;
 use crate::backfill::walk::{Key, Walk};
@@ -136,7 +137,7 @@ pub fn load(id: i64) -> Option<Job> {
 /// A pass begins: its bound, and how many keys it is expected to walk.
 pub fn start_pass(id: i64, upper: &[String], estimated: i64) {
     write(
-        "UPDATE migrate.backfills SET upper_key = $2, rows_estimated = $3, \
+        "UPDATE migrate.backfill_jobs SET upper_key = $2, rows_estimated = $3, \
            started_at = coalesce(started_at, clock_timestamp()) WHERE id = $1",
         &[id.into(), upper.to_vec().into(), estimated.into()],
     );
@@ -154,7 +155,7 @@ pub struct Batch<'a> {
 
 pub fn record_batch(id: i64, batch: &Batch) {
     write(
-        "UPDATE migrate.backfills SET last_key = $2, rows_scanned = rows_scanned + $3, \
+        "UPDATE migrate.backfill_jobs SET last_key = $2, rows_scanned = rows_scanned + $3, \
            rows_updated = rows_updated + $4, batches = batches + 1, batch_size = $5, \
            rows_per_second = $6, failed_attempts = 0, last_batch_at = clock_timestamp(), \
            next_batch_at = clock_timestamp() + make_interval(secs => $7), \
@@ -175,7 +176,7 @@ pub fn record_batch(id: i64, batch: &Batch) {
 /// A batch gave up waiting for a lock: try again (possibly smaller) after `delay`.
 pub fn lock_timeout(id: i64, size: i32, delay: Duration, error: &Caught) {
     write(
-        "UPDATE migrate.backfills SET batch_size = $2, failed_attempts = failed_attempts + 1, \
+        "UPDATE migrate.backfill_jobs SET batch_size = $2, failed_attempts = failed_attempts + 1, \
            lock_timeouts = lock_timeouts + 1, next_batch_at = clock_timestamp() + make_interval(secs => $3), \
            error_sqlstate = $4, error_message = $5, error_detail = $6 \
          WHERE id = $1",
@@ -193,7 +194,7 @@ pub fn lock_timeout(id: i64, size: i32, delay: Duration, error: &Caught) {
 /// Paused by the worker while a replica is too far behind; it resumes by itself.
 pub fn pause_for_lag(id: i64, reason: &str) {
     write(
-        "UPDATE migrate.backfills SET state = 'paused', auto_paused = true, state_reason = $2, \
+        "UPDATE migrate.backfill_jobs SET state = 'paused', auto_paused = true, state_reason = $2, \
            next_batch_at = clock_timestamp() + interval '1 second' WHERE id = $1",
         &[id.into(), reason.into()],
     );
@@ -202,7 +203,7 @@ pub fn pause_for_lag(id: i64, reason: &str) {
 /// The final check found rows the where clause still matches: another pass over them.
 pub fn next_pass(id: i64, remaining: i64) {
     write(
-        "UPDATE migrate.backfills SET pass = pass + 1, upper_key = NULL, last_key = NULL, \
+        "UPDATE migrate.backfill_jobs SET pass = pass + 1, upper_key = NULL, last_key = NULL, \
            rows_scanned = 0, rows_estimated = $2, remaining = $2 WHERE id = $1",
         &[id.into(), remaining.into()],
     );
@@ -211,7 +212,7 @@ pub fn next_pass(id: i64, remaining: i64) {
 /// The final check found nothing left: the job, and its migration phase, are done.
 pub fn finish(id: i64, remaining: Option<i64>) {
     write(
-        "UPDATE migrate.backfills SET state = 'done', finished_at = clock_timestamp(), \
+        "UPDATE migrate.backfill_jobs SET state = 'done', finished_at = clock_timestamp(), \
            remaining = $2, rows_scanned = GREATEST(rows_scanned, rows_estimated), \
            state_reason = NULL, auto_paused = false WHERE id = $1",
         &[id.into(), remaining.into()],
@@ -222,7 +223,7 @@ pub fn finish(id: i64, remaining: Option<i64>) {
 /// The job failed; progress is kept, and `migrate.resume` carries on from it.
 pub fn fail(id: i64, error: &Caught, remaining: Option<i64>) {
     write(
-        "UPDATE migrate.backfills SET state = 'failed', auto_paused = false, \
+        "UPDATE migrate.backfill_jobs SET state = 'failed', auto_paused = false, \
            state_reason = 'failed', remaining = coalesce($5, remaining), \
            error_sqlstate = $2, error_message = $3, error_detail = $4 WHERE id = $1",
         &[
@@ -239,7 +240,7 @@ pub fn fail(id: i64, error: &Caught, remaining: Option<i64>) {
 /// Sets the state of a job asked to pause, resume or stop.
 pub fn set_state(id: i64, state: JobState, reason: Option<&str>) {
     write(
-        "UPDATE migrate.backfills SET state = $2, state_reason = $3, auto_paused = false, \
+        "UPDATE migrate.backfill_jobs SET state = $2, state_reason = $3, auto_paused = false, \
            next_batch_at = NULL, failed_attempts = 0, \
            finished_at = CASE WHEN $2 = 'cancelled' THEN clock_timestamp() END \
          WHERE id = $1",
@@ -266,7 +267,7 @@ pub fn summary_for_update(id: i64) -> Option<Summary> {
     crate::pg::identity::as_owner(|| {
         Spi::connect_mut(|c| {
             let mut rows = c.update(
-                "SELECT state, role::text, version FROM migrate.backfills WHERE id = $1 FOR UPDATE",
+                "SELECT state, role::text, version FROM migrate.backfill_jobs WHERE id = $1 FOR UPDATE",
                 Some(1),
                 &[id.into()],
             )?;
@@ -280,17 +281,17 @@ pub fn summary_for_update(id: i64) -> Option<Summary> {
             }
         })
     })
-    .or_bookkeeping("read migrate.backfills")
+    .or_bookkeeping("read migrate.backfill_jobs")
 }
 
 /// The job a migration's phase submitted.
 pub fn link_to_phase(id: i64, version: &str, phase: i32) {
     write(
-        "UPDATE migrate.backfills SET version = $2, phase = $3 WHERE id = $1",
+        "UPDATE migrate.backfill_jobs SET version = $2, phase = $3 WHERE id = $1",
         &[id.into(), version.into(), phase.into()],
     );
     write(
-        "UPDATE migrate.steps SET backfill_id = $1 WHERE version = $2 AND phase = $3",
+        "UPDATE migrate.step_records SET backfill_id = $1 WHERE version = $2 AND phase = $3",
         &[id.into(), version.into(), phase.into()],
     );
 }
@@ -340,7 +341,7 @@ pub fn of_migration(version: &str) -> Vec<OfMigration> {
 }
 
 fn write(sql: &str, args: &[DatumWithOid]) {
-    crate::pg::spi::write_as_owner("migrate.backfills", sql, args);
+    crate::pg::spi::write_as_owner("migrate.backfill_jobs", sql, args);
 }
 
 fn read_row<T>(
@@ -359,7 +360,7 @@ pub fn texts(column: Option<Vec<Option<String>>>) -> Option<Vec<String>> {
 /// Its migration was cancelled: the job stops after its current batch, progress kept.
 pub fn cancel_with_migration(version: &str) {
     write(
-        "UPDATE migrate.backfills SET state = 'cancelled', auto_paused = false, \
+        "UPDATE migrate.backfill_jobs SET state = 'cancelled', auto_paused = false, \
            state_reason = 'its migration was cancelled', finished_at = clock_timestamp() \
          WHERE version = $1 AND state IN ('running', 'paused', 'failed')",
         &[version.into()],

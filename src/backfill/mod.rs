@@ -575,7 +575,7 @@ fn insert(
     ];
     crate::pg::identity::as_owner(|| {
         Spi::get_one_with_args::<i64>(
-            "INSERT INTO migrate.backfills (table_oid, table_name, set_clause, where_clause, \
+            "INSERT INTO migrate.backfill_jobs (table_oid, table_name, set_clause, where_clause, \
                key_columns, key_types, batch_size, min_batch_size, max_batch_size, batch_time, \
                pause, max_replication_lag, role, settings, submitted_by) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, make_interval(secs => $10 / 1000.0), \

@@ -1,6 +1,7 @@
-//! `migrate.steps`: the phases of migrations run by the background worker, and the state
-//! transitions the worker and the control functions make on them. Every write runs as the
-//! tables' owner with `search_path` pinned.
+//! `migrate.step_records` (read through the view `migrate.steps`): the phases of migrations run
+//! by the background worker, and the state transitions the worker and the control functions
+//! make on them. Every write runs as the tables' owner with `search_path` pinned; reads go
+//! through the view, as the caller.
 
 use crate::migration::phases::{Phase, PhaseKind};
 use crate::migration::running::Running;
@@ -12,7 +13,7 @@ use pgrx::datum::DatumWithOid;
 pub fn insert(version: &str, script: &str, phases: &[Phase]) {
     for phase in phases {
         write(
-            "INSERT INTO migrate.steps (version, phase, kind, first_statement, last_statement, \
+            "INSERT INTO migrate.step_records (version, phase, kind, first_statement, last_statement, \
                first_line, sql) VALUES ($1, $2, $3, $4, $5, $6, $7)",
             &[
                 version.into(),
@@ -164,7 +165,7 @@ pub fn next() -> Next {
 /// running and a crash leaves it marked as interrupted.
 pub fn start(step: &Step, target_table: Option<&str>, indexes_before: &[String]) {
     write(
-        "UPDATE migrate.steps SET state = 'running', attempts = attempts + 1, \
+        "UPDATE migrate.step_records SET state = 'running', attempts = attempts + 1, \
            started_at = pg_catalog.clock_timestamp(), finished_at = NULL, \
            worker_pid = pg_catalog.pg_backend_pid(), target_table = $3, indexes_before = $4, \
            error_sqlstate = NULL, error_message = NULL, error_detail = NULL \
@@ -184,7 +185,7 @@ pub fn start(step: &Step, target_table: Option<&str>, indexes_before: &[String])
 
 pub fn done(step: &Step, built_index: Option<&str>) {
     write(
-        "UPDATE migrate.steps SET state = 'done', finished_at = pg_catalog.clock_timestamp(), \
+        "UPDATE migrate.step_records SET state = 'done', finished_at = pg_catalog.clock_timestamp(), \
            built_index = coalesce($3, built_index) \
          WHERE version = $1 AND phase = $2",
         &[
@@ -224,7 +225,7 @@ pub fn failed(step: &Step, error: &Caught) {
 
 fn record_error(step: &Step, error: &Caught, state: StepState) {
     write(
-        "UPDATE migrate.steps SET state = $3, finished_at = pg_catalog.clock_timestamp(), \
+        "UPDATE migrate.step_records SET state = $3, finished_at = pg_catalog.clock_timestamp(), \
            error_sqlstate = $4, error_message = $5, error_detail = $6 \
          WHERE version = $1 AND phase = $2",
         &[
@@ -263,7 +264,7 @@ pub fn complete(version: &str) {
 /// `worker::steering::cancel_migration`, which cancels its backfill jobs too.
 pub fn cancel(version: &str) {
     write(
-        "UPDATE migrate.steps SET state = 'cancelled' WHERE version = $1 \
+        "UPDATE migrate.step_records SET state = 'cancelled' WHERE version = $1 \
            AND (state IN ('pending', 'failed') OR (state = 'running' AND backfill_id IS NOT NULL))",
         &[version.into()],
     );
@@ -278,7 +279,7 @@ pub fn cancel(version: &str) {
 /// it is and (but for its end, which lets the next phase run) to the migration.
 pub fn follow_backfill(id: i64, state: StepState, error: Option<&Caught>) {
     write(
-        "UPDATE migrate.steps SET state = $2, \
+        "UPDATE migrate.step_records SET state = $2, \
            finished_at = CASE WHEN $2 = 'running' THEN NULL ELSE clock_timestamp() END, \
            error_sqlstate = $3, error_message = $4, error_detail = $5 \
          WHERE backfill_id = $1",
@@ -295,7 +296,7 @@ pub fn follow_backfill(id: i64, state: StepState, error: Option<&Caught>) {
     }
     write(
         "UPDATE migrate.history SET status = $2, cancel_requested = false \
-         WHERE version = (SELECT version FROM migrate.steps WHERE backfill_id = $1)",
+         WHERE version = (SELECT version FROM migrate.step_records WHERE backfill_id = $1)",
         &[id.into(), state.as_str().into()],
     );
 }
@@ -303,7 +304,7 @@ pub fn follow_backfill(id: i64, state: StepState, error: Option<&Caught>) {
 /// The step that built `index` builds it again (it was found invalid).
 pub fn rebuild(version: &str, index: &str) {
     write(
-        "UPDATE migrate.steps SET state = 'pending', built_index = NULL \
+        "UPDATE migrate.step_records SET state = 'pending', built_index = NULL \
          WHERE version = $1 AND built_index = $2",
         &[version.into(), index.into()],
     );
@@ -319,7 +320,7 @@ pub fn built_indexes(version: &str) -> Vec<String> {
 }
 
 fn write(sql: &str, args: &[DatumWithOid]) {
-    crate::pg::spi::write_as_owner("migrate.steps", sql, args);
+    crate::pg::spi::write_as_owner("migrate.step_records", sql, args);
 }
 
 fn read_row<T>(
@@ -333,7 +334,7 @@ fn read_row<T>(
 /// A failed or cancelled migration resumes from its failed (or first unfinished) phase.
 pub fn retry(version: &str) {
     write(
-        "UPDATE migrate.steps SET state = 'pending' WHERE version = $1 AND state IN ('failed', 'cancelled')",
+        "UPDATE migrate.step_records SET state = 'pending' WHERE version = $1 AND state IN ('failed', 'cancelled')",
         &[version.into()],
     );
     write(
@@ -353,7 +354,7 @@ pub fn request_cancel(version: &str) {
 /// An interrupted step found not to have completed: it runs again from the start.
 pub fn restart(step: &Step) {
     write(
-        "UPDATE migrate.steps SET state = 'pending' WHERE version = $1 AND phase = $2",
+        "UPDATE migrate.step_records SET state = 'pending' WHERE version = $1 AND phase = $2",
         &[step.version.as_str().into(), step.phase.into()],
     );
 }

@@ -7,6 +7,7 @@
 
 use crate::apply;
 use crate::errors::{OrBookkeeping, OrRaise, Problem};
+use crate::guard::command::Command;
 use crate::guard::command::LockMode;
 use crate::guard::findings;
 use crate::guard::hooks::trigger;
@@ -92,31 +93,70 @@ fn snapshot(oids: &[u32], before: Option<&Before>) -> Snapshot {
     rows.into_iter().collect()
 }
 
-/// This backend's count of sequential scans not yet reported, per table that has one: it
-/// includes earlier transactions' until the backend reports them, so it is the baseline a
-/// statement's scans are counted from. One pass over the tables, once per dry run.
-fn scan_counts() -> HashMap<u32, i64> {
-    let rows: Vec<(pg_sys::Oid, i64)> = crate::pg::guc::pinned(|| {
-        Spi::connect(|client| {
-            client
-                .select(
-                    "SELECT c.oid, n FROM pg_class c, \
-                       LATERAL (SELECT pg_stat_get_xact_numscans(c.oid) AS n) s \
-                     WHERE c.relkind IN ('r', 'm') AND n > 0",
-                    None,
-                    &[],
-                )?
-                .map(|row| {
-                    Ok((
-                        row.get(1)?.unwrap_or(pg_sys::InvalidOid),
-                        row.get(2)?.unwrap_or(0),
-                    ))
-                })
-                .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+/// Per relation, the sequential scans this backend had counted (and not yet reported)
+/// before the first statement of the dry run that used it; a statement's scans are counted
+/// from there. Counts are not transactional and include earlier transactions' until the
+/// backend reports them, so what a relation had before a statement cannot be read after it:
+/// it is read just before, for the relations this backend had locked and those the
+/// statement names, never for the whole schema. A relation a statement locks without
+/// naming it (a default partition it checks, say) counts from 0: were it scanned by this
+/// session in the second before, that scan would be taken for the statement's.
+struct ScansBefore(HashMap<u32, i64>);
+
+impl ScansBefore {
+    fn start(locked: &Snapshot) -> Self {
+        ScansBefore(locked.iter().map(|(oid, s)| (*oid, s.seq_scans)).collect())
+    }
+
+    /// The relations `command` names, before it runs.
+    fn named(&mut self, command: Option<&Command>) {
+        let Some(mut command) = command.cloned() else {
+            return;
+        };
+        let names: Vec<String> = command
+            .rels_mut()
+            .into_iter()
+            .filter(|r| !r.new)
+            .map(|r| r.name.clone())
+            .collect();
+        if names.is_empty() {
+            return;
+        }
+        let rows: Vec<(pg_sys::Oid, i64)> = crate::pg::guc::pinned(|| {
+            Spi::connect(|client| {
+                client
+                    .select(
+                        "SELECT r, pg_catalog.pg_stat_get_xact_numscans(r) \
+                         FROM pg_catalog.unnest($1::text[]) n, \
+                              LATERAL (SELECT pg_catalog.to_regclass(n)::oid AS r) c \
+                         WHERE r IS NOT NULL",
+                        None,
+                        &[names.into()],
+                    )?
+                    .map(|row| {
+                        Ok((
+                            row.get(1)?.unwrap_or(pg_sys::InvalidOid),
+                            row.get(2)?.unwrap_or(0),
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+            })
         })
-    })
-    .or_bookkeeping("read scan counts for the dry run");
-    rows.into_iter().map(|(o, n)| (o.to_u32(), n)).collect()
+        .or_bookkeeping("read scan counts for the dry run");
+        for (oid, scans) in rows {
+            self.0.entry(oid.to_u32()).or_insert(scans);
+        }
+    }
+
+    fn before(&self, relation: u32) -> i64 {
+        self.0.get(&relation).copied().unwrap_or(0)
+    }
+
+    /// After a statement: what it left stands for the next ones.
+    fn after(&mut self, snapshot: &Snapshot) {
+        self.0
+            .extend(snapshot.iter().map(|(oid, s)| (*oid, s.seq_scans)));
+    }
 }
 
 /// The relation locks this backend holds, strongest mode per relation.
@@ -219,7 +259,7 @@ fn dry_run_script(
             let mut out = Vec::new();
             let mut held = held_locks();
             let mut before = snapshot(&held.keys().copied().collect::<Vec<_>>(), None);
-            let mut scans = scan_counts();
+            let mut scans = ScansBefore::start(&before);
             for (statement, tree) in &trees {
                 pgrx::check_for_interrupts!();
                 let (phase, kind) = phase_of(statement.number);
@@ -283,6 +323,7 @@ fn dry_run_script(
                     continue;
                 }
                 let log_mark = last_log_id();
+                scans.named(command.as_ref());
                 // What the statement locked anew, as it was before it ran: read as of a
                 // snapshot taken before, while it is registered.
                 let (duration, result, now_held, before_fresh) =
@@ -332,10 +373,10 @@ fn dry_run_script(
                 // scanned a table took a lock, and was seen then, unless it failed and
                 // released it).
                 for (oid, mut state) in before_fresh {
-                    state.seq_scans = scans.get(&oid).copied().unwrap_or(0);
+                    state.seq_scans = scans.before(oid);
                     before.insert(oid, state);
                 }
-                scans.extend(after.iter().map(|(oid, s)| (*oid, s.seq_scans)));
+                scans.after(&after);
                 report.objects = logged_objects(log_mark);
                 measure(
                     &mut report,

@@ -74,8 +74,8 @@ pub fn role_name(role: pg_sys::Oid) -> String {
 /// Owner rights are for bookkeeping only: reading and writing `migrate.*` and the catalogs,
 /// never an expression or statement a caller wrote. Every section that uses them, and what
 /// it evaluates:
-/// - `write_as_owner` (steps, backfill jobs): one INSERT or UPDATE of `migrate.steps` or
-///   `migrate.backfills`, values as parameters.
+/// - `write_as_owner` (steps, backfill jobs): one INSERT or UPDATE of `migrate.step_records` or
+///   `migrate.backfill_jobs`, values as parameters.
 /// - `history::insert`: the history row, values as parameters, with `migrate.describe()`,
 ///   `fingerprint_of` and `changes` of the catalogs (deparsing with `pg_get_*def`, which
 ///   evaluates no user expression).

@@ -329,6 +329,16 @@ pub fn conversion_name(version: &str, table: &str, column: &str, way: &str) -> S
     format!("_migrate_{}_{table}_{column}_{way}", version_tag(version))
 }
 
+/// The statements of `plan` that read a table's rows as the window's opener, to whom its
+/// row-level security policies may apply: backfills and the counts of rows out of step.
+fn rows_read(plan: &Plan) -> usize {
+    plan.expand
+        .iter()
+        .filter(|(stage, _)| *stage == Stage::Backfill)
+        .count()
+        + plan.checks.len()
+}
+
 /// The plan of `version` for `tables`, each with the changes asked of it, in order.
 pub fn plan<'p>(
     version: &str,
@@ -380,20 +390,9 @@ pub fn plan<'p>(
         }
         plan.tables.push(name.clone());
         let schema = view_schema(&table.schema, version);
-        if table.policies_apply {
-            return Err(Problem::new(
-                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-                format!(
-                    "migrate.expand cannot plan changes to {name}: its row-level security \
-                     policies apply to you"
-                ),
-                "The backfill and the checks that the two versions' columns agree run as the \
-                 role that opens the window, and must see every row: a policy that hid some \
-                 would leave their copies empty, which contract would then keep.",
-                "Open the window as the table's owner, without FORCE ROW LEVEL SECURITY on the \
-                 table, or give the owner BYPASSRLS.",
-            ));
-        }
+        // Rows the window reads as its opener (its backfill, its count of rows out of step),
+        // before this table is planned.
+        let reads_before = rows_read(&plan);
         if table.column_grants {
             return Err(refused(
                 format!(
@@ -1284,6 +1283,22 @@ pub fn plan<'p>(
                 "DROP INDEX IF EXISTS {}.{key}",
                 q(&table.schema)
             )));
+        }
+        // Only those: a rename or a hidden column reads no row, and a VALIDATE or an index
+        // build reads every row whatever the policies.
+        if table.policies_apply && rows_read(&plan) > reads_before {
+            return Err(Problem::new(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "migrate.expand cannot plan changes to {name}: its row-level security \
+                     policies apply to you"
+                ),
+                "The backfill and the checks that the two versions' columns agree run as the \
+                 role that opens the window, and must see every row: a policy that hid some \
+                 would leave their copies empty, which contract would then keep.",
+                "Open the window as the table's owner, without FORCE ROW LEVEL SECURITY on the \
+                 table, or give the owner BYPASSRLS.",
+            ));
         }
     }
     // A foreign key the script adds to a column the window reshapes would stay on the old
@@ -2260,6 +2275,26 @@ mod unit {
                 "_migrate_43_amount".into()
             ))
         );
+    }
+
+    #[test]
+    fn policies_that_apply_to_the_opener_refuse_only_what_reads_rows() {
+        let guarded = Table {
+            policies_apply: true,
+            ..orders()
+        };
+        let rename = Request::Rename {
+            column: "old_status".into(),
+            new_name: "status".into(),
+        };
+        let hide = Request::Drop {
+            column: "legacy_note".into(),
+            cascade: false,
+        };
+        assert!(plan("1", &[(guarded.clone(), vec![rename.clone(), hide])], q).is_ok());
+        let refused = plan("1", &[(guarded, vec![rename, to_bigint()])], q).unwrap_err();
+        assert_eq!(refused.code, PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE);
+        assert!(refused.message.contains("policies apply to you"));
     }
 
     #[test]
