@@ -387,6 +387,12 @@ def test_error_texts_are_shown_only_to_roles_with_the_submitters_privileges(clus
         assert conn.execute("SELECT has_table_privilege('eve', 'm.secrets', 'SELECT')").fetchone()[0] is False
         assert eve.execute(step_query).fetchone() == ("23505", "<insufficient privilege>", "<insufficient privilege>")
         assert eve.execute(job_query, (job,)).fetchone() == ("22P02",) + ("<insufficient privilege>",) * 2
+        # The keys a job walked are rows' values too.
+        keys = "SELECT upper_key, last_key FROM migrate.backfills WHERE id = %s"
+        with as_mallory(cluster, db) as mallory:
+            theirs = mallory.execute(keys, (job,)).fetchone()
+        assert theirs[0] == ["2"], theirs
+        assert eve.execute(keys, (job,)).fetchone() == (["<insufficient privilege>"], theirs[1] and ["<insufficient privilege>"])
         f = failure(eve, "CALL migrate.wait('1')")
         assert f.sqlstate == "55000" and "<insufficient privilege>" in f.detail and secret not in f.detail, f
         # Through no other column either.
@@ -401,3 +407,31 @@ def test_error_texts_are_shown_only_to_roles_with_the_submitters_privileges(clus
     with cluster.connect(db, user=EVE) as eve:
         assert secret in eve.execute(step_query).fetchone()[2]
     conn.execute("REVOKE mallory FROM eve")
+
+
+def test_a_verification_keeps_no_rows_and_only_its_authors_peers_record_it(cluster, db, conn, roles):
+    """migrate.verify runs mallory's verify queries as mallory. What they returned or raised
+    is shown to whoever runs it with her privileges; the history, which every admin reads,
+    keeps only the verdict. Eve, who may not run them, cannot record a verdict either."""
+    pan = "4111-1111-1111-1111"
+    with as_mallory(cluster, db) as mallory:
+        mallory.execute("CREATE TABLE m.cards (id int, pan text)")
+        mallory.execute("INSERT INTO m.cards VALUES (1, %s)", (pan,))
+        mallory.execute("SELECT migrate.apply('1', 'CREATE TABLE m.t1 (id int)', "
+                        "verify => 'SELECT * FROM m.cards WHERE pan IS NOT NULL; SELECT pan::int FROM m.cards WHERE pan IS NOT NULL')")
+        details = [d for _, ok, d in checks(mallory, "1") if not ok]
+        assert len(details) == 2 and all(pan in d for d in details), details
+        report = mallory.execute("SELECT verification, verification_report::text FROM migrate.history "
+                                 "WHERE version = '1'").fetchone()
+    assert report[0] == "failed" and pan not in report[1] and r'privileges of role \"mallory\"' in report[1], report
+    conn.execute("UPDATE m.cards SET pan = NULL")
+    with cluster.connect(db, user=EVE) as eve:
+        assert pan not in eve.execute("SELECT verification_report::text FROM migrate.history").fetchone()[0]
+        notices = []
+        eve.add_notice_handler(lambda d: notices.append(d.message_primary))
+        assert [ok for _, ok, _ in checks(eve, "1") if not ok]  # not run, for her
+        assert any("was not recorded" in n for n in notices), notices
+        assert eve.execute("SELECT verification FROM migrate.history WHERE version = '1'").fetchone()[0] == "failed"
+    with as_mallory(cluster, db) as mallory:
+        assert all(ok for _, ok, _ in checks(mallory, "1"))
+        assert mallory.execute("SELECT verification FROM migrate.history WHERE version = '1'").fetchone()[0] == "passed"

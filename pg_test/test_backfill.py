@@ -154,6 +154,26 @@ def test_rows_written_after_the_bound_get_another_pass(cluster, db, conn):
     assert conn.execute("SELECT count(*) FROM t WHERE b IS NULL").fetchone()[0] == 0
 
 
+def test_a_pause_or_cancel_made_while_a_batch_runs_stands(cluster, db, conn):
+    """Batches of 0.4 s: a pause or cancel nearly always commits while one runs. The batch
+    finishes and counts; the job stays paused, or cancelled."""
+    make_table(conn, 20_000)
+    job = submit(conn, "t", "b = CASE WHEN pg_sleep(0.002)::text IS NULL THEN 0 ELSE a * 2 END", "b IS NULL",
+                 batch_size=200, min_batch_size=200, max_batch_size=200)
+    for action, state in (("pause", "paused"), ("cancel", "cancelled")):
+        wait_until(lambda: job_row(conn, job)["state"] == "running" and job_row(conn, job)["rows_done"] > 0,
+                   timeout=30, interval=0.05)
+        assert conn.execute(f"SELECT migrate.{action}(%s)", (job,)).fetchone()[0] == state
+        time.sleep(1.5)
+        settled = job_row(conn, job)
+        assert settled["state"] == state, (action, settled)
+        time.sleep(1)
+        assert job_row(conn, job)["rows_done"] == settled["rows_done"], action
+        if action == "pause":
+            assert conn.execute("SELECT migrate.resume(%s)", (job,)).fetchone()[0] == "running"
+            wait_until(lambda: job_row(conn, job)["rows_done"] > settled["rows_done"], timeout=30, interval=0.05)
+
+
 def test_pause_resume_and_cancel_keep_progress(cluster, db, conn):
     make_table(conn, 100_000)
     job = submit(conn, "t", "b = a * 2, n = n + 1", "b IS NULL",

@@ -70,17 +70,19 @@ COMMENT ON TABLE migrate.backfill_jobs IS
 SELECT pg_catalog.pg_extension_config_dump('migrate.backfill_jobs', '');
 SELECT pg_catalog.pg_extension_config_dump('migrate.backfill_jobs_id_seq', '');
 
--- The jobs, their error texts shown as migrate.steps shows a phase's.
+-- The jobs, their error texts and keys shown as migrate.steps shows a phase's errors.
 CREATE VIEW migrate.backfills AS
 SELECT b.id, b.table_oid, b.table_name, b.set_clause, b.where_clause, b.key_columns,
-       b.key_types, b.state, b.state_reason, b.auto_paused, b.pass, b.upper_key, b.last_key,
+       b.key_types, b.state, b.state_reason, b.auto_paused, b.pass,
+       migrate.quoted_data(b.upper_key, b.role) COLLATE pg_catalog."default" AS upper_key,
+       migrate.quoted_data(b.last_key, b.role) COLLATE pg_catalog."default" AS last_key,
        b.rows_scanned, b.rows_estimated, b.rows_updated, b.batches, b.batch_size,
        b.min_batch_size, b.max_batch_size, b.batch_time, b.pause, b.max_replication_lag,
        b.lock_timeouts, b.failed_attempts, b.rows_per_second, b.remaining, b.role, b.settings,
        b.submitted_by, b.submitted_at, b.version, b.phase, b.started_at, b.last_batch_at,
        b.next_batch_at, b.finished_at, b.error_sqlstate,
-       migrate.error_text(b.error_message, b.role) COLLATE pg_catalog."default" AS error_message,
-       migrate.error_text(b.error_detail, b.role) COLLATE pg_catalog."default" AS error_detail
+       migrate.quoted_data(b.error_message, b.role) COLLATE pg_catalog."default" AS error_message,
+       migrate.quoted_data(b.error_detail, b.role) COLLATE pg_catalog."default" AS error_detail
 FROM migrate.backfill_jobs b;
 
 COMMENT ON VIEW migrate.backfills IS
@@ -111,7 +113,7 @@ SELECT b.id AS job,
        b.remaining,
        b.lock_timeouts,
        b.error_sqlstate AS last_error_sqlstate,
-       migrate.error_text(b.error_message, b.role) COLLATE pg_catalog."default" AS last_error,
+       migrate.quoted_data(b.error_message, b.role) COLLATE pg_catalog."default" AS last_error,
        b.version,
        b.phase,
        b.submitted_by,

@@ -16,7 +16,7 @@ GRANT SELECT (version, version_key, description, status, checksum, checksum_raw,
 GRANT SELECT ON migrate.history TO migrate_admin;
 -- So may error texts, and the report of migrate.verify (a failing query's first row).
 -- Error texts too may quote data (a duplicate key's value): admins only, and among them only
--- those with the privileges of the role the work ran as (migrate.error_text).
+-- those with the privileges of the role the work ran as (migrate.quoted_data).
 GRANT SELECT (version, phase, kind, first_statement, last_statement, first_line, state,
               attempts, started_at, finished_at, duration, worker_pid, target_table,
               indexes_before, built_index, error_sqlstate)
@@ -58,7 +58,9 @@ GRANT EXECUTE ON FUNCTION
     migrate.dry_run(text, text[], text),
     migrate.assert_safe(text, text[], text),
     -- Behind migrate.steps and migrate.backfills.
-    migrate.error_text(text, name)
+    migrate.may_read_as(name),
+    migrate.quoted_data(text, name),
+    migrate.quoted_data(text[], name)
 TO PUBLIC;
 -- Drift reads the DDL log, which only admins read.
 GRANT EXECUTE ON FUNCTION migrate.drift() TO migrate_admin;

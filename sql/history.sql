@@ -95,32 +95,48 @@ CREATE TABLE migrate.step_records (
 COMMENT ON TABLE migrate.step_records IS
     'pg_migrate: the phases of migrations run by the background worker, with their state; read through migrate.steps';
 
--- Error texts may quote the rows the work failed on (a duplicate key's value, a failing row)
--- of a table the reader may not read, or rows its policies hide. As PostgreSQL leaves key
--- values out of errors for those who may not read them, and pg_stat_activity hides another
--- role's query, a text is shown only to roles with the privileges of the role the work ran
--- as (a superuser's, once that role is dropped). Callers collate its result as the
--- database does: it would otherwise take the role name's collation, "C".
-CREATE FUNCTION migrate.error_text(text text, run_as name)
+-- Error texts (and a backfill's keys) may quote the rows the work failed on (a duplicate
+-- key's value, a failing row) of a table the reader may not read, or rows its policies
+-- hide. As PostgreSQL leaves key values out of errors for those who may not read them, and
+-- pg_stat_activity hides another role's query, they are shown only to roles with the
+-- privileges of the role the work ran as (a superuser's, once that role is dropped).
+-- Callers collate a text shown as the database does: it would otherwise take the role
+-- name's collation, "C".
+CREATE FUNCTION migrate.may_read_as(run_as name)
+RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT COALESCE((SELECT pg_catalog.pg_has_role(r.oid, 'USAGE')
+                       FROM pg_catalog.pg_roles r
+                      WHERE r.rolname OPERATOR(pg_catalog.=) run_as),
+                    (SELECT r.rolsuper FROM pg_catalog.pg_roles r
+                      WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER),
+                    false)
+$$;
+
+CREATE FUNCTION migrate.quoted_data(value text, run_as name)
 RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
-    SELECT CASE WHEN text IS NULL THEN NULL
-                WHEN COALESCE((SELECT pg_catalog.pg_has_role(r.oid, 'USAGE')
-                                 FROM pg_catalog.pg_roles r
-                                WHERE r.rolname OPERATOR(pg_catalog.=) run_as),
-                              (SELECT r.rolsuper FROM pg_catalog.pg_roles r
-                                WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER))
-                THEN text
+    SELECT CASE WHEN value IS NULL OR migrate.may_read_as(run_as) THEN value
                 ELSE '<insufficient privilege>' END
+$$;
+
+-- A backfill's keys (the last one it reached, the end of its pass) are rows' values too.
+CREATE FUNCTION migrate.quoted_data(value text[], run_as name)
+RETURNS text[]
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT CASE WHEN value IS NULL OR migrate.may_read_as(run_as) THEN value
+                ELSE ARRAY['<insufficient privilege>'] END
 $$;
 
 CREATE VIEW migrate.steps AS
 SELECT s.version, s.phase, s.kind, s.first_statement, s.last_statement, s.first_line, s.sql,
        s.state, s.attempts, s.started_at, s.finished_at, s.duration, s.worker_pid,
        s.target_table, s.indexes_before, s.built_index, s.backfill_id, s.error_sqlstate,
-       migrate.error_text(s.error_message, h.applied_role) COLLATE pg_catalog."default" AS error_message,
-       migrate.error_text(s.error_detail, h.applied_role) COLLATE pg_catalog."default" AS error_detail
+       migrate.quoted_data(s.error_message, h.applied_role) COLLATE pg_catalog."default" AS error_message,
+       migrate.quoted_data(s.error_detail, h.applied_role) COLLATE pg_catalog."default" AS error_detail
 FROM migrate.step_records s
 LEFT JOIN migrate.history h ON h.version OPERATOR(pg_catalog.=) s.version;
 

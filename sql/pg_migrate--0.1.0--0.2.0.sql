@@ -26,6 +26,30 @@ BEGIN
     LOOP
         EXECUTE pg_catalog.format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I', c.rel, c.conname, c.new_name);
     END LOOP;
+    -- Grants of the DBA's own on the tables would read the texts the views withhold. They
+    -- are revoked, and said (as a WARNING: an extension script's NOTICEs are not sent):
+    -- granted again here, they would count as the extension's own privileges, which
+    -- pg_dump leaves out.
+    FOR c IN SELECT DISTINCT t.oid::pg_catalog.regclass AS rel, v.name AS view,
+                    a.grantee::pg_catalog.regrole AS grantee
+               FROM pg_catalog.pg_class t
+               JOIN (VALUES ('migrate.step_records'::pg_catalog.regclass, 'migrate.steps'),
+                            ('migrate.backfill_jobs'::pg_catalog.regclass, 'migrate.backfills')) v(rel, name)
+                 ON v.rel OPERATOR(pg_catalog.=) t.oid,
+                    LATERAL (SELECT t.relacl AS acl
+                             UNION ALL
+                             SELECT at.attacl FROM pg_catalog.pg_attribute at
+                              WHERE at.attrelid OPERATOR(pg_catalog.=) t.oid) acls,
+                    LATERAL pg_catalog.aclexplode(acls.acl) a
+              WHERE a.grantee NOT IN (t.relowner, 0, 'migrate_admin'::pg_catalog.regrole)
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM %s', c.rel, c.grantee);
+        RAISE WARNING 'pg_migrate: the privileges of role % on % were revoked', c.grantee, c.view
+            USING DETAIL = pg_catalog.format('%s is now the view %s over table %s, which only its owner reads: error texts and keys quote rows of tables that not every reader may read.',
+                                             c.view, c.view, c.rel),
+                  HINT = pg_catalog.format('GRANT SELECT ON %s TO %s; gives it back, error texts shown as their submitter''s privileges allow.',
+                                           c.view, c.grantee);
+    END LOOP;
 END
 $$;
 COMMENT ON TABLE migrate.step_records IS
@@ -34,32 +58,48 @@ COMMENT ON TABLE migrate.backfill_jobs IS
     'pg_migrate: backfill jobs (migrate.backfill), with the progress of their last committed batch; read through migrate.backfills';
 REVOKE ALL ON migrate.step_records, migrate.backfill_jobs FROM PUBLIC, migrate_admin;
 
--- Error texts may quote the rows the work failed on (a duplicate key's value, a failing row)
--- of a table the reader may not read, or rows its policies hide. As PostgreSQL leaves key
--- values out of errors for those who may not read them, and pg_stat_activity hides another
--- role's query, a text is shown only to roles with the privileges of the role the work ran
--- as (a superuser's, once that role is dropped). Callers collate its result as the
--- database does: it would otherwise take the role name's collation, "C".
-CREATE FUNCTION migrate.error_text(text text, run_as name)
+-- Error texts (and a backfill's keys) may quote the rows the work failed on (a duplicate
+-- key's value, a failing row) of a table the reader may not read, or rows its policies
+-- hide. As PostgreSQL leaves key values out of errors for those who may not read them, and
+-- pg_stat_activity hides another role's query, they are shown only to roles with the
+-- privileges of the role the work ran as (a superuser's, once that role is dropped).
+-- Callers collate a text shown as the database does: it would otherwise take the role
+-- name's collation, "C".
+CREATE FUNCTION migrate.may_read_as(run_as name)
+RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT COALESCE((SELECT pg_catalog.pg_has_role(r.oid, 'USAGE')
+                       FROM pg_catalog.pg_roles r
+                      WHERE r.rolname OPERATOR(pg_catalog.=) run_as),
+                    (SELECT r.rolsuper FROM pg_catalog.pg_roles r
+                      WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER),
+                    false)
+$$;
+
+CREATE FUNCTION migrate.quoted_data(value text, run_as name)
 RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
-    SELECT CASE WHEN text IS NULL THEN NULL
-                WHEN COALESCE((SELECT pg_catalog.pg_has_role(r.oid, 'USAGE')
-                                 FROM pg_catalog.pg_roles r
-                                WHERE r.rolname OPERATOR(pg_catalog.=) run_as),
-                              (SELECT r.rolsuper FROM pg_catalog.pg_roles r
-                                WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER))
-                THEN text
+    SELECT CASE WHEN value IS NULL OR migrate.may_read_as(run_as) THEN value
                 ELSE '<insufficient privilege>' END
+$$;
+
+-- A backfill's keys (the last one it reached, the end of its pass) are rows' values too.
+CREATE FUNCTION migrate.quoted_data(value text[], run_as name)
+RETURNS text[]
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT CASE WHEN value IS NULL OR migrate.may_read_as(run_as) THEN value
+                ELSE ARRAY['<insufficient privilege>'] END
 $$;
 
 CREATE VIEW migrate.steps AS
 SELECT s.version, s.phase, s.kind, s.first_statement, s.last_statement, s.first_line, s.sql,
        s.state, s.attempts, s.started_at, s.finished_at, s.duration, s.worker_pid,
        s.target_table, s.indexes_before, s.built_index, s.backfill_id, s.error_sqlstate,
-       migrate.error_text(s.error_message, h.applied_role) COLLATE pg_catalog."default" AS error_message,
-       migrate.error_text(s.error_detail, h.applied_role) COLLATE pg_catalog."default" AS error_detail
+       migrate.quoted_data(s.error_message, h.applied_role) COLLATE pg_catalog."default" AS error_message,
+       migrate.quoted_data(s.error_detail, h.applied_role) COLLATE pg_catalog."default" AS error_detail
 FROM migrate.step_records s
 LEFT JOIN migrate.history h ON h.version OPERATOR(pg_catalog.=) s.version;
 
@@ -69,14 +109,16 @@ COMMENT ON VIEW migrate.steps IS
 -- The jobs, their error texts shown as migrate.steps shows a phase's.
 CREATE VIEW migrate.backfills AS
 SELECT b.id, b.table_oid, b.table_name, b.set_clause, b.where_clause, b.key_columns,
-       b.key_types, b.state, b.state_reason, b.auto_paused, b.pass, b.upper_key, b.last_key,
+       b.key_types, b.state, b.state_reason, b.auto_paused, b.pass,
+       migrate.quoted_data(b.upper_key, b.role) COLLATE pg_catalog."default" AS upper_key,
+       migrate.quoted_data(b.last_key, b.role) COLLATE pg_catalog."default" AS last_key,
        b.rows_scanned, b.rows_estimated, b.rows_updated, b.batches, b.batch_size,
        b.min_batch_size, b.max_batch_size, b.batch_time, b.pause, b.max_replication_lag,
        b.lock_timeouts, b.failed_attempts, b.rows_per_second, b.remaining, b.role, b.settings,
        b.submitted_by, b.submitted_at, b.version, b.phase, b.started_at, b.last_batch_at,
        b.next_batch_at, b.finished_at, b.error_sqlstate,
-       migrate.error_text(b.error_message, b.role) COLLATE pg_catalog."default" AS error_message,
-       migrate.error_text(b.error_detail, b.role) COLLATE pg_catalog."default" AS error_detail
+       migrate.quoted_data(b.error_message, b.role) COLLATE pg_catalog."default" AS error_message,
+       migrate.quoted_data(b.error_detail, b.role) COLLATE pg_catalog."default" AS error_detail
 FROM migrate.backfill_jobs b;
 
 COMMENT ON VIEW migrate.backfills IS
@@ -106,7 +148,7 @@ SELECT b.id AS job,
        b.remaining,
        b.lock_timeouts,
        b.error_sqlstate AS last_error_sqlstate,
-       migrate.error_text(b.error_message, b.role) COLLATE pg_catalog."default" AS last_error,
+       migrate.quoted_data(b.error_message, b.role) COLLATE pg_catalog."default" AS last_error,
        b.version,
        b.phase,
        b.submitted_by,
@@ -123,8 +165,10 @@ GRANT SELECT (version, phase, kind, first_statement, last_statement, first_line,
               indexes_before, built_index, error_sqlstate)
     ON migrate.steps TO PUBLIC;
 GRANT SELECT ON migrate.steps, migrate.backfills TO migrate_admin;
-REVOKE EXECUTE ON FUNCTION migrate.error_text(text, name) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION migrate.error_text(text, name) TO PUBLIC;
+REVOKE EXECUTE ON FUNCTION migrate.may_read_as(name), migrate.quoted_data(text, name),
+    migrate.quoted_data(text[], name) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION migrate.may_read_as(name), migrate.quoted_data(text, name),
+    migrate.quoted_data(text[], name) TO PUBLIC;
 
 -- (IF NOT EXISTS: development builds that called themselves 0.1.0 had them already.)
 -- Every migration and every worker poll looks for the unfinished versions and the highest

@@ -153,13 +153,18 @@ pub struct Batch<'a> {
     pub pause: Duration,
 }
 
+/// A batch committed with this, in its own transaction. A pause or cancel that committed
+/// while the batch ran stands (it waited for the job's row, then this batch counts as
+/// done); only the worker's own pause for replication lag ends here.
 pub fn record_batch(id: i64, batch: &Batch) {
     write(
         "UPDATE migrate.backfill_jobs SET last_key = $2, rows_scanned = rows_scanned + $3, \
            rows_updated = rows_updated + $4, batches = batches + 1, batch_size = $5, \
            rows_per_second = $6, failed_attempts = 0, last_batch_at = clock_timestamp(), \
            next_batch_at = clock_timestamp() + make_interval(secs => $7), \
-           state = 'running', auto_paused = false, state_reason = NULL \
+           state = CASE WHEN auto_paused THEN 'running' ELSE state END, \
+           state_reason = CASE WHEN auto_paused THEN NULL ELSE state_reason END, \
+           auto_paused = false \
          WHERE id = $1",
         &[
             id.into(),
@@ -195,7 +200,8 @@ pub fn lock_timeout(id: i64, size: i32, delay: Duration, error: &Caught) {
 pub fn pause_for_lag(id: i64, reason: &str) {
     write(
         "UPDATE migrate.backfill_jobs SET state = 'paused', auto_paused = true, state_reason = $2, \
-           next_batch_at = clock_timestamp() + interval '1 second' WHERE id = $1",
+           next_batch_at = clock_timestamp() + interval '1 second' \
+         WHERE id = $1 AND (state = 'running' OR auto_paused)",
         &[id.into(), reason.into()],
     );
 }

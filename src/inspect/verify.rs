@@ -15,13 +15,26 @@ use serde_json::{json, Value};
 
 /// One verdict, as `migrate.verify` returns it.
 /// One check of a verification, as `migrate.history.verification_report` lists it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
 pub struct Check {
     #[serde(rename = "check")]
     pub kind: &'static str,
     pub object: Option<String>,
     pub ok: bool,
     pub detail: String,
+    /// What the history keeps instead of `detail` when that quotes rows (a query's first
+    /// row, an error's text), which every admin reads there: the caller sees them, as the
+    /// role they were read as would.
+    #[serde(skip)]
+    pub recorded: Option<String>,
+    /// Not run: the caller lacks the privileges of the role it runs as.
+    #[serde(skip)]
+    pub withheld: bool,
+}
+
+/// What the history keeps of a detail that may quote rows read as `whose` role.
+fn withheld_detail(what: &str, whose: &str) -> String {
+    format!("{what} (migrate.verify shows why to roles with the privileges of {whose})")
 }
 
 /// What verification needs of the history row.
@@ -103,7 +116,16 @@ fn verify(
         .raise();
     }
     let checks = run_checks(&migration);
-    record(&migration.version, &checks);
+    if checks.iter().any(|c| c.withheld) {
+        // Another role's verdict stands: checks this caller may not run prove nothing.
+        crate::errors::notice(format!(
+            "the verification of version {} was not recorded: some of its checks run with \
+             the rights of roles whose privileges you do not have",
+            migration.version
+        ));
+    } else {
+        record(&migration.version, &checks);
+    }
     let failed = checks.iter().filter(|c| !c.ok).count();
     if failed > 0 {
         crate::errors::notice(format!(
@@ -148,6 +170,7 @@ fn status_check(migration: &Migration) -> Check {
                 migration.status
             )
         },
+        ..Check::default()
     }
 }
 
@@ -160,11 +183,20 @@ fn backfill_checks(version: &str) -> Vec<Check> {
         .map(|job| {
             let (id, table, state, where_clause) = (job.id, job.table, job.state, job.where_clause);
             let author = Author::named(&job.role, &job.search_path, &job.conforming);
+            let (mut failed, mut withheld) = (false, false);
             let left = match (&table, &where_clause) {
                 (Some(table), Some(w)) => {
                     match count_as(&author, &crate::backfill::remaining_sql(table, w)) {
                         Evaluated::Value(n) => Ok(n),
-                        Evaluated::Failed(message) | Evaluated::NotRun(message) => Err(message),
+                        Evaluated::Failed(message) => {
+                            failed = true;
+                            Err(message)
+                        }
+                        Evaluated::NotRun(message) => Err(message),
+                        Evaluated::Withheld(message) => {
+                            withheld = true;
+                            Err(message)
+                        }
                     }
                 }
                 _ => Ok(0),
@@ -196,6 +228,13 @@ fn backfill_checks(version: &str) -> Vec<Check> {
                 object: table,
                 ok,
                 detail,
+                recorded: failed.then(|| {
+                    withheld_detail(
+                        &format!("backfill {id} is done, but counting its where clause failed"),
+                        &format!("role \"{}\"", job.role),
+                    )
+                }),
+                withheld,
             }
         })
         .collect()
@@ -252,6 +291,7 @@ fn index_check(migration: &Migration, index: &str) -> Check {
         object: Some(index.to_string()),
         ok,
         detail,
+        ..Check::default()
     }
 }
 
@@ -277,18 +317,23 @@ fn constraint_check(
             ))
         },
     );
-    let (ok, detail) = match live {
-        None => gone(migration, "constraints", object),
+    let (ok, detail, withheld) = match live {
+        None => {
+            let (ok, detail) = gone(migration, "constraints", object);
+            (ok, detail, false)
+        }
         Some((_, false, _)) if validated => (
             false,
             "NOT VALID, but the migration left it validated: it was dropped and added again \
              without validation; run ALTER TABLE ... VALIDATE CONSTRAINT"
                 .to_string(),
+            false,
         ),
         Some((oid, live_valid, contype)) => {
             // In a subtransaction: a count that fails (cancelled, a broken expression)
             // fails this check, not the whole verification and its record.
             let counted = (contype == "f" || !live_valid).then(|| count_violations(oid));
+            let mut withheld = false;
             let (violations, not_counted) = match counted {
                 Some(Evaluated::Failed(message)) => {
                     return Check {
@@ -296,11 +341,20 @@ fn constraint_check(
                         object: Some(object.to_string()),
                         ok: false,
                         detail: format!("could not count the rows that break it: {message}"),
+                        recorded: Some(withheld_detail(
+                            "could not count the rows that break it",
+                            "its table's owner",
+                        )),
+                        withheld: false,
                     }
                 }
                 Some(Evaluated::Value(n)) => (Some(n), None),
                 // Counting is extra evidence; without it the check is what the catalogs say.
                 Some(Evaluated::NotRun(why)) => (None, Some(why)),
+                Some(Evaluated::Withheld(why)) => {
+                    withheld = true;
+                    (None, Some(why))
+                }
                 None => (None, None),
             };
             let (ok, mut detail): (bool, String) = match (live_valid, violations) {
@@ -332,7 +386,7 @@ fn constraint_check(
             if let Some(why) = not_counted {
                 detail.push_str(&format!(" (rows not counted: {why})"));
             }
-            (ok, detail)
+            (ok, detail, withheld)
         }
     };
     Check {
@@ -340,6 +394,8 @@ fn constraint_check(
         object: Some(object.to_string()),
         ok,
         detail,
+        withheld,
+        ..Check::default()
     }
 }
 
@@ -374,6 +430,7 @@ fn count_as(author: &Author, sql: &str) -> Evaluated<i64> {
         Evaluated::Value(Err(e)) => Evaluated::Failed(e.to_string()),
         Evaluated::Failed(m) => Evaluated::Failed(m),
         Evaluated::NotRun(m) => Evaluated::NotRun(m),
+        Evaluated::Withheld(m) => Evaluated::Withheld(m),
     }
 }
 
@@ -404,6 +461,8 @@ enum Evaluated<T> {
     Failed(String),
     /// It was not evaluated (why).
     NotRun(String),
+    /// Not evaluated: the caller lacks the author's privileges (why).
+    Withheld(String),
 }
 
 /// Evaluates `f` as `author` (see crate::pg::identity::as_author), in a subtransaction that is rolled
@@ -419,7 +478,7 @@ fn evaluate<T>(author: &Author, f: impl FnOnce() -> T) -> Evaluated<T> {
         ));
     };
     if !crate::pg::identity::has_privs_of(crate::pg::identity::current_user(), role) {
-        return Evaluated::NotRun(format!(
+        return Evaluated::Withheld(format!(
             "it is role \"{}\"'s expression and runs with that role's rights: run \
              migrate.verify as \"{}\" (or a member of it, or a superuser)",
             author.name, author.name
@@ -495,6 +554,7 @@ fn query_checks(migration: &Migration, script: &str) -> Vec<Check> {
                 object: None,
                 ok: false,
                 detail: p.full_message(),
+                ..Check::default()
             }]
         }
     };
@@ -512,23 +572,34 @@ fn query_checks(migration: &Migration, script: &str) -> Vec<Check> {
                     Spi::get_one::<String>(&sql)
                 })
             });
-            let (ok, detail) = match result {
+            let whose = format!("role \"{}\"", author.name);
+            let (ok, detail, recorded) = match &result {
                 Evaluated::Value(Ok(None))
                 | Evaluated::Value(Err(pgrx::spi::Error::InvalidPosition)) => {
-                    (true, "returned no rows".to_string())
+                    (true, "returned no rows".to_string(), None)
                 }
-                Evaluated::Value(Ok(Some(row))) => {
-                    (false, format!("returned rows, the first: {row}"))
+                Evaluated::Value(Ok(Some(row))) => (
+                    false,
+                    format!("returned rows, the first: {row}"),
+                    Some(withheld_detail("returned rows", &whose)),
+                ),
+                Evaluated::Value(Err(e)) => (false, format!("could not run: {e}"), None),
+                Evaluated::Failed(message) => (
+                    false,
+                    format!("failed: {message}"),
+                    Some(withheld_detail("failed", &whose)),
+                ),
+                Evaluated::NotRun(why) | Evaluated::Withheld(why) => {
+                    (false, format!("not run: {why}"), None)
                 }
-                Evaluated::Value(Err(e)) => (false, format!("could not run: {e}")),
-                Evaluated::Failed(message) => (false, format!("failed: {message}")),
-                Evaluated::NotRun(why) => (false, format!("not run: {why}")),
             };
             Check {
                 kind: "query",
                 object: Some(format!("statement {} (line {})", st.number, st.line)),
                 ok,
                 detail,
+                recorded,
+                withheld: matches!(result, Evaluated::Withheld(_)),
             }
         })
         .collect()
@@ -537,7 +608,14 @@ fn query_checks(migration: &Migration, script: &str) -> Vec<Check> {
 fn record(version: &str, checks: &[Check]) {
     crate::history::lock::refuse_stale_objects().or_raise();
     let passed = checks.iter().all(|c| c.ok);
-    let report = serde_json::to_value(checks).expect("checks serialise");
+    let kept: Vec<Check> = checks
+        .iter()
+        .map(|c| Check {
+            detail: c.recorded.clone().unwrap_or_else(|| c.detail.clone()),
+            ..c.clone()
+        })
+        .collect();
+    let report = serde_json::to_value(kept).expect("checks serialise");
     crate::pg::identity::as_owner(|| {
         Spi::run_with_args(
             "UPDATE migrate.history SET verification = $2, \
