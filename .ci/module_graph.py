@@ -27,6 +27,7 @@ LAYERS = {
     "worker": 6,
     "inspect": 6,
     "window": 6,
+    "watch": 6,
     "tests": 7,
     "lib": 7,
 }

@@ -36,7 +36,7 @@ asserts a timing; the tests assert correctness bounds, this measures.
                    window (by the old version, and by the new one through its view), and of a
                    computed change (USING amount * 100, with the conversion back given in
                    options), vs the same writes to an identical table without them,
-                   alternating rounds; then an int ->
+                   alternating rounds, unthrottled and at a fixed rate; then an int ->
                    bigint change of a 2M-row table under a rate-limited pgbench workload, by
                    migrate.expand (to published) + migrate.contract vs one ALTER TABLE ... TYPE
                    on an identical table, with the writers' p99 and worst wait in each; and
@@ -789,7 +789,8 @@ def pgbench_log(cluster: Cluster, db: str, script: str, seconds: int, clients: i
     return latencies
 
 
-def window_bench(cluster: Cluster, rows: int, change_rows: int, rounds: int, rate: int) -> None:
+def window_bench(cluster: Cluster, rows: int, change_rows: int, rounds: int, rate: int,
+                 write_rate: int) -> None:
     db = cluster.create_database("bench_window")
     work = Path(tempfile.mkdtemp(prefix="pg_migrate_bench_window_"))
     with cluster.connect(db) as c:
@@ -810,18 +811,22 @@ def window_bench(cluster: Cluster, rows: int, change_rows: int, rounds: int, rat
     cases = {"plain": ("plain", None), "old": ("bridged", None),
              "new": ("bridged", "-csearch_path=public_v1,public"),
              "conv_old": ("converted", None), "conv_new": ("converted", "-csearch_path=public_v2,public")}
-    print(f"window: pgbench, 2 clients unthrottled, UPDATE of a random row's amount + INSERT per "
-          f"transaction, on {rows:,}-row tables; {rounds} alternating rounds of 5 s per case")
-    for protocol in ("simple", "prepared"):
+    print(f"window: pgbench, 2 clients, UPDATE of a random row's amount + INSERT per "
+          f"transaction, on {rows:,}-row tables; {rounds} alternating rounds of 5 s per case; "
+          f"unthrottled (the server saturated: latency is mostly queueing for the 2 cores), "
+          f"then at {write_rate} transactions per second (a busy application's steady load)")
+    passes = [(p, None) for p in ("simple", "prepared")] + [(p, write_rate) for p in ("simple", "prepared")]
+    for protocol, throttle in passes:
         latencies: dict[str, list[float]] = {k: [] for k in cases}
         seconds: dict[str, float] = {k: 0.0 for k in cases}
         for r in range(rounds):
             for name, (table, options) in cases.items():
                 got = pgbench_log(cluster, db, WINDOW_WRITER.format(rows=rows, table=table), 5, 2,
-                                  work / f"{protocol}_{name}_{r}", options, protocol=protocol)
+                                  work / f"{protocol}_{throttle}_{name}_{r}", options, rate=throttle,
+                                  protocol=protocol)
                 latencies[name] += got
                 seconds[name] += 5
-        print(f"  pgbench -M {protocol}:")
+        print(f"  pgbench -M {protocol}" + (f", {throttle} tps:" if throttle else ", unthrottled:"))
         base = latencies["plain"]
         base_p50, base_p99 = statistics.median(base), statistics.quantiles(base, n=100)[98]
         base_tps = len(base) / seconds["plain"]
@@ -1010,6 +1015,8 @@ def main() -> None:
     p.add_argument("--window-rows", type=int, default=200_000, help="rows in the bridge-overhead tables")
     p.add_argument("--window-change-rows", type=int, default=2_000_000, help="rows in the int -> bigint tables (0: skip)")
     p.add_argument("--window-rounds", type=int, default=3, help="alternating 5 s rounds per bridge case")
+    p.add_argument("--window-write-rate", type=int, default=1000,
+                   help="pgbench transactions per second in the throttled bridge passes")
     p.add_argument("--window-scale-sizes", default="0,5000", help="schema sizes (tables) in window-scale")
     p.add_argument("--window-scale-rows", type=int, default=1_000_000, help="rows of the changed table in window-scale")
     p.add_argument("--only", choices=["apply-overhead", "lock-queue", "guard", "worker-latency", "writer-wait",
@@ -1041,7 +1048,7 @@ def main() -> None:
             script_size(cluster, [1_000, 10_000, 50_000])
         if args.only in (None, "window"):
             window_bench(cluster, args.window_rows, args.window_change_rows, args.window_rounds,
-                         args.backfill_rate)
+                         args.backfill_rate, args.window_write_rate)
         if args.only in (None, "window-scale"):
             window_scale(cluster, [int(x) for x in args.window_scale_sizes.split(",")], args.window_scale_rows)
         if args.only in (None, "backfill"):

@@ -435,3 +435,18 @@ def test_a_verification_keeps_no_rows_and_only_its_authors_peers_record_it(clust
     with as_mallory(cluster, db) as mallory:
         assert all(ok for _, ok, _ in checks(mallory, "1"))
         assert mallory.execute("SELECT verification FROM migrate.history WHERE version = '1'").fetchone()[0] == "passed"
+    # Once the role that applied it is gone, nobody can run its queries: the verdict recorded
+    # stays, whoever verifies, a superuser included.
+    conn.execute("CREATE ROLE gone LOGIN IN ROLE migrate_admin")
+    conn.execute("GRANT USAGE, CREATE ON SCHEMA m TO gone")
+    with cluster.connect(db, user="gone") as gone:
+        gone.execute("SELECT migrate.apply('2', 'CREATE TABLE m.t2 (id int)', verify => 'SELECT id FROM m.t2')")
+        assert all(ok for _, ok, _ in checks(gone, "2"))
+    conn.execute("SET migrate.guard = off")  # test cleanup, not a migration
+    conn.execute("DROP OWNED BY gone")
+    conn.execute("DROP ROLE gone")
+    conn.execute("RESET migrate.guard")
+    with cluster.connect(db, user=EVE) as eve:
+        for verifier in (conn, eve):
+            assert [d for _, ok, d in checks(verifier, "2") if not ok and 'role "gone"' in d]
+            assert conn.execute("SELECT verification FROM migrate.history WHERE version = '2'").fetchone()[0] == "passed"

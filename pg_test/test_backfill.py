@@ -174,6 +174,18 @@ def test_a_pause_or_cancel_made_while_a_batch_runs_stands(cluster, db, conn):
             wait_until(lambda: job_row(conn, job)["rows_done"] > settled["rows_done"], timeout=30, interval=0.05)
 
 
+def test_a_cancel_made_during_the_final_check_stands(cluster, db, conn):
+    """The final check counts what the where clause still matches, in a transaction of its
+    own, here for 4 s; a cancel that commits meanwhile is not undone by the job's end."""
+    conn.execute("CREATE TABLE slow_check (id int PRIMARY KEY, v int)")
+    conn.execute("INSERT INTO slow_check VALUES (1, NULL), (2, NULL)")
+    job = submit(conn, "slow_check", "v = id", "v IS NULL OR (pg_sleep(2) IS NOT NULL AND v < 0)")
+    wait_until(lambda: job_row(conn, job)["rows_done"] == 2, timeout=30, interval=0.02)
+    assert conn.execute("SELECT migrate.cancel(%s)", (job,)).fetchone()[0] == "cancelled"
+    time.sleep(5)
+    assert job_row(conn, job)["state"] == "cancelled"
+
+
 def test_pause_resume_and_cancel_keep_progress(cluster, db, conn):
     make_table(conn, 100_000)
     job = submit(conn, "t", "b = a * 2, n = n + 1", "b IS NULL",

@@ -158,9 +158,15 @@ def test_an_upgraded_installation_keeps_its_history_and_matches_a_fresh_one(pack
                   "'CREATE INDEX CONCURRENTLY orders_ratio ON orders ((1000 / (total - 500)))')")
         wait_for(cluster, db, "4", want=("failed",))
         # A grant of the DBA's own on tables that become views of the same name.
+        c.execute("DROP ROLE IF EXISTS intern")
         c.execute("DROP ROLE IF EXISTS monitor")
         c.execute("CREATE ROLE monitor")
-        c.execute("GRANT SELECT ON migrate.steps TO monitor")
+        c.execute("CREATE ROLE intern")
+        # One passed on, too: revoking monitor's needs CASCADE.
+        c.execute("GRANT SELECT ON migrate.steps TO monitor WITH GRANT OPTION")
+        c.execute("SET ROLE monitor")
+        c.execute("GRANT SELECT ON migrate.steps TO intern")
+        c.execute("RESET ROLE")
         c.execute("GRANT SELECT (id, error_message) ON migrate.backfills TO monitor")
         old_log = c.execute("SELECT count(*) FROM migrate.ddl_log").fetchone()[0]
         old_fingerprint = c.execute("SELECT fingerprint FROM migrate.history WHERE version = '3'").fetchone()[0]
@@ -186,6 +192,9 @@ def test_an_upgraded_installation_keeps_its_history_and_matches_a_fresh_one(pack
             == NEW_VERSION
         # The grants are revoked, and said, with how to give them back on the views.
         assert sorted(notices) == [
+            ("pg_migrate: the privileges of role intern on migrate.steps were revoked",
+             "GRANT SELECT ON migrate.steps TO intern; gives it back, error texts shown as their "
+             "submitter's privileges allow."),
             ("pg_migrate: the privileges of role monitor on migrate.backfills were revoked",
              "GRANT SELECT ON migrate.backfills TO monitor; gives it back, error texts shown as their "
              "submitter's privileges allow."),
@@ -196,7 +205,7 @@ def test_an_upgraded_installation_keeps_its_history_and_matches_a_fresh_one(pack
         assert c.execute(
             "SELECT count(*) FROM pg_class c LEFT JOIN pg_attribute a ON a.attrelid = c.oid, "
             "LATERAL (SELECT (aclexplode(c.relacl)).grantee UNION ALL SELECT (aclexplode(a.attacl)).grantee) g "
-            "WHERE c.relnamespace = 'migrate'::regnamespace AND g.grantee = 'monitor'::regrole"
+            "WHERE c.relnamespace = 'migrate'::regnamespace AND g.grantee IN ('monitor'::regrole, 'intern'::regrole)"
         ).fetchone()[0] == 0
         # The update is no drift: pg_migrate does not describe itself.
         assert c.execute("SELECT kind, object, change FROM migrate.drift()").fetchall() == []

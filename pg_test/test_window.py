@@ -735,6 +735,7 @@ def test_windows_show_the_sessions_still_connected_by_the_version_they_used(clus
     reader = cluster.connect(db)
     new_reader = cluster.connect(db, options=NEW_PATH)
     bystander = cluster.connect(db)
+    copier = cluster.connect(db)
     pid = lambda c: c.execute("SELECT pg_backend_pid()").fetchone()[0]
     old.execute("UPDATE orders SET amount = 5 WHERE id = 1")
     old.execute("UPDATE orders SET amount = 6 WHERE id = 1")
@@ -752,6 +753,9 @@ def test_windows_show_the_sessions_still_connected_by_the_version_they_used(clus
     new_reader.execute("SELECT count(old_status) FROM public.orders")
     # A session that uses no table of the window is no version's client.
     bystander.execute("SELECT count(*) FROM pg_class")
+    # COPY of the table by its old name reads it without running a query.
+    with copier.cursor().copy("COPY orders TO STDOUT") as copy:
+        assert sum(1 for _ in copy.rows()) == 1002
     gone_pid = pid(gone)
     gone.close()
     wait_until(lambda: conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
@@ -759,13 +763,14 @@ def test_windows_show_the_sessions_still_connected_by_the_version_they_used(clus
     rows = conn.execute("SELECT pid, side, writes FROM migrate.window_sessions('43') ORDER BY side, pid").fetchall()
     assert sorted(rows) == sorted([(pid(old), "old", 2), (pid(pooled), "old", 1), (pid(reader), "old", 0),
                                    (pid(reader), "new", 0), (pid(new), "new", 1), (pid(pooled), "new", 1),
-                                   (pid(new_reader), "new", 0), (pid(new_reader), "old", 0)]), rows
+                                   (pid(new_reader), "new", 0), (pid(new_reader), "old", 0),
+                                   (pid(copier), "old", 0)]), rows
     assert conn.execute("SELECT count(*) FILTER (WHERE last_seen IS NULL), "
                         "count(*) FILTER (WHERE last_write IS NULL), "
                         "count(*) FILTER (WHERE last_seen < last_write) "
-                        "FROM migrate.window_sessions('43')").fetchone() == (0, 4, 0)
+                        "FROM migrate.window_sessions('43')").fetchone() == (0, 5, 0)
     w = window(conn, "43")
-    assert (w["old_sessions"], w["new_sessions"]) == (4, 4), w
+    assert (w["old_sessions"], w["new_sessions"]) == (5, 4), w
     # Others see the sessions they could follow in pg_stat_activity: their own roles', or all
     # with pg_read_all_stats.
     conn.execute("CREATE ROLE window_no_sessions LOGIN")
@@ -774,7 +779,7 @@ def test_windows_show_the_sessions_still_connected_by_the_version_they_used(clus
         assert nobody.execute("SELECT count(*) FROM migrate.window_sessions('43')").fetchone() == (0,)
     conn.execute("GRANT pg_read_all_stats TO window_no_sessions")
     with cluster.connect(db, user="window_no_sessions") as stats_reader:
-        assert stats_reader.execute("SELECT old_sessions FROM migrate.windows").fetchone() == (4,)
+        assert stats_reader.execute("SELECT old_sessions FROM migrate.windows").fetchone() == (5,)
     # Contract goes on, saying who still used the old version; its own reads of the table
     # make the caller no client of it.
     notices = []
@@ -783,15 +788,15 @@ def test_windows_show_the_sessions_still_connected_by_the_version_they_used(clus
     # The caller's own reads do not make it a client it is warned about.
     conn.execute("SELECT count(*) FROM orders")
     wait_until(lambda: len(conn.execute("SELECT 1 FROM migrate.window_sessions('43') WHERE side = 'old'")
-                            .fetchall()) == 4, timeout=10)
+                            .fetchall()) == 5, timeout=10)
     conn.execute("SELECT * FROM migrate.contract('43')")
     warned = [n for n in notices if n[0] == "WARNING" and "used the old version" in n[1]]
-    assert warned and warned[0][1].startswith("pg_migrate: 3 sessions still connected") \
-        and all(str(pid(c)) in warned[0][2] for c in (old, reader, new_reader)) \
+    assert warned and warned[0][1].startswith("pg_migrate: 4 sessions still connected") \
+        and all(str(pid(c)) in warned[0][2] for c in (old, reader, new_reader, copier)) \
         and str(pid(conn)) not in warned[0][2], notices
     w = window(conn, "43")
     assert (w["state"], w["old_sessions"], w["new_sessions"]) == ("contracted", 0, 0), w
-    for c in (old, new, reader, new_reader, bystander):
+    for c in (old, new, reader, new_reader, bystander, copier):
         c.close()
 
 

@@ -31,6 +31,8 @@ GRANT SELECT ON migrate.backfills, migrate.backfill_progress TO migrate_admin;
 -- A window's source DDL and end statements: admins; its state: everyone, as migrate.status.
 GRANT SELECT ON migrate.window_history TO migrate_admin;
 GRANT SELECT ON migrate.windows TO PUBLIC;
+-- Counts of errors by kind, as pg_stat_database's are everyone's.
+GRANT SELECT ON migrate.error_counts TO PUBLIC;
 
 -- Functions: nothing is executable by PUBLIC unless listed here.
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA migrate FROM PUBLIC;
@@ -57,6 +59,8 @@ GRANT EXECUTE ON FUNCTION
     migrate.changes(jsonb, jsonb),
     migrate.dry_run(text, text[], text),
     migrate.assert_safe(text, text[], text),
+    -- Behind migrate.error_counts.
+    migrate.error_counters(),
     -- Behind migrate.steps and migrate.backfills.
     migrate.may_read_as(name),
     migrate.quoted_data(text, name),

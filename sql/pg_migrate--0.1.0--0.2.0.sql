@@ -43,7 +43,8 @@ BEGIN
                     LATERAL pg_catalog.aclexplode(acls.acl) a
               WHERE a.grantee NOT IN (t.relowner, 0, 'migrate_admin'::pg_catalog.regrole)
     LOOP
-        EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM %s', c.rel, c.grantee);
+        -- CASCADE: grants it passed on (WITH GRANT OPTION) go with it, and are listed too.
+        EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM %s CASCADE', c.rel, c.grantee);
         RAISE WARNING 'pg_migrate: the privileges of role % on % were revoked', c.grantee, c.view
             USING DETAIL = pg_catalog.format('%s is now the view %s over table %s, which only its owner reads: error texts and keys quote rows of tables that not every reader may read.',
                                              c.view, c.view, c.rel),
@@ -568,3 +569,16 @@ GRANT EXECUTE ON FUNCTION
     migrate.window_sessions(text), migrate.extend(text, interval, text)
 TO PUBLIC;
 GRANT EXECUTE ON FUNCTION migrate.count_window_write() TO migrate_admin;
+
+-- The health gate's signals: errors by kind, counted by the log hook.
+CREATE FUNCTION migrate.error_counters()
+RETURNS TABLE ("signal" text, "sqlstates" text[], "errors" bigint)
+STRICT VOLATILE PARALLEL SAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'error_counters_wrapper';
+CREATE VIEW migrate.error_counts AS
+SELECT signal, sqlstates, errors FROM migrate.error_counters();
+COMMENT ON VIEW migrate.error_counts IS
+    'pg_migrate: errors reported in this database since the server started, by kind';
+REVOKE EXECUTE ON FUNCTION migrate.error_counters() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION migrate.error_counters() TO PUBLIC;
+GRANT SELECT ON migrate.error_counts TO PUBLIC;

@@ -12,6 +12,7 @@ mod inspect;
 mod migration;
 mod pg;
 mod schema;
+mod watch;
 mod window;
 mod worker;
 
@@ -85,19 +86,28 @@ pgrx::extension_sql_file!(
         window::window_sessions
     ]
 );
+pgrx::extension_sql_file!(
+    "../sql/watch.sql",
+    name = "watch",
+    requires = [watch::error_counters]
+);
 pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     if pg::process::loading_at_server_start() {
-        guard::hooks::utility_hook::install();
+        pg::utility_hook::install(&[
+            guard::hooks::utility_hook::judge,
+            window::sessions::utility_statement,
+        ]);
         pg::executor_hook::install(pg::executor_hook::Observer {
             wanted: window::sessions::wanted,
             started: window::sessions::started,
             ended: window::sessions::ended,
         });
         pg::shmem::init();
+        pg::error_hook::install(watch::signals::classify);
         worker::launcher::register();
     }
 }

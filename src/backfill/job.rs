@@ -208,7 +208,7 @@ pub fn pause_for_lag(id: i64, reason: &str) {
 
 /// The final check found rows the where clause still matches: another pass over them.
 pub fn next_pass(id: i64, remaining: i64) {
-    write(
+    write_while_running(
         "UPDATE migrate.backfill_jobs SET pass = pass + 1, upper_key = NULL, last_key = NULL, \
            rows_scanned = 0, rows_estimated = $2, remaining = $2 WHERE id = $1",
         &[id.into(), remaining.into()],
@@ -217,18 +217,19 @@ pub fn next_pass(id: i64, remaining: i64) {
 
 /// The final check found nothing left: the job, and its migration phase, are done.
 pub fn finish(id: i64, remaining: Option<i64>) {
-    write(
+    if write_while_running(
         "UPDATE migrate.backfill_jobs SET state = 'done', finished_at = clock_timestamp(), \
            remaining = $2, rows_scanned = GREATEST(rows_scanned, rows_estimated), \
            state_reason = NULL, auto_paused = false WHERE id = $1",
         &[id.into(), remaining.into()],
-    );
-    crate::history::steps::follow_backfill(id, StepState::Done, None);
+    ) {
+        crate::history::steps::follow_backfill(id, StepState::Done, None);
+    }
 }
 
 /// The job failed; progress is kept, and `migrate.resume` carries on from it.
 pub fn fail(id: i64, error: &Caught, remaining: Option<i64>) {
-    write(
+    let failed = write_while_running(
         "UPDATE migrate.backfill_jobs SET state = 'failed', auto_paused = false, \
            state_reason = 'failed', remaining = coalesce($5, remaining), \
            error_sqlstate = $2, error_message = $3, error_detail = $4 WHERE id = $1",
@@ -240,7 +241,9 @@ pub fn fail(id: i64, error: &Caught, remaining: Option<i64>) {
             remaining.into(),
         ],
     );
-    crate::history::steps::follow_backfill(id, StepState::Failed, Some(error));
+    if failed {
+        crate::history::steps::follow_backfill(id, StepState::Failed, Some(error));
+    }
 }
 
 /// Sets the state of a job asked to pause, resume or stop.
@@ -348,6 +351,19 @@ pub fn of_migration(version: &str) -> Vec<OfMigration> {
 
 fn write(sql: &str, args: &[DatumWithOid]) {
     crate::pg::spi::write_as_owner("migrate.backfill_jobs", sql, args);
+}
+
+/// The worker's verdict on a job (its next pass, done, failed), written only while the job
+/// still runs (or is paused by the worker itself for lag): a pause or cancel that committed
+/// meanwhile, say during the final check's count, stands. Whether it was written.
+fn write_while_running(sql: &str, args: &[DatumWithOid]) -> bool {
+    use crate::errors::OrBookkeeping;
+    let sql = format!("{sql} AND (state = 'running' OR auto_paused)");
+    crate::pg::identity::as_owner(|| {
+        Spi::connect_mut(|c| c.update(&sql, None, args).map(|t| t.len()))
+    })
+    .or_bookkeeping("write migrate.backfill_jobs")
+        > 0
 }
 
 fn read_row<T>(

@@ -127,7 +127,7 @@ fn verify(
         record(&migration.version, &checks);
     }
     let failed = checks.iter().filter(|c| !c.ok).count();
-    if failed > 0 {
+    if failed > 0 && !checks.iter().any(|c| c.withheld) {
         crate::errors::notice(format!(
             "version {} failed {failed} of {} checks; it stays \"applied, verification failed\" \
              until migrate.verify passes",
@@ -192,7 +192,6 @@ fn backfill_checks(version: &str) -> Vec<Check> {
                             failed = true;
                             Err(message)
                         }
-                        Evaluated::NotRun(message) => Err(message),
                         Evaluated::Withheld(message) => {
                             withheld = true;
                             Err(message)
@@ -350,7 +349,6 @@ fn constraint_check(
                 }
                 Some(Evaluated::Value(n)) => (Some(n), None),
                 // Counting is extra evidence; without it the check is what the catalogs say.
-                Some(Evaluated::NotRun(why)) => (None, Some(why)),
                 Some(Evaluated::Withheld(why)) => {
                     withheld = true;
                     (None, Some(why))
@@ -429,7 +427,6 @@ fn count_as(author: &Author, sql: &str) -> Evaluated<i64> {
         Evaluated::Value(Ok(n)) => Evaluated::Value(n.unwrap_or(0)),
         Evaluated::Value(Err(e)) => Evaluated::Failed(e.to_string()),
         Evaluated::Failed(m) => Evaluated::Failed(m),
-        Evaluated::NotRun(m) => Evaluated::NotRun(m),
         Evaluated::Withheld(m) => Evaluated::Withheld(m),
     }
 }
@@ -459,9 +456,7 @@ enum Evaluated<T> {
     Value(T),
     /// It raised an error (the message).
     Failed(String),
-    /// It was not evaluated (why).
-    NotRun(String),
-    /// Not evaluated: the caller lacks the author's privileges (why).
+    /// Not evaluated: the caller lacks the author's privileges, or the author is gone (why).
     Withheld(String),
 }
 
@@ -471,8 +466,10 @@ enum Evaluated<T> {
 /// objects and settings the caller controls, and code must never meet state prepared by
 /// someone with fewer rights than the role it runs as. Anyone else is told whom to ask.
 fn evaluate<T>(author: &Author, f: impl FnOnce() -> T) -> Evaluated<T> {
+    // Nobody can run it as that role any more: as for a caller without its privileges, the
+    // verdict recorded stays.
     let Some(role) = author.role else {
-        return Evaluated::NotRun(format!(
+        return Evaluated::Withheld(format!(
             "role \"{}\", whose expression it is, no longer exists",
             author.name
         ));
@@ -589,9 +586,7 @@ fn query_checks(migration: &Migration, script: &str) -> Vec<Check> {
                     format!("failed: {message}"),
                     Some(withheld_detail("failed", &whose)),
                 ),
-                Evaluated::NotRun(why) | Evaluated::Withheld(why) => {
-                    (false, format!("not run: {why}"), None)
-                }
+                Evaluated::Withheld(why) => (false, format!("not run: {why}"), None),
             };
             Check {
                 kind: "query",

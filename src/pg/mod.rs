@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod describe;
+pub mod error_hook;
 pub mod event_trigger;
 pub mod executor_hook;
 pub mod expand;

@@ -63,6 +63,23 @@ pub unsafe fn text(ptr: *const std::ffi::c_char) -> String {
     }
 }
 
+/// The table a `COPY table TO` reads (COPY of a query runs it through the executor); None
+/// for any other statement, or a table that does not exist.
+pub fn copied_out_table(stmt: StmtTree) -> Option<pg_sys::Oid> {
+    if !stmt.is(pg_sys::NodeTag::T_CopyStmt) {
+        return None;
+    }
+    // SAFETY: a CopyStmt's tree, allocated for the statement's life.
+    unsafe {
+        let copy = stmt.node() as *mut pg_sys::CopyStmt;
+        if (*copy).is_from || (*copy).relation.is_null() {
+            return None;
+        }
+        let oid = range_var_oid((*copy).relation);
+        (oid != pg_sys::InvalidOid).then_some(oid)
+    }
+}
+
 /// The OID of the relation a RangeVar names; InvalidOid when there is none (or no RangeVar).
 ///
 /// # Safety

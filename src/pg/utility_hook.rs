@@ -7,14 +7,15 @@ use pgrx::pg_sys;
 use std::ffi::c_char;
 
 static mut PREVIOUS: pg_sys::ProcessUtility_hook_type = None;
-static mut JUDGE: Option<fn(StmtTree)> = None;
+static mut JUDGES: &[fn(StmtTree)] = &[];
 
-/// Has `judge` see every utility statement (in a transaction) before it runs; it may raise
-/// to stop it. Called from _PG_init while shared_preload_libraries is being processed.
-pub fn install(judge: fn(StmtTree)) {
+/// Has each of `judges`, in order, see every utility statement (in a transaction) before it
+/// runs; one may raise to stop it. Called from _PG_init while shared_preload_libraries is
+/// being processed.
+pub fn install(judges: &'static [fn(StmtTree)]) {
     // SAFETY: _PG_init runs once per process, before any statement.
     unsafe {
-        JUDGE = Some(judge);
+        JUDGES = judges;
         PREVIOUS = pg_sys::ProcessUtility_hook;
         pg_sys::ProcessUtility_hook = Some(process_utility);
     }
@@ -25,7 +26,7 @@ unsafe extern "C-unwind" fn judge(node: *mut pg_sys::Node) {
     if node.is_null() || !pg_sys::IsTransactionState() {
         return;
     }
-    if let Some(judge) = JUDGE {
+    for judge in JUDGES {
         // The statement ProcessUtility is about to run: its tree lives until it ends.
         judge(StmtTree::new(node));
     }

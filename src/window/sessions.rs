@@ -167,6 +167,20 @@ pub fn started(query: usize, relations: &[Relation]) {
     });
 }
 
+/// A utility statement is about to run: `COPY table TO` reads a window's table by its old
+/// name without the executor, so it is noted here, as a query that ends at once.
+pub fn utility_statement(stmt: crate::pg::nodes::StmtTree) {
+    // Not a QueryDesc's address: those are aligned.
+    const COPY_OUT: usize = 1;
+    if !wanted() {
+        return;
+    }
+    if let Some(oid) = crate::pg::nodes::copied_out_table(stmt) {
+        started(COPY_OUT, &[Relation { oid, view: false }]);
+        ended(COPY_OUT);
+    }
+}
+
 /// A query ends: its use of windows is noted (at most once a second per window and side),
 /// and it is forgotten, with any query started inside it that failed.
 pub fn ended(query: usize) {

@@ -5,11 +5,6 @@ use crate::guard::hooks::trigger;
 use crate::pg::nodes::StmtTree;
 use pgrx::pg_sys::NodeTag as T;
 
-/// Called from _PG_init while shared_preload_libraries is being processed.
-pub fn install() {
-    crate::pg::utility_hook::install(judge);
-}
-
 /// The statements this hook judges; everything else is the event triggers' business.
 fn unseen_by_event_triggers(stmt: StmtTree) -> bool {
     stmt.is(T::T_TruncateStmt)
@@ -24,7 +19,8 @@ fn unseen_by_event_triggers(stmt: StmtTree) -> bool {
         )) && stmt.is(T::T_ReindexStmt))
 }
 
-fn judge(stmt: StmtTree) {
+/// Judges, from the ProcessUtility hook (`pg::utility_hook`), what event triggers miss.
+pub fn judge(stmt: StmtTree) {
     if !unseen_by_event_triggers(stmt) {
         return;
     }
