@@ -100,6 +100,7 @@ pub extern "C-unwind" fn _PG_init() {
         pg::utility_hook::install(&[
             guard::hooks::utility_hook::judge,
             window::sessions::utility_statement,
+            watch::utility_statement,
         ]);
         pg::executor_hook::install(pg::executor_hook::Observer {
             wanted: window::sessions::wanted,

@@ -14,8 +14,8 @@ use pgrx::{pg_guard, pg_shmem_init};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Databases with counters of their own; one that reports its first error once all are
-/// taken is not counted (dropped databases keep theirs until the server restarts).
-pub const DATABASES: usize = 64;
+/// taken is not counted. `DROP DATABASE` frees its database's.
+pub const DATABASES: usize = 256;
 /// Counters per database: one per `watch::signals::Signal`.
 pub const COUNTERS: usize = 6;
 
@@ -90,6 +90,20 @@ pub fn install(classify: fn(i32) -> Option<usize>) {
         CLASSIFY = classify;
         PREVIOUS = pg_sys::emit_log_hook;
         pg_sys::emit_log_hook = Some(emit_log);
+    }
+}
+
+/// Frees `database`'s counters, as it is being dropped. (Should the drop fail, its counts
+/// start again from zero.)
+pub fn forget(database: pg_sys::Oid) {
+    if !crate::pg::shmem::available() {
+        return;
+    }
+    if let Some(slot) = COUNTS.get().slot(u32::from(database), false) {
+        for counter in &slot.counts {
+            counter.store(0, Ordering::Relaxed);
+        }
+        slot.database.store(0, Ordering::Release);
     }
 }
 

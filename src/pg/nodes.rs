@@ -63,6 +63,23 @@ pub unsafe fn text(ptr: *const std::ffi::c_char) -> String {
     }
 }
 
+/// The database a `DROP DATABASE` drops, if it exists.
+pub fn dropped_database(stmt: StmtTree) -> Option<pg_sys::Oid> {
+    if !stmt.is(pg_sys::NodeTag::T_DropdbStmt) {
+        return None;
+    }
+    // SAFETY: a DropdbStmt's tree, allocated for the statement's life; the lookup reads
+    // pg_database by name and raises nothing when it is missing.
+    unsafe {
+        let drop = stmt.node() as *mut pg_sys::DropdbStmt;
+        if (*drop).dbname.is_null() {
+            return None;
+        }
+        let oid = pg_sys::get_database_oid((*drop).dbname, true);
+        (oid != pg_sys::InvalidOid).then_some(oid)
+    }
+}
+
 /// The table a `COPY table TO` reads (COPY of a query runs it through the executor); None
 /// for any other statement, or a table that does not exist.
 pub fn copied_out_table(stmt: StmtTree) -> Option<pg_sys::Oid> {

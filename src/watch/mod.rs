@@ -8,6 +8,13 @@ pub mod stats;
 use pgrx::prelude::*;
 use signals::Signal;
 
+/// A utility statement is about to run: a dropped database's error counters are freed.
+pub fn utility_statement(stmt: crate::pg::nodes::StmtTree) {
+    if let Some(database) = crate::pg::nodes::dropped_database(stmt) {
+        crate::pg::error_hook::forget(database);
+    }
+}
+
 /// The errors reported in this database since the server started, by kind: what the log
 /// hook counted (errors a PL/pgSQL block caught are not reported, and not counted). NULL
 /// counts when the database has no counters (more than `pg::error_hook::DATABASES` databases
