@@ -27,7 +27,7 @@ LAYERS = {
     "worker": 6,
     "inspect": 6,
     "window": 6,
-    "watch": 6,
+    "watch": 5,
     "tests": 7,
     "lib": 7,
 }

@@ -44,6 +44,13 @@ asserts a timing; the tests assert correctness bounds, this measures.
   window-scale     a window's life (expand, the worker's phases, contract, the drop of the
                    set-aside columns) on a 1M-row table in a database of 5,000 other tables vs
                    an empty one, with the worst wait of a reader of that table in each step.
+  watch            the health gate, on a cluster of its own with pg_stat_statements preloaded and
+                   short timings (a sample a second, 2 s to settle, 5 samples a side): the time
+                   from a dropped index the workload needs to the failing look and to the end
+                   of its rollback, under pgbench at a fixed rate; the outcomes of 20 harmless
+                   watched migrations under the same load (false alarms); and the cost of
+                   sampling: unthrottled pgbench tps with the worker sampling every second and
+                   every 10 s (the default) vs sampling off, alternating rounds.
   script-size      migrate.lint of 1,000, 10,000 and 50,000 statements (on one line and one per
                    line), and migrate.apply and migrate.dry_run of as many statements vs the same
                    script run directly: time per statement must not grow with the script beyond
@@ -66,7 +73,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import PG_BIN, Cluster, Stopwatch, holding_lock, wait_until, worker_pid  # noqa: E402
+from harness import (GATE_SETTINGS, LOOKUP, PG_BIN, Cluster, Stopwatch, holding_lock,  # noqa: E402
+                     lookup_orders, wait_until, worker_pid)
 
 
 def small_migration(i: int) -> str:
@@ -1000,6 +1008,115 @@ def compare_changes(cluster: Cluster, db: str, rows: int, rate: int, work: Path,
           f"{max(w[1]) / float(lock_timeout):.2f}")
 
 
+def background_pgbench(cluster: Cluster, db: str, script: Path, rate: int) -> subprocess.Popen:
+    return subprocess.Popen([str(PG_BIN / "pgbench"), "-n", "-c", "2", "-j", "2", "-R", str(rate), "-T", "3600",
+                             "-f", str(script), "-h", str(cluster.sock), "-p", str(cluster.port), "-U", "postgres",
+                             db], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def watch_state(c, version: str) -> str:
+    return c.execute("SELECT state FROM migrate.watch_records WHERE version = %s", (version,)).fetchone()[0]
+
+
+def settle(c, version: str, timeout: float) -> str:
+    wait_until(lambda: watch_state(c, version) not in ("waiting", "watching", "rolling back", "recovering"),
+               timeout=timeout, interval=0.2)
+    return watch_state(c, version)
+
+
+def watch_bench(harmless: int, rounds: int, rate: int) -> None:
+    cluster = Cluster("/tmp/pg_migrate_bench_gate").start(*GATE_SETTINGS)
+    work = Path(tempfile.mkdtemp(prefix="pg_migrate_bench_watch_"))
+    script = work / "lookup.sql"
+    script.write_text(LOOKUP)
+    try:
+        print(f"watch: pgbench looking orders up by customer ({rate} tps, 2 clients) on 200,000 rows; "
+              "samples every 1 s, 2 s to settle, 5 samples a side, latency tolerance 50%")
+        db = lookup_orders(cluster, "bench_gate_drop")
+        load = background_pgbench(cluster, db, script, rate)
+        try:
+            with cluster.connect(db) as c:
+                wait_until(lambda: c.execute("SELECT count(*) FROM migrate.workload_samples() WHERE statements > 0"
+                                             ).fetchone()[0] >= 8, timeout=60, interval=0.5)
+                c.execute("SELECT * FROM migrate.apply('1', 'DROP INDEX CONCURRENTLY orders_customer_idx', "
+                          "rollback => 'CREATE INDEX CONCURRENTLY orders_customer_idx ON orders (customer_id)', "
+                          "watch => '60 s', on_regression => 'rollback')")
+                end = settle(c, "1", 180)
+                row = c.execute("""
+                    SELECT extract(epoch FROM (SELECT min(looked_at) FROM migrate.watch_looks
+                                               WHERE version = '1' AND stage = 'watch' AND signal = 'look'
+                                                 AND verdict = 'fail') - w.started_at),
+                           extract(epoch FROM (SELECT min(looked_at) FROM migrate.watch_looks
+                                               WHERE version = '1' AND stage = 'recovery' AND signal = 'look')
+                                              - w.started_at),
+                           extract(epoch FROM w.changed_at - w.started_at),
+                           (SELECT max(shift) FROM migrate.watch_looks WHERE version = '1' AND stage = 'watch'
+                              AND signal = 'latency')
+                    FROM migrate.watch_records w WHERE version = '1'""").fetchone()
+                print(f"  dropped index the workload needs: failing look {row[0]:.1f} s after the change "
+                      f"(latency {row[3]:.0f}x the baseline), rollback done and first recovery look at "
+                      f"{row[1]:.1f} s, {end} at {row[2]:.1f} s")
+                print("    stage     look  at (s)  latency index: baseline median / now median  errors/min  verdict")
+                for r in c.execute("""
+                        SELECT l.stage, l.look,
+                               extract(epoch FROM l.looked_at - w.started_at),
+                               l.baseline, l.now,
+                               (SELECT e.now FROM migrate.watch_looks e WHERE (e.version, e.stage, e.look)
+                                  = (l.version, l.stage, l.look) AND e.signal = 'any error'),
+                               (SELECT v.verdict FROM migrate.watch_looks v WHERE (v.version, v.stage, v.look)
+                                  = (l.version, l.stage, l.look) AND v.signal = 'look')
+                        FROM migrate.watch_looks l JOIN migrate.watch_records w USING (version)
+                        WHERE l.version = '1' AND l.signal = 'latency' ORDER BY l.looked_at""").fetchall():
+                    now = "-" if r[4] is None else f"{r[4]:.2f}"
+                    errors = "-" if r[5] is None else f"{r[5]:.0f}"
+                    print(f"    {r[0]:<9} {r[1]:>4}  {r[2]:>6.1f}  {r[3]:>14.2f} / {now:<10}  {errors:>20}  {r[6]}")
+        finally:
+            load.terminate()
+            load.wait()
+        db = lookup_orders(cluster, "bench_gate_harmless")
+        load = background_pgbench(cluster, db, script, rate)
+        outcomes: dict[str, int] = {}
+        try:
+            with cluster.connect(db) as c:
+                wait_until(lambda: c.execute("SELECT count(*) FROM migrate.workload_samples() WHERE statements > 0"
+                                             ).fetchone()[0] >= 8, timeout=60, interval=0.5)
+                for i in range(harmless):
+                    version = str(100 + i)
+                    c.execute("SELECT * FROM migrate.apply(%s, %s, rollback => %s, watch => '15 s', "
+                              "on_regression => 'rollback')",
+                              (version, f"COMMENT ON TABLE orders IS 'revision {i}'; CREATE TABLE side_{i} (id int)",
+                               f"DROP TABLE side_{i}"))
+                    end = settle(c, version, 90)
+                    outcomes[end] = outcomes.get(end, 0) + 1
+                    if end == "held":
+                        c.execute("SELECT migrate.accept(%s, 'bench')", (version,))
+        finally:
+            load.terminate()
+            load.wait()
+        print(f"  {harmless} harmless watched migrations (15 s each) under the same load: "
+              + ", ".join(f"{n} {state}" for state, n in sorted(outcomes.items()))
+              + f"; false alarms (rolled back): {outcomes.get('rolled back', 0) + outcomes.get('rollback failed', 0)}")
+        db = lookup_orders(cluster, "bench_gate_cost")
+        tps: dict[str, list[float]] = {"off": [], "1s": [], "10s": []}
+        with cluster.connect() as admin:
+            for r in range(rounds):
+                for case, interval in (("off", "0"), ("1s", "1"), ("10s", "10")):
+                    admin.execute(f"ALTER SYSTEM SET migrate.watch_sample_interval = {interval}")
+                    admin.execute("SELECT pg_reload_conf()")
+                    time.sleep(1.5)
+                    latencies = pgbench_log(cluster, db, LOOKUP, 10, 2, work / f"cost_{case}_{r}")
+                    tps[case].append(len(latencies) / 10)
+            admin.execute("ALTER SYSTEM RESET migrate.watch_sample_interval")
+            admin.execute("SELECT pg_reload_conf()")
+        off = statistics.median(tps["off"])
+        for case in ("1s", "10s"):
+            on = statistics.median(tps[case])
+            print(f"  sampling every {case:>3}: {on:,.0f} tps vs {off:,.0f} with sampling off "
+                  f"(median of {rounds} rounds of 10 s, unthrottled): off/on {off / on:.3f}x")
+    finally:
+        cluster.stop()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--migrations", type=int, default=500)
@@ -1024,9 +1141,11 @@ def main() -> None:
                    help="pgbench transactions per second in the throttled bridge passes")
     p.add_argument("--window-scale-sizes", default="0,5000", help="schema sizes (tables) in window-scale")
     p.add_argument("--window-scale-rows", type=int, default=1_000_000, help="rows of the changed table in window-scale")
+    p.add_argument("--watch-harmless", type=int, default=20, help="harmless watched migrations in watch")
+    p.add_argument("--watch-rounds", type=int, default=5, help="alternating rounds per case of the sampling cost")
     p.add_argument("--only", choices=["apply-overhead", "lock-queue", "guard", "worker-latency", "writer-wait",
                                       "dry-run", "schema-scale", "backfill", "script-size", "window",
-                                      "window-scale"])
+                                      "window-scale", "watch"])
     args = p.parse_args()
     # Commit timestamps: the worker-latency figure starts at the submitting commit.
     cluster = Cluster("/tmp/pg_migrate_bench").start("track_commit_timestamp=on")
@@ -1056,6 +1175,8 @@ def main() -> None:
                          args.backfill_rate, args.window_write_rate)
         if args.only in (None, "window-scale"):
             window_scale(cluster, [int(x) for x in args.window_scale_sizes.split(",")], args.window_scale_rows)
+        if args.only in (None, "watch"):
+            watch_bench(args.watch_harmless, args.watch_rounds, 50)
         if args.only in (None, "backfill"):
             for rows in (int(x) for x in args.backfill_rows.split(",")):
                 backfill(cluster, rows, 2, args.backfill_rate, args.backfill_batch_time, args.backfill_pause,

@@ -184,3 +184,29 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> None
             return
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+# The health gate's clusters (test_watch.py, bench.py --only watch): pg_stat_statements
+# preloaded, a sample a second, two seconds to settle, five samples a side. One-second
+# samples of a light workload on a shared 2-core machine drift by 10-20% between minutes:
+# the latency tolerance is 50%, the regressions measured hundreds of times the baseline.
+GATE_SETTINGS = (
+    "shared_preload_libraries=pg_stat_statements,pg_migrate",
+    "migrate.watch_sample_interval=1", "migrate.watch_settle=2", "migrate.watch_min_samples=5",
+    "migrate.watch_baseline=60", "migrate.watch_latency_tolerance=0.5",
+)
+# pgbench: look an order up by customer (an index scan while orders_customer_idx exists).
+LOOKUP = "\\set c random(1, 20000)\nSELECT count(*) FROM orders WHERE customer_id = :c;\n"
+
+
+def lookup_orders(cluster: Cluster, name: str, statements: bool = True) -> str:
+    """A database with 200,000 orders indexed by customer, and pg_stat_statements."""
+    cluster.create_database(name)
+    with cluster.connect(name) as c:
+        if statements:
+            c.execute("CREATE EXTENSION pg_stat_statements")
+        c.execute("CREATE TABLE orders (id bigint PRIMARY KEY, customer_id int NOT NULL, note text)")
+        c.execute("CREATE INDEX orders_customer_idx ON orders (customer_id)")
+        c.execute("INSERT INTO orders SELECT g, g % 20000, 'n' || g FROM generate_series(1, 200000) g")
+        c.execute("VACUUM ANALYZE orders")
+    return name

@@ -54,3 +54,349 @@ def test_errors_are_counted_by_kind_in_the_database_that_raised_them(cluster, db
         "serialization failure": 1, "any error": 6,
     }
     assert other_counts["undefined object"] == 1 and other_counts["any error"] == 1, other_counts
+
+
+# --- The health gate: watched migrations under a real workload ----------------------------
+#
+# A cluster of its own, with pg_stat_statements preloaded and the gate's timings shortened
+# (a sample a second, two seconds to settle, five samples a side), so that each watch ends
+# within a minute or two. The workload is pgbench at a fixed rate (-R), or, where it must go
+# on through errors (pgbench 15 stops a client at its first), client threads at a fixed rate.
+
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+import psycopg  # noqa: E402
+import pytest  # noqa: E402
+from harness import GATE_SETTINGS, LOOKUP, PG_BIN, Cluster, lookup_orders, wait_until  # noqa: E402
+
+
+
+@pytest.fixture(scope="module")
+def gate():
+    c = Cluster("/tmp/pg_migrate_e2e_gate").start("fsync=off", "synchronous_commit=off", *GATE_SETTINGS)
+    yield c
+    c.stop()
+
+
+class Pgbench:
+    """pgbench running `script` at `rate` transactions per second until stopped."""
+
+    def __init__(self, gate: Cluster, db: str, script: str, rate: int = 50):
+        self.file = tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False)
+        self.file.write(script)
+        self.file.close()
+        self.args = [str(PG_BIN / "pgbench"), "-n", "-h", str(gate.sock), "-p", str(gate.port),
+                     "-U", "postgres", "-c", "2", "-j", "2", "-R", str(rate), "-T", "900",
+                     "-f", self.file.name, db]
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+class Clients:
+    """Client threads sending `query` at a fixed rate, going on through errors (counted)."""
+
+    def __init__(self, gate: Cluster, db: str, query: str, rate: int = 50, threads: int = 2):
+        self.gate, self.db, self.query, self.period = gate, db, query, threads / rate
+        self.errors: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self):
+        with self.gate.connect(self.db) as c:
+            next_at = time.monotonic()
+            while not self._stop.is_set():
+                try:
+                    c.execute(self.query)
+                except psycopg.Error as e:
+                    self.errors[e.sqlstate] = self.errors.get(e.sqlstate, 0) + 1
+                next_at += self.period
+                time.sleep(max(0.0, next_at - time.monotonic()))
+
+    def __enter__(self):
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=30)
+
+
+def baseline_ready(gate: Cluster, db: str, samples: int = 8, statements: bool = True) -> None:
+    """Waits until the worker has sampled the workload `samples` times."""
+    with gate.connect(db) as c:
+        query = ("SELECT count(*) FROM migrate.workload_samples()"
+                 + (" WHERE statements > 0" if statements else ""))
+        wait_until(lambda: c.execute(query).fetchone()[0] >= samples, timeout=60, interval=0.5)
+
+
+def state(conn, version: str) -> str | None:
+    row = conn.execute("SELECT state FROM migrate.watch_records WHERE version = %s", (version,)).fetchone()
+    return row[0] if row else None
+
+
+def settled(conn, version: str, timeout: float = 120) -> str:
+    wait_until(lambda: state(conn, version) not in ("waiting", "watching", "rolling back", "recovering"),
+               timeout=timeout, interval=0.5)
+    return state(conn, version)
+
+
+def looks(conn, version: str) -> list[tuple]:
+    return conn.execute(
+        "SELECT stage, look, verdict FROM migrate.watch_looks WHERE version = %s AND signal = 'look' "
+        "ORDER BY looked_at", (version,)).fetchall()
+
+
+def test_dropping_an_index_the_workload_needs_is_rolled_back_and_rebuilt(gate):
+    db = lookup_orders(gate, "gate_drop_index")
+    with Pgbench(gate, db, LOOKUP), gate.connect(db) as c:
+        baseline_ready(gate, db)
+        c.execute(
+            "SELECT * FROM migrate.apply('100', 'DROP INDEX CONCURRENTLY orders_customer_idx', "
+            "rollback => 'CREATE INDEX CONCURRENTLY orders_customer_idx ON orders (customer_id)', "
+            "watch => '60 s', on_regression => 'rollback')")
+        started = time.monotonic()
+        assert settled(c, "100") == "rolled back", c.execute(
+            "SELECT * FROM migrate.watch_status").fetchall()
+        took = time.monotonic() - started
+        # The watch failed on latency (many times the baseline: every lookup scans the table),
+        # the rollback ran as a recorded phase of the migration, and the recovery passed.
+        stages = looks(c, "100")
+        assert stages[0][0] == "watch" and stages[0][2] == "fail", stages
+        assert stages[-1] == ("recovery", stages[-1][1], "pass"), stages
+        shift = c.execute(
+            "SELECT max(shift) FROM migrate.watch_looks WHERE version = '100' AND stage = 'watch' "
+            "AND signal = 'latency'").fetchone()[0]
+        assert shift > 5, shift
+        assert c.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = 'orders_customer_idx'::regclass"
+                         ).fetchone() == (True,)
+        assert c.execute("SELECT phase, state, rollback, sql FROM migrate.steps WHERE version = '100' "
+                         "ORDER BY phase").fetchall() == [
+            (1, "done", False, "DROP INDEX CONCURRENTLY orders_customer_idx"),
+            (2, "done", True, "CREATE INDEX CONCURRENTLY orders_customer_idx ON orders (customer_id)"),
+        ]
+        assert c.execute("SELECT status, state FROM migrate.status WHERE version = '100'").fetchone() == (
+            "applied", "rolled back")
+        print(f"detected, rolled back and recovered in {took:.1f} s; looks {stages}; latency {shift:.0f}x")
+
+
+def test_harmless_migrations_under_load_complete_without_a_false_alarm(gate):
+    db = lookup_orders(gate, "gate_harmless")
+    outcomes = {}
+    with Pgbench(gate, db, LOOKUP), gate.connect(db) as c:
+        baseline_ready(gate, db)
+        for i in range(10):
+            version = str(200 + i)
+            c.execute(
+                "SELECT * FROM migrate.apply(%s, %s, rollback => %s, watch => '15 s', "
+                "on_regression => 'rollback')",
+                (version, f"COMMENT ON TABLE orders IS 'revision {i}'; CREATE TABLE side_{i} (id int)",
+                 f"DROP TABLE side_{i}"))
+            outcomes[version] = settled(c, version, timeout=60)
+        # Every one is complete, and none was rolled back.
+        assert set(outcomes.values()) == {"complete"}, (outcomes, c.execute(
+            "SELECT version, stage, look, signal, now, shift, upper, p_value, verdict FROM migrate.watch_looks "
+            "WHERE verdict <> 'pass' ORDER BY version, look").fetchall())
+        assert c.execute("SELECT count(*) FROM migrate.steps WHERE rollback").fetchone()[0] == 0
+        assert c.execute("SELECT count(*) FROM migrate.status WHERE completed_at IS NOT NULL "
+                         "AND version::int BETWEEN 200 AND 209").fetchone()[0] == 10
+
+
+def test_a_rename_that_breaks_clients_is_rolled_back_by_the_error_rule(gate):
+    db = lookup_orders(gate, "gate_rename")
+    with Clients(gate, db, "SELECT note FROM orders WHERE id = 42") as clients, gate.connect(db) as c:
+        baseline_ready(gate, db)
+        c.execute(
+            "SELECT * FROM migrate.apply('300', 'ALTER TABLE orders RENAME COLUMN note TO remark', "
+            "rollback => 'ALTER TABLE orders RENAME COLUMN remark TO note', "
+            "allow => ARRAY['rename-column'], watch => '60 s', on_regression => 'rollback')")
+        assert settled(c, "300") == "rolled back"
+        failed = c.execute(
+            "SELECT shift, verdict FROM migrate.watch_looks WHERE version = '300' AND stage = 'watch' "
+            "AND signal = 'undefined object' AND verdict = 'fail'").fetchall()
+        assert failed, c.execute("SELECT * FROM migrate.watch_looks WHERE version = '300'").fetchall()
+        assert c.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'orders' "
+                         "AND column_name = 'note'").fetchone()[0] == 1
+    assert clients.errors.get("42703", 0) > 10, clients.errors
+
+
+def test_without_pg_stat_statements_the_other_signals_decide(gate):
+    db = lookup_orders(gate, "gate_no_statements", statements=False)
+    with Clients(gate, db, "SELECT note FROM orders WHERE id = 7"), gate.connect(db) as c:
+        baseline_ready(gate, db, statements=False)
+        c.execute("SELECT * FROM migrate.apply('400', 'CREATE TABLE t400 (id int)', watch => '12 s')")
+        assert settled(c, "400", timeout=60) == "complete"
+        assert c.execute("SELECT DISTINCT verdict FROM migrate.watch_looks WHERE version = '400' "
+                         "AND signal = 'latency'").fetchall() == [("unavailable",)]
+
+
+def test_a_watch_resumes_after_the_worker_is_killed_and_the_server_restarted(gate):
+    db = lookup_orders(gate, "gate_restart")
+    with gate.connect(db) as c, Clients(gate, db, "SELECT note FROM orders WHERE id = 9"):
+        baseline_ready(gate, db, statements=False)
+        c.execute("SELECT * FROM migrate.apply('500', 'CREATE TABLE t500 (id int)', "
+                  "rollback => 'DROP TABLE t500', watch => '30 s', on_regression => 'rollback')")
+        wait_until(lambda: c.execute("SELECT count(*) FROM migrate.watch_samples WHERE version = '500'"
+                                     ).fetchone()[0] >= 3, timeout=30, interval=0.3)
+        c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                  "WHERE backend_type = 'pg_migrate worker' AND datname = current_database()")
+    gate.restart()
+    with gate.connect(db) as c, Clients(gate, db, "SELECT note FROM orders WHERE id = 9"):
+        assert settled(c, "500", timeout=90) == "complete"
+        # Its samples from before the restart were kept and judged with the later ones.
+        assert c.execute("SELECT count(*) FROM migrate.watch_samples WHERE version = '500'").fetchone()[0] >= 8
+        assert c.execute("SELECT count(*) FROM migrate.steps WHERE version = '500' AND rollback").fetchone()[0] == 0
+
+
+def test_watch_arguments_are_checked_before_anything_is_recorded(gate):
+    db = gate.create_database("gate_bad_input")
+    with gate.connect(db) as c:
+        cases = [
+            ("SELECT migrate.apply('1', 'CREATE TABLE a (id int)', watch => '10 min', on_regression => 'rollback')",
+             "22023", "needs a rollback script"),
+            ("SELECT migrate.apply('1', 'CREATE TABLE a (id int)', watch => '-5 min')", "22023", "must be positive"),
+            ("SELECT migrate.apply('1', 'CREATE TABLE a (id int)', watch => '0')", "22023", "must be positive"),
+            ("SELECT migrate.apply('1', 'CREATE TABLE a (id int)', watch => '1 min', on_regression => 'revert')",
+             "22023", "unknown on_regression"),
+            ("SELECT migrate.apply('1', 'CREATE TABLE a (id int)', on_regression => 'hold')", "22023",
+             "on_regression needs watch"),
+            ("SELECT migrate.accept('1', 'looks fine')", "42704", "is not watched"),
+            ("SELECT migrate.reject('1')", "42704", "is not watched"),
+        ]
+        for query, sqlstate, words in cases:
+            f = failure(c, query)
+            assert (f.sqlstate, words in f.message, f.message.startswith("pg_migrate:")) == (sqlstate, True, True), (query, f)
+            assert f.detail and f.hint, f
+        assert c.execute("SELECT count(*) FROM migrate.history").fetchone()[0] == 0
+        assert c.execute("SELECT count(*) FROM migrate.watch_records").fetchone()[0] == 0
+        # Non-admins may neither watch nor settle watches.
+        c.execute("CREATE ROLE gate_outsider LOGIN")
+        c.execute("GRANT CREATE ON SCHEMA public TO gate_outsider")
+        with gate.connect(db, user="gate_outsider") as o:
+            for query in ("SELECT migrate.apply('1', 'CREATE TABLE a (id int)', watch => '1 min')",
+                          "SELECT migrate.accept('1')", "SELECT migrate.reject('1')"):
+                assert failure(o, query).sqlstate == "42501"
+            assert failure(o, "SELECT * FROM migrate.watch_status").sqlstate == "42501"
+        # A watched migration keeps others out until its gate settles; accept settles it.
+        c.execute("SELECT migrate.apply('1', 'CREATE TABLE a (id int)', watch => '10 min')")
+        f = failure(c, "SELECT migrate.apply('2', 'CREATE TABLE b (id int)')")
+        assert f.sqlstate == "55006" and "health gate is open" in f.message, f
+        assert c.execute("SELECT migrate.accept('1', 'checked by hand')").fetchone() == ("complete",)
+        assert c.execute("SELECT state, decided_by, reason FROM migrate.watch_records").fetchone() == (
+            "complete", "postgres", "accepted by postgres: checked by hand")
+        assert failure(c, "SELECT migrate.reject('1')").sqlstate == "55000"
+        c.execute("SELECT migrate.apply('2', 'CREATE TABLE b (id int)')")
+    gate.drop_database(db)
+    with gate.connect() as c:
+        c.execute("DROP ROLE gate_outsider")
+
+
+def worker_of(conn) -> int | None:
+    row = conn.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_migrate worker' "
+                       "AND datname = current_database()").fetchone()
+    return row[0] if row else None
+
+
+def test_the_sampling_worker_leaves_only_for_those_who_may_empty_its_database(gate):
+    db = gate.create_database("gate_leave")
+    with gate.connect(db) as c:
+        # Installing pg_migrate started the worker, which stays to sample.
+        wait_until(lambda: worker_of(c) is not None, timeout=30, interval=0.2)
+        wait_until(lambda: c.execute("SELECT count(*) FROM migrate.workload_samples()").fetchone()[0] >= 2,
+                   timeout=30, interval=0.3)
+        c.execute("CREATE ROLE gate_stranger LOGIN CREATEDB")
+        with gate.connect("postgres", user="gate_stranger") as s:
+            # Refused by PostgreSQL after the hook ran: the worker and its samples stay.
+            assert failure(s, f"DROP DATABASE {db}").sqlstate == "42501"
+            assert failure(s, f"ALTER DATABASE {db} RENAME TO elsewhere").sqlstate == "42501"
+            assert failure(s, f"CREATE DATABASE gate_copy TEMPLATE {db}").sqlstate == "42501"
+        time.sleep(1.5)
+        pid = worker_of(c)
+        assert pid is not None
+        samples = c.execute("SELECT count(*) FROM migrate.workload_samples()").fetchone()[0]
+        assert samples >= 2
+        # Its owner copies it: the worker leaves for the copy, and comes back.
+    with gate.connect() as admin:
+        admin.execute(f"CREATE DATABASE gate_copy TEMPLATE {db}")
+        admin.execute("DROP DATABASE gate_copy")
+    with gate.connect(db) as c:
+        wait_until(lambda: worker_of(c) is not None, timeout=40, interval=0.5)
+        assert c.execute("SELECT count(*) FROM migrate.workload_samples()").fetchone()[0] >= samples
+    # And it leaves for a plain DROP DATABASE by its owner, which does not wait for it.
+    with gate.connect() as admin:
+        started = time.monotonic()
+        admin.execute(f"DROP DATABASE {db}")
+        assert time.monotonic() - started < 4.5
+        admin.execute("DROP ROLE gate_stranger")
+
+
+def test_decisions_stand_against_the_keeper_and_need_the_submitters_privileges(gate):
+    db = lookup_orders(gate, "gate_decisions", statements=False)
+    with gate.connect(db) as c:
+        c.execute("CREATE ROLE gate_dep LOGIN IN ROLE migrate_admin")
+        c.execute("CREATE ROLE gate_other LOGIN IN ROLE migrate_admin")
+        c.execute("GRANT ALL ON SCHEMA public TO gate_dep")
+        c.execute("ALTER TABLE orders OWNER TO gate_dep")
+        listener = gate.connect(db)
+        listener.execute("LISTEN migrate_watch")
+        with gate.connect(db, user="gate_dep") as dep, Clients(gate, db, "SELECT 1 FROM orders WHERE id = 3"):
+            baseline_ready(gate, db, statements=False)
+            # A rollback that the guard would refuse is refused when the migration is applied,
+            # not when the gate needs it.
+            f = failure(dep, "SELECT migrate.apply('1', 'ALTER TABLE orders ADD COLUMN w int', "
+                             "rollback => 'ALTER TABLE orders DROP COLUMN w', watch => '1 min', "
+                             "on_regression => 'rollback')")
+            assert f.sqlstate == "55000" and "rollback script" in f.message and "drop-column" in f.message, f
+            assert c.execute("SELECT count(*) FROM migrate.history").fetchone()[0] == 0
+            # A decision taken in a transaction that is still open stands once it commits: the
+            # keeper's looks wait for the applier lock and read the state again.
+            dep.execute("SELECT migrate.apply('2', 'COMMENT ON TABLE orders IS ''two''', "
+                        "rollback => 'COMMENT ON TABLE orders IS NULL', watch => '6 s', on_regression => 'rollback')")
+            wait_until(lambda: state(c, "2") == "watching", timeout=20, interval=0.2)
+            dep.execute("BEGIN")
+            assert dep.execute("SELECT migrate.accept('2', 'ticket SEC-1: customer secret')").fetchone() == ("complete",)
+            time.sleep(8)  # every look falls due meanwhile
+            dep.execute("COMMIT")
+            time.sleep(2.5)
+            assert c.execute("SELECT state, decided_by FROM migrate.watch_records WHERE version = '2'"
+                             ).fetchone() == ("complete", "gate_dep")
+            # Notifications carry the version and state, not the reason.
+            listener.execute("SELECT 1")
+            payloads = [n.payload for n in listener.notifies(timeout=0.5, stop_after=10)]
+            assert any('"version":"2"' in p and '"state":"complete"' in p for p in payloads), payloads
+            assert not any("secret" in p for p in payloads), payloads
+            # Rejecting a watch whose migration has not run yet would not stop it: refused.
+            dep.execute("BEGIN")
+            dep.execute("SELECT migrate.apply('3', 'CREATE INDEX CONCURRENTLY orders_note_idx ON orders (note)', "
+                        "watch => '1 min')")
+            f = failure(dep, "SELECT migrate.reject('3')")
+            assert f.sqlstate == "55000" and "cancel" in f.hint, f
+            dep.execute("ROLLBACK")
+            # An admin without the submitter's privileges can neither settle nor stop its rollback.
+            dep.execute("SELECT migrate.apply('4', 'COMMENT ON TABLE orders IS ''four''', "
+                        "rollback => 'SELECT pg_sleep(3); COMMENT ON TABLE orders IS NULL', watch => '1 min', "
+                        "on_regression => 'rollback')")
+            wait_until(lambda: state(c, "4") == "watching", timeout=20, interval=0.2)
+            with gate.connect(db, user="gate_other") as other:
+                assert failure(other, "SELECT migrate.accept('4')").sqlstate == "42501"
+                assert dep.execute("SELECT migrate.reject('4', 'bad')").fetchone() == ("rolling back",)
+                wait_until(lambda: c.execute("SELECT status FROM migrate.history WHERE version = '4'"
+                                             ).fetchone()[0] in ("pending", "running"), timeout=20, interval=0.1)
+                assert failure(other, "SELECT migrate.cancel('4')").sqlstate == "42501"
+            assert settled(c, "4", timeout=90) in ("rolled back", "rollback failed")
+            assert c.execute("SELECT obj_description('orders'::regclass)").fetchone() == (None,)
+        listener.close()
+    gate.drop_database(db)
+    with gate.connect() as admin:
+        admin.execute("DROP ROLE gate_dep")
+        admin.execute("DROP ROLE gate_other")

@@ -355,7 +355,20 @@ def test_the_guard_judges_phased_migrations(cluster, db, conn):
     ).fetchall() == [("1", "index-create-blocking", "public.items")]
 
 
-def test_the_worker_starts_within_a_second_of_commit_and_exits_when_idle(cluster, db, conn):
+@pytest.fixture
+def no_sampling(cluster):
+    """The workload is not sampled: a worker with nothing to do leaves (one that samples
+    stays, for the health gate's baselines; test_watch.py)."""
+    with cluster.connect() as c:
+        c.execute("ALTER SYSTEM SET migrate.watch_sample_interval = 0")
+        c.execute("SELECT pg_reload_conf()")
+    yield
+    with cluster.connect() as c:
+        c.execute("ALTER SYSTEM RESET migrate.watch_sample_interval")
+        c.execute("SELECT pg_reload_conf()")
+
+
+def test_the_worker_starts_within_a_second_of_commit_and_exits_when_idle(cluster, db, conn, no_sampling):
     populate(conn, rows=1000)
     time.sleep(3)  # whatever worker ran for this database has gone idle and left
     assert worker_pid(conn) is None
@@ -605,7 +618,8 @@ def test_writers_never_wait_on_a_concurrent_build(cluster, big_db, conn):
     assert worst < lock_timeout
 
 
-def test_cancelling_a_failed_migration_lets_the_next_one_run_without_another_wake_up(cluster, db, conn):
+def test_cancelling_a_failed_migration_lets_the_next_one_run_without_another_wake_up(cluster, db, conn,
+                                                                                    no_sampling):
     conn.execute("CREATE TABLE dup (id int)")
     conn.execute("INSERT INTO dup VALUES (1), (1)")
     conn.execute("SELECT migrate.apply('1', 'CREATE UNIQUE INDEX CONCURRENTLY dup_id ON dup (id)')")

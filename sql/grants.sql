@@ -33,6 +33,9 @@ GRANT SELECT ON migrate.window_history TO migrate_admin;
 GRANT SELECT ON migrate.windows TO PUBLIC;
 -- Counts of errors by kind, as pg_stat_database's are everyone's.
 GRANT SELECT ON migrate.error_counts TO PUBLIC;
+-- Watches: latencies and counts, no rows; admins, who decide on them.
+GRANT SELECT ON migrate.watch_records, migrate.watch_samples, migrate.watch_looks,
+                migrate.watch_status TO migrate_admin;
 
 -- Functions: nothing is executable by PUBLIC unless listed here.
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA migrate FROM PUBLIC;
@@ -75,12 +78,14 @@ GRANT EXECUTE ON PROCEDURE migrate.wait(text, interval) TO PUBLIC;
 -- migrate_admin themselves, with an error that says how to get the right, where PostgreSQL's
 -- own "permission denied" would not.
 GRANT EXECUTE ON FUNCTION
-    migrate.apply(text, text, text, text, text[], text),
+    migrate.apply(text, text, text, text, text[], text, interval, text),
     migrate.verify(text),
     migrate.baseline(text, text),
     migrate.record_schema(),
     migrate.retry(text),
     migrate.cancel(text),
+    migrate.accept(text, text),
+    migrate.reject(text, text),
     migrate.backfill(regclass, text, text, integer, integer, integer, interval, interval, text),
     migrate.pause(bigint),
     migrate.resume(bigint),
@@ -97,3 +102,5 @@ GRANT EXECUTE ON FUNCTION
 TO PUBLIC;
 -- Windows count their writes with it; creating the trigger needs EXECUTE.
 GRANT EXECUTE ON FUNCTION migrate.count_window_write() TO migrate_admin;
+-- The workload's recent samples: latencies and counts; admins, as the watches.
+GRANT EXECUTE ON FUNCTION migrate.workload_samples() TO migrate_admin;

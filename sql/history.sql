@@ -89,6 +89,8 @@ CREATE TABLE migrate.step_records (
     error_sqlstate     text,
     error_message      text,
     error_detail       text,
+    -- A phase of the migration's rollback script, added when its health gate failed.
+    rollback           boolean NOT NULL DEFAULT false,
     PRIMARY KEY (version, phase)
 );
 
@@ -136,7 +138,8 @@ SELECT s.version, s.phase, s.kind, s.first_statement, s.last_statement, s.first_
        s.state, s.attempts, s.started_at, s.finished_at, s.duration, s.worker_pid,
        s.target_table, s.indexes_before, s.built_index, s.backfill_id, s.error_sqlstate,
        migrate.quoted_data(s.error_message, h.applied_role) COLLATE pg_catalog."default" AS error_message,
-       migrate.quoted_data(s.error_detail, h.applied_role) COLLATE pg_catalog."default" AS error_detail
+       migrate.quoted_data(s.error_detail, h.applied_role) COLLATE pg_catalog."default" AS error_detail,
+       s.rollback
 FROM migrate.step_records s
 LEFT JOIN migrate.history h ON h.version OPERATOR(pg_catalog.=) s.version;
 
@@ -145,30 +148,6 @@ COMMENT ON VIEW migrate.steps IS
 
 COMMENT ON TABLE migrate.history IS
     'pg_migrate: one row per applied or baselined version; written only by migrate.apply and migrate.baseline';
-
-CREATE VIEW migrate.status AS
-SELECT version,
-       description,
-       status,
-       -- A migration is complete only once migrate.verify has passed.
-       CASE WHEN status <> 'applied' THEN status
-            WHEN verification = 'passed' THEN 'complete'
-            WHEN verification = 'failed' THEN 'applied, verification failed'
-            ELSE 'applied, unverified' END AS state,
-       finished_at AS applied_at,
-       applied_by,
-       duration,
-       statements,
-       phases,
-       retries,
-       lock_wait,
-       left(checksum, 12) AS checksum,
-       left(fingerprint, 12) AS fingerprint,
-       verified_at
-FROM migrate.history
-ORDER BY version_key;
-
-COMMENT ON VIEW migrate.status IS 'pg_migrate: the history in version order, for psql';
 
 -- pg_dump keeps the contents of these tables.
 SELECT pg_catalog.pg_extension_config_dump('migrate.history', '');

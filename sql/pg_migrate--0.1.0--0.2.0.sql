@@ -11,6 +11,8 @@
 ALTER TABLE migrate.steps RENAME TO step_records;
 ALTER TABLE migrate.backfills RENAME TO backfill_jobs;
 ALTER SEQUENCE migrate.backfills_id_seq RENAME TO backfill_jobs_id_seq;
+-- A watched migration's rollback runs as phases after its own.
+ALTER TABLE migrate.step_records ADD COLUMN rollback boolean NOT NULL DEFAULT false;
 DO $$
 DECLARE
     c record;
@@ -100,7 +102,8 @@ SELECT s.version, s.phase, s.kind, s.first_statement, s.last_statement, s.first_
        s.state, s.attempts, s.started_at, s.finished_at, s.duration, s.worker_pid,
        s.target_table, s.indexes_before, s.built_index, s.backfill_id, s.error_sqlstate,
        migrate.quoted_data(s.error_message, h.applied_role) COLLATE pg_catalog."default" AS error_message,
-       migrate.quoted_data(s.error_detail, h.applied_role) COLLATE pg_catalog."default" AS error_detail
+       migrate.quoted_data(s.error_detail, h.applied_role) COLLATE pg_catalog."default" AS error_detail,
+       s.rollback
 FROM migrate.step_records s
 LEFT JOIN migrate.history h ON h.version OPERATOR(pg_catalog.=) s.version;
 
@@ -582,3 +585,161 @@ COMMENT ON VIEW migrate.error_counts IS
 REVOKE EXECUTE ON FUNCTION migrate.error_counters() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION migrate.error_counters() TO PUBLIC;
 GRANT SELECT ON migrate.error_counts TO PUBLIC;
+
+-- The health gate: apply(..., watch => ..., on_regression => ...), accept, reject, and the
+-- workload's samples.
+DROP FUNCTION migrate.apply(text, text, text, text, text[], text);
+CREATE FUNCTION migrate.apply(
+    "version" text, "script" text, "description" text DEFAULT NULL,
+    "rollback" text DEFAULT NULL, "allow" text[] DEFAULT NULL, "verify" text DEFAULT NULL,
+    "watch" interval DEFAULT NULL, "on_regression" text DEFAULT NULL)
+RETURNS TABLE ("status" text, "version" text, "checksum" text, "statements" integer,
+               "duration" interval, "retries" integer, "lock_wait" interval)
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'apply_watched_wrapper';
+CREATE FUNCTION migrate.accept("version" text, "reason" text DEFAULT NULL) RETURNS text
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'accept_wrapper';
+CREATE FUNCTION migrate.reject("version" text, "reason" text DEFAULT NULL) RETURNS text
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'reject_wrapper';
+CREATE FUNCTION migrate.workload_samples()
+RETURNS TABLE ("taken_at" timestamp with time zone, "seconds" double precision,
+               "calls" double precision, "time_ms" double precision, "statements" integer,
+               "errors" bigint[])
+STRICT VOLATILE PARALLEL SAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'workload_samples_wrapper';
+REVOKE EXECUTE ON FUNCTION
+    migrate.apply(text, text, text, text, text[], text, interval, text),
+    migrate.accept(text, text), migrate.reject(text, text), migrate.workload_samples()
+FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    migrate.apply(text, text, text, text, text[], text, interval, text),
+    migrate.accept(text, text), migrate.reject(text, text)
+TO PUBLIC;
+GRANT EXECUTE ON FUNCTION migrate.workload_samples() TO migrate_admin;
+
+-- Watched migrations (apply(..., watch => ...)): the health gate after a change. The worker
+-- samples the workload every migrate.watch_sample_interval; a watch judges the samples
+-- since the change against those before it, at fixed looks, and ends complete, held, or
+-- rolled back by the migration's own rollback script run forward (src/watch/).
+CREATE TABLE migrate.watch_records (
+    version             text PRIMARY KEY REFERENCES migrate.history (version) ON DELETE CASCADE,
+    state               text NOT NULL DEFAULT 'waiting'
+                        CHECK (state IN ('waiting', 'watching', 'complete', 'held', 'rolling back',
+                                         'recovering', 'rolled back', 'rollback failed', 'rejected')),
+    on_regression       text NOT NULL CHECK (on_regression IN ('hold', 'rollback')),
+    watch               interval NOT NULL CHECK (watch > '0'),
+    requested_at        timestamptz NOT NULL,
+    -- When the migration took effect (its commit, or the worker's last phase): the looks
+    -- count from here.
+    started_at          timestamptz,
+    -- When the rollback's last phase was done: the recovery watch's looks count from here.
+    recovery_started_at timestamptz,
+    -- The workload's samples before the change (the ring in shared memory when it was
+    -- applied), which every look compares with.
+    baseline            jsonb NOT NULL,
+    looks               integer NOT NULL DEFAULT 0,
+    failing_looks       integer NOT NULL DEFAULT 0,
+    -- The last change of state, and for migrate.accept and migrate.reject, who and why.
+    changed_at          timestamptz NOT NULL,
+    decided_by          name,
+    reason              text,
+    -- The rollback's phases in migrate.steps start here.
+    rollback_phase      integer
+);
+
+CREATE TABLE migrate.watch_samples (
+    version             text NOT NULL REFERENCES migrate.watch_records (version) ON DELETE CASCADE,
+    stage               text NOT NULL CHECK (stage IN ('watch', 'recovery')),
+    taken_at            timestamptz NOT NULL,
+    seconds             float8 NOT NULL,
+    -- The time statements took over what the same calls took in the baseline (1: no change);
+    -- NULL without pg_stat_statements. coverage: the share of the calls it is measured on.
+    latency             float8,
+    coverage            float8,
+    calls               float8,
+    -- Errors by kind, in migrate.error_counts' order.
+    errors              bigint[] NOT NULL,
+    -- The longest current wait for a relation's lock in the database, and the replay lag of
+    -- the furthest streaming replica.
+    lock_wait_ms        float8 NOT NULL,
+    lag_bytes           float8 NOT NULL,
+    PRIMARY KEY (version, stage, taken_at)
+);
+
+CREATE TABLE migrate.watch_looks (
+    version             text NOT NULL REFERENCES migrate.watch_records (version) ON DELETE CASCADE,
+    stage               text NOT NULL CHECK (stage IN ('watch', 'recovery')),
+    look                integer NOT NULL,
+    looked_at           timestamptz NOT NULL,
+    -- One row per signal, and one ('look') with the look's verdict.
+    signal              text NOT NULL,
+    baseline            float8,
+    now                 float8,
+    shift               float8,
+    upper               float8,
+    p_value             float8,
+    verdict             text NOT NULL CHECK (verdict IN ('pass', 'fail', 'inconclusive', 'unavailable')),
+    PRIMARY KEY (version, stage, look, signal)
+);
+
+COMMENT ON TABLE migrate.watch_records IS 'pg_migrate: watched migrations and their health gates';
+COMMENT ON TABLE migrate.watch_samples IS 'pg_migrate: the workload sampled since each watched change';
+COMMENT ON TABLE migrate.watch_looks IS 'pg_migrate: the verdicts of each watch''s looks, by signal';
+
+-- The latest look of each watch, signal by signal: baseline against now, the shift, its
+-- upper bound and p-value, and the verdict.
+CREATE VIEW migrate.watch_status AS
+SELECT w.version, w.state, w.on_regression, w.started_at,
+       w.started_at + w.watch AS ends_at, w.looks, l.stage, l.look, l.looked_at, l.signal,
+       l.baseline, l.now, l.shift, l.upper, l.p_value, l.verdict
+FROM migrate.watch_records w
+LEFT JOIN migrate.watch_looks l
+       ON l.version OPERATOR(pg_catalog.=) w.version
+      AND (l.stage, l.look) = (SELECT x.stage, x.look FROM migrate.watch_looks x
+                                WHERE x.version OPERATOR(pg_catalog.=) w.version
+                                ORDER BY x.looked_at DESC, x.look DESC LIMIT 1)
+ORDER BY w.version, l.signal OPERATOR(pg_catalog.<>) 'look', l.signal;
+
+COMMENT ON VIEW migrate.watch_status IS
+    'pg_migrate: each watched migration''s latest look, signal by signal';
+
+CREATE OR REPLACE VIEW migrate.status AS
+SELECT h.version,
+       h.description,
+       h.status,
+       -- A migration is complete once migrate.verify has passed, or, when watched, once its
+       -- health gate has.
+       CASE WHEN w.state <> 'waiting' THEN w.state
+            WHEN h.status <> 'applied' THEN h.status
+            WHEN w.state IS NOT NULL THEN 'watching'
+            WHEN h.verification = 'passed' THEN 'complete'
+            WHEN h.verification = 'failed' THEN 'applied, verification failed'
+            ELSE 'applied, unverified' END AS state,
+       h.finished_at AS applied_at,
+       h.applied_by,
+       h.duration,
+       h.statements,
+       h.phases,
+       h.retries,
+       h.lock_wait,
+       left(h.checksum, 12) AS checksum,
+       left(h.fingerprint, 12) AS fingerprint,
+       h.verified_at,
+       CASE WHEN w.state = 'complete' THEN w.changed_at
+            WHEN w.state IS NULL AND h.verification = 'passed' THEN h.verified_at END AS completed_at
+FROM migrate.history h
+LEFT JOIN migrate.watch_records w ON w.version OPERATOR(pg_catalog.=) h.version
+ORDER BY h.version_key;
+
+COMMENT ON VIEW migrate.status IS 'pg_migrate: the history in version order, for psql';
+
+SELECT pg_catalog.pg_extension_config_dump('migrate.watch_records', '');
+SELECT pg_catalog.pg_extension_config_dump('migrate.watch_samples', '');
+SELECT pg_catalog.pg_extension_config_dump('migrate.watch_looks', '');
+
+REVOKE ALL ON migrate.watch_records, migrate.watch_samples, migrate.watch_looks,
+              migrate.watch_status FROM PUBLIC;
+GRANT SELECT ON migrate.watch_records, migrate.watch_samples, migrate.watch_looks,
+                migrate.watch_status TO migrate_admin;

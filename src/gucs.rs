@@ -1,7 +1,7 @@
 //! The `migrate.*` settings. Defaults and their reasons are in the README.
 
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 
 /// How long any one statement of a migration may wait for a lock before the whole attempt
 /// is rolled back (and every lock it took released).
@@ -128,6 +128,153 @@ pub fn allowed_rules() -> Allowed {
         Allowed::Honoured(ids)
     } else {
         Allowed::NotTheSetters(ids, crate::pg::identity::role_name(setter))
+    }
+}
+
+/// The health gate (issue 16): how often the worker samples the workload, the baseline a
+/// watch takes from before the change, the time a change is given to settle, and the
+/// thresholds of its judgement. Read by the worker: set them in postgresql.conf.
+pub static WATCH_SAMPLE_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(10);
+pub static WATCH_BASELINE_S: GucSetting<i32> = GucSetting::<i32>::new(300);
+pub static WATCH_SETTLE_S: GucSetting<i32> = GucSetting::<i32>::new(30);
+pub static WATCH_MIN_SAMPLES: GucSetting<i32> = GucSetting::<i32>::new(6);
+pub static WATCH_MIN_ERRORS: GucSetting<i32> = GucSetting::<i32>::new(10);
+pub static WATCH_LOCK_WAIT_MS: GucSetting<i32> = GucSetting::<i32>::new(5_000);
+pub static WATCH_ALPHA: GucSetting<f64> = GucSetting::<f64>::new(0.05);
+pub static WATCH_LATENCY_TOLERANCE: GucSetting<f64> = GucSetting::<f64>::new(0.2);
+pub static WATCH_BRAKE: GucSetting<f64> = GucSetting::<f64>::new(10.0);
+
+/// A setting's name, descriptions, variable, bounds (and unit).
+type IntGuc = (
+    &'static CStr,
+    &'static CStr,
+    &'static CStr,
+    &'static GucSetting<i32>,
+    i32,
+    i32,
+    GucFlags,
+);
+type FloatGuc = (
+    &'static CStr,
+    &'static CStr,
+    &'static CStr,
+    &'static GucSetting<f64>,
+    f64,
+    f64,
+);
+
+fn define_watch_gucs() {
+    let ints: [IntGuc; 6] = [
+        (
+            c"migrate.watch_sample_interval",
+            c"How often the worker samples the workload of a database with pg_migrate.",
+            c"Each sample reads pg_stat_statements (when installed in the database) and the \
+              errors counted by the log hook. 0 turns sampling, and so watches, off. A worker \
+              that samples keeps its slot (migrate.max_workers) unless another database waits.",
+            &WATCH_SAMPLE_INTERVAL_S,
+            0,
+            3600,
+            GucFlags::UNIT_S,
+        ),
+        (
+            c"migrate.watch_baseline",
+            c"How much of the workload before a change a watch compares with.",
+            c"Taken from the samples in shared memory when the migration is applied (at most \
+              48 samples).",
+            &WATCH_BASELINE_S,
+            1,
+            86_400,
+            GucFlags::UNIT_S,
+        ),
+        (
+            c"migrate.watch_settle",
+            c"Samples this soon after a change are not judged.",
+            c"Caches refill and plans are made again after DDL; the first seconds say little.",
+            &WATCH_SETTLE_S,
+            0,
+            86_400,
+            GucFlags::UNIT_S,
+        ),
+        (
+            c"migrate.watch_min_samples",
+            c"Samples needed on each side before latency can pass or fail a look.",
+            c"",
+            &WATCH_MIN_SAMPLES,
+            2,
+            1000,
+            GucFlags::default(),
+        ),
+        (
+            c"migrate.watch_min_errors",
+            c"Errors of one kind beyond the baseline's rate needed to fail a look.",
+            c"A handful of errors is not a regression, however unlikely the test finds them.",
+            &WATCH_MIN_ERRORS,
+            1,
+            i32::MAX,
+            GucFlags::default(),
+        ),
+        (
+            c"migrate.watch_lock_wait",
+            c"A lock wait this long, in three samples in a row, fails a look.",
+            c"The longest wait of any session for a lock on a relation of the database. \
+              0 turns the rule off.",
+            &WATCH_LOCK_WAIT_MS,
+            0,
+            i32::MAX,
+            GucFlags::UNIT_MS,
+        ),
+    ];
+    for (name, short, long, setting, min, max, flags) in ints {
+        GucRegistry::define_int_guc(
+            name,
+            short,
+            long,
+            setting,
+            min,
+            max,
+            GucContext::Sighup,
+            flags,
+        );
+    }
+    let floats: [FloatGuc; 3] = [
+        (
+            c"migrate.watch_alpha",
+            c"The chance of a false alarm over all the looks and tests of one watch.",
+            c"Spread evenly (Bonferroni) over every test of every look.",
+            &WATCH_ALPHA,
+            1e-9,
+            0.5,
+        ),
+        (
+            c"migrate.watch_latency_tolerance",
+            c"How much slower statements may become and the change still pass (0.2: 20%).",
+            c"A look passes when the upper bound of the latency ratio's confidence interval is \
+              within it, and fails when the ratio is significantly above it.",
+            &WATCH_LATENCY_TOLERANCE,
+            0.0,
+            100.0,
+        ),
+        (
+            c"migrate.watch_brake",
+            c"A latency ratio that fails a look at once.",
+            c"Two samples this much slower than the baseline's median stop the watch without \
+              waiting for a second failing look.",
+            &WATCH_BRAKE,
+            1.0,
+            1e6,
+        ),
+    ];
+    for (name, short, long, setting, min, max) in floats {
+        GucRegistry::define_float_guc(
+            name,
+            short,
+            long,
+            setting,
+            min,
+            max,
+            GucContext::Sighup,
+            GucFlags::default(),
+        );
     }
 }
 
@@ -393,4 +540,5 @@ fn backfill_settings() {
         GucContext::Userset,
         GucFlags::UNIT_KB,
     );
+    define_watch_gucs();
 }

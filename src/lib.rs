@@ -89,7 +89,7 @@ pgrx::extension_sql_file!(
 pgrx::extension_sql_file!(
     "../sql/watch.sql",
     name = "watch",
-    requires = [watch::error_counters]
+    requires = ["history", watch::error_counters]
 );
 pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
@@ -97,11 +97,14 @@ pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     if pg::process::loading_at_server_start() {
-        pg::utility_hook::install(&[
-            guard::hooks::utility_hook::judge,
-            window::sessions::utility_statement,
-            watch::utility_statement,
-        ]);
+        pg::utility_hook::install(
+            &[
+                guard::hooks::utility_hook::judge,
+                window::sessions::utility_statement,
+                watch::utility_statement,
+            ],
+            &[watch::utility_statement_done],
+        );
         pg::executor_hook::install(pg::executor_hook::Observer {
             wanted: window::sessions::wanted,
             started: window::sessions::started,
@@ -109,6 +112,7 @@ pub extern "C-unwind" fn _PG_init() {
         });
         pg::shmem::init();
         pg::error_hook::install(watch::signals::classify);
+        pg::sample_ring::init();
         worker::launcher::register();
     }
 }

@@ -351,14 +351,15 @@ CREATE TABLE b (
             // and abort check membership too (a dry run of expand is everyone's);
             // writes_version is evaluated by every bridged write, whoever the writer;
             // may_read_as and quoted_data (twice: a text, keys) by the views that withhold
-            // what quotes rows; error_counters by migrate.error_counts.
+            // what quotes rows; error_counters by migrate.error_counts. accept and reject
+            // check membership and the submitter's privileges themselves.
             Some(
-                "abort all_objects apply assert_safe backfill baseline cancel cancel changes \
+                "abort accept all_objects apply assert_safe backfill baseline cancel cancel changes \
                  contract current_version describe describe_objects describe_table_objects \
                  described_relations description_of diff dry_run error_counters expand extend \
                  fingerprint fingerprint_of hash_sum lint may_read_as object_hash pause \
                  quoted_data quoted_data \
-                 record_schema recorded_schema resume retry rule_catalog schema_is_described \
+                 record_schema recorded_schema reject resume retry rule_catalog schema_is_described \
                  validate verify \
                  version_key wait window_sessions window_writes writes_version"
             )

@@ -14,7 +14,7 @@ use crate::migration::parse;
 use crate::migration::phases;
 use crate::migration::running::{self, Running};
 use crate::migration::script::{self, require_script, within_size, Statement};
-use crate::migration::status::{Skipped, Status};
+use crate::migration::status::{OnRegression, Skipped, Status};
 use crate::migration::version::Version;
 use crate::pg::nodes::StmtTree;
 use crate::pg::shmem;
@@ -22,15 +22,54 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use std::time::Duration;
 
+/// `migrate.apply` as the objects of pg_migrate 0.1.0 declare it (six arguments, this
+/// symbol): after a package upgrade and before `ALTER EXTENSION pg_migrate UPDATE`, calls
+/// through them get the stale-objects refusal, not a failure to read arguments they do not
+/// pass. No SQL of its own.
 #[allow(clippy::type_complexity)]
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(sql = false, volatile, parallel_unsafe)]
 fn apply(
+    version: Option<&str>,
+    script: Option<&str>,
+    description: Option<&str>,
+    rollback: Option<&str>,
+    allow: Option<Vec<Option<String>>>,
+    verify: Option<&str>,
+) -> TableIterator<
+    'static,
+    (
+        name!(status, String),
+        name!(version, String),
+        name!(checksum, Option<String>),
+        name!(statements, i32),
+        name!(duration, Interval),
+        name!(retries, i32),
+        name!(lock_wait, Interval),
+    ),
+> {
+    apply_watched(
+        version,
+        script,
+        description,
+        rollback,
+        allow,
+        verify,
+        None,
+        None,
+    )
+}
+
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+#[pg_extern(name = "apply", volatile, parallel_unsafe)]
+fn apply_watched(
     version: Option<&str>,
     script: Option<&str>,
     description: default!(Option<&str>, "NULL"),
     rollback: default!(Option<&str>, "NULL"),
     allow: default!(Option<Vec<Option<String>>>, "NULL"),
     verify: default!(Option<&str>, "NULL"),
+    watch: default!(Option<Interval>, "NULL"),
+    on_regression: default!(Option<&str>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -46,6 +85,7 @@ fn apply(
     crate::pg::identity::require_admin("apply migrations").or_raise();
     let version = Version::parse(version).or_raise();
     let script = require_script(script).or_raise();
+    let watch = crate::watch::request(watch.as_ref(), on_regression, rollback.is_some()).or_raise();
     let mut allow = crate::guard::lint::rule_ids(allow).or_raise();
     // Overrides the caller set for this transaction (SET LOCAL migrate.allow) let the
     // migration through as much as allow => does: both are recorded with it, and both
@@ -62,6 +102,7 @@ fn apply(
         rollback,
         allow,
         verify,
+        watch,
     ))
 }
 
@@ -75,16 +116,20 @@ pub(crate) fn apply_script(
     rollback: Option<&str>,
     allow: Vec<String>,
     verify: Option<&str>,
+    watch: Option<crate::watch::Request>,
 ) -> ApplyRow {
     let version = version.clone();
     refuse_unsafe_context().or_raise();
     let what = format!("migration {version}");
     let trees = parse_for_apply(&what, script).or_raise();
     let statements: Vec<Statement> = trees.iter().map(|(s, _)| s.clone()).collect();
-    if let Some(rollback) = rollback {
-        within_size("rollback", rollback).or_raise();
-        parse_for_apply(&format!("the rollback script of {what}"), rollback).or_raise();
-    }
+    let rollback_trees = match rollback {
+        Some(rollback) => {
+            within_size("rollback", rollback).or_raise();
+            parse_for_apply(&format!("the rollback script of {what}"), rollback).or_raise()
+        }
+        None => Vec::new(),
+    };
     if let Some(verify) = verify {
         within_size("verify", verify).or_raise();
         crate::migration::parse::parse_queries(&format!("the verify queries of {what}"), verify)
@@ -141,12 +186,24 @@ pub(crate) fn apply_script(
             )
         }
         Decision::Apply => {
+            crate::watch::refuse_while_open(version.as_str()).or_raise();
             let running = Running {
                 version: version.to_string(),
                 has_rollback: rollback.is_some(),
                 allow: allow.clone(),
             };
             refuse_unsafe_statements(&what, &trees, &running).or_raise();
+            // A rollback the health gate may run on its own is judged now, by the same rules
+            // and overrides its phases will run under: refused when it is needed, it would
+            // leave the regression in place.
+            if watch.is_some_and(|w| w.on_regression == OnRegression::Rollback) {
+                refuse_unsafe_statements(
+                    &format!("the rollback script of {what}"),
+                    &rollback_trees,
+                    &running,
+                )
+                .or_raise();
+            }
             // Versions run in order: behind one the worker has not finished, even a wholly
             // transactional migration waits its turn there.
             let behind = history::lowest_unfinished();
@@ -161,6 +218,7 @@ pub(crate) fn apply_script(
                     &allow,
                     verify,
                     behind.as_ref(),
+                    watch.as_ref(),
                 );
             }
             let started_at = history::clock_now();
@@ -187,6 +245,9 @@ pub(crate) fn apply_script(
                 verify,
                 schema: Some(schema),
             });
+            if let Some(watch) = &watch {
+                crate::watch::record(version.as_str(), watch);
+            }
             (
                 Status::Applied.to_string(),
                 version.to_string(),
@@ -215,6 +276,7 @@ fn submit(
     allow: &[String],
     verify: Option<&str>,
     behind: Option<&Recorded>,
+    watch: Option<&crate::watch::Request>,
 ) -> ApplyRow {
     if !shmem::available() {
         Problem::new(
@@ -247,6 +309,9 @@ fn submit(
         schema: None,
     });
     steps::insert(version.as_str(), script, &plan);
+    if let Some(watch) = watch {
+        crate::watch::record(version.as_str(), watch);
+    }
     shmem::wake_at_commit();
     let phases = match plan.len() {
         1 => "1 phase".to_string(),

@@ -28,6 +28,40 @@ pub fn insert(version: &str, script: &str, phases: &[Phase]) {
     }
 }
 
+/// Adds a watched migration's rollback script as phases after its own, and queues the
+/// migration for the worker again: the rollback runs forward, recorded and judged as any
+/// phase. Returns the number of its first phase.
+pub fn insert_rollback(version: &str, script: &str, phases: &[Phase]) -> i32 {
+    let before: i32 = crate::pg::spi::kept_value_as_owner(
+        "SELECT coalesce(max(phase), 0) FROM migrate.step_records WHERE version = $1",
+        &[version.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(0);
+    for phase in phases {
+        write(
+            "INSERT INTO migrate.step_records (version, phase, kind, first_statement, last_statement, \
+               first_line, sql, rollback) VALUES ($1, $2, $3, $4, $5, $6, $7, true)",
+            &[
+                version.into(),
+                (before + phase.number as i32).into(),
+                phase.kind.name().into(),
+                (phase.first_statement as i32).into(),
+                (phase.last_statement as i32).into(),
+                (phase.first_line as i32).into(),
+                phase.text(script).into(),
+            ],
+        );
+    }
+    write(
+        "UPDATE migrate.history SET status = 'pending', finished_at = NULL, \
+           phases = $2 WHERE version = $1",
+        &[version.into(), (before + phases.len() as i32).into()],
+    );
+    before + 1
+}
+
 /// What the worker should do next in this database.
 #[derive(Debug, Clone)]
 pub enum Next {

@@ -122,6 +122,53 @@ spelt!(
     }
 );
 
+spelt!(
+    /// `migrate.watch_records.state`: a watched migration's health gate.
+    WatchState {
+        Waiting = "waiting",
+        Watching = "watching",
+        Complete = "complete",
+        Held = "held",
+        RollingBack = "rolling back",
+        Recovering = "recovering",
+        RolledBack = "rolled back",
+        RollbackFailed = "rollback failed",
+        Rejected = "rejected",
+    }
+);
+
+impl WatchState {
+    /// The gate is open: the migration's effect on the workload is not settled.
+    pub fn open(self) -> bool {
+        matches!(
+            self,
+            WatchState::Waiting
+                | WatchState::Watching
+                | WatchState::Held
+                | WatchState::RollingBack
+                | WatchState::Recovering
+        )
+    }
+}
+
+spelt!(
+    /// `apply(..., on_regression => ...)`: what a failed health gate does.
+    OnRegression {
+        Hold = "hold",
+        Rollback = "rollback",
+    }
+);
+
+spelt!(
+    /// One signal's, or one look's, verdict in `migrate.watch_status`.
+    LookVerdict {
+        Pass = "pass",
+        Fail = "fail",
+        Inconclusive = "inconclusive",
+        Unavailable = "unavailable",
+    }
+);
+
 #[cfg(test)]
 mod unit {
     use super::*;

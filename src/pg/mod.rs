@@ -12,6 +12,7 @@ pub mod hash_input;
 pub mod identity;
 pub mod nodes;
 pub mod process;
+pub mod sample_ring;
 pub mod shmem;
 pub mod simple_query;
 pub mod spi;

@@ -80,6 +80,141 @@ pub fn dropped_database(stmt: StmtTree) -> Option<pg_sys::Oid> {
     }
 }
 
+/// The databases a statement needs no other session connected to, and that the current user
+/// may have emptied: the one `DROP DATABASE` drops, `ALTER DATABASE ... RENAME TO` renames or
+/// `... SET TABLESPACE` moves (its owner's), and the template `CREATE DATABASE` copies (by a
+/// role with CREATEDB, of a template or a database it owns), as PostgreSQL checks them. A
+/// statement that will be refused empties nothing.
+pub fn emptied_databases(stmt: StmtTree) -> Vec<pg_sys::Oid> {
+    let copies = stmt.is(pg_sys::NodeTag::T_CreatedbStmt);
+    database_names(stmt)
+        .into_iter()
+        .filter(|n| !n.is_null())
+        // SAFETY: a NUL-terminated name from the tree.
+        .map(|n| unsafe { pg_sys::get_database_oid(n, true) })
+        .filter(|oid| *oid != pg_sys::InvalidOid && may_empty(*oid, copies))
+        .collect()
+}
+
+/// Whether the current user passes the checks that let it drop, rename or move `database`
+/// (ownership), or copy it (CREATEDB, and a template or ownership).
+fn may_empty(database: pg_sys::Oid, copy: bool) -> bool {
+    let user = crate::pg::identity::current_user();
+    // SAFETY: a syscache copy of pg_database's row, read and freed here; role lookups by oid.
+    unsafe {
+        let tuple = pg_sys::SearchSysCacheCopy(
+            pg_sys::SysCacheIdentifier::DATABASEOID as _,
+            pg_sys::Datum::from(database),
+            pg_sys::Datum::from(0),
+            pg_sys::Datum::from(0),
+            pg_sys::Datum::from(0),
+        );
+        if tuple.is_null() {
+            return false;
+        }
+        let form = &*pg_sys::GETSTRUCT(tuple).cast::<pg_sys::FormData_pg_database>();
+        let (owner, template) = (form.datdba, form.datistemplate);
+        pg_sys::heap_freetuple(tuple);
+        let owns = pg_sys::has_privs_of_role(user, owner);
+        if !copy {
+            return owns;
+        }
+        (template || owns) && (pg_sys::superuser_arg(user) || role_may_create_databases(user))
+    }
+}
+
+/// rolcreatedb of `role`.
+///
+/// # Safety
+/// Reads the syscache; call inside a transaction.
+unsafe fn role_may_create_databases(role: pg_sys::Oid) -> bool {
+    let tuple = pg_sys::SearchSysCacheCopy(
+        pg_sys::SysCacheIdentifier::AUTHOID as _,
+        pg_sys::Datum::from(role),
+        pg_sys::Datum::from(0),
+        pg_sys::Datum::from(0),
+        pg_sys::Datum::from(0),
+    );
+    if tuple.is_null() {
+        return false;
+    }
+    let may = (*pg_sys::GETSTRUCT(tuple).cast::<pg_sys::FormData_pg_authid>()).rolcreatedb;
+    pg_sys::heap_freetuple(tuple);
+    may
+}
+
+/// The database names a statement that needs them empty names.
+fn database_names(stmt: StmtTree) -> Vec<*const std::ffi::c_char> {
+    // SAFETY: each tree as its tag says, allocated for the statement's life.
+    unsafe {
+        if stmt.is(pg_sys::NodeTag::T_DropdbStmt) {
+            vec![(*(stmt.node() as *mut pg_sys::DropdbStmt)).dbname]
+        } else if stmt.is(pg_sys::NodeTag::T_RenameStmt) {
+            let rename = stmt.node() as *mut pg_sys::RenameStmt;
+            if (*rename).renameType == pg_sys::ObjectType::OBJECT_DATABASE {
+                vec![(*rename).subname]
+            } else {
+                vec![]
+            }
+        } else if stmt.is(pg_sys::NodeTag::T_CreatedbStmt) {
+            let create = stmt.node() as *mut pg_sys::CreatedbStmt;
+            option_values((*create).options, c"template")
+        } else if stmt.is(pg_sys::NodeTag::T_AlterDatabaseStmt) {
+            let alter = stmt.node() as *mut pg_sys::AlterDatabaseStmt;
+            if option_values((*alter).options, c"tablespace").is_empty() {
+                vec![]
+            } else {
+                vec![(*alter).dbname]
+            }
+        } else {
+            vec![]
+        }
+    }
+}
+
+/// The string values of the options named `name` in a list of DefElems.
+///
+/// # Safety
+/// `options` must be NULL or a List of DefElem.
+unsafe fn option_values(
+    options: *mut pg_sys::List,
+    name: &std::ffi::CStr,
+) -> Vec<*const std::ffi::c_char> {
+    let mut found = Vec::new();
+    if options.is_null() {
+        return found;
+    }
+    for i in 0..(*options).length {
+        let def = pg_sys::list_nth(options, i) as *mut pg_sys::DefElem;
+        if def.is_null() || (*def).defname.is_null() || (*def).arg.is_null() {
+            continue;
+        }
+        if std::ffi::CStr::from_ptr((*def).defname) == name {
+            // defGetString raises on a value of another type; a template is a name.
+            if (*(*def).arg).type_ == pg_sys::NodeTag::T_String {
+                found.push(pg_sys::defGetString(def) as *const _);
+            }
+        }
+    }
+    found
+}
+
+/// The extension a `CREATE EXTENSION` creates.
+pub fn created_extension(stmt: StmtTree) -> Option<String> {
+    if !stmt.is(pg_sys::NodeTag::T_CreateExtensionStmt) {
+        return None;
+    }
+    // SAFETY: a CreateExtensionStmt's tree, allocated for the statement's life.
+    unsafe {
+        let create = stmt.node() as *mut pg_sys::CreateExtensionStmt;
+        (!(*create).extname.is_null()).then(|| {
+            std::ffi::CStr::from_ptr((*create).extname)
+                .to_string_lossy()
+                .into_owned()
+        })
+    }
+}
+
 /// The table a `COPY table TO` reads (COPY of a query runs it through the executor); None
 /// for any other statement, or a table that does not exist.
 pub fn copied_out_table(stmt: StmtTree) -> Option<pg_sys::Oid> {

@@ -156,3 +156,9 @@ pub fn connectable_databases() -> Vec<u32> {
     }
     found
 }
+
+/// The clock (TimestampTz).
+pub fn now() -> i64 {
+    // SAFETY: reads the clock.
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}

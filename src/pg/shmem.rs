@@ -17,6 +17,9 @@ pub const MAX_SLOTS: usize = 64;
 pub struct Slot {
     /// 0: free.
     pub database: u32,
+    /// The worker is asked to leave: its database is about to be dropped, renamed or copied,
+    /// which no other session may be connected to.
+    pub leave: bool,
     /// The worker serving it, 0 when none runs.
     pub pid: i32,
     /// The worker's process latch (an address in shared memory, the same in every process).
@@ -744,6 +747,26 @@ pub fn wanted() -> (Vec<u32>, usize) {
     (wanted, running)
 }
 
+/// Whether another database waits for a worker slot (or asked when none was free): a worker
+/// that only samples its database's workload then gives its slot up.
+pub fn others_waiting(database: pg_sys::Oid) -> bool {
+    if !available() {
+        return false;
+    }
+    // SAFETY: reads the clock.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let database = u32::from(database);
+    let shared = STATE.share();
+    shared.overflow
+        || shared.slots.iter().any(|s| {
+            s.database != 0
+                && s.database != database
+                && s.wanted
+                && s.pid == 0
+                && s.not_before <= now
+        })
+}
+
 /// Asks for `database`'s worker at `at` (TimestampTz) at the latest, or never (0): the
 /// worker says when it next has something to do on time.
 pub fn wake_at(database: pg_sys::Oid, at: i64) {
@@ -752,6 +775,19 @@ pub fn wake_at(database: pg_sys::Oid, at: i64) {
     }
     if let Some(slot) = STATE.exclusive().slot_for(u32::from(database)) {
         slot.wake_at = at;
+    }
+}
+
+/// Asks for `database`'s worker at `at` at the latest, keeping an earlier time asked for
+/// already (an expand window's next alert).
+pub fn wake_by(database: pg_sys::Oid, at: i64) {
+    if !available() {
+        return;
+    }
+    if let Some(slot) = STATE.exclusive().slot_for(u32::from(database)) {
+        if slot.wake_at == 0 || slot.wake_at > at {
+            slot.wake_at = at;
+        }
     }
 }
 
@@ -821,8 +857,44 @@ pub fn register_worker(database: pg_sys::Oid) -> bool {
         wanted: false,
         not_before: 0,
         wake_at: slot.wake_at,
+        leave: false,
     };
     true
+}
+
+/// How long a worker asked to leave stays away: the statement that asked runs meanwhile.
+const LEAVE_US: i64 = 10_000_000;
+
+/// Asks `database`'s worker to leave, and not to be started again for a while.
+pub fn ask_to_leave(database: pg_sys::Oid) {
+    if !available() {
+        return;
+    }
+    let database = u32::from(database);
+    // SAFETY: reads the clock.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let mut shared = STATE.exclusive();
+    if let Some(slot) = shared.slots.iter_mut().find(|s| s.database == database) {
+        slot.leave = true;
+        slot.not_before = now + LEAVE_US;
+        // It comes back (to a database that still exists) for its next sample.
+        slot.wake_at = now + LEAVE_US;
+        if slot.pid != 0 {
+            set_latch(slot.latch);
+        }
+    }
+}
+
+/// Whether this worker was asked to leave.
+pub fn asked_to_leave(database: pg_sys::Oid) -> bool {
+    let database = u32::from(database);
+    // SAFETY: reads this process's pid.
+    let pid = unsafe { pg_sys::MyProcPid };
+    STATE
+        .share()
+        .slots
+        .iter()
+        .any(|s| s.database == database && s.pid == pid && s.leave)
 }
 
 /// How long a worker that exited on an error waits before it is started again.
@@ -852,14 +924,21 @@ pub fn unregister_worker(database: pg_sys::Oid, failed: bool) {
         .iter_mut()
         .find(|s| s.database == database && s.pid == pid)
     {
-        *slot = if failed || slot.wanted || slot.wake_at != 0 {
+        *slot = if failed || slot.wanted || slot.wake_at != 0 || slot.leave {
             Slot {
                 database,
                 pid: 0,
                 latch: 0,
                 wanted: failed || slot.wanted,
-                not_before: if failed { now + RESTART_DELAY_US } else { 0 },
+                not_before: if failed {
+                    now + RESTART_DELAY_US
+                } else if slot.leave {
+                    slot.not_before
+                } else {
+                    0
+                },
                 wake_at: slot.wake_at,
+                leave: false,
             }
         } else {
             Slot::default()

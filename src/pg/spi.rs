@@ -42,6 +42,15 @@ where
     .map(|pairs| pairs.into_iter().flatten().collect())
 }
 
+/// Every row of a query, mapped, with search_path pinned.
+pub fn pinned_rows<T>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+    map: impl Fn(pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
+) -> Result<Vec<T>, pgrx::spi::Error> {
+    pinned(|| pgrx::Spi::connect(|client| client.select(sql, None, args)?.map(&map).collect()))
+}
+
 /// The first row `sql` returns, mapped, read with `search_path` pinned: pg_migrate's
 /// single-row queries of its tables and the catalogs.
 pub fn pinned_row<T>(

@@ -8,14 +8,16 @@ use std::ffi::c_char;
 
 static mut PREVIOUS: pg_sys::ProcessUtility_hook_type = None;
 static mut JUDGES: &[fn(StmtTree)] = &[];
+static mut FOLLOWERS: &[fn()] = &[];
 
 /// Has each of `judges`, in order, see every utility statement (in a transaction) before it
-/// runs; one may raise to stop it. Called from _PG_init while shared_preload_libraries is
-/// being processed.
-pub fn install(judges: &'static [fn(StmtTree)]) {
+/// runs; one may raise to stop it. Each of `followers` is called once a statement has run
+/// without an error. Called from _PG_init while shared_preload_libraries is being processed.
+pub fn install(judges: &'static [fn(StmtTree)], followers: &'static [fn()]) {
     // SAFETY: _PG_init runs once per process, before any statement.
     unsafe {
         JUDGES = judges;
+        FOLLOWERS = followers;
         PREVIOUS = pg_sys::ProcessUtility_hook;
         pg_sys::ProcessUtility_hook = Some(process_utility);
     }
@@ -29,6 +31,13 @@ unsafe extern "C-unwind" fn judge(node: *mut pg_sys::Node) {
     for judge in JUDGES {
         // The statement ProcessUtility is about to run: its tree lives until it ends.
         judge(StmtTree::new(node));
+    }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn follow() {
+    for follower in FOLLOWERS {
+        follower();
     }
 }
 
@@ -74,7 +83,8 @@ unsafe extern "C-unwind" fn process_utility(
         query_env,
         dest,
         qc,
-    )
+    );
+    follow();
 }
 
 #[cfg(feature = "pg13")]
@@ -90,5 +100,6 @@ unsafe extern "C-unwind" fn process_utility(
 ) {
     judge((*pstmt).utilityStmt);
     let next = PREVIOUS.unwrap_or(standard_process_utility_raw);
-    next(pstmt, query_string, context, params, query_env, dest, qc)
+    next(pstmt, query_string, context, params, query_env, dest, qc);
+    follow();
 }

@@ -2,9 +2,7 @@
 //! Latency by a one-sided Mann-Whitney U test with a Hodges-Lehmann estimate of the shift
 //! (on logarithms, so that a shift is a ratio); errors by a conditional binomial test,
 //! valid when the baseline had none. Plain Rust over plain numbers: the unit tests check
-//! them against SciPy's figures. Nothing outside the tests calls them yet: the watch that
-//! samples a migration's workload and judges it by them is the next part of issue 16.
-#![cfg_attr(not(test), allow(dead_code))]
+//! them against SciPy's figures.
 
 use statrs::distribution::{Binomial, ContinuousCDF, DiscreteCDF, Normal};
 

@@ -249,6 +249,7 @@ fn expand(
         None,
         Vec::new(),
         None,
+        None,
     );
     drop(restores_settings);
     if Status::parse(&status).is_none_or(|s| !matches!(s, Status::Applied | Status::Pending)) {

@@ -48,13 +48,25 @@ pub extern "C-unwind" fn pg_migrate_worker_main(arg: pg_sys::Datum) {
     shmem::unregister_worker_at_exit(database);
     submitter::set_application_name();
 
+    // The settings this session started with, to notice when they change.
+    settings_changed();
     let mut idle_since = Instant::now();
     loop {
         crate::pg::process::reload_config_if_asked();
+        if shmem::asked_to_leave(database) {
+            break;
+        }
         // Work committed since the last look may have opened or ended a window.
         let asked = shmem::take_request(database);
         keep_window_time(database, asked);
-        let pause = match work_once() {
+        let turn = work_once();
+        if matches!(turn, Turn::Gone) {
+            break;
+        }
+        // The workload's sample, when one is due, and the watches kept after it: between
+        // phases, never during one.
+        let next_sample = crate::watch::turn();
+        let pause = match turn {
             Turn::Worked => {
                 idle_since = Instant::now();
                 continue;
@@ -73,18 +85,75 @@ pub extern "C-unwind" fn pg_migrate_worker_main(arg: pg_sys::Datum) {
             Turn::Idle => {
                 let idle_limit =
                     Duration::from_secs(gucs::WORKER_IDLE_TIMEOUT_S.get().max(1) as u64);
-                if idle_since.elapsed() >= idle_limit {
+                if idle_since.elapsed() >= idle_limit && !stays_to_sample(database, next_sample) {
                     break;
                 }
                 Duration::from_secs(10).min(idle_limit)
             }
         };
+        let pause = next_sample.map_or(pause, |due| pause.min(due));
         // A latch set by a committing submitter wakes us at once; the timeout is a fallback.
         if !BackgroundWorker::wait_latch(Some(pause)) {
             break; // the postmaster died
         }
     }
     shmem::unregister_worker(database, false);
+}
+
+/// An idle worker stays to sample its database's workload (the baseline of the next
+/// watched migration), and always while a watch is open; but gives its slot up to another
+/// database waiting for one, and asks to come back for its next sample.
+fn stays_to_sample(database: pg_sys::Oid, next_sample: Option<Duration>) -> bool {
+    let Some(due) = next_sample else {
+        return false;
+    };
+    let now = crate::pg::process::now();
+    // Settings given to the database or its roles (ALTER DATABASE ... SET) are read when a
+    // session starts: a worker that stays would keep the old ones. It leaves, and is back
+    // at once with the new.
+    if settings_changed() {
+        shmem::wake_by(database, now);
+        return false;
+    }
+    if crate::watch::keeper::any_open() || !shmem::others_waiting(database) {
+        return true;
+    }
+    shmem::wake_by(database, now + due.as_micros().min(i64::MAX as u128) as i64);
+    false
+}
+
+thread_local! {
+    /// The database's and roles' settings when the worker started.
+    static SETTINGS_AT_START: std::cell::RefCell<Option<Option<String>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Whether the settings of this database (ALTER DATABASE ... SET) or of roles (ALTER ROLE ...
+/// SET) changed since the worker's first look.
+fn settings_changed() -> bool {
+    let now = simple_query::transaction(|| {
+        crate::pg::spi::pinned_row(
+            "SELECT string_agg(setdatabase || '/' || setrole || ':' || array_to_string(setconfig, ','), \
+                               ';' ORDER BY setdatabase, setrole) \
+             FROM pg_db_role_setting WHERE setdatabase IN (0, $1)",
+            &[crate::pg::process::database().into()],
+            |r| r.get::<String>(1),
+        )
+        .ok()
+        .flatten()
+        .flatten()
+    })
+    .unwrap_or(None);
+    SETTINGS_AT_START.with(|first| {
+        let mut first = first.borrow_mut();
+        match first.as_ref() {
+            None => {
+                *first = Some(now);
+                false
+            }
+            Some(before) => *before != now,
+        }
+    })
 }
 
 /// What one claim decided.

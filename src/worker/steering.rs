@@ -57,6 +57,13 @@ fn retry(version: Option<&str>) -> String {
 #[pg_extern(volatile, parallel_unsafe)]
 fn cancel(version: Option<&str>) -> String {
     let recorded = recorded_for("cancel migrations", version);
+    if crate::watch::rolling_back(&recorded.version) {
+        crate::pg::identity::require_privileges_of(
+            &recorded.applied_role,
+            &format!("cancel the rollback of migration {}", recorded.version),
+        )
+        .or_raise();
+    }
     match recorded.status {
         Status::Pending | Status::Failed => {
             cancel_migration(&recorded.version);

@@ -1,0 +1,523 @@
+//! The database worker's keeping of watched migrations, after each sample: the sample is
+//! recorded with every watch it belongs to, each look that falls due is judged and
+//! recorded with its evidence, and the watch moves on (complete, held, its rollback run
+//! forward as new phases of the migration, the recovery watched in turn). Every step in a
+//! transaction of its own; a restart resumes from what was recorded.
+
+use super::gate::{self, Look, Point};
+use super::sample::{self, Sample};
+use crate::migration::status::{LookVerdict, OnRegression, Status, WatchState};
+use crate::pg::{process, simple_query};
+use pgrx::datum::DatumWithOid;
+
+/// A watch as the worker reads it.
+#[derive(Debug, Clone)]
+struct Open {
+    version: String,
+    state: WatchState,
+    on_regression: OnRegression,
+    watch_s: f64,
+    /// Seconds since the migration took effect (since its rollback did, when recovering).
+    elapsed_s: Option<f64>,
+    baseline: Vec<Sample>,
+    looks: usize,
+    failing: u32,
+    status: Status,
+    rollback_script: Option<String>,
+    rollback_phase: Option<i32>,
+    /// The submitter's standard_conforming_strings: the rollback splits as it did when it
+    /// was applied.
+    standard_strings: Option<String>,
+}
+
+impl Open {
+    fn stage(&self) -> &'static str {
+        match self.state {
+            WatchState::Recovering => "recovery",
+            _ => "watch",
+        }
+    }
+
+    /// A rollback may run: declared, and the migration destroyed no data (a dropped table
+    /// or column is not brought back by re-creating it). Read before the rollback adds drops
+    /// of its own.
+    fn may_roll_back(&self) -> bool {
+        self.rollback_script.is_some() && !destroys_data(&dropped_kinds(&self.version))
+    }
+}
+
+/// The kinds of object (as the DDL log names them) whose drop destroys data: re-creating
+/// them brings back their shape, not their rows.
+const HOLD_DATA: [&str; 4] = ["table", "table column", "sequence", "materialized view"];
+
+/// Whether a migration dropped something that held data, by the kinds of the objects its
+/// statements dropped (the DDL log's `sql_drop` rows). A rename is no drop.
+pub fn destroys_data(dropped: &[String]) -> bool {
+    dropped
+        .iter()
+        .any(|kind| HOLD_DATA.contains(&kind.as_str()))
+}
+
+/// The kinds of object migration `version` dropped.
+pub fn dropped_kinds(version: &str) -> Vec<String> {
+    crate::pg::spi::pinned_column(
+        "SELECT DISTINCT object_type FROM migrate.ddl_log \
+         WHERE migration_version = $1 AND event = 'sql_drop' AND object_type IS NOT NULL",
+        &[version.into()],
+    )
+    .unwrap_or_default()
+}
+
+/// Keeps every open watch of this database, once a sample was taken.
+pub fn keep(sample: &Sample) {
+    let open = match transaction(read_open) {
+        Ok(open) => open,
+        Err(e) => {
+            // A database whose pg_migrate predates watches has nothing to keep.
+            if e.code != pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE {
+                simple_query::log(&format!("could not read the watches: {}", e.message));
+            }
+            return;
+        }
+    };
+    for watch in open {
+        let version = watch.version.clone();
+        if let Err(e) = transaction(|| keep_one(&watch, sample)) {
+            simple_query::log(&format!(
+                "could not keep the watch of migration {version}: {}",
+                e.message
+            ));
+        }
+    }
+}
+
+/// Whether any watch is open here: the worker stays while one is.
+pub fn any_open() -> bool {
+    transaction(|| {
+        crate::pg::spi::pinned_row(
+            "SELECT EXISTS (SELECT FROM migrate.watch_records \
+             WHERE state IN ('waiting', 'watching', 'rolling back', 'recovering'))",
+            &[],
+            |r| r.get::<bool>(1),
+        )
+        .ok()
+        .flatten()
+        .flatten()
+        .unwrap_or(false)
+    })
+    .unwrap_or(false)
+}
+
+/// A transaction of the worker's, its statements left out of pg_stat_statements.
+fn transaction<T>(f: impl FnOnce() -> T) -> Result<T, crate::pg::subxact::Caught> {
+    simple_query::transaction(|| {
+        super::sampler::untracked();
+        f()
+    })
+}
+
+fn read_open() -> Vec<Open> {
+    read_watches(None)
+}
+
+/// The open watches, or the one of `version` whatever its state.
+fn read_watches(version: Option<&str>) -> Vec<Open> {
+    crate::pg::spi::pinned_rows(
+        "SELECT w.version, w.state, w.on_regression, \
+                extract(epoch FROM w.watch)::float8, \
+                extract(epoch FROM clock_timestamp() - CASE WHEN w.state = 'recovering' \
+                    THEN w.recovery_started_at ELSE w.started_at END)::float8, \
+                w.baseline::text, w.looks, w.failing_looks, h.status, h.rollback_script, \
+                w.rollback_phase, h.settings ->> 'standard_conforming_strings' \
+         FROM migrate.watch_records w JOIN migrate.history h USING (version) \
+         WHERE CASE WHEN $1 IS NULL \
+                    THEN w.state IN ('waiting', 'watching', 'rolling back', 'recovering') \
+                    ELSE w.version = $1 END \
+         ORDER BY h.version_key",
+        &[version.into()],
+        |r| {
+            let baseline: String = r.get(6)?.unwrap_or_default();
+            Ok(Open {
+                version: r.get(1)?.unwrap_or_default(),
+                state: WatchState::from_column(r.get(2)?)?,
+                on_regression: OnRegression::from_column(r.get(3)?)?,
+                watch_s: r.get(4)?.unwrap_or(0.0),
+                elapsed_s: r.get(5)?,
+                baseline: serde_json::from_str(&baseline).unwrap_or_default(),
+                looks: r.get::<i32>(7)?.unwrap_or(0).max(0) as usize,
+                failing: r.get::<i32>(8)?.unwrap_or(0).max(0) as u32,
+                status: Status::from_column(r.get(9)?)?,
+                rollback_script: r.get(10)?,
+                rollback_phase: r.get(11)?,
+                standard_strings: r.get(12)?,
+            })
+        },
+    )
+    .unwrap_or_else(|e| pgrx::error!("pg_migrate: could not read the watches: {e}"))
+}
+
+/// Keeps one watch, in a transaction of its own. Its sample is recorded whatever happens;
+/// its looks and changes of state only under the applier lock (tried; taken by an applier,
+/// they wait for the next sample), and only if its state is still the one read: a decision
+/// (accept, reject, cancel) committed meanwhile stands.
+fn keep_one(read: &Open, sample: &Sample) {
+    let locked = crate::history::lock::try_lock_history();
+    let fresh = if locked {
+        read_watches(Some(&read.version)).pop()
+    } else {
+        None
+    };
+    let watch = fresh.as_ref().unwrap_or(read);
+    if matches!(watch.state, WatchState::Watching | WatchState::Recovering) {
+        record_sample(watch, sample);
+    }
+    if !locked || watch.state != read.state {
+        return;
+    }
+    match watch.state {
+        WatchState::Waiting => match watch.status {
+            Status::Applied => {
+                change_state(watch, WatchState::Watching, "the migration took effect");
+                write(
+                    "UPDATE migrate.watch_records SET started_at = clock_timestamp() \
+                     WHERE version = $1",
+                    &[watch.version.as_str().into()],
+                );
+            }
+            // A failed migration may be retried: its watch waits for it.
+            Status::Cancelled => change_state(
+                watch,
+                WatchState::Rejected,
+                "the migration was cancelled before it took effect",
+            ),
+            _ => {}
+        },
+        WatchState::Watching | WatchState::Recovering => look_if_due(watch),
+        WatchState::RollingBack => match (watch.rollback_phase, watch.status) {
+            (None, _) => start_rollback(watch),
+            (Some(_), Status::Applied) => {
+                change_state(
+                    watch,
+                    WatchState::Recovering,
+                    "the rollback ran; watching the recovery",
+                );
+                write(
+                    "UPDATE migrate.watch_records SET recovery_started_at = clock_timestamp(), \
+                       looks = 0, failing_looks = 0 WHERE version = $1",
+                    &[watch.version.as_str().into()],
+                );
+            }
+            (Some(_), Status::Failed) => change_state(
+                watch,
+                WatchState::RollbackFailed,
+                "the rollback failed: see migrate.steps",
+            ),
+            // Someone stopped it: the change stays under the gate, for a decision.
+            (Some(_), Status::Cancelled) => change_state(
+                watch,
+                WatchState::Held,
+                "the rollback was cancelled: settle the watch with migrate.accept or migrate.reject",
+            ),
+            _ => {}
+        },
+        _ => {}
+    }
+}
+
+fn settle_s() -> f64 {
+    f64::from(crate::gucs::WATCH_SETTLE_S.get())
+}
+
+fn record_sample(watch: &Open, sample: &Sample) {
+    // Only what the change can have caused: samples ending after it settled.
+    let Some(elapsed) = watch.elapsed_s else {
+        return;
+    };
+    let settled_for = elapsed - settle_s();
+    if settled_for < sample.seconds.min(elapsed) || settled_for < 0.0 {
+        return;
+    }
+    let reference = sample::reference(&watch.baseline);
+    let index = sample::latency_index(sample, &reference);
+    let (lock_wait_ms, lag_bytes) = gauges();
+    write(
+        "INSERT INTO migrate.watch_samples (version, stage, taken_at, seconds, latency, \
+           coverage, calls, errors, lock_wait_ms, lag_bytes) \
+         VALUES ($1, $2, '2000-01-01 00:00:00+00'::timestamptz + make_interval(secs => $3), \
+                 $4, $5, $6, $7, $8, $9, $10) \
+         ON CONFLICT DO NOTHING",
+        &[
+            watch.version.as_str().into(),
+            watch.stage().into(),
+            (sample.at as f64 / 1e6).into(),
+            sample.seconds.into(),
+            index.map(|i| i.0).into(),
+            index.map(|i| i.1).into(),
+            sample.statements.then(|| sample.calls()).into(),
+            sample
+                .errors
+                .iter()
+                .map(|e| *e as i64)
+                .collect::<Vec<i64>>()
+                .into(),
+            lock_wait_ms.into(),
+            lag_bytes.into(),
+        ],
+    );
+}
+
+/// The longest current wait for a relation's lock in this database, and the replay lag of
+/// the furthest streaming replica.
+fn gauges() -> (f64, f64) {
+    crate::pg::spi::pinned_row(
+        "SELECT coalesce((SELECT max(extract(epoch FROM clock_timestamp() - l.waitstart)) * 1000 \
+                          FROM pg_locks l \
+                          WHERE NOT l.granted AND l.relation IS NOT NULL \
+                            AND l.database = $1 AND l.waitstart IS NOT NULL), 0)::float8, \
+                coalesce((SELECT max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)) \
+                          FROM pg_stat_replication WHERE replay_lsn IS NOT NULL), 0)::float8",
+        &[process::database().into()],
+        |r| {
+            Ok((
+                r.get::<f64>(1)?.unwrap_or(0.0),
+                r.get::<f64>(2)?.unwrap_or(0.0),
+            ))
+        },
+    )
+    .ok()
+    .flatten()
+    .unwrap_or((0.0, 0.0))
+}
+
+/// The baseline's samples as points, each with its latency index against the baseline as a
+/// whole.
+fn baseline_points(baseline: &[Sample]) -> Vec<Point> {
+    let reference = sample::reference(baseline);
+    baseline
+        .iter()
+        .map(|s| Point {
+            seconds: s.seconds,
+            latency: sample::latency_index(s, &reference).map(|i| i.0),
+            errors: s.errors,
+            lock_wait_ms: 0.0,
+            lag_bytes: 0.0,
+        })
+        .collect()
+}
+
+fn recorded_points(watch: &Open) -> Vec<Point> {
+    crate::pg::spi::pinned_rows(
+        "SELECT seconds, latency, errors, lock_wait_ms, lag_bytes FROM migrate.watch_samples \
+         WHERE version = $1 AND stage = $2 ORDER BY taken_at",
+        &[watch.version.as_str().into(), watch.stage().into()],
+        |r| {
+            let errors: Vec<Option<i64>> = r.get(3)?.unwrap_or_default();
+            Ok(Point {
+                seconds: r.get(1)?.unwrap_or(0.0),
+                latency: r.get(2)?,
+                errors: std::array::from_fn(|i| {
+                    errors.get(i).copied().flatten().unwrap_or(0).max(0) as u64
+                }),
+                lock_wait_ms: r.get(4)?.unwrap_or(0.0),
+                lag_bytes: r.get(5)?.unwrap_or(0.0),
+            })
+        },
+    )
+    .unwrap_or_default()
+}
+
+fn look_if_due(watch: &Open) {
+    let Some(elapsed) = watch.elapsed_s else {
+        return;
+    };
+    let due = gate::looks_due(elapsed, watch.watch_s);
+    if due <= watch.looks {
+        return;
+    }
+    let look = gate::judge(
+        &baseline_points(&watch.baseline),
+        &recorded_points(watch),
+        &super::watch_limits(),
+    );
+    record_look(watch, due, &look);
+    let failing = if look.verdict == LookVerdict::Fail {
+        watch.failing + 1
+    } else {
+        0
+    };
+    let after = gate::after_look(
+        watch.state,
+        &look,
+        failing,
+        due >= gate::LOOKS.len(),
+        watch.on_regression,
+        watch.may_roll_back(),
+    );
+    write(
+        "UPDATE migrate.watch_records SET looks = $2, failing_looks = $3 WHERE version = $1",
+        &[
+            watch.version.as_str().into(),
+            (due as i32).into(),
+            (failing as i32).into(),
+        ],
+    );
+    if after.state != watch.state {
+        let mut why = why(watch, &look, failing, due);
+        if after.state == WatchState::Held
+            && look.verdict == LookVerdict::Fail
+            && watch.on_regression == OnRegression::Rollback
+        {
+            why.push_str(if watch.rollback_script.is_none() {
+                "; not rolled back: it has no rollback script"
+            } else {
+                "; not rolled back: it dropped a table, column or sequence, which its rollback \
+                 cannot bring back with its rows"
+            });
+        }
+        change_state(watch, after.state, &why);
+    }
+    if after.rollback {
+        start_rollback(watch);
+    }
+}
+
+/// The evidence of a change of state, in words.
+fn why(watch: &Open, look: &Look, failing: u32, due: usize) -> String {
+    let failed: Vec<String> = look
+        .findings
+        .iter()
+        .filter(|f| f.verdict == LookVerdict::Fail)
+        .map(|f| match (f.signal.as_str(), f.shift) {
+            ("latency", Some(ratio)) => format!("latency {ratio:.2}x"),
+            (signal, Some(excess)) if f.signal != "lock wait" => {
+                format!("{signal}: {excess:.0} errors more than the baseline's rate")
+            }
+            (signal, _) => signal.to_string(),
+        })
+        .collect();
+    let stage = watch.stage();
+    match look.verdict {
+        LookVerdict::Pass => format!("{stage} look {due}: every signal within its bounds"),
+        LookVerdict::Fail if look.brake => {
+            format!(
+                "{stage} look {due}: emergency brake ({})",
+                failed.join(", ")
+            )
+        }
+        LookVerdict::Fail => format!(
+            "{stage} look {due}, failing {failing} looks in a row: {}",
+            failed.join(", ")
+        ),
+        _ => format!("{stage} look {due}, the last: inconclusive"),
+    }
+}
+
+fn record_look(watch: &Open, due: usize, look: &Look) {
+    let overall = gate::Finding {
+        signal: "look".into(),
+        baseline: None,
+        now: None,
+        shift: None,
+        upper: None,
+        p_value: None,
+        verdict: look.verdict,
+    };
+    for f in look.findings.iter().chain(std::iter::once(&overall)) {
+        write(
+            "INSERT INTO migrate.watch_looks (version, stage, look, looked_at, signal, baseline, \
+               now, shift, upper, p_value, verdict) \
+             VALUES ($1, $2, $3, clock_timestamp(), $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT DO NOTHING",
+            &[
+                watch.version.as_str().into(),
+                watch.stage().into(),
+                (due as i32).into(),
+                f.signal.as_str().into(),
+                f.baseline.into(),
+                f.now.into(),
+                f.shift.into(),
+                f.upper.into(),
+                f.p_value.into(),
+                f.verdict.as_str().into(),
+            ],
+        );
+    }
+}
+
+/// Records a new state, logs it and notifies `migrate_watch` listeners (at commit).
+fn change_state(watch: &Open, state: WatchState, why: &str) {
+    set_state(&watch.version, state, None, why);
+}
+
+/// The one place a watch's state changes: recorded with its reason, logged, and notified.
+pub fn set_state(version: &str, state: WatchState, decided_by: Option<&str>, why: &str) {
+    write(
+        "UPDATE migrate.watch_records SET state = $2, changed_at = clock_timestamp(), \
+           reason = $3, decided_by = $4 WHERE version = $1",
+        &[
+            version.into(),
+            state.as_str().into(),
+            why.into(),
+            decided_by.into(),
+        ],
+    );
+    write(
+        "SELECT pg_notify('migrate_watch', $1)",
+        // The reason stays with the admins who read the watch: anyone may LISTEN.
+        &[
+            serde_json::json!({"version": version, "state": state.as_str()})
+                .to_string()
+                .into(),
+        ],
+    );
+    pgrx::log!("pg_migrate: migration {version} is {state}: {why}");
+}
+
+/// Adds the rollback script's phases to the migration and queues it for the worker again,
+/// under the applier lock (tried: taken by an applier, it is tried at the next sample).
+fn start_rollback(watch: &Open) {
+    let Some(script) = watch.rollback_script.as_deref() else {
+        return;
+    };
+    if let Some(value) = &watch.standard_strings {
+        crate::pg::guc::set_local("standard_conforming_strings", value);
+    }
+    let parsed = match crate::migration::parse::parse(script) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            let problem = e.problem(&format!("the rollback of {}", watch.version), script);
+            change_state(watch, WatchState::RollbackFailed, &problem.message);
+            return;
+        }
+    };
+    let statements: Vec<_> = parsed.into_iter().map(|(s, _)| s).collect();
+    let plan = crate::migration::phases::plan(&statements);
+    let first = crate::history::steps::insert_rollback(&watch.version, script, &plan);
+    write(
+        "UPDATE migrate.watch_records SET rollback_phase = $2 WHERE version = $1",
+        &[watch.version.as_str().into(), first.into()],
+    );
+    crate::pg::shmem::wake_at_commit();
+}
+
+fn write(sql: &str, args: &[DatumWithOid]) {
+    crate::pg::spi::write_as_owner("migrate.watch_records", sql, args);
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn only_what_held_data_counts_as_destroyed() {
+        let kinds = |k: &[&str]| k.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(destroys_data(&kinds(&["index", "table"])));
+        assert!(destroys_data(&kinds(&["table column"])));
+        assert!(!destroys_data(&kinds(&[
+            "index",
+            "table constraint",
+            "default value"
+        ])));
+        assert!(!destroys_data(&[]));
+    }
+}
