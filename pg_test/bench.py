@@ -49,8 +49,9 @@ asserts a timing; the tests assert correctness bounds, this measures.
                    from a dropped index the workload needs to the failing look and to the end
                    of its rollback, under pgbench at a fixed rate; the outcomes of 20 harmless
                    watched migrations under the same load (false alarms); and the cost of
-                   sampling: unthrottled pgbench tps with the worker sampling every second and
-                   every 10 s (the default) vs sampling off, alternating rounds.
+                   sampling: with the worker sampling every second and
+                   every 10 s (the default) from the worker's own CPU time, and unthrottled
+                   pgbench tps with sampling every 10 s vs off, alternating rounds.
   script-size      migrate.lint of 1,000, 10,000 and 50,000 statements (on one line and one per
                    line), and migrate.apply and migrate.dry_run of as many statements vs the same
                    script run directly: time per statement must not grow with the script beyond
@@ -61,6 +62,7 @@ asserts a timing; the tests assert correctness bounds, this measures.
 from __future__ import annotations
 
 import argparse
+import os
 import glob
 import math
 import statistics
@@ -1024,97 +1026,153 @@ def settle(c, version: str, timeout: float) -> str:
     return watch_state(c, version)
 
 
-def watch_bench(harmless: int, rounds: int, rate: int) -> None:
-    cluster = Cluster("/tmp/pg_migrate_bench_gate").start(*GATE_SETTINGS)
+def watch_bench(harmless: int, rounds: int, rate: int, parts: list[str]) -> None:
     work = Path(tempfile.mkdtemp(prefix="pg_migrate_bench_watch_"))
     script = work / "lookup.sql"
     script.write_text(LOOKUP)
+    print(f"watch: pgbench looking orders up by customer ({rate} tps, 2 clients) on 200,000 rows; "
+          "samples every 1 s, 2 s to settle, 5 samples a side, latency tolerance 50%")
+    if "drop" in parts or "harmless" in parts:
+        cluster = Cluster("/tmp/pg_migrate_bench_gate").start(*GATE_SETTINGS)
+        try:
+            if "drop" in parts:
+                watch_detection(cluster, script, rate)
+            if "harmless" in parts:
+                watch_false_alarms(cluster, script, rate, harmless)
+        finally:
+            cluster.stop()
+    if "cost" in parts:
+        # The interval is switched with ALTER SYSTEM, which a -c option on the command line
+        # would override: a cluster of its own, with pg_stat_statements, default settings.
+        cluster = Cluster("/tmp/pg_migrate_bench_gate_cost").start(
+            "shared_preload_libraries=pg_stat_statements,pg_migrate")
+        try:
+            watch_cost(cluster, script, rate, rounds, work)
+        finally:
+            cluster.stop()
+
+
+def watch_detection(cluster: Cluster, script: Path, rate: int) -> None:
+    """A dropped index the workload needs: the failing look, the rollback, the recovery."""
+    db = lookup_orders(cluster, "bench_gate_drop")
+    load = background_pgbench(cluster, db, script, rate)
     try:
-        print(f"watch: pgbench looking orders up by customer ({rate} tps, 2 clients) on 200,000 rows; "
-              "samples every 1 s, 2 s to settle, 5 samples a side, latency tolerance 50%")
-        db = lookup_orders(cluster, "bench_gate_drop")
-        load = background_pgbench(cluster, db, script, rate)
-        try:
-            with cluster.connect(db) as c:
-                wait_until(lambda: c.execute("SELECT count(*) FROM migrate.workload_samples() WHERE statements > 0"
-                                             ).fetchone()[0] >= 8, timeout=60, interval=0.5)
-                c.execute("SELECT * FROM migrate.apply('1', 'DROP INDEX CONCURRENTLY orders_customer_idx', "
-                          "rollback => 'CREATE INDEX CONCURRENTLY orders_customer_idx ON orders (customer_id)', "
-                          "watch => '60 s', on_regression => 'rollback')")
-                end = settle(c, "1", 180)
-                row = c.execute("""
-                    SELECT extract(epoch FROM (SELECT min(looked_at) FROM migrate.watch_looks
-                                               WHERE version = '1' AND stage = 'watch' AND signal = 'look'
-                                                 AND verdict = 'fail') - w.started_at),
-                           extract(epoch FROM (SELECT min(looked_at) FROM migrate.watch_looks
-                                               WHERE version = '1' AND stage = 'recovery' AND signal = 'look')
-                                              - w.started_at),
-                           extract(epoch FROM w.changed_at - w.started_at),
-                           (SELECT max(shift) FROM migrate.watch_looks WHERE version = '1' AND stage = 'watch'
-                              AND signal = 'latency')
-                    FROM migrate.watch_records w WHERE version = '1'""").fetchone()
-                print(f"  dropped index the workload needs: failing look {row[0]:.1f} s after the change "
-                      f"(latency {row[3]:.0f}x the baseline), rollback done and first recovery look at "
-                      f"{row[1]:.1f} s, {end} at {row[2]:.1f} s")
-                print("    stage     look  at (s)  latency index: baseline median / now median  errors/min  verdict")
-                for r in c.execute("""
-                        SELECT l.stage, l.look,
-                               extract(epoch FROM l.looked_at - w.started_at),
-                               l.baseline, l.now,
-                               (SELECT e.now FROM migrate.watch_looks e WHERE (e.version, e.stage, e.look)
-                                  = (l.version, l.stage, l.look) AND e.signal = 'any error'),
-                               (SELECT v.verdict FROM migrate.watch_looks v WHERE (v.version, v.stage, v.look)
-                                  = (l.version, l.stage, l.look) AND v.signal = 'look')
-                        FROM migrate.watch_looks l JOIN migrate.watch_records w USING (version)
-                        WHERE l.version = '1' AND l.signal = 'latency' ORDER BY l.looked_at""").fetchall():
-                    now = "-" if r[4] is None else f"{r[4]:.2f}"
-                    errors = "-" if r[5] is None else f"{r[5]:.0f}"
-                    print(f"    {r[0]:<9} {r[1]:>4}  {r[2]:>6.1f}  {r[3]:>14.2f} / {now:<10}  {errors:>20}  {r[6]}")
-        finally:
-            load.terminate()
-            load.wait()
-        db = lookup_orders(cluster, "bench_gate_harmless")
-        load = background_pgbench(cluster, db, script, rate)
-        outcomes: dict[str, int] = {}
-        try:
-            with cluster.connect(db) as c:
-                wait_until(lambda: c.execute("SELECT count(*) FROM migrate.workload_samples() WHERE statements > 0"
-                                             ).fetchone()[0] >= 8, timeout=60, interval=0.5)
-                for i in range(harmless):
-                    version = str(100 + i)
-                    c.execute("SELECT * FROM migrate.apply(%s, %s, rollback => %s, watch => '15 s', "
-                              "on_regression => 'rollback')",
-                              (version, f"COMMENT ON TABLE orders IS 'revision {i}'; CREATE TABLE side_{i} (id int)",
-                               f"DROP TABLE side_{i}"))
-                    end = settle(c, version, 90)
-                    outcomes[end] = outcomes.get(end, 0) + 1
-                    if end == "held":
-                        c.execute("SELECT migrate.accept(%s, 'bench')", (version,))
-        finally:
-            load.terminate()
-            load.wait()
-        print(f"  {harmless} harmless watched migrations (15 s each) under the same load: "
-              + ", ".join(f"{n} {state}" for state, n in sorted(outcomes.items()))
-              + f"; false alarms (rolled back): {outcomes.get('rolled back', 0) + outcomes.get('rollback failed', 0)}")
-        db = lookup_orders(cluster, "bench_gate_cost")
-        tps: dict[str, list[float]] = {"off": [], "1s": [], "10s": []}
-        with cluster.connect() as admin:
-            for r in range(rounds):
-                for case, interval in (("off", "0"), ("1s", "1"), ("10s", "10")):
-                    admin.execute(f"ALTER SYSTEM SET migrate.watch_sample_interval = {interval}")
-                    admin.execute("SELECT pg_reload_conf()")
-                    time.sleep(1.5)
-                    latencies = pgbench_log(cluster, db, LOOKUP, 10, 2, work / f"cost_{case}_{r}")
-                    tps[case].append(len(latencies) / 10)
-            admin.execute("ALTER SYSTEM RESET migrate.watch_sample_interval")
-            admin.execute("SELECT pg_reload_conf()")
-        off = statistics.median(tps["off"])
-        for case in ("1s", "10s"):
-            on = statistics.median(tps[case])
-            print(f"  sampling every {case:>3}: {on:,.0f} tps vs {off:,.0f} with sampling off "
-                  f"(median of {rounds} rounds of 10 s, unthrottled): off/on {off / on:.3f}x")
+        with cluster.connect(db) as c:
+            wait_until(lambda: c.execute("SELECT count(*) FROM migrate.workload_samples() WHERE statements > 0"
+                                         ).fetchone()[0] >= 8, timeout=60, interval=0.5)
+            c.execute("SELECT * FROM migrate.apply('1', 'DROP INDEX CONCURRENTLY orders_customer_idx', "
+                      "rollback => 'CREATE INDEX CONCURRENTLY orders_customer_idx ON orders (customer_id)', "
+                      "watch => '60 s', on_regression => 'rollback')")
+            end = settle(c, "1", 180)
+            row = c.execute("""
+                SELECT extract(epoch FROM (SELECT min(looked_at) FROM migrate.watch_looks
+                                           WHERE version = '1' AND stage = 'watch' AND signal = 'look'
+                                             AND verdict = 'fail') - w.started_at),
+                       extract(epoch FROM (SELECT min(looked_at) FROM migrate.watch_looks
+                                           WHERE version = '1' AND stage = 'recovery' AND signal = 'look')
+                                          - w.started_at),
+                       extract(epoch FROM w.changed_at - w.started_at),
+                       (SELECT max(shift) FROM migrate.watch_looks WHERE version = '1' AND stage = 'watch'
+                          AND signal = 'latency')
+                FROM migrate.watch_records w WHERE version = '1'""").fetchone()
+            print(f"  dropped index the workload needs: failing look {row[0]:.1f} s after the change "
+                  f"(latency {row[3]:.0f}x the baseline), rollback done and first recovery look at "
+                  f"{row[1]:.1f} s, {end} at {row[2]:.1f} s")
+            print("    stage     look  at (s)  latency index: baseline median / now median  errors/min  verdict")
+            for r in c.execute("""
+                    SELECT l.stage, l.look,
+                           extract(epoch FROM l.looked_at - w.started_at),
+                           l.baseline, l.now,
+                           (SELECT e.now FROM migrate.watch_looks e WHERE (e.version, e.stage, e.look)
+                              = (l.version, l.stage, l.look) AND e.signal = 'any error'),
+                           (SELECT v.verdict FROM migrate.watch_looks v WHERE (v.version, v.stage, v.look)
+                              = (l.version, l.stage, l.look) AND v.signal = 'look')
+                    FROM migrate.watch_looks l JOIN migrate.watch_records w USING (version)
+                    WHERE l.version = '1' AND l.signal = 'latency' ORDER BY l.looked_at""").fetchall():
+                now = "-" if r[4] is None else f"{r[4]:.2f}"
+                errors = "-" if r[5] is None else f"{r[5]:.0f}"
+                print(f"    {r[0]:<9} {r[1]:>4}  {r[2]:>6.1f}  {r[3]:>14.2f} / {now:<10}  {errors:>20}  {r[6]}")
     finally:
-        cluster.stop()
+        load.terminate()
+        load.wait()
+
+
+def watch_false_alarms(cluster: Cluster, script: Path, rate: int, harmless: int) -> None:
+    """Harmless watched migrations under the same load: how many end other than complete."""
+    db = lookup_orders(cluster, "bench_gate_harmless")
+    load = background_pgbench(cluster, db, script, rate)
+    outcomes: dict[str, int] = {}
+    try:
+        with cluster.connect(db) as c:
+            wait_until(lambda: c.execute("SELECT count(*) FROM migrate.workload_samples() WHERE statements > 0"
+                                         ).fetchone()[0] >= 8, timeout=60, interval=0.5)
+            for i in range(harmless):
+                version = str(100 + i)
+                c.execute("SELECT * FROM migrate.apply(%s, %s, rollback => %s, watch => '15 s', "
+                          "on_regression => 'rollback')",
+                          (version, f"COMMENT ON TABLE orders IS 'revision {i}'; CREATE TABLE side_{i} (id int)",
+                           f"DROP TABLE side_{i}"))
+                end = settle(c, version, 90)
+                outcomes[end] = outcomes.get(end, 0) + 1
+                if end == "held":
+                    c.execute("SELECT migrate.accept(%s, 'bench')", (version,))
+    finally:
+        load.terminate()
+        load.wait()
+    print(f"  {harmless} harmless watched migrations (15 s each) under the same load: "
+          + ", ".join(f"{n} {state}" for state, n in sorted(outcomes.items()))
+          + f"; false alarms (rolled back): {outcomes.get('rolled back', 0) + outcomes.get('rollback failed', 0)}")
+
+
+def watch_cost(cluster: Cluster, script: Path, rate: int, rounds: int, work: Path) -> None:
+    """What sampling costs: the worker's CPU time, and unthrottled tps with it on and off."""
+    db = lookup_orders(cluster, "bench_gate_cost")
+    # What the worker's sampling costs, read from its own CPU time (/proc: user + system
+    # ticks) under the lookup load at a fixed rate: a tps ratio on this shared machine
+    # moves by 15% between identical rounds, far more than the cost.
+    load = background_pgbench(cluster, db, script, rate)
+    try:
+        with cluster.connect(db) as c:
+            for case, interval in (("1s", "1"), ("10s", "10")):
+                c.execute(f"ALTER SYSTEM SET migrate.watch_sample_interval = {interval}")
+                c.execute("SELECT pg_reload_conf()")
+                time.sleep(3)
+                pid = worker_pid(c)
+                ticks = os.sysconf("SC_CLK_TCK")
+
+                def cpu() -> float:
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    return (int(fields[11]) + int(fields[12])) / ticks
+
+                before, started = cpu(), time.monotonic()
+                time.sleep(60)
+                used = cpu() - before
+                wall = time.monotonic() - started
+                samples = wall / int(interval)
+                print(f"  sampling every {case:>3}: the worker used {used * 1000:.0f} ms of CPU in {wall:.0f} s "
+                      f"({samples:.0f} samples, {used * 1000 / samples:.1f} ms each): "
+                      f"{used / wall * 100:.3f}% of one core")
+    finally:
+        load.terminate()
+        load.wait()
+    tps: dict[str, list[float]] = {"off": [], "on": []}
+    with cluster.connect() as admin:
+        for r in range(rounds):
+            # Alternating which goes first: the machine's own drift falls on both sides.
+            for case in (("off", "on") if r % 2 == 0 else ("on", "off")):
+                admin.execute("ALTER SYSTEM SET migrate.watch_sample_interval = "
+                              + ("0" if case == "off" else "10"))
+                admin.execute("SELECT pg_reload_conf()")
+                time.sleep(1.5)
+                latencies = pgbench_log(cluster, db, LOOKUP, 10, 2, work / f"cost_{case}_{r}")
+                tps[case].append(len(latencies) / 10)
+        admin.execute("ALTER SYSTEM RESET migrate.watch_sample_interval")
+        admin.execute("SELECT pg_reload_conf()")
+    off, on = statistics.median(tps["off"]), statistics.median(tps["on"])
+    spread = (max(tps["off"]) - min(tps["off"])) / off
+    print(f"  unthrottled pgbench, sampling every 10 s vs off: {on:,.0f} vs {off:,.0f} tps (median of {rounds} "
+          f"rounds of 10 s each, alternating): off/on {off / on:.3f}x; rounds with sampling off alone "
+          f"spread by {spread * 100:.0f}%")
 
 
 def main() -> None:
@@ -1142,7 +1200,8 @@ def main() -> None:
     p.add_argument("--window-scale-sizes", default="0,5000", help="schema sizes (tables) in window-scale")
     p.add_argument("--window-scale-rows", type=int, default=1_000_000, help="rows of the changed table in window-scale")
     p.add_argument("--watch-harmless", type=int, default=20, help="harmless watched migrations in watch")
-    p.add_argument("--watch-rounds", type=int, default=5, help="alternating rounds per case of the sampling cost")
+    p.add_argument("--watch-parts", default="drop,harmless,cost", help="parts of watch to run")
+    p.add_argument("--watch-rounds", type=int, default=6, help="alternating rounds per case of the sampling cost")
     p.add_argument("--only", choices=["apply-overhead", "lock-queue", "guard", "worker-latency", "writer-wait",
                                       "dry-run", "schema-scale", "backfill", "script-size", "window",
                                       "window-scale", "watch"])
@@ -1176,7 +1235,7 @@ def main() -> None:
         if args.only in (None, "window-scale"):
             window_scale(cluster, [int(x) for x in args.window_scale_sizes.split(",")], args.window_scale_rows)
         if args.only in (None, "watch"):
-            watch_bench(args.watch_harmless, args.watch_rounds, 50)
+            watch_bench(args.watch_harmless, args.watch_rounds, 50, args.watch_parts.split(","))
         if args.only in (None, "backfill"):
             for rows in (int(x) for x in args.backfill_rows.split(",")):
                 backfill(cluster, rows, 2, args.backfill_rate, args.backfill_batch_time, args.backfill_pause,

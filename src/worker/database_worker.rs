@@ -85,10 +85,14 @@ pub extern "C-unwind" fn pg_migrate_worker_main(arg: pg_sys::Datum) {
             Turn::Idle => {
                 let idle_limit =
                     Duration::from_secs(gucs::WORKER_IDLE_TIMEOUT_S.get().max(1) as u64);
-                if idle_since.elapsed() >= idle_limit && !stays_to_sample(database, next_sample) {
+                if idle_since.elapsed() < idle_limit {
+                    Duration::from_secs(10).min(idle_limit)
+                } else if stays_to_sample(database, next_sample) {
+                    // Until the next sample: new work sets the latch.
+                    Duration::from_secs(10)
+                } else {
                     break;
                 }
-                Duration::from_secs(10).min(idle_limit)
             }
         };
         let pause = next_sample.map_or(pause, |due| pause.min(due));
