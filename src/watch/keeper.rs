@@ -61,8 +61,11 @@ pub fn destroys_data(dropped: &[String]) -> bool {
 /// The kinds of object migration `version` dropped.
 pub fn dropped_kinds(version: &str) -> Vec<String> {
     crate::pg::spi::pinned_column(
-        "SELECT DISTINCT object_type FROM migrate.ddl_log \
-         WHERE migration_version = $1 AND event = 'sql_drop' AND object_type IS NOT NULL",
+        // From the migration's start on, by the log's index on logged_at: not a scan of the
+        // whole log (every DDL since the install) under the applier lock.
+        "SELECT DISTINCT d.object_type FROM migrate.ddl_log d \
+         WHERE d.logged_at >= (SELECT h.started_at FROM migrate.history h WHERE h.version = $1) \
+           AND d.migration_version = $1 AND d.event = 'sql_drop' AND d.object_type IS NOT NULL",
         &[version.into()],
     )
     .unwrap_or_default()
@@ -70,8 +73,12 @@ pub fn dropped_kinds(version: &str) -> Vec<String> {
 
 /// Keeps every open watch of this database, once a sample was taken.
 pub fn keep(sample: &Sample) {
-    let open = match transaction(read_open) {
-        Ok(open) => open,
+    let open = match transaction(open_versions) {
+        Ok(Ok(open)) => open,
+        Ok(Err(e)) => {
+            simple_query::log(&format!("could not read the watches: {e}"));
+            return;
+        }
         Err(e) => {
             // A database whose pg_migrate predates watches has nothing to keep.
             if e.code != pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE {
@@ -80,15 +87,32 @@ pub fn keep(sample: &Sample) {
             return;
         }
     };
-    for watch in open {
-        let version = watch.version.clone();
-        if let Err(e) = transaction(|| keep_one(&watch, sample)) {
+    for (version, state) in open {
+        if let Err(e) = transaction(|| keep_one(&version, state, sample)) {
             simple_query::log(&format!(
                 "could not keep the watch of migration {version}: {}",
                 e.message
             ));
         }
     }
+}
+
+/// The open watches' versions and states: each is read in full (its baseline) once, by
+/// `keep_one`.
+fn open_versions() -> Result<Vec<(String, WatchState)>, pgrx::spi::Error> {
+    crate::pg::spi::pinned_rows(
+        "SELECT w.version, w.state FROM migrate.watch_records w \
+         JOIN migrate.history h USING (version) \
+         WHERE w.state IN ('waiting', 'watching', 'rolling back', 'recovering') \
+         ORDER BY h.version_key",
+        &[],
+        |r| {
+            Ok((
+                r.get::<String>(1)?.unwrap_or_default(),
+                WatchState::from_column(r.get(2)?)?,
+            ))
+        },
+    )
 }
 
 /// Whether any watch is open here: the worker stays while one is.
@@ -116,12 +140,8 @@ fn transaction<T>(f: impl FnOnce() -> T) -> Result<T, crate::pg::subxact::Caught
     })
 }
 
-fn read_open() -> Vec<Open> {
-    read_watches(None)
-}
-
-/// The open watches, or the one of `version` whatever its state.
-fn read_watches(version: Option<&str>) -> Vec<Open> {
+/// The watch of `version`, whatever its state.
+fn read_watch(version: &str) -> Result<Option<Open>, pgrx::spi::Error> {
     crate::pg::spi::pinned_rows(
         "SELECT w.version, w.state, w.on_regression, \
                 extract(epoch FROM w.watch)::float8, \
@@ -130,10 +150,7 @@ fn read_watches(version: Option<&str>) -> Vec<Open> {
                 w.baseline::text, w.looks, w.failing_looks, h.status, h.rollback_script, \
                 w.rollback_phase, h.settings ->> 'standard_conforming_strings' \
          FROM migrate.watch_records w JOIN migrate.history h USING (version) \
-         WHERE CASE WHEN $1 IS NULL \
-                    THEN w.state IN ('waiting', 'watching', 'rolling back', 'recovering') \
-                    ELSE w.version = $1 END \
-         ORDER BY h.version_key",
+         WHERE w.version = $1",
         &[version.into()],
         |r| {
             let baseline: String = r.get(6)?.unwrap_or_default();
@@ -153,27 +170,32 @@ fn read_watches(version: Option<&str>) -> Vec<Open> {
             })
         },
     )
-    .unwrap_or_else(|e| pgrx::error!("pg_migrate: could not read the watches: {e}"))
+    .map(|mut rows| rows.pop())
 }
 
 /// Keeps one watch, in a transaction of its own. Its sample is recorded whatever happens;
 /// its looks and changes of state only under the applier lock (tried; taken by an applier,
 /// they wait for the next sample), and only if its state is still the one read: a decision
 /// (accept, reject, cancel) committed meanwhile stands.
-fn keep_one(read: &Open, sample: &Sample) {
+fn keep_one(version: &str, read: WatchState, sample: &Sample) {
     let locked = crate::history::lock::try_lock_history();
-    let fresh = if locked {
-        read_watches(Some(&read.version)).pop()
-    } else {
-        None
+    let watch = match read_watch(version) {
+        Ok(Some(watch)) => watch,
+        Ok(None) => return,
+        Err(e) => {
+            simple_query::log(&format!(
+                "could not read the watch of migration {version}: {e}"
+            ));
+            return;
+        }
     };
-    let watch = fresh.as_ref().unwrap_or(read);
     if matches!(watch.state, WatchState::Watching | WatchState::Recovering) {
-        record_sample(watch, sample);
+        record_sample(&watch, sample);
     }
-    if !locked || watch.state != read.state {
+    if !locked || watch.state != read {
         return;
     }
+    let watch = &watch;
     match watch.state {
         WatchState::Waiting => match watch.status {
             Status::Applied => {
@@ -345,14 +367,19 @@ fn look_if_due(watch: &Open) {
     } else {
         0
     };
-    let after = gate::after_look(
-        watch.state,
-        &look,
-        failing,
-        due >= gate::LOOKS.len(),
-        watch.on_regression,
-        watch.may_roll_back(),
-    );
+    let last = due >= gate::LOOKS.len();
+    let mut after = gate::after_look(watch.state, &look, failing, last, watch.on_regression, true);
+    // The DDL log is read only when a rollback would run.
+    if after.rollback && !watch.may_roll_back() {
+        after = gate::after_look(
+            watch.state,
+            &look,
+            failing,
+            last,
+            watch.on_regression,
+            false,
+        );
+    }
     write(
         "UPDATE migrate.watch_records SET looks = $2, failing_looks = $3 WHERE version = $1",
         &[
