@@ -3,7 +3,8 @@
 # and the benchmarks. Each lives in its own directory (data, socket, log) outside /root, runs
 # as the postgres user on its own port, and listens on 127.0.0.1 and its own socket only.
 #
-#   cluster.sh start DIR PORT [-c name=value ...]   initdb if needed, then start (idempotent)
+#   cluster.sh start DIR PORT [-c name=value ...]   initdb if needed, then start (idempotent);
+#                                                   INITDB_ARGS (e.g. --data-checksums) for initdb
 #   cluster.sh stop DIR                             fast shutdown (idempotent)
 #   cluster.sh restart DIR                          e.g. to load a newly installed library
 #   cluster.sh status DIR
@@ -29,7 +30,7 @@ start)
     chown postgres: "$dir" "$dir/sock"
     if [ ! -f "$dir/data/PG_VERSION" ]; then
         as_postgres "$PG_BIN/initdb" -D "$dir/data" -U postgres -A trust --no-sync -E UTF8 \
-            --locale=C >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
+            --locale=C ${INITDB_ARGS:-} >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
         cat >>"$dir/data/postgresql.conf" <<CONF
 
 # cluster.sh

@@ -41,14 +41,14 @@ class Cluster:
         self.port = port or free_port()
         self.sock = self.dir / "sock"
 
-    def start(self, *settings: str, fresh: bool = True) -> "Cluster":
+    def start(self, *settings: str, fresh: bool = True, initdb_args: str = "") -> "Cluster":
         if fresh:
             self.stop()
             shutil.rmtree(self.dir, ignore_errors=True)
         args = [str(CLUSTER_SH), "start", str(self.dir), str(self.port)]
         for s in settings:
             args += ["-c", s]
-        subprocess.run(args, check=True)
+        subprocess.run(args, check=True, env={**os.environ, "INITDB_ARGS": initdb_args})
         return self
 
     def stop(self) -> None:

@@ -44,7 +44,16 @@ if ! cargo pgrx --version 2>/dev/null | grep -q " $PGRX_VERSION\$"; then
     cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
 fi
 
-if [ "$PG" != pg15 ] && [ ! -f "$SERVERS_DIR/$PG/.built" ]; then
+# The contrib modules the tests load; a build missing one (an older setup) is built again.
+CONTRIB=(pg_trgm citext postgres_fdw pg_stat_statements)
+built() {
+    [ -f "$SERVERS_DIR/$PG/.built" ] || return 1
+    local share
+    share=$("$SERVERS_DIR/$PG/bin/pg_config" --sharedir) || return 1
+    for m in "${CONTRIB[@]}"; do [ -f "$share/extension/$m.control" ] || return 1; done
+}
+
+if [ "$PG" != pg15 ] && ! built; then
     if [ -z "${PG_TARBALL[$PG]:-}" ]; then
         echo "setup: PG=$PG is not one of pg15, pg17, pg18" >&2
         exit 1
@@ -84,7 +93,7 @@ if [ "$PG" != pg15 ] && [ ! -f "$SERVERS_DIR/$PG/.built" ]; then
     rm -rf "$build" && tar xjf "$tarball"
     (cd "$build" && ./configure --prefix="$prefix" --without-icu >/dev/null \
         && make -j"$(nproc)" >/dev/null && make install >/dev/null \
-        && for m in pg_trgm citext postgres_fdw; do make -C "contrib/$m" install >/dev/null; done)
+        && for m in "${CONTRIB[@]}"; do make -C "contrib/$m" install >/dev/null; done)
     rm -rf "$build"
     echo "$version" >"$prefix/.built"
     cd - >/dev/null

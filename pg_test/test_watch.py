@@ -67,6 +67,7 @@ import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import psycopg  # noqa: E402
 import pytest  # noqa: E402
@@ -76,7 +77,9 @@ from harness import GATE_SETTINGS, LOOKUP, PG_BIN, Cluster, lookup_orders, wait_
 
 @pytest.fixture(scope="module")
 def gate():
-    c = Cluster("/tmp/pg_migrate_e2e_gate").start("fsync=off", "synchronous_commit=off", *GATE_SETTINGS)
+    # Data checksums on (PostgreSQL 18's default), so that a checksum failure can be shown.
+    c = Cluster("/tmp/pg_migrate_e2e_gate").start("fsync=off", "synchronous_commit=off", *GATE_SETTINGS,
+                                                   initdb_args="--data-checksums")
     yield c
     c.stop()
 
@@ -400,3 +403,113 @@ def test_decisions_stand_against_the_keeper_and_need_the_submitters_privileges(g
     with gate.connect() as admin:
         admin.execute("DROP ROLE gate_dep")
         admin.execute("DROP ROLE gate_other")
+
+
+def finding(conn, version: str, signal: str) -> list[tuple]:
+    return conn.execute(
+        "SELECT stage, baseline, now, shift, verdict FROM migrate.watch_looks WHERE version = %s AND signal = %s "
+        "ORDER BY looked_at, look", (version, signal)).fetchall()
+
+
+def test_checksum_failures_and_unused_indexes_alert_without_deciding(gate):
+    db = lookup_orders(gate, "gate_alerts", statements=False)
+    with gate.connect(db) as c:
+        # A small table whose one page is then damaged on disk, while the server keeps a good
+        # copy in its buffers until it restarts.
+        c.execute("CREATE TABLE fragile AS SELECT g AS id, repeat('x', 50) AS pad FROM generate_series(1, 20) g")
+        c.execute("SELECT count(*) FROM fragile")  # hint bits set now, not after the damage
+        c.execute("CHECKPOINT")
+        path = Path(c.execute("SELECT current_setting('data_directory') || '/' || pg_relation_filepath('fragile')"
+                              ).fetchone()[0])
+        with open(path, "r+b") as f:
+            f.seek(8100)
+            f.write(b"\xde\xad\xbe\xef" * 4)
+        baseline_ready(gate, db, statements=False)
+        c.execute("SELECT * FROM migrate.apply('800', 'CREATE INDEX CONCURRENTLY orders_note_idx ON orders (note)', "
+                  "rollback => 'DROP INDEX CONCURRENTLY orders_note_idx', watch => '60 s', "
+                  "on_regression => 'rollback')")
+        wait_until(lambda: state(c, "800") == "watching", timeout=30, interval=0.2)
+    gate.restart()
+    with gate.connect(db) as c:
+        f = failure(c, "SELECT count(*) FROM fragile")
+        assert f.sqlstate == "XX001", f
+        # Reported at every look since, and never a reason to roll back: the change completes.
+        assert settled(c, "800", timeout=90) == "complete"
+        checksums = finding(c, "800", "checksum failures")
+        assert checksums[-1][2] >= 1 and checksums[-1][4] == "alert", checksums
+        # Nothing looked orders up by note: the new index is unused, an alert too.
+        use = finding(c, "800", "index use")
+        assert use[-1][1:] == (1.0, 0.0, 1.0, "alert"), use
+        assert c.execute("SELECT count(*) FROM migrate.steps WHERE version = '800' AND rollback").fetchone() == (0,)
+        assert "data checksum failures" in gate.log.read_text(errors="replace")
+        # migrate.verify warns of it, and passes.
+        warnings = []
+        c.add_notice_handler(lambda d: warnings.append((d.severity_nonlocalized, d.sqlstate, d.message_primary)))
+        rows = c.execute("SELECT kind, object, ok, detail FROM migrate.verify('800')").fetchall()
+        use_rows = [r for r in rows if r[0] == "index use"]
+        assert [r[:3] for r in use_rows] == [("index use", "public.orders_note_idx", True)], rows
+        assert use_rows[0][3].startswith("warning: not scanned since it was created"), use_rows
+        assert all(r[2] for r in rows), rows
+        assert any(severity == "WARNING" and sqlstate == "01000" and "orders_note_idx" in message
+                   for severity, sqlstate, message in warnings), warnings
+    # Once a query has used it, it is no longer reported.
+    with gate.connect(db) as q:
+        q.execute("SET enable_seqscan = off")
+        q.execute("SELECT count(*) FROM orders WHERE note = 'n5'")
+    with gate.connect(db) as c:
+        wait_until(lambda: c.execute("SELECT idx_scan FROM pg_stat_user_indexes "
+                                     "WHERE indexrelname = 'orders_note_idx'").fetchone()[0] > 0,
+                   timeout=20, interval=0.3)
+        detail = c.execute("SELECT detail FROM migrate.verify('800') WHERE kind = 'index use'").fetchone()[0]
+        assert detail.startswith("scanned 1 time since"), detail
+    gate.drop_database(db)
+
+
+def test_changes_outside_migrations_to_what_a_watch_changed_hold_it(gate):
+    db = lookup_orders(gate, "gate_drift", statements=False)
+    with gate.connect(db) as c:
+        baseline_ready(gate, db, statements=False)
+        c.execute("SELECT * FROM migrate.apply('900', 'CREATE INDEX CONCURRENTLY orders_note_idx ON orders (note)', "
+                  "rollback => 'DROP INDEX CONCURRENTLY orders_note_idx', watch => '60 s', "
+                  "on_regression => 'rollback')")
+        wait_until(lambda: state(c, "900") == "watching", timeout=30, interval=0.2)
+        # DDL on another table is none of the watch's business; on the new index it is.
+        c.execute("CREATE TABLE unrelated (id int)")
+        c.execute("DROP INDEX CONCURRENTLY orders_note_idx")
+        assert settled(c, "900", timeout=60) == "held"
+        reason = c.execute("SELECT reason FROM migrate.watch_records WHERE version = '900'").fetchone()[0]
+        assert "outside migrations (DROP INDEX public.orders_note_idx)" in reason, reason
+        assert "unrelated" not in reason
+        assert finding(c, "900", "drift")[-1][2:] == (1.0, None, "alert")
+        # Held, not rolled back over the change: the rollback was written for the schema the
+        # migration left.
+        assert c.execute("SELECT count(*) FROM migrate.steps WHERE version = '900' AND rollback").fetchone() == (0,)
+        assert c.execute("SELECT migrate.accept('900', 'index dropped on purpose')").fetchone() == ("complete",)
+    gate.drop_database(db)
+
+
+def test_a_failed_rollback_retried_is_watched_to_its_end(gate):
+    db = lookup_orders(gate, "gate_retry")
+    with Pgbench(gate, db, LOOKUP), gate.connect(db) as c:
+        baseline_ready(gate, db)
+        # The rollback names a column that is not there yet: it fails when it runs.
+        c.execute(
+            "SELECT * FROM migrate.apply('100', 'DROP INDEX CONCURRENTLY orders_customer_idx', "
+            "rollback => 'CREATE INDEX CONCURRENTLY orders_customer_idx ON orders (customer_id) INCLUDE (flag)', "
+            "watch => '60 s', on_regression => 'rollback')")
+        assert settled(c, "100") == "rollback failed"
+        assert c.execute("SELECT status FROM migrate.history WHERE version = '100'").fetchone() == ("failed",)
+        assert c.execute("SELECT phase, state, rollback FROM migrate.steps WHERE version = '100' ORDER BY phase"
+                         ).fetchall() == [(1, "done", False), (2, "failed", True)]
+        # The DBA mends what it needs and retries: the rollback runs, its recovery is watched.
+        c.execute("ALTER TABLE orders ADD COLUMN flag int")
+        c.execute("SELECT migrate.retry('100')")
+        wait_until(lambda: state(c, "100") != "rollback failed", timeout=60, interval=0.3)
+        assert settled(c, "100") == "rolled back", c.execute("SELECT * FROM migrate.watch_status").fetchall()
+        assert c.execute("SELECT reason FROM migrate.watch_records WHERE version = '100'"
+                         ).fetchone()[0].startswith("recovery look")
+        stages = looks(c, "100")
+        assert stages[-1] == ("recovery", stages[-1][1], "pass"), stages
+        assert c.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = 'orders_customer_idx'::regclass"
+                         ).fetchone() == (True,)
+    gate.drop_database(db)

@@ -646,7 +646,9 @@ CREATE TABLE migrate.watch_records (
     decided_by          name,
     reason              text,
     -- The rollback's phases in migrate.steps start here.
-    rollback_phase      integer
+    rollback_phase      integer,
+    -- pg_stat_database.checksum_failures when the watch began (NULL: data checksums off).
+    checksum_failures_at_start bigint
 );
 
 CREATE TABLE migrate.watch_samples (
@@ -680,7 +682,7 @@ CREATE TABLE migrate.watch_looks (
     shift               float8,
     upper               float8,
     p_value             float8,
-    verdict             text NOT NULL CHECK (verdict IN ('pass', 'fail', 'inconclusive', 'unavailable')),
+    verdict             text NOT NULL CHECK (verdict IN ('pass', 'fail', 'inconclusive', 'unavailable', 'alert')),
     PRIMARY KEY (version, stage, look, signal)
 );
 

@@ -149,9 +149,82 @@ fn run_checks(migration: &Migration) -> Vec<Check> {
     for change in &migration.changes {
         checks.extend(object_check(migration, change));
     }
+    checks.extend(index_use_checks(migration));
     checks.extend(backfill_checks(&migration.version));
     if let Some(script) = &migration.verify_script {
         checks.extend(query_checks(migration, script));
+    }
+    checks
+}
+
+/// How often each index the migration created has been scanned since. An index nothing
+/// uses still costs every write and its space; a warning, never a failed check, since an
+/// index may be built ahead of the release that needs it. Unique indexes are left out, as
+/// DBAs' unused-index queries leave them out: they enforce a rule even when never scanned.
+fn index_use_checks(migration: &Migration) -> Vec<Check> {
+    let created = migration
+        .changes
+        .iter()
+        .filter(|c| c.kind == "indexes" && c.change == Change::Added && c.attribute.is_none());
+    let checks: Vec<Check> = created
+        .filter_map(|c| c.object.as_deref())
+        .filter_map(|index| {
+            let (scans, since) = read_one::<(i64, String)>(
+                "SELECT s.idx_scan, \
+                        CASE WHEN d.stats_reset > h.finished_at \
+                             THEN 'the statistics were reset ' \
+                                  || pg_catalog.date_trunc('second', \
+                                         pg_catalog.clock_timestamp() - d.stats_reset) || ' ago' \
+                             ELSE 'it was created ' \
+                                  || pg_catalog.date_trunc('second', \
+                                         pg_catalog.clock_timestamp() - h.finished_at) || ' ago' \
+                        END \
+                 FROM pg_catalog.pg_stat_all_indexes s, migrate.history h, \
+                      pg_catalog.pg_stat_database d \
+                 WHERE s.indexrelid = pg_catalog.to_regclass($1) AND h.version = $2 \
+                   AND NOT EXISTS (SELECT FROM pg_catalog.pg_index i \
+                                   WHERE i.indexrelid = s.indexrelid AND i.indisunique) \
+                   AND d.datid = (SELECT oid FROM pg_catalog.pg_database \
+                                  WHERE datname = pg_catalog.current_database())",
+                &[index.into(), migration.version.as_str().into()],
+                |row| Ok((row.get(1)?.unwrap_or(0), row.get(2)?.unwrap_or_default())),
+            )?;
+            Some(Check {
+                kind: "index use",
+                object: Some(index.to_string()),
+                ok: true,
+                detail: if scans > 0 {
+                    format!(
+                        "scanned {scans} time{} since {since}",
+                        if scans == 1 { "" } else { "s" }
+                    )
+                } else {
+                    format!("warning: not scanned since {since}")
+                },
+                ..Check::default()
+            })
+        })
+        .collect();
+    let unused: Vec<&str> = checks
+        .iter()
+        .filter(|c| c.detail.starts_with("warning"))
+        .filter_map(|c| c.object.as_deref())
+        .collect();
+    if !unused.is_empty() {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_WARNING,
+            format!(
+                "{} of the indexes version {} created not scanned since: {}",
+                unused.len(),
+                migration.version,
+                unused.join(", ")
+            ),
+            "pg_stat_all_indexes.idx_scan is 0. An index no query uses still costs every \
+             write to its table, and its space.",
+            "If no release will use it, drop it with DROP INDEX CONCURRENTLY in a migration; \
+             a new index may also wait for the release that needs it.",
+        )
+        .report(pgrx::PgLogLevel::WARNING);
     }
     checks
 }

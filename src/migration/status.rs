@@ -166,6 +166,8 @@ spelt!(
         Fail = "fail",
         Inconclusive = "inconclusive",
         Unavailable = "unavailable",
+        // Reported, never deciding: checksum failures, unused indexes, drift.
+        Alert = "alert",
     }
 );
 

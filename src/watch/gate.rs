@@ -84,6 +84,76 @@ pub struct Look {
     pub verdict: LookVerdict,
     /// The latency ratio reached the emergency brake.
     pub brake: bool,
+    /// DDL outside migrations on what the migration changed: the samples since are no
+    /// longer the change's alone.
+    pub drift: Vec<String>,
+}
+
+impl Default for Look {
+    fn default() -> Look {
+        Look {
+            findings: vec![],
+            verdict: LookVerdict::Inconclusive,
+            brake: false,
+            drift: vec![],
+        }
+    }
+}
+
+/// What the worker reads from the catalogs and statistics at a look, beside the samples.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Context {
+    /// Data checksum failures in the database since the watch began; None: checksums are
+    /// off.
+    pub checksum_failures: Option<i64>,
+    /// The indexes the migration created: how many, how many no scan has used since, and
+    /// their scans.
+    pub indexes: Option<IndexUse>,
+    /// DDL run outside migrations on the objects the migration changed, since the watch
+    /// began, as "COMMAND object".
+    pub drift: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct IndexUse {
+    pub created: i64,
+    pub unused: i64,
+    pub scans: i64,
+}
+
+/// Adds to a look the signals that alert and never decide by themselves: checksum failures
+/// (a disk's or a kernel's fault, which no rollback mends), indexes the migration created
+/// that nothing uses yet (they still cost every write), and drift (which holds a watch:
+/// a change made beside it cannot be told apart from it, nor its rollback run over it).
+pub fn with_context(mut look: Look, context: &Context) -> Look {
+    let mut checksums = Finding::new("checksum failures", LookVerdict::Unavailable);
+    if let Some(n) = context.checksum_failures {
+        checksums.now = Some(n as f64);
+        checksums.verdict = if n > 0 {
+            LookVerdict::Alert
+        } else {
+            LookVerdict::Pass
+        };
+    }
+    let mut indexes = Finding::new("index use", LookVerdict::Unavailable);
+    if let Some(u) = context.indexes.filter(|u| u.created > 0) {
+        indexes.baseline = Some(u.created as f64);
+        indexes.now = Some(u.scans as f64);
+        indexes.shift = Some(u.unused as f64);
+        indexes.verdict = if u.unused > 0 {
+            LookVerdict::Alert
+        } else {
+            LookVerdict::Pass
+        };
+    }
+    let mut drift = Finding::new("drift", LookVerdict::Pass);
+    drift.now = Some(context.drift.len() as f64);
+    if !context.drift.is_empty() {
+        drift.verdict = LookVerdict::Alert;
+    }
+    look.findings.extend([checksums, indexes, drift]);
+    look.drift = context.drift.clone();
+    look
 }
 
 fn median(values: &mut [f64]) -> Option<f64> {
@@ -237,6 +307,7 @@ pub fn judge(baseline: &[Point], watch: &[Point], limits: &Limits) -> Look {
         findings,
         verdict,
         brake,
+        drift: vec![],
     }
 }
 
@@ -274,6 +345,8 @@ pub fn after_look(
         rollback: false,
     };
     match state {
+        // Neither judged nor rolled back over: a person decides.
+        WatchState::Watching if !look.drift.is_empty() => to(WatchState::Held),
         WatchState::Watching => match look.verdict {
             LookVerdict::Pass => to(WatchState::Complete),
             _ if failed && on_regression == OnRegression::Rollback && rollback => After {
@@ -427,9 +500,8 @@ mod unit {
     #[test]
     fn a_regression_is_rolled_back_after_two_failing_looks() {
         let fail = Look {
-            findings: vec![],
             verdict: LookVerdict::Fail,
-            brake: false,
+            ..Look::default()
         };
         let w = WatchState::Watching;
         let r = OnRegression::Rollback;
@@ -481,5 +553,71 @@ mod unit {
             WatchState::RollbackFailed
         );
         assert!(!after_look(rec, &fail, 2, false, r, true).rollback);
+        // Drift holds a watch whatever its verdict, and never rolls it back.
+        let drifted = with_context(
+            fail.clone(),
+            &Context {
+                drift: vec!["DROP INDEX public.i".into()],
+                ..Context::default()
+            },
+        );
+        let after = after_look(w, &drifted, 2, false, r, true);
+        assert_eq!((after.state, after.rollback), (WatchState::Held, false));
+        let passed_but_drifted = Look {
+            verdict: LookVerdict::Pass,
+            ..drifted.clone()
+        };
+        assert_eq!(
+            after_look(w, &passed_but_drifted, 0, false, r, true).state,
+            WatchState::Held
+        );
+    }
+
+    #[test]
+    fn checksum_failures_and_unused_indexes_alert_without_deciding() {
+        let pass = judge(&points(&CALM), &points(&CALM[..8]), &LIMITS);
+        assert_eq!(pass.verdict, LookVerdict::Pass);
+        let look = with_context(
+            pass,
+            &Context {
+                checksum_failures: Some(2),
+                indexes: Some(IndexUse {
+                    created: 2,
+                    unused: 1,
+                    scans: 40,
+                }),
+                drift: vec![],
+            },
+        );
+        let verdict = |signal: &str| {
+            look.findings
+                .iter()
+                .find(|f| f.signal == signal)
+                .map(|f| f.verdict)
+        };
+        assert_eq!(verdict("checksum failures"), Some(LookVerdict::Alert));
+        assert_eq!(verdict("index use"), Some(LookVerdict::Alert));
+        assert_eq!(verdict("drift"), Some(LookVerdict::Pass));
+        assert_eq!(look.verdict, LookVerdict::Pass);
+        let w = WatchState::Watching;
+        assert_eq!(
+            after_look(w, &look, 0, false, OnRegression::Rollback, true).state,
+            WatchState::Complete
+        );
+        // Checksums off, no index created: nothing to say.
+        let quiet = with_context(Look::default(), &Context::default());
+        assert_eq!(
+            verdict_of(&quiet, "checksum failures"),
+            LookVerdict::Unavailable
+        );
+        assert_eq!(verdict_of(&quiet, "index use"), LookVerdict::Unavailable);
+    }
+
+    fn verdict_of(look: &Look, signal: &str) -> LookVerdict {
+        look.findings
+            .iter()
+            .find(|f| f.signal == signal)
+            .unwrap()
+            .verdict
     }
 }

@@ -28,6 +28,9 @@ struct Open {
     /// The submitter's standard_conforming_strings: the rollback splits as it did when it
     /// was applied.
     standard_strings: Option<String>,
+    /// The rollback ran to its end once (its recovery began): a later failure is the
+    /// recovery's, not the rollback's.
+    recovery_began: bool,
 }
 
 impl Open {
@@ -104,6 +107,8 @@ fn open_versions() -> Result<Vec<(String, WatchState)>, pgrx::spi::Error> {
         "SELECT w.version, w.state FROM migrate.watch_records w \
          JOIN migrate.history h USING (version) \
          WHERE w.state IN ('waiting', 'watching', 'rolling back', 'recovering') \
+            OR (w.state = 'rollback failed' AND w.rollback_phase IS NOT NULL \
+                AND w.recovery_started_at IS NULL AND h.status <> 'failed') \
          ORDER BY h.version_key",
         &[],
         |r| {
@@ -148,7 +153,8 @@ fn read_watch(version: &str) -> Result<Option<Open>, pgrx::spi::Error> {
                 extract(epoch FROM clock_timestamp() - CASE WHEN w.state = 'recovering' \
                     THEN w.recovery_started_at ELSE w.started_at END)::float8, \
                 w.baseline::text, w.looks, w.failing_looks, h.status, h.rollback_script, \
-                w.rollback_phase, h.settings ->> 'standard_conforming_strings' \
+                w.rollback_phase, h.settings ->> 'standard_conforming_strings', \
+                w.recovery_started_at IS NOT NULL \
          FROM migrate.watch_records w JOIN migrate.history h USING (version) \
          WHERE w.version = $1",
         &[version.into()],
@@ -167,6 +173,7 @@ fn read_watch(version: &str) -> Result<Option<Open>, pgrx::spi::Error> {
                 rollback_script: r.get(10)?,
                 rollback_phase: r.get(11)?,
                 standard_strings: r.get(12)?,
+                recovery_began: r.get(13)?.unwrap_or(false),
             })
         },
     )
@@ -201,9 +208,9 @@ fn keep_one(version: &str, read: WatchState, sample: &Sample) {
             Status::Applied => {
                 change_state(watch, WatchState::Watching, "the migration took effect");
                 write(
-                    "UPDATE migrate.watch_records SET started_at = clock_timestamp() \
-                     WHERE version = $1",
-                    &[watch.version.as_str().into()],
+                    "UPDATE migrate.watch_records SET started_at = clock_timestamp(), \
+                       checksum_failures_at_start = $2 WHERE version = $1",
+                    &[watch.version.as_str().into(), checksum_failures().into()],
                 );
             }
             // A failed migration may be retried: its watch waits for it.
@@ -215,19 +222,26 @@ fn keep_one(version: &str, read: WatchState, sample: &Sample) {
             _ => {}
         },
         WatchState::Watching | WatchState::Recovering => look_if_due(watch),
+        // Its failed phase was retried (migrate.retry) and ran: the recovery is watched as
+        // if it had run the first time.
+        WatchState::RollbackFailed if watch.rollback_phase.is_some() && !watch.recovery_began => {
+            match watch.status {
+                Status::Applied => {
+                    begin_recovery(watch, "the rollback ran when retried; watching the recovery")
+                }
+                Status::Cancelled => change_state(
+                    watch,
+                    WatchState::Held,
+                    "the retried rollback was cancelled: settle the watch with migrate.accept \
+                     or migrate.reject",
+                ),
+                _ => {}
+            }
+        }
         WatchState::RollingBack => match (watch.rollback_phase, watch.status) {
             (None, _) => start_rollback(watch),
             (Some(_), Status::Applied) => {
-                change_state(
-                    watch,
-                    WatchState::Recovering,
-                    "the rollback ran; watching the recovery",
-                );
-                write(
-                    "UPDATE migrate.watch_records SET recovery_started_at = clock_timestamp(), \
-                       looks = 0, failing_looks = 0 WHERE version = $1",
-                    &[watch.version.as_str().into()],
-                );
+                begin_recovery(watch, "the rollback ran; watching the recovery")
             }
             (Some(_), Status::Failed) => change_state(
                 watch,
@@ -243,6 +257,94 @@ fn keep_one(version: &str, read: WatchState, sample: &Sample) {
             _ => {}
         },
         _ => {}
+    }
+}
+
+fn begin_recovery(watch: &Open, why: &str) {
+    change_state(watch, WatchState::Recovering, why);
+    write(
+        "UPDATE migrate.watch_records SET recovery_started_at = clock_timestamp(), \
+           looks = 0, failing_looks = 0 WHERE version = $1",
+        &[watch.version.as_str().into()],
+    );
+}
+
+/// Data checksum failures counted in this database since the statistics were reset; None
+/// when data checksums are off.
+fn checksum_failures() -> Option<i64> {
+    crate::pg::spi::pinned_row(
+        "SELECT checksum_failures FROM pg_catalog.pg_stat_database WHERE datid = $1",
+        &[process::database().into()],
+        |r| r.get::<i64>(1),
+    )
+    .ok()
+    .flatten()
+    .flatten()
+}
+
+/// What a look reads beside the samples (see `gate::with_context`).
+fn context(watch: &Open) -> gate::Context {
+    let since_start = crate::pg::spi::pinned_row(
+        "SELECT checksum_failures_at_start FROM migrate.watch_records WHERE version = $1",
+        &[watch.version.as_str().into()],
+        |r| r.get::<i64>(1),
+    )
+    .ok()
+    .flatten()
+    .flatten();
+    let checksum_failures =
+        checksum_failures().map(|now| now - since_start.unwrap_or(now).min(now));
+    if let Some(n) = checksum_failures.filter(|n| *n > 0) {
+        pgrx::warning!(
+            "pg_migrate: {n} data checksum failures in this database since migration {} took \
+             effect; a disk or memory fault, which no rollback mends (see \
+             pg_stat_database.checksum_failures and the server log)",
+            watch.version
+        );
+    }
+    // The migration's indexes (not unique ones, which enforce a rule unscanned) and objects,
+    // from the changes recorded with it.
+    let indexes = crate::pg::spi::pinned_row(
+        "SELECT count(*), count(*) FILTER (WHERE s.idx_scan = 0), coalesce(sum(s.idx_scan), 0)::int8 \
+         FROM migrate.history h, \
+              jsonb_array_elements(CASE jsonb_typeof(h.changes) WHEN 'array' THEN h.changes \
+                                   ELSE '[]' END) c \
+         JOIN pg_catalog.pg_stat_all_indexes s \
+           ON s.indexrelid = pg_catalog.to_regclass(c ->> 'object') \
+         JOIN pg_catalog.pg_index i ON i.indexrelid = s.indexrelid AND NOT i.indisunique \
+         WHERE h.version = $1 AND c ->> 'kind' = 'indexes' AND c ->> 'change' = 'added' \
+           AND c ->> 'attribute' IS NULL",
+        &[watch.version.as_str().into()],
+        |r| {
+            Ok(gate::IndexUse {
+                created: r.get::<i64>(1)?.unwrap_or(0),
+                unused: r.get::<i64>(2)?.unwrap_or(0),
+                scans: r.get::<i64>(3)?.unwrap_or(0),
+            })
+        },
+    )
+    .ok()
+    .flatten();
+    let drift = crate::pg::spi::pinned_column(
+        // From the watch's start on, by the log's index on logged_at.
+        "WITH mine AS (
+             SELECT c ->> 'object' AS o, c ->> 'relation' AS r FROM migrate.history h, \
+                    jsonb_array_elements(CASE jsonb_typeof(h.changes) WHEN 'array' \
+                                         THEN h.changes ELSE '[]' END) c \
+             WHERE h.version = $1) \
+         SELECT DISTINCT d.command_tag || ' ' || d.object_identity FROM migrate.ddl_log d \
+         WHERE d.logged_at >= (SELECT w.started_at FROM migrate.watch_records w \
+                               WHERE w.version = $1) \
+           AND d.migration_version IS NULL AND d.event IN ('ddl_command_end', 'sql_drop') \
+           AND d.object_identity IN (SELECT o FROM mine UNION SELECT r FROM mine) \
+         ORDER BY 1 LIMIT 5",
+        &[watch.version.as_str().into()],
+    )
+    .unwrap_or_default();
+    gate::Context {
+        checksum_failures,
+        indexes,
+        drift,
     }
 }
 
@@ -356,10 +458,13 @@ fn look_if_due(watch: &Open) {
     if due <= watch.looks {
         return;
     }
-    let look = gate::judge(
-        &baseline_points(&watch.baseline),
-        &recorded_points(watch),
-        &super::watch_limits(),
+    let look = gate::with_context(
+        gate::judge(
+            &baseline_points(&watch.baseline),
+            &recorded_points(watch),
+            &super::watch_limits(),
+        ),
+        &context(watch),
     );
     record_look(watch, due, &look);
     let failing = if look.verdict == LookVerdict::Fail {
@@ -423,6 +528,15 @@ fn why(watch: &Open, look: &Look, failing: u32, due: usize) -> String {
         })
         .collect();
     let stage = watch.stage();
+    if !look.drift.is_empty() && watch.state == WatchState::Watching {
+        return format!(
+            "{stage} look {due}: what the migration changed was changed again outside \
+             migrations ({}); the workload's signals are no longer its alone, and its rollback \
+             was written for the schema it left: settle the watch with migrate.accept or \
+             migrate.reject",
+            look.drift.join(", ")
+        );
+    }
     match look.verdict {
         LookVerdict::Pass => format!("{stage} look {due}: every signal within its bounds"),
         LookVerdict::Fail if look.brake => {
