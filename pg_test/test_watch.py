@@ -264,6 +264,10 @@ def test_a_watch_resumes_after_the_worker_is_killed_and_the_server_restarted(gat
 def test_watch_arguments_are_checked_before_anything_is_recorded(gate):
     db = gate.create_database("gate_bad_input")
     with gate.connect(db) as c:
+        # The worker of this new database has only just begun to sample: too thin a baseline
+        # to judge by, refused (once there are enough, the same apply goes through below).
+        f = failure(c, "SELECT migrate.apply('1', 'CREATE TABLE a (id int)', watch => '10 min')")
+        assert (f.sqlstate, "sampled" in f.message, "Apply again in about" in f.hint) == ("55000", True, True), f
         cases = [
             ("SELECT migrate.apply('1', 'CREATE TABLE a (id int)', watch => '10 min', on_regression => 'rollback')",
              "22023", "needs a rollback script"),
@@ -290,6 +294,7 @@ def test_watch_arguments_are_checked_before_anything_is_recorded(gate):
                           "SELECT migrate.accept('1')", "SELECT migrate.reject('1')"):
                 assert failure(o, query).sqlstate == "42501"
             assert failure(o, "SELECT * FROM migrate.watch_status").sqlstate == "42501"
+        baseline_ready(gate, db, samples=5, statements=False)
         # A watched migration keeps others out until its gate settles; accept settles it.
         c.execute("SELECT migrate.apply('1', 'CREATE TABLE a (id int)', watch => '10 min')")
         f = failure(c, "SELECT migrate.apply('2', 'CREATE TABLE b (id int)')")
@@ -512,4 +517,42 @@ def test_a_failed_rollback_retried_is_watched_to_its_end(gate):
         assert stages[-1] == ("recovery", stages[-1][1], "pass"), stages
         assert c.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = 'orders_customer_idx'::regclass"
                          ).fetchone() == (True,)
+    gate.drop_database(db)
+
+
+def test_an_expand_window_is_contracted_only_once_its_health_gate_has_passed(gate):
+    db = lookup_orders(gate, "gate_window", statements=False)
+    rename = "ALTER TABLE orders RENAME COLUMN note TO remark"
+    with gate.connect(db) as c:
+        with Clients(gate, db, "SELECT note FROM orders WHERE id = 5") as old_clients:
+            baseline_ready(gate, db, statements=False)
+            # A window is given up by abort, the DBA's decision, never by its gate.
+            f = failure(c, "SELECT * FROM migrate.expand('43', %s, watch => '1 min', on_regression => 'rollback')",
+                        (rename,))
+            assert (f.sqlstate, "does not roll it back" in f.message, bool(f.detail and f.hint)) == (
+                "22023", True, True), f
+            assert c.execute("SELECT (SELECT count(*) FROM migrate.history) + "
+                             "(SELECT count(*) FROM migrate.window_history)").fetchone() == (0,)
+            c.execute("SELECT * FROM migrate.expand('43', %s, watch => '8 s')", (rename,))
+            wait_until(lambda: state(c, "43") == "watching", timeout=60, interval=0.2)
+            f = failure(c, "SELECT * FROM migrate.contract('43')")
+            assert (f.sqlstate, "health gate of window 43 is open" in f.message) == ("55006", True), f
+            assert "migrate.accept('43'" in f.hint and "migrate.abort('43')" in f.hint, f
+            # Old clients still read note through the window: the gate passes.
+            assert settled(c, "43", timeout=60) == "complete"
+        assert old_clients.errors == {}, old_clients.errors
+        c.execute("SELECT * FROM migrate.contract('43')")
+        assert c.execute("SELECT ended FROM migrate.window_history WHERE version = '43'").fetchone() == ("contracted",)
+        # A held or rejected gate refuses contract; abort ends the window and its gate.
+        c.execute("SELECT * FROM migrate.expand('44', 'ALTER TABLE orders ADD COLUMN flag int', watch => '1 min')")
+        wait_until(lambda: state(c, "44") == "watching", timeout=60, interval=0.2)
+        assert c.execute("SELECT migrate.reject('44', 'not now')").fetchone() == ("rejected",)
+        f = failure(c, "SELECT * FROM migrate.contract('44')")
+        assert (f.sqlstate, "ended rejected" in f.message, "migrate.abort('44')" in f.hint) == ("55000", True, True), f
+        c.execute("SELECT * FROM migrate.abort('44')")
+        c.execute("SELECT * FROM migrate.expand('45', 'ALTER TABLE orders ADD COLUMN flag2 int', watch => '1 min')")
+        wait_until(lambda: state(c, "45") == "watching", timeout=60, interval=0.2)
+        c.execute("SELECT * FROM migrate.abort('45')")
+        assert c.execute("SELECT state, reason FROM migrate.watch_records WHERE version = '45'").fetchone() == (
+            "rejected", "the window was aborted by postgres")
     gate.drop_database(db)

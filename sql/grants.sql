@@ -90,7 +90,7 @@ GRANT EXECUTE ON FUNCTION
     migrate.pause(bigint),
     migrate.resume(bigint),
     migrate.cancel(bigint),
-    migrate.expand(text, text, interval, text, boolean, text, jsonb),
+    migrate.expand(text, text, interval, text, boolean, text, jsonb, interval, text),
     migrate.contract(text),
     migrate.abort(text),
     -- Evaluated in the WHEN clause of every bridged write, whoever the writer.

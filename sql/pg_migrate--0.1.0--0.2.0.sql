@@ -539,7 +539,7 @@ LEFT JOIN LATERAL (
 CREATE FUNCTION migrate.expand(
     "version" text, "script" text, "ttl" interval DEFAULT NULL, "description" text DEFAULT NULL,
     "dry_run" boolean DEFAULT false, "on_expiry" text DEFAULT 'alert',
-    "options" jsonb DEFAULT NULL)
+    "options" jsonb DEFAULT NULL, "watch" interval DEFAULT NULL, "on_regression" text DEFAULT NULL)
 RETURNS TABLE ("step" integer, "stage" text, "statement" text, "lock" text)
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c AS 'MODULE_PATHNAME', 'expand_wrapper';
@@ -561,13 +561,13 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'writes_version_wrapper';
 GRANT SELECT ON migrate.window_history TO migrate_admin;
 GRANT SELECT ON migrate.windows TO PUBLIC;
 REVOKE EXECUTE ON FUNCTION
-    migrate.expand(text, text, interval, text, boolean, text, jsonb), migrate.contract(text),
+    migrate.expand(text, text, interval, text, boolean, text, jsonb, interval, text), migrate.contract(text),
     migrate.abort(text), migrate.writes_version(text, text), migrate.window_writes(text),
     migrate.window_sessions(text), migrate.extend(text, interval, text),
     migrate.count_window_write()
 FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
-    migrate.expand(text, text, interval, text, boolean, text, jsonb), migrate.contract(text),
+    migrate.expand(text, text, interval, text, boolean, text, jsonb, interval, text), migrate.contract(text),
     migrate.abort(text), migrate.writes_version(text, text), migrate.window_writes(text),
     migrate.window_sessions(text), migrate.extend(text, interval, text)
 TO PUBLIC;

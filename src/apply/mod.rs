@@ -187,6 +187,7 @@ pub(crate) fn apply_script(
         }
         Decision::Apply => {
             crate::watch::refuse_while_open(version.as_str()).or_raise();
+            crate::watch::refuse_without_baseline(watch.as_ref()).or_raise();
             let running = Running {
                 version: version.to_string(),
                 has_rollback: rollback.is_some(),

@@ -182,6 +182,97 @@ pub fn refuse_while_open(version: &str) -> Result<(), Problem> {
     ))
 }
 
+/// The workload's samples a watch applied now takes as its baseline.
+fn baseline_now() -> Vec<sample::Sample> {
+    let since =
+        crate::pg::process::now() - i64::from(crate::gucs::WATCH_BASELINE_S.get()) * 1_000_000;
+    crate::pg::sample_ring::recent(crate::pg::process::database(), since)
+}
+
+/// Refuses a watch whose baseline is too thin to judge by: with fewer samples before the
+/// change than a look needs, it could only end held. Checked only when the migration is
+/// to run (a replayed version is a no-op), before it takes a lock.
+pub fn refuse_without_baseline(request: Option<&Request>) -> Result<(), Problem> {
+    if request.is_none() {
+        return Ok(());
+    }
+    let have = baseline_now().len();
+    let need = crate::gucs::WATCH_MIN_SAMPLES.get().max(2) as usize;
+    if have >= need {
+        return Ok(());
+    }
+    let interval = sampler::interval().map_or(0, |i| i.as_secs());
+    Err(Problem::new(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!(
+            "the workload has been sampled {have} times in the last {} s; a watch needs {need}",
+            crate::gucs::WATCH_BASELINE_S.get()
+        ),
+        "A watch judges the samples after the change against those before it \
+         (migrate.watch_min_samples on each side). The background worker samples every \
+         migrate.watch_sample_interval: it has just started (a new server, pg_migrate just \
+         installed), sampling was off, or another database had its worker slot.",
+        format!(
+            "Apply again in about {} s; or apply without watch.",
+            (need - have) as u64 * interval.max(1)
+        ),
+    ))
+}
+
+/// The state of migration `version`'s watch; None when it is not watched.
+fn state_of(version: &str) -> Option<WatchState> {
+    crate::pg::spi::pinned_row(
+        "SELECT state FROM migrate.watch_records WHERE version = $1",
+        &[version.into()],
+        |r| r.get::<String>(1),
+    )
+    .ok()
+    .flatten()
+    .flatten()
+    .and_then(|s| WatchState::parse(&s))
+}
+
+/// A watched window is contracted only once its health gate has passed (or was accepted):
+/// contract takes the old version's way back away.
+pub fn refuse_contract(version: &str) -> Result<(), Problem> {
+    let state = match state_of(version) {
+        None | Some(WatchState::Complete) => return Ok(()),
+        Some(state) => state,
+    };
+    if state.open() {
+        return Err(Problem::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+            format!("the health gate of window {version} is open ({state})"),
+            "Contract takes the old version's names and columns away; it waits until the \
+             workload has shown that the window's change did no harm.",
+            format!(
+                "Wait until SELECT * FROM migrate.watch_status shows it complete, or settle it \
+                 with migrate.accept('{version}', 'reason'); migrate.abort('{version}') gives \
+                 the window up."
+            ),
+        ));
+    }
+    Err(Problem::new(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!("the health gate of window {version} ended {state}"),
+        "The window's change was judged harmful; contracting it would make it final.",
+        format!("Give the window up with migrate.abort('{version}')."),
+    ))
+}
+
+/// A watched window given up: its gate, if open, ends rejected.
+pub fn window_aborted(version: &str) {
+    if state_of(version).is_some_and(|s| s.open()) {
+        let who = crate::pg::identity::current_user_name();
+        keeper::set_state(
+            version,
+            WatchState::Rejected,
+            Some(&who),
+            &format!("the window was aborted by {who}"),
+        );
+    }
+}
+
 /// Whether migration `version` is running its rollback: a decision of its watch, which
 /// only a role with the submitter's privileges may overturn (by cancelling it).
 pub fn rolling_back(version: &str) -> bool {
@@ -199,9 +290,7 @@ pub fn rolling_back(version: &str) -> bool {
 /// Records the watch of a migration just applied or submitted to the worker, with the
 /// workload's recent samples as its baseline.
 pub fn record(version: &str, request: &Request) {
-    let since =
-        crate::pg::process::now() - i64::from(crate::gucs::WATCH_BASELINE_S.get()) * 1_000_000;
-    let baseline = crate::pg::sample_ring::recent(crate::pg::process::database(), since);
+    let baseline = baseline_now();
     // Watched from when the worker sees it applied: after the caller's commit, however long
     // its transaction.
     let state = WatchState::Waiting;

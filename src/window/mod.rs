@@ -16,7 +16,7 @@ use crate::migration::checksum::Checksums;
 use crate::migration::limits::Policy;
 use crate::migration::running::{self, Running};
 use crate::migration::script::require_script;
-use crate::migration::status::{Status, WindowEnd};
+use crate::migration::status::{OnRegression, Status, WindowEnd};
 use crate::migration::version::Version;
 use crate::pg::expand::{self as read, Request, Unread};
 use crate::pg::identity;
@@ -36,6 +36,8 @@ fn expand(
     dry_run: default!(bool, false),
     on_expiry: default!(&str, "'alert'"),
     options: default!(Option<JsonB>, "NULL"),
+    watch: default!(Option<Interval>, "NULL"),
+    on_regression: default!(Option<&str>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -52,6 +54,7 @@ fn expand(
     let source = require_script(script).or_raise();
     let ttl_s = ttl_seconds(ttl).or_raise();
     let on_expiry = ttl::OnExpiry::parse(on_expiry).or_raise();
+    let watch = watch_request(watch.as_ref(), on_regression).or_raise();
     let given = options
         .as_ref()
         .map(|o| options::parse(&o.0, split_name))
@@ -249,7 +252,7 @@ fn expand(
         None,
         Vec::new(),
         None,
-        None,
+        watch,
     );
     drop(restores_settings);
     if Status::parse(&status).is_none_or(|s| !matches!(s, Status::Applied | Status::Pending)) {
@@ -275,6 +278,25 @@ fn expand(
     // The worker keeps the window's time: it reads it once this transaction commits.
     crate::pg::shmem::wake_at_commit();
     TableIterator::new(rows)
+}
+
+/// A window's watch: the health gate between publish and contract. A window's regression is
+/// not rolled back by the gate: its way back is `migrate.abort`, which keeps what new
+/// clients wrote, and that is the DBA's to decide; a failed gate holds the window.
+fn watch_request(
+    watch: Option<&Interval>,
+    on_regression: Option<&str>,
+) -> Result<Option<crate::watch::Request>, Problem> {
+    if on_regression == Some(OnRegression::Rollback.as_str()) {
+        return Err(Problem::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "an expand window's health gate does not roll it back",
+            "A window is given up with migrate.abort, which keeps what new clients wrote; a \
+             failed gate holds the window for that decision (contract is refused meanwhile).",
+            "Pass on_regression => 'hold' (the default), or leave it out.",
+        ));
+    }
+    crate::watch::request(watch, on_regression, false)
 }
 
 /// An options key's identifiers, as PostgreSQL reads a qualified name.
@@ -575,6 +597,10 @@ fn end(version: Option<&str>, how: WindowEnd) -> Vec<StepRow> {
     }
     let status = history::find(&version).map(|r| r.status);
     refuse_end(&version, how, status).or_raise();
+    match how {
+        WindowEnd::Contracted => crate::watch::refuse_contract(version.as_str()).or_raise(),
+        WindowEnd::Aborted => crate::watch::window_aborted(version.as_str()),
+    }
     refuse_dependents(&version, verb, &window.schemas).or_raise();
     if how == WindowEnd::Contracted {
         // The row count runs as the opener, in this session: only a caller with the
