@@ -255,7 +255,10 @@ def test_a_watch_resumes_after_the_worker_is_killed_and_the_server_restarted(gat
                   "WHERE backend_type = 'pg_migrate worker' AND datname = current_database()")
     gate.restart()
     with gate.connect(db) as c, Clients(gate, db, "SELECT note FROM orders WHERE id = 9"):
-        assert settled(c, "500", timeout=90) == "complete"
+        assert settled(c, "500", timeout=90) == "complete", c.execute(
+            "SELECT w.reason, l.look, l.signal, l.now, l.shift, l.p_value, l.verdict FROM migrate.watch_records w "
+            "JOIN migrate.watch_looks l USING (version) WHERE version = '500' AND l.verdict <> 'pass' "
+            "ORDER BY l.look").fetchall()
         # Its samples from before the restart were kept and judged with the later ones.
         assert c.execute("SELECT count(*) FROM migrate.watch_samples WHERE version = '500'").fetchone()[0] >= 8
         assert c.execute("SELECT count(*) FROM migrate.steps WHERE version = '500' AND rollback").fetchone()[0] == 0

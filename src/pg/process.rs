@@ -162,3 +162,9 @@ pub fn now() -> i64 {
     // SAFETY: reads the clock.
     unsafe { pg_sys::GetCurrentTimestamp() }
 }
+
+/// When the server started (TimestampTz): `pg_postmaster_start_time()`.
+pub fn server_started() -> i64 {
+    // SAFETY: set by the postmaster before any backend starts, never changed after.
+    unsafe { pg_sys::PgStartTime }
+}

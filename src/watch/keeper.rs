@@ -361,6 +361,12 @@ fn record_sample(watch: &Open, sample: &Sample) {
     if settled_for < sample.seconds.min(elapsed) || settled_for < 0.0 {
         return;
     }
+    // Nor a restart's: caches are cold for a while after the server starts, whatever the
+    // change did.
+    let began = sample.at - (sample.seconds * 1e6) as i64;
+    if began < process::server_started() + (settle_s() * 1e6) as i64 {
+        return;
+    }
     let reference = sample::reference(&watch.baseline);
     let index = sample::latency_index(sample, &reference);
     let (lock_wait_ms, lag_bytes) = gauges();

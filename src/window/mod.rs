@@ -26,7 +26,8 @@ use plan::{EndStep, Plan};
 
 type StepRow = (i32, String, String, Option<String>);
 
-#[allow(clippy::type_complexity)]
+// The SQL signature is the API: each argument a named, defaulted parameter.
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 #[pg_extern(volatile, parallel_unsafe)]
 fn expand(
     version: Option<&str>,
