@@ -1132,6 +1132,7 @@ def watch_cost(cluster: Cluster, script: Path, rate: int, rounds: int, work: Pat
     # moves by 15% between identical rounds, far more than the cost.
     load = background_pgbench(cluster, db, script, rate)
     try:
+        share = {}
         with cluster.connect(db) as c:
             for case, interval in (("1s", "1"), ("10s", "10")):
                 c.execute(f"ALTER SYSTEM SET migrate.watch_sample_interval = {interval}")
@@ -1152,6 +1153,12 @@ def watch_cost(cluster: Cluster, script: Path, rate: int, rounds: int, work: Pat
                 print(f"  sampling every {case:>3}: the worker used {used * 1000:.0f} ms of CPU in {wall:.0f} s "
                       f"({samples:.0f} samples, {used * 1000 / samples:.1f} ms each): "
                       f"{used / wall * 100:.3f}% of one core")
+                share[case] = used / wall
+        # Sampling takes from the workload at most the CPU it uses itself: with every core
+        # busy, tps falls by at most that share of the machine.
+        cores = os.cpu_count() or 1
+        print(f"  bound from it at the default 10 s, all {cores} cores busy: off/on tps <= "
+              f"{1 / (1 - share['10s'] / cores):.4f}x (goal 1.02x)")
     finally:
         load.terminate()
         load.wait()

@@ -26,7 +26,7 @@ def test_a_migration_is_unverified_until_verify_passes(conn):
     assert failed(conn, "1") == []
     assert state(conn, "1") == "complete"
     report = conn.execute("SELECT verification_report FROM migrate.history WHERE version = '1'").fetchone()[0]
-    assert {r["check"] for r in report} == {"status", "index", "query"}
+    assert {r["check"] for r in report} == {"status", "index", "index use", "query"}
 
 
 def test_verify_fails_on_an_invalid_index(conn):

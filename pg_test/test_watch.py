@@ -74,6 +74,21 @@ import pytest  # noqa: E402
 from harness import GATE_SETTINGS, LOOKUP, PG_BIN, Cluster, lookup_orders, wait_until  # noqa: E402
 
 
+def test_settings_under_which_no_baseline_suffices_refuse_a_watch(cluster, db, conn):
+    # The default sampling: every 10 s over a 300 s baseline, 30 samples at most.
+    conn.execute("ALTER SYSTEM SET migrate.watch_min_samples = 40")
+    conn.execute("SELECT pg_reload_conf()")
+    try:
+        time.sleep(0.5)
+        f = failure(conn, "SELECT migrate.apply('1', 'CREATE TABLE a (id int)', watch => '10 min')")
+        assert (f.sqlstate, "settings allow at most 30" in f.message, "migrate.watch_baseline" in f.hint) == (
+            "55000", True, True), f
+        assert conn.execute("SELECT count(*) FROM migrate.history").fetchone() == (0,)
+    finally:
+        conn.execute("ALTER SYSTEM RESET migrate.watch_min_samples")
+        conn.execute("SELECT pg_reload_conf()")
+
+
 
 @pytest.fixture(scope="module")
 def gate():
@@ -406,6 +421,18 @@ def test_decisions_stand_against_the_keeper_and_need_the_submitters_privileges(g
                 assert failure(other, "SELECT migrate.cancel('4')").sqlstate == "42501"
             assert settled(c, "4", timeout=90) in ("rolled back", "rollback failed")
             assert c.execute("SELECT obj_description('orders'::regclass)").fetchone() == (None,)
+            # A failed rollback is the submitter's to retry or stop, not another admin's.
+            dep.execute("SELECT migrate.apply('5', 'COMMENT ON TABLE orders IS ''five''', "
+                        "rollback => 'SELECT 1/0', watch => '1 min', on_regression => 'rollback')")
+            wait_until(lambda: state(c, "5") == "watching", timeout=20, interval=0.2)
+            assert dep.execute("SELECT migrate.reject('5', 'bad')").fetchone() == ("rolling back",)
+            assert settled(c, "5", timeout=60) == "rollback failed"
+            with gate.connect(db, user="gate_other") as other:
+                assert failure(other, "SELECT migrate.cancel('5')").sqlstate == "42501"
+            dep.execute("SELECT migrate.cancel('5')")
+            time.sleep(2.5)
+            assert state(c, "5") == "rollback failed"
+            assert failure(dep, "SELECT migrate.accept('5')").sqlstate == "55000"
         listener.close()
     gate.drop_database(db)
     with gate.connect() as admin:
@@ -481,13 +508,17 @@ def test_changes_outside_migrations_to_what_a_watch_changed_hold_it(gate):
                   "rollback => 'DROP INDEX CONCURRENTLY orders_note_idx', watch => '60 s', "
                   "on_regression => 'rollback')")
         wait_until(lambda: state(c, "900") == "watching", timeout=30, interval=0.2)
-        # DDL on another table is none of the watch's business; on the new index it is.
+        # DDL on another table is none of the watch's business, nor an object of another kind
+        # that bears the index's name, nor maintenance; a change of the new index is.
         c.execute("CREATE TABLE unrelated (id int)")
+        c.execute("CREATE COLLATION public.orders_note_idx (locale = 'C')")
+        c.execute("REINDEX INDEX CONCURRENTLY orders_note_idx")
+        c.execute("COMMENT ON INDEX orders_note_idx IS 'notes'")
         c.execute("DROP INDEX CONCURRENTLY orders_note_idx")
         assert settled(c, "900", timeout=60) == "held"
         reason = c.execute("SELECT reason FROM migrate.watch_records WHERE version = '900'").fetchone()[0]
         assert "outside migrations (DROP INDEX public.orders_note_idx)" in reason, reason
-        assert "unrelated" not in reason
+        assert not any(word in reason for word in ("unrelated", "COLLATION", "REINDEX", "COMMENT")), reason
         assert finding(c, "900", "drift")[-1][2:] == (1.0, None, "alert")
         # Held, not rolled back over the change: the rollback was written for the schema the
         # migration left.
@@ -509,6 +540,12 @@ def test_a_failed_rollback_retried_is_watched_to_its_end(gate):
         assert c.execute("SELECT status FROM migrate.history WHERE version = '100'").fetchone() == ("failed",)
         assert c.execute("SELECT phase, state, rollback FROM migrate.steps WHERE version = '100' ORDER BY phase"
                          ).fetchall() == [(1, "done", False), (2, "failed", True)]
+        # A failed rollback closes the gate: another change may be applied, and its own gate
+        # keeps the retry out until it settles.
+        c.execute("SELECT * FROM migrate.apply('101', 'CREATE TABLE t101 (id int)', watch => '1 min')")
+        f = failure(c, "SELECT migrate.retry('100')")
+        assert (f.sqlstate, "migration 101" in f.message) == ("55006", True), f
+        c.execute("SELECT migrate.accept('101', 'fine')")
         # The DBA mends what it needs and retries: the rollback runs, its recovery is watched.
         c.execute("ALTER TABLE orders ADD COLUMN flag int")
         c.execute("SELECT migrate.retry('100')")
@@ -553,9 +590,68 @@ def test_an_expand_window_is_contracted_only_once_its_health_gate_has_passed(gat
         f = failure(c, "SELECT * FROM migrate.contract('44')")
         assert (f.sqlstate, "ended rejected" in f.message, "migrate.abort('44')" in f.hint) == ("55000", True, True), f
         c.execute("SELECT * FROM migrate.abort('44')")
-        c.execute("SELECT * FROM migrate.expand('45', 'ALTER TABLE orders ADD COLUMN flag2 int', watch => '1 min')")
-        wait_until(lambda: state(c, "45") == "watching", timeout=60, interval=0.2)
-        c.execute("SELECT * FROM migrate.abort('45')")
-        assert c.execute("SELECT state, reason FROM migrate.watch_records WHERE version = '45'").fetchone() == (
+        # Another window is not contracted while a gate is open: it would be judged as the
+        # watched change. Aborting the watched window ends its gate.
+        c.execute("CREATE TABLE items (id int PRIMARY KEY, label text)")
+        c.execute("SELECT * FROM migrate.expand('45', 'ALTER TABLE items RENAME COLUMN label TO title')")
+        wait_until(lambda: c.execute("SELECT status FROM migrate.history WHERE version = '45'").fetchone() == (
+            "applied",), timeout=60, interval=0.2)
+        c.execute("SELECT * FROM migrate.expand('46', 'ALTER TABLE orders ADD COLUMN flag2 int', watch => '1 min')")
+        wait_until(lambda: state(c, "46") == "watching", timeout=60, interval=0.2)
+        f = failure(c, "SELECT * FROM migrate.contract('45')")
+        assert (f.sqlstate, "migration 46 is watching" in f.message) == ("55006", True), f
+        c.execute("SELECT * FROM migrate.abort('46')")
+        assert c.execute("SELECT state, reason FROM migrate.watch_records WHERE version = '46'").fetchone() == (
             "rejected", "the window was aborted by postgres")
+        c.execute("SELECT * FROM migrate.contract('45')")
+    gate.drop_database(db)
+
+
+def test_lock_waits_count_only_on_the_relations_the_migration_changed(gate):
+    db = lookup_orders(gate, "gate_locks", statements=False)
+    with gate.connect() as admin:
+        admin.execute("ALTER SYSTEM SET migrate.watch_lock_wait = '300ms'")
+        admin.execute("SELECT pg_reload_conf()")
+    try:
+        with gate.connect(db) as c, gate.connect(db) as holder:
+            c.execute("CREATE TABLE elsewhere (id int)")
+            baseline_ready(gate, db, statements=False)
+            c.execute("SELECT * FROM migrate.apply('950', 'ALTER TABLE orders ADD COLUMN lw int', watch => '30 s')")
+            wait_until(lambda: state(c, "950") == "watching", timeout=30, interval=0.1)
+
+            def wait_on(table: str, until: threading.Event):
+                with gate.connect(db) as w:
+                    w.execute("SET lock_timeout = '60s'")
+                    w.execute(f"SELECT count(*) FROM {table}")
+                until.set()
+
+            # A session waits for a lock on another table: none of this watch's business.
+            holder.execute("BEGIN")
+            holder.execute("LOCK TABLE elsewhere IN ACCESS EXCLUSIVE MODE")
+            done = threading.Event()
+            threading.Thread(target=wait_on, args=("elsewhere", done), daemon=True).start()
+            time.sleep(7)
+            holder.execute("COMMIT")
+            assert done.wait(10)
+            on_orders_from = c.execute("SELECT clock_timestamp()").fetchone()[0]
+            # Then on the table the migration changed, until the watch ends.
+            holder.execute("BEGIN")
+            holder.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+            done = threading.Event()
+            threading.Thread(target=wait_on, args=("orders", done), daemon=True).start()
+            try:
+                assert settled(c, "950", timeout=60) == "held"
+            finally:
+                holder.execute("COMMIT")
+            assert done.wait(10)
+            before, during = c.execute(
+                "SELECT max(lock_wait_ms) FILTER (WHERE taken_at < %s), max(lock_wait_ms) FILTER (WHERE taken_at > %s) "
+                "FROM migrate.watch_samples WHERE version = '950'", (on_orders_from, on_orders_from)).fetchone()
+            assert (before, during > 1000) == (0, True), (before, during)
+            verdicts = [v for _, _, _, _, v in finding(c, "950", "lock wait")]
+            assert verdicts[:2] == ["pass", "pass"] and "fail" in verdicts, verdicts
+    finally:
+        with gate.connect() as admin:
+            admin.execute("ALTER SYSTEM RESET migrate.watch_lock_wait")
+            admin.execute("SELECT pg_reload_conf()")
     gate.drop_database(db)

@@ -175,9 +175,10 @@ fn index_use_checks(migration: &Migration) -> Vec<Check> {
                              THEN 'the statistics were reset ' \
                                   || pg_catalog.date_trunc('second', \
                                          pg_catalog.clock_timestamp() - d.stats_reset) || ' ago' \
-                             ELSE 'it was created ' \
-                                  || pg_catalog.date_trunc('second', \
-                                         pg_catalog.clock_timestamp() - h.finished_at) || ' ago' \
+                             ELSE 'it was created' \
+                                  || coalesce(' ' || pg_catalog.date_trunc('second', \
+                                         pg_catalog.clock_timestamp() - h.finished_at) || ' ago', \
+                                         '') \
                         END \
                  FROM pg_catalog.pg_stat_all_indexes s, migrate.history h, \
                       pg_catalog.pg_stat_database d \

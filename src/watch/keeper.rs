@@ -108,7 +108,8 @@ fn open_versions() -> Result<Vec<(String, WatchState)>, pgrx::spi::Error> {
          JOIN migrate.history h USING (version) \
          WHERE w.state IN ('waiting', 'watching', 'rolling back', 'recovering') \
             OR (w.state = 'rollback failed' AND w.rollback_phase IS NOT NULL \
-                AND w.recovery_started_at IS NULL AND h.status <> 'failed') \
+                AND w.recovery_started_at IS NULL \
+                AND h.status IN ('pending', 'running', 'applied')) \
          ORDER BY h.version_key",
         &[],
         |r| {
@@ -223,20 +224,13 @@ fn keep_one(version: &str, read: WatchState, sample: &Sample) {
         },
         WatchState::Watching | WatchState::Recovering => look_if_due(watch),
         // Its failed phase was retried (migrate.retry) and ran: the recovery is watched as
-        // if it had run the first time.
-        WatchState::RollbackFailed if watch.rollback_phase.is_some() && !watch.recovery_began => {
-            match watch.status {
-                Status::Applied => {
-                    begin_recovery(watch, "the rollback ran when retried; watching the recovery")
-                }
-                Status::Cancelled => change_state(
-                    watch,
-                    WatchState::Held,
-                    "the retried rollback was cancelled: settle the watch with migrate.accept \
-                     or migrate.reject",
-                ),
-                _ => {}
-            }
+        // if it had run the first time. A retry cancelled leaves it failed, as it was.
+        WatchState::RollbackFailed
+            if watch.rollback_phase.is_some()
+                && !watch.recovery_began
+                && watch.status == Status::Applied =>
+        {
+            begin_recovery(watch, "the rollback ran when retried; watching the recovery")
         }
         WatchState::RollingBack => match (watch.rollback_phase, watch.status) {
             (None, _) => start_rollback(watch),
@@ -282,6 +276,15 @@ fn checksum_failures() -> Option<i64> {
     .flatten()
 }
 
+/// Commands the DDL log records that leave an object as it was: no drift.
+const MAINTENANCE: &str = "'REINDEX', 'REFRESH MATERIALIZED VIEW', 'COMMENT', 'SECURITY LABEL'";
+
+/// The DDL log's object types of relations and what belongs to them: what a migration's
+/// `changes` name. A collation or a text search configuration may bear a table's name.
+const RELATION_KINDS: &str = "'table', 'table column', 'index', 'sequence', 'view', \
+     'materialized view', 'foreign table', 'table constraint', 'trigger', 'policy', \
+     'rule', 'default value'";
+
 /// What a look reads beside the samples (see `gate::with_context`).
 fn context(watch: &Open) -> gate::Context {
     let since_start = crate::pg::spi::pinned_row(
@@ -295,25 +298,33 @@ fn context(watch: &Open) -> gate::Context {
     let checksum_failures =
         checksum_failures().map(|now| now - since_start.unwrap_or(now).min(now));
     if let Some(n) = checksum_failures.filter(|n| *n > 0) {
-        pgrx::warning!(
-            "pg_migrate: {n} data checksum failures in this database since migration {} took \
-             effect; a disk or memory fault, which no rollback mends (see \
-             pg_stat_database.checksum_failures and the server log)",
-            watch.version
-        );
+        crate::errors::Problem::new(
+            pgrx::PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+            format!(
+                "{n} data checksum failures in this database since migration {} took effect",
+                watch.version
+            ),
+            "A page read from disk did not match its checksum: a fault of the disk, the \
+             kernel or memory, which no rollback of a schema change mends; the watch goes on.",
+            "See pg_stat_database.checksum_failures and checksum_last_failure and the server \
+             log for the relation; restore the damaged pages from a backup or a standby.",
+        )
+        .report(pgrx::PgLogLevel::WARNING);
     }
     // The migration's indexes (not unique ones, which enforce a rule unscanned) and objects,
     // from the changes recorded with it.
     let indexes = crate::pg::spi::pinned_row(
-        "SELECT count(*), count(*) FILTER (WHERE s.idx_scan = 0), coalesce(sum(s.idx_scan), 0)::int8 \
-         FROM migrate.history h, \
-              jsonb_array_elements(CASE jsonb_typeof(h.changes) WHEN 'array' THEN h.changes \
-                                   ELSE '[]' END) c \
+        &format!(
+            "SELECT count(*), count(*) FILTER (WHERE s.idx_scan = 0), \
+                coalesce(sum(s.idx_scan), 0)::int8 \
+         FROM {CHANGES} \
          JOIN pg_catalog.pg_stat_all_indexes s \
-           ON s.indexrelid = pg_catalog.to_regclass(c ->> 'object') \
+           ON s.indexrelid = pg_catalog.to_regclass(CASE WHEN c ->> 'kind' = 'indexes' \
+                                                      THEN c ->> 'object' END) \
          JOIN pg_catalog.pg_index i ON i.indexrelid = s.indexrelid AND NOT i.indisunique \
          WHERE h.version = $1 AND c ->> 'kind' = 'indexes' AND c ->> 'change' = 'added' \
-           AND c ->> 'attribute' IS NULL",
+           AND c ->> 'attribute' IS NULL"
+        ),
         &[watch.version.as_str().into()],
         |r| {
             Ok(gate::IndexUse {
@@ -327,17 +338,20 @@ fn context(watch: &Open) -> gate::Context {
     .flatten();
     let drift = crate::pg::spi::pinned_column(
         // From the watch's start on, by the log's index on logged_at.
-        "WITH mine AS (
-             SELECT c ->> 'object' AS o, c ->> 'relation' AS r FROM migrate.history h, \
-                    jsonb_array_elements(CASE jsonb_typeof(h.changes) WHEN 'array' \
-                                         THEN h.changes ELSE '[]' END) c \
+        &format!(
+            "WITH mine AS ( \
+             SELECT c ->> 'object' AS o, c ->> 'relation' AS r FROM {CHANGES} \
              WHERE h.version = $1) \
          SELECT DISTINCT d.command_tag || ' ' || d.object_identity FROM migrate.ddl_log d \
          WHERE d.logged_at >= (SELECT w.started_at FROM migrate.watch_records w \
                                WHERE w.version = $1) \
-           AND d.migration_version IS NULL AND d.event IN ('ddl_command_end', 'sql_drop') \
+           AND d.migration_version IS DISTINCT FROM $1 \
+           AND d.event IN ('ddl_command_end', 'sql_drop') \
+           AND d.command_tag NOT IN ({MAINTENANCE}) \
+           AND d.object_type IN ({RELATION_KINDS}) \
            AND d.object_identity IN (SELECT o FROM mine UNION SELECT r FROM mine) \
-         ORDER BY 1 LIMIT 5",
+         ORDER BY 1 LIMIT 5"
+        ),
         &[watch.version.as_str().into()],
     )
     .unwrap_or_default();
@@ -369,7 +383,7 @@ fn record_sample(watch: &Open, sample: &Sample) {
     }
     let reference = sample::reference(&watch.baseline);
     let index = sample::latency_index(sample, &reference);
-    let (lock_wait_ms, lag_bytes) = gauges();
+    let (lock_wait_ms, lag_bytes) = gauges(&watch.version);
     write(
         "INSERT INTO migrate.watch_samples (version, stage, taken_at, seconds, latency, \
            coverage, calls, errors, lock_wait_ms, lag_bytes) \
@@ -396,17 +410,37 @@ fn record_sample(watch: &Open, sample: &Sample) {
     );
 }
 
-/// The longest current wait for a relation's lock in this database, and the replay lag of
-/// the furthest streaming replica.
-fn gauges() -> (f64, f64) {
+/// The changes recorded with migration `$1`, one row each (none when the history holds no
+/// list): every query over them starts from here.
+const CHANGES: &str = "migrate.history h, \
+     jsonb_array_elements(CASE jsonb_typeof(h.changes) WHEN 'array' THEN h.changes \
+                          ELSE '[]' END) c";
+
+/// The longest current wait for a lock on a relation migration `version` changed (a table,
+/// index, sequence or view, or the table of a constraint, trigger or policy it changed),
+/// and the replay lag of the furthest streaming replica.
+fn gauges(version: &str) -> (f64, f64) {
     crate::pg::spi::pinned_row(
-        "SELECT coalesce((SELECT max(extract(epoch FROM clock_timestamp() - l.waitstart)) * 1000 \
-                          FROM pg_locks l \
-                          WHERE NOT l.granted AND l.relation IS NOT NULL \
-                            AND l.database = $1 AND l.waitstart IS NOT NULL), 0)::float8, \
-                coalesce((SELECT max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)) \
-                          FROM pg_stat_replication WHERE replay_lsn IS NOT NULL), 0)::float8",
-        &[process::database().into()],
+        // to_regclass raises on what is no relation's name (a constraint's identity): it is
+        // given only names of relations, whatever order the rows are read in.
+        &format!(
+            "WITH touched AS ( \
+                 SELECT pg_catalog.to_regclass(c ->> 'relation') AS oid FROM {CHANGES} \
+                 WHERE h.version = $2 \
+                 UNION \
+                 SELECT pg_catalog.to_regclass(CASE WHEN c ->> 'kind' IN \
+                            ('tables', 'indexes', 'sequences', 'views') THEN c ->> 'object' END) \
+                 FROM {CHANGES} WHERE h.version = $2) \
+             SELECT coalesce((SELECT max(extract(epoch FROM clock_timestamp() - l.waitstart)) \
+                                     * 1000 \
+                              FROM pg_locks l \
+                              WHERE NOT l.granted AND l.database = $1 \
+                                AND l.waitstart IS NOT NULL \
+                                AND l.relation IN (SELECT t.oid FROM touched t)), 0)::float8, \
+                    coalesce((SELECT max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)) \
+                              FROM pg_stat_replication WHERE replay_lsn IS NOT NULL), 0)::float8"
+        ),
+        &[process::database().into(), version.into()],
         |r| {
             Ok((
                 r.get::<f64>(1)?.unwrap_or(0.0),

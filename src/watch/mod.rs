@@ -202,6 +202,25 @@ pub fn refuse_without_baseline(request: Option<&Request>) -> Result<(), Problem>
         return Ok(());
     }
     let interval = sampler::interval().map_or(0, |i| i.as_secs());
+    let baseline_s = crate::gucs::WATCH_BASELINE_S.get().max(0) as u64;
+    let reachable = (baseline_s / interval.max(1)).min(crate::pg::sample_ring::SAMPLES as u64);
+    if (reachable as usize) < need {
+        return Err(Problem::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "a watch needs {need} samples of baseline, and the settings allow at most \
+                 {reachable}"
+            ),
+            format!(
+                "migrate.watch_baseline ({baseline_s} s) over migrate.watch_sample_interval \
+                 ({interval} s) gives {} samples, and the worker keeps at most {} of them.",
+                baseline_s / interval.max(1),
+                crate::pg::sample_ring::SAMPLES
+            ),
+            "Lower migrate.watch_min_samples, or raise migrate.watch_baseline (or sample more \
+             often).",
+        ));
+    }
     Err(Problem::new(
         PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
         format!(
@@ -260,9 +279,15 @@ pub fn refuse_contract(version: &str) -> Result<(), Problem> {
     ))
 }
 
-/// A watched window given up: its gate, if open, ends rejected.
-pub fn window_aborted(version: &str) {
+/// A watched window given up: its gate, if open, ends rejected, a decision taken as
+/// `reject` takes it (the opener's privileges).
+pub fn window_aborted(version: &str, opened_by: &str) {
     if state_of(version).is_some_and(|s| s.open()) {
+        crate::pg::identity::require_privileges_of(
+            opened_by,
+            &format!("abort window {version}, whose health gate is open"),
+        )
+        .or_raise();
         let who = crate::pg::identity::current_user_name();
         keeper::set_state(
             version,
@@ -273,11 +298,14 @@ pub fn window_aborted(version: &str) {
     }
 }
 
-/// Whether migration `version` is running its rollback: a decision of its watch, which
-/// only a role with the submitter's privileges may overturn (by cancelling it).
+/// Whether migration `version` is running its rollback, or its rollback failed: a decision
+/// of its watch, which only a role with the submitter's privileges may overturn (by
+/// cancelling it).
 pub fn rolling_back(version: &str) -> bool {
     crate::pg::spi::pinned_row(
-        "SELECT state = 'rolling back' FROM migrate.watch_records WHERE version = $1",
+        // A failed rollback too: its phases are retried or cancelled by the same rule.
+        "SELECT state IN ('rolling back', 'rollback failed') FROM migrate.watch_records \
+         WHERE version = $1",
         &[version.into()],
         |r| r.get::<bool>(1),
     )
@@ -400,9 +428,10 @@ fn decide(version: Option<&str>, reason: Option<&str>, accept: bool) -> WatchSta
     let version = Version::parse(version).or_raise();
     crate::history::lock::refuse_unsafe_context().or_raise();
     crate::history::lock::lock_history();
-    let watched: Option<(String, String, bool)> = crate::pg::spi::pinned_row(
+    let watched: Option<(String, String, bool, bool)> = crate::pg::spi::pinned_row(
         "SELECT w.state, h.applied_role::text, \
-                h.rollback_script IS NOT NULL AND w.rollback_phase IS NULL \
+                h.rollback_script IS NOT NULL AND w.rollback_phase IS NULL, \
+                w.rollback_phase IS NOT NULL \
          FROM migrate.watch_records w JOIN migrate.history h USING (version) \
          WHERE w.version = $1",
         &[version.as_str().into()],
@@ -411,12 +440,13 @@ fn decide(version: Option<&str>, reason: Option<&str>, accept: bool) -> WatchSta
                 r.get(1)?.unwrap_or_default(),
                 r.get(2)?.unwrap_or_default(),
                 r.get(3)?.unwrap_or(false),
+                r.get(4)?.unwrap_or(false),
             ))
         },
     )
     .ok()
     .flatten();
-    let Some((state, role, may_roll_back)) = watched else {
+    let Some((state, role, may_roll_back, rollback_began)) = watched else {
         Problem::new(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
             format!("migration {version} is not watched"),
@@ -430,6 +460,19 @@ fn decide(version: Option<&str>, reason: Option<&str>, accept: bool) -> WatchSta
     let state = WatchState::parse(&state).unwrap_or(WatchState::Held);
     let destroyed = keeper::destroys_data(&keeper::dropped_kinds(version.as_str()));
     let next = match (accept, state) {
+        // A rollback stopped part way left neither the change nor its undoing: "complete"
+        // would say the change stands as applied.
+        (true, WatchState::Held) if rollback_began => Problem::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("migration {version}'s rollback began and was stopped"),
+            "Some of its rollback's phases may have run (see migrate.steps WHERE rollback): the \
+             change no longer stands as it was applied.",
+            format!(
+                "SELECT migrate.retry('{version}'); runs the rollback to its end; \
+                 migrate.reject('{version}', 'reason') closes the gate as rejected."
+            ),
+        )
+        .raise(),
         (true, WatchState::Waiting | WatchState::Watching | WatchState::Held) => {
             WatchState::Complete
         }

@@ -599,8 +599,13 @@ fn end(version: Option<&str>, how: WindowEnd) -> Vec<StepRow> {
     let status = history::find(&version).map(|r| r.status);
     refuse_end(&version, how, status).or_raise();
     match how {
-        WindowEnd::Contracted => crate::watch::refuse_contract(version.as_str()).or_raise(),
-        WindowEnd::Aborted => crate::watch::window_aborted(version.as_str()),
+        WindowEnd::Contracted => {
+            crate::watch::refuse_contract(version.as_str()).or_raise();
+            // Another migration's gate: a contract made meanwhile would be judged as its
+            // change. Abort stays open to all: it is the way back.
+            crate::watch::refuse_while_open(version.as_str()).or_raise();
+        }
+        WindowEnd::Aborted => crate::watch::window_aborted(version.as_str(), &window.opened_by),
     }
     refuse_dependents(&version, verb, &window.schemas).or_raise();
     if how == WindowEnd::Contracted {

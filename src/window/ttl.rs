@@ -376,6 +376,9 @@ pub fn policies_due() -> Vec<Due> {
                          JOIN migrate.history h ON h.version = w.version \
                          WHERE w.ended IS NULL AND w.expires_at < now() \
                            AND w.on_expiry <> 'alert' AND h.status = 'applied' \
+                           AND (w.on_expiry <> 'contract' OR NOT EXISTS ( \
+                                SELECT FROM migrate.watch_records g \
+                                WHERE g.version = w.version AND g.state <> 'complete')) \
                          ORDER BY w.expires_at",
                         None,
                         &[counted_since.into()],

@@ -239,6 +239,18 @@ fn keep_window_time(database: pg_sys::Oid, asked: bool) {
     // Each in a transaction of its own: a column drop's lock is not held while another
     // window's contract waits for its own.
     let alert = quietly(simple_query::transaction(crate::window::ttl::keep)).unwrap_or(0);
+    // While a health gate is open, a column dropped or a window ended here would be judged
+    // as the watched change: both wait, looked at again every few seconds.
+    if crate::watch::keeper::any_open() {
+        let next = [alert, now + 5_000_000]
+            .into_iter()
+            .filter(|&t| t != 0)
+            .min()
+            .unwrap_or(0);
+        WINDOWS_LOOKED_AT.set(Some((Instant::now(), next)));
+        shmem::wake_at(database, next);
+        return;
+    }
     // Each window's work runs as its opener in a session no submitter touched, as a
     // migration's phases and a backfill's batches do.
     for due in quietly(simple_query::transaction(crate::window::deprecated_due)).unwrap_or_default()

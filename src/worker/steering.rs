@@ -37,6 +37,8 @@ fn retry(version: Option<&str>) -> String {
                 &format!("retry migration {}", recorded.version),
             )
             .or_raise();
+            // Another migration's open gate would judge this one's phases as its change.
+            crate::watch::refuse_while_open(&recorded.version).or_raise();
             steps::retry(&recorded.version);
             shmem::wake_at_commit();
             Status::Pending.to_string()
