@@ -19,7 +19,11 @@ PGRX_DATA ?= /tmp/pg_migrate_pgrx_$(PG)
 DEMO_DIR  ?= /tmp/pg_migrate_demo
 DEMO_PORT ?= 55432
 
-.PHONY: all setup build install install-debug test test-all lint unit pgtest e2e demo stop bench clean
+# The command-line client: its own crate (a binary cannot link pgrx-pg-sys), its own target.
+CLI       := CARGO_TARGET_DIR=$(CURDIR)/cli/target cargo
+CLI_BIN   := $(CURDIR)/cli/target/debug/pg-migrate
+
+.PHONY: all setup build install install-debug install-cli cli test test-all lint unit pgtest e2e demo stop bench clean
 
 all: build
 
@@ -36,6 +40,13 @@ install: setup
 install-debug: setup
 	cargo pgrx install --pg-config $(PG_CONFIG)
 
+cli:
+	$(CLI) build --manifest-path cli/Cargo.toml
+
+# pg-migrate into ~/.cargo/bin (or: cargo install --path cli).
+install-cli:
+	$(CLI) install --locked --path cli
+
 test: setup lint unit pgtest e2e
 	@echo "make test: all passed"
 
@@ -48,10 +59,13 @@ lint:
 	python3 .ci/module_graph.py
 	cargo fmt --check
 	cargo clippy --all-targets --no-default-features --features "$(PG) pg_test" -- -D warnings
+	$(CLI) fmt --check --manifest-path cli/Cargo.toml
+	$(CLI) clippy --all-targets --manifest-path cli/Cargo.toml -- -D warnings
 
 # Plain Rust tests: no server.
 unit:
 	cargo test --lib --no-default-features --features $(PG) -- unit::
+	$(CLI) test --manifest-path cli/Cargo.toml
 
 # #[pg_test]s, each in a rolled-back transaction of a server pgrx starts as postgres.
 pgtest:
@@ -59,11 +73,11 @@ pgtest:
 
 # End-to-end tests against clusters started with shared_preload_libraries = 'pg_migrate'.
 # The upgrade test needs the previous release (PostgreSQL 15 only), built once into ~/.pgrx.
-e2e: install-debug
+e2e: install-debug cli
 ifeq ($(PG),pg15)
 	pg_test/previous_release.sh
 endif
-	PG_BIN=$(PG_BIN) $(VENV)/bin/pytest pg_test $(PYTEST_ARGS)
+	PG_BIN=$(PG_BIN) PG_MIGRATE_CLI=$(CLI_BIN) $(VENV)/bin/pytest pg_test $(PYTEST_ARGS)
 
 demo: install
 	DEMO_DIR=$(DEMO_DIR) DEMO_PORT=$(DEMO_PORT) pg_test/demo.sh
@@ -75,5 +89,5 @@ bench: install
 	$(VENV)/bin/python pg_test/bench.py $(BENCH_ARGS)
 
 clean:
-	rm -rf target
+	rm -rf target cli/target
 	rm -rf $(VENV)

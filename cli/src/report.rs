@@ -1,0 +1,200 @@
+//! What a run says, in the form asked for: aligned tables and coloured words for people,
+//! one versioned JSON document, or GitHub annotations; and the exit code pipelines act on.
+
+use crate::Format;
+use anstream::{eprintln, println};
+use serde_json::{json, Value};
+
+pub use crate::verbs::{apply, hash, lint, status};
+
+/// Exit codes, documented and stable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Ok = 0,
+    Error = 1,
+    Usage = 2,
+    /// The guard found something in a file (lint).
+    Findings = 3,
+    /// A file differs from what was applied, or from migrate.sum.
+    Checksum = 4,
+    /// `status --check`: something is pending.
+    Pending = 5,
+    /// A lock or the applier lock was not obtained after every retry.
+    GaveUp = 6,
+}
+
+/// A finding or an error as a person, a JSON reader or GitHub sees it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Note {
+    pub file: Option<String>,
+    pub line: Option<i64>,
+    pub title: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sqlstate: Option<String>,
+}
+
+pub struct Out {
+    pub format: Format,
+    /// The JSON document's members, filled by the verb.
+    pub doc: serde_json::Map<String, Value>,
+    pub notes: Vec<Note>,
+}
+
+const RED: &str = "\x1b[31m";
+const YELLOW: &str = "\x1b[33m";
+const GREEN: &str = "\x1b[32m";
+const BOLD: &str = "\x1b[1m";
+const RESET: &str = "\x1b[0m";
+
+/// A state word, coloured by what it asks of the reader.
+pub fn coloured(state: &str) -> String {
+    let colour = match state {
+        "changed" | "failed" | "missing" | "cancelled" => RED,
+        "pending" | "running" | "watching" | "held" => YELLOW,
+        _ => GREEN,
+    };
+    format!("{colour}{state}{RESET}")
+}
+
+impl Out {
+    pub fn new(format: Format) -> Out {
+        Out {
+            format,
+            doc: serde_json::Map::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    pub fn human(&self) -> bool {
+        self.format == Format::Human
+    }
+
+    /// A line of progress or a result, for people only.
+    pub fn say(&self, line: &str) {
+        if self.human() {
+            println!("{line}");
+        }
+    }
+
+    /// A finding or error: printed now for people and GitHub, kept for JSON.
+    pub fn note(&mut self, note: Note) {
+        match self.format {
+            Format::Human => {
+                let place = match (&note.file, note.line) {
+                    (Some(f), Some(l)) => format!("{f}:{l}: "),
+                    (Some(f), None) => format!("{f}: "),
+                    _ => String::new(),
+                };
+                eprintln!(
+                    "{BOLD}{place}{RED}{}{RESET}{BOLD}: {}{RESET}",
+                    note.title, note.message
+                );
+                if let Some(d) = &note.detail {
+                    eprintln!("  DETAIL: {d}");
+                }
+                if let Some(h) = &note.hint {
+                    eprintln!("  HINT: {h}");
+                }
+            }
+            Format::Github => {
+                // At most 10 annotations of a kind are shown by GitHub; the rest go to the
+                // summary.
+                let same = self.notes.iter().filter(|n| n.title == note.title).count();
+                let text = [Some(note.message.clone()), note.hint.clone()]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                if same < 10 {
+                    let mut place = String::new();
+                    if let Some(f) = &note.file {
+                        place.push_str(&format!(" file={}", escape_property(f)));
+                    }
+                    if let Some(l) = note.line {
+                        place.push_str(&format!(",line={l}"));
+                    }
+                    let place = place.replacen(" file", "file", 1);
+                    println!(
+                        "::error {place},title={}::{}",
+                        escape_property(&note.title),
+                        escape_data(&text)
+                    );
+                } else if let Ok(summary) = std::env::var("GITHUB_STEP_SUMMARY") {
+                    use std::io::Write;
+                    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(summary) {
+                        let _ = writeln!(
+                            f,
+                            "- `{}:{}` {}: {}",
+                            note.file.as_deref().unwrap_or("-"),
+                            note.line.unwrap_or(0),
+                            note.title,
+                            text
+                        );
+                    }
+                }
+            }
+            Format::Json => {}
+        }
+        self.notes.push(note);
+    }
+
+    /// An error that ends the run, with the extension's DETAIL and HINT when it came from
+    /// the database.
+    pub fn error(&mut self, e: &anyhow::Error) -> Exit {
+        // anyhow finds a context's own type, and the error under it, by downcasting.
+        let db = e
+            .downcast_ref::<postgres::Error>()
+            .and_then(|p| p.as_db_error());
+        let located = e.downcast_ref::<crate::verbs::InFile>();
+        let mut note = Note {
+            title: "error".into(),
+            message: db.map_or_else(|| format!("{e:#}"), |d| d.message().to_string()),
+            ..Note::default()
+        };
+        if let Some(d) = db {
+            note.detail = d.detail().map(str::to_string);
+            note.hint = d.hint().map(str::to_string);
+            note.sqlstate = Some(d.code().code().to_string());
+        }
+        if let Some(place) = located {
+            note.file = Some(place.file.clone());
+            note.line = place.line;
+        }
+        let exit = match note.sqlstate.as_deref() {
+            Some("55P03") => Exit::GaveUp,
+            _ => Exit::Error,
+        };
+        self.note(note);
+        exit
+    }
+
+    /// The JSON document, once, at the end.
+    pub fn finish(&mut self, exit: Exit) {
+        if self.format != Format::Json {
+            return;
+        }
+        let mut doc = serde_json::Map::new();
+        doc.insert("pg_migrate_cli".into(), json!(1));
+        doc.insert("exit".into(), json!(exit as i32));
+        doc.append(&mut self.doc);
+        doc.insert("notes".into(), json!(self.notes));
+        println!("{}", Value::Object(doc));
+    }
+}
+
+/// GitHub's escaping of an annotation's text.
+fn escape_data(s: &str) -> String {
+    s.replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
+}
+
+/// ... and of its properties.
+fn escape_property(s: &str) -> String {
+    escape_data(s).replace(':', "%3A").replace(',', "%2C")
+}
