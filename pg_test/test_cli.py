@@ -180,3 +180,63 @@ def test_usage_errors_exit_2(run):
     assert r.returncode == 2, r
     r = run("apply", "--to")
     assert r.returncode == 2, r
+
+
+@pytest.mark.parametrize("setup, words", [
+    (lambda f: os.symlink("/etc/hostname", f / "V3__linked.sql"), "symbolic link"),
+    (lambda f: (write(f, "U1_1__other.sql", "SELECT 1;"), write(f, "U1_1_0__again.sql", "SELECT 2;")),
+     "two rollback scripts"),
+])
+def test_links_and_second_rollbacks_are_refused(run, setup, words):
+    setup(run.folder)
+    r = run("hash")
+    assert (r.returncode, words in r.stderr) == (1, True), r
+
+
+def test_a_failed_phase_stops_apply_and_fails_the_check(run, conn):
+    write(run.folder, "V3__unique.sql", "CREATE UNIQUE INDEX CONCURRENTLY orders_total_key ON orders (total);\n")
+    write(run.folder, "V4__after.sql", "CREATE TABLE after_unique (id int);\n")
+    run("hash")
+    # V1 creates orders; rows that break the unique index go in before V3 runs.
+    assert run("apply", "--to", "2").returncode == 0
+    conn.execute("INSERT INTO orders VALUES (1, 5), (2, 5)")
+    r = run("apply")
+    assert r.returncode == 1 and "version 3 is failed" in r.stderr and "V3__unique.sql" in r.stderr, r
+    assert conn.execute("SELECT count(*) FROM pg_class WHERE relname = 'after_unique'").fetchone() == (0,)
+    r = run("status", "--check")
+    assert (r.returncode, "version 3 is failed" in r.stderr, "migrate.retry('3')" in r.stderr) == (1, True, True), r
+    r = run("apply", "--to", "V3")
+    assert r.returncode == 2 and "not a version" in r.stderr, r
+
+
+def test_a_remote_host_in_the_clear_is_refused(run):
+    run("hash")
+    r = run("--host", "db.example.invalid", "status")
+    assert r.returncode == 1 and "does not speak TLS yet" in r.stderr, r
+    r = run("status", "--url", "postgresql://postgres@db.example.invalid/x")
+    assert r.returncode == 1 and "does not speak TLS yet" in r.stderr, r
+
+
+def test_a_watched_file_is_waited_for_before_the_next(cli_bin, tmp_path):
+    from harness import GATE_SETTINGS, Cluster
+    gate = Cluster("/tmp/pg_migrate_e2e_cli_gate").start("fsync=off", "synchronous_commit=off", *GATE_SETTINGS)
+    try:
+        db = gate.create_database("cli_watch")
+        folder = tmp_path / "watched"
+        folder.mkdir()
+        write(folder, "V1__base.sql", "CREATE TABLE base (id int);\n")
+        write(folder, "V2__watched.sql", "-- migrate:watch 12 s\nCOMMENT ON TABLE base IS 'watched';\n")
+        write(folder, "V3__next.sql", "CREATE TABLE next_one (id int);\n")
+        run = Run(cli_bin, gate, db, folder)
+        run("hash")
+        with gate.connect(db) as c:
+            wait_until(lambda: c.execute("SELECT count(*) FROM migrate.workload_samples()").fetchone()[0] >= 6,
+                       timeout=60, interval=0.5)
+            r = run("apply")
+            assert r.returncode == 0, r
+            assert "2 health gate: watching" in r.stdout and "2 health gate: complete" in r.stdout, r.stdout
+            assert c.execute("SELECT version FROM migrate.history ORDER BY version_key").fetchall() == [
+                ("1",), ("2",), ("3",)]
+            assert status(run)["2"] == "complete"
+    finally:
+        gate.stop()

@@ -12,20 +12,21 @@ pub struct Target {
         short = 'd',
         long = "url",
         env = "DATABASE_URL",
-        hide_env_values = true
+        hide_env_values = true,
+        global = true
     )]
     pub url: Option<String>,
     /// Host name, or a directory holding the server's Unix socket (PGHOST).
-    #[arg(short = 'h', long)]
+    #[arg(short = 'h', long, global = true)]
     pub host: Option<String>,
     /// Port (PGPORT).
-    #[arg(short = 'p', long)]
+    #[arg(short = 'p', long, global = true)]
     pub port: Option<u16>,
     /// Role to connect as (PGUSER).
-    #[arg(short = 'U', long)]
+    #[arg(short = 'U', long, global = true)]
     pub user: Option<String>,
     /// Database (PGDATABASE).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub dbname: Option<String>,
 }
 
@@ -114,6 +115,24 @@ impl Target {
                 postgres::config::Host::Unix(path) => path.display().to_string(),
             })
             .collect();
+        // No TLS in this client yet: a password and the migrations would cross the network
+        // in the clear. Local sockets and loopback only, unless the caller asked for
+        // sslmode=disable themselves.
+        let local = |h: &str| h.starts_with('/') || matches!(h, "localhost" | "127.0.0.1" | "::1");
+        let asked_plain = self
+            .url
+            .as_deref()
+            .is_some_and(|u| u.contains("sslmode=disable"))
+            || env("PGSSLMODE").as_deref() == Some("disable");
+        if !asked_plain {
+            if let Some(remote) = hosts.iter().find(|h| !local(h)) {
+                anyhow::bail!(
+                    "pg-migrate does not speak TLS yet, and {remote} is not a local host: \
+                     connect through a Unix socket or an SSH tunnel to localhost, or set \
+                     sslmode=disable (PGSSLMODE=disable) to send it in the clear"
+                );
+            }
+        }
         config.connect(NoTls).with_context(|| {
             format!(
                 "connecting to {} as {}",

@@ -77,13 +77,30 @@ fn entries(dir: &Path, prefix: &str) -> Result<Vec<Entry>, FileError> {
         if name.starts_with('.') {
             continue;
         }
+        if name.chars().any(char::is_control) {
+            return Err(FileError {
+                file: name.escape_debug().to_string(),
+                problem: "the name holds a control character".into(),
+            });
+        }
+        let kind = entry.file_type().map_err(|e| FileError {
+            file: name.clone(),
+            problem: e.to_string(),
+        })?;
+        if kind.is_symlink() {
+            // What runs is what the folder holds, not what a link points to elsewhere.
+            return Err(FileError {
+                file: name,
+                problem: "a symbolic link: keep the migration itself in the folder".into(),
+            });
+        }
         let relative = if prefix.is_empty() {
             name.clone()
         } else {
             format!("{prefix}/{name}")
         };
         out.push(Entry {
-            is_dir: entry.path().is_dir(),
+            is_dir: kind.is_dir(),
             name,
             relative,
         });
@@ -99,6 +116,13 @@ fn version_of(text: &str) -> Option<String> {
             .split('.')
             .all(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()));
     ok.then_some(version)
+}
+
+/// A version as given on the command line (`--to`): `1.2` or `1_2`.
+pub fn parse_version(text: &str) -> Result<String, String> {
+    version_of(text).ok_or_else(|| {
+        format!("\"{text}\" is not a version: use dot-separated numbers such as 42 or 1.2")
+    })
 }
 
 /// `V1_2__add_orders` → ("1.2", "add orders"); the prefix letter is checked by the caller.
@@ -142,21 +166,39 @@ fn read_script(dir: &Path, relative: &str) -> Result<String, FileError> {
 }
 
 /// The `-- migrate:allow <rule>` and `-- migrate:watch <interval>` directives of a script.
+/// A line that reads as one however it is spaced or cased counts: a directive misspelt into
+/// a plain comment would apply the migration without it, unnoticed.
 fn directives(script: &str, file: &str) -> Result<(Vec<String>, Option<String>), FileError> {
     let mut allow = Vec::new();
     let mut watch = None;
+    let script = script.strip_prefix('\u{feff}').unwrap_or(script);
     for (n, line) in script.lines().enumerate() {
-        let Some(rest) = line.trim().strip_prefix("-- migrate:") else {
+        let Some(comment) = line.trim().strip_prefix("--") else {
             continue;
         };
+        let comment = comment.trim_start();
+        let Some(rest) = comment
+            .get(..8)
+            .filter(|p| p.eq_ignore_ascii_case("migrate:"))
+            .map(|_| &comment[8..])
+        else {
+            continue;
+        };
+        let at = || format!("{file}:{}", n + 1);
         let (word, value) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
         let value = value.trim();
-        match (word, value.is_empty()) {
+        match (word.to_ascii_lowercase().as_str(), value.is_empty()) {
             ("allow", false) => allow.extend(value.split_whitespace().map(str::to_string)),
-            ("watch", false) => watch = Some(value.to_string()),
+            ("watch", false) if watch.is_none() => watch = Some(value.to_string()),
+            ("watch", false) => {
+                return Err(FileError {
+                    file: at(),
+                    problem: "a second `-- migrate:watch`: a migration is watched once".into(),
+                })
+            }
             _ => {
                 return Err(FileError {
-                    file: format!("{file}:{}", n + 1),
+                    file: at(),
                     problem: format!(
                         "unknown directive \"-- migrate:{rest}\": the directives are \
                          `-- migrate:allow <rule>` and `-- migrate:watch <interval>`"
@@ -257,6 +299,15 @@ pub fn discover(dir: &Path) -> Result<Vec<Migration>, FileError> {
                 file: format!("U{}", version.replace('.', "_")),
                 problem: format!("a rollback of version {version}, which has no V file"),
             })?;
+        if owner.rollback.is_some() {
+            return Err(FileError {
+                file: owner.file.clone(),
+                problem: format!(
+                    "version {version} has two rollback scripts (U files, or a U file and \
+                     down.sql): keep one"
+                ),
+            });
+        }
         owner.rollback = Some(script);
     }
     Ok(found)
@@ -303,5 +354,11 @@ mod unit {
         assert_eq!(watch.as_deref(), Some("10 min"));
         let e = directives("SELECT 1;\n-- migrate:alow x\n", "V1__x.sql").unwrap_err();
         assert_eq!(e.file, "V1__x.sql:2");
+        // Spacing and case do not hide one; a second watch is refused.
+        let (_, watch) = directives("--MIGRATE:Watch 1 min\nSELECT 1;", "V1__x.sql").unwrap();
+        assert_eq!(watch.as_deref(), Some("1 min"));
+        assert!(directives("--  migrate:watch 1 min\n-- migrate:watch 2 min", "f").is_err());
+        assert_eq!(parse_version("1_2"), Ok("1.2".into()));
+        assert!(parse_version("V1").is_err());
     }
 }

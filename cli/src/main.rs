@@ -59,8 +59,12 @@ enum Command {
     /// Applies the pending files in version order, waiting for the worker's phases.
     Apply {
         /// Stop after this version.
-        #[arg(long)]
+        #[arg(long, value_parser = files::parse_version)]
         to: Option<String>,
+        /// How long to wait for the worker's phases, and for a watched migration's health
+        /// gate, before leaving them to the worker (seconds).
+        #[arg(long, default_value_t = 3600)]
+        wait: u64,
     },
     /// The guard's findings on the pending files, judged against the database's catalogs.
     Lint,
@@ -93,7 +97,12 @@ fn run(cli: &Cli, out: &mut Out) -> Result<Exit> {
     match &cli.command {
         Command::Hash => report::hash(&cli.dir, out),
         Command::Status { check } => report::status(cli, out, *check),
-        Command::Apply { to } => report::apply(cli, out, to.as_deref()),
+        Command::Apply { to, wait } => report::apply(
+            cli,
+            out,
+            to.as_deref(),
+            std::time::Duration::from_secs(*wait),
+        ),
         Command::Lint => report::lint(cli, out),
     }
 }

@@ -85,6 +85,27 @@ impl Out {
     pub fn note(&mut self, note: Note) {
         match self.format {
             Format::Human => {
+                // A message quotes names and text from the database: each of its lines is
+                // indented, so none starts a CI runner's command (`::...`), and control
+                // characters are shown escaped.
+                let clean = |t: &str| {
+                    t.chars()
+                        .map(|c| {
+                            if c.is_control() && c != '\n' {
+                                c.escape_debug().to_string()
+                            } else {
+                                c.to_string()
+                            }
+                        })
+                        .collect::<String>()
+                        .replace('\n', "\n    ")
+                };
+                let note = Note {
+                    message: clean(&note.message),
+                    detail: note.detail.as_deref().map(clean),
+                    hint: note.hint.as_deref().map(clean),
+                    ..note.clone()
+                };
                 let place = match (&note.file, note.line) {
                     (Some(f), Some(l)) => format!("{f}:{l}: "),
                     (Some(f), None) => format!("{f}: "),
@@ -127,13 +148,14 @@ impl Out {
                 } else if let Ok(summary) = std::env::var("GITHUB_STEP_SUMMARY") {
                     use std::io::Write;
                     if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(summary) {
+                        let flat = |t: &str| t.replace(['\n', '\r', '`'], " ");
                         let _ = writeln!(
                             f,
                             "- `{}:{}` {}: {}",
-                            note.file.as_deref().unwrap_or("-"),
+                            flat(note.file.as_deref().unwrap_or("-")),
                             note.line.unwrap_or(0),
-                            note.title,
-                            text
+                            flat(&note.title),
+                            flat(&text)
                         );
                     }
                 }

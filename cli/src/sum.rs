@@ -1,11 +1,12 @@
 //! `migrate.sum`: an integrity file over the migration folder (Atlas's idea). Two branches
 //! that each add a migration both change it, so they conflict in git, not in production;
 //! a file edited, added or removed without `pg-migrate hash` is found before anything runs.
+//! It detects mistakes, not an attacker: whoever can edit the files can run `hash`.
 //!
 //! Format: the first line `h1:<sha256 of every line after it>`, then one line per file,
 //! `<path> h1:<sha256 of its bytes>`, in path order.
 
-use crate::checksum::sha256_hex;
+use crate::checksum::{normalized_checksum, sha256_hex, CURRENT_ALGORITHM};
 use std::path::Path;
 
 pub const FILE: &str = "migrate.sum";
@@ -52,7 +53,13 @@ pub fn compute(dir: &Path, files: &[String]) -> std::io::Result<String> {
     let mut body = String::new();
     for file in files {
         let bytes = std::fs::read(dir.join(file))?;
-        body.push_str(&format!("{file} h1:{}\n", sha256_hex(&bytes)));
+        // Of the text as the extension's checksum sees it: a checkout that turned line ends
+        // into CRLF, or an editor's BOM, is the same migration.
+        let hash = match std::str::from_utf8(&bytes) {
+            Ok(text) => normalized_checksum(text, CURRENT_ALGORITHM).unwrap_or_default(),
+            Err(_) => sha256_hex(&bytes),
+        };
+        body.push_str(&format!("{file} h1:{hash}\n"));
     }
     Ok(format!("h1:{}\n{body}", sha256_hex(body.as_bytes())))
 }

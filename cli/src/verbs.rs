@@ -187,6 +187,51 @@ fn changed_notes(rows: &[Row], out: &mut Out) -> bool {
     any
 }
 
+/// States that stop `apply` and fail `status --check`: a change that failed, was stopped,
+/// was judged harmful, or waits for a decision. Later files may depend on it.
+const BLOCKING: [&str; 7] = [
+    "failed",
+    "cancelled",
+    "held",
+    "rolled back",
+    "rollback failed",
+    "rejected",
+    "missing",
+];
+
+fn blocking_notes(rows: &[Row], out: &mut Out) -> bool {
+    let mut any = false;
+    for r in rows.iter().filter(|r| BLOCKING.contains(&r.state.as_str())) {
+        any = true;
+        let hint = match r.state.as_str() {
+            "missing" => "It is recorded in the database and no file has it: the wrong folder or \
+                          database, or a file deleted after it ran."
+                .to_string(),
+            "held" => format!(
+                "Its health gate waits for a decision: migrate.accept('{0}', 'reason') or \
+                 migrate.reject('{0}', 'reason').",
+                r.version
+            ),
+            "failed" | "cancelled" => format!(
+                "See migrate.steps; SELECT migrate.retry('{}') runs what is left once the \
+                 cause is fixed.",
+                r.version
+            ),
+            _ => "Its change was undone or judged harmful: later versions may depend on it; \
+                  put a fix in a new version."
+                .to_string(),
+        };
+        out.note(Note {
+            file: r.file.clone(),
+            title: "blocked".into(),
+            message: format!("version {} is {}", r.version, r.state),
+            hint: Some(hint),
+            ..Note::default()
+        });
+    }
+    any
+}
+
 /// `status`.
 pub fn status(cli: &Cli, out: &mut Out, check: bool) -> Result<Exit> {
     let Some(found) = checked_files(&cli.dir, out)? else {
@@ -201,7 +246,14 @@ pub fn status(cli: &Cli, out: &mut Out, check: bool) -> Result<Exit> {
     if changed_notes(&rows, out) {
         return Ok(Exit::Checksum);
     }
-    if check && rows.iter().any(|r| r.state == "pending") {
+    if check && blocking_notes(&rows, out) {
+        return Ok(Exit::Error);
+    }
+    if check
+        && rows
+            .iter()
+            .any(|r| matches!(r.state.as_str(), "pending" | "running"))
+    {
         return Ok(Exit::Pending);
     }
     Ok(Exit::Ok)
@@ -227,18 +279,29 @@ fn in_file(e: postgres::Error, m: &Migration) -> anyhow::Error {
     })
 }
 
-/// Waits for a migration the worker runs, saying each phase as it is done.
-fn wait_for(client: &mut Client, m: &Migration, out: &mut Out) -> Result<String> {
+/// How a wait ended.
+enum Waited {
+    Done(String),
+    /// Still the worker's (or the gate's) after the time allowed.
+    TimedOut(String),
+}
+
+/// Waits for a migration the worker runs, saying each phase as it is done; then, when it is
+/// watched, for its health gate to settle, saying each state.
+fn wait_for(client: &mut Client, m: &Migration, out: &mut Out, limit: Duration) -> Result<Waited> {
     let started = Instant::now();
     let mut said = (-1, -1);
+    let mut said_state = String::new();
     loop {
         let r = client
             .query_typed(
                 "SELECT h.status, \
                         (SELECT count(*) FROM migrate.steps s WHERE s.version = h.version \
                            AND s.state = 'done')::int, \
-                        (SELECT count(*) FROM migrate.steps s WHERE s.version = h.version)::int \
-                 FROM migrate.history h WHERE h.version_key = migrate.version_key($1)",
+                        (SELECT count(*) FROM migrate.steps s WHERE s.version = h.version)::int, \
+                        w.state \
+                 FROM migrate.history h LEFT JOIN migrate.watch_records w USING (version) \
+                 WHERE h.version_key = migrate.version_key($1)",
                 &[(&m.version, Type::TEXT)],
             )
             .context("reading migrate.history")?;
@@ -246,7 +309,8 @@ fn wait_for(client: &mut Client, m: &Migration, out: &mut Out) -> Result<String>
             bail!("version {} is no longer recorded", m.version);
         };
         let (status, done, all): (String, i32, i32) = (r.get(0), r.get(1), r.get(2));
-        if (done, all) != said {
+        let gate: Option<String> = r.get(3);
+        if all > 0 && (done, all) != said {
             out.say(&format!(
                 "  {} phase {done} of {all} done ({:.0} s)",
                 m.version,
@@ -254,15 +318,55 @@ fn wait_for(client: &mut Client, m: &Migration, out: &mut Out) -> Result<String>
             ));
             said = (done, all);
         }
-        match status.as_str() {
-            "pending" | "running" => std::thread::sleep(Duration::from_millis(500)),
-            _ => return Ok(status),
+        let open = matches!(
+            gate.as_deref(),
+            Some("waiting" | "watching" | "rolling back" | "recovering")
+        );
+        if let Some(state) = gate
+            .as_deref()
+            .filter(|s| *s != said_state && *s != "waiting")
+        {
+            out.say(&format!(
+                "  {} health gate: {state} ({:.0} s)",
+                m.version,
+                started.elapsed().as_secs_f64()
+            ));
+            said_state = state.to_string();
         }
+        let busy = matches!(status.as_str(), "pending" | "running");
+        let gate_open = status == "applied" && open;
+        let settled = !busy && !gate_open;
+        if settled {
+            return Ok(Waited::Done(match gate {
+                Some(state) if status == "applied" => state,
+                _ => status,
+            }));
+        }
+        if started.elapsed() >= limit {
+            return Ok(Waited::TimedOut(gate.filter(|_| !busy).unwrap_or(status)));
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
-/// `apply`: every pending file up to `to`, in version order, one `migrate.apply` each.
-pub fn apply(cli: &Cli, out: &mut Out, to: Option<&str>) -> Result<Exit> {
+/// What the worker's failed phase reported.
+fn failed_phase(client: &mut Client, version: &str) -> Result<(String, String)> {
+    Ok(client
+        .query_typed(
+            "SELECT coalesce(s.error_sqlstate, ''), coalesce(s.error_message, '') \
+             FROM migrate.steps s WHERE s.version = $1 AND s.state IN ('failed', 'cancelled') \
+             ORDER BY s.phase LIMIT 1",
+            &[(&version, Type::TEXT)],
+        )?
+        .first()
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap_or_default())
+}
+
+/// `apply`: every pending file up to `to`, in version order, one `migrate.apply` each; a
+/// phased one waited for, and a watched one's gate too (a later version would be refused
+/// while it is open, and may depend on it).
+pub fn apply(cli: &Cli, out: &mut Out, to: Option<&str>, limit: Duration) -> Result<Exit> {
     let Some(found) = checked_files(&cli.dir, out)? else {
         return Ok(Exit::Checksum);
     };
@@ -271,101 +375,110 @@ pub fn apply(cli: &Cli, out: &mut Out, to: Option<&str>) -> Result<Exit> {
     if changed_notes(&rows, out) {
         return Ok(Exit::Checksum);
     }
+    if blocking_notes(&rows, out) {
+        return Ok(Exit::Error);
+    }
     let mut applied = Vec::new();
+    let mut exit = Exit::Ok;
     for (m, row) in found.iter().zip(&rows) {
         if to.is_some_and(|to| files::compare_versions(&m.version, to).is_gt()) {
             break;
         }
+        let started = Instant::now();
+        let mut statements = 0;
         match row.state.as_str() {
-            "pending" => {}
-            // Submitted earlier and still in the worker's hands: wait for it.
-            "running" => {
-                let end = wait_for(&mut client, m, out)?;
-                if end != "applied" {
-                    bail!(InFile {
-                        file: m.file.clone(),
-                        line: None
-                    });
-                }
-                continue;
+            "pending" => {
+                let r = client
+                    .query_typed(
+                        "SELECT a.status, a.statements FROM migrate.apply(version => $1, \
+                           script => $2, description => $3, rollback => $4, allow => $5, \
+                           verify => $6, watch => $7::interval) a",
+                        &[
+                            (&m.version, Type::TEXT),
+                            (&m.script, Type::TEXT),
+                            (&m.description, Type::TEXT),
+                            (&m.rollback, Type::TEXT),
+                            (&m.allow, Type::TEXT_ARRAY),
+                            (&m.verify, Type::TEXT),
+                            (&m.watch, Type::TEXT),
+                        ],
+                    )
+                    .map_err(|e| in_file(e, m))?;
+                statements = r[0].get::<_, i32>(1);
             }
-            "failed" | "cancelled" => {
-                out.note(Note {
-                    file: Some(m.file.clone()),
-                    title: "error".into(),
-                    message: format!("version {} is {}", m.version, row.state),
-                    hint: Some(format!(
-                        "See migrate.steps; SELECT migrate.retry('{}') runs what is left once \
-                         the cause is fixed.",
-                        m.version
-                    )),
-                    ..Note::default()
-                });
-                return Ok(Exit::Error);
-            }
+            // Submitted earlier, or watched: the wait below.
+            "running" | "watching" => {}
             _ => continue,
         }
-        let started = Instant::now();
-        let r = client
-            .query_typed(
-                "SELECT a.status, a.statements FROM migrate.apply(version => $1, script => $2, \
-                   description => $3, rollback => $4, allow => $5, verify => $6, \
-                   watch => $7::interval) a",
-                &[
-                    (&m.version, Type::TEXT),
-                    (&m.script, Type::TEXT),
-                    (&m.description, Type::TEXT),
-                    (&m.rollback, Type::TEXT),
-                    (&m.allow, Type::TEXT_ARRAY),
-                    (&m.verify, Type::TEXT),
-                    (&m.watch, Type::TEXT),
-                ],
-            )
-            .map_err(|e| in_file(e, m))?;
-        let (mut status, statements): (String, i32) = (r[0].get(0), r[0].get(1));
-        if status == "pending" {
-            status = wait_for(&mut client, m, out)?;
-            if status != "applied" {
-                let why = client
-                    .query_typed(
-                        "SELECT coalesce(s.error_message, '') FROM migrate.steps s \
-                         WHERE s.version = $1 AND s.state IN ('failed', 'cancelled') \
-                         ORDER BY s.phase LIMIT 1",
-                        &[(&m.version, Type::TEXT)],
-                    )?
-                    .first()
-                    .map(|r| r.get::<_, String>(0))
-                    .unwrap_or_default();
+        let end = match wait_for(&mut client, m, out, limit)? {
+            Waited::Done(end) => end,
+            Waited::TimedOut(state) => {
                 out.note(Note {
                     file: Some(m.file.clone()),
-                    title: "error".into(),
-                    message: format!("version {} is {status}: {why}", m.version),
-                    hint: Some(format!(
-                        "See migrate.steps; SELECT migrate.retry('{}') runs what is left once \
-                         the cause is fixed.",
-                        m.version
-                    )),
+                    title: "timeout".into(),
+                    message: format!(
+                        "version {} is still {state} after {} s: it goes on in the database",
+                        m.version,
+                        limit.as_secs()
+                    ),
+                    hint: Some(
+                        "Run pg-migrate apply again to wait for it and go on; pg-migrate status \
+                         shows where it is."
+                            .into(),
+                    ),
                     ..Note::default()
                 });
-                out.doc.insert("applied".into(), json!(applied));
-                return Ok(Exit::Error);
+                exit = Exit::Error;
+                break;
             }
+        };
+        if matches!(end.as_str(), "failed" | "cancelled") {
+            let (sqlstate, why) = failed_phase(&mut client, &m.version)?;
+            out.note(Note {
+                file: Some(m.file.clone()),
+                title: "error".into(),
+                message: format!("version {} is {end}: {why}", m.version),
+                hint: Some(format!(
+                    "See migrate.steps; SELECT migrate.retry('{}') runs what is left once the \
+                     cause is fixed.",
+                    m.version
+                )),
+                sqlstate: Some(sqlstate.clone()),
+                ..Note::default()
+            });
+            exit = if sqlstate == "55P03" {
+                Exit::GaveUp
+            } else {
+                Exit::Error
+            };
+            break;
         }
         out.say(&format!(
             "{} {} {}: {} statements in {:.0} ms",
-            coloured(&status),
+            coloured(&end),
             m.version,
             m.description,
             statements,
             started.elapsed().as_secs_f64() * 1000.0
         ));
-        applied.push(json!({"version": m.version, "file": m.file, "status": status}));
+        applied.push(json!({"version": m.version, "file": m.file, "status": end}));
+        if BLOCKING.contains(&end.as_str()) {
+            blocking_notes(
+                &[Row {
+                    state: end,
+                    ..row.clone()
+                }],
+                out,
+            );
+            exit = Exit::Error;
+            break;
+        }
     }
-    if applied.is_empty() {
+    if applied.is_empty() && exit == Exit::Ok {
         out.say("nothing to apply");
     }
     out.doc.insert("applied".into(), json!(applied));
-    Ok(Exit::Ok)
+    Ok(exit)
 }
 
 /// `lint`: the guard's findings on each pending file, none of it run.

@@ -107,7 +107,7 @@ fn open_versions() -> Result<Vec<(String, WatchState)>, pgrx::spi::Error> {
         "SELECT w.version, w.state FROM migrate.watch_records w \
          JOIN migrate.history h USING (version) \
          WHERE w.state IN ('waiting', 'watching', 'rolling back', 'recovering') \
-            OR (w.state = 'rollback failed' AND w.rollback_phase IS NOT NULL \
+            OR (w.state IN ('rollback failed', 'held') AND w.rollback_phase IS NOT NULL \
                 AND w.recovery_started_at IS NULL \
                 AND h.status IN ('pending', 'running', 'applied')) \
          ORDER BY h.version_key",
@@ -125,8 +125,12 @@ fn open_versions() -> Result<Vec<(String, WatchState)>, pgrx::spi::Error> {
 pub fn any_open() -> bool {
     transaction(|| {
         crate::pg::spi::pinned_row(
-            "SELECT EXISTS (SELECT FROM migrate.watch_records \
-             WHERE state IN ('waiting', 'watching', 'rolling back', 'recovering'))",
+            // Held is open (a decision is due); a watch still waiting for a migration that
+            // failed is not, until it is retried.
+            "SELECT EXISTS (SELECT FROM migrate.watch_records w JOIN migrate.history h \
+                            USING (version) \
+             WHERE w.state IN ('watching', 'held', 'rolling back', 'recovering') \
+                OR (w.state = 'waiting' AND h.status IN ('pending', 'running', 'applied')))",
             &[],
             |r| r.get::<bool>(1),
         )
@@ -225,7 +229,8 @@ fn keep_one(version: &str, read: WatchState, sample: &Sample) {
         WatchState::Watching | WatchState::Recovering => look_if_due(watch),
         // Its failed phase was retried (migrate.retry) and ran: the recovery is watched as
         // if it had run the first time. A retry cancelled leaves it failed, as it was.
-        WatchState::RollbackFailed
+        // Or a rollback stopped part way (held) and then retried.
+        WatchState::RollbackFailed | WatchState::Held
             if watch.rollback_phase.is_some()
                 && !watch.recovery_began
                 && watch.status == Status::Applied =>
@@ -279,11 +284,19 @@ fn checksum_failures() -> Option<i64> {
 /// Commands the DDL log records that leave an object as it was: no drift.
 const MAINTENANCE: &str = "'REINDEX', 'REFRESH MATERIALIZED VIEW', 'COMMENT', 'SECURITY LABEL'";
 
-/// The DDL log's object types of relations and what belongs to them: what a migration's
-/// `changes` name. A collation or a text search configuration may bear a table's name.
-const RELATION_KINDS: &str = "'table', 'table column', 'index', 'sequence', 'view', \
-     'materialized view', 'foreign table', 'table constraint', 'trigger', 'policy', \
-     'rule', 'default value'";
+/// Which of the DDL log's object types each kind of a description (a migration's
+/// `changes`) covers: an object's own DDL is counted by its kind, so a collation or a text
+/// search configuration bearing a table's name is not that table.
+const KIND_TYPES: &str = "(VALUES ('tables', 'table'), ('tables', 'foreign table'), \
+     ('indexes', 'index'), ('sequences', 'sequence'), ('views', 'view'), \
+     ('materialized_views', 'materialized view'), ('constraints', 'table constraint'), \
+     ('constraints', 'domain constraint'), ('functions', 'function'), \
+     ('functions', 'procedure'), ('functions', 'aggregate'), ('types', 'type'), \
+     ('types', 'domain'), ('triggers', 'trigger'), ('policies', 'policy'), \
+     ('schemas', 'schema'), ('extensions', 'extension')) AS k(kind, object_type)";
+
+/// The DDL log's object types of what a table holds: DDL on them names the table.
+const TABLE_TYPES: &str = "'table', 'foreign table', 'view', 'materialized view'";
 
 /// What a look reads beside the samples (see `gate::with_context`).
 fn context(watch: &Open) -> gate::Context {
@@ -340,16 +353,19 @@ fn context(watch: &Open) -> gate::Context {
         // From the watch's start on, by the log's index on logged_at.
         &format!(
             "WITH mine AS ( \
-             SELECT c ->> 'object' AS o, c ->> 'relation' AS r FROM {CHANGES} \
-             WHERE h.version = $1) \
+             SELECT k.object_type, c ->> 'object' AS identity FROM {CHANGES} \
+             JOIN {KIND_TYPES} ON k.kind = c ->> 'kind' WHERE h.version = $1 \
+             UNION \
+             SELECT t.object_type, c ->> 'relation' FROM {CHANGES}, \
+                    unnest(ARRAY[{TABLE_TYPES}]) t(object_type) WHERE h.version = $1) \
          SELECT DISTINCT d.command_tag || ' ' || d.object_identity FROM migrate.ddl_log d \
          WHERE d.logged_at >= (SELECT w.started_at FROM migrate.watch_records w \
                                WHERE w.version = $1) \
            AND d.migration_version IS DISTINCT FROM $1 \
            AND d.event IN ('ddl_command_end', 'sql_drop') \
            AND d.command_tag NOT IN ({MAINTENANCE}) \
-           AND d.object_type IN ({RELATION_KINDS}) \
-           AND d.object_identity IN (SELECT o FROM mine UNION SELECT r FROM mine) \
+           AND (d.object_type, d.object_identity) IN (SELECT m.object_type, m.identity \
+                                                      FROM mine m) \
          ORDER BY 1 LIMIT 5"
         ),
         &[watch.version.as_str().into()],
@@ -429,7 +445,8 @@ fn gauges(version: &str) -> (f64, f64) {
                  WHERE h.version = $2 \
                  UNION \
                  SELECT pg_catalog.to_regclass(CASE WHEN c ->> 'kind' IN \
-                            ('tables', 'indexes', 'sequences', 'views') THEN c ->> 'object' END) \
+                            ('tables', 'indexes', 'sequences', 'views', 'materialized_views') \
+                            THEN c ->> 'object' END) \
                  FROM {CHANGES} WHERE h.version = $2) \
              SELECT coalesce((SELECT max(extract(epoch FROM clock_timestamp() - l.waitstart)) \
                                      * 1000 \

@@ -199,6 +199,8 @@ thread_local! {
     /// (TimestampTz; 0: none).
     static WINDOWS_LOOKED_AT: std::cell::Cell<Option<(Instant, i64)>> =
         const { std::cell::Cell::new(None) };
+    /// Window upkeep is waiting for a health gate (said once in the log, when it begins).
+    static GATE_HELD_UPKEEP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// A window step's result; its error logged, unless the database has no windows to keep.
@@ -242,6 +244,12 @@ fn keep_window_time(database: pg_sys::Oid, asked: bool) {
     // While a health gate is open, a column dropped or a window ended here would be judged
     // as the watched change: both wait, looked at again every few seconds.
     if crate::watch::keeper::any_open() {
+        if !GATE_HELD_UPKEEP.replace(true) {
+            simple_query::log(
+                "expand windows' expiry policies and set-aside column drops wait while a \
+                 health gate is open (see migrate.watch_status)",
+            );
+        }
         let next = [alert, now + 5_000_000]
             .into_iter()
             .filter(|&t| t != 0)
@@ -251,6 +259,7 @@ fn keep_window_time(database: pg_sys::Oid, asked: bool) {
         shmem::wake_at(database, next);
         return;
     }
+    GATE_HELD_UPKEEP.set(false);
     // Each window's work runs as its opener in a session no submitter touched, as a
     // migration's phases and a backfill's batches do.
     for due in quietly(simple_query::transaction(crate::window::deprecated_due)).unwrap_or_default()
