@@ -302,17 +302,10 @@ pub fn window_aborted(version: &str, opened_by: &str) {
 /// of its watch, which only a role with the submitter's privileges may overturn (by
 /// cancelling it).
 pub fn rolling_back(version: &str) -> bool {
-    crate::pg::spi::pinned_row(
-        // A failed rollback too: its phases are retried or cancelled by the same rule.
-        "SELECT state IN ('rolling back', 'rollback failed') FROM migrate.watch_records \
-         WHERE version = $1",
-        &[version.into()],
-        |r| r.get::<bool>(1),
+    matches!(
+        state_of(version),
+        Some(WatchState::RollingBack | WatchState::RollbackFailed)
     )
-    .ok()
-    .flatten()
-    .flatten()
-    .unwrap_or(false)
 }
 
 /// Records the watch of a migration just applied or submitted to the worker, with the
