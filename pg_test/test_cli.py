@@ -5,12 +5,16 @@ applies at once."""
 
 import json
 import os
+import re
+import shutil
+import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
-from harness import wait_until
+from harness import PG_BIN, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = Path(os.environ.get("PG_MIGRATE_CLI", ROOT / "cli/target/debug/pg-migrate"))
@@ -204,17 +208,16 @@ def test_a_failed_phase_stops_apply_and_fails_the_check(run, conn):
     assert r.returncode == 1 and "version 3 is failed" in r.stderr and "V3__unique.sql" in r.stderr, r
     assert conn.execute("SELECT count(*) FROM pg_class WHERE relname = 'after_unique'").fetchone() == (0,)
     r = run("status", "--check")
-    assert (r.returncode, "version 3 is failed" in r.stderr, "migrate.retry('3')" in r.stderr) == (1, True, True), r
+    assert (r.returncode, "version 3 is failed" in r.stderr, "pg-migrate retry 3" in r.stderr) == (1, True, True), r
     r = run("apply", "--to", "V3")
     assert r.returncode == 2 and "not a version" in r.stderr, r
-
-
-def test_a_remote_host_in_the_clear_is_refused(run):
-    run("hash")
-    r = run("--host", "db.example.invalid", "status")
-    assert r.returncode == 1 and "does not speak TLS yet" in r.stderr, r
-    r = run("status", "--url", "postgresql://postgres@db.example.invalid/x")
-    assert r.returncode == 1 and "does not speak TLS yet" in r.stderr, r
+    # The cause fixed, retry runs what is left and waits for it; apply then goes on.
+    conn.execute("DELETE FROM orders WHERE id = 2")
+    r = run("retry", "3")
+    assert r.returncode == 0 and "3" in r.stdout, r
+    assert status(run)["3"] in ("applied, unverified", "complete", "applied"), status(run)
+    assert run("apply").returncode == 0
+    assert conn.execute("SELECT count(*) FROM pg_class WHERE relname = 'after_unique'").fetchone() == (1,)
 
 
 def test_a_watched_file_is_waited_for_before_the_next(cli_bin, tmp_path):
@@ -240,3 +243,348 @@ def test_a_watched_file_is_waited_for_before_the_next(cli_bin, tmp_path):
             assert status(run)["2"] == "complete"
     finally:
         gate.stop()
+
+
+def test_plan_reports_each_statement_and_refuses_unsafe_ones_at_their_line(run, conn):
+    assert run("hash").returncode == 0 and run("apply").returncode == 0
+    conn.execute("INSERT INTO orders SELECT g, g FROM generate_series(1, 1000) g")
+    write(run.folder, "V3__rename.sql", "-- a rename breaks running clients\n\nALTER TABLE orders RENAME COLUMN total TO amount;\n")
+    write(run.folder, "V4__more.sql", "CREATE TABLE more_orders (id int);\nALTER TABLE orders ADD COLUMN flag boolean;\n")
+    run("hash")
+    r = run("--format", "github", "plan")
+    assert r.returncode == 3, r
+    # The refusal is annotated at the statement's line of the file that has it.
+    assert "::error file=V3__rename.sql,line=3,title=plan::" in r.stdout and "rename-column" in r.stdout, r.stdout
+    doc = json.loads(run("--format", "json", "plan").stdout)
+    plan = [(p["file"], p["line"], p["command"], p["error"] is None) for p in doc["plan"]]
+    assert plan == [("V3__rename.sql", 3, "ALTER TABLE", False), ("V4__more.sql", 1, "CREATE TABLE", True),
+                    ("V4__more.sql", 2, "ALTER TABLE", True)], doc
+    assert "orders: ACCESS EXCLUSIVE" in " ".join(doc["plan"][2]["locks"]), doc["plan"][2]
+    # Nothing of it stayed: the dry run rolled back.
+    assert conn.execute("SELECT to_regclass('more_orders')").fetchone() == (None,)
+    assert conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = 'orders'::regclass "
+                        "AND attname = 'flag'").fetchone() == (0,)
+    assert status(run)["3"] == "pending"
+    r = run("plan")
+    assert r.returncode == 3 and "V3__rename.sql:3: plan" in r.stderr and "1 statements refused" in r.stdout, r
+
+
+def test_verify_drift_and_fingerprint_find_changes_made_outside_migrations(run, conn):
+    assert run("hash").returncode == 0 and run("apply").returncode == 0
+    r = run("--format", "json", "verify")
+    doc = json.loads(r.stdout)
+    assert r.returncode == 0 and {c["version"] for c in doc["checks"]} >= {"1", "2"}, r
+    fp = run("fingerprint").stdout.strip()
+    assert len(fp) >= 16 and run("fingerprint", "--expect", fp).returncode == 0
+    assert run("drift").returncode == 0
+    # By hand, outside migrations: a column added and the index of version 2 dropped.
+    conn.execute("ALTER TABLE orders ADD COLUMN sneaky int")
+    conn.execute("DROP INDEX CONCURRENTLY orders_total_idx")
+    r = run("drift")
+    assert r.returncode == 4 and "sneaky" in r.stderr and "orders_total_idx" in r.stderr, r
+    r = run("fingerprint", "--expect", fp)
+    assert r.returncode == 4 and f"not {fp}" in r.stderr, r
+    r = run("--format", "json", "verify", "2")
+    doc = json.loads(r.stdout)
+    assert r.returncode == 4 and not all(c["ok"] for c in doc["checks"]), r
+    assert run("verify", "1").returncode == 0
+
+
+def test_baseline_skips_the_files_the_database_already_has(cli_bin, cluster, tmp_path):
+    db = cluster.create_database("cli_baseline")
+    folder = tmp_path / "adopted"
+    write(folder, "V1__one.sql", "CREATE TABLE one (id int);\n")
+    write(folder, "V2__two.sql", "CREATE TABLE two (id int);\n")
+    write(folder, "V3__three.sql", "CREATE TABLE three (id int);\n")
+    run = Run(cli_bin, cluster, db, folder)
+    run("hash")
+    with cluster.connect(db) as c:
+        # A database made before pg_migrate: it already has what versions 1 and 2 make.
+        c.execute("CREATE TABLE one (id int); CREATE TABLE two (id int)")
+        r = run("baseline", "2")
+        assert r.returncode == 0 and "2 files up to it" in r.stdout, r
+        assert status(run) == {"1": "baseline", "2": "baseline", "3": "pending"}
+        assert run("apply").returncode == 0
+        assert c.execute("SELECT version, status FROM migrate.history ORDER BY version_key").fetchall() == [
+            ("2", "baseline"), ("3", "applied")]
+        r = run("baseline", "3")
+        assert r.returncode == 1 and "history is not empty" in r.stderr, r
+
+
+def slow_backfill(run: Run, conn, rows: int = 4000) -> None:
+    """Version 3 backfills `rows` rows in batches of 50 with a pause between them: it runs
+    for seconds in the worker."""
+    run("hash")
+    assert run("apply").returncode == 0
+    conn.execute(f"INSERT INTO orders SELECT g, g FROM generate_series(1, {rows}) g")
+    write(run.folder, "V3__fill.sql",
+          "SELECT migrate.backfill('orders', 'note = ''n'' || id', 'note IS NULL', "
+          "batch_size => 50, min_batch_size => 50, max_batch_size => 50, pause => '100 ms');\n")
+    run("hash")
+
+
+def test_ctrl_c_rolls_a_running_apply_back_whole(run, conn):
+    run("hash")
+    assert run("apply", "--to", "1.1").returncode == 0
+    write(run.folder, "V3__slow.sql", "CREATE TABLE slow (id int);\nSELECT pg_sleep(30);\n")
+    run("hash")
+    p = subprocess.Popen([str(run.bin), "--dir", str(run.folder), "apply"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=run.env())
+    wait_until(lambda: conn.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%migrate.apply%' "
+                                    "AND state = 'active' AND pid <> pg_backend_pid()").fetchone()[0] == 1,
+               timeout=30, interval=0.1)
+    started = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=20)
+    took = time.monotonic() - started
+    assert p.returncode == 130 and "was not applied: its transaction was rolled back" in err, (out, err)
+    assert took < 5, took
+    # Version 2 (phased) was applied before; 3 left nothing behind.
+    assert conn.execute("SELECT to_regclass('slow')").fetchone() == (None,)
+    assert status(run)["3"] == "pending"
+    assert conn.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep%' "
+                        "AND state = 'active' AND pid <> pg_backend_pid()").fetchone() == (0,)
+
+
+def test_ctrl_c_while_the_worker_runs_says_what_goes_on_then_cancel_and_retry(run, conn):
+    slow_backfill(run, conn)
+    p = subprocess.Popen([str(run.bin), "--dir", str(run.folder), "apply"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=run.env())
+    wait_until(lambda: conn.execute("SELECT count(*) FROM migrate.backfill_progress WHERE version = '3' "
+                                    "AND rows_done > 0").fetchone()[0] == 1, timeout=60, interval=0.1)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=20)
+    assert p.returncode == 130, (out, err)
+    assert "version 3 is running and goes on in the database's worker" in err, err
+    assert "pg-migrate cancel 3" in err, err
+    # It does go on; cancel stops it, and retry runs the rest.
+    r = run("cancel", "3")
+    assert r.returncode == 0, r
+    wait_until(lambda: status(run)["3"] == "cancelled", timeout=30, interval=0.2)
+    assert run("status", "--check").returncode == 1
+    r = run("retry", "3")
+    assert r.returncode == 0, r
+    assert conn.execute("SELECT count(*) FROM orders WHERE note IS NULL").fetchone() == (0,)
+
+
+def test_a_progress_bar_on_a_terminal_follows_the_backfill_to_its_end(run, conn):
+    slow_backfill(run, conn, rows=2000)
+    # Under a pseudo-terminal (script(1)), as a person at a terminal sees it.
+    command = f"{run.bin} --dir {run.folder} apply"
+    r = subprocess.run(["script", "-qfec", command, "/dev/null"], capture_output=True, text=True,
+                       env=run.env(), timeout=120)
+    assert r.returncode == 0, r
+    frames = r.stdout
+    assert "3 phase 1 of 1: backfill" in frames, frames[-2000:]
+    # Percentages rose as the batches went (a bar that moved, not one drawn at the end); the
+    # bar is then cleared and the verb's line says how it ended.
+    shown = [int(m) for m in re.findall(r"\]\s+(\d+)%", frames)]
+    assert len(set(shown)) >= 3 and shown == sorted(shown), shown
+    assert re.search(r"applied\S* 3 fill: 1 statements", frames), frames[-500:]
+    # Without a terminal: plain lines, no bar.
+    write(run.folder, "V4__fill_again.sql",
+          "SELECT migrate.backfill('orders', 'total = total', batch_size => 500, pause => '0');\n")
+    run("hash")
+    r = run("apply")
+    assert r.returncode == 0 and "\r" not in r.stdout + r.stderr and "4 phase 1 of 1 done" in r.stdout, r
+
+
+def test_an_expand_directive_opens_a_window_and_contract_closes_it(run, conn):
+    run("hash")
+    assert run("apply").returncode == 0
+    write(run.folder, "V3__rename.sql", "-- migrate:expand 1 day\nALTER TABLE orders RENAME COLUMN note TO remark;\n")
+    run("hash")
+    r = run("apply")
+    assert r.returncode == 0, r
+    assert conn.execute("SELECT state FROM migrate.windows WHERE version = '3'").fetchone()[0] in ("open", "published")
+    # Old clients still see note; contract renames it for good.
+    r = run("contract", "3")
+    assert r.returncode == 0 and "RENAME" in r.stdout.upper(), r
+    assert conn.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'orders' "
+                        "AND column_name = 'remark'").fetchone() == (1,)
+
+
+def test_a_service_file_and_the_password_file_connect_as_libpq_would(run, cluster, db, tmp_path):
+    """PGSERVICE's settings under flags, over PG* variables; the password from PGPASSFILE
+    (a private file only), for a role that must give one over TCP."""
+    run("hash")
+    hba = cluster.dir / "data" / "pg_hba.conf"
+    original = hba.read_text()
+    with cluster.connect() as admin:
+        admin.execute("CREATE ROLE cli_pass LOGIN PASSWORD 's3cret:x' IN ROLE migrate_admin")
+        admin.execute(f"GRANT CREATE ON DATABASE {db} TO cli_pass")
+        try:
+            # Before every trust line: this role gives a password over TCP.
+            hba.write_text("host all cli_pass 127.0.0.1/32 scram-sha-256\n" + original)
+            admin.execute("SELECT pg_reload_conf()")
+            services = tmp_path / "services.conf"
+            services.write_text(f"[elsewhere]\nhost=/nowhere\n[deploy]\nhost=127.0.0.1\nport={cluster.port}\n"
+                                f"dbname={db}\nuser=cli_pass\n")
+            passwords = tmp_path / "pgpass"
+            passwords.write_text(f"127.0.0.1:{cluster.port}:{db}:cli_other:wrong\n"
+                                 f"127.0.0.1:{cluster.port}:*:cli_pass:s3cret\\:x\n")
+            passwords.chmod(0o600)
+            env = {k: v for k, v in run.env().items() if k not in ("PGHOST", "PGPORT", "PGDATABASE", "PGUSER")}
+            env.update(PGSERVICE="deploy", PGSERVICEFILE=str(services), PGPASSFILE=str(passwords),
+                       PGHOST="/also/nowhere")
+            r = run("--format", "json", "status", env=env)
+            assert r.returncode == 0, r
+            assert json.loads(r.stdout)["migrations"][0]["state"] == "pending"
+            # A password file others may read is ignored, as libpq ignores it.
+            passwords.chmod(0o644)
+            r = run("status", env=env)
+            assert r.returncode == 1 and "has group or world access" in r.stderr, r
+            assert "password" in r.stderr.lower(), r
+            passwords.chmod(0o600)
+            # Flags win over the service.
+            r = run("--port", "1", "status", env=env)
+            assert r.returncode == 1 and "127.0.0.1" in r.stderr, r
+            # An unknown service is named.
+            r = run("status", env={**env, "PGSERVICE": "nosuch"})
+            assert r.returncode == 1 and 'service "nosuch" not found' in r.stderr, r
+        finally:
+            hba.write_text(original)
+            admin.execute("SELECT pg_reload_conf()")
+            admin.execute(f"REVOKE CREATE ON DATABASE {db} FROM cli_pass")
+            admin.execute("DROP ROLE cli_pass")
+
+
+SNAPSHOTS = Path(__file__).resolve().parent / "snapshots"
+
+
+def snapshot(name: str, text: str, folder: Path) -> None:
+    """Compares `text` with the stored snapshot `name`; PG_MIGRATE_SNAPSHOTS=update writes it.
+    Timings and the run's own paths are the only parts made neutral."""
+    text = text.replace(str(folder), "<dir>")
+    text = re.sub(r"in \d+ ms", "in <n> ms", text)
+    path = SNAPSHOTS / name
+    if os.environ.get("PG_MIGRATE_SNAPSHOTS") == "update":
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"no snapshot {path}: run with PG_MIGRATE_SNAPSHOTS=update and review it"
+    assert text == path.read_text(), f"{name} differs from its snapshot:\n{text}"
+
+
+def test_human_and_json_output_match_their_snapshots(run, conn):
+    write(run.folder, "V3__rename.sql", "-- a rename, not allowed\nALTER TABLE orders RENAME COLUMN total TO amount;\n")
+    run("hash")
+    r = run("apply", "--to", "1.1")
+    snapshot("apply.txt", f"exit {r.returncode}\n--- stdout\n{r.stdout}--- stderr\n{r.stderr}", run.folder)
+    r = run("status", "--check")
+    snapshot("status_check.txt", f"exit {r.returncode}\n--- stdout\n{r.stdout}--- stderr\n{r.stderr}", run.folder)
+    r = run("--format", "json", "status")
+    snapshot("status.json", json.dumps(json.loads(r.stdout), indent=2, sort_keys=True) + "\n", run.folder)
+    r = run("lint")
+    snapshot("lint.txt", f"exit {r.returncode}\n--- stdout\n{r.stdout}--- stderr\n{r.stderr}", run.folder)
+    r = run("--format", "json", "lint")
+    snapshot("lint.json", json.dumps(json.loads(r.stdout), indent=2, sort_keys=True) + "\n", run.folder)
+
+
+def make_certificates(folder: Path) -> None:
+    """A certificate authority, a server certificate for localhost signed by it, and another
+    authority that signed nothing here."""
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+    openssl("req", "-new", "-x509", "-days", "2", "-nodes", "-subj", "/CN=pg-migrate test CA",
+            "-keyout", "ca.key", "-out", "ca.crt")
+    openssl("req", "-new", "-x509", "-days", "2", "-nodes", "-subj", "/CN=another CA",
+            "-keyout", "other.key", "-out", "other.crt")
+    openssl("req", "-new", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key", "-out", "server.csr")
+    (folder / "san.ext").write_text("subjectAltName=DNS:localhost\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-extfile", "san.ext", "-out", "server.crt")
+    subprocess.run(["chown", "-R", "postgres", str(folder)], check=True)
+    (folder / "server.key").chmod(0o600)
+
+
+def test_tls_modes_are_libpqs_with_certificates_checked_as_asked(cli_bin, tmp_path):
+    from harness import Cluster
+    certs = Path("/tmp/pg_migrate_e2e_cli_certs")
+    shutil.rmtree(certs, ignore_errors=True)
+    certs.mkdir()
+    make_certificates(certs)
+    server = Cluster("/tmp/pg_migrate_e2e_cli_tls").start(
+        "ssl=on", f"ssl_cert_file={certs}/server.crt", f"ssl_key_file={certs}/server.key")
+    try:
+        db = server.create_database("cli_tls")
+        hba = server.dir / "data" / "pg_hba.conf"
+        # This role may connect over TLS only.
+        hba.write_text("hostnossl all cli_tls 127.0.0.1/32 reject\n" + hba.read_text())
+        with server.connect() as admin:
+            admin.execute("CREATE ROLE cli_tls LOGIN IN ROLE migrate_admin")
+            admin.execute("SELECT pg_reload_conf()")
+        folder = tmp_path / "tls"
+        write(folder, "V1__one.sql", "CREATE TABLE one (id int);\n")
+        run = Run(cli_bin, server, db, folder)
+        run("hash")
+        # No ~/.postgresql here: a verify mode needs sslrootcert.
+        env = {k: v for k, v in run.env(HOME=str(tmp_path)).items() if not k.startswith("PG")}
+        env["NO_COLOR"] = "1"
+
+        def status(url_host: str, query: str, **extra) -> subprocess.CompletedProcess:
+            url = f"postgresql://cli_tls@{url_host}:{server.port}/{db}?{query}"
+            return run("--url", url, "status", env={**env, **extra})
+
+        ca, other = certs / "ca.crt", certs / "other.crt"
+        assert status("localhost", f"sslmode=verify-full&sslrootcert={ca}").returncode == 0
+        assert status("127.0.0.1", f"sslmode=verify-ca&sslrootcert={ca}").returncode == 0
+        assert status("127.0.0.1", "sslmode=require").returncode == 0
+        assert status("127.0.0.1", "").returncode == 0  # prefer, libpq's default
+        # The name connected to is not the certificate's.
+        r = status("127.0.0.1", f"sslmode=verify-full&sslrootcert={ca}")
+        assert r.returncode == 1 and "certificate verify failed" in r.stderr, r
+        # Signed by an authority the client was not told to trust.
+        r = status("localhost", f"sslmode=verify-full&sslrootcert={other}")
+        assert r.returncode == 1 and "certificate verify failed" in r.stderr, r
+        r = status("localhost", "sslmode=verify-full")
+        assert r.returncode == 1 and "root certificate file" in r.stderr, r
+        # In the clear, the server's rule refuses the role.
+        r = status("127.0.0.1", "sslmode=disable")
+        assert r.returncode == 1 and "no encryption" in r.stderr, r
+        r = status("127.0.0.1", "sslmode=verify")
+        assert r.returncode == 1 and "invalid sslmode" in r.stderr, r
+        # The same from the environment, as libpq reads it.
+        r = run("status", env={**env, "PGHOST": "localhost", "PGPORT": str(server.port), "PGUSER": "cli_tls",
+                               "PGDATABASE": db, "PGSSLMODE": "verify-full", "PGSSLROOTCERT": str(ca)})
+        assert r.returncode == 0, r
+        # And from a service.
+        (tmp_path / "services.conf").write_text(
+            f"[tls]\nhost=localhost\nport={server.port}\nuser=cli_tls\ndbname={db}\nsslmode=verify-full\n"
+            f"sslrootcert={other}\n")
+        r = run("status", env={**env, "PGSERVICE": "tls", "PGSERVICEFILE": str(tmp_path / "services.conf")})
+        assert r.returncode == 1 and "certificate verify failed" in r.stderr, r
+    finally:
+        server.stop()
+        shutil.rmtree(certs, ignore_errors=True)
+
+
+def test_several_hosts_with_read_write_find_the_primary_past_a_standby(cli_bin, tmp_path):
+    from harness import Cluster
+    primary = Cluster("/tmp/pg_migrate_e2e_cli_primary").start()
+    standby = Cluster("/tmp/pg_migrate_e2e_cli_standby")
+    try:
+        db = primary.create_database("cli_hosts")
+        standby.stop()
+        shutil.rmtree(standby.dir, ignore_errors=True)
+        standby.dir.mkdir()
+        subprocess.run(["chown", "postgres", str(standby.dir)], check=True)
+        subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_basebackup"), "-h", "127.0.0.1",
+                        "-p", str(primary.port), "-U", "postgres", "-D", str(standby.dir / "data"), "-R",
+                        "-X", "stream", "-c", "fast"], check=True, capture_output=True)
+        standby.start(f"port={standby.port}", f"unix_socket_directories={standby.sock}", fresh=False)
+        folder = tmp_path / "hosts"
+        write(folder, "V1__one.sql", "CREATE TABLE one (id int);\n")
+        run = Run(cli_bin, primary, db, folder)
+        run("hash")
+        hosts = {"PGHOST": f"{standby.sock},{primary.sock}", "PGPORT": f"{standby.port},{primary.port}"}
+        # The standby first: it answers, and cannot take the migration.
+        r = run("apply", env=run.env(**hosts))
+        assert r.returncode == 1 and "read-only" in r.stderr, r
+        r = run("apply", env=run.env(**hosts, PGTARGETSESSIONATTRS="read-write"))
+        assert r.returncode == 0 and "applied 1 one" in r.stdout, r
+        with standby.connect(db) as s:
+            wait_until(lambda: s.execute("SELECT count(*) FROM migrate.history").fetchone() == (1,), timeout=30)
+            assert s.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+    finally:
+        standby.stop()
+        primary.stop()

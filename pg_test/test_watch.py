@@ -210,22 +210,30 @@ def test_dropping_an_index_the_workload_needs_is_rolled_back_and_rebuilt(gate):
 
 def test_harmless_migrations_under_load_complete_without_a_false_alarm(gate):
     db = lookup_orders(gate, "gate_harmless")
-    outcomes = {}
+    outcomes, evidence = {}, {}
     with Pgbench(gate, db, LOOKUP), gate.connect(db) as c:
         baseline_ready(gate, db)
         for i in range(10):
             version = str(200 + i)
             c.execute(
-                "SELECT * FROM migrate.apply(%s, %s, rollback => %s, watch => '20 s', "
+                "SELECT * FROM migrate.apply(%s, %s, rollback => %s, watch => '30 s', "
                 "on_regression => 'rollback')",
                 (version, f"COMMENT ON TABLE orders IS 'revision {i}'; CREATE TABLE side_{i} (id int)",
                  f"DROP TABLE side_{i}"))
-            outcomes[version] = settled(c, version, timeout=60)
-        # Every one is complete, and none was rolled back. (20 s: about 18 one-second samples
-        # by the last look; with 15 s, one watch in a fresh-clone run ended held, inconclusive.)
-        assert set(outcomes.values()) == {"complete"}, (outcomes, c.execute(
-            "SELECT version, stage, look, signal, now, shift, upper, p_value, verdict FROM migrate.watch_looks "
-            "WHERE verdict <> 'pass' ORDER BY version, look").fetchall())
+            outcomes[version] = settled(c, version, timeout=90)
+            if outcomes[version] != "complete":
+                # The evidence, for the failure message; then settled by hand, so that the
+                # other nine are still judged.
+                evidence[version] = c.execute(
+                    "SELECT look, signal, round(baseline::numeric, 3), round(now::numeric, 3), "
+                    "round(shift::numeric, 3), round(upper::numeric, 3), p_value, verdict "
+                    "FROM migrate.watch_looks WHERE version = %s AND verdict NOT IN ('pass', 'unavailable') "
+                    "ORDER BY look, signal", (version,)).fetchall()
+                if outcomes[version] == "held":
+                    c.execute("SELECT migrate.accept(%s, 'the test goes on')", (version,))
+        # Every one is complete, and none was rolled back. (30 s: about 28 one-second samples
+        # by the last look; most pass at the third, 15 s in.)
+        assert set(outcomes.values()) == {"complete"}, (outcomes, evidence)
         assert c.execute("SELECT count(*) FROM migrate.steps WHERE rollback").fetchone()[0] == 0
         assert c.execute("SELECT count(*) FROM migrate.status WHERE completed_at IS NOT NULL "
                          "AND version::int BETWEEN 200 AND 209").fetchone()[0] == 10

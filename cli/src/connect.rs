@@ -1,6 +1,8 @@
 //! Connecting as PostgreSQL's own tools do: a connection string or URL (`--url`, then
-//! `DATABASE_URL`), else the `PG*` environment variables, with flags over both.
+//! `DATABASE_URL`), else flags over the service's settings (`PGSERVICE`) over the `PG*`
+//! environment variables; the password, when none is given, from the password file.
 
+use crate::tls;
 use anyhow::{Context, Result};
 use postgres::{Client, Config, NoTls};
 use std::str::FromStr;
@@ -30,12 +32,26 @@ pub struct Target {
     pub dbname: Option<String>,
 }
 
+/// The connection settings read from flags, a service and the environment, each with its
+/// environment variable.
+const SETTINGS: [(&str, &str); 9] = [
+    ("host", "PGHOST"),
+    ("port", "PGPORT"),
+    ("user", "PGUSER"),
+    ("dbname", "PGDATABASE"),
+    ("password", "PGPASSWORD"),
+    ("connect_timeout", "PGCONNECT_TIMEOUT"),
+    ("target_session_attrs", "PGTARGETSESSIONATTRS"),
+    ("options", "PGOPTIONS"),
+    ("application_name", "PGAPPNAME"),
+];
+
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
 /// `key='value'` as a connection string quotes it.
-fn pair(key: &str, value: &str) -> String {
+pub fn pair(key: &str, value: &str) -> String {
     format!(
         "{key}='{}'",
         value.replace('\\', "\\\\").replace('\'', "\\'")
@@ -43,12 +59,14 @@ fn pair(key: &str, value: &str) -> String {
 }
 
 impl Target {
-    pub fn config(&self) -> Result<Config> {
+    pub fn config(&self) -> Result<(Config, tls::Settings)> {
         if let Some(url) = &self.url {
             if self.host.is_some() {
                 anyhow::bail!("give the host in the connection string or with --host, not both");
             }
-            let mut config = Config::from_str(url).context("reading the connection string")?;
+            let (url, given) = tls::split(url)?;
+            let tls = tls::settings(&given, &[])?;
+            let mut config = Config::from_str(&url).context("reading the connection string")?;
             if let Some(port) = self.port {
                 config.port(port);
             }
@@ -61,52 +79,99 @@ impl Target {
             if config.get_application_name().is_none() {
                 config.application_name("pg-migrate");
             }
-            return Ok(config);
+            config.ssl_mode(tls.mode.negotiation());
+            return Ok((config, tls));
         }
-        // Flags first, then the environment, then libpq's defaults (Debian's socket folder,
-        // the login name).
-        let fields = [
-            (
-                "host",
-                self.host.clone().or_else(|| env("PGHOST")),
-                Some("/var/run/postgresql".to_string()),
-            ),
-            (
-                "port",
-                self.port.map(|p| p.to_string()).or_else(|| env("PGPORT")),
-                None,
-            ),
-            (
-                "user",
-                self.user.clone().or_else(|| env("PGUSER")),
-                env("USER"),
-            ),
-            (
-                "dbname",
-                self.dbname.clone().or_else(|| env("PGDATABASE")),
-                None,
-            ),
-            ("password", env("PGPASSWORD"), None),
-            ("connect_timeout", env("PGCONNECT_TIMEOUT"), None),
-            ("target_session_attrs", env("PGTARGETSESSIONATTRS"), None),
-            ("options", env("PGOPTIONS"), None),
-            (
-                "application_name",
-                env("PGAPPNAME"),
-                Some("pg-migrate".to_string()),
-            ),
+        // Flags first, then the service's settings, then the environment, then libpq's
+        // defaults (Debian's socket folder, the login name), as libpq orders them.
+        let service = match env("PGSERVICE") {
+            Some(name) => crate::pgfiles::service(&name).map_err(anyhow::Error::msg)?,
+            None => Vec::new(),
+        };
+        if let Some((key, _)) = service
+            .iter()
+            .find(|(k, _)| !SETTINGS.iter().chain(&tls::SETTINGS).any(|(s, _)| s == k))
+        {
+            anyhow::bail!(
+                "service \"{}\" sets {key}, which pg-migrate does not read: it reads {}",
+                env("PGSERVICE").unwrap_or_default(),
+                SETTINGS
+                    .iter()
+                    .chain(&tls::SETTINGS)
+                    .map(|(k, _)| *k)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        let from_service = |key: &str| {
+            service
+                .iter()
+                .rev()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+        };
+        let flags = [
+            ("host", self.host.clone()),
+            ("port", self.port.map(|p| p.to_string())),
+            ("user", self.user.clone()),
+            ("dbname", self.dbname.clone()),
         ];
-        let conninfo: Vec<String> = fields
-            .into_iter()
-            .filter_map(|(key, given, default)| given.or(default).map(|v| pair(key, &v)))
+        let defaults = [
+            ("host", Some("/var/run/postgresql".to_string())),
+            ("user", env("USER")),
+            ("application_name", Some("pg-migrate".to_string())),
+        ];
+        let conninfo: Vec<String> = SETTINGS
+            .iter()
+            .filter_map(|(key, variable)| {
+                let given = |list: &[(&str, Option<String>)]| {
+                    list.iter()
+                        .find(|(k, _)| k == key)
+                        .and_then(|(_, v)| v.clone())
+                };
+                given(&flags)
+                    .or_else(|| from_service(key))
+                    .or_else(|| env(variable))
+                    .or_else(|| given(&defaults))
+                    .map(|v| pair(key, &v))
+            })
             .collect();
-        Config::from_str(&conninfo.join(" ")).context("reading the PG* environment variables")
+        let tls = tls::settings(&[], &service)?;
+        let mut config = Config::from_str(&conninfo.join(" "))
+            .context("reading the PG* environment variables")?;
+        config.ssl_mode(tls.mode.negotiation());
+        Ok((config, tls))
+    }
+
+    /// The configuration with the password file's password when none was given.
+    fn with_password(&self) -> Result<(Config, tls::Settings)> {
+        let (mut config, tls) = self.config()?;
+        if config.get_password().is_some() {
+            return Ok((config, tls));
+        }
+        let host = match config.get_hosts().first() {
+            Some(postgres::config::Host::Tcp(name)) => name.clone(),
+            Some(postgres::config::Host::Unix(path)) => path.display().to_string(),
+            None => "localhost".to_string(),
+        };
+        let port = config
+            .get_ports()
+            .first()
+            .copied()
+            .unwrap_or(5432)
+            .to_string();
+        let user = config.get_user().unwrap_or_default().to_string();
+        let dbname = config.get_dbname().unwrap_or(&user).to_string();
+        if let Some(password) = crate::pgfiles::password(&host, &port, &dbname, &user) {
+            config.password(password);
+        }
+        Ok((config, tls))
     }
 
     /// One session for the whole run: never a second one holding a snapshot while the
     /// first waits (a `CREATE INDEX CONCURRENTLY` would wait for it for ever).
     pub fn connect(&self) -> Result<Client> {
-        let config = self.config()?;
+        let (config, tls) = self.with_password()?;
         let hosts: Vec<String> = config
             .get_hosts()
             .iter()
@@ -115,30 +180,16 @@ impl Target {
                 postgres::config::Host::Unix(path) => path.display().to_string(),
             })
             .collect();
-        // No TLS in this client yet: a password and the migrations would cross the network
-        // in the clear. Local sockets and loopback only, unless the caller asked for
-        // sslmode=disable themselves.
-        let local = |h: &str| h.starts_with('/') || matches!(h, "localhost" | "127.0.0.1" | "::1");
-        let asked_plain = self
-            .url
-            .as_deref()
-            .is_some_and(|u| u.contains("sslmode=disable"))
-            || env("PGSSLMODE").as_deref() == Some("disable");
-        if !asked_plain {
-            if let Some(remote) = hosts.iter().find(|h| !local(h)) {
-                anyhow::bail!(
-                    "pg-migrate does not speak TLS yet, and {remote} is not a local host: \
-                     connect through a Unix socket or an SSH tunnel to localhost, or set \
-                     sslmode=disable (PGSSLMODE=disable) to send it in the clear"
-                );
-            }
-        }
-        config.connect(NoTls).with_context(|| {
+        let context = || {
             format!(
                 "connecting to {} as {}",
                 hosts.join(","),
                 config.get_user().unwrap_or("?")
             )
-        })
+        };
+        if tls.mode == tls::Mode::Disable {
+            return config.connect(NoTls).with_context(context);
+        }
+        config.connect(tls::connector(&tls)?).with_context(context)
     }
 }

@@ -8,7 +8,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// One migration as found in the folder.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Migration {
     pub version: String,
     pub description: String,
@@ -19,6 +19,17 @@ pub struct Migration {
     pub verify: Option<String>,
     pub allow: Vec<String>,
     pub watch: Option<String>,
+    /// `-- migrate:expand [ttl]`: opened as an expand window (`migrate.expand`), with this
+    /// ttl (empty: the default).
+    pub expand: Option<String>,
+}
+
+/// What a script's `-- migrate:` comments ask for.
+#[derive(Debug, Default, PartialEq)]
+struct Directives {
+    allow: Vec<String>,
+    watch: Option<String>,
+    expand: Option<String>,
 }
 
 /// A file the folder holds that cannot be read as a migration.
@@ -165,12 +176,12 @@ fn read_script(dir: &Path, relative: &str) -> Result<String, FileError> {
     Ok(text)
 }
 
-/// The `-- migrate:allow <rule>` and `-- migrate:watch <interval>` directives of a script.
-/// A line that reads as one however it is spaced or cased counts: a directive misspelt into
-/// a plain comment would apply the migration without it, unnoticed.
-fn directives(script: &str, file: &str) -> Result<(Vec<String>, Option<String>), FileError> {
-    let mut allow = Vec::new();
-    let mut watch = None;
+/// The `-- migrate:allow <rule>`, `-- migrate:watch <interval>` and `-- migrate:expand
+/// [ttl]` directives of a script. A line that reads as one however it is spaced or cased
+/// counts: a directive misspelt into a plain comment would apply the migration without it,
+/// unnoticed.
+fn directives(script: &str, file: &str) -> Result<Directives, FileError> {
+    let mut d = Directives::default();
     let script = script.strip_prefix('\u{feff}').unwrap_or(script);
     for (n, line) in script.lines().enumerate() {
         let Some(comment) = line.trim().strip_prefix("--") else {
@@ -184,30 +195,60 @@ fn directives(script: &str, file: &str) -> Result<(Vec<String>, Option<String>),
         else {
             continue;
         };
-        let at = || format!("{file}:{}", n + 1);
+        let refuse = |problem: String| FileError {
+            file: format!("{file}:{}", n + 1),
+            problem,
+        };
         let (word, value) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
         let value = value.trim();
         match (word.to_ascii_lowercase().as_str(), value.is_empty()) {
-            ("allow", false) => allow.extend(value.split_whitespace().map(str::to_string)),
-            ("watch", false) if watch.is_none() => watch = Some(value.to_string()),
-            ("watch", false) => {
-                return Err(FileError {
-                    file: at(),
-                    problem: "a second `-- migrate:watch`: a migration is watched once".into(),
-                })
+            ("allow", false) => d.allow.extend(value.split_whitespace().map(str::to_string)),
+            ("watch", false) if d.watch.is_none() => d.watch = Some(value.to_string()),
+            ("expand", _) if d.expand.is_none() => d.expand = Some(value.to_string()),
+            ("watch", false) | ("expand", _) => {
+                return Err(refuse(format!(
+                    "a second `-- migrate:{}`: a migration says it once",
+                    word.to_ascii_lowercase()
+                )))
             }
             _ => {
-                return Err(FileError {
-                    file: at(),
-                    problem: format!(
-                        "unknown directive \"-- migrate:{rest}\": the directives are \
-                         `-- migrate:allow <rule>` and `-- migrate:watch <interval>`"
-                    ),
-                })
+                return Err(refuse(format!(
+                    "unknown directive \"-- migrate:{rest}\": the directives are \
+                     `-- migrate:allow <rule>`, `-- migrate:watch <interval>` and \
+                     `-- migrate:expand [ttl]`"
+                )))
             }
         }
     }
-    Ok((allow, watch))
+    if d.expand.is_some() && !d.allow.is_empty() {
+        return Err(FileError {
+            file: file.to_string(),
+            problem: "`-- migrate:allow` in an expand window: migrate.expand plans each change \
+                      to be safe, and takes no allowed rules"
+                .into(),
+        });
+    }
+    Ok(d)
+}
+
+/// A migration read from its up script and directives.
+fn migration(
+    version: String,
+    description: String,
+    file: String,
+    script: String,
+) -> Result<Migration, FileError> {
+    let d = directives(&script, &file)?;
+    Ok(Migration {
+        version,
+        description,
+        file,
+        script,
+        allow: d.allow,
+        watch: d.watch,
+        expand: d.expand,
+        ..Migration::default()
+    })
 }
 
 /// Every migration in `dir`, in version order.
@@ -241,17 +282,10 @@ pub fn discover(dir: &Path) -> Result<Vec<Migration>, FileError> {
                 file: entry.name.clone(),
                 problem: "a migration folder needs an up.sql".into(),
             })?;
-            let (allow, watch) = directives(&script, &file)?;
-            found.push(Migration {
-                version,
-                description,
-                file,
-                script,
-                rollback: inner("down.sql")?,
-                verify: inner("verify.sql")?,
-                allow,
-                watch,
-            });
+            let mut m = migration(version, description, file, script)?;
+            m.rollback = inner("down.sql")?;
+            m.verify = inner("verify.sql")?;
+            found.push(m);
             continue;
         }
         let Some(stem) = entry.name.strip_suffix(".sql") else {
@@ -263,17 +297,7 @@ pub fn discover(dir: &Path) -> Result<Vec<Migration>, FileError> {
         let script = read_script(dir, &entry.name)?;
         match kind {
             "V" => {
-                let (allow, watch) = directives(&script, &entry.name)?;
-                found.push(Migration {
-                    version,
-                    description,
-                    file: entry.name,
-                    script,
-                    rollback: None,
-                    verify: None,
-                    allow,
-                    watch,
-                });
+                found.push(migration(version, description, entry.name, script)?);
             }
             "U" => rollbacks.push((version, script)),
             _ => return Err(bad_name(&entry.name)),
@@ -310,6 +334,20 @@ pub fn discover(dir: &Path) -> Result<Vec<Migration>, FileError> {
         }
         owner.rollback = Some(script);
     }
+    if let Some(m) = found
+        .iter()
+        .find(|m| m.expand.is_some() && (m.rollback.is_some() || m.verify.is_some()))
+    {
+        return Err(FileError {
+            file: m.file.clone(),
+            problem: format!(
+                "version {} opens an expand window and has a rollback or verify script: a \
+                 window is undone with pg-migrate abort {}, and checked by the worker before \
+                 it is published",
+                m.version, m.version
+            ),
+        });
+    }
     Ok(found)
 }
 
@@ -345,7 +383,7 @@ mod unit {
 
     #[test]
     fn directives_are_read_and_unknown_ones_refused() {
-        let (allow, watch) = directives(
+        let Directives { allow, watch, .. } = directives(
             "-- migrate:allow rename-column drop-column\n-- migrate:watch 10 min\nSELECT 1;",
             "V1__x.sql",
         )
@@ -355,10 +393,27 @@ mod unit {
         let e = directives("SELECT 1;\n-- migrate:alow x\n", "V1__x.sql").unwrap_err();
         assert_eq!(e.file, "V1__x.sql:2");
         // Spacing and case do not hide one; a second watch is refused.
-        let (_, watch) = directives("--MIGRATE:Watch 1 min\nSELECT 1;", "V1__x.sql").unwrap();
+        let watch = directives("--MIGRATE:Watch 1 min\nSELECT 1;", "V1__x.sql")
+            .unwrap()
+            .watch;
         assert_eq!(watch.as_deref(), Some("1 min"));
         assert!(directives("--  migrate:watch 1 min\n-- migrate:watch 2 min", "f").is_err());
         assert_eq!(parse_version("1_2"), Ok("1.2".into()));
         assert!(parse_version("V1").is_err());
+    }
+
+    #[test]
+    fn an_expand_window_is_said_once_with_its_ttl_and_takes_no_allowed_rules() {
+        let d = directives(
+            "-- migrate:expand 3 days\nALTER TABLE a DROP COLUMN b;",
+            "f",
+        )
+        .unwrap();
+        assert_eq!(d.expand.as_deref(), Some("3 days"));
+        let d = directives("-- Migrate:Expand\nALTER TABLE a DROP COLUMN b;", "f").unwrap();
+        assert_eq!(d.expand.as_deref(), Some(""));
+        assert!(directives("-- migrate:expand\n-- migrate:expand 1 day\n", "f").is_err());
+        let e = directives("-- migrate:expand\n-- migrate:allow drop-column\n", "f").unwrap_err();
+        assert!(e.problem.contains("takes no allowed rules"), "{e}");
     }
 }

@@ -10,8 +10,11 @@
 mod checksum;
 mod connect;
 mod files;
+mod interrupt;
+mod pgfiles;
 mod report;
 mod sum;
+mod tls;
 mod verbs;
 
 use anyhow::Result;
@@ -68,6 +71,68 @@ enum Command {
     },
     /// The guard's findings on the pending files, judged against the database's catalogs.
     Lint,
+    /// A dry run of each pending file: locks, rewrites, rows, time and verdict per statement
+    /// (rolled back).
+    Plan,
+    /// migrate.verify of the versions given, or of every applied file.
+    Verify { versions: Vec<String> },
+    /// The schema against the one recorded after the last migration.
+    Drift,
+    /// The schema's fingerprint.
+    Fingerprint {
+        /// Only these schemas (repeatable).
+        #[arg(long = "schema")]
+        schemas: Vec<String>,
+        /// Exit 4 when the fingerprint is not this one.
+        #[arg(long)]
+        expect: Option<String>,
+    },
+    /// Records that the database already is at VERSION: files up to it are not applied.
+    Baseline {
+        #[arg(value_parser = files::parse_version)]
+        version: String,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Runs what is left of a failed or cancelled migration, and waits for it.
+    Retry {
+        #[arg(value_parser = files::parse_version)]
+        version: String,
+        /// How long to wait for the worker (seconds).
+        #[arg(long, default_value_t = 3600)]
+        wait: u64,
+    },
+    /// Stops a migration the worker runs.
+    Cancel {
+        #[arg(value_parser = files::parse_version)]
+        version: String,
+    },
+    /// Settles a held health gate: the change stays.
+    Accept {
+        #[arg(value_parser = files::parse_version)]
+        version: String,
+        /// Why, recorded with the decision.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Settles a health gate against the change: rolled back when it can be.
+    Reject {
+        #[arg(value_parser = files::parse_version)]
+        version: String,
+        /// Why, recorded with the decision.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Ends an expand window: the old shape goes.
+    Contract {
+        #[arg(value_parser = files::parse_version)]
+        version: String,
+    },
+    /// Gives an expand window up: back to the old shape, nothing lost.
+    Abort {
+        #[arg(value_parser = files::parse_version)]
+        version: String,
+    },
     /// Writes migrate.sum over the folder.
     Hash,
 }
@@ -84,6 +149,7 @@ fn main() {
             });
         }
     };
+    interrupt::install();
     let mut out = Out::new(cli.format);
     let exit = match run(&cli, &mut out) {
         Ok(exit) => exit,
@@ -94,15 +160,36 @@ fn main() {
 }
 
 fn run(cli: &Cli, out: &mut Out) -> Result<Exit> {
+    use std::time::Duration;
+    use verbs::Decision;
     match &cli.command {
-        Command::Hash => report::hash(&cli.dir, out),
-        Command::Status { check } => report::status(cli, out, *check),
-        Command::Apply { to, wait } => report::apply(
-            cli,
-            out,
-            to.as_deref(),
-            std::time::Duration::from_secs(*wait),
-        ),
-        Command::Lint => report::lint(cli, out),
+        Command::Hash => verbs::hash(&cli.dir, out),
+        Command::Status { check } => verbs::status(cli, out, *check),
+        Command::Apply { to, wait } => {
+            verbs::apply(cli, out, to.as_deref(), Duration::from_secs(*wait))
+        }
+        Command::Lint => verbs::lint(cli, out),
+        Command::Plan => verbs::plan(cli, out),
+        Command::Verify { versions } => verbs::verify(cli, out, versions),
+        Command::Drift => verbs::drift(cli, out),
+        Command::Fingerprint { schemas, expect } => {
+            verbs::fingerprint(cli, out, schemas, expect.as_deref())
+        }
+        Command::Baseline {
+            version,
+            description,
+        } => verbs::baseline(cli, out, version, description.as_deref()),
+        Command::Retry { version, wait } => {
+            verbs::retry(cli, out, version, Duration::from_secs(*wait))
+        }
+        Command::Cancel { version } => verbs::decide(cli, out, Decision::Cancel, version, None),
+        Command::Accept { version, reason } => {
+            verbs::decide(cli, out, Decision::Accept, version, Some(reason))
+        }
+        Command::Reject { version, reason } => {
+            verbs::decide(cli, out, Decision::Reject, version, Some(reason))
+        }
+        Command::Contract { version } => verbs::close_window(cli, out, version, true),
+        Command::Abort { version } => verbs::close_window(cli, out, version, false),
     }
 }

@@ -5,8 +5,6 @@ use crate::Format;
 use anstream::{eprintln, println};
 use serde_json::{json, Value};
 
-pub use crate::verbs::{apply, hash, lint, status};
-
 /// Exit codes, documented and stable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -21,6 +19,8 @@ pub enum Exit {
     Pending = 5,
     /// A lock or the applier lock was not obtained after every retry.
     GaveUp = 6,
+    /// Ctrl-C (SIGINT), as shells report it.
+    Interrupted = 130,
 }
 
 /// A finding or an error as a person, a JSON reader or GitHub sees it.
@@ -51,14 +51,43 @@ const GREEN: &str = "\x1b[32m";
 const BOLD: &str = "\x1b[1m";
 const RESET: &str = "\x1b[0m";
 
-/// A state word, coloured by what it asks of the reader.
+/// What a state asks of the reader.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tone {
+    Bad,
+    Waiting,
+    Good,
+}
+
+fn tone(state: &str) -> Tone {
+    match state {
+        "changed" | "failed" | "missing" | "cancelled" | "refused" | "rolled back"
+        | "rollback failed" | "rejected" => Tone::Bad,
+        "pending" | "running" | "watching" | "held" | "rewrites" => Tone::Waiting,
+        _ => Tone::Good,
+    }
+}
+
+/// A state word, coloured by what it asks of the reader (stripped by anstream when the
+/// output is not a terminal, or NO_COLOR is set).
 pub fn coloured(state: &str) -> String {
-    let colour = match state {
-        "changed" | "failed" | "missing" | "cancelled" => RED,
-        "pending" | "running" | "watching" | "held" => YELLOW,
-        _ => GREEN,
+    let colour = match tone(state) {
+        Tone::Bad => RED,
+        Tone::Waiting => YELLOW,
+        Tone::Good => GREEN,
     };
     format!("{colour}{state}{RESET}")
+}
+
+/// The same as a table cell: comfy-table measures the word, not its escape codes, so the
+/// columns stay aligned.
+pub fn state_cell(state: &str) -> comfy_table::Cell {
+    let colour = match tone(state) {
+        Tone::Bad => comfy_table::Color::Red,
+        Tone::Waiting => comfy_table::Color::Yellow,
+        Tone::Good => comfy_table::Color::Green,
+    };
+    comfy_table::Cell::new(state).fg(colour)
 }
 
 impl Out {

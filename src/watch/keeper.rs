@@ -606,7 +606,30 @@ fn why(watch: &Open, look: &Look, failing: u32, due: usize) -> String {
             "{stage} look {due}, failing {failing} looks in a row: {}",
             failed.join(", ")
         ),
-        _ => format!("{stage} look {due}, the last: inconclusive"),
+        _ => {
+            // Which signals could not be shown within bounds, and how far they were, so that
+            // the person deciding sees it in the log.
+            let open: Vec<String> = look
+                .findings
+                .iter()
+                .filter(|f| matches!(f.verdict, LookVerdict::Inconclusive | LookVerdict::Fail))
+                .map(|f| match (f.signal.as_str(), f.shift, f.upper) {
+                    ("latency", Some(ratio), Some(upper)) => {
+                        format!("latency {ratio:.2}x, up to {upper:.2}x")
+                    }
+                    ("latency", _, _) => "latency: too few samples".to_string(),
+                    (signal, _, _) => signal.to_string(),
+                })
+                .collect();
+            format!(
+                "{stage} look {due}, the last: inconclusive ({})",
+                if open.is_empty() {
+                    "too few samples".to_string()
+                } else {
+                    open.join(", ")
+                }
+            )
+        }
     }
 }
 

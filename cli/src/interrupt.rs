@@ -1,0 +1,43 @@
+//! Ctrl-C. The first one asks the server to cancel the statement it is running, as psql
+//! does: a `migrate.apply` under way rolls back whole, and a wait for the worker stops,
+//! leaving the worker's phases to go on. A second one exits at once.
+
+use postgres::{CancelToken, Client, NoTls};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+static TOKEN: Mutex<Option<CancelToken>> = Mutex::new(None);
+
+/// The exit code of a run stopped by Ctrl-C, as shells report a SIGINT.
+pub const EXIT: i32 = 130;
+
+pub fn install() {
+    // Without a handler the default action ends the process, which is also consistent: the
+    // server rolls back the transaction of a connection that went away.
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            std::process::exit(EXIT);
+        }
+        let token = TOKEN.lock().ok().and_then(|t| t.clone());
+        if let Some(token) = token {
+            let _ = token.cancel_query(NoTls);
+        }
+    });
+}
+
+/// The session whose statement Ctrl-C cancels.
+pub fn guard(client: &Client) {
+    if let Ok(mut t) = TOKEN.lock() {
+        *t = Some(client.cancel_token());
+    }
+}
+
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Whether `e` is the server's answer to our cancel request.
+pub fn cancelled(e: &postgres::Error) -> bool {
+    interrupted() && e.code() == Some(&postgres::error::SqlState::QUERY_CANCELED)
+}

@@ -1,0 +1,297 @@
+//! TLS as libpq does it: `sslmode` (`disable`, `allow`, `prefer` (the default), `require`,
+//! `verify-ca`, `verify-full`), `sslrootcert` (`system` for the system's store), `sslcert`
+//! and `sslkey`, from the connection string, a service or `PGSSL*`. The `postgres` crate
+//! knows only the first three modes and none of the files, so these settings are taken out
+//! of the string before it reads it, and the OpenSSL connector is built here.
+
+use anyhow::{bail, Context, Result};
+use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslVerifyMode};
+use percent_encoding::percent_decode_str;
+use postgres_openssl::MakeTlsConnector;
+use std::path::PathBuf;
+
+/// The settings this module reads, each with its environment variable.
+pub const SETTINGS: [(&str, &str); 4] = [
+    ("sslmode", "PGSSLMODE"),
+    ("sslrootcert", "PGSSLROOTCERT"),
+    ("sslcert", "PGSSLCERT"),
+    ("sslkey", "PGSSLKEY"),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Disable,
+    Allow,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl Mode {
+    fn parse(text: &str) -> Result<Mode> {
+        Ok(match text {
+            "disable" => Mode::Disable,
+            "allow" => Mode::Allow,
+            "prefer" => Mode::Prefer,
+            "require" => Mode::Require,
+            "verify-ca" => Mode::VerifyCa,
+            "verify-full" => Mode::VerifyFull,
+            other => bail!(
+                "invalid sslmode value: \"{other}\" (disable, allow, prefer, require, verify-ca \
+                 or verify-full)"
+            ),
+        })
+    }
+
+    /// What the `postgres` crate is told: whether to ask for TLS, and whether to insist.
+    pub fn negotiation(self) -> postgres::config::SslMode {
+        use postgres::config::SslMode;
+        match self {
+            Mode::Disable => SslMode::Disable,
+            Mode::Allow | Mode::Prefer => SslMode::Prefer,
+            Mode::Require | Mode::VerifyCa | Mode::VerifyFull => SslMode::Require,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub mode: Mode,
+    root_cert: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+}
+
+/// A connection string (URL or `key=value` pairs) without its TLS settings, and those
+/// settings.
+pub fn split(conninfo: &str) -> Result<(String, Vec<(String, String)>)> {
+    let tls = |key: &str| SETTINGS.iter().any(|(k, _)| *k == key);
+    let mut taken = Vec::new();
+    if conninfo.starts_with("postgres://") || conninfo.starts_with("postgresql://") {
+        let Some((base, query)) = conninfo.split_once('?') else {
+            return Ok((conninfo.to_string(), taken));
+        };
+        let mut kept = Vec::new();
+        for part in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = part.split_once('=').unwrap_or((part, ""));
+            if tls(key) {
+                let value = percent_decode_str(value)
+                    .decode_utf8()
+                    .context("reading the connection URL")?;
+                taken.push((key.to_string(), value.into_owned()));
+            } else {
+                kept.push(part);
+            }
+        }
+        let rest = if kept.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        return Ok((rest, taken));
+    }
+    let mut kept = Vec::new();
+    for (key, value) in pairs(conninfo)? {
+        if tls(&key) {
+            taken.push((key, value));
+        } else {
+            kept.push(crate::connect::pair(&key, &value));
+        }
+    }
+    Ok((kept.join(" "), taken))
+}
+
+/// `key = value` pairs as libpq reads them: a value in single quotes may hold spaces, with
+/// `\'` and `\\` escaped.
+fn pairs(text: &str) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            return Ok(out);
+        }
+        let mut key = String::new();
+        while let Some(c) = chars
+            .peek()
+            .copied()
+            .filter(|c| *c != '=' && !c.is_whitespace())
+        {
+            key.push(c);
+            chars.next();
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.next() != Some('=') {
+            bail!("missing \"=\" after \"{key}\" in the connection string");
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'\'') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('\\') => value.extend(chars.next()),
+                    Some('\'') => break,
+                    Some(c) => value.push(c),
+                    None => bail!("unterminated quoted string in the connection string"),
+                }
+            }
+        } else {
+            while let Some(c) = chars.peek().copied().filter(|c| !c.is_whitespace()) {
+                if c == '\\' {
+                    chars.next();
+                    value.extend(chars.next());
+                } else {
+                    value.push(c);
+                    chars.next();
+                }
+            }
+        }
+        out.push((key, value));
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// The TLS settings: the connection string's, then the service's, then `PGSSL*`; `prefer`
+/// when none says.
+pub fn settings(given: &[(String, String)], service: &[(String, String)]) -> Result<Settings> {
+    let value = |key: &str, variable: &str| {
+        let from = |list: &[(String, String)]| {
+            list.iter()
+                .rev()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+        };
+        from(given)
+            .or_else(|| from(service))
+            .or_else(|| env(variable))
+    };
+    let [mode, root_cert, cert, key] = SETTINGS.map(|(k, v)| value(k, v));
+    Ok(Settings {
+        mode: Mode::parse(mode.as_deref().unwrap_or("prefer"))?,
+        root_cert,
+        cert,
+        key,
+    })
+}
+
+fn in_home(name: &str) -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".postgresql").join(name))
+}
+
+/// The OpenSSL connector for these settings: certificates checked for `verify-ca` and
+/// `verify-full` (the host name too for the latter), and for `require` when a root
+/// certificate file is there, as libpq does; the client's certificate when one is given or
+/// in `~/.postgresql`.
+pub fn connector(s: &Settings) -> Result<MakeTlsConnector> {
+    let mut builder = SslConnector::builder(SslMethod::tls_client()).context("setting up TLS")?;
+    let root = s
+        .root_cert
+        .clone()
+        .or_else(|| in_home("root.crt").map(|p| p.display().to_string()));
+    let root_exists = root
+        .as_deref()
+        .is_some_and(|r| r == "system" || std::path::Path::new(r).exists());
+    let verify = match s.mode {
+        Mode::VerifyCa | Mode::VerifyFull => {
+            if !root_exists {
+                bail!(
+                    "root certificate file \"{}\" does not exist: either provide the file \
+                     (sslrootcert), use the system's store (sslrootcert=system), or change \
+                     sslmode to disable server certificate verification",
+                    root.unwrap_or_else(|| "~/.postgresql/root.crt".into())
+                );
+            }
+            true
+        }
+        // libpq: with a root certificate file, require checks the chain as verify-ca.
+        Mode::Require => s.root_cert.is_some() && root_exists,
+        _ => false,
+    };
+    if verify {
+        match root.as_deref() {
+            Some("system") => builder
+                .set_default_verify_paths()
+                .context("reading the system's certificate store")?,
+            Some(file) => builder
+                .set_ca_file(file)
+                .with_context(|| format!("reading the root certificate file \"{file}\""))?,
+            None => {}
+        }
+        builder.set_verify(SslVerifyMode::PEER);
+    } else {
+        builder.set_verify(SslVerifyMode::NONE);
+    }
+    let cert = s.cert.clone().or_else(|| {
+        in_home("postgresql.crt")
+            .filter(|p| p.exists())
+            .map(|p| p.display().to_string())
+    });
+    if let Some(cert) = cert {
+        let key = s
+            .key
+            .clone()
+            .or_else(|| in_home("postgresql.key").map(|p| p.display().to_string()));
+        builder
+            .set_certificate_chain_file(&cert)
+            .with_context(|| format!("reading the client certificate \"{cert}\""))?;
+        if let Some(key) = key {
+            builder
+                .set_private_key_file(&key, SslFiletype::PEM)
+                .with_context(|| format!("reading the client key \"{key}\""))?;
+        }
+    }
+    let mut connector = MakeTlsConnector::new(builder.build());
+    let full = s.mode == Mode::VerifyFull;
+    connector.set_callback(move |config, _| {
+        // verify-ca checks the chain only; verify-full also the name the client connected to.
+        config.set_verify_hostname(full);
+        Ok(())
+    });
+    Ok(connector)
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn tls_settings_are_taken_out_of_urls_and_pairs() {
+        let (rest, taken) =
+            split("postgresql://u@db:5432/app?sslmode=verify-full&application_name=x&sslrootcert=%2Ftmp%2Fca.crt")
+                .unwrap();
+        assert_eq!(rest, "postgresql://u@db:5432/app?application_name=x");
+        assert_eq!(
+            taken,
+            [
+                ("sslmode".to_string(), "verify-full".to_string()),
+                ("sslrootcert".into(), "/tmp/ca.crt".into())
+            ]
+        );
+        let (rest, taken) =
+            split("host=db  sslmode = require dbname='my app' options='-c a=\\'b\\''").unwrap();
+        assert_eq!(rest, "host='db' dbname='my app' options='-c a=\\'b\\''");
+        assert_eq!(taken, [("sslmode".to_string(), "require".to_string())]);
+        assert!(split("host=db sslmode").is_err());
+        assert!(split("host='db").is_err());
+    }
+
+    #[test]
+    fn the_string_wins_over_the_service_and_modes_are_libpqs() {
+        let given = [("sslmode".to_string(), "verify-ca".to_string())];
+        let service = [("sslmode".to_string(), "disable".to_string())];
+        assert_eq!(settings(&given, &service).unwrap().mode, Mode::VerifyCa);
+        assert_eq!(settings(&[], &service).unwrap().mode, Mode::Disable);
+        assert!(settings(&[("sslmode".into(), "verify".into())], &[]).is_err());
+    }
+}

@@ -1,0 +1,199 @@
+//! `apply`: the pending files in version order, each one `migrate.apply` (or
+//! `migrate.expand` for a file that says `-- migrate:expand`), waiting for what the worker
+//! runs after it.
+
+use super::wait::{failed_phase, wait_for, Waited};
+use super::{blocking_notes, changed_notes, checked_files, in_file, states, Row, BLOCKING};
+use crate::files::{self, Migration};
+use crate::interrupt;
+use crate::report::{coloured, Exit, Note, Out};
+use crate::Cli;
+use anyhow::Result;
+use postgres::types::Type;
+use postgres::Client;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// Submits one file: its transaction commits whole or not at all. Returns how many
+/// statements it had.
+fn submit(client: &mut Client, m: &Migration) -> Result<i64, postgres::Error> {
+    if let Some(ttl) = &m.expand {
+        let ttl = (!ttl.is_empty()).then_some(ttl);
+        let steps = client.query_typed(
+            "SELECT e.step FROM migrate.expand(version => $1, script => $2, ttl => $3::interval, \
+               description => $4, watch => $5::interval) e",
+            &[
+                (&m.version, Type::TEXT),
+                (&m.script, Type::TEXT),
+                (&ttl, Type::TEXT),
+                (&m.description, Type::TEXT),
+                (&m.watch, Type::TEXT),
+            ],
+        )?;
+        return Ok(steps.len() as i64);
+    }
+    let r = client.query_typed(
+        "SELECT a.statements FROM migrate.apply(version => $1, script => $2, \
+           description => $3, rollback => $4, allow => $5, verify => $6, \
+           watch => $7::interval) a",
+        &[
+            (&m.version, Type::TEXT),
+            (&m.script, Type::TEXT),
+            (&m.description, Type::TEXT),
+            (&m.rollback, Type::TEXT),
+            (&m.allow, Type::TEXT_ARRAY),
+            (&m.verify, Type::TEXT),
+            (&m.watch, Type::TEXT),
+        ],
+    )?;
+    Ok(r[0].get::<_, i32>(0).into())
+}
+
+/// Ctrl-C during a wait: what goes on without us.
+fn left_running(m: &Migration, state: &str, out: &mut Out) {
+    out.note(Note {
+        file: Some(m.file.clone()),
+        title: "interrupted".into(),
+        message: format!(
+            "stopped waiting: version {} is {state} and goes on in the database's worker",
+            m.version
+        ),
+        hint: Some(format!(
+            "pg-migrate status shows where it is, and pg-migrate apply waits for it again; \
+             pg-migrate cancel {} stops it.",
+            m.version
+        )),
+        ..Note::default()
+    });
+}
+
+/// `apply`: every pending file up to `to`; a phased one waited for, and a watched one's
+/// gate too (a later version would be refused while it is open, and may depend on it).
+pub fn apply(cli: &Cli, out: &mut Out, to: Option<&str>, limit: Duration) -> Result<Exit> {
+    let Some(found) = checked_files(&cli.dir, out)? else {
+        return Ok(Exit::Checksum);
+    };
+    let mut client = cli.target.connect()?;
+    interrupt::guard(&client);
+    let rows = states(&mut client, &found)?;
+    if changed_notes(&rows, out) {
+        return Ok(Exit::Checksum);
+    }
+    if blocking_notes(&rows, out) {
+        return Ok(Exit::Error);
+    }
+    let mut applied = Vec::new();
+    let mut exit = Exit::Ok;
+    for (m, row) in found.iter().zip(&rows) {
+        if to.is_some_and(|to| files::compare_versions(&m.version, to).is_gt()) {
+            break;
+        }
+        if interrupt::interrupted() {
+            exit = Exit::Interrupted;
+            break;
+        }
+        let started = Instant::now();
+        let mut statements = 0;
+        match row.state.as_str() {
+            "pending" => match submit(&mut client, m) {
+                Ok(n) => statements = n,
+                Err(e) if interrupt::cancelled(&e) => {
+                    out.note(Note {
+                        file: Some(m.file.clone()),
+                        title: "interrupted".into(),
+                        message: format!(
+                            "version {} was not applied: its transaction was rolled back",
+                            m.version
+                        ),
+                        hint: Some("Nothing of it is left; pg-migrate apply runs it again.".into()),
+                        ..Note::default()
+                    });
+                    exit = Exit::Interrupted;
+                    break;
+                }
+                Err(e) => return Err(in_file(e, m)),
+            },
+            // Submitted earlier, or watched: the wait below.
+            "running" | "watching" => {}
+            _ => continue,
+        }
+        let end = match wait_for(&mut client, m, out, limit)? {
+            Waited::Done(end) => end,
+            Waited::Interrupted(state) => {
+                left_running(m, &state, out);
+                exit = Exit::Interrupted;
+                break;
+            }
+            Waited::TimedOut(state) => {
+                out.note(Note {
+                    file: Some(m.file.clone()),
+                    title: "timeout".into(),
+                    message: format!(
+                        "version {} is still {state} after {} s: it goes on in the database",
+                        m.version,
+                        limit.as_secs()
+                    ),
+                    hint: Some(
+                        "Run pg-migrate apply again to wait for it and go on; pg-migrate status \
+                         shows where it is."
+                            .into(),
+                    ),
+                    ..Note::default()
+                });
+                exit = Exit::Error;
+                break;
+            }
+        };
+        if matches!(end.as_str(), "failed" | "cancelled") {
+            let (sqlstate, why) = failed_phase(&mut client, &m.version)?;
+            out.note(Note {
+                file: Some(m.file.clone()),
+                title: "error".into(),
+                message: format!("version {} is {end}: {why}", m.version),
+                hint: Some(format!(
+                    "See migrate.steps; pg-migrate retry {} runs what is left once the cause is \
+                     fixed.",
+                    m.version
+                )),
+                sqlstate: Some(sqlstate.clone()),
+                ..Note::default()
+            });
+            exit = if sqlstate == "55P03" {
+                Exit::GaveUp
+            } else {
+                Exit::Error
+            };
+            break;
+        }
+        out.say(&format!(
+            "{} {} {}: {} {} in {:.0} ms",
+            coloured(&end),
+            m.version,
+            m.description,
+            statements,
+            if m.expand.is_some() {
+                "steps"
+            } else {
+                "statements"
+            },
+            started.elapsed().as_secs_f64() * 1000.0
+        ));
+        applied.push(json!({"version": m.version, "file": m.file, "status": end}));
+        if BLOCKING.contains(&end.as_str()) {
+            blocking_notes(
+                &[Row {
+                    state: end,
+                    ..row.clone()
+                }],
+                out,
+            );
+            exit = Exit::Error;
+            break;
+        }
+    }
+    if applied.is_empty() && exit == Exit::Ok {
+        out.say("nothing to apply");
+    }
+    out.doc.insert("applied".into(), json!(applied));
+    Ok(exit)
+}
