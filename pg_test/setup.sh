@@ -44,10 +44,12 @@ if ! cargo pgrx --version 2>/dev/null | grep -q " $PGRX_VERSION\$"; then
     cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
 fi
 
-# The contrib modules the tests load; a build missing one (an older setup) is built again.
+# The contrib modules the tests load, and TLS (the CLI's tests); a build missing one (an
+# older setup) is built again.
 CONTRIB=(pg_trgm citext postgres_fdw pg_stat_statements)
 built() {
     [ -f "$SERVERS_DIR/$PG/.built" ] || return 1
+    "$SERVERS_DIR/$PG/bin/pg_config" --configure | grep -q -- --with-openssl || return 1
     local share
     share=$("$SERVERS_DIR/$PG/bin/pg_config" --sharedir) || return 1
     for m in "${CONTRIB[@]}"; do [ -f "$share/extension/$m.control" ] || return 1; done
@@ -61,7 +63,7 @@ if [ "$PG" != pg15 ] && ! built; then
     read -r path sha <<<"${PG_TARBALL[$PG]}"
     prefix=$SERVERS_DIR/$PG
     echo "setup: building PostgreSQL ${PG#pg} from Debian's source into $prefix (4 to 10 minutes, once)"
-    deps=(bison flex libreadline-dev zlib1g-dev curl)
+    deps=(bison flex libreadline-dev zlib1g-dev libssl-dev curl)
     apt-get install -y -q --no-install-recommends "${deps[@]}" >/dev/null 2>&1 \
         || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${deps[@]}" >/dev/null; }
     mkdir -p "$HOME/.pgrx/src"
@@ -91,7 +93,7 @@ if [ "$PG" != pg15 ] && ! built; then
     version=${version%.orig.tar.bz2}
     build=$HOME/.pgrx/src/postgresql-$version
     rm -rf "$build" && tar xjf "$tarball"
-    (cd "$build" && ./configure --prefix="$prefix" --without-icu >/dev/null \
+    (cd "$build" && ./configure --prefix="$prefix" --without-icu --with-openssl >/dev/null \
         && make -j"$(nproc)" >/dev/null && make install >/dev/null \
         && for m in "${CONTRIB[@]}"; do make -C "contrib/$m" install >/dev/null; done)
     rm -rf "$build"

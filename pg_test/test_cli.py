@@ -394,6 +394,11 @@ def test_an_expand_directive_opens_a_window_and_contract_closes_it(run, conn):
     assert run("apply").returncode == 0
     write(run.folder, "V3__rename.sql", "-- migrate:expand 1 day\nALTER TABLE orders RENAME COLUMN note TO remark;\n")
     run("hash")
+    # plan shows the window's steps, and records nothing.
+    r = run("--format", "json", "plan")
+    steps = [p for p in json.loads(r.stdout)["plan"] if p["file"] == "V3__rename.sql"]
+    assert r.returncode == 0 and steps and all(p["command"].startswith("expand step") for p in steps), r
+    assert conn.execute("SELECT count(*) FROM migrate.history WHERE version = '3'").fetchone() == (0,)
     r = run("apply")
     assert r.returncode == 0, r
     assert conn.execute("SELECT state FROM migrate.windows WHERE version = '3'").fetchone()[0] in ("open", "published")
@@ -588,3 +593,37 @@ def test_several_hosts_with_read_write_find_the_primary_past_a_standby(cli_bin, 
     finally:
         standby.stop()
         primary.stop()
+
+
+def test_the_readme_pull_request_check_judges_new_files_against_production_s_schema(run, conn, cluster, db,
+                                                                                    tmp_path):
+    """cli/ci/check-pull-request.sh, which the README's CI recipe runs: production's schema and
+    history dumped with pg_dump, restored into a scratch database, the new files judged there."""
+    run("hash")
+    assert run("apply", "--to", "1.1").returncode == 0
+    dumps = tmp_path / "db"
+    dumps.mkdir()
+    dump = [str(PG_BIN / "pg_dump"), "-h", str(cluster.sock), "-p", str(cluster.port), "-U", "postgres", db]
+    (dumps / "schema.sql").write_text(subprocess.run([*dump, "--schema-only"], check=True, capture_output=True,
+                                                     text=True).stdout)
+    (dumps / "history.sql").write_text(subprocess.run([*dump, "--data-only", "--table=migrate.history"],
+                                                      check=True, capture_output=True, text=True).stdout)
+    write(run.folder, "V3__rename.sql", "-- not allowed\nALTER TABLE orders RENAME COLUMN total TO amount;\n")
+    run("hash")
+    env = run.env(PATH=f"{run.bin.parent}:{PG_BIN}:{os.environ['PATH']}", PG_MIGRATE_DIR=str(run.folder),
+                  SCHEMA_DIR=str(dumps), SCRATCH_DB="cli_scratch")
+    script = ROOT / "cli/ci/check-pull-request.sh"
+    r = subprocess.run(["sh", str(script)], capture_output=True, text=True, env=env, timeout=120)
+    # Versions 1 and 1.1 are production's (from its history); 2 and 3 are judged; 3 is refused
+    # by lint and by plan, each at its line.
+    assert r.returncode == 3, r
+    assert "::error file=V3__rename.sql,line=2,title=rename-column::" in r.stdout, r.stdout
+    assert "::error file=V3__rename.sql,line=2,title=plan::" in r.stdout, r.stdout
+    assert r.stdout.count("::error") == 2, r.stdout
+    write(run.folder, "V3__rename.sql", "ALTER TABLE orders ADD COLUMN amount int;\n")
+    run("hash")
+    r = subprocess.run(["sh", str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0 and "::error" not in r.stdout, r
+    # Production was only read; the scratch database is gone.
+    assert status(run)["3"] == "pending" and status(run)["2"] == "pending"
+    assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = 'cli_scratch'").fetchone() == (0,)

@@ -187,9 +187,15 @@ impl Target {
                 config.get_user().unwrap_or("?")
             )
         };
-        if tls.mode == tls::Mode::Disable {
-            return config.connect(NoTls).with_context(context);
-        }
-        config.connect(tls::connector(&tls)?).with_context(context)
+        let client = if tls.mode == tls::Mode::Disable {
+            config.connect(NoTls).with_context(context)?
+        } else {
+            config
+                .connect(tls::connector(&tls)?)
+                .with_context(context)?
+        };
+        // Ctrl-C cancels what this session runs.
+        crate::interrupt::guard(&client);
+        Ok(client)
     }
 }

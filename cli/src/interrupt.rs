@@ -19,9 +19,12 @@ pub fn install() {
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
             std::process::exit(EXIT);
         }
-        let token = TOKEN.lock().ok().and_then(|t| t.clone());
-        if let Some(token) = token {
-            let _ = token.cancel_query(NoTls);
+        match TOKEN.lock().ok().and_then(|t| t.clone()) {
+            Some(token) => {
+                let _ = token.cancel_query(NoTls);
+            }
+            // Not connected yet (or a verb that needs no session): nothing to roll back.
+            None => std::process::exit(EXIT),
         }
     });
 }

@@ -155,6 +155,12 @@ fn main() {
         Ok(exit) => exit,
         Err(e) => out.error(&e),
     };
+    // A statement cancelled by Ctrl-C ends as an error: it is the interrupt that is said.
+    let exit = if interrupt::interrupted() && exit != Exit::Ok {
+        Exit::Interrupted
+    } else {
+        exit
+    };
     out.finish(exit);
     std::process::exit(exit as i32);
 }

@@ -74,7 +74,6 @@ pub fn apply(cli: &Cli, out: &mut Out, to: Option<&str>, limit: Duration) -> Res
         return Ok(Exit::Checksum);
     };
     let mut client = cli.target.connect()?;
-    interrupt::guard(&client);
     let rows = states(&mut client, &found)?;
     if changed_notes(&rows, out) {
         return Ok(Exit::Checksum);

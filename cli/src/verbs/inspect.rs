@@ -111,17 +111,35 @@ pub fn plan(cli: &Cli, out: &mut Out) -> Result<Exit> {
         return Ok(Exit::Checksum);
     };
     let mut client = cli.target.connect()?;
-    crate::interrupt::guard(&client);
     let rows = states(&mut client, &found)?;
     let mut planned = Vec::new();
     let mut refused = 0;
     let pending: Vec<&Migration> = found
         .iter()
         .zip(&rows)
-        .filter(|(m, r)| r.state == "pending" && m.expand.is_none())
+        .filter(|(_, r)| r.state == "pending")
         .map(|(m, _)| m)
         .collect();
     for m in pending {
+        if m.expand.is_some() {
+            match expand_plan(&mut client, m, out) {
+                Ok(steps) => planned.extend(steps),
+                Err(e) => {
+                    refused += 1;
+                    let db = e.as_db_error();
+                    out.note(Note {
+                        file: Some(m.file.clone()),
+                        title: "plan".into(),
+                        message: db.map_or_else(|| e.to_string(), |d| d.message().to_string()),
+                        detail: db.and_then(|d| d.detail().map(str::to_string)),
+                        hint: db.and_then(|d| d.hint().map(str::to_string)),
+                        sqlstate: db.map(|d| d.code().code().to_string()),
+                        ..Note::default()
+                    });
+                }
+            }
+            continue;
+        }
         let result = client
             .query_typed(
                 "SELECT d.line, d.command, d.phase, d.locks, d.blocks, d.rewrites, d.rows, \
@@ -207,6 +225,59 @@ pub fn plan(cli: &Cli, out: &mut Out) -> Result<Exit> {
     })
 }
 
+/// An expand window's plan (`migrate.expand(..., dry_run => true)`, which records nothing):
+/// its steps, each as a statement of the plan.
+fn expand_plan(
+    client: &mut postgres::Client,
+    m: &Migration,
+    out: &mut Out,
+) -> Result<Vec<Planned>, postgres::Error> {
+    let ttl = m.expand.as_deref().filter(|t| !t.is_empty());
+    let rows = client.query_typed(
+        "SELECT e.step, e.stage, e.statement, coalesce(e.lock, '') FROM migrate.expand( \
+           version => $1, script => $2, ttl => $3::interval, description => $4, \
+           dry_run => true) e",
+        &[
+            (&m.version, Type::TEXT),
+            (&m.script, Type::TEXT),
+            (&ttl, Type::TEXT),
+            (&m.description, Type::TEXT),
+        ],
+    )?;
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_header(["step", "stage", "statement", "lock"]);
+    let mut steps = Vec::new();
+    for r in rows {
+        let (step, stage, statement, lock): (i32, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        t.add_row([
+            Cell::new(step),
+            Cell::new(&stage),
+            Cell::new(&statement),
+            Cell::new(&lock),
+        ]);
+        steps.push(Planned {
+            version: m.version.clone(),
+            file: m.file.clone(),
+            line: 0,
+            command: format!("expand step {step}: {stage}"),
+            phase: step,
+            locks: Some(lock).filter(|l| !l.is_empty()).into_iter().collect(),
+            blocks: None,
+            rewrites: Vec::new(),
+            rows: None,
+            ms: 0.0,
+            findings: Vec::new(),
+            error: None,
+        });
+    }
+    if out.human() {
+        anstream::println!("{} {} (an expand window)\n{t}", m.version, m.description);
+    }
+    Ok(steps)
+}
+
 /// `verify [VERSION...]`: `migrate.verify` of the versions named, or of every file applied.
 /// A check that fails is the database not being what the migration made it: exit 4, as
 /// drift.
@@ -215,7 +286,6 @@ pub fn verify(cli: &Cli, out: &mut Out, versions: &[String]) -> Result<Exit> {
         return Ok(Exit::Checksum);
     };
     let mut client = cli.target.connect()?;
-    crate::interrupt::guard(&client);
     let chosen: Vec<String> = if versions.is_empty() {
         let rows = states(&mut client, &found)?;
         rows.iter()
@@ -299,7 +369,6 @@ pub fn verify(cli: &Cli, out: &mut Out, versions: &[String]) -> Result<Exit> {
 /// with the DDL that made it (who, when, from where) when the DDL log has it.
 pub fn drift(cli: &Cli, out: &mut Out) -> Result<Exit> {
     let mut client = cli.target.connect()?;
-    crate::interrupt::guard(&client);
     let rows = client
         .query_typed(
             "SELECT kind, object, change, coalesce(attribute, ''), \
@@ -381,7 +450,6 @@ pub fn fingerprint(
     expect: Option<&str>,
 ) -> Result<Exit> {
     let mut client = cli.target.connect()?;
-    crate::interrupt::guard(&client);
     let schemas = (!schemas.is_empty()).then_some(schemas.to_vec());
     let row = client
         .query_typed(

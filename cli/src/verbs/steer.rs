@@ -25,7 +25,6 @@ pub fn baseline(
         return Ok(Exit::Checksum);
     };
     let mut client = cli.target.connect()?;
-    interrupt::guard(&client);
     let description = description.map(str::to_string).or_else(|| {
         found
             .iter()
@@ -69,7 +68,6 @@ fn named(cli: &Cli, version: &str) -> Migration {
 /// it as `apply` does.
 pub fn retry(cli: &Cli, out: &mut Out, version: &str, limit: Duration) -> Result<Exit> {
     let mut client = cli.target.connect()?;
-    interrupt::guard(&client);
     let said: String =
         client.query_typed("SELECT migrate.retry($1)", &[(&version, Type::TEXT)])?[0].get(0);
     out.say(&said);
@@ -126,7 +124,6 @@ pub fn decide(
     reason: Option<&str>,
 ) -> Result<Exit> {
     let mut client = cli.target.connect()?;
-    interrupt::guard(&client);
     let said: String = match what {
         Decision::Cancel => {
             client.query_typed("SELECT migrate.cancel($1)", &[(&version, Type::TEXT)])
@@ -149,7 +146,6 @@ pub fn decide(
 /// `contract VERSION` and `abort VERSION`: an expand window's two ends.
 pub fn close_window(cli: &Cli, out: &mut Out, version: &str, contract: bool) -> Result<Exit> {
     let mut client = cli.target.connect()?;
-    interrupt::guard(&client);
     let query = if contract {
         "SELECT step, stage, statement, coalesce(lock, '') FROM migrate.contract($1)"
     } else {
