@@ -267,6 +267,13 @@ def test_plan_reports_each_statement_and_refuses_unsafe_ones_at_their_line(run, 
     assert status(run)["3"] == "pending"
     r = run("plan")
     assert r.returncode == 3 and "V3__rename.sql:3: plan" in r.stderr and "1 statements refused" in r.stdout, r
+    # Each file is planned against what the pending files before it make.
+    (run.folder / "V3__rename.sql").unlink()
+    write(run.folder, "V5__later.sql", "ALTER TABLE more_orders ADD COLUMN note text;\n")
+    run("hash")
+    r = run("--format", "json", "plan")
+    assert r.returncode == 0 and [p["error"] for p in json.loads(r.stdout)["plan"]] == [None, None, None], r
+    assert conn.execute("SELECT to_regclass('more_orders')").fetchone() == (None,)
 
 
 def test_verify_drift_and_fingerprint_find_changes_made_outside_migrations(run, conn):
@@ -280,8 +287,14 @@ def test_verify_drift_and_fingerprint_find_changes_made_outside_migrations(run, 
     # By hand, outside migrations: a column added and the index of version 2 dropped.
     conn.execute("ALTER TABLE orders ADD COLUMN sneaky int")
     conn.execute("DROP INDEX CONCURRENTLY orders_total_idx")
+    conn.execute("CREATE TABLE \"evil\x1b[31m\n::error::injected ##[add-mask]x\" (id int)")
     r = run("drift")
     assert r.returncode == 4 and "sneaky" in r.stderr and "orders_total_idx" in r.stderr, r
+    # The database's text drives neither the terminal nor a CI runner.
+    printed = r.stdout + r.stderr
+    assert "\x1b" not in printed and "##[" not in printed, printed
+    assert not any(line.lstrip().startswith("::") for line in printed.splitlines()), printed
+    assert run("verify", "1_1").returncode == 0
     r = run("fingerprint", "--expect", fp)
     assert r.returncode == 4 and f"not {fp}" in r.stderr, r
     r = run("--format", "json", "verify", "2")
@@ -402,8 +415,12 @@ def test_an_expand_directive_opens_a_window_and_contract_closes_it(run, conn):
     r = run("apply")
     assert r.returncode == 0, r
     assert conn.execute("SELECT state FROM migrate.windows WHERE version = '3'").fetchone()[0] in ("open", "published")
-    # Old clients still see note; contract renames it for good.
-    r = run("contract", "3")
+    # The file is what the window was opened from (its recorded script is the plan it made).
+    assert status(run)["3"] not in ("changed", "pending"), status(run)
+    r = run("apply")
+    assert r.returncode == 0 and "nothing to apply" in r.stdout, r
+    # Old clients still see note; contract renames it for good (3.0 is version 3).
+    r = run("contract", "3.0")
     assert r.returncode == 0 and "RENAME" in r.stdout.upper(), r
     assert conn.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'orders' "
                         "AND column_name = 'remark'").fetchone() == (1,)
@@ -518,6 +535,8 @@ def test_tls_modes_are_libpqs_with_certificates_checked_as_asked(cli_bin, tmp_pa
         with server.connect() as admin:
             admin.execute("CREATE ROLE cli_tls LOGIN IN ROLE migrate_admin")
             admin.execute("SELECT pg_reload_conf()")
+        with server.connect(db) as owner:
+            owner.execute("GRANT CREATE ON SCHEMA public TO cli_tls")
         folder = tmp_path / "tls"
         write(folder, "V1__one.sql", "CREATE TABLE one (id int);\n")
         run = Run(cli_bin, server, db, folder)
@@ -552,10 +571,48 @@ def test_tls_modes_are_libpqs_with_certificates_checked_as_asked(cli_bin, tmp_pa
         r = run("status", env={**env, "PGHOST": "localhost", "PGPORT": str(server.port), "PGUSER": "cli_tls",
                                "PGDATABASE": db, "PGSSLMODE": "verify-full", "PGSSLROOTCERT": str(ca)})
         assert r.returncode == 0, r
-        # And from a service.
+        # Only the authorities asked for are trusted: a certificate the system's store would
+        # accept (SSL_CERT_FILE stands in for a public authority) does not pass verify-ca
+        # with another root file.
+        r = status("127.0.0.1", f"sslmode=verify-ca&sslrootcert={other}", SSL_CERT_FILE=str(ca))
+        assert r.returncode == 1 and "certificate verify failed" in r.stderr, r
+        # The system's store needs the host name checked (libpq 16).
+        r = status("localhost", "sslmode=require&sslrootcert=system")
+        assert r.returncode == 1 and "weak sslmode" in r.stderr, r
+        r = status("localhost", "sslrootcert=system", SSL_CERT_FILE=str(ca))
+        assert r.returncode == 0, r
+        # require checks the chain when ~/.postgresql/root.crt is there, as libpq does.
+        (tmp_path / ".postgresql").mkdir()
+        (tmp_path / ".postgresql" / "root.crt").write_bytes(other.read_bytes())
+        r = status("localhost", "sslmode=require")
+        assert r.returncode == 1 and "certificate verify failed" in r.stderr, r
+        (tmp_path / ".postgresql" / "root.crt").unlink()
+        # An encoded key is still the key; a '?' in a password is the password's.
+        r = status("127.0.0.1", "%73slmode=disable")
+        assert r.returncode == 1 and "no encryption" in r.stderr, r
+        r = run("--url", f"postgresql://cli_tls:pa?ss@127.0.0.1:{server.port}/{db}?sslmode=disable", "status",
+                env=env)
+        assert r.returncode == 1 and "no encryption" in r.stderr, r
+        # Ctrl-C over TLS cancels too: the cancel request goes the way the session went.
+        write(folder, "V2__slow.sql", "CREATE TABLE slow (id int);\nSELECT pg_sleep(30);\n")
+        run("hash")
+        url = f"postgresql://cli_tls@localhost:{server.port}/{db}?sslmode=verify-full&sslrootcert={ca}"
+        p = subprocess.Popen([str(run.bin), "--dir", str(folder), "--url", url, "apply"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
+        with server.connect(db) as c:
+            wait_until(lambda: c.execute("SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) "
+                                         "WHERE a.query LIKE '%migrate.apply%' AND a.state = 'active' AND s.ssl "
+                                         "AND a.pid <> pg_backend_pid()").fetchone()[0] == 1 or p.poll() is not None,
+                       timeout=30)
+            assert p.poll() is None, p.communicate()
+            p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=20)
+            assert p.returncode == 130 and "was not applied" in err, (out, err)
+            assert c.execute("SELECT to_regclass('slow')").fetchone() == (None,)
+        # And from a service: its first sslmode counts, as libpq reads it.
         (tmp_path / "services.conf").write_text(
             f"[tls]\nhost=localhost\nport={server.port}\nuser=cli_tls\ndbname={db}\nsslmode=verify-full\n"
-            f"sslrootcert={other}\n")
+            f"sslrootcert={other}\nsslmode=disable\n")
         r = run("status", env={**env, "PGSERVICE": "tls", "PGSERVICEFILE": str(tmp_path / "services.conf")})
         assert r.returncode == 1 and "certificate verify failed" in r.stderr, r
     finally:
@@ -627,3 +684,19 @@ def test_the_readme_pull_request_check_judges_new_files_against_production_s_sch
     # Production was only read; the scratch database is gone.
     assert status(run)["3"] == "pending" and status(run)["2"] == "pending"
     assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = 'cli_scratch'").fetchone() == (0,)
+
+
+def test_connection_settings_that_cannot_both_hold_are_refused(run, cluster, db):
+    run("hash")
+    url = f"postgresql://postgres@/{db}?host={cluster.sock}&port={cluster.port}"
+    r = run("--url", url, "--port", "1", "status")
+    assert r.returncode == 1 and "not both" in r.stderr, r
+    r = run("--url", url, "status", env=run.env(PGSERVICE="anything"))
+    assert r.returncode == 1 and "PGSERVICE=anything" in r.stderr, r
+    # Over a Unix socket sslmode does not apply, as with libpq.
+    r = run("status", env=run.env(PGSSLMODE="require"))
+    assert r.returncode == 0, r
+    # What the URL leaves out comes from PG* variables.
+    env = run.env()
+    r = run("--url", f"postgresql:///{db}?host={cluster.sock}&port={cluster.port}", "status", env=env)
+    assert r.returncode == 0, r

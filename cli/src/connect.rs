@@ -61,20 +61,71 @@ pub fn pair(key: &str, value: &str) -> String {
 impl Target {
     pub fn config(&self) -> Result<(Config, tls::Settings)> {
         if let Some(url) = &self.url {
-            if self.host.is_some() {
-                anyhow::bail!("give the host in the connection string or with --host, not both");
+            if self.host.is_some() || self.port.is_some() {
+                anyhow::bail!(
+                    "give the host and port in the connection string or with --host and --port, \
+                     not both"
+                );
+            }
+            if let Some(service) = env("PGSERVICE") {
+                anyhow::bail!(
+                    "both a connection string (--url or DATABASE_URL) and PGSERVICE={service} are \
+                     given: say which database to migrate with one of them"
+                );
             }
             let (url, given) = tls::split(url)?;
             let tls = tls::settings(&given, &[])?;
             let mut config = Config::from_str(&url).context("reading the connection string")?;
-            if let Some(port) = self.port {
-                config.port(port);
+            // Every sslmode was taken out above; one the string still has was missed, and
+            // would be overridden unseen.
+            if config.get_ssl_mode() != postgres::config::SslMode::Prefer {
+                anyhow::bail!(
+                    "the connection string's sslmode could not be read: write it as ?sslmode=..."
+                );
             }
-            if let Some(user) = &self.user {
-                config.user(user);
+            // What the string leaves out comes from the flags, then the environment, as libpq
+            // fills it.
+            if let Some(user) = self.user.clone().or_else(|| env("PGUSER")) {
+                if self.user.is_some() || config.get_user().is_none() {
+                    config.user(&user);
+                }
             }
-            if let Some(db) = &self.dbname {
-                config.dbname(db);
+            if let Some(db) = self.dbname.clone().or_else(|| env("PGDATABASE")) {
+                if self.dbname.is_some() || config.get_dbname().is_none() {
+                    config.dbname(&db);
+                }
+            }
+            if config.get_password().is_none() {
+                if let Some(password) = env("PGPASSWORD") {
+                    config.password(password);
+                }
+            }
+            if config.get_options().is_none() {
+                if let Some(options) = env("PGOPTIONS") {
+                    config.options(&options);
+                }
+            }
+            if config.get_hosts().is_empty() {
+                for host in env("PGHOST")
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter(|h| !h.is_empty())
+                {
+                    if host.starts_with('/') {
+                        config.host_path(host);
+                    } else {
+                        config.host(host);
+                    }
+                }
+            }
+            if config.get_ports().is_empty() {
+                for port in env("PGPORT")
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter(|p| !p.is_empty())
+                {
+                    config.port(port.parse().context("reading PGPORT")?);
+                }
             }
             if config.get_application_name().is_none() {
                 config.application_name("pg-migrate");
@@ -117,7 +168,7 @@ impl Target {
             ("dbname", self.dbname.clone()),
         ];
         let defaults = [
-            ("host", Some("/var/run/postgresql".to_string())),
+            ("host", Some(crate::pgfiles::DEFAULT_SOCKET_DIR.to_string())),
             ("user", env("USER")),
             ("application_name", Some("pg-migrate".to_string())),
         ];
@@ -149,21 +200,33 @@ impl Target {
         if config.get_password().is_some() {
             return Ok((config, tls));
         }
-        let host = match config.get_hosts().first() {
-            Some(postgres::config::Host::Tcp(name)) => name.clone(),
-            Some(postgres::config::Host::Unix(path)) => path.display().to_string(),
-            None => "localhost".to_string(),
-        };
-        let port = config
-            .get_ports()
-            .first()
-            .copied()
-            .unwrap_or(5432)
-            .to_string();
+        // Each host's password, as libpq looks it up host by host; one password is sent to
+        // every host, so it is used only when all of them have the same.
+        let hosts = config.get_hosts();
+        let ports = config.get_ports();
         let user = config.get_user().unwrap_or_default().to_string();
         let dbname = config.get_dbname().unwrap_or(&user).to_string();
-        if let Some(password) = crate::pgfiles::password(&host, &port, &dbname, &user) {
-            config.password(password);
+        let found: Vec<Option<String>> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let host = match h {
+                    postgres::config::Host::Tcp(name) => name.clone(),
+                    postgres::config::Host::Unix(path) => path.display().to_string(),
+                };
+                let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+                crate::pgfiles::password(&host, &port.to_string(), &dbname, &user)
+            })
+            .collect();
+        match found.first() {
+            Some(Some(password)) if found.iter().all(|f| f.as_ref() == Some(password)) => {
+                config.password(password.clone());
+            }
+            _ if found.iter().any(Option::is_some) => anyhow::bail!(
+                "the password file has a password for some of the hosts and not the same for \
+                 all: pg-migrate sends one password to every host; give it with PGPASSWORD"
+            ),
+            _ => {}
         }
         Ok((config, tls))
     }
@@ -187,15 +250,22 @@ impl Target {
                 config.get_user().unwrap_or("?")
             )
         };
-        let client = if tls.mode == tls::Mode::Disable {
-            config.connect(NoTls).with_context(context)?
+        // libpq ignores sslmode on Unix sockets: there is no network to protect.
+        let sockets_only = config
+            .get_hosts()
+            .iter()
+            .all(|h| matches!(h, postgres::config::Host::Unix(_)));
+        let (client, connector) = if tls.mode == tls::Mode::Disable || sockets_only {
+            let mut config = config.clone();
+            config.ssl_mode(postgres::config::SslMode::Disable);
+            (config.connect(NoTls).with_context(context)?, None)
         } else {
-            config
-                .connect(tls::connector(&tls)?)
-                .with_context(context)?
+            let connector = tls::connector(&tls)?;
+            let client = config.connect(connector.clone()).with_context(context)?;
+            (client, Some(connector))
         };
         // Ctrl-C cancels what this session runs.
-        crate::interrupt::guard(&client);
+        crate::interrupt::guard(&client, connector);
         Ok(client)
     }
 }

@@ -3,11 +3,14 @@
 //! leaving the worker's phases to go on. A second one exits at once.
 
 use postgres::{CancelToken, Client, NoTls};
+use postgres_openssl::MakeTlsConnector;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-static TOKEN: Mutex<Option<CancelToken>> = Mutex::new(None);
+/// The session's cancel key, and the TLS its connection used: a cancel request goes the same
+/// way (a server that requires TLS would refuse it in the clear).
+static TOKEN: Mutex<Option<(CancelToken, Option<MakeTlsConnector>)>> = Mutex::new(None);
 
 /// The exit code of a run stopped by Ctrl-C, as shells report a SIGINT.
 pub const EXIT: i32 = 130;
@@ -20,8 +23,19 @@ pub fn install() {
             std::process::exit(EXIT);
         }
         match TOKEN.lock().ok().and_then(|t| t.clone()) {
-            Some(token) => {
-                let _ = token.cancel_query(NoTls);
+            Some((token, tls)) => {
+                let sent = match tls {
+                    Some(tls) => token.cancel_query(tls),
+                    None => token.cancel_query(NoTls),
+                };
+                if let Err(e) = sent {
+                    // Not cancelled: the statement runs on. Said, so that nobody takes the
+                    // exit for a rollback.
+                    anstream::eprintln!(
+                        "pg-migrate: could not send the cancel request ({e}); the statement \
+                         goes on in the server"
+                    );
+                }
             }
             // Not connected yet (or a verb that needs no session): nothing to roll back.
             None => std::process::exit(EXIT),
@@ -29,10 +43,10 @@ pub fn install() {
     });
 }
 
-/// The session whose statement Ctrl-C cancels.
-pub fn guard(client: &Client) {
+/// The session whose statement Ctrl-C cancels, and its TLS.
+pub fn guard(client: &Client, tls: Option<MakeTlsConnector>) {
     if let Ok(mut t) = TOKEN.lock() {
-        *t = Some(client.cancel_token());
+        *t = Some((client.cancel_token(), tls));
     }
 }
 

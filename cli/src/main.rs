@@ -75,7 +75,10 @@ enum Command {
     /// (rolled back).
     Plan,
     /// migrate.verify of the versions given, or of every applied file.
-    Verify { versions: Vec<String> },
+    Verify {
+        #[arg(value_parser = files::parse_version)]
+        versions: Vec<String>,
+    },
     /// The schema against the one recorded after the last migration.
     Drift,
     /// The schema's fingerprint.

@@ -4,6 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+/// Debian's libpq's default socket folder.
+pub const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
+
 fn home() -> Option<PathBuf> {
     std::env::var_os("HOME").map(PathBuf::from)
 }
@@ -12,32 +15,37 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-/// The settings of service `name` in a service file's text: `[name]` then `key=value`
-/// lines until the next section. None when the file has no such section.
-pub fn service_section(text: &str, name: &str) -> Option<Vec<(String, String)>> {
-    let mut found = None;
-    let mut current: Option<&str> = None;
-    for line in text.lines() {
+/// The settings of service `name` in a service file's text, as libpq reads them: the first
+/// section of that name, to the next section; a key given twice keeps its first value; a
+/// line that is not `key=value` is an error (never skipped: it may be the sslmode).
+pub fn service_section(text: &str, name: &str) -> Result<Option<Vec<(String, String)>>, String> {
+    let mut found: Option<Vec<(String, String)>> = None;
+    for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
         if let Some(section) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            current = Some(section.trim());
-            if current == Some(name) && found.is_none() {
+            if found.is_some() {
+                break;
+            }
+            if section.trim() == name {
                 found = Some(Vec::new());
             }
             continue;
         }
-        if current != Some(name) {
+        let Some(settings) = found.as_mut() else {
             continue;
-        }
-        if let (Some(settings), Some((key, value))) = (found.as_mut(), line.split_once('=')) {
-            let settings: &mut Vec<(String, String)> = settings;
-            settings.push((key.trim().to_string(), value.trim().to_string()));
+        };
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(format!("syntax error in service file, line {}", n + 1));
+        };
+        let key = key.trim().to_string();
+        if !settings.iter().any(|(k, _)| *k == key) {
+            settings.push((key, value.trim().to_string()));
         }
     }
-    found
+    Ok(found)
 }
 
 /// Service `name`'s settings, from the user's file (`PGSERVICEFILE`, else
@@ -53,7 +61,9 @@ pub fn service(name: &str) -> Result<Vec<(String, String)>, String> {
         .join("pg_service.conf");
     for file in user.into_iter().chain(std::iter::once(system)) {
         if let Ok(text) = std::fs::read_to_string(&file) {
-            if let Some(settings) = service_section(&text, name) {
+            if let Some(settings) =
+                service_section(&text, name).map_err(|e| format!("{e} (\"{}\")", file.display()))?
+            {
                 return Ok(settings);
             }
         }
@@ -75,7 +85,8 @@ fn fields(line: &str) -> Vec<String> {
                     out.last_mut().expect("one field at least").push(next);
                 }
             }
-            ':' if out.len() < 5 => out.push(String::new()),
+            // A field, the password included, ends at an unescaped colon.
+            ':' => out.push(String::new()),
             c => out.last_mut().expect("one field at least").push(c),
         }
     }
@@ -120,8 +131,9 @@ pub fn password(host: &str, port: &str, dbname: &str, user: &str) -> Option<Stri
         );
         return None;
     }
-    // libpq looks up a socket connection (a directory) as "localhost".
-    let host = if host.starts_with('/') {
+    // libpq looks up a connection through its default socket folder as "localhost"; any
+    // other folder by its path.
+    let host = if host.trim_end_matches('/') == DEFAULT_SOCKET_DIR {
         "localhost"
     } else {
         host
@@ -129,7 +141,7 @@ pub fn password(host: &str, port: &str, dbname: &str, user: &str) -> Option<Stri
     password_in(&text, host, port, dbname, user)
 }
 
-fn private(file: &Path) -> bool {
+pub fn private(file: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(file).is_ok_and(|m| m.permissions().mode() & 0o077 == 0)
 }
@@ -140,21 +152,22 @@ mod unit {
 
     #[test]
     fn a_service_is_its_section_only() {
-        let text = "# comment\n[other]\nhost=elsewhere\n\n[billing]\nhost = db1\nport=5433\ndbname=bill\n[last]\nuser=x\n";
+        let text = "# comment\n[other]\nhost=elsewhere\n\n[billing]\nhost = db1\nport=5433\ndbname=bill\nport=1\n[last]\nuser=x\n[billing]\nuser=late\n";
         assert_eq!(
-            service_section(text, "billing").unwrap(),
+            service_section(text, "billing").unwrap().unwrap(),
             [
                 ("host".to_string(), "db1".to_string()),
                 ("port".into(), "5433".into()),
                 ("dbname".into(), "bill".into())
             ]
         );
-        assert_eq!(service_section(text, "missing"), None);
+        assert_eq!(service_section(text, "missing"), Ok(None));
+        assert!(service_section("[s]\nsslmode verify-full\n", "s").is_err());
     }
 
     #[test]
     fn the_first_matching_password_line_wins_with_wildcards_and_escapes() {
-        let text = "# a comment\nother:5432:*:*:no\nlocalhost:5432:app:deploy:first\n*:*:*:deploy:second\nh\\:x:1:d:u:p\\:w\n";
+        let text = "# a comment\nother:5432:*:*:no\nlocalhost:5432:app:deploy:first\n*:*:*:deploy:second\nh\\:x:1:d:u:p\\:w\nz:1:d:u:pw:trailing\n";
         assert_eq!(
             password_in(text, "localhost", "5432", "app", "deploy").as_deref(),
             Some("first")
@@ -168,5 +181,6 @@ mod unit {
             Some("p:w")
         );
         assert_eq!(password_in(text, "db2", "6432", "x", "someone"), None);
+        assert_eq!(password_in(text, "z", "1", "d", "u").as_deref(), Some("pw"));
     }
 }

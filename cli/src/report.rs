@@ -114,21 +114,9 @@ impl Out {
     pub fn note(&mut self, note: Note) {
         match self.format {
             Format::Human => {
-                // A message quotes names and text from the database: each of its lines is
-                // indented, so none starts a CI runner's command (`::...`), and control
-                // characters are shown escaped.
-                let clean = |t: &str| {
-                    t.chars()
-                        .map(|c| {
-                            if c.is_control() && c != '\n' {
-                                c.escape_debug().to_string()
-                            } else {
-                                c.to_string()
-                            }
-                        })
-                        .collect::<String>()
-                        .replace('\n', "\n    ")
-                };
+                // A message quotes names and text from the database: cleaned so that none
+                // of it drives the terminal or a CI runner.
+                let clean = |t: &str| clean(t).replace('\n', "\n    ");
                 let note = Note {
                     message: clean(&note.message),
                     detail: note.detail.as_deref().map(clean),
@@ -238,6 +226,42 @@ impl Out {
     }
 }
 
+/// Text from the database (names, messages, rows a verify query quoted) made inert for a
+/// terminal and a CI runner's log: control characters and bidirectional overrides shown
+/// escaped; a line that would start a runner's command (`::`, after any spaces) or holds
+/// its older form (`##[`) broken by a zero-width space. Newlines are kept.
+pub fn clean(text: &str) -> String {
+    let escaped: String = text
+        .chars()
+        .map(|c| match c {
+            '\n' => c.to_string(),
+            c if c.is_control() => c.escape_debug().to_string(),
+            '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => {
+                c.escape_unicode().to_string()
+            }
+            c => c.to_string(),
+        })
+        .collect();
+    escaped
+        .split('\n')
+        .map(|line| {
+            let line = line.replace("##[", "##\u{200b}[");
+            let start = line.len() - line.trim_start().len();
+            if line[start..].starts_with("::") {
+                format!("{}:\u{200b}{}", &line[..start], &line[start + 1..])
+            } else {
+                line
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A table cell of text from the database, cleaned.
+pub fn cell(text: impl AsRef<str>) -> comfy_table::Cell {
+    comfy_table::Cell::new(clean(text.as_ref()))
+}
+
 /// GitHub's escaping of an annotation's text.
 fn escape_data(s: &str) -> String {
     s.replace('%', "%25")
@@ -248,4 +272,23 @@ fn escape_data(s: &str) -> String {
 /// ... and of its properties.
 fn escape_property(s: &str) -> String {
     escape_data(s).replace(':', "%3A").replace(',', "%2C")
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn database_text_cannot_drive_a_terminal_or_a_runner() {
+        let evil =
+            "evil\x1b]0;TITLE\x07\x1b[31mRED\n  ::error::injected\nok ##[add-mask]x \u{202e}abc";
+        let c = clean(evil);
+        assert!(
+            !c.contains('\x1b') && !c.contains('\x07') && !c.contains('\u{202e}'),
+            "{c}"
+        );
+        assert!(!c.lines().any(|l| l.trim_start().starts_with("::")), "{c}");
+        assert!(!c.contains("##["), "{c}");
+        assert_eq!(clean("plain text\nline two"), "plain text\nline two");
+    }
 }

@@ -6,6 +6,8 @@
 
 use anyhow::{bail, Context, Result};
 use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslVerifyMode};
+use openssl::x509::store::X509StoreBuilder;
+use openssl::x509::X509;
 use percent_encoding::percent_decode_str;
 use postgres_openssl::MakeTlsConnector;
 use std::path::PathBuf;
@@ -44,6 +46,17 @@ impl Mode {
         })
     }
 
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Disable => "disable",
+            Mode::Allow => "allow",
+            Mode::Prefer => "prefer",
+            Mode::Require => "require",
+            Mode::VerifyCa => "verify-ca",
+            Mode::VerifyFull => "verify-full",
+        }
+    }
+
     /// What the `postgres` crate is told: whether to ask for TLS, and whether to insist.
     pub fn negotiation(self) -> postgres::config::SslMode {
         use postgres::config::SslMode;
@@ -68,18 +81,33 @@ pub struct Settings {
 pub fn split(conninfo: &str) -> Result<(String, Vec<(String, String)>)> {
     let tls = |key: &str| SETTINGS.iter().any(|(k, _)| *k == key);
     let mut taken = Vec::new();
-    if conninfo.starts_with("postgres://") || conninfo.starts_with("postgresql://") {
-        let Some((base, query)) = conninfo.split_once('?') else {
+    if let Some(scheme) = ["postgresql://", "postgres://"]
+        .iter()
+        .find(|p| conninfo.starts_with(*p))
+    {
+        // libpq: the user and password run to an '@' met before any '/' (a '?' in a password
+        // is the password's), and the options follow the first '?' after them.
+        let after = &conninfo[scheme.len()..];
+        let userinfo = after
+            .find(['@', '/'])
+            .filter(|i| after.as_bytes()[*i] == b'@')
+            .map_or(0, |i| i + 1);
+        let Some(at) = after[userinfo..].find('?') else {
             return Ok((conninfo.to_string(), taken));
         };
+        let (base, query) = conninfo.split_at(scheme.len() + userinfo + at);
+        let query = &query[1..];
         let mut kept = Vec::new();
         for part in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = part.split_once('=').unwrap_or((part, ""));
-            if tls(key) {
+            let key = percent_decode_str(key)
+                .decode_utf8()
+                .context("reading the connection URL")?;
+            if tls(&key) {
                 let value = percent_decode_str(value)
                     .decode_utf8()
                     .context("reading the connection URL")?;
-                taken.push((key.to_string(), value.into_owned()));
+                taken.push((key.into_owned(), value.into_owned()));
             } else {
                 kept.push(part);
             }
@@ -177,8 +205,22 @@ pub fn settings(given: &[(String, String)], service: &[(String, String)]) -> Res
             .or_else(|| env(variable))
     };
     let [mode, root_cert, cert, key] = SETTINGS.map(|(k, v)| value(k, v));
+    let system = root_cert.as_deref() == Some("system");
+    // libpq 16: the system's store is only safe with the host name checked, so it makes
+    // verify-full the default and refuses weaker modes.
+    let mode =
+        Mode::parse(
+            mode.as_deref()
+                .unwrap_or(if system { "verify-full" } else { "prefer" }),
+        )?;
+    if system && mode != Mode::VerifyFull {
+        bail!(
+            "weak sslmode \"{}\" may not be used with sslrootcert=system (use \"verify-full\")",
+            mode.name()
+        );
+    }
     Ok(Settings {
-        mode: Mode::parse(mode.as_deref().unwrap_or("prefer"))?,
+        mode,
         root_cert,
         cert,
         key,
@@ -214,24 +256,38 @@ pub fn connector(s: &Settings) -> Result<MakeTlsConnector> {
             }
             true
         }
-        // libpq: with a root certificate file, require checks the chain as verify-ca.
-        Mode::Require => s.root_cert.is_some() && root_exists,
+        // libpq: with a root certificate file (given, or ~/.postgresql/root.crt), require
+        // checks the chain as verify-ca.
+        Mode::Require => root_exists,
         _ => false,
     };
+    // The trusted authorities are exactly those asked for: SslConnector::builder starts
+    // from the system's store, which would let any public certificate pass.
+    let mut store = X509StoreBuilder::new().context("setting up TLS")?;
     if verify {
         match root.as_deref() {
-            Some("system") => builder
-                .set_default_verify_paths()
+            Some("system") => store
+                .set_default_paths()
                 .context("reading the system's certificate store")?,
-            Some(file) => builder
-                .set_ca_file(file)
-                .with_context(|| format!("reading the root certificate file \"{file}\""))?,
+            Some(file) => {
+                let pem = std::fs::read(file)
+                    .with_context(|| format!("reading the root certificate file \"{file}\""))?;
+                let certificates = X509::stack_from_pem(&pem)
+                    .with_context(|| format!("reading the root certificate file \"{file}\""))?;
+                if certificates.is_empty() {
+                    bail!("the root certificate file \"{file}\" holds no certificate");
+                }
+                for c in certificates {
+                    store.add_cert(c).context("reading the root certificates")?;
+                }
+            }
             None => {}
         }
         builder.set_verify(SslVerifyMode::PEER);
     } else {
         builder.set_verify(SslVerifyMode::NONE);
     }
+    builder.set_cert_store(store.build());
     let cert = s.cert.clone().or_else(|| {
         in_home("postgresql.crt")
             .filter(|p| p.exists())
@@ -246,6 +302,13 @@ pub fn connector(s: &Settings) -> Result<MakeTlsConnector> {
             .set_certificate_chain_file(&cert)
             .with_context(|| format!("reading the client certificate \"{cert}\""))?;
         if let Some(key) = key {
+            // libpq refuses a key others may read.
+            if !crate::pgfiles::private(std::path::Path::new(&key)) {
+                bail!(
+                    "private key file \"{key}\" has group or world access; file must have \
+                     permissions u=rw (0600) or less if owned by the current user"
+                );
+            }
             builder
                 .set_private_key_file(&key, SslFiletype::PEM)
                 .with_context(|| format!("reading the client key \"{key}\""))?;
@@ -283,6 +346,10 @@ mod unit {
         assert_eq!(rest, "host='db' dbname='my app' options='-c a=\\'b\\''");
         assert_eq!(taken, [("sslmode".to_string(), "require".to_string())]);
         assert!(split("host=db sslmode").is_err());
+        // A '?' in the password is the password's; an encoded key is the key.
+        let (rest, taken) = split("postgresql://u:pa?ss@db/x?%73slmode=require").unwrap();
+        assert_eq!(rest, "postgresql://u:pa?ss@db/x");
+        assert_eq!(taken, [("sslmode".to_string(), "require".to_string())]);
         assert!(split("host='db").is_err());
     }
 

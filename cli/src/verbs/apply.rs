@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 /// Submits one file: its transaction commits whole or not at all. Returns how many
 /// statements it had.
-fn submit(client: &mut Client, m: &Migration) -> Result<i64, postgres::Error> {
+pub(super) fn submit(client: &mut Client, m: &Migration) -> Result<i64, postgres::Error> {
     if let Some(ttl) = &m.expand {
         let ttl = (!ttl.is_empty()).then_some(ttl);
         let steps = client.query_typed(
@@ -189,6 +189,18 @@ pub fn apply(cli: &Cli, out: &mut Out, to: Option<&str>, limit: Duration) -> Res
             exit = Exit::Error;
             break;
         }
+    }
+    if interrupt::interrupted() && exit == Exit::Ok {
+        // Ctrl-C reached the server after the last commit: what was applied stays, and is
+        // said above; the run still ends as interrupted.
+        out.note(Note {
+            title: "interrupted".into(),
+            message: "Ctrl-C came after the last version was applied; nothing was rolled back"
+                .into(),
+            hint: Some("pg-migrate status shows what is applied.".into()),
+            ..Note::default()
+        });
+        exit = Exit::Interrupted;
     }
     if applied.is_empty() && exit == Exit::Ok {
         out.say("nothing to apply");

@@ -3,10 +3,10 @@
 
 use super::{blocking_notes, changed_notes, checked_files, in_file, states, table};
 use crate::files::Migration;
-use crate::report::{state_cell, Exit, Note, Out};
+use crate::report::{cell, state_cell, Exit, Note, Out};
 use crate::Cli;
 use anyhow::{Context, Result};
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, Table};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use postgres::types::Type;
 use serde_json::json;
 
@@ -120,11 +120,20 @@ pub fn plan(cli: &Cli, out: &mut Out) -> Result<Exit> {
         .filter(|(_, r)| r.state == "pending")
         .map(|(m, _)| m)
         .collect();
+    // One transaction, rolled back at the end: each file that passes is applied in it, so
+    // that the files after it are planned against the schema it makes.
+    client.batch_execute("BEGIN")?;
     for m in pending {
+        let before = refused;
         if m.expand.is_some() {
+            client.batch_execute("SAVEPOINT pg_migrate_plan")?;
             match expand_plan(&mut client, m, out) {
-                Ok(steps) => planned.extend(steps),
+                Ok(steps) => {
+                    client.batch_execute("RELEASE SAVEPOINT pg_migrate_plan")?;
+                    planned.extend(steps)
+                }
                 Err(e) => {
+                    client.batch_execute("ROLLBACK TO SAVEPOINT pg_migrate_plan")?;
                     refused += 1;
                     let db = e.as_db_error();
                     out.note(Note {
@@ -177,13 +186,13 @@ pub fn plan(cli: &Cli, out: &mut Out) -> Result<Exit> {
                 None => "ok",
             };
             t.add_row([
-                Cell::new(p.line),
-                Cell::new(&p.command),
-                Cell::new(p.phase),
-                Cell::new(p.locks.join("\n")),
-                Cell::new(p.rewrites.join("\n")),
-                Cell::new(p.rows.map(|r| r.to_string()).unwrap_or_default()),
-                Cell::new(format!("{:.1}", p.ms)),
+                cell(p.line.to_string()),
+                cell(&p.command),
+                cell(p.phase.to_string()),
+                cell(p.locks.join("\n")),
+                cell(p.rewrites.join("\n")),
+                cell(p.rows.map(|r| r.to_string()).unwrap_or_default()),
+                cell(format!("{:.1}", p.ms)),
                 state_cell(verdict),
             ]);
             if let Some(error) = &p.error {
@@ -215,7 +224,11 @@ pub fn plan(cli: &Cli, out: &mut Out) -> Result<Exit> {
         if out.human() {
             anstream::println!("{} {}\n{t}", m.version, m.description);
         }
+        if refused == before {
+            refused += carry(&mut client, m, out)?;
+        }
     }
+    client.batch_execute("ROLLBACK")?;
     out.say(&format!("{refused} statements refused"));
     out.doc.insert("plan".into(), json!(planned));
     Ok(if refused > 0 {
@@ -223,6 +236,42 @@ pub fn plan(cli: &Cli, out: &mut Out) -> Result<Exit> {
     } else {
         Exit::Ok
     })
+}
+
+/// Applies a file that passed its dry run inside the plan's transaction, for the files
+/// after it (without its watch: nothing is watched in a transaction that rolls back).
+/// Returns 1 when it failed all the same, with a note saying so.
+fn carry(client: &mut postgres::Client, m: &Migration, out: &mut Out) -> Result<u32> {
+    client.batch_execute("SAVEPOINT pg_migrate_plan")?;
+    let quiet = Migration {
+        watch: None,
+        ..m.clone()
+    };
+    match super::apply::submit(client, &quiet) {
+        Ok(_) => {
+            client.batch_execute("RELEASE SAVEPOINT pg_migrate_plan")?;
+            Ok(0)
+        }
+        Err(e) => {
+            client.batch_execute("ROLLBACK TO SAVEPOINT pg_migrate_plan")?;
+            let db = e.as_db_error();
+            out.note(Note {
+                file: Some(m.file.clone()),
+                title: "plan".into(),
+                message: format!(
+                    "version {} passed its dry run and failed when applied (the files after it \
+                     are planned without it): {}",
+                    m.version,
+                    db.map_or_else(|| e.to_string(), |d| d.message().to_string())
+                ),
+                detail: db.and_then(|d| d.detail().map(str::to_string)),
+                hint: db.and_then(|d| d.hint().map(str::to_string)),
+                sqlstate: db.map(|d| d.code().code().to_string()),
+                ..Note::default()
+            });
+            Ok(1)
+        }
+    }
 }
 
 /// An expand window's plan (`migrate.expand(..., dry_run => true)`, which records nothing):
@@ -252,10 +301,10 @@ fn expand_plan(
         let (step, stage, statement, lock): (i32, String, String, String) =
             (r.get(0), r.get(1), r.get(2), r.get(3));
         t.add_row([
-            Cell::new(step),
-            Cell::new(&stage),
-            Cell::new(&statement),
-            Cell::new(&lock),
+            cell(step.to_string()),
+            cell(&stage),
+            cell(&statement),
+            cell(&lock),
         ]);
         steps.push(Planned {
             version: m.version.clone(),
@@ -286,17 +335,30 @@ pub fn verify(cli: &Cli, out: &mut Out, versions: &[String]) -> Result<Exit> {
         return Ok(Exit::Checksum);
     };
     let mut client = cli.target.connect()?;
+    let rows = states(&mut client, &found)?;
+    // A file that changed since it ran is not what was applied: said, exit 4.
+    let changed = changed_notes(&rows, out);
     let chosen: Vec<String> = if versions.is_empty() {
-        let rows = states(&mut client, &found)?;
+        // What is in place as applied: not what waits, failed, or was undone or judged
+        // harmful.
         rows.iter()
             .filter(|r| r.file.is_some())
             .filter(|r| {
                 !matches!(
                     r.state.as_str(),
-                    "pending" | "running" | "baseline" | "changed"
+                    "pending"
+                        | "running"
+                        | "baseline"
+                        | "changed"
+                        | "failed"
+                        | "cancelled"
+                        | "rolled back"
+                        | "rolling back"
+                        | "recovering"
+                        | "rollback failed"
+                        | "rejected"
                 )
             })
-            .filter(|r| !matches!(r.state.as_str(), "failed" | "cancelled"))
             .map(|r| r.version.clone())
             .collect()
     } else {
@@ -322,11 +384,11 @@ pub fn verify(cli: &Cli, out: &mut Out, versions: &[String]) -> Result<Exit> {
             let (kind, object, ok, detail): (String, Option<String>, bool, String) =
                 (r.get(0), r.get(1), r.get(2), r.get(3));
             t.add_row([
-                Cell::new(v),
-                Cell::new(&kind),
-                Cell::new(object.as_deref().unwrap_or_default()),
+                cell(v),
+                cell(&kind),
+                cell(object.as_deref().unwrap_or_default()),
                 state_cell(if ok { "ok" } else { "failed" }),
-                Cell::new(&detail),
+                cell(&detail),
             ]);
             if !ok {
                 failed += 1;
@@ -362,7 +424,11 @@ pub fn verify(cli: &Cli, out: &mut Out, versions: &[String]) -> Result<Exit> {
         chosen.len()
     ));
     out.doc.insert("checks".into(), json!(checks));
-    Ok(if failed > 0 { Exit::Checksum } else { Exit::Ok })
+    Ok(if failed > 0 || changed {
+        Exit::Checksum
+    } else {
+        Exit::Ok
+    })
 }
 
 /// `drift`: the schema against the one recorded after the last migration, each difference
@@ -392,7 +458,7 @@ pub fn drift(cli: &Cli, out: &mut Out) -> Result<Exit> {
     let mut found = Vec::new();
     for r in &rows {
         let cells: Vec<String> = (0..9).map(|i| r.get::<_, String>(i)).collect();
-        t.add_row(cells[..7].to_vec());
+        t.add_row(cells[..7].iter().map(cell).collect::<Vec<_>>());
         out.note(Note {
             title: "drift".into(),
             message: format!(

@@ -13,10 +13,10 @@ pub use steer::{baseline, close_window, decide, retry, Decision};
 
 use crate::checksum::normalized_checksum;
 use crate::files::{self, Migration};
-use crate::report::{state_cell, Exit, Note, Out};
+use crate::report::{cell, state_cell, Exit, Note, Out};
 use crate::sum;
 use anyhow::{Context, Result};
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, Table};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use postgres::types::Type;
 use postgres::Client;
 use serde_json::json;
@@ -105,7 +105,9 @@ fn states(client: &mut Client, found: &[Migration]) -> Result<Vec<Row>> {
         .query_typed(
             "SELECT f.v, h.status, h.checksum, h.checksum_algorithm, s.state, \
                     migrate.version_key(f.v) <= (SELECT max(b.version_key) FROM migrate.history b \
-                                                 WHERE b.status = 'baseline') \
+                                                 WHERE b.status = 'baseline'), \
+                    (SELECT w.source_checksum FROM migrate.window_history w \
+                     WHERE w.version = h.version) \
              FROM unnest($1::text[]) WITH ORDINALITY f(v, n) \
              LEFT JOIN migrate.history h ON h.version_key = migrate.version_key(f.v) \
              LEFT JOIN migrate.status s ON s.version = h.version \
@@ -120,6 +122,14 @@ fn states(client: &mut Client, found: &[Migration]) -> Result<Vec<Row>> {
         let algorithm: Option<i16> = r.get(3);
         let shown: Option<String> = r.get(4);
         let below_baseline: Option<bool> = r.get(5);
+        // An expand window records the plan it made as the migration's script: the file is
+        // the DDL it was given, whose checksum the window keeps.
+        let window: Option<String> = r.get(6);
+        let checksum = if m.expand.is_some() {
+            window.or(checksum)
+        } else {
+            checksum
+        };
         let state = match status.as_deref() {
             Some("baseline") => "baseline".to_string(),
             Some(_)
@@ -168,10 +178,10 @@ fn table(rows: &[Row]) -> Table {
         .set_header(["version", "description", "state", "file"]);
     for r in rows {
         t.add_row([
-            Cell::new(&r.version),
-            Cell::new(&r.description),
+            cell(&r.version),
+            cell(&r.description),
             state_cell(&r.state),
-            Cell::new(r.file.as_deref().unwrap_or_default()),
+            cell(r.file.as_deref().unwrap_or_default()),
         ]);
     }
     t

@@ -3,10 +3,10 @@
 //! are the extension's.
 
 use super::checked_files;
-use super::wait::{failed_phase, wait_for, Waited};
+use super::wait::{failed_phase, recorded, wait_for, Waited};
 use crate::files::{self, Migration};
 use crate::interrupt;
-use crate::report::{coloured, Exit, Note, Out};
+use crate::report::{cell, clean, coloured, Exit, Note, Out};
 use crate::Cli;
 use anyhow::{Context, Result};
 use postgres::types::Type;
@@ -68,9 +68,10 @@ fn named(cli: &Cli, version: &str) -> Migration {
 /// it as `apply` does.
 pub fn retry(cli: &Cli, out: &mut Out, version: &str, limit: Duration) -> Result<Exit> {
     let mut client = cli.target.connect()?;
+    let version = &recorded(&mut client, version)?;
     let said: String =
         client.query_typed("SELECT migrate.retry($1)", &[(&version, Type::TEXT)])?[0].get(0);
-    out.say(&said);
+    out.say(&clean(&said));
     let m = named(cli, version);
     let exit = match wait_for(&mut client, &m, out, limit)? {
         Waited::Done(end) if matches!(end.as_str(), "failed" | "cancelled") => {
@@ -124,6 +125,7 @@ pub fn decide(
     reason: Option<&str>,
 ) -> Result<Exit> {
     let mut client = cli.target.connect()?;
+    let version = &recorded(&mut client, version)?;
     let said: String = match what {
         Decision::Cancel => {
             client.query_typed("SELECT migrate.cancel($1)", &[(&version, Type::TEXT)])
@@ -138,7 +140,7 @@ pub fn decide(
         ),
     }?[0]
         .get(0);
-    out.say(&said);
+    out.say(&clean(&said));
     out.doc.insert("said".into(), json!(said));
     Ok(Exit::Ok)
 }
@@ -146,6 +148,7 @@ pub fn decide(
 /// `contract VERSION` and `abort VERSION`: an expand window's two ends.
 pub fn close_window(cli: &Cli, out: &mut Out, version: &str, contract: bool) -> Result<Exit> {
     let mut client = cli.target.connect()?;
+    let version = &recorded(&mut client, version)?;
     let query = if contract {
         "SELECT step, stage, statement, coalesce(lock, '') FROM migrate.contract($1)"
     } else {
@@ -167,10 +170,10 @@ pub fn close_window(cli: &Cli, out: &mut Out, version: &str, contract: bool) -> 
         let (step, stage, statement, lock): (i32, String, String, String) =
             (r.get(0), r.get(1), r.get(2), r.get(3));
         t.add_row([
-            step.to_string(),
-            stage.clone(),
-            statement.clone(),
-            lock.clone(),
+            cell(step.to_string()),
+            cell(&stage),
+            cell(&statement),
+            cell(&lock),
         ]);
         steps.push(json!({"step": step, "stage": stage, "statement": statement, "lock": lock}));
     }

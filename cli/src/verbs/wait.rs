@@ -118,7 +118,11 @@ fn look(client: &mut Client, version: &str) -> Result<Seen> {
         done: r.get(1),
         all: r.get(2),
         gate: r.get(3),
-        step: r.get::<_, Option<String>>(4).filter(|s| !s.is_empty()),
+        // A table's name is the database's text: shown cleaned.
+        step: r
+            .get::<_, Option<String>>(4)
+            .filter(|s| !s.is_empty())
+            .map(|s| crate::report::clean(&s)),
         percent: r.get(5),
         eta: r.get(6),
         watched: r.get(7),
@@ -228,11 +232,25 @@ pub fn failed_phase(client: &mut Client, version: &str) -> Result<(String, Strin
     Ok(client
         .query_typed(
             "SELECT coalesce(s.error_sqlstate, ''), coalesce(s.error_message, '') \
-             FROM migrate.steps s WHERE s.version = $1 AND s.state IN ('failed', 'cancelled') \
+             FROM migrate.steps s JOIN migrate.history h ON h.version = s.version \
+             WHERE h.version_key = migrate.version_key($1) AND s.state IN ('failed', 'cancelled') \
              ORDER BY s.phase LIMIT 1",
             &[(&version, Type::TEXT)],
         )?
         .first()
         .map(|r| (r.get(0), r.get(1)))
         .unwrap_or_default())
+}
+
+/// The version as the history spells it (`1.2` for `1_2` or `1.2.0`), for the functions that
+/// look a version up by its text; as given when it is not recorded.
+pub fn recorded(client: &mut Client, version: &str) -> Result<String> {
+    Ok(client
+        .query_typed(
+            "SELECT coalesce((SELECT h.version FROM migrate.history h \
+                              WHERE h.version_key = migrate.version_key($1)), $1)",
+            &[(&version, Type::TEXT)],
+        )
+        .context("reading migrate.history")?[0]
+        .get(0))
 }
