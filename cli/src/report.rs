@@ -38,6 +38,22 @@ pub struct Note {
     pub sqlstate: Option<String>,
 }
 
+impl Note {
+    /// A database error as a note about `file`, with its DETAIL, HINT and SQLSTATE.
+    pub fn from_db(file: &str, title: &str, e: &postgres::Error) -> Note {
+        let db = e.as_db_error();
+        Note {
+            file: Some(file.to_string()),
+            title: title.to_string(),
+            message: db.map_or_else(|| e.to_string(), |d| d.message().to_string()),
+            detail: db.and_then(|d| d.detail().map(str::to_string)),
+            hint: db.and_then(|d| d.hint().map(str::to_string)),
+            sqlstate: db.map(|d| d.code().code().to_string()),
+            ..Note::default()
+        }
+    }
+}
+
 pub struct Out {
     pub format: Format,
     /// The JSON document's members, filled by the verb.

@@ -50,6 +50,15 @@ pub fn lint(cli: &Cli, out: &mut Out) -> Result<Exit> {
         if row.state != "pending" {
             continue;
         }
+        // An expand file is DDL the window turns into safe steps: what the guard would say
+        // of it run directly does not apply. Its finding is the planner's refusal.
+        if m.expand.is_some() {
+            if let Err(e) = expand_plan(&mut client, m, &mut Out::new(crate::Format::Json)) {
+                findings += 1;
+                out.note(Note::from_db(&m.file, "expand", &e));
+            }
+            continue;
+        }
         for r in client
             .query_typed(
                 "SELECT l.line, l.rule_id, l.message, l.detail, l.hint \
@@ -135,16 +144,7 @@ pub fn plan(cli: &Cli, out: &mut Out) -> Result<Exit> {
                 Err(e) => {
                     client.batch_execute("ROLLBACK TO SAVEPOINT pg_migrate_plan")?;
                     refused += 1;
-                    let db = e.as_db_error();
-                    out.note(Note {
-                        file: Some(m.file.clone()),
-                        title: "plan".into(),
-                        message: db.map_or_else(|| e.to_string(), |d| d.message().to_string()),
-                        detail: db.and_then(|d| d.detail().map(str::to_string)),
-                        hint: db.and_then(|d| d.hint().map(str::to_string)),
-                        sqlstate: db.map(|d| d.code().code().to_string()),
-                        ..Note::default()
-                    });
+                    out.note(Note::from_db(&m.file, "plan", &e));
                 }
             }
             continue;
@@ -254,21 +254,13 @@ fn carry(client: &mut postgres::Client, m: &Migration, out: &mut Out) -> Result<
         }
         Err(e) => {
             client.batch_execute("ROLLBACK TO SAVEPOINT pg_migrate_plan")?;
-            let db = e.as_db_error();
-            out.note(Note {
-                file: Some(m.file.clone()),
-                title: "plan".into(),
-                message: format!(
-                    "version {} passed its dry run and failed when applied (the files after it \
-                     are planned without it): {}",
-                    m.version,
-                    db.map_or_else(|| e.to_string(), |d| d.message().to_string())
-                ),
-                detail: db.and_then(|d| d.detail().map(str::to_string)),
-                hint: db.and_then(|d| d.hint().map(str::to_string)),
-                sqlstate: db.map(|d| d.code().code().to_string()),
-                ..Note::default()
-            });
+            let mut note = Note::from_db(&m.file, "plan", &e);
+            note.message = format!(
+                "version {} passed its dry run and failed when applied (the files after it are \
+                 planned without it): {}",
+                m.version, note.message
+            );
+            out.note(note);
             Ok(1)
         }
     }
