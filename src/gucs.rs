@@ -143,6 +143,7 @@ pub static WATCH_LOCK_WAIT_MS: GucSetting<i32> = GucSetting::<i32>::new(5_000);
 pub static WATCH_ALPHA: GucSetting<f64> = GucSetting::<f64>::new(0.05);
 pub static WATCH_LATENCY_TOLERANCE: GucSetting<f64> = GucSetting::<f64>::new(0.2);
 pub static WATCH_BRAKE: GucSetting<f64> = GucSetting::<f64>::new(10.0);
+pub static WATCH_LATENCY_FLOOR: GucSetting<f64> = GucSetting::<f64>::new(0.1);
 
 /// A setting's name, descriptions, variable, bounds (and unit).
 type IntGuc = (
@@ -236,7 +237,7 @@ fn define_watch_gucs() {
             flags,
         );
     }
-    let floats: [FloatGuc; 3] = [
+    let floats: [FloatGuc; 4] = [
         (
             c"migrate.watch_alpha",
             c"The chance of a false alarm over all the looks and tests of one watch.",
@@ -253,6 +254,16 @@ fn define_watch_gucs() {
             &WATCH_LATENCY_TOLERANCE,
             0.0,
             100.0,
+        ),
+        (
+            c"migrate.watch_latency_floor",
+            c"Time per statement call (ms) a change may add whatever the ratio.",
+            c"A latency ratio is read at the baseline's time per call: a shift that adds less \
+              than this to each call (2x of 20 microseconds) neither fails nor keeps a look \
+              from passing. 0 judges by the ratio alone.",
+            &WATCH_LATENCY_FLOOR,
+            0.0,
+            1e6,
         ),
         (
             c"migrate.watch_brake",

@@ -21,6 +21,9 @@ pub struct Point {
     pub seconds: f64,
     /// The latency index (see `sample::latency_index`); None without pg_stat_statements.
     pub latency: Option<f64>,
+    /// For a baseline sample, what its statements took per call (see
+    /// `sample::baseline_call_ms`): the scale a ratio is read at.
+    pub call_ms: Option<f64>,
     pub errors: [u64; COUNTERS],
     /// The longest current wait for a relation's lock in the database, when sampled.
     pub lock_wait_ms: f64,
@@ -35,6 +38,8 @@ pub struct Limits {
     pub alpha: f64,
     /// The latency ratio a change may add and still pass (1.2: 20% slower).
     pub tolerance: f64,
+    /// Time per call a change may add whatever the ratio (ms): below it a shift is noise.
+    pub floor_ms: f64,
     /// Samples needed on each side before latency can pass or fail.
     pub min_samples: usize,
     /// Errors beyond those the baseline's rate predicts before a kind of error can fail.
@@ -190,12 +195,22 @@ fn latency(baseline: &[Point], watch: &[Point], limits: &Limits) -> (Finding, bo
     if before.is_empty() && after.is_empty() {
         return (Finding::new("latency", LookVerdict::Unavailable), false);
     }
+    // What a ratio adds per call, at the baseline's time per call; a ratio whose addition
+    // stays under the floor is no regression (and with no scale known, every ratio counts).
+    let scale = median(
+        &mut baseline
+            .iter()
+            .filter_map(|p| p.call_ms)
+            .collect::<Vec<_>>(),
+    );
+    let above_floor = |ratio: f64| scale.is_none_or(|ms| (ratio - 1.0) * ms > limits.floor_ms);
     let mut f = Finding::new("latency", LookVerdict::Inconclusive);
     f.baseline = median(&mut before.iter().map(|x| x.exp()).collect::<Vec<_>>());
     f.now = median(&mut after.iter().map(|x| x.exp()).collect::<Vec<_>>());
     // A collapse shows within two samples; waiting for the test would let it go on.
     let brake = after.len() >= 2
-        && matches!((f.baseline, f.now), (Some(b), Some(n)) if b > 0.0 && n / b >= limits.brake);
+        && matches!((f.baseline, f.now),
+                    (Some(b), Some(n)) if b > 0.0 && n / b >= limits.brake && above_floor(n / b));
     if brake {
         // Too few samples for the test: the ratio of the medians stands for the shift.
         f.shift = f.now.zip(f.baseline).map(|(n, b)| n / b);
@@ -216,8 +231,14 @@ fn latency(baseline: &[Point], watch: &[Point], limits: &Limits) -> (Finding, bo
         f.upper = Some(shift.upper.exp());
     }
     f.verdict = match (f.p_value, f.shift, f.upper) {
-        (Some(p), Some(ratio), _) if p < alpha && ratio > limits.tolerance => LookVerdict::Fail,
-        (_, _, Some(upper)) if upper <= limits.tolerance => LookVerdict::Pass,
+        (Some(p), Some(ratio), _)
+            if p < alpha && ratio > limits.tolerance && above_floor(ratio) =>
+        {
+            LookVerdict::Fail
+        }
+        (_, _, Some(upper)) if upper <= limits.tolerance || !above_floor(upper) => {
+            LookVerdict::Pass
+        }
         // Every sample alike on both sides (no spread to test): no change.
         (_, None, None) if test.is_none() => LookVerdict::Pass,
         _ => LookVerdict::Inconclusive,
@@ -374,6 +395,7 @@ mod unit {
     const LIMITS: Limits = Limits {
         alpha: 0.05,
         tolerance: 1.2,
+        floor_ms: 0.05,
         min_samples: 6,
         min_excess_errors: 10.0,
         brake: 10.0,
@@ -388,6 +410,7 @@ mod unit {
             .map(|l| Point {
                 seconds: 10.0,
                 latency: Some(*l),
+                call_ms: None,
                 errors: [0; COUNTERS],
                 lock_wait_ms: 0.0,
                 lag_bytes: 0.0,
@@ -430,6 +453,35 @@ mod unit {
         let slightly: Vec<f64> = CALM.iter().map(|x| x * 1.05).collect();
         let look = judge(&points(&CALM), &points(&slightly), &LIMITS);
         assert_ne!(look.verdict, LookVerdict::Fail, "{look:?}");
+    }
+
+    #[test]
+    fn a_ratio_is_read_at_the_baselines_time_per_call() {
+        let at = |call_ms: f64| -> Vec<Point> {
+            points(&CALM)
+                .into_iter()
+                .map(|p| Point {
+                    call_ms: Some(call_ms),
+                    ..p
+                })
+                .collect()
+        };
+        // 1.8x slower: of 20 µs per call (16 µs more, under the 50 µs floor) it passes; of
+        // 2 ms it fails.
+        let slower: Vec<f64> = CALM.iter().map(|x| x * 1.8).collect();
+        let tiny = judge(&at(0.02), &points(&slower), &LIMITS);
+        assert_eq!(tiny.verdict, LookVerdict::Pass, "{tiny:?}");
+        let real = judge(&at(2.0), &points(&slower), &LIMITS);
+        assert_eq!(real.verdict, LookVerdict::Fail, "{real:?}");
+        // The brake too: 20x of 1 µs is not a collapse; 20x of 1 ms is.
+        let collapse: Vec<f64> = CALM.iter().map(|x| x * 20.0).collect();
+        assert!(!judge(&at(0.001), &points(&collapse[..2]), &LIMITS).brake);
+        assert!(judge(&at(1.0), &points(&collapse[..2]), &LIMITS).brake);
+        // No scale known (no baseline time): the ratio alone decides.
+        assert_eq!(
+            judge(&points(&CALM), &points(&slower), &LIMITS).verdict,
+            LookVerdict::Fail
+        );
     }
 
     #[test]

@@ -479,6 +479,7 @@ fn baseline_points(baseline: &[Sample]) -> Vec<Point> {
         .map(|s| Point {
             seconds: s.seconds,
             latency: sample::latency_index(s, &reference).map(|i| i.0),
+            call_ms: sample::baseline_call_ms(s, &reference),
             errors: s.errors,
             lock_wait_ms: 0.0,
             lag_bytes: 0.0,
@@ -496,6 +497,7 @@ fn recorded_points(watch: &Open) -> Vec<Point> {
             Ok(Point {
                 seconds: r.get(1)?.unwrap_or(0.0),
                 latency: r.get(2)?,
+                call_ms: None,
                 errors: std::array::from_fn(|i| {
                     errors.get(i).copied().flatten().unwrap_or(0).max(0) as u64
                 }),

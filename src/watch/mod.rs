@@ -65,6 +65,7 @@ pub fn watch_limits() -> gate::Limits {
     gate::Limits {
         alpha: crate::gucs::WATCH_ALPHA.get(),
         tolerance: 1.0 + crate::gucs::WATCH_LATENCY_TOLERANCE.get(),
+        floor_ms: crate::gucs::WATCH_LATENCY_FLOOR.get(),
         min_samples: crate::gucs::WATCH_MIN_SAMPLES.get().max(2) as usize,
         min_excess_errors: f64::from(crate::gucs::WATCH_MIN_ERRORS.get()),
         brake: crate::gucs::WATCH_BRAKE.get(),

@@ -76,6 +76,22 @@ pub fn latency_index(sample: &Sample, reference: &HashMap<i64, f64>) -> Option<(
     (expected > 0.0 && all > 0.0).then(|| (took / expected, calls / all))
 }
 
+/// What the sample's statements took per call on average in the baseline (the scale of a
+/// latency ratio: 2x of 20 µs is not 2x of 20 ms). None when it covers no statement.
+pub fn baseline_call_ms(sample: &Sample, reference: &HashMap<i64, f64>) -> Option<f64> {
+    if !sample.statements {
+        return None;
+    }
+    let (mut expected, mut calls) = (0.0, 0.0);
+    for q in sample.queries() {
+        if let Some(mean) = reference.get(&q.queryid) {
+            expected += q.calls * mean;
+            calls += q.calls;
+        }
+    }
+    (calls > 0.0).then(|| expected / calls)
+}
+
 #[cfg(test)]
 mod unit {
     use super::*;
