@@ -51,6 +51,9 @@ CREATE TABLE migrate.watch_samples (
     latency             float8,
     coverage            float8,
     calls               float8,
+    -- The most any one statement's time per call grew over its baseline mean (ms): what
+    -- migrate.watch_latency_floor is held against.
+    added_ms            float8,
     -- Errors by kind, in migrate.error_counts' order.
     errors              bigint[] NOT NULL,
     -- The longest current wait for a relation's lock in the database, and the replay lag of

@@ -257,10 +257,10 @@ fn define_watch_gucs() {
         ),
         (
             c"migrate.watch_latency_floor",
-            c"Time per statement call (ms) a change may add whatever the ratio.",
-            c"A latency ratio is read at the baseline's time per call: a shift that adds less \
-              than this to each call (2x of 20 microseconds) neither fails nor keeps a look \
-              from passing. 0 judges by the ratio alone.",
+            c"Time per call (ms) a statement may add and the change still pass.",
+            c"When in most watch samples no statement's time per call grew by more than this \
+              over its baseline mean, a latency ratio is the noise of tiny times: the look \
+              passes on it and does not fail. The brake is not affected. 0: the ratio alone.",
             &WATCH_LATENCY_FLOOR,
             0.0,
             1e6,

@@ -251,10 +251,23 @@ impl Target {
             )
         };
         // libpq ignores sslmode on Unix sockets: there is no network to protect.
-        let sockets_only = config
+        // Only when every host is a socket folder and no hostaddr sends it over TCP (an empty
+        // list of hosts is not "all sockets").
+        let sockets_only = !config.get_hosts().is_empty()
+            && config.get_hostaddrs().is_empty()
+            && config
+                .get_hosts()
+                .iter()
+                .all(|h| matches!(h, postgres::config::Host::Unix(_)));
+        // libpq: verify-full checks the name connected to; with none there is nothing to
+        // check it against.
+        let named = config
             .get_hosts()
             .iter()
-            .all(|h| matches!(h, postgres::config::Host::Unix(_)));
+            .any(|h| matches!(h, postgres::config::Host::Tcp(_)));
+        if tls.mode == tls::Mode::VerifyFull && !sockets_only && !named {
+            anyhow::bail!("host name must be specified for a verified SSL connection");
+        }
         let (client, connector) = if tls.mode == tls::Mode::Disable || sockets_only {
             let mut config = config.clone();
             config.ssl_mode(postgres::config::SslMode::Disable);
@@ -264,7 +277,8 @@ impl Target {
             let client = config.connect(connector.clone()).with_context(context)?;
             (client, Some(connector))
         };
-        // Ctrl-C cancels what this session runs.
+        // Ctrl-C cancels what this session runs. (No session settings: behind PgBouncer in
+        // transaction mode they would stay with the server connection for other clients.)
         crate::interrupt::guard(&client, connector);
         Ok(client)
     }

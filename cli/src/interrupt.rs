@@ -16,26 +16,31 @@ static TOKEN: Mutex<Option<(CancelToken, Option<MakeTlsConnector>)>> = Mutex::ne
 pub const EXIT: i32 = 130;
 
 pub fn install() {
-    // Without a handler the default action ends the process, which is also consistent: the
-    // server rolls back the transaction of a connection that went away.
+    // A second Ctrl-C exits without waiting for the server: a statement still running goes
+    // on there (to its commit, if the cancel did not get through) until it notices the
+    // connection is gone; the message of the first says whether the cancel was sent.
     let _ = ctrlc::set_handler(|| {
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
             std::process::exit(EXIT);
         }
         match TOKEN.lock().ok().and_then(|t| t.clone()) {
             Some((token, tls)) => {
-                let sent = match tls {
-                    Some(tls) => token.cancel_query(tls),
-                    None => token.cancel_query(NoTls),
-                };
-                if let Err(e) = sent {
-                    // Not cancelled: the statement runs on. Said, so that nobody takes the
-                    // exit for a rollback.
-                    anstream::eprintln!(
-                        "pg-migrate: could not send the cancel request ({e}); the statement \
-                         goes on in the server"
-                    );
-                }
+                // From a thread of its own: a cancel connection that hangs must not keep a
+                // second Ctrl-C from exiting.
+                std::thread::spawn(move || {
+                    let sent = match tls {
+                        Some(tls) => token.cancel_query(tls),
+                        None => token.cancel_query(NoTls),
+                    };
+                    if let Err(e) = sent {
+                        // Not cancelled: the statement runs on. Said, so that nobody takes
+                        // the exit for a rollback.
+                        anstream::eprintln!(
+                            "pg-migrate: could not send the cancel request ({e}); the \
+                             statement goes on in the server"
+                        );
+                    }
+                });
             }
             // Not connected yet (or a verb that needs no session): nothing to roll back.
             None => std::process::exit(EXIT),

@@ -238,7 +238,12 @@ impl Out {
         doc.insert("exit".into(), json!(exit as i32));
         doc.append(&mut self.doc);
         doc.insert("notes".into(), json!(self.notes));
-        println!("{}", Value::Object(doc));
+        // A CI runner reads `##[` anywhere in a line as its command; JSON may escape the `#`
+        // and mean the same text.
+        println!(
+            "{}",
+            Value::Object(doc).to_string().replace("##[", "#\\u0023[")
+        );
     }
 }
 

@@ -21,9 +21,9 @@ pub struct Point {
     pub seconds: f64,
     /// The latency index (see `sample::latency_index`); None without pg_stat_statements.
     pub latency: Option<f64>,
-    /// For a baseline sample, what its statements took per call (see
-    /// `sample::baseline_call_ms`): the scale a ratio is read at.
-    pub call_ms: Option<f64>,
+    /// For a watch sample, the most any one statement's time per call grew (ms; see
+    /// `sample::worst_added_ms`).
+    pub added_ms: Option<f64>,
     pub errors: [u64; COUNTERS],
     /// The longest current wait for a relation's lock in the database, when sampled.
     pub lock_wait_ms: f64,
@@ -195,22 +195,18 @@ fn latency(baseline: &[Point], watch: &[Point], limits: &Limits) -> (Finding, bo
     if before.is_empty() && after.is_empty() {
         return (Finding::new("latency", LookVerdict::Unavailable), false);
     }
-    // What a ratio adds per call, at the baseline's time per call; a ratio whose addition
-    // stays under the floor is no regression (and with no scale known, every ratio counts).
-    let scale = median(
-        &mut baseline
-            .iter()
-            .filter_map(|p| p.call_ms)
-            .collect::<Vec<_>>(),
-    );
-    let above_floor = |ratio: f64| scale.is_none_or(|ms| (ratio - 1.0) * ms > limits.floor_ms);
+    // Within the floor: in most samples no statement got slower by more than the floor per
+    // call. Then a ratio, however significant, is noise of tiny times; a statement that
+    // regressed shows by itself, whatever else runs. Unknown (no statement data): the
+    // ratio alone decides.
+    let within_floor = median(&mut watch.iter().filter_map(|p| p.added_ms).collect::<Vec<_>>())
+        .is_some_and(|added| added <= limits.floor_ms);
     let mut f = Finding::new("latency", LookVerdict::Inconclusive);
     f.baseline = median(&mut before.iter().map(|x| x.exp()).collect::<Vec<_>>());
     f.now = median(&mut after.iter().map(|x| x.exp()).collect::<Vec<_>>());
     // A collapse shows within two samples; waiting for the test would let it go on.
     let brake = after.len() >= 2
-        && matches!((f.baseline, f.now),
-                    (Some(b), Some(n)) if b > 0.0 && n / b >= limits.brake && above_floor(n / b));
+        && matches!((f.baseline, f.now), (Some(b), Some(n)) if b > 0.0 && n / b >= limits.brake);
     if brake {
         // Too few samples for the test: the ratio of the medians stands for the shift.
         f.shift = f.now.zip(f.baseline).map(|(n, b)| n / b);
@@ -231,14 +227,10 @@ fn latency(baseline: &[Point], watch: &[Point], limits: &Limits) -> (Finding, bo
         f.upper = Some(shift.upper.exp());
     }
     f.verdict = match (f.p_value, f.shift, f.upper) {
-        (Some(p), Some(ratio), _)
-            if p < alpha && ratio > limits.tolerance && above_floor(ratio) =>
-        {
+        (Some(p), Some(ratio), _) if p < alpha && ratio > limits.tolerance && !within_floor => {
             LookVerdict::Fail
         }
-        (_, _, Some(upper)) if upper <= limits.tolerance || !above_floor(upper) => {
-            LookVerdict::Pass
-        }
+        (_, _, Some(upper)) if upper <= limits.tolerance || within_floor => LookVerdict::Pass,
         // Every sample alike on both sides (no spread to test): no change.
         (_, None, None) if test.is_none() => LookVerdict::Pass,
         _ => LookVerdict::Inconclusive,
@@ -410,7 +402,7 @@ mod unit {
             .map(|l| Point {
                 seconds: 10.0,
                 latency: Some(*l),
-                call_ms: None,
+                added_ms: None,
                 errors: [0; COUNTERS],
                 lock_wait_ms: 0.0,
                 lag_bytes: 0.0,
@@ -456,28 +448,26 @@ mod unit {
     }
 
     #[test]
-    fn a_ratio_is_read_at_the_baselines_time_per_call() {
-        let at = |call_ms: f64| -> Vec<Point> {
-            points(&CALM)
+    fn a_shift_no_statement_feels_is_noise_and_one_that_one_statement_feels_is_not() {
+        let adding = |ratio: f64, added_ms: f64| -> Vec<Point> {
+            points(&CALM.iter().map(|x| x * ratio).collect::<Vec<_>>())
                 .into_iter()
                 .map(|p| Point {
-                    call_ms: Some(call_ms),
+                    added_ms: Some(added_ms),
                     ..p
                 })
                 .collect()
         };
-        // 1.8x slower: of 20 µs per call (16 µs more, under the 50 µs floor) it passes; of
-        // 2 ms it fails.
-        let slower: Vec<f64> = CALM.iter().map(|x| x * 1.8).collect();
-        let tiny = judge(&at(0.02), &points(&slower), &LIMITS);
+        // 1.8x, each statement at most 16 µs slower a call (under the 50 µs floor): passes.
+        let tiny = judge(&points(&CALM), &adding(1.8, 0.016), &LIMITS);
         assert_eq!(tiny.verdict, LookVerdict::Pass, "{tiny:?}");
-        let real = judge(&at(2.0), &points(&slower), &LIMITS);
+        // 1.8x with one statement 3.5 ms slower a call, however many cheap calls run beside it.
+        let real = judge(&points(&CALM), &adding(1.8, 3.5), &LIMITS);
         assert_eq!(real.verdict, LookVerdict::Fail, "{real:?}");
-        // The brake too: 20x of 1 µs is not a collapse; 20x of 1 ms is.
-        let collapse: Vec<f64> = CALM.iter().map(|x| x * 20.0).collect();
-        assert!(!judge(&at(0.001), &points(&collapse[..2]), &LIMITS).brake);
-        assert!(judge(&at(1.0), &points(&collapse[..2]), &LIMITS).brake);
-        // No scale known (no baseline time): the ratio alone decides.
+        // The brake is the ratio's alone.
+        assert!(judge(&points(&CALM), &adding(20.0, 0.001)[..2], &LIMITS).brake);
+        // No statement data: the ratio alone decides.
+        let slower: Vec<f64> = CALM.iter().map(|x| x * 1.8).collect();
         assert_eq!(
             judge(&points(&CALM), &points(&slower), &LIMITS).verdict,
             LookVerdict::Fail

@@ -399,12 +399,13 @@ fn record_sample(watch: &Open, sample: &Sample) {
     }
     let reference = sample::reference(&watch.baseline);
     let index = sample::latency_index(sample, &reference);
+    let added_ms = sample::worst_added_ms(sample, &reference);
     let (lock_wait_ms, lag_bytes) = gauges(&watch.version);
     write(
         "INSERT INTO migrate.watch_samples (version, stage, taken_at, seconds, latency, \
-           coverage, calls, errors, lock_wait_ms, lag_bytes) \
+           coverage, calls, errors, lock_wait_ms, lag_bytes, added_ms) \
          VALUES ($1, $2, '2000-01-01 00:00:00+00'::timestamptz + make_interval(secs => $3), \
-                 $4, $5, $6, $7, $8, $9, $10) \
+                 $4, $5, $6, $7, $8, $9, $10, $11) \
          ON CONFLICT DO NOTHING",
         &[
             watch.version.as_str().into(),
@@ -422,6 +423,7 @@ fn record_sample(watch: &Open, sample: &Sample) {
                 .into(),
             lock_wait_ms.into(),
             lag_bytes.into(),
+            added_ms.into(),
         ],
     );
 }
@@ -479,7 +481,7 @@ fn baseline_points(baseline: &[Sample]) -> Vec<Point> {
         .map(|s| Point {
             seconds: s.seconds,
             latency: sample::latency_index(s, &reference).map(|i| i.0),
-            call_ms: sample::baseline_call_ms(s, &reference),
+            added_ms: None,
             errors: s.errors,
             lock_wait_ms: 0.0,
             lag_bytes: 0.0,
@@ -489,7 +491,8 @@ fn baseline_points(baseline: &[Sample]) -> Vec<Point> {
 
 fn recorded_points(watch: &Open) -> Vec<Point> {
     crate::pg::spi::pinned_rows(
-        "SELECT seconds, latency, errors, lock_wait_ms, lag_bytes FROM migrate.watch_samples \
+        "SELECT seconds, latency, errors, lock_wait_ms, lag_bytes, added_ms \
+         FROM migrate.watch_samples \
          WHERE version = $1 AND stage = $2 ORDER BY taken_at",
         &[watch.version.as_str().into(), watch.stage().into()],
         |r| {
@@ -497,7 +500,7 @@ fn recorded_points(watch: &Open) -> Vec<Point> {
             Ok(Point {
                 seconds: r.get(1)?.unwrap_or(0.0),
                 latency: r.get(2)?,
-                call_ms: None,
+                added_ms: r.get(6)?,
                 errors: std::array::from_fn(|i| {
                     errors.get(i).copied().flatten().unwrap_or(0).max(0) as u64
                 }),

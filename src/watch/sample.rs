@@ -76,20 +76,23 @@ pub fn latency_index(sample: &Sample, reference: &HashMap<i64, f64>) -> Option<(
     (expected > 0.0 && all > 0.0).then(|| (took / expected, calls / all))
 }
 
-/// What the sample's statements took per call on average in the baseline (the scale of a
-/// latency ratio: 2x of 20 µs is not 2x of 20 ms). None when it covers no statement.
-pub fn baseline_call_ms(sample: &Sample, reference: &HashMap<i64, f64>) -> Option<f64> {
+/// The most any one statement's time per call grew over its baseline mean (ms), among the
+/// statements the baseline ran: a statement that regressed shows here whatever else the
+/// workload runs (many cheap calls do not dilute it). None when none of them ran.
+pub fn worst_added_ms(sample: &Sample, reference: &HashMap<i64, f64>) -> Option<f64> {
     if !sample.statements {
         return None;
     }
-    let (mut expected, mut calls) = (0.0, 0.0);
-    for q in sample.queries() {
-        if let Some(mean) = reference.get(&q.queryid) {
-            expected += q.calls * mean;
-            calls += q.calls;
-        }
-    }
-    (calls > 0.0).then(|| expected / calls)
+    sample
+        .queries()
+        .iter()
+        .filter(|q| q.calls > 0.0)
+        .filter_map(|q| {
+            reference
+                .get(&q.queryid)
+                .map(|mean| q.time_ms / q.calls - mean)
+        })
+        .max_by(f64::total_cmp)
 }
 
 #[cfg(test)]
@@ -149,6 +152,17 @@ mod unit {
             };
         }
         s
+    }
+
+    #[test]
+    fn the_worst_statement_shows_whatever_else_runs() {
+        let baseline = [sample(&[(1, 100.0, 1.0), (2, 1.0, 0.02)])];
+        let reference = reference(&baseline);
+        // Statement 2 went from 0.02 to 3.5 ms a call among thousands of cheap calls of 1.
+        let now = sample(&[(1, 10_000.0, 100.0), (2, 1.0, 3.5)]);
+        let added = worst_added_ms(&now, &reference).unwrap();
+        assert!((added - 3.48).abs() < 1e-9, "{added}");
+        assert_eq!(worst_added_ms(&sample(&[(3, 5.0, 5.0)]), &reference), None);
     }
 
     #[test]

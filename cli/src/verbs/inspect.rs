@@ -131,7 +131,7 @@ pub fn plan(cli: &Cli, out: &mut Out) -> Result<Exit> {
         .collect();
     // One transaction, rolled back at the end: each file that passes is applied in it, so
     // that the files after it are planned against the schema it makes.
-    client.batch_execute("BEGIN")?;
+    client.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")?;
     for m in pending {
         let before = refused;
         if m.expand.is_some() {
