@@ -415,6 +415,18 @@ def test_an_expand_directive_opens_a_window_and_contract_closes_it(run, conn):
     # A rename is what a window is for: lint does not judge it as if it ran directly.
     r = run("lint")
     assert r.returncode == 0, r
+    # plan opens the window for real in a rolled-back savepoint: the guard judges what the
+    # window keeps as written (a DROP TABLE), as it will at deploy.
+    conn.execute("CREATE TABLE drop_me (id int)")
+    write(run.folder, "V4__and_drop.sql", "-- migrate:expand\nALTER TABLE orders RENAME COLUMN total TO amount;\n"
+          "DROP TABLE drop_me;\n")
+    run("hash")
+    r = run("plan")
+    assert r.returncode == 3 and "V4__and_drop.sql" in r.stderr and "drop-table" in r.stderr, r
+    assert conn.execute("SELECT to_regclass('drop_me') IS NOT NULL, count(*) FROM migrate.windows").fetchone() == (
+        True, 0)
+    (run.folder / "V4__and_drop.sql").unlink()
+    run("hash")
     r = run("apply")
     assert r.returncode == 0, r
     assert conn.execute("SELECT state FROM migrate.windows WHERE version = '3'").fetchone()[0] in ("open", "published")

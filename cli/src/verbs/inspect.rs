@@ -53,7 +53,7 @@ pub fn lint(cli: &Cli, out: &mut Out) -> Result<Exit> {
         // An expand file is DDL the window turns into safe steps: what the guard would say
         // of it run directly does not apply. Its finding is the planner's refusal.
         if m.expand.is_some() {
-            if let Err(e) = expand_plan(&mut client, m, &mut Out::new(crate::Format::Json)) {
+            if let Err(e) = expand_plan(&mut client, m, &mut Out::new(crate::Format::Json), true) {
                 findings += 1;
                 out.note(Note::from_db(&m.file, "expand", &e));
             }
@@ -135,14 +135,15 @@ pub fn plan(cli: &Cli, out: &mut Out) -> Result<Exit> {
     for m in pending {
         let before = refused;
         if m.expand.is_some() {
+            // The window is opened for real inside a savepoint, so that the guard judges the
+            // statements it keeps as written, as it will at deploy; then undone (a window is
+            // not carried forward).
             client.batch_execute("SAVEPOINT pg_migrate_plan")?;
-            match expand_plan(&mut client, m, out) {
-                Ok(steps) => {
-                    client.batch_execute("RELEASE SAVEPOINT pg_migrate_plan")?;
-                    planned.extend(steps)
-                }
+            let opened = expand_plan(&mut client, m, out, false);
+            client.batch_execute("ROLLBACK TO SAVEPOINT pg_migrate_plan")?;
+            match opened {
+                Ok(steps) => planned.extend(steps),
                 Err(e) => {
-                    client.batch_execute("ROLLBACK TO SAVEPOINT pg_migrate_plan")?;
                     refused += 1;
                     out.note(Note::from_db(&m.file, "plan", &e));
                 }
@@ -266,23 +267,26 @@ fn carry(client: &mut postgres::Client, m: &Migration, out: &mut Out) -> Result<
     }
 }
 
-/// An expand window's plan (`migrate.expand(..., dry_run => true)`, which records nothing):
-/// its steps, each as a statement of the plan.
+/// An expand window's steps, each as a statement of the plan: from
+/// `migrate.expand(..., dry_run => true)`, which records nothing and takes no lock (what
+/// `lint` may do), or from the window opened for real (the caller undoes it).
 fn expand_plan(
     client: &mut postgres::Client,
     m: &Migration,
     out: &mut Out,
+    dry_run: bool,
 ) -> Result<Vec<Planned>, postgres::Error> {
     let ttl = m.expand.as_deref().filter(|t| !t.is_empty());
     let rows = client.query_typed(
         "SELECT e.step, e.stage, e.statement, coalesce(e.lock, '') FROM migrate.expand( \
            version => $1, script => $2, ttl => $3::interval, description => $4, \
-           dry_run => true) e",
+           dry_run => $5) e",
         &[
             (&m.version, Type::TEXT),
             (&m.script, Type::TEXT),
             (&ttl, Type::TEXT),
             (&m.description, Type::TEXT),
+            (&dry_run, Type::BOOL),
         ],
     )?;
     let mut t = Table::new();
