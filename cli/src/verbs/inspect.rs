@@ -289,34 +289,24 @@ fn expand_plan(
             (&dry_run, Type::BOOL),
         ],
     )?;
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED)
-        .set_header(["step", "stage", "statement", "lock"]);
-    let mut steps = Vec::new();
-    for r in rows {
-        let (step, stage, statement, lock): (i32, String, String, String) =
-            (r.get(0), r.get(1), r.get(2), r.get(3));
-        t.add_row([
-            cell(step.to_string()),
-            cell(&stage),
-            cell(&statement),
-            cell(&lock),
-        ]);
-        steps.push(Planned {
+    let (steps, t) = super::window_steps(&rows);
+    let steps: Vec<Planned> = steps
+        .into_iter()
+        .map(|s| Planned {
             version: m.version.clone(),
             file: m.file.clone(),
             line: 0,
-            command: format!("expand step {step}: {stage}"),
-            phase: step,
-            locks: Some(lock).filter(|l| !l.is_empty()).into_iter().collect(),
+            command: format!("expand step {}: {}", s.step, s.stage),
+            phase: s.step,
+            locks: Some(s.lock).filter(|l| !l.is_empty()).into_iter().collect(),
             blocks: None,
             rewrites: Vec::new(),
             rows: None,
             ms: 0.0,
             findings: Vec::new(),
             error: None,
-        });
-    }
+        })
+        .collect();
     if out.human() {
         anstream::println!("{} {} (an expand window)\n{t}", m.version, m.description);
     }

@@ -189,6 +189,40 @@ fn states(client: &mut Client, found: &[Migration]) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// One step of an expand window, as `migrate.expand`, `contract` and `abort` return it.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Step {
+    step: i32,
+    stage: String,
+    statement: String,
+    lock: String,
+}
+
+/// A window's steps (rows of step, stage, statement, lock) and their table.
+fn window_steps(rows: &[postgres::Row]) -> (Vec<Step>, Table) {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_header(["step", "stage", "statement", "lock"]);
+    let steps: Vec<Step> = rows
+        .iter()
+        .map(|r| Step {
+            step: r.get(0),
+            stage: r.get(1),
+            statement: r.get(2),
+            lock: r.get(3),
+        })
+        .collect();
+    for s in &steps {
+        t.add_row([
+            cell(s.step.to_string()),
+            cell(&s.stage),
+            cell(&s.statement),
+            cell(&s.lock),
+        ]);
+    }
+    (steps, t)
+}
+
 fn table(rows: &[Row]) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED)

@@ -6,7 +6,7 @@ use super::checked_files;
 use super::wait::{failed_phase, recorded, wait_for, Waited};
 use crate::files::{self, Migration};
 use crate::interrupt;
-use crate::report::{cell, clean, coloured, Exit, Note, Out};
+use crate::report::{clean, coloured, Exit, Note, Out};
 use crate::Cli;
 use anyhow::{Context, Result};
 use postgres::types::Type;
@@ -162,21 +162,7 @@ pub fn close_window(cli: &Cli, out: &mut Out, version: &str, contract: bool) -> 
                 if contract { "contract" } else { "abort" }
             )
         })?;
-    let mut t = comfy_table::Table::new();
-    t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED)
-        .set_header(["step", "stage", "statement", "lock"]);
-    let mut steps = Vec::new();
-    for r in &rows {
-        let (step, stage, statement, lock): (i32, String, String, String) =
-            (r.get(0), r.get(1), r.get(2), r.get(3));
-        t.add_row([
-            cell(step.to_string()),
-            cell(&stage),
-            cell(&statement),
-            cell(&lock),
-        ]);
-        steps.push(json!({"step": step, "stage": stage, "statement": statement, "lock": lock}));
-    }
+    let (steps, t) = super::window_steps(&rows);
     if out.human() {
         anstream::println!("{t}");
     }
