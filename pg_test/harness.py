@@ -177,13 +177,25 @@ def worker_pid(conn: psycopg.Connection) -> int | None:
     return row[0] if row else None
 
 
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> None:
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, evidence=None) -> None:
+    """Waits for predicate; on timeout, evidence() (if given) is what the failure shows."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
+    raise AssertionError(f"condition not met within {timeout}s" + (f"\n{evidence()}" if evidence else ""))
+
+
+def worker_evidence(cluster, conn, mark: int) -> str:
+    """What a test waiting on the worker shows when it waited in vain: the database's sessions,
+    the locks not granted, and the server log since mark."""
+    sessions = conn.execute(
+        "SELECT pid, backend_type, state, wait_event_type, wait_event, left(query, 120) "
+        "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchall()
+    waiting = conn.execute(
+        "SELECT pid, locktype, relation::regclass::text, mode FROM pg_locks WHERE NOT granted").fetchall()
+    return f"sessions: {sessions}\nlocks waited for: {waiting}\nserver log:\n{cluster.log_since(mark)[-6000:]}"
 
 
 # The health gate's clusters (test_watch.py, bench.py --only watch): pg_stat_statements

@@ -429,9 +429,10 @@ def test_an_expand_directive_opens_a_window_and_contract_closes_it(run, conn):
     run("hash")
     r = run("apply")
     assert r.returncode == 0, r
-    assert conn.execute("SELECT state FROM migrate.windows WHERE version = '3'").fetchone()[0] in ("open", "published")
-    # The file is what the window was opened from (its recorded script is the plan it made).
-    assert status(run)["3"] not in ("changed", "pending"), status(run)
+    assert conn.execute("SELECT state FROM migrate.windows WHERE version = '3'").fetchone()[0] == "published"
+    # The file is what the window was opened from (its recorded script is the plan it made),
+    # and its state is the window's.
+    assert status(run)["3"] == "published", status(run)
     r = run("apply")
     assert r.returncode == 0 and "nothing to apply" in r.stdout, r
     # Old clients still see note; contract renames it for good (3.0 is version 3).
@@ -439,6 +440,16 @@ def test_an_expand_directive_opens_a_window_and_contract_closes_it(run, conn):
     assert r.returncode == 0 and "RENAME" in r.stdout.upper(), r
     assert conn.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'orders' "
                         "AND column_name = 'remark'").fetchone() == (1,)
+    assert status(run)["3"] == "contracted", status(run)
+    # An aborted window is not what is in place: status says so, and verify leaves it out.
+    write(run.folder, "V5__rename_back.sql", "-- migrate:expand\nALTER TABLE orders RENAME COLUMN remark TO note;\n")
+    run("hash")
+    assert run("apply").returncode == 0
+    r = run("abort", "5")
+    assert r.returncode == 0, r
+    assert status(run)["5"] == "aborted", status(run)
+    r = run("--format", "json", "verify")
+    assert r.returncode == 0 and '"5"' not in r.stdout, r
 
 
 def test_a_service_file_and_the_password_file_connect_as_libpq_would(run, cluster, db, tmp_path):
@@ -458,7 +469,9 @@ def test_a_service_file_and_the_password_file_connect_as_libpq_would(run, cluste
             services.write_text(f"[elsewhere]\nhost=/nowhere\n[deploy]\nhost=127.0.0.1\nport={cluster.port}\n"
                                 f"dbname={db}\nuser=cli_pass\n")
             passwords = tmp_path / "pgpass"
+            # An escaped star is a star, not a wildcard (libpq's rule).
             passwords.write_text(f"127.0.0.1:{cluster.port}:{db}:cli_other:wrong\n"
+                                 f"127.0.0.1:{cluster.port}:\\*:cli_pass:not-this-one\n"
                                  f"127.0.0.1:{cluster.port}:*:cli_pass:s3cret\\:x\n")
             passwords.chmod(0o600)
             env = {k: v for k, v in run.env().items() if k not in ("PGHOST", "PGPORT", "PGDATABASE", "PGUSER")}
@@ -530,6 +543,10 @@ def make_certificates(folder: Path) -> None:
     (folder / "san.ext").write_text("subjectAltName=DNS:localhost\n")
     openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
             "-days", "2", "-extfile", "san.ext", "-out", "server.crt")
+    # A client certificate for role cli_cert (the server's cert authentication).
+    openssl("req", "-new", "-nodes", "-subj", "/CN=cli_cert", "-keyout", "client.key", "-out", "client.csr")
+    openssl("x509", "-req", "-in", "client.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-out", "client.crt")
     subprocess.run(["chown", "-R", "postgres", str(folder)], check=True)
     (folder / "server.key").chmod(0o600)
 
@@ -541,14 +558,17 @@ def test_tls_modes_are_libpqs_with_certificates_checked_as_asked(cli_bin, tmp_pa
     certs.mkdir()
     make_certificates(certs)
     server = Cluster("/tmp/pg_migrate_e2e_cli_tls").start(
-        "ssl=on", f"ssl_cert_file={certs}/server.crt", f"ssl_key_file={certs}/server.key")
+        "ssl=on", f"ssl_cert_file={certs}/server.crt", f"ssl_key_file={certs}/server.key",
+        f"ssl_ca_file={certs}/ca.crt")
     try:
         db = server.create_database("cli_tls")
         hba = server.dir / "data" / "pg_hba.conf"
         # This role may connect over TLS only.
-        hba.write_text("hostnossl all cli_tls 127.0.0.1/32 reject\n" + hba.read_text())
+        hba.write_text("hostnossl all cli_tls 127.0.0.1/32 reject\n"
+                       "hostssl all cli_cert 127.0.0.1/32 cert\n" + hba.read_text())
         with server.connect() as admin:
             admin.execute("CREATE ROLE cli_tls LOGIN IN ROLE migrate_admin")
+            admin.execute("CREATE ROLE cli_cert LOGIN IN ROLE migrate_admin")
             admin.execute("SELECT pg_reload_conf()")
         with server.connect(db) as owner:
             owner.execute("GRANT CREATE ON SCHEMA public TO cli_tls")
@@ -624,6 +644,25 @@ def test_tls_modes_are_libpqs_with_certificates_checked_as_asked(cli_bin, tmp_pa
             out, err = p.communicate(timeout=20)
             assert p.returncode == 130 and "was not applied" in err, (out, err)
             assert c.execute("SELECT to_regclass('slow')").fetchone() == (None,)
+        # A client certificate: its key is judged by its owner, as libpq judges it.
+        key = tmp_path / "client.key"
+        key.write_bytes((certs / "client.key").read_bytes())
+        cert_url = (f"postgresql://cli_cert@127.0.0.1:{server.port}/{db}?sslmode=require"
+                    f"&sslcert={certs}/client.crt&sslkey={key}")
+        key.chmod(0o600)
+        r = run("--url", cert_url, "status", env=env)
+        assert r.returncode == 0, r
+        key.chmod(0o640)  # this user's (root's) own key: group read is too much
+        r = run("--url", cert_url, "status", env=env)
+        assert r.returncode == 1 and "has group or world access" in r.stderr and "0640" in r.stderr, r
+        subprocess.run(["chown", "postgres", str(key)], check=True)  # another user's: not judged
+        r = run("--url", cert_url, "status", env=env)
+        assert r.returncode == 0, r
+        r = run("--url", cert_url.replace(str(key), str(tmp_path / "no.key")), "status", env=env)
+        assert r.returncode == 1 and "certificate present, but not private key file" in r.stderr, r
+        # Without a certificate the server's rule refuses the role.
+        r = run("--url", f"postgresql://cli_cert@127.0.0.1:{server.port}/{db}?sslmode=require", "status", env=env)
+        assert r.returncode == 1 and "certificate" in r.stderr, r
         # And from a service: its first sslmode counts, as libpq reads it.
         (tmp_path / "services.conf").write_text(
             f"[tls]\nhost=localhost\nport={server.port}\nuser=cli_tls\ndbname={db}\nsslmode=verify-full\n"

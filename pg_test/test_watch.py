@@ -192,10 +192,12 @@ def test_dropping_an_index_the_workload_needs_is_rolled_back_and_rebuilt(gate):
         stages = looks(c, "100")
         assert stages[0][0] == "watch" and stages[0][2] == "fail", stages
         assert stages[-1] == ("recovery", stages[-1][1], "pass"), stages
-        shift = c.execute(
-            "SELECT max(shift) FROM migrate.watch_looks WHERE version = '100' AND stage = 'watch' "
-            "AND signal = 'latency'").fetchone()[0]
+        shift, added_ms = c.execute(
+            "SELECT max(shift), max(added_ms) FROM migrate.watch_looks WHERE version = '100' AND stage = 'watch' "
+            "AND signal = 'latency'").fetchone()
         assert shift > 5, shift
+        # And the statement that regressed took well over migrate.watch_latency_floor more a call.
+        assert added_ms > 0.1, added_ms
         assert c.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = 'orders_customer_idx'::regclass"
                          ).fetchone() == (True,)
         assert c.execute("SELECT phase, state, rollback, sql FROM migrate.steps WHERE version = '100' "
@@ -226,7 +228,7 @@ def test_harmless_migrations_under_load_complete_without_a_false_alarm(gate):
                 # other nine are still judged.
                 evidence[version] = c.execute(
                     "SELECT look, signal, round(baseline::numeric, 3), round(now::numeric, 3), "
-                    "round(shift::numeric, 3), round(upper::numeric, 3), p_value, verdict "
+                    "round(shift::numeric, 3), round(upper::numeric, 3), p_value, round(added_ms::numeric, 3), verdict "
                     "FROM migrate.watch_looks WHERE version = %s AND verdict NOT IN ('pass', 'unavailable') "
                     "ORDER BY look, signal", (version,)).fetchall()
                 if outcomes[version] == "held":

@@ -102,5 +102,7 @@ GRANT EXECUTE ON FUNCTION
 TO PUBLIC;
 -- Windows count their writes with it; creating the trigger needs EXECUTE.
 GRANT EXECUTE ON FUNCTION migrate.count_window_write() TO migrate_admin;
+-- A step of publish and contract, run as the window's opener.
+GRANT EXECUTE ON FUNCTION migrate.mirror_window_privileges(text) TO migrate_admin;
 -- The workload's recent samples: latencies and counts; admins, as the watches.
 GRANT EXECUTE ON FUNCTION migrate.workload_samples() TO migrate_admin;

@@ -469,6 +469,10 @@ CREATE TABLE migrate.window_history (
     deprecated_retry_at timestamptz,
     -- [{"at", "by", "extra", "reason", "expires_at"}, ...]: each migrate.extend, in order.
     extensions       jsonb NOT NULL DEFAULT '[]',
+    -- [{"table", "copies", "view", "view_schema", "columns"}, ...]: the privileges the
+    -- window carries from its tables to its copy columns and views, after every GRANT or
+    -- REVOKE while it is open (src/window/privileges.rs).
+    mirrors          jsonb NOT NULL DEFAULT '[]',
     ended            text CHECK (ended IN ('contracted', 'aborted')),
     ended_at         timestamptz,
     ended_by         name,
@@ -558,13 +562,24 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'extend_wrapper';
 CREATE FUNCTION migrate.writes_version("version" text, "schema" text) RETURNS boolean
 STRICT STABLE PARALLEL SAFE
 LANGUAGE c AS 'MODULE_PATHNAME', 'writes_version_wrapper';
+CREATE FUNCTION migrate.mirror_window_privileges("version" text) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'mirror_window_privileges_wrapper';
+CREATE FUNCTION migrate.follow_window_grants() RETURNS event_trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'follow_window_grants_wrapper';
+-- After a GRANT or REVOKE, open windows carry their tables' privileges again (and after an
+-- ALTER TABLE, which may have turned row-level security on).
+CREATE EVENT TRIGGER migrate_window_privileges ON ddl_command_end
+    WHEN TAG IN ('GRANT', 'REVOKE', 'ALTER TABLE')
+    EXECUTE FUNCTION migrate.follow_window_grants();
 GRANT SELECT ON migrate.window_history TO migrate_admin;
 GRANT SELECT ON migrate.windows TO PUBLIC;
 REVOKE EXECUTE ON FUNCTION
     migrate.expand(text, text, interval, text, boolean, text, jsonb, interval, text), migrate.contract(text),
     migrate.abort(text), migrate.writes_version(text, text), migrate.window_writes(text),
     migrate.window_sessions(text), migrate.extend(text, interval, text),
-    migrate.count_window_write()
+    migrate.count_window_write(), migrate.mirror_window_privileges(text),
+    migrate.follow_window_grants()
 FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
     migrate.expand(text, text, interval, text, boolean, text, jsonb, interval, text), migrate.contract(text),
@@ -572,6 +587,8 @@ GRANT EXECUTE ON FUNCTION
     migrate.window_sessions(text), migrate.extend(text, interval, text)
 TO PUBLIC;
 GRANT EXECUTE ON FUNCTION migrate.count_window_write() TO migrate_admin;
+-- A step of publish and contract, run as the window's opener.
+GRANT EXECUTE ON FUNCTION migrate.mirror_window_privileges(text) TO migrate_admin;
 
 -- The health gate's signals: errors by kind, counted by the log hook.
 CREATE FUNCTION migrate.error_counters()
@@ -685,6 +702,10 @@ CREATE TABLE migrate.watch_looks (
     shift               float8,
     upper               float8,
     p_value             float8,
+    -- Latency: the most any one statement's time per call grew over its baseline (ms, the
+    -- median over the samples since the change); at most migrate.watch_latency_floor, a
+    -- ratio is the noise of tiny times and does not fail.
+    added_ms            float8,
     verdict             text NOT NULL CHECK (verdict IN ('pass', 'fail', 'inconclusive', 'unavailable', 'alert')),
     PRIMARY KEY (version, stage, look, signal)
 );
@@ -698,7 +719,7 @@ COMMENT ON TABLE migrate.watch_looks IS 'pg_migrate: the verdicts of each watch'
 CREATE VIEW migrate.watch_status AS
 SELECT w.version, w.state, w.on_regression, w.started_at,
        w.started_at + w.watch AS ends_at, w.looks, l.stage, l.look, l.looked_at, l.signal,
-       l.baseline, l.now, l.shift, l.upper, l.p_value, l.verdict
+       l.baseline, l.now, l.shift, l.upper, l.p_value, l.added_ms, l.verdict
 FROM migrate.watch_records w
 LEFT JOIN migrate.watch_looks l
        ON l.version OPERATOR(pg_catalog.=) w.version

@@ -75,6 +75,10 @@ CREATE TABLE migrate.watch_looks (
     shift               float8,
     upper               float8,
     p_value             float8,
+    -- Latency: the most any one statement's time per call grew over its baseline (ms, the
+    -- median over the samples since the change); at most migrate.watch_latency_floor, a
+    -- ratio is the noise of tiny times and does not fail.
+    added_ms            float8,
     verdict             text NOT NULL CHECK (verdict IN ('pass', 'fail', 'inconclusive', 'unavailable', 'alert')),
     PRIMARY KEY (version, stage, look, signal)
 );
@@ -88,7 +92,7 @@ COMMENT ON TABLE migrate.watch_looks IS 'pg_migrate: the verdicts of each watch'
 CREATE VIEW migrate.watch_status AS
 SELECT w.version, w.state, w.on_regression, w.started_at,
        w.started_at + w.watch AS ends_at, w.looks, l.stage, l.look, l.looked_at, l.signal,
-       l.baseline, l.now, l.shift, l.upper, l.p_value, l.verdict
+       l.baseline, l.now, l.shift, l.upper, l.p_value, l.added_ms, l.verdict
 FROM migrate.watch_records w
 LEFT JOIN migrate.watch_looks l
        ON l.version OPERATOR(pg_catalog.=) w.version

@@ -49,6 +49,10 @@ CREATE TABLE migrate.window_history (
     deprecated_retry_at timestamptz,
     -- [{"at", "by", "extra", "reason", "expires_at"}, ...]: each migrate.extend, in order.
     extensions       jsonb NOT NULL DEFAULT '[]',
+    -- [{"table", "copies", "view", "view_schema", "columns"}, ...]: the privileges the
+    -- window carries from its tables to its copy columns and views, after every GRANT or
+    -- REVOKE while it is open (src/window/privileges.rs).
+    mirrors          jsonb NOT NULL DEFAULT '[]',
     ended            text CHECK (ended IN ('contracted', 'aborted')),
     ended_at         timestamptz,
     ended_by         name,
@@ -102,3 +106,9 @@ LEFT JOIN LATERAL (
     SELECT count(*) FILTER (WHERE s.side = 'old') AS old_sessions,
            count(*) FILTER (WHERE s.side = 'new') AS new_sessions
     FROM migrate.window_sessions(w.version) s) n ON w.ended IS NULL;
+
+-- After a GRANT or REVOKE, open windows carry their tables' privileges again (and after an
+-- ALTER TABLE, which may have turned row-level security on).
+CREATE EVENT TRIGGER migrate_window_privileges ON ddl_command_end
+    WHEN TAG IN ('GRANT', 'REVOKE', 'ALTER TABLE')
+    EXECUTE FUNCTION migrate.follow_window_grants();

@@ -83,7 +83,8 @@ pgrx::extension_sql_file!(
         "worker",
         "backfill",
         window::window_writes,
-        window::window_sessions
+        window::window_sessions,
+        window::privileges::follow_window_grants
     ]
 );
 pgrx::extension_sql_file!(

@@ -15,34 +15,39 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-/// The settings of service `name` in a service file's text, as libpq reads them: the first
-/// section of that name, to the next section; a key given twice keeps its first value; a
-/// line that is not `key=value` is an error (never skipped: it may be the sslmode).
+/// The settings of service `name` in a service file's text, as libpq reads them: a line is
+/// trimmed at both ends, `[name]` opens the first section of that name (exactly: `[ name ]`
+/// is another), up to the next section; `key=value` is split at the first `=` and neither
+/// side trimmed; a key given twice keeps its first value; a line that is not `key=value` is
+/// an error (never skipped: it may be the sslmode).
 pub fn service_section(text: &str, name: &str) -> Result<Option<Vec<(String, String)>>, String> {
     let mut found: Option<Vec<(String, String)>> = None;
+    let mut in_section = false;
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        if let Some(section) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+        if let Some(header) = line.strip_prefix('[') {
             if found.is_some() {
                 break;
             }
-            if section.trim() == name {
+            in_section = header
+                .strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(']'));
+            if in_section {
                 found = Some(Vec::new());
             }
             continue;
         }
-        let Some(settings) = found.as_mut() else {
+        let (true, Some(settings)) = (in_section, found.as_mut()) else {
             continue;
         };
         let Some((key, value)) = line.split_once('=') else {
             return Err(format!("syntax error in service file, line {}", n + 1));
         };
-        let key = key.trim().to_string();
-        if !settings.iter().any(|(k, _)| *k == key) {
-            settings.push((key, value.trim().to_string()));
+        if !settings.iter().any(|(k, _)| k == key) {
+            settings.push((key.to_string(), value.to_string()));
         }
     }
     Ok(found)
@@ -74,43 +79,49 @@ pub fn service(name: &str) -> Result<Vec<(String, String)>, String> {
     ))
 }
 
-/// One `.pgpass` field: `*` matches anything; `\:` and `\\` are escapes.
-fn fields(line: &str) -> Vec<String> {
-    let mut out = vec![String::new()];
+/// A `.pgpass` field: what it matches (`None`: anything, for a field that is `*`
+/// unescaped); `\\` escapes the next character (`\\*` is a star, `\\:` a colon).
+fn fields(line: &str) -> Vec<Option<String>> {
+    let mut out: Vec<(String, bool)> = vec![(String::new(), false)];
     let mut chars = line.chars();
     while let Some(c) = chars.next() {
+        let field = out.last_mut().expect("one field at least");
         match c {
             '\\' => {
                 if let Some(next) = chars.next() {
-                    out.last_mut().expect("one field at least").push(next);
+                    field.0.push(next);
+                    field.1 = true;
                 }
             }
             // A field, the password included, ends at an unescaped colon.
-            ':' => out.push(String::new()),
-            c => out.last_mut().expect("one field at least").push(c),
+            ':' => out.push((String::new(), false)),
+            c => field.0.push(c),
         }
     }
-    out
+    out.into_iter()
+        .map(|(text, escaped)| (escaped || text != "*").then_some(text))
+        .collect()
 }
 
 /// The password a password file's text has for this host, port, database and user: the
-/// first line that matches, as libpq reads it.
+/// first line that matches, as libpq reads it (a comment is a line that begins with `#`).
 pub fn password_in(text: &str, host: &str, port: &str, dbname: &str, user: &str) -> Option<String> {
     for line in text.lines() {
-        if line.trim_start().starts_with('#') || line.trim().is_empty() {
+        if line.starts_with('#') || line.is_empty() {
             continue;
         }
         let f = fields(line);
         if f.len() < 5 {
             continue;
         }
-        let matches = |pattern: &str, value: &str| pattern == "*" || pattern == value;
+        let matches =
+            |pattern: &Option<String>, value: &str| pattern.as_deref().is_none_or(|p| p == value);
         if matches(&f[0], host)
             && matches(&f[1], port)
             && matches(&f[2], dbname)
             && matches(&f[3], user)
         {
-            return Some(f[4].clone());
+            return Some(f[4].clone().unwrap_or_else(|| "*".into()));
         }
     }
     None
@@ -146,13 +157,41 @@ pub fn private(file: &Path) -> bool {
     std::fs::metadata(file).is_ok_and(|m| m.permissions().mode() & 0o077 == 0)
 }
 
+/// Whether a client's private key may be used, as libpq judges it: a key of the current
+/// user's has no group or world access, one of root's at most group read (a key shared
+/// through a group, as Debian's ssl-cert); another user's is not judged.
+pub fn key_file_usable(key: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let shown = key.display();
+    let meta = std::fs::metadata(key)
+        .map_err(|_| format!("certificate present, but not private key file \"{shown}\""))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "private key file \"{shown}\" is not a regular file"
+        ));
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let mode = meta.mode();
+    let mine_too_open = meta.uid() == me && mode & 0o077 != 0;
+    let roots_too_open = meta.uid() == 0 && mode & 0o037 != 0;
+    if mine_too_open || roots_too_open {
+        return Err(format!(
+            "private key file \"{shown}\" has group or world access; file must have permissions \
+             u=rw (0600) or less if owned by the current user, or permissions u=rw,g=r (0640) or \
+             less if owned by root"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod unit {
     use super::*;
 
     #[test]
     fn a_service_is_its_section_only() {
-        let text = "# comment\n[other]\nhost=elsewhere\n\n[billing]\nhost = db1\nport=5433\ndbname=bill\nport=1\n[last]\nuser=x\n[billing]\nuser=late\n";
+        let text = "# comment\n[other]\nhost=elsewhere\n\n[billing]\nhost=db1\nport=5433\ndbname=bill\nport=1\n[last]\nuser=x\n[billing]\nuser=late\n";
         assert_eq!(
             service_section(text, "billing").unwrap().unwrap(),
             [
@@ -163,6 +202,75 @@ mod unit {
         );
         assert_eq!(service_section(text, "missing"), Ok(None));
         assert!(service_section("[s]\nsslmode verify-full\n", "s").is_err());
+        // As libpq: no trimming inside a line, and only `[name]` is the section.
+        assert_eq!(
+            service_section("[s]\nhost = db1\n", "s").unwrap().unwrap(),
+            [("host ".to_string(), " db1".to_string())]
+        );
+        assert_eq!(service_section("[ s ]\nhost=db1\n", "s"), Ok(None));
+        assert_eq!(
+            service_section("  [s] trailing\nport=1\n[st]\nport=2\n", "s")
+                .unwrap()
+                .unwrap(),
+            [("port".to_string(), "1".to_string())]
+        );
+        assert_eq!(
+            service_section("[st]\nport=2\n[s]\nport=1\n", "s")
+                .unwrap()
+                .unwrap(),
+            [("port".to_string(), "1".to_string())]
+        );
+    }
+
+    #[test]
+    fn an_escaped_star_is_a_star_and_only_a_leading_hash_is_a_comment() {
+        let text = "\\*:*:*:*:escaped\n*:*:*:*:any\n";
+        assert_eq!(
+            password_in(text, "*", "1", "d", "u").as_deref(),
+            Some("escaped")
+        );
+        assert_eq!(
+            password_in(text, "host", "1", "d", "u").as_deref(),
+            Some("any")
+        );
+        let text = " #h:1:d:u:spaced\n";
+        assert_eq!(
+            password_in(text, " #h", "1", "d", "u").as_deref(),
+            Some("spaced")
+        );
+    }
+
+    #[test]
+    fn a_key_file_is_judged_by_its_owner_as_libpq_does() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("pg_migrate_key_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("client.key");
+        let missing = key_file_usable(&key).unwrap_err();
+        assert!(
+            missing.contains("certificate present, but not private key file"),
+            "{missing}"
+        );
+        std::fs::write(&key, "k").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(key_file_usable(&key), Ok(()));
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        // Group read is allowed only to a root-owned key of another user's.
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(key_file_usable(&key).is_err());
+        } else {
+            // Owned by root who runs this: it is the current user's, so 0640 is refused.
+            assert!(key_file_usable(&key).unwrap_err().contains("0640"));
+            std::os::unix::fs::chown(&key, Some(1), None).unwrap();
+            // Another user's key is not judged; root's shared through a group is tested
+            // end to end.
+            assert_eq!(key_file_usable(&key), Ok(()));
+        }
+        assert!(key_file_usable(&dir)
+            .unwrap_err()
+            .contains("not a regular file"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -303,12 +303,8 @@ pub fn connector(s: &Settings) -> Result<MakeTlsConnector> {
             .with_context(|| format!("reading the client certificate \"{cert}\""))?;
         if let Some(key) = key {
             // libpq refuses a key others may read.
-            if !crate::pgfiles::private(std::path::Path::new(&key)) {
-                bail!(
-                    "private key file \"{key}\" has group or world access; file must have \
-                     permissions u=rw (0600) or less if owned by the current user"
-                );
-            }
+            crate::pgfiles::key_file_usable(std::path::Path::new(&key))
+                .map_err(anyhow::Error::msg)?;
             builder
                 .set_private_key_file(&key, SslFiletype::PEM)
                 .with_context(|| format!("reading the client key \"{key}\""))?;

@@ -66,6 +66,10 @@ pub struct Finding {
     /// Latency: the upper bound of the ratio's one-sided confidence interval.
     pub upper: Option<f64>,
     pub p_value: Option<f64>,
+    /// Latency: the most any one statement's time per call grew over its baseline (ms), the
+    /// median over the samples since the change.
+    #[serde(default)]
+    pub added_ms: Option<f64>,
     pub verdict: LookVerdict,
 }
 
@@ -78,6 +82,7 @@ impl Finding {
             shift: None,
             upper: None,
             p_value: None,
+            added_ms: None,
             verdict,
         }
     }
@@ -199,9 +204,10 @@ fn latency(baseline: &[Point], watch: &[Point], limits: &Limits) -> (Finding, bo
     // call. Then a ratio, however significant, is noise of tiny times; a statement that
     // regressed shows by itself, whatever else runs. Unknown (no statement data): the
     // ratio alone decides.
-    let within_floor = median(&mut watch.iter().filter_map(|p| p.added_ms).collect::<Vec<_>>())
-        .is_some_and(|added| added <= limits.floor_ms);
+    let added_ms = median(&mut watch.iter().filter_map(|p| p.added_ms).collect::<Vec<_>>());
+    let within_floor = added_ms.is_some_and(|added| added <= limits.floor_ms);
     let mut f = Finding::new("latency", LookVerdict::Inconclusive);
+    f.added_ms = added_ms;
     f.baseline = median(&mut before.iter().map(|x| x.exp()).collect::<Vec<_>>());
     f.now = median(&mut after.iter().map(|x| x.exp()).collect::<Vec<_>>());
     // A collapse shows within two samples; waiting for the test would let it go on.
@@ -461,6 +467,14 @@ mod unit {
         // 1.8x, each statement at most 16 µs slower a call (under the 50 µs floor): passes.
         let tiny = judge(&points(&CALM), &adding(1.8, 0.016), &LIMITS);
         assert_eq!(tiny.verdict, LookVerdict::Pass, "{tiny:?}");
+        // What decided it is kept with the finding (migrate.watch_looks.added_ms).
+        let latency = |look: &Look| {
+            look.findings
+                .iter()
+                .find(|f| f.signal == "latency")
+                .cloned()
+        };
+        assert_eq!(latency(&tiny).and_then(|f| f.added_ms), Some(0.016));
         // 1.8x with one statement 3.5 ms slower a call, however many cheap calls run beside it.
         let real = judge(&points(&CALM), &adding(1.8, 3.5), &LIMITS);
         assert_eq!(real.verdict, LookVerdict::Fail, "{real:?}");

@@ -646,13 +646,14 @@ fn record_look(watch: &Open, due: usize, look: &Look) {
         shift: None,
         upper: None,
         p_value: None,
+        added_ms: None,
         verdict: look.verdict,
     };
     for f in look.findings.iter().chain(std::iter::once(&overall)) {
         write(
             "INSERT INTO migrate.watch_looks (version, stage, look, looked_at, signal, baseline, \
-               now, shift, upper, p_value, verdict) \
-             VALUES ($1, $2, $3, clock_timestamp(), $4, $5, $6, $7, $8, $9, $10) \
+               now, shift, upper, p_value, added_ms, verdict) \
+             VALUES ($1, $2, $3, clock_timestamp(), $4, $5, $6, $7, $8, $9, $10, $11) \
              ON CONFLICT DO NOTHING",
             &[
                 watch.version.as_str().into(),
@@ -664,6 +665,7 @@ fn record_look(watch: &Open, due: usize, look: &Look) {
                 f.shift.into(),
                 f.upper.into(),
                 f.p_value.into(),
+                f.added_ms.into(),
                 f.verdict.as_str().into(),
             ],
         );

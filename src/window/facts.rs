@@ -2,7 +2,7 @@
 //! and the grants its views carry over. Read with `search_path` pinned.
 
 use crate::errors::OrBookkeeping;
-use crate::window::plan::{Column, Table};
+use crate::window::plan::{Column, ColumnGrant, Table};
 use pgrx::pg_sys;
 
 /// The table `oid` as the plan needs it; `None` when it no longer exists.
@@ -19,7 +19,8 @@ pub fn table(
                 EXISTS (SELECT FROM pg_inherits i WHERE i.inhparent = c.oid), \
                 c.relrowsecurity AND row_security_active(c.oid), \
                 EXISTS (SELECT FROM pg_constraint k WHERE k.conrelid = c.oid \
-                        AND k.contype = 'p') \
+                        AND k.contype = 'p'), \
+                c.relrowsecurity \
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
         &[oid.into()],
         |row| {
@@ -30,11 +31,12 @@ pub fn table(
                 row.get::<bool>(4)?.unwrap_or(false),
                 row.get::<bool>(5)?.unwrap_or(false),
                 row.get::<bool>(6)?.unwrap_or(false),
+                row.get::<bool>(7)?.unwrap_or(false),
             ))
         },
     )
     .or_bookkeeping("read the table migrate.expand plans for")?;
-    let (schema, name, plain, has_children, policies_apply, primary_key) = head;
+    let (schema, name, plain, has_children, policies_apply, primary_key, row_security) = head;
     let wanted = view_schema(&schema);
     Some(Table {
         primary_key,
@@ -52,6 +54,7 @@ pub fn table(
         .or_bookkeeping("read pg_class"),
         columns: columns(oid),
         policies_apply,
+        row_security,
         plain,
         has_children,
         grants: grants(oid),
@@ -230,17 +233,28 @@ fn grants(oid: pg_sys::Oid) -> Vec<(String, String)> {
     .or_bookkeeping("read the grants migrate.expand carries over")
 }
 
-/// Whether any column of the table has privileges of its own.
-fn column_grants(oid: pg_sys::Oid) -> bool {
-    crate::pg::spi::pinned_row(
-        "SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 \
-                        AND NOT attisdropped AND attacl IS NOT NULL)",
+/// The privileges the table's columns have of their own (column-level GRANTs) to roles other
+/// than its owner, for its views and its columns' copies.
+fn column_grants(oid: pg_sys::Oid) -> Vec<ColumnGrant> {
+    crate::pg::spi::pinned_rows(
+        "SELECT a.attname::text, \
+                CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END, \
+                x.privilege_type \
+         FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid \
+         CROSS JOIN LATERAL aclexplode(a.attacl) x \
+         LEFT JOIN pg_roles r ON r.oid = x.grantee \
+         WHERE c.oid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND x.grantee <> c.relowner \
+         ORDER BY 1, 2, 3",
         &[oid.into()],
-        |row| row.get::<bool>(1),
+        |row| {
+            Ok(ColumnGrant {
+                column: row.get::<String>(1)?.unwrap_or_default(),
+                grantee: row.get::<String>(2)?.unwrap_or_default(),
+                privilege: row.get::<String>(3)?.unwrap_or_default(),
+            })
+        },
     )
-    .or_bookkeeping("read pg_attribute")
-    .flatten()
-    .unwrap_or(false)
+    .or_bookkeeping("read the column grants migrate.expand carries over")
 }
 
 /// The table's own (not internal) row triggers that fire BEFORE an INSERT or UPDATE.

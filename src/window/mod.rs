@@ -6,6 +6,7 @@
 pub mod facts;
 pub mod options;
 pub mod plan;
+pub mod privileges;
 pub mod sessions;
 pub mod ttl;
 
@@ -1180,10 +1181,10 @@ fn record(
         "migrate.window_history",
         "INSERT INTO migrate.window_history (version, description, source, source_checksum, \
            tables, schemas, contract_steps, abort_steps, ttl, opened_at, opened_by, expires_at, \
-           checks, objects, on_expiry, deprecated, options) \
+           checks, objects, on_expiry, deprecated, options, mirrors) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, make_interval(secs => $9), \
                  clock_timestamp(), $10, clock_timestamp() + make_interval(secs => $9), \
-                 $11, $12, $13, $14, $15)",
+                 $11, $12, $13, $14, $15, $16)",
         &[
             version.as_str().into(),
             description.into(),
@@ -1200,6 +1201,7 @@ fn record(
             on_expiry.as_str().into(),
             JsonB(serde_json::to_value(&planned.deprecated).unwrap_or_default()).into(),
             options.into(),
+            JsonB(serde_json::to_value(&planned.mirrors).unwrap_or_default()).into(),
         ],
     );
 }

@@ -61,6 +61,16 @@ pub struct Sequence {
     pub type_sql: String,
 }
 
+/// A privilege one column of a table has of its own (`GRANT SELECT (c) ON t TO r`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ColumnGrant {
+    pub column: String,
+    /// As SQL: quoted, or `PUBLIC`.
+    pub grantee: String,
+    /// SELECT, INSERT, UPDATE or REFERENCES.
+    pub privilege: String,
+}
+
 /// A table as the catalogs have it.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Table {
@@ -77,8 +87,10 @@ pub struct Table {
     pub has_children: bool,
     /// (grantee as SQL, privilege) of the table's grants the views carry over; `PUBLIC` as is.
     pub grants: Vec<(String, String)>,
-    /// Some column has privileges of its own (column-level GRANTs).
-    pub column_grants: bool,
+    /// Row-level security is enabled on it (whoever it applies to).
+    pub row_security: bool,
+    /// The privileges its columns have of their own (column-level GRANTs).
+    pub column_grants: Vec<ColumnGrant>,
     /// The table's own row triggers that fire BEFORE an INSERT or UPDATE, by name.
     pub before_triggers: Vec<String>,
     /// Schemas that exist already, of those the window would create.
@@ -159,6 +171,35 @@ pub struct Plan {
     /// (schema, table, column) of the columns contract or abort set aside, which the worker
     /// drops after `migrate.deprecated_retention`; a renamed table is listed under both names.
     pub deprecated: Vec<(String, String, String)>,
+    /// What the window keeps in step with its tables' privileges while it is open.
+    pub mirrors: Vec<Mirror>,
+}
+
+/// Privileges a window carries from one of its tables, again after every GRANT or REVOKE on
+/// a table while the window is open, when it publishes and when it contracts: what was
+/// granted or revoked on the table holds on the new version too.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Mirror {
+    /// The table, qualified and quoted.
+    pub table: String,
+    /// (copy, original): a copy has the column privileges of the column it replaces.
+    pub copies: Vec<(String, String)>,
+    /// The new version's view (qualified and quoted), when it checks the table's privileges
+    /// as its owner (the table has column privileges): it then has the table's, column by
+    /// column.
+    pub view: Option<String>,
+    /// The view's schema, unquoted: its grantees get USAGE on it.
+    pub view_schema: String,
+    /// (the view's column, the table's column whose privileges it has).
+    pub columns: Vec<(String, String)>,
+}
+
+/// The statement that carries a window's privileges ([`Mirror`]).
+pub fn mirror_statement(version: &str) -> String {
+    format!(
+        "SELECT migrate.mirror_window_privileges({})",
+        literal(version)
+    )
 }
 
 /// A bridged table's state that contract relies on: its bridge trigger, and no row whose
@@ -393,15 +434,16 @@ pub fn plan<'p>(
         // Rows the window reads as its opener (its backfill, its count of rows out of step),
         // before this table is planned.
         let reads_before = rows_read(&plan);
-        if table.column_grants {
+        if !table.column_grants.is_empty() && table.row_security {
             return Err(refused(
                 format!(
-                    "migrate.expand cannot yet plan changes to {name}: it has column privileges"
+                    "migrate.expand cannot plan changes to {name}: it has both column privileges \
+                     and row-level security"
                 ),
-                "Column-level GRANTs are not carried over: a security_invoker view needs its \
-                 reader to have every column it reads from the table, which a role with \
-                 privileges on some columns has not, and the copy column would not have them \
-                 after contract."
+                "A role with privileges on some columns reads the new version through a view \
+                 that checks the table's privileges as the window's opener (a view checking \
+                 them as its reader would need every column it shows), and the table's \
+                 row-level security policies would then apply to the opener, not the reader."
                     .into(),
                 "Grant on the whole table, or change it with migrate.apply.",
             ));
@@ -1085,6 +1127,8 @@ pub fn plan<'p>(
         // The new version's view: the table's columns in order, as the new version names and
         // types them.
         let mut select: Vec<String> = Vec::new();
+        // (the table's column, what the view calls it)
+        let mut shown: Vec<(&str, &str)> = Vec::new();
         for column in &table.columns {
             let ident = q(&column.name);
             // Columns an earlier window set aside are no version's.
@@ -1093,10 +1137,13 @@ pub fn plan<'p>(
             }
             if let Some(copy) = copies.iter().find(|c| c.column.name == column.name) {
                 select.push(format!("{} AS {ident}", q(&copy.shadow)));
+                shown.push((&column.name, &column.name));
             } else if let Some((_, new_name)) = renamed.iter().find(|(c, _)| *c == column.name) {
                 select.push(format!("{ident} AS {}", q(new_name)));
+                shown.push((&column.name, new_name));
             } else {
                 select.push(ident);
+                shown.push((&column.name, &column.name));
             }
         }
         select.extend(added.iter().map(|c| q(c)));
@@ -1111,7 +1158,8 @@ pub fn plan<'p>(
         views.push((
             schema.clone(),
             format!(
-                "CREATE VIEW {view} WITH (security_invoker = true) AS SELECT {} FROM {name}",
+                "CREATE VIEW {view} WITH (security_invoker = {}) AS SELECT {} FROM {name}",
+                table.column_grants.is_empty(),
                 select.join(", ")
             ),
         ));
@@ -1140,11 +1188,33 @@ pub fn plan<'p>(
             sql: format!("DROP TRIGGER IF EXISTS {counter} ON {name}"),
             needs_column: None,
         });
-        for (grantee, privilege) in &table.grants {
-            grants.push(format!("GRANT {privilege} ON {view} TO {grantee}"));
-            if !usage.iter().any(|(s, g)| *s == schema && g == grantee) {
-                usage.push((schema.clone(), grantee.clone()));
+        // A view that checks privileges as its owner has the table's, column by column,
+        // carried when it publishes and after every GRANT or REVOKE; one that checks them
+        // as its reader needs the table's grants on itself only.
+        let owner_checked = !table.column_grants.is_empty();
+        if !owner_checked {
+            for (grantee, privilege) in &table.grants {
+                grants.push(format!("GRANT {privilege} ON {view} TO {grantee}"));
+                if !usage.iter().any(|(s, g)| *s == schema && g == grantee) {
+                    usage.push((schema.clone(), grantee.clone()));
+                }
             }
+        }
+        if owner_checked || !copies.is_empty() {
+            plan.mirrors.push(Mirror {
+                table: name.clone(),
+                copies: copies
+                    .iter()
+                    .map(|c| (c.shadow.clone(), c.column.name.clone()))
+                    .collect(),
+                view: owner_checked.then(|| view.clone()),
+                view_schema: schema.clone(),
+                columns: shown
+                    .iter()
+                    .map(|(column, as_shown)| (as_shown.to_string(), column.to_string()))
+                    .chain(added.iter().map(|c| (c.to_string(), c.to_string())))
+                    .collect(),
+            });
         }
         for table_name in std::iter::once(table.name.as_str()).chain(renamed_to) {
             let set_aside = copies
@@ -1402,6 +1472,9 @@ pub fn plan<'p>(
             .into_iter()
             .map(|(s, g)| format!("GRANT USAGE ON SCHEMA {} TO {g}", q(&s))),
     );
+    if !plan.mirrors.is_empty() {
+        publish.push(mirror_statement(version));
+    }
     plan.expand
         .extend(publish.into_iter().map(|sql| (Stage::Publish, sql)));
     // Every table's bridge before any backfill: one transaction, then the worker's batches.
@@ -1414,7 +1487,15 @@ pub fn plan<'p>(
             needs_column: None,
         })
         .collect();
-    plan.contract = [drop_views.clone(), drop_schemas.clone(), contract].concat();
+    // The copies take the privileges their originals have now, before they are swapped.
+    let mirrored: Vec<EndStep> = (!plan.mirrors.is_empty())
+        .then(|| EndStep {
+            sql: mirror_statement(version),
+            needs_column: None,
+        })
+        .into_iter()
+        .collect();
+    plan.contract = [mirrored, drop_views.clone(), drop_schemas.clone(), contract].concat();
     plan.abort = [drop_views, drop_schemas, abort].concat();
     check_names(&plan, version, tables)?;
     Ok(plan)
@@ -2240,13 +2321,30 @@ mod unit {
              _migrate_43_amount AS amount, old_status, legacy_note FROM public.orders"
         );
         assert_eq!(publish[4], "GRANT SELECT ON public_v43.orders TO app");
+        assert_eq!(publish[6], "GRANT USAGE ON SCHEMA public_v43 TO app");
+        // The copy takes the column privileges of the column it replaces, when the window
+        // publishes and again when it contracts.
         assert_eq!(
             publish.last().unwrap(),
-            &"GRANT USAGE ON SCHEMA public_v43 TO app"
+            &"SELECT migrate.mirror_window_privileges('43')"
+        );
+        assert_eq!(
+            plan.mirrors,
+            [Mirror {
+                table: "public.orders".into(),
+                copies: vec![("_migrate_43_amount".into(), "amount".into())],
+                view: None,
+                view_schema: "public_v43".into(),
+                columns: ["id", "amount", "old_status", "legacy_note"]
+                    .iter()
+                    .map(|c| (c.to_string(), c.to_string()))
+                    .collect(),
+            }]
         );
         let contract: Vec<&str> = steps(&plan.contract);
-        assert_eq!(contract[0], "DROP VIEW IF EXISTS public_v43.orders");
-        assert_eq!(contract[1], "DROP SCHEMA IF EXISTS public_v43");
+        assert_eq!(contract[0], "SELECT migrate.mirror_window_privileges('43')");
+        assert_eq!(contract[1], "DROP VIEW IF EXISTS public_v43.orders");
+        assert_eq!(contract[2], "DROP SCHEMA IF EXISTS public_v43");
         let tail = &contract[contract.len() - 5..];
         assert_eq!(
             tail,
@@ -2299,24 +2397,7 @@ mod unit {
 
     #[test]
     fn renames_and_drops_change_only_the_view_until_contract() {
-        let plan = plan(
-            "1.2",
-            &[(
-                orders(),
-                vec![
-                    Request::Rename {
-                        column: "old_status".into(),
-                        new_name: "status".into(),
-                    },
-                    Request::Drop {
-                        column: "legacy_note".into(),
-                        cascade: false,
-                    },
-                ],
-            )],
-            q,
-        )
-        .unwrap();
+        let plan = plan("1.2", &[(orders(), rename_status_drop_note())], q).unwrap();
         assert!(sql(&plan, Stage::Expand).is_empty());
         assert!(sql(&plan, Stage::Backfill).is_empty());
         assert_eq!(
@@ -2673,6 +2754,70 @@ mod unit {
         t
     }
 
+    fn rename_status_drop_note() -> Vec<Request> {
+        vec![
+            Request::Rename {
+                column: "old_status".into(),
+                new_name: "status".into(),
+            },
+            Request::Drop {
+                column: "legacy_note".into(),
+                cascade: false,
+            },
+        ]
+    }
+
+    fn reader_grant(column: &str, privilege: &str) -> ColumnGrant {
+        ColumnGrant {
+            column: column.into(),
+            grantee: "reader".into(),
+            privilege: privilege.into(),
+        }
+    }
+
+    #[test]
+    fn column_privileges_follow_each_column_to_its_view_name_and_its_copy() {
+        let mut table = orders();
+        table.column_grants = vec![
+            reader_grant("amount", "REFERENCES"),
+            reader_grant("amount", "SELECT"),
+            reader_grant("amount", "UPDATE"),
+            reader_grant("id", "SELECT"),
+            reader_grant("legacy_note", "SELECT"),
+            reader_grant("old_status", "SELECT"),
+        ];
+        let requests = [vec![to_bigint()], rename_status_drop_note()].concat();
+        let plan = plan("43", &[(table, requests)], q).unwrap();
+        let publish = sql(&plan, Stage::Publish);
+        // The reader has some columns only: the view checks the table's privileges as its
+        // owner, and its own columns carry the reader's.
+        assert!(publish.contains(
+            &"CREATE VIEW public_v43.orders WITH (security_invoker = false) AS SELECT id, \
+              _migrate_43_amount AS amount, old_status AS status FROM public.orders"
+        ));
+        // Its privileges are carried by a step (they may change before it publishes), with
+        // the names the new version gives the columns.
+        assert!(
+            !publish.iter().any(|s| s.starts_with("GRANT")),
+            "{publish:?}"
+        );
+        assert_eq!(
+            publish.last().unwrap(),
+            &"SELECT migrate.mirror_window_privileges('43')"
+        );
+        assert_eq!(plan.mirrors[0].view.as_deref(), Some("public_v43.orders"));
+        assert_eq!(
+            plan.mirrors[0].columns,
+            [("id", "id"), ("amount", "amount"), ("status", "old_status")]
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+        // Without column privileges, the view checks its reader's.
+        let plain = super::plan("43", &[(orders(), vec![to_bigint()])], q).unwrap();
+        assert!(sql(&plain, Stage::Publish)
+            .iter()
+            .any(|s| s.contains("WITH (security_invoker = true)")));
+    }
+
     #[test]
     fn a_renamed_table_is_the_new_versions_view_and_renamed_last_at_contract() {
         let rename = Request::RenameTable {
@@ -2720,9 +2865,12 @@ mod unit {
         let p2 = plan("43", &[(taken, vec![to_bigint()])], q).unwrap_err();
         assert_eq!(p2.code, PgSqlErrorCode::ERRCODE_DUPLICATE_SCHEMA);
         let mut column_acl = orders();
-        column_acl.column_grants = true;
+        column_acl.column_grants = vec![reader_grant("amount", "SELECT")];
+        column_acl.row_security = true;
         let p2 = plan("43", &[(column_acl, vec![to_bigint()])], q).unwrap_err();
-        assert!(p2.message.contains("column privileges"));
+        assert!(p2
+            .message
+            .contains("column privileges and row-level security"));
         assert_eq!(p.code, PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED);
         assert!(p.detail.contains("index orders_pkey"), "{}", p.detail);
         let p = refuse(vec![Request::Drop {

@@ -343,6 +343,7 @@ pub fn verify(cli: &Cli, out: &mut Out, versions: &[String]) -> Result<Exit> {
                         | "recovering"
                         | "rollback failed"
                         | "rejected"
+                        | "aborted"
                 )
             })
             .map(|r| r.version.clone())

@@ -113,13 +113,16 @@ fn states(client: &mut Client, found: &[Migration]) -> Result<Vec<Row>> {
     } else {
         "NULL::text"
     };
+    // A window's migration is applied once it expanded: what it is now (published,
+    // contracted, aborted) is the window's state, which anyone may read.
+    let window_state = "(SELECT x.state FROM migrate.windows x WHERE x.version = h.version)";
     let recorded = client
         .query_typed(
             &format!(
                 "SELECT f.v, h.status, h.checksum, h.checksum_algorithm, s.state, \
                         migrate.version_key(f.v) <= (SELECT max(b.version_key) \
                             FROM migrate.history b WHERE b.status = 'baseline'), \
-                        {window_checksum} \
+                        {window_checksum}, {window_state} \
                  FROM unnest($1::text[]) WITH ORDINALITY f(v, n) \
                  LEFT JOIN migrate.history h ON h.version_key = migrate.version_key(f.v) \
                  LEFT JOIN migrate.status s ON s.version = h.version \
@@ -138,6 +141,7 @@ fn states(client: &mut Client, found: &[Migration]) -> Result<Vec<Row>> {
         // An expand window records the plan it made as the migration's script: the file is
         // the DDL it was given, whose checksum the window keeps.
         let window: Option<String> = r.get(6);
+        let window_state: Option<String> = r.get(7);
         let checksum = if m.expand.is_some() {
             window.or(checksum)
         } else {
@@ -150,6 +154,9 @@ fn states(client: &mut Client, found: &[Migration]) -> Result<Vec<Row>> {
                     && normalized_checksum(&m.script, algorithm.unwrap_or(1)) != checksum =>
             {
                 "changed".to_string()
+            }
+            Some("applied") if m.expand.is_some() && window_state.is_some() => {
+                window_state.unwrap_or_default()
             }
             Some("applied") => shown.unwrap_or_else(|| "applied".into()),
             // Submitted: in the worker's hands, queued or under way.
