@@ -652,12 +652,16 @@ def test_tls_modes_are_libpqs_with_certificates_checked_as_asked(cli_bin, tmp_pa
         key.chmod(0o600)
         r = run("--url", cert_url, "status", env=env)
         assert r.returncode == 0, r
-        key.chmod(0o640)  # this user's (root's) own key: group read is too much
+        key.chmod(0o644)
         r = run("--url", cert_url, "status", env=env)
         assert r.returncode == 1 and "has group or world access" in r.stderr and "0640" in r.stderr, r
-        subprocess.run(["chown", "postgres", str(key)], check=True)  # another user's: not judged
+        key.chmod(0o640)  # root's key, shared with a group: allowed
         r = run("--url", cert_url, "status", env=env)
         assert r.returncode == 0, r
+        subprocess.run(["chown", "postgres", str(key)], check=True)  # anyone else's: its owner's only
+        r = run("--url", cert_url, "status", env=env)
+        assert r.returncode == 1 and "has group or world access" in r.stderr, r
+        key.chmod(0o600)
         r = run("--url", cert_url.replace(str(key), str(tmp_path / "no.key")), "status", env=env)
         assert r.returncode == 1 and "certificate present, but not private key file" in r.stderr, r
         # Without a certificate the server's rule refuses the role.

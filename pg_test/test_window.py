@@ -1906,11 +1906,12 @@ def test_column_privileges_hold_on_the_new_version_and_follow_grants_and_revokes
     its owner and has the table's own, column by column under the new names, kept in step
     with every GRANT and REVOKE; at contract the copy has what its original had."""
     make_orders(conn, 200)
-    roles = ("window_col_reader", "window_col_other")
+    roles = ("window_col_reader", "window_col_other", "window_col_bob", "window_col_carol", "window_col_idle")
     for role in roles:
         conn.execute(f"CREATE ROLE {role} LOGIN")
     try:
         conn.execute("GRANT SELECT (id, amount, old_status), UPDATE (amount) ON orders TO window_col_reader")
+        conn.execute("GRANT SELECT (id, amount) ON orders TO window_col_bob WITH GRANT OPTION")
         conn.execute("SELECT * FROM migrate.expand('43', %s)", (DDL,))
         conn.execute("CALL migrate.wait('43')")
         assert window(conn, "43")["state"] == "published"
@@ -1934,8 +1935,19 @@ def test_column_privileges_hold_on_the_new_version_and_follow_grants_and_revokes
             assert r.execute("SELECT amount, old_status FROM orders WHERE id = 2").fetchone() == (2, "new")
         with session("window_col_other") as o:
             assert failure(o, "SELECT id FROM orders").sqlstate == "42501"
-        # A REVOKE on the table holds on the new version at once; so does a GRANT.
-        conn.execute("REVOKE SELECT (old_status) ON orders FROM window_col_reader")
+        # A holder of a grant option grants on from the copy: his to give, and it holds nothing up.
+        with session("window_col_bob", new=False) as b:
+            b.execute("GRANT SELECT (_migrate_43_amount) ON orders TO window_col_carol")
+        # An open transaction that set off the privileges' upkeep without changing any holds
+        # nobody up: they were in step, so it wrote nothing.
+        with session("window_col_idle", new=False) as idle:
+            idle.execute("BEGIN")
+            idle.execute("ALTER TABLE IF EXISTS no_such_table ADD COLUMN y int")
+            conn.execute("SET statement_timeout = '10s'")
+            # A REVOKE on the table holds on the new version at once; so does a GRANT.
+            conn.execute("REVOKE SELECT (old_status) ON orders FROM window_col_reader")
+            conn.execute("RESET statement_timeout")
+            idle.execute("ROLLBACK")
         conn.execute("GRANT SELECT (fulfillment_status) ON orders TO window_col_reader")
         conn.execute("GRANT SELECT ON orders TO window_col_other")
         with session("window_col_reader") as r:
@@ -1946,6 +1958,9 @@ def test_column_privileges_hold_on_the_new_version_and_follow_grants_and_revokes
         conn.execute("REVOKE SELECT ON orders FROM window_col_other")
         with session("window_col_other") as o:
             assert failure(o, "SELECT id FROM orders").sqlstate == "42501"
+        # The table is known by its schema's name until the window ends.
+        f = failure(conn, "ALTER SCHEMA public RENAME TO public_old")
+        assert "window-open: schema public is inside the open expand window of version 43" in f.message, f
         conn.execute("SELECT * FROM migrate.contract('43')")
         # The copy that became amount has amount's privileges; status has what old_status had.
         with session("window_col_reader", new=False) as r:
@@ -1954,6 +1969,15 @@ def test_column_privileges_hold_on_the_new_version_and_follow_grants_and_revokes
             r.execute("UPDATE orders SET amount = 6 WHERE id = 1")
             assert failure(r, "SELECT status FROM orders").sqlstate == "42501"
             assert failure(r, "UPDATE orders SET id = 7 WHERE id = 1").sqlstate == "42501"
+        # A window with nothing for the worker publishes in expand's own call, privileges
+        # included.
+        conn.execute("CREATE TABLE plain (id int PRIMARY KEY, v int)")
+        conn.execute("INSERT INTO plain VALUES (1, 2)")
+        conn.execute("GRANT SELECT (id, v) ON plain TO window_col_reader")
+        conn.execute("SELECT * FROM migrate.expand('45', 'ALTER TABLE plain RENAME COLUMN v TO w')")
+        with cluster.connect(db, user="window_col_reader", options="-csearch_path=public_v45,public") as r:
+            assert r.execute("SELECT id, w FROM plain").fetchall() == [(1, 2)]
+        conn.execute("SELECT * FROM migrate.abort('45')")
         # Row-level security beside column privileges: a view checking as its owner would
         # apply the policies to the owner, so the window is refused.
         conn.execute("SET migrate.guard = off")

@@ -87,12 +87,14 @@ fn fields(line: &str) -> Vec<Option<String>> {
     while let Some(c) = chars.next() {
         let field = out.last_mut().expect("one field at least");
         match c {
-            '\\' => {
-                if let Some(next) = chars.next() {
+            '\\' => match chars.next() {
+                Some(next) => {
                     field.0.push(next);
                     field.1 = true;
                 }
-            }
+                // Nothing after it: libpq keeps it.
+                None => field.0.push('\\'),
+            },
             // A field, the password included, ends at an unescaped colon.
             ':' => out.push((String::new(), false)),
             c => field.0.push(c),
@@ -157,9 +159,9 @@ pub fn private(file: &Path) -> bool {
     std::fs::metadata(file).is_ok_and(|m| m.permissions().mode() & 0o077 == 0)
 }
 
-/// Whether a client's private key may be used, as libpq judges it: a key of the current
-/// user's has no group or world access, one of root's at most group read (a key shared
-/// through a group, as Debian's ssl-cert); another user's is not judged.
+/// Whether a client's private key may be used, as libpq judges it: a key of root's may be
+/// read by its group (a key shared through a group, as Debian's ssl-cert), any other's by its
+/// owner only.
 pub fn key_file_usable(key: &Path) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     let shown = key.display();
@@ -170,12 +172,8 @@ pub fn key_file_usable(key: &Path) -> Result<(), String> {
             "private key file \"{shown}\" is not a regular file"
         ));
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
-    let mode = meta.mode();
-    let mine_too_open = meta.uid() == me && mode & 0o077 != 0;
-    let roots_too_open = meta.uid() == 0 && mode & 0o037 != 0;
-    if mine_too_open || roots_too_open {
+    let allowed = if meta.uid() == 0 { 0o740 } else { 0o700 };
+    if meta.mode() & 0o777 & !allowed != 0 {
         return Err(format!(
             "private key file \"{shown}\" has group or world access; file must have permissions \
              u=rw (0600) or less if owned by the current user, or permissions u=rw,g=r (0640) or \
@@ -233,6 +231,10 @@ mod unit {
             password_in(text, "host", "1", "d", "u").as_deref(),
             Some("any")
         );
+        assert_eq!(
+            password_in("h:1:d:u:ends\\\n", "h", "1", "d", "u").as_deref(),
+            Some("ends\\")
+        );
         let text = " #h:1:d:u:spaced\n";
         assert_eq!(
             password_in(text, " #h", "1", "d", "u").as_deref(),
@@ -252,21 +254,20 @@ mod unit {
             "{missing}"
         );
         std::fs::write(&key, "k").unwrap();
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(key_file_usable(&key), Ok(()));
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
-        // Group read is allowed only to a root-owned key of another user's.
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            assert!(key_file_usable(&key).is_err());
-        } else {
-            // Owned by root who runs this: it is the current user's, so 0640 is refused.
-            assert!(key_file_usable(&key).unwrap_err().contains("0640"));
-            std::os::unix::fs::chown(&key, Some(1), None).unwrap();
-            // Another user's key is not judged; root's shared through a group is tested
-            // end to end.
-            assert_eq!(key_file_usable(&key), Ok(()));
-        }
+        let with = |mode: u32| {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            key_file_usable(&key)
+        };
+        assert_eq!(with(0o600), Ok(()));
+        assert!(with(0o644).unwrap_err().contains("0640"));
+        let mine_0640 = with(0o640);
+        // Group read is allowed to a key root owns, whoever runs this; to no other.
+        let owned_by_root = std::fs::metadata(&key).map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.uid() == 0
+        });
+        assert_eq!(mine_0640.is_ok(), owned_by_root.unwrap());
+        assert!(with(0o660).is_err());
         assert!(key_file_usable(&dir)
             .unwrap_err()
             .contains("not a regular file"));

@@ -912,6 +912,13 @@ unsafe fn detaches(stmt: *mut pg_sys::AlterTableStmt) -> bool {
         .any(|cmd| (*cmd).subtype == pg_sys::AlterTableType::AT_DetachPartition)
 }
 
+/// A schema renamed, given another owner or dropped: a window's view schema by its bare name,
+/// and the schema of a window's tables as `schema <name>` (its tables are known by qualified
+/// name until the window ends).
+fn schema_named(name: String) -> Vec<String> {
+    vec![format!("schema {name}"), name]
+}
+
 /// The objects a statement changes that the `window-open` rule guards beside the tables a
 /// command names: the table of a trigger created, dropped or renamed (qualified, as
 /// `Rel::name`); functions, schemas and the schemas of views dropped, by bare name.
@@ -955,7 +962,7 @@ unsafe fn guarded_names_node(node: *mut pg_sys::Node) -> Vec<String> {
                 let with_args = (*stmt).object.cast::<pg_sys::ObjectWithArgs>();
                 last((*with_args).objname).into_iter().collect()
             }
-            OBJECT_SCHEMA => vec![text((*stmt).subname)],
+            OBJECT_SCHEMA => schema_named(text((*stmt).subname)),
             _ => vec![],
         };
     }
@@ -987,7 +994,7 @@ unsafe fn guarded_names_node(node: *mut pg_sys::Node) -> Vec<String> {
                     .into_iter()
                     .collect()
             }
-            OBJECT_SCHEMA if is_a(object, T::T_String) => vec![str_val(object)],
+            OBJECT_SCHEMA if is_a(object, T::T_String) => schema_named(str_val(object)),
             _ => vec![],
         };
     }
@@ -1032,7 +1039,10 @@ unsafe fn guarded_names_node(node: *mut pg_sys::Node) -> Vec<String> {
                 .iter_ptr()
                 .filter_map(|o| last((*o.cast::<pg_sys::ObjectWithArgs>()).objname))
                 .collect(),
-            OBJECT_SCHEMA => objects.iter_ptr().map(|n| str_val(n)).collect(),
+            OBJECT_SCHEMA => objects
+                .iter_ptr()
+                .flat_map(|n| schema_named(str_val(n)))
+                .collect(),
             _ => vec![],
         };
     }

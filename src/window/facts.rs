@@ -39,6 +39,7 @@ pub fn table(
     let (schema, name, plain, has_children, policies_apply, primary_key, row_security) = head;
     let wanted = view_schema(&schema);
     Some(Table {
+        oid: u32::from(oid),
         primary_key,
         existing_constraints: crate::pg::spi::pinned_column::<String>(
             "SELECT conname::text FROM pg_constraint WHERE conrelid = $1 AND conname = ANY ($2)",

@@ -244,18 +244,21 @@ fn expand(
     let path = crate::pg::guc::current("search_path").unwrap_or_default();
     let restores_settings =
         crate::pg::guc::SettingScope::set(&[("search_path", &path), ("row_security", "off")]);
-    let (status, ..) = apply::apply_script(
-        &version,
-        &script,
-        Some(&format!(
-            "expand: {}",
-            description.unwrap_or(first_line(source))
-        )),
-        None,
-        Vec::new(),
-        None,
-        watch,
-    );
+    // A window with nothing for the worker publishes here, before its row is written.
+    let (status, ..) = privileges::with_pending(version.as_str(), &planned.mirrors, || {
+        apply::apply_script(
+            &version,
+            &script,
+            Some(&format!(
+                "expand: {}",
+                description.unwrap_or(first_line(source))
+            )),
+            None,
+            Vec::new(),
+            None,
+            watch,
+        )
+    });
     drop(restores_settings);
     if Status::parse(&status).is_none_or(|s| !matches!(s, Status::Applied | Status::Pending)) {
         // Covered by a baseline: nothing ran, and no window opens.

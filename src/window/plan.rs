@@ -74,6 +74,7 @@ pub struct ColumnGrant {
 /// A table as the catalogs have it.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Table {
+    pub oid: u32,
     pub schema: String,
     pub name: String,
     /// Live columns in attnum order.
@@ -180,8 +181,10 @@ pub struct Plan {
 /// granted or revoked on the table holds on the new version too.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Mirror {
-    /// The table, qualified and quoted.
+    /// The table, qualified and quoted, as it was named when the window opened.
     pub table: String,
+    /// The table's oid: what the privileges are read from and carried on.
+    pub table_oid: u32,
     /// (copy, original): a copy has the column privileges of the column it replaces.
     pub copies: Vec<(String, String)>,
     /// The new version's view (qualified and quoted), when it checks the table's privileges
@@ -1203,6 +1206,7 @@ pub fn plan<'p>(
         if owner_checked || !copies.is_empty() {
             plan.mirrors.push(Mirror {
                 table: name.clone(),
+                table_oid: table.oid,
                 copies: copies
                     .iter()
                     .map(|c| (c.shadow.clone(), c.column.name.clone()))
@@ -2332,6 +2336,7 @@ mod unit {
             plan.mirrors,
             [Mirror {
                 table: "public.orders".into(),
+                table_oid: 0,
                 copies: vec![("_migrate_43_amount".into(), "amount".into())],
                 view: None,
                 view_schema: "public_v43".into(),

@@ -155,7 +155,14 @@ fn states(client: &mut Client, found: &[Migration]) -> Result<Vec<Row>> {
             {
                 "changed".to_string()
             }
-            Some("applied") if m.expand.is_some() && window_state.is_some() => {
+            // Its health gate's state, while it has one to tell.
+            Some("applied")
+                if m.expand.is_some()
+                    && window_state.is_some()
+                    && shown
+                        .as_deref()
+                        .is_none_or(|s| s == "complete" || s.starts_with("applied")) =>
+            {
                 window_state.unwrap_or_default()
             }
             Some("applied") => shown.unwrap_or_else(|| "applied".into()),

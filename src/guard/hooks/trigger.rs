@@ -109,7 +109,10 @@ fn open_windows() -> Vec<(String, String)> {
         crate::pg::identity::as_owner(|| {
             crate::pg::spi::pinned_pairs::<String, String>(
                 "SELECT t, version FROM migrate.window_history, unnest(tables || objects) t \
-                 WHERE ended IS NULL",
+                 WHERE ended IS NULL \
+                 UNION ALL \
+                 SELECT 'schema ' || (parse_ident(t))[1], version \
+                 FROM migrate.window_history, unnest(tables) t WHERE ended IS NULL",
                 &[],
             )
         })
