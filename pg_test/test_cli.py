@@ -344,7 +344,7 @@ def test_ctrl_c_rolls_a_running_apply_back_whole(run, conn):
     p = subprocess.Popen([str(run.bin), "--dir", str(run.folder), "apply"], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=run.env())
     wait_until(lambda: conn.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%migrate.apply%' "
-                                    "AND state = 'active' AND pid <> pg_backend_pid()").fetchone()[0] == 1,
+                                    "AND wait_event = 'PgSleep' AND pid <> pg_backend_pid()").fetchone()[0] == 1,
                timeout=30, interval=0.1)
     started = time.monotonic()
     p.send_signal(signal.SIGINT)
@@ -636,7 +636,7 @@ def test_tls_modes_are_libpqs_with_certificates_checked_as_asked(cli_bin, tmp_pa
                              stderr=subprocess.PIPE, text=True, env=env)
         with server.connect(db) as c:
             wait_until(lambda: c.execute("SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) "
-                                         "WHERE a.query LIKE '%migrate.apply%' AND a.state = 'active' AND s.ssl "
+                                         "WHERE a.query LIKE '%migrate.apply%' AND a.wait_event = 'PgSleep' AND s.ssl "
                                          "AND a.pid <> pg_backend_pid()").fetchone()[0] == 1 or p.poll() is not None,
                        timeout=30)
             assert p.poll() is None, p.communicate()

@@ -1935,9 +1935,18 @@ def test_column_privileges_hold_on_the_new_version_and_follow_grants_and_revokes
             assert r.execute("SELECT amount, old_status FROM orders WHERE id = 2").fetchone() == (2, "new")
         with session("window_col_other") as o:
             assert failure(o, "SELECT id FROM orders").sqlstate == "42501"
-        # A holder of a grant option grants on from the copy: his to give, and it holds nothing up.
+        # A holder of a grant option grants on: the copy has the same grant, from him, and the
+        # new version's view the privilege; carol has amount from the owner too.
+        conn.execute("GRANT SELECT (amount) ON orders TO window_col_carol")
         with session("window_col_bob", new=False) as b:
-            b.execute("GRANT SELECT (_migrate_43_amount) ON orders TO window_col_carol")
+            b.execute("GRANT SELECT (amount) ON orders TO window_col_carol WITH GRANT OPTION")
+        copy_acl = ("SELECT attacl::text[] FROM pg_attribute WHERE attrelid = 'orders'::regclass "
+                    "AND attname = '_migrate_43_amount'")
+        assert "window_col_carol=r*/window_col_bob" in conn.execute(copy_acl).fetchone()[0]
+        # A change to bob's own privileges leaves the grants he made.
+        conn.execute("GRANT REFERENCES (amount) ON orders TO window_col_bob")
+        acl = conn.execute(copy_acl).fetchone()[0]
+        assert "window_col_carol=r*/window_col_bob" in acl and "window_col_bob=r*x/postgres" in acl, acl
         # An open transaction that set off the privileges' upkeep without changing any holds
         # nobody up: they were in step, so it wrote nothing.
         with session("window_col_idle", new=False) as idle:
@@ -1958,6 +1967,14 @@ def test_column_privileges_hold_on_the_new_version_and_follow_grants_and_revokes
         conn.execute("REVOKE SELECT ON orders FROM window_col_other")
         with session("window_col_other") as o:
             assert failure(o, "SELECT id FROM orders").sqlstate == "42501"
+        # bob's grant option taken away: what he granted goes, on the copy too.
+        conn.execute("REVOKE SELECT (amount) ON orders FROM window_col_carol")
+        with session("window_col_carol") as c:  # amount only: no id to filter by
+            assert c.execute("SELECT max(amount) FROM orders").fetchone() == (200,)
+        conn.execute("REVOKE SELECT (id, amount) ON orders FROM window_col_bob CASCADE")
+        assert "window_col_carol" not in str(conn.execute(copy_acl).fetchone()[0])
+        with session("window_col_carol") as c:
+            assert failure(c, "SELECT amount FROM orders").sqlstate == "42501"
         # The table is known by its schema's name until the window ends.
         f = failure(conn, "ALTER SCHEMA public RENAME TO public_old")
         assert "window-open: schema public is inside the open expand window of version 43" in f.message, f
@@ -1969,6 +1986,8 @@ def test_column_privileges_hold_on_the_new_version_and_follow_grants_and_revokes
             r.execute("UPDATE orders SET amount = 6 WHERE id = 1")
             assert failure(r, "SELECT status FROM orders").sqlstate == "42501"
             assert failure(r, "UPDATE orders SET id = 7 WHERE id = 1").sqlstate == "42501"
+        with session("window_col_carol", new=False) as c:
+            assert failure(c, "SELECT amount FROM orders").sqlstate == "42501"
         # A window with nothing for the worker publishes in expand's own call, privileges
         # included.
         conn.execute("CREATE TABLE plain (id int PRIMARY KEY, v int)")

@@ -76,7 +76,7 @@ CREATE TABLE migrate.watch_looks (
     upper               float8,
     p_value             float8,
     -- Latency: the most any one statement's time per call grew over its baseline (ms, the
-    -- median over the samples since the change); at most migrate.watch_latency_floor, a
+    -- upper quartile over the samples since the change); at most migrate.watch_latency_floor, a
     -- ratio is the noise of tiny times and does not fail.
     added_ms            float8,
     verdict             text NOT NULL CHECK (verdict IN ('pass', 'fail', 'inconclusive', 'unavailable', 'alert')),

@@ -402,7 +402,7 @@ CREATE TABLE b (
             .as_deref(),
             Some(
                 "migrate_ddl_log:O migrate_ddl_log_drop:O migrate_guard:O migrate_guard_drop:O \
-                 migrate_guard_rewrite:O"
+                 migrate_guard_rewrite:O migrate_window_privileges:O"
             )
         );
     }

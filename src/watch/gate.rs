@@ -67,7 +67,7 @@ pub struct Finding {
     pub upper: Option<f64>,
     pub p_value: Option<f64>,
     /// Latency: the most any one statement's time per call grew over its baseline (ms), the
-    /// median over the samples since the change.
+    /// upper quartile over the samples since the change.
     #[serde(default)]
     pub added_ms: Option<f64>,
     pub verdict: LookVerdict,
@@ -166,6 +166,13 @@ pub fn with_context(mut look: Look, context: &Context) -> Look {
     look
 }
 
+/// The upper quartile (nearest rank): the value three of four are at or below.
+fn upper_quartile(values: &mut [f64]) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    (n > 0).then(|| values[(3 * n).div_ceil(4) - 1])
+}
+
 fn median(values: &mut [f64]) -> Option<f64> {
     values.sort_by(f64::total_cmp);
     let n = values.len();
@@ -200,11 +207,12 @@ fn latency(baseline: &[Point], watch: &[Point], limits: &Limits) -> (Finding, bo
     if before.is_empty() && after.is_empty() {
         return (Finding::new("latency", LookVerdict::Unavailable), false);
     }
-    // Within the floor: in most samples no statement got slower by more than the floor per
-    // call. Then a ratio, however significant, is noise of tiny times; a statement that
-    // regressed shows by itself, whatever else runs. Unknown (no statement data): the
-    // ratio alone decides.
-    let added_ms = median(&mut watch.iter().filter_map(|p| p.added_ms).collect::<Vec<_>>());
+    // Within the floor: in three samples of four no statement got slower by more than the
+    // floor per call. Then a ratio, however significant, is noise of tiny times; a statement
+    // that regressed shows by itself, whatever else runs, and one that regressed in more
+    // than a quarter of the samples (a slow path taken now and then) is not hidden by the
+    // rest. Unknown (no statement data): the ratio alone decides.
+    let added_ms = upper_quartile(&mut watch.iter().filter_map(|p| p.added_ms).collect::<Vec<_>>());
     let within_floor = added_ms.is_some_and(|added| added <= limits.floor_ms);
     let mut f = Finding::new("latency", LookVerdict::Inconclusive);
     f.added_ms = added_ms;
@@ -480,6 +488,18 @@ mod unit {
         assert_eq!(real.verdict, LookVerdict::Fail, "{real:?}");
         // The brake is the ratio's alone.
         assert!(judge(&points(&CALM), &adding(20.0, 0.001)[..2], &LIMITS).brake);
+        // A statement slower by 3.5 ms in a third of the samples is not hidden by the rest.
+        let now_and_then: Vec<Point> = adding(1.8, 0.016)
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| Point {
+                added_ms: Some(if i % 3 == 0 { 3.5 } else { 0.016 }),
+                ..p
+            })
+            .collect();
+        let look = judge(&points(&CALM), &now_and_then, &LIMITS);
+        assert_eq!(look.verdict, LookVerdict::Fail, "{look:?}");
+        assert_eq!(latency(&look).and_then(|f| f.added_ms), Some(3.5));
         // No statement data: the ratio alone decides.
         let slower: Vec<f64> = CALM.iter().map(|x| x * 1.8).collect();
         assert_eq!(

@@ -21,15 +21,14 @@ use std::cell::RefCell;
 /// One privilege of a relation or of one of its columns, to a role other than its owner.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Privilege {
+    /// Who granted it (its oid): the owner, or a holder of a grant option.
+    pub grantor: u32,
     /// As SQL: quoted, or `PUBLIC`.
     pub grantee: String,
     /// `None`: the relation's own.
     pub column: Option<String>,
     pub privilege: String,
     pub grantable: bool,
-    /// Granted by the relation's owner (what the window gives and takes back; a grant made
-    /// with a grant option is its grantor's).
-    pub by_owner: bool,
     /// The grantee may use the relation's schema (a table's privileges reach a view in
     /// another schema only for a role that could name the table).
     pub schema_usage: bool,
@@ -41,7 +40,11 @@ pub struct Relation {
     /// Qualified and quoted.
     pub name: String,
     pub owner: u32,
+    /// As SQL.
+    pub owner_name: String,
     pub row_security: bool,
+    /// Its live columns.
+    pub columns: Vec<String>,
     pub privileges: Vec<Privilege>,
 }
 
@@ -49,10 +52,16 @@ pub struct Relation {
 /// mean nothing on a view).
 const VIEW_PRIVILEGES: [&str; 4] = ["SELECT", "INSERT", "UPDATE", "DELETE"];
 
-/// The statements that bring `view` (as its owner) and `mirror`'s copies (as the table's
-/// owner) in step with `table`'s privileges: for each role whose privileges differ, what it
-/// has is revoked (CASCADE: what it granted on from them goes too) and what it should have is
-/// granted.
+/// Statements to run as one role (its oid).
+pub type AsRole = (u32, Vec<String>);
+
+/// The statements that bring `view` and `mirror`'s copies in step with `table`'s privileges,
+/// each as the role that may make them. For each role whose privileges differ, what it has is
+/// revoked (CASCADE: what it granted on from them goes too) and what it should have is
+/// granted: on the view, as its owner, the table's privileges whoever granted them (a view
+/// grants no grant option); on a copy, exactly its original's, each as its grantor (a grant
+/// made with a grant option stays its grantor's, and goes when the option does), the owner's
+/// first.
 ///
 /// A table with row-level security gives the view nothing: its policies would apply to the
 /// view's owner, not its reader (the planner refuses such tables; this holds if the policies
@@ -62,8 +71,8 @@ pub fn statements(
     table: &Relation,
     view: Option<&Relation>,
     q: Quote,
-) -> (Vec<String>, Vec<String>) {
-    let mut on_view = Vec::new();
+) -> Vec<AsRole> {
+    let mut out: Vec<AsRole> = Vec::new();
     if let Some(view) = view {
         let wanted: Vec<Privilege> = if table.row_security {
             Vec::new()
@@ -72,6 +81,8 @@ pub fn statements(
                 .privileges
                 .iter()
                 .filter(|p| VIEW_PRIVILEGES.contains(&p.privilege.as_str()) && p.schema_usage)
+                // The view's owner has every privilege on it already.
+                .filter(|p| p.grantee != view.owner_name)
                 .filter_map(|p| {
                     let column = match &p.column {
                         None => None,
@@ -90,7 +101,7 @@ pub fn statements(
         let has: Vec<Privilege> = view
             .privileges
             .iter()
-            .filter(|p| p.by_owner)
+            .filter(|p| p.grantor == view.owner)
             .map(|p| Privilege {
                 grantee: p.grantee.clone(),
                 column: p.column.clone(),
@@ -99,6 +110,7 @@ pub fn statements(
                 ..Privilege::default()
             })
             .collect();
+        let mut on_view = Vec::new();
         for (grantee, has, wanted) in differing(&has, &wanted) {
             if has {
                 // On a table, revoking a privilege revokes it from its columns too.
@@ -121,46 +133,58 @@ pub fn statements(
                 ));
             }
         }
+        out.push((view.owner, on_view));
     }
-    let mut on_table = Vec::new();
-    for (copy, original) in &mirror.copies {
-        let of = |column: &str, owner_only: bool| -> Vec<Privilege> {
-            table
-                .privileges
-                .iter()
-                .filter(|p| p.column.as_deref() == Some(column) && (p.by_owner || !owner_only))
-                .map(|p| Privilege {
-                    grantee: p.grantee.clone(),
-                    privilege: p.privilege.clone(),
-                    grantable: p.grantable,
-                    ..Privilege::default()
-                })
-                .collect()
-        };
-        for (grantee, has, wanted) in differing(&of(copy, true), &of(original, false)) {
-            if has {
-                on_table.push(format!(
-                    "REVOKE ALL ({}) ON {} FROM {grantee} CASCADE",
-                    q(copy),
-                    table.name
-                ));
+    let mut grantors: Vec<u32> = table.privileges.iter().map(|p| p.grantor).collect();
+    grantors.sort_by_key(|g| (*g != table.owner, *g));
+    grantors.dedup();
+    for grantor in grantors {
+        let mut statements = Vec::new();
+        for (copy, original) in &mirror.copies {
+            // A copy that is not there (a failed window's), or whose original is gone.
+            if !table.columns.contains(copy) || !table.columns.contains(original) {
+                continue;
             }
-            for p in wanted {
-                let option = if p.grantable {
-                    " WITH GRANT OPTION"
-                } else {
-                    ""
-                };
-                on_table.push(format!(
-                    "GRANT {} ({}) ON {} TO {grantee}{option}",
-                    p.privilege,
-                    q(copy),
-                    table.name
-                ));
+            let of = |column: &str| -> Vec<Privilege> {
+                table
+                    .privileges
+                    .iter()
+                    .filter(|p| p.column.as_deref() == Some(column) && p.grantor == grantor)
+                    .map(|p| Privilege {
+                        grantee: p.grantee.clone(),
+                        privilege: p.privilege.clone(),
+                        grantable: p.grantable,
+                        ..Privilege::default()
+                    })
+                    .collect()
+            };
+            for (grantee, has, wanted) in differing(&of(copy), &of(original)) {
+                if has {
+                    statements.push(format!(
+                        "REVOKE ALL ({}) ON {} FROM {grantee} CASCADE",
+                        q(copy),
+                        table.name
+                    ));
+                }
+                for p in wanted {
+                    let option = if p.grantable {
+                        " WITH GRANT OPTION"
+                    } else {
+                        ""
+                    };
+                    statements.push(format!(
+                        "GRANT {} ({}) ON {} TO {grantee}{option}",
+                        p.privilege,
+                        q(copy),
+                        table.name
+                    ));
+                }
             }
         }
+        out.push((grantor, statements));
     }
-    (on_view, on_table)
+    out.retain(|(_, statements)| !statements.is_empty());
+    out
 }
 
 /// Each grantee whose privileges in `has` are not those in `wanted`: whether it has any, and
@@ -193,7 +217,7 @@ fn differing(has: &[Privilege], wanted: &[Privilege]) -> Vec<(String, bool, Vec<
 fn privileges_of(oid: u32) -> Vec<Privilege> {
     crate::pg::spi::pinned_rows(
         "SELECT CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END, \
-                x.attname::text, x.privilege_type, x.is_grantable, x.grantor = c.relowner, \
+                x.attname::text, x.privilege_type, x.is_grantable, x.grantor, \
                 CASE WHEN x.grantee = 0 \
                      THEN EXISTS (SELECT FROM aclexplode(coalesce(n.nspacl, \
                                                                  acldefault('n', n.nspowner))) u \
@@ -215,7 +239,7 @@ fn privileges_of(oid: u32) -> Vec<Privilege> {
                 column: row.get::<String>(2)?,
                 privilege: row.get::<String>(3)?.unwrap_or_default(),
                 grantable: row.get::<bool>(4)?.unwrap_or(false),
-                by_owner: row.get::<bool>(5)?.unwrap_or(false),
+                grantor: row.get::<pg_sys::Oid>(5)?.map(u32::from).unwrap_or(0),
                 schema_usage: row.get::<bool>(6)?.unwrap_or(false),
             })
         },
@@ -223,44 +247,22 @@ fn privileges_of(oid: u32) -> Vec<Privilege> {
     .or_bookkeeping("read the privileges a window carries")
 }
 
-/// The window's table, by its oid (a table of the same name elsewhere is not it).
-fn table(oid: u32) -> Option<Relation> {
-    let head = crate::pg::spi::pinned_row(
-        "SELECT oid::regclass::text, relowner, relrowsecurity FROM pg_class \
-         WHERE oid = $1 AND relkind = 'r'",
-        &[pg_sys::Oid::from(oid).into()],
+/// A relation's name, owner and live columns, read by oid.
+fn relation(oid: u32, kind: &str) -> Option<Relation> {
+    let (name, owner, owner_name, row_security, columns) = crate::pg::spi::pinned_row(
+        "SELECT c.oid::regclass::text, c.relowner, quote_ident(r.rolname), c.relrowsecurity, \
+                ARRAY(SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = c.oid \
+                      AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum) \
+         FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner \
+         WHERE c.oid = $1 AND c.relkind = $2::\"char\"",
+        &[pg_sys::Oid::from(oid).into(), kind.into()],
         |row| {
             Ok((
                 row.get::<String>(1)?.unwrap_or_default(),
                 row.get::<pg_sys::Oid>(2)?.map(u32::from).unwrap_or(0),
-                row.get::<bool>(3)?.unwrap_or(false),
-            ))
-        },
-    )
-    .or_bookkeeping("read pg_class")?;
-    Some(Relation {
-        name: head.0,
-        owner: head.1,
-        row_security: head.2,
-        privileges: privileges_of(oid),
-    })
-}
-
-/// The window's view: the view of that name, if it is one over the window's table.
-fn view(name: &str, table: u32) -> Option<Relation> {
-    let (oid, name, owner) = crate::pg::spi::pinned_row(
-        "SELECT v.oid, v.oid::regclass::text, v.relowner FROM pg_class v \
-         WHERE v.oid = to_regclass($1) AND v.relkind = 'v' \
-           AND EXISTS (SELECT FROM pg_rewrite w JOIN pg_depend d \
-                         ON d.classid = 'pg_rewrite'::regclass AND d.objid = w.oid \
-                       WHERE w.ev_class = v.oid AND d.refclassid = 'pg_class'::regclass \
-                         AND d.refobjid = $2)",
-        &[name.into(), pg_sys::Oid::from(table).into()],
-        |row| {
-            Ok((
-                row.get::<pg_sys::Oid>(1)?.map(u32::from).unwrap_or(0),
-                row.get::<String>(2)?.unwrap_or_default(),
-                row.get::<pg_sys::Oid>(3)?.map(u32::from).unwrap_or(0),
+                row.get::<String>(3)?.unwrap_or_default(),
+                row.get::<bool>(4)?.unwrap_or(false),
+                row.get::<Vec<String>>(5)?.unwrap_or_default(),
             ))
         },
     )
@@ -268,9 +270,28 @@ fn view(name: &str, table: u32) -> Option<Relation> {
     Some(Relation {
         name,
         owner,
-        row_security: false,
+        owner_name,
+        row_security,
+        columns,
         privileges: privileges_of(oid),
     })
+}
+
+/// The window's view: the view of that name, if it is one over the window's table.
+fn view(name: &str, table: u32) -> Option<Relation> {
+    let oid = crate::pg::spi::pinned_row(
+        "SELECT v.oid FROM pg_class v \
+         WHERE v.oid = to_regclass($1) AND v.relkind = 'v' \
+           AND EXISTS (SELECT FROM pg_rewrite w JOIN pg_depend d \
+                         ON d.classid = 'pg_rewrite'::regclass AND d.objid = w.oid \
+                       WHERE w.ev_class = v.oid AND d.refclassid = 'pg_class'::regclass \
+                         AND d.refobjid = $2)",
+        &[name.into(), pg_sys::Oid::from(table).into()],
+        |row| row.get::<pg_sys::Oid>(1),
+    )
+    .or_bookkeeping("read pg_class")
+    .flatten()?;
+    relation(u32::from(oid), "v")
 }
 
 thread_local! {
@@ -318,17 +339,51 @@ fn mirrors_of(version: &str) -> Vec<Mirror> {
         .unwrap_or_default()
 }
 
-/// Carries window `version`'s privileges: what differs is changed, on a view as its owner,
-/// on a table's copy columns as the table's owner.
-pub fn mirror(version: &str) {
+/// Carries window `version`'s privileges: what differs is changed, each statement as the
+/// role that may make it. Each role's statements run in a subtransaction of their own, so that
+/// one that fails (said in the error returned) holds up none of the others.
+pub fn mirror(version: &str) -> Result<(), crate::pg::subxact::Caught> {
     let mirrors = mirrors_of(version);
+    // A revoke's CASCADE takes with it what its grantee granted on, which a later round
+    // grants again as that grantee: a few rounds bring any chain of grant options in step.
+    for _ in 0..4 {
+        let planned = plan(version, &mirrors);
+        if planned.is_empty() {
+            break;
+        }
+        let mut first_failure = None;
+        for (role, statements) in planned {
+            let ran = crate::pg::subxact::run(|| {
+                identity::as_author(
+                    pg_sys::Oid::from(role),
+                    &[("search_path", "pg_catalog")],
+                    || {
+                        for sql in &statements {
+                            Spi::run(sql).or_bookkeeping("carry a window's privileges");
+                        }
+                    },
+                )
+            });
+            if let Err(caught) = ran {
+                first_failure.get_or_insert(caught);
+            }
+        }
+        if let Some(caught) = first_failure {
+            return Err(caught);
+        }
+    }
+    Ok(())
+}
+
+/// What differs now, as statements for the roles that may make them.
+fn plan(version: &str, mirrors: &[Mirror]) -> Vec<AsRole> {
     // As the statement that called this left them (a GRANT's event trigger runs with the
-    // snapshot its statement began with).
-    let planned: Vec<(u32, Vec<String>)> = crate::pg::spi::with_current_snapshot(|| {
+    // snapshot its statement began with), and as the previous round did.
+    crate::pg::spi::with_current_snapshot(|| {
         identity::as_owner(|| {
             let mut planned = Vec::new();
-            for m in &mirrors {
-                let Some(table) = table(m.table_oid) else {
+            for m in mirrors {
+                let Some(table) = relation(m.table_oid, "r") else {
                     continue;
                 };
                 let view = m.view.as_deref().and_then(|v| view(v, m.table_oid));
@@ -349,34 +404,30 @@ pub fn mirror(version: &str) {
                     )
                     .report(pgrx::PgLogLevel::WARNING);
                 }
-                let (on_view, on_table) =
-                    statements(m, &table, view.as_ref(), crate::pg::catalog::quote_ident);
-                // The view first: nothing the copies meet holds it up.
-                if let Some(view) = &view {
-                    planned.push((view.owner, on_view));
-                }
-                planned.push((table.owner, on_table));
+                planned.extend(statements(
+                    m,
+                    &table,
+                    view.as_ref(),
+                    crate::pg::catalog::quote_ident,
+                ));
             }
             planned
         })
-    });
-    for (owner, statements) in planned.into_iter().filter(|(_, s)| !s.is_empty()) {
-        identity::as_author(
-            pg_sys::Oid::from(owner),
-            &[("search_path", "pg_catalog")],
-            || {
-                for sql in &statements {
-                    Spi::run(sql).or_bookkeeping("carry a window's privileges");
-                }
-            },
-        );
-    }
+    })
 }
 
 /// `SELECT migrate.mirror_window_privileges(version)`: a step of publish and contract.
 #[pg_extern(volatile, parallel_unsafe)]
 fn mirror_window_privileges(version: &str) {
-    mirror(version)
+    if let Err(caught) = mirror(version) {
+        Problem::new(
+            caught.code,
+            format!("window {version}'s new version could not take its tables' privileges"),
+            caught.message,
+            "See what stopped it, then run SELECT migrate.mirror_window_privileges again.",
+        )
+        .raise();
+    }
 }
 
 /// After a GRANT, REVOKE or ALTER TABLE, each open window carries its tables' privileges
@@ -403,7 +454,7 @@ fn follow_window_grants(_fcinfo: pg_sys::FunctionCallInfo) {
     let own = crate::migration::running::running().map(|r| r.version);
     for version in open.into_iter().filter(|v| own.as_ref() != Some(v)) {
         MIRRORING.set(true);
-        let carried = crate::pg::subxact::run(|| mirror(&version));
+        let carried = crate::pg::subxact::run(|| mirror(&version)).and_then(|r| r);
         MIRRORING.set(false);
         if let Err(caught) = carried {
             Problem::new(
@@ -428,17 +479,20 @@ fn follow_window_grants(_fcinfo: pg_sys::FunctionCallInfo) {
 mod unit {
     use super::*;
 
+    const OWNER: u32 = 10;
+    const BOB: u32 = 20;
+
     fn q(s: &str) -> String {
         s.to_string()
     }
 
     fn p(column: Option<&str>, grantee: &str, privilege: &str) -> Privilege {
         Privilege {
+            grantor: OWNER,
             grantee: grantee.into(),
             column: column.map(str::to_string),
             privilege: privilege.into(),
             grantable: false,
-            by_owner: true,
             schema_usage: true,
         }
     }
@@ -461,6 +515,17 @@ mod unit {
     fn relation(name: &str, privileges: Vec<Privilege>) -> Relation {
         Relation {
             name: name.into(),
+            owner: OWNER,
+            owner_name: "owner".into(),
+            columns: [
+                "id",
+                "amount",
+                "old_status",
+                "legacy_note",
+                "_migrate_43_amount",
+            ]
+            .map(str::to_string)
+            .to_vec(),
             privileges,
             ..Relation::default()
         }
@@ -483,62 +548,89 @@ mod unit {
                     schema_usage: false,
                     ..p(None, "stranger", "SELECT")
                 },
+                // The view's owner has it all already.
+                p(Some("amount"), "owner", "SELECT"),
             ],
         );
         let view = relation(
             "public_v43.orders",
             vec![p(None, "gone", "SELECT"), p(Some("id"), "gone", "SELECT")],
         );
-        let (on_view, on_table) = statements(&orders(), &table, Some(&view), q);
         assert_eq!(
-            on_view,
+            statements(&orders(), &table, Some(&view), q),
             [
-                "GRANT SELECT ON public_v43.orders TO app",
-                "GRANT USAGE ON SCHEMA public_v43 TO app",
-                "REVOKE ALL ON public_v43.orders FROM gone CASCADE",
-                "GRANT SELECT (amount) ON public_v43.orders TO reader",
-                "GRANT UPDATE (status) ON public_v43.orders TO reader",
-                "GRANT USAGE ON SCHEMA public_v43 TO reader",
-            ]
-        );
-        assert_eq!(
-            on_table,
-            [
-                "REVOKE ALL (_migrate_43_amount) ON public.orders FROM gone CASCADE",
-                "GRANT REFERENCES (_migrate_43_amount) ON public.orders TO reader",
-                "GRANT SELECT (_migrate_43_amount) ON public.orders TO reader",
+                (
+                    OWNER,
+                    vec![
+                        "GRANT SELECT ON public_v43.orders TO app".to_string(),
+                        "GRANT USAGE ON SCHEMA public_v43 TO app".into(),
+                        "REVOKE ALL ON public_v43.orders FROM gone CASCADE".into(),
+                        "GRANT SELECT (amount) ON public_v43.orders TO reader".into(),
+                        "GRANT UPDATE (status) ON public_v43.orders TO reader".into(),
+                        "GRANT USAGE ON SCHEMA public_v43 TO reader".into(),
+                    ]
+                ),
+                (
+                    OWNER,
+                    vec![
+                        "REVOKE ALL (_migrate_43_amount) ON public.orders FROM gone CASCADE"
+                            .to_string(),
+                        "GRANT SELECT (_migrate_43_amount) ON public.orders TO owner".into(),
+                        "GRANT REFERENCES (_migrate_43_amount) ON public.orders TO reader".into(),
+                        "GRANT SELECT (_migrate_43_amount) ON public.orders TO reader".into(),
+                    ]
+                ),
             ]
         );
     }
 
     #[test]
-    fn nothing_is_written_when_they_are_in_step() {
-        let table = relation(
+    fn a_copy_has_its_originals_grants_each_from_its_grantor_and_nothing_is_written_in_step() {
+        let bobs = |column: &str, grantee: &str, grantable: bool| Privilege {
+            grantor: BOB,
+            grantable,
+            ..p(Some(column), grantee, "SELECT")
+        };
+        let optioned = |column: &str| Privilege {
+            grantable: true,
+            ..p(Some(column), "bob", "SELECT")
+        };
+        let in_step = relation(
             "public.orders",
             vec![
                 p(None, "app", "SELECT"),
-                Privilege {
-                    grantable: true,
-                    ..p(Some("amount"), "bob", "SELECT")
-                },
-                Privilege {
-                    grantable: true,
-                    ..p(Some("_migrate_43_amount"), "bob", "SELECT")
-                },
-                // bob's own grant on the copy, made with his grant option: his to keep.
-                Privilege {
-                    by_owner: false,
-                    ..p(Some("_migrate_43_amount"), "carol", "SELECT")
-                },
+                optioned("amount"),
+                optioned("_migrate_43_amount"),
+                // carol has amount from the owner and, with an option, from bob.
+                p(Some("amount"), "carol", "SELECT"),
+                bobs("amount", "carol", true),
+                p(Some("_migrate_43_amount"), "carol", "SELECT"),
+                bobs("_migrate_43_amount", "carol", true),
             ],
         );
         let view = relation(
             "public_v43.orders",
-            vec![p(None, "app", "SELECT"), p(Some("amount"), "bob", "SELECT")],
+            vec![
+                p(None, "app", "SELECT"),
+                p(Some("amount"), "bob", "SELECT"),
+                p(Some("amount"), "carol", "SELECT"),
+            ],
         );
+        assert_eq!(statements(&orders(), &in_step, Some(&view), q), []);
+        // bob's grant on the original, not yet on the copy: made as bob.
+        let mut behind = in_step.clone();
+        behind
+            .privileges
+            .retain(|p| !(p.grantor == BOB && p.column.as_deref() == Some("_migrate_43_amount")));
         assert_eq!(
-            statements(&orders(), &table, Some(&view), q),
-            (vec![], vec![])
+            statements(&orders(), &behind, Some(&view), q),
+            [(
+                BOB,
+                vec![
+                    "GRANT SELECT (_migrate_43_amount) ON public.orders TO carol WITH GRANT OPTION"
+                        .to_string()
+                ]
+            )]
         );
     }
 
@@ -547,11 +639,15 @@ mod unit {
         let table = relation("public.orders", vec![p(Some("amount"), "reader", "SELECT")]);
         assert_eq!(
             statements(&orders(), &table, None, q),
-            (
-                vec![],
+            [(
+                OWNER,
                 vec!["GRANT SELECT (_migrate_43_amount) ON public.orders TO reader".to_string()]
-            )
+            )]
         );
+        // A failed window's copy is not there: nothing to carry.
+        let mut failed = table.clone();
+        failed.columns.retain(|c| c != "_migrate_43_amount");
+        assert_eq!(statements(&orders(), &failed, None, q), []);
         // Row-level security turned on later: the view grants nothing more.
         let guarded = Relation {
             row_security: true,
@@ -566,8 +662,11 @@ mod unit {
         };
         let view = relation("public_v43.orders", vec![p(None, "app", "SELECT")]);
         assert_eq!(
-            statements(&orders(), &guarded, Some(&view), q).0,
-            ["REVOKE ALL ON public_v43.orders FROM app CASCADE"]
+            statements(&orders(), &guarded, Some(&view), q),
+            [(
+                OWNER,
+                vec!["REVOKE ALL ON public_v43.orders FROM app CASCADE".to_string()]
+            )]
         );
     }
 }

@@ -87,7 +87,23 @@ pub fn apply(cli: &Cli, out: &mut Out, to: Option<&str>, limit: Duration) -> Res
         if to.is_some_and(|to| files::compare_versions(&m.version, to).is_gt()) {
             break;
         }
-        if interrupt::interrupted() {
+        let acts = matches!(row.state.as_str(), "pending" | "running" | "watching");
+        if acts && interrupt::interrupted() {
+            // Between two versions: the one before is applied, this one never began.
+            out.note(Note {
+                file: Some(m.file.clone()),
+                title: "interrupted".into(),
+                message: if row.state == "pending" {
+                    format!("version {} was not started", m.version)
+                } else {
+                    format!(
+                        "version {} goes on in the database's worker; it was not waited for",
+                        m.version
+                    )
+                },
+                hint: Some("pg-migrate apply takes up what is left.".into()),
+                ..Note::default()
+            });
             exit = Exit::Interrupted;
             break;
         }
