@@ -19,7 +19,8 @@ def test_library_is_preloaded_and_settings_exist_without_the_extension(cluster):
 def test_event_triggers_are_enabled_and_survive_drop_and_recreate(cluster, conn):
     enabled = "SELECT string_agg(evtname || ':' || evtenabled::text, ' ' ORDER BY evtname) FROM pg_event_trigger"
     triggers = (
-        "migrate_ddl_log:O migrate_ddl_log_drop:O migrate_guard:O migrate_guard_drop:O migrate_guard_rewrite:O"
+        "migrate_ddl_log:O migrate_ddl_log_drop:O migrate_guard:O migrate_guard_drop:O migrate_guard_rewrite:O "
+        "migrate_window_privileges:O"
     )
     assert conn.execute(enabled).fetchone()[0] == triggers
     conn.execute("SELECT migrate.apply('1', 'CREATE TABLE kept (id int)')")

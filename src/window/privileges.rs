@@ -56,12 +56,11 @@ const VIEW_PRIVILEGES: [&str; 4] = ["SELECT", "INSERT", "UPDATE", "DELETE"];
 pub type AsRole = (u32, Vec<String>);
 
 /// The statements that bring `view` and `mirror`'s copies in step with `table`'s privileges,
-/// each as the role that may make them. For each role whose privileges differ, what it has is
-/// revoked (CASCADE: what it granted on from them goes too) and what it should have is
-/// granted: on the view, as its owner, the table's privileges whoever granted them (a view
-/// grants no grant option); on a copy, exactly its original's, each as its grantor (a grant
-/// made with a grant option stays its grantor's, and goes when the option does), the owner's
-/// first.
+/// each as the owner that makes them (PostgreSQL records an owner's grants as the owner's).
+/// For each role whose privileges differ, what it has is revoked (CASCADE: what it granted on
+/// from them goes too) and what it should have is granted: on the view, as its owner, the
+/// table's privileges whoever granted them (a view grants no grant option); on a copy, as the
+/// table's owner, the owner's grants of its original, grant options included.
 ///
 /// A table with row-level security gives the view nothing: its policies would apply to the
 /// view's owner, not its reader (the planner refuses such tables; this holds if the policies
@@ -135,54 +134,54 @@ pub fn statements(
         }
         out.push((view.owner, on_view));
     }
-    let mut grantors: Vec<u32> = table.privileges.iter().map(|p| p.grantor).collect();
-    grantors.sort_by_key(|g| (*g != table.owner, *g));
-    grantors.dedup();
-    for grantor in grantors {
-        let mut statements = Vec::new();
-        for (copy, original) in &mirror.copies {
-            // A copy that is not there (a failed window's), or whose original is gone.
-            if !table.columns.contains(copy) || !table.columns.contains(original) {
-                continue;
+    // The copy has the owner's grants of its original. A grant made with a grant option is
+    // its grantor's: it cannot be made again as that grantor (PostgreSQL records a grant as
+    // made by whichever of the grantor's roles holds the most options, the owner's for a
+    // superuser), so it is not carried; what such a grantor grants on the copy itself is left
+    // alone (and goes with the option).
+    let mut on_table = Vec::new();
+    for (copy, original) in &mirror.copies {
+        // A copy that is not there (a failed window's), or whose original is gone.
+        if !table.columns.contains(copy) || !table.columns.contains(original) {
+            continue;
+        }
+        let of = |column: &str| -> Vec<Privilege> {
+            table
+                .privileges
+                .iter()
+                .filter(|p| p.column.as_deref() == Some(column) && p.grantor == table.owner)
+                .map(|p| Privilege {
+                    grantee: p.grantee.clone(),
+                    privilege: p.privilege.clone(),
+                    grantable: p.grantable,
+                    ..Privilege::default()
+                })
+                .collect()
+        };
+        for (grantee, has, wanted) in differing(&of(copy), &of(original)) {
+            if has {
+                on_table.push(format!(
+                    "REVOKE ALL ({}) ON {} FROM {grantee} CASCADE",
+                    q(copy),
+                    table.name
+                ));
             }
-            let of = |column: &str| -> Vec<Privilege> {
-                table
-                    .privileges
-                    .iter()
-                    .filter(|p| p.column.as_deref() == Some(column) && p.grantor == grantor)
-                    .map(|p| Privilege {
-                        grantee: p.grantee.clone(),
-                        privilege: p.privilege.clone(),
-                        grantable: p.grantable,
-                        ..Privilege::default()
-                    })
-                    .collect()
-            };
-            for (grantee, has, wanted) in differing(&of(copy), &of(original)) {
-                if has {
-                    statements.push(format!(
-                        "REVOKE ALL ({}) ON {} FROM {grantee} CASCADE",
-                        q(copy),
-                        table.name
-                    ));
-                }
-                for p in wanted {
-                    let option = if p.grantable {
-                        " WITH GRANT OPTION"
-                    } else {
-                        ""
-                    };
-                    statements.push(format!(
-                        "GRANT {} ({}) ON {} TO {grantee}{option}",
-                        p.privilege,
-                        q(copy),
-                        table.name
-                    ));
-                }
+            for p in wanted {
+                let option = if p.grantable {
+                    " WITH GRANT OPTION"
+                } else {
+                    ""
+                };
+                on_table.push(format!(
+                    "GRANT {} ({}) ON {} TO {grantee}{option}",
+                    p.privilege,
+                    q(copy),
+                    table.name
+                ));
             }
         }
-        out.push((grantor, statements));
     }
+    out.push((table.owner, on_table));
     out.retain(|(_, statements)| !statements.is_empty());
     out
 }
@@ -340,39 +339,28 @@ fn mirrors_of(version: &str) -> Vec<Mirror> {
 }
 
 /// Carries window `version`'s privileges: what differs is changed, each statement as the
-/// role that may make it. Each role's statements run in a subtransaction of their own, so that
-/// one that fails (said in the error returned) holds up none of the others.
+/// owner that may make it. Each owner's statements run in a subtransaction of their own, so
+/// that one that fails (said in the error returned) holds up none of the others.
 pub fn mirror(version: &str) -> Result<(), crate::pg::subxact::Caught> {
     let mirrors = mirrors_of(version);
-    // A revoke's CASCADE takes with it what its grantee granted on, which a later round
-    // grants again as that grantee: a few rounds bring any chain of grant options in step.
-    for _ in 0..4 {
-        let planned = plan(version, &mirrors);
-        if planned.is_empty() {
-            break;
-        }
-        let mut first_failure = None;
-        for (role, statements) in planned {
-            let ran = crate::pg::subxact::run(|| {
-                identity::as_author(
-                    pg_sys::Oid::from(role),
-                    &[("search_path", "pg_catalog")],
-                    || {
-                        for sql in &statements {
-                            Spi::run(sql).or_bookkeeping("carry a window's privileges");
-                        }
-                    },
-                )
-            });
-            if let Err(caught) = ran {
-                first_failure.get_or_insert(caught);
-            }
-        }
-        if let Some(caught) = first_failure {
-            return Err(caught);
+    let mut first_failure = None;
+    for (role, statements) in plan(version, &mirrors) {
+        let ran = crate::pg::subxact::run(|| {
+            identity::as_author(
+                pg_sys::Oid::from(role),
+                &[("search_path", "pg_catalog")],
+                || {
+                    for sql in &statements {
+                        Spi::run(sql).or_bookkeeping("carry a window's privileges");
+                    }
+                },
+            )
+        });
+        if let Err(caught) = ran {
+            first_failure.get_or_insert(caught);
         }
     }
-    Ok(())
+    first_failure.map_or(Ok(()), Err)
 }
 
 /// What differs now, as statements for the roles that may make them.
@@ -585,10 +573,10 @@ mod unit {
     }
 
     #[test]
-    fn a_copy_has_its_originals_grants_each_from_its_grantor_and_nothing_is_written_in_step() {
-        let bobs = |column: &str, grantee: &str, grantable: bool| Privilege {
+    fn a_copy_has_the_owners_grants_of_its_original_and_nothing_is_written_in_step() {
+        let bobs = |column: &str, grantee: &str| Privilege {
             grantor: BOB,
-            grantable,
+            grantable: true,
             ..p(Some(column), grantee, "SELECT")
         };
         let optioned = |column: &str| Privilege {
@@ -601,11 +589,9 @@ mod unit {
                 p(None, "app", "SELECT"),
                 optioned("amount"),
                 optioned("_migrate_43_amount"),
-                // carol has amount from the owner and, with an option, from bob.
-                p(Some("amount"), "carol", "SELECT"),
-                bobs("amount", "carol", true),
-                p(Some("_migrate_43_amount"), "carol", "SELECT"),
-                bobs("_migrate_43_amount", "carol", true),
+                // bob's grants (with his option) are his: not carried, not taken back.
+                bobs("amount", "carol"),
+                bobs("_migrate_43_amount", "dave"),
             ],
         );
         let view = relation(
@@ -617,18 +603,22 @@ mod unit {
             ],
         );
         assert_eq!(statements(&orders(), &in_step, Some(&view), q), []);
-        // bob's grant on the original, not yet on the copy: made as bob.
-        let mut behind = in_step.clone();
-        behind
-            .privileges
-            .retain(|p| !(p.grantor == BOB && p.column.as_deref() == Some("_migrate_43_amount")));
+        // bob's option changed on the original: the copy follows, as the owner.
+        let mut changed = in_step.clone();
+        changed.privileges.push(Privilege {
+            privilege: "REFERENCES".into(),
+            ..optioned("amount")
+        });
         assert_eq!(
-            statements(&orders(), &behind, Some(&view), q),
+            statements(&orders(), &changed, Some(&view), q),
             [(
-                BOB,
+                OWNER,
                 vec![
-                    "GRANT SELECT (_migrate_43_amount) ON public.orders TO carol WITH GRANT OPTION"
-                        .to_string()
+                    "REVOKE ALL (_migrate_43_amount) ON public.orders FROM bob CASCADE".to_string(),
+                    "GRANT REFERENCES (_migrate_43_amount) ON public.orders TO bob WITH GRANT OPTION"
+                        .into(),
+                    "GRANT SELECT (_migrate_43_amount) ON public.orders TO bob WITH GRANT OPTION"
+                        .into(),
                 ]
             )]
         );
