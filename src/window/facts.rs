@@ -2,7 +2,7 @@
 //! and the grants its views carry over. Read with `search_path` pinned.
 
 use crate::errors::OrBookkeeping;
-use crate::window::plan::{Column, ColumnGrant, Table};
+use crate::window::plan::{Column, Table};
 use pgrx::pg_sys;
 
 /// The table `oid` as the plan needs it; `None` when it no longer exists.
@@ -234,28 +234,20 @@ fn grants(oid: pg_sys::Oid) -> Vec<(String, String)> {
     .or_bookkeeping("read the grants migrate.expand carries over")
 }
 
-/// The privileges the table's columns have of their own (column-level GRANTs) to roles other
-/// than its owner, for its views and its columns' copies.
-fn column_grants(oid: pg_sys::Oid) -> Vec<ColumnGrant> {
-    crate::pg::spi::pinned_rows(
-        "SELECT a.attname::text, \
-                CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END, \
-                x.privilege_type \
-         FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid \
-         CROSS JOIN LATERAL aclexplode(a.attacl) x \
-         LEFT JOIN pg_roles r ON r.oid = x.grantee \
-         WHERE c.oid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND x.grantee <> c.relowner \
-         ORDER BY 1, 2, 3",
+/// Whether any column of the table has privileges of its own (to a role other than its
+/// owner).
+fn column_grants(oid: pg_sys::Oid) -> bool {
+    crate::pg::spi::pinned_row(
+        "SELECT EXISTS (SELECT FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid \
+                        CROSS JOIN LATERAL aclexplode(a.attacl) x \
+                        WHERE c.oid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
+                          AND x.grantee <> c.relowner)",
         &[oid.into()],
-        |row| {
-            Ok(ColumnGrant {
-                column: row.get::<String>(1)?.unwrap_or_default(),
-                grantee: row.get::<String>(2)?.unwrap_or_default(),
-                privilege: row.get::<String>(3)?.unwrap_or_default(),
-            })
-        },
+        |row| row.get::<bool>(1),
     )
-    .or_bookkeeping("read the column grants migrate.expand carries over")
+    .or_bookkeeping("read pg_attribute")
+    .flatten()
+    .unwrap_or(false)
 }
 
 /// The table's own (not internal) row triggers that fire BEFORE an INSERT or UPDATE.

@@ -61,16 +61,6 @@ pub struct Sequence {
     pub type_sql: String,
 }
 
-/// A privilege one column of a table has of its own (`GRANT SELECT (c) ON t TO r`).
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ColumnGrant {
-    pub column: String,
-    /// As SQL: quoted, or `PUBLIC`.
-    pub grantee: String,
-    /// SELECT, INSERT, UPDATE or REFERENCES.
-    pub privilege: String,
-}
-
 /// A table as the catalogs have it.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Table {
@@ -90,8 +80,9 @@ pub struct Table {
     pub grants: Vec<(String, String)>,
     /// Row-level security is enabled on it (whoever it applies to).
     pub row_security: bool,
-    /// The privileges its columns have of their own (column-level GRANTs).
-    pub column_grants: Vec<ColumnGrant>,
+    /// Some column has privileges of its own (column-level GRANTs): its views check the
+    /// table's privileges as their owner and carry them (`privileges.rs` reads them).
+    pub column_grants: bool,
     /// The table's own row triggers that fire BEFORE an INSERT or UPDATE, by name.
     pub before_triggers: Vec<String>,
     /// Schemas that exist already, of those the window would create.
@@ -437,7 +428,7 @@ pub fn plan<'p>(
         // Rows the window reads as its opener (its backfill, its count of rows out of step),
         // before this table is planned.
         let reads_before = rows_read(&plan);
-        if !table.column_grants.is_empty() && table.row_security {
+        if table.column_grants && table.row_security {
             return Err(refused(
                 format!(
                     "migrate.expand cannot plan changes to {name}: it has both column privileges \
@@ -1162,7 +1153,7 @@ pub fn plan<'p>(
             schema.clone(),
             format!(
                 "CREATE VIEW {view} WITH (security_invoker = {}) AS SELECT {} FROM {name}",
-                table.column_grants.is_empty(),
+                !table.column_grants,
                 select.join(", ")
             ),
         ));
@@ -1194,7 +1185,7 @@ pub fn plan<'p>(
         // A view that checks privileges as its owner has the table's, column by column,
         // carried when it publishes and after every GRANT or REVOKE; one that checks them
         // as its reader needs the table's grants on itself only.
-        let owner_checked = !table.column_grants.is_empty();
+        let owner_checked = table.column_grants;
         if !owner_checked {
             for (grantee, privilege) in &table.grants {
                 grants.push(format!("GRANT {privilege} ON {view} TO {grantee}"));
@@ -2772,25 +2763,10 @@ mod unit {
         ]
     }
 
-    fn reader_grant(column: &str, privilege: &str) -> ColumnGrant {
-        ColumnGrant {
-            column: column.into(),
-            grantee: "reader".into(),
-            privilege: privilege.into(),
-        }
-    }
-
     #[test]
     fn column_privileges_follow_each_column_to_its_view_name_and_its_copy() {
         let mut table = orders();
-        table.column_grants = vec![
-            reader_grant("amount", "REFERENCES"),
-            reader_grant("amount", "SELECT"),
-            reader_grant("amount", "UPDATE"),
-            reader_grant("id", "SELECT"),
-            reader_grant("legacy_note", "SELECT"),
-            reader_grant("old_status", "SELECT"),
-        ];
+        table.column_grants = true;
         let requests = [vec![to_bigint()], rename_status_drop_note()].concat();
         let plan = plan("43", &[(table, requests)], q).unwrap();
         let publish = sql(&plan, Stage::Publish);
@@ -2870,7 +2846,7 @@ mod unit {
         let p2 = plan("43", &[(taken, vec![to_bigint()])], q).unwrap_err();
         assert_eq!(p2.code, PgSqlErrorCode::ERRCODE_DUPLICATE_SCHEMA);
         let mut column_acl = orders();
-        column_acl.column_grants = vec![reader_grant("amount", "SELECT")];
+        column_acl.column_grants = true;
         column_acl.row_security = true;
         let p2 = plan("43", &[(column_acl, vec![to_bigint()])], q).unwrap_err();
         assert!(p2
