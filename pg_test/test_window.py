@@ -1979,6 +1979,16 @@ def test_column_privileges_hold_on_the_new_version_and_follow_grants_and_revokes
         # The table is known by its schema's name until the window ends.
         f = failure(conn, "ALTER SCHEMA public RENAME TO public_old")
         assert "window-open: schema public is inside the open expand window of version 43" in f.message, f
+        # Row-level security turned on by someone who turned the guard off: the view, which
+        # checks as its owner, grants nothing until it is off again.
+        conn.execute("SET migrate.guard = off")
+        conn.execute("ALTER TABLE orders ENABLE ROW LEVEL SECURITY")
+        with session("window_col_reader") as r:
+            assert failure(r, "SELECT amount FROM orders").sqlstate == "42501"
+        conn.execute("ALTER TABLE orders DISABLE ROW LEVEL SECURITY")
+        conn.execute("RESET migrate.guard")
+        with session("window_col_reader") as r:
+            assert r.execute("SELECT amount FROM orders WHERE id = 1").fetchone() == (5,)
         conn.execute("SELECT * FROM migrate.contract('43')")
         # The copy that became amount has amount's privileges; status has what old_status had.
         with session("window_col_reader", new=False) as r:

@@ -425,18 +425,28 @@ fn mirror_window_privileges(version: &str) {
     CREATE FUNCTION migrate.follow_window_grants() RETURNS event_trigger
     LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 ")]
-fn follow_window_grants(_fcinfo: pg_sys::FunctionCallInfo) {
+fn follow_window_grants(fcinfo: pg_sys::FunctionCallInfo) {
+    let event = crate::pg::event_trigger::event(fcinfo);
     if MIRRORING.get() {
         return;
     }
-    let open: Vec<String> = identity::as_owner(|| {
-        crate::pg::spi::pinned_column::<String>(
-            "SELECT version FROM migrate.window_history \
-             WHERE ended IS NULL AND mirrors <> '[]' ORDER BY version",
-            &[],
-        )
-    })
-    .or_bookkeeping("read migrate.window_history");
+    // A GRANT or REVOKE may name anything (a schema, a role's column): every open window is
+    // looked at. An ALTER TABLE matters only on a window's table (turning row-level security
+    // on), which the guard refuses outside pg_migrate: only those it changed, so that other
+    // tables' DDL pays one query while it holds its lock.
+    let sql = if event.tag == "ALTER TABLE" {
+        "SELECT DISTINCT w.version FROM migrate.window_history w \
+         CROSS JOIN LATERAL jsonb_array_elements(w.mirrors) m \
+         JOIN pg_event_trigger_ddl_commands() c \
+           ON c.classid = 'pg_class'::regclass AND c.objid = (m->>'table_oid')::oid \
+         WHERE w.ended IS NULL ORDER BY 1"
+    } else {
+        "SELECT version FROM migrate.window_history \
+         WHERE ended IS NULL AND mirrors <> '[]' ORDER BY version"
+    };
+    let open: Vec<String> =
+        identity::as_owner(|| crate::pg::spi::pinned_column::<String>(sql, &[]))
+            .or_bookkeeping("read migrate.window_history");
     // A window's own steps (publish, contract) carry its privileges in a step of their own,
     // where its columns are as the step expects them.
     let own = crate::migration::running::running().map(|r| r.version);
