@@ -93,7 +93,10 @@ if [ "$PG" != pg15 ] && ! built; then
     version=${version%.orig.tar.bz2}
     build=$HOME/.pgrx/src/postgresql-$version
     rm -rf "$build" && tar xjf "$tarball"
-    (cd "$build" && ./configure --prefix="$prefix" --without-icu --with-openssl >/dev/null \
+    # Under `make test` this runs inside another make: PostgreSQL builds its generated headers
+    # (utils/errcodes.h) only from a top-level make (MAKELEVEL 0), so the outer make's
+    # variables are dropped, or src/common may be compiled before its headers exist.
+    (unset MAKELEVEL MAKEFLAGS MFLAGS && cd "$build" && ./configure --prefix="$prefix" --without-icu --with-openssl >/dev/null \
         && make -j"$(nproc)" >/dev/null && make install >/dev/null \
         && for m in "${CONTRIB[@]}"; do make -C "contrib/$m" install >/dev/null; done)
     rm -rf "$build"
