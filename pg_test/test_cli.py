@@ -35,7 +35,7 @@ class Run:
     def env(self, **extra) -> dict:
         base = {k: v for k, v in os.environ.items() if not k.startswith("PG") and k != "DATABASE_URL"}
         return {**base, "PGHOST": str(self.cluster.sock), "PGPORT": str(self.cluster.port), "PGUSER": "postgres",
-                "PGDATABASE": self.db, "NO_COLOR": "1", **extra}
+                "PGDATABASE": self.db, "NO_COLOR": "1", "GITHUB_WORKSPACE": str(self.folder.parent), **extra}
 
     def __call__(self, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         return subprocess.run([str(self.bin), "--dir", str(self.folder), *args], capture_output=True, text=True,
@@ -130,6 +130,8 @@ def test_a_changed_or_unlisted_file_is_refused_with_its_name(run, conn):
     ("V3__empty.sql", "  \n", "empty"),
     ("V1_0__again.sql", "SELECT 1;", "version 1 again"),
     ("V3__directive.sql", "-- migrate:watchh 1 min\nSELECT 1;", "unknown directive"),
+    ("V3__shout.SQL", "SELECT 1;", "ends in .sql, in lower case"),
+    ("3__folder/donw.sql", "SELECT 1;", "not a script of a migration folder"),
 ])
 def test_garbage_files_are_refused_with_a_clear_message(run, name, content, words):
     write(run.folder, name, content)
@@ -145,13 +147,35 @@ def test_lint_findings_are_annotations_at_their_line(run, conn):
     r = run("--format", "github", "lint")
     assert r.returncode == 3, r
     line = [l for l in r.stdout.splitlines() if l.startswith("::error")]
-    assert line and line[0].startswith("::error file=V3__widen.sql,line=2,title="), r.stdout
+    # At its path in the repository (GITHUB_WORKSPACE), which is where GitHub shows it.
+    assert line and line[0].startswith("::error file=migrations/V3__widen.sql,line=2,title="), r.stdout
     # Nothing ran.
     assert conn.execute("SELECT count(*) FROM migrate.history WHERE version = '3'").fetchone() == (0,)
     # Applying it is refused by the extension: its message, DETAIL and HINT, at the file.
     r = run("apply")
-    assert r.returncode == 1 and "V3__widen.sql" in r.stderr, r
+    assert r.returncode == 1 and "V3__widen.sql:2: error" in r.stderr, r
     assert "pg_migrate:" in r.stderr and "DETAIL:" in r.stderr and "HINT:" in r.stderr, r.stderr
+    r = run("--format", "github", "apply")
+    assert r.returncode == 1 and "::error file=migrations/V3__widen.sql,line=2,title=error::" in r.stdout, r
+
+
+def test_github_shows_ten_findings_of_a_kind_and_the_rest_go_to_the_step_summary(run, tmp_path):
+    run("hash")
+    assert run("apply").returncode == 0
+    for i in range(3, 15):
+        write(run.folder, f"V{i}__rename.sql", "ALTER TABLE orders RENAME COLUMN total TO amount;\n")
+    run("hash")
+    summary = tmp_path / "summary.md"
+    summary.write_text("")
+    r = run("--format", "github", "lint", env=run.env(GITHUB_STEP_SUMMARY=str(summary)))
+    assert r.returncode == 3, r
+    shown = [l for l in r.stdout.splitlines() if l.startswith("::error")]
+    assert len(shown) == 10 and all("title=rename-column::" in l for l in shown), r.stdout
+    rest = summary.read_text().splitlines()
+    assert len(rest) == 2 and all(l.startswith("- `migrations/V1") for l in rest), rest
+    # Without a summary to take them, they are counted, never lost in silence.
+    r = run("--format", "github", "lint")
+    assert r.returncode == 3 and "::error title=more findings::2 more findings" in r.stdout, r.stdout
 
 
 def test_connection_by_url_and_two_applies_at_once(run, conn, cluster, db):
@@ -211,6 +235,9 @@ def test_a_failed_phase_stops_apply_and_fails_the_check(run, conn):
     assert (r.returncode, "version 3 is failed" in r.stderr, "pg-migrate retry 3" in r.stderr) == (1, True, True), r
     r = run("apply", "--to", "V3")
     assert r.returncode == 2 and "not a version" in r.stderr, r
+    r = run("--format", "json", "apply", "--to", "V3")
+    doc = json.loads(r.stdout)
+    assert (r.returncode, doc["exit"], doc["pg_migrate_cli"], doc["notes"][0]["title"]) == (2, 2, 1, "usage"), r
     # The cause fixed, retry runs what is left and waits for it; apply then goes on.
     conn.execute("DELETE FROM orders WHERE id = 2")
     r = run("retry", "3")
@@ -218,6 +245,25 @@ def test_a_failed_phase_stops_apply_and_fails_the_check(run, conn):
     assert status(run)["3"] in ("applied, unverified", "complete", "applied"), status(run)
     assert run("apply").returncode == 0
     assert conn.execute("SELECT count(*) FROM pg_class WHERE relname = 'after_unique'").fetchone() == (1,)
+
+
+def test_a_lock_not_granted_after_every_retry_exits_6(run, cluster, db, conn):
+    run("hash")
+    assert run("apply").returncode == 0
+    write(run.folder, "V3__add.sql", "ALTER TABLE orders ADD COLUMN added int;\n")
+    run("hash")
+    quick = run.env(PGOPTIONS="-c migrate.lock_timeout=100ms -c migrate.lock_retries=1 "
+                              "-c migrate.lock_retry_delay=10ms")
+    with cluster.connect(db) as holder:
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE orders IN ACCESS SHARE MODE")
+        r = run("apply", env=quick)
+        holder.execute("ROLLBACK")
+    assert r.returncode == 6 and "V3__add.sql" in r.stderr and "lock" in r.stderr, r
+    assert status(run)["3"] == "pending"
+    assert run("apply", env=quick).returncode == 0
+    assert conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = 'orders'::regclass "
+                        "AND attname = 'added'").fetchone() == (1,)
 
 
 def test_a_watched_file_is_waited_for_before_the_next(cli_bin, tmp_path):
@@ -251,11 +297,14 @@ def test_plan_reports_each_statement_and_refuses_unsafe_ones_at_their_line(run, 
     write(run.folder, "V3__rename.sql", "-- a rename breaks running clients\n\nALTER TABLE orders RENAME COLUMN total TO amount;\n")
     write(run.folder, "V4__more.sql", "CREATE TABLE more_orders (id int);\nALTER TABLE orders ADD COLUMN flag boolean;\n")
     run("hash")
-    r = run("--format", "github", "plan")
+    # conn is connected: this is a database in use, and the plan's locks would queue it.
+    r = run("plan")
+    assert r.returncode == 2 and "other session(s) are connected" in r.stderr and "--scratch" in r.stderr, r
+    r = run("--format", "github", "plan", "--scratch")
     assert r.returncode == 3, r
     # The refusal is annotated at the statement's line of the file that has it.
-    assert "::error file=V3__rename.sql,line=3,title=plan::" in r.stdout and "rename-column" in r.stdout, r.stdout
-    doc = json.loads(run("--format", "json", "plan").stdout)
+    assert "::error file=migrations/V3__rename.sql,line=3,title=plan::" in r.stdout and "rename-column" in r.stdout, r.stdout
+    doc = json.loads(run("--format", "json", "plan", "--scratch").stdout)
     plan = [(p["file"], p["line"], p["command"], p["error"] is None) for p in doc["plan"]]
     assert plan == [("V3__rename.sql", 3, "ALTER TABLE", False), ("V4__more.sql", 1, "CREATE TABLE", True),
                     ("V4__more.sql", 2, "ALTER TABLE", True)], doc
@@ -265,13 +314,13 @@ def test_plan_reports_each_statement_and_refuses_unsafe_ones_at_their_line(run, 
     assert conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = 'orders'::regclass "
                         "AND attname = 'flag'").fetchone() == (0,)
     assert status(run)["3"] == "pending"
-    r = run("plan")
+    r = run("plan", "--scratch")
     assert r.returncode == 3 and "V3__rename.sql:3: plan" in r.stderr and "1 statements refused" in r.stdout, r
     # Each file is planned against what the pending files before it make.
     (run.folder / "V3__rename.sql").unlink()
     write(run.folder, "V5__later.sql", "ALTER TABLE more_orders ADD COLUMN note text;\n")
     run("hash")
-    r = run("--format", "json", "plan")
+    r = run("--format", "json", "plan", "--scratch")
     assert r.returncode == 0 and [p["error"] for p in json.loads(r.stdout)["plan"]] == [None, None, None], r
     assert conn.execute("SELECT to_regclass('more_orders')").fetchone() == (None,)
 
@@ -408,7 +457,7 @@ def test_an_expand_directive_opens_a_window_and_contract_closes_it(run, conn):
     write(run.folder, "V3__rename.sql", "-- migrate:expand 1 day\nALTER TABLE orders RENAME COLUMN note TO remark;\n")
     run("hash")
     # plan shows the window's steps, and records nothing.
-    r = run("--format", "json", "plan")
+    r = run("--format", "json", "plan", "--scratch")
     steps = [p for p in json.loads(r.stdout)["plan"] if p["file"] == "V3__rename.sql"]
     assert r.returncode == 0 and steps and all(p["command"].startswith("expand step") for p in steps), r
     assert conn.execute("SELECT count(*) FROM migrate.history WHERE version = '3'").fetchone() == (0,)
@@ -421,7 +470,7 @@ def test_an_expand_directive_opens_a_window_and_contract_closes_it(run, conn):
     write(run.folder, "V4__and_drop.sql", "-- migrate:expand\nALTER TABLE orders RENAME COLUMN total TO amount;\n"
           "DROP TABLE drop_me;\n")
     run("hash")
-    r = run("plan")
+    r = run("plan", "--scratch")
     assert r.returncode == 3 and "V4__and_drop.sql" in r.stderr and "drop-table" in r.stderr, r
     assert conn.execute("SELECT to_regclass('drop_me') IS NOT NULL, count(*) FROM migrate.windows").fetchone() == (
         True, 0)
@@ -694,16 +743,21 @@ def test_several_hosts_with_read_write_find_the_primary_past_a_standby(cli_bin, 
         standby.start(f"port={standby.port}", f"unix_socket_directories={standby.sock}", fresh=False)
         folder = tmp_path / "hosts"
         write(folder, "V1__one.sql", "CREATE TABLE one (id int);\n")
+        write(folder, "V2__two.sql", "CREATE TABLE two (id int);\n")
         run = Run(cli_bin, primary, db, folder)
         run("hash")
         hosts = {"PGHOST": f"{standby.sock},{primary.sock}", "PGPORT": f"{standby.port},{primary.port}"}
         # The standby first: it answers, and cannot take the migration.
         r = run("apply", env=run.env(**hosts))
         assert r.returncode == 1 and "read-only" in r.stderr, r
-        r = run("apply", env=run.env(**hosts, PGTARGETSESSIONATTRS="read-write"))
+        # A connection string that names both hosts takes PGTARGETSESSIONATTRS, as libpq does.
+        url = f"postgresql://postgres@127.0.0.1:{standby.port},127.0.0.1:{primary.port}/{db}"
+        r = run("apply", "--to", "1", env=run.env(DATABASE_URL=url, PGTARGETSESSIONATTRS="read-write"))
         assert r.returncode == 0 and "applied 1 one" in r.stdout, r
+        r = run("apply", env=run.env(**hosts, PGTARGETSESSIONATTRS="read-write"))
+        assert r.returncode == 0 and "applied 2 two" in r.stdout, r
         with standby.connect(db) as s:
-            wait_until(lambda: s.execute("SELECT count(*) FROM migrate.history").fetchone() == (1,), timeout=30)
+            wait_until(lambda: s.execute("SELECT count(*) FROM migrate.history").fetchone() == (2,), timeout=30)
             assert s.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
     finally:
         standby.stop()
@@ -732,13 +786,18 @@ def test_the_readme_pull_request_check_judges_new_files_against_production_s_sch
     # Versions 1 and 1.1 are production's (from its history); 2 and 3 are judged; 3 is refused
     # by lint and by plan, each at its line.
     assert r.returncode == 3, r
-    assert "::error file=V3__rename.sql,line=2,title=rename-column::" in r.stdout, r.stdout
-    assert "::error file=V3__rename.sql,line=2,title=plan::" in r.stdout, r.stdout
+    assert "::error file=migrations/V3__rename.sql,line=2,title=rename-column::" in r.stdout, r.stdout
+    assert "::error file=migrations/V3__rename.sql,line=2,title=plan::" in r.stdout, r.stdout
     assert r.stdout.count("::error") == 2, r.stdout
     write(run.folder, "V3__rename.sql", "ALTER TABLE orders ADD COLUMN amount int;\n")
     run("hash")
     r = subprocess.run(["sh", str(script)], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0 and "::error" not in r.stdout, r
+    # A file production ran, edited since: its annotation is seen, and the check fails.
+    write(run.folder, "V1__create_orders.sql", "CREATE TABLE orders (id bigint PRIMARY KEY, total bigint);\n")
+    run("hash")
+    r = subprocess.run(["sh", str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 4 and "::error file=migrations/V1__create_orders.sql,title=checksum::" in r.stdout, r
     # Production was only read; the scratch database is gone.
     assert status(run)["3"] == "pending" and status(run)["2"] == "pending"
     assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = 'cli_scratch'").fetchone() == (0,)
@@ -748,9 +807,9 @@ def test_connection_settings_that_cannot_both_hold_are_refused(run, cluster, db)
     run("hash")
     url = f"postgresql://postgres@/{db}?host={cluster.sock}&port={cluster.port}"
     r = run("--url", url, "--port", "1", "status")
-    assert r.returncode == 1 and "not both" in r.stderr, r
+    assert r.returncode == 2 and "not both" in r.stderr, r
     r = run("--url", url, "status", env=run.env(PGSERVICE="anything"))
-    assert r.returncode == 1 and "PGSERVICE=anything" in r.stderr, r
+    assert r.returncode == 2 and "PGSERVICE=anything" in r.stderr, r
     # Over a Unix socket sslmode does not apply, as with libpq.
     r = run("status", env=run.env(PGSSLMODE="require"))
     assert r.returncode == 0, r

@@ -344,6 +344,25 @@ def worker_of(conn) -> int | None:
     return row[0] if row else None
 
 
+def test_a_sampling_worker_keeps_its_session_until_the_database_settings_change(gate):
+    db = gate.create_database("gate_settings")
+    with gate.connect(db) as c:
+        wait_until(lambda: worker_of(c) is not None, timeout=30, interval=0.2)
+        pid = worker_of(c)
+        # Idle past migrate.worker_idle_timeout (2 s), it stays to sample, comparing the
+        # settings with those the launcher read before starting it: the same, it stays.
+        time.sleep(5)
+        assert worker_of(c) == pid
+        c.execute(f"ALTER DATABASE {db} SET work_mem = '7MB'")
+        # A session takes a database's settings when it starts: the worker leaves, and is
+        # back at once with them.
+        wait_until(lambda: worker_of(c) not in (None, pid), timeout=30, interval=0.2)
+        again = worker_of(c)
+        time.sleep(4)
+        assert worker_of(c) == again
+    gate.drop_database(db)
+
+
 def test_the_sampling_worker_leaves_only_for_those_who_may_empty_its_database(gate):
     db = gate.create_database("gate_leave")
     with gate.connect(db) as c:

@@ -683,7 +683,7 @@ CREATE TABLE migrate.watch_samples (
     added_ms            float8,
     -- Errors by kind, in migrate.error_counts' order.
     errors              bigint[] NOT NULL,
-    -- The longest current wait for a relation's lock in the database, and the replay lag of
+    -- The longest current wait for a lock on a relation the migration changed, and the replay lag of
     -- the furthest streaming replica.
     lock_wait_ms        float8 NOT NULL,
     lag_bytes           float8 NOT NULL,

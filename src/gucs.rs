@@ -217,7 +217,7 @@ fn define_watch_gucs() {
         (
             c"migrate.watch_lock_wait",
             c"A lock wait this long, in three samples in a row, fails a look.",
-            c"The longest wait of any session for a lock on a relation of the database. \
+            c"The longest wait of any session for a lock on a relation the migration changed. \
               0 turns the rule off.",
             &WATCH_LOCK_WAIT_MS,
             0,
@@ -258,7 +258,7 @@ fn define_watch_gucs() {
         (
             c"migrate.watch_latency_floor",
             c"Time per call (ms) a statement may add and the change still pass.",
-            c"When in most watch samples no statement's time per call grew by more than this \
+            c"When in three watch samples of four no statement's time per call grew by more than this \
               over its baseline mean, a latency ratio is the noise of tiny times: the look \
               passes on it and does not fail. The brake is not affected. 0: the ratio alone.",
             &WATCH_LATENCY_FLOOR,

@@ -18,8 +18,8 @@ psql -X -v ON_ERROR_STOP=1 -q -d "$db" -f "$dumps/history.sql" >/dev/null
 # failure's.
 status=0
 # A migration that ran in production and was edited since shows as changed (exit 4).
-pg-migrate --dir "$dir" --dbname "$db" --format github status >/dev/null || status=$?
+pg-migrate --dir "$dir" --dbname "$db" --format github status || status=$?
 pg-migrate --dir "$dir" --dbname "$db" --format github lint || status=$?
-pg-migrate --dir "$dir" --dbname "$db" --format github plan || status=$?
+pg-migrate --dir "$dir" --dbname "$db" --format github plan --scratch || status=$?
 dropdb "$db"
 exit "$status"

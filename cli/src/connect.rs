@@ -62,16 +62,19 @@ impl Target {
     pub fn config(&self) -> Result<(Config, tls::Settings)> {
         if let Some(url) = &self.url {
             if self.host.is_some() || self.port.is_some() {
-                anyhow::bail!(
+                return Err(crate::report::Usage(
                     "give the host and port in the connection string or with --host and --port, \
                      not both"
-                );
+                        .into(),
+                )
+                .into());
             }
             if let Some(service) = env("PGSERVICE") {
-                anyhow::bail!(
+                return Err(crate::report::Usage(format!(
                     "both a connection string (--url or DATABASE_URL) and PGSERVICE={service} are \
                      given: say which database to migrate with one of them"
-                );
+                ))
+                .into());
             }
             let (url, given) = tls::split(url)?;
             let tls = tls::settings(&given, &[])?;
@@ -118,6 +121,9 @@ impl Target {
                     }
                 }
             }
+            if config.get_hosts().is_empty() {
+                config.host_path(crate::pgfiles::DEFAULT_SOCKET_DIR);
+            }
             if config.get_ports().is_empty() {
                 for port in env("PGPORT")
                     .unwrap_or_default()
@@ -127,8 +133,28 @@ impl Target {
                     config.port(port.parse().context("reading PGPORT")?);
                 }
             }
+            // The rest as the other branch reads them, through a conninfo of their own.
+            let unset = |key: &str| !url.contains(&format!("{key}="));
+            let from_env: Vec<String> = SETTINGS
+                .iter()
+                .filter(|(key, _)| {
+                    matches!(
+                        *key,
+                        "connect_timeout" | "target_session_attrs" | "application_name"
+                    ) && unset(key)
+                })
+                .filter_map(|(key, variable)| env(variable).map(|v| pair(key, &v)))
+                .collect();
+            let more = Config::from_str(&from_env.join(" "))
+                .context("reading the PG* environment variables")?;
+            if let Some(timeout) = more.get_connect_timeout() {
+                config.connect_timeout(*timeout);
+            }
+            if unset("target_session_attrs") {
+                config.target_session_attrs(more.get_target_session_attrs());
+            }
             if config.get_application_name().is_none() {
-                config.application_name("pg-migrate");
+                config.application_name(more.get_application_name().unwrap_or("pg-migrate"));
             }
             config.ssl_mode(tls.mode.negotiation());
             return Ok((config, tls));

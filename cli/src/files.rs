@@ -51,17 +51,27 @@ pub fn tracked(dir: &Path) -> Result<Vec<String>, FileError> {
     for entry in entries(dir, "")? {
         if entry.is_dir {
             for inner in entries(&dir.join(&entry.name), &entry.name)? {
-                if !inner.is_dir && inner.name.ends_with(".sql") {
+                if !inner.is_dir && is_sql(&inner.name) {
                     out.push(inner.relative);
                 }
             }
-        } else if entry.name.ends_with(".sql") {
+        } else if is_sql(&entry.name) {
             out.push(entry.relative);
         }
     }
     out.sort();
     Ok(out)
 }
+
+/// A script's name, whatever the case of its suffix: `V4__x.SQL` is not a note to skip.
+fn is_sql(name: &str) -> bool {
+    name.len() > 4
+        && name.is_char_boundary(name.len() - 4)
+        && name[name.len() - 4..].eq_ignore_ascii_case(".sql")
+}
+
+/// The scripts a migration folder may hold.
+const FOLDER_SCRIPTS: [&str; 3] = ["up.sql", "down.sql", "verify.sql"];
 
 struct Entry {
     name: String,
@@ -269,6 +279,20 @@ pub fn discover(dir: &Path) -> Result<Vec<Migration>, FileError> {
                 None => version_of(&entry.name).map(|v| (v, String::new())),
             }
             .ok_or_else(|| bad_name(&entry.name))?;
+            // A misspelt script (donw.sql) would be covered by migrate.sum and never run.
+            for other in entries(&dir.join(&entry.name), &entry.name)? {
+                if !other.is_dir
+                    && is_sql(&other.name)
+                    && !FOLDER_SCRIPTS.contains(&other.name.as_str())
+                {
+                    return Err(FileError {
+                        file: other.relative,
+                        problem: "not a script of a migration folder: it holds up.sql, and \
+                                  optionally down.sql and verify.sql"
+                            .into(),
+                    });
+                }
+            }
             let inner = |name: &str| -> Result<Option<String>, FileError> {
                 let relative = format!("{}/{name}", entry.name);
                 if dir.join(&relative).is_file() {
@@ -288,9 +312,15 @@ pub fn discover(dir: &Path) -> Result<Vec<Migration>, FileError> {
             found.push(m);
             continue;
         }
-        let Some(stem) = entry.name.strip_suffix(".sql") else {
+        if !is_sql(&entry.name) {
             // Notes, READMEs and migrate.sum live beside the migrations.
             continue;
+        }
+        let Some(stem) = entry.name.strip_suffix(".sql") else {
+            return Err(FileError {
+                file: entry.name,
+                problem: "a script's name ends in .sql, in lower case".into(),
+            });
         };
         let (kind, rest) = stem.split_at(stem.chars().next().map_or(0, char::len_utf8));
         let (version, description) = split_name(rest).ok_or_else(|| bad_name(&entry.name))?;

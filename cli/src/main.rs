@@ -73,7 +73,12 @@ enum Command {
     Lint,
     /// A dry run of each pending file: locks, rewrites, rows, time and verdict per statement
     /// (rolled back).
-    Plan,
+    Plan {
+        /// The database is a scratch copy: plan even though other sessions are connected
+        /// (the plan holds its statements' locks until it ends).
+        #[arg(long)]
+        scratch: bool,
+    },
     /// migrate.verify of the versions given, or of every applied file.
     Verify {
         #[arg(value_parser = files::parse_version)]
@@ -145,15 +150,31 @@ fn main() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            std::process::exit(if e.use_stderr() {
-                Exit::Usage as i32
-            } else {
-                0
-            });
+            if !e.use_stderr() {
+                std::process::exit(0); // --help, --version
+            }
+            // A pipeline that asked for JSON gets its one document, usage errors included.
+            let args: Vec<String> = std::env::args().collect();
+            let json = args
+                .windows(2)
+                .any(|w| w[0] == "--format" && w[1] == "json")
+                || args.iter().any(|a| a == "--format=json");
+            if json {
+                let mut out = Out::new(Format::Json);
+                out.note(report::Note {
+                    title: "usage".into(),
+                    message: e.kind().to_string(),
+                    detail: Some(e.render().to_string()),
+                    ..report::Note::default()
+                });
+                out.finish(Exit::Usage);
+            }
+            std::process::exit(Exit::Usage as i32);
         }
     };
     interrupt::install();
     let mut out = Out::new(cli.format);
+    out.github_folder = github_folder(&cli.dir, std::env::var_os("GITHUB_WORKSPACE"));
     let exit = match run(&cli, &mut out) {
         Ok(exit) => exit,
         Err(e) => out.error(&e),
@@ -168,6 +189,25 @@ fn main() {
     std::process::exit(exit as i32);
 }
 
+/// The migrations folder as a path in the repository, with a trailing slash ("" for its
+/// top): GitHub places an annotation by that path. The repository is `GITHUB_WORKSPACE`
+/// when a runner gives it, else the current folder.
+fn github_folder(dir: &std::path::Path, workspace: Option<std::ffi::OsString>) -> String {
+    use std::path::{Component, Path};
+    let within = workspace
+        .and_then(|w| Some((Path::new(&w).canonicalize().ok()?, dir.canonicalize().ok()?)))
+        .and_then(|(w, d)| d.strip_prefix(w).ok().map(Path::to_path_buf))
+        .unwrap_or_else(|| dir.to_path_buf());
+    let path: std::path::PathBuf = within
+        .components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect();
+    match path.to_string_lossy() {
+        p if p.is_empty() => String::new(),
+        p => format!("{}/", p.trim_end_matches('/')),
+    }
+}
+
 fn run(cli: &Cli, out: &mut Out) -> Result<Exit> {
     use std::time::Duration;
     use verbs::Decision;
@@ -178,7 +218,7 @@ fn run(cli: &Cli, out: &mut Out) -> Result<Exit> {
             verbs::apply(cli, out, to.as_deref(), Duration::from_secs(*wait))
         }
         Command::Lint => verbs::lint(cli, out),
-        Command::Plan => verbs::plan(cli, out),
+        Command::Plan { scratch } => verbs::plan(cli, out, *scratch),
         Command::Verify { versions } => verbs::verify(cli, out, versions),
         Command::Drift => verbs::drift(cli, out),
         Command::Fingerprint { schemas, expect } => {
@@ -200,5 +240,31 @@ fn run(cli: &Cli, out: &mut Out) -> Result<Exit> {
         }
         Command::Contract { version } => verbs::close_window(cli, out, version, true),
         Command::Abort { version } => verbs::close_window(cli, out, version, false),
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::github_folder;
+    use std::path::Path;
+
+    #[test]
+    fn annotations_name_files_by_their_path_in_the_repository() {
+        assert_eq!(github_folder(Path::new("migrations"), None), "migrations/");
+        assert_eq!(
+            github_folder(Path::new("./db/migrations/"), None),
+            "db/migrations/"
+        );
+        assert_eq!(github_folder(Path::new("."), None), "");
+        let repo = std::env::temp_dir().join(format!("pg-migrate-gh-{}", std::process::id()));
+        std::fs::create_dir_all(repo.join("db/m")).unwrap();
+        let found = github_folder(&repo.join("db/m"), Some(repo.clone().into_os_string()));
+        let outside = github_folder(
+            Path::new("/nonexistent/m"),
+            Some(repo.clone().into_os_string()),
+        );
+        std::fs::remove_dir_all(&repo).unwrap();
+        assert_eq!(found, "db/m/");
+        assert_eq!(outside, "/nonexistent/m/");
     }
 }

@@ -23,6 +23,19 @@ pub enum Exit {
     Interrupted = 130,
 }
 
+/// An error in how the command was called (settings that cannot both hold): exit 2, as
+/// for what clap refuses.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
 /// A finding or an error as a person, a JSON reader or GitHub sees it.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Note {
@@ -49,13 +62,34 @@ impl Note {
             detail: db.and_then(|d| d.detail().map(str::to_string)),
             hint: db.and_then(|d| d.hint().map(str::to_string)),
             sqlstate: db.map(|d| d.code().code().to_string()),
-            ..Note::default()
+            line: db.and_then(|d| {
+                statement_line(d.message()).or_else(|| d.detail().and_then(statement_line))
+            }),
         }
     }
 }
 
+/// The line of "statement 3 (line 12)", the way the extension names a statement in its
+/// messages: a refusal carries no cursor position, only this.
+pub fn statement_line(text: &str) -> Option<i64> {
+    text.match_indices("statement ").find_map(|(at, word)| {
+        let rest = &text[at + word.len()..];
+        let number_end = rest.find(|c: char| !c.is_ascii_digit())?;
+        let line = rest[number_end..].strip_prefix(" (line ")?;
+        let line_end = line.find(|c: char| !c.is_ascii_digit())?;
+        (number_end > 0 && line_end > 0 && line[line_end..].starts_with(')'))
+            .then(|| line[..line_end].parse().ok())
+            .flatten()
+    })
+}
+
 pub struct Out {
     pub format: Format,
+    /// What GitHub's `file=` is given before a file's name: the migrations folder as the
+    /// repository sees it (GitHub places an annotation by its path in the repository).
+    pub github_folder: String,
+    /// Findings past GitHub's ten of a kind that no step summary took.
+    untold: usize,
     /// The JSON document's members, filled by the verb.
     pub doc: serde_json::Map<String, Value>,
     pub notes: Vec<Note>,
@@ -110,6 +144,8 @@ impl Out {
     pub fn new(format: Format) -> Out {
         Out {
             format,
+            github_folder: String::new(),
+            untold: 0,
             doc: serde_json::Map::new(),
             notes: Vec::new(),
         }
@@ -167,7 +203,8 @@ impl Out {
                 if same < 10 {
                     let mut place = String::new();
                     if let Some(f) = &note.file {
-                        place.push_str(&format!(" file={}", escape_property(f)));
+                        let path = format!("{}{f}", self.github_folder);
+                        place.push_str(&format!(" file={}", escape_property(&path)));
                     }
                     if let Some(l) = note.line {
                         place.push_str(&format!(",line={l}"));
@@ -178,18 +215,26 @@ impl Out {
                         escape_property(&note.title),
                         escape_data(&text)
                     );
-                } else if let Ok(summary) = std::env::var("GITHUB_STEP_SUMMARY") {
+                } else {
                     use std::io::Write;
-                    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(summary) {
-                        let flat = |t: &str| t.replace(['\n', '\r', '`'], " ");
-                        let _ = writeln!(
-                            f,
-                            "- `{}:{}` {}: {}",
-                            flat(note.file.as_deref().unwrap_or("-")),
-                            note.line.unwrap_or(0),
-                            flat(&note.title),
-                            flat(&text)
-                        );
+                    let flat = |t: &str| t.replace(['\n', '\r', '`'], " ");
+                    let written = std::env::var("GITHUB_STEP_SUMMARY")
+                        .ok()
+                        .and_then(|s| std::fs::OpenOptions::new().append(true).open(s).ok())
+                        .is_some_and(|mut f| {
+                            writeln!(
+                                f,
+                                "- `{}{}:{}` {}: {}",
+                                self.github_folder,
+                                flat(note.file.as_deref().unwrap_or("-")),
+                                note.line.unwrap_or(0),
+                                flat(&note.title),
+                                flat(&text)
+                            )
+                            .is_ok()
+                        });
+                    if !written {
+                        self.untold += 1;
                     }
                 }
             }
@@ -218,10 +263,16 @@ impl Out {
         }
         if let Some(place) = located {
             note.file = Some(place.file.clone());
-            note.line = place.line;
+            note.line = place.line.or_else(|| {
+                statement_line(&note.message)
+                    .or_else(|| note.detail.as_deref().and_then(statement_line))
+            });
         }
+        // The extension gives up with the error of its last attempt: a lock not granted
+        // in time, or a deadlock with another session.
         let exit = match note.sqlstate.as_deref() {
-            Some("55P03") => Exit::GaveUp,
+            Some("55P03" | "40P01") => Exit::GaveUp,
+            _ if e.downcast_ref::<Usage>().is_some() => Exit::Usage,
             _ => Exit::Error,
         };
         self.note(note);
@@ -230,6 +281,14 @@ impl Out {
 
     /// The JSON document, once, at the end.
     pub fn finish(&mut self, exit: Exit) {
+        if self.untold > 0 {
+            // No step summary to take them: said once, so that none goes unseen.
+            println!(
+                "::error title=more findings::{} more findings than GitHub shows; run \
+                 pg-migrate without --format github to see them all",
+                self.untold
+            );
+        }
         if self.format != Format::Json {
             return;
         }
@@ -298,6 +357,18 @@ fn escape_property(s: &str) -> String {
 #[cfg(test)]
 mod unit {
     use super::*;
+
+    #[test]
+    fn a_statement_named_in_a_message_gives_its_line() {
+        let m = "pg_migrate: migration 7: statement 3 (line 12): index-create-blocking: x";
+        assert_eq!(statement_line(m), Some(12));
+        assert_eq!(statement_line("statement 2 (line 1) ran longer"), Some(1));
+        // Words that only look like it.
+        assert_eq!(statement_line("a statement (line 4)"), None);
+        assert_eq!(statement_line("statement 2 (line x)"), None);
+        assert_eq!(statement_line("statement 2 (line 4"), None);
+        assert_eq!(statement_line("no such statement"), None);
+    }
 
     #[test]
     fn database_text_cannot_drive_a_terminal_or_a_runner() {

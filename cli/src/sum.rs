@@ -4,7 +4,8 @@
 //! It detects mistakes, not an attacker: whoever can edit the files can run `hash`.
 //!
 //! Format: the first line `h1:<sha256 of every line after it>`, then one line per file,
-//! `<path> h1:<sha256 of its bytes>`, in path order.
+//! `<path> h1:<the extension's checksum of its text>` (sha256 of its bytes when it is not
+//! UTF-8), in path order.
 
 use crate::checksum::{normalized_checksum, sha256_hex, CURRENT_ALGORITHM};
 use std::path::Path;

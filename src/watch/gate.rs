@@ -25,7 +25,7 @@ pub struct Point {
     /// `sample::worst_added_ms`).
     pub added_ms: Option<f64>,
     pub errors: [u64; COUNTERS],
-    /// The longest current wait for a relation's lock in the database, when sampled.
+    /// The longest current wait for a lock on a relation the migration changed, when sampled.
     pub lock_wait_ms: f64,
     /// The replay lag of the furthest streaming replica.
     pub lag_bytes: f64,
@@ -546,6 +546,28 @@ mod unit {
         assert_eq!(
             judge(&points(&CALM), &watch, &LIMITS).verdict,
             LookVerdict::Fail
+        );
+        // Replication lag by the same rule, once a limit is set (0: none).
+        let mut watch = points(&CALM[..8]);
+        for p in &mut watch[5..] {
+            p.lag_bytes = 64.0 * 1024.0 * 1024.0;
+        }
+        assert_eq!(
+            judge(&points(&CALM), &watch, &LIMITS).verdict,
+            LookVerdict::Pass
+        );
+        let lag = Limits {
+            lag_bytes: 16.0 * 1024.0 * 1024.0,
+            ..LIMITS
+        };
+        let look = judge(&points(&CALM), &watch, &lag);
+        assert_eq!(look.verdict, LookVerdict::Fail);
+        let finding = look.findings.iter().find(|f| f.signal == "replication lag");
+        assert_eq!(finding.map(|f| f.verdict), Some(LookVerdict::Fail));
+        watch[5].lag_bytes = 0.0;
+        assert_eq!(
+            judge(&points(&CALM), &watch, &lag).verdict,
+            LookVerdict::Pass
         );
     }
 

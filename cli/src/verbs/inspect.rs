@@ -115,11 +115,34 @@ struct Planned {
 /// `plan`: `migrate.dry_run` of each pending file: what each statement locks, blocks and
 /// rewrites, how many rows and how long, and whether the guard or the server refuses it.
 /// Everything it ran is rolled back.
-pub fn plan(cli: &Cli, out: &mut Out) -> Result<Exit> {
+pub fn plan(cli: &Cli, out: &mut Out, scratch: bool) -> Result<Exit> {
     let Some(found) = checked_files(&cli.dir, out)? else {
         return Ok(Exit::Checksum);
     };
     let mut client = cli.target.connect()?;
+    // Every statement planned keeps its locks until the plan ends: against a database in
+    // use (production), the sessions that need those tables would queue behind it.
+    if !scratch {
+        let others: i64 = client
+            .query_typed(
+                "SELECT count(*) FROM pg_catalog.pg_stat_activity \
+                 WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database() \
+                   AND pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid() \
+                   AND backend_type OPERATOR(pg_catalog.=) 'client backend'",
+                &[],
+            )?
+            .first()
+            .map_or(0, |r| r.get(0));
+        if others > 0 {
+            return Err(crate::report::Usage(format!(
+                "pg-migrate plan holds the locks of every statement it plans until it ends, \
+                 and {others} other session(s) are connected to this database: plan against \
+                 a scratch copy of the schema (pg_dump --schema-only; see the README's CI \
+                 recipe), or pass --scratch if this database is one"
+            ))
+            .into());
+        }
+    }
     let rows = states(&mut client, &found)?;
     let mut planned = Vec::new();
     let mut refused = 0;
