@@ -35,8 +35,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# PG_MIGRATE_E2E_DIRS=/tmp/other_ moves every test cluster from /tmp/pg_migrate_* there, so
+# that a second run (another checkout, another version) does not stop this one's clusters.
+DIRS = os.environ.get("PG_MIGRATE_E2E_DIRS", "")
+
+
 class Cluster:
     def __init__(self, directory: str | Path, port: int | None = None):
+        directory = str(directory)
+        if DIRS and directory.startswith("/tmp/pg_migrate_"):
+            directory = DIRS + directory[len("/tmp/pg_migrate_"):]
         self.dir = Path(directory)
         self.port = port or free_port()
         self.sock = self.dir / "sock"

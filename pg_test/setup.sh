@@ -24,7 +24,7 @@ fi
 
 missing=()
 for pkg in postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo \
-           pkg-config libssl-dev openssl make gcc python3 python3-venv git; do
+           pkg-config libssl-dev openssl make gcc python3 python3-venv git pgbouncer; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -3,6 +3,7 @@ applied from scratch and again, its integrity file, changed and garbage files, l
 as annotations, phased migrations, errors with the extension's DETAIL and HINT, and two
 applies at once."""
 
+import contextlib
 import json
 import os
 import re
@@ -556,6 +557,7 @@ def snapshot(name: str, text: str, folder: Path) -> None:
     Timings and the run's own paths are the only parts made neutral."""
     text = text.replace(str(folder), "<dir>")
     text = re.sub(r"in \d+ ms", "in <n> ms", text)
+    text = re.sub(r"\d\d:\d\d:\d\d ago", "hh:mm:ss ago", text)
     path = SNAPSHOTS / name
     if os.environ.get("PG_MIGRATE_SNAPSHOTS") == "update":
         path.parent.mkdir(exist_ok=True)
@@ -577,6 +579,18 @@ def test_human_and_json_output_match_their_snapshots(run, conn):
     snapshot("lint.txt", f"exit {r.returncode}\n--- stdout\n{r.stdout}--- stderr\n{r.stderr}", run.folder)
     r = run("--format", "json", "lint")
     snapshot("lint.json", json.dumps(json.loads(r.stdout), indent=2, sort_keys=True) + "\n", run.folder)
+    # (Its table for people has times that set the width of a column: JSON only.)
+    r = run("--format", "json", "plan", "--scratch")
+    doc = json.loads(r.stdout)
+    for p in doc["plan"]:
+        p["ms"] = "<n>" if p.get("ms") is not None else None
+    snapshot("plan.json", json.dumps(doc, indent=2, sort_keys=True) + "\n", run.folder)
+    # An error of the extension at its file and line, with its DETAIL and HINT.
+    assert run("apply", "--to", "2").returncode == 0
+    r = run("apply")
+    snapshot("apply_refused.txt", f"exit {r.returncode}\n--- stdout\n{r.stdout}--- stderr\n{r.stderr}", run.folder)
+    r = run("verify")
+    snapshot("verify.txt", f"exit {r.returncode}\n--- stdout\n{r.stdout}--- stderr\n{r.stderr}", run.folder)
 
 
 def make_certificates(folder: Path) -> None:
@@ -810,6 +824,16 @@ def test_connection_settings_that_cannot_both_hold_are_refused(run, cluster, db)
     assert r.returncode == 2 and "not both" in r.stderr, r
     r = run("--url", url, "status", env=run.env(PGSERVICE="anything"))
     assert r.returncode == 2 and "PGSERVICE=anything" in r.stderr, r
+    r = run("--url", f"service=anything dbname={db}", "status")
+    assert r.returncode == 2 and "set PGSERVICE" in r.stderr, r
+    # PGHOSTADDR: an address without a host name, with a connection string or without.
+    tcp = run.env(PGHOST="", PGHOSTADDR="127.0.0.1")
+    assert run("status", env=tcp).returncode == 0
+    r = run("--url", f"postgresql://postgres@/{db}?port={cluster.port}", "status", env=tcp)
+    assert r.returncode == 0, r
+    # Without it, the default socket folder, where this cluster is not.
+    r = run("--url", f"postgresql://postgres@/{db}?port={cluster.port}", "status", env=run.env(PGHOST=""))
+    assert r.returncode == 1 and "/var/run/postgresql" in r.stderr, r
     # Over a Unix socket sslmode does not apply, as with libpq.
     r = run("status", env=run.env(PGSSLMODE="require"))
     assert r.returncode == 0, r
@@ -817,3 +841,58 @@ def test_connection_settings_that_cannot_both_hold_are_refused(run, cluster, db)
     env = run.env()
     r = run("--url", f"postgresql:///{db}?host={cluster.sock}&port={cluster.port}", "status", env=env)
     assert r.returncode == 0, r
+
+
+def test_every_verb_works_through_pgbouncer_in_transaction_mode(run, cluster, db, conn):
+    """Unnamed statements only and no session state: behind a transaction-mode pooler each
+    statement may reach another server session (a named prepared statement would not be
+    found there)."""
+    from harness import free_port
+    home = Path(f"/tmp/pg_migrate_e2e_bouncer_{os.getpid()}")
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir()
+    port = free_port()
+    (home / "pgbouncer.ini").write_text(f"""[databases]
+{db} = host={cluster.sock} port={cluster.port} dbname={db} user=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = any
+pool_mode = transaction
+default_pool_size = 3
+logfile = {home}/pgbouncer.log
+pidfile = {home}/pgbouncer.pid
+""")
+    subprocess.run(["chown", "-R", "postgres", str(home)], check=True)
+    bouncer = subprocess.Popen(["runuser", "-u", "postgres", "--", "/usr/sbin/pgbouncer", str(home / "pgbouncer.ini")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: subprocess.run([str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
+                                          capture_output=True).returncode == 0, timeout=20, interval=0.2)
+        env = run.env(PGHOST="127.0.0.1", PGPORT=str(port))
+        assert run("hash").returncode == 0
+        r = run("apply", env=env)
+        assert r.returncode == 0 and "applied 2" in r.stdout, r
+        # The worker's CONCURRENTLY phase was waited for: the index is there and valid.
+        assert conn.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = 'orders_total_idx'::regclass"
+                            ).fetchone() == (True,)
+        write(run.folder, "V3__more.sql", "ALTER TABLE orders ADD COLUMN more int;\n")
+        assert run("hash").returncode == 0
+        assert run("lint", env=env).returncode == 0
+        # The pooler's server sessions stay connected: plan is told this is a scratch database.
+        r = run("--format", "json", "plan", "--scratch", env=env)
+        assert r.returncode == 0 and [p["command"] for p in json.loads(r.stdout)["plan"]] == ["ALTER TABLE"], r
+        r = run("apply", env=env)
+        assert r.returncode == 0 and "applied 3" in r.stdout, r
+        assert run("status", "--check", env=env).returncode == 0
+        assert run("verify", env=env).returncode == 0
+        assert run("drift", env=env).returncode == 0
+        assert run("fingerprint", env=env).returncode == 0
+        assert conn.execute("SELECT count(*) FROM migrate.history").fetchone() == (4,)
+    finally:
+        bouncer.terminate()
+        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
+            os.kill(int((home / "pgbouncer.pid").read_text()), signal.SIGTERM)
+        bouncer.wait(timeout=10)
+        shutil.rmtree(home, ignore_errors=True)

@@ -259,9 +259,35 @@ def test_a_rename_that_breaks_clients_is_rolled_back_by_the_error_rule(gate):
     assert clients.errors.get("42703", 0) > 10, clients.errors
 
 
+def test_a_change_that_dropped_a_column_is_held_and_never_rolled_back(gate):
+    """Its rollback could bring the column back but not its rows: the gate fails, and the
+    migration is held for a person, by the keeper and by reject alike."""
+    db = lookup_orders(gate, "gate_destroy")
+    with Clients(gate, db, "SELECT note FROM orders WHERE id = 42") as clients, gate.connect(db) as c:
+        baseline_ready(gate, db)
+        c.execute(
+            "SELECT * FROM migrate.apply('310', 'ALTER TABLE orders DROP COLUMN note', "
+            "rollback => 'ALTER TABLE orders ADD COLUMN note text', "
+            "allow => ARRAY['drop-column'], watch => '60 s', on_regression => 'rollback')")
+        assert settled(c, "310") == "held"
+        reason, phase = c.execute("SELECT reason, rollback_phase FROM migrate.watch_records "
+                                  "WHERE version = '310'").fetchone()
+        assert "not rolled back: it dropped a table, column or sequence" in reason and phase is None, reason
+        assert ("watch", "fail") in {(s, v) for s, _, v in looks(c, "310")}, looks(c, "310")
+        c.execute("SELECT migrate.reject('310', 'the clients still read note')")
+        assert state(c, "310") == "rejected"
+        assert c.execute("SELECT rollback_phase FROM migrate.watch_records WHERE version = '310'"
+                         ).fetchone() == (None,)
+        assert c.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'orders' "
+                         "AND column_name = 'note'").fetchone() == (0,)
+    assert clients.errors.get("42703", 0) > 10, clients.errors
+    # Its sampling worker would hold one of the workers' slots for the tests after it.
+    gate.drop_database(db)
+
+
 def test_without_pg_stat_statements_the_other_signals_decide(gate):
     db = lookup_orders(gate, "gate_no_statements", statements=False)
-    with Clients(gate, db, "SELECT note FROM orders WHERE id = 7"), gate.connect(db) as c:
+    with Pgbench(gate, db, "SELECT note FROM orders WHERE id = 7;\n"), gate.connect(db) as c:
         baseline_ready(gate, db, statements=False)
         c.execute("SELECT * FROM migrate.apply('400', 'CREATE TABLE t400 (id int)', watch => '12 s')")
         assert settled(c, "400", timeout=60) == "complete"
@@ -271,7 +297,7 @@ def test_without_pg_stat_statements_the_other_signals_decide(gate):
 
 def test_a_watch_resumes_after_the_worker_is_killed_and_the_server_restarted(gate):
     db = lookup_orders(gate, "gate_restart")
-    with gate.connect(db) as c, Clients(gate, db, "SELECT note FROM orders WHERE id = 9"):
+    with gate.connect(db) as c, Pgbench(gate, db, "SELECT note FROM orders WHERE id = 9;\n"):
         baseline_ready(gate, db, statements=False)
         c.execute("SELECT * FROM migrate.apply('500', 'CREATE TABLE t500 (id int)', "
                   "rollback => 'DROP TABLE t500', watch => '30 s', on_regression => 'rollback')")
@@ -280,7 +306,7 @@ def test_a_watch_resumes_after_the_worker_is_killed_and_the_server_restarted(gat
         c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                   "WHERE backend_type = 'pg_migrate worker' AND datname = current_database()")
     gate.restart()
-    with gate.connect(db) as c, Clients(gate, db, "SELECT note FROM orders WHERE id = 9"):
+    with gate.connect(db) as c, Pgbench(gate, db, "SELECT note FROM orders WHERE id = 9;\n"):
         assert settled(c, "500", timeout=90) == "complete", c.execute(
             "SELECT w.reason, l.look, l.signal, l.now, l.shift, l.p_value, l.verdict FROM migrate.watch_records w "
             "JOIN migrate.watch_looks l USING (version) WHERE version = '500' AND l.verdict <> 'pass' "
@@ -288,6 +314,36 @@ def test_a_watch_resumes_after_the_worker_is_killed_and_the_server_restarted(gat
         # Its samples from before the restart were kept and judged with the later ones.
         assert c.execute("SELECT count(*) FROM migrate.watch_samples WHERE version = '500'").fetchone()[0] >= 8
         assert c.execute("SELECT count(*) FROM migrate.steps WHERE version = '500' AND rollback").fetchone()[0] == 0
+
+
+def test_a_rollback_interrupted_by_a_restart_runs_once_to_its_end(gate):
+    db = lookup_orders(gate, "gate_restart_rollback")
+    query = "SELECT note FROM orders WHERE id = 9"
+    with gate.connect(db) as c, Clients(gate, db, query):
+        baseline_ready(gate, db, statements=False)
+        c.execute("SELECT * FROM migrate.apply('510', 'ALTER TABLE orders RENAME COLUMN note TO remark', "
+                  "rollback => 'SELECT pg_sleep(30); ALTER TABLE orders RENAME COLUMN remark TO note', "
+                  "allow => ARRAY['rename-column'], watch => '60 s', on_regression => 'rollback')")
+        # The clients' errors fail the watch; the rollback's phase is under way (asleep).
+        wait_until(lambda: c.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = "
+                                     "'pg_migrate worker' AND wait_event = 'PgSleep'").fetchone()[0] == 1,
+                   timeout=60, interval=0.2)
+        assert state(c, "510") == "rolling back"
+        c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                  "WHERE backend_type = 'pg_migrate worker' AND datname = current_database()")
+    gate.restart()
+    with gate.connect(db) as c, Clients(gate, db, query):
+        assert settled(c, "510", timeout=150) == "rolled back", c.execute(
+            "SELECT state, reason FROM migrate.watch_records WHERE version = '510'").fetchall()
+        # One rollback phase (the rename itself ran in apply's transaction), done once: its
+        # transaction was lost with the worker and run again whole.
+        assert c.execute("SELECT phase, state, rollback FROM migrate.steps WHERE version = '510' "
+                         "ORDER BY phase").fetchall() == [(1, "done", True)]
+        assert c.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'orders' "
+                         "AND column_name IN ('note', 'remark')").fetchone() == (1,)
+        assert c.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'orders' "
+                         "AND column_name = 'note'").fetchone() == (1,)
+    gate.drop_database(db)
 
 
 def test_watch_arguments_are_checked_before_anything_is_recorded(gate):
@@ -338,6 +394,15 @@ def test_watch_arguments_are_checked_before_anything_is_recorded(gate):
         c.execute("DROP ROLE gate_outsider")
 
 
+def alone(gate: Cluster) -> None:
+    """Drops the databases earlier tests left: each keeps a sampling worker, and with more
+    of them than migrate.max_workers (4) they take turns, so a database's worker comes and
+    goes."""
+    with gate.connect() as admin:
+        for (name,) in admin.execute("SELECT datname FROM pg_database WHERE datname LIKE 'gate%'").fetchall():
+            gate.drop_database(name)
+
+
 def worker_of(conn) -> int | None:
     row = conn.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_migrate worker' "
                        "AND datname = current_database()").fetchone()
@@ -345,6 +410,7 @@ def worker_of(conn) -> int | None:
 
 
 def test_a_sampling_worker_keeps_its_session_until_the_database_settings_change(gate):
+    alone(gate)
     db = gate.create_database("gate_settings")
     with gate.connect(db) as c:
         wait_until(lambda: worker_of(c) is not None, timeout=30, interval=0.2)
@@ -364,6 +430,7 @@ def test_a_sampling_worker_keeps_its_session_until_the_database_settings_change(
 
 
 def test_the_sampling_worker_leaves_only_for_those_who_may_empty_its_database(gate):
+    alone(gate)
     db = gate.create_database("gate_leave")
     with gate.connect(db) as c:
         # Installing pg_migrate started the worker, which stays to sample.

@@ -34,8 +34,9 @@ pub struct Target {
 
 /// The connection settings read from flags, a service and the environment, each with its
 /// environment variable.
-const SETTINGS: [(&str, &str); 9] = [
+const SETTINGS: [(&str, &str); 10] = [
     ("host", "PGHOST"),
+    ("hostaddr", "PGHOSTADDR"),
     ("port", "PGPORT"),
     ("user", "PGUSER"),
     ("dbname", "PGDATABASE"),
@@ -74,6 +75,19 @@ impl Target {
                     "both a connection string (--url or DATABASE_URL) and PGSERVICE={service} are \
                      given: say which database to migrate with one of them"
                 ))
+                .into());
+            }
+            // libpq reads a service named in the string; this client reads PGSERVICE only,
+            // and says so rather than connect somewhere else.
+            let names_service = url
+                .split(|c: char| c.is_whitespace() || c == '?' || c == '&')
+                .any(|part| part.trim_start().starts_with("service="));
+            if names_service {
+                return Err(crate::report::Usage(
+                    "a connection string's service= is not read: set PGSERVICE to the service's \
+                     name and give no connection string"
+                        .into(),
+                )
                 .into());
             }
             let (url, given) = tls::split(url)?;
@@ -121,7 +135,15 @@ impl Target {
                     }
                 }
             }
-            if config.get_hosts().is_empty() {
+            let unset = |key: &str| !url.contains(&format!("{key}="));
+            if config.get_hostaddrs().is_empty() {
+                if let Some(addr) = env("PGHOSTADDR") {
+                    for addr in addr.split(',').filter(|a| !a.is_empty()) {
+                        config.hostaddr(addr.parse().context("reading PGHOSTADDR")?);
+                    }
+                }
+            }
+            if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
                 config.host_path(crate::pgfiles::DEFAULT_SOCKET_DIR);
             }
             if config.get_ports().is_empty() {
@@ -134,7 +156,6 @@ impl Target {
                 }
             }
             // The rest as the other branch reads them, through a conninfo of their own.
-            let unset = |key: &str| !url.contains(&format!("{key}="));
             let from_env: Vec<String> = SETTINGS
                 .iter()
                 .filter(|(key, _)| {
@@ -206,10 +227,13 @@ impl Target {
                         .find(|(k, _)| k == key)
                         .and_then(|(_, v)| v.clone())
                 };
-                given(&flags)
+                let set = given(&flags)
                     .or_else(|| from_service(key))
-                    .or_else(|| env(variable))
-                    .or_else(|| given(&defaults))
+                    .or_else(|| env(variable));
+                // libpq's default socket folder only when no address is given either.
+                let addressed = *key == "host"
+                    && (from_service("hostaddr").is_some() || env("PGHOSTADDR").is_some());
+                set.or_else(|| (!addressed).then(|| given(&defaults)).flatten())
                     .map(|v| pair(key, &v))
             })
             .collect();

@@ -7,25 +7,37 @@ use std::collections::HashMap;
 
 pub use crate::pg::sample_ring::{QueryDelta, Sample, QUERIES};
 
-/// Cumulative calls and time by queryid, as pg_stat_statements counts them.
-pub type Totals = HashMap<i64, (f64, f64)>;
+/// One entry of pg_stat_statements in a database: its queryid, user and whether it was
+/// called at top level. Each is evicted on its own, so each is followed on its own.
+pub type Entry = (i64, u32, bool);
+
+/// Cumulative calls and time by entry, as pg_stat_statements counts them.
+pub type Totals = HashMap<Entry, (f64, f64)>;
 
 /// What each statement did between two readings of pg_stat_statements, the `QUERIES` that
-/// took most time kept apart. A statement whose calls went down was evicted (and maybe
-/// entered again) in between: its interval is unknown and left out, as is one not seen
-/// before (its first calls fell partly before the interval).
+/// took most time kept apart. An entry whose calls went down was evicted (and maybe entered
+/// again) in between: its interval is unknown and left out, as is one not seen before (its
+/// first calls fell partly before the interval). A statement's entries (its users, top
+/// level or not) are then added up: one entry's eviction is not hidden by another's growth.
 pub fn deltas(before: &Totals, now: &Totals, sample: &mut Sample) {
-    let mut moved: Vec<QueryDelta> = now
-        .iter()
-        .filter_map(|(queryid, (calls, time))| {
-            let (calls_before, time_before) = before.get(queryid)?;
-            let calls = calls - calls_before;
-            let time_ms = time - time_before;
-            (calls > 0.0 && time_ms >= 0.0).then_some(QueryDelta {
-                queryid: *queryid,
-                calls,
-                time_ms,
-            })
+    let mut by_statement: HashMap<i64, (f64, f64)> = HashMap::new();
+    for (entry, (calls, time)) in now {
+        let Some((calls_before, time_before)) = before.get(entry) else {
+            continue;
+        };
+        let (calls, time_ms) = (calls - calls_before, time - time_before);
+        if calls > 0.0 && time_ms >= 0.0 {
+            let sum = by_statement.entry(entry.0).or_default();
+            sum.0 += calls;
+            sum.1 += time_ms;
+        }
+    }
+    let mut moved: Vec<QueryDelta> = by_statement
+        .into_iter()
+        .map(|(queryid, (calls, time_ms))| QueryDelta {
+            queryid,
+            calls,
+            time_ms,
         })
         .collect();
     moved.sort_by(|a, b| b.time_ms.total_cmp(&a.time_ms));
@@ -100,7 +112,42 @@ mod unit {
     use super::*;
 
     fn totals(rows: &[(i64, f64, f64)]) -> Totals {
-        rows.iter().map(|(id, c, t)| (*id, (*c, *t))).collect()
+        rows.iter()
+            .map(|(id, c, t)| ((*id, 10, true), (*c, *t)))
+            .collect()
+    }
+
+    #[test]
+    fn a_statement_s_entries_are_followed_each_on_its_own() {
+        // Statement 7 run by two users: one entry evicted (and entered again) while the
+        // other grew more than it lost. Summed by queryid first, the eviction would hide.
+        let before: Totals = [
+            ((7, 10, true), (100.0, 100.0)),
+            ((7, 11, true), (10.0, 10.0)),
+        ]
+        .into();
+        let now: Totals = [
+            ((7, 10, true), (5.0, 50.0)),
+            ((7, 11, true), (130.0, 130.0)),
+        ]
+        .into();
+        let mut s = Sample::empty(0, 10.0);
+        deltas(&before, &now, &mut s);
+        assert_eq!(
+            s.queries(),
+            &[QueryDelta {
+                queryid: 7,
+                calls: 120.0,
+                time_ms: 120.0
+            }]
+        );
+        // Top level or nested, the same statement: added up.
+        let before: Totals = [((7, 10, true), (1.0, 1.0)), ((7, 10, false), (1.0, 1.0))].into();
+        let now: Totals = [((7, 10, true), (3.0, 5.0)), ((7, 10, false), (2.0, 3.0))].into();
+        let mut s = Sample::empty(0, 10.0);
+        deltas(&before, &now, &mut s);
+        assert_eq!(s.queries()[0].calls, 3.0);
+        assert_eq!(s.queries()[0].time_ms, 6.0);
     }
 
     #[test]
@@ -128,8 +175,8 @@ mod unit {
 
     #[test]
     fn deltas_keep_the_costliest_apart() {
-        let before: Totals = (0..40).map(|i| (i, (0.0, 0.0))).collect();
-        let now: Totals = (0..40).map(|i| (i, (1.0, i as f64))).collect();
+        let before: Totals = (0..40).map(|i| ((i, 10, true), (0.0, 0.0))).collect();
+        let now: Totals = (0..40).map(|i| ((i, 10, true), (1.0, i as f64))).collect();
         let mut s = Sample::empty(0, 1.0);
         deltas(&before, &now, &mut s);
         assert_eq!(s.query_count, QUERIES);

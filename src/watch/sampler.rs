@@ -122,20 +122,21 @@ fn statement_totals() -> Option<Totals> {
     }
     // The function with the exact argument type: no overload another schema holds can be
     // a better match, and the worker's search_path is pinned to pg_catalog.
-    let rows: Vec<Option<(i64, (f64, f64))>> = crate::pg::spi::pinned_rows(
+    let rows: Vec<Option<(sample::Entry, (f64, f64))>> = crate::pg::spi::pinned_rows(
         &format!(
-            "SELECT s.queryid, pg_catalog.sum(s.calls)::pg_catalog.float8, \
-                    pg_catalog.sum(s.total_exec_time)::pg_catalog.float8 \
+            "SELECT s.queryid, s.userid, s.toplevel, s.calls::pg_catalog.float8, \
+                    s.total_exec_time::pg_catalog.float8 \
              FROM {schema}.pg_stat_statements(false) s \
-             WHERE s.dbid OPERATOR(pg_catalog.=) $1 AND s.queryid IS NOT NULL \
-             GROUP BY s.queryid"
+             WHERE s.dbid OPERATOR(pg_catalog.=) $1 AND s.queryid IS NOT NULL"
         ),
         &[process::database().into()],
         |r| {
-            Ok(r.get::<i64>(1)?
-                .zip(r.get::<f64>(2)?)
-                .zip(r.get::<f64>(3)?)
-                .map(|((id, calls), time)| (id, (calls, time))))
+            let entry = r
+                .get::<i64>(1)?
+                .zip(r.get::<pgrx::pg_sys::Oid>(2)?)
+                .zip(r.get::<bool>(3)?)
+                .map(|((id, user), top)| (id, u32::from(user), top));
+            Ok(entry.zip(r.get::<f64>(4)?.zip(r.get::<f64>(5)?)))
         },
     )
     .ok()?;
