@@ -115,8 +115,12 @@ class Pgbench:
         return self
 
     def __exit__(self, *exc):
+        # It ran to the end: a pgbench that died early would have left the test no workload.
+        running = self.proc.poll() is None
         self.proc.terminate()
         self.proc.wait(timeout=30)
+        if exc[0] is None:
+            assert running, f"pgbench exited early: {self.proc.stderr.read()}"
 
 
 class Clients:

@@ -135,7 +135,6 @@ impl Target {
                     }
                 }
             }
-            let unset = |key: &str| !url.contains(&format!("{key}="));
             if config.get_hostaddrs().is_empty() {
                 if let Some(addr) = env("PGHOSTADDR") {
                     for addr in addr.split(',').filter(|a| !a.is_empty()) {
@@ -162,16 +161,19 @@ impl Target {
                     matches!(
                         *key,
                         "connect_timeout" | "target_session_attrs" | "application_name"
-                    ) && unset(key)
+                    )
                 })
                 .filter_map(|(key, variable)| env(variable).map(|v| pair(key, &v)))
                 .collect();
             let more = Config::from_str(&from_env.join(" "))
                 .context("reading the PG* environment variables")?;
-            if let Some(timeout) = more.get_connect_timeout() {
-                config.connect_timeout(*timeout);
+            // Decided on what the string gave once parsed (spaces may surround its `=`).
+            if config.get_connect_timeout().is_none() {
+                if let Some(timeout) = more.get_connect_timeout() {
+                    config.connect_timeout(*timeout);
+                }
             }
-            if unset("target_session_attrs") {
+            if config.get_target_session_attrs() == postgres::config::TargetSessionAttrs::Any {
                 config.target_session_attrs(more.get_target_session_attrs());
             }
             if config.get_application_name().is_none() {

@@ -23,6 +23,9 @@ pub enum Exit {
     Interrupted = 130,
 }
 
+/// The findings annotated one by one in GitHub's format; its tenth annotation is theirs.
+const GITHUB_SHOWN: usize = 9;
+
 /// An error in how the command was called (settings that cannot both hold): exit 2, as
 /// for what clap refuses.
 #[derive(Debug)]
@@ -72,6 +75,11 @@ impl Note {
 /// The line of "statement 3 (line 12)", the way the extension names a statement in its
 /// messages: a refusal carries no cursor position, only this.
 pub fn statement_line(text: &str) -> Option<i64> {
+    // A statement of the rollback script or of the verify queries is not at that line of
+    // the up script the error is placed in.
+    if text.contains("the rollback script of") || text.contains("the verify queries of") {
+        return None;
+    }
     text.match_indices("statement ").find_map(|(at, word)| {
         let rest = &text[at + word.len()..];
         let number_end = rest.find(|c: char| !c.is_ascii_digit())?;
@@ -88,8 +96,10 @@ pub struct Out {
     /// What GitHub's `file=` is given before a file's name: the migrations folder as the
     /// repository sees it (GitHub places an annotation by its path in the repository).
     pub github_folder: String,
-    /// Findings past GitHub's ten of a kind that no step summary took.
-    untold: usize,
+    /// Findings past the annotations GitHub shows, and how many of them the step summary
+    /// took.
+    held_back: usize,
+    summarised: usize,
     /// The JSON document's members, filled by the verb.
     pub doc: serde_json::Map<String, Value>,
     pub notes: Vec<Note>,
@@ -145,7 +155,8 @@ impl Out {
         Out {
             format,
             github_folder: String::new(),
-            untold: 0,
+            held_back: 0,
+            summarised: 0,
             doc: serde_json::Map::new(),
             notes: Vec::new(),
         }
@@ -192,15 +203,15 @@ impl Out {
                 }
             }
             Format::Github => {
-                // At most 10 annotations of a kind are shown by GitHub; the rest go to the
-                // summary.
-                let same = self.notes.iter().filter(|n| n.title == note.title).count();
+                // GitHub shows 10 error annotations a step: nine findings, and the tenth
+                // says how many more there are (in the summary, when there is one).
+                let shown = self.notes.len();
                 let text = [Some(note.message.clone()), note.hint.clone()]
                     .into_iter()
                     .flatten()
                     .collect::<Vec<_>>()
                     .join(" ");
-                if same < 10 {
+                if shown < GITHUB_SHOWN {
                     let mut place = String::new();
                     if let Some(f) = &note.file {
                         let path = format!("{}{f}", self.github_folder);
@@ -233,8 +244,9 @@ impl Out {
                             )
                             .is_ok()
                         });
-                    if !written {
-                        self.untold += 1;
+                    self.held_back += 1;
+                    if written {
+                        self.summarised += 1;
                     }
                 }
             }
@@ -281,12 +293,15 @@ impl Out {
 
     /// The JSON document, once, at the end.
     pub fn finish(&mut self, exit: Exit) {
-        if self.untold > 0 {
-            // No step summary to take them: said once, so that none goes unseen.
+        if self.held_back > 0 {
+            let where_ = if self.summarised == self.held_back {
+                "they are in the step summary"
+            } else {
+                "run pg-migrate without --format github to see them all"
+            };
             println!(
-                "::error title=more findings::{} more findings than GitHub shows; run \
-                 pg-migrate without --format github to see them all",
-                self.untold
+                "::error title=more findings::{} more findings than GitHub shows; {where_}",
+                self.held_back
             );
         }
         if self.format != Format::Json {
@@ -368,6 +383,9 @@ mod unit {
         assert_eq!(statement_line("statement 2 (line x)"), None);
         assert_eq!(statement_line("statement 2 (line 4"), None);
         assert_eq!(statement_line("no such statement"), None);
+        // Another script's statement: not a line of the up file.
+        let m = "pg_migrate: the rollback script of migration 3: statement 2 (line 5): x";
+        assert_eq!(statement_line(m), None);
     }
 
     #[test]

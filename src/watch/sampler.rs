@@ -88,7 +88,7 @@ fn statement_totals() -> Option<Totals> {
     // Its schema, and whether every function of that name there is the extension's own: a
     // function another role added beside them (an overload with a default argument) could
     // make the call ambiguous, or be the one called.
-    let found: Option<(Option<String>, Option<bool>)> = crate::pg::spi::pinned_row(
+    let found: Option<(Option<String>, Option<bool>, Option<String>)> = crate::pg::spi::pinned_row(
         "SELECT pg_catalog.quote_ident(n.nspname), \
                 NOT EXISTS (SELECT FROM pg_catalog.pg_proc p \
                             WHERE p.pronamespace OPERATOR(pg_catalog.=) e.extnamespace \
@@ -98,17 +98,25 @@ fn statement_totals() -> Option<Totals> {
                                     AND d.objid OPERATOR(pg_catalog.=) p.oid \
                                     AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass \
                                     AND d.refobjid OPERATOR(pg_catalog.=) e.oid \
-                                    AND d.deptype OPERATOR(pg_catalog.=) 'e')) \
+                                    AND d.deptype OPERATOR(pg_catalog.=) 'e')), \
+                e.extversion \
          FROM pg_catalog.pg_extension e \
          JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace \
          WHERE e.extname OPERATOR(pg_catalog.=) 'pg_stat_statements'",
         &[],
-        |r| Ok((r.get::<String>(1)?, r.get::<bool>(2)?)),
+        |r| Ok((r.get::<String>(1)?, r.get::<bool>(2)?, r.get::<String>(3)?)),
     )
     .ok()
     .flatten();
-    let (Some(schema), Some(clean)) = found? else {
+    let (Some(schema), Some(clean), version) = found? else {
         return None;
+    };
+    // Before version 1.9 (an extension not updated after pg_upgrade) there is no toplevel:
+    // every entry is one.
+    let toplevel = if version.as_deref().is_some_and(has_toplevel) {
+        "s.toplevel"
+    } else {
+        "true"
     };
     if !clean {
         if !FOREIGN_REPORTED.replace(true) {
@@ -124,7 +132,7 @@ fn statement_totals() -> Option<Totals> {
     // a better match, and the worker's search_path is pinned to pg_catalog.
     let rows: Vec<Option<(sample::Entry, (f64, f64))>> = crate::pg::spi::pinned_rows(
         &format!(
-            "SELECT s.queryid, s.userid, s.toplevel, s.calls::pg_catalog.float8, \
+            "SELECT s.queryid, s.userid, {toplevel}, s.calls::pg_catalog.float8, \
                     s.total_exec_time::pg_catalog.float8 \
              FROM {schema}.pg_stat_statements(false) s \
              WHERE s.dbid OPERATOR(pg_catalog.=) $1 AND s.queryid IS NOT NULL"
@@ -143,6 +151,12 @@ fn statement_totals() -> Option<Totals> {
     Some(rows.into_iter().flatten().collect())
 }
 
+/// Whether pg_stat_statements of this version has its `toplevel` column (1.9 and later).
+fn has_toplevel(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (1, 9)
+}
+
 /// The worker's own statements stay out of pg_stat_statements for the rest of the
 /// transaction: the samples are of the workload, not of the sampling.
 pub fn untracked() {
@@ -153,5 +167,16 @@ pub fn untracked() {
             pgrx::pg_sys::GucContext::PGC_SUSET,
             pgrx::pg_sys::GucAction::GUC_ACTION_LOCAL,
         );
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::has_toplevel;
+
+    #[test]
+    fn toplevel_is_read_from_version_1_9() {
+        assert!(has_toplevel("1.9") && has_toplevel("1.10") && has_toplevel("1.12"));
+        assert!(!has_toplevel("1.8") && !has_toplevel("1.4") && !has_toplevel(""));
     }
 }

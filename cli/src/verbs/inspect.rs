@@ -121,14 +121,16 @@ pub fn plan(cli: &Cli, out: &mut Out, scratch: bool) -> Result<Exit> {
     };
     let mut client = cli.target.connect()?;
     // Every statement planned keeps its locks until the plan ends: against a database in
-    // use (production), the sessions that need those tables would queue behind it.
+    // use (production), the sessions that need those tables would queue behind it. A role
+    // without pg_read_all_stats sees no backend_type of other roles' sessions: those count.
     if !scratch {
         let others: i64 = client
             .query_typed(
                 "SELECT count(*) FROM pg_catalog.pg_stat_activity \
                  WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database() \
                    AND pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid() \
-                   AND backend_type OPERATOR(pg_catalog.=) 'client backend'",
+                   AND (backend_type OPERATOR(pg_catalog.=) 'client backend' \
+                        OR (backend_type IS NULL AND usesysid IS NOT NULL))",
                 &[],
             )?
             .first()
