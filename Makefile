@@ -85,7 +85,7 @@ demo: install
 stop:
 	pg_test/cluster.sh stop $(DEMO_DIR)
 
-bench: install
+bench: install cli
 	$(VENV)/bin/python pg_test/bench.py $(BENCH_ARGS)
 
 clean:

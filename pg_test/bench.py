@@ -1182,6 +1182,105 @@ def watch_cost(cluster: Cluster, script: Path, rate: int, rounds: int, work: Pat
           f"spread by {spread * 100:.0f}%")
 
 
+def replicas_bench(cluster: Cluster, n: int) -> None:
+    """Commit to replayed on a streaming standby: migrate.wait_replicas after each apply,
+    beside a client that polls the standby itself (pg_last_wal_replay_lsn every 1 ms) after the
+    same DDL run directly; and what pg-migrate apply --wait-replicas adds to a whole apply."""
+    standby = Cluster("/tmp/pg_migrate_bench_standby")
+    standby.start_standby_of(cluster, "cluster_name=bench_standby")
+    a = cluster.create_database("bench_replicas")
+    b = cluster.create_database("bench_replicas_direct")
+    waited, polled, applied = [], [], []
+    try:
+        wait_for(lambda: standby.connect().execute(
+            "SELECT count(*) FROM pg_database WHERE datname = %s", (b,)).fetchone()[0] == 1, 30)
+        with cluster.connect(a) as ca, cluster.connect(b) as cb, standby.connect(b) as sb:
+            for i in range(1, n + 1):
+                sql = small_migration(i)
+                t = time.perf_counter()
+                ca.execute("SELECT migrate.apply(%s, %s)", (str(i), sql))
+                applied.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                ca.execute("CALL migrate.wait_replicas(%s, '60 s')", (str(i),))
+                waited.append(time.perf_counter() - t)
+                cb.execute(sql)
+                lsn = cb.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+                t = time.perf_counter()
+                while not sb.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)).fetchone()[0]:
+                    time.sleep(0.001)
+                polled.append(time.perf_counter() - t)
+                time.sleep(0.05)
+    finally:
+        standby.stop()
+        cluster.drop_database(a)
+        cluster.drop_database(b)
+    print(f"replicas: {n} migrations (2 statements each), one streaming standby on this machine")
+    print(f"  migrate.apply:                         median {median_ms(applied):7.2f} ms")
+    print(f"  then CALL migrate.wait_replicas:       median {median_ms(waited):7.2f} ms, max {max(waited) * 1000:.2f} ms")
+    print(f"  direct DDL, then polling the standby:  median {median_ms(polled):7.2f} ms, max {max(polled) * 1000:.2f} ms")
+    print(f"  wait_replicas / polling the standby:   {statistics.median(waited) / statistics.median(polled):.2f}x (medians)")
+
+
+FLEET_FILES = {
+    "V1__orders.sql": "CREATE TABLE orders (id bigint PRIMARY KEY, customer bigint, amount int);\n",
+    "V2__status.sql": "ALTER TABLE orders ADD COLUMN status text;\n",
+    "V3__index.sql": "CREATE INDEX CONCURRENTLY orders_customer ON orders (customer);\n",
+    "V4__customers.sql": "CREATE TABLE customers (id bigint PRIMARY KEY, name text);\n",
+    "V5__comment.sql": "COMMENT ON TABLE orders IS 'one row per order';\n",
+}
+
+
+def fleet_bench(cluster: Cluster, rounds: int) -> None:
+    """pg-migrate apply --fleet of 5 versions to 4 clusters (a canary, then two waves; the
+    fingerprints compared after each version), beside psql running the same files against each
+    cluster in turn, as a deploy script without pg_migrate would."""
+    cli = Path(os.environ.get("PG_MIGRATE_CLI", Path(__file__).resolve().parent.parent / "cli/target/debug/pg-migrate"))
+    others = [Cluster(f"/tmp/pg_migrate_bench_fleet{i}").start() for i in range(3)]
+    clusters = {"canary": cluster, "eu": others[0], "us": others[1], "apac": others[2]}
+    work = Path(tempfile.mkdtemp(prefix="pg_migrate_fleet_"))
+    folder = work / "migrations"
+    folder.mkdir()
+    for name, text in FLEET_FILES.items():
+        (folder / name).write_text(text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and k != "DATABASE_URL"}
+    subprocess.run([str(cli), "--dir", str(folder), "hash"], check=True, capture_output=True, env=env)
+    fleet_times, psql_times = [], []
+    try:
+        for r in range(rounds):
+            db = f"bench_fleet_{r}"
+            for c in clusters.values():
+                c.create_database(db)
+                c.create_database(db + "_psql", extension=False)
+            lines = ['canary = "canary"', 'waves = [["eu", "us"], ["apac"]]']
+            for name, c in clusters.items():
+                lines += [f"[targets.{name}]", f'url = "host={c.sock} port={c.port} user=postgres dbname={db}"']
+            (work / "fleet.toml").write_text("\n".join(lines) + "\n")
+            t = time.perf_counter()
+            done = subprocess.run([str(cli), "--dir", str(folder), "apply", "--fleet", str(work / "fleet.toml")],
+                                  capture_output=True, text=True, env=env)
+            fleet_times.append(time.perf_counter() - t)
+            assert done.returncode == 0, done
+            t = time.perf_counter()
+            for c in clusters.values():
+                for name in sorted(FLEET_FILES, key=lambda f: int(f[1:].split("__")[0])):
+                    subprocess.run([str(PG_BIN / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(c.sock),
+                                    "-p", str(c.port), "-U", "postgres", "-d", db + "_psql", "-f", str(folder / name)],
+                                   check=True, capture_output=True)
+            psql_times.append(time.perf_counter() - t)
+            for c in clusters.values():
+                c.drop_database(db)
+                c.drop_database(db + "_psql")
+    finally:
+        for c in others:
+            c.stop()
+    print(f"fleet: 5 versions (one CREATE INDEX CONCURRENTLY) to 4 clusters on this machine, {rounds} rounds")
+    print(f"  pg-migrate apply --fleet (canary, 2 waves, fingerprints after each version): "
+          f"median {median_ms(fleet_times):7.0f} ms")
+    print(f"  psql -f, file by file, cluster by cluster:                                    "
+          f"median {median_ms(psql_times):7.0f} ms")
+    print(f"  fleet / psql: {statistics.median(fleet_times) / statistics.median(psql_times):.2f}x")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--migrations", type=int, default=500)
@@ -1211,7 +1310,7 @@ def main() -> None:
     p.add_argument("--watch-rounds", type=int, default=6, help="alternating rounds per case of the sampling cost")
     p.add_argument("--only", choices=["apply-overhead", "lock-queue", "guard", "worker-latency", "writer-wait",
                                       "dry-run", "schema-scale", "backfill", "script-size", "window",
-                                      "window-scale", "watch"])
+                                      "window-scale", "watch", "replicas", "fleet"])
     args = p.parse_args()
     # Commit timestamps: the worker-latency figure starts at the submitting commit.
     cluster = Cluster("/tmp/pg_migrate_bench").start("track_commit_timestamp=on")
@@ -1243,6 +1342,10 @@ def main() -> None:
             window_scale(cluster, [int(x) for x in args.window_scale_sizes.split(",")], args.window_scale_rows)
         if args.only in (None, "watch"):
             watch_bench(args.watch_harmless, args.watch_rounds, 50, args.watch_parts.split(","))
+        if args.only in (None, "replicas"):
+            replicas_bench(cluster, 20)
+        if args.only in (None, "fleet"):
+            fleet_bench(cluster, 5)
         if args.only in (None, "backfill"):
             for rows in (int(x) for x in args.backfill_rows.split(",")):
                 backfill(cluster, rows, 2, args.backfill_rate, args.backfill_batch_time, args.backfill_pause,

@@ -1,6 +1,8 @@
 """End-to-end fixtures: one preloaded cluster per test session, one fresh database per test."""
 
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -30,3 +32,16 @@ def db(cluster, request):
 def conn(cluster, db):
     with cluster.connect(db) as c:
         yield c
+
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = Path(os.environ.get("PG_MIGRATE_CLI", ROOT / "cli/target/debug/pg-migrate"))
+
+
+@pytest.fixture(scope="session")
+def cli_bin() -> Path:
+    """The pg-migrate binary (PG_MIGRATE_CLI, else a debug build made here once)."""
+    if not CLI.exists():
+        subprocess.run(["cargo", "build", "--manifest-path", str(ROOT / "cli/Cargo.toml")], check=True,
+                       env={**os.environ, "CARGO_TARGET_DIR": str(ROOT / "cli/target")})
+    return CLI

@@ -100,6 +100,18 @@ class Cluster:
                 c.execute("CREATE EXTENSION pg_migrate")
         return name
 
+    def start_standby_of(self, primary: "Cluster", *settings: str) -> "Cluster":
+        """This cluster, started afresh as a streaming standby of `primary` (pg_basebackup -R,
+        over 127.0.0.1), as an HA manager builds one."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        subprocess.run(["chown", "postgres", str(self.dir)], check=True)
+        subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_basebackup"), "-h", "127.0.0.1",
+                        "-p", str(primary.port), "-U", "postgres", "-D", str(self.dir / "data"), "-R",
+                        "-X", "stream", "-c", "fast"], check=True, capture_output=True)
+        return self.start(f"port={self.port}", f"unix_socket_directories={self.sock}", *settings, fresh=False)
+
     def drop_database(self, name: str) -> None:
         with self.connect() as c:
             c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

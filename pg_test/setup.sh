@@ -46,7 +46,7 @@ fi
 
 # The contrib modules the tests load, and TLS (the CLI's tests); a build missing one (an
 # older setup) is built again.
-CONTRIB=(pg_trgm citext postgres_fdw pg_stat_statements)
+CONTRIB=(pg_trgm citext postgres_fdw pg_stat_statements pg_walinspect)
 built() {
     [ -f "$SERVERS_DIR/$PG/.built" ] || return 1
     "$SERVERS_DIR/$PG/bin/pg_config" --configure | grep -q -- --with-openssl || return 1

@@ -425,3 +425,25 @@ def test_replication_lag_pauses_and_resumes_the_job(primary_and_replica):
         done = wait_state(conn, job, "done", "failed", timeout=120)
         assert done["state"] == "done", done
         assert conn.execute("SELECT count(*) FROM t WHERE b IS NULL").fetchone()[0] == 0
+
+
+def test_a_disconnected_standby_s_slot_pauses_the_job_until_it_is_dropped(cluster, db, conn):
+    """A physical slot no standby uses keeps the WAL its standby has yet to receive: that
+    standby is as far behind as the WAL kept, and the job waits for it as for a connected one."""
+    make_table(conn, 20_000)
+    slot = "bf_gone_standby"
+    conn.execute("SELECT pg_create_physical_replication_slot(%s, true)", (slot,))
+    try:
+        job = submit(conn, "t", "b = a * 2", "b IS NULL",
+                     batch_size=1_000, max_batch_size=1_000, max_replication_lag="64kB")
+        paused = wait_state(conn, job, "paused", "done", timeout=60)
+        assert paused["state"] == "paused", paused
+        assert paused["reason"].startswith(f"replication lag: slot {slot} (disconnected) is "), paused
+        assert paused["rows_done"] < 20_000
+        time.sleep(1)
+        assert job_row(conn, job)["rows_done"] == paused["rows_done"]
+    finally:
+        conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+    done = wait_state(conn, job, "done", "failed", timeout=120)
+    assert done["state"] == "done", done
+    assert conn.execute("SELECT count(*) FROM t WHERE b IS NULL").fetchone()[0] == 0

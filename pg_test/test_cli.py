@@ -18,15 +18,6 @@ import pytest
 from harness import PG_BIN, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-CLI = Path(os.environ.get("PG_MIGRATE_CLI", ROOT / "cli/target/debug/pg-migrate"))
-
-
-@pytest.fixture(scope="module")
-def cli_bin() -> Path:
-    if not CLI.exists():
-        subprocess.run(["cargo", "build", "--manifest-path", str(ROOT / "cli/Cargo.toml")], check=True,
-                       env={**os.environ, "CARGO_TARGET_DIR": str(ROOT / "cli/target")})
-    return CLI
 
 
 class Run:
@@ -756,14 +747,7 @@ def test_several_hosts_with_read_write_find_the_primary_past_a_standby(cli_bin, 
     standby = Cluster("/tmp/pg_migrate_e2e_cli_standby")
     try:
         db = primary.create_database("cli_hosts")
-        standby.stop()
-        shutil.rmtree(standby.dir, ignore_errors=True)
-        standby.dir.mkdir()
-        subprocess.run(["chown", "postgres", str(standby.dir)], check=True)
-        subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_basebackup"), "-h", "127.0.0.1",
-                        "-p", str(primary.port), "-U", "postgres", "-D", str(standby.dir / "data"), "-R",
-                        "-X", "stream", "-c", "fast"], check=True, capture_output=True)
-        standby.start(f"port={standby.port}", f"unix_socket_directories={standby.sock}", fresh=False)
+        standby.start_standby_of(primary, "cluster_name=cli_standby")
         folder = tmp_path / "hosts"
         write(folder, "V1__one.sql", "CREATE TABLE one (id int);\n")
         write(folder, "V2__two.sql", "CREATE TABLE two (id int);\n")
@@ -772,16 +756,41 @@ def test_several_hosts_with_read_write_find_the_primary_past_a_standby(cli_bin, 
         hosts = {"PGHOST": f"{standby.sock},{primary.sock}", "PGPORT": f"{standby.port},{primary.port}"}
         # The standby first: it answers, and cannot take the migration.
         r = run("apply", env=run.env(**hosts))
-        assert r.returncode == 1 and "read-only" in r.stderr, r
+        assert r.returncode == 1 and "on a standby" in r.stderr, r
         # A connection string that names both hosts takes PGTARGETSESSIONATTRS, as libpq does.
         url = f"postgresql://postgres@127.0.0.1:{standby.port},127.0.0.1:{primary.port}/{db}"
         r = run("apply", "--to", "1", env=run.env(DATABASE_URL=url, PGTARGETSESSIONATTRS="read-write"))
         assert r.returncode == 0 and "applied 1 one" in r.stdout, r
         r = run("apply", env=run.env(**hosts, PGTARGETSESSIONATTRS="read-write"))
         assert r.returncode == 0 and "applied 2 two" in r.stdout, r
+        # --wait-replicas: with nothing to apply, waits for the version committed last.
+        r = run("apply", "--wait-replicas=30")
+        assert r.returncode == 0 and "replayed on cli_standby" in r.stdout, r
         with standby.connect(db) as s:
-            wait_until(lambda: s.execute("SELECT count(*) FROM migrate.history").fetchone() == (2,), timeout=30)
+            assert s.execute("SELECT count(*) FROM migrate.history").fetchone() == (2,)
             assert s.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+            s.execute("SELECT pg_wal_replay_pause()")
+            try:
+                write(folder, "V3__three.sql", "CREATE TABLE three (id int);\n")
+                run("hash")
+                r = run("apply", "--wait-replicas", "1")
+                assert r.returncode == 7 and "applied 3 three" in r.stdout, r
+                assert "version 3 is not replayed after 00:00:01: cli_standby" in r.stderr, r
+                r = run("apply", "--wait-replicas=1", "--replica", "cli_standby", "--format", "json")
+                assert r.returncode == 7 and json.loads(r.stdout)["notes"][0]["sqlstate"] == "57014", r
+            finally:
+                s.execute("SELECT pg_wal_replay_resume()")
+        r = run("apply", "--wait-replicas=30", "--replica", "cli_standby")
+        assert r.returncode == 0 and "replayed on cli_standby" in r.stdout, r
+        r = run("apply", "--replica", "cli_standby")
+        assert r.returncode == 2 and "--wait-replicas" in r.stderr, r
+        # On the standby, status says what it shows; fingerprint and verify say it too.
+        on_standby = run.env(PGHOST=str(standby.sock), PGPORT=str(standby.port))
+        r = run("status", env=on_standby)
+        assert r.returncode == 0 and "this server is a standby: the history as replayed up to" in r.stdout, r
+        r = run("verify", "1", env=on_standby)
+        assert "notice: pg_migrate: the verification of version 1 was not recorded" in r.stderr, r
+        assert "notice: pg_migrate: this server is a standby" in r.stderr, r
     finally:
         standby.stop()
         primary.stop()

@@ -11,7 +11,7 @@ GRANT SELECT (version, version_key, description, status, checksum, checksum_raw,
               application_name, client_addr, xid, started_at, finished_at, duration, lock_wait,
               retries, extension_version, allowed_rules, phases, settings,
               cancel_requested, fingerprint, changes, verification,
-              verified_at)
+              verified_at, commit_xid, commit_lsn)
     ON migrate.history TO PUBLIC;
 GRANT SELECT ON migrate.history TO migrate_admin;
 -- So may error texts, and the report of migrate.verify (a failing query's first row).
@@ -19,7 +19,7 @@ GRANT SELECT ON migrate.history TO migrate_admin;
 -- those with the privileges of the role the work ran as (migrate.quoted_data).
 GRANT SELECT (version, phase, kind, first_statement, last_statement, first_line, state,
               attempts, started_at, finished_at, duration, worker_pid, target_table,
-              indexes_before, built_index, error_sqlstate)
+              indexes_before, built_index, error_sqlstate, commit_lsn)
     ON migrate.steps TO PUBLIC;
 GRANT SELECT ON migrate.steps TO migrate_admin;
 GRANT SELECT ON migrate.status, migrate.rules TO PUBLIC;
@@ -66,6 +66,7 @@ GRANT EXECUTE ON FUNCTION
     migrate.error_counters(),
     -- Behind migrate.steps and migrate.backfills.
     migrate.may_read_as(name),
+    migrate.note_if_standby(),
     migrate.quoted_data(text, name),
     migrate.quoted_data(text[], name)
 TO PUBLIC;
@@ -74,6 +75,9 @@ GRANT EXECUTE ON FUNCTION migrate.drift() TO migrate_admin;
 -- Builds the text migrate.verify runs as a constraint's table owner.
 GRANT EXECUTE ON FUNCTION migrate.constraint_violations_query(oid) TO migrate_admin;
 GRANT EXECUTE ON PROCEDURE migrate.wait(text, interval) TO PUBLIC;
+-- Standbys' replay of migrations: positions need pg_read_all_stats, which replicas() checks.
+GRANT EXECUTE ON FUNCTION migrate.replicas(), migrate.record_commit_lsns() TO PUBLIC;
+GRANT EXECUTE ON PROCEDURE migrate.wait_replicas(text, interval, text[]) TO PUBLIC;
 -- apply and baseline are callable by everyone on purpose: they refuse non-members of
 -- migrate_admin themselves, with an error that says how to get the right, where PostgreSQL's
 -- own "permission denied" would not.

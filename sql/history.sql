@@ -50,6 +50,12 @@ CREATE TABLE migrate.history (
     verification       text CHECK (verification IN ('passed', 'failed')),
     verified_at        timestamptz,
     verification_report jsonb,
+    -- The transaction that made it applied (the caller's, or the worker's last phase), and
+    -- where its commit record ends in the WAL: a standby whose replay_lsn has reached it has
+    -- replayed the migration. Written just after the commit (it is only known then); when
+    -- that was missed (a restart in between), a WAL position read after the commit.
+    commit_xid         xid8,
+    commit_lsn         pg_lsn,
     CHECK ((verification IS NULL) = (verified_at IS NULL)),
     CHECK ((status IN ('applied', 'baseline')) = (finished_at IS NOT NULL)),
     CHECK (status = 'baseline'
@@ -91,6 +97,9 @@ CREATE TABLE migrate.step_records (
     error_detail       text,
     -- A phase of the migration's rollback script, added when its health gate failed.
     rollback           boolean NOT NULL DEFAULT false,
+    -- As migrate.history's: the transaction that marked the phase done, and its commit.
+    commit_xid         xid8,
+    commit_lsn         pg_lsn,
     PRIMARY KEY (version, phase)
 );
 
@@ -133,13 +142,29 @@ AS $$
                 ELSE ARRAY['<insufficient privilege>'] END
 $$;
 
+-- On a standby, the functions that read the schema or the history say so: what they show is
+-- the primary's, as far as this standby has replayed it.
+CREATE FUNCTION migrate.note_if_standby() RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF pg_is_in_recovery() THEN
+        RAISE NOTICE 'pg_migrate: this server is a standby: it shows the primary''s schema and migrations as replayed up to %',
+                pg_last_wal_replay_lsn()
+            USING DETAIL = pg_catalog.format('Its last replayed transaction committed at %s.',
+                                             coalesce(pg_last_xact_replay_timestamp()::text, 'an unknown time'));
+    END IF;
+END
+$$;
+
 CREATE VIEW migrate.steps AS
 SELECT s.version, s.phase, s.kind, s.first_statement, s.last_statement, s.first_line, s.sql,
        s.state, s.attempts, s.started_at, s.finished_at, s.duration, s.worker_pid,
        s.target_table, s.indexes_before, s.built_index, s.backfill_id, s.error_sqlstate,
        migrate.quoted_data(s.error_message, h.applied_role) COLLATE pg_catalog."default" AS error_message,
        migrate.quoted_data(s.error_detail, h.applied_role) COLLATE pg_catalog."default" AS error_detail,
-       s.rollback
+       s.rollback, s.commit_lsn
 FROM migrate.step_records s
 LEFT JOIN migrate.history h ON h.version OPERATOR(pg_catalog.=) s.version;
 

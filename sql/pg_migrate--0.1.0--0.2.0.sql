@@ -13,6 +13,10 @@ ALTER TABLE migrate.backfills RENAME TO backfill_jobs;
 ALTER SEQUENCE migrate.backfills_id_seq RENAME TO backfill_jobs_id_seq;
 -- A watched migration's rollback runs as phases after its own.
 ALTER TABLE migrate.step_records ADD COLUMN rollback boolean NOT NULL DEFAULT false;
+-- Where each migration's and phase's commit ends in the WAL, for standbys' replay.
+ALTER TABLE migrate.step_records ADD COLUMN commit_xid xid8, ADD COLUMN commit_lsn pg_lsn;
+ALTER TABLE migrate.history ADD COLUMN commit_xid xid8, ADD COLUMN commit_lsn pg_lsn;
+GRANT SELECT (commit_xid, commit_lsn) ON migrate.history TO PUBLIC;
 DO $$
 DECLARE
     c record;
@@ -103,7 +107,7 @@ SELECT s.version, s.phase, s.kind, s.first_statement, s.last_statement, s.first_
        s.target_table, s.indexes_before, s.built_index, s.backfill_id, s.error_sqlstate,
        migrate.quoted_data(s.error_message, h.applied_role) COLLATE pg_catalog."default" AS error_message,
        migrate.quoted_data(s.error_detail, h.applied_role) COLLATE pg_catalog."default" AS error_detail,
-       s.rollback
+       s.rollback, s.commit_lsn
 FROM migrate.step_records s
 LEFT JOIN migrate.history h ON h.version OPERATOR(pg_catalog.=) s.version;
 
@@ -166,7 +170,7 @@ ORDER BY b.id;
 
 GRANT SELECT (version, phase, kind, first_statement, last_statement, first_line, state,
               attempts, started_at, finished_at, duration, worker_pid, target_table,
-              indexes_before, built_index, error_sqlstate)
+              indexes_before, built_index, error_sqlstate, commit_lsn)
     ON migrate.steps TO PUBLIC;
 GRANT SELECT ON migrate.steps, migrate.backfills TO migrate_admin;
 REVOKE EXECUTE ON FUNCTION migrate.may_read_as(name), migrate.quoted_data(text, name),
@@ -380,12 +384,15 @@ $$;
 
 CREATE OR REPLACE FUNCTION migrate.fingerprint(schemas text[] DEFAULT NULL)
 RETURNS text
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT migrate.hash_sum(coalesce(array_agg(coalesce(
-               a.hash, migrate.object_hash(a.kind, a.identity, a.description))), '{}'))
-    FROM migrate.all_objects(schemas, hashes_only => true) a
+BEGIN
+    PERFORM migrate.note_if_standby();
+    RETURN (SELECT migrate.hash_sum(coalesce(array_agg(coalesce(
+                       a.hash, migrate.object_hash(a.kind, a.identity, a.description))), '{}'))
+            FROM migrate.all_objects(schemas, hashes_only => true) a);
+END
 $$;
 
 -- As sql/grants.sql grants them.
@@ -769,3 +776,237 @@ REVOKE ALL ON migrate.watch_records, migrate.watch_samples, migrate.watch_looks,
               migrate.watch_status FROM PUBLIC;
 GRANT SELECT ON migrate.watch_records, migrate.watch_samples, migrate.watch_looks,
                 migrate.watch_status TO migrate_admin;
+
+CREATE FUNCTION migrate.record_commit_lsns() RETURNS bigint
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'record_commit_lsns_wrapper';
+
+-- Which standbys have replayed which migrations (sql/replicas.sql).
+--
+-- A standby has replayed a migration once its replay position (pg_stat_replication.replay_lsn)
+-- has reached the end of the migration's commit record (migrate.history.commit_lsn). Physical
+-- replication slots whose standby is not connected count too: the WAL they keep is what that
+-- standby still has to receive.
+
+-- One row per standby streaming from this server (walsenders of physical replication), and
+-- per physical slot no standby uses now ('disconnected'; its position is what the standby had
+-- received when it left, restart_lsn): how far it has replayed, how far behind it is, the
+-- last migration it has replayed and those it has not, oldest first.
+CREATE FUNCTION migrate.replicas()
+RETURNS TABLE (standby text, slot_name name, client_addr inet, state text, sync_state text,
+               replay_lsn pg_lsn, replay_lag_bytes numeric, replay_lag interval,
+               replayed_version text, behind text[])
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF pg_is_in_recovery() THEN
+        RAISE EXCEPTION 'pg_migrate: migrate.replicas() reads the primary''s standbys, and this server is a standby'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Standbys are listed by the server they stream from.',
+                  HINT = 'Run it on the primary. Here, pg_last_wal_replay_lsn() says how far this standby has replayed, and SELECT * FROM migrate.status; what it shows.';
+    END IF;
+    -- Without it, pg_stat_replication shows no positions, and every standby would look behind.
+    IF NOT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') THEN
+        RAISE EXCEPTION 'pg_migrate: reading the standbys'' replay positions needs the privileges of pg_read_all_stats'
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = pg_catalog.format('Role %I cannot read the positions in pg_stat_replication.', current_user),
+                  HINT = pg_catalog.format('GRANT pg_monitor TO %I; (or pg_read_all_stats).', current_user);
+    END IF;
+    PERFORM migrate.record_commit_lsns();
+    RETURN QUERY
+    WITH standbys AS (
+        SELECT r.application_name::text AS standby, sl.slot_name, r.client_addr, r.state::text AS state,
+               r.sync_state::text AS sync_state, r.replay_lsn, r.replay_lag
+          FROM pg_stat_replication r
+          LEFT JOIN pg_replication_slots sl ON sl.active_pid = r.pid
+         WHERE sl.slot_type IS DISTINCT FROM 'logical'
+        UNION ALL
+        SELECT sl.slot_name::text, sl.slot_name, NULL, 'disconnected', NULL, sl.restart_lsn, NULL
+          FROM pg_replication_slots sl
+         WHERE sl.slot_type = 'physical' AND NOT sl.active
+    )
+    SELECT s.standby, s.slot_name, s.client_addr, s.state, s.sync_state, s.replay_lsn,
+           pg_wal_lsn_diff(pg_current_wal_lsn(), s.replay_lsn),
+           s.replay_lag,
+           (SELECT h.version FROM migrate.history h
+             WHERE h.commit_lsn <= s.replay_lsn
+             ORDER BY h.commit_lsn DESC LIMIT 1),
+           ARRAY(SELECT h.version FROM migrate.history h
+                  WHERE h.commit_lsn > s.replay_lsn OR s.replay_lsn IS NULL AND h.commit_lsn IS NOT NULL
+                  ORDER BY h.commit_lsn)
+      FROM standbys s
+     ORDER BY s.state = 'disconnected', s.standby;
+END
+$$;
+
+COMMENT ON FUNCTION migrate.replicas() IS
+    'pg_migrate: per standby of this primary, how far it has replayed and which migrations it has not';
+
+-- CALL migrate.wait_replicas('42', '1 min'): returns once every standby streaming from this
+-- server (or each one named, by application_name or slot) has replayed version 42 (by
+-- default the migration committed last); raises when one has not after `timeout`.
+-- A procedure that commits between polls, like migrate.wait: a waiter holding one snapshot
+-- would hold up the worker's CONCURRENTLY builds. (A procedure with a SET clause cannot
+-- COMMIT, so every name here is schema-qualified instead of pinning search_path.)
+CREATE PROCEDURE migrate.wait_replicas(version text DEFAULT NULL, timeout interval DEFAULT '1 min',
+                                       standbys text[] DEFAULT NULL)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    deadline timestamptz := pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) timeout;
+    target pg_catalog.pg_lsn;
+    wanted text := wait_replicas.version;
+    state text;
+    missing text[];
+    idle text[];
+    streaming bigint;
+    polls numeric := 1;
+BEGIN
+    IF pg_catalog.pg_is_in_recovery() THEN
+        RAISE EXCEPTION 'pg_migrate: this server is a standby'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Standbys are waited for on the server they stream from.',
+                  HINT = 'Run CALL migrate.wait_replicas(...) on the primary.';
+    END IF;
+    PERFORM migrate.record_commit_lsns();
+    COMMIT;
+    IF wanted IS NULL THEN
+        SELECT h.version INTO wanted FROM migrate.history h
+         WHERE h.commit_lsn IS NOT NULL ORDER BY h.commit_lsn DESC LIMIT 1;
+        IF wanted IS NULL THEN
+            RAISE NOTICE 'pg_migrate: no migration has committed here yet: nothing to wait for';
+            RETURN;
+        END IF;
+    END IF;
+    SELECT h.status, h.commit_lsn INTO state, target
+      FROM migrate.history h WHERE h.version OPERATOR(pg_catalog.=) wanted;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pg_migrate: version % is not recorded', wanted
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'No migration with that version was applied or submitted.',
+                  HINT = 'SELECT * FROM migrate.status; lists the recorded versions.';
+    END IF;
+    IF state NOT IN ('applied', 'baseline') THEN
+        RAISE EXCEPTION 'pg_migrate: version % is %, not applied', wanted, state
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Standbys replay a migration once it has committed on the primary.',
+                  HINT = pg_catalog.format('CALL migrate.wait(%L); waits for it to be applied.', wanted);
+    END IF;
+    IF target IS NULL THEN
+        -- Applied before pg_migrate recorded commit positions: it committed before now.
+        RAISE NOTICE 'pg_migrate: version % has no recorded commit position; waiting for the current one', wanted;
+        target := pg_catalog.pg_current_wal_lsn();
+    END IF;
+    LOOP
+        IF standbys IS NULL THEN
+            SELECT pg_catalog.array_agg(r.standby ORDER BY r.standby) FILTER (
+                       WHERE r.state OPERATOR(pg_catalog.<>) 'disconnected'
+                         AND (r.replay_lsn IS NULL OR r.replay_lsn OPERATOR(pg_catalog.<) target)),
+                   pg_catalog.array_agg(r.standby ORDER BY r.standby) FILTER (
+                       WHERE r.state OPERATOR(pg_catalog.=) 'disconnected'
+                         AND r.replay_lsn OPERATOR(pg_catalog.<) target),
+                   pg_catalog.count(*) FILTER (WHERE r.state OPERATOR(pg_catalog.<>) 'disconnected')
+              INTO missing, idle, streaming
+              FROM migrate.replicas() r;
+            IF streaming OPERATOR(pg_catalog.=) 0 THEN
+                RAISE NOTICE 'pg_migrate: no standby is streaming from this server';
+            END IF;
+        ELSE
+            -- A named standby counts once it is connected and has replayed it.
+            SELECT pg_catalog.array_agg(n.name ORDER BY n.name) INTO missing
+              FROM pg_catalog.unnest(standbys) n(name)
+             WHERE NOT EXISTS (SELECT FROM migrate.replicas() r
+                                WHERE n.name OPERATOR(pg_catalog.=) ANY (ARRAY[r.standby, r.slot_name::text])
+                                  AND r.state OPERATOR(pg_catalog.<>) 'disconnected'
+                                  AND r.replay_lsn OPERATOR(pg_catalog.>=) target);
+        END IF;
+        IF missing IS NULL THEN
+            IF idle IS NOT NULL THEN
+                RAISE WARNING 'pg_migrate: the standbys of slots % are disconnected and have not replayed version %',
+                        pg_catalog.array_to_string(idle, ', '), wanted
+                    USING DETAIL = 'Only the standbys streaming now were waited for.',
+                          HINT = 'Name them in standbys => ARRAY[...] to wait for them too.';
+            END IF;
+            RETURN;
+        END IF;
+        IF pg_catalog.clock_timestamp() OPERATOR(pg_catalog.>) deadline THEN
+            RAISE EXCEPTION 'pg_migrate: version % is not replayed after %: %', wanted, timeout,
+                    pg_catalog.array_to_string(missing, ', ')
+                USING ERRCODE = 'query_canceled',
+                      DETAIL = pg_catalog.format('Its commit ends at WAL position %s; those standbys have not replayed that far, or are not connected.', target),
+                      HINT = 'SELECT * FROM migrate.replicas(); shows how far each standby is. CALL migrate.wait_replicas again to keep waiting.';
+        END IF;
+        COMMIT;
+        -- 1 ms, doubling up to 10 ms: a standby on the same network replays in milliseconds.
+        PERFORM pg_catalog.pg_sleep(0.001 OPERATOR(pg_catalog.*) polls);
+        polls := LEAST(polls OPERATOR(pg_catalog.*) 2, 10);
+    END LOOP;
+END
+$$;
+
+REVOKE EXECUTE ON FUNCTION migrate.replicas(), migrate.record_commit_lsns() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION migrate.replicas(), migrate.record_commit_lsns() TO PUBLIC;
+GRANT EXECUTE ON PROCEDURE migrate.wait_replicas(text, interval, text[]) TO PUBLIC;
+
+-- On a standby, the functions that read the schema or the history say so: what they show is
+-- the primary's, as far as this standby has replayed it.
+CREATE FUNCTION migrate.note_if_standby() RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF pg_is_in_recovery() THEN
+        RAISE NOTICE 'pg_migrate: this server is a standby: it shows the primary''s schema and migrations as replayed up to %',
+                pg_last_wal_replay_lsn()
+            USING DETAIL = pg_catalog.format('Its last replayed transaction committed at %s.',
+                                             coalesce(pg_last_xact_replay_timestamp()::text, 'an unknown time'));
+    END IF;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION migrate.note_if_standby() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION migrate.note_if_standby() TO PUBLIC;
+
+-- Differences between the schema recorded after the last finished migration (or baseline)
+-- and the live one, each with the last DDL command logged on the object (or its table) since
+-- then: who ran it, when, from which application.
+CREATE OR REPLACE FUNCTION migrate.drift()
+RETURNS TABLE (kind text, object text, change text, attribute text,
+               recorded jsonb, live jsonb,
+               changed_at timestamptz, changed_by name, changed_as name,
+               application_name text, client_addr inet, command_tag text,
+               migration_version text, since_version text)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    last record;
+    recorded jsonb := migrate.recorded_schema();
+BEGIN
+    PERFORM migrate.note_if_standby();
+    IF recorded IS NULL THEN
+        RAISE EXCEPTION 'pg_migrate: no recorded schema to compare with'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'The schema is recorded after each migration and baseline; none is recorded yet.',
+                  HINT = 'Apply a migration, or record the current schema with migrate.baseline.';
+    END IF;
+    SELECT h.version, s.recorded_at INTO last
+    FROM migrate.schema_state s
+    LEFT JOIN LATERAL (SELECT h.version FROM migrate.history h
+                       WHERE h.finished_at IS NOT NULL AND h.fingerprint IS NOT NULL
+                       ORDER BY h.finished_at DESC LIMIT 1) h ON true;
+    RETURN QUERY
+    SELECT d.kind, d.object, d.change, d.attribute, d.old, d.new,
+           l.logged_at, l.session_user_name, l.current_user_name, l.application_name,
+           l.client_addr, l.command_tag, l.migration_version, last.version
+    FROM migrate.diff(recorded, migrate.describe()) d
+    LEFT JOIN LATERAL (
+        SELECT *
+        FROM migrate.ddl_log g
+        WHERE g.logged_at > last.recorded_at
+          AND g.event IN ('ddl_command_end', 'sql_drop')
+          AND g.object_identity IN (d.object, d.relation)
+        ORDER BY g.logged_at DESC, g.id DESC
+        LIMIT 1) l ON true;
+END
+$$;

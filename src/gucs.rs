@@ -543,7 +543,8 @@ fn backfill_settings() {
     GucRegistry::define_int_guc(
         c"migrate.backfill_max_replication_lag",
         c"How far a streaming replica may fall behind in replay before backfills pause.",
-        c"Measured in WAL bytes from pg_stat_replication; the backfill resumes once every \
+        c"Measured in WAL bytes from pg_stat_replication, and for a physical slot whose \
+          standby is disconnected, by the WAL it keeps; the backfill resumes once every \
           replica is within it again. 0 disables the check. Read when a backfill is submitted.",
         &BACKFILL_MAX_REPLICATION_LAG_KB,
         0,

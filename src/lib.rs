@@ -92,6 +92,11 @@ pgrx::extension_sql_file!(
     name = "watch",
     requires = ["history", watch::error_counters]
 );
+pgrx::extension_sql_file!(
+    "../sql/replicas.sql",
+    name = "replicas",
+    requires = ["history", history::commit_lsn::record_commit_lsns]
+);
 pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 #[pgrx::pg_guard]
@@ -114,6 +119,7 @@ pub extern "C-unwind" fn _PG_init() {
         pg::shmem::init();
         pg::error_hook::install(watch::signals::classify);
         pg::sample_ring::init();
+        pg::commit_lsn::init();
         worker::launcher::register();
     }
 }

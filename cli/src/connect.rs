@@ -30,6 +30,9 @@ pub struct Target {
     /// Database (PGDATABASE).
     #[arg(long, global = true)]
     pub dbname: Option<String>,
+    /// A service of the service file, in place of PGSERVICE: a fleet's target.
+    #[arg(skip)]
+    pub service: Option<String>,
 }
 
 /// The connection settings read from flags, a service and the environment, each with its
@@ -60,6 +63,10 @@ pub fn pair(key: &str, value: &str) -> String {
 }
 
 impl Target {
+    fn service_name(&self) -> Option<String> {
+        self.service.clone().or_else(|| env("PGSERVICE"))
+    }
+
     pub fn config(&self) -> Result<(Config, tls::Settings)> {
         if let Some(url) = &self.url {
             if self.host.is_some() || self.port.is_some() {
@@ -70,7 +77,7 @@ impl Target {
                 )
                 .into());
             }
-            if let Some(service) = env("PGSERVICE") {
+            if let Some(service) = self.service_name() {
                 return Err(crate::report::Usage(format!(
                     "both a connection string (--url or DATABASE_URL) and PGSERVICE={service} are \
                      given: say which database to migrate with one of them"
@@ -184,7 +191,7 @@ impl Target {
         }
         // Flags first, then the service's settings, then the environment, then libpq's
         // defaults (Debian's socket folder, the login name), as libpq orders them.
-        let service = match env("PGSERVICE") {
+        let service = match self.service_name() {
             Some(name) => crate::pgfiles::service(&name).map_err(anyhow::Error::msg)?,
             None => Vec::new(),
         };
@@ -194,7 +201,7 @@ impl Target {
         {
             anyhow::bail!(
                 "service \"{}\" sets {key}, which pg-migrate does not read: it reads {}",
-                env("PGSERVICE").unwrap_or_default(),
+                self.service_name().unwrap_or_default(),
                 SETTINGS
                     .iter()
                     .chain(&tls::SETTINGS)
@@ -286,7 +293,18 @@ impl Target {
     /// One session for the whole run: never a second one holding a snapshot while the
     /// first waits (a `CREATE INDEX CONCURRENTLY` would wait for it for ever).
     pub fn connect(&self) -> Result<Client> {
-        let (config, tls) = self.with_password()?;
+        let (mut config, tls) = self.with_password()?;
+        // What psql would show of the server's messages that matter here: its warnings, and
+        // pg_migrate's notices (a standby saying what it shows, a verdict not recorded).
+        config.notice_callback(|notice| {
+            if notice.severity() == "WARNING" || notice.message().starts_with("pg_migrate:") {
+                anstream::eprintln!(
+                    "{}: {}",
+                    notice.severity().to_lowercase(),
+                    crate::report::clean(notice.message())
+                );
+            }
+        });
         let hosts: Vec<String> = config
             .get_hosts()
             .iter()

@@ -58,6 +58,10 @@ enum Command {
         /// Exit 5 when anything is pending.
         #[arg(long)]
         check: bool,
+        /// Every target of this fleet file: one row each (version, pending, drift, standbys
+        /// behind).
+        #[arg(long, value_name = "FILE")]
+        fleet: Option<PathBuf>,
     },
     /// Applies the pending files in version order, waiting for the worker's phases.
     Apply {
@@ -68,6 +72,18 @@ enum Command {
         /// gate, before leaving them to the worker (seconds).
         #[arg(long, default_value_t = 3600)]
         wait: u64,
+        /// Then wait until every standby streaming from the database (or each --replica) has
+        /// replayed the last version, for at most this long (seconds; 60 when not given).
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "60")]
+        wait_replicas: Option<u64>,
+        /// A standby to wait for, by application_name or replication slot (repeatable);
+        /// one that is not connected is waited for too.
+        #[arg(long = "replica", value_name = "NAME", requires = "wait_replicas")]
+        replicas: Vec<String>,
+        /// Every target of this fleet file (TOML: targets, an optional canary, waves),
+        /// version by version; stops at the first failure or fingerprint that differs.
+        #[arg(long, value_name = "FILE", conflicts_with = "wait_replicas")]
+        fleet: Option<PathBuf>,
     },
     /// The guard's findings on the pending files, judged against the database's catalogs.
     Lint,
@@ -213,9 +229,35 @@ fn run(cli: &Cli, out: &mut Out) -> Result<Exit> {
     use verbs::Decision;
     match &cli.command {
         Command::Hash => verbs::hash(&cli.dir, out),
-        Command::Status { check } => verbs::status(cli, out, *check),
-        Command::Apply { to, wait } => {
-            verbs::apply(cli, out, to.as_deref(), Duration::from_secs(*wait))
+        Command::Status {
+            check,
+            fleet: Some(fleet),
+        } => verbs::fleet::status(cli, out, fleet, *check),
+        Command::Status { check, fleet: None } => verbs::status(cli, out, *check),
+        Command::Apply {
+            to,
+            wait,
+            fleet: Some(fleet),
+            ..
+        } => verbs::fleet::apply(cli, out, fleet, to.as_deref(), Duration::from_secs(*wait)),
+        Command::Apply {
+            to,
+            wait,
+            wait_replicas,
+            replicas,
+            fleet: None,
+        } => {
+            let replicas = wait_replicas.map(|s| verbs::Replicas {
+                limit: Duration::from_secs(s),
+                names: replicas.clone(),
+            });
+            verbs::apply(
+                cli,
+                out,
+                to.as_deref(),
+                Duration::from_secs(*wait),
+                replicas,
+            )
         }
         Command::Lint => verbs::lint(cli, out),
         Command::Plan { scratch } => verbs::plan(cli, out, *scratch),

@@ -19,6 +19,8 @@ pub enum Exit {
     Pending = 5,
     /// A lock or the applier lock was not obtained after every retry.
     GaveUp = 6,
+    /// `apply --wait-replicas`: a standby had not replayed the last version in time.
+    Replicas = 7,
     /// Ctrl-C (SIGINT), as shells report it.
     Interrupted = 130,
 }

@@ -289,12 +289,15 @@ $$;
 
 CREATE FUNCTION migrate.fingerprint(schemas text[] DEFAULT NULL)
 RETURNS text
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT migrate.hash_sum(coalesce(array_agg(coalesce(
-               a.hash, migrate.object_hash(a.kind, a.identity, a.description))), '{}'))
-    FROM migrate.all_objects(schemas, hashes_only => true) a
+BEGIN
+    PERFORM migrate.note_if_standby();
+    RETURN (SELECT migrate.hash_sum(coalesce(array_agg(coalesce(
+                       a.hash, migrate.object_hash(a.kind, a.identity, a.description))), '{}'))
+            FROM migrate.all_objects(schemas, hashes_only => true) a);
+END
 $$;
 
 COMMENT ON FUNCTION migrate.fingerprint(text[]) IS

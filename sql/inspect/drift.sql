@@ -32,6 +32,7 @@ DECLARE
     last record;
     recorded jsonb := migrate.recorded_schema();
 BEGIN
+    PERFORM migrate.note_if_standby();
     IF recorded IS NULL THEN
         RAISE EXCEPTION 'pg_migrate: no recorded schema to compare with'
             USING ERRCODE = 'object_not_in_prerequisite_state',

@@ -337,14 +337,16 @@ fn first_pass_estimate(table_oid: pg_sys::Oid, table: &str) -> Result<i64, pgrx:
     }
 }
 
-/// The streaming replica furthest behind in replay: its name, the bytes of WAL it has yet
+/// The replica furthest behind in replay (a physical slot whose standby is disconnected
+/// included): its name, the bytes of WAL it has yet
 /// to replay, and those bytes as pg_size_pretty shows them.
 fn worst_lag() -> Option<(String, i64, String)> {
     crate::pg::spi::pinned_row(
-        "SELECT coalesce(nullif(application_name, ''), client_addr::text, 'pid ' || pid), \
-                pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint, \
-                pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)) \
-         FROM pg_stat_replication WHERE replay_lsn IS NOT NULL ORDER BY 2 DESC LIMIT 1",
+        &format!(
+            "SELECT l.standby, l.lag::bigint, pg_size_pretty(l.lag) \
+             FROM ({}) l ORDER BY 2 DESC LIMIT 1",
+            crate::pg::catalog::REPLICA_LAGS
+        ),
         &[],
         |r| {
             Ok((

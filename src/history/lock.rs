@@ -31,15 +31,29 @@ pub fn refuse_unsafe_context() -> Result<(), Problem> {
              (or SET default_transaction_isolation = 'read committed').",
         ));
     }
+    if xact::in_recovery() {
+        return Err(on_a_standby("change the migration history"));
+    }
     if read_only {
         return Err(Problem::new(
             PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
             "cannot apply migrations in a read-only transaction",
-            "The transaction is read-only, or this server is a standby.",
-            "Connect to the primary, outside a READ ONLY transaction.",
+            "The transaction is read-only.",
+            "Run it outside a READ ONLY transaction.",
         ));
     }
     Ok(())
+}
+
+/// What a standby refuses: anything that writes. It replays the primary's history, and shows
+/// it (migrate.status, fingerprint, verify's checks, drift) as far as it has replayed.
+pub fn on_a_standby(what: &str) -> Problem {
+    Problem::new(
+        PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+        format!("cannot {what} on a standby"),
+        "This server is a standby: it replays the primary's migrations and cannot write.",
+        "Connect to the primary (with libpq, target_session_attrs=read-write finds it).",
+    )
 }
 
 /// The applier lock serialises appliers of one database: an EXCLUSIVE lock on the pg_migrate

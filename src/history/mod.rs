@@ -1,6 +1,7 @@
 //! `migrate.history`: reading and writing the record of applied versions, and the SQL
 //! functions that only read or annotate it (`baseline`, `validate`, `current_version`).
 
+pub mod commit_lsn;
 pub mod ddl_log;
 pub mod lock;
 pub mod record;
@@ -144,14 +145,15 @@ pub fn insert(entry: &NewEntry) -> Duration {
                checksum_raw, checksum_algorithm, rollback_script, rollback_checksum, statements, \
                applied_by, applied_role, application_name, client_addr, started_at, finished_at, \
                lock_wait, retries, extension_version, allowed_rules, phases, settings, \
-               verify_script, fingerprint, changes) \
+               verify_script, fingerprint, changes, commit_xid) \
              SELECT r.version, r.description, r.status, $4, r.checksum, r.checksum_raw, \
                r.checksum_algorithm, $5, r.rollback_checksum, r.statements, \
                session_user, r.applied_role, current_setting('application_name'), \
                inet_client_addr(), $2, \
                CASE WHEN r.status IN ('applied', 'baseline') THEN clock_timestamp() END, \
                $3, r.retries, r.extension_version, r.allowed_rules, r.phases, r.settings, \
-               $6, r.fingerprint, $7::jsonb \
+               $6, r.fingerprint, $7::jsonb, \
+               CASE WHEN r.status IN ('applied', 'baseline') THEN pg_current_xact_id() END \
              FROM jsonb_populate_record(NULL::migrate.history, $1) r \
              RETURNING (extract(epoch FROM coalesce(duration, '0')) * 1e6)::int8",
         &[
@@ -165,6 +167,9 @@ pub fn insert(entry: &NewEntry) -> Duration {
         ],
     )
     .or_bookkeeping("write migrate.history");
+    if entry.status.is_finished() {
+        crate::pg::commit_lsn::keep_at_commit();
+    }
     micros(recorded)
 }
 

@@ -220,7 +220,7 @@ pub fn start(step: &Step, target_table: Option<&str>, indexes_before: &[String])
 pub fn done(step: &Step, built_index: Option<&str>) {
     write(
         "UPDATE migrate.step_records SET state = 'done', finished_at = pg_catalog.clock_timestamp(), \
-           built_index = coalesce($3, built_index) \
+           built_index = coalesce($3, built_index), commit_xid = pg_catalog.pg_current_xact_id() \
          WHERE version = $1 AND phase = $2",
         &[
             step.version.as_str().into(),
@@ -228,6 +228,7 @@ pub fn done(step: &Step, built_index: Option<&str>) {
             built_index.into(),
         ],
     );
+    crate::pg::commit_lsn::keep_at_commit();
 }
 
 /// Adds a transactional phase's lock retries and lock wait to its migration's totals.
@@ -284,7 +285,8 @@ pub fn complete(version: &str) {
     crate::history::record::drift();
     write(
         "UPDATE migrate.history SET status = 'applied', finished_at = pg_catalog.clock_timestamp(), \
-           cancel_requested = false, fingerprint = $2, changes = $3 \
+           cancel_requested = false, fingerprint = $2, changes = $3, \
+           commit_xid = pg_catalog.pg_current_xact_id() \
          WHERE version = $1",
         &[
             version.into(),
@@ -292,6 +294,7 @@ pub fn complete(version: &str) {
             schema.changes.into(),
         ],
     );
+    crate::pg::commit_lsn::keep_at_commit();
 }
 
 /// Stops a migration at a phase boundary: what did not run is cancelled. Called through

@@ -232,6 +232,17 @@ fn dry_run_script(
         )
         .raise();
     }
+    if crate::pg::xact::in_recovery() {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            "cannot dry-run a script on a standby",
+            "A dry run executes the statements in a transaction it rolls back; a standby \
+             cannot execute them.",
+            "Run it on the primary, where it changes nothing; migrate.lint judges a script \
+             on a standby too.",
+        )
+        .raise();
+    }
     let what = "the dry-run script";
     let trees = apply::parse_for_apply(what, script).or_raise();
     let statements: Vec<Statement> = trees.iter().map(|(s, _)| s.clone()).collect();
@@ -395,7 +406,10 @@ fn dry_run_script(
         })
     });
     match outcome {
-        Ok(out) => out,
+        Ok(mut out) => {
+            flag_standby_conflicts(&mut out);
+            out
+        }
         Err(caught) => Problem::new(
             caught.code,
             format!("the dry run stopped: {}", caught.message),
@@ -407,6 +421,42 @@ fn dry_run_script(
                 .unwrap_or_else(|| "Fix the cause and run it again.".into()),
         )
         .raise(),
+    }
+}
+
+/// An ACCESS EXCLUSIVE lock is the one lock written to the WAL: each standby takes it again
+/// when it replays the statement and holds it until it replays the commit. Queries of the
+/// table there wait for it, and those already running when it arrives are cancelled after
+/// max_standby_streaming_delay. `lock_timeout` on the primary bounds none of that.
+fn flag_standby_conflicts(reports: &mut [(Statement, usize, Report)]) {
+    let standbys = Spi::get_one::<i64>(
+        "SELECT (SELECT count(*) FROM pg_catalog.pg_stat_replication r \
+                   LEFT JOIN pg_catalog.pg_replication_slots s ON s.active_pid = r.pid \
+                  WHERE s.slot_type IS DISTINCT FROM 'logical') \
+              + (SELECT count(*) FROM pg_catalog.pg_replication_slots s \
+                  WHERE s.slot_type = 'physical' AND NOT s.active)",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(0);
+    if standbys == 0 {
+        return;
+    }
+    for (_, _, report) in reports.iter_mut() {
+        let exclusive: Vec<&String> = report
+            .locks
+            .iter()
+            .filter(|(_, mode)| *mode == LockMode::AccessExclusive)
+            .map(|(name, _)| name)
+            .collect();
+        for name in exclusive {
+            report.findings.push(format!(
+                "hot standby: the ACCESS EXCLUSIVE lock on {name} is replayed on this \
+                 server's {standbys} standby(s) and held there until its commit is replayed: \
+                 queries of {name} there wait, and those it interrupts are cancelled after \
+                 max_standby_streaming_delay"
+            ));
+        }
     }
 }
 

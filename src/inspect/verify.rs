@@ -116,7 +116,19 @@ fn verify(
         .raise();
     }
     let checks = run_checks(&migration);
-    if checks.iter().any(|c| c.withheld) {
+    if crate::pg::xact::read_only() {
+        // A standby's checks show what it has replayed; the verdict is the primary's to keep.
+        // Read, not run: pgrx's SPI gives a transaction that runs a statement an id.
+        let _ = Spi::connect(|c| {
+            c.select("SELECT migrate.note_if_standby()", None, &[])
+                .map(|_| ())
+        });
+        crate::errors::notice(format!(
+            "the verification of version {} was not recorded: this transaction cannot write \
+             (a standby, or READ ONLY); run migrate.verify on the primary to record it",
+            migration.version
+        ));
+    } else if checks.iter().any(|c| c.withheld) {
         // Another role's verdict stands: checks this caller may not run prove nothing.
         crate::errors::notice(format!(
             "the verification of version {} was not recorded: some of its checks run with \
@@ -640,7 +652,9 @@ fn query_checks(migration: &Migration, script: &str) -> Vec<Check> {
             let result = evaluate(&author, || {
                 crate::pg::guc::set_local("transaction_read_only", "on");
                 crate::migration::limits::with_limits(Limits::from_settings(), || {
-                    Spi::get_one::<String>(&sql)
+                    // Read-only SPI: Spi::get_one would give the transaction an id, which a
+                    // standby cannot.
+                    Spi::connect(|c| c.select(&sql, Some(1), &[])?.first().get_one::<String>())
                 })
             });
             let whose = format!("role \"{}\"", author.name);

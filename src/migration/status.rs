@@ -58,6 +58,13 @@ spelt!(
     }
 );
 
+impl Status {
+    /// Applied or baselined: the version is in the schema once its transaction commits.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Status::Applied | Status::Baseline)
+    }
+}
+
 spelt!(
     /// `migrate.window_history.ended`: how an expand window ended.
     WindowEnd {

@@ -1025,3 +1025,16 @@ pub fn namespace_oid(name: &std::ffi::CStr) -> pg_sys::Oid {
     // SAFETY: a syscache lookup by name; missing_ok.
     unsafe { pg_sys::get_namespace_oid(name.as_ptr(), true) }
 }
+
+/// Every replica's replay lag in WAL bytes, one row (standby, lag) each: walsenders (standbys
+/// and logical subscribers) by the position they have replayed, and physical slots no standby
+/// uses now by the WAL they keep, which that standby has yet to receive and replay.
+pub const REPLICA_LAGS: &str = "\
+    SELECT coalesce(nullif(r.application_name, ''), r.client_addr::text, 'pid ' || r.pid) AS standby, \
+           pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), r.replay_lsn) AS lag \
+      FROM pg_catalog.pg_stat_replication r WHERE r.replay_lsn IS NOT NULL \
+    UNION ALL \
+    SELECT 'slot ' || s.slot_name || ' (disconnected)', \
+           pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), s.restart_lsn) \
+      FROM pg_catalog.pg_replication_slots s \
+     WHERE s.slot_type = 'physical' AND NOT s.active AND s.restart_lsn IS NOT NULL";

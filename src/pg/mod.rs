@@ -2,6 +2,7 @@
 //! functions. Everything above it is plain Rust over these and SPI.
 
 pub mod catalog;
+pub mod commit_lsn;
 pub mod describe;
 pub mod error_hook;
 pub mod event_trigger;

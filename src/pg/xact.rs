@@ -10,6 +10,12 @@ pub fn read_only() -> bool {
     unsafe { pg_sys::XactReadOnly || pg_sys::RecoveryInProgress() }
 }
 
+/// This server is a standby (or still recovering after a crash).
+pub fn in_recovery() -> bool {
+    // SAFETY: reads shared recovery state.
+    unsafe { pg_sys::RecoveryInProgress() }
+}
+
 /// REPEATABLE READ or SERIALIZABLE: the transaction keeps its first snapshot.
 pub fn keeps_its_snapshot() -> bool {
     // SAFETY: reads a backend-global setting.
@@ -40,6 +46,27 @@ pub fn lock_object(class: pg_sys::Oid, object: pg_sys::Oid) {
 pub fn try_lock_object(class: pg_sys::Oid, object: pg_sys::Oid) -> bool {
     // SAFETY: a heavyweight lock request that does not wait, released at transaction end.
     unsafe { pg_sys::ConditionalLockDatabaseObject(class, object, 0, pg_sys::ExclusiveLock as _) }
+}
+
+/// ACCESS SHARE on the pg_migrate extension object until the transaction ends, only if it is
+/// free now; true too when the extension is not installed. DROP EXTENSION takes ACCESS
+/// EXCLUSIVE on it before it drops any of the extension's tables: a transaction holding this
+/// first makes it wait for the transaction's end, instead of the two deadlocking over tables.
+pub fn try_share_extension() -> bool {
+    // SAFETY: a catalog lookup by name that does not raise when it is missing.
+    let extension = unsafe { pg_sys::get_extension_oid(c"pg_migrate".as_ptr(), true) };
+    if extension == pg_sys::InvalidOid {
+        return true;
+    }
+    // SAFETY: a heavyweight lock request that does not wait, released at transaction end.
+    unsafe {
+        pg_sys::ConditionalLockDatabaseObject(
+            pg_sys::ExtensionRelationId,
+            extension,
+            0,
+            pg_sys::AccessShareLock as _,
+        )
+    }
 }
 
 /// The wall clock, as PostgreSQL timestamps count it (microseconds since 2000).

@@ -436,7 +436,7 @@ const CHANGES: &str = "migrate.history h, \
 
 /// The longest current wait for a lock on a relation migration `version` changed (a table,
 /// index, sequence or view, or the table of a constraint, trigger or policy it changed),
-/// and the replay lag of the furthest streaming replica.
+/// and the replay lag of the replica furthest behind (disconnected physical slots included).
 fn gauges(version: &str) -> (f64, f64) {
     crate::pg::spi::pinned_row(
         // to_regclass raises on what is no relation's name (a constraint's identity): it is
@@ -456,8 +456,8 @@ fn gauges(version: &str) -> (f64, f64) {
                               WHERE NOT l.granted AND l.database = $1 \
                                 AND l.waitstart IS NOT NULL \
                                 AND l.relation IN (SELECT t.oid FROM touched t)), 0)::float8, \
-                    coalesce((SELECT max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)) \
-                              FROM pg_stat_replication WHERE replay_lsn IS NOT NULL), 0)::float8"
+                    coalesce((SELECT max(l.lag) FROM ({lags}) l), 0)::float8",
+            lags = crate::pg::catalog::REPLICA_LAGS
         ),
         &[process::database().into(), version.into()],
         |r| {

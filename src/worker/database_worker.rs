@@ -379,6 +379,10 @@ fn claim() -> Claim {
             Claim::Idle
         };
     }
+    // Where the phases and migrations committed since the last turn end in the WAL. Under
+    // the applier lock, which DROP EXTENSION waits for: its locks on the tables are then
+    // never taken in the other order.
+    crate::history::commit_lsn::record();
     match steps::next() {
         Next::Idle => Claim::Idle,
         Next::Cancel(version) => {

@@ -21,6 +21,27 @@ pub fn status(cli: &Cli, out: &mut Out, check: bool) -> Result<Exit> {
         anstream::println!("{}", table(&rows));
     }
     out.doc.insert("migrations".into(), json!(rows));
+    // A standby shows the primary's history as far as it has replayed it.
+    let standby = client
+        .query_typed(
+            "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, \
+                    pg_last_xact_replay_timestamp()::text",
+            &[],
+        )?
+        .remove(0);
+    if standby.get::<_, bool>(0) {
+        let (lsn, at): (Option<String>, Option<String>) = (standby.get(1), standby.get(2));
+        out.say(&format!(
+            "this server is a standby: the history as replayed up to {} (last replayed \
+             commit at {})",
+            lsn.as_deref().unwrap_or("?"),
+            at.as_deref().unwrap_or("an unknown time")
+        ));
+        out.doc.insert(
+            "standby".into(),
+            json!({"replay_lsn": lsn, "replayed_at": at}),
+        );
+    }
     if changed_notes(&rows, out) {
         return Ok(Exit::Checksum);
     }

@@ -3,11 +3,12 @@
 //! history.
 
 mod apply;
+pub mod fleet;
 mod inspect;
 mod steer;
 mod wait;
 
-pub use apply::apply;
+pub use apply::{apply, Replicas};
 pub use inspect::{drift, fingerprint, lint, plan, status, verify};
 pub use steer::{baseline, close_window, decide, retry, Decision};
 

@@ -200,6 +200,8 @@ pub fn wait_for(
 ) -> Result<Waited> {
     let started = Instant::now();
     let mut shown = Shown::new(out);
+    // A short phase is seen done soon after it is; a long one is looked at twice a second.
+    let mut pause = Duration::from_millis(20);
     loop {
         let seen = look(client, &m.version)?;
         shown.update(&seen, &m.version, out, started);
@@ -218,12 +220,13 @@ pub fn wait_for(
             return Ok(outcome);
         }
         // Short sleeps, so that Ctrl-C is answered at once.
-        for _ in 0..5 {
-            if interrupt::interrupted() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        let until = Instant::now() + pause;
+        while Instant::now() < until && !interrupt::interrupted() {
+            std::thread::sleep(
+                Duration::from_millis(20).min(until.saturating_duration_since(Instant::now())),
+            );
         }
+        pause = (pause * 2).min(Duration::from_millis(500));
     }
 }
 

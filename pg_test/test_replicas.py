@@ -1,0 +1,215 @@
+"""A primary and a real streaming standby (pg_basebackup -R over 127.0.0.1): where each
+migration's commit ends in the WAL, which standbys have replayed it, waiting for them, and what
+a standby shows and refuses."""
+
+import psycopg
+import pytest
+
+from harness import Cluster, failure, wait_until
+
+
+@pytest.fixture(scope="module")
+def pair():
+    primary = Cluster("/tmp/pg_migrate_e2e_rep_primary").start("wal_level=replica")
+    standby = Cluster("/tmp/pg_migrate_e2e_rep_standby")
+    try:
+        standby.start_standby_of(primary, "cluster_name=standby_a")
+        with primary.connect() as c:
+            wait_until(lambda: c.execute("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")
+                       .fetchone()[0] == 1, timeout=30)
+        yield primary, standby
+    finally:
+        standby.stop()
+        primary.stop()
+
+
+def replayed(primary, standby, db):
+    """Waits until the standby has replayed everything the primary has written so far."""
+    with primary.connect(db) as p, standby.connect() as s:
+        lsn = p.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+        wait_until(lambda: s.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)).fetchone()[0],
+                   timeout=30)
+
+
+def commit_record_end(conn, xid, start):
+    """The end of transaction `xid`'s commit record, read from the WAL itself (pg_walinspect)."""
+    conn.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+    rows = conn.execute(
+        "SELECT end_lsn FROM pg_get_wal_records_info(%s::pg_lsn, pg_current_wal_flush_lsn()) "
+        "WHERE resource_manager = 'Transaction' AND record_type LIKE 'COMMIT%%' AND xid::text = %s",
+        (start, str(int(xid) & 0xFFFFFFFF))).fetchall()
+    assert len(rows) == 1, rows
+    return rows[0][0]
+
+
+def replicas(conn):
+    return {r[0]: r for r in conn.execute(
+        "SELECT standby, state, replay_lsn, replayed_version, behind, slot_name FROM migrate.replicas()")}
+
+
+def test_commit_positions_are_exact_and_standbys_are_waited_for(pair):
+    primary, standby = pair
+    db = primary.create_database("rep_wait")
+    replayed(primary, standby, db)
+    with primary.connect(db) as c, standby.connect(db) as s:
+        start = c.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0]
+        c.execute("SELECT migrate.apply('1', 'CREATE TABLE t (id int PRIMARY KEY, v int)')")
+        c.execute("SELECT migrate.apply('2', 'CREATE INDEX CONCURRENTLY t_v ON t (v)')")
+        c.execute("CALL migrate.wait('2')")
+        rows = replicas(c)
+        assert list(rows) == ["standby_a"] and rows["standby_a"][1] == "streaming", rows
+        # Each version's commit position is the end of its commit record, as the WAL has it:
+        # the caller's transaction for 1, the worker's last phase for 2.
+        for version in ("1", "2"):
+            xid, lsn = c.execute("SELECT commit_xid, commit_lsn FROM migrate.history WHERE version = %s",
+                                 (version,)).fetchone()
+            assert xid is not None and lsn == commit_record_end(c, xid, start), version
+        phase_xid, phase_lsn = c.execute(
+            "SELECT commit_xid, commit_lsn FROM migrate.step_records WHERE version = '2'").fetchone()
+        assert phase_lsn == commit_record_end(c, phase_xid, start)
+        assert phase_lsn < c.execute("SELECT commit_lsn FROM migrate.history WHERE version = '2'").fetchone()[0]
+        c.execute("CALL migrate.wait_replicas('2', '30 s')")
+        assert s.execute("SELECT status FROM migrate.history WHERE version = '2'").fetchone() == ("applied",)
+        wait_until(lambda: replicas(c)["standby_a"][3:5] == ("2", []), timeout=30)
+
+        # Replay paused: the standby is behind by exactly the new version, and waiting times out
+        # naming it; once replay resumes, the wait returns and the standby has the table.
+        s.execute("SELECT pg_wal_replay_pause()")
+        try:
+            c.execute("SELECT migrate.apply('3', 'CREATE TABLE u (id int)')")
+            rows = replicas(c)
+            assert rows["standby_a"][3:5] == ("2", ["3"]), rows
+            f = failure(c, "CALL migrate.wait_replicas('3', '300 ms')")
+            assert f.sqlstate == "57014" and "standby_a" in f.message and "version 3" in f.message, f
+            assert "migrate.replicas()" in f.hint
+            # By default, the migration committed last.
+            f = failure(c, "CALL migrate.wait_replicas(timeout => '100 ms')")
+            assert f.sqlstate == "57014" and "version 3" in f.message, f
+            # A standby named that is not connected is waited for, and named.
+            f = failure(c, "CALL migrate.wait_replicas('2', '200 ms', ARRAY['standby_a', 'elsewhere'])")
+            assert f.sqlstate == "57014" and f.message.endswith(": elsewhere"), f
+        finally:
+            s.execute("SELECT pg_wal_replay_resume()")
+        c.execute("CALL migrate.wait_replicas('3', '30 s', ARRAY['standby_a'])")
+        assert s.execute("SELECT to_regclass('u') IS NOT NULL").fetchone() == (True,)
+        assert replicas(c)["standby_a"][4] == []
+
+        # Bad input.
+        f = failure(c, "CALL migrate.wait_replicas('9')")
+        assert f.sqlstate == "42704" and "not recorded" in f.message
+        c.execute("SELECT migrate.apply('4', 'CREATE INDEX CONCURRENTLY u_id ON u (id)')")
+        # Phased and not yet applied (the worker may be quick: then it is waited for).
+        try:
+            c.execute("CALL migrate.wait_replicas('4', '10 s')")
+        except psycopg.errors.ObjectNotInPrerequisiteState as e:
+            assert "not applied" in str(e) and "migrate.wait" in e.diag.message_hint
+        c.execute("CALL migrate.wait('4')")
+        c.execute("CALL migrate.wait_replicas('4', '30 s')")
+
+
+def test_a_disconnected_slot_is_listed_and_warned_about(pair):
+    primary, standby = pair
+    db = primary.create_database("rep_slot")
+    with primary.connect(db) as c:
+        c.execute("SELECT pg_create_physical_replication_slot('gone_standby', true)")
+        try:
+            c.execute("SELECT migrate.apply('1', 'CREATE TABLE t (id int)')")
+            rows = replicas(c)
+            assert rows["gone_standby"][1] == "disconnected" and rows["gone_standby"][4] == ["1"], rows
+            assert rows["standby_a"][1] == "streaming"
+            notices = []
+            c.add_notice_handler(lambda d: notices.append((d.severity, d.message_primary)))
+            c.execute("CALL migrate.wait_replicas('1', '30 s')")
+            assert any(sev == "WARNING" and "gone_standby" in m for sev, m in notices), notices
+            f = failure(c, "CALL migrate.wait_replicas('1', '200 ms', ARRAY['gone_standby'])")
+            assert f.sqlstate == "57014" and "gone_standby" in f.message
+        finally:
+            c.execute("SELECT pg_drop_replication_slot('gone_standby')")
+
+
+def test_the_dry_run_flags_locks_standbys_replay(pair):
+    primary, _ = pair
+    db = primary.create_database("rep_dry")
+    with primary.connect(db) as c:
+        c.execute("CREATE TABLE t (id int PRIMARY KEY)")
+        findings = [f for (fs,) in c.execute(
+            "SELECT findings FROM migrate.dry_run('ALTER TABLE t ADD COLUMN z int; COMMENT ON TABLE t IS $$x$$')")
+            for f in fs]
+        standby_findings = [f for f in findings if f.startswith("hot standby:")]
+        # The ALTER takes it; the COMMENT, a lighter one, adds none.
+        assert len(standby_findings) == 1, findings
+        assert "ACCESS EXCLUSIVE lock on public.t" in standby_findings[0]
+        assert "max_standby_streaming_delay" in standby_findings[0]
+        # A lighter lock is not written to the WAL.
+        findings = [f for (fs,) in c.execute(
+            "SELECT findings FROM migrate.dry_run('CREATE INDEX CONCURRENTLY t_z ON t (id)')") for f in fs]
+        assert not [f for f in findings if f.startswith("hot standby:")], findings
+
+
+def test_without_standbys_the_dry_run_says_nothing_of_them(cluster, conn):
+    conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    (findings,) = conn.execute("SELECT findings FROM migrate.dry_run('ALTER TABLE t ADD COLUMN z int')").fetchone()
+    assert not [f for f in findings if f.startswith("hot standby:")], findings
+
+
+def test_a_standby_shows_what_it_replayed_and_refuses_writes(pair):
+    primary, standby = pair
+    db = primary.create_database("rep_read")
+    with primary.connect(db) as c:
+        c.execute("SELECT migrate.apply('1', 'CREATE TABLE t (id int PRIMARY KEY, v int)', "
+                  "verify => 'SELECT 1 FROM t WHERE v < 0')")
+        c.execute("SELECT migrate.apply('2', 'CREATE INDEX CONCURRENTLY t_v ON t (v)')")
+        c.execute("CALL migrate.wait('2')")
+        c.execute("CALL migrate.wait_replicas('2', '30 s')")
+        status = c.execute("SELECT version, status, state, checksum FROM migrate.status").fetchall()
+        fingerprint = c.execute("SELECT migrate.fingerprint()").fetchone()[0]
+        described = c.execute("SELECT migrate.describe()::text").fetchone()[0]
+    replayed(primary, standby, db)
+    with standby.connect(db) as s:
+        notices = []
+        s.add_notice_handler(lambda d: notices.append(d.message_primary))
+        assert s.execute("SELECT version, status, state, checksum FROM migrate.status").fetchall() == status
+        assert s.execute("SELECT migrate.fingerprint()").fetchone()[0] == fingerprint
+        assert any("this server is a standby" in n for n in notices), notices
+        notices.clear()
+        checks = s.execute("SELECT kind, ok FROM migrate.verify('1')").fetchall()
+        assert checks and all(ok for _, ok in checks), checks
+        assert any("was not recorded" in n for n in notices) and any("standby" in n for n in notices), notices
+        assert s.execute("SELECT count(*) FROM migrate.drift()").fetchone() == (0,)
+        assert s.execute("SELECT migrate.describe() = %s::jsonb", (described,)).fetchone() == (True,)
+        for query, words in [
+            ("SELECT migrate.apply('3', 'CREATE TABLE u ()')", "cannot change the migration history on a standby"),
+            ("SELECT migrate.record_schema()", "on a standby"),
+            ("SELECT migrate.retry('2')", "on a standby"),
+            ("SELECT migrate.baseline('5')", "on a standby"),
+            ("SELECT migrate.cancel('2')", "on a standby"),
+            ("SELECT * FROM migrate.dry_run('CREATE TABLE u ()')", "cannot dry-run a script on a standby"),
+        ]:
+            f = failure(s, query)
+            assert f.sqlstate == "25006" and words in f.message, (query, f)
+            assert "primary" in f.hint, (query, f)
+        f = failure(s, "SELECT * FROM migrate.replicas()")
+        assert f.sqlstate == "55000" and "standby" in f.message and "pg_last_wal_replay_lsn" in f.hint
+        f = failure(s, "CALL migrate.wait_replicas('2')")
+        assert f.sqlstate == "55000"
+        # lint only reads.
+        assert s.execute("SELECT count(*) FROM migrate.lint('CREATE TABLE u ()')").fetchone()[0] >= 0
+    with primary.connect(db) as c:
+        assert c.execute("SELECT verification FROM migrate.history WHERE version = '1'").fetchone() == (None,)
+
+
+def test_reading_positions_needs_pg_read_all_stats(pair):
+    primary, _ = pair
+    db = primary.create_database("rep_roles")
+    with primary.connect(db) as c:
+        c.execute("DROP ROLE IF EXISTS rep_plain")
+        c.execute("CREATE ROLE rep_plain LOGIN")
+        try:
+            with primary.connect(db, user="rep_plain") as plain:
+                f = failure(plain, "SELECT * FROM migrate.replicas()")
+                assert f.sqlstate == "42501" and "GRANT pg_monitor TO rep_plain" in f.hint, f
+            c.execute("GRANT pg_monitor TO rep_plain")
+            with primary.connect(db, user="rep_plain") as plain:
+                assert [r[0] for r in plain.execute("SELECT standby FROM migrate.replicas()")] == ["standby_a"]
+        finally:
+            c.execute("DROP ROLE rep_plain")

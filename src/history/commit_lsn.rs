@@ -1,0 +1,67 @@
+//! Writes down where the commits that finished migrations and phases end in the WAL
+//! (`commit_lsn` of `migrate.history` and `migrate.step_records`), which a standby's replay
+//! position is compared with. Each is known only after its commit: the commit callback keeps
+//! it in shared memory (`pg::commit_lsn`), and this writes it in a later transaction.
+
+use crate::errors::OrBookkeeping;
+use pgrx::prelude::*;
+
+/// PostgreSQL's text form of a WAL position, which `pg_lsn` reads.
+fn lsn_text(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+/// Writes the positions kept since the last time, and for finished rows whose commit was not
+/// kept (the server restarted between the commit and now, or pg_migrate is not preloaded) a
+/// WAL position read now, after their commit: later than their commit record, never earlier,
+/// so a standby counted as having replayed one has. An exact position kept later replaces it.
+/// Nothing on a standby or in a read-only transaction, which cannot write. Returns how many
+/// rows it wrote.
+pub fn record() -> i64 {
+    if crate::pg::xact::read_only() {
+        return 0;
+    }
+    let kept = crate::pg::commit_lsn::kept(crate::pg::process::database());
+    let xids: Vec<String> = kept.iter().map(|(x, _)| x.to_string()).collect();
+    let lsns: Vec<String> = kept.iter().map(|(_, l)| lsn_text(*l)).collect();
+    // Rows this transaction finished are not committed yet: their commit is still to come.
+    crate::pg::spi::kept_value_as_owner::<i64>(
+        "WITH kept AS (SELECT k.x::pg_catalog.xid8 AS xid, k.l::pg_catalog.pg_lsn AS lsn \
+                         FROM unnest($1::text[], $2::text[]) k(x, l)), \
+              h AS (UPDATE migrate.history h SET commit_lsn = coalesce( \
+                         (SELECT k.lsn FROM kept k WHERE k.xid = h.commit_xid), \
+                         pg_catalog.pg_current_wal_insert_lsn()) \
+                     WHERE h.commit_xid IS DISTINCT FROM pg_catalog.pg_current_xact_id_if_assigned() \
+                       AND (h.commit_lsn IS NULL AND h.commit_xid IS NOT NULL \
+                            OR h.commit_lsn <> (SELECT k.lsn FROM kept k WHERE k.xid = h.commit_xid)) \
+                    RETURNING 1), \
+              s AS (UPDATE migrate.step_records s SET commit_lsn = coalesce( \
+                         (SELECT k.lsn FROM kept k WHERE k.xid = s.commit_xid), \
+                         pg_catalog.pg_current_wal_insert_lsn()) \
+                     WHERE s.commit_xid IS DISTINCT FROM pg_catalog.pg_current_xact_id_if_assigned() \
+                       AND (s.commit_lsn IS NULL AND s.commit_xid IS NOT NULL \
+                            OR s.commit_lsn <> (SELECT k.lsn FROM kept k WHERE k.xid = s.commit_xid)) \
+                    RETURNING 1) \
+         SELECT (SELECT count(*) FROM h) + (SELECT count(*) FROM s)",
+        &[xids.into(), lsns.into()],
+    )
+    .or_bookkeeping("record commit positions in migrate.history")
+    .unwrap_or(0)
+}
+
+/// `migrate.record_commit_lsns()`: what [`record`] does, for `migrate.replicas()` and
+/// `migrate.wait_replicas`, which compare standbys with the positions.
+#[pg_extern(volatile, parallel_unsafe)]
+fn record_commit_lsns() -> i64 {
+    record()
+}
+
+#[cfg(test)]
+mod unit {
+    #[test]
+    fn a_position_is_spelt_as_pg_lsn_reads_it() {
+        assert_eq!(super::lsn_text(0), "0/0");
+        assert_eq!(super::lsn_text(0x1_0000_00A8), "1/A8");
+        assert_eq!(super::lsn_text(0x16B3_7D28), "0/16B37D28");
+    }
+}
