@@ -84,6 +84,8 @@ def test_a_promoted_standby_resumes_a_cut_build_and_a_backfill_exactly_once():
         assert pg_migrate_processes(standby) == []
         assert pg_migrate_processes(primary).count("pg_migrate worker") == 2
 
+        with standby.connect() as s:
+            received = s.execute("SELECT pg_last_wal_replay_lsn()").fetchone()[0]
         crash(primary)
         holder.close()
         promote(standby)
@@ -99,7 +101,12 @@ def test_a_promoted_standby_resumes_a_cut_build_and_a_backfill_exactly_once():
             steps = c.execute("SELECT phase, state, attempts FROM migrate.steps ORDER BY phase").fetchall()
             # The cut build ran again on the new primary, and only it.
             assert steps == [(1, "done", 1), (2, "done", 2), (3, "done", 1)], steps
-            assert c.execute("SELECT commit_lsn IS NOT NULL FROM migrate.history").fetchall() == [(True,)]
+            # The phases that ran on the new primary committed there, in order, before the end.
+            wait_until(lambda: c.execute("SELECT commit_lsn IS NOT NULL FROM migrate.history").fetchone()[0],
+                       timeout=30)
+            (done_at,) = c.execute("SELECT commit_lsn FROM migrate.history").fetchone()
+            phases = [r[0] for r in c.execute("SELECT commit_lsn FROM migrate.step_records ORDER BY phase")]
+            assert received < phases[1] < phases[2] < done_at, (received, phases, done_at)
         with standby.connect(fill_db) as c:
             wait_until(lambda: c.execute("SELECT state FROM migrate.backfill_progress WHERE job = %s", (job,))
                        .fetchone()[0] == "done", timeout=180, interval=0.2)

@@ -2,10 +2,13 @@
 migration's commit ends in the WAL, which standbys have replayed it, waiting for them, and what
 a standby shows and refuses."""
 
+import os
+import subprocess
+
 import psycopg
 import pytest
 
-from harness import Cluster, failure, wait_until
+from harness import PG_MAJOR, Cluster, failure, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -56,18 +59,25 @@ def test_commit_positions_are_exact_and_standbys_are_waited_for(pair):
         c.execute("SELECT migrate.apply('1', 'CREATE TABLE t (id int PRIMARY KEY, v int)')")
         c.execute("SELECT migrate.apply('2', 'CREATE INDEX CONCURRENTLY t_v ON t (v)')")
         c.execute("CALL migrate.wait('2')")
+        # WAL written since: a position read now (the fallback for a commit not kept) would be
+        # later than the commit record, and not pass for it.
+        c.execute("SET migrate.guard = off")
+        c.execute("CREATE TABLE filler AS SELECT g FROM generate_series(1, 5000) g")
         rows = replicas(c)
         assert list(rows) == ["standby_a"] and rows["standby_a"][1] == "streaming", rows
         # Each version's commit position is the end of its commit record, as the WAL has it:
-        # the caller's transaction for 1, the worker's last phase for 2.
+        # the caller's transaction for 1, the worker's last phase for 2. Read at once (from
+        # shared memory), and as the worker writes it down.
+        positions = dict(c.execute("SELECT version, commit_lsn FROM migrate.commit_positions()").fetchall())
         for version in ("1", "2"):
-            xid, lsn = c.execute("SELECT commit_xid, commit_lsn FROM migrate.history WHERE version = %s",
-                                 (version,)).fetchone()
-            assert xid is not None and lsn == commit_record_end(c, xid, start), version
+            xid = c.execute("SELECT commit_xid FROM migrate.history WHERE version = %s", (version,)).fetchone()[0]
+            assert xid is not None and positions[version] == commit_record_end(c, xid, start), version
+            wait_until(lambda: c.execute("SELECT commit_lsn FROM migrate.history WHERE version = %s",
+                                         (version,)).fetchone()[0] == positions[version], timeout=30)
         phase_xid, phase_lsn = c.execute(
             "SELECT commit_xid, commit_lsn FROM migrate.step_records WHERE version = '2'").fetchone()
         assert phase_lsn == commit_record_end(c, phase_xid, start)
-        assert phase_lsn < c.execute("SELECT commit_lsn FROM migrate.history WHERE version = '2'").fetchone()[0]
+        assert phase_lsn < positions["2"]
         c.execute("CALL migrate.wait_replicas('2', '30 s')")
         assert s.execute("SELECT status FROM migrate.history WHERE version = '2'").fetchone() == ("applied",)
         wait_until(lambda: replicas(c)["standby_a"][3:5] == ("2", []), timeout=30)
@@ -97,14 +107,24 @@ def test_commit_positions_are_exact_and_standbys_are_waited_for(pair):
         # Bad input.
         f = failure(c, "CALL migrate.wait_replicas('9')")
         assert f.sqlstate == "42704" and "not recorded" in f.message
-        c.execute("SELECT migrate.apply('4', 'CREATE INDEX CONCURRENTLY u_id ON u (id)')")
-        # Phased and not yet applied (the worker may be quick: then it is waited for).
-        try:
-            c.execute("CALL migrate.wait_replicas('4', '10 s')")
-        except psycopg.errors.ObjectNotInPrerequisiteState as e:
-            assert "not applied" in str(e) and "migrate.wait" in e.diag.message_hint
+        for timeout in ("NULL", "'infinity'::interval" if PG_MAJOR >= 17 else "NULL::interval"):
+            f = failure(c, f"CALL migrate.wait_replicas('3', {timeout})")
+            assert f.sqlstate == "22023" and "finite timeout" in f.message and "10 min" in f.hint, f
+        # Phased and not yet applied: a writer's open transaction holds its build.
+        with primary.connect(db, autocommit=False) as writer:
+            writer.execute("INSERT INTO u VALUES (1)")
+            c.execute("SELECT migrate.apply('4', 'CREATE INDEX CONCURRENTLY u_id ON u (id)')")
+            f = failure(c, "CALL migrate.wait_replicas('4', '10 s')")
+            assert f.sqlstate == "55000" and "not applied" in f.message and "migrate.wait('4')" in f.hint, f
         c.execute("CALL migrate.wait('4')")
         c.execute("CALL migrate.wait_replicas('4', '30 s')")
+        # Reading the standbys in a transaction left open holds up nothing: the worker still
+        # runs and finishes the next migration.
+        with primary.connect(db, autocommit=False) as reader:
+            reader.execute("SELECT * FROM migrate.replicas()").fetchall()
+            reader.execute("SELECT * FROM migrate.commit_positions()").fetchall()
+            c.execute("SELECT migrate.apply('5', 'CREATE INDEX CONCURRENTLY u_id2 ON u (id)')")
+            c.execute("CALL migrate.wait('5', '30 s')")
 
 
 def test_a_disconnected_slot_is_listed_and_warned_about(pair):
@@ -192,8 +212,9 @@ def test_a_standby_shows_what_it_replayed_and_refuses_writes(pair):
         assert f.sqlstate == "55000" and "standby" in f.message and "pg_last_wal_replay_lsn" in f.hint
         f = failure(s, "CALL migrate.wait_replicas('2')")
         assert f.sqlstate == "55000"
-        # lint only reads.
-        assert s.execute("SELECT count(*) FROM migrate.lint('CREATE TABLE u ()')").fetchone()[0] >= 0
+        # lint only reads, and judges against the standby's catalogs.
+        assert s.execute("SELECT rule_id FROM migrate.lint('ALTER TABLE t RENAME COLUMN v TO w')"
+                         ).fetchall() == [("rename-column",)]
     with primary.connect(db) as c:
         assert c.execute("SELECT verification FROM migrate.history WHERE version = '1'").fetchone() == (None,)
 
@@ -213,3 +234,45 @@ def test_reading_positions_needs_pg_read_all_stats(pair):
                 assert [r[0] for r in plain.execute("SELECT standby FROM migrate.replicas()")] == ["standby_a"]
         finally:
             c.execute("DROP ROLE rep_plain")
+
+
+def test_a_hot_standby_conflict_is_counted_and_shown_on_the_standby(pair, cli_bin, tmp_path):
+    """The ACCESS EXCLUSIVE lock of an ALTER TABLE, replayed on the standby, cancels a reader
+    there once it has held up replay for max_standby_streaming_delay; pg-migrate status on the
+    standby says so."""
+    primary, standby = pair
+    db = primary.create_database("rep_conflict")
+    with primary.connect(db) as c:
+        c.execute("CREATE TABLE t (id int)")
+    replayed(primary, standby, db)
+    with standby.connect() as s:
+        s.execute("ALTER SYSTEM SET max_standby_streaming_delay = '100ms'")
+        s.execute("SELECT pg_reload_conf()")
+    try:
+        reader = standby.connect(db, autocommit=False)
+        reader.execute("SELECT count(*) FROM t").fetchone()  # ACCESS SHARE on t until it ends
+        with primary.connect(db) as c:
+            c.execute("SELECT migrate.apply('1', 'ALTER TABLE t ADD COLUMN v int')")
+            c.execute("CALL migrate.wait_replicas('1', '30 s')")
+        with pytest.raises(psycopg.Error, match="conflict with recovery"):
+            reader.execute("SELECT 1")
+        with standby.connect(db) as s:
+            wait_until(lambda: s.execute("SELECT confl_lock FROM pg_stat_database_conflicts "
+                                         "WHERE datname = current_database()").fetchone()[0] == 1, timeout=30)
+        folder = tmp_path / "migrations"
+        folder.mkdir()
+        (folder / "V1__v.sql").write_text("ALTER TABLE t ADD COLUMN v int")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and k != "DATABASE_URL"}
+        env.update(PGHOST=str(standby.sock), PGPORT=str(standby.port), PGUSER="postgres", PGDATABASE=db,
+                   NO_COLOR="1")
+        r = subprocess.run([str(cli_bin), "--dir", str(folder), "hash"], capture_output=True, text=True, env=env)
+        assert r.returncode == 0, r
+        r = subprocess.run([str(cli_bin), "--dir", str(folder), "status"], capture_output=True, text=True,
+                           env=env)
+        assert r.returncode == 0, r
+        assert ("queries here cancelled by replay (hot-standby conflicts) since the statistics were reset: "
+                "1 (lock 1)") in r.stdout, r
+    finally:
+        with standby.connect() as s:
+            s.execute("ALTER SYSTEM RESET max_standby_streaming_delay")
+            s.execute("SELECT pg_reload_conf()")

@@ -76,7 +76,9 @@ GRANT EXECUTE ON FUNCTION migrate.drift() TO migrate_admin;
 GRANT EXECUTE ON FUNCTION migrate.constraint_violations_query(oid) TO migrate_admin;
 GRANT EXECUTE ON PROCEDURE migrate.wait(text, interval) TO PUBLIC;
 -- Standbys' replay of migrations: positions need pg_read_all_stats, which replicas() checks.
-GRANT EXECUTE ON FUNCTION migrate.replicas(), migrate.record_commit_lsns() TO PUBLIC;
+-- Commit positions are history's, which everyone reads.
+GRANT EXECUTE ON FUNCTION migrate.replicas(), migrate.commit_positions(), migrate.kept_commits()
+TO PUBLIC;
 GRANT EXECUTE ON PROCEDURE migrate.wait_replicas(text, interval, text[]) TO PUBLIC;
 -- apply and baseline are callable by everyone on purpose: they refuse non-members of
 -- migrate_admin themselves, with an error that says how to get the right, where PostgreSQL's

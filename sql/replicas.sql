@@ -2,13 +2,34 @@
 --
 -- A standby has replayed a migration once its replay position (pg_stat_replication.replay_lsn)
 -- has reached the end of the migration's commit record (migrate.history.commit_lsn). Physical
--- replication slots whose standby is not connected count too: the WAL they keep is what that
--- standby still has to receive.
+-- replication slots whose standby is not connected are listed too: the WAL they keep is what
+-- that standby still has to receive.
 
--- One row per standby streaming from this server (walsenders of physical replication), and
--- per physical slot no standby uses now ('disconnected'; its position is what the standby had
--- received when it left, restart_lsn): how far it has replayed, how far behind it is, the
--- last migration it has replayed and those it has not, oldest first.
+-- Where each finished migration's commit ends in the WAL: the position written down, else
+-- the one kept in shared memory since the commit (the worker writes it down at its next
+-- turn), else, for a committed transaction, the WAL insert position now (later than its
+-- commit, never earlier). Versions applied before pg_migrate recorded positions have none.
+-- Read-only: who reads it cannot hold up the worker.
+CREATE FUNCTION migrate.commit_positions()
+RETURNS TABLE (version text, commit_lsn pg_lsn)
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT h.version,
+           coalesce(h.commit_lsn, k.lsn::pg_lsn,
+                    CASE WHEN h.commit_xid IS DISTINCT FROM pg_current_xact_id_if_assigned()
+                         THEN pg_current_wal_insert_lsn() END)
+    FROM migrate.history h
+    LEFT JOIN migrate.kept_commits() k ON k.xid::xid8 = h.commit_xid
+    WHERE h.commit_xid IS NOT NULL AND h.status IN ('applied', 'baseline')
+$$;
+
+-- One row per standby streaming from this server (physical replication's walsenders, not base
+-- backups), and per physical slot no standby uses now ('disconnected': its position is what
+-- that standby had received and flushed when it left, restart_lsn; it may have replayed
+-- less): how far it has replayed, how far behind it is, the last migration it has replayed
+-- and those it has not, in commit order. A walsender that reports no replay position
+-- (pg_receivewal, or a standby's first moments) is behind every migration.
 CREATE FUNCTION migrate.replicas()
 RETURNS TABLE (standby text, slot_name name, client_addr inet, state text, sync_state text,
                replay_lsn pg_lsn, replay_lag_bytes numeric, replay_lag interval,
@@ -27,17 +48,19 @@ BEGIN
     IF NOT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') THEN
         RAISE EXCEPTION 'pg_migrate: reading the standbys'' replay positions needs the privileges of pg_read_all_stats'
             USING ERRCODE = 'insufficient_privilege',
-                  DETAIL = pg_catalog.format('Role %I cannot read the positions in pg_stat_replication.', current_user),
-                  HINT = pg_catalog.format('GRANT pg_monitor TO %I; (or pg_read_all_stats).', current_user);
+                  DETAIL = format('Role %I cannot read the positions in pg_stat_replication.', current_user),
+                  HINT = format('GRANT pg_monitor TO %I; (or pg_read_all_stats).', current_user);
     END IF;
-    PERFORM migrate.record_commit_lsns();
     RETURN QUERY
-    WITH standbys AS (
+    WITH positions AS MATERIALIZED (
+        SELECT p.version, p.commit_lsn FROM migrate.commit_positions() p WHERE p.commit_lsn IS NOT NULL
+    ), standbys AS (
         SELECT r.application_name::text AS standby, sl.slot_name, r.client_addr, r.state::text AS state,
                r.sync_state::text AS sync_state, r.replay_lsn, r.replay_lag
           FROM pg_stat_replication r
+          JOIN pg_stat_activity a ON a.pid = r.pid AND a.datid IS NULL
           LEFT JOIN pg_replication_slots sl ON sl.active_pid = r.pid
-         WHERE sl.slot_type IS DISTINCT FROM 'logical'
+         WHERE r.state <> 'backup'
         UNION ALL
         SELECT sl.slot_name::text, sl.slot_name, NULL, 'disconnected', NULL, sl.restart_lsn, NULL
           FROM pg_replication_slots sl
@@ -46,12 +69,12 @@ BEGIN
     SELECT s.standby, s.slot_name, s.client_addr, s.state, s.sync_state, s.replay_lsn,
            pg_wal_lsn_diff(pg_current_wal_lsn(), s.replay_lsn),
            s.replay_lag,
-           (SELECT h.version FROM migrate.history h
-             WHERE h.commit_lsn <= s.replay_lsn
-             ORDER BY h.commit_lsn DESC LIMIT 1),
-           ARRAY(SELECT h.version FROM migrate.history h
-                  WHERE h.commit_lsn > s.replay_lsn OR s.replay_lsn IS NULL AND h.commit_lsn IS NOT NULL
-                  ORDER BY h.commit_lsn)
+           (SELECT p.version FROM positions p
+             WHERE p.commit_lsn <= s.replay_lsn
+             ORDER BY p.commit_lsn DESC LIMIT 1),
+           ARRAY(SELECT p.version FROM positions p
+                  WHERE p.commit_lsn > s.replay_lsn OR s.replay_lsn IS NULL
+                  ORDER BY p.commit_lsn)
       FROM standbys s
      ORDER BY s.state = 'disconnected', s.standby;
 END
@@ -71,14 +94,14 @@ CREATE PROCEDURE migrate.wait_replicas(version text DEFAULT NULL, timeout interv
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    deadline timestamptz := pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) timeout;
+    deadline pg_catalog.timestamptz;
     target pg_catalog.pg_lsn;
-    wanted text := wait_replicas.version;
-    state text;
-    missing text[];
-    idle text[];
-    streaming bigint;
-    polls numeric := 1;
+    wanted pg_catalog.text := wait_replicas.version;
+    state pg_catalog.text;
+    missing pg_catalog.text[];
+    idle pg_catalog.text[];
+    streaming pg_catalog.int8;
+    pause pg_catalog.float8 := 0.001;
 BEGIN
     IF pg_catalog.pg_is_in_recovery() THEN
         RAISE EXCEPTION 'pg_migrate: this server is a standby'
@@ -86,17 +109,22 @@ BEGIN
                   DETAIL = 'Standbys are waited for on the server they stream from.',
                   HINT = 'Run CALL migrate.wait_replicas(...) on the primary.';
     END IF;
-    PERFORM migrate.record_commit_lsns();
-    COMMIT;
+    IF timeout IS NULL OR NOT pg_catalog.isfinite(timeout) THEN
+        RAISE EXCEPTION 'pg_migrate: wait_replicas needs a finite timeout, not %', coalesce(timeout::pg_catalog.text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A wait that cannot end holds its session for ever.',
+                  HINT = 'Give timeout => ''10 min'' (or any finite interval); call it again to keep waiting.';
+    END IF;
+    deadline := pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) timeout;
     IF wanted IS NULL THEN
-        SELECT h.version INTO wanted FROM migrate.history h
-         WHERE h.commit_lsn IS NOT NULL ORDER BY h.commit_lsn DESC LIMIT 1;
+        SELECT p.version INTO wanted FROM migrate.commit_positions() p
+         WHERE p.commit_lsn IS NOT NULL ORDER BY p.commit_lsn DESC LIMIT 1;
         IF wanted IS NULL THEN
             RAISE NOTICE 'pg_migrate: no migration has committed here yet: nothing to wait for';
             RETURN;
         END IF;
     END IF;
-    SELECT h.status, h.commit_lsn INTO state, target
+    SELECT h.status INTO state
       FROM migrate.history h WHERE h.version OPERATOR(pg_catalog.=) wanted;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'pg_migrate: version % is not recorded', wanted
@@ -104,39 +132,48 @@ BEGIN
                   DETAIL = 'No migration with that version was applied or submitted.',
                   HINT = 'SELECT * FROM migrate.status; lists the recorded versions.';
     END IF;
-    IF state NOT IN ('applied', 'baseline') THEN
+    IF NOT state OPERATOR(pg_catalog.=) ANY (ARRAY['applied', 'baseline']::pg_catalog.text[]) THEN
         RAISE EXCEPTION 'pg_migrate: version % is %, not applied', wanted, state
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   DETAIL = 'Standbys replay a migration once it has committed on the primary.',
                   HINT = pg_catalog.format('CALL migrate.wait(%L); waits for it to be applied.', wanted);
     END IF;
+    SELECT p.commit_lsn INTO target FROM migrate.commit_positions() p
+     WHERE p.version OPERATOR(pg_catalog.=) wanted;
     IF target IS NULL THEN
         -- Applied before pg_migrate recorded commit positions: it committed before now.
         RAISE NOTICE 'pg_migrate: version % has no recorded commit position; waiting for the current one', wanted;
         target := pg_catalog.pg_current_wal_lsn();
     END IF;
+    COMMIT;
     LOOP
         IF standbys IS NULL THEN
+            -- Every walsender that reports a replay position; disconnected slots are named.
             SELECT pg_catalog.array_agg(r.standby ORDER BY r.standby) FILTER (
-                       WHERE r.state OPERATOR(pg_catalog.<>) 'disconnected'
-                         AND (r.replay_lsn IS NULL OR r.replay_lsn OPERATOR(pg_catalog.<) target)),
+                       WHERE r.state OPERATOR(pg_catalog.<>) 'disconnected' AND r.replay_lsn IS NOT NULL
+                         AND r.replay_lsn OPERATOR(pg_catalog.<) target),
                    pg_catalog.array_agg(r.standby ORDER BY r.standby) FILTER (
                        WHERE r.state OPERATOR(pg_catalog.=) 'disconnected'
                          AND r.replay_lsn OPERATOR(pg_catalog.<) target),
-                   pg_catalog.count(*) FILTER (WHERE r.state OPERATOR(pg_catalog.<>) 'disconnected')
+                   pg_catalog.count(*) FILTER (WHERE r.state OPERATOR(pg_catalog.<>) 'disconnected'
+                                                 AND r.replay_lsn IS NOT NULL)
               INTO missing, idle, streaming
               FROM migrate.replicas() r;
             IF streaming OPERATOR(pg_catalog.=) 0 THEN
                 RAISE NOTICE 'pg_migrate: no standby is streaming from this server';
             END IF;
         ELSE
-            -- A named standby counts once it is connected and has replayed it.
+            -- A name counts once a standby of that name (or slot) is connected and every one
+            -- of that name has replayed it: the default name, walreceiver, may be many.
+            WITH r AS MATERIALIZED (
+                SELECT x.standby, x.slot_name::pg_catalog.text AS slot, x.replay_lsn
+                  FROM migrate.replicas() x WHERE x.state OPERATOR(pg_catalog.<>) 'disconnected'
+            )
             SELECT pg_catalog.array_agg(n.name ORDER BY n.name) INTO missing
               FROM pg_catalog.unnest(standbys) n(name)
-             WHERE NOT EXISTS (SELECT FROM migrate.replicas() r
-                                WHERE n.name OPERATOR(pg_catalog.=) ANY (ARRAY[r.standby, r.slot_name::text])
-                                  AND r.state OPERATOR(pg_catalog.<>) 'disconnected'
-                                  AND r.replay_lsn OPERATOR(pg_catalog.>=) target);
+             WHERE NOT EXISTS (SELECT FROM r WHERE n.name OPERATOR(pg_catalog.=) ANY (ARRAY[r.standby, r.slot]))
+                OR EXISTS (SELECT FROM r WHERE n.name OPERATOR(pg_catalog.=) ANY (ARRAY[r.standby, r.slot])
+                                         AND (r.replay_lsn IS NULL OR r.replay_lsn OPERATOR(pg_catalog.<) target));
         END IF;
         IF missing IS NULL THEN
             IF idle IS NOT NULL THEN
@@ -155,9 +192,10 @@ BEGIN
                       HINT = 'SELECT * FROM migrate.replicas(); shows how far each standby is. CALL migrate.wait_replicas again to keep waiting.';
         END IF;
         COMMIT;
-        -- 1 ms, doubling up to 10 ms: a standby on the same network replays in milliseconds.
-        PERFORM pg_catalog.pg_sleep(0.001 OPERATOR(pg_catalog.*) polls);
-        polls := LEAST(polls OPERATOR(pg_catalog.*) 2, 10);
+        -- 1 ms, doubling up to 100 ms: a standby on the same network replays in milliseconds,
+        -- and a long wait polls ten times a second.
+        PERFORM pg_catalog.pg_sleep(pause);
+        pause := LEAST(pause OPERATOR(pg_catalog.*) 2, 0.1);
     END LOOP;
 END
 $$;

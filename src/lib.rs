@@ -95,7 +95,7 @@ pgrx::extension_sql_file!(
 pgrx::extension_sql_file!(
     "../sql/replicas.sql",
     name = "replicas",
-    requires = ["history", history::commit_lsn::record_commit_lsns]
+    requires = ["history", history::commit_lsn::kept_commits]
 );
 pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 

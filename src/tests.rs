@@ -352,16 +352,19 @@ CREATE TABLE b (
             // writes_version is evaluated by every bridged write, whoever the writer;
             // may_read_as and quoted_data (twice: a text, keys) by the views that withhold
             // what quotes rows; error_counters by migrate.error_counts. accept and reject
-            // check membership and the submitter's privileges themselves.
+            // check membership and the submitter's privileges themselves. replicas checks
+            // pg_read_all_stats; wait_replicas reads through it; commit_positions and
+            // kept_commits read history's positions, which everyone reads; note_if_standby
+            // only says where it runs.
             Some(
                 "abort accept all_objects apply assert_safe backfill baseline cancel cancel changes \
-                 contract current_version describe describe_objects describe_table_objects \
-                 described_relations description_of diff dry_run error_counters expand extend \
-                 fingerprint fingerprint_of hash_sum lint may_read_as object_hash pause \
-                 quoted_data quoted_data \
-                 record_schema recorded_schema reject resume retry rule_catalog schema_is_described \
+                 commit_positions contract current_version describe describe_objects \
+                 describe_table_objects described_relations description_of diff dry_run \
+                 error_counters expand extend fingerprint fingerprint_of hash_sum kept_commits lint \
+                 may_read_as note_if_standby object_hash pause quoted_data quoted_data \
+                 record_schema recorded_schema reject replicas resume retry rule_catalog schema_is_described \
                  validate verify \
-                 version_key wait window_sessions window_writes writes_version"
+                 version_key wait wait_replicas window_sessions window_writes writes_version"
             )
         );
         assert_eq!(

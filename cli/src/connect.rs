@@ -33,7 +33,24 @@ pub struct Target {
     /// A service of the service file, in place of PGSERVICE: a fleet's target.
     #[arg(skip)]
     pub service: Option<String>,
+    /// A fleet's target: what says where to connect and as whom (host, port, user, database,
+    /// password, options, service) comes from the fleet file only, never from the PG*
+    /// variables, which would send one password to every host.
+    #[arg(skip)]
+    pub fleet: bool,
 }
+
+/// The variables a fleet's targets do not read.
+const FLEET_IGNORES: [&str; 8] = [
+    "PGHOST",
+    "PGHOSTADDR",
+    "PGPORT",
+    "PGUSER",
+    "PGDATABASE",
+    "PGPASSWORD",
+    "PGOPTIONS",
+    "PGSERVICE",
+];
 
 /// The connection settings read from flags, a service and the environment, each with its
 /// environment variable.
@@ -63,8 +80,16 @@ pub fn pair(key: &str, value: &str) -> String {
 }
 
 impl Target {
+    /// An environment variable, as this target reads it.
+    fn var(&self, name: &str) -> Option<String> {
+        if self.fleet && FLEET_IGNORES.contains(&name) {
+            return None;
+        }
+        env(name)
+    }
+
     fn service_name(&self) -> Option<String> {
-        self.service.clone().or_else(|| env("PGSERVICE"))
+        self.service.clone().or_else(|| self.var("PGSERVICE"))
     }
 
     pub fn config(&self) -> Result<(Config, tls::Settings)> {
@@ -109,28 +134,29 @@ impl Target {
             }
             // What the string leaves out comes from the flags, then the environment, as libpq
             // fills it.
-            if let Some(user) = self.user.clone().or_else(|| env("PGUSER")) {
+            if let Some(user) = self.user.clone().or_else(|| self.var("PGUSER")) {
                 if self.user.is_some() || config.get_user().is_none() {
                     config.user(&user);
                 }
             }
-            if let Some(db) = self.dbname.clone().or_else(|| env("PGDATABASE")) {
+            if let Some(db) = self.dbname.clone().or_else(|| self.var("PGDATABASE")) {
                 if self.dbname.is_some() || config.get_dbname().is_none() {
                     config.dbname(&db);
                 }
             }
             if config.get_password().is_none() {
-                if let Some(password) = env("PGPASSWORD") {
+                if let Some(password) = self.var("PGPASSWORD") {
                     config.password(password);
                 }
             }
             if config.get_options().is_none() {
-                if let Some(options) = env("PGOPTIONS") {
+                if let Some(options) = self.var("PGOPTIONS") {
                     config.options(&options);
                 }
             }
             if config.get_hosts().is_empty() {
-                for host in env("PGHOST")
+                for host in self
+                    .var("PGHOST")
                     .unwrap_or_default()
                     .split(',')
                     .filter(|h| !h.is_empty())
@@ -143,7 +169,7 @@ impl Target {
                 }
             }
             if config.get_hostaddrs().is_empty() {
-                if let Some(addr) = env("PGHOSTADDR") {
+                if let Some(addr) = self.var("PGHOSTADDR") {
                     for addr in addr.split(',').filter(|a| !a.is_empty()) {
                         config.hostaddr(addr.parse().context("reading PGHOSTADDR")?);
                     }
@@ -153,7 +179,8 @@ impl Target {
                 config.host_path(crate::pgfiles::DEFAULT_SOCKET_DIR);
             }
             if config.get_ports().is_empty() {
-                for port in env("PGPORT")
+                for port in self
+                    .var("PGPORT")
                     .unwrap_or_default()
                     .split(',')
                     .filter(|p| !p.is_empty())
@@ -170,7 +197,7 @@ impl Target {
                         "connect_timeout" | "target_session_attrs" | "application_name"
                     )
                 })
-                .filter_map(|(key, variable)| env(variable).map(|v| pair(key, &v)))
+                .filter_map(|(key, variable)| self.var(variable).map(|v| pair(key, &v)))
                 .collect();
             let more = Config::from_str(&from_env.join(" "))
                 .context("reading the PG* environment variables")?;
@@ -238,10 +265,10 @@ impl Target {
                 };
                 let set = given(&flags)
                     .or_else(|| from_service(key))
-                    .or_else(|| env(variable));
+                    .or_else(|| self.var(variable));
                 // libpq's default socket folder only when no address is given either.
                 let addressed = *key == "host"
-                    && (from_service("hostaddr").is_some() || env("PGHOSTADDR").is_some());
+                    && (from_service("hostaddr").is_some() || self.var("PGHOSTADDR").is_some());
                 set.or_else(|| (!addressed).then(|| given(&defaults)).flatten())
                     .map(|v| pair(key, &v))
             })
@@ -296,14 +323,15 @@ impl Target {
         let (mut config, tls) = self.with_password()?;
         // What psql would show of the server's messages that matter here: its warnings, and
         // pg_migrate's notices (a standby saying what it shows, a verdict not recorded).
+        // Judged by the severity PostgreSQL does not translate (lc_messages may).
         config.notice_callback(|notice| {
-            if notice.severity() == "WARNING" || notice.message().starts_with("pg_migrate:") {
-                anstream::eprintln!(
-                    "{}: {}",
-                    notice.severity().to_lowercase(),
-                    crate::report::clean(notice.message())
-                );
-            }
+            use postgres::error::Severity;
+            let severity = match notice.parsed_severity() {
+                Some(Severity::Warning) => "warning",
+                Some(Severity::Notice) if notice.message().starts_with("pg_migrate:") => "notice",
+                _ => return,
+            };
+            anstream::eprintln!("{severity}: {}", crate::report::clean(notice.message()));
         });
         let hosts: Vec<String> = config
             .get_hosts()

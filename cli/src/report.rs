@@ -342,7 +342,11 @@ pub fn clean(text: &str) -> String {
     escaped
         .split('\n')
         .map(|line| {
-            let line = line.replace("##[", "##\u{200b}[");
+            // GitHub's older commands, Azure Pipelines' and TeamCity's: read anywhere in a line.
+            let line = line
+                .replace("##[", "##\u{200b}[")
+                .replace("##vso[", "##\u{200b}vso[")
+                .replace("##teamcity[", "##\u{200b}teamcity[");
             let start = line.len() - line.trim_start().len();
             if line[start..].starts_with("::") {
                 format!("{}:\u{200b}{}", &line[..start], &line[start + 1..])
@@ -401,6 +405,8 @@ mod unit {
         );
         assert!(!c.lines().any(|l| l.trim_start().starts_with("::")), "{c}");
         assert!(!c.contains("##["), "{c}");
+        let c = clean("a ##vso[task.setvariable variable=x]1 b ##teamcity[message text='x']");
+        assert!(!c.contains("##vso[") && !c.contains("##teamcity["), "{c}");
         assert_eq!(clean("plain text\nline two"), "plain text\nline two");
     }
 }

@@ -1,7 +1,8 @@
 //! Writes down where the commits that finished migrations and phases end in the WAL
 //! (`commit_lsn` of `migrate.history` and `migrate.step_records`), which a standby's replay
 //! position is compared with. Each is known only after its commit: the commit callback keeps
-//! it in shared memory (`pg::commit_lsn`), and this writes it in a later transaction.
+//! it in shared memory (`pg::commit_lsn`), and the worker writes it down at its next turn;
+//! until then `migrate.commit_positions()` reads it from there.
 
 use crate::errors::OrBookkeeping;
 use pgrx::prelude::*;
@@ -11,12 +12,12 @@ fn lsn_text(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
 }
 
-/// Writes the positions kept since the last time, and for finished rows whose commit was not
-/// kept (the server restarted between the commit and now, or pg_migrate is not preloaded) a
-/// WAL position read now, after their commit: later than their commit record, never earlier,
-/// so a standby counted as having replayed one has. An exact position kept later replaces it.
-/// Nothing on a standby or in a read-only transaction, which cannot write. Returns how many
-/// rows it wrote.
+/// The worker's turn: writes the positions kept since the last time, and for finished rows
+/// whose commit was not kept (the server restarted between the commit and now, or pg_migrate
+/// is not preloaded) a WAL position read now, after their commit: later than their commit
+/// record, never earlier, so a standby counted as having replayed one has. An exact position
+/// kept later replaces it. Rows another transaction has locked are left for the next turn.
+/// Returns how many rows it wrote.
 pub fn record() -> i64 {
     if crate::pg::xact::read_only() {
         return 0;
@@ -31,16 +32,20 @@ pub fn record() -> i64 {
               h AS (UPDATE migrate.history h SET commit_lsn = coalesce( \
                          (SELECT k.lsn FROM kept k WHERE k.xid = h.commit_xid), \
                          pg_catalog.pg_current_wal_insert_lsn()) \
-                     WHERE h.commit_xid IS DISTINCT FROM pg_catalog.pg_current_xact_id_if_assigned() \
-                       AND (h.commit_lsn IS NULL AND h.commit_xid IS NOT NULL \
-                            OR h.commit_lsn <> (SELECT k.lsn FROM kept k WHERE k.xid = h.commit_xid)) \
+                     WHERE h.ctid IN (SELECT o.ctid FROM migrate.history o \
+                         WHERE o.commit_xid IS DISTINCT FROM pg_catalog.pg_current_xact_id_if_assigned() \
+                           AND (o.commit_lsn IS NULL AND o.commit_xid IS NOT NULL \
+                                OR o.commit_lsn <> (SELECT k.lsn FROM kept k WHERE k.xid = o.commit_xid)) \
+                         FOR UPDATE SKIP LOCKED) \
                     RETURNING 1), \
               s AS (UPDATE migrate.step_records s SET commit_lsn = coalesce( \
                          (SELECT k.lsn FROM kept k WHERE k.xid = s.commit_xid), \
                          pg_catalog.pg_current_wal_insert_lsn()) \
-                     WHERE s.commit_xid IS DISTINCT FROM pg_catalog.pg_current_xact_id_if_assigned() \
-                       AND (s.commit_lsn IS NULL AND s.commit_xid IS NOT NULL \
-                            OR s.commit_lsn <> (SELECT k.lsn FROM kept k WHERE k.xid = s.commit_xid)) \
+                     WHERE s.ctid IN (SELECT o.ctid FROM migrate.step_records o \
+                         WHERE o.commit_xid IS DISTINCT FROM pg_catalog.pg_current_xact_id_if_assigned() \
+                           AND (o.commit_lsn IS NULL AND o.commit_xid IS NOT NULL \
+                                OR o.commit_lsn <> (SELECT k.lsn FROM kept k WHERE k.xid = o.commit_xid)) \
+                         FOR UPDATE SKIP LOCKED) \
                     RETURNING 1) \
          SELECT (SELECT count(*) FROM h) + (SELECT count(*) FROM s)",
         &[xids.into(), lsns.into()],
@@ -49,11 +54,16 @@ pub fn record() -> i64 {
     .unwrap_or(0)
 }
 
-/// `migrate.record_commit_lsns()`: what [`record`] does, for `migrate.replicas()` and
-/// `migrate.wait_replicas`, which compare standbys with the positions.
-#[pg_extern(volatile, parallel_unsafe)]
-fn record_commit_lsns() -> i64 {
-    record()
+/// `migrate.kept_commits()`: the commits of this database kept in shared memory and not yet
+/// written down, (transaction id, end of its commit record) as text; what
+/// `migrate.commit_positions()` reads before the worker writes them.
+#[pg_extern(volatile, parallel_safe)]
+fn kept_commits() -> TableIterator<'static, (name!(xid, String), name!(lsn, String))> {
+    TableIterator::new(
+        crate::pg::commit_lsn::kept(crate::pg::process::database())
+            .into_iter()
+            .map(|(xid, lsn)| (xid.to_string(), lsn_text(lsn))),
+    )
 }
 
 #[cfg(test)]

@@ -56,7 +56,7 @@ pub fn insert_rollback(version: &str, script: &str, phases: &[Phase]) -> i32 {
     }
     write(
         "UPDATE migrate.history SET status = 'pending', finished_at = NULL, \
-           phases = $2 WHERE version = $1",
+           commit_xid = NULL, commit_lsn = NULL, phases = $2 WHERE version = $1",
         &[version.into(), (before + phases.len() as i32).into()],
     );
     before + 1
@@ -220,7 +220,8 @@ pub fn start(step: &Step, target_table: Option<&str>, indexes_before: &[String])
 pub fn done(step: &Step, built_index: Option<&str>) {
     write(
         "UPDATE migrate.step_records SET state = 'done', finished_at = pg_catalog.clock_timestamp(), \
-           built_index = coalesce($3, built_index), commit_xid = pg_catalog.pg_current_xact_id() \
+           built_index = coalesce($3, built_index), \
+           commit_xid = pg_catalog.pg_current_xact_id(), commit_lsn = NULL \
          WHERE version = $1 AND phase = $2",
         &[
             step.version.as_str().into(),
@@ -286,7 +287,7 @@ pub fn complete(version: &str) {
     write(
         "UPDATE migrate.history SET status = 'applied', finished_at = pg_catalog.clock_timestamp(), \
            cancel_requested = false, fingerprint = $2, changes = $3, \
-           commit_xid = pg_catalog.pg_current_xact_id() \
+           commit_xid = pg_catalog.pg_current_xact_id(), commit_lsn = NULL \
          WHERE version = $1",
         &[
             version.into(),
@@ -341,7 +342,8 @@ pub fn follow_backfill(id: i64, state: StepState, error: Option<&Caught>) {
 /// The step that built `index` builds it again (it was found invalid).
 pub fn rebuild(version: &str, index: &str) {
     write(
-        "UPDATE migrate.step_records SET state = 'pending', built_index = NULL \
+        "UPDATE migrate.step_records SET state = 'pending', built_index = NULL, \
+           commit_xid = NULL, commit_lsn = NULL \
          WHERE version = $1 AND built_index = $2",
         &[version.into(), index.into()],
     );
@@ -391,7 +393,8 @@ pub fn request_cancel(version: &str) {
 /// An interrupted step found not to have completed: it runs again from the start.
 pub fn restart(step: &Step) {
     write(
-        "UPDATE migrate.step_records SET state = 'pending' WHERE version = $1 AND phase = $2",
+        "UPDATE migrate.step_records SET state = 'pending', commit_xid = NULL, commit_lsn = NULL \
+         WHERE version = $1 AND phase = $2",
         &[step.version.as_str().into(), step.phase.into()],
     );
 }

@@ -429,14 +429,18 @@ fn dry_run_script(
 /// table there wait for it, and those already running when it arrives are cancelled after
 /// max_standby_streaming_delay. `lock_timeout` on the primary bounds none of that.
 fn flag_standby_conflicts(reports: &mut [(Statement, usize, Report)]) {
-    let standbys = Spi::get_one::<i64>(
-        "SELECT (SELECT count(*) FROM pg_catalog.pg_stat_replication r \
-                   LEFT JOIN pg_catalog.pg_replication_slots s ON s.active_pid = r.pid \
-                  WHERE s.slot_type IS DISTINCT FROM 'logical') \
-              + (SELECT count(*) FROM pg_catalog.pg_replication_slots s \
+    // Physical walsenders have no database; base backups hold no lock for long.
+    let standbys = crate::pg::spi::pinned_row(
+        "SELECT (SELECT count(*) FROM pg_stat_replication r \
+                   JOIN pg_stat_activity a ON a.pid = r.pid AND a.datid IS NULL \
+                  WHERE r.state <> 'backup') \
+              + (SELECT count(*) FROM pg_replication_slots s \
                   WHERE s.slot_type = 'physical' AND NOT s.active)",
+        &[],
+        |r| r.get::<i64>(1),
     )
     .ok()
+    .flatten()
     .flatten()
     .unwrap_or(0);
     if standbys == 0 {

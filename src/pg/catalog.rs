@@ -1026,15 +1026,29 @@ pub fn namespace_oid(name: &std::ffi::CStr) -> pg_sys::Oid {
     unsafe { pg_sys::get_namespace_oid(name.as_ptr(), true) }
 }
 
-/// Every replica's replay lag in WAL bytes, one row (standby, lag) each: walsenders (standbys
-/// and logical subscribers) by the position they have replayed, and physical slots no standby
-/// uses now by the WAL they keep, which that standby has yet to receive and replay.
-pub const REPLICA_LAGS: &str = "\
-    SELECT coalesce(nullif(r.application_name, ''), r.client_addr::text, 'pid ' || r.pid) AS standby, \
-           pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), r.replay_lsn) AS lag \
-      FROM pg_catalog.pg_stat_replication r WHERE r.replay_lsn IS NOT NULL \
-    UNION ALL \
-    SELECT 'slot ' || s.slot_name || ' (disconnected)', \
-           pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), s.restart_lsn) \
-      FROM pg_catalog.pg_replication_slots s \
-     WHERE s.slot_type = 'physical' AND NOT s.active AND s.restart_lsn IS NOT NULL";
+/// The replay lag in WAL bytes of every walsender (standbys and logical subscribers), one row
+/// (standby, lag) each: replicas that are connected, whose lag a change can make grow.
+macro_rules! streaming_lags {
+    () => {
+        "SELECT coalesce(nullif(r.application_name, ''), r.client_addr::text, 'pid ' || r.pid) AS standby, \
+                pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), r.replay_lsn) AS lag \
+           FROM pg_catalog.pg_stat_replication r WHERE r.replay_lsn IS NOT NULL"
+    };
+}
+
+/// Physical slots no standby uses now, by the WAL they keep: what that standby has yet to
+/// receive and replay. It grows with whatever the primary writes, whether or not a change
+/// had anything to do with it.
+macro_rules! disconnected_slot_lags {
+    () => {
+        "SELECT 'slot ' || s.slot_name || ' (disconnected)' AS standby, \
+                pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), s.restart_lsn) AS lag \
+           FROM pg_catalog.pg_replication_slots s \
+          WHERE s.slot_type = 'physical' AND NOT s.active AND s.restart_lsn IS NOT NULL"
+    };
+}
+
+pub const STREAMING_LAGS: &str = streaming_lags!();
+pub const DISCONNECTED_SLOT_LAGS: &str = disconnected_slot_lags!();
+/// Both: every replica a backfill's WAL reaches.
+pub const REPLICA_LAGS: &str = concat!(streaming_lags!(), " UNION ALL ", disconnected_slot_lags!());

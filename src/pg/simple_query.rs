@@ -173,16 +173,7 @@ pub fn transaction<T>(f: impl FnOnce() -> T) -> Result<T, Caught> {
             pg_sys::SetCurrentStatementStartTimestamp();
             pg_sys::StartTransactionCommand();
             pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-            if !crate::pg::xact::try_share_extension() {
-                crate::errors::Problem::new(
-                    pgrx::PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
-                    "the extension is being dropped or changed in this database",
-                    "DROP EXTENSION or ALTER EXTENSION holds the extension; the worker does \
-                     not touch its tables meanwhile.",
-                    "Nothing to do: the worker looks again once it is done.",
-                )
-                .raise();
-            }
+            crate::pg::xact::share_extension();
             let value = (f.take().expect("the body runs once"))();
             pg_sys::PopActiveSnapshot();
             pg_sys::CommitTransactionCommand();

@@ -48,19 +48,20 @@ pub fn try_lock_object(class: pg_sys::Oid, object: pg_sys::Oid) -> bool {
     unsafe { pg_sys::ConditionalLockDatabaseObject(class, object, 0, pg_sys::ExclusiveLock as _) }
 }
 
-/// ACCESS SHARE on the pg_migrate extension object until the transaction ends, only if it is
-/// free now; true too when the extension is not installed. DROP EXTENSION takes ACCESS
-/// EXCLUSIVE on it before it drops any of the extension's tables: a transaction holding this
-/// first makes it wait for the transaction's end, instead of the two deadlocking over tables.
-pub fn try_share_extension() -> bool {
+/// ACCESS SHARE on the pg_migrate extension object until the transaction ends, if the
+/// extension is installed. DROP EXTENSION takes ACCESS EXCLUSIVE on it before it drops any of
+/// the extension's tables: a transaction that takes this first either waits for the DROP to
+/// end (and then finds the extension gone), or makes the DROP wait for it, instead of the two
+/// deadlocking over the tables. Waits answer cancellation and termination.
+pub fn share_extension() {
     // SAFETY: a catalog lookup by name that does not raise when it is missing.
     let extension = unsafe { pg_sys::get_extension_oid(c"pg_migrate".as_ptr(), true) };
     if extension == pg_sys::InvalidOid {
-        return true;
+        return;
     }
-    // SAFETY: a heavyweight lock request that does not wait, released at transaction end.
+    // SAFETY: a heavyweight lock request, released at transaction end.
     unsafe {
-        pg_sys::ConditionalLockDatabaseObject(
+        pg_sys::LockDatabaseObject(
             pg_sys::ExtensionRelationId,
             extension,
             0,

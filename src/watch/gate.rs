@@ -122,6 +122,9 @@ pub struct Context {
     /// DDL run outside migrations on the objects the migration changed, since the watch
     /// began, as "COMMAND object".
     pub drift: Vec<String>,
+    /// The WAL kept by the physical slot of a disconnected standby furthest behind; None: no
+    /// such slot. Its lag grows with all the primary writes, so it alerts and never decides.
+    pub disconnected_slot_bytes: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -133,8 +136,9 @@ pub struct IndexUse {
 
 /// Adds to a look the signals that alert and never decide by themselves: checksum failures
 /// (a disk's or a kernel's fault, which no rollback mends), indexes the migration created
-/// that nothing uses yet (they still cost every write), and drift (which holds a watch:
-/// a change made beside it cannot be told apart from it, nor its rollback run over it).
+/// that nothing uses yet (they still cost every write), drift (which holds a watch:
+/// a change made beside it cannot be told apart from it, nor its rollback run over it), and
+/// disconnected standbys' slots (their lag is not the change's doing).
 pub fn with_context(mut look: Look, context: &Context) -> Look {
     let mut checksums = Finding::new("checksum failures", LookVerdict::Unavailable);
     if let Some(n) = context.checksum_failures {
@@ -161,7 +165,12 @@ pub fn with_context(mut look: Look, context: &Context) -> Look {
     if !context.drift.is_empty() {
         drift.verdict = LookVerdict::Alert;
     }
-    look.findings.extend([checksums, indexes, drift]);
+    let mut slots = Finding::new("disconnected standbys", LookVerdict::Pass);
+    if let Some(bytes) = context.disconnected_slot_bytes {
+        slots.now = Some(bytes);
+        slots.verdict = LookVerdict::Alert;
+    }
+    look.findings.extend([checksums, indexes, drift, slots]);
     look.drift = context.drift.clone();
     look
 }
@@ -685,6 +694,7 @@ mod unit {
                     scans: 40,
                 }),
                 drift: vec![],
+                disconnected_slot_bytes: Some(5e9),
             },
         );
         let verdict = |signal: &str| {
@@ -696,6 +706,8 @@ mod unit {
         assert_eq!(verdict("checksum failures"), Some(LookVerdict::Alert));
         assert_eq!(verdict("index use"), Some(LookVerdict::Alert));
         assert_eq!(verdict("drift"), Some(LookVerdict::Pass));
+        // A standby gone with its slot kept: said, and the change still passes.
+        assert_eq!(verdict("disconnected standbys"), Some(LookVerdict::Alert));
         assert_eq!(look.verdict, LookVerdict::Pass);
         let w = WatchState::Watching;
         assert_eq!(
@@ -709,6 +721,10 @@ mod unit {
             LookVerdict::Unavailable
         );
         assert_eq!(verdict_of(&quiet, "index use"), LookVerdict::Unavailable);
+        assert_eq!(
+            verdict_of(&quiet, "disconnected standbys"),
+            LookVerdict::Pass
+        );
     }
 
     fn verdict_of(look: &Look, signal: &str) -> LookVerdict {

@@ -371,10 +371,22 @@ fn context(watch: &Open) -> gate::Context {
         &[watch.version.as_str().into()],
     )
     .unwrap_or_default();
+    let disconnected = crate::pg::spi::pinned_row(
+        &format!(
+            "SELECT max(l.lag)::float8 FROM ({}) l",
+            crate::pg::catalog::DISCONNECTED_SLOT_LAGS
+        ),
+        &[],
+        |r| r.get::<f64>(1),
+    )
+    .ok()
+    .flatten()
+    .flatten();
     gate::Context {
         checksum_failures,
         indexes,
         drift,
+        disconnected_slot_bytes: disconnected,
     }
 }
 
@@ -436,7 +448,8 @@ const CHANGES: &str = "migrate.history h, \
 
 /// The longest current wait for a lock on a relation migration `version` changed (a table,
 /// index, sequence or view, or the table of a constraint, trigger or policy it changed),
-/// and the replay lag of the replica furthest behind (disconnected physical slots included).
+/// and the replay lag of the connected replica furthest behind (a disconnected standby's slot
+/// is a context alert: its lag grows whatever the change does).
 fn gauges(version: &str) -> (f64, f64) {
     crate::pg::spi::pinned_row(
         // to_regclass raises on what is no relation's name (a constraint's identity): it is
@@ -457,7 +470,7 @@ fn gauges(version: &str) -> (f64, f64) {
                                 AND l.waitstart IS NOT NULL \
                                 AND l.relation IN (SELECT t.oid FROM touched t)), 0)::float8, \
                     coalesce((SELECT max(l.lag) FROM ({lags}) l), 0)::float8",
-            lags = crate::pg::catalog::REPLICA_LAGS
+            lags = crate::pg::catalog::STREAMING_LAGS
         ),
         &[process::database().into(), version.into()],
         |r| {

@@ -290,7 +290,7 @@ fn wait_for_replicas(
     let names = (!replicas.names.is_empty()).then_some(&replicas.names);
     let started = Instant::now();
     let waited = client.query_typed(
-        "CALL migrate.wait_replicas($1, make_interval(secs => $2), $3)",
+        "CALL migrate.wait_replicas($1, pg_catalog.make_interval(secs => $2), $3)",
         &[
             (&version, Type::TEXT),
             (&replicas.limit.as_secs_f64(), Type::FLOAT8),
@@ -299,8 +299,27 @@ fn wait_for_replicas(
     );
     match waited {
         Ok(_) => {}
-        Err(e) if e.code() == Some(&postgres::error::SqlState::QUERY_CANCELED) => {
-            let db = e.as_db_error().expect("a server error has a SQLSTATE");
+        Err(e) if interrupt::cancelled(&e) => {
+            out.note(Note {
+                title: "interrupted".into(),
+                message: "stopped waiting for the standbys; the migrations are applied on the \
+                          primary"
+                    .into(),
+                hint: Some("pg-migrate apply --wait-replicas waits again.".into()),
+                ..Note::default()
+            });
+            return Ok(Exit::Interrupted);
+        }
+        // The wait's own end, not a Ctrl-C or a statement_timeout (the same SQLSTATE).
+        Err(e)
+            if !crate::interrupt::interrupted()
+                && e.as_db_error().is_some_and(|d| {
+                    d.code() == &postgres::error::SqlState::QUERY_CANCELED
+                        && d.message().starts_with("pg_migrate: version ")
+                        && d.message().contains(" is not replayed after ")
+                }) =>
+        {
+            let db = e.as_db_error().expect("checked above");
             out.note(Note {
                 title: "replicas".into(),
                 message: db.message().to_string(),

@@ -113,10 +113,12 @@ pub fn load(path: &Path) -> Result<Fleet> {
         let target = match (&t.url, &t.service) {
             (Some(url), None) => Target {
                 url: Some(url.clone()),
+                fleet: true,
                 ..Target::default()
             },
             (None, Some(service)) => Target {
                 service: Some(service.clone()),
+                fleet: true,
                 ..Target::default()
             },
             _ => {
@@ -132,6 +134,25 @@ pub fn load(path: &Path) -> Result<Fleet> {
         targets,
         canary: file.canary.is_some(),
     })
+}
+
+/// A fleet takes every connection from its file: connection flags (or DATABASE_URL) beside
+/// it would be ignored unseen.
+fn refuse_connection_flags(cli: &Cli) -> Result<()> {
+    let t = &cli.target;
+    if t.url.is_some()
+        || t.host.is_some()
+        || t.port.is_some()
+        || t.user.is_some()
+        || t.dbname.is_some()
+    {
+        return Err(usage(
+            "--fleet takes every target's connection from its file: give no --url, --host, \
+             --port, --user or --dbname with it, and unset DATABASE_URL"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A connection to each target, in order.
@@ -249,6 +270,7 @@ pub fn apply(
     to: Option<&str>,
     limit: Duration,
 ) -> Result<Exit> {
+    refuse_connection_flags(cli)?;
     let fleet = load(path)?;
     let Some(found) = checked_files(&cli.dir, out)? else {
         return Ok(Exit::Checksum);
@@ -337,6 +359,7 @@ fn target_row(
 /// `status --fleet`: one row per target: its version, files pending, drift from the first
 /// target (the canary) when at the same version, and its standbys behind.
 pub fn status(cli: &Cli, out: &mut Out, path: &Path, check: bool) -> Result<Exit> {
+    refuse_connection_flags(cli)?;
     let fleet = load(path)?;
     let Some(found) = checked_files(&cli.dir, out)? else {
         return Ok(Exit::Checksum);

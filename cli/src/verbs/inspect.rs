@@ -37,9 +37,40 @@ pub fn status(cli: &Cli, out: &mut Out, check: bool) -> Result<Exit> {
             lsn.as_deref().unwrap_or("?"),
             at.as_deref().unwrap_or("an unknown time")
         ));
+        // Queries here that replay cancelled (hot-standby conflicts), by cause: an ACCESS
+        // EXCLUSIVE lock a migration took on the primary counts under "lock".
+        let conflicts = client.query_typed(
+            "SELECT confl_lock, confl_snapshot, confl_bufferpin, confl_deadlock, confl_tablespace \
+             FROM pg_catalog.pg_stat_database_conflicts WHERE datname = current_database()",
+            &[],
+        )?;
+        let counts: Vec<(&str, i64)> = ["lock", "snapshot", "buffer pin", "deadlock", "tablespace"]
+            .into_iter()
+            .enumerate()
+            .map(|(i, cause)| (cause, conflicts.first().map_or(0, |r| r.get::<_, i64>(i))))
+            .collect();
+        let total: i64 = counts.iter().map(|(_, n)| n).sum();
+        let causes: Vec<String> = counts
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(cause, n)| format!("{cause} {n}"))
+            .collect();
+        out.say(&format!(
+            "queries here cancelled by replay (hot-standby conflicts) since the statistics were \
+             reset: {total}{}",
+            if causes.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", causes.join(", "))
+            }
+        ));
+        let by_cause: serde_json::Map<String, serde_json::Value> = counts
+            .iter()
+            .map(|(cause, n)| (cause.replace(' ', "_"), json!(n)))
+            .collect();
         out.doc.insert(
             "standby".into(),
-            json!({"replay_lsn": lsn, "replayed_at": at}),
+            json!({"replay_lsn": lsn, "replayed_at": at, "conflicts": by_cause}),
         );
     }
     if changed_notes(&rows, out) {

@@ -202,8 +202,21 @@ pub fn wait_for(
     let mut shown = Shown::new(out);
     // A short phase is seen done soon after it is; a long one is looked at twice a second.
     let mut pause = Duration::from_millis(20);
+    let mut last = String::from("running");
     loop {
-        let seen = look(client, &m.version)?;
+        let seen = match look(client, &m.version) {
+            Ok(seen) => seen,
+            // Ctrl-C cancelled the look itself: the migration goes on as it was.
+            Err(e)
+                if e.downcast_ref::<postgres::Error>()
+                    .is_some_and(interrupt::cancelled) =>
+            {
+                shown.finish();
+                return Ok(Waited::Interrupted(last));
+            }
+            Err(e) => return Err(e),
+        };
+        last = seen.state();
         shown.update(&seen, &m.version, out, started);
         let settled = !seen.busy() && !seen.gate_open();
         let outcome = if settled {
