@@ -276,3 +276,31 @@ def test_a_hot_standby_conflict_is_counted_and_shown_on_the_standby(pair, cli_bi
         with standby.connect() as s:
             s.execute("ALTER SYSTEM RESET max_standby_streaming_delay")
             s.execute("SELECT pg_reload_conf()")
+
+
+def test_a_name_two_standbys_share_waits_for_both(pair):
+    """Standbys keep the default application_name, or share one: a name counts once every
+    standby of that name has replayed the migration."""
+    primary, _ = pair
+    twin = Cluster("/tmp/pg_migrate_e2e_rep_twin")
+    try:
+        twin.start_standby_of(primary, "cluster_name=standby_a")
+        db = primary.create_database("rep_twins")
+        with primary.connect() as p:
+            wait_until(lambda: p.execute("SELECT count(*) FROM pg_stat_replication WHERE application_name = "
+                                         "'standby_a' AND replay_lsn IS NOT NULL").fetchone()[0] == 2, timeout=30)
+        replayed(primary, twin, db)
+        with primary.connect(db) as c, twin.connect(db) as t:
+            t.execute("SELECT pg_wal_replay_pause()")
+            try:
+                c.execute("SELECT migrate.apply('1', 'CREATE TABLE t (id int)')")
+                names = [r[0] for r in c.execute("SELECT standby FROM migrate.replicas()")]
+                assert names == ["standby_a", "standby_a"], names
+                f = failure(c, "CALL migrate.wait_replicas('1', '300 ms', ARRAY['standby_a'])")
+                assert f.sqlstate == "57014" and f.message.endswith(": standby_a"), f
+            finally:
+                t.execute("SELECT pg_wal_replay_resume()")
+            c.execute("CALL migrate.wait_replicas('1', '30 s', ARRAY['standby_a'])")
+            assert t.execute("SELECT to_regclass('t') IS NOT NULL").fetchone() == (True,)
+    finally:
+        twin.stop()
