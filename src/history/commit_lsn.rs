@@ -26,28 +26,28 @@ pub fn record() -> i64 {
     let xids: Vec<String> = kept.iter().map(|(x, _)| x.to_string()).collect();
     let lsns: Vec<String> = kept.iter().map(|(_, l)| lsn_text(*l)).collect();
     // Rows this transaction finished are not committed yet: their commit is still to come.
+    // Each table joined once with what is kept: a lookup per row would cost rows x kept.
+    let table = |name: &str| {
+        format!(
+            "{name}_w AS (UPDATE migrate.{name} t \
+                 SET commit_lsn = coalesce(f.lsn, pg_catalog.pg_current_wal_insert_lsn()) \
+                 FROM (SELECT o.ctid AS row, k.lsn FROM migrate.{name} o \
+                         LEFT JOIN kept k ON k.xid = o.commit_xid \
+                        WHERE o.commit_xid IS DISTINCT FROM pg_catalog.pg_current_xact_id_if_assigned() \
+                          AND (o.commit_lsn IS NULL AND o.commit_xid IS NOT NULL \
+                               OR o.commit_lsn <> k.lsn) \
+                        FOR UPDATE OF o SKIP LOCKED) f \
+                WHERE t.ctid = f.row RETURNING 1)"
+        )
+    };
     crate::pg::spi::kept_value_as_owner::<i64>(
-        "WITH kept AS (SELECT k.x::pg_catalog.xid8 AS xid, k.l::pg_catalog.pg_lsn AS lsn \
-                         FROM unnest($1::text[], $2::text[]) k(x, l)), \
-              h AS (UPDATE migrate.history h SET commit_lsn = coalesce( \
-                         (SELECT k.lsn FROM kept k WHERE k.xid = h.commit_xid), \
-                         pg_catalog.pg_current_wal_insert_lsn()) \
-                     WHERE h.ctid IN (SELECT o.ctid FROM migrate.history o \
-                         WHERE o.commit_xid IS DISTINCT FROM pg_catalog.pg_current_xact_id_if_assigned() \
-                           AND (o.commit_lsn IS NULL AND o.commit_xid IS NOT NULL \
-                                OR o.commit_lsn <> (SELECT k.lsn FROM kept k WHERE k.xid = o.commit_xid)) \
-                         FOR UPDATE SKIP LOCKED) \
-                    RETURNING 1), \
-              s AS (UPDATE migrate.step_records s SET commit_lsn = coalesce( \
-                         (SELECT k.lsn FROM kept k WHERE k.xid = s.commit_xid), \
-                         pg_catalog.pg_current_wal_insert_lsn()) \
-                     WHERE s.ctid IN (SELECT o.ctid FROM migrate.step_records o \
-                         WHERE o.commit_xid IS DISTINCT FROM pg_catalog.pg_current_xact_id_if_assigned() \
-                           AND (o.commit_lsn IS NULL AND o.commit_xid IS NOT NULL \
-                                OR o.commit_lsn <> (SELECT k.lsn FROM kept k WHERE k.xid = o.commit_xid)) \
-                         FOR UPDATE SKIP LOCKED) \
-                    RETURNING 1) \
-         SELECT (SELECT count(*) FROM h) + (SELECT count(*) FROM s)",
+        &format!(
+            "WITH kept AS (SELECT k.x::pg_catalog.xid8 AS xid, k.l::pg_catalog.pg_lsn AS lsn \
+                             FROM unnest($1::text[], $2::text[]) k(x, l)), {}, {} \
+             SELECT (SELECT count(*) FROM history_w) + (SELECT count(*) FROM step_records_w)",
+            table("history"),
+            table("step_records")
+        ),
         &[xids.into(), lsns.into()],
     )
     .or_bookkeeping("record commit positions in migrate.history")
