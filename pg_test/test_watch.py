@@ -211,6 +211,19 @@ def test_dropping_an_index_the_workload_needs_is_rolled_back_and_rebuilt(gate):
         ]
         assert c.execute("SELECT status, state FROM migrate.status WHERE version = '100'").fetchone() == (
             "applied", "rolled back")
+        # The version's commit position moved on to the rollback's commit: a standby waited for
+        # at it has the index back, not merely the drop.
+        drop_lsn, rebuild_xid, rebuild_lsn = c.execute(
+            "SELECT min(commit_lsn) FILTER (WHERE phase = 1), max(commit_xid::text) FILTER (WHERE phase = 2), "
+            "max(commit_lsn) FILTER (WHERE phase = 2) FROM migrate.step_records WHERE version = '100'").fetchone()
+        assert drop_lsn is not None and rebuild_lsn is not None and drop_lsn < rebuild_lsn
+        wait_until(lambda: c.execute("SELECT commit_lsn FROM migrate.history WHERE version = '100'"
+                                     ).fetchone()[0] is not None, timeout=30)
+        version_xid, version_lsn = c.execute(
+            "SELECT commit_xid::text, commit_lsn FROM migrate.history WHERE version = '100'").fetchone()
+        assert version_lsn >= rebuild_lsn and int(version_xid) >= int(rebuild_xid), (version_lsn, rebuild_lsn)
+        assert c.execute("SELECT commit_lsn FROM migrate.commit_positions() WHERE version = '100'"
+                         ).fetchone() == (version_lsn,)
         print(f"detected, rolled back and recovered in {took:.1f} s; looks {stages}; latency {shift:.0f}x")
 
 
