@@ -551,7 +551,7 @@ def schema_scale(cluster: Cluster, sizes: list[int], migrations: int) -> None:
     if len(ratios) > 1:
         smallest, largest = min(ratios), max(ratios)
         print(f"  apply/direct at {largest:,} tables vs at {smallest:,}: {ratios[largest] / ratios[smallest]:.2f}x;"
-              f" time added by apply: {added[largest] / added[smallest]:.2f}x")
+              f" time added by apply: {added[largest] * 1000:.2f} ms against {added[smallest] * 1000:.2f} ms")
 
 
 PGBENCH_BACKFILL_WRITER = """

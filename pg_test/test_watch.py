@@ -769,3 +769,88 @@ def test_lock_waits_count_only_on_the_relations_the_migration_changed(gate):
             admin.execute("ALTER SYSTEM RESET migrate.watch_lock_wait")
             admin.execute("SELECT pg_reload_conf()")
     gate.drop_database(db)
+
+
+def test_the_looks_of_a_watch_are_a_setting_recorded_with_it(gate):
+    db = lookup_orders(gate, "gate_looks", statements=False)
+    with gate.connect() as admin:
+        # Refused as PostgreSQL refuses a bad value of its own settings, saying why.
+        for value, why in [("0.5, 0.2, 1", "The looks must rise: 0.2 comes after 0.5."),
+                           ("0.1, 0.5", "The last look must be 1, the end of the watch."),
+                           ("0.1, half, 1", '"half" is not a fraction of the watch above 0 and at most 1.')]:
+            f = failure(admin, f"ALTER SYSTEM SET migrate.watch_looks = '{value}'")
+            assert (f.sqlstate, f.detail) == ("22023", why), f
+            assert f.message == f'pg_migrate: invalid value for parameter "migrate.watch_looks": "{value}"', f
+            assert "'0.1, 0.2, 0.5, 1'" in f.hint, f
+        f = failure(admin, "SET migrate.watch_looks = '1'")
+        assert f.sqlstate == "55P02", f
+        admin.execute("ALTER SYSTEM SET migrate.watch_looks = '0.5, 1'")
+        admin.execute("SELECT pg_reload_conf()")
+    try:
+        with gate.connect(db) as c:
+            wait_until(lambda: c.execute("SHOW migrate.watch_looks").fetchone() == ("0.5, 1",), timeout=10)
+            baseline_ready(gate, db, samples=6, statements=False)
+            c.execute("SELECT * FROM migrate.apply('960', 'CREATE TABLE looked_at (id int)', watch => '8 s')")
+            assert c.execute("SELECT look_at FROM migrate.watch_records WHERE version = '960'").fetchone() == (
+                [0.5, 1.0],)
+            # A reload during the watch does not change its looks.
+            with gate.connect() as admin:
+                admin.execute("ALTER SYSTEM SET migrate.watch_looks = '0.1, 0.2, 0.3, 0.4, 1'")
+                admin.execute("SELECT pg_reload_conf()")
+            assert settled(c, "960", timeout=60) == "complete", c.execute(
+                "SELECT * FROM migrate.watch_looks WHERE version = '960'").fetchall()
+            # Two looks, at half and at the end (the first of which may already pass).
+            numbers = [look for _, look, _ in looks(c, "960")]
+            assert numbers in ([1], [1, 2], [2]), numbers
+            assert c.execute("SELECT max(looks) FROM migrate.watch_records WHERE version = '960'"
+                             ).fetchone()[0] <= 2
+    finally:
+        with gate.connect() as admin:
+            admin.execute("ALTER SYSTEM RESET migrate.watch_looks")
+            admin.execute("SELECT pg_reload_conf()")
+    gate.drop_database(db)
+
+
+def test_a_cheap_statement_a_change_slows_is_seen_beside_forty_costlier_ones(gate):
+    # Forty statements each cost more than the lookup by customer. The baseline's samples
+    # keep the lookup all the same (a sample keeps its 48 costliest statements; it kept 32,
+    # and then the lookup was new to the watch and the dropped index passed), so once the
+    # dropped index makes it the costliest of all, the watch sees it.
+    db = lookup_orders(gate, "gate_cheap")
+    busy = 40
+    with gate.connect(db) as c:
+        c.execute(f"DO $$ BEGIN FOR i IN 0..{busy - 1} LOOP EXECUTE format("
+                  "'CREATE TABLE busy_%s AS SELECT g AS v FROM generate_series(1, 3000) g', i); END LOOP; END $$")
+        c.execute("VACUUM ANALYZE")
+    script = ("\\set c random(1, 20000)\n"
+              + "".join(f"SELECT count(*) FROM busy_{i} WHERE v = :c;\n" for i in range(busy))
+              + "SELECT count(*) FROM orders WHERE customer_id = :c;\n")
+    with Pgbench(gate, db, script, rate=20), gate.connect(db) as c:
+        baseline_ready(gate, db)
+        # This database's (pg_stat_statements shows every database's, and the other tests' run
+        # the same text on tables of their own).
+        lookup = c.execute("SELECT queryid FROM pg_stat_statements "
+                           "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                           "AND query LIKE 'SELECT count(*) FROM orders WHERE customer_id%'").fetchone()[0]
+        c.execute(
+            "SELECT * FROM migrate.apply('970', 'DROP INDEX CONCURRENTLY orders_customer_idx', "
+            "rollback => 'CREATE INDEX CONCURRENTLY orders_customer_idx ON orders (customer_id)', "
+            "watch => '30 s', on_regression => 'rollback')")
+        # The baseline's samples kept the lookup, and forty statements that took more time
+        # than it did in each sample (so it would not have been among 32).
+        rank, kept = c.execute(
+            "SELECT min(q.n), min(jsonb_array_length(s->'queries')) "
+            "FROM migrate.watch_records w, jsonb_array_elements(w.baseline) s, "
+            "     jsonb_array_elements(s->'queries') WITH ORDINALITY q(q, n) "
+            "WHERE version = '970' AND (q.q->>'queryid')::int8 = %s", (lookup,)).fetchone()
+        assert rank is not None and rank > 32 and kept > 32, (rank, kept)
+        assert settled(c, "970") == "rolled back", c.execute(
+            "SELECT * FROM migrate.watch_looks WHERE version = '970' ORDER BY looked_at").fetchall()
+        shift, added_ms = c.execute(
+            "SELECT max(shift), max(added_ms) FROM migrate.watch_looks WHERE version = '970' AND stage = 'watch' "
+            "AND signal = 'latency'").fetchone()
+        # The lookup went from well under a millisecond a call to a scan of 200,000 rows.
+        assert shift > 1.5 and added_ms > 1, (shift, added_ms)
+        assert c.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = 'orders_customer_idx'::regclass"
+                         ).fetchone() == (True,)
+    gate.drop_database(db)

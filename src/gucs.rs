@@ -144,6 +144,58 @@ pub static WATCH_ALPHA: GucSetting<f64> = GucSetting::<f64>::new(0.05);
 pub static WATCH_LATENCY_TOLERANCE: GucSetting<f64> = GucSetting::<f64>::new(0.2);
 pub static WATCH_BRAKE: GucSetting<f64> = GucSetting::<f64>::new(10.0);
 pub static WATCH_LATENCY_FLOOR: GucSetting<f64> = GucSetting::<f64>::new(0.1);
+pub static WATCH_GAUGE_RUN: GucSetting<i32> = GucSetting::<i32>::new(3);
+pub static WATCH_LOOKS: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(DEFAULT_LOOKS));
+
+/// The looks of a watch applied now (`migrate.watch_looks`, checked when it is set).
+pub fn watch_looks() -> Vec<f64> {
+    let text = WATCH_LOOKS.get().map(|v| v.to_string_lossy().into_owned());
+    text.as_deref()
+        .and_then(|t| parse_looks(t).ok())
+        .unwrap_or_else(default_looks)
+}
+
+/// Where a watch's looks fall by default (`migrate.watch_looks`), as fractions of the watch:
+/// at a tenth, a fifth, half and the end (the 1, 2, 5 and 10 minutes of a ten-minute watch).
+pub const DEFAULT_LOOKS: &std::ffi::CStr = c"0.1, 0.2, 0.5, 1";
+
+/// The looks of DEFAULT_LOOKS.
+pub fn default_looks() -> Vec<f64> {
+    parse_looks(&DEFAULT_LOOKS.to_string_lossy()).unwrap_or_else(|_| vec![1.0])
+}
+
+/// The most looks a watch may have: each one spends a share of `migrate.watch_alpha`.
+pub const MAX_LOOKS: usize = 20;
+
+/// The looks of `migrate.watch_looks`: fractions of the watch, rising, the last one 1 (a watch
+/// ends at its last look). Err says what is wrong, for the setting's error.
+pub fn parse_looks(text: &str) -> Result<Vec<f64>, String> {
+    let mut looks = Vec::new();
+    for (n, item) in text.split(',').map(str::trim).enumerate() {
+        if n == MAX_LOOKS {
+            return Err(format!("More than {MAX_LOOKS} looks."));
+        }
+        let fraction: f64 = item
+            .parse()
+            .ok()
+            .filter(|f: &f64| f.is_finite() && *f > 0.0 && *f <= 1.0)
+            .ok_or_else(|| {
+                format!("\"{item}\" is not a fraction of the watch above 0 and at most 1.")
+            })?;
+        if looks.last().is_some_and(|last| fraction <= *last) {
+            return Err(format!(
+                "The looks must rise: {fraction} comes after {}.",
+                looks[looks.len() - 1]
+            ));
+        }
+        looks.push(fraction);
+    }
+    if looks.last() != Some(&1.0) {
+        return Err("The last look must be 1, the end of the watch.".into());
+    }
+    Ok(looks)
+}
 
 /// A setting's name, descriptions, variable, bounds (and unit).
 type IntGuc = (
@@ -165,7 +217,7 @@ type FloatGuc = (
 );
 
 fn define_watch_gucs() {
-    let ints: [IntGuc; 6] = [
+    let ints: [IntGuc; 7] = [
         (
             c"migrate.watch_sample_interval",
             c"How often the worker samples the workload of a database with pg_migrate.",
@@ -215,8 +267,19 @@ fn define_watch_gucs() {
             GucFlags::default(),
         ),
         (
+            c"migrate.watch_gauge_run",
+            c"Samples in a row above a gauge's threshold that fail a look.",
+            c"The gauges are the lock wait (migrate.watch_lock_wait) and the replication lag \
+              (migrate.backfill_max_replication_lag): one sample above is a moment, several \
+              in a row a state.",
+            &WATCH_GAUGE_RUN,
+            1,
+            1000,
+            GucFlags::default(),
+        ),
+        (
             c"migrate.watch_lock_wait",
-            c"A lock wait this long, in three samples in a row, fails a look.",
+            c"A lock wait this long, in migrate.watch_gauge_run samples in a row, fails a look.",
             c"The longest wait of any session for a lock on a relation the migration changed. \
               0 turns the rule off.",
             &WATCH_LOCK_WAIT_MS,
@@ -287,6 +350,17 @@ fn define_watch_gucs() {
             GucFlags::default(),
         );
     }
+    crate::pg::guc::define_checked_string(
+        c"migrate.watch_looks",
+        c"When a watch looks at the workload, as fractions of its length.",
+        c"Rising fractions, the last one 1, e.g. '0.1, 0.2, 0.5, 1': the 1, 2, 5 and 10 \
+          minutes of a ten-minute watch. Each look spends a share of migrate.watch_alpha. \
+          Recorded with each watch when it is applied.",
+        &WATCH_LOOKS,
+        GucContext::Sighup,
+        |text| parse_looks(text).map(|_| ()),
+        "Give rising fractions of the watch, the last one 1: e.g. '0.1, 0.2, 0.5, 1'.",
+    );
 }
 
 pub fn init() {
@@ -553,4 +627,37 @@ fn backfill_settings() {
         GucFlags::UNIT_KB,
     );
     define_watch_gucs();
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn looks_are_rising_fractions_ending_at_one() {
+        assert_eq!(parse_looks("1").unwrap(), [1.0]);
+        assert_eq!(parse_looks(" 0.25,0.5 , 1.0").unwrap(), [0.25, 0.5, 1.0]);
+        let error = |text: &str| parse_looks(text).unwrap_err();
+        assert!(
+            error("").contains("\"\" is not a fraction"),
+            "{}",
+            error("")
+        );
+        assert!(error("0.1, x, 1").contains("\"x\""));
+        assert!(error("0, 1").contains("above 0"));
+        assert!(error("0.5, 1.5").contains("\"1.5\""));
+        assert!(error("NaN, 1").contains("NaN"));
+        assert!(error("0.5, 0.2, 1").contains("must rise: 0.2 comes after 0.5"));
+        assert!(error("0.5, 0.5, 1").contains("must rise"));
+        assert!(error("0.1, 0.5").contains("last look must be 1"));
+        let many = (1..=21)
+            .map(|i| format!("{}", i as f64 / 21.0))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(
+            error(&many).contains("More than 20 looks"),
+            "{}",
+            error(&many)
+        );
+    }
 }

@@ -265,3 +265,89 @@ pub fn check_function_bodies() -> bool {
     // SAFETY: reads a backend-global setting.
     unsafe { pg_sys::check_function_bodies }
 }
+
+/// The one checked string setting: its name, its check, and the HINT of a refusal.
+type CheckedString = (
+    &'static std::ffi::CStr,
+    fn(&str) -> Result<(), String>,
+    &'static str,
+);
+
+static CHECKED_STRING: std::sync::OnceLock<CheckedString> = std::sync::OnceLock::new();
+
+/// Defines a string setting whose every value (the default, postgresql.conf's, a SET) must
+/// pass `check`; one that does not is refused as PostgreSQL refuses a bad value of its own
+/// settings (22023; check's text is the DETAIL, `hint` the HINT), and in postgresql.conf
+/// leaves the value before in place.
+pub fn define_checked_string(
+    name: &'static std::ffi::CStr,
+    short: &'static std::ffi::CStr,
+    long: &'static std::ffi::CStr,
+    setting: &'static pgrx::GucSetting<Option<CString>>,
+    context: pgrx::GucContext,
+    check: fn(&str) -> Result<(), String>,
+    hint: &'static str,
+) {
+    // The check hook runs in the postmaster too (on reload): it must not raise. It only
+    // reads the text and copies a message.
+    #[pgrx::pg_guard]
+    unsafe extern "C-unwind" fn check_hook(
+        newval: *mut *mut std::ffi::c_char,
+        _extra: *mut *mut std::ffi::c_void,
+        _source: pg_sys::GucSource::Type,
+    ) -> bool {
+        let Some((name, check, hint)) = CHECKED_STRING.get() else {
+            return true;
+        };
+        // SAFETY: PostgreSQL passes the candidate value, NUL-terminated, or NULL.
+        let text = if newval.is_null() || unsafe { *newval }.is_null() {
+            String::new()
+        } else {
+            unsafe { std::ffi::CStr::from_ptr(*newval) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        match check(&text) {
+            Ok(()) => true,
+            Err(detail) => {
+                let c = |text: String| CString::new(text.replace('\0', "")).unwrap_or_default();
+                let message = c(format!(
+                    "pg_migrate: invalid value for parameter \"{}\": \"{text}\"",
+                    name.to_string_lossy()
+                ));
+                let (detail, hint) = (c(detail), c(hint.to_string()));
+                // SAFETY: copied into ErrorContext, as PostgreSQL's GUC_check_errdetail does:
+                // it lives until the refusal is reported, and is reset after.
+                unsafe {
+                    pg_sys::GUC_check_errcode(
+                        pgrx::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as i32,
+                    );
+                    let keep =
+                        |s: &CString| pg_sys::MemoryContextStrdup(pg_sys::ErrorContext, s.as_ptr());
+                    pg_sys::GUC_check_errmsg_string = keep(&message);
+                    pg_sys::GUC_check_errdetail_string = keep(&detail);
+                    pg_sys::GUC_check_errhint_string = keep(&hint);
+                }
+                false
+            }
+        }
+    }
+    assert!(
+        CHECKED_STRING.set((name, check, hint)).is_ok(),
+        "define_checked_string defines one setting"
+    );
+    // SAFETY: the check hook is above; it copies what it reports and does not raise.
+    unsafe {
+        pgrx::GucRegistry::define_string_guc_with_hooks(
+            name,
+            short,
+            long,
+            setting,
+            context,
+            pgrx::GucFlags::default(),
+            Some(check_hook),
+            None,
+            None,
+        );
+    }
+}

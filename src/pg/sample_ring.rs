@@ -9,9 +9,13 @@ use pgrx::shmem::PGRXSharedMemory;
 use pgrx::{pg_guard, pg_shmem_init, pg_sys};
 use serde::{Deserialize, Serialize};
 
-/// The queries kept per sample, by the time they took: what a workload spends its time on
-/// is a few dozen statements, and the rest is counted together.
-pub const QUERIES: usize = 32;
+/// The queries kept per sample, by the time they took; the rest is counted together. A
+/// statement is judged after a change against its mean in the baseline's samples, so one
+/// that none of them kept is new to a watch, and left out: a cheap lookup a change makes
+/// slow would go unseen. A workload spends its time on a few dozen statements. The rings
+/// (965 kB for 48) are built on the postmaster's stack before they are copied into shared
+/// memory, which bounds them: 128 (2.4 MB) overflowed it in a debug build.
+pub const QUERIES: usize = 48;
 
 /// One statement's calls and time over a sample (pg_stat_statements' queryid).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -31,11 +35,39 @@ pub struct Sample {
     pub errors: [u64; COUNTERS],
     /// False when pg_stat_statements could not be read: no latency for this interval.
     pub statements: bool,
+    #[serde(with = "kept_queries")]
     pub queries: [QueryDelta; QUERIES],
     pub query_count: usize,
     /// The statements beyond the `QUERIES` that took most time.
     pub other_calls: f64,
     pub other_time_ms: f64,
+}
+
+/// A sample's queries as JSON (in a watch's recorded baseline): the ones it kept, as a list;
+/// the slots after them are empty.
+mod kept_queries {
+    use super::{QueryDelta, QUERIES};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        queries: &[QueryDelta; QUERIES],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let kept = queries
+            .iter()
+            .rposition(|q| *q != QueryDelta::default())
+            .map_or(0, |i| i + 1);
+        queries[..kept].serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[QueryDelta; QUERIES], D::Error> {
+        let list = Vec::<QueryDelta>::deserialize(d)?;
+        let mut queries = [QueryDelta::default(); QUERIES];
+        for (slot, q) in queries.iter_mut().zip(list) {
+            *slot = q;
+        }
+        Ok(queries)
+    }
 }
 
 impl Sample {

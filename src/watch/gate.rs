@@ -8,10 +8,6 @@ use crate::migration::status::{LookVerdict, OnRegression, WatchState};
 use crate::pg::error_hook::COUNTERS;
 use serde::{Deserialize, Serialize};
 
-/// Where a look falls, as fractions of the watch: at a tenth, a fifth, half and the end
-/// (the 1, 2, 5 and 10 minutes of a ten-minute watch).
-pub const LOOKS: [f64; 4] = [0.1, 0.2, 0.5, 1.0];
-
 /// Tests at each look: latency, and each kind of error.
 const TESTS: u32 = 1 + COUNTERS as u32;
 
@@ -50,6 +46,8 @@ pub struct Limits {
     pub lag_bytes: f64,
     /// Samples in a row above a gauge's threshold for it to fail.
     pub gauge_run: usize,
+    /// The watch's looks: the false-alarm chance is spread over them.
+    pub looks: usize,
 }
 
 /// One signal at one look.
@@ -197,12 +195,12 @@ fn median(values: &mut [f64]) -> Option<f64> {
 /// The level each test is held to: the false-alarm chance spread over every test of every
 /// look.
 fn per_test(limits: &Limits) -> f64 {
-    stats::per_look(limits.alpha, LOOKS.len() as u32 * TESTS)
+    stats::per_look(limits.alpha, limits.looks.max(1) as u32 * TESTS)
 }
 
 /// The level of the upper bound a pass needs: alpha spread over the looks.
 fn per_pass(limits: &Limits) -> f64 {
-    stats::per_look(limits.alpha, LOOKS.len() as u32)
+    stats::per_look(limits.alpha, limits.looks.max(1) as u32)
 }
 
 fn latency(baseline: &[Point], watch: &[Point], limits: &Limits) -> (Finding, bool) {
@@ -347,10 +345,10 @@ pub fn judge(baseline: &[Point], watch: &[Point], limits: &Limits) -> Look {
     }
 }
 
-/// Which look is due `elapsed` seconds into a watch of `watch` seconds: its number (1 for
-/// the first), 0 before the first.
-pub fn looks_due(elapsed: f64, watch: f64) -> usize {
-    LOOKS.iter().take_while(|f| elapsed >= *f * watch).count()
+/// Which of `looks` is due `elapsed` seconds into a watch of `watch` seconds: its number (1
+/// for the first), 0 before the first.
+pub fn looks_due(elapsed: f64, watch: f64, looks: &[f64]) -> usize {
+    looks.iter().take_while(|f| elapsed >= *f * watch).count()
 }
 
 /// What a watch does after a look: its state, and whether its rollback is to run.
@@ -417,6 +415,7 @@ mod unit {
         lock_wait_ms: 1000.0,
         lag_bytes: 0.0,
         gauge_run: 3,
+        looks: 4,
     };
 
     fn points(latencies: &[f64]) -> Vec<Point> {
@@ -556,6 +555,25 @@ mod unit {
             judge(&points(&CALM), &watch, &LIMITS).verdict,
             LookVerdict::Fail
         );
+        // The run is migrate.watch_gauge_run: two in a row fail a run of two, not of four.
+        let two = Limits {
+            gauge_run: 2,
+            ..LIMITS
+        };
+        let four = Limits {
+            gauge_run: 4,
+            ..LIMITS
+        };
+        watch[5].lock_wait_ms = 0.0;
+        assert_eq!(
+            judge(&points(&CALM), &watch, &two).verdict,
+            LookVerdict::Fail
+        );
+        watch[5].lock_wait_ms = 5000.0;
+        assert_eq!(
+            judge(&points(&CALM), &watch, &four).verdict,
+            LookVerdict::Pass
+        );
         // Replication lag by the same rule, once a limit is set (0: none).
         let mut watch = points(&CALM[..8]);
         for p in &mut watch[5..] {
@@ -597,11 +615,25 @@ mod unit {
 
     #[test]
     fn looks_fall_at_fixed_fractions() {
-        assert_eq!(looks_due(59.0, 600.0), 0);
-        assert_eq!(looks_due(60.0, 600.0), 1);
-        assert_eq!(looks_due(299.0, 600.0), 2);
-        assert_eq!(looks_due(600.0, 600.0), 4);
-        assert_eq!(looks_due(1e9, 600.0), 4);
+        let looks = crate::gucs::default_looks();
+        assert_eq!(looks, [0.1, 0.2, 0.5, 1.0]);
+        assert_eq!(looks_due(59.0, 600.0, &looks), 0);
+        assert_eq!(looks_due(60.0, 600.0, &looks), 1);
+        assert_eq!(looks_due(299.0, 600.0, &looks), 2);
+        assert_eq!(looks_due(600.0, 600.0, &looks), 4);
+        assert_eq!(looks_due(1e9, 600.0, &looks), 4);
+        assert_eq!(looks_due(299.0, 600.0, &[0.5, 1.0]), 0);
+        assert_eq!(looks_due(300.0, 600.0, &[0.5, 1.0]), 1);
+    }
+
+    #[test]
+    fn fewer_looks_spend_alpha_on_fewer_tests() {
+        // Alpha is spread over every look: one look holds each test to four times the level
+        // four looks do.
+        let one = Limits { looks: 1, ..LIMITS };
+        assert!((per_test(&one) - 4.0 * per_test(&LIMITS)).abs() < 1e-15);
+        assert!((per_pass(&one) - 0.05).abs() < 1e-15);
+        assert!((per_pass(&LIMITS) - 0.0125).abs() < 1e-15);
     }
 
     #[test]

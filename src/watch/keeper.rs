@@ -21,6 +21,8 @@ struct Open {
     elapsed_s: Option<f64>,
     baseline: Vec<Sample>,
     looks: usize,
+    /// Where its looks fall, as fractions of the watch (migrate.watch_looks when applied).
+    look_at: Vec<f64>,
     failing: u32,
     status: Status,
     rollback_script: Option<String>,
@@ -159,7 +161,7 @@ fn read_watch(version: &str) -> Result<Option<Open>, pgrx::spi::Error> {
                     THEN w.recovery_started_at ELSE w.started_at END)::float8, \
                 w.baseline::text, w.looks, w.failing_looks, h.status, h.rollback_script, \
                 w.rollback_phase, h.settings ->> 'standard_conforming_strings', \
-                w.recovery_started_at IS NOT NULL \
+                w.recovery_started_at IS NOT NULL, w.look_at \
          FROM migrate.watch_records w JOIN migrate.history h USING (version) \
          WHERE w.version = $1",
         &[version.into()],
@@ -179,6 +181,10 @@ fn read_watch(version: &str) -> Result<Option<Open>, pgrx::spi::Error> {
                 rollback_phase: r.get(11)?,
                 standard_strings: r.get(12)?,
                 recovery_began: r.get(13)?.unwrap_or(false),
+                look_at: r
+                    .get::<Vec<f64>>(14)?
+                    .filter(|l| !l.is_empty())
+                    .unwrap_or_else(crate::gucs::default_looks),
             })
         },
     )
@@ -529,7 +535,7 @@ fn look_if_due(watch: &Open) {
     let Some(elapsed) = watch.elapsed_s else {
         return;
     };
-    let due = gate::looks_due(elapsed, watch.watch_s);
+    let due = gate::looks_due(elapsed, watch.watch_s, &watch.look_at);
     if due <= watch.looks {
         return;
     }
@@ -537,7 +543,7 @@ fn look_if_due(watch: &Open) {
         gate::judge(
             &baseline_points(&watch.baseline),
             &recorded_points(watch),
-            &super::watch_limits(),
+            &super::watch_limits(watch.look_at.len()),
         ),
         &context(watch),
     );
@@ -547,7 +553,7 @@ fn look_if_due(watch: &Open) {
     } else {
         0
     };
-    let last = due >= gate::LOOKS.len();
+    let last = due >= watch.look_at.len();
     let mut after = gate::after_look(watch.state, &look, failing, last, watch.on_regression, true);
     // The DDL log is read only when a rollback would run.
     if after.rollback && !watch.may_roll_back() {

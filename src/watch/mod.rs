@@ -60,8 +60,8 @@ pub fn turn() -> Option<Duration> {
     sampler::due_in()
 }
 
-/// The thresholds a watch is judged by now.
-pub fn watch_limits() -> gate::Limits {
+/// The thresholds a watch with `looks` looks is judged by now.
+pub fn watch_limits(looks: usize) -> gate::Limits {
     gate::Limits {
         alpha: crate::gucs::WATCH_ALPHA.get(),
         tolerance: 1.0 + crate::gucs::WATCH_LATENCY_TOLERANCE.get(),
@@ -71,7 +71,8 @@ pub fn watch_limits() -> gate::Limits {
         brake: crate::gucs::WATCH_BRAKE.get(),
         lock_wait_ms: f64::from(crate::gucs::WATCH_LOCK_WAIT_MS.get()),
         lag_bytes: f64::from(crate::gucs::BACKFILL_MAX_REPLICATION_LAG_KB.get()) * 1024.0,
-        gauge_run: 3,
+        gauge_run: crate::gucs::WATCH_GAUGE_RUN.get().max(1) as usize,
+        looks,
     }
 }
 
@@ -319,9 +320,9 @@ pub fn record(version: &str, request: &Request) {
     crate::pg::spi::write_as_owner(
         "migrate.watch_records",
         "INSERT INTO migrate.watch_records (version, state, on_regression, watch, requested_at, \
-           started_at, baseline, changed_at) \
+           started_at, baseline, changed_at, look_at) \
          VALUES ($1, $2, $3, make_interval(secs => $4), now(), \
-                 NULL, $5::jsonb, now())",
+                 NULL, $5::jsonb, now(), $6)",
         &[
             version.into(),
             state.as_str().into(),
@@ -330,6 +331,7 @@ pub fn record(version: &str, request: &Request) {
             serde_json::to_string(&baseline)
                 .unwrap_or_else(|_| "[]".into())
                 .into(),
+            crate::gucs::watch_looks().into(),
         ],
     );
     let known = sample::reference(&baseline).len();

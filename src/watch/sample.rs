@@ -175,16 +175,17 @@ mod unit {
 
     #[test]
     fn deltas_keep_the_costliest_apart() {
-        let before: Totals = (0..40).map(|i| ((i, 10, true), (0.0, 0.0))).collect();
-        let now: Totals = (0..40).map(|i| ((i, 10, true), (1.0, i as f64))).collect();
+        let n = QUERIES as i64 + 8;
+        let before: Totals = (0..n).map(|i| ((i, 10, true), (0.0, 0.0))).collect();
+        let now: Totals = (0..n).map(|i| ((i, 10, true), (1.0, i as f64))).collect();
         let mut s = Sample::empty(0, 1.0);
         deltas(&before, &now, &mut s);
         assert_eq!(s.query_count, QUERIES);
-        assert_eq!(s.queries()[0].queryid, 39);
-        assert_eq!(s.other_calls, (40 - QUERIES) as f64);
+        assert_eq!(s.queries()[0].queryid, n - 1);
+        assert_eq!(s.other_calls, 8.0);
         // 0 + 1 + ... + 7
         assert_eq!(s.other_time_ms, 28.0);
-        assert_eq!(s.calls(), 40.0);
+        assert_eq!(s.calls(), n as f64);
     }
 
     fn sample(rows: &[(i64, f64, f64)]) -> Sample {
@@ -199,6 +200,59 @@ mod unit {
             };
         }
         s
+    }
+
+    #[test]
+    fn a_cheap_lookup_beside_forty_costlier_statements_is_kept_and_judged() {
+        // 40 statements of 1 ms a call, and a lookup of 0.02 ms: the lookup is the cheapest,
+        // and a sample keeps it, so a watch knows its mean when a change makes it slow.
+        let mut before: Totals = (0..40).map(|i| ((i, 10, true), (0.0, 0.0))).collect();
+        before.insert((999, 10, true), (0.0, 0.0));
+        let mut now: Totals = (0..40).map(|i| ((i, 10, true), (10.0, 10.0))).collect();
+        now.insert((999, 10, true), (10.0, 0.2));
+        let mut baseline = Sample::empty(0, 10.0);
+        deltas(&before, &now, &mut baseline);
+        assert_eq!(baseline.queries().last().unwrap().queryid, 999);
+        let reference = reference(&[baseline]);
+        assert_eq!(reference[&999], 0.02);
+        // After the change it takes 20 ms a call.
+        let mut after = now.clone();
+        for (entry, (calls, time)) in &mut after {
+            *calls += 10.0;
+            *time += if entry.0 == 999 { 200.0 } else { 10.0 };
+        }
+        let mut watched = Sample::empty(0, 10.0);
+        deltas(&now, &after, &mut watched);
+        let (index, coverage) = latency_index(&watched, &reference).unwrap();
+        // 600 ms where the same calls took 400.2 before: the lookup's 200 ms show.
+        assert!(
+            (index - 600.0 / 400.2).abs() < 1e-9 && coverage == 1.0,
+            "{index} {coverage}"
+        );
+        assert!((worst_added_ms(&watched, &reference).unwrap() - 19.98).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_sample_is_recorded_with_the_queries_it_kept() {
+        let s = sample(&[(1, 100.0, 1.0), (2, 1.0, 0.02)]);
+        let json = serde_json::to_value(s).unwrap();
+        assert_eq!(json["queries"].as_array().unwrap().len(), 2);
+        let back: Sample = serde_json::from_value(json).unwrap();
+        assert_eq!(back, s);
+        // An empty one, and a list longer than a sample keeps (cut).
+        let empty = Sample::empty(5, 1.0);
+        assert_eq!(
+            serde_json::from_value::<Sample>(serde_json::to_value(empty).unwrap()).unwrap(),
+            empty
+        );
+        let mut json = serde_json::to_value(s).unwrap();
+        json["queries"] = serde_json::Value::Array(
+            (0..QUERIES + 5)
+                .map(|i| serde_json::json!({"queryid": i, "calls": 1.0, "time_ms": 1.0}))
+                .collect(),
+        );
+        let long: Sample = serde_json::from_value(json).unwrap();
+        assert_eq!(long.queries[QUERIES - 1].queryid, QUERIES as i64 - 1);
     }
 
     #[test]
