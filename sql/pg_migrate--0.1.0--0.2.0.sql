@@ -667,7 +667,8 @@ CREATE TABLE migrate.watch_records (
     -- Where its looks fall, as fractions of the watch (migrate.watch_looks when applied): the
     -- false-alarm chance is spread over them.
     look_at             float8[] NOT NULL DEFAULT '{0.1,0.2,0.5,1}'
-                        CHECK (cardinality(look_at) BETWEEN 1 AND 20
+                        CHECK (array_ndims(look_at) = 1 AND cardinality(look_at) BETWEEN 1 AND 20
+                               AND array_position(look_at, NULL) IS NULL
                                AND look_at[cardinality(look_at)] = 1),
     failing_looks       integer NOT NULL DEFAULT 0,
     -- The last change of state, and for migrate.accept and migrate.reject, who and why.

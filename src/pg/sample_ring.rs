@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 /// statement is judged after a change against its mean in the baseline's samples, so one
 /// that none of them kept is new to a watch, and left out: a cheap lookup a change makes
 /// slow would go unseen. A workload spends its time on a few dozen statements. The rings
-/// (965 kB for 48) are built on the postmaster's stack before they are copied into shared
+/// (959 kB for 48) are built on the postmaster's stack before they are copied into shared
 /// memory, which bounds them: 128 (2.4 MB) overflowed it in a debug build.
 pub const QUERIES: usize = 48;
 
@@ -114,6 +114,10 @@ struct Ring {
 pub struct Rings {
     rings: [Ring; DATABASES],
 }
+
+// Built by value before it is copied into shared memory (pgrx), so on the postmaster's
+// stack, several copies deep in a debug build: kept well under its usual 8 MB.
+const _: () = assert!(std::mem::size_of::<Rings>() <= 1 << 20);
 
 impl Default for Rings {
     fn default() -> Self {
