@@ -30,9 +30,9 @@ CREATE TABLE migrate.watch_records (
     -- applied), which every look compares with.
     baseline            jsonb NOT NULL,
     looks               integer NOT NULL DEFAULT 0,
-    -- Where its looks fall, as fractions of the watch (migrate.watch_looks when applied): the
-    -- false-alarm chance is spread over them.
-    look_at             float8[] NOT NULL DEFAULT '{0.1,0.2,0.5,1}'
+    -- Where its looks fall, as fractions of the watch (migrate.watch_looks when applied, whose
+    -- default is the one): the false-alarm chance is spread over them.
+    look_at             float8[] NOT NULL
                         CHECK (array_ndims(look_at) = 1 AND cardinality(look_at) BETWEEN 1 AND 20
                                AND array_position(look_at, NULL) IS NULL
                                AND look_at[cardinality(look_at)] = 1),
