@@ -641,6 +641,37 @@ def test_changes_outside_migrations_to_what_a_watch_changed_hold_it(gate):
     gate.drop_database(db)
 
 
+def test_changes_no_event_trigger_saw_hold_a_watch_by_the_recorded_schema(gate):
+    db = lookup_orders(gate, "gate_unlogged", statements=False)
+    with gate.connect(db) as c:
+        baseline_ready(gate, db, statements=False)
+        c.execute("SELECT * FROM migrate.apply('910', 'CREATE INDEX CONCURRENTLY orders_note_idx ON orders (note)', "
+                  "rollback => 'DROP INDEX CONCURRENTLY orders_note_idx', watch => '60 s', "
+                  "on_regression => 'rollback')")
+        wait_until(lambda: state(c, "910") == "watching", timeout=30, interval=0.2)
+        # A new OID for the index and nothing else: the recorded schema still describes it.
+        old_oid = c.execute("SELECT 'orders_note_idx'::regclass::oid").fetchone()[0]
+        c.execute("REINDEX INDEX CONCURRENTLY orders_note_idx")
+        assert c.execute("SELECT 'orders_note_idx'::regclass::oid").fetchone()[0] != old_oid
+        reindexed = c.execute("SELECT clock_timestamp()").fetchone()[0]
+        wait_until(lambda: c.execute("SELECT count(*) FROM migrate.watch_looks WHERE version = '910' "
+                                     "AND signal = 'drift' AND looked_at > %s", (reindexed,)).fetchone()[0] > 0,
+                   timeout=30, interval=0.3)
+        assert finding(c, "910", "drift")[-1][2:] == (0.0, None, "pass")
+        assert state(c, "910") == "watching"
+        # Replica mode: pg_migrate's event triggers do not fire, the DDL log has nothing.
+        c.execute("SET session_replication_role = replica")
+        c.execute("ALTER INDEX orders_note_idx SET (fillfactor = 70)")
+        c.execute("RESET session_replication_role")
+        assert c.execute("SELECT count(*) FROM migrate.ddl_log WHERE command_tag = 'ALTER INDEX'").fetchone() == (0,)
+        assert settled(c, "910", timeout=60) == "held"
+        reason = c.execute("SELECT reason FROM migrate.watch_records WHERE version = '910'").fetchone()[0]
+        assert "outside migrations (public.orders_note_idx (indexes) changed with no DDL logged)" in reason, reason
+        assert finding(c, "910", "drift")[-1][2:] == (1.0, None, "alert")
+        assert c.execute("SELECT count(*) FROM migrate.steps WHERE version = '910' AND rollback").fetchone() == (0,)
+    gate.drop_database(db)
+
+
 def test_a_failed_rollback_retried_is_watched_to_its_end(gate):
     db = lookup_orders(gate, "gate_retry")
     with Pgbench(gate, db, LOOKUP), gate.connect(db) as c:
@@ -793,6 +824,12 @@ def test_the_looks_of_a_watch_are_a_setting_recorded_with_it(gate):
             c.execute("SELECT * FROM migrate.apply('960', 'CREATE TABLE looked_at (id int)', watch => '8 s')")
             assert c.execute("SELECT look_at FROM migrate.watch_records WHERE version = '960'").fetchone() == (
                 [0.5, 1.0],)
+            # Its baseline was recorded before the DDL ran (before the migration took its
+            # locks): the row's command id precedes those of the DDL log's rows.
+            watch_cmin, ddl_cmin = c.execute(
+                "SELECT (SELECT cmin::text::int FROM migrate.watch_records WHERE version = '960'), "
+                "(SELECT min(cmin::text::int) FROM migrate.ddl_log WHERE migration_version = '960')").fetchone()
+            assert ddl_cmin is not None and watch_cmin < ddl_cmin, (watch_cmin, ddl_cmin)
             # A reload during the watch does not change its looks.
             with gate.connect() as admin:
                 admin.execute("ALTER SYSTEM SET migrate.watch_looks = '0.1, 0.2, 0.3, 0.4, 1'")

@@ -2022,3 +2022,55 @@ def test_column_privileges_hold_on_the_new_version_and_follow_grants_and_revokes
         for role in roles:
             conn.execute(f"DROP OWNED BY {role}")
             conn.execute(f"DROP ROLE {role}")
+
+
+def test_a_role_that_leaves_the_group_that_let_it_use_the_schema_loses_the_new_version(cluster, db, conn):
+    """A table with column privileges in a schema its reader may use only through a group: the
+    new version's view (which checks as its owner) grants the reader what the table does.
+    `REVOKE group FROM reader` sets off no event trigger (roles are the cluster's); the
+    worker carries the privileges again within its round, so the view does not outlast the
+    schema's."""
+    roles = ("window_member", "window_schema_users")
+    for role in roles:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        conn.execute("CREATE SCHEMA ledger")
+        conn.execute("CREATE TABLE ledger.accounts (id int PRIMARY KEY, balance int, note text)")
+        conn.execute("INSERT INTO ledger.accounts SELECT g, g * 10, 'n' FROM generate_series(1, 5) g")
+        conn.execute("GRANT SELECT (id, balance) ON ledger.accounts TO window_member")
+        conn.execute("GRANT USAGE ON SCHEMA ledger TO window_schema_users")
+        conn.execute("GRANT window_schema_users TO window_member")
+        conn.execute("SELECT * FROM migrate.expand('47', 'ALTER TABLE ledger.accounts RENAME COLUMN note TO memo')")
+        assert window(conn, "47")["state"] == "published"
+
+        def reads_new_version() -> bool:
+            with cluster.connect(db, user="window_member", options="-csearch_path=ledger_v47,ledger") as m:
+                try:
+                    m.execute("SELECT id, balance FROM accounts WHERE id = 1").fetchone()
+                    return True
+                except psycopg.errors.InsufficientPrivilege:
+                    return False
+
+        assert reads_new_version()
+        ddl_logged = conn.execute("SELECT count(*) FROM migrate.ddl_log").fetchone()[0]
+        conn.execute("REVOKE window_schema_users FROM window_member")
+        with cluster.connect(db, user="window_member") as m:
+            assert failure(m, "SELECT id FROM ledger.accounts").sqlstate == "42501"
+        # Nothing but the worker's round: no GRANT anywhere sets the upkeep off.
+        wait_until(lambda: not reads_new_version(), timeout=45, interval=1)
+        revoked = conn.execute(
+            "SELECT command_tag, object_identity FROM migrate.ddl_log ORDER BY logged_at OFFSET %s",
+            (ddl_logged,)).fetchall()
+        assert revoked and all(tag == "REVOKE" for tag, _ in revoked), revoked
+        # And back with the membership, again by the worker alone.
+        conn.execute("GRANT window_schema_users TO window_member")
+        wait_until(reads_new_version, timeout=45, interval=1)
+        # In step, a round writes nothing.
+        logged = conn.execute("SELECT count(*) FROM migrate.ddl_log").fetchone()[0]
+        time.sleep(12)
+        assert conn.execute("SELECT count(*) FROM migrate.ddl_log").fetchone()[0] == logged
+        conn.execute("SELECT * FROM migrate.abort('47')")
+    finally:
+        for role in roles:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")

@@ -14,7 +14,10 @@ COMMENT ON VIEW migrate.error_counts IS
 -- since the change against those before it, at fixed looks, and ends complete, held, or
 -- rolled back by the migration's own rollback script run forward (src/watch/).
 CREATE TABLE migrate.watch_records (
-    version             text PRIMARY KEY REFERENCES migrate.history (version) ON DELETE CASCADE,
+    -- Checked at commit: migrate.apply records the watch (its baseline) before the
+    -- migration takes its locks, and the history row after its DDL.
+    version             text PRIMARY KEY REFERENCES migrate.history (version) ON DELETE CASCADE
+                        DEFERRABLE INITIALLY DEFERRED,
     state               text NOT NULL DEFAULT 'waiting'
                         CHECK (state IN ('waiting', 'watching', 'complete', 'held', 'rolling back',
                                          'recovering', 'rolled back', 'rollback failed', 'rejected')),

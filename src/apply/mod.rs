@@ -223,8 +223,14 @@ pub(crate) fn apply_script(
                 );
             }
             let started_at = history::clock_now();
-            // Before the migration takes its locks: what it changes must be its own.
+            // Before the migration takes its locks: what it changes must be its own, and its
+            // watch's baseline (a few kilobytes of JSON) must not make readers of its tables
+            // wait. The history row it references comes after the DDL (its foreign key is
+            // checked at commit).
             record::drift();
+            if let Some(watch) = &watch {
+                crate::watch::record(version.as_str(), watch);
+            }
             let outcome = running::with_running(running, || {
                 attempt::run(&what, script, &statements, Policy::from_settings())
             });
@@ -246,9 +252,6 @@ pub(crate) fn apply_script(
                 verify,
                 schema: Some(schema),
             });
-            if let Some(watch) = &watch {
-                crate::watch::record(version.as_str(), watch);
-            }
             (
                 Status::Applied.to_string(),
                 version.to_string(),

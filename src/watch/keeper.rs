@@ -377,6 +377,17 @@ fn context(watch: &Open) -> gate::Context {
         &[watch.version.as_str().into()],
     )
     .unwrap_or_default();
+    let mut drift: Vec<String> = drift;
+    let unlogged: Vec<String> = unlogged_drift(&watch.version)
+        .into_iter()
+        .filter(|(identity, _)| {
+            !drift
+                .iter()
+                .any(|logged| logged.ends_with(&format!(" {identity}")))
+        })
+        .map(|(_, change)| change)
+        .collect();
+    drift.extend(unlogged);
     let disconnected = crate::pg::spi::pinned_row(
         &format!(
             "SELECT max(l.lag)::float8 FROM ({}) l",
@@ -393,6 +404,77 @@ fn context(watch: &Open) -> gate::Context {
         indexes,
         drift,
         disconnected_slot_bytes: disconnected,
+    }
+}
+
+/// The objects migration `version` changed, and their tables, that are no longer as the
+/// schema recorded them (`migrate.schema_objects`, which the migration itself brought up to
+/// date), as (identity, "identity (kind) what"): changes the DDL log cannot show, made with
+/// pg_migrate's event triggers disabled or under `session_replication_role = replica`. DDL
+/// the event triggers saw is recorded only by the next migration, so it shows here too, and
+/// in the log. Relations are found by their identity, not their recorded OID: `REINDEX
+/// CONCURRENTLY` gives an index a new one and changes nothing else.
+///
+/// Printing a view or a default locks what it names: a look waits at most
+/// `migrate.lock_timeout` for that, and otherwise goes by the DDL log alone.
+fn unlogged_drift(version: &str) -> Vec<(String, String)> {
+    const RELATIONS: &str = "'tables', 'views', 'materialized_views', 'sequences'";
+    let timeout = format!("{}ms", crate::gucs::LOCK_TIMEOUT_MS.get());
+    let found = crate::pg::subxact::rolled_back(|| {
+        let _limit = crate::pg::guc::SettingScope::set(&[("lock_timeout", &timeout)]);
+        crate::pg::spi::pinned_pairs::<String, String>(
+            &format!(
+                "WITH mine AS ( \
+                 SELECT DISTINCT o.kind, o.identity, o.hash, \
+                        CASE WHEN o.kind IN ({RELATIONS}, 'indexes') \
+                             THEN pg_catalog.to_regclass(o.identity)::oid \
+                             ELSE o.obj_oid END AS oid \
+                 FROM migrate.schema_objects o \
+                 JOIN (SELECT c ->> 'kind' AS kind, c ->> 'object' AS identity \
+                       FROM {CHANGES} WHERE h.version = $1 \
+                       UNION \
+                       SELECT k.kind, c ->> 'relation' FROM {CHANGES}, \
+                              unnest(ARRAY[{RELATIONS}]) k(kind) WHERE h.version = $1) m \
+                   ON o.kind = m.kind AND o.identity = m.identity), \
+             live AS ( \
+                 SELECT d.kind, d.identity, \
+                        coalesce(d.hash, migrate.object_hash(d.kind, d.identity, \
+                                                             d.description)) AS hash \
+                 FROM migrate.describe_objects(NULL, \
+                   ARRAY(SELECT oid FROM mine WHERE kind IN ({RELATIONS}) AND oid IS NOT NULL), \
+                   ARRAY(SELECT oid FROM mine WHERE kind = 'indexes' AND oid IS NOT NULL), \
+                   ARRAY(SELECT oid FROM mine WHERE kind = 'constraints'), \
+                   ARRAY(SELECT oid FROM mine WHERE kind = 'triggers'), \
+                   ARRAY(SELECT oid FROM mine WHERE kind = 'policies'), \
+                   ARRAY(SELECT oid FROM mine WHERE kind = 'types'), \
+                   ARRAY(SELECT oid FROM mine WHERE kind = 'functions'), \
+                   ARRAY(SELECT oid FROM mine WHERE kind = 'schemas'), \
+                   ARRAY(SELECT oid FROM mine WHERE kind = 'extensions'), true) d) \
+             SELECT m.identity, m.identity || ' (' || m.kind || ') ' || \
+                    CASE WHEN l.hash IS NULL THEN 'gone' ELSE 'changed' END || \
+                    ' with no DDL logged' \
+             FROM mine m LEFT JOIN live l ON l.kind = m.kind AND l.identity = m.identity \
+             WHERE l.hash IS DISTINCT FROM m.hash \
+             ORDER BY 2 LIMIT 5"
+            ),
+            &[version.into()],
+        )
+    });
+    match found {
+        Ok(Ok(found)) => found,
+        Ok(Err(e)) => {
+            simple_query::log(&format!(
+                "could not compare what migration {version} changed with the recorded schema: {e}"
+            ));
+            Vec::new()
+        }
+        Err(e) => {
+            simple_query::log(&format!(
+                "could not compare what migration {version} changed with the recorded schema: {}",
+                e.message
+            ));
+            Vec::new()
+        }
     }
 }
 

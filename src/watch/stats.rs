@@ -2,7 +2,8 @@
 //! Latency by a one-sided Mann-Whitney U test with a Hodges-Lehmann estimate of the shift
 //! (on logarithms, so that a shift is a ratio); errors by a conditional binomial test,
 //! valid when the baseline had none. Plain Rust over plain numbers: the unit tests check
-//! them against SciPy's figures.
+//! them against R's `wilcox.test` and `binom.test` (R 4.2.2), whose p-values SciPy's
+//! `mannwhitneyu` and `binom.sf` give to the last digit too.
 
 use statrs::distribution::{Binomial, ContinuousCDF, DiscreteCDF, Normal};
 
@@ -136,8 +137,9 @@ mod unit {
         (a - b).abs() <= 1e-9 * b.abs().max(1e-300)
     }
 
-    // Figures from SciPy 1.x: mannwhitneyu(watch, baseline, alternative="greater",
-    // method="asymptotic", use_continuity=True) and binom.sf.
+    // Figures from R 4.2.2: wilcox.test(watch, baseline, alternative = "greater",
+    // exact = FALSE) (SciPy's mannwhitneyu(..., method="asymptotic") gives the same digits),
+    // and binom.test.
     const BASELINE: [f64; 40] = [
         1.0, 1.094, 0.921, 0.766, 0.872, 0.743, 1.018, 1.495, 0.863, 0.83, 1.158, 1.113, 1.032,
         0.756, 0.991, 1.232, 0.668, 0.872, 0.565, 0.679, 0.575, 0.932, 0.684, 1.085, 1.048, 0.945,
@@ -150,22 +152,36 @@ mod unit {
         1.599, 1.722, 0.821, 0.962,
     ];
 
+    // Untied samples (R: round(rnorm(12, 1, 0.1), 6) and round(rnorm(9, 1.2, 0.1), 6) after
+    // set.seed(1)), for which R's interval is exact.
+    const UNTIED_BASELINE: [f64; 12] = [
+        0.937355, 1.018364, 0.916437, 1.159528, 1.032951, 0.917953, 1.048743, 1.073832, 1.057578,
+        0.969461, 1.151178, 1.038984,
+    ];
+    const UNTIED_WATCH: [f64; 9] = [
+        1.137876, 0.97853, 1.312493, 1.195507, 1.198381, 1.294384, 1.282122, 1.25939, 1.291898,
+    ];
+
     #[test]
-    fn mann_whitney_matches_scipy_with_ties_and_without() {
+    fn mann_whitney_matches_r_with_ties_and_without() {
         let tied = mann_whitney_greater(
             &[1.1, 2.2, 3.3, 4.4, 5.5, 2.2, 3.0],
             &[3.1, 4.2, 5.3, 6.4, 2.2, 7.5],
         )
         .unwrap();
         assert_eq!(tied.u, 31.0);
-        assert!(close(tied.p, 0.08617969948071841), "{tied:?}");
+        assert!(close(tied.p, 0.0861796994807183), "{tied:?}");
         let slower = mann_whitney_greater(&BASELINE, &WATCH).unwrap();
         assert_eq!(slower.u, 973.0);
-        assert!(close(slower.p, 4.915919911309387e-06), "{slower:?}");
+        assert!(close(slower.p, 4.9159199113093895e-06), "{slower:?}");
         // The other way round: no sign that the baseline was slower.
         let faster = mann_whitney_greater(&WATCH, &BASELINE).unwrap();
         assert_eq!(faster.u, 227.0);
         assert!(close(faster.p, 0.9999953471366678), "{faster:?}");
+        // Untied: W = 98, p = 0.000996040507835925.
+        let untied = mann_whitney_greater(&UNTIED_BASELINE, &UNTIED_WATCH).unwrap();
+        assert_eq!(untied.u, 98.0);
+        assert!(close(untied.p, 0.000996040507835925), "{untied:?}");
         assert_eq!(mann_whitney_greater(&[], &[1.0]), None);
         assert_eq!(mann_whitney_greater(&[2.0, 2.0], &[2.0]), None);
     }
@@ -195,12 +211,37 @@ mod unit {
         assert_eq!(hodges_lehmann(&BASELINE, &WATCH, 1.0), None);
     }
 
+    /// R's wilcox.test(watch, baseline, alternative = "less", conf.int = TRUE): its estimate
+    /// and the upper end of its one-sided 95% interval. The bound here takes the number of
+    /// differences above it from the normal approximation of U without continuity
+    /// correction, so it is R's or one order statistic beyond it: never narrower, so never
+    /// passes a change R's would not.
+    #[test]
+    fn the_shift_and_its_bound_match_r() {
+        // No ties, exact = TRUE: the estimate is the median of the 108 differences, the bound
+        // the 78th smallest (qwilcox(0.05, 9, 12) = 31 from the top); here C = 30.
+        let untied = hodges_lehmann(&UNTIED_BASELINE, &UNTIED_WATCH, 0.95).unwrap();
+        assert!(close(untied.estimate, 0.2201645000000001), "{untied:?}");
+        let r_upper = 0.26374999999999993;
+        assert!(untied.upper >= r_upper && close(untied.upper, 0.26375799999999994));
+        // Ties, exact = FALSE: R finds the estimate and the bound by root finding between the
+        // differences (0.33049887794640165 and 0.4619896498077786); the median of the
+        // differences and the bound here fall on the differences beside them.
+        let tied = hodges_lehmann(&BASELINE, &WATCH, 0.95).unwrap();
+        assert!(
+            (tied.estimate - 0.33049887794640165).abs() < 1e-5,
+            "{tied:?}"
+        );
+        assert!(tied.upper >= 0.4619896498077786 && tied.upper - 0.4619896498077786 < 1e-4);
+    }
+
     #[test]
     fn more_errors_is_a_binomial_tail_valid_with_no_baseline_errors() {
-        // 2 errors in 300 s before, 9 in 60 s after: binom.sf(8, 11, 1/6).
-        assert!(close(more_errors(2, 300.0, 9, 60.0), 3.944353947568967e-06));
-        // None before, 3 in as long a watch: 0.5³ = binom.sf(2, 3, 0.5).
-        assert!(close(more_errors(0, 60.0, 3, 60.0), 0.125));
+        // 2 errors in 300 s before, 9 in 60 s after: R's binom.test(9, 11, 1/6,
+        // alternative = "greater")$p.value.
+        assert!(close(more_errors(2, 300.0, 9, 60.0), 3.944353947568971e-06));
+        // None before, 3 in as long a watch: 0.5³ = binom.test(3, 3, 0.5, "greater").
+        assert!(close(more_errors(0, 60.0, 3, 60.0), 0.12500000000000003));
         assert_eq!(more_errors(5, 60.0, 0, 60.0), 1.0);
         assert_eq!(per_look(0.05, 4), 0.0125);
     }

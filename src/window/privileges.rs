@@ -418,6 +418,10 @@ fn mirror_window_privileges(version: &str) {
     }
 }
 
+/// The open windows that carry privileges.
+const OPEN_MIRRORED: &str = "SELECT version FROM migrate.window_history \
+     WHERE ended IS NULL AND mirrors <> '[]' ORDER BY version";
+
 /// After a GRANT, REVOKE or ALTER TABLE, each open window carries its tables' privileges
 /// again. One that cannot is said in a WARNING and does not undo the statement: a REVOKE must
 /// never be refused for it.
@@ -441,8 +445,7 @@ fn follow_window_grants(fcinfo: pg_sys::FunctionCallInfo) {
            ON c.classid = 'pg_class'::regclass AND c.objid = (m->>'table_oid')::oid \
          WHERE w.ended IS NULL ORDER BY 1"
     } else {
-        "SELECT version FROM migrate.window_history \
-         WHERE ended IS NULL AND mirrors <> '[]' ORDER BY version"
+        OPEN_MIRRORED
     };
     let open: Vec<String> =
         identity::as_owner(|| crate::pg::spi::pinned_column::<String>(sql, &[]))
@@ -450,27 +453,58 @@ fn follow_window_grants(fcinfo: pg_sys::FunctionCallInfo) {
     // A window's own steps (publish, contract) carry its privileges in a step of their own,
     // where its columns are as the step expects them.
     let own = crate::migration::running::running().map(|r| r.version);
-    for version in open.into_iter().filter(|v| own.as_ref() != Some(v)) {
+    let open: Vec<String> = open
+        .into_iter()
+        .filter(|v| own.as_ref() != Some(v))
+        .collect();
+    for (version, caught) in carry(&open) {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_WARNING,
+            format!(
+                "window {version}'s new version did not take the privileges its tables have now"
+            ),
+            caught.message,
+            format!(
+                "Grant or revoke on its views as on its tables, or run SELECT \
+                 migrate.mirror_window_privileges({}) once what stopped it is gone.",
+                literal(&version)
+            ),
+        )
+        .report(pgrx::PgLogLevel::WARNING);
+    }
+}
+
+/// Carries each window's privileges, each in a subtransaction of its own (the GRANTs it makes
+/// do not set the event trigger off again); the windows that could not, and why.
+fn carry(versions: &[String]) -> Vec<(String, crate::pg::subxact::Caught)> {
+    let mut failed = Vec::new();
+    for version in versions {
         MIRRORING.set(true);
-        let carried = crate::pg::subxact::run(|| mirror(&version)).and_then(|r| r);
+        let carried = crate::pg::subxact::run(|| mirror(version)).and_then(|r| r);
         MIRRORING.set(false);
         if let Err(caught) = carried {
-            Problem::new(
-                PgSqlErrorCode::ERRCODE_WARNING,
-                format!(
-                    "window {version}'s new version did not take the privileges its tables \
-                     have now"
-                ),
-                caught.message,
-                format!(
-                    "Grant or revoke on its views as on its tables, or run SELECT \
-                     migrate.mirror_window_privileges({}) once what stopped it is gone.",
-                    literal(&version)
-                ),
-            )
-            .report(pgrx::PgLogLevel::WARNING);
+            failed.push((version.clone(), caught));
         }
     }
+    failed
+}
+
+/// The worker's round, every few seconds while windows carry privileges: what a table's
+/// privileges give a role through the view depends on whether the role may use the table's
+/// schema, which a role's membership decides too, and `GRANT role TO role` (cluster-wide)
+/// sets off no event trigger. Writes nothing when the windows are in step. Whether any window
+/// carries privileges (the worker comes back for them).
+pub fn follow_roles() -> bool {
+    let open: Vec<String> =
+        identity::as_owner(|| crate::pg::spi::pinned_column::<String>(OPEN_MIRRORED, &[]))
+            .or_bookkeeping("read migrate.window_history");
+    for (version, caught) in carry(&open) {
+        crate::pg::simple_query::log(&format!(
+            "window {version}'s new version did not take the privileges its tables have now: {}",
+            caught.message
+        ));
+    }
+    !open.is_empty()
 }
 
 #[cfg(test)]

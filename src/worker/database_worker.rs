@@ -225,6 +225,11 @@ fn quietly<T>(result: Result<T, crate::pg::subxact::Caught>) -> Option<T> {
     }
 }
 
+/// How often the windows' privileges are carried again for role memberships changed, which
+/// no event trigger reports: a role that left the group through which it could use a table's
+/// schema loses the new version's view within this, or when the worker next starts.
+const FOLLOW_ROLES_EVERY_US: i64 = 10_000_000;
+
 /// Keeps the expand windows (their writes, alerts, expiry policies and set-aside columns),
 /// looking when something is due, when asked (a window opened or ended), or every few
 /// seconds, and asks to be started again for the next thing due.
@@ -241,6 +246,15 @@ fn keep_window_time(database: pg_sys::Oid, asked: bool) {
     // Each in a transaction of its own: a column drop's lock is not held while another
     // window's contract waits for its own.
     let alert = quietly(simple_query::transaction(crate::window::ttl::keep)).unwrap_or(0);
+    let follow_roles = quietly(simple_query::transaction(
+        crate::window::privileges::follow_roles,
+    ))
+    .unwrap_or(false);
+    let roles_next = if follow_roles {
+        now + FOLLOW_ROLES_EVERY_US
+    } else {
+        0
+    };
     // While a health gate is open, a column dropped or a window ended here would be judged
     // as the watched change: both wait, looked at again every few seconds.
     if crate::watch::keeper::any_open() {
@@ -250,7 +264,7 @@ fn keep_window_time(database: pg_sys::Oid, asked: bool) {
                  health gate is open (see migrate.watch_status)",
             );
         }
-        let next = [alert, now + 5_000_000]
+        let next = [alert, roles_next, now + 5_000_000]
             .into_iter()
             .filter(|&t| t != 0)
             .min()
@@ -285,7 +299,7 @@ fn keep_window_time(database: pg_sys::Oid, asked: bool) {
     // A policy waiting for the old version to stop writing is looked at again soon, and so
     // is anything due already that was not done (never in a loop).
     let soon = now + 5_000_000;
-    let next = [alert, drop, if waiting { soon } else { 0 }]
+    let next = [alert, drop, roles_next, if waiting { soon } else { 0 }]
         .into_iter()
         .filter(|&t| t != 0)
         .min()
