@@ -800,6 +800,66 @@ def test_windows_show_the_sessions_still_connected_by_the_version_they_used(clus
         c.close()
 
 
+def test_sessions_that_declare_a_version_are_known_before_they_use_the_tables(cluster, db, conn):
+    """An idle pooled connection of the old release that set migrate.client_version is a
+    client of the old version before it touches the tables: the bridge would take its writes
+    for the old version's, and contract warns about it. What a session did goes before what
+    it declares; a SET LOCAL that ended, or a RESET, declares nothing."""
+    make_orders(conn, 100)
+    conn.execute("SELECT * FROM migrate.expand('43', %s)", (DDL,))
+    conn.execute("CALL migrate.wait('43')")
+    new_at_connect = cluster.connect(db, options="-cmigrate.client_version=43")
+    new_by_set = cluster.connect(db)
+    new_by_set.execute("SET migrate.client_version = '43'")
+    old = cluster.connect(db)
+    old.execute("SET migrate.client_version = '42'")
+    undeclared = cluster.connect(db)
+    pooled = cluster.connect(db)
+    with pooled.transaction():
+        pooled.execute("SET LOCAL migrate.client_version = '42'")
+    reset = cluster.connect(db)
+    reset.execute("SET migrate.client_version = '42'")
+    reset.execute("RESET migrate.client_version")
+    conn.execute("CREATE ROLE window_declaring LOGIN")
+    conn.execute("ALTER ROLE window_declaring SET migrate.client_version = '42'")
+    by_role = cluster.connect(db, user="window_declaring")
+    elsewhere = cluster.connect("postgres")
+    elsewhere.execute("SET migrate.client_version = '42'")
+    pid = lambda c: c.execute("SELECT pg_backend_pid()").fetchone()[0]
+    rows = conn.execute("SELECT pid, side, writes, last_write, last_seen, known_by "
+                        "FROM migrate.window_sessions('43')").fetchall()
+    assert sorted(rows) == sorted([(pid(new_at_connect), "new", 0, None, None, "declaration"),
+                                   (pid(new_by_set), "new", 0, None, None, "declaration"),
+                                   (pid(old), "old", 0, None, None, "declaration"),
+                                   (pid(by_role), "old", 0, None, None, "declaration")]), rows
+    w = window(conn, "43")
+    assert (w["old_sessions"], w["new_sessions"]) == (2, 2), w
+    # Declaring the new version but reading the old names: an old client, by what it did.
+    new_by_set.execute("SELECT count(old_status) FROM public.orders")
+    wait_until(lambda: conn.execute("SELECT side, known_by FROM migrate.window_sessions('43') WHERE pid = %s",
+                                    (pid(new_by_set),)).fetchall() == [("old", "use")], timeout=10)
+    # Declarations change as sessions change them, and leave with their sessions.
+    old.execute("SET migrate.client_version = '43'")
+    by_role_pid = pid(by_role)
+    by_role.close()
+    wait_until(lambda: conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
+                                    (by_role_pid,)).fetchone() == (0,), timeout=10)
+    rows = conn.execute("SELECT pid, side, known_by FROM migrate.window_sessions('43')").fetchall()
+    assert sorted(rows) == sorted([(pid(new_at_connect), "new", "declaration"), (pid(new_by_set), "old", "use"),
+                                   (pid(old), "new", "declaration")]), rows
+    old.execute("SET migrate.client_version = '41'")
+    notices = []
+    conn.add_notice_handler(lambda d: notices.append((d.severity, d.message_primary, d.message_detail or "")))
+    conn.execute("SELECT * FROM migrate.contract('43')")
+    warned = [n for n in notices if n[0] == "WARNING" and "used the old version" in n[1]]
+    assert warned and warned[0][1].startswith("pg_migrate: 2 sessions still connected"), notices
+    assert all(str(pid(c)) in warned[0][2] for c in (old, new_by_set)), warned
+    assert str(pid(new_at_connect)) not in warned[0][2], warned
+    for c in (new_at_connect, new_by_set, old, undeclared, pooled, reset, elsewhere):
+        c.close()
+    conn.execute("DROP ROLE window_declaring")
+
+
 def test_a_write_through_the_new_versions_view_is_the_new_versions_whatever_the_session_declares(cluster, db, conn):
     """An INSERT through public_v43 from a session that declared nothing (its path starts with
     public) sets the new column: the bridge goes by what the statement uses, so the value is

@@ -500,7 +500,8 @@ STRICT STABLE PARALLEL SAFE
 LANGUAGE c AS 'MODULE_PATHNAME', 'window_writes_wrapper';
 CREATE FUNCTION migrate.window_sessions("version" text)
 RETURNS TABLE ("pid" integer, "side" text, "writes" bigint,
-               "last_write" timestamp with time zone, "last_seen" timestamp with time zone)
+               "last_write" timestamp with time zone, "last_seen" timestamp with time zone,
+               "known_by" text)
 STRICT VOLATILE PARALLEL SAFE
 LANGUAGE c AS 'MODULE_PATHNAME', 'window_sessions_wrapper';
 CREATE FUNCTION migrate.count_window_write() RETURNS trigger

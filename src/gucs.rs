@@ -445,7 +445,9 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
-    GucRegistry::define_string_guc(
+    // Kept in shared memory too, as sessions declare it: a session that declared a version
+    // and has not used a window's tables yet is one of that version's clients.
+    crate::pg::guc::define_assigned_string(
         c"migrate.client_version",
         c"The schema version this client was built for, during an expand window.",
         c"Writes by a client that declares the version of an open, published window are \
@@ -453,7 +455,7 @@ pub fn init() {
           Unset, the first schema of search_path decides (public_v43 declares version 43).",
         &CLIENT_VERSION,
         GucContext::Userset,
-        GucFlags::default(),
+        crate::pg::declared::declare,
     );
     GucRegistry::define_int_guc(
         c"migrate.window_ttl",

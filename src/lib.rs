@@ -117,6 +117,7 @@ pub extern "C-unwind" fn _PG_init() {
             ended: window::sessions::ended,
         });
         pg::shmem::init();
+        pg::declared::init();
         pg::error_hook::install(watch::signals::classify);
         pg::sample_ring::init();
         pg::commit_lsn::init();

@@ -351,3 +351,49 @@ pub fn define_checked_string(
         );
     }
 }
+
+static ASSIGNED_STRING: std::sync::OnceLock<fn(Option<&str>)> = std::sync::OnceLock::new();
+
+/// Defines a string setting whose every new value (a SET, a SET LOCAL and its end, a
+/// RESET, a role's or database's setting) is also passed to `assign`, which must not raise.
+pub fn define_assigned_string(
+    name: &'static std::ffi::CStr,
+    short: &'static std::ffi::CStr,
+    long: &'static std::ffi::CStr,
+    setting: &'static pgrx::GucSetting<Option<CString>>,
+    context: pgrx::GucContext,
+    assign: fn(Option<&str>),
+) {
+    #[pgrx::pg_guard]
+    unsafe extern "C-unwind" fn assign_hook(
+        newval: *const std::ffi::c_char,
+        _extra: *mut std::ffi::c_void,
+    ) {
+        if let Some(assign) = ASSIGNED_STRING.get() {
+            // SAFETY: PostgreSQL passes the new value, NUL-terminated, or NULL.
+            let value = (!newval.is_null())
+                .then(|| unsafe { std::ffi::CStr::from_ptr(newval) }.to_str().ok())
+                .flatten();
+            assign(value);
+        }
+    }
+    assert!(
+        ASSIGNED_STRING.set(assign).is_ok(),
+        "define_assigned_string defines one setting"
+    );
+    // SAFETY: the assign hook above only hands the value on to `assign`, which does not
+    // raise.
+    unsafe {
+        pgrx::GucRegistry::define_string_guc_with_hooks(
+            name,
+            short,
+            long,
+            setting,
+            context,
+            pgrx::GucFlags::default(),
+            None,
+            Some(assign_hook),
+            None,
+        );
+    }
+}

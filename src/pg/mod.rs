@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod commit_lsn;
+pub mod declared;
 pub mod describe;
 pub mod error_hook;
 pub mod event_trigger;

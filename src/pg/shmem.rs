@@ -645,6 +645,14 @@ pub fn window_tables(database: pg_sys::Oid) -> Vec<WindowTable> {
         .collect()
 }
 
+/// A version's key in shared memory (a window's, a session's declared one): FNV-1a of its
+/// text, stable across processes.
+pub fn version_key(version: &str) -> u64 {
+    version.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// Called from _PG_init during shared_preload_libraries processing.
 pub fn init() {
     pg_shmem_init!(STATE);

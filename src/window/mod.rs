@@ -437,12 +437,8 @@ fn writes_version(version: &str, schema: &str) -> bool {
     read::writes_version(version, schema, declared.as_deref())
 }
 
-/// A window's key in shared memory: FNV-1a of its version, stable across processes.
-pub fn window_key(version: &str) -> u64 {
-    version.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
+/// A window's key in shared memory.
+pub use crate::pg::shmem::version_key as window_key;
 
 /// Counts a write statement to a window's table by the side that wrote it (the window's
 /// version and view schema are the trigger's arguments): a BEFORE ... FOR EACH STATEMENT
@@ -500,9 +496,11 @@ fn window_writes(
 }
 
 /// The sessions still connected that used a window's tables (read or wrote them), one row
-/// per version each used them as: which clients of the old version are left (see
-/// `pg_stat_activity` by pid for who they are). Sessions that have not used them since the
-/// window opened (or the server started) are not known.
+/// per version each used them as, `known_by` 'use'; and those that have not used them but
+/// declare a version (`migrate.client_version`), on the side the bridge takes it for,
+/// `known_by` 'declaration': which clients of the old version are left (see
+/// `pg_stat_activity` by pid for who they are). A session that neither used them since the
+/// window opened (or the server started) nor declares a version is not known.
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn window_sessions(
@@ -515,27 +513,35 @@ fn window_sessions(
         name!(writes, i64),
         name!(last_write, Option<TimestampWithTimeZone>),
         name!(last_seen, Option<TimestampWithTimeZone>),
+        name!(known_by, String),
     ),
 > {
     let database = crate::pg::process::database();
     // As pg_stat_activity shows what sessions do: those of roles whose privileges the caller
     // has, or all with pg_read_all_stats.
-    let sessions: Vec<_> = crate::pg::shmem::window_sessions(database, window_key(version))
+    let sessions: Vec<_> = sessions::connected(database, version)
         .into_iter()
-        .filter(|s| crate::pg::process::may_see(s.pid))
+        .filter(|c| crate::pg::process::may_see(c.side.pid))
         .collect();
     let at = |t: i64| {
         (t != 0)
             .then(|| TimestampWithTimeZone::try_from(t).ok())
             .flatten()
     };
-    TableIterator::new(sessions.into_iter().map(move |s| {
+    TableIterator::new(sessions.into_iter().map(move |c| {
+        let s = c.side;
         (
             s.pid,
             if s.new { "new" } else { "old" }.to_string(),
             s.writes as i64,
             at(s.last),
             at(s.seen),
+            if c.declared_only {
+                "declaration"
+            } else {
+                "use"
+            }
+            .to_string(),
         )
     }))
 }
@@ -691,7 +697,7 @@ fn end(version: Option<&str>, how: WindowEnd) -> Vec<StepRow> {
 /// Contract goes on (the DBA knows the rollout), but says which sessions still connected
 /// used the old version: after the swap their statements may fail.
 fn warn_old_sessions(version: &Version) {
-    if !crate::pg::shmem::sessions_complete(crate::pg::process::database()) {
+    if !sessions::all_known(crate::pg::process::database()) {
         Problem::new(
             PgSqlErrorCode::ERRCODE_WARNING,
             format!("the sessions that used window {version} may not all be known"),
@@ -711,12 +717,11 @@ fn warn_old_sessions(version: &Version) {
     let database = crate::pg::process::database();
     // Not the caller's own session: it is contracting.
     let caller = crate::pg::process::pid();
-    let mut old: Vec<i32> =
-        crate::pg::shmem::window_sessions(database, window_key(version.as_str()))
-            .into_iter()
-            .filter(|s| !s.new && s.pid != caller)
-            .map(|s| s.pid)
-            .collect();
+    let mut old: Vec<i32> = sessions::connected(database, version.as_str())
+        .into_iter()
+        .filter(|c| !c.side.new && c.side.pid != caller)
+        .map(|c| c.side.pid)
+        .collect();
     if old.is_empty() {
         return;
     }
@@ -729,8 +734,9 @@ fn warn_old_sessions(version: &Version) {
             old.len()
         ),
         format!(
-            "Sessions {} read or wrote its tables through the old schema; after contract, \
-             statements that use the old names or types fail.",
+            "Sessions {} read or wrote its tables through the old schema, or have not used \
+             them and declare a version other than {version} (migrate.client_version); after \
+             contract, statements that use the old names or types fail.",
             pids.join(", ")
         ),
         format!(

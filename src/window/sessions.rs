@@ -291,6 +291,61 @@ fn open_tables() -> (Vec<WindowTable>, bool) {
     (tables, complete)
 }
 
+/// A session still connected that is a client of one side of a window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Connected {
+    pub side: shmem::SessionSide,
+    /// Known by what it declares (`migrate.client_version`) alone: it has not used the
+    /// window's tables.
+    pub declared_only: bool,
+}
+
+/// The sessions still connected to `database` that used window `version`'s tables, by the
+/// side they used them as; and those that have not but declare a version, by the side the
+/// bridge would take their writes for (the window's version: the new one; any other: the
+/// old one). What a session did goes before what it declares.
+pub fn connected(database: pg_sys::Oid, version: &str) -> Vec<Connected> {
+    let key = super::window_key(version);
+    let mut found: Vec<Connected> = shmem::window_sessions(database, key)
+        .into_iter()
+        .map(|side| Connected {
+            side,
+            declared_only: false,
+        })
+        .collect();
+    let declared = declared_only(
+        &found.iter().map(|c| c.side.pid).collect::<Vec<_>>(),
+        crate::pg::declared::sessions(database),
+        key,
+    );
+    found.extend(declared);
+    found
+}
+
+/// Of the sessions that declare a version, as (pid, key), those not among `used`, each on
+/// the side its declaration puts it for window `key`.
+fn declared_only(used: &[i32], declared: Vec<(i32, u64)>, key: u64) -> Vec<Connected> {
+    declared
+        .into_iter()
+        .filter(|(pid, _)| !used.contains(pid))
+        .map(|(pid, declares)| Connected {
+            side: shmem::SessionSide {
+                pid,
+                new: declares == key,
+                writes: 0,
+                last: 0,
+                seen: 0,
+            },
+            declared_only: true,
+        })
+        .collect()
+}
+
+/// Whether every connected session's use of windows, and every declaration, is known.
+pub fn all_known(database: pg_sys::Oid) -> bool {
+    shmem::sessions_complete(database) && crate::pg::declared::complete()
+}
+
 #[cfg(test)]
 mod unit {
     use super::*;
@@ -308,5 +363,20 @@ mod unit {
         // Counted from the last time noted, not from the skipped ones.
         assert!(!due(&mut noted, 7, false, 11_900_000));
         assert_eq!(noted.len(), 3);
+    }
+
+    #[test]
+    fn a_declaration_counts_only_for_sessions_that_did_not_use_the_tables() {
+        let key = crate::window::window_key("43");
+        let other = crate::window::window_key("42");
+        let found = declared_only(&[10], vec![(10, other), (11, key), (12, other)], key);
+        let sides: Vec<(i32, bool, bool)> = found
+            .iter()
+            .map(|c| (c.side.pid, c.side.new, c.declared_only))
+            .collect();
+        // 10 used the tables: what it did decides. 11 declares the window's version, 12
+        // another one, which the bridge takes for the old version's.
+        assert_eq!(sides, vec![(11, true, true), (12, false, true)]);
+        assert!(found.iter().all(|c| c.side.writes == 0 && c.side.seen == 0));
     }
 }
