@@ -47,7 +47,11 @@ CREATE TABLE migrate.watch_records (
     -- The rollback's phases in migrate.steps start here.
     rollback_phase      integer,
     -- pg_stat_database.checksum_failures when the watch began (NULL: data checksums off).
-    checksum_failures_at_start bigint
+    checksum_failures_at_start bigint,
+    -- What the migration changed, and its tables, as the watch began: "kind identity" -> the
+    -- MD5 of its description without privileges. A look that finds one otherwise sees drift
+    -- no event trigger reported. NULL: not compared (more than 1,000 objects).
+    objects_at_start    jsonb
 );
 
 CREATE TABLE migrate.watch_samples (

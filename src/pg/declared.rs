@@ -51,16 +51,21 @@ pub fn init() {
     );
 }
 
-/// This backend's number among the server's backends: none in the postmaster, before a
-/// session has one, and in a parallel worker (whose settings are its leader's).
+/// This client session's number among the server's backends, from 0: none in the
+/// postmaster, before a session has one, and in any process that is not a client's session
+/// (autovacuum, a replication worker or a parallel worker applying a database's or its
+/// leader's settings is no client).
 fn backend_number() -> Option<usize> {
     // SAFETY: reads process globals of this backend.
     unsafe {
-        if pg_sys::ParallelWorkerNumber >= 0 {
+        if pg_sys::MyBackendType != pg_sys::BackendType::B_BACKEND
+            || pg_sys::ParallelWorkerNumber >= 0
+        {
             return None;
         }
+        // From 1 before PostgreSQL 17.
         #[cfg(any(feature = "pg15", feature = "pg16"))]
-        let number = pg_sys::MyBackendId;
+        let number = pg_sys::MyBackendId - 1;
         #[cfg(not(any(feature = "pg15", feature = "pg16")))]
         let number = pg_sys::MyProcNumber;
         usize::try_from(number).ok()
@@ -101,7 +106,8 @@ pub fn declare(version: Option<&str>) {
 }
 
 /// Frees this backend's place as it exits, whatever ends it: the next backend with its
-/// number starts with none declared.
+/// number starts with none declared. (A `SET LOCAL` undone as the session shuts down, after
+/// this ran, declares again and registers it again: it runs next, and frees the place.)
 fn forget_at_exit(number: usize) {
     #[pgrx::pg_guard]
     unsafe extern "C-unwind" fn on_exit(_code: i32, number: pg_sys::Datum) {

@@ -220,8 +220,13 @@ fn keep_one(version: &str, read: WatchState, sample: &Sample) {
                 change_state(watch, WatchState::Watching, "the migration took effect");
                 write(
                     "UPDATE migrate.watch_records SET started_at = clock_timestamp(), \
-                       checksum_failures_at_start = $2 WHERE version = $1",
-                    &[watch.version.as_str().into(), checksum_failures().into()],
+                       checksum_failures_at_start = $2, objects_at_start = $3::jsonb \
+                     WHERE version = $1",
+                    &[
+                        watch.version.as_str().into(),
+                        checksum_failures().into(),
+                        described_now(&watch.version).into(),
+                    ],
                 );
             }
             // A failed migration may be retried: its watch waits for it.
@@ -386,6 +391,7 @@ fn context(watch: &Open) -> gate::Context {
                 .any(|logged| logged.ends_with(&format!(" {identity}")))
         })
         .map(|(_, change)| change)
+        .take(5)
         .collect();
     drift.extend(unlogged);
     let disconnected = crate::pg::spi::pinned_row(
@@ -407,75 +413,105 @@ fn context(watch: &Open) -> gate::Context {
     }
 }
 
-/// The objects migration `version` changed, and their tables, that are no longer as the
-/// schema recorded them (`migrate.schema_objects`, which the migration itself brought up to
-/// date), as (identity, "identity (kind) what"): changes the DDL log cannot show, made with
-/// pg_migrate's event triggers disabled or under `session_replication_role = replica`. DDL
-/// the event triggers saw is recorded only by the next migration, so it shows here too, and
-/// in the log. Relations are found by their identity, not their recorded OID: `REINDEX
-/// CONCURRENTLY` gives an index a new one and changes nothing else.
-///
-/// Printing a view or a default locks what it names: a look waits at most
-/// `migrate.lock_timeout` for that, and otherwise goes by the DDL log alone.
-fn unlogged_drift(version: &str) -> Vec<(String, String)> {
+/// The most objects of a migration a look describes again: a migration that renamed a schema
+/// changed thousands, and a look runs under the applier lock.
+const MAX_DESCRIBED: i64 = 1_000;
+
+/// The objects migration `version` changed, and their tables, described now as (key, hash):
+/// "kind identity" and the MD5 of the description without its privileges (a GRANT changes
+/// nothing the gate judges, and the worker grants on windows' views on its own). Relations
+/// are found by their identity, not an OID: `REINDEX CONCURRENTLY` gives an index a new one
+/// and changes nothing else; the others by the OIDs the recorded schema has for them. NULL
+/// when there are more than [`MAX_DESCRIBED`].
+fn described_now_sql() -> String {
     const RELATIONS: &str = "'tables', 'views', 'materialized_views', 'sequences'";
-    let timeout = format!("{}ms", crate::gucs::LOCK_TIMEOUT_MS.get());
+    format!(
+        "WITH mine AS ( \
+             SELECT DISTINCT o.kind, \
+                    CASE WHEN o.kind IN ({RELATIONS}, 'indexes') \
+                         THEN pg_catalog.to_regclass(o.identity)::oid \
+                         ELSE o.obj_oid END AS oid \
+             FROM migrate.schema_objects o \
+             JOIN (SELECT c ->> 'kind' AS kind, c ->> 'object' AS identity \
+                   FROM {CHANGES} WHERE h.version = $1 \
+                   UNION \
+                   SELECT k.kind, c ->> 'relation' FROM {CHANGES}, \
+                          unnest(ARRAY[{RELATIONS}]) k(kind) WHERE h.version = $1) m \
+               ON o.kind = m.kind AND o.identity = m.identity), \
+         wanted AS (SELECT * FROM mine WHERE (SELECT count(*) FROM mine) <= {MAX_DESCRIBED}) \
+         SELECT CASE WHEN (SELECT count(*) FROM mine) <= {MAX_DESCRIBED} THEN \
+                coalesce(pg_catalog.jsonb_object_agg(d.kind || ' ' || d.identity, \
+                    pg_catalog.md5(((d.description - 'acl') || CASE \
+                        WHEN pg_catalog.jsonb_typeof(d.description -> 'columns') = 'object' \
+                        THEN pg_catalog.jsonb_build_object('columns', \
+                            (SELECT pg_catalog.jsonb_object_agg(c.key, c.value - 'acl') \
+                             FROM pg_catalog.jsonb_each(d.description -> 'columns') c)) \
+                        ELSE '{{}}' END)::text)), '{{}}') END \
+         FROM migrate.describe_objects(NULL, \
+               ARRAY(SELECT oid FROM wanted WHERE kind IN ({RELATIONS}) AND oid IS NOT NULL), \
+               ARRAY(SELECT oid FROM wanted WHERE kind = 'indexes' AND oid IS NOT NULL), \
+               ARRAY(SELECT oid FROM wanted WHERE kind = 'constraints'), \
+               ARRAY(SELECT oid FROM wanted WHERE kind = 'triggers'), \
+               ARRAY(SELECT oid FROM wanted WHERE kind = 'policies'), \
+               ARRAY(SELECT oid FROM wanted WHERE kind = 'types'), \
+               ARRAY(SELECT oid FROM wanted WHERE kind = 'functions'), \
+               ARRAY(SELECT oid FROM wanted WHERE kind = 'schemas'), \
+               ARRAY(SELECT oid FROM wanted WHERE kind = 'extensions')) d"
+    )
+}
+
+/// What migration `version` changed, described now (see [`described_now_sql`]), as JSON
+/// text; None when it could not be read or was not (too many objects).
+///
+/// Printing a view or a default locks what it names: this waits at most a second for that
+/// (less if `migrate.lock_timeout` is less), in a subtransaction rolled back at once, so
+/// that the look (which holds the applier lock) neither hangs nor keeps those locks.
+fn described_now(version: &str) -> Option<String> {
+    let timeout = match crate::gucs::LOCK_TIMEOUT_MS.get() {
+        ms if ms > 0 => ms.min(1_000),
+        _ => 1_000,
+    };
+    let timeout = format!("{timeout}ms");
     let found = crate::pg::subxact::rolled_back(|| {
         let _limit = crate::pg::guc::SettingScope::set(&[("lock_timeout", &timeout)]);
-        crate::pg::spi::pinned_pairs::<String, String>(
-            &format!(
-                "WITH mine AS ( \
-                 SELECT DISTINCT o.kind, o.identity, o.hash, \
-                        CASE WHEN o.kind IN ({RELATIONS}, 'indexes') \
-                             THEN pg_catalog.to_regclass(o.identity)::oid \
-                             ELSE o.obj_oid END AS oid \
-                 FROM migrate.schema_objects o \
-                 JOIN (SELECT c ->> 'kind' AS kind, c ->> 'object' AS identity \
-                       FROM {CHANGES} WHERE h.version = $1 \
-                       UNION \
-                       SELECT k.kind, c ->> 'relation' FROM {CHANGES}, \
-                              unnest(ARRAY[{RELATIONS}]) k(kind) WHERE h.version = $1) m \
-                   ON o.kind = m.kind AND o.identity = m.identity), \
-             live AS ( \
-                 SELECT d.kind, d.identity, \
-                        coalesce(d.hash, migrate.object_hash(d.kind, d.identity, \
-                                                             d.description)) AS hash \
-                 FROM migrate.describe_objects(NULL, \
-                   ARRAY(SELECT oid FROM mine WHERE kind IN ({RELATIONS}) AND oid IS NOT NULL), \
-                   ARRAY(SELECT oid FROM mine WHERE kind = 'indexes' AND oid IS NOT NULL), \
-                   ARRAY(SELECT oid FROM mine WHERE kind = 'constraints'), \
-                   ARRAY(SELECT oid FROM mine WHERE kind = 'triggers'), \
-                   ARRAY(SELECT oid FROM mine WHERE kind = 'policies'), \
-                   ARRAY(SELECT oid FROM mine WHERE kind = 'types'), \
-                   ARRAY(SELECT oid FROM mine WHERE kind = 'functions'), \
-                   ARRAY(SELECT oid FROM mine WHERE kind = 'schemas'), \
-                   ARRAY(SELECT oid FROM mine WHERE kind = 'extensions'), true) d) \
-             SELECT m.identity, m.identity || ' (' || m.kind || ') ' || \
-                    CASE WHEN l.hash IS NULL THEN 'gone' ELSE 'changed' END || \
-                    ' with no DDL logged' \
-             FROM mine m LEFT JOIN live l ON l.kind = m.kind AND l.identity = m.identity \
-             WHERE l.hash IS DISTINCT FROM m.hash \
-             ORDER BY 2 LIMIT 5"
-            ),
+        crate::pg::spi::pinned_row(
+            &format!("SELECT d::text FROM ({}) x(d)", described_now_sql()),
             &[version.into()],
+            |r| r.get::<String>(1),
         )
     });
-    match found {
-        Ok(Ok(found)) => found,
-        Ok(Err(e)) => {
-            simple_query::log(&format!(
-                "could not compare what migration {version} changed with the recorded schema: {e}"
-            ));
-            Vec::new()
-        }
-        Err(e) => {
-            simple_query::log(&format!(
-                "could not compare what migration {version} changed with the recorded schema: {}",
-                e.message
-            ));
-            Vec::new()
-        }
-    }
+    let why = match found {
+        Ok(Ok(found)) => return found.flatten(),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.message,
+    };
+    simple_query::log(&format!(
+        "could not describe what migration {version} changed (drift is read from the DDL log \
+         alone at this look): {why}"
+    ));
+    None
+}
+
+/// The objects migration `version` changed, and their tables, that are not as they were when
+/// its watch began, as (identity, "identity (kind) changed/gone with no DDL logged"): changes
+/// the DDL log cannot show, made with pg_migrate's event triggers disabled or under
+/// `session_replication_role = replica` (and those it shows, which the caller leaves out).
+fn unlogged_drift(version: &str) -> Vec<(String, String)> {
+    let Some(now) = described_now(version) else {
+        return Vec::new();
+    };
+    crate::pg::spi::pinned_pairs::<String, String>(
+        "SELECT substr(s.key, position(' ' IN s.key) + 1), \
+                substr(s.key, position(' ' IN s.key) + 1) || ' (' || split_part(s.key, ' ', 1) \
+                || ') ' || CASE WHEN n.value IS NULL THEN 'gone' ELSE 'changed' END \
+                || ' with no DDL logged' \
+         FROM migrate.watch_records w, jsonb_each_text(w.objects_at_start) s \
+         LEFT JOIN jsonb_each_text($2::jsonb) n ON n.key = s.key \
+         WHERE w.version = $1 AND n.value IS DISTINCT FROM s.value \
+         ORDER BY 2",
+        &[version.into(), now.into()],
+    )
+    .unwrap_or_default()
 }
 
 fn settle_s() -> f64 {

@@ -498,6 +498,9 @@ pub fn follow_roles() -> bool {
     let open: Vec<String> =
         identity::as_owner(|| crate::pg::spi::pinned_column::<String>(OPEN_MIRRORED, &[]))
             .or_bookkeeping("read migrate.window_history");
+    // A view or table locked by someone else's transaction (a contract, a GRANT) is carried
+    // next round: the worker's other work does not wait for it.
+    let _limit = crate::pg::guc::SettingScope::set(&[("lock_timeout", "1s")]);
     for (version, caught) in carry(&open) {
         crate::pg::simple_query::log(&format!(
             "window {version}'s new version did not take the privileges its tables have now: {}",

@@ -313,12 +313,16 @@ pub fn connected(database: pg_sys::Oid, version: &str) -> Vec<Connected> {
             declared_only: false,
         })
         .collect();
-    let declared = declared_only(
-        &found.iter().map(|c| c.side.pid).collect::<Vec<_>>(),
-        crate::pg::declared::sessions(database),
-        key,
-    );
-    found.extend(declared);
+    // Declarations count for open windows only (registered in shared memory): what a
+    // session declares is no one's business otherwise.
+    if shmem::window_tables(database).iter().any(|t| t.key == key) {
+        let declared = declared_only(
+            &found.iter().map(|c| c.side.pid).collect::<Vec<_>>(),
+            crate::pg::declared::sessions(database),
+            key,
+        );
+        found.extend(declared);
+    }
     found
 }
 

@@ -246,6 +246,8 @@ fn keep_window_time(database: pg_sys::Oid, asked: bool) {
     // Each in a transaction of its own: a column drop's lock is not held while another
     // window's contract waits for its own.
     let alert = quietly(simple_query::transaction(crate::window::ttl::keep)).unwrap_or(0);
+    // (A window whose privileges could not be carried is tried again next round: it is still
+    // open.)
     let follow_roles = quietly(simple_query::transaction(
         crate::window::privileges::follow_roles,
     ))
