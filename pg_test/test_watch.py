@@ -614,14 +614,20 @@ def test_checksum_failures_and_unused_indexes_alert_without_deciding(gate):
     gate.drop_database(db)
 
 
+def watching_a_new_index(gate: Cluster, db: str, c, version: str) -> None:
+    """Migration `version` creates orders_note_idx, watched for 60 s with its rollback; back
+    once its watch has begun."""
+    baseline_ready(gate, db, statements=False)
+    c.execute(f"SELECT * FROM migrate.apply('{version}', 'CREATE INDEX CONCURRENTLY orders_note_idx ON orders "
+              "(note)', rollback => 'DROP INDEX CONCURRENTLY orders_note_idx', watch => '60 s', "
+              "on_regression => 'rollback')")
+    wait_until(lambda: state(c, version) == "watching", timeout=30, interval=0.2)
+
+
 def test_changes_outside_migrations_to_what_a_watch_changed_hold_it(gate):
     db = lookup_orders(gate, "gate_drift", statements=False)
     with gate.connect(db) as c:
-        baseline_ready(gate, db, statements=False)
-        c.execute("SELECT * FROM migrate.apply('900', 'CREATE INDEX CONCURRENTLY orders_note_idx ON orders (note)', "
-                  "rollback => 'DROP INDEX CONCURRENTLY orders_note_idx', watch => '60 s', "
-                  "on_regression => 'rollback')")
-        wait_until(lambda: state(c, "900") == "watching", timeout=30, interval=0.2)
+        watching_a_new_index(gate, db, c, "900")
         # DDL on another table is none of the watch's business, nor an object of another kind
         # that bears the index's name, nor maintenance; a change of the new index is.
         c.execute("CREATE TABLE unrelated (id int)")
@@ -644,11 +650,7 @@ def test_changes_outside_migrations_to_what_a_watch_changed_hold_it(gate):
 def test_changes_no_event_trigger_saw_hold_a_watch_by_what_it_changed_as_it_began(gate):
     db = lookup_orders(gate, "gate_unlogged", statements=False)
     with gate.connect(db) as c:
-        baseline_ready(gate, db, statements=False)
-        c.execute("SELECT * FROM migrate.apply('910', 'CREATE INDEX CONCURRENTLY orders_note_idx ON orders (note)', "
-                  "rollback => 'DROP INDEX CONCURRENTLY orders_note_idx', watch => '60 s', "
-                  "on_regression => 'rollback')")
-        wait_until(lambda: state(c, "910") == "watching", timeout=30, interval=0.2)
+        watching_a_new_index(gate, db, c, "910")
         # A new OID for the index and nothing else: the recorded schema still describes it.
         old_oid = c.execute("SELECT 'orders_note_idx'::regclass::oid").fetchone()[0]
         c.execute("REINDEX INDEX CONCURRENTLY orders_note_idx")

@@ -299,14 +299,12 @@ pub fn define_checked_string(
         let Some((name, check, hint)) = CHECKED_STRING.get() else {
             return true;
         };
-        // SAFETY: PostgreSQL passes the candidate value, NUL-terminated, or NULL.
-        let text = if newval.is_null() || unsafe { *newval }.is_null() {
-            String::new()
-        } else {
-            unsafe { std::ffi::CStr::from_ptr(*newval) }
-                .to_string_lossy()
-                .into_owned()
-        };
+        // SAFETY: PostgreSQL passes a pointer to the candidate value, NUL-terminated, or NULL.
+        let text = (!newval.is_null())
+            .then(|| unsafe { hook_value(*newval) })
+            .flatten()
+            .map(|v| v.to_string_lossy().into_owned())
+            .unwrap_or_default();
         match check(&text) {
             Ok(()) => true,
             Err(detail) => {
@@ -338,6 +336,23 @@ pub fn define_checked_string(
     );
     // SAFETY: the check hook is above; it copies what it reports and does not raise.
     unsafe {
+        define_hooked_string(name, short, long, setting, context, Some(check_hook), None);
+    }
+}
+
+/// # Safety
+/// The hooks must not raise (they run in the postmaster too, on a reload).
+unsafe fn define_hooked_string(
+    name: &'static std::ffi::CStr,
+    short: &'static std::ffi::CStr,
+    long: &'static std::ffi::CStr,
+    setting: &'static pgrx::GucSetting<Option<CString>>,
+    context: pgrx::GucContext,
+    check: pg_sys::GucStringCheckHook,
+    assign: pg_sys::GucStringAssignHook,
+) {
+    // SAFETY: the caller's hooks do not raise.
+    unsafe {
         pgrx::GucRegistry::define_string_guc_with_hooks(
             name,
             short,
@@ -345,11 +360,20 @@ pub fn define_checked_string(
             setting,
             context,
             pgrx::GucFlags::default(),
-            Some(check_hook),
-            None,
+            check,
+            assign,
             None,
         );
     }
+}
+
+/// A setting's value as PostgreSQL passes it to a hook.
+///
+/// # Safety
+/// `value` is NUL-terminated and outlives `'a`, or NULL.
+unsafe fn hook_value<'a>(value: *const std::ffi::c_char) -> Option<&'a std::ffi::CStr> {
+    // SAFETY: the caller's.
+    (!value.is_null()).then(|| unsafe { std::ffi::CStr::from_ptr(value) })
 }
 
 static ASSIGNED_STRING: std::sync::OnceLock<fn(Option<&str>)> = std::sync::OnceLock::new();
@@ -371,10 +395,7 @@ pub fn define_assigned_string(
     ) {
         if let Some(assign) = ASSIGNED_STRING.get() {
             // SAFETY: PostgreSQL passes the new value, NUL-terminated, or NULL.
-            let value = (!newval.is_null())
-                .then(|| unsafe { std::ffi::CStr::from_ptr(newval) }.to_str().ok())
-                .flatten();
-            assign(value);
+            assign(unsafe { hook_value(newval) }.and_then(|v| v.to_str().ok()));
         }
     }
     assert!(
@@ -384,16 +405,6 @@ pub fn define_assigned_string(
     // SAFETY: the assign hook above only hands the value on to `assign`, which does not
     // raise.
     unsafe {
-        pgrx::GucRegistry::define_string_guc_with_hooks(
-            name,
-            short,
-            long,
-            setting,
-            context,
-            pgrx::GucFlags::default(),
-            None,
-            Some(assign_hook),
-            None,
-        );
+        define_hooked_string(name, short, long, setting, context, None, Some(assign_hook));
     }
 }
