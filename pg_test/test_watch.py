@@ -273,6 +273,11 @@ def test_a_rename_that_breaks_clients_is_rolled_back_by_the_error_rule(gate):
         assert failed, c.execute("SELECT * FROM migrate.watch_looks WHERE version = '300'").fetchall()
         assert c.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'orders' "
                          "AND column_name = 'note'").fetchone()[0] == 1
+        # The rollback renamed the column back: the recovery compares with what it left, and
+        # sees no drift.
+        recovery_drift = c.execute("SELECT verdict FROM migrate.watch_looks WHERE version = '300' "
+                                   "AND stage = 'recovery' AND signal = 'drift'").fetchall()
+        assert recovery_drift and all(v == "pass" for (v,) in recovery_drift), recovery_drift
     assert clients.errors.get("42703", 0) > 10, clients.errors
 
 

@@ -272,10 +272,15 @@ fn keep_one(version: &str, read: WatchState, sample: &Sample) {
 
 fn begin_recovery(watch: &Open, why: &str) {
     change_state(watch, WatchState::Recovering, why);
+    // The rollback changed what the migration changed: the recovery's looks compare with
+    // what it left.
     write(
         "UPDATE migrate.watch_records SET recovery_started_at = clock_timestamp(), \
-           looks = 0, failing_looks = 0 WHERE version = $1",
-        &[watch.version.as_str().into()],
+           looks = 0, failing_looks = 0, objects_at_start = $2::jsonb WHERE version = $1",
+        &[
+            watch.version.as_str().into(),
+            described_now(&watch.version).into(),
+        ],
     );
 }
 
