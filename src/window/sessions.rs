@@ -316,22 +316,20 @@ pub fn connected(database: pg_sys::Oid, version: &str) -> Vec<Connected> {
     // Declarations count for open windows only (registered in shared memory): what a
     // session declares is no one's business otherwise.
     if shmem::window_tables(database).iter().any(|t| t.key == key) {
-        let declared = declared_only(
-            &found.iter().map(|c| c.side.pid).collect::<Vec<_>>(),
-            crate::pg::declared::sessions(database),
-            key,
-        );
+        let mut used: Vec<i32> = found.iter().map(|c| c.side.pid).collect();
+        used.sort_unstable();
+        let declared = declared_only(&used, crate::pg::declared::sessions(database), key);
         found.extend(declared);
     }
     found
 }
 
-/// Of the sessions that declare a version, as (pid, key), those not among `used`, each on
-/// the side its declaration puts it for window `key`.
+/// Of the sessions that declare a version, as (pid, key), those not among `used` (sorted),
+/// each on the side its declaration puts it for window `key`.
 fn declared_only(used: &[i32], declared: Vec<(i32, u64)>, key: u64) -> Vec<Connected> {
     declared
         .into_iter()
-        .filter(|(pid, _)| !used.contains(pid))
+        .filter(|(pid, _)| used.binary_search(pid).is_err())
         .map(|(pid, declares)| Connected {
             side: shmem::SessionSide {
                 pid,

@@ -247,7 +247,9 @@ fn keep_window_time(database: pg_sys::Oid, asked: bool) {
     // window's contract waits for its own.
     let alert = quietly(simple_query::transaction(crate::window::ttl::keep)).unwrap_or(0);
     // (A window whose privileges could not be carried is tried again next round: it is still
-    // open.)
+    // open.) Its GRANTs run in a session no submitter's work left its state in, as the
+    // windows' other work does.
+    submitter::fresh_session("window privileges");
     let follow_roles = quietly(simple_query::transaction(
         crate::window::privileges::follow_roles,
     ))
