@@ -38,7 +38,7 @@ asserts a timing; the tests assert correctness bounds, this measures.
                    options), vs the same writes to a table without them of the same shape
                    and history (a bigint copy of amount filled by migrate.backfill, as a
                    window's copy is), and to the same table never backfilled; one pgbench
-                   per table, all at once, unthrottled and at a fixed rate; then an int ->
+                   per case, all at once, unthrottled and at a fixed rate; then an int ->
                    bigint change of a 2M-row table under a rate-limited pgbench workload, by
                    migrate.expand (to published) + migrate.contract vs one ALTER TABLE ... TYPE
                    on an identical table, with the writers' p99 and worst wait in each; and
@@ -856,7 +856,8 @@ def window_bench(cluster: Cluster, rows: int, change_rows: int, rounds: int, rat
              "new": ("bridged", "-csearch_path=public_v1,public"),
              "conv_old": ("converted", None), "conv_new": ("converted", "-csearch_path=public_v2,public")}
     print(f"window: pgbench, an UPDATE of a random row's amount + an INSERT per transaction, on "
-          f"{rows:,}-row tables, one pgbench per table, all at once, {rounds} rounds of {seconds} s; "
+          f"{rows:,}-row tables, one pgbench per case (the old and the new version write the same "
+          f"table), all six at once, {rounds} rounds of {seconds} s; "
           f"unthrottled (the server saturated: latency is mostly queueing for the 2 cores), then "
           f"at {write_rate} transactions per second each; pages after the backfills: {pages}")
     print("  ratios against the table of the same history without triggers (the bridge's cost), and p99 "
@@ -869,14 +870,21 @@ def window_bench(cluster: Cluster, rows: int, change_rows: int, rounds: int, rat
             # checkpoint's writes, another guest) lands on all of them, where run one after
             # another it decided the p99 of whichever case ran then (two tables without
             # triggers differed by up to 1.35x so).
-            runs = {name: (work / f"{protocol}_{throttle}_{name}_{r}",
-                           pgbench_start(cluster, db, WINDOW_WRITER.format(rows=rows, table=table),
-                                         seconds, 1 if throttle is None else 2,
-                                         work / f"{protocol}_{throttle}_{name}_{r}", options,
-                                         rate=throttle, protocol=protocol))
-                    for name, (table, options) in cases.items()}
-            for name, (prefix, run) in runs.items():
-                latencies[name] += pgbench_latencies(run, prefix, throttle)
+            runs: dict[str, tuple[Path, subprocess.Popen]] = {}
+            try:
+                for name, (table, options) in cases.items():
+                    prefix = work / f"{protocol}_{throttle}_{name}_{r}"
+                    runs[name] = (prefix, pgbench_start(cluster, db, WINDOW_WRITER.format(rows=rows, table=table),
+                                                        seconds, 1 if throttle is None else 2, prefix, options,
+                                                        rate=throttle, protocol=protocol))
+                for name, (prefix, run) in runs.items():
+                    latencies[name] += pgbench_latencies(run, prefix, throttle)
+            finally:
+                # One that failed leaves no other writing into the next step.
+                for _, run in runs.values():
+                    if run.poll() is None:
+                        run.kill()
+                        run.wait()
         print(f"  pgbench -M {protocol}, all six at once, " +
               (f"{throttle} tps each:" if throttle else "unthrottled, one client each:"))
         base = latencies["plain"]
@@ -1342,7 +1350,7 @@ def main() -> None:
     p.add_argument("--window-change-rows", type=int, default=2_000_000, help="rows in the int -> bigint tables (0: skip)")
     p.add_argument("--window-rounds", type=int, default=3, help="20 s rounds of the bridge cases, all at once")
     p.add_argument("--window-write-rate", type=int, default=100,
-                   help="pgbench transactions per second of each bridge case in the throttled passes")
+                   help="pgbench transactions per second of each of the six cases in the throttled passes")
     p.add_argument("--window-scale-sizes", default="0,5000", help="schema sizes (tables) in window-scale")
     p.add_argument("--window-scale-rows", type=int, default=1_000_000, help="rows of the changed table in window-scale")
     p.add_argument("--watch-harmless", type=int, default=20, help="harmless watched migrations in watch")
