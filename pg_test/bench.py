@@ -648,6 +648,16 @@ class PgbenchChunks:
         return latencies
 
 
+def backfill_done(c, job: int) -> tuple[int, int]:
+    """Waits for backfill `job` to end, which must be done; its batches and last batch size."""
+    wait_until(lambda: c.execute("SELECT state FROM migrate.backfills WHERE id = %s", (job,)).fetchone()[0]
+               in ("done", "failed"), timeout=3600, interval=0.05)
+    state, batches, size = c.execute("SELECT state, batches, batch_size FROM migrate.backfills WHERE id = %s",
+                                     (job,)).fetchone()
+    assert state == "done", state
+    return batches, size
+
+
 def backfill(cluster: Cluster, rows: int, clients: int, rate: int, batch_time: str | None, pause: str | None,
              max_wal_size: str | None) -> None:
     if max_wal_size:
@@ -701,11 +711,7 @@ def backfill_sizes(cluster: Cluster, rows: int, clients: int, rate: int, batch_t
         if pause:
             c.execute("SELECT set_config('migrate.backfill_pause', %s, false)", (pause,))
         job = c.execute(f"SELECT migrate.backfill('{table}', 'filled = v * 2', 'filled IS NULL')").fetchone()[0]
-        wait_until(lambda: c.execute("SELECT state FROM migrate.backfills WHERE id = %s", (job,)).fetchone()[0]
-                   in ("done", "failed"), timeout=3600, interval=0.05)
-        state, batches, size = c.execute("SELECT state, batches, batch_size FROM migrate.backfills WHERE id = %s",
-                                         (job,)).fetchone()
-        assert state == "done", state
+        batches, size = backfill_done(c, job)
         print(f"  (migrate.backfill: {batches} batches, last batch size {size:,})")
 
     results = {}
@@ -845,9 +851,7 @@ def window_bench(cluster: Cluster, rows: int, change_rows: int, rounds: int, rat
         # alone. `original` was never backfilled: against it, the ratio is the window's whole
         # (triggers and the backfill's layout).
         c.execute("ALTER TABLE plain ADD COLUMN copy bigint")
-        job = c.execute("SELECT migrate.backfill('plain', 'copy = amount', 'copy IS NULL')").fetchone()[0]
-        wait_until(lambda: c.execute("SELECT state FROM migrate.backfills WHERE id = %s", (job,)).fetchone()[0]
-                   in ("done", "failed"), timeout=3600, interval=0.05)
+        backfill_done(c, c.execute("SELECT migrate.backfill('plain', 'copy = amount', 'copy IS NULL')").fetchone()[0])
         c.execute("VACUUM ANALYZE plain")
         pages = c.execute("SELECT string_agg(format('%s %s', relname, relpages), ', ' ORDER BY relname) "
                           "FROM pg_class WHERE relname IN ('original', 'plain', 'bridged', 'converted') "
