@@ -1857,6 +1857,7 @@ def test_each_versions_writes_are_counted_and_pg_migrates_own_are_not(cluster, d
 
 
 def test_an_expired_window_is_contracted_once_the_old_version_stops_writing(cluster, db, conn):
+    mark = cluster.log_mark()
     conn.execute(f"ALTER DATABASE {db} SET migrate.window_quiet_time = 2")
     make_orders(conn, 1000)
     conn.execute("LISTEN migrate_window")
@@ -1870,7 +1871,8 @@ def test_an_expired_window_is_contracted_once_the_old_version_stops_writing(clus
     assert w["expired"] and w["state"] == "published" and w["old_writes_last_minute"] > 0, w
     old.finish()
     assert old.errors == [], old.errors[:3]
-    wait_until(lambda: window(conn, "43")["state"] == "contracted", timeout=60, interval=0.5)
+    wait_until(lambda: window(conn, "43")["state"] == "contracted", timeout=60, interval=0.5,
+               evidence=lambda: f"window: {window(conn, '43')}\n{worker_evidence(cluster, conn, mark)}")
     assert window(conn, "43")["ended_by"] == "postgres"
     assert conn.execute(
         "SELECT count(*) FROM pg_attribute WHERE attrelid = 'orders'::regclass "

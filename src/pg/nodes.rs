@@ -215,6 +215,12 @@ pub fn created_extension(stmt: StmtTree) -> Option<String> {
     }
 }
 
+/// Whether the statement gives a database or a role settings (`ALTER DATABASE ... SET`,
+/// `ALTER ROLE ... SET`, or their RESET), which sessions take when they connect.
+pub fn sets_connection_settings(stmt: StmtTree) -> bool {
+    stmt.is(pg_sys::NodeTag::T_AlterDatabaseSetStmt) || stmt.is(pg_sys::NodeTag::T_AlterRoleSetStmt)
+}
+
 /// The table a `COPY table TO` reads (COPY of a query runs it through the executor); None
 /// for any other statement, or a table that does not exist.
 pub fn copied_out_table(stmt: StmtTree) -> Option<pg_sys::Oid> {

@@ -547,6 +547,22 @@ static TABLES: PgLwLock<WindowTables> = unsafe { PgLwLock::new(c"pg_migrate_wind
 static TABLES_GENERATION: PgAtomic<AtomicU64> =
     unsafe { PgAtomic::new(c"pg_migrate_window_tables_generation") };
 
+/// Changes whenever a transaction that ran `ALTER DATABASE ... SET` or `ALTER ROLE ... SET`
+/// commits. A worker reads it before it connects, when its session takes the database's and
+/// roles' settings: a change committed after that may be missing from them, even if the
+/// catalog the worker reads later already shows it.
+static SETTINGS_GENERATION: PgAtomic<AtomicU64> =
+    unsafe { PgAtomic::new(c"pg_migrate_settings_generation") };
+
+/// Changes whenever database or role settings given with ALTER ... SET or RESET have been
+/// committed; 0 if pg_migrate is not preloaded.
+pub fn settings_generation() -> u64 {
+    if !available() {
+        return 0;
+    }
+    SETTINGS_GENERATION.get().load(Ordering::Acquire)
+}
+
 fn name_bytes(name: &str) -> Option<[u8; NAME_BYTES]> {
     let mut bytes = [0; NAME_BYTES];
     // One byte stays 0: where the name ends.
@@ -659,6 +675,7 @@ pub fn init() {
     pg_shmem_init!(WRITES);
     pg_shmem_init!(TABLES);
     pg_shmem_init!(TABLES_GENERATION = AtomicU64::new(0));
+    pg_shmem_init!(SETTINGS_GENERATION = AtomicU64::new(0));
     PRELOADED.store(true, Ordering::Relaxed);
 }
 
@@ -717,6 +734,9 @@ pub fn take_overflow() -> bool {
 /// The database no longer exists or accepts connections: its slot is freed, and its
 /// windows' counters.
 pub fn forget(database: u32) {
+    if !available() {
+        return;
+    }
     let mut writes = WRITES.exclusive();
     for window in writes.windows.iter_mut() {
         if window.database == database {
@@ -975,6 +995,8 @@ thread_local! {
     /// This transaction opened a window: its tables, and the others still open.
     static REGISTER_AT_COMMIT: std::cell::RefCell<Option<Registration>> =
         const { std::cell::RefCell::new(None) };
+    /// This transaction gave a database or a role settings.
+    static SETTINGS_AT_COMMIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     static CALLBACK_REGISTERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
@@ -990,6 +1012,15 @@ fn at_transaction_end_registered() {
 pub fn wake_at_commit() {
     WAKE_AT_COMMIT.set(true);
     at_transaction_end_registered();
+}
+
+/// Changes [`settings_generation`] when the current transaction commits, once the settings
+/// are there for a session that connects.
+pub fn settings_changed_at_commit() {
+    if available() {
+        SETTINGS_AT_COMMIT.set(true);
+        at_transaction_end_registered();
+    }
 }
 
 /// [`register_window_tables`] when the current transaction commits: a window whose expand
@@ -1017,10 +1048,14 @@ unsafe extern "C-unwind" fn at_transaction_end(
             if WAKE_AT_COMMIT.replace(false) {
                 request_work(pg_sys::MyDatabaseId);
             }
+            if SETTINGS_AT_COMMIT.replace(false) {
+                SETTINGS_GENERATION.get().fetch_add(1, Ordering::AcqRel);
+            }
         }
         pg_sys::XactEvent::XACT_EVENT_ABORT => {
             WAKE_AT_COMMIT.set(false);
             REGISTER_AT_COMMIT.take();
+            SETTINGS_AT_COMMIT.set(false);
         }
         // COMMIT PREPARED happens in another session, which would not wake the worker; as
         // PostgreSQL does for temporary objects, such a transaction cannot be prepared.
@@ -1034,9 +1069,13 @@ unsafe extern "C-unwind" fn at_transaction_end(
             )
             .raise();
         }
+        // Settings committed by COMMIT PREPARED are noticed as a change of the catalog
+        // (the worker's own look at pg_db_role_setting); only a worker starting at that
+        // very moment could miss them.
         pg_sys::XactEvent::XACT_EVENT_PREPARE => {
             WAKE_AT_COMMIT.set(false);
             REGISTER_AT_COMMIT.take();
+            SETTINGS_AT_COMMIT.set(false);
         }
         _ => {}
     }

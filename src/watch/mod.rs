@@ -29,13 +29,17 @@ thread_local! {
 /// A utility statement is about to run. A database that must have no session connected
 /// (dropped, renamed, moved, copied as a template) is left by its worker, which otherwise
 /// stays connected to sample its workload, when the caller passes the checks PostgreSQL
-/// will make; and a database that installs pg_migrate gets its worker (the launcher asks
-/// every database again after a restart).
+/// will make; a database that installs pg_migrate gets its worker (the launcher asks
+/// every database again after a restart); and settings given to a database or a role are
+/// noted when they commit, for workers that connected meanwhile.
 pub fn utility_statement(stmt: crate::pg::nodes::StmtTree) {
     for database in crate::pg::nodes::emptied_databases(stmt) {
         crate::pg::shmem::ask_to_leave(database);
     }
     DROPPING.set(crate::pg::nodes::dropped_database(stmt));
+    if crate::pg::nodes::sets_connection_settings(stmt) {
+        crate::pg::shmem::settings_changed_at_commit();
+    }
     if crate::pg::nodes::created_extension(stmt).as_deref() == Some("pg_migrate")
         && sampler::interval().is_some()
     {
@@ -48,6 +52,9 @@ pub fn utility_statement_done() {
     if let Some(database) = DROPPING.take() {
         crate::pg::error_hook::forget(database);
         crate::pg::sample_ring::forget(database);
+        // Its windows' write counters too: the launcher frees them only for a database
+        // that still asked for its worker, and a full table stops every expiry policy.
+        crate::pg::shmem::forget(u32::from(database));
     }
 }
 

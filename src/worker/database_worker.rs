@@ -41,6 +41,9 @@ pub extern "C-unwind" fn pg_migrate_worker_main(arg: pg_sys::Datum) {
     // SIGTERM cancels whatever runs and exits, like a backend's: a long index build must not
     // hold up a fast shutdown. The interrupted step is recovered on the next start.
     crate::pg::process::die_on_sigterm();
+    // Before the session takes the database's and roles' settings: what commits later may
+    // be missing from them.
+    SETTINGS_GENERATION_AT_START.set(shmem::settings_generation());
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
     if !shmem::register_worker(database) {
         return; // another worker serves this database
@@ -130,11 +133,18 @@ thread_local! {
     /// The database's and roles' settings when the worker started.
     static SETTINGS_AT_START: std::cell::RefCell<Option<Option<String>>> =
         const { std::cell::RefCell::new(None) };
+    /// [`shmem::settings_generation`] before the worker connected.
+    static SETTINGS_GENERATION_AT_START: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// Whether the settings of this database (ALTER DATABASE ... SET) or of roles (ALTER ROLE ...
-/// SET) changed since the worker's first look.
+/// SET) changed since the worker's first look, or were changed while it connected. The
+/// first look alone cannot tell: settings committed between the session's start and that
+/// look are in the catalog it reads but not in the session.
 fn settings_changed() -> bool {
+    if shmem::settings_generation() != SETTINGS_GENERATION_AT_START.get() {
+        return true;
+    }
     let now = simple_query::transaction(|| {
         crate::pg::spi::pinned_row(
             "SELECT string_agg(setdatabase || '/' || setrole || ':' || array_to_string(setconfig, ','), \
