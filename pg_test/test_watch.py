@@ -437,10 +437,17 @@ def test_a_sampling_worker_keeps_its_session_until_the_database_settings_change(
     with gate.connect(db) as c:
         wait_until(lambda: worker_of(c) is not None, timeout=30, interval=0.2)
         pid = worker_of(c)
+        # Settings its session does not take: another database's, another role's.
+        c.execute("CREATE ROLE gate_settings_other")
+        c.execute("ALTER DATABASE postgres SET work_mem = '6MB'")
+        c.execute("ALTER ROLE gate_settings_other SET work_mem = '6MB'")
+        c.execute(f"ALTER ROLE gate_settings_other IN DATABASE {db} SET work_mem = '6MB'")
         # Idle past migrate.worker_idle_timeout (2 s), it stays to sample, comparing the
-        # settings with those the launcher read before starting it: the same, it stays.
+        # settings with those of its first look: the same, it stays.
         time.sleep(5)
         assert worker_of(c) == pid
+        c.execute("DROP ROLE gate_settings_other")
+        c.execute("ALTER DATABASE postgres RESET work_mem")
         c.execute(f"ALTER DATABASE {db} SET work_mem = '7MB'")
         # A session takes a database's settings when it starts: the worker leaves, and is
         # back at once with them.

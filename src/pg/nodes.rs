@@ -215,10 +215,45 @@ pub fn created_extension(stmt: StmtTree) -> Option<String> {
     }
 }
 
-/// Whether the statement gives a database or a role settings (`ALTER DATABASE ... SET`,
-/// `ALTER ROLE ... SET`, or their RESET), which sessions take when they connect.
-pub fn sets_connection_settings(stmt: StmtTree) -> bool {
-    stmt.is(pg_sys::NodeTag::T_AlterDatabaseSetStmt) || stmt.is(pg_sys::NodeTag::T_AlterRoleSetStmt)
+/// Which databases' worker sessions a statement gives settings to, taken when a session
+/// connects: `ALTER DATABASE ... SET`, and `ALTER ROLE ... SET` (or their RESET) for every
+/// role or for the bootstrap superuser the workers connect as, in one database or in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettingsFor {
+    Database(pg_sys::Oid),
+    EveryDatabase,
+}
+
+pub fn worker_settings_given(stmt: StmtTree) -> Option<SettingsFor> {
+    let database = |name: *mut std::ffi::c_char| {
+        if name.is_null() {
+            return Some(SettingsFor::EveryDatabase);
+        }
+        // SAFETY: a name in the statement's tree; the lookup raises nothing when it is missing.
+        let oid = unsafe { pg_sys::get_database_oid(name, true) };
+        (oid != pg_sys::InvalidOid).then_some(SettingsFor::Database(oid))
+    };
+    if stmt.is(pg_sys::NodeTag::T_AlterDatabaseSetStmt) {
+        // SAFETY: an AlterDatabaseSetStmt's tree, allocated for the statement's life.
+        let name = unsafe { (*(stmt.node() as *mut pg_sys::AlterDatabaseSetStmt)).dbname };
+        return if name.is_null() { None } else { database(name) };
+    }
+    if !stmt.is(pg_sys::NodeTag::T_AlterRoleSetStmt) {
+        return None;
+    }
+    // SAFETY: an AlterRoleSetStmt's tree, allocated for the statement's life; the role
+    // lookup raises nothing when it is missing.
+    unsafe {
+        let alter = stmt.node() as *mut pg_sys::AlterRoleSetStmt;
+        // No role: ALTER ROLE ALL.
+        if !(*alter).role.is_null()
+            && pg_sys::get_rolespec_oid((*alter).role, true)
+                != pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID)
+        {
+            return None;
+        }
+        database((*alter).database)
+    }
 }
 
 /// The table a `COPY table TO` reads (COPY of a query runs it through the executor); None

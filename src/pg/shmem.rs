@@ -33,6 +33,11 @@ pub struct Slot {
     /// When the database wants its worker again whatever happens meanwhile (TimestampTz; 0:
     /// never): an expand window's next time-to-live alert.
     pub wake_at: i64,
+    /// Changes whenever a transaction that gave the worker's session settings (ALTER
+    /// DATABASE ... SET, ALTER ROLE ... SET) commits. A worker reads it before it connects,
+    /// when its session takes them: a change committed after that may be missing from them,
+    /// even if the catalog the worker reads later already shows it.
+    pub settings_generation: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -547,22 +552,6 @@ static TABLES: PgLwLock<WindowTables> = unsafe { PgLwLock::new(c"pg_migrate_wind
 static TABLES_GENERATION: PgAtomic<AtomicU64> =
     unsafe { PgAtomic::new(c"pg_migrate_window_tables_generation") };
 
-/// Changes whenever a transaction that ran `ALTER DATABASE ... SET` or `ALTER ROLE ... SET`
-/// commits. A worker reads it before it connects, when its session takes the database's and
-/// roles' settings: a change committed after that may be missing from them, even if the
-/// catalog the worker reads later already shows it.
-static SETTINGS_GENERATION: PgAtomic<AtomicU64> =
-    unsafe { PgAtomic::new(c"pg_migrate_settings_generation") };
-
-/// Changes whenever database or role settings given with ALTER ... SET or RESET have been
-/// committed; 0 if pg_migrate is not preloaded.
-pub fn settings_generation() -> u64 {
-    if !available() {
-        return 0;
-    }
-    SETTINGS_GENERATION.get().load(Ordering::Acquire)
-}
-
 fn name_bytes(name: &str) -> Option<[u8; NAME_BYTES]> {
     let mut bytes = [0; NAME_BYTES];
     // One byte stays 0: where the name ends.
@@ -675,7 +664,6 @@ pub fn init() {
     pg_shmem_init!(WRITES);
     pg_shmem_init!(TABLES);
     pg_shmem_init!(TABLES_GENERATION = AtomicU64::new(0));
-    pg_shmem_init!(SETTINGS_GENERATION = AtomicU64::new(0));
     PRELOADED.store(true, Ordering::Relaxed);
 }
 
@@ -732,7 +720,7 @@ pub fn take_overflow() -> bool {
 }
 
 /// The database no longer exists or accepts connections: its slot is freed, and its
-/// windows' counters.
+/// windows' counters and registered tables.
 pub fn forget(database: u32) {
     if !available() {
         return;
@@ -749,6 +737,15 @@ pub fn forget(database: u32) {
         }
     }
     drop(writes);
+    let mut tables = TABLES.exclusive();
+    for table in tables.tables.iter_mut() {
+        if table.database == database {
+            *table = Registered::default();
+        }
+    }
+    tables.mark(database, false);
+    drop(tables);
+    TABLES_GENERATION.get().fetch_add(1, Ordering::AcqRel);
     if let Some(slot) = STATE
         .exclusive()
         .slots
@@ -886,8 +883,24 @@ pub fn register_worker(database: pg_sys::Oid) -> bool {
         not_before: 0,
         wake_at: slot.wake_at,
         leave: false,
+        settings_generation: slot.settings_generation,
     };
     true
+}
+
+/// [`Slot::settings_generation`] of `database`'s slot (0 if it has none: then no worker is
+/// starting for it, and a change committed now is in the settings of the next).
+pub fn settings_generation(database: pg_sys::Oid) -> u64 {
+    if !available() {
+        return 0;
+    }
+    let database = u32::from(database);
+    STATE
+        .share()
+        .slots
+        .iter()
+        .find(|s| s.database == database)
+        .map_or(0, |s| s.settings_generation)
 }
 
 /// How long a worker asked to leave stays away: the statement that asked runs meanwhile.
@@ -967,6 +980,7 @@ pub fn unregister_worker(database: pg_sys::Oid, failed: bool) {
                 },
                 wake_at: slot.wake_at,
                 leave: false,
+                settings_generation: slot.settings_generation,
             }
         } else {
             Slot::default()
@@ -995,8 +1009,9 @@ thread_local! {
     /// This transaction opened a window: its tables, and the others still open.
     static REGISTER_AT_COMMIT: std::cell::RefCell<Option<Registration>> =
         const { std::cell::RefCell::new(None) };
-    /// This transaction gave a database or a role settings.
-    static SETTINGS_AT_COMMIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The databases whose workers' sessions this transaction gave settings to (0: all).
+    static SETTINGS_AT_COMMIT: std::cell::RefCell<Vec<u32>> =
+        const { std::cell::RefCell::new(Vec::new()) };
     static CALLBACK_REGISTERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
@@ -1014,12 +1029,25 @@ pub fn wake_at_commit() {
     at_transaction_end_registered();
 }
 
-/// Changes [`settings_generation`] when the current transaction commits, once the settings
-/// are there for a session that connects.
-pub fn settings_changed_at_commit() {
+/// Changes the settings generation of the databases given when the current transaction
+/// commits, once the settings are there for a session that connects.
+pub fn settings_changed_at_commit(given: crate::pg::nodes::SettingsFor) {
     if available() {
-        SETTINGS_AT_COMMIT.set(true);
+        let database = match given {
+            crate::pg::nodes::SettingsFor::Database(oid) => u32::from(oid),
+            crate::pg::nodes::SettingsFor::EveryDatabase => 0,
+        };
+        SETTINGS_AT_COMMIT.with_borrow_mut(|d| d.push(database));
         at_transaction_end_registered();
+    }
+}
+
+fn settings_committed(databases: &[u32]) {
+    let mut shared = STATE.exclusive();
+    for slot in shared.slots.iter_mut() {
+        if slot.database != 0 && databases.iter().any(|&d| d == 0 || d == slot.database) {
+            slot.settings_generation = slot.settings_generation.wrapping_add(1);
+        }
     }
 }
 
@@ -1042,20 +1070,22 @@ unsafe extern "C-unwind" fn at_transaction_end(
     match event {
         // Called after the commit is visible to other sessions.
         pg_sys::XactEvent::XACT_EVENT_COMMIT => {
+            // First: it raises nothing.
+            let settings = SETTINGS_AT_COMMIT.take();
+            if !settings.is_empty() {
+                settings_committed(&settings);
+            }
             if let Some((database, tables, complete)) = REGISTER_AT_COMMIT.take() {
                 register_window_tables(database, &tables, complete);
             }
             if WAKE_AT_COMMIT.replace(false) {
                 request_work(pg_sys::MyDatabaseId);
             }
-            if SETTINGS_AT_COMMIT.replace(false) {
-                SETTINGS_GENERATION.get().fetch_add(1, Ordering::AcqRel);
-            }
         }
         pg_sys::XactEvent::XACT_EVENT_ABORT => {
             WAKE_AT_COMMIT.set(false);
             REGISTER_AT_COMMIT.take();
-            SETTINGS_AT_COMMIT.set(false);
+            SETTINGS_AT_COMMIT.take();
         }
         // COMMIT PREPARED happens in another session, which would not wake the worker; as
         // PostgreSQL does for temporary objects, such a transaction cannot be prepared.
@@ -1069,13 +1099,13 @@ unsafe extern "C-unwind" fn at_transaction_end(
             )
             .raise();
         }
-        // Settings committed by COMMIT PREPARED are noticed as a change of the catalog
-        // (the worker's own look at pg_db_role_setting); only a worker starting at that
-        // very moment could miss them.
+        // Settings committed later by COMMIT PREPARED are seen only as a change of the
+        // catalog (the worker's own look at pg_db_role_setting): a worker that connects
+        // while they commit, before that look, keeps the settings it had for its life.
         pg_sys::XactEvent::XACT_EVENT_PREPARE => {
             WAKE_AT_COMMIT.set(false);
             REGISTER_AT_COMMIT.take();
-            SETTINGS_AT_COMMIT.set(false);
+            SETTINGS_AT_COMMIT.take();
         }
         _ => {}
     }

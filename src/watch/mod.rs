@@ -37,8 +37,8 @@ pub fn utility_statement(stmt: crate::pg::nodes::StmtTree) {
         crate::pg::shmem::ask_to_leave(database);
     }
     DROPPING.set(crate::pg::nodes::dropped_database(stmt));
-    if crate::pg::nodes::sets_connection_settings(stmt) {
-        crate::pg::shmem::settings_changed_at_commit();
+    if let Some(given) = crate::pg::nodes::worker_settings_given(stmt) {
+        crate::pg::shmem::settings_changed_at_commit(given);
     }
     if crate::pg::nodes::created_extension(stmt).as_deref() == Some("pg_migrate")
         && sampler::interval().is_some()
@@ -52,8 +52,8 @@ pub fn utility_statement_done() {
     if let Some(database) = DROPPING.take() {
         crate::pg::error_hook::forget(database);
         crate::pg::sample_ring::forget(database);
-        // Its windows' write counters too: the launcher frees them only for a database
-        // that still asked for its worker, and a full table stops every expiry policy.
+        // Its windows' counters and registered tables too: the launcher frees them only for
+        // a database that still asked for its worker, and tables that are full stop counting.
         crate::pg::shmem::forget(u32::from(database));
     }
 }

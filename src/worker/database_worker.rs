@@ -43,7 +43,7 @@ pub extern "C-unwind" fn pg_migrate_worker_main(arg: pg_sys::Datum) {
     crate::pg::process::die_on_sigterm();
     // Before the session takes the database's and roles' settings: what commits later may
     // be missing from them.
-    SETTINGS_GENERATION_AT_START.set(shmem::settings_generation());
+    SETTINGS_GENERATION_AT_START.set(shmem::settings_generation(database));
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
     if !shmem::register_worker(database) {
         return; // another worker serves this database
@@ -51,7 +51,7 @@ pub extern "C-unwind" fn pg_migrate_worker_main(arg: pg_sys::Datum) {
     shmem::unregister_worker_at_exit(database);
     submitter::set_application_name();
 
-    // The settings this session started with, to notice when they change.
+    // The database's and roles' settings at this first look, to notice when they change.
     settings_changed();
     let mut idle_since = Instant::now();
     loop {
@@ -130,7 +130,7 @@ fn stays_to_sample(database: pg_sys::Oid, next_sample: Option<Duration>) -> bool
 }
 
 thread_local! {
-    /// The database's and roles' settings when the worker started.
+    /// The database's and roles' settings at the worker's first look.
     static SETTINGS_AT_START: std::cell::RefCell<Option<Option<String>>> =
         const { std::cell::RefCell::new(None) };
     /// [`shmem::settings_generation`] before the worker connected.
@@ -142,15 +142,22 @@ thread_local! {
 /// first look alone cannot tell: settings committed between the session's start and that
 /// look are in the catalog it reads but not in the session.
 fn settings_changed() -> bool {
-    if shmem::settings_generation() != SETTINGS_GENERATION_AT_START.get() {
+    if shmem::settings_generation(crate::pg::process::database())
+        != SETTINGS_GENERATION_AT_START.get()
+    {
         return true;
     }
     let now = simple_query::transaction(|| {
         crate::pg::spi::pinned_row(
             "SELECT string_agg(setdatabase || '/' || setrole || ':' || array_to_string(setconfig, ','), \
                                ';' ORDER BY setdatabase, setrole) \
-             FROM pg_db_role_setting WHERE setdatabase IN (0, $1)",
-            &[crate::pg::process::database().into()],
+             FROM pg_db_role_setting WHERE setdatabase IN (0, $1) AND setrole IN (0, $2)",
+            // The worker's session is the bootstrap superuser's: other roles' settings are
+            // not its own.
+            &[
+                crate::pg::process::database().into(),
+                pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID).into(),
+            ],
             |r| r.get::<String>(1),
         )
         .ok()
