@@ -437,6 +437,9 @@ def test_a_sampling_worker_keeps_its_session_until_the_database_settings_change(
     with gate.connect(db) as c:
         wait_until(lambda: worker_of(c) is not None, timeout=30, interval=0.2)
         pid = worker_of(c)
+        # Past its first look at the settings (it samples after it).
+        wait_until(lambda: c.execute("SELECT count(*) FROM migrate.workload_samples()").fetchone()[0] >= 1,
+                   timeout=30, interval=0.3)
         # Settings its session does not take: another database's, another role's.
         c.execute("CREATE ROLE gate_settings_other")
         c.execute("ALTER DATABASE postgres SET work_mem = '6MB'")

@@ -703,4 +703,59 @@ CREATE TABLE b (
         };
         assert!(tables.is_empty(), "{tables:?}");
     }
+
+    #[pg_test]
+    fn worker_settings_are_the_databases_every_roles_and_the_bootstrap_superusers() {
+        use crate::pg::nodes::{worker_settings_given, SettingsFor};
+        Spi::run("CREATE ROLE settings_other").unwrap();
+        let here =
+            one::<pg_sys::Oid>("SELECT oid FROM pg_database WHERE datname = current_database()")
+                .unwrap();
+        let bootstrap =
+            one::<String>("SELECT quote_ident(rolname) FROM pg_roles WHERE oid = 10").unwrap();
+        let given = |sql: &str| {
+            let parsed = crate::migration::parse::parse(sql).expect(sql);
+            worker_settings_given(parsed[0].1)
+        };
+        let this = Some(SettingsFor::Database(here));
+        let every = Some(SettingsFor::EveryDatabase);
+        let db = one::<String>("SELECT quote_ident(current_database())").unwrap();
+        for (sql, expected) in [
+            (format!("ALTER DATABASE {db} SET work_mem = '1MB'"), this),
+            (format!("ALTER DATABASE {db} RESET ALL"), this),
+            (
+                "ALTER DATABASE no_such_database SET work_mem = '1MB'".into(),
+                None,
+            ),
+            ("ALTER ROLE ALL SET work_mem = '1MB'".into(), every),
+            (
+                format!("ALTER ROLE ALL IN DATABASE {db} SET work_mem = '1MB'"),
+                this,
+            ),
+            (
+                format!("ALTER ROLE {bootstrap} SET work_mem = '1MB'"),
+                every,
+            ),
+            (format!("ALTER USER {bootstrap} RESET ALL"), every),
+            (
+                "ALTER ROLE settings_other SET work_mem = '1MB'".into(),
+                None,
+            ),
+            (
+                format!("ALTER ROLE settings_other IN DATABASE {db} RESET work_mem"),
+                None,
+            ),
+            (format!("ALTER DATABASE {db} RENAME TO elsewhere"), None),
+        ] {
+            assert_eq!(given(&sql), expected, "{sql}");
+        }
+        // The role this test runs as, named as CURRENT_USER: the workers' only when it is the
+        // bootstrap superuser.
+        let current_is_bootstrap =
+            one::<bool>("SELECT current_user::regrole = 10::regrole").unwrap();
+        assert_eq!(
+            given("ALTER ROLE CURRENT_USER SET work_mem = '1MB'"),
+            if current_is_bootstrap { every } else { None }
+        );
+    }
 }

@@ -47,6 +47,9 @@ pub struct Shared {
     /// slots free up.
     pub overflow: bool,
     pub slots: [Slot; MAX_SLOTS],
+    /// The last settings generation given to a slot: each value is given once, so a slot
+    /// freed and taken again never shows a worker the value it read before.
+    pub settings_epoch: u64,
 }
 
 impl Default for Shared {
@@ -55,6 +58,7 @@ impl Default for Shared {
             launcher_latch: 0,
             overflow: false,
             slots: [Slot::default(); MAX_SLOTS],
+            settings_epoch: 0,
         }
     }
 }
@@ -65,8 +69,12 @@ impl Shared {
             .slots
             .iter()
             .position(|s| s.database == database)
-            .or_else(|| self.slots.iter().position(|s| s.database == 0));
-        let slot = &mut self.slots[index?];
+            .or_else(|| self.slots.iter().position(|s| s.database == 0))?;
+        if self.slots[index].database != database {
+            self.settings_epoch += 1;
+            self.slots[index].settings_generation = self.settings_epoch;
+        }
+        let slot = &mut self.slots[index];
         slot.database = database;
         Some(slot)
     }
@@ -720,8 +728,9 @@ pub fn take_overflow() -> bool {
 }
 
 /// The database no longer exists or accepts connections: its slot is freed, and its
-/// windows' counters and registered tables.
-pub fn forget(database: u32) {
+/// windows' counters; and, once it is `dropped`, its windows' registered tables (a database
+/// closed to connections may still have sessions writing to them).
+pub fn forget(database: u32, dropped: bool) {
     if !available() {
         return;
     }
@@ -737,15 +746,17 @@ pub fn forget(database: u32) {
         }
     }
     drop(writes);
-    let mut tables = TABLES.exclusive();
-    for table in tables.tables.iter_mut() {
-        if table.database == database {
-            *table = Registered::default();
+    if dropped {
+        let mut tables = TABLES.exclusive();
+        for table in tables.tables.iter_mut() {
+            if table.database == database {
+                *table = Registered::default();
+            }
         }
+        tables.mark(database, false);
+        drop(tables);
+        TABLES_GENERATION.get().fetch_add(1, Ordering::AcqRel);
     }
-    tables.mark(database, false);
-    drop(tables);
-    TABLES_GENERATION.get().fetch_add(1, Ordering::AcqRel);
     if let Some(slot) = STATE
         .exclusive()
         .slots
@@ -888,8 +899,8 @@ pub fn register_worker(database: pg_sys::Oid) -> bool {
     true
 }
 
-/// [`Slot::settings_generation`] of `database`'s slot (0 if it has none: then no worker is
-/// starting for it, and a change committed now is in the settings of the next).
+/// [`Slot::settings_generation`] of `database`'s slot; a value no slot has when it has none
+/// (a worker that read it then starts again once, after its first look at the settings).
 pub fn settings_generation(database: pg_sys::Oid) -> u64 {
     if !available() {
         return 0;
@@ -900,7 +911,7 @@ pub fn settings_generation(database: pg_sys::Oid) -> u64 {
         .slots
         .iter()
         .find(|s| s.database == database)
-        .map_or(0, |s| s.settings_generation)
+        .map_or(u64::MAX, |s| s.settings_generation)
 }
 
 /// How long a worker asked to leave stays away: the statement that asked runs meanwhile.
@@ -1044,9 +1055,11 @@ pub fn settings_changed_at_commit(given: crate::pg::nodes::SettingsFor) {
 
 fn settings_committed(databases: &[u32]) {
     let mut shared = STATE.exclusive();
+    shared.settings_epoch += 1;
+    let epoch = shared.settings_epoch;
     for slot in shared.slots.iter_mut() {
         if slot.database != 0 && databases.iter().any(|&d| d == 0 || d == slot.database) {
-            slot.settings_generation = slot.settings_generation.wrapping_add(1);
+            slot.settings_generation = epoch;
         }
     }
 }

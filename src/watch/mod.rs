@@ -54,7 +54,7 @@ pub fn utility_statement_done() {
         crate::pg::sample_ring::forget(database);
         // Its windows' counters and registered tables too: the launcher frees them only for
         // a database that still asked for its worker, and tables that are full stop counting.
-        crate::pg::shmem::forget(u32::from(database));
+        crate::pg::shmem::forget(u32::from(database), true);
     }
 }
 

@@ -51,8 +51,13 @@ pub extern "C-unwind" fn pg_migrate_worker_main(arg: pg_sys::Datum) {
     shmem::unregister_worker_at_exit(database);
     submitter::set_application_name();
 
-    // The database's and roles' settings at this first look, to notice when they change.
-    settings_changed();
+    // The database's and roles' settings at this first look, to notice when they change;
+    // changed already while the session connected, they are not its own: it starts again.
+    if settings_changed() {
+        shmem::wake_by(database, crate::pg::process::now());
+        shmem::unregister_worker(database, false);
+        return;
+    }
     let mut idle_since = Instant::now();
     loop {
         crate::pg::process::reload_config_if_asked();

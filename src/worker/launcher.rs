@@ -78,7 +78,7 @@ pub extern "C-unwind" fn pg_migrate_launcher_main(_arg: pg_sys::Datum) {
                 .get_or_insert_with(crate::pg::process::connectable_databases)
                 .contains(&database)
             {
-                shmem::forget(database);
+                shmem::forget(database, false);
                 continue;
             }
             if start_worker(database) {
