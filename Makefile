@@ -58,8 +58,9 @@ test: $(TEST_STEPS)
 test-all:
 	.ci/run
 
-# The module graph first: a cycle or an upward import is a design error, not a style one.
 CLIPPY    = cargo clippy --all-targets --no-default-features --features "$(PG) pg_test" -- -D warnings
+
+# The module graph first: a cycle or an upward import is a design error, not a style one.
 lint:
 	python3 .ci/module_graph.py
 	cargo fmt --check
