@@ -320,6 +320,31 @@ def test_session_state_carries_between_phases_but_not_between_migrations(cluster
     assert 'relation "scratch" does not exist' in f.detail and "SQLSTATE 42P01" in f.detail
 
 
+@pytest.mark.parametrize("worker", ["fresh", "after_a_migration"])
+def test_a_migration_runs_with_the_database_settings_given_before_it(cluster, db, conn, worker):
+    """A session takes its database's settings when it starts; the worker's session may be
+    older than an ALTER DATABASE ... SET committed right before migrate.apply (the CI failure
+    of the crash test: a worker installing pg_migrate had started ran the migration with the
+    cluster's synchronous_commit). The next migration then runs in a new session."""
+    populate(conn, rows=1000)
+    conn.execute("CREATE TABLE seen (migration text, flag text)")
+    if worker == "after_a_migration":
+        conn.execute("SELECT migrate.apply('1', $$VACUUM items; "
+                     "INSERT INTO seen SELECT '1', current_setting('pg_migrate_test.flag', true)$$)")
+        conn.execute("CALL migrate.wait('1', '60s')")
+    # The worker CREATE EXTENSION started, which stays to sample, or the one that ran '1'.
+    wait_until(lambda: worker_pid(conn) is not None, timeout=30)
+    before = worker_pid(conn)
+    time.sleep(0.5)  # past its first look at the settings
+    conn.execute(f"ALTER DATABASE \"{db}\" SET pg_migrate_test.flag = 'given'")
+    conn.execute("SELECT migrate.apply('2', $$VACUUM items; "
+                 "INSERT INTO seen SELECT '2', current_setting('pg_migrate_test.flag', true)$$)")
+    conn.execute("CALL migrate.wait('2', '60s')")
+    want = [("2", "given")] if worker == "fresh" else [("1", None), ("2", "given")]
+    assert conn.execute("SELECT migration, flag FROM seen ORDER BY migration").fetchall() == want
+    assert worker_pid(conn) not in (None, before)
+
+
 def test_a_built_index_renamed_by_a_later_phase_is_not_built_again(cluster, db, conn):
     populate(conn, rows=1000)
     conn.execute("SELECT migrate.apply('1', 'CREATE INDEX CONCURRENTLY items_v_new ON items (v); "
@@ -487,7 +512,8 @@ def building(conn):
     # build short (caught any later, the build may finish before the signal arrives).
     return conn.execute(
         "SELECT count(*) FROM pg_stat_progress_create_index p JOIN pg_stat_activity a USING (pid) "
-        "WHERE a.backend_type = 'pg_migrate worker' AND p.phase = 'building index: scanning table' "
+        "WHERE a.backend_type = 'pg_migrate worker' AND a.datname = current_database() "
+        "AND p.phase = 'building index: scanning table' "
         "AND p.blocks_done * 2 < p.blocks_total").fetchone()[0] > 0
 
 

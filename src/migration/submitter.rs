@@ -30,11 +30,28 @@ pub fn session_settings(settings: &[(String, String)]) -> Vec<(String, String)> 
     crate::pg::identity::trusted_settings(settings.iter().map(|(n, v)| (n.as_str(), v.as_str())))
 }
 
+/// How a migration's session is named (followed by its version).
+pub const MIGRATION_SESSION: &str = "migration ";
+
+/// Whether running `session` resets the session first: another's work ran in it last.
+pub fn changes_hands(session: &str) -> bool {
+    SESSION_OF.with_borrow(|last| last.as_deref() != Some(session))
+}
+
+/// Whether the session last ran a migration's phase. Its state (SET, temporary tables)
+/// carries to the migration's next phase, so a new session must wait for another
+/// migration.
+pub fn serving_a_migration() -> bool {
+    SESSION_OF.with_borrow(|last| {
+        last.as_deref()
+            .is_some_and(|s| s.starts_with(MIGRATION_SESSION))
+    })
+}
+
 /// Resets the session when `session` (the migration or job about to run) is not the one
 /// that ran last. Called between transactions.
 pub fn fresh_session(session: &str) {
-    let same = SESSION_OF.with_borrow(|last| last.as_deref() == Some(session));
-    if same {
+    if !changes_hands(session) {
         return;
     }
     let had_owner = SESSION_OF.with_borrow(Option::is_some);

@@ -64,11 +64,22 @@ pub extern "C-unwind" fn pg_migrate_worker_main(arg: pg_sys::Datum) {
         if shmem::asked_to_leave(database) {
             break;
         }
+        // Settings given since the session started are taken by starting again, but never
+        // between two phases of one migration, whose session state carries from one to the
+        // next: then at the next migration's first phase (see `claim`).
+        if settings_given_since_start() && !submitter::serving_a_migration() {
+            shmem::wake_by(database, crate::pg::process::now());
+            break;
+        }
         // Work committed since the last look may have opened or ended a window.
         let asked = shmem::take_request(database);
         keep_window_time(database, asked);
         let turn = work_once();
         if matches!(turn, Turn::Gone) {
+            break;
+        }
+        if matches!(turn, Turn::Restart) {
+            shmem::wake_by(database, crate::pg::process::now());
             break;
         }
         // The workload's sample, when one is due, and the watches kept after it: between
@@ -89,7 +100,7 @@ pub extern "C-unwind" fn pg_migrate_worker_main(arg: pg_sys::Datum) {
                 idle_since = Instant::now();
                 pause
             }
-            Turn::Gone => break,
+            Turn::Gone | Turn::Restart => break,
             Turn::Idle => {
                 let idle_limit =
                     Duration::from_secs(gucs::WORKER_IDLE_TIMEOUT_S.get().max(1) as u64);
@@ -147,9 +158,7 @@ thread_local! {
 /// first look alone cannot tell: settings committed between the session's start and that
 /// look are in the catalog it reads but not in the session.
 fn settings_changed() -> bool {
-    if shmem::settings_generation(crate::pg::process::database())
-        != SETTINGS_GENERATION_AT_START.get()
-    {
+    if settings_given_since_start() {
         return true;
     }
     let now = simple_query::transaction(|| {
@@ -182,6 +191,12 @@ fn settings_changed() -> bool {
     })
 }
 
+/// Whether a statement that gives the worker's session settings (counted in shared memory
+/// by the sessions that commit one) committed since before this session connected.
+fn settings_given_since_start() -> bool {
+    shmem::settings_generation(crate::pg::process::database()) != SETTINGS_GENERATION_AT_START.get()
+}
+
 /// What one claim decided.
 enum Claim {
     Idle,
@@ -200,6 +215,8 @@ enum Claim {
     Gone,
     /// The database's pg_migrate objects are of another version than the library.
     Stale(String),
+    /// The next migration would run with settings the database no longer has.
+    Restart,
 }
 
 enum Turn {
@@ -209,6 +226,8 @@ enum Turn {
     /// Backfills are under way, and the next batch is due after this long.
     Wait(Duration),
     Gone,
+    /// Settings were given to the session's database or role: a new session takes them.
+    Restart,
 }
 
 thread_local! {
@@ -355,6 +374,7 @@ fn work_once() -> Turn {
             }
         }
         Claim::Gone => return Turn::Gone,
+        Claim::Restart => return Turn::Restart,
         // Nothing runs until ALTER EXTENSION ... UPDATE, which wakes the worker (or asks the
         // launcher for one) when it commits: said once, then idle like a worker with nothing
         // to do, which exits after migrate.worker_idle_timeout and frees its slot.
@@ -457,6 +477,14 @@ fn claim() -> Claim {
             }
         }
         Next::Step(step) => {
+            // A migration that is not the one the session last served starts with the
+            // settings the database has now (ALTER DATABASE ... SET committed before
+            // migrate.apply is the DBA's intent), in a new session; nothing is marked yet.
+            if settings_given_since_start()
+                && submitter::changes_hands(&migration_session(&step.version))
+            {
+                return Claim::Restart;
+            }
             // Names in the statement are resolved as the submitter's session would.
             for (name, value) in &submitter::session_settings(&step.settings) {
                 crate::pg::guc::set(
@@ -708,10 +736,14 @@ fn split_differs(what: &str, parsed: usize, recorded: usize) -> Option<Problem> 
     })
 }
 
+fn migration_session(version: &str) -> String {
+    format!("{}{version}", submitter::MIGRATION_SESSION)
+}
+
 /// Runs `f` as the migration's submitter would: their role, their settings (search_path,
 /// migrate.* limits), and the migration marked as running for the guard and the DDL log.
 fn as_submitter<T>(step: &Step, f: impl FnOnce() -> Result<T, Caught>) -> Result<T, Caught> {
-    let session = format!("migration {}", step.version);
+    let session = migration_session(&step.version);
     submitter::as_role(&session, &step.role, &step.settings, || {
         crate::migration::running::with_running(step.running(), f)
     })
