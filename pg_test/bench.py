@@ -75,6 +75,8 @@ import threading
 import time
 from pathlib import Path
 
+from psycopg.sql import SQL, Identifier, Literal
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import (GATE_SETTINGS, LOOKUP, PG_BIN, Cluster, Stopwatch, holding_lock,  # noqa: E402
@@ -659,26 +661,25 @@ def backfill_done(c, job: int) -> tuple[int, int]:
 
 
 def backfill(cluster: Cluster, rows: int, clients: int, rate: int, batch_time: str | None, pause: str | None,
-             max_wal_size: str | None) -> None:
-    if max_wal_size:
-        with cluster.connect() as c:
-            c.execute("ALTER SYSTEM SET max_wal_size = %s" % quote_literal(max_wal_size))
-            c.execute("SELECT pg_reload_conf()")
+             server_settings: list[str]) -> None:
+    """server_settings ("name=value", e.g. max_wal_size=8GB) hold for the server during the section."""
+    names = [s.split("=", 1)[0] for s in server_settings]
+    with cluster.connect() as c:
+        for name, value in (s.split("=", 1) for s in server_settings):
+            c.execute(SQL("ALTER SYSTEM SET {} = {}").format(Identifier(name), Literal(value)))
+        c.execute("SELECT pg_reload_conf()")
     try:
-        backfill_sizes(cluster, rows, clients, rate, batch_time, pause)
+        backfill_sizes(cluster, rows, clients, rate, batch_time, pause,
+                       [s for s in server_settings if not s.startswith("max_wal_size=")])
     finally:
-        if max_wal_size:
-            with cluster.connect() as c:
-                c.execute("ALTER SYSTEM RESET max_wal_size")
-                c.execute("SELECT pg_reload_conf()")
-
-
-def quote_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+        with cluster.connect() as c:
+            for name in names:
+                c.execute(SQL("ALTER SYSTEM RESET {}").format(Identifier(name)))
+            c.execute("SELECT pg_reload_conf()")
 
 
 def backfill_sizes(cluster: Cluster, rows: int, clients: int, rate: int, batch_time: str | None,
-                   pause: str | None) -> None:
+                   pause: str | None, shown_settings: list[str]) -> None:
     db = cluster.create_database("bench_backfill")
     with cluster.connect(db) as c:
         for t in ("t_update", "t_loop", "t_backfill"):
@@ -747,7 +748,8 @@ def backfill_sizes(cluster: Cluster, rows: int, clients: int, rate: int, batch_t
     with cluster.connect(db) as c:
         wal = c.execute("SELECT current_setting('max_wal_size')").fetchone()[0]
     print(f"backfill: fill a new column of {rows:,} rows while {clients} pgbench clients update random rows "
-          f"of the same table at {rate} tps (rate-limited), side by side on identical tables; max_wal_size {wal}")
+          f"of the same table at {rate} tps (rate-limited), side by side on identical tables; max_wal_size {wal}"
+          + "".join(f", {s}" for s in shown_settings))
     base_took = results["none"][0] + results["none_after"][0]
     base = results["none"][1] + results["none_after"][1]
     base_p99 = statistics.quantiles(base, n=100)[98]
@@ -1348,6 +1350,8 @@ def main() -> None:
     p.add_argument("--backfill-rows", default="1000000,5000000", help="rows in each backfill table, one run per size")
     p.add_argument("--backfill-pause", help="migrate.backfill_pause for (c), e.g. 20ms (default: the setting's)")
     p.add_argument("--backfill-max-wal-size", help="max_wal_size during backfill, e.g. 8GB (default: the server's)")
+    p.add_argument("--backfill-server-setting", action="append", default=[], metavar="NAME=VALUE",
+                   help="a server setting for the backfill section (repeatable), e.g. wal_compression=lz4")
     p.add_argument("--backfill-rate", type=int, default=400, help="pgbench transactions per second in backfill")
     p.add_argument("--backfill-batch-time", help="migrate.backfill_batch_time for (c), e.g. 20ms (default: the setting's)")
     p.add_argument("--window-rows", type=int, default=200_000, help="rows in the bridge-overhead tables")
@@ -1400,8 +1404,9 @@ def main() -> None:
             fleet_bench(cluster, 5)
         if args.only in (None, "backfill"):
             for rows in (int(x) for x in args.backfill_rows.split(",")):
-                backfill(cluster, rows, 2, args.backfill_rate, args.backfill_batch_time, args.backfill_pause,
-                         args.backfill_max_wal_size)
+                server = args.backfill_server_setting + (
+                    [f"max_wal_size={args.backfill_max_wal_size}"] if args.backfill_max_wal_size else [])
+                backfill(cluster, rows, 2, args.backfill_rate, args.backfill_batch_time, args.backfill_pause, server)
     finally:
         cluster.stop()
 

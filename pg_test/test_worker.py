@@ -335,7 +335,9 @@ def test_a_migration_runs_with_the_database_settings_given_before_it(cluster, db
     # The worker CREATE EXTENSION started, which stays to sample, or the one that ran '1'.
     wait_until(lambda: worker_pid(conn) is not None, timeout=30)
     before = worker_pid(conn)
-    time.sleep(0.5)  # past its first look at the settings
+    # Most likely past its first look at the settings; if not, that look starts it again, and
+    # the migration must see the setting all the same.
+    time.sleep(0.5)
     conn.execute(f"ALTER DATABASE \"{db}\" SET pg_migrate_test.flag = 'given'")
     conn.execute("SELECT migrate.apply('2', $$VACUUM items; "
                  "INSERT INTO seen SELECT '2', current_setting('pg_migrate_test.flag', true)$$)")
@@ -343,6 +345,28 @@ def test_a_migration_runs_with_the_database_settings_given_before_it(cluster, db
     want = [("2", "given")] if worker == "fresh" else [("1", None), ("2", "given")]
     assert conn.execute("SELECT migration, flag FROM seen ORDER BY migration").fetchall() == want
     assert worker_pid(conn) not in (None, before)
+
+
+def test_session_state_carries_between_phases_however_long_they_take(cluster, db, conn):
+    """Between two phases of one migration the worker runs nothing else: not the windows'
+    upkeep (every 5 s, in a session it resets) nor a new session for settings given to the
+    database meanwhile. Those wait for the migration's end."""
+    populate(conn, rows=1000)
+    conn.execute("CREATE TABLE seen (flag text, work_mem text, n int)")
+    conn.execute("SELECT migrate.apply('1', $$CREATE TEMP TABLE scratch (n int); SET work_mem = '7MB'; "
+                 "VACUUM items; SELECT pg_sleep(6); VACUUM items; INSERT INTO scratch VALUES (1); "
+                 "INSERT INTO seen SELECT current_setting('pg_migrate_test.flag', true), "
+                 "current_setting('work_mem'), n FROM scratch$$)")
+    wait_until(lambda: conn.execute("SELECT state FROM migrate.steps WHERE phase = 3").fetchone() == ("running",),
+               timeout=30)
+    conn.execute(f"ALTER DATABASE \"{db}\" SET pg_migrate_test.flag = 'given'")
+    conn.execute("CALL migrate.wait('1', '60s')")
+    assert conn.execute("SELECT flag, work_mem, n FROM seen").fetchall() == [(None, "7MB", 1)]
+    # Then the worker takes the setting, in a new session.
+    conn.execute("SELECT migrate.apply('2', $$VACUUM items; "
+                 "INSERT INTO seen SELECT current_setting('pg_migrate_test.flag', true), current_setting('work_mem'), 2$$)")
+    conn.execute("CALL migrate.wait('2', '60s')")
+    assert conn.execute("SELECT flag, work_mem FROM seen WHERE n = 2").fetchall() == [("given", "4MB")]
 
 
 def test_a_built_index_renamed_by_a_later_phase_is_not_built_again(cluster, db, conn):

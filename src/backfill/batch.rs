@@ -19,7 +19,7 @@ use crate::errors::Problem;
 use crate::gucs;
 use crate::migration::backoff::{self, Backoff};
 use crate::migration::limits::Limits;
-use crate::migration::submitter;
+use crate::migration::submitter::{self, Owner};
 use crate::pg::simple_query;
 use crate::pg::subxact::Caught;
 use pgrx::prelude::*;
@@ -290,8 +290,7 @@ fn as_submitter<T>(
     f: impl FnOnce() -> Result<T, pgrx::spi::Error>,
 ) -> Result<T, (Option<(i32, Backoff)>, Caught)> {
     let mut policy = None;
-    let session = format!("backfill {}", job.id);
-    let outcome = submitter::as_role(&session, &job.role, &job.settings, || {
+    let outcome = submitter::as_role(&Owner::Backfill(job.id), &job.role, &job.settings, || {
         policy = Some((gucs::LOCK_RETRIES.get(), Backoff::from_settings()));
         simple_query::transaction(|| f().unwrap_or_else(|e| spi_error(e)))
     });

@@ -19,9 +19,20 @@ use std::cell::RefCell;
 /// (migrate.lock_timeout) on the submitter's behalf.
 pub const SUPERUSER: pg_sys::GucContext::Type = pg_sys::GucContext::PGC_SUSET;
 
+/// Whose work the worker's session runs; it is reset whenever this changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    Migration(String),
+    Backfill(i64),
+    /// A window's upkeep (its set-aside columns, its expiry), as the window's opener.
+    Window(String),
+    /// The windows' privileges carried again for changed role memberships.
+    WindowPrivileges,
+}
+
 thread_local! {
-    /// Whose work the session last ran: "migration <version>" or "backfill <id>".
-    static SESSION_OF: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// Whose work the session last ran.
+    static SESSION_OF: RefCell<Option<Owner>> = const { RefCell::new(None) };
 }
 
 /// The settings as the worker applies them: the submitter's, with a search_path that
@@ -30,28 +41,10 @@ pub fn session_settings(settings: &[(String, String)]) -> Vec<(String, String)> 
     crate::pg::identity::trusted_settings(settings.iter().map(|(n, v)| (n.as_str(), v.as_str())))
 }
 
-/// How a migration's session is named (followed by its version).
-pub const MIGRATION_SESSION: &str = "migration ";
-
-/// Whether running `session` resets the session first: another's work ran in it last.
-pub fn changes_hands(session: &str) -> bool {
-    SESSION_OF.with_borrow(|last| last.as_deref() != Some(session))
-}
-
-/// Whether the session last ran a migration's phase. Its state (SET, temporary tables)
-/// carries to the migration's next phase, so a new session must wait for another
-/// migration.
-pub fn serving_a_migration() -> bool {
-    SESSION_OF.with_borrow(|last| {
-        last.as_deref()
-            .is_some_and(|s| s.starts_with(MIGRATION_SESSION))
-    })
-}
-
-/// Resets the session when `session` (the migration or job about to run) is not the one
-/// that ran last. Called between transactions.
-pub fn fresh_session(session: &str) {
-    if !changes_hands(session) {
+/// Resets the session when `owner` (whose work is about to run) is not the one whose work
+/// ran last. Called between transactions.
+pub fn fresh_session(owner: &Owner) {
+    if SESSION_OF.with_borrow(|last| last.as_ref() == Some(owner)) {
         return;
     }
     let had_owner = SESSION_OF.with_borrow(Option::is_some);
@@ -77,7 +70,7 @@ pub fn fresh_session(session: &str) {
         }
         set_application_name();
     }
-    SESSION_OF.set(Some(session.to_string()));
+    SESSION_OF.set(Some(owner.clone()));
 }
 
 pub fn set_application_name() {
@@ -91,16 +84,16 @@ pub fn set_application_name() {
     });
 }
 
-/// Runs `f` (which opens its own transactions) for `session` with `role`'s rights and
+/// Runs `f` (which opens its own transactions) for `owner` with `role`'s rights and
 /// `settings` in force, in a session no other submitter's work has touched since its reset.
 /// Called between transactions.
 pub fn as_role<T>(
-    session: &str,
+    owner: &Owner,
     role: &str,
     settings: &[(String, String)],
     f: impl FnOnce() -> Result<T, Caught>,
 ) -> Result<T, Caught> {
-    fresh_session(session);
+    fresh_session(owner);
     let settings = session_settings(settings);
     let role = std::ffi::CString::new(role).unwrap_or_default();
     // One transaction sets them all for the session, or (aborted) none.

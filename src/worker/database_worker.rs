@@ -22,7 +22,7 @@ use crate::migration::limits::Policy;
 use crate::migration::parse;
 use crate::migration::phases::PhaseKind;
 use crate::migration::script::Statement;
-use crate::migration::submitter::{self, SUPERUSER};
+use crate::migration::submitter::{self, Owner, SUPERUSER};
 use crate::pg::catalog;
 use crate::pg::shmem;
 use crate::pg::simple_query;
@@ -54,34 +54,38 @@ pub extern "C-unwind" fn pg_migrate_worker_main(arg: pg_sys::Datum) {
     // The database's and roles' settings at this first look, to notice when they change;
     // changed already while the session connected, they are not its own: it starts again.
     if settings_changed() {
-        shmem::wake_by(database, crate::pg::process::now());
+        start_again(database);
         shmem::unregister_worker(database, false);
         return;
     }
     let mut idle_since = Instant::now();
+    // Work committed since the window upkeep last looked may have opened or ended a window.
+    let mut upkeep_asked = false;
     loop {
         crate::pg::process::reload_config_if_asked();
         if shmem::asked_to_leave(database) {
             break;
         }
-        // Settings given since the session started are taken by starting again, but never
-        // between two phases of one migration, whose session state carries from one to the
-        // next: then at the next migration's first phase (see `claim`).
-        if settings_given_since_start() && !submitter::serving_a_migration() {
-            shmem::wake_by(database, crate::pg::process::now());
-            break;
+        upkeep_asked |= shmem::take_request(database);
+        // Between two phases of one migration the session is the migration's: its state
+        // (SET, temporary tables) carries to the next phase. Neither the windows' upkeep,
+        // which resets the session for its own work, nor a new session for settings given
+        // since comes in between; the next migration starts in a new session (`claim`).
+        if UNDER_WAY.with_borrow(Option::is_none) {
+            if settings_given_since_start() {
+                start_again(database);
+                break;
+            }
+            keep_window_time(database, std::mem::take(&mut upkeep_asked));
         }
-        // Work committed since the last look may have opened or ended a window.
-        let asked = shmem::take_request(database);
-        keep_window_time(database, asked);
-        let turn = work_once();
-        if matches!(turn, Turn::Gone) {
-            break;
-        }
-        if matches!(turn, Turn::Restart) {
-            shmem::wake_by(database, crate::pg::process::now());
-            break;
-        }
+        let turn = match work_once() {
+            Turn::Gone => break,
+            Turn::Restart => {
+                start_again(database);
+                break;
+            }
+            turn => turn,
+        };
         // The workload's sample, when one is due, and the watches kept after it: between
         // phases, never during one.
         let next_sample = crate::watch::turn();
@@ -100,7 +104,7 @@ pub extern "C-unwind" fn pg_migrate_worker_main(arg: pg_sys::Datum) {
                 idle_since = Instant::now();
                 pause
             }
-            Turn::Gone | Turn::Restart => break,
+            Turn::Gone | Turn::Restart => break, // left above
             Turn::Idle => {
                 let idle_limit =
                     Duration::from_secs(gucs::WORKER_IDLE_TIMEOUT_S.get().max(1) as u64);
@@ -135,7 +139,7 @@ fn stays_to_sample(database: pg_sys::Oid, next_sample: Option<Duration>) -> bool
     // session starts: a worker that stays would keep the old ones. It leaves, and is back
     // at once with the new.
     if settings_changed() {
-        shmem::wake_by(database, now);
+        start_again(database);
         return false;
     }
     if crate::watch::keeper::any_open() || !shmem::others_waiting(database) {
@@ -145,7 +149,20 @@ fn stays_to_sample(database: pg_sys::Oid, next_sample: Option<Duration>) -> bool
     false
 }
 
+/// The worker leaves to be started again at once, in a session that takes the settings
+/// given to its database or role since this one started.
+fn start_again(database: pg_sys::Oid) {
+    simple_query::log(
+        "settings were given to the database or its roles (ALTER DATABASE/ROLE ... SET): \
+         starting a new session, which takes them",
+    );
+    shmem::wake_by(database, crate::pg::process::now());
+}
+
 thread_local! {
+    /// The migration whose phase the session ran last, while its next phase may follow:
+    /// the session is that migration's until then.
+    static UNDER_WAY: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
     /// The database's and roles' settings at the worker's first look.
     static SETTINGS_AT_START: std::cell::RefCell<Option<Option<String>>> =
         const { std::cell::RefCell::new(None) };
@@ -290,7 +307,7 @@ fn keep_window_time(database: pg_sys::Oid, asked: bool) {
     // (A window whose privileges could not be carried is tried again next round: it is still
     // open.) Its GRANTs run in a session no submitter's work left its state in, as the
     // windows' other work does.
-    submitter::fresh_session("window privileges");
+    submitter::fresh_session(&Owner::WindowPrivileges);
     let follow_roles = quietly(simple_query::transaction(
         crate::window::privileges::follow_roles,
     ))
@@ -323,7 +340,7 @@ fn keep_window_time(database: pg_sys::Oid, asked: bool) {
     // migration's phases and a backfill's batches do.
     for due in quietly(simple_query::transaction(crate::window::deprecated_due)).unwrap_or_default()
     {
-        submitter::fresh_session(&format!("window {}", due.version()));
+        submitter::fresh_session(&Owner::Window(due.version().to_string()));
         quietly(simple_query::transaction(|| {
             crate::window::drop_deprecated(&due)
         }));
@@ -334,7 +351,7 @@ fn keep_window_time(database: pg_sys::Oid, asked: bool) {
         quietly(simple_query::transaction(crate::window::ttl::policies_due)).unwrap_or_default()
     {
         if due.acts() {
-            submitter::fresh_session(&format!("window {}", due.version()));
+            submitter::fresh_session(&Owner::Window(due.version().to_string()));
         }
         waiting |= quietly(simple_query::transaction(|| {
             crate::window::ttl::apply_policy(&due)
@@ -362,7 +379,15 @@ fn work_once() -> Turn {
             return Turn::Idle;
         }
     };
+    UNDER_WAY.set(match &claim {
+        Claim::Run(step, _) | Claim::Recover(step, _) => Some(step.version.clone()),
+        // Its next phase waits for the applier lock.
+        Claim::Busy => UNDER_WAY.take(),
+        _ => None,
+    });
     let recorded = match claim {
+        // Until it can go on, the migration keeps the session: batches would reset it.
+        Claim::Busy if UNDER_WAY.with_borrow(Option::is_some) => return Turn::Busy,
         // Backfill batches run whenever no migration phase is ready: between migrations,
         // while one waits for its backfill, and while an applier holds the lock.
         Claim::Idle | Claim::Busy => {
@@ -481,7 +506,7 @@ fn claim() -> Claim {
             // settings the database has now (ALTER DATABASE ... SET committed before
             // migrate.apply is the DBA's intent), in a new session; nothing is marked yet.
             if settings_given_since_start()
-                && submitter::changes_hands(&migration_session(&step.version))
+                && UNDER_WAY.with_borrow(|v| v.as_deref() != Some(step.version.as_str()))
             {
                 return Claim::Restart;
             }
@@ -736,15 +761,13 @@ fn split_differs(what: &str, parsed: usize, recorded: usize) -> Option<Problem> 
     })
 }
 
-fn migration_session(version: &str) -> String {
-    format!("{}{version}", submitter::MIGRATION_SESSION)
-}
-
 /// Runs `f` as the migration's submitter would: their role, their settings (search_path,
 /// migrate.* limits), and the migration marked as running for the guard and the DDL log.
 fn as_submitter<T>(step: &Step, f: impl FnOnce() -> Result<T, Caught>) -> Result<T, Caught> {
-    let session = migration_session(&step.version);
-    submitter::as_role(&session, &step.role, &step.settings, || {
-        crate::migration::running::with_running(step.running(), f)
-    })
+    submitter::as_role(
+        &Owner::Migration(step.version.clone()),
+        &step.role,
+        &step.settings,
+        || crate::migration::running::with_running(step.running(), f),
+    )
 }
