@@ -682,7 +682,7 @@ def backfill_sizes(cluster: Cluster, rows: int, clients: int, rate: int, batch_t
                    pause: str | None, shown_settings: list[str]) -> None:
     db = cluster.create_database("bench_backfill")
     with cluster.connect(db) as c:
-        for t in ("t_update", "t_loop", "t_backfill"):
+        for t in ("t_update", "t_loop", "t_backfill", "t_backfill_kernel"):
             c.execute(f"CREATE TABLE {t} (id bigint PRIMARY KEY, v int NOT NULL, hits int NOT NULL DEFAULT 0)")
             c.execute(f"INSERT INTO {t} SELECT g, g % 1000 FROM generate_series(1, {rows}) g")
             c.execute(f"VACUUM ANALYZE {t}")
@@ -713,13 +713,28 @@ def backfill_sizes(cluster: Cluster, rows: int, clients: int, rate: int, batch_t
             c.execute("SELECT set_config('migrate.backfill_pause', %s, false)", (pause,))
         job = c.execute(f"SELECT migrate.backfill('{table}', 'filled = v * 2', 'filled IS NULL')").fetchone()[0]
         batches, size = backfill_done(c, job)
-        print(f"  (migrate.backfill: {batches} batches, last batch size {size:,})")
+        print(f"  (migrate.backfill on {table}: {batches} batches, last batch size {size:,})")
+
+    def migrate_backfill_kernel(c, table: str) -> None:
+        """(d): the batches leave what they dirty to the kernel, as before migrate.backfill_flush_after."""
+        c.execute("ALTER SYSTEM SET migrate.backfill_flush_after = 0")
+        c.execute("SELECT pg_reload_conf()")
+        def reloaded() -> bool:  # a new session has what the postmaster read (it signals the worker first)
+            with cluster.connect(db) as s:
+                return s.execute("SHOW migrate.backfill_flush_after").fetchone()[0] == "0"
+        wait_until(reloaded, timeout=10)
+        try:
+            migrate_backfill(c, table)
+        finally:
+            c.execute("ALTER SYSTEM RESET migrate.backfill_flush_after")
+            c.execute("SELECT pg_reload_conf()")
 
     results = {}
     # The baseline is measured before and after the fills and pooled: this disk's commit
     # latency drifts over minutes.
     for name, table, fill in (("none", "t_update", None), ("update", "t_update", one_update),
                               ("loop", "t_loop", client_loop), ("backfill", "t_backfill", migrate_backfill),
+                              ("kernel", "t_backfill_kernel", migrate_backfill_kernel),
                               ("none_after", "t_update", None)):
         # Each phase starts from a checkpoint, so none pays for the previous one's dirty pages
         # and WAL (a checkpoint that fell in one phase only would decide its percentiles).
@@ -758,15 +773,18 @@ def backfill_sizes(cluster: Cluster, rows: int, clients: int, rate: int, batch_t
           f"{len(base) / base_took:6.0f} tps, worst {max(base) * 1000:7.1f} ms "
           f"(p99 before {before:.2f} ms, after {after:.2f} ms)")
     for name, label in (("update", "(a) one UPDATE"), ("loop", "(b) client loop, 1,000-id batches"),
-                        ("backfill", "(c) migrate.backfill")):
+                        ("backfill", "(c) migrate.backfill"),
+                        ("kernel", "(d) (c), backfill_flush_after 0")):
         took, during, waited = results[name]
         p99 = statistics.quantiles(during, n=100)[98]
         print(f"  {label:<34} {took:7.2f} s  writer p99 {p99 * 1000:7.2f} ms ({p99 / base_p99:5.2f}x), "
               f"{len(during) / took:6.0f} tps ({len(during) / took / (len(base) / base_took):4.2f}x), "
               f"worst {max(during) * 1000:7.1f} ms")
         print(f"  {'':<34} {'':>9}  writers active: {waited}")
-    a, b, c_ = results["update"][0], results["loop"][0], results["backfill"][0]
-    print(f"  wall time: (c)/(a) {c_ / a:.2f}x, (b)/(c) {b / c_:.2f}x; worst writer wait during (c) / "
+    a, b, c_, d = (results[n][0] for n in ("update", "loop", "backfill", "kernel"))
+    p99 = {n: statistics.quantiles(results[n][1], n=100)[98] for n in ("backfill", "kernel")}
+    print(f"  wall time: (c)/(a) {c_ / a:.2f}x, (b)/(c) {b / c_:.2f}x, (d)/(c) {d / c_:.2f}x; writer p99 (d)/(c) "
+          f"{p99['kernel'] / p99['backfill']:.2f}x; worst writer wait during (c) / "
           f"migrate.lock_timeout ({float(lock_timeout):g} s): {max(results['backfill'][1]) / float(lock_timeout):.2f}")
     cluster.drop_database(db)
 

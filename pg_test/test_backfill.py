@@ -240,6 +240,38 @@ def test_a_table_without_a_key_is_walked_by_pages(cluster, db, conn):
     assert conn.execute("SELECT count(*) FROM h WHERE b IS DISTINCT FROM a").fetchone()[0] == 0
 
 
+def test_batches_run_with_migrate_backfill_flush_after_as_their_backend_flush_after(cluster, db, conn):
+    """What a batch dirties is written out as it goes (a backfill rewrites the whole table, and
+    left in the kernel's cache until a checkpoint's fsync it makes every committer wait); the
+    setting is read before each batch, after a reload."""
+    conn.execute("CREATE TABLE f (id int PRIMARY KEY, seen text)")
+    conn.execute("INSERT INTO f SELECT g FROM generate_series(1, 3000) g")
+
+    def flush_after_seen_by_batches() -> list[str]:
+        conn.execute("UPDATE f SET seen = NULL")
+        job = submit(conn, "f", "seen = current_setting('backend_flush_after')", "seen IS NULL", batch_size=500)
+        assert wait_state(conn, job, "done", "failed")["state"] == "done"
+        return conn.execute("SELECT array_agg(DISTINCT seen) FROM f").fetchone()[0]
+
+    assert conn.execute("SHOW backend_flush_after").fetchone()[0] == "0"
+    assert flush_after_seen_by_batches() == ["256kB"]
+    with cluster.connect() as c:
+        c.execute("ALTER SYSTEM SET migrate.backfill_flush_after = 0")
+        c.execute("SELECT pg_reload_conf()")
+    try:
+        # A new session sees the reloaded file once the postmaster has read it, and it signals
+        # the worker before that.
+        def reloaded() -> bool:
+            with cluster.connect() as c:
+                return c.execute("SHOW migrate.backfill_flush_after").fetchone()[0] == "0"
+        wait_until(reloaded)
+        assert flush_after_seen_by_batches() == ["0"]
+    finally:
+        with cluster.connect() as c:
+            c.execute("ALTER SYSTEM RESET migrate.backfill_flush_after")
+            c.execute("SELECT pg_reload_conf()")
+
+
 def test_a_backfill_is_a_phase_of_a_migration(cluster, db, conn):
     make_table(conn, 30_000)
     conn.execute(

@@ -290,11 +290,27 @@ fn as_submitter<T>(
     f: impl FnOnce() -> Result<T, pgrx::spi::Error>,
 ) -> Result<T, (Option<(i32, Backoff)>, Caught)> {
     let mut policy = None;
-    let outcome = submitter::as_role(&Owner::Backfill(job.id), &job.role, &job.settings, || {
-        policy = Some((gucs::LOCK_RETRIES.get(), Backoff::from_settings()));
-        simple_query::transaction(|| f().unwrap_or_else(|e| spi_error(e)))
-    });
+    let outcome = submitter::as_role(
+        &Owner::Backfill(job.id),
+        &job.role,
+        &batch_settings(job),
+        || {
+            policy = Some((gucs::LOCK_RETRIES.get(), Backoff::from_settings()));
+            simple_query::transaction(|| f().unwrap_or_else(|e| spi_error(e)))
+        },
+    );
     outcome.map_err(|e| (policy, e))
+}
+
+/// The submitter's settings, and the worker's own for writing out what a batch dirties
+/// (migrate.backfill_flush_after).
+fn batch_settings(job: &Job) -> Vec<(String, String)> {
+    let mut settings = job.settings.clone();
+    settings.push((
+        "backend_flush_after".to_string(),
+        gucs::BACKFILL_FLUSH_AFTER_BLOCKS.get().to_string(),
+    ));
+    settings
 }
 
 fn spi_error(e: pgrx::spi::Error) -> ! {
