@@ -715,27 +715,30 @@ def backfill_sizes(cluster: Cluster, rows: int, clients: int, rate: int, batch_t
         batches, size = backfill_done(c, job)
         print(f"  (migrate.backfill on {table}: {batches} batches, last batch size {size:,})")
 
-    def migrate_backfill_kernel(c, table: str) -> None:
-        """(d): the batches leave what they dirty to the kernel, as before migrate.backfill_flush_after."""
-        c.execute("ALTER SYSTEM SET migrate.backfill_flush_after = 0")
-        c.execute("SELECT pg_reload_conf()")
+    def flush_after(value: str | None) -> None:
+        """(d)'s setting, before and after it (none: the default again), outside its timing."""
+        with cluster.connect(db) as c:
+            c.execute("ALTER SYSTEM SET migrate.backfill_flush_after = %s" % value if value else
+                      "ALTER SYSTEM RESET migrate.backfill_flush_after")
+            c.execute("SELECT pg_reload_conf()")
+        want = value or "256kB"
+
         def reloaded() -> bool:  # a new session has what the postmaster read (it signals the worker first)
             with cluster.connect(db) as s:
-                return s.execute("SHOW migrate.backfill_flush_after").fetchone()[0] == "0"
+                return s.execute("SHOW migrate.backfill_flush_after").fetchone()[0] == want
         wait_until(reloaded, timeout=10)
-        try:
-            migrate_backfill(c, table)
-        finally:
-            c.execute("ALTER SYSTEM RESET migrate.backfill_flush_after")
-            c.execute("SELECT pg_reload_conf()")
 
     results = {}
     # The baseline is measured before and after the fills and pooled: this disk's commit
     # latency drifts over minutes.
     for name, table, fill in (("none", "t_update", None), ("update", "t_update", one_update),
                               ("loop", "t_loop", client_loop), ("backfill", "t_backfill", migrate_backfill),
-                              ("kernel", "t_backfill_kernel", migrate_backfill_kernel),
+                              ("kernel", "t_backfill_kernel", migrate_backfill),
                               ("none_after", "t_update", None)):
+        # (d): the batches leave what they dirty to the kernel, as before
+        # migrate.backfill_flush_after (the server's backend_flush_after is 0).
+        if name == "kernel":
+            flush_after("0")
         # Each phase starts from a checkpoint, so none pays for the previous one's dirty pages
         # and WAL (a checkpoint that fell in one phase only would decide its percentiles).
         with cluster.connect(db) as c:
@@ -757,6 +760,8 @@ def backfill_sizes(cluster: Cluster, rows: int, clients: int, rate: int, batch_t
                 # the next phase and be counted against it.
                 c.execute(f"VACUUM {table}")
             assert left == 0, f"{name}: {left} rows not filled"
+        if name == "kernel":
+            flush_after(None)
         during = load.during(began, ended)
         results[name] = (ended - began, during, f"{waits.top()}; checkpoints begun: {checkpoints}")
 
@@ -1386,6 +1391,9 @@ def main() -> None:
                                       "dry-run", "schema-scale", "backfill", "script-size", "window",
                                       "window-scale", "watch", "replicas", "fleet"])
     args = p.parse_args()
+    if any(s.split("=", 1)[0] in ("migrate.backfill_flush_after", "backend_flush_after")
+           for s in args.backfill_server_setting):
+        p.error("backfill's (d) sets migrate.backfill_flush_after itself; (c) and (d) compare it")
     # Commit timestamps: the worker-latency figure starts at the submitting commit.
     cluster = Cluster("/tmp/pg_migrate_bench").start("track_commit_timestamp=on")
     try:

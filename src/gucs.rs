@@ -63,8 +63,10 @@ pub static BACKFILL_BATCH_TIME_MS: GucSetting<i32> = GucSetting::<i32>::new(50);
 pub static BACKFILL_PAUSE_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static BACKFILL_MAX_REPLICATION_LAG_KB: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
 /// The batches' backend_flush_after (8 kB blocks): 256 kB, PostgreSQL's own default for the
-/// checkpointer.
-pub static BACKFILL_FLUSH_AFTER_BLOCKS: GucSetting<i32> = GucSetting::<i32>::new(32);
+/// checkpointer, where the kernel has sync_file_range (PostgreSQL turns the flush-after
+/// settings off by default elsewhere).
+pub static BACKFILL_FLUSH_AFTER_BLOCKS: GucSetting<i32> =
+    GucSetting::<i32>::new(if cfg!(target_os = "linux") { 32 } else { 0 });
 
 #[derive(PostgresGucEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GuardMode {
@@ -636,8 +638,8 @@ fn backfill_settings() {
         c"backend_flush_after for backfill batches: how much they write before the OS is asked to write it out.",
         c"A backfill rewrites the whole table. Left to the kernel, its pages pile up in the page \
           cache until a checkpoint's fsync writes them all at once, and every session that \
-          commits then waits for the disk. 0 leaves them to the kernel. Read by the worker \
-          before each batch.",
+          commits then waits for the disk. 0 keeps the server's backend_flush_after. Read \
+          by the worker before each batch.",
         &BACKFILL_FLUSH_AFTER_BLOCKS,
         0,
         256, // WRITEBACK_MAX_PENDING_FLUSHES, backend_flush_after's own limit

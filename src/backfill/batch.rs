@@ -303,13 +303,13 @@ fn as_submitter<T>(
 }
 
 /// The submitter's settings, and the worker's own for writing out what a batch dirties
-/// (migrate.backfill_flush_after).
+/// (migrate.backfill_flush_after; 0 keeps the server's backend_flush_after).
 fn batch_settings(job: &Job) -> Vec<(String, String)> {
     let mut settings = job.settings.clone();
-    settings.push((
-        "backend_flush_after".to_string(),
-        gucs::BACKFILL_FLUSH_AFTER_BLOCKS.get().to_string(),
-    ));
+    let flush_after = gucs::BACKFILL_FLUSH_AFTER_BLOCKS.get();
+    if flush_after > 0 {
+        settings.push(("backend_flush_after".to_string(), flush_after.to_string()));
+    }
     settings
 }
 
