@@ -64,9 +64,12 @@ asserts a timing; the tests assert correctness bounds, this measures.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
 import os
 import glob
 import math
+import re
 import statistics
 import subprocess
 import sys
@@ -79,7 +82,7 @@ from psycopg.sql import SQL, Identifier, Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import (GATE_SETTINGS, LOOKUP, PG_BIN, Cluster, Stopwatch, holding_lock,  # noqa: E402
+from harness import (GATE_SETTINGS, LOOKUP, PG_BIN, Cluster, Stopwatch, holding_lock, server_settings,  # noqa: E402
                      lookup_orders, wait_until, worker_pid)
 
 
@@ -501,16 +504,25 @@ def schema_scale(cluster: Cluster, sizes: list[int], migrations: int) -> None:
             c.execute("SELECT migrate.apply('0', 'CREATE TABLE first_migration (id int)')")
             first = time.perf_counter() - t
             through, direct = [], []
-            for i in range(1, migrations + 1):
-                script = (f"CREATE TABLE a{i} (id bigint PRIMARY KEY, p bigint REFERENCES parent, v text DEFAULT 'x'); "
-                          f"COMMENT ON TABLE a{i} IS 'through migrate.apply'")
+
+            def by_apply(i: int, script: str) -> None:
                 t = time.perf_counter()
                 c.execute("SELECT migrate.apply(%s, %s)", (str(i), script))
                 through.append(time.perf_counter() - t)
+
+            def directly(i: int, script: str) -> None:
                 t = time.perf_counter()
                 d.execute(script.replace(f" a{i} ", f" b{i} ").replace(f"TABLE a{i} IS", f"TABLE b{i} IS"))
                 d.commit()
                 direct.append(time.perf_counter() - t)
+
+            for i in range(1, migrations + 1):
+                script = (f"CREATE TABLE a{i} (id bigint PRIMARY KEY, p bigint REFERENCES parent, v text DEFAULT 'x'); "
+                          f"COMMENT ON TABLE a{i} IS 'through migrate.apply'")
+                # Which of the two goes first alternates: neither gains from the other's
+                # warming the caches both read.
+                for run in ((by_apply, directly) if i % 2 else (directly, by_apply)):
+                    run(i, script)
             worst = []
             for how in ("apply", "direct"):
                 with Stopwatch(cluster, db if how == "apply" else twin, "SELECT count(*) FROM readme",
@@ -540,11 +552,13 @@ def schema_scale(cluster: Cluster, sizes: list[int], migrations: int) -> None:
             c.execute("SELECT migrate.apply('1001', 'CREATE TABLE last_one (id int)')")
             recorded = c.execute("SELECT fingerprint FROM migrate.history WHERE version = '1001'").fetchone()[0]
             assert recorded == c.execute("SELECT migrate.fingerprint()").fetchone()[0]
-        ratio = sum(through) / sum(direct)
+        # Medians, as issue 12 measured them: a migration that met a checkpoint or an
+        # autovacuum on this shared machine would decide a ratio of sums.
+        ratio = statistics.median(through) / statistics.median(direct)
         ratios[n] = ratio
         # What the bookkeeping adds, in time: the direct run itself grows with the schema (each
         # new foreign key adds triggers to the one referenced table), which lowers the ratio.
-        added[n] = (sum(through) - sum(direct)) / len(through)
+        added[n] = statistics.median(through) - statistics.median(direct)
         print(f"  {n:>6,}   {first * 1000:8.1f} ms   {median_ms(through):9.2f} ms   {median_ms(direct):10.2f} ms"
               f"   {ratio:5.2f}x   {added[n] * 1000:4.2f} ms"
               f"   {worst[0] * 1000:9.1f} ms / {worst[1] * 1000:6.1f} ms"
@@ -571,6 +585,35 @@ def checkpoints_so_far(c) -> int:
         "SELECT to_regclass('pg_catalog.pg_stat_checkpointer')").fetchone()[0] else \
         ("pg_stat_bgwriter", "checkpoints_timed + checkpoints_req")
     return c.execute(f"SELECT {view[1]} FROM pg_catalog.{view[0]}").fetchone()[0]
+
+
+CHECKPOINT_LOGGED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) UTC .*LOG:  checkpoint (starting|complete)")
+
+
+def checkpoints_logged(log: str) -> dict[str, list[float]]:
+    """When each checkpoint in this part of the server log (log_timezone UTC) began
+    ("starting") and completed ("complete")."""
+    times: dict[str, list[float]] = {"starting": [], "complete": []}
+    for m in map(CHECKPOINT_LOGGED.match, log.splitlines()):
+        if m:
+            at = datetime.datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=datetime.timezone.utc)
+            times[m[2]].append(at.timestamp())
+    return times
+
+
+# After a checkpoint begins, the first change to each page writes the whole page to the WAL;
+# its last part fsyncs the files written since it began.
+AFTER_START, BEFORE_END = 1.0, 0.5
+
+
+def stalls(transactions: list[tuple[float, float]], slow: float, checkpoints: dict[str, list[float]]) -> str:
+    """How many transactions took over `slow`, and how many of those ended in the second
+    after a checkpoint began or in the half second before one completed."""
+    slow_ones = [end for end, latency in transactions if latency > slow]
+    after_start = [e for e in slow_ones if any(b <= e <= b + AFTER_START for b in checkpoints["starting"])]
+    before_end = [e for e in slow_ones if any(c - BEFORE_END <= e <= c + 0.05 for c in checkpoints["complete"])]
+    return (f"{len(slow_ones)} over {slow * 1000:.1f} ms: {len(after_start)} in the {AFTER_START:g} s after a "
+            f"checkpoint began, {len(before_end)} in the {BEFORE_END:g} s before one completed")
 
 
 class WriterWaits:
@@ -640,14 +683,18 @@ class PgbenchChunks:
         self.thread.join()
 
     def during(self, began: float, ended: float) -> list[float]:
-        latencies = []
+        return [latency for _, latency in self.ended_during(began, ended)]
+
+    def ended_during(self, began: float, ended: float) -> list[tuple[float, float]]:
+        """(when it ended, its latency) of each transaction that overlapped began..ended."""
+        transactions = []
         for log in glob.glob(f"{self.prefix}_*.*"):
             for line in Path(log).read_text().splitlines():
                 f = line.split()
                 latency, finished = int(f[2]) / 1e6, int(f[4]) + int(f[5]) / 1e6
                 if began <= finished and finished - latency <= ended:
-                    latencies.append(latency)
-        return latencies
+                    transactions.append((finished, latency))
+        return transactions
 
 
 def backfill_done(c, job: int) -> tuple[int, int]:
@@ -661,21 +708,11 @@ def backfill_done(c, job: int) -> tuple[int, int]:
 
 
 def backfill(cluster: Cluster, rows: int, clients: int, rate: int, batch_time: str | None, pause: str | None,
-             server_settings: list[str]) -> None:
-    """server_settings ("name=value", e.g. max_wal_size=8GB) hold for the server during the section."""
-    names = [s.split("=", 1)[0] for s in server_settings]
-    with cluster.connect() as c:
-        for name, value in (s.split("=", 1) for s in server_settings):
-            c.execute(SQL("ALTER SYSTEM SET {} = {}").format(Identifier(name), Literal(value)))
-        c.execute("SELECT pg_reload_conf()")
-    try:
+             given: list[str]) -> None:
+    """given ("name=value", e.g. max_wal_size=8GB) hold for the server during the section."""
+    with server_settings(cluster, dict(s.split("=", 1) for s in given)):
         backfill_sizes(cluster, rows, clients, rate, batch_time, pause,
-                       [s for s in server_settings if not s.startswith("max_wal_size=")])
-    finally:
-        with cluster.connect() as c:
-            for name in names:
-                c.execute(SQL("ALTER SYSTEM RESET {}").format(Identifier(name)))
-            c.execute("SELECT pg_reload_conf()")
+                       [s for s in given if not s.startswith("max_wal_size=")])
 
 
 def backfill_sizes(cluster: Cluster, rows: int, clients: int, rate: int, batch_time: str | None,
@@ -715,19 +752,6 @@ def backfill_sizes(cluster: Cluster, rows: int, clients: int, rate: int, batch_t
         batches, size = backfill_done(c, job)
         print(f"  (migrate.backfill on {table}: {batches} batches, last batch size {size:,})")
 
-    def flush_after(value: str | None) -> None:
-        """(d)'s setting, before and after it (none: the default again), outside its timing."""
-        with cluster.connect(db) as c:
-            c.execute("ALTER SYSTEM SET migrate.backfill_flush_after = %s" % value if value else
-                      "ALTER SYSTEM RESET migrate.backfill_flush_after")
-            c.execute("SELECT pg_reload_conf()")
-        want = value or "256kB"
-
-        def reloaded() -> bool:  # a new session has what the postmaster read (it signals the worker first)
-            with cluster.connect(db) as s:
-                return s.execute("SHOW migrate.backfill_flush_after").fetchone()[0] == want
-        wait_until(reloaded, timeout=10)
-
     results = {}
     # The baseline is measured before and after the fills and pooled: this disk's commit
     # latency drifts over minutes.
@@ -736,34 +760,36 @@ def backfill_sizes(cluster: Cluster, rows: int, clients: int, rate: int, batch_t
                               ("kernel", "t_backfill_kernel", migrate_backfill),
                               ("none_after", "t_update", None)):
         # (d): the batches leave what they dirty to the kernel, as before
-        # migrate.backfill_flush_after (the server's backend_flush_after is 0).
-        if name == "kernel":
-            flush_after("0")
-        # Each phase starts from a checkpoint, so none pays for the previous one's dirty pages
-        # and WAL (a checkpoint that fell in one phase only would decide its percentiles).
-        with cluster.connect(db) as c:
-            c.execute("CHECKPOINT")
-        with cluster.connect(db) as c, PgbenchChunks(cluster, db, table, rows, clients, rate, work / name) as load, \
-                WriterWaits(cluster, db) as waits:
-            checkpoints_before = checkpoints_so_far(c)
-            began = time.time()
-            if fill is None:
-                time.sleep(10)
-            else:
-                fill(c, table)
-            ended = time.time()
-            checkpoints = checkpoints_so_far(c) - checkpoints_before
-        if fill is not None:
+        # migrate.backfill_flush_after (the server's backend_flush_after is 0); set and reset
+        # outside its timing.
+        settings = {"migrate.backfill_flush_after": "0"} if name == "kernel" else {}
+        with server_settings(cluster, settings) if settings else contextlib.nullcontext():
+            # Each phase starts from a checkpoint, so none pays for the previous one's dirty
+            # pages and WAL (a checkpoint that fell in one phase only would decide its
+            # percentiles).
             with cluster.connect(db) as c:
-                left = c.execute(f"SELECT count(*) FROM {table} WHERE filled IS DISTINCT FROM v * 2").fetchone()[0]
-                # Its dead rows are vacuumed now, not by an autovacuum that would run during
-                # the next phase and be counted against it.
-                c.execute(f"VACUUM {table}")
-            assert left == 0, f"{name}: {left} rows not filled"
-        if name == "kernel":
-            flush_after(None)
-        during = load.during(began, ended)
-        results[name] = (ended - began, during, f"{waits.top()}; checkpoints begun: {checkpoints}")
+                c.execute("CHECKPOINT")
+            mark = cluster.log_mark()
+            with cluster.connect(db) as c, PgbenchChunks(cluster, db, table, rows, clients, rate, work / name) \
+                    as load, WriterWaits(cluster, db) as waits:
+                checkpoints_before = checkpoints_so_far(c)
+                began = time.time()
+                if fill is None:
+                    time.sleep(10)
+                else:
+                    fill(c, table)
+                ended = time.time()
+                checkpoints = checkpoints_so_far(c) - checkpoints_before
+            logged = checkpoints_logged(cluster.log_since(mark))
+            if fill is not None:
+                with cluster.connect(db) as c:
+                    left = c.execute(f"SELECT count(*) FROM {table} WHERE filled IS DISTINCT FROM v * 2").fetchone()[0]
+                    # Its dead rows are vacuumed now, not by an autovacuum that would run
+                    # during the next phase and be counted against it.
+                    c.execute(f"VACUUM {table}")
+                assert left == 0, f"{name}: {left} rows not filled"
+        results[name] = (ended - began, load.during(began, ended), f"{waits.top()}; checkpoints begun: {checkpoints}",
+                         load.ended_during(began, ended), logged)
 
     with cluster.connect(db) as c:
         wal = c.execute("SELECT current_setting('max_wal_size')").fetchone()[0]
@@ -777,15 +803,19 @@ def backfill_sizes(cluster: Cluster, rows: int, clients: int, rate: int, batch_t
     print(f"  {'no fill (baseline, before+after)':<34} {'':>9}  writer p99 {base_p99 * 1000:7.2f} ms, "
           f"{len(base) / base_took:6.0f} tps, worst {max(base) * 1000:7.1f} ms "
           f"(p99 before {before:.2f} ms, after {after:.2f} ms)")
+    none = {k: results["none"][4][k] + results["none_after"][4][k] for k in ("starting", "complete")}
+    print(f"  {'':<34} {'':>9}  writers' transactions "
+          f"{stalls(results['none'][3] + results['none_after'][3], 2 * base_p99, none)}")
     for name, label in (("update", "(a) one UPDATE"), ("loop", "(b) client loop, 1,000-id batches"),
                         ("backfill", "(c) migrate.backfill"),
                         ("kernel", "(d) (c), backfill_flush_after 0")):
-        took, during, waited = results[name]
+        took, during, waited, transactions, logged = results[name]
         p99 = statistics.quantiles(during, n=100)[98]
         print(f"  {label:<34} {took:7.2f} s  writer p99 {p99 * 1000:7.2f} ms ({p99 / base_p99:5.2f}x), "
               f"{len(during) / took:6.0f} tps ({len(during) / took / (len(base) / base_took):4.2f}x), "
               f"worst {max(during) * 1000:7.1f} ms")
         print(f"  {'':<34} {'':>9}  writers active: {waited}")
+        print(f"  {'':<34} {'':>9}  writers' transactions {stalls(transactions, 2 * base_p99, logged)}")
     a, b, c_, d = (results[n][0] for n in ("update", "loop", "backfill", "kernel"))
     p99 = {n: statistics.quantiles(results[n][1], n=100)[98] for n in ("backfill", "kernel")}
     print(f"  wall time: (c)/(a) {c_ / a:.2f}x, (b)/(c) {b / c_:.2f}x, (d)/(c) {d / c_:.2f}x; writer p99 (d)/(c) "
@@ -1369,7 +1399,7 @@ def main() -> None:
     p.add_argument("--writers", type=int, default=4, help="pgbench clients in writer-wait")
     p.add_argument("--dry-runs", type=int, default=10, help="repetitions in dry-run")
     p.add_argument("--sizes", default="0,500,2000,10000", help="schema sizes (tables) in schema-scale")
-    p.add_argument("--scale-migrations", type=int, default=20, help="migrations per size in schema-scale")
+    p.add_argument("--scale-migrations", type=int, default=40, help="migrations per size in schema-scale")
     p.add_argument("--backfill-rows", default="1000000,5000000", help="rows in each backfill table, one run per size")
     p.add_argument("--backfill-pause", help="migrate.backfill_pause for (c), e.g. 20ms (default: the setting's)")
     p.add_argument("--backfill-max-wal-size", help="max_wal_size during backfill, e.g. 8GB (default: the server's)")
@@ -1395,7 +1425,7 @@ def main() -> None:
            for s in args.backfill_server_setting):
         p.error("backfill's (d) sets migrate.backfill_flush_after itself; (c) and (d) compare it")
     # Commit timestamps: the worker-latency figure starts at the submitting commit.
-    cluster = Cluster("/tmp/pg_migrate_bench").start("track_commit_timestamp=on")
+    cluster = Cluster("/tmp/pg_migrate_bench").start("track_commit_timestamp=on", "log_timezone=UTC")
     try:
         settings = cluster.connect().execute(
             "SELECT string_agg(name || '=' || setting, ' ') FROM pg_settings"

@@ -183,6 +183,34 @@ def holding_lock(cluster: Cluster, dbname: str, statement: str):
         conn.close()
 
 
+@contextlib.contextmanager
+def server_settings(cluster: Cluster, settings: dict[str, str]):
+    """The server runs with `settings` (ALTER SYSTEM, reloaded) inside the block, and without
+    them after it. Each change is waited for until a new session has it: the postmaster
+    reads the file after pg_reload_conf() returns, and signals its children (the worker
+    included) before it forks a new one."""
+    names = list(settings)
+
+    def from_auto_conf() -> int:
+        with cluster.connect() as c:
+            return c.execute("SELECT count(*) FROM pg_settings WHERE name = ANY(%s) "
+                             "AND sourcefile LIKE '%%postgresql.auto.conf'", (names,)).fetchone()[0]
+
+    def alter(changes: list[sql.Composable], expected: int) -> None:
+        with cluster.connect() as c:
+            for change in changes:
+                c.execute(change)
+            c.execute("SELECT pg_reload_conf()")
+        wait_until(lambda: from_auto_conf() == expected)
+
+    try:
+        alter([sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
+               for name, value in settings.items()], len(names))
+        yield
+    finally:
+        alter([sql.SQL("ALTER SYSTEM RESET {}").format(sql.Identifier(name)) for name in names], 0)
+
+
 # Locks on the pg_migrate extension object: the applier lock (see migrate.apply's Concurrency).
 APPLIER_LOCK = """SELECT count(*) FROM pg_locks WHERE locktype = 'object'
     AND classid = 'pg_extension'::regclass

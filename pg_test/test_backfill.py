@@ -12,7 +12,7 @@ import time
 import psycopg
 import pytest
 
-from harness import PG_BIN, Cluster, failure, free_port, wait_until, worker_pid
+from harness import PG_BIN, Cluster, failure, free_port, server_settings, wait_until, worker_pid
 
 LOCK_TIMEOUT_S = 2.0  # migrate.lock_timeout's default
 
@@ -256,26 +256,10 @@ def test_batches_run_with_migrate_backfill_flush_after_as_their_backend_flush_af
 
     assert conn.execute("SHOW backend_flush_after").fetchone()[0] == "0"
     assert flush_after_seen_by_batches() == ["256kB"]
-    def reloaded(value: str) -> bool:
-        # A new session sees the file once the postmaster has read it, and it signals the
-        # worker before that.
-        with cluster.connect() as c:
-            return c.execute("SHOW migrate.backfill_flush_after").fetchone()[0] == value
-
-    try:
-        with cluster.connect() as c:
-            c.execute("ALTER SYSTEM SET migrate.backfill_flush_after = 0")
-            c.execute("ALTER SYSTEM SET backend_flush_after = '64kB'")
-            c.execute("SELECT pg_reload_conf()")
-        wait_until(lambda: reloaded("0"))
+    with server_settings(cluster, {"migrate.backfill_flush_after": "0", "backend_flush_after": "64kB"}):
         # 0 keeps the server's.
         assert flush_after_seen_by_batches() == ["64kB"]
-    finally:
-        with cluster.connect() as c:
-            c.execute("ALTER SYSTEM RESET migrate.backfill_flush_after")
-            c.execute("ALTER SYSTEM RESET backend_flush_after")
-            c.execute("SELECT pg_reload_conf()")
-        wait_until(lambda: reloaded("256kB"))
+    assert flush_after_seen_by_batches() == ["256kB"]
 
 
 def test_a_backfill_is_a_phase_of_a_migration(cluster, db, conn):
