@@ -369,6 +369,22 @@ def test_session_state_carries_between_phases_however_long_they_take(cluster, db
     assert conn.execute("SELECT flag, work_mem FROM seen WHERE n = 2").fetchall() == [("given", "4MB")]
 
 
+def test_what_a_phase_sets_for_the_session_is_not_the_workers_own(cluster, db, conn):
+    """A phase's SET carries to the migration's next phase, and no further: the worker's own
+    transactions (recording the migration's end, reading the queue) run without it. A
+    session left read-only by the last phase stopped the worker for its database."""
+    populate(conn, rows=1000)
+    conn.execute("SELECT migrate.apply('1', 'VACUUM items; SET default_transaction_read_only = on; "
+                 "SET lock_timeout = 1')")
+    conn.execute("CALL migrate.wait('1', '60s')")
+    assert status(conn, "1") == "applied"
+    # The next migration starts in a new session.
+    conn.execute("SELECT migrate.apply('2', $$VACUUM items; CREATE TABLE after_it (setting text); "
+                 "INSERT INTO after_it SELECT current_setting('default_transaction_read_only')$$)")
+    conn.execute("CALL migrate.wait('2', '60s')")
+    assert conn.execute("SELECT setting FROM after_it").fetchall() == [("off",)]
+
+
 def test_a_built_index_renamed_by_a_later_phase_is_not_built_again(cluster, db, conn):
     populate(conn, rows=1000)
     conn.execute("SELECT migrate.apply('1', 'CREATE INDEX CONCURRENTLY items_v_new ON items (v); "

@@ -74,7 +74,7 @@ pub fn fresh_session(owner: &Owner) {
 }
 
 pub fn set_application_name() {
-    let _ = simple_query::transaction(|| {
+    let _ = simple_query::session_transaction(|| {
         crate::pg::guc::set(
             "application_name",
             Some("pg_migrate worker"),
@@ -97,7 +97,7 @@ pub fn as_role<T>(
     let settings = session_settings(settings);
     let role = std::ffi::CString::new(role).unwrap_or_default();
     // One transaction sets them all for the session, or (aborted) none.
-    let result = simple_query::transaction(|| {
+    let result = simple_query::session_transaction(|| {
         for (name, value) in &settings {
             crate::pg::guc::set(
                 name,
@@ -110,7 +110,7 @@ pub fn as_role<T>(
     })
     .and_then(|role| crate::pg::identity::switch_user(role, 0, f));
     // RESET, not the values read before: the worker's own then follow postgresql.conf.
-    let reset = simple_query::transaction(|| {
+    let reset = simple_query::session_transaction(|| {
         for (name, _) in &settings {
             crate::pg::guc::set(name, None, SUPERUSER, pg_sys::GucAction::GUC_ACTION_SET);
         }

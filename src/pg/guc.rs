@@ -50,6 +50,62 @@ pub fn set_local(name: &str, value: &str) {
     );
 }
 
+/// Every setting the session SET (not application_name, which the worker sets itself) back
+/// at its default for the rest of the transaction, as RESET ALL would put it, with the
+/// transaction's own read-only, isolation and deferrable modes taken from those defaults; the
+/// session's values come back as the transaction ends, as they do after a function with SET
+/// clauses. Called right after the transaction starts, before its first snapshot.
+pub fn undo_session_sets_for_transaction() {
+    let names: Vec<std::ffi::CString> = all_records()
+        .into_iter()
+        // SAFETY: records in the GUC tables, which live as long as the process.
+        .filter(|&g| unsafe {
+            (*g).source == pg_sys::GucSource::PGC_S_SESSION
+                && (*g).flags & pg_sys::GUC_NO_RESET_ALL as i32 == 0
+                && std::ffi::CStr::from_ptr((*g).name) != c"application_name"
+        })
+        // SAFETY: as above; the name is copied before any setting changes.
+        .map(|g| unsafe { std::ffi::CStr::from_ptr((*g).name) }.to_owned())
+        .collect();
+    // SAFETY: a nest level the transaction's end pops (AtEOXact_GUC), restoring each saved
+    // value; the transaction modes may change until its first snapshot, as SET TRANSACTION's.
+    unsafe {
+        if !names.is_empty() {
+            pg_sys::NewGUCNestLevel();
+            for name in &names {
+                pg_sys::set_config_option(
+                    name.as_ptr(),
+                    std::ptr::null(),
+                    pg_sys::GucContext::PGC_SUSET,
+                    pg_sys::GucSource::PGC_S_SESSION,
+                    pg_sys::GucAction::GUC_ACTION_SAVE,
+                    true,
+                    0,
+                    false,
+                );
+            }
+        }
+        pg_sys::XactReadOnly = pg_sys::DefaultXactReadOnly;
+        pg_sys::XactIsoLevel = pg_sys::DefaultXactIsoLevel;
+        pg_sys::XactDeferrable = pg_sys::DefaultXactDeferrable;
+    }
+}
+
+/// Every record in the GUC tables.
+fn all_records() -> Vec<*mut pg_sys::config_generic> {
+    // SAFETY: reads the GUC tables' array of records.
+    unsafe {
+        #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+        let (all, count) = (pg_sys::get_guc_variables(), pg_sys::GetNumConfigOptions());
+        #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
+        let (all, count) = {
+            let mut count = 0;
+            (pg_sys::get_guc_variables(&mut count), count)
+        };
+        (0..count.max(0) as usize).map(|i| *all.add(i)).collect()
+    }
+}
+
 /// A setting's record in the GUC tables, or null for an unknown name. Records never move
 /// or go away once defined.
 fn record(name: &std::ffi::CStr) -> *mut pg_sys::config_generic {
@@ -57,9 +113,8 @@ fn record(name: &std::ffi::CStr) -> *mut pg_sys::config_generic {
     unsafe {
         #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
         {
-            let all = pg_sys::get_guc_variables();
-            (0..pg_sys::GetNumConfigOptions() as usize)
-                .map(|i| *all.add(i))
+            all_records()
+                .into_iter()
                 .find(|g| std::ffi::CStr::from_ptr((**g).name) == name)
                 .unwrap_or(std::ptr::null_mut())
         }

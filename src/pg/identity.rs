@@ -115,6 +115,13 @@ pub fn as_author<T>(role: pg_sys::Oid, settings: &[(&str, &str)], f: impl FnOnce
     })
 }
 
+/// Whether `switch_user` has put this backend under another role than its own (a submitter's
+/// work runs there).
+pub fn as_another_role() -> bool {
+    // SAFETY: reads this backend's security context.
+    unsafe { pg_sys::InLocalUserIdChange() }
+}
+
 /// Runs `f` as `role`, with `flags` added to the security context; the identity comes back
 /// when `f` returns or raises.
 pub fn switch_user<T>(role: pg_sys::Oid, flags: i32, f: impl FnOnce() -> T) -> T {

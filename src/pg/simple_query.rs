@@ -163,15 +163,32 @@ unsafe fn run_portal(
 }
 
 /// Runs `f` in a transaction of its own, with a snapshot, outside any other: the worker's
-/// bookkeeping and its transactional phases. On an ERROR the transaction is aborted and the
-/// error returned.
+/// bookkeeping, and a submitter's work (a backfill's batch) under its role. On an ERROR the
+/// transaction is aborted and the error returned.
+///
+/// The worker's own transactions run with what a migration's phase SET for the session (it
+/// carries to the migration's next phase) undone until they end: a phase's
+/// `default_transaction_read_only` or `statement_timeout` is not the worker's.
 pub fn transaction<T>(f: impl FnOnce() -> T) -> Result<T, Caught> {
+    in_transaction(!crate::pg::identity::as_another_role(), f)
+}
+
+/// `transaction`, for the worker's changes to the session's own settings (a submitter's,
+/// its application_name): made at session level, to last after it.
+pub fn session_transaction<T>(f: impl FnOnce() -> T) -> Result<T, Caught> {
+    in_transaction(false, f)
+}
+
+fn in_transaction<T>(undo_session_sets: bool, f: impl FnOnce() -> T) -> Result<T, Caught> {
     let mut f = Some(f);
     // SAFETY: called between transactions by the worker; the error path mirrors PostgresMain's.
     unsafe {
         PgTryBuilder::new(AssertUnwindSafe(|| {
             pg_sys::SetCurrentStatementStartTimestamp();
             pg_sys::StartTransactionCommand();
+            if undo_session_sets {
+                crate::pg::guc::undo_session_sets_for_transaction();
+            }
             pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
             crate::pg::xact::share_extension();
             let value = (f.take().expect("the body runs once"))();
