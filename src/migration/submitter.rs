@@ -55,7 +55,12 @@ pub fn fresh_session(owner: &Owner) {
             ms if ms > 0 => ms,
             _ => 5_000,
         };
+        // And the transaction modes a phase may have set: serializable, read-only and
+        // deferrable, DISCARD's snapshot would wait for every serializable writer to end.
         let reset = simple_query::run(&format!("SET lock_timeout = {limit}"))
+            .and_then(|()| simple_query::run("RESET default_transaction_isolation"))
+            .and_then(|()| simple_query::run("RESET default_transaction_read_only"))
+            .and_then(|()| simple_query::run("RESET default_transaction_deferrable"))
             .and_then(|()| simple_query::run("DISCARD TEMP"))
             .and_then(|()| simple_query::run("DISCARD ALL"));
         if let Err(e) = reset {
@@ -74,7 +79,7 @@ pub fn fresh_session(owner: &Owner) {
 }
 
 pub fn set_application_name() {
-    let _ = simple_query::session_transaction(|| {
+    let _ = simple_query::transaction(|| {
         crate::pg::guc::set(
             "application_name",
             Some("pg_migrate worker"),
@@ -97,7 +102,7 @@ pub fn as_role<T>(
     let settings = session_settings(settings);
     let role = std::ffi::CString::new(role).unwrap_or_default();
     // One transaction sets them all for the session, or (aborted) none.
-    let result = simple_query::session_transaction(|| {
+    let result = simple_query::transaction(|| {
         for (name, value) in &settings {
             crate::pg::guc::set(
                 name,
@@ -110,7 +115,7 @@ pub fn as_role<T>(
     })
     .and_then(|role| crate::pg::identity::switch_user(role, 0, f));
     // RESET, not the values read before: the worker's own then follow postgresql.conf.
-    let reset = simple_query::session_transaction(|| {
+    let reset = simple_query::transaction(|| {
         for (name, _) in &settings {
             crate::pg::guc::set(name, None, SUPERUSER, pg_sys::GucAction::GUC_ACTION_SET);
         }

@@ -54,14 +54,20 @@ pub fn set_local(name: &str, value: &str) {
 /// at its default for the rest of the transaction, as RESET ALL would put it, with the
 /// transaction's own read-only, isolation and deferrable modes taken from those defaults; the
 /// session's values come back as the transaction ends, as they do after a function with SET
-/// clauses. Called right after the transaction starts, before its first snapshot.
+/// clauses (a SET made inside the transaction stays, as it does there). Called right after
+/// the transaction starts, before its first snapshot. A setting that cannot be reset keeps
+/// its value, with a WARNING in the log: the transaction goes on.
 pub fn undo_session_sets_for_transaction() {
+    #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+    const NOT_RESET: u32 = pg_sys::GUC_NO_RESET_ALL;
+    #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
+    const NOT_RESET: u32 = pg_sys::GUC_NO_RESET_ALL | pg_sys::GUC_NO_RESET;
     let names: Vec<std::ffi::CString> = all_records()
         .into_iter()
         // SAFETY: records in the GUC tables, which live as long as the process.
         .filter(|&g| unsafe {
             (*g).source == pg_sys::GucSource::PGC_S_SESSION
-                && (*g).flags & pg_sys::GUC_NO_RESET_ALL as i32 == 0
+                && (*g).flags & NOT_RESET as i32 == 0
                 && std::ffi::CStr::from_ptr((*g).name) != c"application_name"
         })
         // SAFETY: as above; the name is copied before any setting changes.
@@ -80,12 +86,12 @@ pub fn undo_session_sets_for_transaction() {
                     pg_sys::GucSource::PGC_S_SESSION,
                     pg_sys::GucAction::GUC_ACTION_SAVE,
                     true,
-                    0,
+                    pg_sys::WARNING as i32,
                     false,
                 );
             }
         }
-        pg_sys::XactReadOnly = pg_sys::DefaultXactReadOnly;
+        pg_sys::XactReadOnly = pg_sys::DefaultXactReadOnly || pg_sys::RecoveryInProgress();
         pg_sys::XactIsoLevel = pg_sys::DefaultXactIsoLevel;
         pg_sys::XactDeferrable = pg_sys::DefaultXactDeferrable;
     }

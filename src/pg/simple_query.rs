@@ -168,18 +168,10 @@ unsafe fn run_portal(
 ///
 /// The worker's own transactions run with what a migration's phase SET for the session (it
 /// carries to the migration's next phase) undone until they end: a phase's
-/// `default_transaction_read_only` or `statement_timeout` is not the worker's.
+/// `default_transaction_read_only` or `lock_timeout` is not the worker's. A setting the
+/// worker SETs in one (a submitter's, before its work) stays after it.
 pub fn transaction<T>(f: impl FnOnce() -> T) -> Result<T, Caught> {
-    in_transaction(!crate::pg::identity::as_another_role(), f)
-}
-
-/// `transaction`, for the worker's changes to the session's own settings (a submitter's,
-/// its application_name): made at session level, to last after it.
-pub fn session_transaction<T>(f: impl FnOnce() -> T) -> Result<T, Caught> {
-    in_transaction(false, f)
-}
-
-fn in_transaction<T>(undo_session_sets: bool, f: impl FnOnce() -> T) -> Result<T, Caught> {
+    let undo_session_sets = !crate::pg::identity::as_another_role();
     let mut f = Some(f);
     // SAFETY: called between transactions by the worker; the error path mirrors PostgresMain's.
     unsafe {
