@@ -373,30 +373,34 @@ def test_what_a_phase_sets_for_the_session_is_not_the_workers_own(cluster, db, c
     """A phase's SET carries to the migration's next phases, and no further: the worker's own
     transactions between them (reading the queue, recording the migration's end) run without
     it, and it is back for the next phase. A session left read-only by the last phase
-    stopped the worker for its database."""
+    stopped the worker for its database; one left serializable, read-only and deferrable
+    made the next reset of the session wait for every serializable writer."""
     populate(conn, rows=1000)
-    conn.execute("SELECT migrate.apply('1', $$SET work_mem = '7MB'; SET pg_migrate_test.flag = 'phase 1'; "
-                 "SET default_transaction_isolation = 'repeatable read'; VACUUM items; "
-                 "CREATE TABLE seen_by_phase_3 AS SELECT current_setting('work_mem') AS work_mem, "
-                 "current_setting('pg_migrate_test.flag') AS flag, current_setting('transaction_isolation') AS iso; "
-                 "VACUUM items; SET default_transaction_isolation = serializable; "
-                 "SET default_transaction_deferrable = on; SET default_transaction_read_only = on$$)")
-    conn.execute("CALL migrate.wait('1', '60s')")
-    assert status(conn, "1") == "applied"
-    assert conn.execute("SELECT phase, state FROM migrate.steps WHERE version = '1' ORDER BY phase").fetchall() == [
-        (1, "done"), (2, "done"), (3, "done"), (4, "done"), (5, "done")]
-    assert conn.execute("SELECT * FROM seen_by_phase_3").fetchall() == [("7MB", "phase 1", "repeatable read")]
-    # The next migration starts in a new session, read-write; resetting the session does not
-    # wait, as a serializable, read-only and deferrable snapshot would, for a serializable
-    # writer left open.
     with cluster.connect(db, autocommit=False) as writer:
         writer.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
         writer.execute("INSERT INTO items VALUES (-1, 0, '')")
+        conn.execute("SELECT migrate.apply('1', $$SET work_mem = '7MB'; SET pg_migrate_test.flag = 'phase 1'; "
+                     "SET default_transaction_isolation = 'repeatable read'; VACUUM items; "
+                     "CREATE TABLE seen_by_phase_3 AS SELECT current_setting('work_mem') AS work_mem, "
+                     "current_setting('pg_migrate_test.flag') AS flag, "
+                     "current_setting('transaction_isolation') AS iso; "
+                     "VACUUM items; SET default_transaction_isolation = serializable; "
+                     "SET default_transaction_deferrable = on; SET default_transaction_read_only = on$$)")
+        conn.execute("CALL migrate.wait('1', '60s')")
+        assert status(conn, "1") == "applied"
+        assert conn.execute("SELECT phase, state FROM migrate.steps WHERE version = '1' ORDER BY phase"
+                            ).fetchall() == [(1, "done"), (2, "done"), (3, "done"), (4, "done"), (5, "done")]
+        assert conn.execute("SELECT * FROM seen_by_phase_3").fetchall() == [("7MB", "phase 1", "repeatable read")]
+        # The next migration starts in a new session, read-write, of the same worker.
         conn.execute("SELECT migrate.apply('2', $$VACUUM items; CREATE TABLE after_it (setting text); "
                      "INSERT INTO after_it SELECT current_setting('default_transaction_read_only')$$)")
         conn.execute("CALL migrate.wait('2', '60s')")
         writer.rollback()
     assert conn.execute("SELECT setting FROM after_it").fetchall() == [("off",)]
+    assert conn.execute(
+        "SELECT array_agg(DISTINCT object_identity ORDER BY object_identity), count(DISTINCT backend_pid) "
+        "FROM migrate.ddl_log WHERE object_identity IN ('public.seen_by_phase_3', 'public.after_it')"
+    ).fetchone() == (["public.after_it", "public.seen_by_phase_3"], 1)
 
 
 def test_a_built_index_renamed_by_a_later_phase_is_not_built_again(cluster, db, conn):
