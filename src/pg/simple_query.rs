@@ -163,8 +163,8 @@ unsafe fn run_portal(
 }
 
 /// Runs `f` in a transaction of its own, with a snapshot, outside any other: the worker's
-/// bookkeeping, and a submitter's work (a backfill's batch) under its role. On an ERROR the
-/// transaction is aborted and the error returned.
+/// bookkeeping, and a submitter's work under its role (a transactional phase, a backfill's
+/// batch). On an ERROR the transaction is aborted and the error returned.
 ///
 /// The worker's own transactions run with what a migration's phase SET for the session (it
 /// carries to the migration's next phase) undone until they end: a phase's
