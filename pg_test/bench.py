@@ -64,7 +64,6 @@ asserts a timing; the tests assert correctness bounds, this measures.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import os
 import glob
@@ -78,7 +77,6 @@ import threading
 import time
 from pathlib import Path
 
-from psycopg.sql import SQL, Identifier, Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -762,8 +760,7 @@ def backfill_sizes(cluster: Cluster, rows: int, clients: int, rate: int, batch_t
         # (d): the batches leave what they dirty to the kernel, as before
         # migrate.backfill_flush_after (the server's backend_flush_after is 0); set and reset
         # outside its timing.
-        settings = {"migrate.backfill_flush_after": "0"} if name == "kernel" else {}
-        with server_settings(cluster, settings) if settings else contextlib.nullcontext():
+        with server_settings(cluster, {"migrate.backfill_flush_after": "0"} if name == "kernel" else {}):
             # Each phase starts from a checkpoint, so none pays for the previous one's dirty
             # pages and WAL (a checkpoint that fell in one phase only would decide its
             # percentiles).
@@ -788,8 +785,9 @@ def backfill_sizes(cluster: Cluster, rows: int, clients: int, rate: int, batch_t
                     # during the next phase and be counted against it.
                     c.execute(f"VACUUM {table}")
                 assert left == 0, f"{name}: {left} rows not filled"
-        results[name] = (ended - began, load.during(began, ended), f"{waits.top()}; checkpoints begun: {checkpoints}",
-                         load.ended_during(began, ended), logged)
+        transactions = load.ended_during(began, ended)
+        results[name] = (ended - began, [latency for _, latency in transactions],
+                         f"{waits.top()}; checkpoints begun: {checkpoints}", transactions, logged)
 
     with cluster.connect(db) as c:
         wal = c.execute("SELECT current_setting('max_wal_size')").fetchone()[0]

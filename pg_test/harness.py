@@ -188,8 +188,11 @@ def server_settings(cluster: Cluster, settings: dict[str, str]):
     """The server runs with `settings` (ALTER SYSTEM, reloaded) inside the block, and without
     them after it. Each change is waited for until a new session has it: the postmaster
     reads the file after pg_reload_conf() returns, and signals its children (the worker
-    included) before it forks a new one."""
+    included) before it forks a new one. No settings: nothing is changed or reloaded."""
     names = list(settings)
+    if not names:
+        yield
+        return
 
     def from_auto_conf() -> int:
         with cluster.connect() as c:

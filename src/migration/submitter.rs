@@ -55,12 +55,11 @@ pub fn fresh_session(owner: &Owner) {
             ms if ms > 0 => ms,
             _ => 5_000,
         };
-        // And the transaction modes a phase may have set: serializable, read-only and
-        // deferrable, DISCARD's snapshot would wait for every serializable writer to end.
-        let reset = simple_query::run(&format!("SET lock_timeout = {limit}"))
-            .and_then(|()| simple_query::run("RESET default_transaction_isolation"))
-            .and_then(|()| simple_query::run("RESET default_transaction_read_only"))
-            .and_then(|()| simple_query::run("RESET default_transaction_deferrable"))
+        // The settings first, which takes no snapshot: in the serializable, read-only and
+        // deferrable mode a phase may have set, DISCARD's would wait for every serializable
+        // writer to end.
+        let reset = simple_query::run("RESET ALL")
+            .and_then(|()| simple_query::run(&format!("SET lock_timeout = {limit}")))
             .and_then(|()| simple_query::run("DISCARD TEMP"))
             .and_then(|()| simple_query::run("DISCARD ALL"));
         if let Err(e) = reset {

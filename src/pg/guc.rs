@@ -62,17 +62,19 @@ pub fn undo_session_sets_for_transaction() {
     const NOT_RESET: u32 = pg_sys::GUC_NO_RESET_ALL;
     #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
     const NOT_RESET: u32 = pg_sys::GUC_NO_RESET_ALL | pg_sys::GUC_NO_RESET;
-    let names: Vec<std::ffi::CString> = all_records()
-        .into_iter()
-        // SAFETY: records in the GUC tables, which live as long as the process.
-        .filter(|&g| unsafe {
-            (*g).source == pg_sys::GucSource::PGC_S_SESSION
-                && (*g).flags & NOT_RESET as i32 == 0
-                && std::ffi::CStr::from_ptr((*g).name) != c"application_name"
-        })
-        // SAFETY: as above; the name is copied before any setting changes.
-        .map(|g| unsafe { std::ffi::CStr::from_ptr((*g).name) }.to_owned())
-        .collect();
+    let names: Vec<std::ffi::CString> = with_records(|all| {
+        all.iter()
+            // SAFETY: records in the GUC tables, which live as long as the process.
+            .filter(|&&g| unsafe {
+                (*g).source == pg_sys::GucSource::PGC_S_SESSION
+                    && (*g).flags & NOT_RESET as i32 == 0
+                    && std::ffi::CStr::from_ptr((*g).name) != c"application_name"
+            })
+            // SAFETY: as above; the name is copied before any setting changes (which may
+            // move the array).
+            .map(|&g| unsafe { std::ffi::CStr::from_ptr((*g).name) }.to_owned())
+            .collect()
+    });
     // SAFETY: a nest level the transaction's end pops (AtEOXact_GUC), restoring each saved
     // value; the transaction modes may change until its first snapshot, as SET TRANSACTION's.
     unsafe {
@@ -97,10 +99,12 @@ pub fn undo_session_sets_for_transaction() {
     }
 }
 
-/// Every record in the GUC tables.
-fn all_records() -> Vec<*mut pg_sys::config_generic> {
-    // SAFETY: reads the GUC tables' array of records.
-    unsafe {
+/// `f` over every record in the GUC tables. The array itself may move when a setting is
+/// defined, so it is not kept past `f`; the records it points to stay.
+fn with_records<T>(f: impl FnOnce(&[*mut pg_sys::config_generic]) -> T) -> T {
+    // SAFETY: the GUC tables' array of records and its length, read together and used before
+    // anything can define a setting.
+    let all = unsafe {
         #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
         let (all, count) = (pg_sys::get_guc_variables(), pg_sys::GetNumConfigOptions());
         #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
@@ -108,8 +112,13 @@ fn all_records() -> Vec<*mut pg_sys::config_generic> {
             let mut count = 0;
             (pg_sys::get_guc_variables(&mut count), count)
         };
-        (0..count.max(0) as usize).map(|i| *all.add(i)).collect()
-    }
+        if all.is_null() || count <= 0 {
+            &[][..]
+        } else {
+            std::slice::from_raw_parts(all, count as usize)
+        }
+    };
+    f(all)
 }
 
 /// A setting's record in the GUC tables, or null for an unknown name. Records never move
@@ -119,10 +128,12 @@ fn record(name: &std::ffi::CStr) -> *mut pg_sys::config_generic {
     unsafe {
         #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
         {
-            all_records()
-                .into_iter()
-                .find(|g| std::ffi::CStr::from_ptr((**g).name) == name)
-                .unwrap_or(std::ptr::null_mut())
+            with_records(|all| {
+                all.iter()
+                    .copied()
+                    .find(|&g| std::ffi::CStr::from_ptr((*g).name) == name)
+                    .unwrap_or(std::ptr::null_mut())
+            })
         }
         #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
         {
